@@ -1,0 +1,177 @@
+"""``python -m analysis`` / ``stopline``: the command line over the analysis core."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .errors import StoplineError
+
+COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None]):
+    """Register a sub-command: ``setup(parser)`` adds its arguments, the decorated function runs it."""
+    def deco(run):
+        COMMANDS[name] = (setup, run, help)
+        return run
+    return deco
+
+
+def _db(p: argparse.ArgumentParser):
+    p.add_argument("--db", help="store file (default: $STOPLINE_DB or data/stopline.duckdb)")
+
+
+def _store(args, read_only: bool = False):
+    from .store import Store
+    return Store(args.db, read_only=read_only, create=not read_only)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+def _datasets_setup(p):
+    p.add_argument("dataset", nargs="?", help="a dataset id to preview, e.g. rg:gsm_symbolic or gsm8k:PATH")
+    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+
+@command("datasets", "list the dataset adapters, or show the first questions of one dataset id", _datasets_setup)
+def _datasets(args):
+    from .datasets import ADAPTERS, load_dataset
+    if not args.dataset:
+        rows = [{"prefix": k, "what": v[1]} for k, v in ADAPTERS.items()]
+        if args.json:
+            return _print_json(rows)
+        for r in rows:
+            print(f"  {r['prefix'] + ':':10s} {r['what']}")
+        return
+    ds = load_dataset(args.dataset, args.limit)
+    if args.json:
+        return _print_json([q.__dict__ for q in ds.questions])
+    print(f"{ds.id}: {ds.description} (answers: {ds.answer_type})")
+    if ds.attribution:
+        print(f"  {ds.attribution}")
+    for q in ds.questions:
+        print(f"- [{q.id}] {q.text[:100]!r} -> {q.gold}")
+
+
+# --- import -----------------------------------------------------------------------------------------------
+def _import_setup(p):
+    p.add_argument("file")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "lm-eval"],
+                   help="jsonl: map fields yourself; lm-eval: lm-evaluation-harness --log_samples file")
+    p.add_argument("--question-field", help="dotted path to the question (default 'question')")
+    p.add_argument("--gold-field", help="dotted path to the gold answer or list of aliases (default 'answer')")
+    p.add_argument("--response-field", help="dotted path to the model's response (default 'response')")
+    p.add_argument("--id-field", help="dotted path to a question id (default: derived from the question text)")
+    p.add_argument("--answer-type", default="number", choices=["number", "text"])
+    p.add_argument("--model", required=True, help="the model that wrote the responses")
+    p.add_argument("--dataset", required=True, help="a name for the dataset the questions come from")
+    p.add_argument("--every", type=int, default=32, help="a checkpoint every N tokens (plus steps and transitions)")
+    p.add_argument("--max-line-mb", type=float, default=16)
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("import", "import generations made by another tool (JSONL, lm-eval --log_samples) as a run", _import_setup)
+def _import(args):
+    from .importer import ImportSpec, import_generations, spec_for_format
+    fields = spec_for_format(args.format, question_field=args.question_field, gold_field=args.gold_field,
+                             response_field=args.response_field, id_field=args.id_field)
+    defaults = {"question_field": "question", "gold_field": "answer", "response_field": "response"}
+    spec = ImportSpec(path=args.file, model=args.model, dataset=args.dataset, answer_type=args.answer_type,
+                      every=args.every, max_line_mb=args.max_line_mb, fmt=args.format, **{**defaults, **fields})
+    res = import_generations(_store(args), spec)
+    if args.json:
+        return _print_json(res)
+    verb = "imported" if res["created"] else "already imported as"
+    print(f"{verb} run {res['run_id']}: {res['n_questions']} traces, {res['n_checkpoints']} checkpoints, "
+          f"EM at full length {res['em_full']:.3f}")
+
+
+# --- runs / show-run --------------------------------------------------------------------------------------
+def _runs_setup(p):
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _db(p)
+
+
+@command("runs", "list the runs in a store", _runs_setup)
+def _runs(args):
+    runs = _store(args, read_only=True).runs()
+    if args.json:
+        for r in runs:
+            _print_json({k: v for k, v in r.items() if k != "config"})
+        return
+    if not runs:
+        print("no runs yet: `python -m analysis import ...` or `python -m analysis run ...`")
+    for r in runs:
+        em = "-" if r["em_full"] is None else f"{r['em_full']:.3f}"
+        print(f"{r['id']}  {r['model']:28s} {r['dataset']:24s} {r['n_questions']:6d} q {r['n_checkpoints']:8d} ck"
+              f"  EM {em}  {r['status']}")
+
+
+def _show_setup(p):
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("show-run", "details of one run: config, counts, EM, signals present", _show_setup)
+def _show(args):
+    s = _store(args, read_only=True)
+    r = s.run(args.run)
+    r["signals"] = s.signals_present(r["id"])
+    if args.json:
+        return _print_json(r)
+    print(f"run {r['id']}  ({r['source']}, {r['status']})")
+    print(f"  model    {r['model']}\n  dataset  {r['dataset']} ({r['answer_type']} answers)")
+    print(f"  traces   {r['n_questions']}   checkpoints {r['n_checkpoints']}   mean tokens "
+          f"{(r['mean_tokens'] or 0):.1f}")
+    if r["em_full"] is not None:
+        print(f"  EM at full length {r['em_full']:.3f}   F1 {r['f1_full']:.3f}")
+    have = [k for k, v in r["signals"].items() if v]
+    print(f"  signals  {', '.join(have) if have else 'none (text-derived checkpoints)'}")
+    print("  config   " + json.dumps(r["config"], indent=2, default=str).replace("\n", "\n  "))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
+    parser = argparse.ArgumentParser(prog="stopline", description="Stopline: early stopping of LLM reasoning, "
+                                     "replayed from stored checkpoints. Every command has --help.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (setup, _run, help) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        setup(sp)
+    return parser
+
+
+def _load_command_modules() -> None:
+    """Commands defined beside their subsystems register themselves on import."""
+    import importlib
+    for mod in ("analysis.cli_replay", "analysis.cli_backend"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        COMMANDS[args.command][1](args)
+    except StoplineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything committed so far is kept", file=sys.stderr)
+        return 130
+    return 0

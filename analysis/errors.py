@@ -1,0 +1,36 @@
+"""The project's own error type: every user-facing failure names what is wrong and where."""
+from __future__ import annotations
+
+
+class StoplineError(Exception):
+    """A clear, user-facing error. The CLI prints it without a traceback and exits non-zero.
+
+    ``where`` names the file / line / field (any that apply) so that the message points at the problem.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None, hint: str | None = None):
+        self.message = message
+        self.file, self.line, self.field, self.hint = file, line, field, hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(str(self.file))
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        text = (": ".join([", ".join(where), self.message]) if where else self.message)
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class MissingSignal(StoplineError):
+    """A policy family needs a per-checkpoint signal that this run does not have."""
+
+
+class PresetError(StoplineError):
+    """A preset (JSON document or URL string) failed validation."""

@@ -1,0 +1,25 @@
+"""Budget forcing (s1): stop at the first checkpoint at or past B tokens."""
+import numpy as np
+
+from .base import Param, Policy, register
+
+
+@register
+class Budget(Policy):
+    name = "budget"
+    label = "Token budget"
+    description = "Stop at the first checkpoint at or past B tokens, whatever the model is saying."
+    source = "s1 budget forcing"
+    params = (Param("B", "int", 256, "token budget: stop at the first checkpoint at or past this many tokens",
+                    low=1, high=32768, log=True, label="budget B (tokens)"),)
+
+    @classmethod
+    def grid(cls, t):
+        # Budgets at the quantiles of where checkpoints actually fall in this run.
+        pos = t.pos[t.valid]
+        qs = np.unique(np.quantile(pos, np.linspace(0.02, 1.0, 40)).round().astype(int))
+        return [{"B": int(max(1, b))} for b in qs]
+
+    @classmethod
+    def fires(cls, t, params):
+        return t.pos >= params["B"]
