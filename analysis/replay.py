@@ -35,7 +35,7 @@ class RunTable:
         self.run_id = run_id
         self.question_ids = np.asarray(question_ids)
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.n, self.m = len(self.lengths), int(self.lengths.max()) if len(self.lengths) else 0
+        self.n, self.m = cols["pos"].shape
         self.answer_type = answer_type
         self.cols = cols
         self.answers = answers                          # (n, m) object: normalised trial answers
@@ -59,6 +59,13 @@ class RunTable:
         if cols is not None and name in cols:
             return cols[name]
         raise AttributeError(name)
+
+    @property
+    def has_answer(self) -> np.ndarray:
+        """Checkpoints whose trial answer is non-empty."""
+        if "has_answer" not in self.cache:
+            self.cache["has_answer"] = self.ans >= 0
+        return self.cache["has_answer"]
 
     def has_signal(self, name: str) -> bool:
         return self._signals.get(name, False)
@@ -216,7 +223,9 @@ def stop_index(t: RunTable, setting: Setting) -> np.ndarray:
     """Per question, the checkpoint index where the setting stops."""
     check_signals(t, setting)
     fires = setting.policy.fires(t, setting.params)
-    return (fires | t.is_final).argmax(axis=1)
+    first = fires.argmax(axis=1)                 # numpy stops at the first True of each row
+    hit = fires[t.rows, first] & (first <= t.final_idx)
+    return np.where(hit, first, t.final_idx)
 
 
 @dataclass

@@ -17,7 +17,7 @@ class Budget(Policy):
     def grid(cls, t):
         # Budgets at the quantiles of where checkpoints actually fall in this run.
         pos = t.pos[t.valid]
-        qs = np.unique(np.quantile(pos, np.linspace(0.02, 1.0, 40)).round().astype(int))
+        qs = np.unique(np.quantile(pos, np.linspace(0.01, 1.0, 80)).round().astype(int))
         return [{"B": int(max(1, b))} for b in qs]
 
     @classmethod

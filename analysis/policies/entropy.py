@@ -15,7 +15,7 @@ class Entropy(Policy):
     params = (
         Param("alpha", "float", 0.2, "EMA rate", low=0.01, high=1.0, grid=(0.1, 0.2, 0.3, 0.5)),
         Param("delta", "float", 1e-4, "variance threshold", low=1e-8, high=10.0, log=True,
-              grid=(1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+              grid=(1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
         Param("min_steps", "int", 3, "never stop before this many checkpoints", low=1, high=64,
               grid=(2, 3, 5, 8), label="min checkpoints"),
     )

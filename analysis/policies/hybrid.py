@@ -44,7 +44,7 @@ class Hybrid(Policy):
         for tau in (0.8, 0.9, 0.95, 0.99):
             for k in (2, 3, 4):
                 for op in ("or", "and"):
-                    for floor in (0, 64):
+                    for floor in (0, 64, 128):
                         out.append({"a": Setting.make("confidence", tau=tau), "b": Setting.make("consistency", k=k),
                                     "op": op, "floor": floor, "cap": 0})
         return out

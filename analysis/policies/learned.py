@@ -100,7 +100,7 @@ class Learned(Policy):
     source = "LearnStop; probing for answer correctness"
     params = (
         Param("tau", "float", 0.8, "stop when P(trial answer correct) reaches this", low=0.0, high=1.0,
-              grid=(0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)),
+              grid=tuple(round(x, 2) for x in np.linspace(0.3, 0.98, 21))),
         Param("features", "choice", "auto", "feature set: signals (probabilities, entropy), text (stability, "
               "votes, position, backtracking), all, or auto (all when the run has signals)",
               choices=("auto", "all", "signals", "text"), grid=("auto",)),
@@ -114,4 +114,4 @@ class Learned(Policy):
     @classmethod
     def fires(cls, t, params):
         p = cross_fit(t, params["features"], params["model"])
-        return (p >= params["tau"]) & (t.ans >= 0)
+        return (p >= params["tau"]) & t.has_answer

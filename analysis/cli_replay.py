@@ -1,0 +1,142 @@
+"""CLI commands over the replay engine: eval, sweep, families, optimize."""
+from __future__ import annotations
+
+import json
+
+from .cli import _db, _print_json, _store, command
+
+
+def _table(args):
+    from .replay import RunTable
+    store = _store(args, read_only=True)
+    return RunTable.from_store(store, args.run)
+
+
+def _eval_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--preset", required=True, help="a preset file, JSON text, or a sl1.… link")
+    p.add_argument("--split", default="all", choices=["tune", "test", "all"],
+                   help="evaluate on the tune or the held-out test half of the questions (stable by id)")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the CIs")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("eval", "replay a preset on a run: EM, ΔEM with CI, tokens emitted/computed, savings, lost/gained",
+         _eval_setup)
+def _eval(args):
+    from .optimize import evaluate, split_mask
+    from .presets import load, preset_stops
+    preset = load(args.preset)
+    t = _table(args)
+    t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
+    res = evaluate(t, preset_stops(t, preset), preset.name, args.boot)
+    res.update({"run": t.run_id, "split": args.split, "preset": preset.to_dict()})
+    if args.json:
+        return _print_json(res)
+    ci = res["ci"]
+    print(f"{preset.name} on run {t.run_id} ({args.split}, {res['n']} questions)")
+    print(f"  EM {res['em']:.3f} vs full {res['em_full']:.3f}:  ΔEM {res['delta_em']:+.3f} "
+          f"[{ci['delta_em'][0]:+.3f}, {ci['delta_em'][1]:+.3f}]  McNemar p={res['mcnemar']['p_value']:.3g}")
+    print(f"  tokens emitted {res['tokens_emitted']:.1f} (saves {res['savings_emitted']:.1%}), computed "
+          f"{res['tokens_computed']:.1f} (saves {res['savings_computed']:.1%}), full {res['tokens_full']:.1f}")
+    print(f"  lost {res['lost']}  gained {res['gained']}  kept right {res['kept_right']}  kept wrong {res['kept_wrong']}")
+
+
+def _sweep_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--family", action="append", help="family to sweep (repeatable; default: all the run supports)")
+    p.add_argument("--split", default="all", choices=["tune", "test", "all"])
+    p.add_argument("--json", action="store_true", help="one JSON object per point")
+    _db(p)
+
+
+@command("sweep", "sweep every family's declared grid: points with Pareto and hull flags", _sweep_setup)
+def _sweep(args):
+    from .frontier import sweep
+    from .optimize import split_mask
+    from .policies.base import get_family
+    from .errors import StoplineError
+    for f in args.family or []:
+        try:
+            get_family(f)
+        except KeyError:
+            from .policies.base import families
+            raise StoplineError(f"unknown family {f!r}", hint="families: " + ", ".join(families())) from None
+    t = _table(args)
+    t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
+    df = sweep(t, args.family, skip_missing=not args.family)
+    if args.json:
+        for rec in df.to_dict(orient="records"):
+            rec["setting"] = json.loads(rec["setting"]) if rec["setting"] else None
+            _print_json(rec)
+        return
+    print(df[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "pareto", "hull"]]
+          .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def _families_setup(p):
+    p.add_argument("--json", action="store_true")
+
+
+@command("families", "the policy families and their declared parameters", _families_setup)
+def _families(args):
+    from .policies.base import families, get_family
+    out = []
+    for f in families():
+        c = get_family(f)
+        out.append({"name": f, "label": c.label, "description": c.description, "source": c.source,
+                    "requires": list(c.requires),
+                    "params": [{"name": p.name, "kind": p.kind, "default": p.default, "low": p.low, "high": p.high,
+                                "log": p.log, "choices": list(p.choices), "help": p.help} for p in c.params]})
+    if args.json:
+        return _print_json(out)
+    for f in out:
+        print(f"{f['name']}: {f['description']}  [{f['source']}]")
+        for p in f["params"]:
+            rng = f" in [{p['low']:g}, {p['high']:g}]" if p["low"] is not None else (
+                f" one of {p['choices']}" if p["choices"] else "")
+            print(f"    {p['name']} ({p['kind']}, default {p['default']!r}{rng}): {p['help']}")
+
+
+def _op_setup(p):
+    p.add_argument("--run", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budget", type=float, help="max EM with mean tokens <= BUDGET")
+    g.add_argument("--max-drop", type=float, help="fewest tokens with EM >= full EM - MAX_DROP")
+    p.add_argument("--cost", default="emitted", choices=["emitted", "computed"])
+    p.add_argument("--slice-by", help="choose one setting per slice ('length' or a question field such as "
+                   "meta.difficulty) under the global --budget")
+    p.add_argument("--family", action="append")
+    p.add_argument("--save", help="write the chosen preset to this JSON file")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("optimize", "pick an operating point on the tune split and report it on the test split", _op_setup)
+def _optimize(args):
+    from .errors import StoplineError
+    from .optimize import operating_point, optimize_slices, split_mask
+    from .policies.base import Setting
+    from .presets import Preset
+    t = _table(args)
+    if args.slice_by:
+        if args.budget is None:
+            raise StoplineError("--slice-by needs --budget")
+        tune = t.subset(split_mask(t.question_ids, "tune"))
+        res = optimize_slices(tune, args.slice_by, args.budget, args.cost, args.family)
+        default = Setting.from_dict({"family": "budget", "params": {"B": 32768}})
+        preset = Preset(f"per-slice, budget {args.budget:g}", default, args.slice_by,
+                        {k: Setting.from_dict(v["setting"]) for k, v in res["slices"].items() if v["setting"]})
+    else:
+        goal, value = ("budget", args.budget) if args.budget is not None else ("drop", args.max_drop)
+        res = operating_point(t, goal, value, args.cost, args.family)
+        preset = Preset(res["label"], Setting.from_dict(res["setting"]))
+    res["preset"] = preset.to_dict()
+    res["link"] = preset.to_url()
+    if args.save:
+        with open(args.save, "w") as fh:
+            fh.write(preset.to_json())
+    if args.json:
+        return _print_json(res)
+    print(json.dumps(res, indent=2, default=str))

@@ -1,0 +1,98 @@
+"""Sweeps and fronts: every setting of every family's declared grid -> (cost, EM) points, with the Pareto
+set and the upper convex hull (two settings mixed at random reach any point on the chord between them)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from .errors import MissingSignal
+from .policies.base import Setting, check_signals, families, get_family
+from .replay import RunTable, quick_summary, stop_index
+
+COST_AXES = ("emitted", "computed")
+
+
+def settings_for(t: RunTable, family: str) -> list[Setting]:
+    cls = get_family(family)
+    return [Setting(family, cls.validate(p)) for p in cls.grid(t)]
+
+
+def sweep(t: RunTable, family_names: list[str] | None = None, skip_missing: bool = True) -> pd.DataFrame:
+    """One row per setting: EM, mean tokens emitted and computed, savings, lost/gained, and front flags.
+
+    Families whose signals the run lacks are skipped (or raise, with skip_missing=False).
+    """
+    rows = []
+    full_em, full_tok = float(t.full_em.mean()), float(t.full_tokens.mean()) or 1.0
+    full_right = t.full_em > 0.5
+    r = t.rows
+    for fam in family_names or families():
+        try:
+            sets = settings_for(t, fam)
+            if sets:
+                check_signals(t, sets[0])
+        except MissingSignal:
+            if skip_missing:
+                continue
+            raise
+        for s in sets:
+            stop = stop_index(t, s)
+            em_q = t.em[r, stop]
+            em, emitted, computed = float(em_q.mean()), float(t.emitted[r, stop].mean()), float(t.computed[r, stop].mean())
+            right = em_q > 0.5
+            rows.append({"family": fam, "label": s.label(), "setting": s.key(), "em": em, "delta_em": em - full_em,
+                         "emitted": emitted, "computed": computed,
+                         "savings_emitted": 1 - emitted / full_tok, "savings_computed": 1 - computed / full_tok,
+                         "lost": int((full_right & ~right).sum()), "gained": int((~full_right & right).sum())})
+    rows.append({"family": "full", "label": "full length", "setting": "", "em": full_em, "delta_em": 0.0,
+                 "emitted": full_tok, "computed": full_tok, "savings_emitted": 0.0, "savings_computed": 0.0,
+                 "lost": 0, "gained": 0})
+    df = pd.DataFrame(rows)
+    for axis in COST_AXES:
+        suffix = "" if axis == "emitted" else "_computed"
+        df["pareto" + suffix] = pareto_mask(df[axis].to_numpy(), df["em"].to_numpy())
+        df["hull" + suffix] = hull_mask(df[axis].to_numpy(), df["em"].to_numpy())
+        df["pareto_family" + suffix] = False
+        for fam, idx in df.groupby("family").groups.items():
+            sub = df.loc[idx]
+            df.loc[idx, "pareto_family" + suffix] = pareto_mask(sub[axis].to_numpy(), sub["em"].to_numpy())
+    return df
+
+
+def pareto_mask(cost: np.ndarray, em: np.ndarray) -> np.ndarray:
+    """Points no other point beats on both axes (lower cost and higher EM, one of them strictly)."""
+    order = np.lexsort((-em, cost))
+    mask = np.zeros(len(cost), bool)
+    best = -np.inf
+    for i in order:
+        if em[i] > best:
+            mask[i] = True
+            best = em[i]
+    return mask
+
+
+def hull_mask(cost: np.ndarray, em: np.ndarray) -> np.ndarray:
+    """Vertices of the upper-left convex hull of the Pareto points: the best EM reachable at each cost by
+    mixing two settings at random."""
+    p = np.flatnonzero(pareto_mask(cost, em))
+    p = p[np.argsort(cost[p])]
+    hull: list[int] = []
+    for i in p:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b lies on or below the chord a->i: drop it
+            cross = (cost[b] - cost[a]) * (em[i] - em[a]) - (em[b] - em[a]) * (cost[i] - cost[a])
+            if cross >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    mask = np.zeros(len(cost), bool)
+    mask[hull] = True
+    return mask
+
+
+def setting_of(row: pd.Series | dict) -> Setting:
+    return Setting.from_dict(json.loads(row["setting"]))

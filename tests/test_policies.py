@@ -1,0 +1,139 @@
+"""Hand-built cases where the right stop is known, for each family; cross-fitting of the learned stopper."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from analysis.errors import MissingSignal, PresetError
+from analysis.policies import Setting, families, get_family
+from analysis.policies.learned import cross_fit, fold_of
+from analysis.replay import RunTable, full_length, replay, stop_index
+
+
+def table(questions):
+    """questions: list of lists of checkpoint dicts (pos, answer_norm, em, ...)."""
+    rows = []
+    for qi, cks in enumerate(questions):
+        for j, c in enumerate(cks):
+            row = {"question_id": f"q{qi}", "ck_idx": j, "answer_tokens": 2, "probe_tokens": 10, "f1": 0.0,
+                   "is_step": False, "is_transition": False, "p_mean": 0.5, "p_geo": 0.5, "p_min": 0.5,
+                   "p_first": 0.5, "entropy": 1.0}
+            row.update(c)
+            rows.append(row)
+    return RunTable.from_arrow(pa.Table.from_pylist(rows), "hand")
+
+
+TRACE = [  # answers settle on "7" (right) at checkpoint 2, drift to "8" (wrong) at the end
+    {"pos": 32, "answer_norm": "", "em": 0.0, "p_mean": 0.2, "entropy": 2.0},
+    {"pos": 64, "answer_norm": "5", "em": 0.0, "p_mean": 0.6, "entropy": 1.0},
+    {"pos": 96, "answer_norm": "7", "em": 1.0, "p_mean": 0.97, "entropy": 0.50, "is_transition": True},
+    {"pos": 128, "answer_norm": "7", "em": 1.0, "p_mean": 0.90, "entropy": 0.50},
+    {"pos": 160, "answer_norm": "7", "em": 1.0, "p_mean": 0.99, "entropy": 0.50},
+    {"pos": 192, "answer_norm": "8", "em": 0.0, "p_mean": 0.99, "entropy": 0.50},
+]
+
+
+@pytest.mark.parametrize("setting,stop", [
+    (Setting.make("budget", B=100), 3),          # first checkpoint at or past 100 tokens is 128
+    (Setting.make("budget", B=96), 2),
+    (Setting.make("budget", B=10_000), 5),        # never fires: full length
+    (Setting.make("consistency", k=2), 3),        # "7","7" at checkpoints 2,3
+    (Setting.make("consistency", k=3), 4),
+    (Setting.make("consistency", k=4), 5),        # never: full length
+    (Setting.make("consistency", k=2, min_tokens=150), 4),
+    (Setting.make("confidence", tau=0.95), 2),
+    (Setting.make("confidence", tau=0.98), 4),
+    (Setting.make("confidence", tau=0.95, transition_only=True), 2),
+    (Setting.make("confidence", tau=0.98, transition_only=True), 5),
+    (Setting.make("hybrid", a={"family": "confidence", "params": {"tau": 0.95}},
+                  b={"family": "consistency", "params": {"k": 3}}, op="and"), 4),
+    (Setting.make("hybrid", a={"family": "confidence", "params": {"tau": 0.999}},
+                  b={"family": "consistency", "params": {"k": 9}}, op="or", cap=150), 4),
+    (Setting.make("hybrid", a={"family": "confidence", "params": {"tau": 0.95}},
+                  b={"family": "consistency", "params": {"k": 2}}, op="or", floor=120), 3),
+])
+def test_known_stops(setting, stop):
+    t = table([TRACE])
+    assert int(stop_index(t, setting)[0]) == stop
+
+
+def test_entropy_stops_when_variance_settles():
+    h = [2.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    t = table([[{"pos": 32 * (i + 1), "answer_norm": "1", "em": 1.0, "entropy": v} for i, v in enumerate(h)]])
+    # EMA variance with alpha=0.5: 0, .25, .375, .25, .14, .074, .038: first under 0.05 at checkpoint 6
+    var = 0.0
+    mean = h[0]
+    expected = None
+    for j, x in enumerate(h):
+        if j:
+            d = x - mean
+            mean += 0.5 * d
+            var = 0.5 * (var + 0.5 * d * d)
+        if var < 0.05 and j + 1 >= 2 and expected is None:
+            expected = j
+    assert int(stop_index(t, Setting.make("entropy", alpha=0.5, delta=0.05, min_steps=2))[0]) == expected == 6
+
+
+def test_outcomes_and_costs():
+    t = table([TRACE])
+    o = replay(t, Setting.make("confidence", tau=0.95))
+    s = o.summary()
+    assert s["gained"] == 1 and s["lost"] == 0 and s["em"] == 1.0 and s["em_full"] == 0.0
+    assert o.emitted[0] == 96 + 2                        # position + the trial answer's tokens
+    assert o.computed[0] == 96 + 3 * 10                  # position + three probes (checkpoints 0..2)
+    f = full_length(t)
+    assert f.emitted[0] == 192 and f.computed[0] == 192  # the last checkpoint is the model's own answer
+
+
+def test_text_only_run_says_which_signal_is_missing():
+    t = table([[{"pos": 32, "answer_norm": "1", "em": 1.0, "p_mean": None, "p_geo": None, "p_min": None,
+                 "p_first": None, "entropy": None}]])
+    for fam in ("confidence", "entropy"):
+        with pytest.raises(MissingSignal, match=fam):
+            stop_index(t, Setting.make(fam))
+    stop_index(t, Setting.make("consistency"))  # text-only families work
+    stop_index(t, Setting.make("learned"))
+
+
+def test_every_family_declares_parameters_with_help_and_valid_defaults():
+    assert set(families()) >= {"budget", "consistency", "confidence", "entropy", "learned", "hybrid"}
+    for f in families():
+        cls = get_family(f)
+        assert cls.description and cls.params
+        for p in cls.params:
+            assert p.help
+        assert Setting.make(f).params == cls.validate({})
+
+
+def test_out_of_range_parameter_is_a_clear_error():
+    with pytest.raises(PresetError, match=r"params.tau.*out of range"):
+        Setting.make("confidence", tau=1.5)
+    with pytest.raises(PresetError, match="unknown parameter"):
+        Setting.make("budget", X=1)
+
+
+# --- learned: cross-fitting -------------------------------------------------------------------------------
+def test_cross_fitting_never_decides_a_question_with_a_model_trained_on_it(synthetic_db):
+    from analysis.store import Store
+    path, rid, _ = synthetic_db
+    t = RunTable.from_store(Store(path, read_only=True), rid)
+    p = cross_fit(t, "all")
+    folds = fold_of(t, 5)
+    k = 2
+    # Flip the labels of fold k's questions: a cross-fitted model for fold k never saw them, so fold k's
+    # probabilities must not move, while every other fold's must.
+    t2 = t.subset(np.arange(t.n))
+    t2.cache.clear()
+    t2.cols["em"] = np.where((folds == k)[:, None], 1.0 - t.em, t.em)
+    p2 = cross_fit(t2, "all")
+    np.testing.assert_allclose(p2[folds == k], p[folds == k])
+    assert not np.allclose(p2[folds != k][t.valid[folds != k]], p[folds != k][t.valid[folds != k]])
+
+
+def test_learned_stopper_beats_chance(synthetic_db):
+    from analysis.store import Store
+    path, rid, _ = synthetic_db
+    t = RunTable.from_store(Store(path, read_only=True), rid)
+    p = cross_fit(t, "all")
+    y = t.em > 0.5
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(y[t.valid], p[t.valid]) > 0.7
