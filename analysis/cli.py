@@ -175,3 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; everything committed so far is kept", file=sys.stderr)
         return 130
     return 0
+
+
+def entry() -> None:
+    """Console script ``stopline``."""
+    sys.exit(main())

@@ -210,14 +210,14 @@ class Store:
         run_id = h[:12]
 
         def go(c):
-            row = c.execute("SELECT run_id FROM runs WHERE config_hash = ?", [h]).fetchone()
-            if row:
-                return row[0], False
+            rows = c.execute("SELECT run_id FROM runs WHERE config_hash = ?", [h]).fetchall()
+            if rows:
+                return rows[0][0], False
             t = now()
             c.execute("INSERT INTO runs (run_id, config_hash, model, dataset, answer_type, source, config, status,"
                       " n_planned, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                       [run_id, h, model, dataset, answer_type, source, json.dumps(config, default=str),
-                       "running", n_planned, t, t])
+                       "running", n_planned, t, t]).fetchall()
             return run_id, True
         if con is not None:
             return go(con)

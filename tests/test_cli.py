@@ -1,0 +1,53 @@
+"""The command line: --help everywhere, runs --json, show-run, eval, sweep, and errors without tracebacks."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from analysis.cli import COMMANDS, build_parser
+from conftest import FIXTURES, ROOT
+
+
+def test_help_on_every_command(cli):
+    build_parser()
+    assert {"datasets", "import", "runs", "show-run", "eval", "sweep", "families", "optimize"} <= set(COMMANDS)
+    for name in COMMANDS:
+        code, out, _ = cli(name, "--help")
+        assert code == 0 and "usage:" in out
+
+
+def test_module_and_console_entry_point():
+    r = subprocess.run([sys.executable, "-m", "analysis", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "COMMAND" in r.stdout
+
+
+def test_import_runs_show_eval_sweep(cli, tmp_path):
+    db = tmp_path / "s.duckdb"
+    code, out, err = cli("import", FIXTURES / "solutions.jsonl", "--response-field", "outputs.solution",
+                         "--model", "hand", "--dataset", "hand-gsm", "--db", db)
+    assert code == 0, err
+    code, out, _ = cli("runs", "--json", "--db", db)
+    (run,) = [json.loads(line) for line in out.splitlines()]
+    assert {"id", "model", "dataset", "n_questions", "n_checkpoints", "em_full"} <= set(run)
+    assert run["em_full"] == pytest.approx(0.75) and run["n_questions"] == 32
+    code, out, _ = cli("show-run", run["id"], "--db", db)
+    assert code == 0 and "none (text-derived checkpoints)" in out
+    preset = json.dumps({"stopline_preset": 1, "name": "k2", "setting": {"family": "consistency", "params": {"k": 2}}})
+    code, out, _ = cli("eval", "--run", run["id"], "--preset", preset, "--json", "--db", db)
+    res = json.loads(out)
+    assert {"em", "em_full", "delta_em", "ci", "tokens_emitted", "tokens_computed", "savings_emitted", "lost",
+            "gained", "mcnemar"} <= set(res)
+    code, out, _ = cli("sweep", "--run", run["id"], "--json", "--db", db)
+    pts = [json.loads(line) for line in out.splitlines()]
+    assert any(p["pareto"] for p in pts) and any(p["hull"] for p in pts) and {p["family"] for p in pts} >= {"budget"}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["runs", "--db", "/nonexistent/x.duckdb"], "store not found"),
+    (["datasets", "bogus:thing"], "unknown dataset prefix"),
+    (["import", "/nonexistent.jsonl", "--model", "m", "--dataset", "d"], "file not found"),
+])
+def test_errors_are_messages_not_tracebacks(cli, args, match):
+    code, out, err = cli(*args)
+    assert code == 2 and match in err and "Traceback" not in err

@@ -1,0 +1,71 @@
+import json
+
+import pandas as pd
+import pytest
+
+from analysis.datasets import load_dataset, stable_id
+from analysis.errors import StoplineError
+
+
+def test_reasoning_gym_is_seeded_and_stable():
+    a = load_dataset("rg:gsm_symbolic", 5, seed=3)
+    b = load_dataset("rg:gsm_symbolic", 5, seed=3)
+    assert [q.id for q in a.questions] == [q.id for q in b.questions]
+    assert a.answer_type == "number" and "Apache-2.0" in a.attribution
+    assert all(q.gold and q.gold[0].lstrip("-").replace(".", "").isdigit() for q in a.questions)
+    assert a.questions[0].id == stable_id(a.questions[0].text)
+    c = load_dataset("rg:basic_arithmetic", 4)
+    assert len(c) == 4 and "num_terms" in c.questions[0].meta
+
+
+def test_gsm8k_and_nq_open(tmp_path):
+    g = tmp_path / "gsm.jsonl"
+    g.write_text(json.dumps({"question": "Q1?", "answer": "3 + 4 = 7\n#### 7"}) + "\n"
+                 + json.dumps({"question": "Q2?", "answer": "so\n#### 1,250"}) + "\n")
+    ds = load_dataset(f"gsm8k:{g}")
+    assert [q.gold for q in ds.questions] == [["7"], ["1250"]] and ds.answer_type == "number"
+    n = tmp_path / "nq.jsonl"
+    n.write_text(json.dumps({"question": "who?", "answer": ["Ann", "Anne"]}) + "\n")
+    ds = load_dataset(f"nq-open:{n}")
+    assert ds.questions[0].gold == ["Ann", "Anne"] and ds.answer_type == "text"
+
+
+def test_table_adapters_with_field_mapping(tmp_path):
+    rows = [{"q": {"text": "What is 2+2?"}, "sol": "4", "cat": "easy"},
+            {"q": {"text": "What is 3+3?"}, "sol": "6", "cat": "easy"}]
+    j = tmp_path / "d.jsonl"
+    j.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = load_dataset(f"jsonl:{j}", question_field="q.text", gold_field="sol", meta_fields=["cat"])
+    assert ds.questions[1].text == "What is 3+3?" and ds.questions[1].meta["cat"] == "easy"
+    flat = pd.DataFrame([{"question": r["q"]["text"], "answer": r["sol"]} for r in rows])
+    flat.to_csv(tmp_path / "d.csv", index=False)
+    flat.to_parquet(tmp_path / "d.parquet")
+    for kind in ("csv", "parquet"):
+        ds = load_dataset(f"{kind}:{tmp_path / ('d.' + kind)}")
+        assert [q.gold for q in ds.questions] == [["4"], ["6"]]
+
+
+def test_bad_dataset_ids_and_files(tmp_path):
+    with pytest.raises(StoplineError, match="unknown dataset prefix"):
+        load_dataset("nope:x")
+    with pytest.raises(StoplineError, match="expected PREFIX:ARG"):
+        load_dataset("gsm8k")
+    with pytest.raises(StoplineError, match="unknown reasoning-gym task"):
+        load_dataset("rg:no_such_task", 2)
+    with pytest.raises(StoplineError, match="file not found"):
+        load_dataset(f"gsm8k:{tmp_path / 'missing.jsonl'}")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 3"}\n{"question": "q2", "answer": "no number"}\n')
+    with pytest.raises(StoplineError) as e:
+        load_dataset(f"gsm8k:{bad}")
+    assert "line 2" in str(e.value) and "answer" in str(e.value) and "holds no number" in str(e.value)
+    with pytest.raises(StoplineError, match="missing field"):
+        load_dataset(f"jsonl:{bad}", question_field="prompt")
+
+
+def test_hf_gives_a_clear_offline_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(StoplineError) as e:
+        load_dataset("hf:openai/gsm8k:main", 3)
+    assert "could not load Hugging Face dataset" in str(e.value) and "jsonl:PATH" in str(e.value)

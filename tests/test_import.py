@@ -1,0 +1,129 @@
+"""Import of generations made elsewhere: EM as judged by hand, lm-eval files, and every kind of bad input."""
+import json
+
+import duckdb
+import pytest
+
+from analysis.errors import StoplineError
+from analysis.importer import ImportSpec, import_generations
+from conftest import FIXTURES
+
+SOLUTIONS = FIXTURES / "solutions.jsonl"
+
+
+def spec(path, **kw):
+    base = dict(path=str(path), model="hand", dataset="hand-gsm", response_field="outputs.solution")
+    base.update(kw)
+    return ImportSpec(**base)
+
+
+def test_em_full_equals_the_hand_judgement(store):
+    rows = [json.loads(line) for line in SOLUTIONS.read_text().splitlines()]
+    res = import_generations(store, spec(SOLUTIONS), show_progress=False)
+    assert res["created"] and res["n_questions"] == len(rows) >= 30
+    assert res["em_full"] == pytest.approx(sum(r["hand_em"] for r in rows) / len(rows))
+    # per question, too
+    with store.connect() as con:
+        got = dict(con.execute("SELECT q.text, t.em FROM traces t JOIN questions q USING (question_id)").fetchall())
+    assert {r["question"]: float(r["hand_em"]) for r in rows} == got
+    # importing the same file again finds the run instead of duplicating it
+    again = import_generations(store, spec(SOLUTIONS), show_progress=False)
+    assert not again["created"] and again["run_id"] == res["run_id"] and len(store.runs()) == 1
+
+
+def test_text_checkpoints_follow_the_trace(store):
+    res = import_generations(store, spec(SOLUTIONS, every=4), show_progress=False)
+    ck = store.checkpoints(res["run_id"]).to_pandas()
+    for _, g in ck.groupby("question_id"):
+        assert g.ck_idx.tolist() == list(range(len(g)))
+        assert g.pos.is_monotonic_increasing and g.kind.iloc[-1] == "final"
+    # "20 - 7 = 13. Hmm, actually 20 - 7 = 12. \boxed{12}": right before the 'Hmm', wrong at the end (a loss)
+    qid = [q for q in ck.question_id.unique() if (ck[ck.question_id == q].answer_norm == "13").any()][0]
+    g = ck[ck.question_id == qid]
+    assert g[g.kind == "transition"].answer_norm.iloc[0] == "13" and g[g.kind == "transition"].em.iloc[0] == 1.0
+    assert g.answer_norm.iloc[-1] == "12" and g.em.iloc[-1] == 0.0
+
+
+def test_lm_eval_log_samples(store, tmp_path):
+    f = tmp_path / "samples_gsm8k.jsonl"
+    recs = [{"doc_id": i, "doc": {"question": f"Q{i}?", "answer": f"work\n#### {i}"}, "target": f"work\n#### {i}",
+             "arguments": [], "resps": [[f"So the answer is {i if i % 2 else i + 1}."]],
+             "filtered_resps": ["x"], "exact_match": 0.0} for i in range(10)]
+    f.write_text("\n".join(json.dumps(r) for r in recs))
+    res = import_generations(store, ImportSpec(path=str(f), model="m", dataset="gsm8k", fmt="lm-eval",
+                                               question_field="doc.question", gold_field="target",
+                                               response_field="resps.0.0", id_field="doc_id"), show_progress=False)
+    assert res["em_full"] == 0.5 and res["n_questions"] == 10
+
+
+def test_text_answers(store, tmp_path):
+    f = tmp_path / "nq.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"],
+         "response": "Hmm, Marlowe?\n\nNo. The answer is William Shakespeare."},
+        {"question": "capital of france", "answer": ["Paris"], "response": "Answer: Lyon"}]))
+    res = import_generations(store, ImportSpec(path=str(f), model="m", dataset="nq", answer_type="text"),
+                             show_progress=False)
+    assert res["em_full"] == 0.5
+
+
+def _bad(tmp_path, name, content: bytes):
+    p = tmp_path / name
+    p.write_bytes(content)
+    return p
+
+
+GOOD = json.dumps({"question": "q?", "answer": "3", "response": "#### 3"}).encode()
+
+
+@pytest.mark.parametrize("name,content,where,match", [
+    ("invalid.jsonl", GOOD + b"\n{not json}\n", "line 2", "invalid JSON"),
+    ("missing.jsonl", GOOD + b'\n{"question": "q", "response": "r"}\n', "line 2", "field 'answer'"),
+    ("wrongtype.jsonl", GOOD + b'\n{"question": "q", "answer": "3", "response": 7}\n', "line 2", "must be a string"),
+    ("gold.jsonl", GOOD + b'\n' + GOOD + b'\n{"question": "q", "answer": "n/a", "response": "r"}\n', "line 3",
+     "cannot parse the gold"),
+    ("goldtype.jsonl", b'{"question": "q", "answer": {"a": 1}, "response": "r"}\n', "line 1", "gold must be"),
+    ("empty.jsonl", b"", "empty.jsonl", "no records"),
+    ("blank.jsonl", b"\n\n  \n", "blank.jsonl", "no records"),
+    ("latin1.jsonl", GOOD + b'\n{"question": "caf\xe9", "answer": "1", "response": "1"}\n', "line 2", "UTF-8"),
+    ("array.jsonl", b"[1, 2]\n", "line 1", "expected a JSON object"),
+    ("dupid.jsonl", b'{"id": 1, "question": "a", "answer": "1", "response": "1"}\n'
+                    b'{"id": 1, "question": "b", "answer": "1", "response": "1"}\n', "line 2", "repeats line 1"),
+])
+def test_bad_input_names_file_line_field_and_writes_nothing(store, tmp_path, name, content, where, match):
+    p = _bad(tmp_path, name, content)
+    kw = {"id_field": "id"} if name == "dupid.jsonl" else {}
+    with pytest.raises(StoplineError) as e:
+        import_generations(store, ImportSpec(path=str(p), model="m", dataset="d", **kw), show_progress=False)
+    msg = str(e.value)
+    assert name in msg and where in msg and match in msg, msg
+    assert store.runs() == []
+    with store.connect() as con:
+        assert con.execute("SELECT COUNT(*) FROM questions").fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+
+
+def test_a_50mb_line_is_refused_without_reading_it_all(store, tmp_path):
+    p = tmp_path / "huge.jsonl"
+    with open(p, "wb") as fh:
+        fh.write(GOOD + b"\n")
+        fh.write(b'{"question": "q", "answer": "1", "response": "' + b"x" * (50 * 1024 * 1024) + b'"}\n')
+    with pytest.raises(StoplineError) as e:
+        import_generations(store, ImportSpec(path=str(p), model="m", dataset="d"), show_progress=False)
+    assert "huge.jsonl" in str(e.value) and "line 2" in str(e.value) and "longer than 16 MB" in str(e.value)
+    assert store.runs() == []
+
+
+def test_unknown_field_path(store):
+    with pytest.raises(StoplineError) as e:
+        import_generations(store, spec(SOLUTIONS, response_field="outputs.answer.text"), show_progress=False)
+    assert "line 1" in str(e.value) and "outputs.answer.text" in str(e.value) and "no 'answer'" in str(e.value)
+
+
+def test_store_stays_valid_after_a_failed_import(store, tmp_path):
+    import_generations(store, spec(SOLUTIONS), show_progress=False)
+    p = _bad(tmp_path, "bad.jsonl", GOOD + b"\n{oops\n")
+    with pytest.raises(StoplineError):
+        import_generations(store, ImportSpec(path=str(p), model="m2", dataset="d2"), show_progress=False)
+    assert len(store.runs()) == 1
+    duckdb.connect(store.path, read_only=True).close()

@@ -1,0 +1,102 @@
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import pytest
+
+from analysis.datasets import Question
+from analysis.errors import StoplineError
+from analysis.store import MIGRATIONS, SCHEMA_VERSION, Store, migrate
+
+
+def test_new_store_has_current_schema(tmp_path):
+    s = Store(tmp_path / "a.duckdb")
+    assert s.schema_version() == SCHEMA_VERSION
+    assert s.runs() == []
+
+
+def test_migration_from_v1_keeps_data(tmp_path):
+    p = str(tmp_path / "old.duckdb")
+    migrate(p, 1)  # a store as version 1 wrote it
+    con = duckdb.connect(p)
+    con.execute("INSERT INTO runs VALUES ('r1', 'h1', 'm', 'd', 'number', 'imported', '{}', 'complete', 1, now(), now())")
+    con.execute("INSERT INTO questions VALUES ('d', 'q1', 0, 'Q?', '[\"1\"]', 'number', '{}')")
+    con.execute("INSERT INTO traces VALUES ('r1', 'q1', 'text 1', 2, '1', '1', 1.0, 1.0, 'imported', NULL, NULL)")
+    con.close()
+    with pytest.raises(StoplineError, match="needs a migration"):
+        Store(p, read_only=True)
+    s = Store(p)  # opening writable migrates
+    assert s.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
+    (run,) = s.runs()
+    assert run["id"] == "r1" and run["em_full"] == 1.0
+    s.save_preset("p", {"x": 1})
+    assert s.presets() == {"p": {"x": 1}}
+
+
+def test_newer_store_is_refused_clearly(tmp_path):
+    p = str(tmp_path / "new.duckdb")
+    Store(p)
+    con = duckdb.connect(p)
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoplineError, match="newer than this Stopline"):
+        Store(p)
+
+
+def test_not_a_store(tmp_path):
+    p = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(p))
+    con.execute("CREATE TABLE x (a INT)")
+    con.close()
+    with pytest.raises(StoplineError, match="not a Stopline store"):
+        Store(p)
+    junk = tmp_path / "junk.duckdb"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoplineError):
+        Store(junk)
+
+
+def test_read_only_store_refuses_writes(tmp_path):
+    p = tmp_path / "ro.duckdb"
+    Store(p)
+    s = Store(p, read_only=True)
+    with pytest.raises(StoplineError, match="read-only"):
+        s.put_questions("d", [Question("q", "t", ["1"], "number")])
+    with pytest.raises(StoplineError, match="store not found"):
+        Store(tmp_path / "missing.duckdb", read_only=True)
+
+
+def test_failed_transaction_leaves_nothing(tmp_path):
+    s = Store(tmp_path / "t.duckdb")
+    with pytest.raises(RuntimeError):
+        with s.transaction() as con:
+            s.get_or_create_run(model="m", dataset="d", answer_type="number", source="x", config={}, con=con)
+            raise RuntimeError("boom")
+    assert s.runs() == []
+
+
+def test_reader_waits_for_a_writer_in_another_process(tmp_path):
+    """A process holding the write lock for a moment delays a reader; it does not fail it."""
+    p = tmp_path / "lock.duckdb"
+    Store(p)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, time
+        con = duckdb.connect({str(p)!r})
+        con.execute("BEGIN TRANSACTION")
+        con.execute("INSERT INTO meta VALUES ('holder', 'x')")
+        print("locked", flush=True)
+        time.sleep(1.5)
+        con.execute("COMMIT")
+        con.close()
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    s = Store(p, read_only=True, lock_timeout=20)
+    assert s.runs() == []
+    waited = time.monotonic() - t0
+    holder.wait(timeout=20)
+    assert waited > 0.3  # it had to wait for the lock
+    with Store(p).connect() as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone() == ("x",)
