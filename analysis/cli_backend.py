@@ -57,3 +57,26 @@ def _run(args):
     print(f"run {res['run_id']}: {res['n_questions']} questions ({res['generated_now']} generated now), "
           f"EM at full length {res['em_full'] or 0:.3f}, mean {res['mean_tokens'] or 0:.0f} tokens, "
           f"{res['seconds']:.0f} s, {tps:.0f} tokens/s")
+
+
+def _demo_setup(p):
+    p.add_argument("--rebuild", action="store_true", help="regenerate data/demo.duckdb from the pinned inputs")
+    p.add_argument("--limit", type=int, help="questions per dataset (default: the pinned number)")
+    p.add_argument("--out", help="write here instead of data/demo.duckdb")
+    p.add_argument("--json", action="store_true")
+
+
+@command("demo", "show, or rebuild from pinned inputs, the bundled demo store", _demo_setup)
+def _demo(args):
+    from .demo import SPEC, rebuild
+    from .store import DEMO_DB, Store
+    if args.rebuild:
+        res = rebuild(args.out or DEMO_DB, args.limit, show_progress=not args.json)
+        return _print_json(res) if args.json else print(f"demo store written to {res['path']}")
+    runs = Store(DEMO_DB, read_only=True).runs()
+    if args.json:
+        return _print_json({"path": DEMO_DB, "spec": SPEC, "runs": [{k: v for k, v in r.items() if k != "config"}
+                                                                     for r in runs]})
+    print(f"{DEMO_DB}: {len(runs)} runs (rebuild: python -m analysis demo --rebuild)")
+    for r in runs:
+        print(f"  {r['id']}  {r['model']:28s} {r['dataset']:22s} {r['n_questions']:4d} q  EM {r['em_full']:.3f}")

@@ -125,6 +125,16 @@ def fetch(name: str, quiet: bool = False) -> Path:
     return target
 
 
+def _dense(gguf_file: str) -> dict:
+    """Ask transformers for plain dense weights from a GGUF file (not GGUF blocks unpacked at every
+    forward), so the model runs in bf16 and can be saved as safetensors."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers dequantize GGUF files anyway
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
     if device == "auto":
@@ -151,8 +161,8 @@ def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code
                 if sha256_file(gguf) != p.sha256:
                     raise StoplineError(f"checksum mismatch for cached {gguf}", hint=f"delete {gguf} and fetch again")
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-                model = model.to(torch.bfloat16)
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                             **_dense(gguf.name))
                 tmp = conv.with_name("bf16.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
                 model.save_pretrained(tmp)
@@ -160,7 +170,7 @@ def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code
                 tmp.rename(conv)
             src, kw = str(conv), {}
         elif Path(name).is_file() and name.endswith(".gguf"):
-            src, kw = str(Path(name).parent), {"gguf_file": Path(name).name}
+            src, kw = str(Path(name).parent), {"gguf_file": Path(name).name, **_dense(Path(name).name)}
             info["sha256"] = sha256_file(name)
         elif Path(name).is_dir():
             src, kw = name, {}

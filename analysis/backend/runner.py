@@ -31,8 +31,8 @@ CUES = {
     "thinking": "\n</think>\n\n**Final Answer**\n\\boxed{",
 }
 PROMPTS = {
-    NUMBER: "{question}\nSolve it step by step, then give the final answer as \\boxed{{number}}.",
-    "text": "Answer the question. Think briefly, then give the final answer as \\boxed{{answer}}.\n{question}",
+    NUMBER: "{question}\nSolve it step by step, then write the final answer inside \\boxed{{}}.",
+    "text": "Answer the question. Think briefly, then write the final answer inside \\boxed{{}}.\n{question}",
 }
 
 

@@ -1,0 +1,14 @@
+"""Stopline dashboard: navigation and the shared pickers. Pages are thin and call analysis/."""
+import streamlit as st
+
+st.set_page_config(page_title="Stopline", page_icon=":material/stop_circle:", layout="wide")
+
+from views import common  # noqa: E402
+
+common.sidebar_pickers()
+nav = st.navigation([
+    st.Page("views/frontier.py", title="Frontier", icon=":material/show_chart:", default=True),
+    st.Page("views/tune.py", title="Tune", icon=":material/tune:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/folder_open:"),
+])
+nav.run()

@@ -1,0 +1,95 @@
+"""Probe cost: the same model and questions three ways, in one run.
+
+1. plain generation without probes (our decoding loop, probes off)           -> gen_tok_s
+2. ours: a probe every 32 tokens (+ steps, transitions, final), KV reused    -> probe_overhead = ours / plain
+3. DEER-style: every probe recomputes the whole prefix ('reencode') or deep-copies the cache ('deepcopy')
+                                                                             -> speedup_vs_naive = naive / ours
+Greedy decoding, so all three write the same traces. Prints one JSON line.
+Usage: python benchmarks/probe.py [--model smollm2-135m-instruct] [--questions 16] [--batch-size 16]
+       [--max-new-tokens 256] [--naive reencode|deepcopy] [--device auto]
+       GPU: --model random:Qwen/Qwen2.5-1.5B --batch-size 64 (random weights of that architecture)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from analysis.backend.runner import GenConfig, build_prompt, generate_batch  # noqa: E402
+from analysis.datasets import load_dataset  # noqa: E402
+
+
+def load_model(name: str, device: str):
+    if name.startswith("random:"):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from analysis.backend.tiny import build_tokenizer
+        arch = name.split(":", 1)[1]
+        presets = {"Qwen/Qwen2.5-1.5B": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960,
+                                              num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                              vocab_size=151936)}
+        cfg_kw = dict(presets[arch])
+        cfg = AutoConfig.for_model(cfg_kw.pop("model_type"), **cfg_kw, max_position_embeddings=4096)
+        dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).to(dev).eval()
+        tok = build_tokenizer()
+        return model, tok, {"kind": "instruct", "params": sum(p.numel() for p in model.parameters())}
+    from analysis.backend.models import load
+    m, t, info = load(name, device)
+    return m, t, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--questions", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--every", type=int, default=32)
+    ap.add_argument("--naive", default="reencode", choices=["reencode", "deepcopy"])
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    import torch
+    model, tok, info = load_model(args.model, args.device)
+    ds = load_dataset("rg:gsm_symbolic", args.questions, seed=7)
+    cfg = GenConfig(every=args.every, max_new_tokens=args.max_new_tokens).resolved("number", info["kind"])
+    prompts = [build_prompt(tok, q.text, cfg) for q in ds.questions]
+    batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def timed(**kw):
+        sync()
+        t0 = time.perf_counter()
+        out = [r for b in batches for r in generate_batch(model, tok, b, cfg, **kw)]
+        sync()
+        return time.perf_counter() - t0, out
+    generate_batch(model, tok, batches[0][:2], GenConfig(every=8, max_new_tokens=16).resolved("number", "instruct"))
+    plain_s, plain = timed(probe=False)
+    ours_s, ours = timed(probe_mode="reuse")
+    naive_s, naive = timed(probe_mode=args.naive)
+    tokens = sum(len(r.token_ids) for r in plain)
+    n_probes = sum(len(r.checkpoints) for r in ours)
+    same = [r.token_ids for r in plain] == [r.token_ids for r in ours] == [r.token_ids for r in naive]
+    res = {"model": args.model, "device": str(next(model.parameters()).device), "questions": len(prompts),
+           "batch_size": args.batch_size, "tokens": tokens, "probes": n_probes,
+           "gen_tok_s": round(tokens / plain_s, 1), "ours_tok_s": round(tokens / ours_s, 1),
+           "naive_mode": args.naive, "naive_tok_s": round(tokens / naive_s, 1),
+           "probe_overhead": round(ours_s / plain_s, 3), "speedup_vs_naive": round(naive_s / ours_s, 2),
+           "same_traces": same, "targets": {"probe_overhead": 1.3, "speedup_vs_naive": 3}}
+    if torch.cuda.is_available() and "params" in info:
+        bw = 3.35e12 if "H100" in torch.cuda.get_device_name() else 4.8e12
+        res["gpu"] = torch.cuda.get_device_name()
+        res["bandwidth_bound_tok_s"] = round(bw / (2 * info["params"]) * args.batch_size, 1)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Playwright in Debian's Chromium: what only a browser shows."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")]
+
+
+@pytest.fixture(scope="module")
+def server(synthetic_db):
+    db, rid, _ = synthetic_db
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url, db, rid
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def metric(page, label):
+    return page.locator(f"[data-testid='stMetric']:has-text('{label}') [data-testid='stMetricValue']").inner_text()
+
+
+def test_tune_slider_changes_the_numbers(server, browser):
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/tune?db={db}&run={rid}&family=budget")
+    page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
+    before = metric(page, "Tokens saved (emitted)")
+    slider = page.locator("[data-testid='stSlider'] input").first
+    slider.focus()
+    for _ in range(3):
+        page.keyboard.press("End")
+    page.wait_for_function(
+        "(b) => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => m.innerText.includes('Tokens saved (emitted)') && !m.innerText.includes(b))",
+        arg=before, timeout=30_000)
+    assert metric(page, "Tokens saved (emitted)") != before
+    page.close()
+
+
+def test_frontier_chart_is_drawn(server, browser):
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/?db={db}&run={rid}")
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=90_000)
+    assert page.locator(".js-plotly-plot .legendtext", has_text="full length").count() == 1
+    page.close()

@@ -1,0 +1,105 @@
+"""Shared pickers and cached data access for the pages (the pages themselves stay thin)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from analysis.errors import StoplineError
+from analysis.store import DEFAULT_DB, DEMO_DB, Store
+
+STORES = {"Demo store (read-only)": DEMO_DB, "My store": os.environ.get("STOPLINE_DB", DEFAULT_DB)}
+
+
+def _qp(key: str, default=None):
+    return st.query_params.get(key, default)
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(path: str, mtime: float) -> Store:
+    return Store(path, read_only=(Path(path).resolve() == Path(DEMO_DB).resolve()) or not os.access(path, os.W_OK))
+
+
+@st.cache_resource(show_spinner="Loading the run's checkpoints…", max_entries=8)
+def run_table(path: str, run_id: str, n_checkpoints: int):
+    from analysis.replay import RunTable
+    return RunTable.from_store(open_store(path, _mtime(path)), run_id)
+
+
+@st.cache_data(show_spinner="Sweeping every family…", max_entries=16)
+def sweep_points(path: str, run_id: str, n_checkpoints: int):
+    from analysis.frontier import sweep
+    return sweep(run_table(path, run_id, n_checkpoints))
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def sidebar_pickers() -> None:
+    """Store, run and family pickers; every pick is mirrored in the URL."""
+    st.sidebar.title(":material/stop_circle: Stopline")
+    labels = list(STORES)
+    extra = _qp("db")
+    if extra and extra not in STORES.values():
+        STORES[f"{Path(extra).name}"] = extra
+        labels = list(STORES)
+    cur = next((k for k, v in STORES.items() if v == extra), labels[0] if Path(DEMO_DB).exists() else labels[1])
+    choice = st.sidebar.selectbox("Store", labels, index=labels.index(cur), key="store_pick")
+    path = STORES[choice]
+    st.session_state["db"] = path
+    st.query_params["db"] = path
+    st.session_state["store"] = None
+    st.session_state["runs"] = []
+    if not Path(path).exists():
+        st.sidebar.info("This store is empty. Import or generate a run (see the Runs page).")
+        return
+    try:
+        store = open_store(path, _mtime(path))
+        runs = store.runs()
+    except StoplineError as e:
+        st.sidebar.error(str(e))
+        return
+    st.session_state["store"], st.session_state["runs"] = store, runs
+    if not runs:
+        st.sidebar.info("No runs in this store yet.")
+        return
+    ids = [r["id"] for r in runs]
+    want = _qp("run")
+    idx = ids.index(want) if want in ids else 0
+    rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
+                               format_func=lambda i: next(f"{r['model']} · {r['dataset']} · {r['n_questions']} q"
+                                                          for r in runs if r["id"] == i))
+    st.query_params["run"] = rid
+    st.session_state["run"] = next(r for r in runs if r["id"] == rid)
+
+
+def current_run() -> dict | None:
+    run = st.session_state.get("run")
+    if not run or not st.session_state.get("store"):
+        st.info("Pick a store with runs in the sidebar. To make runs: `python -m analysis run …` or "
+                "`python -m analysis import …` (see the Runs page).")
+        return None
+    return run
+
+
+def table_for(run: dict):
+    return run_table(st.session_state["db"], run["id"], run["n_checkpoints"])
+
+
+def family_picker(t, key: str = "family") -> str:
+    from analysis.policies import families, get_family
+    fams = [f for f in families() if all(t.has_signal(s) for s in get_family(f).required_signals(get_family(f).defaults()))]
+    missing = [f for f in families() if f not in fams]
+    want = _qp("family")
+    idx = fams.index(want) if want in fams else 0
+    fam = st.sidebar.selectbox("Policy family", fams, index=idx, key=key,
+                               format_func=lambda f: get_family(f).label)
+    st.query_params["family"] = fam
+    if missing:
+        st.sidebar.caption("Not available for this run (it has no probe signals): " + ", ".join(missing))
+    return fam
