@@ -80,3 +80,23 @@ def _demo(args):
     print(f"{DEMO_DB}: {len(runs)} runs (rebuild: python -m analysis demo --rebuild)")
     for r in runs:
         print(f"  {r['id']}  {r['model']:28s} {r['dataset']:22s} {r['n_questions']:4d} q  EM {r['em_full']:.3f}")
+
+
+def _probe_setup(p):
+    p.add_argument("--run", required=True, help="the run whose traces to probe (e.g. an import)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--every", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("probe", "re-probe a run's stored traces with a model (one prefill each), adding the signals", _probe_setup)
+def _probe(args):
+    from .backend.reprobe import reprobe
+    res = reprobe(_store(args), args.run, args.model, every=args.every, device=args.device,
+                  show_progress=not args.json)
+    if args.json:
+        return _print_json(res)
+    print(f"run {res['run_id']} (probed from {res['of_run']}): {res['n_questions']} traces, "
+          f"{res['n_checkpoints']} checkpoints with signals")

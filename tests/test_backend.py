@@ -1,5 +1,7 @@
 """The backend on tiny random-weight models built here: end to end, probe equivalence, kill and resume."""
 import os
+
+import numpy as np
 import signal
 import subprocess
 import sys
@@ -111,3 +113,30 @@ def test_bad_model_is_a_clear_error(cli, tmp_path):
     code, _, err = cli("run", "--model", str(tmp_path / "no-such-model"), "--dataset", "rg:basic_arithmetic",
                        "--limit", "1", "--db", tmp_path / "x.duckdb")
     assert code == 2 and "cannot load model" in err and "Traceback" not in err
+
+
+def test_reprobe_an_imported_run_adds_signals(tiny, store):
+    from analysis.backend.reprobe import reprobe
+    from analysis.importer import ImportSpec, import_generations
+    from conftest import FIXTURES
+    imp = import_generations(store, ImportSpec(path=str(FIXTURES / "solutions.jsonl"), model="hand",
+                                               dataset="hand-gsm", response_field="outputs.solution"),
+                             show_progress=False)
+    res = reprobe(store, imp["run_id"], "tiny-random", every=8, loaded=(*tiny, {"kind": "instruct",
+                                                                                  "dtype": "float32"}),
+                  show_progress=False)
+    assert res["n_questions"] == 32 and res["em_full"] == imp["em_full"]   # the final answers are the trace's own
+    t = RunTable.from_store(store, res["run_id"])
+    assert t.has_signal("p_mean") and t.has_signal("entropy")
+    replay(t, Setting.make("confidence", tau=0.5)).summary()
+    # the probe at a checkpoint equals a from-scratch probe of the same prefix
+    model, tok = tiny
+    tr = store.trace(res["run_id"], t.question_ids[0])
+    ck = store.checkpoints(res["run_id"]).to_pylist()
+    first = [c for c in ck if c["question_id"] == t.question_ids[0]][0]
+    from analysis.backend.runner import GenConfig
+    cfg = GenConfig(every=8).resolved("number", "instruct")
+    p_ids = tok(build_prompt(tok, tr["question"], cfg), add_special_tokens=False)["input_ids"]
+    t_ids = tok(tr["text"], add_special_tokens=False)["input_ids"]
+    ref = probe_from_scratch(model, tok, p_ids + t_ids[: first["pos"]], cfg.cue)
+    assert first["p_mean"] == pytest.approx(float(np.mean(ref.probs)) if ref.probs else None, abs=1e-4)
