@@ -1,0 +1,41 @@
+"""The bundled demo store: schema, runs, counts, EM bounds, read-only, and a budget frontier that rises."""
+from pathlib import Path
+
+import pytest
+
+from analysis.errors import StoplineError
+from analysis.frontier import sweep
+from analysis.replay import RunTable
+from analysis.store import DEMO_DB, SCHEMA_VERSION, Store
+
+
+@pytest.fixture(scope="module")
+def demo():
+    assert Path(DEMO_DB).exists(), "data/demo.duckdb is shipped with the repo"
+    return Store(DEMO_DB, read_only=True)
+
+
+def test_schema_runs_and_counts(demo):
+    assert demo.schema_version() == SCHEMA_VERSION
+    runs = demo.runs()
+    assert {r["model"] for r in runs} >= {"qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"}
+    for r in runs:
+        assert r["source"] == "generated" and r["status"] == "complete"
+        assert r["n_questions"] >= 60 and r["n_checkpoints"] >= 2 * r["n_questions"]
+        assert 0.0 <= r["em_full"] <= 1.0
+        assert all(demo.signals_present(r["id"]).values())
+    assert any(0.25 <= r["em_full"] <= 0.85 for r in runs), "a run where the trade-off is visible"
+    assert Path(DEMO_DB).stat().st_size < 20 * 2**20
+
+
+def test_demo_store_is_read_only(demo):
+    with pytest.raises(StoplineError, match="read-only"):
+        demo.save_preset("x", {})
+
+
+def test_budget_frontier_rises_with_the_budget(demo):
+    run = max(demo.runs(), key=lambda r: r["em_full"])
+    t = RunTable.from_store(demo, run["id"])
+    b = sweep(t, ["budget"]).query("family == 'budget'").sort_values("emitted")
+    assert b.em.iloc[-1] > b.em.iloc[0]
+    assert b.em.iloc[-1] == pytest.approx(run["em_full"])
