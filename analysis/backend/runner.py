@@ -84,9 +84,12 @@ class TraceResult:
     probe_s: float = 0.0
 
 
-def _positions(mask):
-    import torch
-    return (mask.sum(-1, keepdim=True) - 1).clamp(min=0) + torch.zeros(1, dtype=torch.long, device=mask.device)
+def eos_ids(model, tok) -> set[int]:
+    """The tokenizer's end-of-sequence id plus any the model's generation config names."""
+    ids = {tok.eos_token_id}
+    gen = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(gen if isinstance(gen, list) else [gen] if gen is not None else [])
+    return {i for i in ids if i is not None}
 
 
 def _select_rows(cache, idx):
@@ -107,8 +110,7 @@ class Prober:
         self.device = next(model.parameters()).device
         self.cue_ids = torch.tensor(tok(cue, add_special_tokens=False)["input_ids"], device=self.device)
         self.max_answer = max_answer_tokens
-        self.eos = {tok.eos_token_id} | set(getattr(model.generation_config, "eos_token_id", None) or [] if isinstance(
-            getattr(model.generation_config, "eos_token_id", None), list) else [])
+        self.eos = eos_ids(model, tok)
         self.stop_ids = self._stop_ids()
 
     def _stop_ids(self) -> set[int]:
@@ -222,9 +224,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
     B = ids.shape[0]
     prober = Prober(model, tok, cfg.cue, cfg.max_answer_tokens, probe_mode) if probe else None
-    eos = {tok.eos_token_id}
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
-    eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    eos = eos_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     results = [TraceResult(i) for i in range(B)]
     done = [False] * B
