@@ -9,7 +9,7 @@ import pandas as pd
 
 from .errors import MissingSignal
 from .policies.base import Setting, check_signals, families, get_family
-from .replay import RunTable, quick_summary, stop_index
+from .replay import RunTable, stop_index
 
 COST_AXES = ("emitted", "computed")
 

@@ -295,8 +295,3 @@ def full_length(t: RunTable) -> Outcome:
     o.computed = o.emitted.copy()
     return o
 
-
-def quick_summary(t: RunTable, stop: np.ndarray) -> tuple[float, float, float]:
-    """(EM, mean tokens emitted, mean tokens computed) of stops: the sweep's hot path."""
-    r = t.rows
-    return float(t.em[r, stop].mean()), float(t.emitted[r, stop].mean()), float(t.computed[r, stop].mean())

@@ -297,10 +297,11 @@ class Store:
         return out
 
     def run(self, run_id: str) -> dict:
-        for r in self.runs():
+        runs = self.runs()
+        for r in runs:
             if r["id"] == run_id:
                 return r
-        matches = [r for r in self.runs() if r["id"].startswith(run_id)] if run_id else []
+        matches = [r for r in runs if r["id"].startswith(run_id)] if run_id else []
         if len(matches) == 1:
             return matches[0]
         raise StoplineError(f"no run {run_id!r} in this store", file=self.path,
