@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_command_modules() -> None:
     """Commands defined beside their subsystems register themselves on import."""
     import importlib
-    for mod in ("analysis.cli_replay", "analysis.cli_backend"):
+    for mod in ("analysis.cli_replay", "analysis.cli_backend", "analysis.cli_production"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

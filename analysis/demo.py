@@ -13,7 +13,7 @@ from .store import DEMO_DB, Store
 
 SPEC = {
     "models": ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"],
-    "datasets": ["rg:basic_arithmetic"],
+    "datasets": ["rg:basic_arithmetic", "rg:gsm_symbolic"],
     "limit": 200,
     "seed": 42,
     "gen": {"every": 32, "steps": True, "transitions": True, "max_new_tokens": 256},

@@ -44,7 +44,8 @@ class Preset:
         if self.notes:
             d["notes"] = self.notes
         if self.routing:
-            d["routing"] = self.routing
+            from .routing import to_json
+            d["routing"] = to_json(self.routing)
         return d
 
     def to_json(self) -> str:
@@ -54,7 +55,13 @@ class Preset:
         return encode(self.to_dict())
 
     def settings(self) -> list[Setting]:
-        return [self.setting, *self.slices.values()]
+        """Every setting this preset can apply (routing rules and an A/B challenger's included)."""
+        out = [self.setting, *self.slices.values()]
+        if self.routing:
+            out += [r["setting"] for r in self.routing.get("rules", [])]
+            if "ab" in self.routing:
+                out += self.routing["ab"]["challenger"].settings()
+        return out
 
 
 def _check_str(v: Any, where: str, max_len: int = 200) -> str:
@@ -97,8 +104,9 @@ def from_dict(d: Any) -> Preset:
             slices[lab] = Setting.from_dict(s, f"slices.settings.{lab[:40]}")
     notes = _check_str(d.get("notes", ""), "notes", 10_000)
     routing = d.get("routing")
-    if routing is not None and not isinstance(routing, dict):
-        raise PresetError("must be an object", field="routing")
+    if routing is not None:
+        from .routing import validate
+        routing = validate(routing)
     return Preset(name, setting, slices_by, slices, notes, routing)
 
 
@@ -170,13 +178,25 @@ def from_setting(setting: Setting, name: str = "") -> Preset:
 
 # --- replaying a preset (with its per-slice overrides) ----------------------------------------------------
 def preset_stops(t, preset: Preset) -> np.ndarray:
+    """Per question, where the preset stops: its routing rules, slices, A/B arms and exploration share
+    resolved per question (as the live controller resolves them per request), then each setting replayed
+    on all questions at once."""
     from .optimize import slice_labels
     from .replay import stop_index
-    stop = stop_index(t, preset.setting)
-    if preset.slices_by and preset.slices:
+    from .routing import EXPLORE, route_table
+    if preset.slices_by and preset.slices and not preset.routing:
+        # slices by a derived label (question-length tertiles, binned numbers) exist only in replay
+        stop = stop_index(t, preset.setting)
         labels = slice_labels(t, preset.slices_by)
         for lab, s in preset.slices.items():
             mask = labels == lab
             if mask.any():
                 stop = np.where(mask, stop_index(t, s), stop)
+        return stop
+    arm, settings, choice = route_table(t, preset)
+    stop = t.final_idx.copy()
+    for i, s in enumerate(settings):
+        mask = (choice == i) & (arm != EXPLORE)
+        if mask.any():
+            stop = np.where(mask, stop_index(t, s), stop)
     return stop

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +26,9 @@ import pyarrow as pa
 from ..answers import NUMBER, extract, normalize, normalize_gold, score
 from ..errors import StoplineError
 from ..textckpt import TRANSITION_WORDS
+
+# transformers 5.x renames the cache argument; the old name still works until 5.40 (pinned: 5.24)
+warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", category=FutureWarning)
 
 CUES = {
     "instruct": "\n\nSo the final answer is \\boxed{",
@@ -215,8 +219,14 @@ def _is_transition_start(text: str) -> bool:
 
 
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
-                   probe: bool = True) -> list[TraceResult]:
-    """Generate full traces for a batch of prompts, probing at every checkpoint."""
+                   probe: bool = True, on_checkpoint=None) -> list[TraceResult]:
+    """Generate full traces for a batch of prompts, probing at every checkpoint.
+
+    ``on_checkpoint(rows, results)``, when given, is called after each round of probes with the rows that
+    just got a checkpoint (the newest is ``results[r].checkpoints[-1]``); the rows it returns stop there
+    (finish reason 'stopped'): that is how the live controller plugs in. A stopped row is treated like a
+    row that met its end of sequence, so the others compute exactly what they would have without it.
+    """
     import torch
     from transformers import DynamicCache
     dev = next(model.parameters()).device
@@ -294,6 +304,11 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                 for r in rows:
                     if want[r]["kind"] == "final":
                         done[r] = True
+                if on_checkpoint is not None:
+                    for r in on_checkpoint(rows, results) or ():
+                        if not done[r]:
+                            done[r] = True
+                            results[r].finish_reason = "stopped"
                 want = {}
             if all(done):
                 break

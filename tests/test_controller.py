@@ -1,0 +1,259 @@
+"""The production loop: routing, the live controller (stream and generation), fidelity, monitoring."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.controller import Controller, StreamSession, check_deployable, simulate, verify_live
+from analysis.errors import PresetError
+from analysis.monitor import monitor, read_log
+from analysis.presets import from_dict, loads, preset_stops
+from analysis.replay import RunTable
+from analysis.routing import request_fields, route, route_table
+from analysis.synthetic import synthetic_tables, write_synthetic_run
+
+
+def _table(n=300, m=30, seed=1, difficulty=(0.0, 1.0)):
+    qs, _, ck = synthetic_tables(n, m, seed=seed, difficulty=difficulty)
+    t = RunTable.from_arrow(ck)
+    t.meta = pd.DataFrame({"question_id": t.question_ids, "question_chars": [len(q.text) for q in qs],
+                           "meta.difficulty": [q.meta["difficulty"] for q in qs]})
+    return t
+
+
+def _preset(setting, routing=None, name="p"):
+    d = {"stopline_preset": 1, "name": name, "setting": setting}
+    if routing:
+        d["routing"] = routing
+    return from_dict(d)
+
+
+ROUTING = {"rules": [{"if": {"field": "tag.difficulty", "in": [3]}, "setting": {"family": "budget", "params": {"B": 128}}},
+                     {"if": {"field": "question_chars", "min": 40, "max": 48},
+                      "setting": {"family": "consistency", "params": {"k": 4}}}],
+           "ab": {"challenger": {"stopline_preset": 1, "setting": {"family": "consistency", "params": {"k": 2}}},
+                  "share": 0.3, "salt": "exp"},
+           "explore": 0.1}
+
+
+@pytest.mark.parametrize("setting", [
+    {"family": "budget", "params": {"B": 300}},
+    {"family": "consistency", "params": {"k": 3}},
+    {"family": "confidence", "params": {"tau": 0.9, "aggregate": "min"}},
+    {"family": "entropy", "params": {"delta": 0.1}},
+    {"family": "hybrid", "params": {"op": "and", "floor": 64}},
+])
+@pytest.mark.parametrize("routed", [False, True])
+def test_stream_controller_stops_where_replay_predicts(setting, routed):
+    t = _table()
+    p = _preset(setting, ROUTING if routed else None)
+    want = preset_stops(t, p)
+    recs = simulate(t, Controller(p))
+    got = np.array([r["ck"] if r["stopped"] else t.final_idx[i] for i, r in enumerate(recs)])
+    assert (got == want).all()
+    assert 0 < (want < t.final_idx).sum() < t.n or setting["family"] == "budget"   # a real mix of stops
+    assert np.allclose([r["tokens_emitted"] for r in recs], t.emitted[t.rows, want])
+    if routed:
+        arms = pd.Series([r["arm"] for r in recs]).value_counts()
+        assert {"champion", "challenger", "explore"} <= set(arms.index)
+
+
+def test_live_route_equals_vectorised_route_table():
+    t = _table(200)
+    p = _preset({"family": "confidence", "params": {"tau": 0.9}}, ROUTING)
+    arm, settings, choice = route_table(t, p)
+    for i in range(t.n):
+        f = request_fields("x" * int(t.meta["question_chars"][i]), {"difficulty": int(t.meta["meta.difficulty"][i])},
+                           {"difficulty": int(t.meta["meta.difficulty"][i])})
+        r = route(p, str(t.question_ids[i]), f)
+        assert r.arm == arm[i] and r.setting == settings[choice[i]]
+
+
+def test_ab_split_is_stable_and_near_its_share():
+    p = _preset({"family": "budget", "params": {"B": 64}}, {"ab": ROUTING["ab"]})
+    arms = [route(p, f"req-{i}", {}).arm for i in range(4000)]
+    assert arms == [route(p, f"req-{i}", {}).arm for i in range(4000)]
+    assert 0.27 < arms.count("challenger") / 4000 < 0.33
+
+
+def test_high_priority_traffic_stops_less_aggressively():
+    t = _table(400)
+    t.meta["meta.priority"] = np.where(np.arange(t.n) % 4 == 0, "high", "normal")
+    p = _preset({"family": "consistency", "params": {"k": 2}},
+                {"rules": [{"if": {"field": "tag.priority", "eq": "high"},
+                            "setting": {"family": "consistency", "params": {"k": 5}}}]})
+    stop = preset_stops(t, p)
+    high = t.meta["meta.priority"].to_numpy() == "high"
+    assert t.pos[t.rows, stop][high].mean() > t.pos[t.rows, stop][~high].mean()
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"rules": [{"if": {"field": "nope", "eq": 1}, "setting": {"family": "budget"}}]}, "routing.rules[0].if.field"),
+    ({"rules": [{"if": {"field": "meta.x"}, "setting": {"family": "budget"}}]}, "routing.rules[0].if"),
+    ({"rules": [{"if": {"field": "meta.x", "min": "a"}, "setting": {"family": "budget"}}]}, "routing.rules[0].if.min"),
+    ({"rules": [{"if": {"field": "meta.x", "eq": 1}, "setting": {"family": "nope"}}]},
+     "routing.rules[0].setting.family"),
+    ({"ab": {"challenger": {"stopline_preset": 1, "setting": {"family": "budget"}}, "share": 2}}, "routing.ab.share"),
+    ({"ab": {"challenger": {"setting": {"family": "budget"}}}}, "routing.ab.challenger.stopline_preset"),
+    ({"explore": -0.1}, "routing.explore"),
+    ({"shadow": 1}, "routing"),
+])
+def test_bad_routing_names_the_field(bad, field):
+    with pytest.raises(PresetError) as e:
+        _preset({"family": "budget", "params": {}}, bad)
+    assert e.value.field == field
+
+
+def test_routing_survives_a_link_round_trip():
+    p = _preset({"family": "confidence", "params": {"tau": 0.9}}, ROUTING)
+    q = loads(p.to_url())
+    assert q.to_dict() == p.to_dict()
+
+
+def test_controller_refuses_what_it_cannot_reproduce():
+    with pytest.raises(PresetError, match="learned"):
+        check_deployable(_preset({"family": "learned", "params": {}}))
+    with pytest.raises(PresetError, match="learned"):
+        check_deployable(_preset({"family": "hybrid", "params": {"a": {"family": "learned", "params": {}}}}))
+    with pytest.raises(PresetError, match="one request"):
+        check_deployable(from_dict({"stopline_preset": 1, "setting": {"family": "budget"},
+                                    "slices": {"by": "length", "settings": {"short": {"family": "budget"}}}}))
+
+
+def test_stream_session_on_a_plain_token_stream(tmp_path):
+    """A server elsewhere: feed chunks, probe when asked, stop when told."""
+    p = _preset({"family": "consistency", "params": {"k": 2}})
+    ctl = Controller(p, "number", tmp_path / "log.jsonl", every=4)
+    s = StreamSession(ctl, "req-1", "What is 6*7?")
+    chunks = ["Let", " me", " think", ".", "\n\n", "6", "*", "7", " is", " 42", ".", " Wait", ",", " yes", "."]
+    probes, stopped = [], None
+    for ch in chunks:
+        if s.feed(ch, 1):
+            probes.append((len(s.text), s._due))
+            d = s.probe_result("42" if "42" in s.text else "", [0.9], 0.3, probe_tokens=6)
+            if d.stop:
+                stopped = d
+                break
+            s.feed(ch, 1, resume=True)
+    # every 4 tokens, after the blank line, before "Wait"; "42" twice in a row stops at token 12
+    assert [k for _, k in probes] == ["interval", "step", "interval", "transition", "interval"]
+    assert stopped is not None and stopped.answer == "42" and stopped.pos == 12
+    rec = s.end()
+    assert rec["stopped"] and rec["answer"] == "42" and rec["tokens_emitted"] == 13
+    ctl.log.close()
+    header, ck, fin = read_log(tmp_path / "log.jsonl")
+    assert header["preset"]["setting"]["family"] == "consistency"
+    assert list(ck["decision"]) == ["continue"] * 4 + ["stop"]
+
+
+# --- live generation with a tiny random model ----------------------------------------------------------------
+def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
+    from analysis.backend.tiny import save_tiny
+    model_dir = save_tiny(tmp_path / "tiny", seed=7)
+    db = tmp_path / "v.duckdb"
+    code, out, err = cli("run", "--model", model_dir, "--dataset", "rg:basic_arithmetic", "--limit", 10,
+                         "--batch-size", 4, "--every", 6, "--max-new-tokens", 40, "--device", "cpu", "--db", db,
+                         "--json")
+    assert code == 0, err
+    rid = json.loads(out.strip().splitlines()[-1])["run_id"]
+    from analysis.store import Store
+    ck = Store(db, read_only=True).checkpoints(rid).to_pandas()
+    tau = float(ck.p_mean.median())             # half the checkpoints pass: a mix of early and full-length stops
+    preset = {"stopline_preset": 1, "name": "mix", "setting": {"family": "confidence", "params": {"tau": tau}},
+              "routing": {"ab": {"challenger": {"stopline_preset": 1, "setting": {"family": "budget",
+                                                                                 "params": {"B": 12}}},
+                                 "share": 0.3, "salt": "t"}}}
+    pf = tmp_path / "p.json"
+    pf.write_text(json.dumps(preset))
+    log = tmp_path / "live.jsonl"
+    code, out, err = cli("verify-controller", "--run", rid, "--preset", pf, "--batch-size", 4, "--device", "cpu",
+                         "--db", db, "--log", log, "--json")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["n"] == 10 and res["agreement"] == 1.0, res["mismatches"]
+    assert res["tokens_agreement"] == 1.0 and res["em_agreement"] == 1.0
+    assert 0 < res["live"]["stopped_early"] < 10
+    # stopping saves real generation work: fewer tokens generated than the recorded full traces
+    full = Store(db, read_only=True).run(rid)["mean_tokens"] * 10
+    assert res["live"]["generated_tokens"] < full
+    header, cks, fin = read_log(log)
+    assert len(fin) == 10 and set(fin["arm"]) <= {"champion", "challenger"}
+
+
+def test_controlled_generate_in_a_transformers_loop():
+    """The documented ten-line use: a model, a tokenizer, questions, a preset."""
+    from analysis.backend.tiny import build_model
+    from analysis.controller import controlled_generate
+    from analysis.datasets import load_dataset
+    model, tok = build_model(seed=3, initializer_range=0.3)
+    ctl = Controller(_preset({"family": "budget", "params": {"B": 10}}), every=5)
+    recs = controlled_generate(model, tok, load_dataset("rg:basic_arithmetic", 3).questions, ctl, batch_size=3)
+    assert [r["stopped"] for r in recs] == [True] * 3 and all(r["stop_pos"] == 10 for r in recs)
+
+
+# --- monitoring -------------------------------------------------------------------------------------------------
+def _log_from(store, rid, preset, path, label=True):
+    t = RunTable.from_store(store, rid)
+    simulate(t, Controller(preset, log=path, log_header={"calibration": {"db": str(store.path), "run": "x"}}),
+             with_em=False)
+    labels = path.with_suffix(".labels.jsonl")
+    with open(labels, "w") as f:
+        for q in t.question_ids if label else []:
+            f.write(json.dumps({"request": q, "gold": "42"}) + "\n")
+    return labels
+
+
+@pytest.fixture(scope="module")
+def drift_store(tmp_path_factory):
+    from analysis.store import Store
+    s = Store(tmp_path_factory.mktemp("drift") / "d.duckdb")
+    cal = write_synthetic_run(s, 400, 30, seed=1, dataset="easy", difficulty=(0.0, 0.5))
+    same = write_synthetic_run(s, 300, 30, seed=2, dataset="easy-later", difficulty=(0.0, 0.5))
+    hard = write_synthetic_run(s, 300, 30, seed=3, dataset="hard", difficulty=(0.5, 1.0))
+    return s, cal, same, hard
+
+
+def test_monitor_flags_a_shift_to_harder_questions_and_not_a_same_distribution_sample(drift_store, tmp_path):
+    s, cal, same, hard = drift_store
+    tc = RunTable.from_store(s, cal)
+    p = _preset({"family": "confidence", "params": {"tau": 0.9}}, {"explore": 0.2})
+    ok = monitor(tmp_path / "same.jsonl", tc, p, _log_from(s, same, p, tmp_path / "same.jsonl"))
+    assert ok["status"] == "ok" and ok["flags"] == []
+    bad = monitor(tmp_path / "hard.jsonl", tc, p, _log_from(s, hard, p, tmp_path / "hard.jsonl"))
+    assert bad["status"] == "recalibrate"
+    flagged = {f["check"] for f in bad["flags"]}
+    assert {"tokens", "em", "drift_p_mean"} <= flagged
+    assert bad["observed"]["tokens_emitted"] > bad["promised"]["tokens_emitted"]
+    prop = bad["proposal"]
+    assert prop["ok"] and prop["n"] >= 20 and prop["setting"]["family"]
+
+
+def test_monitor_ab_and_unlabelled_logs(drift_store, tmp_path):
+    s, cal, same, _ = drift_store
+    tc = RunTable.from_store(s, cal)
+    p = _preset({"family": "confidence", "params": {"tau": 0.95}},
+                {"ab": {"challenger": {"stopline_preset": 1, "setting": {"family": "budget", "params": {"B": 96}}},
+                        "share": 0.5, "salt": "ab"}})
+    res = monitor(tmp_path / "ab.jsonl", tc, p, _log_from(s, same, p, tmp_path / "ab.jsonl"))
+    ab = res["ab"]
+    assert ab["challenger"]["n"] > 100 and ab["champion"]["n"] > 100
+    assert ab["delta_tokens"] < 0 and ab["delta_tokens_ci"][1] < 0        # the tight budget saves tokens
+    assert ab["delta_em"] < 0 and ab["em_p_value"] < 0.01                  # and costs EM
+    res = monitor(tmp_path / "ab2.jsonl", tc, p, _log_from(s, same, p, tmp_path / "ab2.jsonl", label=False))
+    assert res["labelled"] == 0 and "em" not in res["checks"] and not res["proposal"]["ok"]
+
+
+def test_monitor_cli_and_bad_logs(drift_store, tmp_path, cli):
+    s, cal, same, _ = drift_store
+    p = _preset({"family": "consistency", "params": {"k": 3}})
+    log = tmp_path / "c.jsonl"
+    labels = _log_from(s, same, p, log)
+    code, out, err = cli("monitor", "--log", log, "--labels", labels, "--run", cal, "--db", s.path, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n_requests"] == 300 and res["labelled"] == 300 and res["promised"]["n"] == 400
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(log.read_text().splitlines()[0] + "\n{not json\n")
+    code, _, err = cli("monitor", "--log", bad)
+    assert code == 2 and "bad.jsonl" in err and "line 2" in err and "Traceback" not in err
