@@ -9,6 +9,8 @@ common.sidebar_pickers()
 nav = st.navigation([
     st.Page("views/frontier.py", title="Frontier", icon=":material/show_chart:", default=True),
     st.Page("views/tune.py", title="Tune", icon=":material/tune:"),
+    st.Page("views/questions.py", title="Questions", icon=":material/quiz:"),
     st.Page("views/runs.py", title="Runs", icon=":material/folder_open:"),
+    st.Page("views/monitor.py", title="Monitor", icon=":material/monitor_heart:"),
 ])
 nav.run()

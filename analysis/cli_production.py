@@ -106,8 +106,8 @@ def _serve_setup(p):
     p.add_argument("--run", help="calibration run (default: the demo store's run of --model on --dataset)")
     p.add_argument("--dataset", default="rg:basic_arithmetic")
     p.add_argument("--preset", help="preset to deploy (default: the fewest tokens within 3 EM points of full "
-                                    "length on the calibration run, with 25%% exploration)")
-    p.add_argument("-n", "--n", type=int, default=24, help="requests to serve")
+                                    "length on the calibration run, with 35%% exploration)")
+    p.add_argument("-n", "--n", type=int, default=40, help="requests to serve")
     p.add_argument("--seed", type=int, default=7, help="seed of the incoming questions (new ones, same task)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, help="default: the calibration run's")

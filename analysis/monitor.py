@@ -32,7 +32,7 @@ TOL_TOKENS = 0.10      # relative rise of mean tokens before it counts
 TOL_EM = 0.05          # absolute EM drop before it counts
 TOL_STOP = 0.10        # absolute drop of the early-stop share
 TOL_KS = 0.10          # KS statistic before a signal counts as drifted
-MIN_EXPLORE = 20
+MIN_EXPLORE = 12
 
 
 def _json_lines(path, what: str):

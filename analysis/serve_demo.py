@@ -1,7 +1,7 @@
 """serve-demo: a small model answers a stream of new questions with the controller deciding when to stop.
 
 The calibration run comes from the bundled demo store (or any store); the default preset is the operating
-point "fewest tokens within 3 EM points of full length", chosen on that run, with a 25% exploration share
+point "fewest tokens within 3 EM points of full length", chosen on that run, with a 35% exploration share
 so the Monitor page can propose a recalibration. Gold answers are written to a separate labels file, as
 late labels would arrive in production.
 """
@@ -15,7 +15,7 @@ from .errors import StoplineError
 from .store import DEMO_DB, Store
 
 
-def default_preset(t, explore: float = 0.25):
+def default_preset(t, explore: float = 0.35):
     from .optimize import operating_point
     from .policies import families
     from .presets import from_dict
@@ -26,7 +26,7 @@ def default_preset(t, explore: float = 0.25):
 
 
 def serve_demo(model: str = "qwen2.5-coder-0.5b-instruct", run: str | None = None, dataset: str = "rg:basic_arithmetic",
-               preset: str | None = None, n: int = 24, seed: int = 7, batch_size: int = 8,
+               preset: str | None = None, n: int = 40, seed: int = 7, batch_size: int = 8,
                max_new_tokens: int | None = None, device: str = "auto", log: str = "data/logs/serve-demo.jsonl",
                db: str | None = None, loaded=None, show_progress: bool = True) -> dict:
     from .backend.models import load

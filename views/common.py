@@ -103,3 +103,33 @@ def family_picker(t, key: str = "family") -> str:
     if missing:
         st.sidebar.caption("Not available for this run (it has no probe signals): " + ", ".join(missing))
     return fam
+
+
+def url_setting():
+    """The setting kept in the URL (``s=sl1.…``), or None when absent or broken (a warning says so)."""
+    from analysis.errors import PresetError
+    from analysis.presets import loads
+    raw = _qp("s")
+    if not raw:
+        return None
+    try:
+        return loads(raw).setting
+    except PresetError as e:
+        st.warning(f"The setting in this link could not be read ({e.message}); showing the defaults instead.")
+        return None
+
+
+def remember_setting(setting) -> None:
+    """Make a setting the current one: kept in the session and in the URL (a shareable link)."""
+    from analysis.presets import from_setting
+    st.session_state["setting"] = setting
+    st.query_params["s"] = from_setting(setting).to_url()
+
+
+def current_setting(t, fam: str):
+    """The current setting of the picked family: the Tune page's, else the link's, else the defaults."""
+    from analysis.policies import Setting, get_family
+    for s in (st.session_state.get("setting"), url_setting()):
+        if s is not None and s.family == fam:
+            return s
+    return Setting(fam, get_family(fam).defaults())

@@ -15,35 +15,38 @@ if run:
     fam = common.family_picker(t)
     cls = get_family(fam)
     st.caption(f"{cls.description} ({cls.source})")
+    start = common.current_setting(t, fam).params       # the link's or the last setting, else the defaults
     params = {}
     cols = st.columns(max(1, len([p for p in cls.params if p.kind != "setting"])))
     i = 0
     for p in cls.params:
         key = f"{fam}.{p.name}"
         if p.kind == "setting":
-            params[p.name] = p.default
+            params[p.name] = start[p.name]
             continue
         with cols[i]:
             if p.kind == "int":
                 hi = int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high > 10_000 else int(p.high)
-                params[p.name] = st.slider(p.label or p.name, int(p.low), hi, int(min(p.default, hi)), help=p.help, key=key)
+                params[p.name] = st.slider(p.label or p.name, int(p.low), hi, int(min(start[p.name], hi)), help=p.help,
+                                           key=key)
             elif p.kind == "float":
                 if p.log:
-                    opts = sorted(set(p.sweep_values()) | {p.default})
-                    params[p.name] = st.select_slider(p.label or p.name, opts, value=p.default, help=p.help, key=key,
+                    opts = sorted(set(p.sweep_values()) | {p.default, start[p.name]})
+                    params[p.name] = st.select_slider(p.label or p.name, opts, value=start[p.name], help=p.help, key=key,
                                                       format_func=lambda v: f"{v:g}")
                 else:
-                    params[p.name] = st.slider(p.label or p.name, float(p.low), float(p.high), float(p.default),
+                    params[p.name] = st.slider(p.label or p.name, float(p.low), float(p.high), float(start[p.name]),
                                                step=0.005, help=p.help, key=key)
             elif p.kind == "choice":
-                params[p.name] = st.selectbox(p.label or p.name, p.choices, index=p.choices.index(p.default),
+                params[p.name] = st.selectbox(p.label or p.name, p.choices, index=p.choices.index(start[p.name]),
                                               help=p.help, key=key)
             elif p.kind == "bool":
-                params[p.name] = st.checkbox(p.label or p.name, p.default, help=p.help, key=key)
+                params[p.name] = st.checkbox(p.label or p.name, start[p.name], help=p.help, key=key)
         i += 1
     try:
         setting = Setting.from_dict({"family": fam, "params": params})
         stops = stop_index(t, setting)
+        common.remember_setting(setting)
     except StoplineError as e:
         st.error(str(e))
         st.stop()

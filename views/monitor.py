@@ -1,0 +1,156 @@
+"""Monitor: the deployed preset's decision logs against its calibration run; drift, flags, recalibration."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.errors import StoplineError
+
+LOG_DIR = Path(os.environ.get("STOPLINE_LOG_DIR", "data/logs"))
+
+st.header("Monitor")
+st.caption("Is the stopping preset running in production still delivering what the replay promised? "
+           "Open a decision log written by the controller (`python -m analysis serve-demo` makes one).")
+
+logs = sorted(p for p in LOG_DIR.glob("*.jsonl") if not p.name.endswith(".labels.jsonl")) if LOG_DIR.exists() else []
+src = st.radio("Decision log", [f"from {LOG_DIR}", "upload"], horizontal=True, key="log_src",
+               index=0 if logs else 1)
+log_path = labels_path = None
+if src == "upload":
+    up = st.file_uploader("decision log (JSON lines)", type=["jsonl", "json", "txt"], key="log_up")
+    lab = st.file_uploader("late labels (optional: JSON lines with request and em or gold)", type=["jsonl", "json", "txt"],
+                           key="lab_up")
+    tmp = Path(tempfile.gettempdir()) / "stopline-monitor"
+    tmp.mkdir(exist_ok=True)
+    if up is not None:
+        log_path = tmp / f"log-{abs(hash(up.name))}.jsonl"
+        log_path.write_bytes(up.getvalue())
+    if lab is not None:
+        labels_path = tmp / f"labels-{abs(hash(lab.name))}.jsonl"
+        labels_path.write_bytes(lab.getvalue())
+elif logs:
+    want = st.query_params.get("log")
+    names = [p.name for p in logs]
+    pick = st.selectbox("log file", names, index=names.index(want) if want in names else 0, key="log_pick")
+    st.query_params["log"] = pick
+    log_path = LOG_DIR / pick
+    cand = log_path.with_suffix(".labels.jsonl")
+    labels_path = cand if cand.exists() else None
+
+if log_path is None:
+    st.info("No decision log yet. Make one with `python -m analysis serve-demo` (a small model answers new "
+            "questions with the controller; about a minute on a CPU), or upload one.")
+    st.stop()
+
+
+@st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
+def report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
+    from analysis.cli_production import monitor_inputs
+    from analysis.monitor import monitor, read_log
+    t, preset = monitor_inputs([log], None, run_id, run_db)
+    res = monitor([log], t, preset, [labels] if labels else None)
+    _, ck, fin = read_log([log])
+    return res, ck, fin
+
+
+try:
+    from analysis.monitor import read_log
+    header, _, _ = read_log([log_path])
+    cal = header.get("calibration") or {}
+    run_db, run_id = cal.get("db"), cal.get("run")
+    if not run_id and st.session_state.get("run"):      # no calibration named: the run picked in the sidebar
+        run_db, run_id = st.session_state["db"], st.session_state["run"]["id"]
+    res, ck, fin = report(str(log_path), str(labels_path) if labels_path else None, log_path.stat().st_mtime,
+                          run_db, run_id)
+except StoplineError as e:
+    st.error(str(e))
+    st.stop()
+
+pr, ob = res.get("promised"), res["observed"]
+st.markdown(f"**{res['n_requests']}** requests · preset **{res['preset']}** · calibration run `{run_id}` · "
+            f"{res['labelled']} labelled" + (f" · arms: {', '.join(f'{k} {v}' for k, v in res['arms'].items())}"
+                                            if res["arms"] else ""))
+if pr is None:
+    st.warning("The log names no calibration run, so there is nothing to compare with. Pick the run in the sidebar.")
+elif res["flags"]:
+    st.error("**Recalibrate.** " + " ".join(f"{f['message']}." for f in res["flags"]), icon=":material/warning:")
+else:
+    st.success("The preset delivers what the calibration promised: no check is significant.",
+               icon=":material/check_circle:")
+
+if pr:
+    m = st.columns(4)
+    m[0].metric("Tokens / request", f"{ob['tokens_emitted']:.0f}", f"{ob['tokens_emitted'] - pr['tokens_emitted']:+.0f} "
+                f"vs {pr['tokens_emitted']:.0f} promised", delta_color="inverse")
+    m[1].metric("Savings vs full length", f"{ob['savings_vs_calibration_full']:.0%}",
+                f"{pr['savings']:.0%} promised", delta_color="off")
+    m[2].metric("Stopped early", f"{ob['stop_rate']:.0%}", f"{pr['stop_rate']:.0%} promised", delta_color="off")
+    m[3].metric("EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
+                f"{pr['em']:.3f} promised" + ("" if ob["em"] is not None else " · add labels"), delta_color="off")
+
+    w = res["windows"]
+    fig = go.Figure()
+    fig.add_scatter(x=w["window"], y=w["tokens_emitted"], mode="lines+markers", name="tokens / request (window mean)")
+    fig.add_hline(y=pr["tokens_emitted"], line_dash="dot", annotation_text="promised", line_color="green")
+    if w["em"].notna().any():
+        fig.add_scatter(x=w["window"], y=w["em"], mode="lines+markers", name="EM (labelled)", yaxis="y2")
+        fig.add_hline(y=pr["em"], line_dash="dot", line_color="orange", yref="y2")
+    fig.update_layout(height=320, title="Over time (windows of requests, in arrival order)", xaxis_title="window",
+                      yaxis_title="tokens", yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="EM"),
+                      legend=dict(orientation="h", y=-0.3), margin=dict(t=40))
+    st.plotly_chart(fig, width="stretch", key="mon_time")
+
+    arr = res["calibration_arrays"]
+    c1, c2, c3 = st.columns(3)
+    champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
+    cck = ck[ck["arm"] == "champion"] if len(ck) and "arm" in ck else ck
+
+    def overlay(col, live, calib, title, xlabel, key):
+        f = go.Figure()
+        f.add_histogram(x=calib, name="calibration", histnorm="probability density", opacity=0.55, nbinsx=30)
+        f.add_histogram(x=live, name="live", histnorm="probability density", opacity=0.55, nbinsx=30)
+        f.update_layout(barmode="overlay", height=280, title=title, xaxis_title=xlabel, margin=dict(t=40),
+                        legend=dict(orientation="h", y=-0.35))
+        col.plotly_chart(f, width="stretch", key=key)
+    overlay(c1, champ["stop_pos"], arr["stop_pos"], "Where requests stop", "tokens", "mon_stop")
+    for col, s, key in ((c2, "p_mean", "mon_p"), (c3, "entropy", "mon_h")):
+        live = cck[s].dropna() if s in cck else []
+        overlay(col, live, arr[s][np.isfinite(arr[s])], f"{s} at checkpoints", s, key)
+
+    rows = [{"check": k, "test": v.get("test"), "statistic": v.get("ks", v.get("relative_change")),
+             "p value": v.get("p_value"), "flagged": any(f["check"] == k for f in res["flags"])}
+            for k, v in res["checks"].items()]
+    with st.expander("The tests behind the flags", expanded=bool(res["flags"])):
+        st.dataframe(rows, hide_index=True, width="stretch")
+        st.caption("Flagged when p < 0.01 and the change is larger than its tolerance (tokens +10%, EM −5 points, "
+                   "early stops −10 points, KS > 0.1). Calibration signals are taken at the checkpoints the "
+                   "controller would have seen, like the live log's.")
+
+if res.get("ab"):
+    ab = res["ab"]
+    st.subheader("A/B: champion vs challenger")
+    st.dataframe([{"arm": a, **ab[a]} for a in ("champion", "challenger")], hide_index=True, width="stretch")
+    txt = (f"Challenger − champion: tokens {ab['delta_tokens']:+.1f} (95% CI {ab['delta_tokens_ci'][0]:+.1f} … "
+           f"{ab['delta_tokens_ci'][1]:+.1f}, Mann-Whitney p={ab['tokens_p_value']:.2g})")
+    if "delta_em" in ab:
+        txt += (f"; EM {ab['delta_em']:+.3f} (95% CI {ab['delta_em_ci'][0]:+.3f} … {ab['delta_em_ci'][1]:+.3f}, "
+                f"Fisher p={ab['em_p_value']:.2g})")
+    st.write(txt + ". The arms see different requests, so the tests are unpaired.")
+
+prop = res.get("proposal")
+if prop:
+    st.subheader("Recalibration")
+    if prop.get("ok"):
+        te = prop["test"]
+        st.write(f"From {prop['n']} labelled full-length exploration requests, {prop['goal']}: **{prop['label']}** — "
+                 f"held-out EM {te['em']:.3f} (full {te['em_full']:.3f}) at {te['tokens_emitted']:.0f} tokens "
+                 f"({te['savings_emitted']:.0%} saved).")
+        body = {"stopline_preset": 1, "name": f"recalibrated: {prop['label']}"[:200], "setting": prop["setting"]}
+        st.download_button("Download the proposed preset", json.dumps(body, indent=2), "recalibrated.json",
+                           "application/json", key="dl_prop")
+    else:
+        st.info(prop["reason"])

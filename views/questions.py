@@ -1,0 +1,113 @@
+"""Questions: the per-question EM diff of the current setting, down to one question's trace."""
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.errors import StoplineError
+from analysis.presets import loads
+from analysis.replay import full_length, outcome_from_stops, stop_index
+from views import common
+
+st.header("Questions")
+run = common.current_run()
+if not run:
+    st.stop()
+t = common.table_for(run)
+fam = common.family_picker(t)
+setting = common.current_setting(t, fam)
+st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). Each question: where it stops, "
+           "and whether its answer there is right compared with the other side.")
+
+store = st.session_state["store"]
+saved = store.presets() if store is not None else {}
+against = st.selectbox("Compare against", ["full length", *[f"preset: {n}" for n in saved], "a preset link or JSON…"],
+                       key="q_against")
+try:
+    a = outcome_from_stops(t, stop_index(t, setting), setting.label())
+    if against == "full length":
+        b = full_length(t)
+    else:
+        if against.startswith("preset: "):
+            from analysis.presets import from_dict
+            other = from_dict(saved[against[len("preset: "):]])
+        else:
+            text = st.text_input("Preset link (sl1.…) or JSON", key="q_other")
+            if not text:
+                st.info("Paste a preset link or JSON to compare with.")
+                st.stop()
+            other = loads(text)
+        from analysis.presets import preset_stops
+        b = outcome_from_stops(t, preset_stops(t, other), other.name)
+except StoplineError as e:
+    st.error(str(e))
+    st.stop()
+
+right_a, right_b = a.em > 0.5, b.em > 0.5
+status = np.select([right_a & right_b, ~right_a & ~right_b, right_b & ~right_a], ["kept right", "kept wrong", "lost"],
+                   "gained")
+df = pd.DataFrame({"question": t.question_ids, "status": status, "stop at": a.stop_pos, f"{b.label[:24]} at": b.stop_pos,
+                   "tokens saved": b.emitted - a.emitted, "answer": a.answers, "other answer": b.answers})
+counts = df["status"].value_counts()
+c = st.columns(4)
+for col, k in zip(c, ["lost", "gained", "kept right", "kept wrong"]):
+    col.metric(k.capitalize(), int(counts.get(k, 0)))
+show = st.multiselect("Show", ["lost", "gained", "kept right", "kept wrong"], default=["lost", "gained"],
+                      key="q_filter")
+view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
+event = st.dataframe(view, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="q_table", height=260)
+rows = event.selection.rows if event and event.selection else []
+ids = view["question"].tolist()
+if not ids:
+    st.info("No question in this selection.")
+    st.stop()
+pick = ids[rows[0]] if rows else st.query_params.get("q")
+pick = pick if pick in set(t.question_ids) else ids[0]
+st.query_params["q"] = pick
+i = int(np.flatnonzero(t.question_ids == pick)[0])
+
+st.subheader(f"Trace of {pick}")
+tr = store.trace(run["id"], pick)
+n_ck = int(t.lengths[i])
+ck = pd.DataFrame({"checkpoint": np.arange(n_ck), "pos": t.pos[i, :n_ck], "answer": t.answers[i, :n_ck],
+                   "EM": t.em[i, :n_ck], "p_mean": t.p_mean[i, :n_ck], "entropy": t.entropy[i, :n_ck],
+                   "step": t.is_step[i, :n_ck], "transition": t.is_transition[i, :n_ck]})
+left, right = st.columns([3, 2])
+with left:
+    fig = go.Figure()
+    ok = ck["EM"] > 0.5
+    fig.add_scatter(x=ck["pos"], y=np.where(ok, 1.0, 0.0), mode="markers+text", name="trial answer (right / wrong)",
+                    text=ck["answer"], textposition="top center",
+                    marker=dict(size=11, color=np.where(ok, "#16a34a", "#dc2626"), symbol="circle"),
+                    hovertemplate="token %{x}<br>answer %{text}<extra></extra>")
+    if np.isfinite(ck["p_mean"]).any():
+        fig.add_scatter(x=ck["pos"], y=ck["p_mean"], mode="lines", name="answer probability (mean)",
+                        line=dict(color="#c2410c"))
+    if np.isfinite(ck["entropy"]).any():
+        fig.add_scatter(x=ck["pos"], y=ck["entropy"], mode="lines", name="entropy after the cue", yaxis="y2",
+                        line=dict(color="#2563eb", dash="dot"))
+    fig.add_vline(x=float(a.stop_pos[i]), line_color="black", annotation_text="current setting stops")
+    if against != "full length":
+        fig.add_vline(x=float(b.stop_pos[i]), line_color="#9333ea", line_dash="dash", annotation_text="other stops",
+                      annotation_position="bottom right")
+    fig.update_layout(height=360, xaxis_title="tokens into the trace", yaxis=dict(title="right (1) / probability",
+                      range=[-0.1, 1.25]), yaxis2=dict(overlaying="y", side="right", title="entropy"),
+                      legend=dict(orientation="h", y=-0.3), margin=dict(t=30))
+    st.plotly_chart(fig, width="stretch", key="trace_chart")
+with right:
+    st.markdown(f"**Question.** {tr.get('question') or '(not stored)'}")
+    gold = tr.get("gold")
+    st.markdown(f"**Gold:** `{', '.join(gold) if isinstance(gold, list) else gold}` · **full-length answer:** "
+                f"`{tr.get('final_norm')}` ({'right' if t.full_em[i] > 0.5 else 'wrong'}) · **stopped answer:** "
+                f"`{a.answers[i]}` at token {a.stop_pos[i]:.0f} of {t.full_tokens[i]:.0f}")
+    st.dataframe(ck, hide_index=True, height=220, width="stretch")
+text = tr.get("text") or ""
+n_tok = max(1, int(tr.get("n_tokens") or 1))
+cut = int(len(text) * min(1.0, float(a.stop_pos[i]) / n_tok))
+with st.expander("The trace's text (the part after the current setting's stop is greyed; the cut is placed "
+                 "in proportion to tokens, so approximate)", expanded=True):
+    import html
+    st.markdown(f"<div style='white-space: pre-wrap; font-family: monospace; font-size: 0.85em'>"
+                f"{html.escape(text[:cut])}<span style='color:#9ca3af'>{html.escape(text[cut:])}</span></div>",
+                unsafe_allow_html=True)
