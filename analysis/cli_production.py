@@ -43,7 +43,7 @@ def _monitor_setup(p):
     p.add_argument("--labels", action="append", help="late labels: JSON lines with request and em or gold")
     p.add_argument("--preset", help="the deployed preset (default: the one in the log's header)")
     p.add_argument("--run", help="the calibration run (default: the one in the log's header)")
-    p.add_argument("--window", type=int, default=50, help="requests per window in the time series")
+    p.add_argument("--window", type=int, help="requests per window in the time series (default: about 8 windows)")
     p.add_argument("--json", action="store_true")
     _db(p)
 

@@ -148,12 +148,20 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int]) 
     t = {k: [] for k in _TR_FIELDS}
     c = {k: [] for k in _CK_FIELDS}
     findall = TOKEN_RE.findall
+    norm_memo: dict = {}
+    tok_memo: dict = {None: 0, "": 0}
+
+    def n_tok(raw):
+        n = tok_memo.get(raw)
+        if n is None:
+            n = tok_memo[raw] = len(findall(raw))
+        return n
     all_starts = token_starts_batch([r for _, _, r in items])
     for (qid, gold_aliases, response), starts in zip(items, all_starts):
         gold = normalize_gold(gold_aliases, answer_type)
         places, n = placements(response, every, starts)
         pos, cuts, kinds, steps, trans = zip(*places)
-        answers = trial_answers(response, cuts, answer_type)
+        answers = trial_answers(response, cuts, answer_type, norm_memo)
         raws, norms = zip(*answers)
         memo = {nm: score(nm, gold, answer_type) for nm in set(norms)}
         k = len(places)
@@ -167,7 +175,7 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int]) 
         c["answer_norm"] += norms
         c["em"] += [memo[nm][0] for nm in norms]
         c["f1"] += [memo[nm][1] for nm in norms]
-        c["answer_tokens"] += [len(findall(r)) if r else 0 for r in raws[:-1]] + [0]
+        c["answer_tokens"] += [n_tok(r) for r in raws[:-1]] + [0]
         t["question_id"].append(qid)
         t["text"].append(response)
         t["n_tokens"].append(n)

@@ -19,6 +19,7 @@ different requests) with bootstrap CIs, Fisher's exact test for EM and Mann-Whit
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,9 +112,15 @@ def calibration(t, preset) -> dict:
     stop = preset_stops(t, _champion_only(preset))
     r = t.rows
     seen = (np.arange(t.m)[None, :] <= stop[:, None]) & (np.arange(t.m)[None, :] < t.final_idx[:, None])
-    return {"emitted": t.emitted[r, stop], "em": t.em[r, stop], "stopped": stop < t.final_idx,
-            "stop_pos": t.pos[r, stop], "full_tokens": t.full_tokens, "full_em": t.full_em,
-            "p_mean": t.p_mean[seen], "entropy": t.entropy[seen]}
+    out = {"emitted": t.emitted[r, stop], "em": t.em[r, stop], "stopped": stop < t.final_idx,
+           "stop_pos": t.pos[r, stop], "full_tokens": t.full_tokens, "full_em": t.full_em,
+           "p_mean": t.p_mean[seen], "entropy": t.entropy[seen]}
+    for s in ("p_mean", "entropy"):
+        v = np.where(seen, t.cols[s], np.nan)
+        with warnings.catch_warnings():            # a question with no signal at all gives NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[f"{s}_per_q"] = np.nanmean(v, axis=1)
+    return out
 
 
 def _labelled(fin: pd.DataFrame, labels: pd.DataFrame | None, answer_type: str) -> pd.DataFrame:
@@ -158,7 +165,7 @@ def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") 
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative)[1])
 
 
-def monitor(log_paths, t=None, preset=None, labels=None, window: int = 50, alpha: float = ALPHA,
+def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = None, alpha: float = ALPHA,
             propose: bool = True) -> dict:
     """The monitoring report: promised vs observed, drift tests, flags, a recalibration proposal, A/B."""
     from scipy.stats import ks_2samp, mannwhitneyu
@@ -179,8 +186,10 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int = 50, alpha
     out["observed"] = {"n": int(len(champ)), "tokens_emitted": float(live_tok.mean()) if len(live_tok) else None,
                        "stop_rate": float(live_stop.mean()) if len(live_stop) else None,
                        "em": float(live_em.mean()) if len(live_em) else None, "n_labelled": int(len(live_em))}
-    # windows over time, for the charts
-    w = fin.assign(window=fin["order"] // max(1, window)).groupby("window")
+    # windows over time (the champion's requests in arrival order), for the charts
+    window = window or max(5, min(50, len(champ) // 8))
+    w = champ.assign(window=np.arange(len(champ)) // window).groupby("window")
+    out["window"] = window
     out["windows"] = pd.DataFrame({"requests": w.size(), "tokens_emitted": w["tokens_emitted"].mean(),
                                    "stop_rate": w["stopped"].mean(), "em": w["em"].mean()}).reset_index()
     if t is None:
@@ -226,19 +235,24 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int = 50, alpha
             out["flags"].append({"check": "em", "message": (
                 f"EM on {n1} labelled requests is {k1 / n1:.1%} against {k2 / n2:.1%} promised (p={p:.2g})")})
     if len(ck) and "arm" in ck:
+        # One value per request (its mean over the checkpoints seen): checkpoints of one request are
+        # correlated, and a test over pooled checkpoints would overstate the evidence.
         cck = ck[ck["arm"] == "champion"]
         for s in ("p_mean", "entropy"):
-            a = pd.to_numeric(cck.get(s), errors="coerce").dropna().to_numpy() if s in cck else np.array([])
-            b = cal[s][np.isfinite(cal[s])]
-            if len(a) >= 20 and len(b) >= 20:
+            if s not in cck:
+                continue
+            a = pd.to_numeric(cck[s], errors="coerce").groupby(cck["request"]).mean().dropna().to_numpy()
+            b = cal[f"{s}_per_q"]
+            b = b[np.isfinite(b)]
+            if len(a) >= 10 and len(b) >= 10:
                 ks = ks_2samp(a, b)
                 checks[f"drift_{s}"] = {"ks": float(ks.statistic), "p_value": float(ks.pvalue),
                                         "live_mean": float(a.mean()), "calibration_mean": float(b.mean()),
-                                        "test": "Kolmogorov-Smirnov"}
+                                        "test": "Kolmogorov-Smirnov (per-request means)"}
                 if ks.pvalue < alpha and ks.statistic > TOL_KS:
                     out["flags"].append({"check": f"drift_{s}", "message": (
-                        f"the {s} signal has drifted: mean {a.mean():.3f} live vs {b.mean():.3f} in calibration "
-                        f"(KS={ks.statistic:.2f}, p={ks.pvalue:.2g})")})
+                        f"the {s} signal has drifted: per-request mean {a.mean():.3f} live vs {b.mean():.3f} in "
+                        f"calibration (KS={ks.statistic:.2f}, p={ks.pvalue:.2g})")})
     out["calibration_arrays"] = {k: cal[k] for k in ("emitted", "stop_pos", "p_mean", "entropy")}
     out["ab"] = ab_compare(fin) if "arm" in fin and (fin["arm"] == "challenger").any() else None
     out["proposal"] = propose_setting(ck, fin, preset, cal, answer_type) if propose else None

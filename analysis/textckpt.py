@@ -14,7 +14,7 @@ from bisect import bisect_right
 
 import numpy as np
 
-from .answers import NUMBER, _HASH_RE, _NUM_RE, extract_text_answer, find_boxed, normalize_number, normalize_text
+from .answers import NUMBER, _HASH_RE, _NUM_RE, extract_text_answer, normalize_number, normalize_text
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 TRANSITION_WORDS = ("Wait", "Alternatively", "Hmm", "But wait", "Actually", "Let me double-check",
@@ -102,67 +102,89 @@ def placements(text: str, every: int = 32, starts: np.ndarray | None = None
     return out, n
 
 
-_WINDOW = 48
-
-
 _SIMPLE_NUM = re.compile(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_DIGITISH = set("0123456789,.")
 
 
-def _last_number(text: str, cut: int) -> str | None:
-    """The last number that ends at or before ``cut`` (as answers.extract_number_text reads numbers),
-    searched in a short window behind the cut, widened when the window is empty or its only number may be
-    clipped by the window's start."""
-    lo = cut
-    while True:
-        lo = max(0, lo - _WINDOW)
-        found = _SIMPLE_NUM.findall(text, lo, cut)
-        if found and (len(found) > 1 or lo == 0 or text[lo - 1] not in _DIGITISH):
-            last = found[-1].rstrip(",")
-            if "," in last:  # thousands separators or a list such as "3,4": the strict pattern decides
-                strict = _NUM_RE.findall(last)
-                return strict[-1] if strict else last
-            return last
-        if lo == 0:
-            return None
+def closed_box_end(text: str, i: int) -> int | None:
+    """For a box whose content starts at ``i`` (just after its ``{``): the index just past its closing
+    brace, or None when it is not closed."""
+    depth = 1
+    for j in range(i, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return None
 
 
 class _NumberIndex:
-    """Answer spans of a numeric trace: boxes and '####' found once, the last number looked up per prefix."""
+    """Answer spans of a numeric trace, found once: boxes, '####' lines and every number; the answer of a
+    prefix is then a binary search (a number cut by the prefix's end is read as the prefix shows it)."""
 
-    __slots__ = ("text", "box_ends", "box_vals", "hash_ends", "hash_vals")
+    __slots__ = ("text", "box_ends", "box_vals", "hash_ends", "hash_vals", "num_starts", "num_ends", "num_vals")
 
     def __init__(self, text: str):
         self.text = text
         self.box_ends, self.box_vals = [], []
         for m in (_BOX_RE.finditer(text) if "box" in text else ()):
-            inner = find_boxed(text[m.start():])
-            end = m.end() + len(inner or "") + 1
-            if inner and inner.strip():
+            end = closed_box_end(text, m.end())
+            inner = text[m.end():end - 1].strip() if end else ""
+            if inner:
                 self.box_ends.append(end)
-                self.box_vals.append(inner.strip())
+                self.box_vals.append(inner)
+        if len(self.box_ends) > 1:      # nested boxes: the one that closes last was stated last
+            order = sorted(range(len(self.box_ends)), key=self.box_ends.__getitem__)
+            self.box_ends = [self.box_ends[k] for k in order]
+            self.box_vals = [self.box_vals[k] for k in order]
         self.hash_ends, self.hash_vals = [], []
         for m in (_HASH_RE.finditer(text) if "####" in text else ()):
             if m.group(1).strip():
                 self.hash_ends.append(m.end())
                 self.hash_vals.append(m.group(1).strip())
+        spans = [(m.start(), m.end(), m.group()) for m in _SIMPLE_NUM.finditer(text)]
+        self.num_starts, self.num_ends, self.num_vals = (list(x) for x in zip(*spans)) if spans else ([], [], [])
 
     def at(self, cut: int) -> str | None:
         for ends, vals in ((self.box_ends, self.box_vals), (self.hash_ends, self.hash_vals)):
             i = bisect_right(ends, cut)
             if i:
                 return vals[i - 1]
-        return _last_number(self.text, cut)
+        i = bisect_right(self.num_ends, cut)           # numbers wholly inside the prefix: 0..i-1
+        if i < len(self.num_starts) and self.num_starts[i] < cut:   # the next one is cut by the prefix's end
+            part = _SIMPLE_NUM.findall(self.text, self.num_starts[i], cut)
+            if part:
+                return _clean_number(part[-1])
+        return _clean_number(self.num_vals[i - 1]) if i else None
 
 
-def trial_answers(text: str, cuts: list[int], answer_type: str) -> list[tuple[str | None, str]]:
-    """(raw, normalised) last-stated answer for each prefix ``text[:cut]``."""
+def _clean_number(last: str) -> str:
+    last = last.rstrip(",")
+    if "," in last:  # thousands separators or a list such as "3,4": the strict pattern decides
+        strict = _NUM_RE.findall(last)
+        return strict[-1] if strict else last
+    return last
+
+
+def trial_answers(text: str, cuts: list[int], answer_type: str, memo: dict | None = None
+                  ) -> list[tuple[str | None, str]]:
+    """(raw, normalised) last-stated answer for each prefix ``text[:cut]``; ``memo`` caches normalisation
+    across calls."""
     if answer_type == NUMBER:
         idx = _NumberIndex(text)
+        memo = {} if memo is None else memo
         out = []
         for c in cuts:
             raw = idx.at(c)
-            out.append((raw, normalize_number(raw) if raw else ""))
+            if raw is None:
+                out.append((None, ""))
+                continue
+            norm = memo.get(raw)
+            if norm is None:
+                norm = memo[raw] = normalize_number(raw)
+            out.append((raw, norm))
         return out
     res = []
     for c in cuts:

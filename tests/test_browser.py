@@ -75,3 +75,46 @@ def test_frontier_chart_is_drawn(server, browser):
     page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=90_000)
     assert page.locator(".js-plotly-plot .legendtext", has_text="full length").count() == 1
     page.close()
+
+
+def test_permalink_restores_the_setting_in_a_fresh_browser(server, browser):
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/tune?db={db}&run={rid}&family=budget")
+    page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
+    before = metric(page, "Tokens saved (emitted)")
+    slider = page.locator("[data-testid='stSlider'] input").first
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => location.search.includes('s=sl1.')", timeout=30_000)
+    page.wait_for_timeout(1500)
+    link, em = page.url, metric(page, "Lost / gained")
+    tokens = metric(page, "Tokens saved (emitted)")
+    page.close()
+    fresh = browser.new_context(viewport={"width": 1400, "height": 1000})   # no cookies, no session
+    p2 = fresh.new_page()
+    p2.goto(link)
+    p2.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
+    p2.wait_for_timeout(1500)
+    assert metric(p2, "Lost / gained") == em and metric(p2, "Tokens saved (emitted)") == tokens
+    assert tokens != before                      # the link carries the moved slider, not the default
+    fresh.close()
+
+
+def test_a_question_opens_its_trace(server, browser):
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{url}/questions?db={db}&run={rid}&family=consistency")
+    head = page.locator("h3:has-text('Trace of')")
+    head.wait_for(timeout=90_000)
+    first = head.inner_text()
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+    # pick the table's third row: the trace below switches to that question
+    grid = page.locator("[data-testid='stDataFrame']").first
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 14, box["y"] + 35 * 3 + 17)
+    page.wait_for_function("(f) => [...document.querySelectorAll('h3')].some(h => h.innerText.startsWith('Trace of') "
+                           "&& h.innerText !== f)", arg=first, timeout=30_000)
+    assert "q=" in page.url and page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
+    page.close()

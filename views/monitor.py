@@ -99,7 +99,8 @@ if pr:
     if w["em"].notna().any():
         fig.add_scatter(x=w["window"], y=w["em"], mode="lines+markers", name="EM (labelled)", yaxis="y2")
         fig.add_hline(y=pr["em"], line_dash="dot", line_color="orange", yref="y2")
-    fig.update_layout(height=320, title="Over time (windows of requests, in arrival order)", xaxis_title="window",
+    fig.update_layout(height=320, title=f"Over time: the champion's requests in windows of {res['window']}, in arrival order",
+                      xaxis_title="window",
                       yaxis_title="tokens", yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="EM"),
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=40))
     st.plotly_chart(fig, width="stretch", key="mon_time")
@@ -111,8 +112,10 @@ if pr:
 
     def overlay(col, live, calib, title, xlabel, key):
         f = go.Figure()
-        f.add_histogram(x=calib, name="calibration", histnorm="probability density", opacity=0.55, nbinsx=30)
-        f.add_histogram(x=live, name="live", histnorm="probability density", opacity=0.55, nbinsx=30)
+        f.add_histogram(x=calib, name="calibration (replay)", histnorm="probability density", opacity=0.6, nbinsx=30,
+                        marker_color="#64748b")
+        f.add_histogram(x=live, name="live", histnorm="probability density", opacity=0.6, nbinsx=30,
+                        marker_color="#ea580c")
         f.update_layout(barmode="overlay", height=280, title=title, xaxis_title=xlabel, margin=dict(t=40),
                         legend=dict(orientation="h", y=-0.35))
         col.plotly_chart(f, width="stretch", key=key)
@@ -149,6 +152,9 @@ if prop:
         st.write(f"From {prop['n']} labelled full-length exploration requests, {prop['goal']}: **{prop['label']}** — "
                  f"held-out EM {te['em']:.3f} (full {te['em_full']:.3f}) at {te['tokens_emitted']:.0f} tokens "
                  f"({te['savings_emitted']:.0%} saved).")
+        if te["n"] < 100:
+            st.caption(f"A small sample: chosen on {prop['tune']['n']} requests, checked on {te['n']}. Treat it as a "
+                       "direction, and raise routing.explore or wait for more labels before deploying it.")
         body = {"stopline_preset": 1, "name": f"recalibrated: {prop['label']}"[:200], "setting": prop["setting"]}
         st.download_button("Download the proposed preset", json.dumps(body, indent=2), "recalibrated.json",
                            "application/json", key="dl_prop")

@@ -77,8 +77,8 @@ left, right = st.columns([3, 2])
 with left:
     fig = go.Figure()
     ok = ck["EM"] > 0.5
-    fig.add_scatter(x=ck["pos"], y=np.where(ok, 1.0, 0.0), mode="markers+text", name="trial answer (right / wrong)",
-                    text=ck["answer"], textposition="top center",
+    fig.add_scatter(x=ck["pos"], y=np.where(ok, 1.0, 0.0), mode="markers", name="trial answer (right / wrong)",
+                    text=ck["answer"],
                     marker=dict(size=11, color=np.where(ok, "#16a34a", "#dc2626"), symbol="circle"),
                     hovertemplate="token %{x}<br>answer %{text}<extra></extra>")
     if np.isfinite(ck["p_mean"]).any():
@@ -98,6 +98,9 @@ with left:
 with right:
     st.markdown(f"**Question.** {tr.get('question') or '(not stored)'}")
     gold = tr.get("gold")
+    if isinstance(gold, str) and gold.startswith("["):
+        import json
+        gold = json.loads(gold)
     st.markdown(f"**Gold:** `{', '.join(gold) if isinstance(gold, list) else gold}` · **full-length answer:** "
                 f"`{tr.get('final_norm')}` ({'right' if t.full_em[i] > 0.5 else 'wrong'}) · **stopped answer:** "
                 f"`{a.answers[i]}` at token {a.stop_pos[i]:.0f} of {t.full_tokens[i]:.0f}")
@@ -108,6 +111,5 @@ cut = int(len(text) * min(1.0, float(a.stop_pos[i]) / n_tok))
 with st.expander("The trace's text (the part after the current setting's stop is greyed; the cut is placed "
                  "in proportion to tokens, so approximate)", expanded=True):
     import html
-    st.markdown(f"<div style='white-space: pre-wrap; font-family: monospace; font-size: 0.85em'>"
-                f"{html.escape(text[:cut])}<span style='color:#9ca3af'>{html.escape(text[cut:])}</span></div>",
-                unsafe_allow_html=True)
+    st.html(f"<div style='white-space: pre-wrap; font-family: monospace; font-size: 0.85em'>"
+            f"{html.escape(text[:cut])}<span style='color:#9ca3af'>{html.escape(text[cut:])}</span></div>")
