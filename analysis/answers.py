@@ -30,18 +30,24 @@ def find_boxed(text: str) -> str | None:
     idx = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
     if idx < 0:
         return None
-    i = text.index("{", idx) + 1
-    depth, start = 1, i
-    while i < len(text):
-        c = text[i]
+    start = text.index("{", idx) + 1
+    end = closed_box_end(text, start)
+    return text[start:end - 1] if end else text[start:]
+
+
+def closed_box_end(text: str, i: int) -> int | None:
+    """For a box whose content starts at ``i`` (just after its ``{``): the index just past its closing
+    brace, or None when it is not closed."""
+    depth = 1
+    for j in range(i, len(text)):
+        c = text[j]
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i]
-        i += 1
-    return text[start:]
+                return j + 1
+    return None
 
 
 def extract_number_text(text: str) -> str | None:

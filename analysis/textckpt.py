@@ -14,7 +14,8 @@ from bisect import bisect_right
 
 import numpy as np
 
-from .answers import NUMBER, _HASH_RE, _NUM_RE, extract_text_answer, normalize_number, normalize_text
+from .answers import (NUMBER, _HASH_RE, _NUM_RE, closed_box_end, extract_text_answer, normalize_number,
+                      normalize_text)
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 TRANSITION_WORDS = ("Wait", "Alternatively", "Hmm", "But wait", "Actually", "Let me double-check",
@@ -103,21 +104,6 @@ def placements(text: str, every: int = 32, starts: np.ndarray | None = None
 
 
 _SIMPLE_NUM = re.compile(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-
-
-def closed_box_end(text: str, i: int) -> int | None:
-    """For a box whose content starts at ``i`` (just after its ``{``): the index just past its closing
-    brace, or None when it is not closed."""
-    depth = 1
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return None
 
 
 class _NumberIndex:

@@ -51,16 +51,21 @@ def metric(page, label):
     return page.locator(f"[data-testid='stMetric']:has-text('{label}') [data-testid='stMetricValue']").inner_text()
 
 
-def test_tune_slider_changes_the_numbers(server, browser):
+def tune_and_move(browser, server, key: str, presses: int):
+    """Open Tune on the budget family, note the savings, press a key on the first slider."""
     url, db, rid = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{url}/tune?db={db}&run={rid}&family=budget")
     page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
     before = metric(page, "Tokens saved (emitted)")
-    slider = page.locator("[data-testid='stSlider'] input").first
-    slider.focus()
-    for _ in range(3):
-        page.keyboard.press("End")
+    page.locator("[data-testid='stSlider'] input").first.focus()
+    for _ in range(presses):
+        page.keyboard.press(key)
+    return page, before
+
+
+def test_tune_slider_changes_the_numbers(server, browser):
+    page, before = tune_and_move(browser, server, "End", 3)
     page.wait_for_function(
         "(b) => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => m.innerText.includes('Tokens saved (emitted)') && !m.innerText.includes(b))",
         arg=before, timeout=30_000)
@@ -78,15 +83,7 @@ def test_frontier_chart_is_drawn(server, browser):
 
 
 def test_permalink_restores_the_setting_in_a_fresh_browser(server, browser):
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/tune?db={db}&run={rid}&family=budget")
-    page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
-    before = metric(page, "Tokens saved (emitted)")
-    slider = page.locator("[data-testid='stSlider'] input").first
-    slider.focus()
-    for _ in range(4):
-        page.keyboard.press("ArrowRight")
+    page, before = tune_and_move(browser, server, "ArrowRight", 4)
     page.wait_for_function("() => location.search.includes('s=sl1.')", timeout=30_000)
     page.wait_for_timeout(1500)
     link, em = page.url, metric(page, "Lost / gained")
