@@ -142,8 +142,18 @@ _CK_FIELDS = ("question_id", "ck_idx", "pos", "kind", "is_step", "is_transition"
 _TR_FIELDS = ("question_id", "text", "n_tokens", "final_raw", "final_norm", "em", "f1")
 
 
-def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int]) -> tuple[pa.Table, pa.Table]:
-    """Traces and checkpoints tables for (question_id, gold, response) items; runs in a worker."""
+_SHARED: list = []      # the items, set before the workers fork, so that chunks travel as index ranges
+
+
+def _derive_range(args: tuple[str, int, int, str, int]) -> tuple[pa.Table, pa.Table]:
+    run_id, lo, hi, answer_type, every = args
+    return _derive_chunk((run_id, _SHARED[lo:hi], answer_type, every), with_text=False)
+
+
+def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], with_text: bool = True
+                  ) -> tuple[pa.Table, pa.Table]:
+    """Traces and checkpoints tables for (question_id, gold, response) items; runs in a worker. Without
+    text, the traces table leaves the responses out (the parent has them)."""
     run_id, items, answer_type, every = args
     t = {k: [] for k in _TR_FIELDS}
     c = {k: [] for k in _CK_FIELDS}
@@ -177,13 +187,16 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int]) 
         c["f1"] += [memo[nm][1] for nm in norms]
         c["answer_tokens"] += [n_tok(r) for r in raws[:-1]] + [0]
         t["question_id"].append(qid)
-        t["text"].append(response)
+        if with_text:
+            t["text"].append(response)
         t["n_tokens"].append(n)
         t["final_raw"].append(raws[-1])
         t["final_norm"].append(norms[-1])
         t["em"].append(memo[norms[-1]][0])
         t["f1"].append(memo[norms[-1]][1])
     nt, nc = len(t["question_id"]), len(c["question_id"])
+    if not with_text:
+        del t["text"]
     traces = pa.table({
         "run_id": pa.array([run_id] * nt), **t,
         "finish_reason": pa.array(["imported"] * nt), "gen_s": pa.nulls(nt, pa.float64()),
@@ -203,28 +216,37 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int]) 
 
 def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, every: int,
            show_progress: bool = True, workers: int | None = None) -> tuple[pa.Table, pa.Table]:
-    """Traces and text-derived checkpoints for the records, as Arrow tables (chunks spread over the cores)."""
+    """Traces and text-derived checkpoints for the records, as Arrow tables (chunks spread over the cores).
+
+    Workers are forked with the records in memory and receive index ranges; they send back everything but
+    the response texts, which the parent adds to the traces table itself.
+    """
+    global _SHARED
     items = [(q.id, q.gold, r) for q, r in records]
     size = 4000
-    chunks = [(run_id, items[i:i + size], answer_type, every) for i in range(0, len(items), size)]
-    workers = workers or min(os.cpu_count() or 1, len(chunks))
+    ranges = [(run_id, i, min(i + size, len(items)), answer_type, every) for i in range(0, len(items), size)]
+    workers = workers or min(os.cpu_count() or 1, len(ranges))
     bar = progress(total=len(items), desc="deriving checkpoints", unit="trace", disable=not show_progress)
+    _SHARED = items
     if workers > 1:
         ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        results = ex.map(_derive_chunk, chunks)
+        results = ex.map(_derive_range, ranges)
     else:
-        ex, results = None, map(_derive_chunk, chunks)
+        ex, results = None, map(_derive_range, ranges)
     traces, cks = [], []
     try:
-        for (tr, ck), chunk in zip(results, chunks):
+        for (tr, ck), (_, lo, hi, _, _) in zip(results, ranges):
             traces.append(tr)
             cks.append(ck)
-            bar.update(len(chunk[1]))
+            bar.update(hi - lo)
     finally:
         bar.close()
+        _SHARED = []
         if ex is not None:
             ex.shutdown()
-    return pa.concat_tables(traces), pa.concat_tables(cks)
+    tr = pa.concat_tables(traces)
+    tr = tr.add_column(2, "text", pa.array([r for _, _, r in items], pa.string()))
+    return tr, pa.concat_tables(cks)
 
 
 def import_generations(store: Store, spec: ImportSpec, show_progress: bool = True) -> dict:
