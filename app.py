@@ -10,6 +10,9 @@ nav = st.navigation([
     st.Page("views/frontier.py", title="Frontier", icon=":material/show_chart:", default=True),
     st.Page("views/tune.py", title="Tune", icon=":material/tune:"),
     st.Page("views/questions.py", title="Questions", icon=":material/quiz:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/presets.py", title="Presets", icon=":material/bookmarks:"),
+    st.Page("views/report.py", title="Report", icon=":material/summarize:"),
     st.Page("views/runs.py", title="Runs", icon=":material/folder_open:"),
     st.Page("views/monitor.py", title="Monitor", icon=":material/monitor_heart:"),
 ])

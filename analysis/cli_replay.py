@@ -140,3 +140,32 @@ def _optimize(args):
     if args.json:
         return _print_json(res)
     print(json.dumps(res, indent=2, default=str))
+
+
+def _report_setup(p):
+    p.add_argument("--run", required=True, action="append", help="a run to report (repeatable)")
+    p.add_argument("--preset", action="append", default=[], help="a preset to report (file, JSON or link; repeatable)")
+    p.add_argument("--drop", type=float, default=0.02, help="recommend the fewest tokens within this EM drop")
+    p.add_argument("--slice-by", help="break the losses down by this (default: a metadata field, else length)")
+    p.add_argument("--out", default="report", help="folder for report.html, report.md and figures/")
+    p.add_argument("--no-images", action="store_true", help="skip the PNG/SVG charts (no Chromium needed)")
+    _db(p)
+
+
+@command("report", "a self-contained HTML report, a Markdown summary and PNG/SVG charts", _report_setup)
+def _report(args):
+    from pathlib import Path
+    from .presets import load
+    from .replay import RunTable
+    from .report import build
+    store = _store(args, read_only=True)
+    tables = [(store.run(r), RunTable.from_store(store, r)) for r in args.run]
+    rep = build(tables, [load(p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
+                images=not args.no_images)
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(rep["html"], encoding="utf-8")
+    (out / "report.md").write_text(rep["markdown"], encoding="utf-8")
+    for name, data in rep["images"].items():
+        (out / name).write_bytes(data)
+    print(f"report written to {out}/report.html ({len(rep['images'])} chart files, report.md)")

@@ -137,3 +137,50 @@ def test_tune_setting_carries_to_questions_and_into_the_link(synthetic_db):
     assert loads(link).setting.params["B"] == 64
     at.switch_page("views/questions.py").run()
     assert not at.exception and any("B=64" in c.value for c in at.caption)
+
+
+def test_compare_page_pairs_two_presets_with_slices(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = app(db, rid, "views/compare.py")
+    assert not at.exception
+    vals = {m.label: m.value for m in at.metric}
+    assert "McNemar p" in vals and "→" in vals["EM: A → B"]
+    assert at.selectbox(key="cmp_slice").value == "meta.difficulty"
+    assert len(at.dataframe) == 2 and len(at.dataframe[1].value) == 3      # the 3 difficulty slices
+    at.selectbox(key="cmp_B").set_value("a link or JSON…").run()
+    at.text_input(key="cmp_B_text").input("sl1.garbage").run()
+    assert not at.exception and "cannot be read" in at.error[0].value
+
+
+def test_presets_page_saves_loads_and_rejects_bad_files(tmp_path, synthetic_db):
+    import shutil
+    db, rid, _ = synthetic_db
+    mine = tmp_path / "mine.duckdb"
+    shutil.copy(db, mine)
+    at = app(str(mine), rid, "views/presets.py")
+    assert not at.exception
+    assert "s=sl1." in at.code[0].value and f"run={rid}" in at.code[0].value
+    at.text_input(key="preset_name").input("careful").run()
+    at.button(key="preset_save").click().run()
+    assert not at.exception and "Saved 'careful'" in at.success[0].value
+    from analysis.store import Store
+    assert "careful" in Store(mine, read_only=True).presets()
+    at.button(key="load_careful").click().run()
+    assert not at.exception
+    at.button(key="del_careful").click().run()
+    assert "careful" not in Store(mine, read_only=True).presets()
+
+
+def test_report_page_builds_html_markdown_and_charts(synthetic_db):
+    import io
+    import zipfile
+    db, rid, _ = synthetic_db
+    at = app(db, rid, "views/report.py")
+    assert not at.exception
+    at.button(key="rep_build").click().run(timeout=180)
+    assert not at.exception
+    page, md, bundle = at.session_state["report"]
+    assert page.startswith("<!doctype html>") and "Recommendation" in page and "data:image/svg+xml" in page
+    assert "| preset | EM |" in md
+    names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
+    assert {"report.html", "report.md", "figures/frontier_0.png", "figures/frontier_0.svg"} <= set(names)

@@ -1,0 +1,55 @@
+"""Paired comparison of two presets replayed on the same questions: McNemar, paired bootstrap CIs of ΔEM
+and Δtokens, and the same per slice."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .optimize import slice_labels
+from .presets import Preset, preset_stops
+from .replay import RunTable, outcome_from_stops
+from .stats import mcnemar
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of mean(b) - mean(a), resampling questions (pairs) together."""
+    n = len(a)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    d = np.asarray(b, float) - np.asarray(a, float)
+    means = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    lo, hi = np.percentile(means, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)
+
+
+def _pair(oa, ob, n_boot: int) -> dict:
+    ra, rb = oa.em > 0.5, ob.em > 0.5
+    return {"n": int(len(ra)), "em_a": float(oa.em.mean()), "em_b": float(ob.em.mean()),
+            "tokens_a": float(oa.emitted.mean()), "tokens_b": float(ob.emitted.mean()),
+            "computed_a": float(oa.computed.mean()), "computed_b": float(ob.computed.mean()),
+            "delta_em": float(ob.em.mean() - oa.em.mean()), "delta_em_ci": paired_ci(oa.em, ob.em, n_boot),
+            "delta_tokens": float(ob.emitted.mean() - oa.emitted.mean()),
+            "delta_tokens_ci": paired_ci(oa.emitted, ob.emitted, n_boot),
+            "both_right": int((ra & rb).sum()), "a_only": int((ra & ~rb).sum()), "b_only": int((~ra & rb).sum()),
+            "both_wrong": int((~ra & ~rb).sum()), "mcnemar": mcnemar(ra, rb)}
+
+
+def compare(t: RunTable, a: Preset, b: Preset, slice_by: str | None = None, n_boot: int = 2000) -> dict:
+    """Preset A vs preset B on the same questions (B − A throughout)."""
+    oa = outcome_from_stops(t, preset_stops(t, a), a.name)
+    ob = outcome_from_stops(t, preset_stops(t, b), b.name)
+    out = {"a": a.name, "b": b.name, "run": t.run_id, **_pair(oa, ob, n_boot)}
+    if slice_by:
+        labels = slice_labels(t, slice_by)
+        rows = []
+        for lab in sorted(set(labels), key=str):
+            m = labels == lab
+            sa = outcome_from_stops(t.subset(m), oa.stop[m], a.name)
+            sb = outcome_from_stops(t.subset(m), ob.stop[m], b.name)
+            p = _pair(sa, sb, max(200, n_boot // 4))
+            rows.append({"slice": str(lab), **{k: v for k, v in p.items() if k != "mcnemar"},
+                         "mcnemar_p": p["mcnemar"]["p_value"]})
+        out["slices"] = pd.DataFrame(rows)
+        out["slice_by"] = slice_by
+    return out

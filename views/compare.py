@@ -1,0 +1,81 @@
+"""Compare: preset A vs preset B on the same questions — paired table, McNemar, ΔEM and Δtokens with CIs,
+and the same per slice."""
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.compare import compare
+from analysis.errors import PresetError, StoplineError
+from analysis.presets import Preset, from_dict, from_setting, loads
+from analysis.policies import Setting
+from views import common
+
+st.header("Compare")
+run = common.current_run()
+if not run:
+    st.stop()
+t = common.table_for(run)
+fam = common.family_picker(t)
+current = common.current_setting(t, fam)
+saved = st.session_state["store"].presets() if st.session_state.get("store") else {}
+
+
+def chooser(side: str, default: int) -> Preset:
+    opts = ["the current setting", "full length", *[f"preset: {n}" for n in saved], "a link or JSON…"]
+    pick = st.selectbox(f"Preset {side}", opts, index=min(default, len(opts) - 1), key=f"cmp_{side}")
+    if pick == "the current setting":
+        return from_setting(current)
+    if pick == "full length":
+        return from_setting(Setting.make("budget", B=32768), "full length")
+    if pick.startswith("preset: "):
+        return from_dict(saved[pick[len("preset: "):]])
+    text = st.text_input(f"Preset {side}: link (sl1.…) or JSON", key=f"cmp_{side}_text")
+    if not text:
+        st.info(f"Paste preset {side}.")
+        st.stop()
+    return loads(text)
+
+
+ca, cb = st.columns(2)
+try:
+    with ca:
+        A = chooser("A", 1)
+    with cb:
+        B = chooser("B", 0)
+except PresetError as e:
+    st.error(f"That preset cannot be read: {e}")
+    st.stop()
+slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
+slice_by = st.selectbox("Break down by", slice_opts, index=min(2, len(slice_opts) - 1) if len(slice_opts) > 2 else 0,
+                        key="cmp_slice")
+try:
+    res = compare(t, A, B, None if slice_by == "(none)" else slice_by, n_boot=1000)
+except StoplineError as e:
+    st.error(str(e))
+    st.stop()
+
+m = st.columns(4)
+m[0].metric("EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", f"{res['delta_em']:+.3f}")
+m[1].metric("ΔEM 95% CI (B − A)", f"{res['delta_em_ci'][0]:+.3f} … {res['delta_em_ci'][1]:+.3f}")
+m[2].metric("Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}", f"{res['delta_tokens']:+.0f}",
+            delta_color="inverse")
+m[3].metric("McNemar p", f"{res['mcnemar']['p_value']:.3g}",
+            f"{res['a_only']} right only with A, {res['b_only']} only with B", delta_color="off")
+st.caption(f"Δtokens 95% CI (B − A): {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}. "
+           f"A = {A.name}; B = {B.name}. Paired on the same {res['n']} questions: the CIs resample questions, "
+           "McNemar uses only the questions where the two disagree.")
+st.dataframe({"": ["A right", "A wrong"], "B right": [res["both_right"], res["b_only"]],
+              "B wrong": [res["a_only"], res["both_wrong"]]}, hide_index=True)
+if "slices" in res:
+    sl = res["slices"]
+    st.subheader(f"By {res['slice_by']}")
+    fig = go.Figure()
+    lo = sl["delta_em_ci"].map(lambda c: c[0])
+    hi = sl["delta_em_ci"].map(lambda c: c[1])
+    fig.add_scatter(x=sl["slice"], y=sl["delta_em"], mode="markers", marker=dict(size=11),
+                    error_y=dict(type="data", array=hi - sl["delta_em"], arrayminus=sl["delta_em"] - lo),
+                    name="ΔEM (B − A)")
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(height=300, yaxis_title="ΔEM (B − A), 95% CI", xaxis_title=res["slice_by"], margin=dict(t=20))
+    st.plotly_chart(fig, width="stretch", key="cmp_slices")
+    show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "mcnemar_p"]]
+    st.dataframe(show, hide_index=True, width="stretch")

@@ -1,0 +1,100 @@
+"""Presets: save and load named settings (kept in a store), share a permalink, download and upload JSON."""
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import streamlit as st
+
+from analysis.errors import PresetError, StoplineError
+from analysis.presets import from_dict, from_setting, loads
+from analysis.store import DEFAULT_DB, Store
+from views import common
+
+
+
+def use(setting) -> None:
+    """Button callback (runs before the page): make a preset's setting the current one, family included."""
+    common.remember_setting(setting)
+    st.session_state["family"] = setting.family
+    st.query_params["family"] = setting.family
+
+
+st.header("Presets")
+run = common.current_run()
+if not run:
+    st.stop()
+t = common.table_for(run)
+fam = common.family_picker(t)
+setting = common.current_setting(t, fam)
+preset = from_setting(setting)
+
+# where presets are kept: the picked store when it can be written, else the user's own store
+cur = st.session_state["store"]
+target = cur if not cur.read_only else Store(os.environ.get("STOPLINE_DB", DEFAULT_DB))
+if cur.read_only:
+    st.caption(f"The picked store is read-only; presets are kept in your store, `{target.path}`.")
+
+st.subheader("The current setting")
+st.markdown(f"`{setting.label()}` (set it on the Tune page)")
+params = {"db": st.session_state["db"], "run": run["id"], "family": fam, "s": preset.to_url()}
+base = ""
+try:
+    u = urlsplit(st.context.url or "")
+    base = f"{u.scheme}://{u.netloc}" if u.netloc else ""
+except Exception:          # noqa: BLE001 - no browser context (AppTest)
+    base = ""
+link = f"{base}/tune?{urlencode(params)}"
+st.code(link, language=None)
+st.caption("The permalink opens this exact view (store, run, family and setting) in any browser. The copy "
+           "button is at the code block's right.")
+
+c1, c2 = st.columns(2)
+with c1:
+    name = st.text_input("Save as", value="", placeholder="a name, e.g. prod-2026-11", key="preset_name")
+    notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
+    if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
+        try:
+            body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
+            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+            target.save_preset(name.strip(), body)
+            st.success(f"Saved '{name.strip()}' in {target.path}.")
+        except (PresetError, StoplineError) as e:
+            st.error(str(e))
+with c2:
+    st.download_button("Download this preset (JSON)", preset.to_json(), f"{fam}.json", "application/json",
+                       key="preset_dl")
+    up = st.file_uploader("Upload a preset (JSON)", type=["json"], key="preset_up")
+    if up is not None:
+        try:
+            p = loads(up.getvalue().decode("utf-8", "replace"))
+            if not t.has_signal("p_mean") and p.setting.policy.required_signals(p.setting.params):
+                st.warning("This run has no probe signals; the preset's family cannot be replayed here.")
+            st.success(f"Read '{p.name}': `{p.setting.label()}`.")
+            st.button("Make it the current setting", key="preset_use_up", on_click=use, args=(p.setting,))
+        except PresetError as e:
+            st.error(f"This file is not a valid preset: {e}")
+
+st.subheader("Saved presets")
+try:
+    saved = target.presets() if Path(target.path).exists() else {}
+except StoplineError as e:
+    st.error(str(e))
+    saved = {}
+if not saved:
+    st.info("No presets saved yet.")
+for pname, body in saved.items():
+    with st.container(border=True):
+        try:
+            p = from_dict(body)
+        except PresetError as e:
+            st.error(f"'{pname}' cannot be read: {e}")
+            continue
+        a, b, c = st.columns([5, 1, 1])
+        a.markdown(f"**{pname}** · `{p.setting.label()}`" + (f"  \n{p.notes}" if p.notes else ""))
+        b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,))
+        if c.button("Delete", key=f"del_{pname}"):
+            target.delete_preset(pname)
+            st.rerun()
+        with st.expander("JSON"):
+            st.code(json.dumps(body, indent=2), language="json")

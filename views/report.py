@@ -1,0 +1,48 @@
+"""Report: one click builds a self-contained HTML report, PNG/SVG charts and a Markdown summary."""
+import streamlit as st
+
+from analysis.errors import PresetError, StoplineError
+from analysis.presets import from_dict, from_setting
+from views import common
+
+st.header("Report")
+run = common.current_run()
+if not run:
+    st.stop()
+t = common.table_for(run)
+fam = common.family_picker(t)
+current = common.current_setting(t, fam)
+runs = st.session_state["runs"]
+saved = st.session_state["store"].presets()
+st.caption("For a stakeholder: headline numbers, the frontier, where the losses come from, and the recommended "
+           "operating point with its confidence intervals, chosen on one half of the questions and checked on the other.")
+ids = st.multiselect("Runs", [r["id"] for r in runs], default=[run["id"]], key="rep_runs",
+                     format_func=lambda i: next(f"{r['model']} · {r['dataset']}" for r in runs if r["id"] == i))
+names = st.multiselect("Presets to report", ["the current setting", *saved], default=["the current setting"],
+                       key="rep_presets")
+c1, c2 = st.columns(2)
+drop = c1.slider("Recommend the fewest tokens within this EM drop of full length", 0.0, 0.10, 0.02, 0.005,
+                 key="rep_drop", format="%.3f")
+slice_by = c2.selectbox("Break losses down by", ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]],
+                        key="rep_slice")
+if st.button("Build the report", type="primary", key="rep_build", disabled=not ids):
+    from analysis.report import build, zip_bundle
+    try:
+        presets = [from_setting(current, f"current: {current.label()}") if n == "the current setting"
+                   else from_dict(saved[n]) for n in names]
+        tables = [(r, common.run_table(st.session_state["db"], r["id"], r["n_checkpoints"])) for r in runs
+                  if r["id"] in ids]
+        with st.spinner("Replaying, bootstrapping and drawing the charts (a few seconds)…"):
+            rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by)
+        st.session_state["report"] = (rep["html"], rep["markdown"], zip_bundle(rep))
+    except (PresetError, StoplineError) as e:
+        st.error(str(e))
+if st.session_state.get("report"):
+    page, md, bundle = st.session_state["report"]
+    d = st.columns(3)
+    d[0].download_button("Download HTML report", page, "stopline-report.html", "text/html", key="rep_dl_html")
+    d[1].download_button("Download Markdown summary", md, "stopline-report.md", "text/markdown", key="rep_dl_md")
+    d[2].download_button("Download all (HTML, Markdown, PNG and SVG charts)", bundle, "stopline-report.zip",
+                         "application/zip", key="rep_dl_zip")
+    with st.expander("Preview", expanded=True):
+        st.html(page)
