@@ -133,3 +133,15 @@ def current_setting(t, fam: str):
         if s is not None and s.family == fam:
             return s
     return Setting(fam, get_family(fam).defaults())
+
+
+def page_start(title: str):
+    """The start every run page shares: its header, the picked run's table, the family and current setting.
+    Stops the page with a way forward when there is no run."""
+    st.header(title)
+    run = current_run()
+    if not run:
+        st.stop()
+    t = table_for(run)
+    fam = family_picker(t)
+    return run, t, fam, current_setting(t, fam)

@@ -9,13 +9,7 @@ from analysis.presets import Preset, from_dict, from_setting, loads
 from analysis.policies import Setting
 from views import common
 
-st.header("Compare")
-run = common.current_run()
-if not run:
-    st.stop()
-t = common.table_for(run)
-fam = common.family_picker(t)
-current = common.current_setting(t, fam)
+run, t, fam, current = common.page_start("Compare")
 saved = st.session_state["store"].presets() if st.session_state.get("store") else {}
 
 

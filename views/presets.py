@@ -20,13 +20,7 @@ def use(setting) -> None:
     st.query_params["family"] = setting.family
 
 
-st.header("Presets")
-run = common.current_run()
-if not run:
-    st.stop()
-t = common.table_for(run)
-fam = common.family_picker(t)
-setting = common.current_setting(t, fam)
+run, t, fam, setting = common.page_start("Presets")
 preset = from_setting(setting)
 
 # where presets are kept: the picked store when it can be written, else the user's own store

@@ -9,13 +9,7 @@ from analysis.presets import loads
 from analysis.replay import full_length, outcome_from_stops, stop_index
 from views import common
 
-st.header("Questions")
-run = common.current_run()
-if not run:
-    st.stop()
-t = common.table_for(run)
-fam = common.family_picker(t)
-setting = common.current_setting(t, fam)
+run, t, fam, setting = common.page_start("Questions")
 st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). Each question: where it stops, "
            "and whether its answer there is right compared with the other side.")
 

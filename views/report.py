@@ -5,13 +5,7 @@ from analysis.errors import PresetError, StoplineError
 from analysis.presets import from_dict, from_setting
 from views import common
 
-st.header("Report")
-run = common.current_run()
-if not run:
-    st.stop()
-t = common.table_for(run)
-fam = common.family_picker(t)
-current = common.current_setting(t, fam)
+run, t, fam, current = common.page_start("Report")
 runs = st.session_state["runs"]
 saved = st.session_state["store"].presets()
 st.caption("For a stakeholder: headline numbers, the frontier, where the losses come from, and the recommended "
