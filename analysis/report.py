@@ -52,7 +52,7 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str) -> go.Figu
                              (3, "gained (wrong at full length, right when stopped)", "#16a34a")):
         fig.add_bar(x=[str(c) for c in cats], y=[int(((labels == c) & (oc == code)).sum()) for c in cats], name=lab,
                     marker_color=color)
-    fig.update_layout(title=f"Where '{name}' loses and gains answers, by {by}", barmode="group", height=360,
+    fig.update_layout(title=f"Answers lost and gained by the recommendation, by {by}", barmode="group", height=360,
                       width=900, xaxis_title=by, yaxis_title="questions", template="plotly_white", xaxis_type="category",
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=50, l=60, r=20, b=40))
     return fig

@@ -115,3 +115,35 @@ def test_a_question_opens_its_trace(server, browser):
                            "&& h.innerText !== f)", arg=first, timeout=30_000)
     assert "q=" in page.url and page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
     page.close()
+
+
+def test_report_downloads_as_a_self_contained_page(server, browser):
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1200}, accept_downloads=True)
+    page.goto(f"{url}/report?db={db}&run={rid}&family=consistency")
+    page.click("button:has-text('Build the report')", timeout=90_000)
+    button = page.locator("button:has-text('Download HTML report')")
+    button.wait_for(timeout=120_000)
+    with page.expect_download() as dl:
+        button.click()
+    html = open(dl.value.path(), encoding="utf-8").read()
+    assert html.startswith("<!doctype html>") and "Recommendation" in html
+    assert "data:image/svg+xml;base64," in html and "<script src=" not in html   # nothing fetched from elsewhere
+    page.close()
+
+
+def test_clicking_a_frontier_point_makes_it_the_current_setting(server, browser):
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{url}/?db={db}&run={rid}")
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .trace .points path", timeout=90_000)
+    assert page.locator("text=Current setting:").count() == 0
+    # a point on a family's front (the solid traces come second in each family's pair)
+    pt = page.locator(".js-plotly-plot .scatterlayer .trace:nth-child(2) .points path").nth(2)
+    box = pt.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(300)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("text=Current setting:", timeout=30_000)
+    assert "s=sl1." in page.url
+    page.close()

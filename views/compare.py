@@ -49,7 +49,7 @@ except StoplineError as e:
 
 m = st.columns(4)
 m[0].metric("EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", f"{res['delta_em']:+.3f}")
-m[1].metric("ΔEM 95% CI (B − A)", f"{res['delta_em_ci'][0]:+.3f} … {res['delta_em_ci'][1]:+.3f}")
+m[1].metric("ΔEM 95% CI (B − A)", f"{res['delta_em_ci'][0]:+.2f} … {res['delta_em_ci'][1]:+.2f}")
 m[2].metric("Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}", f"{res['delta_tokens']:+.0f}",
             delta_color="inverse")
 m[3].metric("McNemar p", f"{res['mcnemar']['p_value']:.3g}",
