@@ -184,3 +184,28 @@ def test_report_page_builds_html_markdown_and_charts(synthetic_db):
     assert "| preset | EM |" in md
     names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
     assert {"report.html", "report.md", "figures/frontier_0.png", "figures/frontier_0.svg"} <= set(names)
+
+
+def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_db):
+    from analysis.frontier import sweep
+    from analysis.optimize import pick
+    from analysis.replay import RunTable
+    from analysis.store import Store
+    db, rid, _ = synthetic_db
+    at = app(db, rid, "views/tune.py")
+    at.radio(key="op_goal").set_value("drop").run()
+    at.number_input(key="op_value_drop").set_value(0.01).run()
+    at.radio(key="op_scope").set_value("all families").run()
+    at.button(key="op_jump").click().run()
+    assert not at.exception
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    want = pick(sweep(t), "drop", 0.01)
+    assert any(want["label"] in c.value for c in at.caption)       # the page now shows that setting
+    assert any("Jumped to" in i.value for i in at.info) and not at.warning
+    # a hybrid: its two parts get their own family pickers and controls
+    at.sidebar.selectbox(key="family").set_value("hybrid").run()
+    assert not at.exception
+    assert at.selectbox(key="hybrid.a.family").value == "confidence"
+    at.selectbox(key="hybrid.b.family").set_value("budget").run()
+    at.slider(key="hybrid.b.budget.B").set_value(100).run()
+    assert not at.exception and any("b=(budget(B=100))" in c.value for c in at.caption)

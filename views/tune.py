@@ -1,12 +1,86 @@
-"""Tune: sliders generated from the family's declared parameters; numbers recompute live."""
+"""Tune: controls generated from the family's declared parameters (nested ones for a hybrid's parts);
+numbers recompute live; operating-point helpers jump to the best setting for a budget or an EM drop."""
 import plotly.express as px
 import streamlit as st
 
 from analysis.errors import StoplineError
-from analysis.optimize import evaluate
-from analysis.policies import Setting, get_family
+from analysis.frontier import setting_of
+from analysis.optimize import evaluate, pick
+from analysis.policies import Setting, families, get_family
 from analysis.replay import stop_index
 from views import common
+
+
+def widgets(t, fam: str, start: dict, prefix: str) -> dict:
+    """One control per declared parameter; a nested setting gets a family picker and its own controls."""
+    cls = get_family(fam)
+    params = {}
+    flat = [p for p in cls.params if p.kind != "setting"]
+    cols = st.columns(max(1, len(flat)))
+    i = 0
+    for p in cls.params:
+        key = f"{prefix}.{p.name}"
+        v = start.get(p.name, p.default)
+        if p.kind == "setting":
+            continue
+        with cols[i]:
+            if p.kind == "int":
+                hi = int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high > 10_000 else int(p.high)
+                params[p.name] = st.slider(p.label or p.name, int(p.low), hi, int(min(v, hi)), help=p.help, key=key)
+            elif p.kind == "float" and p.log:
+                opts = sorted(set(p.sweep_values()) | {p.default, v})
+                params[p.name] = st.select_slider(p.label or p.name, opts, value=v, help=p.help, key=key,
+                                                  format_func=lambda x: f"{x:g}")
+            elif p.kind == "float":
+                params[p.name] = st.slider(p.label or p.name, float(p.low), float(p.high), float(v), step=0.005,
+                                           help=p.help, key=key)
+            elif p.kind == "choice":
+                params[p.name] = st.selectbox(p.label or p.name, p.choices, index=p.choices.index(v), help=p.help,
+                                              key=key)
+            elif p.kind == "bool":
+                params[p.name] = st.checkbox(p.label or p.name, v, help=p.help, key=key)
+        i += 1
+    for p in cls.params:
+        if p.kind != "setting":
+            continue
+        sub = Setting.from_dict(start.get(p.name, p.default))
+        allowed = [f for f in families() if f != fam and f != "hybrid"
+                   and all(t.has_signal(s) for s in get_family(f).required_signals(get_family(f).defaults()))]
+        with st.container(border=True):
+            f = st.selectbox(f"{p.name}: {p.help}", allowed, index=allowed.index(sub.family) if sub.family in allowed else 0,
+                             key=f"{prefix}.{p.name}.family", format_func=lambda x: get_family(x).label)
+            params[p.name] = {"family": f, "params": widgets(t, f, sub.params if f == sub.family else {},
+                                                             f"{prefix}.{p.name}.{f}")}
+    return params
+
+
+def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
+    """Button callback: make the best setting for the goal current, and set the controls to it."""
+    pts = common.sweep_points(st.session_state["db"], st.session_state["run"]["id"],
+                              st.session_state["run"]["n_checkpoints"])
+    if scope == "this family":
+        pts = pts[pts.family.isin([fam, "full"])]
+    row = pick(pts, goal, value)
+    if row is None:
+        st.session_state["jump_msg"] = f"No setting meets that ({goal} {value:g})."
+        return
+    s = setting_of(row)
+    common.remember_setting(s)
+    st.session_state["family"] = s.family
+    st.query_params["family"] = s.family
+
+    def fill(setting, prefix):
+        for k, v in setting.params.items():
+            if isinstance(v, (Setting, dict)):
+                sub = Setting.from_dict(v)
+                st.session_state[f"{prefix}.{k}.family"] = sub.family
+                fill(sub, f"{prefix}.{k}.{sub.family}")
+            else:
+                st.session_state[f"{prefix}.{k}"] = v
+    fill(s, s.family)
+    st.session_state["jump_msg"] = (f"Jumped to `{s.label()}`: EM {row['em']:.3f}, {row['emitted']:.0f} tokens "
+                                    "(chosen on this whole run; the Report checks on held-out questions).")
+
 
 st.header("Tune")
 run = common.current_run()
@@ -15,34 +89,20 @@ if run:
     fam = common.family_picker(t)
     cls = get_family(fam)
     st.caption(f"{cls.description} ({cls.source})")
+    with st.expander("Jump to an operating point", icon=":material/my_location:"):
+        g1, g2, g3, g4 = st.columns([2, 1, 1, 1])
+        goal = g1.radio("Goal", ["budget", "drop"], horizontal=True, key="op_goal",
+                        format_func=lambda g: {"budget": "max EM within a token budget B",
+                                               "drop": "fewest tokens within an EM drop δ"}[g])
+        value = g2.number_input("B (tokens)" if goal == "budget" else "δ (EM)", min_value=0.0,
+                                value=float(round(t.full_tokens.mean() * 0.6)) if goal == "budget" else 0.02,
+                                step=10.0 if goal == "budget" else 0.005, key=f"op_value_{goal}")
+        scope = g3.radio("Among", ["this family", "all families"], key="op_scope")
+        g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope))
+        if st.session_state.get("jump_msg"):
+            st.info(st.session_state.pop("jump_msg"))
     start = common.current_setting(t, fam).params       # the link's or the last setting, else the defaults
-    params = {}
-    cols = st.columns(max(1, len([p for p in cls.params if p.kind != "setting"])))
-    i = 0
-    for p in cls.params:
-        key = f"{fam}.{p.name}"
-        if p.kind == "setting":
-            params[p.name] = start[p.name]
-            continue
-        with cols[i]:
-            if p.kind == "int":
-                hi = int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high > 10_000 else int(p.high)
-                params[p.name] = st.slider(p.label or p.name, int(p.low), hi, int(min(start[p.name], hi)), help=p.help,
-                                           key=key)
-            elif p.kind == "float":
-                if p.log:
-                    opts = sorted(set(p.sweep_values()) | {p.default, start[p.name]})
-                    params[p.name] = st.select_slider(p.label or p.name, opts, value=start[p.name], help=p.help, key=key,
-                                                      format_func=lambda v: f"{v:g}")
-                else:
-                    params[p.name] = st.slider(p.label or p.name, float(p.low), float(p.high), float(start[p.name]),
-                                               step=0.005, help=p.help, key=key)
-            elif p.kind == "choice":
-                params[p.name] = st.selectbox(p.label or p.name, p.choices, index=p.choices.index(start[p.name]),
-                                              help=p.help, key=key)
-            elif p.kind == "bool":
-                params[p.name] = st.checkbox(p.label or p.name, start[p.name], help=p.help, key=key)
-        i += 1
+    params = widgets(t, fam, start, fam)
     try:
         setting = Setting.from_dict({"family": fam, "params": params})
         stops = stop_index(t, setting)
