@@ -209,3 +209,35 @@ def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_d
     at.selectbox(key="hybrid.b.family").set_value("budget").run()
     at.slider(key="hybrid.b.budget.B").set_value(100).run()
     assert not at.exception and any("b=(budget(B=100))" in c.value for c in at.caption)
+
+
+def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synthetic_db, monkeypatch):
+    import time
+    from analysis import jobs
+    from analysis.backend.tiny import save_tiny
+    from analysis.store import Store
+    model_dir = save_tiny(tmp_path / "tiny", seed=2)
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    monkeypatch.setenv("STOPLINE_JOBS_DIR", str(tmp_path / "jobs"))
+    db, rid, _ = synthetic_db
+    at = app(db, rid, "views/runs.py")
+    assert not at.exception
+    at.selectbox(key="run_model").set_value("other (a local directory, .gguf file or hub id)")
+    at.text_input(key="run_model_other").input(str(model_dir))
+    at.number_input(key="run_limit").set_value(4)
+    at.number_input(key="run_max_new").set_value(24)
+    at.number_input(key="run_every").set_value(8)
+    at.button[0].click().run()                    # the form's submit button
+    assert not at.exception and "Started job" in at.success[0].value
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        (job,) = jobs.list_jobs()
+        if job["state"] != "running":
+            break
+        time.sleep(1)
+    assert job["state"] == "done", job
+    (run,) = Store(mine, read_only=True).runs()
+    assert run["n_questions"] == 4 and run["status"] == "complete"
+    at.run()
+    assert not at.exception and any("done" in m.value for m in at.markdown)

@@ -16,14 +16,17 @@ pytestmark = [pytest.mark.browser,
 
 
 @pytest.fixture(scope="module")
-def server(synthetic_db):
+def server(synthetic_db, tmp_path_factory):
     db, rid, _ = synthetic_db
+    scratch = tmp_path_factory.mktemp("browser")
+    env = {**os.environ, "STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
+           "STOPLINE_LOG_DIR": str(scratch / "logs")}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -31,6 +34,7 @@ def server(synthetic_db):
             break
         except OSError:
             time.sleep(0.5)
+    server.scratch = scratch
     yield url, db, rid
     proc.terminate()
     proc.wait(timeout=10)
@@ -146,4 +150,30 @@ def test_clicking_a_frontier_point_makes_it_the_current_setting(server, browser)
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_selector("text=Current setting:", timeout=30_000)
     assert "s=sl1." in page.url
+    page.close()
+
+
+def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_path):
+    from conftest import FIXTURES
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{url}/runs?db={db}&run={rid}")
+    page.get_by_role("tab", name="Import generations").click()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(FIXTURES / "solutions.jsonl"))
+    page.wait_for_selector("text=Fields in the first line", timeout=30_000)
+    page.get_by_role("textbox", name="Response field").fill("outputs.solution")
+    page.get_by_role("textbox", name="Model name").fill("hand")
+    page.get_by_role("textbox", name="Dataset name").fill("hand-gsm")
+    page.get_by_role("textbox", name="Dataset name").press("Enter")
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.wait_for_selector("[data-testid='stAlertContentSuccess']", timeout=60_000)
+    assert "EM at full length 0.750" in page.locator("[data-testid='stAlertContentSuccess']").inner_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "1", "outputs": {"solution": "1"}}\n{"question": "q2"}\n')
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(bad))
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.wait_for_selector("[data-testid='stAlertContentError']", timeout=60_000)
+    err = page.locator("[data-testid='stAlertContentError']").inner_text()
+    assert "bad.jsonl" in err and "line 2" in err
     page.close()

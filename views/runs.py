@@ -1,15 +1,103 @@
-"""Runs: what the store holds, and how to add more."""
+"""Runs: what the store holds; start a new run as a background job; import a file of generations."""
+import os
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
+
+from analysis import jobs
+from analysis.errors import StoplineError
+from analysis.store import DEFAULT_DB, Store
+
+MY_DB = os.environ.get("STOPLINE_DB", DEFAULT_DB)
 
 st.header("Runs")
 runs = st.session_state.get("runs") or []
 if not runs:
-    st.info("This store has no runs yet.")
+    st.info("This store has no runs yet: start one or import a file below.")
 else:
     df = pd.DataFrame([{k: r[k] for k in ("id", "model", "dataset", "source", "status", "n_questions",
                                           "n_checkpoints", "em_full", "mean_tokens")} for r in runs])
     st.dataframe(df, hide_index=True, width="stretch")
-st.subheader("Add runs")
-st.code("python -m analysis run --model smollm2-135m-instruct --dataset rg:basic_arithmetic --limit 50\n"
-        "python -m analysis import FILE.jsonl --response-field response --model M --dataset D", language="bash")
+st.caption(f"New runs and imports go to your store, `{MY_DB}` (the demo store is never written).")
+
+tab_run, tab_import = st.tabs(["Start a run", "Import generations"])
+with tab_run:
+    from analysis.backend.models import PACKAGED
+    with st.form("new_run"):
+        c1, c2 = st.columns(2)
+        model = c1.selectbox("Model", [*PACKAGED, "other (a local directory, .gguf file or hub id)"], key="run_model")
+        other = c1.text_input("Other model", key="run_model_other", help="used when 'other' is picked")
+        dataset = c2.text_input("Dataset", "rg:basic_arithmetic", key="run_dataset",
+                                help="rg:<task>, gsm8k:PATH, nq-open:PATH, jsonl:PATH, …")
+        c3, c4, c5, c6 = st.columns(4)
+        limit = c3.number_input("Questions", 1, 100_000, 20, key="run_limit")
+        every = c4.number_input("Checkpoint every N tokens", 4, 1024, 32, key="run_every")
+        max_new = c5.number_input("Max new tokens", 16, 32_768, 256, key="run_max_new")
+        batch = c6.number_input("Batch size", 1, 512, 8, key="run_batch")
+        go = st.form_submit_button("Start in the background", type="primary")
+    if go:
+        name = other.strip() if model.startswith("other") else model
+        if not name:
+            st.error("Name the model (a local directory, a .gguf file or a hub id).")
+        else:
+            jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch))
+            st.success(f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
+
+    @st.fragment(run_every=2)
+    def job_panel():
+        js = jobs.list_jobs()
+        if not js:
+            st.caption("No jobs yet.")
+            return
+        for j in js[:8]:
+            with st.container(border=True):
+                st.markdown(f"**{j['model']}** on **{j['dataset']}** · job `{j['id']}` · {j['state']}")
+                if j["total"]:
+                    st.progress(j["done"] / j["total"], text=f"{j['done']} of {j['total']} questions")
+                if j["state"] == "done" and j["summary"]:
+                    st.caption(j["summary"])
+                if j["error"]:
+                    st.error(j["error"])
+                elif j["state"] == "running" and j["tail"]:
+                    st.caption(j["tail"][-1][-200:])
+    job_panel()
+
+with tab_import:
+    up = st.file_uploader("A JSONL file of generations (one object per line), or an lm-eval --log_samples file",
+                          type=["jsonl", "json"], key="imp_file")
+    fmt = st.radio("Format", ["jsonl", "lm-eval"], horizontal=True, key="imp_fmt")
+    c1, c2, c3 = st.columns(3)
+    dflt = {"jsonl": ("question", "answer", "response"), "lm-eval": ("doc.question", "target", "resps.0.0")}[fmt]
+    qf = c1.text_input("Question field", dflt[0], key=f"imp_q_{fmt}", help="a dotted path, e.g. doc.question")
+    gf = c2.text_input("Gold field", dflt[1], key=f"imp_g_{fmt}")
+    rf = c3.text_input("Response field", dflt[2], key=f"imp_r_{fmt}", help="e.g. outputs.solution")
+    c4, c5, c6 = st.columns(3)
+    mname = c4.text_input("Model name", key="imp_model")
+    dname = c5.text_input("Dataset name", key="imp_dataset")
+    atype = c6.selectbox("Answer type", ["number", "text"], key="imp_type")
+    if up is not None:
+        import json
+        first = up.getvalue().split(b"\n", 1)[0]
+        try:
+            keys = sorted(json.loads(first)) if first.strip().startswith(b"{") else []
+            st.caption("Fields in the first line: " + ", ".join(f"`{k}`" for k in keys))
+        except ValueError:
+            pass
+    if st.button("Import", type="primary", key="imp_go", disabled=up is None or not mname or not dname):
+        from analysis.importer import ImportSpec, import_generations
+        tmp = Path(tempfile.mkdtemp()) / up.name
+        tmp.write_bytes(up.getvalue())
+        try:
+            Path(MY_DB).parent.mkdir(parents=True, exist_ok=True)
+            res = import_generations(Store(MY_DB), ImportSpec(path=str(tmp), model=mname, dataset=dname,
+                                                              question_field=qf, gold_field=gf, response_field=rf,
+                                                              answer_type=atype, fmt=fmt), show_progress=False)
+            verb = "Imported" if res["created"] else "Already imported as"
+            st.success(f"{verb} run {res['run_id']}: {res['n_questions']} traces, {res['n_checkpoints']} checkpoints, "
+                       f"EM at full length {res['em_full']:.3f}. Pick 'My store' in the sidebar to explore it.")
+        except StoplineError as e:
+            st.error(str(e).replace(str(tmp), up.name))
+        finally:
+            tmp.unlink(missing_ok=True)
