@@ -32,6 +32,31 @@ def bootstrap_ci(em: np.ndarray, full_em: np.ndarray, emitted: np.ndarray, full_
             "savings_computed": ci(1 - m["computed"] / m["full_tokens"])}
 
 
+def normal_ci(em: np.ndarray, full_em: np.ndarray, emitted: np.ndarray, full_tokens: np.ndarray,
+              computed: np.ndarray | None = None, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """The same CIs as ``bootstrap_ci`` from the normal approximation (paired differences; the delta method
+    for the savings ratios): instant, and close to the bootstrap for the thousands of questions where it is
+    used (the dashboard's live numbers on large runs)."""
+    n = len(em)
+    if n == 0:
+        return {}
+    z = float(sps.norm.ppf((1 + level) / 2))
+    em, full_em = np.asarray(em, float), np.asarray(full_em, float)
+    f = np.asarray(full_tokens, float)
+
+    def mean_ci(x):
+        m, se = float(x.mean()), float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        return m - z * se, m + z * se
+
+    def saving_ci(e):
+        e = np.asarray(e, float)
+        r = e.mean() / f.mean()
+        se = float(np.sqrt(np.var(e - r * f, ddof=1) / n) / f.mean()) if n > 1 else 0.0
+        return float(1 - r - z * se), float(1 - r + z * se)
+    return {"em": mean_ci(em), "delta_em": mean_ci(em - full_em), "savings_emitted": saving_ci(emitted),
+            "savings_computed": saving_ci(computed if computed is not None else emitted)}
+
+
 def mcnemar(a_right: np.ndarray, b_right: np.ndarray, exact: bool | None = None) -> dict:
     """Paired test of two settings on the same questions. b = A right & B wrong, c = A wrong & B right.
 

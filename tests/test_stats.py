@@ -48,3 +48,18 @@ def test_paired_interval_is_narrower_than_unpaired():
     width_paired = ci["delta_em"][1] - ci["delta_em"][0]
     width_em = ci["em"][1] - ci["em"][0]
     assert width_paired < width_em
+
+
+def test_normal_ci_is_close_to_the_bootstrap_on_many_questions():
+    import numpy as np
+    from analysis.stats import bootstrap_ci, normal_ci
+    rng = np.random.default_rng(0)
+    n = 5000
+    full_em = (rng.uniform(size=n) < 0.6).astype(float)
+    em = np.where(rng.uniform(size=n) < 0.9, full_em, 1 - full_em)
+    full_tok = rng.integers(100, 1000, n).astype(float)
+    emitted = full_tok * rng.uniform(0.3, 1.0, n)
+    b = bootstrap_ci(em, full_em, emitted, full_tok, emitted * 1.1, n_boot=2000)
+    a = normal_ci(em, full_em, emitted, full_tok, emitted * 1.1)
+    for k in b:
+        assert abs(a[k][0] - b[k][0]) < 0.004 and abs(a[k][1] - b[k][1]) < 0.004, k

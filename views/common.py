@@ -27,10 +27,14 @@ def run_table(path: str, run_id: str, n_checkpoints: int):
     return RunTable.from_store(open_store(path, _mtime(path)), run_id)
 
 
-@st.cache_data(show_spinner="Sweeping every family…", max_entries=16)
-def sweep_points(path: str, run_id: str, n_checkpoints: int):
+@st.cache_data(show_spinner="Sweeping the families…", max_entries=16)
+def sweep_points(path: str, run_id: str, n_checkpoints: int, learned: bool = True):
+    """Every family's sweep; ``learned=False`` leaves out the learned stopper, whose cross-fitting (five
+    classifiers) dominates the first load of a large run."""
     from analysis.frontier import sweep
-    return sweep(run_table(path, run_id, n_checkpoints))
+    from analysis.policies import families
+    fams = [f for f in families() if learned or f != "learned"]
+    return sweep(run_table(path, run_id, n_checkpoints), fams)
 
 
 def _mtime(path: str) -> float:

@@ -1,0 +1,94 @@
+"""Dashboard speed on a store with 1M checkpoints (20,000 questions x 50), driven by Playwright in headless
+Chromium against a real `streamlit run`.
+
+Prints one JSON line: first_load_s (page opened -> the frontier chart drawn, in a fresh server, cold caches)
+and slider_update_ms (Tune, consistency family: the k slider moved with the keyboard -> the savings metric shows the new number;
+median of 20 moves), plus the same page's warm reload as a baseline measured in the same run.
+Usage: python benchmarks/ui.py [--questions 20000] [--checkpoints 50]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+sys.path.insert(0, ROOT)
+
+from analysis.store import Store  # noqa: E402
+from analysis.synthetic import write_synthetic_run  # noqa: E402
+
+METRIC = "[data-testid='stMetric']:has-text('Tokens saved (emitted)') [data-testid='stMetricValue']"
+JS_CHANGED = """(b) => { const m = [...document.querySelectorAll('[data-testid=stMetric]')]
+    .find(m => m.innerText.includes('Tokens saved (emitted)'));
+  const v = m && m.querySelector('[data-testid=stMetricValue]'); return v && v.innerText !== b; }"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--questions", type=int, default=20_000)
+    ap.add_argument("--checkpoints", type=int, default=50)
+    ap.add_argument("--moves", type=int, default=20)
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    with tempfile.TemporaryDirectory() as tmp:
+        db = os.path.join(tmp, "ui.duckdb")
+        rid = write_synthetic_run(Store(db), args.questions, args.checkpoints, seed=0, vary_length=False)
+        n_rows = Store(db, read_only=True).run(rid)["n_checkpoints"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", os.path.join(ROOT, "app.py"),
+                                 "--server.port", str(port), "--server.headless", "true"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "STOPLINE_DB": os.path.join(tmp, "mine.duckdb")})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            with sync_playwright() as p:
+                b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"])
+                page = b.new_page(viewport={"width": 1400, "height": 1000})
+                t0 = time.perf_counter()
+                page.goto(f"{url}/?db={db}&run={rid}")
+                page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=300_000)
+                first_load = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                page.reload()
+                page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=300_000)
+                warm_load = time.perf_counter() - t0
+                page.goto(f"{url}/tune?db={db}&run={rid}&family=consistency")
+                page.wait_for_selector(METRIC, timeout=300_000)
+                page.locator("[data-testid='stSlider'] input").first.focus()
+                times = []
+                for i in range(args.moves):
+                    before = page.locator(METRIC).inner_text()
+                    t0 = time.perf_counter()
+                    page.keyboard.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")   # k: 3 -> 4 -> 3 ...
+                    page.wait_for_function(JS_CHANGED, arg=before, timeout=60_000)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    page.wait_for_timeout(150)
+                b.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    print(json.dumps({"checkpoints": n_rows, "questions": args.questions, "first_load_s": round(first_load, 2),
+                      "warm_reload_s": round(warm_load, 2), "slider_update_ms": round(statistics.median(times)),
+                      "slider_update_ms_p90": round(sorted(times)[int(0.9 * len(times)) - 1]),
+                      "targets": {"first_load_s": 3, "slider_update_ms": 300}}))
+
+
+if __name__ == "__main__":
+    main()
