@@ -62,6 +62,10 @@ def monitor_inputs(logs, preset_arg=None, run_arg=None, db_arg=None):
     db = db_arg or cal.get("db")
     t = None
     if run_id:
+        if db and not Path(db).exists():
+            from .store import DEMO_DB
+            if Path(db).name == Path(DEMO_DB).name:          # a log made elsewhere against the bundled store
+                db = DEMO_DB
         if not db or not Path(db).exists():
             raise StoplineError(f"the calibration store {db!r} is not here", hint="pass --db PATH")
         t = RunTable.from_store(Store(db, read_only=True), run_id)

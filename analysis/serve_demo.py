@@ -15,6 +15,15 @@ from .errors import StoplineError
 from .store import DEMO_DB, Store
 
 
+def _portable(path: str) -> str:
+    """A store path as the log should name it: relative to here when it lies below, so logs travel."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def default_preset(t, explore: float = 0.35):
     from .optimize import operating_point
     from .policies import families
@@ -56,7 +65,7 @@ def serve_demo(model: str = "qwen2.5-coder-0.5b-instruct", run: str | None = Non
     if log_path.exists():
         log_path.unlink()
     ctl = Controller(p, r["answer_type"], log_path, every=cfg.every, steps=cfg.steps, transitions=cfg.transitions,
-                     log_header={"calibration": {"db": str(Path(db)), "run": r["id"]}, "model": r["model"],
+                     log_header={"calibration": {"db": _portable(db), "run": r["id"]}, "model": r["model"],
                                  "dataset": r["dataset"], "seed": seed})
     if loaded is None:
         dt = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from analysis.errors import StoplineError
+from conftest import ROOT
 from analysis.frontier import sweep
 from analysis.replay import RunTable
 from analysis.store import DEMO_DB, SCHEMA_VERSION, Store
@@ -39,3 +40,14 @@ def test_budget_frontier_rises_with_the_budget(demo):
     b = sweep(t, ["budget"]).query("family == 'budget'").sort_values("emitted")
     assert b.em.iloc[-1] > b.em.iloc[0]
     assert b.em.iloc[-1] == pytest.approx(run["em_full"])
+
+
+def test_bundled_serve_demo_log_opens_against_the_demo_store():
+    """The Monitor page's sample: a real serve-demo log (Qwen2.5-Coder-0.5B under the controller)."""
+    from analysis.cli_production import monitor_inputs
+    from analysis.monitor import monitor
+    log = ROOT / "data" / "demo-logs" / "serve-demo.jsonl"
+    t, preset = monitor_inputs([log])
+    res = monitor([log], t, preset, [log.with_suffix(".labels.jsonl")])
+    assert res["n_requests"] == 40 and res["labelled"] == 40 and res["promised"]["n"] == t.n
+    assert res["arms"]["explore"] > 0 and res["proposal"] is not None

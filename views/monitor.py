@@ -16,8 +16,10 @@ st.header("Monitor")
 st.caption("Is the stopping preset running in production still delivering what the replay promised? "
            "Open a decision log written by the controller (`python -m analysis serve-demo` makes one).")
 
-logs = sorted(p for p in LOG_DIR.glob("*.jsonl") if not p.name.endswith(".labels.jsonl")) if LOG_DIR.exists() else []
-src = st.radio("Decision log", [f"from {LOG_DIR}", "upload"], horizontal=True, key="log_src",
+SAMPLE_DIR = Path("data/demo-logs")      # a bundled log of serve-demo, so the page has data on first open
+dirs = [LOG_DIR] + ([SAMPLE_DIR] if "STOPLINE_LOG_DIR" not in os.environ else [])
+logs = [p for d in dirs if d.exists() for p in sorted(d.glob("*.jsonl")) if not p.name.endswith(".labels.jsonl")]
+src = st.radio("Decision log", ["from the logs folder", "upload"], horizontal=True, key="log_src",
                index=0 if logs else 1)
 log_path = labels_path = None
 if src == "upload":
@@ -34,10 +36,10 @@ if src == "upload":
         labels_path.write_bytes(lab.getvalue())
 elif logs:
     want = st.query_params.get("log")
-    names = [p.name for p in logs]
+    names = [str(p) for p in logs]
     pick = st.selectbox("log file", names, index=names.index(want) if want in names else 0, key="log_pick")
     st.query_params["log"] = pick
-    log_path = LOG_DIR / pick
+    log_path = Path(pick)
     cand = log_path.with_suffix(".labels.jsonl")
     labels_path = cand if cand.exists() else None
 
