@@ -257,3 +257,23 @@ def test_monitor_cli_and_bad_logs(drift_store, tmp_path, cli):
     bad.write_text(log.read_text().splitlines()[0] + "\n{not json\n")
     code, _, err = cli("monitor", "--log", bad)
     assert code == 2 and "bad.jsonl" in err and "line 2" in err and "Traceback" not in err
+
+
+def test_serve_demo_writes_a_log_and_labels_the_monitor_reads(tmp_path):
+    from analysis.backend.runner import GenConfig, run
+    from analysis.backend.tiny import build_model
+    from analysis.serve_demo import serve_demo
+    from analysis.store import Store
+    tiny = build_model(seed=3, initializer_range=0.3)
+    db = tmp_path / "cal.duckdb"
+    res = run(Store(db), "tiny", "rg:basic_arithmetic", limit=12, cfg=GenConfig(every=6, max_new_tokens=30),
+              batch_size=4, loaded=(*tiny, {"kind": "instruct", "dtype": "float32"}), show_progress=False)
+    preset = json.dumps({"stopline_preset": 1, "name": "b12", "setting": {"family": "budget", "params": {"B": 12}},
+                         "routing": {"explore": 0.3}})
+    out = serve_demo(model="tiny", run=res["run_id"], preset=preset, n=10, seed=5, batch_size=5,
+                     log=str(tmp_path / "logs" / "s.jsonl"), db=str(db), loaded=(*tiny, {}), show_progress=False)
+    assert out["n"] == 10 and out["stopped"] >= 1
+    from analysis.cli_production import monitor_inputs
+    t, p = monitor_inputs([out["log"]])
+    rep = monitor([out["log"]], t, p, [out["labels"]])
+    assert rep["n_requests"] == 10 and rep["labelled"] == 10 and p.name == "b12"
