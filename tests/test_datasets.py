@@ -69,3 +69,12 @@ def test_hf_gives_a_clear_offline_error(monkeypatch):
     with pytest.raises(StoplineError) as e:
         load_dataset("hf:openai/gsm8k:main", 3)
     assert "could not load Hugging Face dataset" in str(e.value) and "jsonl:PATH" in str(e.value)
+
+
+def test_reasoning_gym_options_in_the_id():
+    from analysis.datasets import load_dataset
+    ds = load_dataset("rg:basic_arithmetic?max_terms=3&max_digits=2", 20, seed=1)
+    assert ds.id == "rg:basic_arithmetic?max_terms=3&max_digits=2" and len(ds) == 20
+    assert all(q.meta["num_terms"] <= 3 and q.meta["num_digits"] <= 2 for q in ds.questions)
+    with pytest.raises(StoplineError, match="bad configuration"):
+        load_dataset("rg:basic_arithmetic?no_such_option=1", 2)
