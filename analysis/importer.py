@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
-from .answers import ANSWER_TYPES, NUMBER, normalize_gold, score
+from .answers import ANSWER_TYPES, NUMBER, normalize_gold, normalize_number, score
 from .datasets import Question, as_gold_list, assign_ids, check_gold, get_path
 from .errors import StoplineError
 from .progress import progress
 from .store import Store
-from .textckpt import TOKEN_RE, placements, token_starts_batch, trial_answers
+from .textckpt import TOKEN_RE, number_checkpoints_batch, placements, token_starts_batch, trial_answers
 
 FORMATS = {
     # field mapping presets; a user's --*-field flags override them
@@ -150,11 +152,13 @@ def _derive_range(args: tuple[str, int, int, str, int]) -> tuple[pa.Table, pa.Ta
     return _derive_chunk((run_id, _SHARED[lo:hi], answer_type, every), with_text=False)
 
 
-def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], with_text: bool = True
-                  ) -> tuple[pa.Table, pa.Table]:
+def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], with_text: bool = True,
+                  vectorised: bool = True) -> tuple[pa.Table, pa.Table]:
     """Traces and checkpoints tables for (question_id, gold, response) items; runs in a worker. Without
     text, the traces table leaves the responses out (the parent has them)."""
     run_id, items, answer_type, every = args
+    if vectorised and answer_type == NUMBER and not any("\x00" in r for _, _, r in items):
+        return _derive_numbers(run_id, items, every, with_text)
     t = {k: [] for k in _TR_FIELDS}
     c = {k: [] for k in _CK_FIELDS}
     findall = TOKEN_RE.findall
@@ -214,12 +218,85 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], 
     return traces, ck
 
 
+KIND_NAMES = np.array(["interval", "step", "transition", "final"], dtype=object)
+
+
+_PLAIN = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _plain_floats(values: np.ndarray) -> np.ndarray:
+    """float of each plain decimal string (up to 15 digits, so floats compare exactly), else NaN."""
+    return np.array([float(v) if v and len(v) <= 16 and _PLAIN.fullmatch(v) else np.nan for v in values],
+                    dtype=np.float64)
+
+
+def _derive_numbers(run_id: str, items, every: int, with_text: bool) -> tuple[pa.Table, pa.Table]:
+    """The numeric case of ``_derive_chunk``, vectorised over the chunk (same rows, tested)."""
+    import pandas as pd
+    texts = [r for _, _, r in items]
+    r = number_checkpoints_batch(texts, every)
+    tr, raw = r["trace"], r["raw"]
+    nc, nt = len(tr), len(items)
+    codes, uniq = pd.factorize(pd.Series(raw, dtype=object), use_na_sentinel=True)
+    u_norm = np.array([normalize_number(u) for u in uniq] + [""], dtype=object)
+    u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
+    norm = u_norm[codes]                              # code -1 (no answer) picks the trailing ""
+    n_ans = u_tok[codes]
+    # EM/F1 once per distinct (question, answer)
+    golds = [normalize_gold(g, NUMBER) for _, g, _ in items]
+    pair = tr.astype(np.int64) * (len(uniq) + 1) + (codes + 1)
+    pcodes, puniq = pd.factorize(pair)
+    p_tr, p_code = puniq // (len(uniq) + 1), puniq % (len(uniq) + 1) - 1
+    # fast path: one plain-decimal gold and a plain-decimal answer compare as floats with numbers_equal's
+    # tolerance; anything else (fractions, symbols, several aliases, a float too close to call) goes
+    # through score() itself
+    u_f = _plain_floats(u_norm)
+    g_f = _plain_floats(np.array([g[0] if len(g) == 1 else "" for g in golds], dtype=object))
+    a, b = u_f[p_code], g_f[p_tr]
+    fast = np.isfinite(a) & np.isfinite(b)
+    tol = 1e-6 * np.maximum(1.0, np.abs(b))
+    diff = np.abs(a - b)
+    fast &= np.abs(diff - tol) > 1e-9 * tol
+    pem = np.where(fast, (diff <= tol).astype(np.float64), np.nan)
+    pem[p_code == -1] = 0.0
+    for k in np.flatnonzero(np.isnan(pem)).tolist():
+        pem[k] = score(u_norm[p_code[k]], golds[p_tr[k]], NUMBER)[0]
+    em = f1 = pem[pcodes]
+    final = r["rank"] == 3
+    first = np.r_[0, np.flatnonzero(tr[1:] != tr[:-1]) + 1]
+    ck_idx = np.arange(nc) - np.repeat(first, np.diff(np.r_[first, nc]))
+    answer_tokens = np.where(final, 0, n_ans).astype(np.int32)
+    qids = np.array([q for q, _, _ in items], dtype=object)
+    fi = np.flatnonzero(final)                        # one per trace, in trace order
+    tcols = {"run_id": pa.array([run_id] * nt), "question_id": pa.array(qids, pa.string())}
+    if with_text:
+        tcols["text"] = pa.array(texts, pa.string())
+    traces = pa.table({**tcols, "n_tokens": pa.array(r["n_tokens"], pa.int64()),
+                       "final_raw": pa.array(raw[fi], pa.string()), "final_norm": pa.array(norm[fi], pa.string()),
+                       "em": pa.array(em[fi]), "f1": pa.array(f1[fi]),
+                       "finish_reason": pa.array(["imported"] * nt), "gen_s": pa.nulls(nt, pa.float64()),
+                       "probe_s": pa.nulls(nt, pa.float64())})
+    none = pa.nulls(nc, pa.float64())
+    at = pa.array(answer_tokens, pa.int32())
+    ck = pa.table({
+        "run_id": pa.array([run_id] * nc), "question_id": pa.array(qids[tr], pa.string()),
+        "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(r["pos"], pa.int32()),
+        "kind": pa.array(KIND_NAMES[r["rank"]], pa.string()), "is_step": pa.array(r["is_step"]),
+        "is_transition": pa.array(r["is_transition"]), "answer_raw": pa.array(raw, pa.string()),
+        "answer_norm": pa.array(norm, pa.string()), "em": pa.array(em), "f1": pa.array(f1),
+        "p_mean": none, "p_geo": none, "p_min": none, "p_first": none, "entropy": none,
+        "answer_tokens": at, "probe_tokens": at,
+    })
+    return traces, ck
+
+
 def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, every: int,
-           show_progress: bool = True, workers: int | None = None) -> tuple[pa.Table, pa.Table]:
+           show_progress: bool = True, workers: int | None = None, meanwhile=None) -> tuple[pa.Table, pa.Table]:
     """Traces and text-derived checkpoints for the records, as Arrow tables (chunks spread over the cores).
 
     Workers are forked with the records in memory and receive index ranges; they send back everything but
-    the response texts, which the parent adds to the traces table itself.
+    the response texts, which the parent adds to the traces table itself. ``meanwhile()``, when given, runs
+    in the parent while the workers derive (the import writes the run and its questions then).
     """
     global _SHARED
     items = [(q.id, q.gold, r) for q, r in records]
@@ -230,11 +307,14 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
     _SHARED = items
     if workers > 1:
         ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        results = ex.map(_derive_range, ranges)
+        futures = [ex.submit(_derive_range, r) for r in ranges]
+        results = (f.result() for f in futures)
     else:
         ex, results = None, map(_derive_range, ranges)
     traces, cks = [], []
     try:
+        if meanwhile is not None:
+            meanwhile()
         for (tr, ck), (_, lo, hi, _, _) in zip(results, ranges):
             traces.append(tr)
             cks.append(ck)
@@ -243,7 +323,7 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
         bar.close()
         _SHARED = []
         if ex is not None:
-            ex.shutdown()
+            ex.shutdown(cancel_futures=True)
     tr = pa.concat_tables(traces)
     tr = tr.add_column(2, "text", pa.array([r for _, _, r in items], pa.string()))
     return tr, pa.concat_tables(cks)
@@ -262,11 +342,14 @@ def import_generations(store: Store, spec: ImportSpec, show_progress: bool = Tru
     if existing:
         return {"run_id": run_id, "created": False, "n_questions": existing[0]["n_questions"],
                 "n_checkpoints": existing[0]["n_checkpoints"], "em_full": existing[0]["em_full"]}
-    traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress)
-    with store.transaction() as con:
-        store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
-                                source="imported", config=config, n_planned=len(records), con=con)
-        store.put_questions(spec.dataset, [q for q, _ in records], con=con)
+    with store.transaction() as con:       # one transaction: all of the file or nothing
+
+        def write_run_and_questions():     # while the workers derive the checkpoints
+            store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
+                                    source="imported", config=config, n_planned=len(records), con=con)
+            store.put_questions(spec.dataset, [q for q, _ in records], con=con)
+        traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
+                             meanwhile=write_run_and_questions)
         store.put_results(traces, cks, con=con)
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     em = traces.column("em").to_numpy()

@@ -38,3 +38,22 @@ def test_indexed_trial_answers_equal_reading_each_prefix(pieces, data):
         want = reference(text, c)
         assert raw == want, (text, c)
         assert norm == (normalize_number(want) if want else "")
+
+
+TEXT_PIECES = PIECES + ["Wait", " Wait", "Hmm,", "\n\n", "\n \n", "Actually", " the", "step", "####", " 18\n", "{", "}}"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(TEXT_PIECES), max_size=60).map("".join), min_size=1, max_size=8),
+       st.sampled_from([1, 3, 8, 32]))
+def test_chunk_checkpoints_equal_the_per_trace_functions(texts, every):
+    from analysis.textckpt import KIND_RANK, number_checkpoints_batch, placements
+    r = number_checkpoints_batch(texts, every)
+    for i, tx in enumerate(texts):
+        pl, n = placements(tx, every)
+        ans = trial_answers(tx, [p[1] for p in pl], "number")
+        m = r["trace"] == i
+        got = list(zip(r["pos"][m].tolist(), r["rank"][m].tolist(), r["is_step"][m].tolist(),
+                       r["is_transition"][m].tolist(), r["raw"][m].tolist()))
+        assert got == [(p[0], KIND_RANK[p[2]], p[3], p[4], a[0]) for p, a in zip(pl, ans)], (tx, every)
+        assert r["n_tokens"][i] == n
