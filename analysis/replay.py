@@ -24,6 +24,8 @@ from .policies.base import Setting, check_signals
 from .store import SIGNAL_COLUMNS
 
 KEPT_RIGHT, KEPT_WRONG, LOST, GAINED = 0, 1, 2, 3
+REPLAY_COLUMNS = ["question_id", "pos", "is_step", "is_transition", "answer_norm", "em", "f1", *SIGNAL_COLUMNS,
+                  "answer_tokens", "probe_tokens"]      # what a RunTable reads (not the raw answers or kinds)
 OUTCOME_NAMES = {KEPT_RIGHT: "kept right", KEPT_WRONG: "kept wrong", LOST: "lost", GAINED: "gained"}
 
 
@@ -75,11 +77,15 @@ class RunTable:
     def from_arrow(cls, tbl: pa.Table, run_id: str = "", meta: pd.DataFrame | None = None,
                    answer_type: str = "number") -> "RunTable":
         """From checkpoint rows ordered by question, then checkpoint index (as Store.checkpoints gives)."""
-        qid = tbl.column("question_id").to_numpy(zero_copy_only=False)
-        N = len(qid)
+        import pyarrow.compute as pc
+        N = tbl.num_rows
         if N == 0:
             raise ValueError("run has no checkpoints")
-        brk = np.flatnonzero(qid[1:] != qid[:-1]) + 1
+        # strings are dictionary-encoded in Arrow (C++), never turned into a million Python objects
+        qd = pc.dictionary_encode(tbl.column("question_id").combine_chunks())
+        qcodes = qd.indices.to_numpy(zero_copy_only=False)
+        qvals = np.asarray(qd.dictionary.to_pylist(), dtype=object)
+        brk = np.flatnonzero(qcodes[1:] != qcodes[:-1]) + 1
         starts = np.r_[0, brk]
         lengths = np.diff(np.r_[starts, N])
         qi = np.repeat(np.arange(len(starts)), lengths)
@@ -109,19 +115,22 @@ class RunTable:
         }
         for s in SIGNAL_COLUMNS:
             cols[s] = grid(col(s), np.nan, np.float64)
-        norm = tbl.column("answer_norm").to_numpy(zero_copy_only=False) if "answer_norm" in tbl.column_names \
-            else np.array([""] * N, dtype=object)
-        norm = np.where(pd.isna(norm), "", norm).astype(object)
-        codes, _ = pd.factorize(norm)
-        codes = np.where(norm == "", -1, codes)
+        if "answer_norm" in tbl.column_names:
+            nd = pc.dictionary_encode(pc.fill_null(tbl.column("answer_norm").combine_chunks(), ""))
+            codes = nd.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            uniq = np.asarray(nd.dictionary.to_pylist(), dtype=object)
+        else:
+            codes, uniq = np.zeros(N, np.int64), np.array([""], dtype=object)
+        empty = uniq == ""
+        codes = np.where(empty[codes], -1, codes)
         cols["ans"] = grid(codes, -2, np.int64)          # -1: no answer; -2: padding
-        answers = grid(norm, "", object)
-        return cls(run_id, qid[starts], lengths, cols, answers, meta, answer_type)
+        answers = np.append(uniq, "").astype(object)[np.where(cols["ans"] < 0, len(uniq), cols["ans"])]
+        return cls(run_id, qvals[qcodes[starts]], lengths, cols, answers, meta, answer_type)
 
     @classmethod
     def from_store(cls, store, run_id: str) -> "RunTable":
         run = store.run(run_id)
-        tbl = store.checkpoints(run["id"])
+        tbl = store.checkpoints(run["id"], REPLAY_COLUMNS)
         tr = store.traces(run["id"])
         meta = _meta_frame(tr)
         t = cls.from_arrow(tbl, run["id"], None, run["answer_type"])
