@@ -105,6 +105,9 @@ def _select_rows(cache, idx):
     return sub
 
 
+_STOP_IDS: dict[tuple, set[int]] = {}
+
+
 class Prober:
     """Runs the cue + greedy answer for some rows of a batch, reusing (or not) the prefix cache."""
 
@@ -118,13 +121,13 @@ class Prober:
         self.stop_ids = self._stop_ids()
 
     def _stop_ids(self) -> set[int]:
-        """Token ids whose text holds a closing brace or a newline: the answer ends there."""
-        out = set()
-        for tid in range(len(self.tok)):
-            s = self.tok.decode([tid])
-            if "}" in s or "\n" in s:
-                out.add(tid)
-        return out
+        """Token ids whose text holds a closing brace or a newline: the answer ends there (computed once
+        per tokenizer: decoding a 150k vocabulary takes half a second)."""
+        key = (getattr(self.tok, "name_or_path", ""), len(self.tok), id(self.tok))
+        if key not in _STOP_IDS:
+            _STOP_IDS[key] = {tid for tid in range(len(self.tok))
+                              if "}" in (s := self.tok.decode([tid])) or "\n" in s}
+        return _STOP_IDS[key]
 
     def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None) -> list[Probe]:
         import torch
