@@ -25,9 +25,16 @@ preset = from_setting(setting)
 
 # where presets are kept: the picked store when it can be written, else the user's own store
 cur = st.session_state["store"]
-target = cur if not cur.read_only else Store(os.environ.get("STOPLINE_DB", DEFAULT_DB))
+target_path = cur.path if not cur.read_only else os.environ.get("STOPLINE_DB", DEFAULT_DB)
+
+
+def target() -> Store:
+    """The store presets are written to (made on the first save, not on a visit)."""
+    return cur if not cur.read_only else Store(target_path)
+
+
 if cur.read_only:
-    st.caption(f"The picked store is read-only; presets are kept in your store, `{target.path}`.")
+    st.caption(f"The picked store is read-only; presets are kept in your store, `{target_path}`.")
 
 st.subheader("The current setting")
 st.markdown(f"`{setting.label()}` (set it on the Tune page)")
@@ -50,9 +57,8 @@ with c1:
     if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
         try:
             body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
-            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
-            target.save_preset(name.strip(), body)
-            st.success(f"Saved '{name.strip()}' in {target.path}.")
+            target().save_preset(name.strip(), body)
+            st.success(f"Saved '{name.strip()}' in {target_path}.")
         except (PresetError, StoplineError) as e:
             st.error(str(e))
 with c2:
@@ -71,7 +77,7 @@ with c2:
 
 st.subheader("Saved presets")
 try:
-    saved = target.presets() if Path(target.path).exists() else {}
+    saved = Store(target_path, read_only=True).presets() if Path(target_path).exists() else {}
 except StoplineError as e:
     st.error(str(e))
     saved = {}
@@ -88,7 +94,7 @@ for pname, body in saved.items():
         a.markdown(f"**{pname}** · `{p.setting.label()}`" + (f"  \n{p.notes}" if p.notes else ""))
         b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,))
         if c.button("Delete", key=f"del_{pname}"):
-            target.delete_preset(pname)
+            target().delete_preset(pname)
             st.rerun()
         with st.expander("JSON"):
             st.code(json.dumps(body, indent=2), language="json")
