@@ -37,34 +37,49 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=50)
     ap.add_argument("--moves", type=int, default=20)
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "ui.duckdb")
         rid = write_synthetic_run(Store(db), args.questions, args.checkpoints, seed=0, vary_length=False)
         n_rows = Store(db, read_only=True).run(rid)["n_checkpoints"]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", os.path.join(ROOT, "app.py"),
-                                 "--server.port", str(port), "--server.headless", "true"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "STOPLINE_DB": os.path.join(tmp, "mine.duckdb")})
-        url = f"http://127.0.0.1:{port}"
-        try:
+        env = {**os.environ, "STOPLINE_DB": os.path.join(tmp, "mine.duckdb"),
+               "STOPLINE_CACHE": os.path.join(tmp, "cache")}
+
+        def serve():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", os.path.join(ROOT, "app.py"),
+                                     "--server.port", str(port), "--server.headless", "true"],
+                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            url = f"http://127.0.0.1:{port}"
             for _ in range(120):
                 try:
                     urllib.request.urlopen(url + "/_stcore/health", timeout=1)
                     break
                 except OSError:
                     time.sleep(0.5)
-            with sync_playwright() as p:
-                b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"])
+            return proc, url
+
+        def first_load(b, url) -> float:
+            ctx = b.new_context(viewport={"width": 1400, "height": 1000})
+            page = ctx.new_page()
+            t0 = time.perf_counter()
+            page.goto(f"{url}/?db={db}&run={rid}")
+            page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=300_000)
+            dt = time.perf_counter() - t0
+            ctx.close()
+            return dt
+
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"])
+            proc, url = serve()
+            try:
+                cold = first_load(b, url)                 # fresh server, nothing cached anywhere
                 page = b.new_page(viewport={"width": 1400, "height": 1000})
-                t0 = time.perf_counter()
                 page.goto(f"{url}/?db={db}&run={rid}")
                 page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=300_000)
-                first_load = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 page.reload()
                 page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=300_000)
@@ -80,11 +95,18 @@ def main() -> None:
                     page.wait_for_function(JS_CHANGED, arg=before, timeout=60_000)
                     times.append((time.perf_counter() - t0) * 1000)
                     page.wait_for_timeout(150)
-                b.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-    print(json.dumps({"checkpoints": n_rows, "questions": args.questions, "first_load_s": round(first_load, 2),
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+            proc, url = serve()                           # a restarted server: the sweep is on disk
+            try:
+                restarted = first_load(b, url)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+            b.close()
+    print(json.dumps({"checkpoints": n_rows, "questions": args.questions, "first_load_s": round(cold, 2),
+                      "first_load_after_restart_s": round(restarted, 2),
                       "warm_reload_s": round(warm_load, 2), "slider_update_ms": round(statistics.median(times)),
                       "slider_update_ms_p90": round(sorted(times)[int(0.9 * len(times)) - 1]),
                       "targets": {"first_load_s": 3, "slider_update_ms": 300}}))

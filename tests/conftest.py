@@ -46,5 +46,6 @@ def cli(monkeypatch):
     return run
 
 
+os.environ.setdefault("STOPLINE_CACHE", __import__("tempfile").mkdtemp(prefix="stopline-cache-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

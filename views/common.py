@@ -30,11 +30,45 @@ def run_table(path: str, run_id: str, n_checkpoints: int):
 @st.cache_data(show_spinner="Sweeping the families…", max_entries=16)
 def sweep_points(path: str, run_id: str, n_checkpoints: int, learned: bool = True):
     """Every family's sweep; ``learned=False`` leaves out the learned stopper, whose cross-fitting (five
-    classifiers) dominates the first load of a large run."""
+    classifiers) dominates the first load of a large run. Kept on disk too (``data/cache``, keyed by the
+    store file's size and time, the run and the code's version), so a restarted server finds it."""
+    import pandas as pd
     from analysis.frontier import sweep
     from analysis.policies import families
     fams = [f for f in families() if learned or f != "learned"]
-    return sweep(run_table(path, run_id, n_checkpoints), fams)
+    disk = _sweep_cache_file(path, run_id, fams)
+    if disk is not None and disk.exists():
+        try:
+            return pd.read_parquet(disk)
+        except Exception:          # noqa: BLE001 - a damaged cache file is recomputed
+            pass
+    pts = sweep(run_table(path, run_id, n_checkpoints), fams)
+    if disk is not None:
+        try:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            tmp = disk.with_suffix(".tmp")
+            pts.to_parquet(tmp)
+            tmp.replace(disk)
+        except OSError:
+            pass
+    return pts
+
+
+def _sweep_cache_file(path: str, run_id: str, fams: list[str]) -> Path | None:
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        st_ = Path(path).stat()
+    except OSError:
+        return None
+    try:
+        ver = version("stopline")
+    except PackageNotFoundError:
+        ver = "dev"
+    src = Path(__file__).resolve().parent.parent / "analysis"
+    code = max((p.stat().st_mtime for p in src.rglob("*.py")), default=0)   # any code change invalidates
+    key = f"{Path(path).resolve()}|{st_.st_size}|{st_.st_mtime_ns}|{run_id}|{','.join(fams)}|{ver}|{code}"
+    return Path(os.environ.get("STOPLINE_CACHE") or Path(__file__).resolve().parent.parent / "data" / "cache") / f"sweep-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
 
 
 def _mtime(path: str) -> float:

@@ -21,7 +21,6 @@ if run:
                         help="trains five cross-fitted classifiers; on a large run that takes several seconds, "
                              "so it waits to be asked for")
     pts = common.sweep_points(db, run["id"], run["n_checkpoints"], learned)
-    t = common.table_for(run)
     axis = c1.radio("Cost", ["tokens emitted", "tokens computed (probes included)"], horizontal=True, key="axis")
     others = c2.multiselect("Also draw the Pareto front of", [r["id"] for r in runs if r["id"] != run["id"]],
                             key="other_runs", format_func=lambda i: next(
@@ -63,7 +62,7 @@ if run:
     current = st.session_state.get("setting") or common.url_setting()
     if current is not None:
         try:
-            s = replay(t, current).summary()
+            s = replay(common.table_for(run), current).summary()     # the table only when needed
             fig.add_scatter(x=[s["tokens_" + x]], y=[s["em"]], mode="markers", name="current setting",
                             marker=dict(symbol="circle-open", size=22, color="#dc2626", line=dict(width=3)),
                             text=[current.label()], hovertemplate="current: %{text}<extra></extra>")
