@@ -38,6 +38,10 @@ def _run_setup(p):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--cue", help="end-of-thinking cue (default by model kind)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--probes", default="batched", choices=["batched", "immediate"],
+                   help="batched (fast): probes at steps, transitions and ends wait for the next interval "
+                        "checkpoint and run together; immediate: each when it comes, as the live controller "
+                        "probes (use it for a calibration run that verify-controller should match exactly)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true")
     _db(p)
@@ -50,7 +54,7 @@ def _run(args):
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, cue=args.cue)
     res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
-              batch_size=args.batch_size, device=args.device, show_progress=not args.json)
+              batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
     if args.json:
         return _print_json(res)
     tps = res["tokens"] / res["seconds"] if res["seconds"] else 0

@@ -36,6 +36,8 @@ def _verify(args):
           f"({res['live']['generated_tokens']} generated, {res['seconds']:.0f} s)")
     for m in res["mismatches"]:
         print(f"  differs: {m['question']}: replay {m['replay']} live {m['live']}")
+    if res.get("note"):
+        print(f"  note: {res['note']}")
 
 
 def _monitor_setup(p):

@@ -267,8 +267,10 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
                         kind: str = "instruct") -> list[dict]:
     """Generate answers for questions (``datasets.Question``) with the controller deciding at every checkpoint.
 
-    Batches are formed as the runner forms them (prompts sorted by length), so a run recorded with the same
-    batch size computes the same numbers and the controller's stops equal the replay's.
+    Batches are formed as the runner forms them (prompts sorted by length) and every checkpoint is probed
+    when it comes, so a run recorded with the same batch size and ``probes='immediate'`` computes the same
+    numbers and the controller's stops equal the replay's. (A run with batched probes computes them in other
+    batches: with bf16 weights a few percent of trial answers round differently.)
     """
     from .backend.runner import GenConfig, build_prompt, generate_batch
     from .progress import progress
@@ -451,7 +453,14 @@ def verify_live(store, run_id: str, preset, *, batch_size: int = 8, device: str 
     agree = sum(r[0] for r in rows)
     if ctl.log:
         ctl.log.close()
+    schedule = (cfgd.get("execution") or {}).get("probes", "immediate")   # runs before 'execution' probed at once
+    note = None
+    if schedule == "batched" and agree < n:
+        note = ("the run's probes were batched, the live controller probes each checkpoint at once: with bf16 "
+                "weights the two round differently at a few percent of checkpoints, which can move a stop. For an "
+                "exact check, record the calibration run with `run --probes immediate`.")
     return {"agreement": agree / n if n else float("nan"), "n": n, "run": run["id"], "preset": preset.name,
+            "run_probes": schedule, "note": note,
             "tokens_agreement": sum(r[1] for r in rows) / n if n else None,
             "em_agreement": sum(r[2] for r in rows) / n if n else None,
             "replay": {"em": float(np.mean([r[3]["em"] for r in rows])),

@@ -109,6 +109,9 @@ def now() -> datetime:
 
 
 def config_hash(model: str, dataset: str, config: dict) -> str:
+    """The run's identity. ``config['execution']`` (how it was computed: probe batching) is left out, like
+    batch size and device: asking again with another execution finds the same run."""
+    config = {k: v for k, v in config.items() if k != "execution"}
     blob = json.dumps({"model": model, "dataset": dataset, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

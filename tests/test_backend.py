@@ -22,24 +22,67 @@ def tiny():
     return build_model(seed=3, initializer_range=0.3)
 
 
-def test_reused_kv_probe_equals_probe_from_scratch(tiny):
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred", "immediate"])
+def test_reused_kv_probe_equals_probe_from_scratch(tiny, defer):
+    """Deferred probes (masked to an earlier prefix, rows repeated in one batch) and immediate ones (the
+    live controller's way) both equal a probe computed from nothing; ended answers leave the batch."""
     model, tok = tiny
     cfg = GenConfig(every=5, max_new_tokens=40).resolved("number", "instruct")
     prompts = [build_prompt(tok, q, cfg) for q in ["What is 2+2?", "A longer question about pears and apples?",
                                                    "x", "Wait, what is 12 * 12?"]]
-    results = generate_batch(model, tok, prompts, cfg)
-    n = 0
-    for prompt, r in zip(prompts, results):
-        pids = tok(prompt, add_special_tokens=False)["input_ids"]
-        assert r.checkpoints[-1]["kind"] == "final"
-        for c in r.checkpoints:
-            ref = probe_from_scratch(model, tok, pids + r.token_ids[: c["pos"]], cfg.cue)
-            got = c["probe"]
-            assert got.tokens == ref.tokens
-            assert got.probs == pytest.approx(ref.probs, abs=1e-4)
-            assert got.entropy == pytest.approx(ref.entropy, abs=1e-4)
-            n += 1
-    assert n >= 20
+    stats = {}
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [1, tok.convert_tokens_to_ids("!")]   # rows end at different times
+    try:
+        results = generate_batch(model, tok, prompts, cfg, defer=defer, stats=stats)
+        assert stats["compactions"] > 0
+        assert (stats["masked"] > 0) == defer      # finals deferred to a later event, masked to their prefix
+        if defer:
+            assert stats["events"] < sum(len(r.checkpoints) for r in results) / 2
+        n = 0
+        for prompt, r in zip(prompts, results):
+            pids = tok(prompt, add_special_tokens=False)["input_ids"]
+            assert r.checkpoints[-1]["kind"] == "final"
+            for c in r.checkpoints:
+                ref = probe_from_scratch(model, tok, pids + r.token_ids[: c["pos"]], cfg.cue)
+                got = c["probe"]
+                assert got.tokens == ref.tokens
+                assert got.probs == pytest.approx(ref.probs, abs=1e-4)
+                assert got.entropy == pytest.approx(ref.entropy, abs=1e-4)
+                n += 1
+        assert n >= 12
+    finally:
+        model.generation_config.eos_token_id = eos
+
+
+def test_batched_probe_with_repeated_rows_and_earlier_prefixes(tiny):
+    """One probe batch over a shared cache: a row may appear several times, each entry masked to its own
+    prefix length; every entry equals the probe computed from that prefix alone."""
+    import torch
+    from transformers import DynamicCache
+
+    from analysis.backend.runner import Prober
+    model, tok = tiny
+    cfg = GenConfig().resolved("number", "instruct")
+    texts = ["What is 2+2? Let me think. 2 and 2 make", "Apples?", "A longer question about pears, then apples"]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+              past_key_values=cache, use_cache=True)
+    L = ids.shape[1]
+    rows, cuts = [0, 0, 1, 2, 2, 2], [L, L - 9, L, L, L - 4, L - 20]
+    prober = Prober(model, tok, cfg.cue)
+    got = prober.run(cache, mask, rows, False, cuts=cuts)
+    assert cache.get_seq_length() == L                       # the shared cache is left as it was
+    assert prober.stats["repeated"] == 3 and prober.stats["masked"] == 3
+    for r, c, g in zip(rows, cuts, got):
+        prefix = [t for t, m in zip(ids[r, :c].tolist(), mask[r, :c].tolist()) if m]
+        ref = probe_from_scratch(model, tok, prefix, cfg.cue)
+        assert g.tokens == ref.tokens
+        assert g.probs == pytest.approx(ref.probs, abs=1e-4)
+        assert g.entropy == pytest.approx(ref.entropy, abs=1e-4)
 
 
 def test_naive_probe_modes_agree_with_reuse(tiny):

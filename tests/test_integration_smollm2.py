@@ -37,7 +37,7 @@ def test_smollm2_controller_stops_where_the_replay_predicts(store):
     from analysis.presets import from_dict
     loaded = load("smollm2-135m-instruct", "cpu")
     res = run(store, "smollm2-135m-instruct", "rg:basic_arithmetic", limit=8, cfg=GenConfig(every=16, max_new_tokens=96),
-              batch_size=4, loaded=loaded, show_progress=False)
+              batch_size=4, loaded=loaded, show_progress=False, probes="immediate")   # probed as the controller does
     t = RunTable.from_store(store, res["run_id"])
     tau = float(np.nanmedian(t.p_mean[t.valid]))
     for setting in ({"family": "confidence", "params": {"tau": tau}}, {"family": "consistency", "params": {"k": 2}}):

@@ -100,3 +100,18 @@ def test_reader_waits_for_a_writer_in_another_process(tmp_path):
     assert waited > 0.3  # it had to wait for the lock
     with Store(p).connect() as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone() == ("x",)
+
+
+def test_execution_details_are_not_part_of_a_runs_identity(store):
+    """How a run was computed (probe batching) is recorded but does not make another run."""
+    from analysis.store import config_hash
+    base = {"source": "generate", "gen": {"every": 32}}
+    assert config_hash("m", "d", {**base, "execution": {"probes": "batched"}}) == \
+        config_hash("m", "d", {**base, "execution": {"probes": "immediate"}}) == config_hash("m", "d", base)
+    assert config_hash("m", "d", base) != config_hash("m", "d", {**base, "gen": {"every": 16}})
+    a, created = store.get_or_create_run(model="m", dataset="d", answer_type="number", source="generated",
+                                         config={**base, "execution": {"probes": "batched"}})
+    b, again = store.get_or_create_run(model="m", dataset="d", answer_type="number", source="generated",
+                                       config={**base, "execution": {"probes": "immediate"}})
+    assert created and not again and a == b
+    assert store.run(a)["config"]["execution"] == {"probes": "batched"}

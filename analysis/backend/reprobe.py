@@ -81,7 +81,7 @@ def reprobe(store, run_id: str, model_name: str, *, every: int = 32, device: str
                     mask = torch.ones(1, upto, dtype=torch.long, device=dev)
                     position_ids = torch.arange(fed, upto, device=dev)[None, :]
                     model(input_ids=chunk, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                          use_cache=True)
+                          use_cache=True, logits_to_keep=1)
                     fed = upto
                 pr = prober.run(cache, mask, [0], True)[0]
                 res.checkpoints.append({"pos": pos, **kinds, "probe": pr})

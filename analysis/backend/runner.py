@@ -7,8 +7,12 @@ greedily decodes a short answer, recording the answer's token probabilities and 
 right after the cue.
 
 Probes reuse the prefix's KV cache: only the cue and answer tokens are computed. When every active row
-probes at once (interval checkpoints) the probe runs on the batch cache itself, which is then cropped back;
-when only some rows probe, those rows' cache entries are selected into a small cache of their own. The
+probes at once the probe runs on the batch cache itself, which is then cropped back; otherwise the probing
+rows' cache entries are selected into a small cache of their own. By default (``probes='batched'``) probes
+that fire for a row or two (blank lines, transition words, trace ends) wait for the next interval
+checkpoint and run in its batch, each entry masked to its own prefix; the live controller, which needs each
+answer at once, probes immediately. Answers that have ended leave the probe batch once they are the
+majority. The
 naive alternatives (``probe_mode='reencode'``: recompute the whole prefix; ``'deepcopy'``: deep-copy the
 cache, as DEER's Hugging Face code does) exist for the benchmark and the equivalence test.
 """
@@ -119,6 +123,7 @@ class Prober:
         self.max_answer = max_answer_tokens
         self.eos = eos_ids(model, tok)
         self.stop_ids = self._stop_ids()
+        self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0}    # for tests and benchmarks
 
     def _stop_ids(self) -> set[int]:
         """Token ids whose text holds a closing brace or a newline: the answer ends there (computed once
@@ -129,11 +134,19 @@ class Prober:
                               if "}" in (s := self.tok.decode([tid])) or "\n" in s}
         return _STOP_IDS[key]
 
-    def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None) -> list[Probe]:
+    def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None, cuts: list[int] | None = None
+            ) -> list[Probe]:
+        """Probe ``rows`` of the batch (a row may appear more than once). ``cuts[i]``, when given, is the
+        number of cache columns entry ``i`` sees: a probe deferred from an earlier position masks out what
+        its row generated since (reuse mode only). Answers that have ended leave the batch once they are
+        the majority, so one long answer does not keep every row's forward passes going."""
         import torch
         with torch.no_grad():
             R = torch.tensor(rows, device=self.device)
             n = len(rows)
+            self.stats["events"] += 1
+            self.stats["probes"] += n
+            self.stats["repeated"] += n - len(set(rows))
             cue = self.cue_ids[None, :].expand(n, -1)
             k = cue.shape[1]
             if self.mode == "reencode":
@@ -143,7 +156,8 @@ class Prober:
                 pos = (m.cumsum(-1) - 1).clamp(min=0)
                 from transformers import DynamicCache
                 sub = DynamicCache()
-                out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True)
+                out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True,
+                                 logits_to_keep=1)
                 crop_after = False
             else:
                 if self.mode == "deepcopy":
@@ -156,15 +170,21 @@ class Prober:
                 else:
                     sub, crop_after = _select_rows(cache, R), False
                 base = mask[R]
+                if cuts is not None:
+                    cols = torch.arange(base.shape[1], device=self.device)[None, :]
+                    base = base * (cols < torch.tensor(cuts, device=self.device)[:, None]).to(base.dtype)
+                    self.stats["masked"] += sum(c < mask.shape[1] for c in cuts)
                 m = torch.cat([base, torch.ones(n, k, dtype=mask.dtype, device=self.device)], dim=1)
                 pos = base.sum(-1, keepdim=True) + torch.arange(k, device=self.device)[None, :]
-                out = self.model(input_ids=cue, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True)
+                out = self.model(input_ids=cue, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True,
+                                 logits_to_keep=1)     # only the last position's logits are read
             logits = out.logits[:, -1].float()
             logp = torch.log_softmax(logits, -1)
             entropy = (-(logp.exp() * logp).sum(-1)).tolist()
             toks = [[] for _ in range(n)]
             probs = [[] for _ in range(n)]
             live = [True] * n
+            at = list(range(n))              # the entries still in the batch, in batch order
             fed = 0
             next_pos = m.sum(-1, keepdim=True)
             for _ in range(self.max_answer):
@@ -172,20 +192,33 @@ class Prober:
                 best = p.argmax(-1)
                 bp = p.gather(-1, best[:, None])[:, 0]
                 best_l, bp_l = best.tolist(), bp.tolist()
-                for i in range(n):
+                for j, i in enumerate(at):
                     if not live[i]:
                         continue
-                    tid = best_l[i]
+                    tid = best_l[j]
                     if tid in self.eos:
                         live[i] = False
                         continue
                     toks[i].append(tid)
-                    probs[i].append(bp_l[i])
+                    probs[i].append(bp_l[j])
                     if tid in self.stop_ids:
                         live[i] = False
-                if not any(live):
+                keep = [j for j, i in enumerate(at) if live[i]]
+                if not keep:
                     break
-                m = torch.cat([m, torch.ones(n, 1, dtype=m.dtype, device=self.device)], dim=1)
+                if self.mode == "reuse" and 2 * len(keep) <= len(at):
+                    # most answers have ended: continue with the live ones only
+                    K = torch.tensor(keep, device=self.device)
+                    self.stats["compactions"] += 1
+                    if crop_after:           # leave the shared cache as it was, continue on a copy
+                        sub = _select_rows(sub, K)
+                        cache.crop(-(k + fed))
+                        crop_after = False
+                    else:
+                        sub.batch_select_indices(K)
+                    at = [at[j] for j in keep]
+                    best, m, next_pos = best[K], m[K], next_pos[K]
+                m = torch.cat([m, torch.ones(m.shape[0], 1, dtype=m.dtype, device=self.device)], dim=1)
                 out = self.model(input_ids=best[:, None], attention_mask=m, position_ids=next_pos,
                                  past_key_values=sub, use_cache=True)
                 next_pos = next_pos + 1
@@ -222,13 +255,20 @@ def _is_transition_start(text: str) -> bool:
 
 
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
-                   probe: bool = True, on_checkpoint=None) -> list[TraceResult]:
+                   probe: bool = True, on_checkpoint=None, defer: bool | None = None,
+                   stats: dict | None = None) -> list[TraceResult]:
     """Generate full traces for a batch of prompts, probing at every checkpoint.
 
     ``on_checkpoint(rows, results)``, when given, is called after each round of probes with the rows that
     just got a checkpoint (the newest is ``results[r].checkpoints[-1]``); the rows it returns stop there
     (finish reason 'stopped'): that is how the live controller plugs in. A stopped row is treated like a
     row that met its end of sequence, so the others compute exactly what they would have without it.
+
+    ``defer`` (default: on when probes reuse the cache and no ``on_checkpoint`` waits for the answers):
+    probes at step boundaries, transition words and trace ends, which fire for a row or two at a time,
+    wait for the next interval checkpoint (where every row probes) and run in that batch, each masked to
+    its own prefix. Same answers, far fewer small forward passes. ``stats``, when given, collects the
+    probe counters (events, probes, masked, repeated rows, compactions).
     """
     import torch
     from transformers import DynamicCache
@@ -247,6 +287,10 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     full_ids = ids                        # only grown for probe_mode='reencode'
     t_gen = t_probe = 0.0
     piece_cache: dict[int, str] = {}
+    if defer is None:
+        defer = probe_mode == "reuse" and on_checkpoint is None
+    defer = bool(defer and probe and probe_mode == "reuse" and on_checkpoint is None)
+    pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
 
     def piece(tid: int) -> str:
         if tid not in piece_cache:
@@ -267,11 +311,24 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         for r, pr in zip(rows, outs):
             results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": pr})
 
+    def flush():
+        nonlocal t_probe
+        t0 = time.perf_counter()
+        entries = sorted(pending, key=lambda e: (e[0], e[1]))
+        rows, cuts = [e[0] for e in entries], [e[2] for e in entries]
+        full = all(c == mask.shape[1] for c in cuts)
+        all_rows = full and len(rows) == B and len(set(rows)) == B
+        outs = prober.run(cache, mask, rows, all_rows, cuts=None if full else cuts)
+        for (r, pos, _, kinds), pr in zip(entries, outs):
+            results[r].checkpoints.append({"pos": pos, **kinds, "probe": pr})
+        pending.clear()
+        t_probe += time.perf_counter() - t0
+
     with torch.no_grad():
         t0 = time.perf_counter()
         cache = DynamicCache()
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    past_key_values=cache, use_cache=True)
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()
         t_gen += time.perf_counter() - t0
         for step in range(cfg.max_new_tokens + 1):
@@ -301,6 +358,15 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                         and text_tail[r].endswith((" ", "\n", ".", ",")):
                     w = want.setdefault(r, {"kind": "transition", "is_step": False, "is_transition": True})
                     w["kind"], w["is_transition"] = "transition", True
+            if want and defer:
+                rows = sorted(want)
+                for r in rows:
+                    pending.append((r, len(results[r].token_ids), mask.shape[1], want[r]))
+                    if want[r]["kind"] == "final":
+                        done[r] = True
+                if any(want[r]["kind"] == "interval" for r in rows) or all(done) or len(pending) >= 2 * B:
+                    flush()
+                want = {}
             if want:
                 rows = sorted(want)
                 do_probe(rows, want)
@@ -339,8 +405,13 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                     kinds = {"kind": "step", "is_step": True, "is_transition": False}
                 if kinds:
                     want[r] = kinds
+        if pending:
+            flush()
     for r in results:
         r.gen_s, r.probe_s = t_gen / B, t_probe / B
+    if stats is not None and prober is not None:
+        for k, v in prober.stats.items():
+            stats[k] = stats.get(k, 0) + v
     return results
 
 
@@ -407,8 +478,14 @@ def to_tables(run_id: str, questions, results: list[TraceResult], tok, answer_ty
 
 def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, seed: int = 42,
         cfg: GenConfig | None = None, batch_size: int = 8, device: str = "auto", loaded=None,
-        show_progress: bool = True, dataset_options: dict | None = None) -> dict:
-    """Generate and probe a dataset with a model into the store; resumes an interrupted run."""
+        show_progress: bool = True, dataset_options: dict | None = None, probes: str = "batched") -> dict:
+    """Generate and probe a dataset with a model into the store; resumes an interrupted run.
+
+    ``probes``: 'batched' (default) defers the probes that fire for a few rows at a time to the next interval
+    checkpoint and runs them in one batch; 'immediate' probes each checkpoint when it comes, exactly as the
+    live controller does, so that ``verify-controller`` can expect bit-for-bit the same probe outputs (with
+    bf16 weights, batching changes rounding: a trial answer differs at a few percent of checkpoints).
+    Recorded in the run's config under ``execution``, which is not part of the run's identity."""
     from ..datasets import load_dataset
     from ..progress import progress
     from .models import load
@@ -419,7 +496,9 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
     ds = load_dataset(dataset_id, limit, **ds_opts)
     model, tok, info = loaded or load(model_name, device)
     cfg = cfg.resolved(ds.answer_type, info["kind"])
-    config = run_config(model_name, info, ds.id, seed, cfg)
+    if probes not in ("batched", "immediate"):
+        raise StoplineError(f"probes must be 'batched' or 'immediate', not {probes!r}")
+    config = {**run_config(model_name, info, ds.id, seed, cfg), "execution": {"probes": probes}}
     with store.transaction() as con:
         run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
                                                   source="generated", config=config, n_planned=len(ds), con=con)
@@ -437,7 +516,8 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
             try:
-                results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg)
+                results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg,
+                                         defer=probes == "batched")
             except RuntimeError as e:
                 if "out of memory" in str(e).lower():
                     raise StoplineError(f"out of memory at batch size {len(batch)}; {i} questions of this session "
