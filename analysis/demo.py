@@ -26,6 +26,8 @@ SPEC = {
     "seed": 42,
     "gen": {"every": 32, "steps": True, "transitions": True, "max_new_tokens": 256},
     "batch_size": 16,
+    # probed as the live controller probes, so that serve-demo and verify-controller match the replay exactly
+    "probes": "immediate",
 }
 
 
@@ -42,7 +44,8 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
         if m not in loaded:
             loaded = {m: load(m, "auto")}       # one model in memory at a time
         out.append(run(store, m, d, limit=limit or SPEC["limit"], seed=SPEC["seed"], cfg=GenConfig(**SPEC["gen"]),
-                       batch_size=SPEC["batch_size"], loaded=loaded[m], show_progress=show_progress))
+                       batch_size=SPEC["batch_size"], loaded=loaded[m], show_progress=show_progress,
+                       probes=SPEC["probes"]))
     keep = {r["run_id"] for r in out}
     with store.transaction() as con:            # runs of an older spec do not ship
         for (rid,) in con.execute("SELECT run_id FROM runs").fetchall():
