@@ -180,6 +180,21 @@ class Store:
             con.execute("COMMIT")
 
     # -- schema -------------------------------------------------------------------------------------------
+    def set_attribution(self, dataset: str, text: str, con=None) -> None:
+        """Where a dataset's questions come from and under which licence (shown with the runs)."""
+        def go(c):
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [f"attribution:{dataset}", text])
+        if con is not None:
+            go(con)
+        else:
+            with self.transaction() as c:
+                go(c)
+
+    def attributions(self) -> dict[str, str]:
+        with self.connect() as con:
+            rows = con.execute("SELECT key, value FROM meta WHERE key LIKE 'attribution:%' ORDER BY key").fetchall()
+        return {k.split(":", 1)[1]: v for k, v in rows}
+
     def schema_version(self) -> int:
         with self.connect() as con:
             return _version(con)

@@ -63,6 +63,13 @@ def test_runs_page_lists_runs(synthetic_db):
     assert not at.exception and len(at.dataframe[0].value) == 2
 
 
+def test_runs_page_on_the_demo_store_names_where_the_questions_come_from():
+    from analysis.store import DEMO_DB
+    at = app(DEMO_DB, None, "views/runs.py")
+    assert not at.exception
+    assert any("reasoning-gym" in c.value and "Apache-2.0" in c.value for c in at.caption)
+
+
 def _monitor_log(tmp_path, synthetic_db, difficulty):
     """A decision log of the controller over a synthetic run, calibrated on the session's synthetic run."""
     import json

@@ -20,12 +20,20 @@ def test_schema_runs_and_counts(demo):
     assert demo.schema_version() == SCHEMA_VERSION
     runs = demo.runs()
     assert {r["model"] for r in runs} >= {"qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"}
+    from analysis.demo import SPEC
+    assert {(r["model"], r["dataset"]) for r in runs} <= set(SPEC["runs"]), "only runs of the pinned spec ship"
+    datasets = {}
     for r in runs:
         assert r["source"] == "generated" and r["status"] == "complete"
-        assert r["n_questions"] >= 60 and r["n_checkpoints"] >= 2 * r["n_questions"]
+        assert r["n_questions"] >= 200 and r["n_checkpoints"] >= 2 * r["n_questions"]
+        assert r["config"]["gen"]["every"] == SPEC["gen"]["every"] and r["config"]["dataset"]["seed"] == SPEC["seed"]
+        datasets.setdefault(r["dataset"], set()).add(r["model"])
         assert 0.0 <= r["em_full"] <= 1.0
         assert all(demo.signals_present(r["id"]).values())
     assert any(0.25 <= r["em_full"] <= 0.85 for r in runs), "a run where the trade-off is visible"
+    assert any(len(m) >= 2 for m in datasets.values()), "two models on the same dataset"
+    attr = demo.attributions()
+    assert all("reasoning-gym" in attr[d] and "Apache-2.0" in attr[d] for d in datasets)
     assert Path(DEMO_DB).stat().st_size < 20 * 2**20
 
 

@@ -20,6 +20,11 @@ else:
     df = pd.DataFrame([{k: r[k] for k in ("id", "model", "dataset", "source", "status", "n_questions",
                                           "n_checkpoints", "em_full", "mean_tokens")} for r in runs])
     st.dataframe(df, hide_index=True, width="stretch")
+    store = st.session_state.get("store")
+    attr = store.attributions() if store is not None else {}
+    for ds, text in attr.items():
+        if any(r["dataset"] == ds for r in runs):
+            st.caption(f"Questions of `{ds}`: {text}")
 st.caption(f"New runs and imports go to your store, `{MY_DB}` (the demo store is never written).")
 
 tab_run, tab_import = st.tabs(["Start a run", "Import generations"])

@@ -503,6 +503,8 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
         run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
                                                   source="generated", config=config, n_planned=len(ds), con=con)
         store.put_questions(ds.id, ds.questions, con=con)
+        if ds.attribution:
+            store.set_attribution(ds.id, ds.attribution, con=con)
         con.execute("UPDATE runs SET n_planned = GREATEST(COALESCE(n_planned, 0), ?), status = 'running' "
                     "WHERE run_id = ?", [len(ds), run_id])
     finished = store.finished_questions(run_id)
