@@ -46,9 +46,6 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
         out.append(run(store, m, d, limit=limit or SPEC["limit"], seed=SPEC["seed"], cfg=GenConfig(**SPEC["gen"]),
                        batch_size=SPEC["batch_size"], loaded=loaded[m], show_progress=show_progress,
                        probes=SPEC["probes"]))
-    from .datasets import load_dataset
-    for d in {d for _, d in runs or SPEC["runs"]}:       # the questions' origin and licence travel with them
-        store.set_attribution(d, load_dataset(d, 1, seed=SPEC["seed"]).attribution)
     keep = {r["run_id"] for r in out}
     with store.transaction() as con:            # runs of an older spec do not ship
         for (rid,) in con.execute("SELECT run_id FROM runs").fetchall():

@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 
+from analysis.appserver import dashboard  # noqa: E402
 from analysis.store import Store  # noqa: E402
 from analysis.synthetic import write_synthetic_run  # noqa: E402
 
@@ -41,24 +39,8 @@ def main() -> None:
         db = os.path.join(tmp, "ui.duckdb")
         rid = write_synthetic_run(Store(db), args.questions, args.checkpoints, seed=0, vary_length=False)
         n_rows = Store(db, read_only=True).run(rid)["n_checkpoints"]
-        env = {**os.environ, "STOPLINE_DB": os.path.join(tmp, "mine.duckdb"),
+        env = {"STOPLINE_DB": os.path.join(tmp, "mine.duckdb"),
                "STOPLINE_CACHE": os.path.join(tmp, "cache")}
-
-        def serve():
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", os.path.join(ROOT, "app.py"),
-                                     "--server.port", str(port), "--server.headless", "true"],
-                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            return proc, url
 
         def first_load(b, url) -> float:
             ctx = b.new_context(viewport={"width": 1400, "height": 1000})
@@ -74,8 +56,7 @@ def main() -> None:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"])
-            proc, url = serve()
-            try:
+            with dashboard(env) as url:
                 cold = first_load(b, url)                 # fresh server, nothing cached anywhere
                 page = b.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"{url}/?db={db}&run={rid}")
@@ -95,15 +76,8 @@ def main() -> None:
                     page.wait_for_function(JS_CHANGED, arg=before, timeout=60_000)
                     times.append((time.perf_counter() - t0) * 1000)
                     page.wait_for_timeout(150)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=20)
-            proc, url = serve()                           # a restarted server: the sweep is on disk
-            try:
+            with dashboard(env) as url:                   # a restarted server: the sweep is on disk
                 restarted = first_load(b, url)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=20)
             b.close()
     print(json.dumps({"checkpoints": n_rows, "questions": args.questions, "first_load_s": round(cold, 2),
                       "first_load_after_restart_s": round(restarted, 2),

@@ -1,14 +1,9 @@
 """Playwright in Debian's Chromium: what only a browser shows."""
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from analysis.appserver import dashboard
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
@@ -19,25 +14,11 @@ pytestmark = [pytest.mark.browser,
 def server(synthetic_db, tmp_path_factory):
     db, rid, _ = synthetic_db
     scratch = tmp_path_factory.mktemp("browser")
-    env = {**os.environ, "STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
+    env = {"STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
            "STOPLINE_LOG_DIR": str(scratch / "logs")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
     server.scratch = scratch
-    yield url, db, rid
-    proc.terminate()
-    proc.wait(timeout=10)
+    with dashboard(env) as url:
+        yield url, db, rid
 
 
 @pytest.fixture(scope="module")

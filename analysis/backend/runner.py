@@ -287,9 +287,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     full_ids = ids                        # only grown for probe_mode='reencode'
     t_gen = t_probe = 0.0
     piece_cache: dict[int, str] = {}
-    if defer is None:
-        defer = probe_mode == "reuse" and on_checkpoint is None
-    defer = bool(defer and probe and probe_mode == "reuse" and on_checkpoint is None)
+    defer = defer is not False and probe and probe_mode == "reuse" and on_checkpoint is None
     pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
 
     def piece(tid: int) -> str:
