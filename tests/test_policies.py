@@ -137,3 +137,12 @@ def test_learned_stopper_beats_chance(synthetic_db):
     y = t.em > 0.5
     from sklearn.metrics import roc_auc_score
     assert roc_auc_score(y[t.valid], p[t.valid]) > 0.7
+
+
+def test_learned_stopper_with_fewer_questions_than_folds():
+    """Two questions, five folds: the empty folds are skipped (this used to crash the first sweep of an
+    imported two-question run)."""
+    t = table([TRACE, TRACE[:3]])
+    p = cross_fit(t, "all")
+    assert p.shape == (2, len(TRACE)) and np.isfinite(p).all()
+    stop_index(t, Setting.make("learned", tau=0.5))

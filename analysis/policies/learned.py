@@ -76,6 +76,8 @@ def cross_fit(t, which: str, model: str = "logistic", n_folds: int = 5, seed: in
     rng = np.random.default_rng(seed)
     for k in range(n_folds):
         train_q, test_q = fold != k, fold == k
+        if not test_q.any():          # fewer questions than folds
+            continue
         mask = t.valid & train_q[:, None]
         Xtr, ytr = X[mask], y[mask]
         if len(ytr) > MAX_TRAIN_ROWS:
