@@ -16,12 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def dashboard(env: dict | None = None, wait_s: float = 60.0) -> Iterator[str]:
-    """Yields the app's URL once its health check answers; stops the server on exit."""
+def dashboard(env: dict | None = None, wait_s: float = 60.0, preload: bool = True) -> Iterator[str]:
+    """Yields the app's URL once its health check answers; stops the server on exit. ``preload`` starts it as
+    ``python -m analysis dashboard`` does (views/launch.py: the pages' modules imported before it listens);
+    False, as plain ``streamlit run app.py``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+    start = [str(ROOT / "views" / "launch.py")] if preload else ["-m", "streamlit", "run", str(ROOT / "app.py")]
+    proc = subprocess.Popen([sys.executable, *start, "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

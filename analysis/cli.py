@@ -32,6 +32,23 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=None, default=str))
 
 
+# --- dashboard --------------------------------------------------------------------------------------------
+def _dashboard_setup(p):
+    p.add_argument("streamlit_args", nargs="*", metavar="STREAMLIT_OPTION",
+                   help="passed to `streamlit run` as they are, e.g. --server.port 8502")
+
+
+@command("dashboard", "open the dashboard (streamlit run app.py, with the pages' modules imported before it "
+                      "listens)", _dashboard_setup)
+def _dashboard(args):
+    import os
+    from pathlib import Path
+    launcher = Path(__file__).resolve().parent.parent / "views" / "launch.py"
+    if not launcher.exists():
+        raise StoplineError("the dashboard's files are not here (views/launch.py)", hint="run from a clone of the repo")
+    os.execv(sys.executable, [sys.executable, str(launcher), *args.streamlit_args])
+
+
 # --- datasets ---------------------------------------------------------------------------------------------
 def _datasets_setup(p):
     p.add_argument("dataset", nargs="?", help="a dataset id to preview, e.g. rg:gsm_symbolic or gsm8k:PATH")
@@ -161,6 +178,9 @@ def _load_command_modules() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboard"] and not {"-h", "--help"} & set(argv):
+        return _dashboard(argparse.Namespace(streamlit_args=argv[1:]))    # options go to streamlit as they are
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
