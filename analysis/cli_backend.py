@@ -65,6 +65,8 @@ def _run(args):
 
 def _demo_setup(p):
     p.add_argument("--rebuild", action="store_true", help="regenerate data/demo.duckdb from the pinned inputs")
+    p.add_argument("--refresh-sweeps", action="store_true",
+                   help="re-key the kept sweeps to the current code (after a change to replay or a policy)")
     p.add_argument("--limit", type=int, help="questions per dataset (default: the pinned number)")
     p.add_argument("--out", help="write here instead of data/demo.duckdb")
     p.add_argument("--json", action="store_true")
@@ -72,8 +74,11 @@ def _demo_setup(p):
 
 @command("demo", "show, or rebuild from pinned inputs, the bundled demo store", _demo_setup)
 def _demo(args):
-    from .demo import SPEC, rebuild
+    from .demo import SPEC, rebuild, refresh_sweeps
     from .store import DEMO_DB, Store
+    if args.refresh_sweeps:
+        res = refresh_sweeps(args.out or DEMO_DB)
+        return _print_json(res) if args.json else print(f"sweeps of {len(res['sweeps'])} runs kept in {res['path']}")
     if args.rebuild:
         res = rebuild(args.out or DEMO_DB, args.limit, show_progress=not args.json)
         return _print_json(res) if args.json else print(f"demo store written to {res['path']}")

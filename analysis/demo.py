@@ -13,8 +13,7 @@ from .store import DEMO_DB, Store
 
 EASY = "rg:basic_arithmetic?max_terms=3&max_digits=2"
 SPEC = {
-    # (model, dataset) in build order: the pair whose trade-off is most visible first, so that a partial
-    # rebuild is already useful
+    # (model, dataset) in build order
     "runs": [
         ("qwen2.5-coder-0.5b-instruct", "rg:basic_arithmetic"),
         ("qwen2.5-coder-0.5b-instruct", EASY),
@@ -28,6 +27,8 @@ SPEC = {
     "batch_size": 16,
     # probed as the live controller probes, so that serve-demo and verify-controller match the replay exactly
     "probes": "immediate",
+    # the run the dashboard opens on: the one whose trade-off is most visible (EM 0.595 at full length)
+    "default_run": ("qwen2.5-coder-0.5b-instruct", EASY),
 }
 
 
@@ -39,20 +40,42 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
     if tmp.exists() and os.environ.get("STOPLINE_DEMO_FRESH"):
         tmp.unlink()
     store = Store(tmp)          # resumable: an interrupted rebuild picks up where it stopped
-    out, loaded = [], {}
-    for m, d in runs or SPEC["runs"]:
+    out, loaded, plan = [], {}, runs or SPEC["runs"]
+    for m, d in plan:
         if m not in loaded:
             loaded = {m: load(m, "auto")}       # one model in memory at a time
         out.append(run(store, m, d, limit=limit or SPEC["limit"], seed=SPEC["seed"], cfg=GenConfig(**SPEC["gen"]),
                        batch_size=SPEC["batch_size"], loaded=loaded[m], show_progress=show_progress,
                        probes=SPEC["probes"]))
     keep = {r["run_id"] for r in out}
+    store.set_default_run(out[plan.index(SPEC["default_run"]) if SPEC["default_run"] in plan else 0]["run_id"])
     with store.transaction() as con:            # runs of an older spec do not ship
         for (rid,) in con.execute("SELECT run_id FROM runs").fetchall():
             if rid not in keep:
-                for tbl in ("checkpoints", "traces", "runs"):
+                for tbl in ("sweeps", "checkpoints", "traces", "runs"):
                     con.execute(f"DELETE FROM {tbl} WHERE run_id = ?", [rid])
     with store.connect(write=True) as con:
         con.execute("CHECKPOINT")
     tmp.replace(path)
     return {"path": str(path), "runs": out}
+
+
+def refresh_sweeps(path: str = DEMO_DB) -> dict:
+    """Key the store's kept sweeps to the current code, after a change to the replay, the fronts or a policy
+    (a stale one is only a miss: the dashboard then sweeps the run itself). The runs are not touched."""
+    import shutil
+    from .frontier import materialise
+    tmp = Path(str(path) + ".sweeps")
+    shutil.copy(path, tmp)
+    try:
+        store = Store(tmp)                      # an older store is migrated here
+        keys = {r["id"]: materialise(store, r["id"]) for r in store.runs()}
+        default = [r["id"] for r in store.runs() if (r["model"], r["dataset"]) == SPEC["default_run"]]
+        if default:
+            store.set_default_run(default[0])
+        with store.connect(write=True) as con:
+            con.execute("CHECKPOINT")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(path), "sweeps": keys}

@@ -2,7 +2,11 @@
 set and the upper convex hull (two settings mixed at random reach any point on the chord between them)."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +16,9 @@ from .policies.base import Setting, check_signals, families, get_family
 from .replay import RunTable, stop_index
 
 COST_AXES = ("emitted", "computed")
+# above this many checkpoints the learned stopper (five cross-fitted classifiers, seconds on a large run) is
+# left out of the first sweep and waits to be asked for
+LEARNED_AUTO_MAX = 200_000
 
 
 def settings_for(t: RunTable, family: str) -> list[Setting]:
@@ -96,3 +103,49 @@ def hull_mask(cost: np.ndarray, em: np.ndarray) -> np.ndarray:
 
 def setting_of(row: pd.Series | dict) -> Setting:
     return Setting.from_dict(json.loads(row["setting"]))
+
+
+# --- sweeps materialised in the store ---------------------------------------------------------------------
+# A run's writer (run, import, re-probe, synthetic) stores the sweep the dashboard draws first, so opening a
+# run never starts with a sweep. The key names the families, the code that computes a sweep and the run's
+# counts: a change to any of them makes the stored sweep a miss, never a wrong answer.
+
+def default_families(n_checkpoints: int) -> list[str]:
+    return [f for f in families() if f != "learned" or n_checkpoints <= LEARNED_AUTO_MAX]
+
+
+@functools.lru_cache(maxsize=None)
+def _code_version(with_learned: bool) -> str:
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for p in [here / "replay.py", here / "frontier.py", *sorted((here / "policies").glob("*.py"))]:
+        h.update(p.name.encode() + p.read_bytes())
+    if with_learned:
+        import sklearn
+        h.update(sklearn.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def sweep_key(run: dict, fams: list[str]) -> str:
+    """run: a dict from Store.runs() (id, n_questions, n_checkpoints)."""
+    return (f"{','.join(fams)}|{_code_version('learned' in fams)}|{pd.__version__}|"
+            f"{run['n_questions']}x{run['n_checkpoints']}")
+
+
+def stored_sweep(store, run: dict, fams: list[str]) -> pd.DataFrame | None:
+    data = store.get_sweep(run["id"], sweep_key(run, fams))
+    return pd.read_parquet(io.BytesIO(data)) if data is not None else None
+
+
+def materialise(store, run_id: str) -> str | None:
+    """Compute the run's default sweep and keep it in the store; returns its key (None for an empty run)."""
+    run = store.run(run_id)
+    if not run["n_checkpoints"]:
+        return None
+    fams = default_families(run["n_checkpoints"])
+    key = sweep_key(run, fams)
+    if store.get_sweep(run["id"], key) is None:
+        buf = io.BytesIO()
+        sweep(RunTable.from_store(store, run["id"]), fams).to_parquet(buf)
+        store.put_sweep(run["id"], key, buf.getvalue())
+    return key

@@ -352,6 +352,8 @@ def import_generations(store: Store, spec: ImportSpec, show_progress: bool = Tru
                              meanwhile=write_run_and_questions)
         store.put_results(traces, cks, con=con)
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
+    from .frontier import materialise
+    materialise(store, run_id)          # the sweep the dashboard draws first
     em = traces.column("em").to_numpy()
     return {"run_id": run_id, "created": True, "n_questions": traces.num_rows, "n_checkpoints": cks.num_rows,
             "em_full": float(em.mean())}

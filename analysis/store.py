@@ -93,6 +93,16 @@ MIGRATIONS: list[str] = [
     CREATE TABLE presets (name VARCHAR PRIMARY KEY, body JSON NOT NULL, created_at TIMESTAMP NOT NULL);
     ALTER TABLE runs ADD COLUMN tags JSON;
     """,
+    # v3: sweeps materialised when a run is written (the dashboard's first load reads them, see frontier.py)
+    """
+    CREATE TABLE sweeps (
+        run_id VARCHAR NOT NULL,
+        key VARCHAR NOT NULL,                -- families, code version and the run's counts (frontier.sweep_key)
+        data BLOB NOT NULL,                  -- the sweep table as Parquet
+        created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, key)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -195,6 +205,16 @@ class Store:
             rows = con.execute("SELECT key, value FROM meta WHERE key LIKE 'attribution:%' ORDER BY key").fetchall()
         return {k.split(":", 1)[1]: v for k, v in rows}
 
+    def set_default_run(self, run_id: str) -> None:
+        """The run the dashboard opens when the link names none (the demo store's most telling run)."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('default_run', ?)", [run_id])
+
+    def default_run(self) -> str | None:
+        with self.connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'default_run'").fetchone()
+        return row[0] if row else None
+
     def schema_version(self) -> int:
         with self.connect() as con:
             return _version(con)
@@ -284,6 +304,17 @@ class Store:
             return go(con)
         with self.transaction() as c:
             go(c)
+
+    def put_sweep(self, run_id: str, key: str, data: bytes) -> None:
+        """Keep one materialised sweep of a run; older ones of the run (other code, other counts) go."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM sweeps WHERE run_id = ? AND key <> ?", [run_id, key])
+            con.execute("INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?)", [run_id, key, data, now()])
+
+    def get_sweep(self, run_id: str, key: str) -> bytes | None:
+        with self.connect() as con:
+            row = con.execute("SELECT data FROM sweeps WHERE run_id = ? AND key = ?", [run_id, key]).fetchone()
+        return row[0] if row else None
 
     def save_preset(self, name: str, body: dict) -> None:
         with self.transaction() as con:

@@ -106,4 +106,7 @@ def write_synthetic_run(store, n_questions: int = 1000, n_checkpoints: int = 50,
             store.put_questions(dataset, qs, con=con)
             store.put_results(tr, ck, con=con)
             con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [rid])
+    if created:
+        from .frontier import materialise
+        materialise(store, rid)
     return rid

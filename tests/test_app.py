@@ -26,6 +26,27 @@ def test_frontier_draws_every_family(synthetic_db):
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) > 3
 
 
+def test_frontier_reads_the_sweep_its_writer_kept(tmp_path, monkeypatch):
+    """A run's writer keeps the default sweep in the store, so the first load sweeps nothing; a store without
+    it is swept once and the sweep kept on disk."""
+    import shutil
+    from analysis.store import Store
+    from analysis.synthetic import write_synthetic_run
+    monkeypatch.setenv("STOPLINE_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "kept.duckdb"
+    rid = write_synthetic_run(Store(db), 40, 6, seed=11)
+    bare = tmp_path / "bare.duckdb"
+    shutil.copy(db, bare)
+    with Store(bare).transaction() as con:
+        con.execute("DELETE FROM sweeps")
+    at = app(str(db), rid)
+    assert not at.exception and len(at.dataframe[0].value) > 3
+    assert not (tmp_path / "cache").exists()
+    at = app(str(bare), rid)
+    assert not at.exception and len(at.dataframe[0].value) > 3
+    assert len(list((tmp_path / "cache").glob("sweep-*.parquet"))) == 1
+
+
 def test_tune_recomputes_when_a_slider_moves(synthetic_db):
     db, rid, _ = synthetic_db
     at = app(db, rid, "views/tune.py")

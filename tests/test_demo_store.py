@@ -31,10 +31,20 @@ def test_schema_runs_and_counts(demo):
         assert 0.0 <= r["em_full"] <= 1.0
         assert all(demo.signals_present(r["id"]).values())
     assert any(0.25 <= r["em_full"] <= 0.85 for r in runs), "a run where the trade-off is visible"
-    assert any(len(m) >= 2 for m in datasets.values()), "two models on the same dataset"
+    two_models = [d for d, m in datasets.items() if len(m) >= 2]
+    assert len(two_models) >= 2, "2 models x 2 datasets"
+    assert "rg:gsm_symbolic" in two_models
     attr = demo.attributions()
     assert all("reasoning-gym" in attr[d] and "Apache-2.0" in attr[d] for d in datasets)
     assert Path(DEMO_DB).stat().st_size < 20 * 2**20
+
+
+def test_every_demo_run_keeps_a_sweep(demo):
+    """The rebuild keeps each run's sweep in the store (keyed to the code of its day: a later change to the
+    replay makes it a miss, never a wrong answer; `demo --refresh-sweeps` re-keys it)."""
+    with demo.connect() as con:
+        kept = {r for (r,) in con.execute("SELECT DISTINCT run_id FROM sweeps").fetchall()}
+    assert kept == {r["id"] for r in demo.runs()}
 
 
 def test_demo_store_is_read_only(demo):
@@ -59,3 +69,13 @@ def test_bundled_serve_demo_log_opens_against_the_demo_store():
     res = monitor([log], t, preset, [log.with_suffix(".labels.jsonl")])
     assert res["n_requests"] == 40 and res["labelled"] == 40 and res["promised"]["n"] == t.n
     assert res["arms"]["explore"] > 0 and res["proposal"] is not None
+
+
+def test_the_dashboard_opens_on_the_demo_run_whose_trade_off_shows(demo):
+    from streamlit.testing.v1 import AppTest
+    from analysis.demo import SPEC
+    default = demo.run(demo.default_run())
+    assert (default["model"], default["dataset"]) == SPEC["default_run"] and 0.25 <= default["em_full"] <= 0.85
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()      # a link that names nothing
+    assert not at.exception
+    assert at.sidebar.selectbox(key="run_pick").value == default["id"]

@@ -80,3 +80,25 @@ def test_per_slice_optimiser_meets_the_global_budget_and_replays(syn):
     assert res["em"] >= best_single - 1e-9
     with pytest.raises(StoplineError, match="no question field"):
         optimize_slices(t, "meta.nothing", budget)
+
+
+def test_a_written_run_keeps_its_default_sweep_and_a_change_makes_it_a_miss(tmp_path):
+    """The writer materialises the sweep the dashboard draws first; it equals a fresh sweep, and other
+    families, other code or other counts never read it."""
+    import pandas as pd
+    from analysis.frontier import default_families, materialise, stored_sweep, sweep_key
+    from analysis.synthetic import write_synthetic_run
+    s = Store(tmp_path / "s.duckdb")
+    rid = write_synthetic_run(s, 60, 8, seed=3)
+    run = s.run(rid)
+    fams = default_families(run["n_checkpoints"])
+    assert "learned" in fams and "learned" not in default_families(10**7)
+    got = stored_sweep(s, run, fams)
+    assert got is not None
+    pd.testing.assert_frame_equal(got, sweep(RunTable.from_store(s, rid), fams))
+    assert stored_sweep(s, run, [f for f in fams if f != "learned"]) is None
+    assert stored_sweep(s, {**run, "n_questions": run["n_questions"] + 1}, fams) is None
+    assert sweep_key(run, fams) != sweep_key({**run, "n_checkpoints": run["n_checkpoints"] - 1}, fams)
+    assert materialise(s, rid) == sweep_key(run, fams)                  # idempotent
+    with s.connect() as con:
+        assert con.execute("SELECT COUNT(*) FROM sweeps WHERE run_id = ?", [rid]).fetchone()[0] == 1

@@ -28,15 +28,25 @@ def run_table(path: str, run_id: str, n_checkpoints: int):
 
 
 @st.cache_data(show_spinner="Sweeping the families…", max_entries=16)
-def sweep_points(path: str, run_id: str, n_checkpoints: int, learned: bool = True):
+def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, learned: bool | None = None):
     """Every family's sweep; ``learned=False`` leaves out the learned stopper, whose cross-fitting (five
-    classifiers) dominates the first load of a large run. Kept on disk too (``data/cache``, keyed by the
-    store file's size and time, the run and the code's version), so a restarted server finds it."""
+    classifiers) dominates a large run's sweep (None: left out above ``LEARNED_AUTO_MAX`` checkpoints).
+    The run's writer keeps its default sweep in the store; any other is computed once and kept on disk
+    (``data/cache`` or ``$STOPLINE_CACHE``, keyed by the store file, the run and the code), so a restarted
+    server finds it."""
     import pandas as pd
-    from analysis.frontier import sweep
+    from analysis.frontier import default_families, stored_sweep, sweep, sweep_key
     from analysis.policies import families
-    fams = [f for f in families() if learned or f != "learned"]
-    disk = _sweep_cache_file(path, run_id, fams)
+    fams = default_families(n_checkpoints) if learned is None else [f for f in families() if learned or f != "learned"]
+    run = {"id": run_id, "n_questions": n_questions, "n_checkpoints": n_checkpoints}
+    store = open_store(path, _mtime(path))
+    try:
+        pts = stored_sweep(store, run, fams)
+    except StoplineError:
+        pts = None
+    if pts is not None:
+        return pts
+    disk = _sweep_cache_file(path, sweep_key(run, fams))
     if disk is not None and disk.exists():
         try:
             return pd.read_parquet(disk)
@@ -54,21 +64,15 @@ def sweep_points(path: str, run_id: str, n_checkpoints: int, learned: bool = Tru
     return pts
 
 
-def _sweep_cache_file(path: str, run_id: str, fams: list[str]) -> Path | None:
+def _sweep_cache_file(path: str, key: str) -> Path | None:
     import hashlib
-    from importlib.metadata import PackageNotFoundError, version
     try:
         st_ = Path(path).stat()
     except OSError:
         return None
-    try:
-        ver = version("stopline")
-    except PackageNotFoundError:
-        ver = "dev"
-    src = Path(__file__).resolve().parent.parent / "analysis"
-    code = max((p.stat().st_mtime for p in src.rglob("*.py")), default=0)   # any code change invalidates
-    key = f"{Path(path).resolve()}|{st_.st_size}|{st_.st_mtime_ns}|{run_id}|{','.join(fams)}|{ver}|{code}"
-    return Path(os.environ.get("STOPLINE_CACHE") or Path(__file__).resolve().parent.parent / "data" / "cache") / f"sweep-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
+    key = f"{Path(path).resolve()}|{st_.st_size}|{st_.st_mtime_ns}|{key}"
+    cache = Path(os.environ.get("STOPLINE_CACHE") or Path(__file__).resolve().parent.parent / "data" / "cache")
+    return cache / f"sweep-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
 
 
 def _mtime(path: str) -> float:
@@ -107,7 +111,7 @@ def sidebar_pickers() -> None:
         st.sidebar.info("No runs in this store yet.")
         return
     ids = [r["id"] for r in runs]
-    want = _qp("run")
+    want = _qp("run") or store.default_run()
     idx = ids.index(want) if want in ids else 0
     rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
                                format_func=lambda i: next(f"{r['model']} · {r['dataset']} · {r['n_questions']} q"

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.errors import StoplineError
+from analysis.frontier import LEARNED_AUTO_MAX
 from analysis.policies import Setting
 from analysis.replay import replay
 from views import common
@@ -14,13 +15,13 @@ st.header("Frontier")
 run = common.current_run()
 if run:
     db = st.session_state["db"]
-    big = run["n_checkpoints"] > 200_000
+    big = run["n_checkpoints"] > LEARNED_AUTO_MAX
     runs = st.session_state["runs"]
     c1, c2, c3 = st.columns([2, 3, 2])
     learned = c3.toggle("Learned stopper", value=not big, key="with_learned",
                         help="trains five cross-fitted classifiers; on a large run that takes several seconds, "
                              "so it waits to be asked for")
-    pts = common.sweep_points(db, run["id"], run["n_checkpoints"], learned)
+    pts = common.sweep_points(db, run["id"], run["n_questions"], run["n_checkpoints"], learned)
     axis = c1.radio("Cost", ["tokens emitted", "tokens computed (probes included)"], horizontal=True, key="axis")
     others = c2.multiselect("Also draw the Pareto front of", [r["id"] for r in runs if r["id"] != run["id"]],
                             key="other_runs", format_func=lambda i: next(
@@ -47,7 +48,7 @@ if run:
     for i, oid in enumerate(others):
         o = next(r for r in runs if r["id"] == oid)
         try:
-            op = common.sweep_points(db, oid, o["n_checkpoints"], learned)
+            op = common.sweep_points(db, oid, o["n_questions"], o["n_checkpoints"], learned)
         except StoplineError as e:
             st.warning(f"{oid}: {e}")
             continue

@@ -57,8 +57,8 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
 
 def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
     """Button callback: make the best setting for the goal current, and set the controls to it."""
-    pts = common.sweep_points(st.session_state["db"], st.session_state["run"]["id"],
-                              st.session_state["run"]["n_checkpoints"])
+    run = st.session_state["run"]
+    pts = common.sweep_points(st.session_state["db"], run["id"], run["n_questions"], run["n_checkpoints"])
     if scope == "this family":
         pts = pts[pts.family.isin([fam, "full"])]
     row = pick(pts, goal, value)

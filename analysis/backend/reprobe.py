@@ -91,6 +91,8 @@ def reprobe(store, run_id: str, model_name: str, *, every: int = 32, device: str
                                    __import__("pyarrow").array([row["text"]]))
         store.put_results(traces, cks)
     store.set_run_status(new_id, "complete")
+    from ..frontier import materialise
+    materialise(store, new_id)
     r = store.run(new_id)
     return {"run_id": new_id, "of_run": src["id"], "created": created, "n_questions": r["n_questions"],
             "n_checkpoints": r["n_checkpoints"], "em_full": r["em_full"]}

@@ -531,6 +531,8 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
     finally:
         bar.close()
     store.set_run_status(run_id, "complete")
+    from ..frontier import materialise
+    materialise(store, run_id)          # the sweep the dashboard draws first
     r = store.run(run_id)
     return {"run_id": run_id, "created": created, "n_questions": r["n_questions"], "n_checkpoints": r["n_checkpoints"],
             "em_full": r["em_full"], "mean_tokens": r["mean_tokens"], "generated_now": len(todo),
