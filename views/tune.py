@@ -116,7 +116,9 @@ if run:
     ci = res["ci"]
     m = st.columns(5)
     m[0].metric("EM", f"{res['em']:.3f}", f"{res['delta_em']:+.3f} vs full", delta_color="normal")
-    m[1].metric("ΔEM 95% CI", f"{ci['delta_em'][0]:+.2f} … {ci['delta_em'][1]:+.2f}")
+    lo, hi = ci["delta_em"]
+    m[1].metric("ΔEM 95% CI", f"±{(hi - lo) / 2:.3f}", f"{lo:+.3f} to {hi:+.3f}", delta_color="off",
+                help="the interval for EM minus full-length EM, paired on the same questions")
     m[2].metric("Tokens saved (emitted)", f"{res['savings_emitted']:.1%}", f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}",
                 delta_color="off")
     m[3].metric("Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included", delta_color="off")
