@@ -111,7 +111,9 @@ def sidebar_pickers() -> None:
         st.sidebar.info("No runs in this store yet.")
         return
     ids = [r["id"] for r in runs]
-    want = _qp("run") or store.default_run()
+    want = _qp("run")
+    if want not in ids:                 # a link that names no run (or a gone one): the store's default run
+        want = store.default_run()
     idx = ids.index(want) if want in ids else 0
     rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
                                format_func=lambda i: next(f"{r['model']} · {r['dataset']} · {r['n_questions']} q"
