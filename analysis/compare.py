@@ -11,6 +11,12 @@ from .replay import RunTable, outcome_from_stops
 from .stats import mcnemar
 
 
+def default_slice(t: RunTable) -> str:
+    """The breakdown worth showing first: a metadata field with 2-12 values, else trace length."""
+    meta = [c for c in t.meta.columns if c.startswith("meta.") and 1 < t.meta[c].nunique() <= 12]
+    return meta[0] if meta else "length"
+
+
 def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of mean(b) - mean(a), resampling questions (pairs) together."""
     n = len(a)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import numpy as np
 import plotly.graph_objects as go
 
+from .compare import default_slice
 from .frontier import sweep
 from .optimize import evaluate, operating_point, slice_labels
 from .presets import Preset, preset_stops
@@ -58,11 +59,6 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str) -> go.Figu
     return fig
 
 
-def _default_slice(t: RunTable) -> str:
-    meta = [c for c in t.meta.columns if c.startswith("meta.") and 1 < t.meta[c].nunique() <= 12]
-    return meta[0] if meta else "length"
-
-
 def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: float = 0.01, slice_by: str | None = None,
           images: bool = True, n_boot: int = 2000) -> dict:
     """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}."""
@@ -83,9 +79,10 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
             op = operating_point(t, "drop", drop, n_boot=n_boot)
         except Exception as e:            # noqa: BLE001
             op = {"error": str(e)}
-        by = slice_by or _default_slice(t)
+        by = slice_by or default_slice(t)
         head = f"{run['model']} on {run['dataset']}"
-        fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r], pts, f"{head}: tokens vs exact match")
+        fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r], pts,
+                              f"{head}<br><sup>tokens vs exact match, every family's Pareto front</sup>")
         figs[f"frontier_{k}"] = fig
         rec_stops = None
         if "error" not in op:

@@ -3,7 +3,7 @@ and the same per slice."""
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.compare import compare
+from analysis.compare import compare, default_slice
 from analysis.errors import PresetError, StoplineError
 from analysis.presets import Preset, from_dict, from_setting, loads
 from analysis.policies import Setting
@@ -39,8 +39,7 @@ except PresetError as e:
     st.error(f"That preset cannot be read: {e}")
     st.stop()
 slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
-slice_by = st.selectbox("Break down by", slice_opts, index=min(2, len(slice_opts) - 1) if len(slice_opts) > 2 else 0,
-                        key="cmp_slice")
+slice_by = st.selectbox("Break down by", slice_opts, index=slice_opts.index(default_slice(t)), key="cmp_slice")
 try:
     res = compare(t, A, B, None if slice_by == "(none)" else slice_by, n_boot=1000)
 except StoplineError as e:
@@ -48,12 +47,15 @@ except StoplineError as e:
     st.stop()
 
 m = st.columns(4)
-m[0].metric("EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", f"{res['delta_em']:+.3f}")
+same_em, same_tok = round(res["delta_em"], 3) == 0, round(res["delta_tokens"]) == 0
+m[0].metric("EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", "no change" if same_em else f"{res['delta_em']:+.3f}",
+            delta_color="off" if same_em else "normal", delta_arrow="off" if same_em else "auto")
 m[1].metric("ΔEM 95% CI (B − A)", f"{res['delta_em_ci'][0]:+.2f} … {res['delta_em_ci'][1]:+.2f}")
-m[2].metric("Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}", f"{res['delta_tokens']:+.0f}",
-            delta_color="inverse")
+m[2].metric("Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}",
+            "no change" if same_tok else f"{res['delta_tokens']:+.0f}", delta_color="off" if same_tok else "inverse",
+            delta_arrow="off" if same_tok else "auto")
 m[3].metric("McNemar p", f"{res['mcnemar']['p_value']:.3g}",
-            f"{res['a_only']} right only with A, {res['b_only']} only with B", delta_color="off")
+            f"{res['a_only']} right only with A, {res['b_only']} only with B", delta_color="off", delta_arrow="off")
 st.caption(f"Δtokens 95% CI (B − A): {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}. "
            f"A = {A.name}; B = {B.name}. Paired on the same {res['n']} questions: the CIs resample questions, "
            "McNemar uses only the questions where the two disagree.")
@@ -69,7 +71,9 @@ if "slices" in res:
                     error_y=dict(type="data", array=hi - sl["delta_em"], arrayminus=sl["delta_em"] - lo),
                     name="ΔEM (B − A)")
     fig.add_hline(y=0, line_dash="dot")
-    fig.update_layout(height=300, yaxis_title="ΔEM (B − A), 95% CI", xaxis_title=res["slice_by"], margin=dict(t=20))
+    fig.update_layout(height=300, yaxis_title="ΔEM (B − A), 95% CI", xaxis_title=res["slice_by"], margin=dict(t=20),
+                      xaxis_type="category")
     st.plotly_chart(fig, width="stretch", key="cmp_slices")
     show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "mcnemar_p"]]
-    st.dataframe(show, hide_index=True, width="stretch")
+    st.dataframe(show.round({"em_a": 3, "em_b": 3, "delta_em": 3, "tokens_a": 1, "tokens_b": 1, "delta_tokens": 1}),
+                 hide_index=True, width="stretch", column_config={"mcnemar_p": st.column_config.NumberColumn(format="%.2g")})

@@ -89,10 +89,12 @@ if pr:
     m[0].metric("Tokens / request", f"{ob['tokens_emitted']:.0f}", f"{ob['tokens_emitted'] - pr['tokens_emitted']:+.0f} "
                 f"vs {pr['tokens_emitted']:.0f} promised", delta_color="inverse")
     m[1].metric("Savings vs full length", f"{ob['savings_vs_calibration_full']:.0%}",
-                f"{pr['savings']:.0%} promised", delta_color="off")
-    m[2].metric("Stopped early", f"{ob['stop_rate']:.0%}", f"{pr['stop_rate']:.0%} promised", delta_color="off")
+                f"{pr['savings']:.0%} promised", delta_color="off", delta_arrow="off")
+    m[2].metric("Stopped early", f"{ob['stop_rate']:.0%}", f"{pr['stop_rate']:.0%} promised",
+                delta_color="off", delta_arrow="off")
     m[3].metric("EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
-                f"{pr['em']:.3f} promised" + ("" if ob["em"] is not None else " · add labels"), delta_color="off")
+                f"{pr['em']:.3f} promised" + ("" if ob["em"] is not None else " · add labels"), delta_color="off",
+                delta_arrow="off")
 
     w = res["windows"]
     fig = go.Figure()

@@ -86,7 +86,8 @@ with left:
         fig.add_vline(x=float(b.stop_pos[i]), line_color="#9333ea", line_dash="dash", annotation_text="other stops",
                       annotation_position="bottom right")
     fig.update_layout(height=360, xaxis_title="tokens into the trace", yaxis=dict(title="right (1) / probability",
-                      range=[-0.1, 1.25]), yaxis2=dict(overlaying="y", side="right", title="entropy"),
+                      range=[-0.1, 1.25]), yaxis2=dict(overlaying="y", side="right", title="entropy (nats)", showgrid=False,
+                      rangemode="tozero", tickformat=".1f"),
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=30))
     st.plotly_chart(fig, width="stretch", key="trace_chart")
 with right:
