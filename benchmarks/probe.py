@@ -1,7 +1,9 @@
 """Probe cost: the same model and questions three ways, in one run.
 
 1. plain generation without probes (our decoding loop, probes off)           -> gen_tok_s
-2. ours: a probe every 32 tokens (+ steps, transitions, final), KV reused    -> probe_overhead = ours / plain
+2. ours: a probe every 32 tokens (+ steps, transitions, final), KV reused, the previous answer as a draft
+                                                                             -> probe_overhead = ours / plain
+   (and the same without drafts, to show what they save)
 3. DEER-style: every probe recomputes the whole prefix ('reencode') or deep-copies the cache ('deepcopy')
                                                                              -> speedup_vs_naive = naive / ours
 Greedy decoding, so all three write the same traces. Each way runs ``--repeat`` times, interleaved, and the
@@ -74,21 +76,33 @@ def main() -> None:
         sync()
         return time.perf_counter() - t0, out
     generate_batch(model, tok, batches[0][:2], GenConfig(every=8, max_new_tokens=16).resolved("number", "instruct"))
-    runs = {"plain": [], "ours": [], "naive": []}
+    from analysis.backend import runner
+    runs = {"plain": [], "ours": [], "naive": [], "ours_no_drafts": []}
+    stats: dict = {}
     for _ in range(max(1, args.repeat)):
         runs["plain"].append(timed(probe=False))
-        runs["ours"].append(timed(probe_mode="reuse"))
+        runs["ours"].append(timed(probe_mode="reuse", stats=stats))
+        cap, runner.MAX_DRAFT = runner.MAX_DRAFT, 0          # the same without drafts: what they save
+        runs["ours_no_drafts"].append(timed(probe_mode="reuse"))
+        runner.MAX_DRAFT = cap
         runs["naive"].append(timed(probe_mode=args.naive))
-    (plain_s, plain), (ours_s, ours), (naive_s, naive) = (min(runs[k], key=lambda r: r[0]) for k in runs)
+    (plain_s, plain), (ours_s, ours), (naive_s, naive), (nod_s, nod) = (min(runs[k], key=lambda r: r[0]) for k in runs)
     tokens = sum(len(r.token_ids) for r in plain)
     n_probes = sum(len(r.checkpoints) for r in ours)
     same = [r.token_ids for r in plain] == [r.token_ids for r in ours] == [r.token_ids for r in naive]
+    # trial answers: ours (batched, drafted) against the naive way's (one position at a time, from the prefix)
+    key = lambda r: sorted((c["pos"], tuple(c["probe"].tokens)) for c in r.checkpoints)   # noqa: E731
+    differ = sum(len(set(key(a)) ^ set(key(b))) // 2 for a, b in zip(ours, naive)) if same else None
+    differ_nod = sum(len(set(key(a)) ^ set(key(b))) // 2 for a, b in zip(nod, naive)) if same else None
     res = {"model": args.model, "device": str(next(model.parameters()).device), "questions": len(prompts),
            "batch_size": args.batch_size, "tokens": tokens, "probes": n_probes,
            "gen_tok_s": round(tokens / plain_s, 1), "ours_tok_s": round(tokens / ours_s, 1),
            "naive_mode": args.naive, "naive_tok_s": round(tokens / naive_s, 1),
            "probe_overhead": round(ours_s / plain_s, 3), "speedup_vs_naive": round(naive_s / ours_s, 2),
-           "same_traces": same, "repeat": args.repeat,
+           "same_traces": same, "repeat": args.repeat, "answers_differ_vs_naive": differ,
+           "no_drafts": {"probe_overhead": round(nod_s / plain_s, 3), "speedup_vs_naive": round(naive_s / nod_s, 2),
+                         "probe_s": round(sum(r.probe_s for r in nod), 2), "answers_differ_vs_naive": differ_nod},
+           "probe_stats": {k: v // max(1, args.repeat) for k, v in stats.items()},
            "ours_probe_s": round(sum(r.probe_s for r in ours), 2), "ours_gen_s": round(sum(r.gen_s for r in ours), 2),
            "all_s": {k: [round(t, 1) for t, _ in v] for k, v in runs.items()}, "targets": {"probe_overhead": 1.3, "speedup_vs_naive": 3}}
     if torch.cuda.is_available() and "params" in info:

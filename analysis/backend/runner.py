@@ -110,6 +110,7 @@ def _select_rows(cache, idx):
 
 
 _STOP_IDS: dict[tuple, set[int]] = {}
+MAX_DRAFT = 3       # draft tokens fed after the cue: every entry's first pass grows by the longest draft
 
 
 class Prober:
@@ -121,9 +122,11 @@ class Prober:
         self.device = next(model.parameters()).device
         self.cue_ids = torch.tensor(tok(cue, add_special_tokens=False)["input_ids"], device=self.device)
         self.max_answer = max_answer_tokens
+        self.max_draft = MAX_DRAFT
         self.eos = eos_ids(model, tok)
         self.stop_ids = self._stop_ids()
-        self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0}    # for tests and benchmarks
+        self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0,   # for tests and
+                      "drafted": 0, "accepted": 0, "steps": 0}                                   # benchmarks
 
     def _stop_ids(self) -> set[int]:
         """Token ids whose text holds a closing brace or a newline: the answer ends there (computed once
@@ -134,12 +137,17 @@ class Prober:
                               if "}" in (s := self.tok.decode([tid])) or "\n" in s}
         return _STOP_IDS[key]
 
-    def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None, cuts: list[int] | None = None
-            ) -> list[Probe]:
+    def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None, cuts: list[int] | None = None,
+            drafts: list[list[int] | None] | None = None) -> list[Probe]:
         """Probe ``rows`` of the batch (a row may appear more than once). ``cuts[i]``, when given, is the
         number of cache columns entry ``i`` sees: a probe deferred from an earlier position masks out what
         its row generated since (reuse mode only). Answers that have ended leave the batch once they are
-        the majority, so one long answer does not keep every row's forward passes going."""
+        the majority, so one long answer does not keep every row's forward passes going.
+
+        ``drafts[i]`` (reuse mode): a guess at entry ``i``'s answer tokens, usually the row's previous trial
+        answer. It is fed after the cue in the same forward pass and kept for as long as it agrees with the
+        model's own greedy choice, the next token coming from the same logits (speculative decoding with a
+        free draft): the answer is the greedy one either way, in fewer forward passes when answers settle."""
         import torch
         with torch.no_grad():
             R = torch.tensor(rows, device=self.device)
@@ -148,7 +156,7 @@ class Prober:
             self.stats["probes"] += n
             self.stats["repeated"] += n - len(set(rows))
             cue = self.cue_ids[None, :].expand(n, -1)
-            k = cue.shape[1]
+            k, D = cue.shape[1], 0
             if self.mode == "reencode":
                 # Recompute everything: the rows' whole prefix (left-padded) plus the cue.
                 ids = torch.cat([full_ids[R], cue], dim=1)
@@ -174,19 +182,50 @@ class Prober:
                     cols = torch.arange(base.shape[1], device=self.device)[None, :]
                     base = base * (cols < torch.tensor(cuts, device=self.device)[:, None]).to(base.dtype)
                     self.stats["masked"] += sum(c < mask.shape[1] for c in cuts)
-                m = torch.cat([base, torch.ones(n, k, dtype=mask.dtype, device=self.device)], dim=1)
-                pos = base.sum(-1, keepdim=True) + torch.arange(k, device=self.device)[None, :]
-                out = self.model(input_ids=cue, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True,
-                                 logits_to_keep=1)     # only the last position's logits are read
-            logits = out.logits[:, -1].float()
-            logp = torch.log_softmax(logits, -1)
-            entropy = (-(logp.exp() * logp).sum(-1)).tolist()
+                dr = [list(d or [])[: self.max_draft] for d in drafts] if drafts is not None else []
+                D = max((len(d) for d in dr), default=0)
+                inp, ones = cue, torch.ones(n, k, dtype=mask.dtype, device=self.device)
+                if D:
+                    dt = torch.tensor([d + [d[0] if d else 0] * (D - len(d)) for d in dr], device=self.device)
+                    dm = torch.tensor([[1] * len(d) + [0] * (D - len(d)) for d in dr], dtype=mask.dtype, device=self.device)
+                    inp, ones = torch.cat([cue, dt], 1), torch.cat([ones, dm], 1)
+                m = torch.cat([base, ones], dim=1)
+                pos = base.sum(-1, keepdim=True) + torch.arange(k + D, device=self.device)[None, :]
+                out = self.model(input_ids=inp, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True,
+                                 logits_to_keep=D + 1)     # only the cue's last position and the draft's are read
             toks = [[] for _ in range(n)]
             probs = [[] for _ in range(n)]
             live = [True] * n
+            if D:
+                # keep each draft while it agrees with the greedy choice; the first disagreement (or the token
+                # after the draft) is the model's own next token, read from the same pass
+                logp_all = torch.log_softmax(out.logits[:, -(D + 1):].float(), -1)
+                entropy = (-(logp_all[:, 0].exp() * logp_all[:, 0]).sum(-1)).tolist()
+                greedy = logp_all.argmax(-1).tolist()
+                acc = [0] * n
+                for i, d in enumerate(dr):
+                    self.stats["drafted"] += len(d)
+                    while acc[i] < len(d) and live[i] and greedy[i][acc[i]] == d[acc[i]]:
+                        tid = d[acc[i]]
+                        toks[i].append(tid)
+                        probs[i].append(float(logp_all[i, acc[i], tid].exp()))
+                        acc[i] += 1
+                        if tid in self.stop_ids or len(toks[i]) >= self.max_answer:
+                            live[i] = False
+                    self.stats["accepted"] += acc[i]
+                A = torch.tensor(acc, device=self.device)
+                logp = logp_all[torch.arange(n, device=self.device), A]
+                cols = torch.arange(D, device=self.device)[None, :]
+                m = m.clone()
+                m[:, m.shape[1] - D:] *= (cols < A[:, None]).to(m.dtype)      # rejected draft tokens: masked out
+                next_pos = base.sum(-1, keepdim=True) + k + A[:, None]
+            else:
+                logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+                entropy = (-(logp.exp() * logp).sum(-1)).tolist()
+                next_pos = m.sum(-1, keepdim=True)
+            k_in = k + D                     # cache columns the first pass appended
             at = list(range(n))              # the entries still in the batch, in batch order
             fed = 0
-            next_pos = m.sum(-1, keepdim=True)
             for _ in range(self.max_answer):
                 p = logp.exp()
                 best = p.argmax(-1)
@@ -201,7 +240,7 @@ class Prober:
                         continue
                     toks[i].append(tid)
                     probs[i].append(bp_l[j])
-                    if tid in self.stop_ids:
+                    if tid in self.stop_ids or len(toks[i]) >= self.max_answer:
                         live[i] = False
                 keep = [j for j, i in enumerate(at) if live[i]]
                 if not keep:
@@ -212,7 +251,7 @@ class Prober:
                     self.stats["compactions"] += 1
                     if crop_after:           # leave the shared cache as it was, continue on a copy
                         sub = _select_rows(sub, K)
-                        cache.crop(-(k + fed))
+                        cache.crop(-(k_in + fed))
                         crop_after = False
                     else:
                         sub.batch_select_indices(K)
@@ -223,9 +262,10 @@ class Prober:
                                  past_key_values=sub, use_cache=True)
                 next_pos = next_pos + 1
                 fed += 1
+                self.stats["steps"] += 1
                 logp = torch.log_softmax(out.logits[:, -1].float(), -1)
             if crop_after:
-                cache.crop(-(k + fed))
+                cache.crop(-(k_in + fed))
         res = []
         for i in range(n):
             t, pr = toks[i], probs[i]
@@ -289,6 +329,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     piece_cache: dict[int, str] = {}
     defer = defer is not False and probe and probe_mode == "reuse" and on_checkpoint is None
     pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
+    last_answer: dict[int, list[int]] = {}             # row -> its latest trial answer: the next probe's draft
 
     def piece(tid: int) -> str:
         if tid not in piece_cache:
@@ -316,9 +357,11 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         rows, cuts = [e[0] for e in entries], [e[2] for e in entries]
         full = all(c == mask.shape[1] for c in cuts)
         all_rows = full and len(rows) == B and len(set(rows)) == B
-        outs = prober.run(cache, mask, rows, all_rows, cuts=None if full else cuts)
+        outs = prober.run(cache, mask, rows, all_rows, cuts=None if full else cuts,
+                          drafts=[last_answer.get(r) for r in rows])
         for (r, pos, _, kinds), pr in zip(entries, outs):
             results[r].checkpoints.append({"pos": pos, **kinds, "probe": pr})
+            last_answer[r] = pr.tokens         # entries come in position order: the row's latest answer wins
         pending.clear()
         t_probe += time.perf_counter() - t0
 
