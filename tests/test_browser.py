@@ -68,7 +68,7 @@ def test_frontier_chart_is_drawn(server, browser):
 
 
 def test_permalink_restores_the_setting_in_a_fresh_browser(server, browser):
-    page, before = tune_and_move(browser, server, "ArrowRight", 4)
+    page, before = tune_and_move(browser, server, "ArrowRight", 40)
     page.wait_for_function("() => location.search.includes('s=sl1.')", timeout=30_000)
     page.wait_for_timeout(1500)
     link, em = page.url, metric(page, "Lost / gained")

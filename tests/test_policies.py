@@ -146,3 +146,12 @@ def test_learned_stopper_with_fewer_questions_than_folds():
     p = cross_fit(t, "all")
     assert p.shape == (2, len(TRACE)) and np.isfinite(p).all()
     stop_index(t, Setting.make("learned", tau=0.5))
+
+
+def test_budget_starts_where_it_bites():
+    """A run's starting budget is 60% of its mean full length, so Tune opens on a setting that stops early
+    (the declared 256 lay past every trace of the demo runs)."""
+    t = table([TRACE, TRACE[:3]])
+    b = get_family("budget").defaults_for(t)["B"]
+    assert b == round(0.6 * t.full_tokens.mean()) and b < t.full_tokens.max()
+    assert get_family("consistency").defaults_for(t) == get_family("consistency").defaults()

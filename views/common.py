@@ -176,7 +176,7 @@ def current_setting(t, fam: str):
     for s in (st.session_state.get("setting"), url_setting()):
         if s is not None and s.family == fam:
             return s
-    return Setting(fam, get_family(fam).defaults())
+    return Setting(fam, get_family(fam).defaults_for(t))
 
 
 def page_start(title: str):

@@ -101,6 +101,12 @@ class Policy:
         return {p.name: p.default for p in cls.params}
 
     @classmethod
+    def defaults_for(cls, t) -> dict:
+        """Where the controls start on run ``t`` (no setting in the link yet): the declared defaults, unless
+        the family knows a better start for this run."""
+        return cls.defaults()
+
+    @classmethod
     def validate(cls, params: dict, where: str = "params") -> dict:
         if not isinstance(params, dict):
             raise PresetError(f"must be an object of parameters, got {type(params).__name__}", field=where)
