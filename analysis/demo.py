@@ -40,24 +40,33 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
     if tmp.exists() and os.environ.get("STOPLINE_DEMO_FRESH"):
         tmp.unlink()
     store = Store(tmp)          # resumable: an interrupted rebuild picks up where it stopped
-    out, loaded, plan = [], {}, runs or SPEC["runs"]
-    for m, d in plan:
+    out, loaded = [], {}
+    for m, d in runs or SPEC["runs"]:
         if m not in loaded:
             loaded = {m: load(m, "auto")}       # one model in memory at a time
         out.append(run(store, m, d, limit=limit or SPEC["limit"], seed=SPEC["seed"], cfg=GenConfig(**SPEC["gen"]),
                        batch_size=SPEC["batch_size"], loaded=loaded[m], show_progress=show_progress,
                        probes=SPEC["probes"]))
     keep = {r["run_id"] for r in out}
-    store.set_default_run(out[plan.index(SPEC["default_run"]) if SPEC["default_run"] in plan else 0]["run_id"])
     with store.transaction() as con:            # runs of an older spec do not ship
         for (rid,) in con.execute("SELECT run_id FROM runs").fetchall():
             if rid not in keep:
                 for tbl in ("sweeps", "checkpoints", "traces", "runs"):
                     con.execute(f"DELETE FROM {tbl} WHERE run_id = ?", [rid])
+    _seal(store, tmp, path)
+    return {"path": str(path), "runs": out}
+
+
+def _seal(store: Store, tmp: Path, path) -> None:
+    """Finish a store written at ``tmp`` and move it into place: the dashboard opens on the spec's default run
+    (on the first run when a partial rebuild lacks it), and the file is compacted."""
+    runs = store.runs()
+    pick = [r["id"] for r in runs if (r["model"], r["dataset"]) == SPEC["default_run"]] or [r["id"] for r in runs[:1]]
+    if pick:
+        store.set_default_run(pick[0])
     with store.connect(write=True) as con:
         con.execute("CHECKPOINT")
     tmp.replace(path)
-    return {"path": str(path), "runs": out}
 
 
 def refresh_sweeps(path: str = DEMO_DB) -> dict:
@@ -70,12 +79,7 @@ def refresh_sweeps(path: str = DEMO_DB) -> dict:
     try:
         store = Store(tmp)                      # an older store is migrated here
         keys = {r["id"]: materialise(store, r["id"]) for r in store.runs()}
-        default = [r["id"] for r in store.runs() if (r["model"], r["dataset"]) == SPEC["default_run"]]
-        if default:
-            store.set_default_run(default[0])
-        with store.connect(write=True) as con:
-            con.execute("CHECKPOINT")
-        tmp.replace(path)
+        _seal(store, tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return {"path": str(path), "sweeps": keys}

@@ -190,15 +190,16 @@ class Store:
             con.execute("COMMIT")
 
     # -- schema -------------------------------------------------------------------------------------------
-    def set_attribution(self, dataset: str, text: str, con=None) -> None:
-        """Where a dataset's questions come from and under which licence (shown with the runs)."""
-        def go(c):
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [f"attribution:{dataset}", text])
+    def _set_meta(self, key: str, value: str, con=None) -> None:
         if con is not None:
-            go(con)
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
         else:
             with self.transaction() as c:
-                go(c)
+                self._set_meta(key, value, c)
+
+    def set_attribution(self, dataset: str, text: str, con=None) -> None:
+        """Where a dataset's questions come from and under which licence (shown with the runs)."""
+        self._set_meta(f"attribution:{dataset}", text, con)
 
     def attributions(self) -> dict[str, str]:
         with self.connect() as con:
@@ -207,8 +208,7 @@ class Store:
 
     def set_default_run(self, run_id: str) -> None:
         """The run the dashboard opens when the link names none (the demo store's most telling run)."""
-        with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('default_run', ?)", [run_id])
+        self._set_meta("default_run", run_id)
 
     def default_run(self) -> str | None:
         with self.connect() as con:

@@ -76,15 +76,12 @@ def main() -> None:
         sync()
         return time.perf_counter() - t0, out
     generate_batch(model, tok, batches[0][:2], GenConfig(every=8, max_new_tokens=16).resolved("number", "instruct"))
-    from analysis.backend import runner
     runs = {"plain": [], "ours": [], "naive": [], "ours_no_drafts": []}
     stats: dict = {}
     for _ in range(max(1, args.repeat)):
         runs["plain"].append(timed(probe=False))
         runs["ours"].append(timed(probe_mode="reuse", stats=stats))
-        cap, runner.MAX_DRAFT = runner.MAX_DRAFT, 0          # the same without drafts: what they save
-        runs["ours_no_drafts"].append(timed(probe_mode="reuse"))
-        runner.MAX_DRAFT = cap
+        runs["ours_no_drafts"].append(timed(probe_mode="reuse", drafts=False))     # what the drafts save
         runs["naive"].append(timed(probe_mode=args.naive))
     (plain_s, plain), (ours_s, ours), (naive_s, naive), (nod_s, nod) = (min(runs[k], key=lambda r: r[0]) for k in runs)
     tokens = sum(len(r.token_ids) for r in plain)

@@ -179,6 +179,20 @@ def current_setting(t, fam: str):
     return Setting(fam, get_family(fam).defaults_for(t))
 
 
+def noted_metric(where, label: str, value: str, note: str, **kw) -> None:
+    """A metric whose line beneath is a plain note: no arrow, no colour."""
+    where.metric(label, value, note, delta_color="off", delta_arrow="off", **kw)
+
+
+def change_metric(where, label: str, value: str, delta: float, fmt: str, delta_color: str = "normal") -> None:
+    """A metric with a signed change beneath; a change that rounds to zero reads "no change", uncoloured."""
+    text = format(delta, fmt)
+    if float(text) == 0:
+        noted_metric(where, label, value, "no change")
+    else:
+        where.metric(label, value, text, delta_color=delta_color)
+
+
 def page_start(title: str):
     """The start every run page shares: its header, the picked run's table, the family and current setting.
     Stops the page with a way forward when there is no run."""

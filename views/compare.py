@@ -47,15 +47,12 @@ except StoplineError as e:
     st.stop()
 
 m = st.columns(4)
-same_em, same_tok = round(res["delta_em"], 3) == 0, round(res["delta_tokens"]) == 0
-m[0].metric("EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", "no change" if same_em else f"{res['delta_em']:+.3f}",
-            delta_color="off" if same_em else "normal", delta_arrow="off" if same_em else "auto")
+common.change_metric(m[0], "EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", res["delta_em"], "+.3f")
 m[1].metric("ΔEM 95% CI (B − A)", f"{res['delta_em_ci'][0]:+.2f} … {res['delta_em_ci'][1]:+.2f}")
-m[2].metric("Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}",
-            "no change" if same_tok else f"{res['delta_tokens']:+.0f}", delta_color="off" if same_tok else "inverse",
-            delta_arrow="off" if same_tok else "auto")
-m[3].metric("McNemar p", f"{res['mcnemar']['p_value']:.3g}",
-            f"{res['a_only']} right only with A, {res['b_only']} only with B", delta_color="off", delta_arrow="off")
+common.change_metric(m[2], "Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}", res["delta_tokens"],
+                     "+.0f", delta_color="inverse")
+common.noted_metric(m[3], "McNemar p", f"{res['mcnemar']['p_value']:.3g}",
+                    f"{res['a_only']} right only with A, {res['b_only']} only with B")
 st.caption(f"Δtokens 95% CI (B − A): {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}. "
            f"A = {A.name}; B = {B.name}. Paired on the same {res['n']} questions: the CIs resample questions, "
            "McNemar uses only the questions where the two disagree.")

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.errors import StoplineError
+from views import common
 
 LOG_DIR = Path(os.environ.get("STOPLINE_LOG_DIR", "data/logs"))
 
@@ -88,13 +89,11 @@ if pr:
     m = st.columns(4)
     m[0].metric("Tokens / request", f"{ob['tokens_emitted']:.0f}", f"{ob['tokens_emitted'] - pr['tokens_emitted']:+.0f} "
                 f"vs {pr['tokens_emitted']:.0f} promised", delta_color="inverse")
-    m[1].metric("Savings vs full length", f"{ob['savings_vs_calibration_full']:.0%}",
-                f"{pr['savings']:.0%} promised", delta_color="off", delta_arrow="off")
-    m[2].metric("Stopped early", f"{ob['stop_rate']:.0%}", f"{pr['stop_rate']:.0%} promised",
-                delta_color="off", delta_arrow="off")
-    m[3].metric("EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
-                f"{pr['em']:.3f} promised" + ("" if ob["em"] is not None else " · add labels"), delta_color="off",
-                delta_arrow="off")
+    common.noted_metric(m[1], "Savings vs full length", f"{ob['savings_vs_calibration_full']:.0%}",
+                        f"{pr['savings']:.0%} promised")
+    common.noted_metric(m[2], "Stopped early", f"{ob['stop_rate']:.0%}", f"{pr['stop_rate']:.0%} promised")
+    common.noted_metric(m[3], "EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
+                        f"{pr['em']:.3f} promised" + ("" if ob["em"] is not None else " · add labels"))
 
     w = res["windows"]
     fig = go.Figure()

@@ -117,14 +117,13 @@ if run:
     m = st.columns(5)
     m[0].metric("EM", f"{res['em']:.3f}", f"{res['delta_em']:+.3f} vs full", delta_color="normal")
     lo, hi = ci["delta_em"]
-    m[1].metric("ΔEM 95% CI", f"±{(hi - lo) / 2:.3f}", f"{lo:+.3f} to {hi:+.3f}", delta_color="off", delta_arrow="off",
-                help="the interval for EM minus full-length EM, paired on the same questions")
-    m[2].metric("Tokens saved (emitted)", f"{res['savings_emitted']:.1%}", f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}",
-                delta_color="off", delta_arrow="off")
-    m[3].metric("Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included", delta_color="off",
-                delta_arrow="off")
-    m[4].metric("Lost / gained", f"{res['lost']} / {res['gained']}", f"McNemar p={res['mcnemar']['p_value']:.2g}",
-                delta_color="off", delta_arrow="off")
+    common.noted_metric(m[1], "ΔEM 95% CI", f"±{(hi - lo) / 2:.3f}", f"{lo:+.3f} to {hi:+.3f}",
+                        help="the interval for EM minus full-length EM, paired on the same questions")
+    common.noted_metric(m[2], "Tokens saved (emitted)", f"{res['savings_emitted']:.1%}",
+                        f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}")
+    common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")
+    common.noted_metric(m[4], "Lost / gained", f"{res['lost']} / {res['gained']}",
+                        f"McNemar p={res['mcnemar']['p_value']:.2g}")
     frac = stops / t.final_idx.clip(min=1)
     counts, edges = np.histogram(t.pos[t.rows, stops], bins=40)       # binned here: 40 bars, not n points
     fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color="#2563eb"))

@@ -116,13 +116,14 @@ MAX_DRAFT = 3       # draft tokens fed after the cue: every entry's first pass g
 class Prober:
     """Runs the cue + greedy answer for some rows of a batch, reusing (or not) the prefix cache."""
 
-    def __init__(self, model, tok, cue: str, max_answer_tokens: int = 20, mode: str = "reuse"):
+    def __init__(self, model, tok, cue: str, max_answer_tokens: int = 20, mode: str = "reuse",
+                 max_draft: int = MAX_DRAFT):
         import torch
         self.model, self.tok, self.mode = model, tok, mode
         self.device = next(model.parameters()).device
         self.cue_ids = torch.tensor(tok(cue, add_special_tokens=False)["input_ids"], device=self.device)
         self.max_answer = max_answer_tokens
-        self.max_draft = MAX_DRAFT
+        self.max_draft = max_draft
         self.eos = eos_ids(model, tok)
         self.stop_ids = self._stop_ids()
         self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0,   # for tests and
@@ -296,7 +297,7 @@ def _is_transition_start(text: str) -> bool:
 
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
                    probe: bool = True, on_checkpoint=None, defer: bool | None = None,
-                   stats: dict | None = None) -> list[TraceResult]:
+                   stats: dict | None = None, drafts: bool = True) -> list[TraceResult]:
     """Generate full traces for a batch of prompts, probing at every checkpoint.
 
     ``on_checkpoint(rows, results)``, when given, is called after each round of probes with the rows that
@@ -307,8 +308,9 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     ``defer`` (default: on when probes reuse the cache and no ``on_checkpoint`` waits for the answers):
     probes at step boundaries, transition words and trace ends, which fire for a row or two at a time,
     wait for the next interval checkpoint (where every row probes) and run in that batch, each masked to
-    its own prefix. Same answers, far fewer small forward passes. ``stats``, when given, collects the
-    probe counters (events, probes, masked, repeated rows, compactions).
+    its own prefix. Same answers, far fewer small forward passes. Deferred probes also get the row's previous
+    trial answer as a draft (``drafts``; see ``Prober.run``). ``stats``, when given, collects the probe
+    counters (events, probes, masked, repeated rows, compactions, drafted and accepted tokens, steps).
     """
     import torch
     from transformers import DynamicCache
@@ -316,7 +318,8 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
     B = ids.shape[0]
-    prober = Prober(model, tok, cfg.cue, cfg.max_answer_tokens, probe_mode) if probe else None
+    prober = Prober(model, tok, cfg.cue, cfg.max_answer_tokens, probe_mode, MAX_DRAFT if drafts else 0) \
+        if probe else None
     eos = eos_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     results = [TraceResult(i) for i in range(B)]
