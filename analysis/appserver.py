@@ -16,14 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def dashboard(env: dict | None = None, wait_s: float = 60.0, preload: bool = True) -> Iterator[str]:
+def dashboard(env: dict | None = None, wait_s: float = 60.0, preload: bool = True,
+              app: str | None = None) -> Iterator[str]:
     """Yields the app's URL once its health check answers; stops the server on exit. ``preload`` starts it as
     ``python -m analysis dashboard`` does (views/launch.py: the pages' modules imported before it listens);
-    False, as plain ``streamlit run app.py``."""
+    False, as plain ``streamlit run app.py``. ``app``: another script to serve with ``streamlit run`` (the
+    benchmarks' one-chart pages)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start = [str(ROOT / "views" / "launch.py")] if preload else ["-m", "streamlit", "run", str(ROOT / "app.py")]
+    start = (["-m", "streamlit", "run", app] if app else [str(ROOT / "views" / "launch.py")] if preload
+             else ["-m", "streamlit", "run", str(ROOT / "app.py")])
     proc = subprocess.Popen([sys.executable, *start, "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=ROOT, env={**os.environ, **(env or {})},

@@ -13,13 +13,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .compare import default_slice
-from .frontier import sweep
+from .frontier import FAMILY_COLORS as COLORS, sweep
 from .optimize import evaluate, operating_point, slice_labels
 from .presets import Preset, preset_stops
 from .replay import RunTable, outcome_from_stops
 
-COLORS = {"budget": "#64748b", "consistency": "#2563eb", "confidence": "#c2410c", "entropy": "#16a34a",
-          "learned": "#9333ea", "hybrid": "#db2777"}
 
 
 def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, title: str = "") -> go.Figure:

@@ -8,6 +8,9 @@ Prints one JSON line:
   first script run): the baseline for the launcher, measured in the same run.
 - first_load_unswept_s: the same as first_load_s on a copy of the store without the kept sweep (the sweep runs
   during the first load): what keeping the sweep saves.
+- chart_only_echarts_s / chart_only_plotly_s: why the Frontier draws with ECharts. A one-chart page draws this
+  run's frontier (from the kept sweep) with st.echarts_chart (the dashboard's option) or st.plotly_chart (the
+  report's Plotly figure), fresh browser each time, on a warm server; median of 3 interleaved loads each.
 - warm_reload_s, and slider_update_ms (Tune, consistency family: the k slider moved with the keyboard -> the
   savings metric shows the new number; median of 20 moves, with p90).
 Usage: python benchmarks/ui.py [--questions 20000] [--checkpoints 50]
@@ -30,7 +33,23 @@ from analysis.appserver import dashboard  # noqa: E402
 from analysis.store import Store  # noqa: E402
 from analysis.synthetic import write_synthetic_run  # noqa: E402
 
-CHART = ".js-plotly-plot .scatterlayer .trace"
+CHART = "[data-testid=stEChartsChart] svg path[transform^=matrix]"     # a point of the frontier is drawn
+PLOTLY_CHART = ".js-plotly-plot .scatterlayer .trace .points path"
+ONE_CHART_APP = """import sys
+sys.path.insert(0, {root!r})
+import streamlit as st
+from analysis.frontier import default_families, stored_sweep
+from analysis.store import Store
+store = Store({db!r}, read_only=True)
+run = store.run({rid!r})
+pts = stored_sweep(store, run, default_families(run["n_checkpoints"]))
+if st.query_params.get("lib") == "plotly":
+    from analysis.report import frontier_figure
+    st.plotly_chart(frontier_figure(None, [], pts))
+else:
+    from views.charts import frontier_option
+    st.echarts_chart(frontier_option(pts, "emitted", "mean tokens emitted")[0], height=560, renderer="svg")
+"""
 METRIC = "[data-testid='stMetric']:has-text('Tokens saved (emitted)') [data-testid='stMetricValue']"
 JS_CHANGED = """(b) => { const m = [...document.querySelectorAll('[data-testid=stMetric]')]
     .find(m => m.innerText.includes('Tokens saved (emitted)'));
@@ -95,10 +114,31 @@ def main() -> None:
                     page.wait_for_function(JS_CHANGED, arg=before, timeout=60_000)
                     times.append((time.perf_counter() - t0) * 1000)
                     page.wait_for_timeout(150)
+            one = os.path.join(tmp, "one_chart.py")
+            with open(one, "w") as f:
+                f.write(ONE_CHART_APP.format(root=os.path.abspath(ROOT), db=db, rid=rid))
+            libs = {"echarts": [], "plotly": []}
+            with dashboard(env("c4"), app=one) as url:
+                for lib, sel in (("echarts", CHART), ("plotly", PLOTLY_CHART)):     # warm the server
+                    page = b.new_page()
+                    page.goto(f"{url}/?lib={lib}")
+                    page.wait_for_selector(sel, timeout=300_000)
+                    page.close()
+                for _ in range(3):
+                    for lib, sel in (("echarts", CHART), ("plotly", PLOTLY_CHART)):
+                        ctx = b.new_context(viewport={"width": 1400, "height": 1000})
+                        page = ctx.new_page()
+                        t0 = time.perf_counter()
+                        page.goto(f"{url}/?lib={lib}")
+                        page.wait_for_selector(sel, timeout=300_000)
+                        libs[lib].append(time.perf_counter() - t0)
+                        ctx.close()
             b.close()
     print(json.dumps({"checkpoints": n_rows, "questions": args.questions, "write_s": round(write_s, 1),
                       "first_load_s": round(cold, 2), "first_load_streamlit_run_s": round(plain, 2),
                       "first_load_unswept_s": round(unswept, 2), "warm_reload_s": round(warm_load, 2),
+                      "chart_only_echarts_s": round(statistics.median(libs["echarts"]), 2),
+                      "chart_only_plotly_s": round(statistics.median(libs["plotly"]), 2),
                       "slider_update_ms": round(statistics.median(times)),
                       "slider_update_ms_p90": round(sorted(times)[int(0.9 * len(times)) - 1]),
                       "targets": {"first_load_s": 3, "slider_update_ms": 300}}))

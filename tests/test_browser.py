@@ -6,6 +6,7 @@ import pytest
 from analysis.appserver import dashboard
 
 CHROMIUM = "/usr/bin/chromium"
+FRONTIER = "[data-testid=stEChartsChart] svg"      # the Frontier chart (ECharts, SVG renderer)
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")]
 
@@ -63,8 +64,9 @@ def test_frontier_chart_is_drawn(server, browser):
     url, db, rid = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{url}/?db={db}&run={rid}")
-    page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=90_000)
-    assert page.locator(".js-plotly-plot .legendtext", has_text="full length").count() == 1
+    page.wait_for_selector(f"{FRONTIER} path[transform^=matrix]", timeout=90_000)      # its points are drawn
+    assert page.locator(f"{FRONTIER} text", has_text="full length").count() == 1          # in the legend
+    assert page.locator(f"{FRONTIER} text", has_text="convex hull").count() == 1
     page.close()
 
 
@@ -122,16 +124,18 @@ def test_clicking_a_frontier_point_makes_it_the_current_setting(server, browser)
     url, db, rid = server
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(f"{url}/?db={db}&run={rid}")
-    page.wait_for_selector(".js-plotly-plot .scatterlayer .trace .points path", timeout=90_000)
+    page.wait_for_selector(f"{FRONTIER} path[transform^=matrix]", timeout=90_000)
     assert page.locator("text=Current setting:").count() == 0
-    # a point on a family's front (the solid traces come second in each family's pair)
-    pt = page.locator(".js-plotly-plot .scatterlayer .trace:nth-child(2) .points path").nth(2)
+    # a point on the consistency family's front (its dominated points are drawn at opacity 0.25)
+    pt = page.locator(f"{FRONTIER} path[transform^=matrix][fill='#2563eb']:not([fill-opacity='0.25'])").nth(1)
     box = pt.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_timeout(300)
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_selector("text=Current setting:", timeout=30_000)
-    assert "s=sl1." in page.url
+    assert "s=sl1." in page.url and "family=consistency" in page.url
+    assert page.locator("p:has-text('Current setting:') code").inner_text().startswith("consistency(")
+    page.wait_for_selector(f"{FRONTIER} path[stroke='#dc2626']", timeout=30_000)     # the ring on the chart
     page.close()
 
 

@@ -1,0 +1,52 @@
+"""The Frontier chart's ECharts option, built from a real sweep (no browser: tests/test_browser.py clicks it)."""
+import json
+
+from analysis.frontier import sweep
+from analysis.policies import Setting
+from analysis.replay import RunTable
+from analysis.store import Store
+from views.charts import frontier_option, picked_setting
+
+
+def _sweep(synthetic_db):
+    db, rid, _ = synthetic_db
+    return sweep(RunTable.from_store(Store(db, read_only=True), rid), ["budget", "consistency", "confidence"])
+
+
+def test_every_setting_is_a_clickable_point_and_a_click_maps_back_to_it(synthetic_db):
+    pts = _sweep(synthetic_db)
+    option, picks = frontier_option(pts, "emitted", "mean tokens emitted")
+    json.dumps(option)                                        # what Streamlit sends must be plain JSON
+    assert len(picks) == len(option["series"])
+    clickable = [s for p in picks if p for s in p]
+    assert sorted(clickable) == sorted(pts[pts.family != "full"].setting)      # each setting once
+    # a click on the third point of the first clickable series, as st.echarts_chart reports it
+    i = next(k for k, p in enumerate(picks) if p and len(p) > 2)
+    event = {"selection": {"selected": [{"series_index": i, "data_indices": [2], "data_type": "main"}], "areas": []}}
+    got = picked_setting(event, picks)
+    s = option["series"][i]
+    assert got == picks[i][2] and Setting.from_dict(json.loads(got)).family == s["name"]
+    row = pts[pts.setting == got].iloc[0]
+    assert s["data"][2]["value"][:2] == [row.emitted, row.em] and s["data"][2]["name"] == row.label
+    # nothing picked, a series that is not clickable, an index out of range
+    assert picked_setting(None, picks) is None
+    assert picked_setting({"selection": {"selected": []}}, picks) is None
+    hull = next(k for k, s in enumerate(option["series"]) if s["name"].startswith("convex hull"))
+    assert picked_setting({"selection": {"selected": [{"series_index": hull, "data_indices": [0]}]}}, picks) is None
+    assert picked_setting({"selection": {"selected": [{"series_index": i, "data_indices": [10**6]}]}}, picks) is None
+
+
+def test_cost_axis_other_runs_and_the_current_setting(synthetic_db):
+    pts = _sweep(synthetic_db)
+    option, _ = frontier_option(pts, "computed", "mean tokens computed", others=[("other model", pts)],
+                                current=(50.0, 0.5, "budget(B=50)"))
+    names = [s["name"] for s in option["series"]]
+    assert {"full length", "convex hull (mixing settings)", "other model (front)", "current setting"} <= set(names)
+    assert option["legend"]["data"] == list(dict.fromkeys(names))            # one legend entry per name
+    full = next(s for s in option["series"] if s["name"] == "full length")["data"][0]["value"]
+    row = pts[pts.family == "full"].iloc[0]
+    assert full[:2] == [row.computed, row.em]                                # x follows the cost axis
+    hull = next(s for s in option["series"] if s["name"].startswith("convex hull"))["data"]
+    assert [p[0] for p in hull] == sorted(p[0] for p in hull) and len(hull) == int(pts.hull_computed.sum())
+    cur = next(s for s in option["series"] if s["name"] == "current setting")["data"][0]
+    assert cur["value"][:2] == [50.0, 0.5] and cur["name"] == "current: budget(B=50)"
