@@ -19,9 +19,6 @@ COST_AXES = ("emitted", "computed")
 # above this many checkpoints the learned stopper (five cross-fitted classifiers, seconds on a large run) is
 # left out of the first sweep and waits to be asked for
 LEARNED_AUTO_MAX = 200_000
-# one colour per family, the same on the dashboard and in reports
-FAMILY_COLORS = {"budget": "#64748b", "consistency": "#2563eb", "confidence": "#c2410c", "entropy": "#16a34a",
-                 "learned": "#9333ea", "hybrid": "#db2777"}
 
 
 def settings_for(t: RunTable, family: str) -> list[Setting]:

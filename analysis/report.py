@@ -13,7 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .compare import default_slice
-from .frontier import FAMILY_COLORS as COLORS, sweep
+from .frontier import sweep
+from .palette import FAMILY_COLORS as COLORS
 from .optimize import evaluate, operating_point, slice_labels
 from .presets import Preset, preset_stops
 from .replay import RunTable, outcome_from_stops

@@ -47,6 +47,15 @@ def test_every_demo_run_keeps_a_sweep(demo):
     assert kept == {r["id"] for r in demo.runs()}
 
 
+def test_the_kept_sweeps_match_the_current_code(demo):
+    """A newcomer's first load reads the kept sweep; one keyed to older replay, front or policy code is
+    skipped and the sweep recomputed (slower, never wrong). This test says when to re-key them."""
+    from analysis.frontier import default_families, stored_sweep
+    stale = [r["id"] for r in demo.runs() if stored_sweep(demo, r, default_families(r["n_checkpoints"])) is None]
+    assert not stale, (f"the demo store's kept sweeps of {stale} are keyed to older code: run "
+                       "`python -m analysis demo --refresh-sweeps` and commit data/demo.duckdb")
+
+
 def test_demo_store_is_read_only(demo):
     with pytest.raises(StoplineError, match="read-only"):
         demo.save_preset("x", {})

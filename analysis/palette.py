@@ -1,0 +1,3 @@
+"""One colour per policy family, the same on the dashboard and in reports."""
+FAMILY_COLORS = {"budget": "#64748b", "consistency": "#2563eb", "confidence": "#c2410c", "entropy": "#16a34a",
+                 "learned": "#9333ea", "hybrid": "#db2777"}
