@@ -94,10 +94,47 @@ def test_naive_probe_modes_agree_with_reuse(tiny):
     cfg = GenConfig(every=7, max_new_tokens=21).resolved("number", "instruct")
     prompts = [build_prompt(tok, q, cfg) for q in ["What is 2+2?", "Apples?"]]
     base = generate_batch(model, tok, prompts, cfg, "reuse")
-    for mode in ("reencode", "deepcopy"):
+    for mode in ("reencode", "reencode_each", "deepcopy"):
         other = generate_batch(model, tok, prompts, cfg, mode)
         for a, b in zip(base, other):
             assert [c["probe"].tokens for c in a.checkpoints] == [c["probe"].tokens for c in b.checkpoints]
+
+
+@pytest.mark.parametrize("how", ["deferred", "immediate", "sampled", "controller"])
+def test_finished_rows_leave_the_batch_without_changing_anything(tiny, how):
+    """Dropping finished rows from the generation batch changes the time only: the same traces, checkpoints,
+    trial answers and signals as keeping them (greedy and sampled, deferred and immediate probes, rows
+    stopped by a controller)."""
+    model, tok = tiny
+    temp = 0.9 if how == "sampled" else 0.0
+    cfg = GenConfig(every=4, max_new_tokens=36, temperature=temp, seed=11).resolved("number", "instruct")
+    prompts = [build_prompt(tok, q, cfg) for q in ["What is 2+2?", "A longer question about pears and apples?",
+                                                   "x", "Wait, what is 12 * 12?", "Pears?", "7 - 5 = ?"]]
+    stop_at = {1: 8, 4: 12}                    # the controller stops these rows at their first checkpoint past
+
+    def hook(rows, results):
+        return [r for r in rows if r in stop_at and results[r].checkpoints[-1]["pos"] >= stop_at[r]]
+    kw = {"defer": how != "immediate", "on_checkpoint": hook if how == "controller" else None}
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [1, tok.convert_tokens_to_ids("!")]   # rows end at different times
+    try:
+        stats = {}
+        got = generate_batch(model, tok, prompts, cfg, compact=True, stats=stats, **kw)
+        ref = generate_batch(model, tok, prompts, cfg, compact=False, **kw)
+    finally:
+        model.generation_config.eos_token_id = eos
+    assert stats["rows_dropped"] >= 1
+    lengths = {len(r.token_ids) for r in ref}
+    assert len(lengths) >= 3, lengths           # rows did end at different times
+    if how == "controller":
+        assert {r.finish_reason for r in ref} >= {"stopped"}
+    for a, b in zip(got, ref):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert [(c["pos"], c["kind"]) for c in a.checkpoints] == [(c["pos"], c["kind"]) for c in b.checkpoints]
+        for ca, cb in zip(a.checkpoints, b.checkpoints):
+            assert ca["probe"].tokens == cb["probe"].tokens
+            assert ca["probe"].probs == pytest.approx(cb["probe"].probs, abs=1e-5)
+            assert ca["probe"].entropy == pytest.approx(cb["probe"].entropy, abs=1e-5)
 
 
 def test_end_to_end_run_into_store_and_replay(tiny, store):

@@ -13,8 +13,10 @@ that fire for a row or two (blank lines, transition words, trace ends) wait for 
 checkpoint and run in its batch, each entry masked to its own prefix; the live controller, which needs each
 answer at once, probes immediately. Answers that have ended leave the probe batch once they are the
 majority. The
-naive alternatives (``probe_mode='reencode'``: recompute the whole prefix; ``'deepcopy'``: deep-copy the
-cache, as DEER's Hugging Face code does) exist for the benchmark and the equivalence test.
+naive alternatives exist for the benchmark and the equivalence test: ``probe_mode='reencode'`` recomputes the
+probing rows' whole prefixes (batched over the rows that probe at once), ``'reencode_each'`` does it one
+sequence at a time, unpadded, as DEER's Hugging Face code probes (it runs one question at a time), and
+``'deepcopy'`` deep-copies the cache.
 """
 from __future__ import annotations
 
@@ -128,6 +130,8 @@ class Prober:
         self.stop_ids = self._stop_ids()
         self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0,   # for tests and
                       "drafted": 0, "accepted": 0, "steps": 0}                                   # benchmarks
+        if mode == "reencode_each":
+            self._reencode = Prober(model, tok, cue, max_answer_tokens, "reencode", 0)
 
     def _stop_ids(self) -> set[int]:
         """Token ids whose text holds a closing brace or a newline: the answer ends there (computed once
@@ -150,6 +154,15 @@ class Prober:
         model's own greedy choice, the next token coming from the same logits (speculative decoding with a
         free draft): the answer is the greedy one either way, in fewer forward passes when answers settle."""
         import torch
+        if self.mode == "reencode_each":
+            # one sequence at a time: its prefix without the batch's padding, then its answer on its own
+            out = []
+            for r in rows:
+                ids = full_ids[r][mask[r].bool()][None, :]
+                out += self._reencode.run(None, torch.ones_like(ids), [0], True, full_ids=ids)
+            self.stats["events"] += 1
+            self.stats["probes"] += len(rows)
+            return out
         with torch.no_grad():
             R = torch.tensor(rows, device=self.device)
             n = len(rows)
@@ -297,7 +310,7 @@ def _is_transition_start(text: str) -> bool:
 
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
                    probe: bool = True, on_checkpoint=None, defer: bool | None = None,
-                   stats: dict | None = None, drafts: bool = True) -> list[TraceResult]:
+                   stats: dict | None = None, drafts: bool = True, compact: bool = True) -> list[TraceResult]:
     """Generate full traces for a batch of prompts, probing at every checkpoint.
 
     ``on_checkpoint(rows, results)``, when given, is called after each round of probes with the rows that
@@ -310,7 +323,14 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     wait for the next interval checkpoint (where every row probes) and run in that batch, each masked to
     its own prefix. Same answers, far fewer small forward passes. Deferred probes also get the row's previous
     trial answer as a draft (``drafts``; see ``Prober.run``). ``stats``, when given, collects the probe
-    counters (events, probes, masked, repeated rows, compactions, drafted and accepted tokens, steps).
+    counters (events, probes, masked, repeated rows, compactions, drafted and accepted tokens, steps) and
+    ``rows_dropped``, the times finished rows left the generation batch.
+
+    ``compact`` (default on): rows that have ended (and whose deferred probes have run) leave the batch once
+    they are a quarter of it (their cache rows are dropped), so a batch whose traces end at different lengths stops paying for the finished ones.
+    A row's numbers do not depend on which other rows share its batch (checked bit for bit on CPU), and
+    sampling draws for every original row in the same order as before, so traces and probes are the same
+    with or without it; only the time changes.
     """
     import torch
     from transformers import DynamicCache
@@ -327,12 +347,15 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     want: dict[int, dict] = {}            # rows to probe at the current prefix -> kind flags
     text_tail = [""] * B
     gcpu = torch.Generator().manual_seed(cfg.seed)
-    full_ids = ids                        # only grown for probe_mode='reencode'
+    full_ids = ids                        # only grown for the re-encoding probe modes
     t_gen = t_probe = 0.0
     piece_cache: dict[int, str] = {}
     defer = defer is not False and probe and probe_mode == "reuse" and on_checkpoint is None
     pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
     last_answer: dict[int, list[int]] = {}             # row -> its latest trial answer: the next probe's draft
+    rows_in = list(range(B))              # cache row i holds result rows_in[i] (rows leave when compacted)
+    at = {r: r for r in range(B)}         # result row -> its cache row
+    n_dropped = 0                         # times finished rows left the batch
 
     def piece(tid: int) -> str:
         if tid not in piece_cache:
@@ -346,9 +369,8 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                 results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": None})
             return
         t0 = time.perf_counter()
-        active = [r for r in range(B) if not done[r] or r in kinds]
-        all_rows = len(rows) == B and len(active) == B
-        outs = prober.run(cache, mask, rows, all_rows, full_ids=full_ids)
+        all_rows = len(rows) == len(rows_in)
+        outs = prober.run(cache, mask, [at[r] for r in rows], all_rows, full_ids=full_ids)
         t_probe += time.perf_counter() - t0
         for r, pr in zip(rows, outs):
             results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": pr})
@@ -359,14 +381,26 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         entries = sorted(pending, key=lambda e: (e[0], e[1]))
         rows, cuts = [e[0] for e in entries], [e[2] for e in entries]
         full = all(c == mask.shape[1] for c in cuts)
-        all_rows = full and len(rows) == B and len(set(rows)) == B
-        outs = prober.run(cache, mask, rows, all_rows, cuts=None if full else cuts,
+        all_rows = full and len(rows) == len(rows_in) and len(set(rows)) == len(rows_in)
+        outs = prober.run(cache, mask, [at[r] for r in rows], all_rows, cuts=None if full else cuts,
                           drafts=[last_answer.get(r) for r in rows])
         for (r, pos, _, kinds), pr in zip(entries, outs):
             results[r].checkpoints.append({"pos": pos, **kinds, "probe": pr})
             last_answer[r] = pr.tokens         # entries come in position order: the row's latest answer wins
         pending.clear()
         t_probe += time.perf_counter() - t0
+
+    def drop_finished(gone: set[int]):
+        """Drop the cache rows of traces that have ended and wait for no deferred probe."""
+        nonlocal mask, full_ids, rows_in, n_dropped
+        n_dropped += 1
+        keep = [i for i, r in enumerate(rows_in) if r not in gone]
+        K = torch.tensor(keep, device=dev)
+        cache.batch_select_indices(K)
+        mask, full_ids = mask[K], full_ids[K]
+        rows_in = [rows_in[i] for i in keep]
+        at.clear()
+        at.update({r: i for i, r in enumerate(rows_in)})
 
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -384,21 +418,28 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                     keep = sp.cumsum(-1) - sp < cfg.top_p
                     probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
                     probs = probs / probs.sum(-1, keepdim=True)
-                nxt = torch.multinomial(probs.cpu(), 1, generator=gcpu)[:, 0].to(dev)
+                if len(rows_in) < B:
+                    # draw for every original row, as before any row left, so the live rows get the same draws
+                    allp = torch.zeros(B, probs.shape[1], dtype=probs.dtype, device=probs.device)
+                    allp[:, 0] = 1
+                    allp[torch.tensor(rows_in, device=probs.device)] = probs
+                    nxt = torch.multinomial(allp.cpu(), 1, generator=gcpu)[rows_in, 0].to(dev)
+                else:
+                    nxt = torch.multinomial(probs.cpu(), 1, generator=gcpu)[:, 0].to(dev)
             else:
                 nxt = logits.argmax(-1)
             nxt_l = nxt.tolist()
             t_gen += time.perf_counter() - t0
             # A row that ends here (end of sequence or the token cap) gets its final checkpoint now.
-            for r in range(B):
+            for i, r in enumerate(rows_in):
                 if done[r]:
                     continue
                 n_gen = len(results[r].token_ids)
-                if nxt_l[r] in eos or n_gen >= cfg.max_new_tokens:
-                    results[r].finish_reason = "eos" if nxt_l[r] in eos else "length"
+                if nxt_l[i] in eos or n_gen >= cfg.max_new_tokens:
+                    results[r].finish_reason = "eos" if nxt_l[i] in eos else "length"
                     want[r] = {"kind": "final", "is_step": want.get(r, {}).get("is_step", False),
                                "is_transition": False}
-                elif cfg.transitions and n_gen > 0 and _is_transition_start(piece(nxt_l[r])) \
+                elif cfg.transitions and n_gen > 0 and _is_transition_start(piece(nxt_l[i])) \
                         and text_tail[r].endswith((" ", "\n", ".", ",")):
                     w = want.setdefault(r, {"kind": "transition", "is_step": False, "is_transition": True})
                     w["kind"], w["is_transition"] = "transition", True
@@ -425,22 +466,28 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                 want = {}
             if all(done):
                 break
+            if compact:
+                waiting = {e[0] for e in pending}     # rows whose deferred probes still need their cache rows
+                gone = {r for r in rows_in if done[r] and r not in waiting}
+                if gone and 4 * len(gone) >= len(rows_in):
+                    nxt_l = [t for t, r in zip(nxt_l, rows_in) if r not in gone]
+                    drop_finished(gone)
             t0 = time.perf_counter()
-            feed = torch.tensor([pad if done[r] else nxt_l[r] for r in range(B)], device=dev)
-            live = torch.tensor([0 if done[r] else 1 for r in range(B)], device=dev, dtype=mask.dtype)
+            feed = torch.tensor([pad if done[r] else nxt_l[i] for i, r in enumerate(rows_in)], device=dev)
+            live = torch.tensor([0 if done[r] else 1 for r in rows_in], device=dev, dtype=mask.dtype)
             mask = torch.cat([mask, live[:, None]], dim=1)
-            if probe_mode == "reencode":
+            if probe_mode.startswith("reencode"):
                 full_ids = torch.cat([full_ids, feed[:, None]], dim=1)
             pos = mask.sum(-1, keepdim=True) - 1
             out = model(input_ids=feed[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
                         use_cache=True)
             logits = out.logits[:, -1].float()
             t_gen += time.perf_counter() - t0
-            for r in range(B):
+            for i, r in enumerate(rows_in):
                 if done[r]:
                     continue
-                results[r].token_ids.append(nxt_l[r])
-                text_tail[r] = (text_tail[r] + piece(nxt_l[r]))[-16:]
+                results[r].token_ids.append(nxt_l[i])
+                text_tail[r] = (text_tail[r] + piece(nxt_l[i]))[-16:]
                 n_gen = len(results[r].token_ids)
                 kinds = None
                 if cfg.every and n_gen % cfg.every == 0:
@@ -453,9 +500,10 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
             flush()
     for r in results:
         r.gen_s, r.probe_s = t_gen / B, t_probe / B
-    if stats is not None and prober is not None:
-        for k, v in prober.stats.items():
+    if stats is not None:
+        for k, v in (prober.stats if prober is not None else {}).items():
             stats[k] = stats.get(k, 0) + v
+        stats["rows_dropped"] = stats.get("rows_dropped", 0) + n_dropped
     return results
 
 
