@@ -43,6 +43,8 @@ def load_model(name: str, device: str):
         cfg = AutoConfig.for_model(cfg_kw.pop("model_type"), **cfg_kw, max_position_embeddings=4096)
         dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).to(dev).eval()
+        from analysis.backend.attention import use_fast_decode
+        use_fast_decode(model)                     # as models.load does (a no-op on GPUs)
         tok = build_tokenizer()
         return model, tok, {"kind": "instruct", "params": sum(p.numel() for p in model.parameters())}
     from analysis.backend.models import load

@@ -137,6 +137,37 @@ def test_finished_rows_leave_the_batch_without_changing_anything(tiny, how):
             assert ca["probe"].entropy == pytest.approx(cb["probe"].entropy, abs=1e-5)
 
 
+def test_fast_decode_attention_equals_sdpa_on_a_grouped_query_model():
+    """``use_fast_decode`` switches a CPU grouped-query model to ``stopline_sdpa``, which computes the same
+    attention as sdpa (fp32, within rounding) for unpadded and padded decode steps. (Bit-exactness across
+    batches is checked on SmolLM2 in bf16, in the integration tests.)"""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    from analysis.backend.attention import NAME, use_fast_decode
+    ref, tok = build_model(seed=4, heads=4, kv_heads=2, initializer_range=0.3)
+    fast = copy.deepcopy(ref)
+    assert use_fast_decode(fast) and fast.config._attn_implementation == NAME
+    assert ref.config._attn_implementation == "sdpa"
+    for batch in (["Apples and pears, and then more apples?"], ["What is 2+2?", "Apples and pears, and more?"]):
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        outs = []
+        for model in (ref, fast):
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            cache, lg = DynamicCache(), []
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                      past_key_values=cache, use_cache=True)
+                for s in range(5):
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                    lg.append(model(input_ids=ids[:, s:s + 1], attention_mask=mask, past_key_values=cache,
+                                    position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True).logits[:, -1])
+            outs.append(torch.stack(lg))
+        assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
 def test_end_to_end_run_into_store_and_replay(tiny, store):
     cfg = GenConfig(every=8, max_new_tokens=24)
     res = run(store, "tiny-random", "rg:basic_arithmetic", limit=6, cfg=cfg, batch_size=4, loaded=(*tiny, {

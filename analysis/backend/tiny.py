@@ -31,13 +31,13 @@ def build_tokenizer():
 
 
 def build_model(arch: str = "llama", seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
-                vocab_size: int | None = None, **overrides):
+                vocab_size: int | None = None, kv_heads: int | None = None, **overrides):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     tok = build_tokenizer()
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model(arch, vocab_size=vocab_size or len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                                max_position_embeddings=4096, pad_token_id=0, eos_token_id=1, bos_token_id=None,
                                tie_word_embeddings=False, **overrides)
     model = AutoModelForCausalLM.from_config(cfg).eval()

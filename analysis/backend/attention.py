@@ -1,0 +1,42 @@
+"""Grouped-query decode attention on CPU without the slow kernel.
+
+transformers' ``sdpa`` attention handles a one-token decode step of a grouped-query model (SmolLM2, Qwen2.5,
+Llama 3: fewer key/value heads than query heads) two ways. With a padding mask it packs the query heads onto
+their key/value heads and calls torch's attention on that; without one (every row of the batch unpadded: a
+batch of one, equal-length prompts, a batch whose padded rows have left) it asks torch for ``enable_gqa``,
+which on CPU is about 7x slower (2.7 ms against 0.4 ms a layer at batch 16, 300 cached tokens; a SmolLM2
+decode step 139 ms against 67 ms). ``stopline_sdpa`` is transformers' own ``sdpa`` given an all-true mask in
+that one case, so it always takes the packed form: the same function, the same numbers as a padded batch.
+On GPUs, and for every other shape, it is ``sdpa`` unchanged.
+"""
+from __future__ import annotations
+
+NAME = "stopline_sdpa"
+
+
+def _forward(module, query, key, value, attention_mask, *args, **kwargs):
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if (attention_mask is None and query.shape[2] == 1 and query.device.type == "cpu"
+            and getattr(module, "num_key_value_groups", 1) > 1 and kwargs.get("position_bias") is None):
+        attention_mask = torch.ones(query.shape[0], 1, 1, key.shape[2], dtype=torch.bool, device=query.device)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(NAME, _forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def use_fast_decode(model) -> bool:
+    """Switch a CPU model that uses ``sdpa`` to ``stopline_sdpa``; True if it switched (or had already)."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl == NAME:
+        return True
+    if impl != "sdpa" or next(model.parameters()).device.type != "cpu":
+        return False
+    register()
+    model.set_attn_implementation(NAME)
+    return model.config._attn_implementation == NAME
