@@ -405,10 +405,12 @@ def simulate(t, controller: Controller, with_em: bool = True) -> list[dict]:
 
 
 # --- fidelity: the controller live against the replay's prediction ----------------------------------------
-def verify_live(store, run_id: str, preset, *, batch_size: int = 8, device: str = "auto", limit: int | None = None,
-                loaded=None, log: str | Path | None = None, show_progress: bool = False) -> dict:
+def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, device: str = "auto",
+                limit: int | None = None, loaded=None, log: str | Path | None = None,
+                show_progress: bool = False) -> dict:
     """Run the controller live on a run's questions (same model, prompts, config and batching) and compare
-    each question's stop, answer, tokens and EM with what replaying the preset on the stored run predicts."""
+    each question's stop, answer, tokens and EM with what replaying the preset on the stored run predicts.
+    ``batch_size``: by default the one the run was generated with (8 for runs that did not record it)."""
     from .backend.models import load
     from .backend.runner import GenConfig
     from .datasets import load_dataset
@@ -434,6 +436,8 @@ def verify_live(store, run_id: str, preset, *, batch_size: int = 8, device: str 
         dt = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(cfgd["model"].get("dtype"), "auto")
         loaded = load(cfgd["model"]["name"], device, dtype=dt)
     model, tok, _ = loaded
+    run_batch = (cfgd.get("execution") or {}).get("batch_size")
+    batch_size = batch_size or run_batch or 8
     ctl = Controller(preset, run["answer_type"], log, every=cfg.every, steps=cfg.steps, transitions=cfg.transitions,
                      log_header={"calibration": {"db": str(store.path), "run": run["id"]}, "model": run["model"]})
     recs = controlled_generate(model, tok, questions, ctl, cfg, batch_size, show_progress=show_progress)
@@ -459,8 +463,12 @@ def verify_live(store, run_id: str, preset, *, batch_size: int = 8, device: str 
         note = ("the run's probes were batched, the live controller probes each checkpoint at once: with bf16 "
                 "weights the two round differently at a few percent of checkpoints, which can move a stop. For an "
                 "exact check, record the calibration run with `run --probes immediate`.")
+    elif run_batch and batch_size != run_batch and agree < n:
+        note = (f"the run was generated in batches of {run_batch}, this check ran batches of {batch_size}: with "
+                "bf16 weights a batch of one, and a prompt padded differently, round differently, which can move "
+                "a stop. Calibrate at the batch size you serve.")
     return {"agreement": agree / n if n else float("nan"), "n": n, "run": run["id"], "preset": preset.name,
-            "run_probes": schedule, "note": note,
+            "run_probes": schedule, "note": note, "batch_size": batch_size, "run_batch_size": run_batch,
             "tokens_agreement": sum(r[1] for r in rows) / n if n else None,
             "em_agreement": sum(r[2] for r in rows) / n if n else None,
             "replay": {"em": float(np.mean([r[3]["em"] for r in rows])),

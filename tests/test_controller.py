@@ -167,10 +167,12 @@ def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
     pf = tmp_path / "p.json"
     pf.write_text(json.dumps(preset))
     log = tmp_path / "live.jsonl"
-    code, out, err = cli("verify-controller", "--run", rid, "--preset", pf, "--batch-size", 4, "--device", "cpu",
+    # no --batch-size: the run's own (4, recorded with the run) is taken
+    code, out, err = cli("verify-controller", "--run", rid, "--preset", pf, "--device", "cpu",
                          "--db", db, "--log", log, "--json")
     assert code == 0, err
     res = json.loads(out.strip().splitlines()[-1])
+    assert res["batch_size"] == res["run_batch_size"] == 4
     assert res["n"] == 10 and res["agreement"] == 1.0, res["mismatches"]
     assert res["tokens_agreement"] == 1.0 and res["em_agreement"] == 1.0
     assert 0 < res["live"]["stopped_early"] < 10

@@ -582,7 +582,8 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
     checkpoint and runs them in one batch; 'immediate' probes each checkpoint when it comes, exactly as the
     live controller does, so that ``verify-controller`` can expect bit-for-bit the same probe outputs (with
     bf16 weights, batching changes rounding: a trial answer differs at a few percent of checkpoints).
-    Recorded in the run's config under ``execution``, which is not part of the run's identity."""
+    Recorded in the run's config under ``execution`` with the batch size and device (how the run was
+    computed, not part of its identity: verify-controller re-runs it with the same batch size)."""
     from ..datasets import load_dataset
     from ..progress import progress
     from .models import load
@@ -595,7 +596,8 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
     cfg = cfg.resolved(ds.answer_type, info["kind"])
     if probes not in ("batched", "immediate"):
         raise StoplineError(f"probes must be 'batched' or 'immediate', not {probes!r}")
-    config = {**run_config(model_name, info, ds.id, seed, cfg), "execution": {"probes": probes}}
+    config = {**run_config(model_name, info, ds.id, seed, cfg),
+              "execution": {"probes": probes, "batch_size": batch_size, "device": info.get("device")}}
     with store.transaction() as con:
         run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
                                                   source="generated", config=config, n_planned=len(ds), con=con)
