@@ -96,7 +96,8 @@ def main() -> None:
         for m in naive_modes:
             runs[m].append(timed(probe_mode=m))
     best = {k: min(v, key=lambda r: r[0]) for k, v in runs.items()}
-    (plain_s, plain), (kept_s, _), (ours_s, ours), (nod_s, nod) = (best[k] for k in list(runs)[:4])
+    (plain_s, plain), (kept_s, _), (ours_s, ours), (nod_s, nod) = (
+        best[k] for k in ("plain", "plain_rows_kept", "ours", "ours_no_drafts"))
     naive_s, naive = best[naive_modes[0]]
     tokens = sum(len(r.token_ids) for r in plain)
     n_probes = sum(len(r.checkpoints) for r in ours)

@@ -186,7 +186,8 @@ def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code
                                  "file, or a Hugging Face hub id when you are online") from None
     model.to(dev).eval()
     from analysis.backend.attention import use_fast_decode
-    info["attention"] = "stopline_sdpa" if use_fast_decode(model) else model.config._attn_implementation
+    use_fast_decode(model)
+    info["attention"] = model.config._attn_implementation
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

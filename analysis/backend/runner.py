@@ -355,8 +355,11 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
     last_answer: dict[int, list[int]] = {}             # row -> its latest trial answer: the next probe's draft
     rows_in = list(range(B))              # cache row i holds result rows_in[i] (rows leave when compacted)
-    slot = {r: r for r in range(B)}       # result row -> its cache row
     n_dropped = 0                         # times finished rows left the batch
+
+    def cache_rows(rows: list[int]) -> list[int]:
+        at = {r: i for i, r in enumerate(rows_in)}
+        return [at[r] for r in rows]
 
     def piece(tid: int) -> str:
         if tid not in piece_cache:
@@ -371,7 +374,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
             return
         t0 = time.perf_counter()
         all_rows = len(rows) == len(rows_in)
-        outs = prober.run(cache, mask, [slot[r] for r in rows], all_rows, full_ids=full_ids)
+        outs = prober.run(cache, mask, cache_rows(rows), all_rows, full_ids=full_ids)
         t_probe += time.perf_counter() - t0
         for r, pr in zip(rows, outs):
             results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": pr})
@@ -383,7 +386,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         rows, cuts = [e[0] for e in entries], [e[2] for e in entries]
         full = all(c == mask.shape[1] for c in cuts)
         all_rows = full and len(rows) == len(rows_in) and len(set(rows)) == len(rows_in)
-        outs = prober.run(cache, mask, [slot[r] for r in rows], all_rows, cuts=None if full else cuts,
+        outs = prober.run(cache, mask, cache_rows(rows), all_rows, cuts=None if full else cuts,
                           drafts=[last_answer.get(r) for r in rows])
         for (r, pos, _, kinds), pr in zip(entries, outs):
             results[r].checkpoints.append({"pos": pos, **kinds, "probe": pr})
@@ -400,8 +403,6 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         cache.batch_select_indices(K)
         mask, full_ids = mask[K], full_ids[K]
         rows_in = [rows_in[i] for i in keep]
-        slot.clear()
-        slot.update({r: i for i, r in enumerate(rows_in)})
 
     with torch.no_grad():
         t0 = time.perf_counter()
