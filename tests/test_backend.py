@@ -43,6 +43,7 @@ def test_reused_kv_probe_equals_probe_from_scratch(tiny, defer):
             # the previous answers were fed as drafts: some tokens kept, more rejected (a random model's
             # answers keep changing), and the answers still equal the greedy ones from scratch
             assert 0 < stats["accepted"] < stats["drafted"]
+            assert stats["step_drafted"] > 0    # answer steps fed guesses too (see test_answer_step_drafts)
         n = 0
         for prompt, r in zip(prompts, results):
             pids = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -59,15 +60,25 @@ def test_reused_kv_probe_equals_probe_from_scratch(tiny, defer):
         model.generation_config.eos_token_id = eos
 
 
-def test_batched_probe_with_repeated_rows_and_earlier_prefixes(tiny):
-    """One probe batch over a shared cache: a row may appear several times, each entry masked to its own
-    prefix length; every entry equals the probe computed from that prefix alone."""
+def test_answer_step_drafts():
+    """What an answer step feeds after the answer's next token: the rest of the previous answer while the
+    answer follows it, else what followed the answer's last tokens where they last occur in the trace."""
+    from analysis.backend.runner import Prober
+    rest = Prober._rest
+    assert rest([4, 8, 9], [], [4], 5) == [8, 9]                  # follows the draft
+    assert rest([4, 8, 9], [], [4], 1) == [8]                     # as many as fit
+    assert rest([4, 8, 9], [7, 5, 4, 3, 1, 4, 6], [5, 4], 2) == [3, 1]   # left the draft: the trace's 2-gram
+    assert rest([], [7, 4, 3, 1, 4, 6], [4], 3) == [6]            # the latest occurrence, up to the end
+    assert rest([], [7, 4, 3, 1, 4], [4], 3) == [3, 1, 4]         # ...that has something after it
+    assert rest([4, 8], [1, 2], [4, 8], 3) == [] and rest([], [1, 2], [9], 3) == []
+    assert rest([4, 8, 9], [], [4], 0) == []
+
+
+def _three_prompts_cached(tiny):
+    """Three left-padded prompts through the tiny model: (ids, mask, their cache, width, cue)."""
     import torch
     from transformers import DynamicCache
-
-    from analysis.backend.runner import Prober
     model, tok = tiny
-    cfg = GenConfig().resolved("number", "instruct")
     texts = ["What is 2+2? Let me think. 2 and 2 make", "Apples?", "A longer question about pears, then apples"]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -75,18 +86,61 @@ def test_batched_probe_with_repeated_rows_and_earlier_prefixes(tiny):
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
               past_key_values=cache, use_cache=True)
-    L = ids.shape[1]
+    return ids, mask, cache, ids.shape[1], GenConfig().resolved("number", "instruct").cue
+
+
+def test_batched_probe_with_repeated_rows_and_earlier_prefixes(tiny):
+    """One probe batch over a shared cache: a row may appear several times, each entry masked to its own
+    prefix length; every entry equals the probe computed from that prefix alone."""
+    from analysis.backend.runner import Prober
+    model, tok = tiny
+    ids, mask, cache, L, cue = _three_prompts_cached(tiny)
     rows, cuts = [0, 0, 1, 2, 2, 2], [L, L - 9, L, L, L - 4, L - 20]
-    prober = Prober(model, tok, cfg.cue)
+    prober = Prober(model, tok, cue)
     got = prober.run(cache, mask, rows, False, cuts=cuts)
     assert cache.get_seq_length() == L                       # the shared cache is left as it was
     assert prober.stats["repeated"] == 3 and prober.stats["masked"] == 3
     for r, c, g in zip(rows, cuts, got):
         prefix = [t for t, m in zip(ids[r, :c].tolist(), mask[r, :c].tolist()) if m]
-        ref = probe_from_scratch(model, tok, prefix, cfg.cue)
+        ref = probe_from_scratch(model, tok, prefix, cue)
         assert g.tokens == ref.tokens
         assert g.probs == pytest.approx(ref.probs, abs=1e-4)
         assert g.entropy == pytest.approx(ref.entropy, abs=1e-4)
+
+
+@pytest.mark.parametrize("guess", ["answer", "answer_then_wrong", "trace", "nothing"])
+def test_drafted_answers_equal_the_greedy_ones(tiny, guess):
+    """Whatever an entry is fed as a guess (its true answer, one that goes wrong half-way, a trace that holds
+    the answer, nothing), the answer and its signals are the greedy probe's from scratch; a right guess
+    takes fewer answer steps."""
+    from analysis.backend.runner import Prober
+    model, tok = tiny
+    ids, mask, cache, L, cue = _three_prompts_cached(tiny)
+    rows, cuts = [0, 1, 2, 2], [L, L, L, L - 6]
+    prefixes = [[t for t, m in zip(ids[r, :c].tolist(), mask[r, :c].tolist()) if m] for r, c in zip(rows, cuts)]
+    refs = [probe_from_scratch(model, tok, p, cue) for p in prefixes]
+    assert min(len(r.tokens) for r in refs) >= 6          # long enough to need several answer steps
+    drafts, contexts = [None] * 4, None
+    if guess == "answer":
+        drafts = [r.tokens for r in refs]
+    elif guess == "answer_then_wrong":
+        drafts = [r.tokens[:5] + [(t + 1) % len(tok) for t in r.tokens[5:]] for r in refs]
+    elif guess == "trace":           # the trace ends with the answer's start, then holds the rest
+        contexts = [p + r.tokens[:1] + [7] + r.tokens for p, r in zip(prefixes, refs)]
+    prober = Prober(model, tok, cue)
+    got = prober.run(cache, mask, rows, False, cuts=cuts, drafts=drafts, contexts=contexts)
+    for g, ref in zip(got, refs):
+        assert g.tokens == ref.tokens
+        assert g.probs == pytest.approx(ref.probs, abs=1e-4)
+        assert g.entropy == pytest.approx(ref.entropy, abs=1e-4)
+    st = prober.stats
+    steps_plain = max(len(r.tokens) for r in refs) - 1
+    if guess == "nothing":
+        assert st["steps"] == steps_plain and st["step_drafted"] == 0
+    else:
+        assert st["step_accepted"] > 0 and st["steps"] < steps_plain
+    if guess == "answer_then_wrong":
+        assert st["step_accepted"] < st["step_drafted"]
 
 
 def test_naive_probe_modes_agree_with_reuse(tiny):
