@@ -128,7 +128,6 @@ class Prober:
         self.cue_ids = torch.tensor(tok(cue, add_special_tokens=False)["input_ids"], device=self.device)
         self.max_answer = max_answer_tokens
         self.max_draft = max_draft
-        self.step_tokens = STEP_TOKENS
         self.eos = eos_ids(model, tok)
         self.stop_ids = self._stop_ids()
         self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0,   # for tests and
@@ -158,6 +157,22 @@ class Prober:
             if guess[a - 1] in self.stop_ids or len(toks) >= self.max_answer:
                 return a, False
         return a, True
+
+    def _take(self, guesses, at, logp_all, m, toks, probs, live):
+        """After a pass that fed guessed tokens in its last columns (entry ``at[j]``'s guess in row ``j``,
+        ``logp_all`` the log-probabilities at the position before each guess and after the last): keep each
+        guess while greedy, mask the rejected guess columns out of ``m`` (in place), and return the
+        log-probabilities of each entry's next token and how many guessed tokens each kept."""
+        import torch
+        G = logp_all.shape[1] - 1
+        greedy = logp_all.argmax(-1).tolist()
+        acc = [0] * len(at)
+        for j, i in enumerate(at):
+            if guesses[j]:
+                acc[j], live[i] = self._keep(guesses[j], greedy[j], logp_all[j], toks[i], probs[i])
+        A = torch.tensor(acc, device=self.device)
+        m[:, m.shape[1] - G:] *= (torch.arange(G, device=self.device)[None, :] < A[:, None]).to(m.dtype)
+        return logp_all[torch.arange(len(at), device=self.device), A], A
 
     @staticmethod
     def _rest(draft: list[int], context: list[int], toks: list[int], n: int) -> list[int]:
@@ -254,17 +269,9 @@ class Prober:
                 # after the draft) is the model's own next token, read from the same pass
                 logp_all = torch.log_softmax(out.logits[:, -(D + 1):].float(), -1)
                 entropy = (-(logp_all[:, 0].exp() * logp_all[:, 0]).sum(-1)).tolist()
-                greedy = logp_all.argmax(-1).tolist()
-                acc = [0] * n
-                for i, d in enumerate(dr):
-                    acc[i], live[i] = self._keep(d, greedy[i], logp_all[i], toks[i], probs[i])
-                    self.stats["drafted"] += len(d)
-                    self.stats["accepted"] += acc[i]
-                A = torch.tensor(acc, device=self.device)
-                logp = logp_all[torch.arange(n, device=self.device), A]
-                cols = torch.arange(D, device=self.device)[None, :]
-                m = m.clone()
-                m[:, m.shape[1] - D:] *= (cols < A[:, None]).to(m.dtype)      # rejected draft tokens: masked out
+                logp, A = self._take(dr, list(range(n)), logp_all, m, toks, probs, live)
+                self.stats["drafted"] += sum(map(len, dr))
+                self.stats["accepted"] += int(A.sum())
                 next_pos = base.sum(-1, keepdim=True) + k + A[:, None]
             else:
                 logp = torch.log_softmax(out.logits[:, -1].float(), -1)
@@ -306,7 +313,7 @@ class Prober:
                     best, m, next_pos = best[K], m[K], next_pos[K]
                 # The rest of an entry's draft, while its answer so far follows it, goes into the same pass
                 # (as many tokens as fit in STEP_TOKENS) and is kept while it agrees with the greedy choice.
-                E = max(0, self.step_tokens // len(at) - 1)
+                E = max(0, STEP_TOKENS // len(at) - 1)
                 ext = [self._rest(full[i], contexts[i] if contexts else [], toks[i], E) if full and live[i] else []
                        for i in at]
                 E = max(len(e) for e in ext)
@@ -325,17 +332,9 @@ class Prober:
                 self.stats["steps"] += 1
                 logp_all = torch.log_softmax(out.logits.float(), -1)
                 if E:
-                    greedy = logp_all.argmax(-1).tolist()
-                    acc = [0] * len(at)
-                    for j, i in enumerate(at):
-                        if ext[j]:
-                            acc[j], live[i] = self._keep(ext[j], greedy[j], logp_all[j], toks[i], probs[i])
-                        self.stats["step_drafted"] += len(ext[j])
-                        self.stats["step_accepted"] += acc[j]
-                    A = torch.tensor(acc, device=self.device)
-                    cols = torch.arange(E, device=self.device)[None, :]
-                    m[:, m.shape[1] - E:] *= (cols < A[:, None]).to(m.dtype)   # rejected draft tokens: masked out
-                    logp = logp_all[torch.arange(len(at), device=self.device), A]
+                    logp, A = self._take(ext, at, logp_all, m, toks, probs, live)
+                    self.stats["step_drafted"] += sum(map(len, ext))
+                    self.stats["step_accepted"] += int(A.sum())
                     next_pos = next_pos + 1 + A[:, None]
                 else:
                     logp = logp_all[:, -1]
