@@ -43,9 +43,9 @@ def placements_in_tokens(text: str, offsets: list[tuple[int, int]], cfg: GenConf
 def reprobe(store, run_id: str, model_name: str, *, every: int = 32, device: str = "auto", loaded=None,
             show_progress: bool = True, limit: int | None = None) -> dict:
     import torch
-    from transformers import DynamicCache
 
     from ..progress import progress
+    from .kvcache import new_cache
     from .models import load
     src = store.run(run_id)
     model, tok, info = loaded or load(model_name, device)
@@ -69,7 +69,7 @@ def reprobe(store, run_id: str, model_name: str, *, every: int = 32, device: str
         enc = tok(row["text"], add_special_tokens=False, return_offsets_mapping=True)
         t_ids, offs = enc["input_ids"], enc["offset_mapping"]
         res = TraceResult(0, token_ids=list(t_ids), finish_reason="imported")
-        cache = DynamicCache()
+        cache = new_cache()
         fed = 0
         mask = torch.ones(1, 0, dtype=torch.long, device=dev)
         seq = p_ids + list(t_ids)

@@ -102,15 +102,6 @@ def eos_ids(model, tok) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _select_rows(cache, idx):
-    """A new cache holding copies of the given rows' entries (only those rows)."""
-    from transformers import DynamicCache
-    sub = DynamicCache()
-    for li, layer in enumerate(cache.layers):
-        sub.update(layer.keys[idx], layer.values[idx], li)
-    return sub
-
-
 _STOP_IDS: dict[tuple, set[int]] = {}
 MAX_DRAFT = 3       # draft tokens fed after the cue: every entry's first pass grows by the longest draft
 STEP_TOKENS = 16    # an answer step feeds up to this many tokens in all (the live entries' next tokens and their
@@ -207,6 +198,8 @@ class Prober:
         answer has left the draft, what followed its last tokens in ``contexts[i]`` (the entry's prompt and
         trace: prompt lookup), up to ``STEP_TOKENS`` tokens a pass in all."""
         import torch
+
+        from .kvcache import new_cache, select_rows
         if self.mode == "reencode_each":
             # one sequence at a time: its prefix without the batch's padding, then its answer on its own
             out = []
@@ -229,8 +222,7 @@ class Prober:
                 ids = torch.cat([full_ids[R], cue], dim=1)
                 m = torch.cat([mask[R], torch.ones(n, k, dtype=mask.dtype, device=self.device)], dim=1)
                 pos = (m.cumsum(-1) - 1).clamp(min=0)
-                from transformers import DynamicCache
-                sub = DynamicCache()
+                sub = new_cache()
                 out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True,
                                  logits_to_keep=1)
                 crop_after = False
@@ -243,7 +235,7 @@ class Prober:
                 elif all_rows:
                     sub, crop_after = cache, True
                 else:
-                    sub, crop_after = _select_rows(cache, R), False
+                    sub, crop_after = select_rows(cache, R), False
                 base = mask[R]
                 if cuts is not None:
                     cols = torch.arange(base.shape[1], device=self.device)[None, :]
@@ -304,7 +296,7 @@ class Prober:
                     K = torch.tensor(keep, device=self.device)
                     self.stats["compactions"] += 1
                     if crop_after:           # leave the shared cache as it was, continue on a copy
-                        sub = _select_rows(sub, K)
+                        sub = select_rows(sub, K)
                         cache.crop(-(k_in + fed))
                         crop_after = False
                     else:
@@ -395,7 +387,8 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     it; only the time changes.
     """
     import torch
-    from transformers import DynamicCache
+
+    from .kvcache import new_cache
     dev = next(model.parameters()).device
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
@@ -469,7 +462,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        cache = DynamicCache()
+        cache = new_cache()
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()
