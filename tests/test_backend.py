@@ -193,7 +193,8 @@ def test_finished_rows_leave_the_batch_without_changing_anything(tiny, how):
 
 def test_fast_decode_attention_equals_sdpa_on_a_grouped_query_model():
     """``use_fast_decode`` switches a CPU grouped-query model to ``stopline_sdpa``, which computes the same
-    attention as sdpa (fp32, within rounding) for unpadded and padded decode steps. (Bit-exactness across
+    attention as sdpa (fp32, within rounding) for unpadded and padded decode steps and for several tokens at
+    once (a probe's cue, a prefill under a padding mask). (Bit-exactness across
     batches is checked on SmolLM2 in bf16, in the integration tests.)"""
     import copy
 
@@ -218,6 +219,10 @@ def test_fast_decode_attention_equals_sdpa_on_a_grouped_query_model():
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
                     lg.append(model(input_ids=ids[:, s:s + 1], attention_mask=mask, past_key_values=cache,
                                     position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True).logits[:, -1])
+                # several tokens at once under a mask (a probe's cue): the query heads stacked per key/value head
+                m = torch.cat([mask, torch.ones_like(mask[:, :4])], 1)
+                lg += list(model(input_ids=ids[:, :4], attention_mask=m, past_key_values=cache, use_cache=True,
+                                 position_ids=mask.sum(-1, keepdim=True) + torch.arange(4)[None]).logits.transpose(0, 1))
             outs.append(torch.stack(lg))
         assert torch.allclose(outs[0], outs[1], atol=1e-5)
 
