@@ -1,13 +1,14 @@
 """A KV cache that appends in place.
 
 transformers' ``DynamicCache`` appends a step's keys and values with ``torch.cat``, which copies the whole
-cache, every layer, every step (SmolLM2, batch 16, 400 cached tokens: 166 MB a step). ``GrowingLayer`` keeps each layer's keys and values in a buffer with spare
-room behind them and writes new ones into it; ``keys`` and ``values`` are views of the filled part, so
-everything that reads, crops (a shorter view of the same buffer) or selects rows (a new tensor, given a new
-buffer at its next append) works as for ``DynamicCache``. The numbers are the same: attention reads the
-same values, only their memory layout differs (traces and probes bit for bit on SmolLM2 in bf16). A decode
-step at batch 16 and 400 cached tokens on 2 CPU cores: 74.9 ms against 78.1 (three runs each); the buffer
-grows by half its length when full, so a 256-token trace after a 180-token prompt reallocates twice.
+cache, every layer, every step (SmolLM2, batch 16, 400 cached tokens: 147 MB a step). ``GrowingLayer`` keeps
+each layer's keys and values in a buffer with spare room behind them and writes new ones into it; ``keys``
+and ``values`` are views of the filled part, so everything that reads, crops (a shorter view of the same
+buffer) or selects rows (a new tensor, given a new buffer at its next append) works as for ``DynamicCache``.
+The numbers are the same: attention reads the same values, only their memory layout differs (traces and
+probes bit for bit on SmolLM2 in bf16). A decode step at batch 16 and 400 cached tokens on 2 CPU cores:
+74.9 ms against 78.1 (three runs each). The buffer grows by half its length when full, so a 256-token trace
+after a 180-token prompt reallocates twice.
 """
 from __future__ import annotations
 
