@@ -236,7 +236,7 @@ class Prober:
                 elif all_rows:
                     sub, crop_after = cache, True
                 else:
-                    sub, crop_after = select_rows(cache, R), False
+                    sub, crop_after = select_rows(cache, rows), False
                 base = mask[R]
                 if cuts is not None:
                     cols = torch.arange(base.shape[1], device=self.device)[None, :]
@@ -297,7 +297,7 @@ class Prober:
                     K = torch.tensor(keep, device=self.device)
                     self.stats["compactions"] += 1
                     if crop_after:           # leave the shared cache as it was, continue on a copy
-                        sub = select_rows(sub, K)
+                        sub = select_rows(sub, keep)
                         cache.crop(-(k_in + fed))
                         crop_after = False
                     else:
