@@ -15,6 +15,10 @@ repeated to match, and reads the keys and values as they are: the same attention
 pass's attention (19 entries, 330 cached tokens). The kernel then blocks the longer query axis differently,
 so bf16 results may differ from ``sdpa``'s in the last place; prefills matched bit for bit on SmolLM2.
 On GPUs, and for every other shape, it is ``sdpa`` unchanged.
+
+Keys and values that come as a ``Split`` (two groups of rows with caches of their own in one forward pass:
+the batch's decode step and the probes' answer step, ``fused.py``) get each group's attention as it would be
+in a pass of its own, under its own mask.
 """
 from __future__ import annotations
 
@@ -34,8 +38,23 @@ def _packed(module, query, key, value, attention_mask, dropout=0.0, scaling=None
     return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None
 
 
+class Split:
+    """The keys (or values) of two groups of rows that share a forward pass but not a cache (``fused.py``):
+    rows ``:n`` attend to ``a`` under ``mask_a``, the rest to ``b`` under ``mask_b``."""
+    __slots__ = ("a", "b", "mask_a", "mask_b", "n")
+
+    def __init__(self, a, b, mask_a, mask_b, n: int):
+        self.a, self.b, self.mask_a, self.mask_b, self.n = a, b, mask_a, mask_b, n
+
+
 def _forward(module, query, key, value, attention_mask, *args, **kwargs):
     import torch
+    if isinstance(key, Split):
+        # each group's attention exactly as in a pass of its own (the mask passed in is a placeholder)
+        n = key.n
+        out_a, _ = _forward(module, query[:n], key.a, value.a, key.mask_a, *args, **kwargs)
+        out_b, _ = _forward(module, query[n:], key.b, value.b, key.mask_b, *args, **kwargs)
+        return torch.cat([out_a, out_b]), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     if (attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
             and 1 < query.shape[2] and query.device.type == "cpu" and getattr(module, "num_key_value_groups", 1) > 1

@@ -10,7 +10,9 @@ Probes reuse the prefix's KV cache: only the cue and answer tokens are computed.
 probes at once the probe runs on the batch cache itself, which is then cropped back; otherwise the probing
 rows' cache entries are selected into a small cache of their own. By default (``probes='batched'``) probes
 that fire for a row or two (blank lines, transition words, trace ends) wait for the next interval
-checkpoint and run in its batch, each entry masked to its own prefix; the live controller, which needs each
+checkpoint and run in its batch, each entry masked to its own prefix; after that batch's cue pass its answers
+are decoded a token a step inside the batch's own next decode steps, one forward pass for both (``fused.py``:
+the weights are read once), where the model's attention allows it. The live controller, which needs each
 answer at once, probes immediately. Answers that have ended leave the probe batch once they are a
 quarter of it. The naive alternatives exist for the benchmark and the equivalence test:
 ``probe_mode='reencode'`` recomputes the probing rows' whole prefixes (batched over the rows that probe at
@@ -121,7 +123,7 @@ class Prober:
         self.eos = eos_ids(model, tok)
         self.stop_ids = self._stop_ids()
         self.stats = {"events": 0, "probes": 0, "masked": 0, "repeated": 0, "compactions": 0,   # for tests and
-                      "drafted": 0, "accepted": 0, "steps": 0,                                   # benchmarks
+                      "drafted": 0, "accepted": 0, "steps": 0, "fused_steps": 0,                # benchmarks
                       "step_drafted": 0, "step_accepted": 0}
         if mode == "reencode_each":
             self._reencode = Prober(model, tok, cue, max_answer_tokens, "reencode", 0)
@@ -183,24 +185,9 @@ class Prober:
 
     def run(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None, cuts: list[int] | None = None,
             drafts: list[list[int] | None] | None = None, contexts: list[list[int]] | None = None) -> list[Probe]:
-        """Probe ``rows`` of the batch (a row may appear more than once). ``cuts[i]``, when given, is the
-        number of cache columns entry ``i`` sees: a probe deferred from an earlier position masks out what
-        its row generated since (reuse mode only). Answers that have ended leave the batch once they are
-        a quarter of it, so one long answer does not keep every row's forward passes going (on the probe
-        benchmark 41 answer steps against 44 when they waited to be half: narrow batches get their guesses
-        sooner; same answers).
-
-        ``drafts[i]`` (reuse mode): a guess at entry ``i``'s answer tokens, usually the row's previous trial
-        answer. It is fed after the cue in the same forward pass and kept for as long as it agrees with the
-        model's own greedy choice, the next token coming from the same logits (speculative decoding with a
-        free draft): the answer is the greedy one either way, in fewer forward passes when answers settle.
-        The first pass takes ``max_draft`` tokens of it (every entry pays for the longest); later answer steps,
-        where few entries are left, feed each entry's next token with the rest of its draft or, once the
-        answer has left the draft, what followed its last tokens in ``contexts[i]`` (the entry's prompt and
-        trace: prompt lookup), up to ``STEP_TOKENS`` tokens a pass in all."""
+        """Probe ``rows`` of the batch (a row may appear more than once) and return their probes: ``start``,
+        then answer steps of their own until every answer has ended (see ``start`` for the arguments)."""
         import torch
-
-        from .kvcache import new_cache, select_rows
         if self.mode == "reencode_each":
             # one sequence at a time: its prefix without the batch's padding, then its answer on its own
             out = []
@@ -210,6 +197,41 @@ class Prober:
             self.stats["events"] += 1
             self.stats["probes"] += len(rows)
             return out
+        with torch.no_grad():
+            ans = self.start(cache, mask, rows, all_rows, full_ids, cuts, drafts, contexts)
+            self.complete(ans)
+            return ans.finish()
+
+    def complete(self, ans: "Answers") -> None:
+        """Answer steps of their own until every answer of ``ans`` has ended."""
+        import torch
+        with torch.no_grad():
+            while not ans.done:
+                inp, pos = ans.feed()
+                out = self.model(input_ids=inp, attention_mask=ans.m, position_ids=pos, past_key_values=ans.sub,
+                                 use_cache=True)
+                ans.absorb(out.logits)
+
+    def start(self, cache, mask, rows: list[int], all_rows: bool, full_ids=None, cuts: list[int] | None = None,
+              drafts: list[list[int] | None] | None = None, contexts: list[list[int]] | None = None) -> "Answers":
+        """The cue pass for ``rows`` of the batch (a row may appear more than once), with each entry's first
+        answer token chosen: the answers then go on one step at a time (``Answers``), on their own (``run``)
+        or in the batch's decode steps (``generate_batch``). ``cuts[i]``, when given, is the number of cache
+        columns entry ``i`` sees: a probe deferred from an earlier position masks out what its row generated
+        since (reuse mode only). ``all_rows``: the rows are the whole batch, once each, so the cue pass runs
+        on the batch cache itself (cropped back when the answers end or move to a cache of their own).
+
+        ``drafts[i]`` (reuse mode): a guess at entry ``i``'s answer tokens, usually the row's previous trial
+        answer. It is fed after the cue in the same forward pass and kept for as long as it agrees with the
+        model's own greedy choice, the next token coming from the same logits (speculative decoding with a
+        free draft): the answer is the greedy one either way, in fewer forward passes when answers settle.
+        The first pass takes ``max_draft`` tokens of it (every entry pays for the longest); later answer steps
+        of their own, where few entries are left, feed each entry's next token with the rest of its draft or,
+        once the answer has left the draft, what followed its last tokens in ``contexts[i]`` (the entry's
+        prompt and trace: prompt lookup), up to ``STEP_TOKENS`` tokens a pass in all."""
+        import torch
+
+        from .kvcache import new_cache, select_rows
         with torch.no_grad():
             R = torch.tensor(rows, device=self.device)
             n = len(rows)
@@ -254,97 +276,157 @@ class Prober:
                 pos = base.sum(-1, keepdim=True) + torch.arange(k + D, device=self.device)[None, :]
                 out = self.model(input_ids=inp, attention_mask=m, position_ids=pos, past_key_values=sub, use_cache=True,
                                  logits_to_keep=D + 1)     # only the cue's last position and the draft's are read
-            toks = [[] for _ in range(n)]
-            probs = [[] for _ in range(n)]
-            live = [True] * n
+            ans = Answers(self, n, k, k + D, cache, sub, crop_after, full, contexts)
             if D:
                 # keep each draft while it agrees with the greedy choice; the first disagreement (or the token
                 # after the draft) is the model's own next token, read from the same pass
                 logp_all = torch.log_softmax(out.logits[:, -(D + 1):].float(), -1)
-                entropy = (-(logp_all[:, 0].exp() * logp_all[:, 0]).sum(-1)).tolist()
-                logp, A = self._take(dr, list(range(n)), logp_all, m, toks, probs, live)
+                ans.entropy = (-(logp_all[:, 0].exp() * logp_all[:, 0]).sum(-1)).tolist()
+                logp, A = self._take(dr, list(range(n)), logp_all, m, ans.toks, ans.probs, ans.live)
                 self.stats["drafted"] += sum(map(len, dr))
                 self.stats["accepted"] += int(A.sum())
-                next_pos = base.sum(-1, keepdim=True) + k + A[:, None]
+                ans.next_pos = base.sum(-1, keepdim=True) + k + A[:, None]
             else:
                 logp = torch.log_softmax(out.logits[:, -1].float(), -1)
-                entropy = (-(logp.exp() * logp).sum(-1)).tolist()
-                next_pos = m.sum(-1, keepdim=True)
-            k_in = k + D                     # cache columns the first pass appended
-            at = list(range(n))              # the entries still in the batch, in batch order
-            fed = 0
-            for _ in range(self.max_answer):
-                p = logp.exp()
-                best = p.argmax(-1)
-                bp = p.gather(-1, best[:, None])[:, 0]
-                best_l, bp_l = best.tolist(), bp.tolist()
-                for j, i in enumerate(at):
-                    if not live[i]:
-                        continue
-                    tid = best_l[j]
-                    if tid in self.eos:
-                        live[i] = False
-                        continue
-                    toks[i].append(tid)
-                    probs[i].append(bp_l[j])
-                    if tid in self.stop_ids or len(toks[i]) >= self.max_answer:
-                        live[i] = False
-                keep = [j for j, i in enumerate(at) if live[i]]
-                if not keep:
-                    break
-                if self.mode == "reuse" and 4 * len(keep) <= 3 * len(at):
-                    # a quarter of the answers have ended: continue with the live ones only
-                    K = torch.tensor(keep, device=self.device)
-                    self.stats["compactions"] += 1
-                    if crop_after:           # leave the shared cache as it was, continue on a copy
-                        sub = select_rows(sub, keep)
-                        cache.crop(-(k_in + fed))
-                        crop_after = False
-                    else:
-                        sub.batch_select_indices(K)
-                    at = [at[j] for j in keep]
-                    best, m, next_pos = best[K], m[K], next_pos[K]
-                # The rest of an entry's draft, while its answer so far follows it, goes into the same pass
-                # (as many tokens as fit in STEP_TOKENS) and is kept while it agrees with the greedy choice.
-                E = max(0, STEP_TOKENS // len(at) - 1)
-                ext = [self._rest(full[i], contexts[i] if contexts else [], toks[i], E) if full and live[i] else []
-                       for i in at]
-                E = max(len(e) for e in ext)
-                if E:
-                    inp = torch.tensor([[b] + e + [b] * (E - len(e)) for b, e in zip(best.tolist(), ext)],
-                                       device=self.device)
-                    em = torch.tensor([[1] * (1 + len(e)) + [0] * (E - len(e)) for e in ext], dtype=m.dtype,
-                                      device=self.device)
-                else:
-                    inp, em = best[:, None], torch.ones(len(at), 1, dtype=m.dtype, device=self.device)
-                m = torch.cat([m, em], dim=1)
-                out = self.model(input_ids=inp, attention_mask=m,
-                                 position_ids=next_pos + torch.arange(1 + E, device=self.device)[None, :],
-                                 past_key_values=sub, use_cache=True)
-                fed += 1 + E
-                self.stats["steps"] += 1
-                logp_all = torch.log_softmax(out.logits.float(), -1)
-                if E:
-                    logp, A = self._take(ext, at, logp_all, m, toks, probs, live)
-                    self.stats["step_drafted"] += sum(map(len, ext))
-                    self.stats["step_accepted"] += int(A.sum())
-                    next_pos = next_pos + 1 + A[:, None]
-                else:
-                    logp = logp_all[:, -1]
-                    next_pos = next_pos + 1
-            if crop_after:
-                cache.crop(-(k_in + fed))
+                ans.entropy = (-(logp.exp() * logp).sum(-1)).tolist()
+                ans.next_pos = m.sum(-1, keepdim=True)
+            ans.m = m
+            ans.choose(logp)
+            return ans
+
+
+class Answers:
+    """The answers of one probe batch after its cue pass, decoded greedily one step at a time: ``feed`` gives
+    the next step's input ids and positions (its mask is ``m``, its cache ``sub``), ``absorb`` takes that
+    step's logits, ``finish`` (once ``done``) gives the probes. Answers that have ended leave the batch once
+    they are a quarter of it, so one long answer does not keep every row's forward passes going (on the probe
+    benchmark 41 answer steps against 44 when they waited to be half: narrow batches get their guesses
+    sooner; same answers)."""
+
+    def __init__(self, prober: Prober, n: int, k: int, k_in: int, cache, sub, crop_after: bool, full, contexts):
+        self.p, self.n, self.k, self.k_in = prober, n, k, k_in   # k: cue tokens; k_in: columns the cue pass appended
+        self.cache, self.sub, self.crop_after = cache, sub, crop_after
+        self.full, self.contexts = full, contexts
+        self.toks: list[list[int]] = [[] for _ in range(n)]
+        self.probs: list[list[float]] = [[] for _ in range(n)]
+        self.live = [True] * n
+        self.at = list(range(n))         # the entries still in the batch, in batch order
+        self.fed = self.rounds = 0
+        self.done = False
+        self.entropy = self.m = self.next_pos = self.best = None
+        self._ext: list[list[int]] = []
+
+    def choose(self, logp) -> None:
+        """Each live entry's greedy next token from ``logp``; ended answers leave once they are a quarter."""
+        import torch
+        p = self.p
+        probs = logp.exp()
+        best = probs.argmax(-1)
+        bp = probs.gather(-1, best[:, None])[:, 0]
+        best_l, bp_l = best.tolist(), bp.tolist()
+        for j, i in enumerate(self.at):
+            if not self.live[i]:
+                continue
+            tid = best_l[j]
+            if tid in p.eos:
+                self.live[i] = False
+                continue
+            self.toks[i].append(tid)
+            self.probs[i].append(bp_l[j])
+            if tid in p.stop_ids or len(self.toks[i]) >= p.max_answer:
+                self.live[i] = False
+        self.rounds += 1
+        keep = [j for j, i in enumerate(self.at) if self.live[i]]
+        if not keep or self.rounds >= p.max_answer:
+            self.done = True
+            return
+        if p.mode == "reuse" and 4 * len(keep) <= 3 * len(self.at):
+            # a quarter of the answers have ended: continue with the live ones only
+            p.stats["compactions"] += 1
+            self._select(keep)
+            best = best[torch.tensor(keep, device=p.device)]
+        self.best = best
+
+    def _select(self, keep: list[int]) -> None:
+        import torch
+
+        from .kvcache import select_rows
+        K = torch.tensor(keep, device=self.p.device)
+        if self.crop_after:           # leave the shared cache as it was, continue on a copy
+            self.sub = select_rows(self.sub, keep)
+            self.cache.crop(-(self.k_in + self.fed))
+            self.crop_after = False
+        else:
+            self.sub.batch_select_indices(K)
+        self.at = [self.at[j] for j in keep]
+        self.m, self.next_pos = self.m[K], self.next_pos[K]
+
+    def separate(self) -> None:
+        """Move the answers to a cache of their own if they run on the batch cache (before the batch goes on:
+        ``generate_batch`` decodes them in its own steps)."""
+        if self.crop_after and not self.done:
+            import torch
+            keep = [j for j, i in enumerate(self.at) if self.live[i]]
+            self._select(keep)
+            self.best = self.best[torch.tensor(keep, device=self.p.device)]
+
+    def feed(self, lookahead: bool = True):
+        """The next answer step's input ids and positions (its mask columns are appended to ``m``). With
+        ``lookahead`` each entry's next token comes with guesses at the ones after it (the rest of its draft,
+        else prompt lookup in its context), up to ``STEP_TOKENS`` tokens in all; without, one token each."""
+        import torch
+        p, at = self.p, self.at
+        E = max(0, STEP_TOKENS // len(at) - 1) if lookahead else 0
+        ext = [p._rest(self.full[i], self.contexts[i] if self.contexts else [], self.toks[i], E)
+               if self.full and self.live[i] else [] for i in at] if E else []
+        E = max((len(e) for e in ext), default=0)
+        if E:
+            inp = torch.tensor([[b] + e + [b] * (E - len(e)) for b, e in zip(self.best.tolist(), ext)],
+                               device=p.device)
+            em = torch.tensor([[1] * (1 + len(e)) + [0] * (E - len(e)) for e in ext], dtype=self.m.dtype,
+                              device=p.device)
+        else:
+            inp, em = self.best[:, None], torch.ones(len(at), 1, dtype=self.m.dtype, device=p.device)
+        self.m = torch.cat([self.m, em], dim=1)
+        self._ext = ext if E else []
+        return inp, self.next_pos + torch.arange(1 + E, device=p.device)[None, :]
+
+    def absorb(self, logits, fused: bool = False) -> None:
+        """Take the logits of the step ``feed`` gave (rows in ``at`` order, one position per token fed);
+        ``fused``: that step was part of the batch's decode step (counted apart)."""
+        import torch
+        p = self.p
+        E = logits.shape[1] - 1
+        self.fed += 1 + E
+        p.stats["fused_steps" if fused else "steps"] += 1
+        logp_all = torch.log_softmax(logits.float(), -1)
+        if E:
+            logp, A = p._take(self._ext, self.at, logp_all, self.m, self.toks, self.probs, self.live)
+            p.stats["step_drafted"] += sum(map(len, self._ext))
+            p.stats["step_accepted"] += int(A.sum())
+            self.next_pos = self.next_pos + 1 + A[:, None]
+        else:
+            logp = logp_all[:, -1]
+            self.next_pos = self.next_pos + 1
+        self.choose(logp)
+
+    def finish(self) -> list[Probe]:
+        """The probes, in entry order (leaves a shared batch cache as it was)."""
+        if self.crop_after:
+            self.cache.crop(-(self.k_in + self.fed))
+            self.crop_after = False
+        tok, stop_ids = self.p.tok, self.p.stop_ids
         res = []
-        for i in range(n):
-            t, pr = toks[i], probs[i]
-            text = self.tok.decode(t)
+        for i in range(self.n):
+            t, pr = self.toks[i], self.probs[i]
+            text = tok.decode(t)
             raw = text.split("}")[0].split("\n")[0].strip()
             # the closing token counts toward the answer's signals only if it carries answer text
-            if t and t[-1] in self.stop_ids and not self.tok.decode([t[-1]]).split("}")[0].split("\n")[0].strip():
+            if t and t[-1] in stop_ids and not tok.decode([t[-1]]).split("}")[0].split("\n")[0].strip():
                 sig_probs = pr[:-1]
             else:
                 sig_probs = pr
-            res.append(Probe(raw, t, sig_probs, float(entropy[i]), k + len(t)))
+            res.append(Probe(raw, t, sig_probs, float(self.entropy[i]), self.k + len(t)))
         return res
 
 
@@ -364,7 +446,8 @@ def _is_transition_start(text: str) -> bool:
 
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
                    probe: bool = True, on_checkpoint=None, defer: bool | None = None,
-                   stats: dict | None = None, drafts: bool = True, compact: bool = True) -> list[TraceResult]:
+                   stats: dict | None = None, drafts: bool = True, compact: bool = True,
+                   fuse: bool = True) -> list[TraceResult]:
     """Generate full traces for a batch of prompts, probing at every checkpoint.
 
     ``on_checkpoint(rows, results)``, when given, is called after each round of probes with the rows that
@@ -386,9 +469,16 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     rows share its batch (bit for bit on SmolLM2 in bf16 on CPU, for two rows or more), and sampling draws
     for every original row in the same order as before, so traces and probes are the same with or without
     it; only the time changes.
+
+    ``fuse`` (default on, with deferred probes on a model with ``stopline_sdpa`` attention: SmolLM2, Qwen2.5
+    and other grouped-query models on CPU): after an interval's cue pass the answers are not decoded in steps
+    of their own but in the batch's next decode steps, one token each a pass (``fused.forward_pair``: the
+    weights are read once for both). Traces are the same bit for bit; the answers are the greedy ones as
+    before (with bf16 weights a one-token answer step may round differently from a drafted one).
     """
     import torch
 
+    from .fused import can_fuse, forward_pair
     from .kvcache import new_cache
     dev = next(model.parameters()).device
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -408,6 +498,8 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     t_gen = t_probe = 0.0
     piece_cache: dict[int, str] = {}
     defer = defer is not False and probe and probe_mode == "reuse" and on_checkpoint is None
+    fuse = fuse and defer and can_fuse(model)   # deferred probes' answers ride along in the batch's decode steps
+    answering = None                      # (Answers, their pending entries) under way
     pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
     last_answer: dict[int, list[int]] = {}             # row -> its latest trial answer: the next probe's draft
     rows_in = list(range(B))              # cache row i holds result rows_in[i] (rows leave when compacted)
@@ -435,21 +527,57 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         for r, pr in zip(rows, outs):
             results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": pr})
 
-    def flush():
-        nonlocal t_probe
+    def land():
+        """Finish the answers under way (on their own) and record their probes."""
+        nonlocal t_probe, answering
+        if answering is None:
+            return
+        t0 = time.perf_counter()
+        ans, entries = answering
+        prober.complete(ans)
+        for (r, pos, _, kinds), pr in zip(entries, ans.finish()):
+            results[r].checkpoints.append({"pos": pos, **kinds, "probe": pr})
+            last_answer[r] = pr.tokens         # entries come in position order: the row's latest answer wins
+        answering = None
+        t_probe += time.perf_counter() - t0
+
+    def flush(last: bool = False):
+        """Probe the pending entries: the cue pass now; their answers then go on in the batch's decode steps
+        (``fuse``; the next flush or the end finishes any left), else to their end at once."""
+        nonlocal t_probe, answering
+        land()
         t0 = time.perf_counter()
         entries = sorted(pending, key=lambda e: (e[0], e[1]))
         rows, cuts = [e[0] for e in entries], [e[2] for e in entries]
         full = all(c == mask.shape[1] for c in cuts)
         all_rows = full and len(rows) == len(rows_in) and len(set(rows)) == len(rows_in)
-        outs = prober.run(cache, mask, cache_rows(rows), all_rows, cuts=None if full else cuts,
-                          drafts=[last_answer.get(r) for r in rows],
-                          contexts=[prompt_ids[r] + results[r].token_ids[:pos] for r, pos, _, _ in entries])
-        for (r, pos, _, kinds), pr in zip(entries, outs):
-            results[r].checkpoints.append({"pos": pos, **kinds, "probe": pr})
-            last_answer[r] = pr.tokens         # entries come in position order: the row's latest answer wins
+        ans = prober.start(cache, mask, cache_rows(rows), all_rows, cuts=None if full else cuts,
+                           drafts=[last_answer.get(r) for r in rows],
+                           contexts=[prompt_ids[r] + results[r].token_ids[:pos] for r, pos, _, _ in entries])
         pending.clear()
+        answering = (ans, entries)
+        if fuse and not last and not ans.done:
+            ans.separate()                     # off the batch cache, which goes on with the next token
         t_probe += time.perf_counter() - t0
+        if not fuse or last or ans.done:
+            land()
+
+    def step_with_answers(feed, pos):
+        """The batch's decode step with the answers' next step in the same pass; returns the batch's logits."""
+        nonlocal t_gen, t_probe, answering
+        ans = answering[0]
+        inp, apos = ans.feed(lookahead=False)
+        t0 = time.perf_counter()
+        out, aout = forward_pair(model, (feed[:, None], mask, pos, cache), (inp, ans.m, apos, ans.sub))
+        dt = time.perf_counter() - t0
+        share = inp.shape[0] / (inp.shape[0] + feed.shape[0])   # the pass's time, split by rows
+        t_gen, t_probe = t_gen + dt * (1 - share), t_probe + dt * share
+        t0 = time.perf_counter()
+        ans.absorb(aout, fused=True)
+        if ans.done:
+            land()
+        t_probe += time.perf_counter() - t0
+        return out
 
     def drop_finished(gone: set[int]):
         """Drop the cache rows of traces that have ended and wait for no deferred probe."""
@@ -509,7 +637,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                     if want[r]["kind"] == "final":
                         done[r] = True
                 if any(want[r]["kind"] == "interval" for r in rows) or all(done) or len(pending) >= 2 * B:
-                    flush()
+                    flush(last=all(done))
                 want = {}
             if want:
                 rows = sorted(want)
@@ -542,10 +670,14 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
             if probe_mode.startswith("reencode"):
                 full_ids = torch.cat([full_ids, feed[:, None]], dim=1)
             pos = mask.sum(-1, keepdim=True) - 1
-            out = model(input_ids=feed[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True)
-            logits = out.logits[:, -1].float()
-            t_gen += time.perf_counter() - t0
+            if answering is not None:
+                t_gen += time.perf_counter() - t0
+                logits = step_with_answers(feed, pos)[:, -1].float()
+            else:
+                out = model(input_ids=feed[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                            use_cache=True)
+                logits = out.logits[:, -1].float()
+                t_gen += time.perf_counter() - t0
             for i, r in enumerate(rows_in):
                 if done[r]:
                     continue
@@ -560,7 +692,8 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                 if kinds:
                     want[r] = kinds
         if pending:
-            flush()
+            flush(last=True)
+        land()
     for r in results:
         r.gen_s, r.probe_s = t_gen / B, t_probe / B
     if stats is not None:
