@@ -470,11 +470,12 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     for every original row in the same order as before, so traces and probes are the same with or without
     it; only the time changes.
 
-    ``fuse`` (default on, with deferred probes on a model with ``stopline_sdpa`` attention: SmolLM2, Qwen2.5
-    and other grouped-query models on CPU): after an interval's cue pass the answers are not decoded in steps
-    of their own but in the batch's next decode steps, one token each a pass (``fused.forward_pair``: the
-    weights are read once for both). Traces are the same bit for bit; the answers are the greedy ones as
-    before (with bf16 weights a one-token answer step may round differently from a drafted one).
+    ``fuse`` (default on, with deferred probes on a model with ``stopline_sdpa`` attention, which
+    ``models.load`` gives every CPU model that uses sdpa, and full attention in every layer: SmolLM2, Qwen2.5):
+    after an interval's cue pass the answers are not decoded in steps of their own but in the batch's next
+    decode steps, one token each a pass (``fused.forward_pair``: the weights are read once for both). Traces
+    are the same bit for bit; the answers are the greedy ones as before (with bf16 weights a one-token answer
+    step may round differently from a drafted one).
     """
     import torch
 
