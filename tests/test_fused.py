@@ -103,6 +103,20 @@ def test_fused_answers_change_nothing_but_time(gqa, temperature):
     assert n >= 12
 
 
+def test_a_lone_row_keeps_its_decode_steps_to_itself(gqa):
+    """A batch of one never shares its pass (a one-row matrix product rounds differently from a batch's on
+    CPU in bf16): its answers finish in steps of their own, the same answers."""
+    model, tok = gqa
+    cfg = GenConfig(every=6, max_new_tokens=30).resolved("number", "instruct")
+    prompt = [build_prompt(tok, "What is 2+2?", cfg)]
+    stats = {}
+    one = generate_batch(model, tok, prompt, cfg, stats=stats)[0]
+    assert stats["fused_steps"] == 0 and stats["steps"] > 0
+    ref = generate_batch(model, tok, prompt, cfg, fuse=False)[0]
+    assert one.token_ids == ref.token_ids
+    assert [c["probe"].tokens for c in one.checkpoints] == [c["probe"].tokens for c in ref.checkpoints]
+
+
 def test_models_with_sliding_window_layers_do_not_fuse():
     model, _ = build_model("qwen2", seed=1, heads=4, kv_heads=2, use_sliding_window=True, sliding_window=8,
                            max_window_layers=1)
