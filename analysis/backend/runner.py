@@ -197,10 +197,9 @@ class Prober:
             self.stats["events"] += 1
             self.stats["probes"] += len(rows)
             return out
-        with torch.no_grad():
-            ans = self.start(cache, mask, rows, all_rows, full_ids, cuts, drafts, contexts)
-            self.complete(ans)
-            return ans.finish()
+        ans = self.start(cache, mask, rows, all_rows, full_ids, cuts, drafts, contexts)
+        self.complete(ans)
+        return ans.finish()
 
     def complete(self, ans: "Answers") -> None:
         """Answer steps of their own until every answer of ``ans`` has ended."""
@@ -318,7 +317,6 @@ class Answers:
 
     def choose(self, logp) -> None:
         """Each live entry's greedy next token from ``logp``; ended answers leave once they are a quarter."""
-        import torch
         p = self.p
         probs = logp.exp()
         best = probs.argmax(-1)
@@ -340,14 +338,14 @@ class Answers:
         if not keep or self.rounds >= p.max_answer:
             self.done = True
             return
+        self.best = best
         if p.mode == "reuse" and 4 * len(keep) <= 3 * len(self.at):
             # a quarter of the answers have ended: continue with the live ones only
             p.stats["compactions"] += 1
             self._select(keep)
-            best = best[torch.tensor(keep, device=p.device)]
-        self.best = best
 
     def _select(self, keep: list[int]) -> None:
+        """Continue with entries ``keep`` (positions in ``at``) only."""
         import torch
 
         from .kvcache import select_rows
@@ -359,16 +357,13 @@ class Answers:
         else:
             self.sub.batch_select_indices(K)
         self.at = [self.at[j] for j in keep]
-        self.m, self.next_pos = self.m[K], self.next_pos[K]
+        self.m, self.next_pos, self.best = self.m[K], self.next_pos[K], self.best[K]
 
     def separate(self) -> None:
         """Move the answers to a cache of their own if they run on the batch cache (before the batch goes on:
         ``generate_batch`` decodes them in its own steps)."""
         if self.crop_after and not self.done:
-            import torch
-            keep = [j for j, i in enumerate(self.at) if self.live[i]]
-            self._select(keep)
-            self.best = self.best[torch.tensor(keep, device=self.p.device)]
+            self._select([j for j, i in enumerate(self.at) if self.live[i]])
 
     def feed(self, lookahead: bool = True):
         """The next answer step's input ids and positions (its mask columns are appended to ``m``). With
@@ -499,7 +494,10 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     t_gen = t_probe = 0.0
     piece_cache: dict[int, str] = {}
     defer = defer is not False and probe and probe_mode == "reuse" and on_checkpoint is None
-    fuse = fuse and defer and can_fuse(model)   # deferred probes' answers ride along in the batch's decode steps
+    # deferred probes' answers ride along in the batch's decode steps; not a batch of one: a one-row matrix
+    # product takes another kernel than a batch's (rounds differently in bf16), and sharing its pass could
+    # change a lone row's trace (compaction keeps two rows at least, so a larger batch never gets there)
+    fuse = fuse and defer and B >= 2 and can_fuse(model)
     answering = None                      # (Answers, their pending entries) under way
     pending: list[tuple[int, int, int, dict]] = []     # deferred probes: row, pos, cache columns, kinds
     last_answer: dict[int, list[int]] = {}             # row -> its latest trial answer: the next probe's draft
@@ -565,7 +563,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
 
     def step_with_answers(feed, pos):
         """The batch's decode step with the answers' next step in the same pass; returns the batch's logits."""
-        nonlocal t_gen, t_probe, answering
+        nonlocal t_gen, t_probe
         ans = answering[0]
         inp, apos = ans.feed(lookahead=False)
         t0 = time.perf_counter()
@@ -671,12 +669,6 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
             if probe_mode.startswith("reencode"):
                 full_ids = torch.cat([full_ids, feed[:, None]], dim=1)
             pos = mask.sum(-1, keepdim=True) - 1
-            if answering is not None and len(rows_in) < 2:
-                # a one-row matrix product takes another kernel than a batch's (rounds differently in bf16):
-                # a lone row keeps its pass to itself, so probes change nothing in its trace
-                t_gen += time.perf_counter() - t0
-                land()
-                t0 = time.perf_counter()
             if answering is not None:
                 t_gen += time.perf_counter() - t0
                 logits = step_with_answers(feed, pos)[:, -1].float()
