@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Callable
 
+from .answers import ANSWER_TYPES
 from .errors import StoplineError
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
@@ -85,7 +86,8 @@ def _import_setup(p):
     p.add_argument("--gold-field", help="dotted path to the gold answer or list of aliases (default 'answer')")
     p.add_argument("--response-field", help="dotted path to the model's response (default 'response')")
     p.add_argument("--id-field", help="dotted path to a question id (default: derived from the question text)")
-    p.add_argument("--answer-type", default="number", choices=["number", "text"])
+    p.add_argument("--answer-type", default="number", choices=ANSWER_TYPES,
+                   help="how answers are matched: number (GSM8K), math (LaTeX, MATH/AIME), text (NQ), choice (letters)")
     p.add_argument("--model", required=True, help="the model that wrote the responses")
     p.add_argument("--dataset", required=True, help="a name for the dataset the questions come from")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N tokens (plus steps and transitions)")
@@ -187,14 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        COMMANDS[args.command][1](args)
+        code = COMMANDS[args.command][1](args)   # a command may return an exit code (a failed check)
     except StoplineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything committed so far is kept", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:

@@ -1,4 +1,4 @@
-"""CLI commands for production: verify-controller, monitor, serve-demo."""
+"""CLI commands for production: verify-controller, check-log, sensitivity, monitor, serve-demo."""
 from __future__ import annotations
 
 import json
@@ -21,24 +21,104 @@ def _verify_setup(p):
     _db(p)
 
 
-@command("verify-controller", "run the live controller on a run's questions and check its stops equal the replay's",
-         _verify_setup)
+@command("verify-controller", "run the live controller on a run's questions: its decisions against the replay on "
+                             "the values it saw (must be exact), its stops against the recorded run (numbers may "
+                             "differ with the hardware)", _verify_setup)
 def _verify(args):
-    from .controller import verify_live
     from .presets import load
+    from .verify import verify_live
     res = verify_live(_store(args, read_only=True), args.run, load(args.preset), batch_size=args.batch_size,
                       device=args.device, limit=args.limit, log=args.log, show_progress=not args.json)
     if args.json:
-        return _print_json(res)
-    print(f"controller vs replay on run {res['run']} ({res['n']} questions): agreement {res['agreement']:.3f}, "
-          f"tokens {res['tokens_agreement']:.3f}, EM {res['em_agreement']:.3f}")
+        _print_json(res)
+    else:
+        _print_verify(res)
+    return 0 if res["decision_agreement"] == 1.0 else 1
+
+
+def _print_verify(res: dict) -> None:
+    d, num, mv = res["decisions"], res["numeric"], res["moved"]
+    print(f"controller on run {res['run']} ({res['n']} questions, batches of {res['batch_size']}):")
+    print(f"  decisions against the replay on the live values: {d['agreement']:.3f} "
+          f"({d['n']} requests, {d['checkpoints']} checkpoints){'' if d['agreement'] == 1 else '  <- a bug'}")
+    print(f"  stops against the recorded run: {res['agreement']:.3f} (tokens {res['tokens_agreement']:.3f}, "
+          f"EM {res['em_agreement']:.3f}); moved {mv['n']}, explained {mv['explained']}"
+          + (f" ({', '.join(f'{k} {v}' for k, v in mv['causes'].items())})" if mv["causes"] else ""))
+    sig = ", ".join(f"{s} {v['differ']:.1%} (max {v['max_abs']:.2g})" for s, v in num["signals"].items() if v["n_differ"])
+    print(f"  live values against recorded ({num['checkpoints_compared']} checkpoints): trial answers differ "
+          f"{num['answers_differ']:.1%}; signals differ: {sig or 'none'}; traces diverged {num['traces_diverged']}")
+    if res.get("sensitivity"):
+        s = res["sensitivity"]
+        print(f"  under this noise, replayed on all {s['n']} questions: {s['moved_share']:.1%} of stops move "
+              f"(range {s['moved_range'][0]:.1%}-{s['moved_range'][1]:.1%} over {s['draws']} draws), "
+              f"EM {s['delta_em']:+.3f}")
+    p = res["platform"]
+    print(f"  machine: {p['cpu']}; {' '.join(p['isa_flags'])}; aten {p['aten_capability']}; "
+          f"batch-invariant products: {'yes' if p['batch_invariant']['invariant'] else 'no'}")
     print(f"  replay: EM {res['replay']['em']:.3f}, {res['replay']['tokens_emitted']:.1f} tokens; "
           f"live: EM {res['live']['em']:.3f}, {res['live']['tokens_emitted']:.1f} tokens "
           f"({res['live']['generated_tokens']} generated, {res['seconds']:.0f} s)")
     for m in res["mismatches"]:
-        print(f"  differs: {m['question']}: replay {m['replay']} live {m['live']}")
+        print(f"  moved: {m['question']}: replay ck {m['replay']['ck']} -> live ck {m['live']['ck']}: {m['cause']}")
     if res.get("note"):
         print(f"  note: {res['note']}")
+
+
+def _check_log_setup(p):
+    p.add_argument("--log", required=True, action="append", help="a decision log (repeatable)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("check-log", "replay a decision log on the values it recorded: every live decision must equal the "
+                      "replay's", _check_log_setup)
+def _check_log(args):
+    from .verify import check_decisions
+    res = check_decisions(args.log)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"{res['n']} requests, {res['checkpoints']} checkpoints: decisions equal to the replay's on the logged "
+              f"values {res['agreement']:.3f}")
+        for m in res["mismatches"]:
+            print(f"  differs: {m['request']}: live ck {m['live_ck']}, replay ck {m['replay_ck']} ({m['setting']})")
+    return 0 if res["agreement"] == 1.0 else 1
+
+
+def _sensitivity_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--preset", required=True, help="a preset file, JSON text, or a sl1.… link")
+    p.add_argument("--noise", required=True, help="verify-controller's --json output (its 'numeric' part), or a "
+                                                  "JSON file of the same shape")
+    p.add_argument("--scale", type=float, action="append", help="multiply the differences (repeatable; default 1)")
+    p.add_argument("--draws", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("sensitivity", "how many of a preset's stops move when its signals carry the noise verify-controller "
+                        "observed", _sensitivity_setup)
+def _sensitivity(args):
+    from .errors import StoplineError
+    from .presets import load
+    from .replay import RunTable
+    from .robustness import noise_from, stop_sensitivity
+    try:
+        doc = json.loads(Path(args.noise).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StoplineError(f"cannot read the noise: {e}", file=args.noise) from None
+    if not isinstance(doc, dict):
+        raise StoplineError("a JSON object is expected", file=args.noise)
+    noise = noise_from(doc.get("numeric", doc))
+    store = _store(args, read_only=True)
+    t = RunTable.from_store(store, args.run)
+    preset = load(args.preset)
+    rows = [stop_sensitivity(t, preset, noise, args.draws, sc) for sc in args.scale or [1.0]]
+    if args.json:
+        return _print_json({"noise": noise, "results": rows})
+    print(f"preset {preset.name} on run {t.run_id} ({t.n} questions), {args.draws} draws each:")
+    for r in rows:
+        print(f"  noise x{r['scale']:g}: {r['moved_share']:.1%} of stops move (range {r['moved_range'][0]:.1%}-"
+              f"{r['moved_range'][1]:.1%}), EM {r['delta_em']:+.4f}, tokens {r['delta_tokens']:+.1f}")
 
 
 def _monitor_setup(p):
