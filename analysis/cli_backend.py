@@ -1,6 +1,7 @@
 """CLI commands over the backend: models, run, probe."""
 from __future__ import annotations
 
+from .answers import ANSWER_TYPES
 from .cli import _db, _print_json, _store, command
 
 
@@ -109,3 +110,28 @@ def _probe(args):
         return _print_json(res)
     print(f"run {res['run_id']} (probed from {res['of_run']}): {res['n_questions']} traces, "
           f"{res['n_checkpoints']} checkpoints with signals")
+
+
+def _rescore_setup(p):
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", action="append", help="a run to re-score (repeatable)")
+    which.add_argument("--all", action="store_true", help="every run in the store")
+    p.add_argument("--answer-type", choices=ANSWER_TYPES,
+                   help="give the runs this answer type (default: each run's own)")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("rescore", "re-score runs from their stored raw answers with the current exact-match rules (no model)",
+         _rescore_setup)
+def _rescore(args):
+    from .rescore import rescore
+    rows = rescore(_store(args), None if args.all else args.run, args.answer_type)
+    if args.json:
+        return _print_json(rows)
+    for r in rows:
+        kind = r["answer_type"] + (f" (was {r['previous_answer_type']})" if r["answer_type"] != r["previous_answer_type"]
+                                   else "")
+        print(f"run {r['run']} {r['model']} {r['dataset']} [{kind}]: EM at full length {r['em_full_before']:.3f} -> "
+              f"{r['em_full_after']:.3f}; checkpoints right {r['checkpoint_em_before']:.3f} -> "
+              f"{r['checkpoint_em_after']:.3f} ({r['checkpoints_changed']} of {r['n_checkpoints']} changed)")

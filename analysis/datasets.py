@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .answers import NUMBER, TEXT, ANSWER_TYPES, extract_number_text, normalize_number
+from .answers import (ANSWER_TYPES, CHOICE, MATH, NUMBER, TEXT, extract_number_text, is_number, math_parses,
+                      normalize_gold, normalize_number)
 from .errors import StoplineError
 
 
@@ -90,14 +91,18 @@ def as_gold_list(value: Any, answer_type: str) -> list[str]:
 
 
 def check_gold(gold: list[str], answer_type: str) -> str | None:
-    """Why this gold is unusable, or None. A numeric gold must yield a number (or LaTeX for math-verify)."""
+    """Why this gold is unusable, or None: a number gold must state a number, a math gold must parse as
+    LaTeX (math-verify), a choice gold must be a letter."""
     if not gold:
         return "empty gold answer"
-    if answer_type == NUMBER:
-        for g in gold:
-            span = extract_number_text(g)
-            if not span or not normalize_number(span):
-                return f"gold answer {g[:60]!r} holds no number"
+    for g, norm in zip(gold, normalize_gold(gold, answer_type)):
+        if answer_type == NUMBER and not is_number(norm):
+            return (f"gold answer {g[:60]!r} holds no number (an expression, or a LaTeX answer such as "
+                    "\\sqrt{2}: use the answer type 'math')")
+        if answer_type == MATH and not math_parses(norm):
+            return f"gold answer {g[:60]!r} is not a LaTeX answer math-verify can parse"
+        if answer_type == CHOICE and not norm:
+            return f"gold answer {g[:60]!r} is not a choice letter (A, B, C, ...)"
     return None
 
 

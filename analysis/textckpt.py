@@ -15,8 +15,7 @@ from bisect import bisect_right
 import numpy as np
 import pandas as pd
 
-from .answers import (NUMBER, _HASH_RE, _NUM_RE, closed_box_end, extract_text_answer, normalize_number,
-                      normalize_text)
+from .answers import NUMBER, _HASH_RE, _NUM_RE, closed_box_end, extract, normalize, normalize_number
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 TRANSITION_WORDS = ("Wait", "Alternatively", "Hmm", "But wait", "Actually", "Let me double-check",
@@ -177,8 +176,8 @@ def trial_answers(text: str, cuts: list[int], answer_type: str, memo: dict | Non
         return out
     res = []
     for c in cuts:
-        raw = extract_text_answer(text[:c])
-        res.append((raw, normalize_text(raw)))
+        raw = extract(text[:c], answer_type)
+        res.append((raw, normalize(raw, answer_type)))
     return res
 
 

@@ -1,6 +1,8 @@
 import pytest
 
-from analysis.answers import check, extract_number_text, normalize_number, normalize_text, numbers_equal, token_f1
+from analysis.answers import (check, extract_number_text, normalize_choice, normalize_gold, normalize_math,
+                              normalize_number, normalize_text, numbers_equal, token_f1)
+from analysis.errors import StoplineError
 
 
 @pytest.mark.parametrize("text,want", [
@@ -27,10 +29,77 @@ def test_number_extraction(text, want):
 
 @pytest.mark.parametrize("a,b,eq", [
     ("18", "18.0", True), ("0.5", "1/2", True), ("\\frac{1}{2}", "0.5", True), ("1250", "1,250", True),
-    ("3", "4", False), ("", "0", False), ("\\sqrt{4}", "2", True), ("x+1", "1+x", True), ("0.333333", "1/3", True),
+    ("3", "4", False), ("", "0", False), ("0.333333", "1/3", True),
+    # stated numbers, in every spelling the number type accepts
+    ("\\dfrac{1}{2}", "0.5", True), ("\\tfrac12", "1/2", True), ("-\\frac{1}{2}", "-0.5", True),
+    ("\\frac{-3}{4}", "-0.75", True), ("(-5)", "-5", True), ("−5", "-5", True), ("+5", "5", True),
+    ("50%", "50", True), ("50\\%", "50", True), ("\\$1,250.00", "1250", True), ("18 apples", "18", True),
+    ("x = 5", "5", True), ("7 - 84 = -77", "-77", True), ("\\frac{14}{3}", "14/3", True),
+    # expressions are never evaluated, whatever they equal
+    ("7 - 84", "-77", False), ("7 + -84", "-77", False), ("1 + 5 - 16", "-10", False), ("\\sqrt{4}", "2", False),
+    ("x+1", "1+x", False), ("2 x 3", "6", False), ("10^2", "100", False), ("3 hours and 20 minutes", "3", False),
+    ("2,3,4", "234", False), ("Calculate 7 + -84.", "-77", False),
 ])
 def test_numbers_equal(a, b, eq):
     assert numbers_equal(normalize_number(a), normalize_number(b)) is eq
+
+
+@pytest.mark.parametrize("response,gold,em", [
+    # the demo store's own cases: an unevaluated probe answer is not the gold it evaluates to
+    ("So the final answer is \\boxed{7 - 84}", "-77", 0.0),
+    ("\\boxed{1 + 5 - 16}", "-10", 0.0),
+    ("\\boxed{-77}", "-77", 1.0),
+    ("7 - 84 = -77", "-77", 1.0),             # no box: the last number stated
+])
+def test_number_type_needs_a_stated_number(response, gold, em):
+    assert check(response, [gold], "number")["em"] == em
+
+
+MATH500 = [   # (gold, a prediction that spells it another way, a wrong one)
+    ("\\frac{14}{3}", "\\dfrac{14}{3}", "3"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", "2"),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", "2"),
+    ("6 - 5i", "6-5i", "6+5i"),
+    ("[2,5)", "[2, 5)", "(2,5)"),
+    ("\\frac{1}{2}", "0.5", "\\frac{1}{3}"),
+]
+
+
+@pytest.mark.parametrize("gold,same,wrong", MATH500)
+def test_math_answers_compare_as_mathematical_objects(gold, same, wrong):
+    assert check(f"so \\boxed{{{gold}}}", [gold], "math")["em"] == 1.0      # the gold itself, boxed
+    assert check(f"\\boxed{{{same}}}", [gold], "math")["em"] == 1.0
+    assert check(f"\\boxed{{{wrong}}}", [gold], "math")["em"] == 0.0
+    assert normalize_gold([gold], "math")[0] != normalize_gold(["2"], "math")[0]   # never its last number
+
+
+def test_math_gold_from_a_solution_and_its_normal_form():
+    assert normalize_gold(["... so we get $\\boxed{\\dfrac{14}{3}}$."], "math") == ["\\frac{14}{3}"]
+    assert normalize_math("\\left( 3, \\frac{\\pi}{2} \\right).") == "(3,\\frac{\\pi}{2})"
+    assert check("The answer is $\\frac{14}{3}$.", ["\\frac{14}{3}"], "math")["em"] == 1.0
+
+
+@pytest.mark.parametrize("response,letter", [
+    ("D", "D"), ("(D)", "D"), ("D)", "D"), ("D.", "D"), ("Answer: D", "D"), ("the answer is (D)", "D"),
+    ("B) looks wrong, so (C)", "C"), ("\\boxed{C}", "C"), ("\\boxed{(A)}", "A"), ("Answer: \\text{B}", "B"),
+])
+def test_choice_letters(response, letter):
+    assert check(response, [letter], "choice")["em"] == 1.0
+    other = "A" if letter != "A" else "B"
+    assert check(response, [other], "choice")["em"] == 0.0
+    assert check(response, [f"({letter})"], "choice")["em"] == 1.0
+
+
+def test_choice_without_a_letter_is_no_answer():
+    assert check("I am not sure", ["A"], "choice") == {"raw": None, "norm": "", "em": 0.0, "f1": 0.0}
+    assert normalize_choice("Dogs") == ""
+
+
+def test_unknown_answer_type_names_the_known_ones():
+    with pytest.raises(StoplineError, match="number, math, text, choice"):
+        check("7", ["7"], "numeric")
+    with pytest.raises(StoplineError, match="'numeric'"):
+        normalize_gold(["7"], "numeric")
 
 
 def test_number_check_end_to_end():

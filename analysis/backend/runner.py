@@ -44,6 +44,8 @@ CUES = {
 PROMPTS = {
     NUMBER: "{question}\nSolve it step by step, then write the final answer inside \\boxed{{}}.",
     "text": "Answer the question. Think briefly, then write the final answer inside \\boxed{{}}.\n{question}",
+    "math": "{question}\nSolve it step by step, then write the final answer in LaTeX inside \\boxed{{}}.",
+    "choice": "{question}\nThink it through, then write the letter of your choice inside \\boxed{{}}.",
 }
 
 
