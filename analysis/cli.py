@@ -79,15 +79,30 @@ def _datasets(args):
 
 # --- import -----------------------------------------------------------------------------------------------
 def _import_setup(p):
-    p.add_argument("file")
-    p.add_argument("--format", default="jsonl", choices=["jsonl", "lm-eval"],
-                   help="jsonl: map fields yourself; lm-eval: lm-evaluation-harness --log_samples file")
-    p.add_argument("--question-field", help="dotted path to the question (default 'question')")
-    p.add_argument("--gold-field", help="dotted path to the gold answer or list of aliases (default 'answer')")
-    p.add_argument("--response-field", help="dotted path to the model's response (default 'response')")
+    p.add_argument("file", help="JSONL, a JSON document (.json), CSV or Parquet")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "lm-eval", "openai-chat", "checkpoints"],
+                   help="jsonl: map fields yourself (any file kind); lm-eval: lm-evaluation-harness --log_samples; "
+                        "openai-chat: chat/completions request+response logs (reasoning_content, <think>); "
+                        "checkpoints: per-checkpoint exports of other tools (long or wide form)")
+    p.add_argument("--records", help="a JSON document's list of records, at this dotted path (default: the top level)")
+    p.add_argument("--question-field", help="dotted path to the question (default 'question'; openai-chat: the "
+                                            "last user message)")
+    p.add_argument("--gold-field", help="dotted path to the gold answer or list of aliases (default 'answer'; "
+                                        "openai-chat: 'gold')")
+    p.add_argument("--response-field", help="dotted path to the model's response (default 'response'; "
+                                            "checkpoints: the trace's text, optional)")
     p.add_argument("--id-field", help="dotted path to a question id (default: derived from the question text)")
     p.add_argument("--answer-type", default="number", choices=ANSWER_TYPES,
                    help="how answers are matched: number (GSM8K), math (LaTeX, MATH/AIME), text (NQ), choice (letters)")
+    p.add_argument("--tokenizer", help="count tokens in this model's tokenizer (a directory, packaged model or hub "
+                                       "id); without it counts are approximate word pieces")
+    ck = p.add_argument_group("--format checkpoints")
+    ck.add_argument("--position-field", help="tokens of the trace before the checkpoint")
+    ck.add_argument("--answer-field", help="the trial answer at the checkpoint")
+    ck.add_argument("--length-field", help="the whole trace's tokens (a final checkpoint there, when past the last)")
+    ck.add_argument("--correct-field", help="the tool's own correctness label, used instead of Stopline's grader")
+    ck.add_argument("--signal", action="append", default=[], metavar="NAME=FIELD",
+                    help="a signal families read (p_mean, p_geo, p_min, p_first, entropy) from a field; repeatable")
     p.add_argument("--model", required=True, help="the model that wrote the responses")
     p.add_argument("--dataset", required=True, help="a name for the dataset the questions come from")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N tokens (plus steps and transitions)")
@@ -96,14 +111,32 @@ def _import_setup(p):
     _db(p)
 
 
-@command("import", "import generations made by another tool (JSONL, lm-eval --log_samples) as a run", _import_setup)
-def _import(args):
-    from .importer import ImportSpec, import_generations, spec_for_format
+def import_spec(args):
+    """An ImportSpec from the import command's options (also used by the Runs page's upload form)."""
+    from .importer import ImportSpec, spec_for_format
     fields = spec_for_format(args.format, question_field=args.question_field, gold_field=args.gold_field,
                              response_field=args.response_field, id_field=args.id_field)
-    defaults = {"question_field": "question", "gold_field": "answer", "response_field": "response"}
-    spec = ImportSpec(path=args.file, model=args.model, dataset=args.dataset, answer_type=args.answer_type,
-                      every=args.every, max_line_mb=args.max_line_mb, fmt=args.format, **{**defaults, **fields})
+    defaults = {"question_field": None if args.format == "openai-chat" else "question",
+                "gold_field": None if args.format == "checkpoints" and args.correct_field else "answer",
+                "response_field": None if args.format == "checkpoints" else "response"}
+    signals = {}
+    for s in args.signal:
+        name, eq, f = s.partition("=")
+        if not eq or not name.strip() or not f.strip():
+            raise StoplineError(f"--signal takes NAME=FIELD, not {s!r}")
+        signals[name.strip()] = f.strip()
+    return ImportSpec(path=args.file, model=args.model, dataset=args.dataset, answer_type=args.answer_type,
+                      every=args.every, max_line_mb=args.max_line_mb, fmt=args.format, records=args.records,
+                      tokenizer=args.tokenizer, position_field=args.position_field, answer_field=args.answer_field,
+                      length_field=args.length_field, correct_field=args.correct_field, signals=signals or None,
+                      **{**defaults, **fields})
+
+
+@command("import", "import generations made by another tool (JSONL, JSON, CSV, Parquet; lm-eval, OpenAI chat "
+                   "logs, per-checkpoint exports) as a run", _import_setup)
+def _import(args):
+    from .importer import import_generations
+    spec = import_spec(args)
     res = import_generations(_store(args), spec)
     if args.json:
         return _print_json(res)

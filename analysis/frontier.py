@@ -38,8 +38,11 @@ def sweep(t: RunTable, family_names: list[str] | None = None, skip_missing: bool
     for fam in family_names or families():
         try:
             sets = settings_for(t, fam)
-            if sets:
+            # a run may hold some of a family's signals (an export with p_mean only): keep what it can replay
+            usable = [s for s in sets if all(t.has_signal(x) for x in s.policy.required_signals(s.params))]
+            if sets and not usable:
                 check_signals(t, sets[0])
+            sets = usable
         except MissingSignal:
             if skip_missing:
                 continue

@@ -5,8 +5,6 @@ text-derived checkpoints then go in one transaction. Bad input raises StoplineEr
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import multiprocessing
 import os
@@ -17,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .answers import ANSWER_TYPES, NUMBER, normalize_gold, normalize_number, score
-from .datasets import Question, as_gold_list, assign_ids, check_gold, get_path
+from .answers import ANSWER_TYPES, NUMBER, extract, normalize, normalize_gold, normalize_number, score
+from .datasets import Question, as_gold_list, assign_ids, check_gold
 from .errors import StoplineError
 from .progress import progress
+from . import sources
+from .sources import Loc
 from .store import Store
 from .textckpt import TOKEN_RE, number_checkpoints_batch, placements, token_starts_batch, trial_answers
 
@@ -29,6 +29,10 @@ FORMATS = {
     "jsonl": {},
     "lm-eval": {"question_field": "doc.question", "gold_field": "target", "response_field": "resps.0.0",
                 "id_field": "doc_id"},
+    # question and response read from the chat structure (sources.chat_fields); the gold is the user's field
+    "openai-chat": {"gold_field": "gold"},
+    # per-checkpoint exports of other tools (ckimport.py)
+    "checkpoints": {},
 }
 MAX_LINE_MB = 16
 
@@ -38,7 +42,7 @@ class ImportSpec:
     path: str
     model: str
     dataset: str
-    question_field: str = "question"
+    question_field: str | None = "question"
     gold_field: str = "answer"
     response_field: str = "response"
     id_field: str | None = None
@@ -46,6 +50,15 @@ class ImportSpec:
     every: int = 32
     max_line_mb: float = MAX_LINE_MB
     fmt: str = "jsonl"
+    records: str | None = None          # a JSON document's list of records, at this dotted path
+    kind: str = "auto"                  # jsonl | json | csv | parquet (auto: by the file's extension)
+    tokenizer: str | None = None        # count tokens in this tokenizer (a directory or hub id)
+    # --format checkpoints (ckimport.py)
+    position_field: str | None = None
+    answer_field: str | None = None
+    length_field: str | None = None
+    correct_field: str | None = None
+    signals: dict | None = None         # {signal name: field}
 
 
 def spec_for_format(fmt: str, **overrides) -> dict:
@@ -56,87 +69,86 @@ def spec_for_format(fmt: str, **overrides) -> dict:
     return out
 
 
-def _loads():
-    try:
-        import orjson
-        return orjson.loads, (orjson.JSONDecodeError,)
-    except ImportError:  # pragma: no cover
-        return json.loads, (json.JSONDecodeError,)
+def check_spec(spec: ImportSpec) -> None:
+    """Options that are wrong whatever the file holds."""
+    if spec.answer_type not in ANSWER_TYPES:
+        raise StoplineError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, not {spec.answer_type!r}")
+    if spec.fmt not in FORMATS:
+        raise StoplineError(f"unknown import format {spec.fmt!r}", hint="formats: " + ", ".join(FORMATS))
+    if not isinstance(spec.every, int) or spec.every < 1:
+        raise StoplineError(f"--every must be a positive number of tokens, not {spec.every!r}")
+    if not spec.max_line_mb > 0:
+        raise StoplineError(f"--max-line-mb must be positive, not {spec.max_line_mb!r}")
+
+
+def _mapped(spec: ImportSpec, loc: Loc, rec: dict) -> tuple:
+    """(question, gold, response) of one record, by the spec's format and fields."""
+    if spec.fmt == "openai-chat":
+        question, response = sources.chat_fields(rec, loc, spec.question_field)
+    else:
+        question = sources.field(rec, spec.question_field or "question", loc, "question")
+        response = sources.field(rec, spec.response_field or "response", loc, "response")
+    gold = sources.field(rec, spec.gold_field or FORMATS[spec.fmt].get("gold_field", "answer"), loc, "gold")
+    return question, gold, response
+
+
+def preview(spec: ImportSpec, n: int = 5) -> dict:
+    """What an import would read, before anything is written: the number of records, the fields of the first
+    ones, and for each of the first ``n`` the mapped fields (or the error that record would stop the import
+    with)."""
+    recs, _ = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
+    head = recs[:n]
+    keys = sorted({k for _, r in head for k in r})
+    if spec.fmt == "checkpoints":
+        names = {"id": spec.id_field, "position": spec.position_field, "answer": spec.answer_field,
+                 "correct": spec.correct_field, "length": spec.length_field, **(spec.signals or {})}
+        names = {k: f for k, f in names.items() if f}
+    rows = []
+    for loc, rec in head:
+        row = {"record": loc.line if loc.line is not None else loc.item}
+        try:
+            if spec.fmt == "checkpoints":
+                row.update({k: sources.field(rec, f, loc, k) for k, f in names.items()})
+            else:
+                q, g, r = _mapped(spec, loc, rec)
+                row.update(question=q, gold=g, response=r)
+        except StoplineError as e:
+            row["error"] = str(e)
+        rows.append({k: (v[:160] + "…" if isinstance(v, str) and len(v) > 160 else v) for k, v in row.items()})
+    return {"n_records": len(recs), "fields": keys, "rows": rows}
 
 
 def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str]:
-    """Parse and validate every line; returns [(question, response)] and the file's sha256."""
-    if spec.answer_type not in ANSWER_TYPES:
-        raise StoplineError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, not {spec.answer_type!r}")
-    p = Path(spec.path)
-    if not p.is_file():
-        raise StoplineError("file not found", file=spec.path)
-    loads, json_errors = _loads()
-    limit = int(spec.max_line_mb * 1024 * 1024)
-    sha = hashlib.sha256()
+    """Read and validate every record; returns [(question, response)] and the file's sha256."""
+    check_spec(spec)
+    recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
     out: list[tuple[Question, str]] = []
-    seen_ids: dict[str, int] = {}
-    with open(p, "rb") as fh:
-        lineno = 0
-        while True:
-            raw = fh.readline(limit + 1)
-            if not raw:
-                break
-            lineno += 1
-            sha.update(raw)
-            if len(raw) > limit and not raw.endswith(b"\n"):
-                raise StoplineError(f"line is longer than {spec.max_line_mb:g} MB; is this really JSONL?",
-                                    file=spec.path, line=lineno,
-                                    hint="raise the limit with --max-line-mb if the line is meant to be that long")
-            if not raw.strip():
-                continue
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise StoplineError(f"not valid UTF-8 (byte {e.start} of the line)", file=spec.path, line=lineno) from None
-            try:
-                rec = loads(raw)
-            except json_errors as e:
-                raise StoplineError(f"invalid JSON ({str(e).splitlines()[0][:120]})", file=spec.path, line=lineno) from None
-            if not isinstance(rec, dict):
-                raise StoplineError(f"expected a JSON object, got {type(rec).__name__}", file=spec.path, line=lineno)
-            vals = {}
-            for name, fpath in (("question", spec.question_field), ("gold", spec.gold_field),
-                                ("response", spec.response_field)):
-                try:
-                    vals[name] = get_path(rec, fpath)
-                except KeyError as e:
-                    raise StoplineError(f"missing (no '{e.args[0]}' in the path)", file=spec.path, line=lineno,
-                                        field=fpath, hint="set the field with --%s-field" % name) from None
-            if not isinstance(vals["question"], str) or not vals["question"].strip():
-                raise StoplineError(f"question must be a non-empty string, got {type(vals['question']).__name__}",
-                                    file=spec.path, line=lineno, field=spec.question_field)
-            if not isinstance(vals["response"], str):
-                raise StoplineError(f"response must be a string, got {type(vals['response']).__name__}",
-                                    file=spec.path, line=lineno, field=spec.response_field)
-            if not isinstance(vals["gold"], (str, int, float, list)) or isinstance(vals["gold"], bool):
-                raise StoplineError(f"gold must be a string, number or list, got {type(vals['gold']).__name__}",
-                                    file=spec.path, line=lineno, field=spec.gold_field)
-            gold = as_gold_list(vals["gold"], spec.answer_type)
-            bad = check_gold(gold, spec.answer_type)
-            if bad:
-                raise StoplineError(f"cannot parse the gold answer: {bad}", file=spec.path, line=lineno,
-                                    field=spec.gold_field)
-            qid = ""
-            if spec.id_field:
-                try:
-                    qid = str(get_path(rec, spec.id_field))
-                except KeyError:
-                    raise StoplineError("missing", file=spec.path, line=lineno, field=spec.id_field) from None
-                if qid in seen_ids:
-                    raise StoplineError(f"question id {qid!r} repeats line {seen_ids[qid]}", file=spec.path,
-                                        line=lineno, field=spec.id_field)
-                seen_ids[qid] = lineno
-            out.append((Question(qid, vals["question"], gold, spec.answer_type, {"line": lineno}), vals["response"]))
-    if not out:
-        raise StoplineError("no records (the file is empty)", file=spec.path)
+    seen_ids: dict[str, Loc] = {}
+    for loc, rec in recs:
+        question, gold_value, response = _mapped(spec, loc, rec)
+        if not isinstance(question, str) or not question.strip():
+            got = "a blank string" if isinstance(question, str) else type(question).__name__
+            raise loc.error(f"question must be a non-empty string, got {got}", spec.question_field or "question")
+        if not isinstance(response, str):
+            raise loc.error(f"response must be a string, got {type(response).__name__}", spec.response_field)
+        if not isinstance(gold_value, (str, int, float, list)) or isinstance(gold_value, bool):
+            raise loc.error(f"gold must be a string, number or list, got {type(gold_value).__name__}", spec.gold_field)
+        gold = as_gold_list(gold_value, spec.answer_type)
+        bad = check_gold(gold, spec.answer_type)
+        if bad:
+            raise loc.error(f"cannot parse the gold answer: {bad}", spec.gold_field)
+        qid = ""
+        if spec.id_field:
+            qid = str(sources.field(rec, spec.id_field, loc, "id"))
+            if qid in seen_ids:
+                first = seen_ids[qid]
+                raise loc.error(f"question id {qid!r} repeats {'line ' + str(first.line) if first.line else first.item}",
+                                spec.id_field)
+            seen_ids[qid] = loc
+        meta = {"line": loc.line} if loc.line is not None else {"item": loc.item}
+        out.append((Question(qid, question, gold, spec.answer_type, meta), response))
     assign_ids([q for q, _ in out])
-    return out, sha.hexdigest()
+    return out, sha
 
 
 _CK_FIELDS = ("question_id", "ck_idx", "pos", "kind", "is_step", "is_transition", "answer_raw", "answer_norm",
@@ -145,19 +157,48 @@ _TR_FIELDS = ("question_id", "text", "n_tokens", "final_raw", "final_norm", "em"
 
 
 _SHARED: list = []      # the items, set before the workers fork, so that chunks travel as index ranges
+_STARTS: list | None = None   # their token start offsets when a tokenizer counts them (else derived per chunk)
 
 
 def _derive_range(args: tuple[str, int, int, str, int]) -> tuple[pa.Table, pa.Table]:
     run_id, lo, hi, answer_type, every = args
-    return _derive_chunk((run_id, _SHARED[lo:hi], answer_type, every), with_text=False)
+    return _derive_chunk((run_id, _SHARED[lo:hi], answer_type, every), with_text=False,
+                         starts=None if _STARTS is None else _STARTS[lo:hi])
+
+
+def tokenizer_starts(texts: list[str], name: str) -> list[np.ndarray]:
+    """Where each token of each text starts, in a model's own tokenizer (a directory, a packaged model's
+    name or a hub id; a fast tokenizer, for its character offsets)."""
+    try:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(_tokenizer_source(name))
+    except (OSError, ValueError) as e:
+        raise StoplineError(f"cannot load the tokenizer {name!r} ({str(e).splitlines()[0][:160]})",
+                            field="tokenizer", hint="a local directory with tokenizer files, or a hub id") from None
+    if not getattr(tok, "is_fast", False):
+        raise StoplineError(f"the tokenizer {name!r} gives no character offsets (not a fast tokenizer)",
+                            field="tokenizer")
+    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [np.asarray([a for a, b in offs if b > a], dtype=np.int64) for offs in enc["offset_mapping"]]
+
+
+def _tokenizer_source(name: str) -> str:
+    """A packaged model's converted copy (data/models/NAME/bf16) where there is one, else the name itself."""
+    from .backend.models import CACHE, PACKAGED
+    if name in PACKAGED and (CACHE / name / "bf16").is_dir():
+        return str(CACHE / name / "bf16")
+    return name
 
 
 def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], with_text: bool = True,
-                  vectorised: bool = True) -> tuple[pa.Table, pa.Table]:
+                  vectorised: bool = True, starts: list | None = None) -> tuple[pa.Table, pa.Table]:
     """Traces and checkpoints tables for (question_id, gold, response) items; runs in a worker. Without
-    text, the traces table leaves the responses out (the parent has them)."""
+    text, the traces table leaves the responses out (the parent has them). ``starts``: the responses' token
+    start offsets (a tokenizer's), else word pieces. A thinking trace (with ``</think>``) has its checkpoints
+    in the thinking part only; its final answer is read from the part after ``</think>``."""
     run_id, items, answer_type, every = args
-    if vectorised and answer_type == NUMBER and not any("\x00" in r for _, _, r in items):
+    if vectorised and starts is None and answer_type == NUMBER \
+            and not any("\x00" in r or sources.THINK_CLOSE in r for _, _, r in items):
         return _derive_numbers(run_id, items, every, with_text)
     t = {k: [] for k in _TR_FIELDS}
     c = {k: [] for k in _CK_FIELDS}
@@ -170,12 +211,20 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], 
         if n is None:
             n = tok_memo[raw] = len(findall(raw))
         return n
-    all_starts = token_starts_batch([r for _, _, r in items])
-    for (qid, gold_aliases, response), starts in zip(items, all_starts):
+    all_starts = starts if starts is not None else token_starts_batch([r for _, _, r in items])
+    for (qid, gold_aliases, response), st in zip(items, all_starts):
         gold = normalize_gold(gold_aliases, answer_type)
-        places, n = placements(response, every, starts)
+        think = sources.split_thinking(response)
+        if think is None:
+            places, n = placements(response, every, st)
+        else:                   # checkpoints in the thinking only; the trace's end after the answer part
+            places, _ = placements(think[0], every, st[st < len(think[0])])
+            n = len(st)
+            places = [*places[:-1], (n, len(response), "final", False, False)]
         pos, cuts, kinds, steps, trans = zip(*places)
         answers = trial_answers(response, cuts, answer_type, norm_memo)
+        if think is not None and (final := extract(think[1], answer_type)):
+            answers[-1] = (final, normalize(final, answer_type))
         raws, norms = zip(*answers)
         memo = {nm: score(nm, gold, answer_type) for nm in set(norms)}
         k = len(places)
@@ -230,6 +279,34 @@ def _plain_floats(values: np.ndarray) -> np.ndarray:
                     dtype=np.float64)
 
 
+def score_rows(tr: np.ndarray, codes: np.ndarray, u_norm: np.ndarray, golds: list[list[str]], answer_type: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(EM, F1) per row, for rows of trace ``tr`` whose answer is ``u_norm[codes]`` (code -1: none), scored
+    once per distinct (trace, answer). Numbers take a fast path: one plain-decimal gold and a plain-decimal
+    answer compare as floats with numbers_equal's tolerance; anything else (fractions, expressions, several
+    aliases, a float too close to call) goes through ``score`` itself."""
+    import pandas as pd
+    n_u = len(u_norm)
+    pcodes, puniq = pd.factorize(tr.astype(np.int64) * (n_u + 1) + (codes + 1))
+    p_tr, p_code = puniq // (n_u + 1), puniq % (n_u + 1) - 1
+    pem = np.full(len(puniq), np.nan)
+    pf1 = np.full(len(puniq), np.nan)
+    if answer_type == NUMBER:
+        u_f = _plain_floats(u_norm)
+        g_f = _plain_floats(np.array([g[0] if len(g) == 1 else "" for g in golds], dtype=object))
+        a, b = u_f[p_code], g_f[p_tr]
+        fast = np.isfinite(a) & np.isfinite(b)
+        tol = 1e-6 * np.maximum(1.0, np.abs(b))
+        diff = np.abs(a - b)
+        fast &= np.abs(diff - tol) > 1e-9 * tol
+        pem = pf1 = np.where(fast, (diff <= tol).astype(np.float64), np.nan)
+    pem[p_code == -1] = 0.0
+    pf1[p_code == -1] = 0.0
+    for k in np.flatnonzero(np.isnan(pem)).tolist():
+        pem[k], pf1[k] = score(u_norm[p_code[k]], golds[p_tr[k]], answer_type)
+    return pem[pcodes], pf1[pcodes]
+
+
 def _derive_numbers(run_id: str, items, every: int, with_text: bool) -> tuple[pa.Table, pa.Table]:
     """The numeric case of ``_derive_chunk``, vectorised over the chunk (same rows, tested)."""
     import pandas as pd
@@ -242,26 +319,8 @@ def _derive_numbers(run_id: str, items, every: int, with_text: bool) -> tuple[pa
     u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
     norm = u_norm[codes]                              # code -1 (no answer) picks the trailing ""
     n_ans = u_tok[codes]
-    # EM/F1 once per distinct (question, answer)
     golds = [normalize_gold(g, NUMBER) for _, g, _ in items]
-    pair = tr.astype(np.int64) * (len(uniq) + 1) + (codes + 1)
-    pcodes, puniq = pd.factorize(pair)
-    p_tr, p_code = puniq // (len(uniq) + 1), puniq % (len(uniq) + 1) - 1
-    # fast path: one plain-decimal gold and a plain-decimal answer compare as floats with numbers_equal's
-    # tolerance; anything else (fractions, symbols, several aliases, a float too close to call) goes
-    # through score() itself
-    u_f = _plain_floats(u_norm)
-    g_f = _plain_floats(np.array([g[0] if len(g) == 1 else "" for g in golds], dtype=object))
-    a, b = u_f[p_code], g_f[p_tr]
-    fast = np.isfinite(a) & np.isfinite(b)
-    tol = 1e-6 * np.maximum(1.0, np.abs(b))
-    diff = np.abs(a - b)
-    fast &= np.abs(diff - tol) > 1e-9 * tol
-    pem = np.where(fast, (diff <= tol).astype(np.float64), np.nan)
-    pem[p_code == -1] = 0.0
-    for k in np.flatnonzero(np.isnan(pem)).tolist():
-        pem[k] = score(u_norm[p_code[k]], golds[p_tr[k]], NUMBER)[0]
-    em = f1 = pem[pcodes]
+    em = f1 = score_rows(tr, codes, u_norm, golds, NUMBER)[0]
     final = r["rank"] == 3
     first = np.r_[0, np.flatnonzero(tr[1:] != tr[:-1]) + 1]
     ck_idx = np.arange(nc) - np.repeat(first, np.diff(np.r_[first, nc]))
@@ -291,15 +350,18 @@ def _derive_numbers(run_id: str, items, every: int, with_text: bool) -> tuple[pa
 
 
 def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, every: int,
-           show_progress: bool = True, workers: int | None = None, meanwhile=None) -> tuple[pa.Table, pa.Table]:
+           show_progress: bool = True, workers: int | None = None, meanwhile=None,
+           starts: list | None = None) -> tuple[pa.Table, pa.Table]:
     """Traces and text-derived checkpoints for the records, as Arrow tables (chunks spread over the cores).
 
     Workers are forked with the records in memory and receive index ranges; they send back everything but
     the response texts, which the parent adds to the traces table itself. ``meanwhile()``, when given, runs
-    in the parent while the workers derive (the import writes the run and its questions then).
+    in the parent while the workers derive (the import writes the run and its questions then). ``starts``:
+    each response's token start offsets in a model's tokenizer (``tokenizer_starts``), else word pieces.
     """
-    global _SHARED
+    global _SHARED, _STARTS
     items = [(q.id, q.gold, r) for q, r in records]
+    _STARTS = starts
     size = 4000
     ranges = [(run_id, i, min(i + size, len(items)), answer_type, every) for i in range(0, len(items), size)]
     workers = workers or min(os.cpu_count() or 1, len(ranges))
@@ -321,7 +383,7 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
             bar.update(hi - lo)
     finally:
         bar.close()
-        _SHARED = []
+        _SHARED, _STARTS = [], None
         if ex is not None:
             ex.shutdown(cancel_futures=True)
     tr = pa.concat_tables(traces)
@@ -329,19 +391,45 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
     return tr, pa.concat_tables(cks)
 
 
-def import_generations(store: Store, spec: ImportSpec, show_progress: bool = True) -> dict:
-    """Import one file as one run. Returns a summary; re-importing the same file finds the existing run."""
-    records, sha = read_records(spec)
-    config = {"source": "import", "format": spec.fmt, "file": Path(spec.path).name, "sha256": sha,
-              "fields": {"question": spec.question_field, "gold": spec.gold_field,
-                         "response": spec.response_field, "id": spec.id_field},
-              "checkpoints": {"every": spec.every, "steps": True, "transitions": True, "tokens": "word-pieces"}}
+def _config(spec: ImportSpec, sha: str, **extra) -> dict:
+    """The run's config (its identity): keys beyond the original ones only when used, so that a file
+    imported before they existed finds its run again."""
+    fields = {"question": spec.question_field, "gold": spec.gold_field, "response": spec.response_field,
+              "id": spec.id_field}
+    if spec.fmt == "checkpoints":
+        fields.update(position=spec.position_field, answer=spec.answer_field, length=spec.length_field,
+                      correct=spec.correct_field, signals=spec.signals or {})
+    config = {"source": "import", "format": spec.fmt, "file": Path(spec.path).name, "sha256": sha, "fields": fields,
+              "checkpoints": {"every": spec.every, "steps": True, "transitions": True,
+                              "tokens": f"tokenizer:{spec.tokenizer}" if spec.tokenizer else "word-pieces"}}
+    if spec.records:
+        config["records"] = spec.records
+    return {**config, **extra}
+
+
+def _existing(store: Store, run_id: str) -> dict | None:
+    for r in store.runs():
+        if r["id"] == run_id:
+            return {"run_id": run_id, "created": False, "n_questions": r["n_questions"],
+                    "n_checkpoints": r["n_checkpoints"], "em_full": r["em_full"]}
+    return None
+
+
+def import_generations(store: Store, spec: ImportSpec, show_progress: bool = True, keep_sweep: bool = True) -> dict:
+    """Import one file as one run. Returns a summary; re-importing the same file finds the existing run.
+    Token counts are word pieces (approximate: the config says ``tokens: word-pieces``) unless
+    ``spec.tokenizer`` names the model's tokenizer."""
     from .store import config_hash
+    if spec.fmt == "checkpoints":
+        return _import_checkpoints(store, spec, keep_sweep)
+    records, sha = read_records(spec)
+    n_think = sum(sources.THINK_CLOSE in r for _, r in records)
+    config = _config(spec, sha, **({"thinking_traces": n_think} if n_think else {}))
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
-    existing = [r for r in store.runs() if r["id"] == run_id]
-    if existing:
-        return {"run_id": run_id, "created": False, "n_questions": existing[0]["n_questions"],
-                "n_checkpoints": existing[0]["n_checkpoints"], "em_full": existing[0]["em_full"]}
+    found = _existing(store, run_id)
+    if found:
+        return found
+    starts = tokenizer_starts([r for _, r in records], spec.tokenizer) if spec.tokenizer else None
     with store.transaction() as con:       # one transaction: all of the file or nothing
 
         def write_run_and_questions():     # while the workers derive the checkpoints
@@ -349,11 +437,40 @@ def import_generations(store: Store, spec: ImportSpec, show_progress: bool = Tru
                                     source="imported", config=config, n_planned=len(records), con=con)
             store.put_questions(spec.dataset, [q for q, _ in records], con=con)
         traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
-                             meanwhile=write_run_and_questions)
+                             meanwhile=write_run_and_questions, starts=starts)
         store.put_results(traces, cks, con=con)
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
-    from .frontier import materialise
-    materialise(store, run_id)          # the sweep the dashboard draws first
+    if keep_sweep:
+        from .frontier import materialise
+        materialise(store, run_id)      # the sweep the dashboard draws first
     em = traces.column("em").to_numpy()
     return {"run_id": run_id, "created": True, "n_questions": traces.num_rows, "n_checkpoints": cks.num_rows,
             "em_full": float(em.mean())}
+
+
+def _import_checkpoints(store: Store, spec: ImportSpec, keep_sweep: bool = True) -> dict:
+    """--format checkpoints: per-checkpoint rows made by another tool, validated whole, written in one
+    transaction (ckimport.py)."""
+    from .ckimport import read_checkpoints
+    from .frontier import materialise
+    from .store import config_hash
+    check_spec(spec)
+    sha = sources.sha256(spec.path) if Path(spec.path).is_file() else ""
+    config = _config(spec, sha)
+    run_id = config_hash(spec.model, spec.dataset, config)[:12]
+    found = _existing(store, run_id) if sha else None
+    if found:
+        return found
+    data = read_checkpoints(spec, run_id)   # (the EM source is in the config: fields.correct)
+    with store.transaction() as con:
+        store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
+                                source="imported", config=config, n_planned=len(data["questions"]), con=con)
+        store.put_questions(spec.dataset, data["questions"], con=con)
+        store.put_results(data["traces"], data["checkpoints"], con=con)
+        con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
+    if keep_sweep:
+        materialise(store, run_id)
+    em = data["traces"].column("em").to_numpy()
+    return {"run_id": run_id, "created": True, "n_questions": data["traces"].num_rows,
+            "n_checkpoints": data["checkpoints"].num_rows, "em_full": float(em.mean()), "shape": data["shape"],
+            "em_source": data["em_source"]}

@@ -17,8 +17,13 @@ runs = st.session_state.get("runs") or []
 if not runs:
     st.info("This store has no runs yet: start one or import a file below.")
 else:
-    df = pd.DataFrame([{k: r[k] for k in ("id", "model", "dataset", "source", "status", "n_questions",
-                                          "n_checkpoints", "em_full", "mean_tokens")} for r in runs])
+    def tokens(r):          # imports count word pieces unless given the model's tokenizer
+        t = (r["config"].get("checkpoints") or {}).get("tokens", "")
+        return "approximate (word pieces)" if t == "word-pieces" else "tokenizer" if t.startswith("tokenizer:") \
+            else "the model's"
+    df = pd.DataFrame([{**{k: r[k] for k in ("id", "model", "dataset", "source", "status", "n_questions",
+                                             "n_checkpoints", "em_full", "mean_tokens")}, "tokens": tokens(r)}
+                       for r in runs])
     st.dataframe(df, hide_index=True, width="stretch")
     store = st.session_state.get("store")
     attr = store.attributions() if store is not None else {}
@@ -70,39 +75,61 @@ with tab_run:
     job_panel()
 
 with tab_import:
-    up = st.file_uploader("A JSONL file of generations (one object per line), or an lm-eval --log_samples file",
-                          type=["jsonl", "json"], key="imp_file")
-    fmt = st.radio("Format", ["jsonl", "lm-eval"], horizontal=True, key="imp_fmt")
-    c1, c2, c3 = st.columns(3)
-    dflt = {"jsonl": ("question", "answer", "response"), "lm-eval": ("doc.question", "target", "resps.0.0")}[fmt]
-    qf = c1.text_input("Question field", dflt[0], key=f"imp_q_{fmt}", help="a dotted path, e.g. doc.question")
+    from analysis.answers import ANSWER_TYPES
+    from analysis.importer import FORMATS, ImportSpec, import_generations, preview
+    up = st.file_uploader("A file of generations: JSONL, a JSON document, CSV or Parquet",
+                          type=["jsonl", "ndjson", "json", "csv", "tsv", "parquet"], key="imp_file")
+    fmt = st.radio("Format", list(FORMATS), horizontal=True, key="imp_fmt",
+                   help="jsonl: map the fields yourself (any file kind); lm-eval: --log_samples files; openai-chat: "
+                        "request/response logs, reasoning included; checkpoints: per-checkpoint exports of other tools")
+    dflt = {"jsonl": ("question", "answer", "response"), "lm-eval": ("doc.question", "target", "resps.0.0"),
+            "openai-chat": ("", "gold", ""), "checkpoints": ("question", "answer", "")}[fmt]
+    c1, c2, c3, c4 = st.columns(4)
+    qf = c1.text_input("Question field", dflt[0], key=f"imp_q_{fmt}",
+                       help="a dotted path, e.g. doc.question" + ("; empty: the last user message" if fmt == "openai-chat"
+                                                                  else ""))
     gf = c2.text_input("Gold field", dflt[1], key=f"imp_g_{fmt}")
-    rf = c3.text_input("Response field", dflt[2], key=f"imp_r_{fmt}", help="e.g. outputs.solution")
-    c4, c5, c6 = st.columns(3)
-    mname = c4.text_input("Model name", key="imp_model")
-    dname = c5.text_input("Dataset name", key="imp_dataset")
-    atype = c6.selectbox("Answer type", ["number", "text"], key="imp_type")
+    rf = c3.text_input("Response field" if fmt != "checkpoints" else "Trace text field (optional)", dflt[2],
+                       key=f"imp_r_{fmt}", help="e.g. outputs.solution", disabled=fmt == "openai-chat")
+    idf = c4.text_input("Id field", "qid" if fmt == "checkpoints" else "", key=f"imp_id_{fmt}",
+                        help="a question id (optional, except for checkpoints in long form)")
+    ck = {}
+    if fmt == "checkpoints":
+        k1, k2, k3, k4, k5 = st.columns(5)
+        ck = {"position_field": k1.text_input("Position field", "tokens", key="imp_pos"),
+              "answer_field": k2.text_input("Trial answer field", "answer", key="imp_ans"),
+              "length_field": k3.text_input("Length field (optional)", key="imp_len") or None,
+              "correct_field": k4.text_input("Correctness field (optional)", key="imp_ok") or None}
+        sig = k5.text_input("Signals (NAME=FIELD, …)", key="imp_sig", help="p_mean, p_geo, p_min, p_first, entropy")
+        ck["signals"] = dict(x.strip().split("=", 1) for x in sig.split(",") if "=" in x) or None
+    c5, c6, c7, c8, c9 = st.columns(5)
+    mname = c5.text_input("Model name", key="imp_model")
+    dname = c6.text_input("Dataset name", key="imp_dataset")
+    atype = c7.selectbox("Answer type", ANSWER_TYPES, key="imp_type")
+    records = c8.text_input("Records at (JSON document)", key="imp_records", help="e.g. results.tasks") or None
+    tokenizer = c9.text_input("Tokenizer (optional)", key="imp_tok",
+                              help="a directory or hub id; without it token counts are approximate word pieces") or None
+    tmp = None
     if up is not None:
-        import json
-        first = up.getvalue().split(b"\n", 1)[0]
-        try:
-            keys = sorted(json.loads(first)) if first.strip().startswith(b"{") else []
-            st.caption("Fields in the first line: " + ", ".join(f"`{k}`" for k in keys))
-        except ValueError:
-            pass
-    if st.button("Import", type="primary", key="imp_go", disabled=up is None or not mname or not dname):
-        from analysis.importer import ImportSpec, import_generations
-        tmp = Path(tempfile.mkdtemp()) / up.name
+        tmp = Path(tempfile.mkdtemp()) / Path(up.name).name
         tmp.write_bytes(up.getvalue())
-        try:
+    try:
+        if tmp is not None:
+            spec = ImportSpec(path=str(tmp), model=mname, dataset=dname, question_field=qf or None,
+                              gold_field=gf or None, response_field=rf or None, id_field=idf or None,
+                              answer_type=atype, fmt=fmt, records=records, tokenizer=tokenizer, **ck)
+            pv = preview(spec)
+            st.caption(f"{pv['n_records']} records; fields of the first ones: "
+                       + ", ".join(f"`{k}`" for k in pv["fields"]) + ". What the import would read from them:")
+            st.dataframe(pd.DataFrame(pv["rows"]).astype(str), hide_index=True, width="stretch")
+        if st.button("Import", type="primary", key="imp_go", disabled=up is None or not mname or not dname):
             Path(MY_DB).parent.mkdir(parents=True, exist_ok=True)
-            res = import_generations(Store(MY_DB), ImportSpec(path=str(tmp), model=mname, dataset=dname,
-                                                              question_field=qf, gold_field=gf, response_field=rf,
-                                                              answer_type=atype, fmt=fmt), show_progress=False)
+            res = import_generations(Store(MY_DB), spec, show_progress=False)
             verb = "Imported" if res["created"] else "Already imported as"
             st.success(f"{verb} run {res['run_id']}: {res['n_questions']} traces, {res['n_checkpoints']} checkpoints, "
                        f"EM at full length {res['em_full']:.3f}. Pick 'My store' in the sidebar to explore it.")
-        except StoplineError as e:
-            st.error(str(e).replace(str(tmp), up.name))
-        finally:
+    except StoplineError as e:
+        st.error(str(e).replace(str(tmp), up.name if up is not None else ""))
+    finally:
+        if tmp is not None:
             tmp.unlink(missing_ok=True)

@@ -1,0 +1,278 @@
+"""Every common shape of generations: JSON documents, CSV, Parquet, OpenAI-style chat logs with reasoning,
+thinking traces, a model's own tokenizer, and per-checkpoint exports (long and wide) — each through the CLI,
+with bad input named by file, line or item, and field."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.replay import RunTable
+from analysis.store import Store
+
+ROWS = [
+    {"question": "Calculate 7 + -84.", "answer": "-77", "response": "7 + -84 = -77. So \\boxed{-77}"},
+    {"question": "Calculate 12 * 3.", "answer": "36", "response": "12 * 3 = 36.\n\nHmm, or 35? \\boxed{35}"},
+    {"question": "Calculate 100 - 1.", "answer": "99", "response": "That is 99.\n\n#### 99"},
+]
+
+
+def _import(cli, db, path, *args):
+    code, out, err = cli("import", path, "--model", "m", "--dataset", "d", "--db", db, "--json", *args)
+    return code, (json.loads(out.strip().splitlines()[-1]) if code == 0 else None), err
+
+
+def test_json_document_with_nested_records(tmp_path, cli):
+    doc = {"meta": {"tool": "x"}, "results": {"tasks": [
+        {"q": {"text": r["question"]}, "gold": r["answer"], "out": {"solution": r["response"]}} for r in ROWS]}}
+    path = tmp_path / "gens.json"
+    path.write_text(json.dumps(doc))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, "--records", "results.tasks", "--question-field", "q.text",
+                             "--gold-field", "gold", "--response-field", "out.solution")
+    assert code == 0, err
+    assert res["n_questions"] == 3 and res["em_full"] == pytest.approx(2 / 3)
+    # a top-level list needs no --records
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(ROWS))
+    code, res2, err = _import(cli, db, flat)
+    assert code == 0 and res2["em_full"] == pytest.approx(2 / 3)
+    # an object without --records names what to do; a bad item names its place
+    code, _, err = _import(cli, db, path)
+    assert code == 2 and "gens.json" in err and "--records" in err and "meta, results" in err
+    doc["results"]["tasks"][1]["q"] = {"txt": "x"}
+    path.write_text(json.dumps(doc))
+    code, _, err = _import(cli, tmp_path / "t.duckdb", path, "--records", "results.tasks", "--question-field",
+                           "q.text", "--gold-field", "gold", "--response-field", "out.solution")
+    assert code == 2 and "results.tasks[1].q.text" in err and "missing" in err
+    assert not (tmp_path / "t.duckdb").exists() or Store(tmp_path / "t.duckdb").runs() == []
+
+
+def test_csv_and_parquet_with_the_same_mapping(tmp_path, cli):
+    db = tmp_path / "s.duckdb"
+    csv = tmp_path / "gens.csv"
+    import csv as csvmod
+    with open(csv, "w", newline="") as fh:
+        w = csvmod.DictWriter(fh, ["question", "answer", "response"])
+        w.writeheader()
+        w.writerows(ROWS)
+    code, res, err = _import(cli, db, csv)
+    assert code == 0, err
+    assert res["em_full"] == pytest.approx(2 / 3) and res["n_questions"] == 3
+    par = tmp_path / "gens.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": r["question"], "gold": int(r["answer"]), "completion": r["response"]}
+                                         for r in ROWS]), par)
+    code, res, err = _import(cli, db, par, "--question-field", "prompt", "--gold-field", "gold",
+                             "--response-field", "completion")
+    assert code == 0, err
+    assert res["em_full"] == pytest.approx(2 / 3)
+    # errors: the CSV's line, the Parquet's row
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer,response\nq1,1,\\boxed{1}\n  ,2,\\boxed{2}\n")
+    code, _, err = _import(cli, tmp_path / "b.duckdb", bad)
+    assert code == 2 and "bad.csv, line 3" in err and "question" in err and "blank" in err
+    pq.write_table(pa.table({"question": ["a", "b"], "answer": ["1", "no number"], "response": ["1", "2"]}),
+                   tmp_path / "bad.parquet")
+    code, _, err = _import(cli, tmp_path / "b.duckdb", tmp_path / "bad.parquet")
+    assert code == 2 and "row 1.answer" in err and "holds no number" in err
+
+
+CHAT = [
+    {"request": {"model": "r1", "messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Calculate 20 - 3."}]},
+     "response": {"choices": [{"message": {"role": "assistant", "reasoning_content":
+                                           "20 - 3 is 17.\n\nWait, let me check: 20 - 3 = 17.",
+                                           "content": "The answer is \\boxed{17}."}}]},
+     "gold": "17"},
+    {"request": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Calculate 6 * 7."}]}]},
+     "response": {"choices": [{"message": {"reasoning": "6 * 7 = 42. Hmm, 6 * 7 is 41?", "content": "\\boxed{42}"}}]},
+     "gold": 42},
+    {"request": {"messages": [{"role": "user", "content": "Calculate 9 + 9."}]},
+     "response": {"body": {"choices": [{"message": {"content": "<think>9 + 9 = 18. So 18.</think>\\boxed{19}"}}]}},
+     "gold": "18"},
+    {"request": {"prompt": "Calculate 2 + 2."}, "response": {"choices": [{"text": "2 + 2 = 4. \\boxed{4}"}]},
+     "gold": "4"},
+]
+
+
+def test_openai_chat_logs_with_reasoning(tmp_path, cli):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, "--format", "openai-chat", "--every", "4")
+    assert code == 0, err
+    assert res["n_questions"] == 4 and res["em_full"] == pytest.approx(3 / 4)
+    store = Store(db)
+    tr = {t["question"]: t for t in store.traces(res["run_id"], with_text=True).to_pylist()}
+    assert tr["Calculate 20 - 3."]["text"].startswith("<think>20 - 3 is 17.")
+    assert tr["Calculate 6 * 7."]["final_norm"] == "42"          # from the answer part, not the thinking's 41
+    assert tr["Calculate 9 + 9."]["final_norm"] == "19" and tr["Calculate 9 + 9."]["em"] == 0.0
+    ck = store.checkpoints(res["run_id"]).to_pandas().merge(
+        store.traces(res["run_id"], with_text=True).to_pandas()[["question_id", "question", "text"]], on="question_id")
+    for q, g in ck.groupby("question"):
+        text = g.text.iloc[0]
+        if "</think>" not in text:
+            continue
+        inner = g[g.kind != "final"]
+        assert len(inner) >= 1
+        # every checkpoint but the last lies in the thinking part; the last is the trace's end
+        think_tokens = len(__import__("analysis.textckpt", fromlist=["x"]).token_starts_batch(
+            [text[:text.index("</think>")]])[0])
+        assert (inner.pos <= think_tokens).all() and g.pos.iloc[-1] > think_tokens
+    assert json.loads(json.dumps(store.run(res["run_id"])["config"]))["thinking_traces"] == 3
+
+
+def test_openai_chat_bad_records(tmp_path, cli):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(CHAT[0]) + "\n" + json.dumps({"request": {}, "gold": "1"}) + "\n")
+    code, _, err = _import(cli, tmp_path / "s.duckdb", path, "--format", "openai-chat")
+    assert code == 2 and "chat.jsonl, line 2" in err and "choices" in err
+    alone = {"choices": [{"message": {"content": "\\boxed{3}"}}], "gold": "3"}
+    path.write_text(json.dumps(alone) + "\n")
+    code, _, err = _import(cli, tmp_path / "s.duckdb", path, "--format", "openai-chat")
+    assert code == 2 and "line 1" in err and "--question-field" in err
+    path.write_text(json.dumps({**alone, "meta": {"q": "Calculate 1 + 2."}}) + "\n")
+    code, res, err = _import(cli, tmp_path / "s.duckdb", path, "--format", "openai-chat", "--question-field", "meta.q")
+    assert code == 0 and res["em_full"] == 1.0, err
+
+
+def test_token_counts_in_the_models_own_tokenizer(tmp_path, cli):
+    from analysis.backend.tiny import build_tokenizer
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    rows = [{"question": "q1", "answer": "4", "response": "2 + 2 = 4 so 4"}]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, "--tokenizer", tmp_path / "tok", "--every", "2")
+    assert code == 0, err
+    store = Store(db)
+    run = store.run(res["run_id"])
+    assert run["config"]["checkpoints"]["tokens"] == f"tokenizer:{tmp_path / 'tok'}"
+    n = store.traces(res["run_id"]).to_pylist()[0]["n_tokens"]
+    assert n == len(tok(rows[0]["response"], add_special_tokens=False)["input_ids"])
+    code, plain, _ = _import(cli, db, path, "--every", "2")
+    assert Store(db).run(plain["run_id"])["config"]["checkpoints"]["tokens"] == "word-pieces"   # approximate
+    code, _, err = _import(cli, db, path, "--tokenizer", tmp_path / "nowhere")
+    assert code == 2 and "tokenizer" in err
+
+
+LONG = [  # Dynasor-style: one row per probe
+    {"qid": "a", "question": "Calculate 7 + 5.", "gold": "12", "tokens": 32, "probe": "11", "conf": 0.4, "ok": False},
+    {"qid": "a", "question": "Calculate 7 + 5.", "gold": "12", "tokens": 64, "probe": "12", "conf": 0.9, "ok": True},
+    {"qid": "b", "question": "Calculate 3 * 3.", "gold": "9", "tokens": 32, "probe": "9", "conf": 0.95, "ok": True},
+    {"qid": "a", "question": "Calculate 7 + 5.", "gold": "12", "tokens": 96, "probe": "12", "conf": 0.97, "ok": True},
+    {"qid": "b", "question": "Calculate 3 * 3.", "gold": "9", "tokens": 64, "probe": "6", "conf": 0.5, "ok": False},
+]
+CK_ARGS = ["--format", "checkpoints", "--id-field", "qid", "--gold-field", "gold", "--position-field", "tokens",
+           "--answer-field", "probe", "--signal", "p_mean=conf"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "csv"])
+def test_checkpoint_exports_in_long_form(tmp_path, cli, kind):
+    path = tmp_path / f"probes.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in LONG))
+    elif kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(LONG), path)
+    else:
+        import pyarrow.csv as pcsv
+        pcsv.write_csv(pa.Table.from_pylist(LONG), path)
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, *CK_ARGS)
+    assert code == 0, err
+    assert res["n_questions"] == 2 and res["n_checkpoints"] == 5 and res["shape"] == "long"
+    t = RunTable.from_store(Store(db), res["run_id"])
+    assert list(t.question_ids) == ["a", "b"] and list(t.lengths) == [3, 2]
+    assert t.pos[0, :3].tolist() == [32, 64, 96] and t.answers[0, :3].tolist() == ["11", "12", "12"]
+    assert t.em[0, :3].tolist() == [0, 1, 1] and t.full_em.tolist() == [1.0, 0.0]
+    assert t.has_signal("p_mean") and not t.has_signal("entropy")
+    assert t.p_mean[0, 0] == pytest.approx(0.4) and t.p_mean[0, 2] != t.p_mean[0, 2]   # the final needs no probe
+    # the tool's own labels instead of the grader; a length past the last probe adds the final there
+    lab = [{**r, "ok": not r["ok"], "len": 120} for r in LONG]
+    path2 = tmp_path / "labels.jsonl"
+    path2.write_text("".join(json.dumps(r) + "\n" for r in lab))
+    code, res2, err = _import(cli, db, path2, *CK_ARGS, "--correct-field", "ok", "--length-field", "len")
+    assert code == 0, err
+    t2 = RunTable.from_store(Store(db), res2["run_id"])
+    assert list(t2.lengths) == [4, 3] and t2.pos[0, 3] == 120 and t2.answers[0, 3] == "12"
+    assert t2.em[0, :3].tolist() == [1, 0, 0] and res2["em_source"] == "the file's field 'ok'"
+
+
+def test_checkpoint_exports_in_wide_form(tmp_path, cli):
+    doc = [{"id": "a", "question": "Calculate 7 + 5.", "gold": "12", "positions": [32, 64, 96],
+            "answers": ["11", "12", "12"], "p": [0.4, 0.9, 0.97], "H": [1.2, 0.3, 0.1]},
+           {"id": "b", "question": "Calculate 3 * 3.", "gold": "9", "positions": [32, 64], "answers": ["9", None],
+            "p": [0.95, 0.5], "H": [0.2, 0.9]}]
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps(doc))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, "--format", "checkpoints", "--id-field", "id", "--gold-field", "gold",
+                             "--position-field", "positions", "--answer-field", "answers", "--signal", "p_mean=p",
+                             "--signal", "entropy=H")
+    assert code == 0, err
+    assert res["shape"] == "wide" and res["n_checkpoints"] == 5 and res["em_full"] == 0.5
+    t = RunTable.from_store(Store(db), res["run_id"])
+    assert t.has_signal("entropy") and t.entropy[0, 1] == pytest.approx(0.3) and t.answers[1, 1] == ""
+    doc[1]["p"] = [0.95]
+    path.write_text(json.dumps(doc))
+    code, _, err = _import(cli, tmp_path / "b.duckdb", path, "--format", "checkpoints", "--id-field", "id",
+                           "--gold-field", "gold", "--position-field", "positions", "--answer-field", "answers",
+                           "--signal", "p_mean=p")
+    assert code == 2 and "wide.json" in err and "[1].p" in err and "1 values where the positions have 2" in err
+
+
+@pytest.mark.parametrize("change,args,message", [
+    (lambda r: r[4].update(tokens=32), [], "two checkpoints at position 32"),
+    (lambda r: r[1].update(tokens="soon"), [], "line 2, field 'tokens': 'soon' is a str"),
+    (lambda r: r[1].update(tokens=-3), [], "whole number of tokens"),
+    (lambda r: None, ["--signal", "confidence=conf"], "unknown signal 'confidence'"),
+    (lambda r: None, ["--signal", "p_mean"], "NAME=FIELD"),
+    (lambda r: r[2].pop("qid"), [], "line 3"),
+    (lambda r: r[0].update(ok="maybe"), ["--correct-field", "ok"], "line 1, field 'ok': 'maybe' is a str"),
+])
+def test_bad_checkpoint_exports(tmp_path, cli, change, args, message):
+    rows = [dict(r) for r in LONG]
+    change(rows)
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _import(cli, tmp_path / "s.duckdb", path, *CK_ARGS, *args)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_preview_reads_before_anything_is_written(tmp_path):
+    from analysis.importer import ImportSpec, preview
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CHAT[:2]) + json.dumps({"gold": "1"}) + "\n")
+    pv = preview(ImportSpec(path=str(path), model="m", dataset="d", fmt="openai-chat", question_field=None,
+                            gold_field="gold"))
+    assert pv["n_records"] == 3 and {"request", "response", "gold"} <= set(pv["fields"])
+    first, _, bad = pv["rows"]
+    assert first["question"] == "Calculate 20 - 3." and first["gold"] == "17" and first["response"].startswith("<think>")
+    assert "line 3" in bad["error"] and "choices" in bad["error"]
+    long = tmp_path / "probes.jsonl"
+    long.write_text("".join(json.dumps(r) + "\n" for r in LONG))
+    pv = preview(ImportSpec(path=str(long), model="m", dataset="d", fmt="checkpoints", id_field="qid",
+                            position_field="tokens", answer_field="probe", signals={"p_mean": "conf"}))
+    assert pv["rows"][0] == {"record": 1, "id": "a", "position": 32, "answer": "11", "p_mean": 0.4}
+    assert not list(tmp_path.glob("*.duckdb"))
+
+
+@pytest.mark.parametrize("content,args,message", [
+    (None, ["--every", "0"], "--every must be a positive number of tokens"),
+    (None, ["--every", "-5"], "--every must be a positive number of tokens"),
+    (None, ["--max-line-mb", "-1"], "--max-line-mb must be positive"),
+    ("\ufeff" + json.dumps(ROWS[0]) + "\n", [], "byte-order mark"),
+    (json.dumps({**ROWS[0], "question": "   "}) + "\n", [], "got a blank string"),
+])
+def test_bad_options_and_files_are_refused_before_anything_is_written(tmp_path, cli, content, args, message):
+    path = tmp_path / "g.jsonl"
+    path.write_text(content if content is not None else "".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    code, _, err = _import(cli, tmp_path / "s.duckdb", path, *args)
+    assert code == 2 and message in err, err
+
+
+def test_a_directory_is_not_a_file(tmp_path, cli):
+    code, _, err = _import(cli, tmp_path / "s.duckdb", tmp_path)
+    assert code == 2 and "is a directory" in err
