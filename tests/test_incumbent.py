@@ -1,5 +1,5 @@
 """The incumbent ("your mechanism"): storage and migration, validation, its replay Outcome against
-hand-computed values, the comparison on the held-out split."""
+hand-computed values, the comparison on the held-out split, the report's first lines and the CLI."""
 import json
 
 import duckdb
@@ -184,3 +184,35 @@ def test_beat_reports_on_the_held_out_split(budget_like):
     assert f"{abs(got['delta_em']):.3f}" in lines[0] and f"{got['n']} held-out questions" in lines[0]
     assert f"`{same['label']}`" in lines[1] and f"saves {same['test']['savings_emitted']:.0%}" in lines[1]
     assert f"within 0.02 of full length" in lines[2]
+
+
+def test_report_opens_with_the_answer(budget_like):
+    from analysis.report import build
+    p, rid, bare = budget_like
+    s = Store(p, read_only=True)
+    t = RunTable.from_store(s, rid)
+    rep = build([(s.run(rid), t)], [], drop=0.02, images=False, n_boot=300)
+    md = rep["markdown"].splitlines()
+    res = inc.beat(t, 0.02, n_boot=300)
+    assert md[4:7] == inc.headline(res)                          # right under the title
+    assert md[4].startswith("Your mechanism saves")
+    names = [tr.name for tr in rep["figures"]["frontier_0"].data]
+    assert "your mechanism" in names
+    rep = build([(s.run(bare), RunTable.from_store(s, bare))], [], images=False, n_boot=100)
+    assert "Your mechanism" not in rep["markdown"]
+
+
+def test_cli_beat_incumbent(budget_like, cli):
+    p, rid, bare = budget_like
+    code, out, err = cli("optimize", "--run", rid, "--beat-incumbent", "--db", p)
+    assert code in (0, None), err
+    assert "Your mechanism saves" in out and "held-out half" in out and "`" not in out
+    code, out, err = cli("optimize", "--run", rid, "--beat-incumbent", "--max-drop", "0.05", "--json", "--db", p)
+    assert code in (0, None), err
+    res = json.loads(out)
+    assert res["drop"] == 0.05 and res["incumbent"]["test"]["n"] == res["n_test"]
+    assert res["same_cost"]["vs_incumbent"]["mcnemar"]["p_value"] <= 1
+    code, out, err = cli("optimize", "--run", bare, "--beat-incumbent", "--db", p)
+    assert code not in (0, None) and "has no incumbent" in err
+    code, out, err = cli("optimize", "--run", rid, "--db", p)
+    assert code not in (0, None) and "--beat-incumbent" in err
