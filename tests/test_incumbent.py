@@ -14,6 +14,7 @@ from analysis.optimize import evaluate_outcome, split_mask
 from analysis.replay import GAINED, KEPT_RIGHT, LOST, RunTable
 from analysis.store import CHECKPOINT_COLUMNS, SCHEMA_VERSION, TRACE_COLUMNS, Store
 from analysis.synthetic import write_synthetic_run
+from conftest import budget_like_run
 
 # a hand-made run (gold 42 throughout): per question the checkpoints' (position, trial answer); the last
 # checkpoint is the trace's end. Probes cost 12 tokens, answers 2.
@@ -155,9 +156,7 @@ def budget_like(tmp_path_factory):
     """A synthetic run whose incumbent stops at 62% of each trace, as a budget-like production stopper."""
     p = str(tmp_path_factory.mktemp("inc") / "inc.duckdb")
     s = Store(p)
-    rid = write_synthetic_run(s, 300, 20, seed=3)
-    t = RunTable.from_store(s, rid)
-    inc.attach(s, rid, list(t.question_ids), list((0.62 * t.full_tokens).astype(int)))
+    rid = budget_like_run(s, 300, 20, seed=3)
     bare = write_synthetic_run(s, 40, 6, seed=5)
     return p, rid, bare
 
