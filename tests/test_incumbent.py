@@ -215,3 +215,15 @@ def test_cli_beat_incumbent(budget_like, cli):
     assert code not in (0, None) and "has no incumbent" in err
     code, out, err = cli("optimize", "--run", rid, "--db", p)
     assert code not in (0, None) and "--beat-incumbent" in err
+
+
+def test_rescore_scores_the_incumbents_answers_again(store):
+    from analysis.rescore import rescore
+    rid = _hand_run(store)
+    inc.attach(store, rid, ["q1", "q2"], [70, 40], [None, "The answer is 42."])
+    with store.transaction() as con:            # as an older exact-match rule might have left it
+        con.execute("UPDATE incumbent SET answer_norm = 'x', em = 0, f1 = 0 WHERE answer_raw IS NOT NULL")
+    rescore(store, [rid], refresh_sweeps=False)
+    rows = {r["question_id"]: r for r in store.incumbent(rid).to_pylist()}
+    assert (rows["q2"]["answer_norm"], rows["q2"]["em"]) == ("42", 1.0)
+    assert rows["q1"]["answer_raw"] is None and rows["q1"]["em"] is None       # still follows its checkpoint
