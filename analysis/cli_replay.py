@@ -101,9 +101,13 @@ def _families(args):
 
 def _op_setup(p):
     p.add_argument("--run", required=True)
-    g = p.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--budget", type=float, help="max EM with mean tokens <= BUDGET")
-    g.add_argument("--max-drop", type=float, help="fewest tokens with EM >= full EM - MAX_DROP")
+    g.add_argument("--max-drop", type=float, help="fewest tokens with EM >= full EM - MAX_DROP (with "
+                   "--beat-incumbent: the EM drop the second setting keeps within, default 0.02)")
+    p.add_argument("--beat-incumbent", action="store_true",
+                   help="compare the run's incumbent (your production stopper, imported with --stop-field) with "
+                        "the setting of the best EM at its tokens and the fewest tokens within --max-drop")
     p.add_argument("--cost", default="emitted", choices=["emitted", "computed"])
     p.add_argument("--slice-by", help="choose one setting per slice ('length' or a question field such as "
                    "meta.difficulty) under the global --budget")
@@ -119,6 +123,10 @@ def _optimize(args):
     from .optimize import operating_point, optimize_slices, split_mask
     from .policies.base import Setting
     from .presets import Preset
+    if args.beat_incumbent:
+        return _beat_incumbent(args)
+    if args.budget is None and args.max_drop is None:
+        raise StoplineError("optimize needs --budget, --max-drop or --beat-incumbent")
     t = _table(args)
     if args.slice_by:
         if args.budget is None:
@@ -140,6 +148,22 @@ def _optimize(args):
     if args.json:
         return _print_json(res)
     print(json.dumps(res, indent=2, default=str))
+
+
+def _beat_incumbent(args):
+    from .errors import StoplineError
+    from .incumbent import beat, headline
+    if args.budget is not None or args.slice_by or args.save:
+        raise StoplineError("--beat-incumbent chooses its own budget (the incumbent's tokens); it takes "
+                            "--max-drop, --cost and --family, not --budget, --slice-by or --save")
+    t = _table(args)
+    res = beat(t, 0.02 if args.max_drop is None else args.max_drop, args.cost, args.family)
+    if args.json:
+        return _print_json(res)
+    print(f"run {t.run_id}: settings chosen on the tune half ({res['n_tune']} questions), every number on the "
+          f"held-out half ({res['n_test']})")
+    for line in headline(res, code=""):
+        print("  " + line)
 
 
 def _report_setup(p):

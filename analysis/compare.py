@@ -7,7 +7,7 @@ import pandas as pd
 
 from .optimize import slice_labels
 from .presets import Preset, preset_stops
-from .replay import RunTable, outcome_from_stops
+from .replay import Outcome, RunTable, outcome_from_stops
 from .stats import mcnemar
 
 
@@ -29,7 +29,8 @@ def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, l
     return float(lo), float(hi)
 
 
-def _pair(oa, ob, n_boot: int) -> dict:
+def paired(oa: Outcome, ob: Outcome, n_boot: int) -> dict:
+    """B − A on the same questions: EM, tokens, paired CIs, the 2x2 table and McNemar."""
     ra, rb = oa.em > 0.5, ob.em > 0.5
     return {"n": int(len(ra)), "em_a": float(oa.em.mean()), "em_b": float(ob.em.mean()),
             "tokens_a": float(oa.emitted.mean()), "tokens_b": float(ob.emitted.mean()),
@@ -41,19 +42,22 @@ def _pair(oa, ob, n_boot: int) -> dict:
             "both_wrong": int((~ra & ~rb).sum()), "mcnemar": mcnemar(ra, rb)}
 
 
-def compare(t: RunTable, a: Preset, b: Preset, slice_by: str | None = None, n_boot: int = 2000) -> dict:
-    """Preset A vs preset B on the same questions (B − A throughout)."""
-    oa = outcome_from_stops(t, preset_stops(t, a), a.name)
-    ob = outcome_from_stops(t, preset_stops(t, b), b.name)
-    out = {"a": a.name, "b": b.name, "run": t.run_id, **_pair(oa, ob, n_boot)}
+def side_outcome(t: RunTable, side: Preset | Outcome) -> Outcome:
+    """A side of a comparison: a preset, replayed; or an Outcome as it is (the incumbent, say)."""
+    return side if isinstance(side, Outcome) else outcome_from_stops(t, preset_stops(t, side), side.name)
+
+
+def compare(t: RunTable, a: Preset | Outcome, b: Preset | Outcome, slice_by: str | None = None,
+            n_boot: int = 2000) -> dict:
+    """A vs B on the same questions (B − A throughout); a side is a preset or an Outcome of ``t``."""
+    oa, ob = side_outcome(t, a), side_outcome(t, b)
+    out = {"a": oa.label, "b": ob.label, "run": t.run_id, **paired(oa, ob, n_boot)}
     if slice_by:
         labels = slice_labels(t, slice_by)
         rows = []
         for lab in sorted(set(labels), key=str):
             m = labels == lab
-            sa = outcome_from_stops(t.subset(m), oa.stop[m], a.name)
-            sb = outcome_from_stops(t.subset(m), ob.stop[m], b.name)
-            p = _pair(sa, sb, max(200, n_boot // 4))
+            p = paired(oa.subset(m), ob.subset(m), max(200, n_boot // 4))
             rows.append({"slice": str(lab), **{k: v for k, v in p.items() if k != "mcnemar"},
                          "mcnemar_p": p["mcnemar"]["p_value"]})
         out["slices"] = pd.DataFrame(rows)

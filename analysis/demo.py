@@ -51,7 +51,7 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
     with store.transaction() as con:            # runs of an older spec do not ship
         for (rid,) in con.execute("SELECT run_id FROM runs").fetchall():
             if rid not in keep:
-                for tbl in ("sweeps", "checkpoints", "traces", "runs"):
+                for tbl in ("sweeps", "incumbent", "checkpoints", "traces", "runs"):
                     con.execute(f"DELETE FROM {tbl} WHERE run_id = ?", [rid])
     _seal(store, tmp, path)
     return {"path": str(path), "runs": out}

@@ -16,7 +16,7 @@ import pandas as pd
 from .errors import StoplineError
 from .frontier import setting_of, sweep
 from .policies.base import Setting
-from .replay import RunTable, full_length, outcome_from_stops, replay, stop_index
+from .replay import Outcome, RunTable, full_length, outcome_from_stops, replay, stop_index
 from .stats import bootstrap_ci, mcnemar, normal_ci
 
 SPLITS = ("tune", "test", "all")
@@ -35,7 +35,11 @@ def split_mask(question_ids: np.ndarray, split: str, tune_share: float = 0.5, sa
 
 def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = 2000) -> dict:
     """Summary of stops with CIs and McNemar against full length."""
-    o = outcome_from_stops(t, stop, label)
+    return evaluate_outcome(outcome_from_stops(t, stop, label), n_boot)
+
+
+def evaluate_outcome(o: Outcome, n_boot: int = 2000) -> dict:
+    """``evaluate`` for any Outcome (a replayed setting, a preset, the incumbent)."""
     s = o.summary()
     if s["n"] == 0:
         return s
@@ -66,11 +70,12 @@ def pick(points: pd.DataFrame, goal: str, value: float, cost: str = "emitted") -
 
 
 def operating_point(t: RunTable, goal: str, value: float, cost: str = "emitted",
-                    families: list[str] | None = None, n_boot: int = 2000) -> dict:
-    """Choose on the tune split, report on the test split."""
+                    families: list[str] | None = None, n_boot: int = 2000, pts: pd.DataFrame | None = None) -> dict:
+    """Choose on the tune split, report on the test split. ``pts``: the tune split's sweep, when the caller
+    has it already (it is computed otherwise)."""
     tune = t.subset(split_mask(t.question_ids, "tune"))
     test = t.subset(split_mask(t.question_ids, "test"))
-    row = pick(sweep(tune, families), goal, value, cost)
+    row = pick(sweep(tune, families) if pts is None else pts, goal, value, cost)
     if row is None:
         raise StoplineError(f"no setting meets {goal} = {value:g} on the tune split")
     s = setting_of(row)

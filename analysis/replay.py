@@ -13,7 +13,7 @@ probe: the model's own answer is there).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,8 @@ class RunTable:
     """One run's checkpoints as padded 2-D numpy arrays, plus cached derived features."""
 
     def __init__(self, run_id: str, question_ids: np.ndarray, lengths: np.ndarray, cols: dict[str, np.ndarray],
-                 answers: np.ndarray, meta: pd.DataFrame | None = None, answer_type: str = "number"):
+                 answers: np.ndarray, meta: pd.DataFrame | None = None, answer_type: str = "number",
+                 incumbent: dict[str, np.ndarray] | None = None):
         self.run_id = run_id
         self.question_ids = np.asarray(question_ids)
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -55,6 +56,8 @@ class RunTable:
         self.full_tokens = cols["pos"][self.rows, self.final_idx].astype(np.float64)
         self._signals = {s: bool(np.isfinite(cols[s][self.valid]).any()) for s in SIGNAL_COLUMNS if s in cols}
         self.cache: dict[Any, Any] = {}
+        # the production stopper's stops, per question (analysis/incumbent.py: pos, em, f1, answer), or None
+        self.incumbent = incumbent
 
     def __getattr__(self, name: str) -> np.ndarray:
         cols = self.__dict__.get("cols")
@@ -136,6 +139,9 @@ class RunTable:
         t = cls.from_arrow(tbl, run["id"], None, run["answer_type"])
         meta = meta.set_index("question_id").reindex(t.question_ids).reset_index()
         t.meta = meta
+        if run.get("n_incumbent"):
+            from .incumbent import align
+            t.incumbent = align(store.incumbent(run["id"]), t.question_ids)
         return t
 
     @classmethod
@@ -155,7 +161,8 @@ class RunTable:
             idx = np.flatnonzero(idx)
         cols = {k: v[idx] for k, v in self.cols.items()}
         sub = RunTable(self.run_id, self.question_ids[idx], self.lengths[idx], cols, self.answers[idx],
-                       self.meta.iloc[idx].reset_index(drop=True), self.answer_type)
+                       self.meta.iloc[idx].reset_index(drop=True), self.answer_type,
+                       None if self.incumbent is None else {k: v[idx] for k, v in self.incumbent.items()})
         sub._signals = self._signals
         # Cached per-question arrays (cross-fitted probabilities above all) follow their questions, so a
         # split is decided by the same out-of-fold models as the whole run.
@@ -257,6 +264,11 @@ class Outcome:
         right, full_right = self.em > 0.5, self.full_em > 0.5
         return np.select([right & full_right, ~right & ~full_right, full_right & ~right],
                          [KEPT_RIGHT, KEPT_WRONG, LOST], GAINED)
+
+    def subset(self, idx: np.ndarray) -> "Outcome":
+        """The same outcome on some questions (a slice or a split)."""
+        return Outcome(self.label, *(None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
+                                     for f in fields(self) if f.name != "label"))
 
     def summary(self) -> dict:
         n = len(self.em)

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from .compare import default_slice
 from .frontier import sweep
+from .incumbent import LABEL as INCUMBENT, beat, headline, incumbent_outcome
 from .palette import FAMILY_COLORS as COLORS
 from .optimize import evaluate, operating_point, slice_labels
 from .presets import Preset, preset_stops
@@ -21,7 +22,9 @@ from .replay import RunTable, outcome_from_stops
 
 
 
-def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, title: str = "") -> go.Figure:
+def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, title: str = "",
+                    incumbent: dict | None = None) -> go.Figure:
+    """``incumbent``: the incumbent's summary (Outcome.summary), drawn as its own point."""
     pts = sweep(t) if pts is None else pts
     fig = go.Figure()
     for fam, g in pts[pts.family != "full"].groupby("family", sort=False):
@@ -31,6 +34,10 @@ def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, t
     full = pts[pts.family == "full"].iloc[0]
     fig.add_scatter(x=[full["emitted"]], y=[full["em"]], mode="markers", name="full length",
                     marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)))
+    if incumbent is not None:
+        fig.add_scatter(x=[incumbent["tokens_emitted"]], y=[incumbent["em"]], mode="markers+text", name=INCUMBENT,
+                        text=[INCUMBENT], textposition="bottom center",
+                        marker=dict(symbol="x", size=15, color="#dc2626", line=dict(color="black", width=1)))
     for p, res in presets:
         fig.add_scatter(x=[res["tokens_emitted"]], y=[res["em"]], mode="markers+text", name=p.name,
                         text=[p.name], textposition="top center",
@@ -60,11 +67,15 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str) -> go.Figu
 
 def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: float = 0.01, slice_by: str | None = None,
           images: bool = True, n_boot: int = 2000) -> dict:
-    """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}."""
+    """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}.
+
+    A run with an incumbent (the user's own stopper, analysis/incumbent.py) opens the report with the answer
+    to its question (``incumbent.headline``, on the held-out split) and is drawn on the frontier."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figs: dict[str, go.Figure] = {}
     md = [f"# Early stopping: what it saves and what it costs", "", f"_Stopline report, {now}._", ""]
     sections = []
+    answers: list[str] = []                 # the user's question answered first, for runs with an incumbent
     for k, (run, t) in enumerate(tables):
         pts = sweep(t)
         full = pts[pts.family == "full"].iloc[0]
@@ -74,14 +85,21 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                 rows.append((p, evaluate(t, preset_stops(t, p), p.name, n_boot)))
             except Exception as e:        # noqa: BLE001 - a preset this run cannot replay (no signals)
                 rows.append((p, {"error": str(e)}))
-        try:
-            op = operating_point(t, "drop", drop, n_boot=n_boot)
-        except Exception as e:            # noqa: BLE001
-            op = {"error": str(e)}
-        by = slice_by or default_slice(t)
         head = f"{run['model']} on {run['dataset']}"
+        inc = None
+        if t.incumbent is not None:
+            res = beat(t, drop, n_boot=n_boot)       # its within-drop choice is the recommendation below
+            inc = incumbent_outcome(t).summary()
+            answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [*headline(res), ""]
+            op = res["within_drop"] or {"error": f"no setting meets drop = {drop:g} on the tune split"}
+        else:
+            try:
+                op = operating_point(t, "drop", drop, n_boot=n_boot)
+            except Exception as e:            # noqa: BLE001
+                op = {"error": str(e)}
+        by = slice_by or default_slice(t)
         fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r], pts,
-                              f"{head}<br><sup>tokens vs exact match, every family's Pareto front</sup>")
+                              f"{head}<br><sup>tokens vs exact match, every family's Pareto front</sup>", inc)
         figs[f"frontier_{k}"] = fig
         rec_stops = None
         if "error" not in op:
@@ -127,6 +145,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
            "resample questions (paired bootstrap); McNemar's test compares the same questions stopped and run "
            "to the end. 'Tokens' counts what the model writes; 'incl. probes' adds the tokens spent asking for "
            "interim answers.", ""]
+    md[4:4] = answers
     markdown = "\n".join(md)
     imgs: dict[str, bytes] = {}
     if images:

@@ -3,7 +3,8 @@
 
 Every checkpoint's trial answer (``answer_raw``) and every trace's final answer are normalised and scored
 again against the questions' gold; with a new answer type the final answer is first extracted again from the
-trace's text by that type's rule. All runs named are written in one transaction, together with the removal
+trace's text by that type's rule. The answers a run's incumbent gave (analysis/incumbent.py) are scored
+again too. All runs named are written in one transaction, together with the removal
 of their kept sweeps (whose keys do not see EM, so a kept one would be stale); the sweeps are then computed
 again. An interruption leaves the store as it was, or rescored with its sweeps to be recomputed (a miss).
 """
@@ -49,6 +50,10 @@ def rescore(store, run_ids: list[str] | None = None, answer_type: str | None = N
             tr["final_raw"] = [extract(t, atype) for t in tr["text"]]
         new_ck = _rescore_frame(ck["answer_raw"], ck["question_id"], golds, atype)
         new_tr = _rescore_frame(tr["final_raw"], tr["question_id"], golds, atype)
+        # the incumbent's own answers (as given: a response, so extracted first); the others follow checkpoints
+        inc = store.incumbent(run["id"]).to_pandas()
+        inc = inc[inc["answer_raw"].notna()].reset_index(drop=True)
+        new_inc = _rescore_frame(inc["answer_raw"].map(lambda a: extract(a, atype)), inc["question_id"], golds, atype)
         changed = int((new_ck["em"].to_numpy() != ck["em"].to_numpy()).sum())
         report.append({
             "run": run["id"], "model": run["model"], "dataset": run["dataset"], "answer_type": atype,
@@ -65,9 +70,10 @@ def rescore(store, run_ids: list[str] | None = None, answer_type: str | None = N
                                       **{c: new_ck[c] for c in new_ck}}),
                         pd.DataFrame({"run_id": run["id"], "question_id": tr["question_id"],
                                       "final_raw": tr["final_raw"], "final_norm": new_tr["answer_norm"],
-                                      "em": new_tr["em"], "f1": new_tr["f1"]})))
+                                      "em": new_tr["em"], "f1": new_tr["f1"]}),
+                        pd.DataFrame({"run_id": run["id"], "question_id": inc["question_id"], **new_inc})))
     with store.transaction() as con:
-        for run, atype, cks, trs in updates:
+        for run, atype, cks, trs, incs in updates:
             con.register("new_ck", cks)
             con.execute("""UPDATE checkpoints SET answer_norm = n.answer_norm, em = n.em, f1 = n.f1 FROM new_ck n
                            WHERE checkpoints.run_id = n.run_id AND checkpoints.question_id = n.question_id
@@ -77,6 +83,10 @@ def rescore(store, run_ids: list[str] | None = None, answer_type: str | None = N
             con.execute("""UPDATE traces SET final_raw = n.final_raw, final_norm = n.final_norm, em = n.em, f1 = n.f1
                            FROM new_tr n WHERE traces.run_id = n.run_id AND traces.question_id = n.question_id""")
             con.unregister("new_tr")
+            con.register("new_inc", incs)
+            con.execute("""UPDATE incumbent SET answer_norm = n.answer_norm, em = n.em, f1 = n.f1 FROM new_inc n
+                           WHERE incumbent.run_id = n.run_id AND incumbent.question_id = n.question_id""")
+            con.unregister("new_inc")
             con.execute("DELETE FROM sweeps WHERE run_id = ?", [run["id"]])
             if atype != run["answer_type"]:
                 con.execute("UPDATE runs SET answer_type = ? WHERE run_id = ?", [atype, run["id"]])

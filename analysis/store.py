@@ -103,6 +103,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, key)
     );
     """,
+    # v4: where the user's own (production) stopper stopped, per question, and what it answered
+    # (analysis/incumbent.py writes it; replay reads it as the "your mechanism" outcome)
+    """
+    CREATE TABLE incumbent (
+        run_id VARCHAR,
+        question_id VARCHAR,
+        pos INTEGER NOT NULL,                -- tokens of the trace before the production stopper stopped
+        answer_raw VARCHAR,                  -- what it answered; NULL: the trial answer at the stop (replay's)
+        answer_norm VARCHAR,
+        em DOUBLE,                           -- NULL with answer_raw NULL
+        f1 DOUBLE,
+        PRIMARY KEY (run_id, question_id)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -326,17 +340,19 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------------------------
     def runs(self) -> list[dict]:
-        """One dict per run: id, model, dataset, counts, em_full (EM of the final answers, 0..1)."""
+        """One dict per run: id, model, dataset, counts (n_incumbent: questions with a production stop),
+        em_full (EM of the final answers, 0..1)."""
         with self.connect() as con:
             rel = con.execute("""
                 SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,
                        r.n_planned, r.created_at, r.config,
                        COALESCE(t.n, 0) AS n_questions, COALESCE(c.n, 0) AS n_checkpoints,
-                       t.em_full, t.f1_full, t.mean_tokens
+                       t.em_full, t.f1_full, t.mean_tokens, COALESCE(i.n, 0) AS n_incumbent
                 FROM runs r
                 LEFT JOIN (SELECT run_id, COUNT(*) n, AVG(em) em_full, AVG(f1) f1_full, AVG(n_tokens) mean_tokens
                            FROM traces GROUP BY run_id) t USING (run_id)
                 LEFT JOIN (SELECT run_id, COUNT(*) n FROM checkpoints GROUP BY run_id) c USING (run_id)
+                LEFT JOIN (SELECT run_id, COUNT(*) n FROM incumbent GROUP BY run_id) i USING (run_id)
                 ORDER BY r.created_at, r.run_id""")
             cols = [d[0] for d in rel.description]
             out = [dict(zip(cols, row)) for row in rel.fetchall()]
@@ -398,6 +414,13 @@ class Store:
     def presets(self) -> dict[str, dict]:
         with self.connect() as con:
             return {n: json.loads(b) for n, b in con.execute("SELECT name, body FROM presets ORDER BY name").fetchall()}
+
+    def incumbent(self, run_id: str) -> pa.Table:
+        """The run's production stops (analysis/incumbent.py): question_id, pos, answer_raw, answer_norm,
+        em, f1; empty when the run has none."""
+        with self.connect() as con:
+            return con.sql("SELECT question_id, pos, answer_raw, answer_norm, em, f1 FROM incumbent "
+                           "WHERE run_id = ? ORDER BY question_id", params=[run_id]).to_arrow_table()
 
     def signals_present(self, run_id: str) -> dict[str, bool]:
         """Which per-checkpoint signals the run has (a text import has none)."""

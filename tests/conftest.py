@@ -27,6 +27,18 @@ def synthetic_db(tmp_path_factory):
     return str(p), rid, rid_text
 
 
+def budget_like_run(store, n_questions: int, n_checkpoints: int, seed: int, share: float = 0.62) -> str:
+    """A synthetic run whose incumbent (analysis/incumbent.py) stops at ``share`` of each trace, as a
+    budget-like production stopper would; returns the run's id."""
+    from analysis.incumbent import attach
+    from analysis.replay import RunTable
+    from analysis.synthetic import write_synthetic_run
+    rid = write_synthetic_run(store, n_questions, n_checkpoints, seed=seed)
+    t = RunTable.from_store(store, rid)
+    attach(store, rid, list(t.question_ids), list((share * t.full_tokens).astype(int)))
+    return rid
+
+
 @pytest.fixture
 def cli(monkeypatch):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""

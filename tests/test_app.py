@@ -269,3 +269,33 @@ def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synt
     assert run["n_questions"] == 4 and run["status"] == "complete"
     at.run()
     assert not at.exception and any("done" in m.value for m in at.markdown)
+
+
+@pytest.fixture(scope="module")
+def incumbent_db(tmp_path_factory):
+    """A synthetic run with an incumbent stopping at 62% of each trace (a budget-like production stopper)."""
+    from conftest import budget_like_run
+    from analysis.store import Store
+    p = str(tmp_path_factory.mktemp("inc") / "inc.duckdb")
+    return p, budget_like_run(Store(p), 200, 12, seed=7)
+
+
+def test_frontier_and_compare_offer_your_mechanism(incumbent_db, synthetic_db):
+    db, rid = incumbent_db
+    at = app(db, rid)
+    assert not at.exception and any(c.value.startswith("Your mechanism") for c in at.caption)
+    at.switch_page("views/compare.py").run()
+    assert not at.exception
+    assert "your mechanism" in at.selectbox(key="cmp_A").options
+    at.selectbox(key="cmp_A").set_value("your mechanism").run()
+    assert not at.exception
+    assert any("A = your mechanism" in c.value for c in at.caption)
+    vals = {m.label: m.value for m in at.metric}
+    from analysis.incumbent import incumbent_outcome
+    from analysis.replay import RunTable
+    from analysis.store import Store
+    em = incumbent_outcome(RunTable.from_store(Store(db, read_only=True), rid)).em.mean()
+    assert vals["EM: A → B"].startswith(f"{em:.3f} →")
+    sdb, srid, _ = synthetic_db                       # a run without one is not offered it
+    at = app(sdb, srid, "views/compare.py")
+    assert not at.exception and "your mechanism" not in at.selectbox(key="cmp_A").options

@@ -50,3 +50,18 @@ def test_cost_axis_other_runs_and_the_current_setting(synthetic_db):
     assert [p[0] for p in hull] == sorted(p[0] for p in hull) and len(hull) == int(pts.hull_computed.sum())
     cur = next(s for s in option["series"] if s["name"] == "current setting")["data"][0]
     assert cur["value"][:2] == [50.0, 0.5] and cur["name"] == "current: budget(B=50)"
+
+
+def test_the_incumbent_is_its_own_labelled_point(synthetic_db):
+    pts = _sweep(synthetic_db)
+    option, picks = frontier_option(pts, "emitted", "mean tokens emitted", incumbent=(120.5, 0.41))
+    json.dumps(option)
+    i, s = next((k, s) for k, s in enumerate(option["series"]) if s["name"] == "your mechanism")
+    assert s["data"] == [{"value": [120.5, 0.41, "120", "0.410"], "name": "your mechanism"}]
+    assert s["symbol"] == "diamond" and s["label"]["show"] and s["label"]["formatter"] == "your mechanism"
+    others = {x.get("itemStyle", {}).get("color") for x in option["series"] if x is not s}
+    assert s["itemStyle"]["color"] not in others and s["symbol"] not in {x.get("symbol") for x in option["series"]
+                                                                         if x is not s}
+    assert "your mechanism" in option["legend"]["data"] and picks[i] is None     # drawn, not a setting to pick
+    plain, _ = frontier_option(pts, "emitted", "mean tokens emitted")
+    assert "your mechanism" not in plain["legend"]["data"]

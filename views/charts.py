@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.incumbent import LABEL as INCUMBENT
 from analysis.palette import FAMILY_COLORS as COLORS
 
 STAR = ("path://M50 0L61.8 35.1L100 35.1L69.1 56.7L80.9 91.9L50 70.2L19.1 91.9L30.9 56.7L0 35.1L38.2 35.1Z")
@@ -30,9 +31,11 @@ CLICK_TIP = {"formatter": TIP + "<br/><i>click to make it current</i>"}
 
 
 def frontier_option(pts: pd.DataFrame, x: str, axis_title: str, others: list[tuple[str, pd.DataFrame]] = (),
-                    current: tuple[float, float, str] | None = None) -> tuple[dict, list[list[str] | None]]:
+                    current: tuple[float, float, str] | None = None,
+                    incumbent: tuple[float, float] | None = None) -> tuple[dict, list[list[str] | None]]:
     """``pts``: a sweep (frontier.sweep's columns); ``x``: 'emitted' or 'computed'; ``others``: (name, sweep)
-    of other runs, drawn as their Pareto fronts; ``current``: (x, EM, label) of the current setting."""
+    of other runs, drawn as their Pareto fronts; ``current``: (x, EM, label) of the current setting;
+    ``incumbent``: (x, EM) of the user's own stopper (analysis/incumbent.py), a labelled point of its own."""
     suffix = "" if x == "emitted" else "_computed"
     series: list[dict] = []
     picks: list[list[str] | None] = []
@@ -70,6 +73,13 @@ def frontier_option(pts: pd.DataFrame, x: str, axis_title: str, others: list[tup
         add({"type": "scatter", "name": f"{name} (front)", "symbol": STAR, "symbolSize": 15,
              "data": _points(op[op.family == "full"].assign(label=f"{name}: full length"), x),
              "itemStyle": {"color": "white", "borderColor": "#0f172a", "borderWidth": 1.5}})
+    if incumbent is not None:
+        ix, iy = incumbent
+        add({"type": "scatter", "name": INCUMBENT, "symbol": "diamond", "symbolSize": 17, "z": 6,
+             "data": [{"value": [float(ix), float(iy), f"{ix:.0f}", f"{iy:.3f}"], "name": INCUMBENT}],
+             "label": {"show": True, "position": "bottom", "formatter": INCUMBENT, "color": "#7c2d12",
+                       "fontWeight": "bold"},
+             "itemStyle": {"color": "#ea580c", "borderColor": "#111827", "borderWidth": 1.5}})
     if current is not None:
         cx, cy, label = current
         add({"type": "scatter", "name": "current setting", "symbol": "circle", "symbolSize": 24, "z": 5,

@@ -22,7 +22,9 @@ def open_store(path: str, mtime: float) -> Store:
 
 
 @st.cache_resource(show_spinner="Loading the run's checkpoints…", max_entries=8)
-def run_table(path: str, run_id: str, n_checkpoints: int):
+def run_table(path: str, run_id: str, n_checkpoints: int, n_incumbent: int = 0):
+    """The run's table (with its incumbent); keyed on its counts, so new checkpoints or an incumbent attached
+    later show up."""
     from analysis.replay import RunTable
     return RunTable.from_store(open_store(path, _mtime(path)), run_id)
 
@@ -132,7 +134,7 @@ def current_run() -> dict | None:
 
 
 def table_for(run: dict):
-    return run_table(st.session_state["db"], run["id"], run["n_checkpoints"])
+    return run_table(st.session_state["db"], run["id"], run["n_checkpoints"], run.get("n_incumbent", 0))
 
 
 def family_picker(t, key: str = "family") -> str:

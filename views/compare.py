@@ -5,17 +5,22 @@ import streamlit as st
 
 from analysis.compare import compare, default_slice
 from analysis.errors import PresetError, StoplineError
+from analysis.incumbent import LABEL as INCUMBENT, incumbent_outcome
 from analysis.presets import Preset, from_dict, from_setting, loads
 from analysis.policies import Setting
+from analysis.replay import Outcome
 from views import common
 
 run, t, fam, current = common.page_start("Compare")
 saved = st.session_state["store"].presets() if st.session_state.get("store") else {}
 
 
-def chooser(side: str, default: int) -> Preset:
-    opts = ["the current setting", "full length", *[f"preset: {n}" for n in saved], "a link or JSON…"]
+def chooser(side: str, default: int) -> Preset | Outcome:
+    mine = [INCUMBENT] if t.incumbent is not None else []      # the user's own stopper, when the run has it
+    opts = ["the current setting", "full length", *mine, *[f"preset: {n}" for n in saved], "a link or JSON…"]
     pick = st.selectbox(f"Preset {side}", opts, index=min(default, len(opts) - 1), key=f"cmp_{side}")
+    if pick == INCUMBENT:
+        return incumbent_outcome(t)
     if pick == "the current setting":
         return from_setting(current)
     if pick == "full length":
@@ -54,7 +59,7 @@ common.change_metric(m[2], "Tokens: A → B", f"{res['tokens_a']:.0f} → {res['
 common.noted_metric(m[3], "McNemar p", f"{res['mcnemar']['p_value']:.3g}",
                     f"{res['a_only']} right only with A, {res['b_only']} only with B")
 st.caption(f"Δtokens 95% CI (B − A): {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}. "
-           f"A = {A.name}; B = {B.name}. Paired on the same {res['n']} questions: the CIs resample questions, "
+           f"A = {res['a']}; B = {res['b']}. Paired on the same {res['n']} questions: the CIs resample questions, "
            "McNemar uses only the questions where the two disagree.")
 st.dataframe({"": ["A right", "A wrong"], "B right": [res["both_right"], res["b_only"]],
               "B wrong": [res["a_only"], res["both_wrong"]]}, hide_index=True)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.errors import StoplineError
 from analysis.frontier import LEARNED_AUTO_MAX
+from analysis.incumbent import incumbent_outcome
 from analysis.policies import Setting
 from analysis.replay import replay
 from views import common
@@ -46,7 +47,11 @@ if run:
             mark = (s["tokens_" + x], s["em"], current.label())
         except StoplineError:
             current = None
-    option, picks = frontier_option(pts, x, f"mean {axis}", drawn, mark)
+    mine = None
+    if run.get("n_incumbent"):                          # the user's own stopper: its own marked point
+        s = incumbent_outcome(common.table_for(run)).summary()
+        mine = (s["tokens_" + x], s["em"])
+    option, picks = frontier_option(pts, x, f"mean {axis}", drawn, mark, mine)
     event = st.echarts_chart(option, height=560, key="frontier_chart", on_select="rerun", renderer="svg")
     picked = picked_setting(event, picks)
     if picked:
@@ -63,6 +68,10 @@ if run:
         st.caption("Click a point to make it the current setting.")
     st.caption(f"{run['model']} on {run['dataset']}: {run['n_questions']} questions, full-length EM "
                f"{full.em:.3f} at {full.emitted:.0f} tokens. Faint points are dominated within their family.")
+    if mine is not None:
+        st.caption(f"Your mechanism (the orange diamond): EM {mine[1]:.3f} at {mine[0]:.0f} tokens, "
+                   f"{1 - mine[0] / full[x]:.0%} fewer than full length; `python -m analysis optimize "
+                   f"--beat-incumbent` or the Report page compares it on held-out questions.")
     best = pts[pts["pareto" + suffix] & (pts.family != "full")].sort_values(x)
     st.subheader("Pareto settings")
     st.dataframe(best[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "lost", "gained"]],
