@@ -35,7 +35,8 @@ def _wanted(spec) -> dict[str, str]:
     """Our column name -> the file's field, for the fields this import reads."""
     want = {"id": spec.id_field, "pos": spec.position_field, "answer": spec.answer_field,
             "question": spec.question_field, "gold": spec.gold_field, "length": spec.length_field,
-            "correct": spec.correct_field, "text": spec.response_field if spec.response_field != "response" else None}
+            "correct": spec.correct_field, "text": spec.response_field if spec.response_field != "response" else None,
+            "stop": spec.stop_field, "stopped": spec.stopped_answer_field}
     for name, f in (spec.signals or {}).items():
         if name not in SIGNAL_COLUMNS:
             raise StoplineError(f"unknown signal {name!r}; the signals families read are {', '.join(SIGNAL_COLUMNS)}",
@@ -278,6 +279,9 @@ def read_checkpoints(spec, run_id: str) -> dict:
         "final_norm": pa.array(norm[fi], pa.string()), "em": pa.array(np.asarray(em)[fi], pa.float64()),
         "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
         "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
-    return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha,
+    stops = None
+    if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
+        stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
+    return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}

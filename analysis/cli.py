@@ -103,6 +103,9 @@ def _import_setup(p):
     ck.add_argument("--correct-field", help="the tool's own correctness label, used instead of Stopline's grader")
     ck.add_argument("--signal", action="append", default=[], metavar="NAME=FIELD",
                     help="a signal families read (p_mean, p_geo, p_min, p_first, entropy) from a field; repeatable")
+    inc = p.add_argument_group("your production stopper (drawn as 'your mechanism')")
+    inc.add_argument("--stop-field", help="where it stopped each trace (tokens of the trace)")
+    inc.add_argument("--stopped-answer-field", help="what it answered there (default: the trial answer at that point)")
     p.add_argument("--model", required=True, help="the model that wrote the responses")
     p.add_argument("--dataset", required=True, help="a name for the dataset the questions come from")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N tokens (plus steps and transitions)")
@@ -129,6 +132,7 @@ def import_spec(args):
                       every=args.every, max_line_mb=args.max_line_mb, fmt=args.format, records=args.records,
                       tokenizer=args.tokenizer, position_field=args.position_field, answer_field=args.answer_field,
                       length_field=args.length_field, correct_field=args.correct_field, signals=signals or None,
+                      stop_field=args.stop_field, stopped_answer_field=args.stopped_answer_field,
                       **{**defaults, **fields})
 
 

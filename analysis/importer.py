@@ -59,6 +59,9 @@ class ImportSpec:
     length_field: str | None = None
     correct_field: str | None = None
     signals: dict | None = None         # {signal name: field}
+    # the user's production stopper (incumbent.py): where it stopped (tokens) and what it answered
+    stop_field: str | None = None
+    stopped_answer_field: str | None = None
 
 
 def spec_for_format(fmt: str, **overrides) -> dict:
@@ -118,11 +121,13 @@ def preview(spec: ImportSpec, n: int = 5) -> dict:
     return {"n_records": len(recs), "fields": keys, "rows": rows}
 
 
-def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str]:
-    """Read and validate every record; returns [(question, response)] and the file's sha256."""
+def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str, dict | None]:
+    """Read and validate every record; returns [(question, response)], the file's sha256, and the incumbent's
+    stops ({positions, answers, lines}) when ``spec.stop_field`` names them."""
     check_spec(spec)
     recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
     out: list[tuple[Question, str]] = []
+    stops = {"positions": [], "answers": [], "lines": []} if spec.stop_field else None
     seen_ids: dict[str, Loc] = {}
     for loc, rec in recs:
         question, gold_value, response = _mapped(spec, loc, rec)
@@ -147,8 +152,13 @@ def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str]:
             seen_ids[qid] = loc
         meta = {"line": loc.line} if loc.line is not None else {"item": loc.item}
         out.append((Question(qid, question, gold, spec.answer_type, meta), response))
+        if stops is not None:
+            stops["positions"].append(sources.field(rec, spec.stop_field, loc, "stop"))
+            stops["answers"].append(sources.field(rec, spec.stopped_answer_field, loc, "stopped-answer")
+                                    if spec.stopped_answer_field else None)
+            stops["lines"].append(loc.line)
     assign_ids([q for q, _ in out])
-    return out, sha
+    return out, sha, stops
 
 
 _CK_FIELDS = ("question_id", "ck_idx", "pos", "kind", "is_step", "is_transition", "answer_raw", "answer_norm",
@@ -404,6 +414,8 @@ def _config(spec: ImportSpec, sha: str, **extra) -> dict:
                               "tokens": f"tokenizer:{spec.tokenizer}" if spec.tokenizer else "word-pieces"}}
     if spec.records:
         config["records"] = spec.records
+    if spec.stop_field:
+        config["incumbent"] = {"stop": spec.stop_field, "answer": spec.stopped_answer_field}
     return {**config, **extra}
 
 
@@ -422,7 +434,7 @@ def import_generations(store: Store, spec: ImportSpec, show_progress: bool = Tru
     from .store import config_hash
     if spec.fmt == "checkpoints":
         return _import_checkpoints(store, spec, keep_sweep)
-    records, sha = read_records(spec)
+    records, sha, stops = read_records(spec)
     n_think = sum(sources.THINK_CLOSE in r for _, r in records)
     config = _config(spec, sha, **({"thinking_traces": n_think} if n_think else {}))
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
@@ -439,6 +451,11 @@ def import_generations(store: Store, spec: ImportSpec, show_progress: bool = Tru
         traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
                              meanwhile=write_run_and_questions, starts=starts)
         store.put_results(traces, cks, con=con)
+        if stops is not None:
+            from .incumbent import attach
+            attach(store, run_id, [q.id for q, _ in records], stops["positions"], stops["answers"], con=con,
+                   file=spec.path, lines=stops["lines"], pos_field=spec.stop_field,
+                   answer_field=spec.stopped_answer_field or "answer")
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     if keep_sweep:
         from .frontier import materialise
@@ -467,6 +484,11 @@ def _import_checkpoints(store: Store, spec: ImportSpec, keep_sweep: bool = True)
                                 source="imported", config=config, n_planned=len(data["questions"]), con=con)
         store.put_questions(spec.dataset, data["questions"], con=con)
         store.put_results(data["traces"], data["checkpoints"], con=con)
+        if data["stops"] is not None:
+            from .incumbent import attach
+            attach(store, run_id, [q.id for q in data["questions"]], data["stops"]["positions"],
+                   data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
+                   answer_field=spec.stopped_answer_field or "answer")
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     if keep_sweep:
         materialise(store, run_id)

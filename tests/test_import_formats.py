@@ -276,3 +276,28 @@ def test_bad_options_and_files_are_refused_before_anything_is_written(tmp_path, 
 def test_a_directory_is_not_a_file(tmp_path, cli):
     code, _, err = _import(cli, tmp_path / "s.duckdb", tmp_path)
     assert code == 2 and "is a directory" in err
+
+
+def test_your_mechanism_comes_in_with_the_import(tmp_path, cli):
+    """--stop-field / --stopped-answer-field: where the production stopper stopped, and what it answered."""
+    from analysis.incumbent import incumbent_outcome
+    rows = [{**r, "stopped_at": 6, "said": a} for r, a in zip(ROWS, ["-77", "36", None])]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, "--every", "4", "--stop-field", "stopped_at",
+                             "--stopped-answer-field", "said")
+    assert code == 0, err
+    t = RunTable.from_store(Store(db), res["run_id"])
+    o = incumbent_outcome(t)
+    assert o.emitted.tolist() == [6, 6, 6] and o.em.tolist()[:2] == [1.0, 1.0]    # answered right, stopping early
+    long = tmp_path / "probes.jsonl"
+    long.write_text("".join(json.dumps({**r, "stop": 64}) + "\n" for r in LONG))
+    code, res, err = _import(cli, db, long, *CK_ARGS, "--stop-field", "stop")
+    assert code == 0, err
+    o = incumbent_outcome(RunTable.from_store(Store(db), res["run_id"]))
+    assert o.emitted.tolist() == [64, 64] and o.em.tolist() == [1.0, 0.0]
+    rows[1]["stopped_at"] = -1
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _import(cli, tmp_path / "b.duckdb", path, "--stop-field", "stopped_at")
+    assert code == 2 and "line 2" in err and "stopped_at" in err, err
