@@ -29,6 +29,9 @@ SPEC = {
     "probes": "immediate",
     # the run the dashboard opens on: the one whose trade-off is most visible (EM 0.595 at full length)
     "default_run": ("qwen2.5-coder-0.5b-instruct", EASY),
+    # an example incumbent on that run, standing in for a user's production stopper ("saves 38% of tokens,
+    # lowers EM"): where a DEER-style confidence rule stops (incumbent.py), drawn as "your mechanism"
+    "incumbent": {"family": "confidence", "params": {"tau": 0.8}},
 }
 
 
@@ -53,8 +56,22 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
             if rid not in keep:
                 for tbl in ("sweeps", "incumbent", "checkpoints", "traces", "runs"):
                     con.execute(f"DELETE FROM {tbl} WHERE run_id = ?", [rid])
+    attach_example_incumbent(store)
     _seal(store, tmp, path)
     return {"path": str(path), "runs": out}
+
+
+def attach_example_incumbent(store: Store) -> int:
+    """The default run's example incumbent (SPEC['incumbent']): the stop positions of that rule replayed on
+    the run, with no answers of their own (the trial answer at each stop is theirs)."""
+    from .incumbent import attach
+    from .replay import RunTable, replay
+    rid = next((r["id"] for r in store.runs() if (r["model"], r["dataset"]) == SPEC["default_run"]), None)
+    if rid is None:
+        return 0
+    t = RunTable.from_store(store, rid)
+    stops = replay(t, SPEC["incumbent"]).stop_pos
+    return attach(store, rid, [str(q) for q in t.question_ids], [int(p) for p in stops])
 
 
 def _seal(store: Store, tmp: Path, path) -> None:

@@ -146,7 +146,7 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
     page.goto(f"{url}/runs?db={db}&run={rid}")
     page.get_by_role("tab", name="Import generations").click()
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(FIXTURES / "solutions.jsonl"))
-    page.wait_for_selector("text=Fields in the first line", timeout=30_000)
+    page.wait_for_selector("text=What the import would read", timeout=30_000)
     page.get_by_role("textbox", name="Response field").fill("outputs.solution")
     page.get_by_role("textbox", name="Model name").fill("hand")
     page.get_by_role("textbox", name="Dataset name").fill("hand-gsm")
@@ -162,4 +162,31 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
     page.wait_for_selector("[data-testid='stAlertContentError']", timeout=60_000)
     err = page.locator("[data-testid='stAlertContentError']").inner_text()
     assert "bad.jsonl" in err and "line 2" in err
+    page.close()
+
+
+def test_upload_a_chat_log_with_reasoning_shows_what_it_reads_first(server, browser, tmp_path):
+    """The upload form's other formats: an OpenAI-style chat log previewed (question from the messages, the
+    reasoning as a thinking part), then imported."""
+    import json
+
+    from test_import_formats import CHAT
+    url, db, rid = server
+    log = tmp_path / "proxy-log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{url}/runs?db={db}&run={rid}")
+    page.get_by_role("tab", name="Import generations").click()
+    page.get_by_text("openai-chat", exact=True).click()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(log))
+    page.wait_for_selector("text=4 records", timeout=30_000)
+    table = page.locator("[data-testid='stDataFrame']").last
+    table.wait_for(timeout=30_000)
+    page.get_by_role("textbox", name="Model name").fill("r1")
+    page.get_by_role("textbox", name="Dataset name").fill("chat-arith")
+    page.get_by_role("textbox", name="Dataset name").press("Enter")
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.wait_for_selector("[data-testid='stAlertContentSuccess']", timeout=60_000)
+    assert "4 traces" in page.locator("[data-testid='stAlertContentSuccess']").inner_text()
+    assert "EM at full length 0.750" in page.locator("[data-testid='stAlertContentSuccess']").inner_text()
     page.close()

@@ -88,3 +88,20 @@ def test_the_dashboard_opens_on_the_demo_run_whose_trade_off_shows(demo):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()      # a link that names nothing
     assert not at.exception
     assert at.sidebar.selectbox(key="run_pick").value == default["id"]
+
+
+def test_the_demo_run_carries_an_example_of_your_mechanism(demo):
+    """The default run's example incumbent (SPEC['incumbent']): it saves tokens and loses EM, like the user's
+    production stopper, and a setting on the held-out half does better."""
+    from analysis.demo import SPEC
+    from analysis.incumbent import beat, incumbent_outcome
+    from analysis.replay import RunTable, replay
+    default = demo.run(demo.default_run())
+    assert default["n_incumbent"] == default["n_questions"]
+    t = RunTable.from_store(demo, default["id"])
+    mine = incumbent_outcome(t)
+    assert list(mine.stop_pos) == list(replay(t, SPEC["incumbent"]).stop_pos)
+    s = mine.summary()
+    assert s["savings_emitted"] > 0.3 and s["delta_em"] < -0.1
+    res = beat(t)
+    assert res is not None
