@@ -144,15 +144,6 @@ class RunTable:
             t.incumbent = align(store.incumbent(run["id"]), t.question_ids)
         return t
 
-    @classmethod
-    def from_history(cls, history: dict[str, list]) -> "RunTable":
-        """A one-question table from per-checkpoint lists (used by online evaluation)."""
-        k = len(history["pos"])
-        data = {"question_id": ["q"] * k}
-        for c, v in history.items():
-            data[c] = v
-        return cls.from_arrow(pa.table(data), "online")
-
     # -- subsets ------------------------------------------------------------------------------------------
     def subset(self, idx: np.ndarray) -> "RunTable":
         """A table of some questions (a slice or a split); shares nothing mutable with this one."""
@@ -289,14 +280,6 @@ class Outcome:
             "lost": int((oc == LOST).sum()), "gained": int((oc == GAINED).sum()),
             "stopped_early": int((self.stop_pos < self.full_tokens).sum()),
         }
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"question_id": self.question_ids, "stop": self.stop, "stop_pos": self.stop_pos,
-                             "em": self.em, "full_em": self.full_em, "emitted": self.emitted,
-                             "computed": self.computed, "full_tokens": self.full_tokens,
-                             "saved": self.full_tokens - self.emitted,
-                             "outcome": pd.Categorical.from_codes(self.outcome, list(OUTCOME_NAMES.values())),
-                             "answer": self.answers})
 
 
 def outcome_from_stops(t: RunTable, stop: np.ndarray, label: str = "") -> Outcome:

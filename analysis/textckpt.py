@@ -27,10 +27,6 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\{")
 KIND_RANK = {"interval": 0, "step": 1, "transition": 2, "final": 3}
 
 
-def count_tokens(text: str) -> int:
-    return sum(1 for _ in TOKEN_RE.finditer(text))
-
-
 _ASCII_WORD = np.zeros(128, dtype=bool)
 for _c in string.ascii_letters + string.digits + "_":
     _ASCII_WORD[ord(_c)] = True

@@ -90,13 +90,6 @@ class Policy:
 
     # -- declaration helpers ------------------------------------------------------------------------------
     @classmethod
-    def param(cls, name: str) -> Param:
-        for p in cls.params:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    @classmethod
     def defaults(cls) -> dict:
         return {p.name: p.default for p in cls.params}
 
@@ -152,17 +145,6 @@ class Policy:
     def fires(cls, t: "RunTable", params: dict) -> np.ndarray:
         """Boolean (questions x checkpoints): does the rule fire at this checkpoint?"""
         raise NotImplementedError
-
-    @classmethod
-    def fires_online(cls, history: dict[str, list], params: dict, state: dict) -> bool:
-        """The same rule, one checkpoint at a time (for the live controller and the equivalence tests).
-
-        ``history`` maps column name -> values at checkpoints 0..j of one question; ``state`` persists
-        across calls for that question. Default: evaluate the vectorised rule on a one-question table.
-        """
-        from ..replay import RunTable
-        t = RunTable.from_history(history)
-        return bool(cls.fires(t, params)[0, -1])
 
 
 @dataclass(frozen=True)
