@@ -19,8 +19,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from analysis.importer import ImportSpec, import_generations  # noqa: E402
-from analysis.store import Store  # noqa: E402
+from analysis.ingest.importer import ImportSpec, import_generations  # noqa: E402
+from analysis.core.store import Store  # noqa: E402
 
 STEPS = ["First, {a} + {b} = {c}.", "Then {c} * 2 = {d}.", "So we have {d} in total.",
          "Wait, let me check: {a} + {b} is {c}.", "Subtracting {b} gives {a}.", "Each part is {d} / 2 = {c}."]
@@ -80,7 +80,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = import_generations(store, spec, show_progress=False, keep_sweep=False)
         dt = time.perf_counter() - t0
-        from analysis.frontier import materialise     # the sweep a writer keeps for the dashboard, timed apart
+        from analysis.evaluate.frontier import materialise     # the sweep a writer keeps for the dashboard, timed apart
         t2 = time.perf_counter()
         materialise(store, res["run_id"])
         sweep_dt = time.perf_counter() - t2

@@ -28,8 +28,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from analysis.backend.runner import GenConfig, build_prompt, generate_batch  # noqa: E402
-from analysis.datasets import load_dataset  # noqa: E402
+from analysis.backend.decode import generate_batch
+
+from analysis.backend.prompts import build_prompt, GenConfig  # noqa: E402
+from analysis.ingest.datasets import load_dataset  # noqa: E402
 
 
 def load_model(name: str, device: str):

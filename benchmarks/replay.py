@@ -24,12 +24,12 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from analysis.frontier import settings_for, sweep  # noqa: E402
-from analysis.policies import Setting, families  # noqa: E402
-from analysis.policies.learned import cross_fit  # noqa: E402
-from analysis.replay import RunTable, stop_index  # noqa: E402
-from analysis.store import Store  # noqa: E402
-from analysis.synthetic import write_synthetic_run  # noqa: E402
+from analysis.evaluate.frontier import settings_for, sweep  # noqa: E402
+from analysis.replay.policies import Setting, families  # noqa: E402
+from analysis.replay.policies.learned import cross_fit  # noqa: E402
+from analysis.replay.engine import RunTable, stop_index  # noqa: E402
+from analysis.core.store import Store  # noqa: E402
+from analysis.ingest.synthetic import write_synthetic_run  # noqa: E402
 
 REPRESENTATIVE = {
     "budget": Setting.make("budget", B=600),

@@ -29,22 +29,22 @@ import time
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 
-from analysis.appserver import dashboard  # noqa: E402
-from analysis.store import Store  # noqa: E402
-from analysis.synthetic import write_synthetic_run  # noqa: E402
+from analysis.cli.appserver import dashboard  # noqa: E402
+from analysis.core.store import Store  # noqa: E402
+from analysis.ingest.synthetic import write_synthetic_run  # noqa: E402
 
 CHART = "[data-testid=stEChartsChart] svg path[transform^=matrix]"     # a point of the frontier is drawn
 PLOTLY_CHART = ".js-plotly-plot .scatterlayer .trace .points path"
 ONE_CHART_APP = """import sys
 sys.path.insert(0, {root!r})
 import streamlit as st
-from analysis.frontier import default_families, stored_sweep
-from analysis.store import Store
+from analysis.evaluate.frontier import default_families, stored_sweep
+from analysis.core.store import Store
 store = Store({db!r}, read_only=True)
 run = store.run({rid!r})
 pts = stored_sweep(store, run, default_families(run["n_checkpoints"]))
 if st.query_params.get("lib") == "plotly":
-    from analysis.report import frontier_figure
+    from analysis.evaluate.report import frontier_figure
     st.plotly_chart(frontier_figure(None, [], pts))
 else:
     from views.charts import frontier_option

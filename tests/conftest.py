@@ -11,15 +11,15 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 @pytest.fixture
 def store(tmp_path):
-    from analysis.store import Store
+    from analysis.core.store import Store
     return Store(tmp_path / "store.duckdb")
 
 
 @pytest.fixture(scope="session")
 def synthetic_db(tmp_path_factory):
     """A store with one synthetic run of 600 questions (signals included) and one without signals."""
-    from analysis.store import Store
-    from analysis.synthetic import write_synthetic_run
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
     p = tmp_path_factory.mktemp("syn") / "syn.duckdb"
     s = Store(p)
     rid = write_synthetic_run(s, 600, 30, seed=1)
@@ -30,9 +30,9 @@ def synthetic_db(tmp_path_factory):
 def budget_like_run(store, n_questions: int, n_checkpoints: int, seed: int, share: float = 0.62) -> str:
     """A synthetic run whose incumbent (analysis/incumbent.py) stops at ``share`` of each trace, as a
     budget-like production stopper would; returns the run's id."""
-    from analysis.incumbent import attach
-    from analysis.replay import RunTable
-    from analysis.synthetic import write_synthetic_run
+    from analysis.evaluate.incumbent import attach
+    from analysis.replay.engine import RunTable
+    from analysis.ingest.synthetic import write_synthetic_run
     rid = write_synthetic_run(store, n_questions, n_checkpoints, seed=seed)
     t = RunTable.from_store(store, rid)
     attach(store, rid, list(t.question_ids), list((share * t.full_tokens).astype(int)))
@@ -45,7 +45,7 @@ def cli(monkeypatch):
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from analysis.cli import main
+    from analysis.cli.main import main
 
     def run(*args):
         out, err = io.StringIO(), io.StringIO()

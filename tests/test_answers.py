@@ -1,8 +1,8 @@
 import pytest
 
-from analysis.answers import (check, extract_number_text, normalize_choice, normalize_gold, normalize_math,
+from analysis.core.answers import (check, extract_number_text, normalize_choice, normalize_gold, normalize_math,
                               normalize_number, normalize_text, numbers_equal, token_f1)
-from analysis.errors import StoplineError
+from analysis.core.errors import StoplineError
 
 
 @pytest.mark.parametrize("text,want", [

@@ -30,8 +30,8 @@ def test_frontier_reads_the_sweep_its_writer_kept(tmp_path, monkeypatch):
     """A run's writer keeps the default sweep in the store, so the first load sweeps nothing; a store without
     it is swept once and the sweep kept on disk."""
     import shutil
-    from analysis.store import Store
-    from analysis.synthetic import write_synthetic_run
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
     monkeypatch.setenv("STOPLINE_CACHE", str(tmp_path / "cache"))
     db = tmp_path / "kept.duckdb"
     rid = write_synthetic_run(Store(db), 40, 6, seed=11)
@@ -67,7 +67,7 @@ def test_text_only_run_hides_families_it_cannot_replay(synthetic_db):
 
 
 def test_empty_store_and_unknown_run_get_a_way_forward(tmp_path, synthetic_db):
-    from analysis.store import Store
+    from analysis.core.store import Store
     empty = tmp_path / "empty.duckdb"
     Store(empty)
     at = app(str(empty))
@@ -85,7 +85,7 @@ def test_runs_page_lists_runs(synthetic_db):
 
 
 def test_runs_page_on_the_demo_store_names_where_the_questions_come_from():
-    from analysis.store import DEMO_DB
+    from analysis.core.store import DEMO_DB
     at = app(DEMO_DB, None, "views/runs.py")
     assert not at.exception
     assert any("reasoning-gym" in c.value and "Apache-2.0" in c.value for c in at.caption)
@@ -94,11 +94,11 @@ def test_runs_page_on_the_demo_store_names_where_the_questions_come_from():
 def _monitor_log(tmp_path, synthetic_db, difficulty):
     """A decision log of the controller over a synthetic run, calibrated on the session's synthetic run."""
     import json
-    from analysis.controller import Controller, simulate
-    from analysis.presets import from_dict
-    from analysis.replay import RunTable
-    from analysis.store import Store
-    from analysis.synthetic import write_synthetic_run
+    from analysis.production.controller import Controller, simulate
+    from analysis.presets.schema import from_dict
+    from analysis.replay.engine import RunTable
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
     db, rid, _ = synthetic_db
     s = Store(tmp_path / "live.duckdb")
     live = write_synthetic_run(s, 200, 30, seed=9, dataset="live", difficulty=difficulty)
@@ -161,7 +161,7 @@ def test_tune_setting_carries_to_questions_and_into_the_link(synthetic_db):
     at.slider[0].set_value(64).run()
     link = at.query_params["s"]
     assert link.startswith("sl1.")
-    from analysis.presets import loads
+    from analysis.presets.schema import loads
     assert loads(link).setting.params["B"] == 64
     at.switch_page("views/questions.py").run()
     assert not at.exception and any("B=64" in c.value for c in at.caption)
@@ -191,7 +191,7 @@ def test_presets_page_saves_loads_and_rejects_bad_files(tmp_path, synthetic_db):
     at.text_input(key="preset_name").input("careful").run()
     at.button(key="preset_save").click().run()
     assert not at.exception and "Saved 'careful'" in at.success[0].value
-    from analysis.store import Store
+    from analysis.core.store import Store
     assert "careful" in Store(mine, read_only=True).presets()
     at.button(key="load_careful").click().run()
     assert not at.exception
@@ -215,10 +215,10 @@ def test_report_page_builds_html_markdown_and_charts(synthetic_db):
 
 
 def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_db):
-    from analysis.frontier import sweep
-    from analysis.optimize import pick
-    from analysis.replay import RunTable
-    from analysis.store import Store
+    from analysis.evaluate.frontier import sweep
+    from analysis.evaluate.optimize import pick
+    from analysis.replay.engine import RunTable
+    from analysis.core.store import Store
     db, rid, _ = synthetic_db
     at = app(db, rid, "views/tune.py")
     at.radio(key="op_goal").set_value("drop").run()
@@ -241,9 +241,9 @@ def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_d
 
 def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synthetic_db, monkeypatch):
     import time
-    from analysis import jobs
+    from analysis.production import jobs
     from analysis.backend.tiny import save_tiny
-    from analysis.store import Store
+    from analysis.core.store import Store
     model_dir = save_tiny(tmp_path / "tiny", seed=2)
     mine = tmp_path / "mine.duckdb"
     monkeypatch.setenv("STOPLINE_DB", str(mine))
@@ -275,7 +275,7 @@ def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synt
 def incumbent_db(tmp_path_factory):
     """A synthetic run with an incumbent stopping at 62% of each trace (a budget-like production stopper)."""
     from conftest import budget_like_run
-    from analysis.store import Store
+    from analysis.core.store import Store
     p = str(tmp_path_factory.mktemp("inc") / "inc.duckdb")
     return p, budget_like_run(Store(p), 200, 12, seed=7)
 
@@ -291,9 +291,9 @@ def test_frontier_and_compare_offer_your_mechanism(incumbent_db, synthetic_db):
     assert not at.exception
     assert any("A = your mechanism" in c.value for c in at.caption)
     vals = {m.label: m.value for m in at.metric}
-    from analysis.incumbent import incumbent_outcome
-    from analysis.replay import RunTable
-    from analysis.store import Store
+    from analysis.evaluate.incumbent import incumbent_outcome
+    from analysis.replay.engine import RunTable
+    from analysis.core.store import Store
     em = incumbent_outcome(RunTable.from_store(Store(db, read_only=True), rid)).em.mean()
     assert vals["EM: A → B"].startswith(f"{em:.3f} →")
     sdb, srid, _ = synthetic_db                       # a run without one is not offered it

@@ -10,10 +10,16 @@ import time
 
 import pytest
 
-from analysis.backend.runner import GenConfig, build_prompt, generate_batch, probe_from_scratch, run
+from analysis.backend.decode import generate_batch
+
+from analysis.backend.probe import probe_from_scratch
+
+from analysis.backend.prompts import build_prompt, GenConfig
+
+from analysis.ingest.pipeline import run
 from analysis.backend.tiny import build_model, save_tiny
-from analysis.policies import Setting
-from analysis.replay import RunTable, full_length, replay
+from analysis.replay.policies import Setting
+from analysis.replay.engine import RunTable, full_length, replay
 from conftest import ROOT
 
 
@@ -63,7 +69,7 @@ def test_reused_kv_probe_equals_probe_from_scratch(tiny, defer):
 def test_answer_step_drafts():
     """What an answer step feeds after the answer's next token: the rest of the previous answer while the
     answer follows it, else what followed the answer's last tokens where they last occur in the trace."""
-    from analysis.backend.runner import Prober
+    from analysis.backend.probe import Prober
     rest = Prober._rest
     assert rest([4, 8, 9], [], [4], 5) == [8, 9]                  # follows the draft
     assert rest([4, 8, 9], [], [4], 1) == [8]                     # as many as fit
@@ -92,7 +98,7 @@ def _three_prompts_cached(tiny):
 def test_batched_probe_with_repeated_rows_and_earlier_prefixes(tiny):
     """One probe batch over a shared cache: a row may appear several times, each entry masked to its own
     prefix length; every entry equals the probe computed from that prefix alone."""
-    from analysis.backend.runner import Prober
+    from analysis.backend.probe import Prober
     model, tok = tiny
     ids, mask, cache, L, cue = _three_prompts_cached(tiny)
     rows, cuts = [0, 0, 1, 2, 2, 2], [L, L - 9, L, L, L - 4, L - 20]
@@ -113,7 +119,7 @@ def test_drafted_answers_equal_the_greedy_ones(tiny, guess):
     """Whatever an entry is fed as a guess (its true answer, one that goes wrong half-way, a trace that holds
     the answer, nothing), the answer and its signals are the greedy probe's from scratch; a right guess
     takes fewer answer steps."""
-    from analysis.backend.runner import Prober
+    from analysis.backend.probe import Prober
     model, tok = tiny
     ids, mask, cache, L, cue = _three_prompts_cached(tiny)
     rows, cuts = [0, 1, 2, 2], [L, L, L, L - 6]
@@ -252,7 +258,7 @@ def test_sigkill_mid_run_then_resume_finds_every_question_once(tmp_path):
             "--db", str(db), "--json"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # wait until some batches are committed, then kill without warning
-    from analysis.store import Store
+    from analysis.core.store import Store
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline:
@@ -290,8 +296,8 @@ def test_bad_model_is_a_clear_error(cli, tmp_path):
 
 
 def test_reprobe_an_imported_run_adds_signals(tiny, store):
-    from analysis.backend.reprobe import reprobe
-    from analysis.importer import ImportSpec, import_generations
+    from analysis.ingest.reprobe import reprobe
+    from analysis.ingest.importer import ImportSpec, import_generations
     from conftest import FIXTURES
     imp = import_generations(store, ImportSpec(path=str(FIXTURES / "solutions.jsonl"), model="hand",
                                                dataset="hand-gsm", response_field="outputs.solution"),
@@ -308,7 +314,7 @@ def test_reprobe_an_imported_run_adds_signals(tiny, store):
     tr = store.trace(res["run_id"], t.question_ids[0])
     ck = store.checkpoints(res["run_id"]).to_pylist()
     first = [c for c in ck if c["question_id"] == t.question_ids[0]][0]
-    from analysis.backend.runner import GenConfig
+    from analysis.backend.prompts import GenConfig
     cfg = GenConfig(every=8).resolved("number", "instruct")
     p_ids = tok(build_prompt(tok, tr["question"], cfg), add_special_tokens=False)["input_ids"]
     t_ids = tok(tr["text"], add_special_tokens=False)["input_ids"]

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from analysis.appserver import dashboard
+from analysis.cli.appserver import dashboard
 
 CHROMIUM = "/usr/bin/chromium"
 FRONTIER = "[data-testid=stEChartsChart] svg"      # the Frontier chart (ECharts, SVG renderer)

@@ -1,10 +1,10 @@
 """The Frontier chart's ECharts option, built from a real sweep (no browser: tests/test_browser.py clicks it)."""
 import json
 
-from analysis.frontier import sweep
-from analysis.policies import Setting
-from analysis.replay import RunTable
-from analysis.store import Store
+from analysis.evaluate.frontier import sweep
+from analysis.replay.policies import Setting
+from analysis.replay.engine import RunTable
+from analysis.core.store import Store
 from views.charts import frontier_option, picked_setting
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from analysis.cli import COMMANDS, build_parser
+from analysis.cli.main import COMMANDS, build_parser
 from conftest import FIXTURES, ROOT
 
 

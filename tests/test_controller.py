@@ -5,13 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.controller import Controller, StreamSession, check_deployable, simulate
-from analysis.errors import PresetError
-from analysis.monitor import monitor, read_log
-from analysis.presets import from_dict, loads, preset_stops
-from analysis.replay import RunTable
-from analysis.routing import request_fields, route, route_table
-from analysis.synthetic import synthetic_tables, write_synthetic_run
+from analysis.production.controller import Controller, StreamSession, check_deployable, simulate
+from analysis.core.errors import PresetError
+from analysis.production.monitor import monitor, read_log
+from analysis.presets.schema import from_dict, loads
+from analysis.presets.routing import preset_stops
+from analysis.replay.engine import RunTable
+from analysis.presets.routing import request_fields, route, route_table
+from analysis.ingest.synthetic import synthetic_tables, write_synthetic_run
 
 
 def _table(n=300, m=30, seed=1, difficulty=(0.0, 1.0)):
@@ -157,7 +158,7 @@ def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
                          "--json")
     assert code == 0, err
     rid = json.loads(out.strip().splitlines()[-1])["run_id"]
-    from analysis.store import Store
+    from analysis.core.store import Store
     ck = Store(db, read_only=True).checkpoints(rid).to_pandas()
     tau = float(ck.p_mean.median())             # half the checkpoints pass: a mix of early and full-length stops
     preset = {"stopline_preset": 1, "name": "mix", "setting": {"family": "confidence", "params": {"tau": tau}},
@@ -192,8 +193,8 @@ def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
 def test_controlled_generate_in_a_transformers_loop():
     """The documented ten-line use: a model, a tokenizer, questions, a preset."""
     from analysis.backend.tiny import build_model
-    from analysis.controller import controlled_generate
-    from analysis.datasets import load_dataset
+    from analysis.production.controller import controlled_generate
+    from analysis.ingest.datasets import load_dataset
     model, tok = build_model(seed=3, initializer_range=0.3)
     ctl = Controller(_preset({"family": "budget", "params": {"B": 10}}), every=5)
     recs = controlled_generate(model, tok, load_dataset("rg:basic_arithmetic", 3).questions, ctl, batch_size=3)
@@ -214,7 +215,7 @@ def _log_from(store, rid, preset, path, label=True):
 
 @pytest.fixture(scope="module")
 def drift_store(tmp_path_factory):
-    from analysis.store import Store
+    from analysis.core.store import Store
     s = Store(tmp_path_factory.mktemp("drift") / "d.duckdb")
     cal = write_synthetic_run(s, 400, 30, seed=1, dataset="easy", difficulty=(0.0, 0.5))
     same = write_synthetic_run(s, 300, 30, seed=2, dataset="easy-later", difficulty=(0.0, 0.5))
@@ -268,10 +269,11 @@ def test_monitor_cli_and_bad_logs(drift_store, tmp_path, cli):
 
 
 def test_serve_demo_writes_a_log_and_labels_the_monitor_reads(tmp_path):
-    from analysis.backend.runner import GenConfig, run
+    from analysis.backend.prompts import GenConfig
+    from analysis.ingest.pipeline import run
     from analysis.backend.tiny import build_model
-    from analysis.serve_demo import serve_demo
-    from analysis.store import Store
+    from analysis.production.serve_demo import serve_demo
+    from analysis.core.store import Store
     tiny = build_model(seed=3, initializer_range=0.3)
     db = tmp_path / "cal.duckdb"
     res = run(Store(db), "tiny", "rg:basic_arithmetic", limit=12, cfg=GenConfig(every=6, max_new_tokens=30),
@@ -281,7 +283,7 @@ def test_serve_demo_writes_a_log_and_labels_the_monitor_reads(tmp_path):
     out = serve_demo(model="tiny", run=res["run_id"], preset=preset, n=10, seed=5, batch_size=5,
                      log=str(tmp_path / "logs" / "s.jsonl"), db=str(db), loaded=(*tiny, {}), show_progress=False)
     assert out["n"] == 10 and out["stopped"] >= 1
-    from analysis.cli_production import monitor_inputs
+    from analysis.production.monitor import monitor_inputs
     t, p = monitor_inputs([out["log"]])
     rep = monitor([out["log"]], t, p, [out["labels"]])
     assert rep["n_requests"] == 10 and rep["labelled"] == 10 and p.name == "b12"

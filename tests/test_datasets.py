@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.datasets import load_dataset, stable_id
-from analysis.errors import StoplineError
+from analysis.ingest.datasets import load_dataset, stable_id
+from analysis.core.errors import StoplineError
 
 
 def test_reasoning_gym_is_seeded_and_stable():
@@ -72,7 +72,7 @@ def test_hf_gives_a_clear_offline_error(monkeypatch):
 
 
 def test_reasoning_gym_options_in_the_id():
-    from analysis.datasets import load_dataset
+    from analysis.ingest.datasets import load_dataset
     ds = load_dataset("rg:basic_arithmetic?max_terms=3&max_digits=2", 20, seed=1)
     assert ds.id == "rg:basic_arithmetic?max_terms=3&max_digits=2" and len(ds) == 20
     assert all(q.meta["num_terms"] <= 3 and q.meta["num_digits"] <= 2 for q in ds.questions)

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis.errors import StoplineError
+from analysis.core.errors import StoplineError
 from conftest import ROOT
-from analysis.frontier import sweep
-from analysis.replay import RunTable
-from analysis.store import DEMO_DB, SCHEMA_VERSION, Store
+from analysis.evaluate.frontier import sweep
+from analysis.replay.engine import RunTable
+from analysis.core.store import DEMO_DB, SCHEMA_VERSION, Store
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def test_schema_runs_and_counts(demo):
     assert demo.schema_version() == SCHEMA_VERSION
     runs = demo.runs()
     assert {r["model"] for r in runs} >= {"qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"}
-    from analysis.demo import SPEC
+    from analysis.ingest.demo import SPEC
     assert {(r["model"], r["dataset"]) for r in runs} <= set(SPEC["runs"]), "only runs of the pinned spec ship"
     datasets = {}
     for r in runs:
@@ -50,7 +50,7 @@ def test_every_demo_run_keeps_a_sweep(demo):
 def test_the_kept_sweeps_match_the_current_code(demo):
     """A newcomer's first load reads the kept sweep; one keyed to older replay, front or policy code is
     skipped and the sweep recomputed (slower, never wrong). This test says when to re-key them."""
-    from analysis.frontier import default_families, stored_sweep
+    from analysis.evaluate.frontier import default_families, stored_sweep
     stale = [r["id"] for r in demo.runs() if stored_sweep(demo, r, default_families(r["n_checkpoints"])) is None]
     assert not stale, (f"the demo store's kept sweeps of {stale} are keyed to older code: run "
                        "`python -m analysis demo --refresh-sweeps` and commit data/demo.duckdb")
@@ -71,8 +71,8 @@ def test_budget_frontier_rises_with_the_budget(demo):
 
 def test_bundled_serve_demo_log_opens_against_the_demo_store():
     """The Monitor page's sample: a real serve-demo log (Qwen2.5-Coder-0.5B under the controller)."""
-    from analysis.cli_production import monitor_inputs
-    from analysis.monitor import monitor
+    from analysis.production.monitor import monitor_inputs
+    from analysis.production.monitor import monitor
     log = ROOT / "data" / "demo-logs" / "serve-demo.jsonl"
     t, preset = monitor_inputs([log])
     res = monitor([log], t, preset, [log.with_suffix(".labels.jsonl")])
@@ -82,7 +82,7 @@ def test_bundled_serve_demo_log_opens_against_the_demo_store():
 
 def test_the_dashboard_opens_on_the_demo_run_whose_trade_off_shows(demo):
     from streamlit.testing.v1 import AppTest
-    from analysis.demo import SPEC
+    from analysis.ingest.demo import SPEC
     default = demo.run(demo.default_run())
     assert (default["model"], default["dataset"]) == SPEC["default_run"] and 0.25 <= default["em_full"] <= 0.85
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()      # a link that names nothing
@@ -93,9 +93,9 @@ def test_the_dashboard_opens_on_the_demo_run_whose_trade_off_shows(demo):
 def test_the_demo_run_carries_an_example_of_your_mechanism(demo):
     """The default run's example incumbent (SPEC['incumbent']): it saves tokens and loses EM, like the user's
     production stopper, and a setting on the held-out half does better."""
-    from analysis.demo import SPEC
-    from analysis.incumbent import beat, incumbent_outcome
-    from analysis.replay import RunTable, replay
+    from analysis.ingest.demo import SPEC
+    from analysis.evaluate.incumbent import beat, incumbent_outcome
+    from analysis.replay.engine import RunTable, replay
     default = demo.run(demo.default_run())
     assert default["n_incumbent"] == default["n_questions"]
     t = RunTable.from_store(demo, default["id"])

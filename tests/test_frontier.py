@@ -2,13 +2,14 @@
 import numpy as np
 import pytest
 
-from analysis.errors import StoplineError
-from analysis.frontier import hull_mask, pareto_mask, sweep
-from analysis.optimize import operating_point, optimize_slices, split_mask
-from analysis.presets import Preset, preset_stops
-from analysis.policies import Setting
-from analysis.replay import RunTable, outcome_from_stops
-from analysis.store import Store
+from analysis.core.errors import StoplineError
+from analysis.evaluate.frontier import hull_mask, pareto_mask, sweep
+from analysis.evaluate.optimize import operating_point, optimize_slices, split_mask
+from analysis.presets.schema import Preset
+from analysis.presets.routing import preset_stops
+from analysis.replay.policies import Setting
+from analysis.replay.engine import RunTable, outcome_from_stops
+from analysis.core.store import Store
 
 
 def test_pareto_and_hull_on_known_points():
@@ -86,8 +87,8 @@ def test_a_written_run_keeps_its_default_sweep_and_a_change_makes_it_a_miss(tmp_
     """The writer materialises the sweep the dashboard draws first; it equals a fresh sweep, and other
     families, other code or other counts never read it."""
     import pandas as pd
-    from analysis.frontier import default_families, materialise, stored_sweep, sweep_key
-    from analysis.synthetic import write_synthetic_run
+    from analysis.evaluate.frontier import default_families, materialise, stored_sweep, sweep_key
+    from analysis.ingest.synthetic import write_synthetic_run
     s = Store(tmp_path / "s.duckdb")
     rid = write_synthetic_run(s, 60, 8, seed=3)
     run = s.run(rid)

@@ -8,7 +8,9 @@ import torch
 from analysis.backend.attention import use_fast_decode
 from analysis.backend.fused import can_fuse, forward_pair
 from analysis.backend.kvcache import new_cache, select_rows
-from analysis.backend.runner import GenConfig, build_prompt, generate_batch, probe_from_scratch
+from analysis.backend.decode import generate_batch
+from analysis.backend.probe import probe_from_scratch
+from analysis.backend.prompts import build_prompt, GenConfig
 from analysis.backend.tiny import build_model
 
 

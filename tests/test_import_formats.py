@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.replay import RunTable
-from analysis.store import Store
+from analysis.replay.engine import RunTable
+from analysis.core.store import Store
 
 ROWS = [
     {"question": "Calculate 7 + -84.", "answer": "-77", "response": "7 + -84 = -77. So \\boxed{-77}"},
@@ -116,7 +116,7 @@ def test_openai_chat_logs_with_reasoning(tmp_path, cli):
         inner = g[g.kind != "final"]
         assert len(inner) >= 1
         # every checkpoint but the last lies in the thinking part; the last is the trace's end
-        think_tokens = len(__import__("analysis.textckpt", fromlist=["x"]).token_starts_batch(
+        think_tokens = len(__import__("analysis.ingest.textckpt", fromlist=["x"]).token_starts_batch(
             [text[:text.index("</think>")]])[0])
         assert (inner.pos <= think_tokens).all() and g.pos.iloc[-1] > think_tokens
     assert json.loads(json.dumps(store.run(res["run_id"])["config"]))["thinking_traces"] == 3
@@ -242,7 +242,7 @@ def test_bad_checkpoint_exports(tmp_path, cli, change, args, message):
 
 
 def test_preview_reads_before_anything_is_written(tmp_path):
-    from analysis.importer import ImportSpec, preview
+    from analysis.ingest.importer import ImportSpec, preview
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in CHAT[:2]) + json.dumps({"gold": "1"}) + "\n")
     pv = preview(ImportSpec(path=str(path), model="m", dataset="d", fmt="openai-chat", question_field=None,
@@ -280,7 +280,7 @@ def test_a_directory_is_not_a_file(tmp_path, cli):
 
 def test_your_mechanism_comes_in_with_the_import(tmp_path, cli):
     """--stop-field / --stopped-answer-field: where the production stopper stopped, and what it answered."""
-    from analysis.incumbent import incumbent_outcome
+    from analysis.evaluate.incumbent import incumbent_outcome
     rows = [{**r, "stopped_at": 6, "said": a} for r, a in zip(ROWS, ["-77", "36", None])]
     path = tmp_path / "g.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -7,13 +7,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from analysis import incumbent as inc
-from analysis.datasets import Question
-from analysis.errors import StoplineError
-from analysis.optimize import evaluate_outcome, split_mask
-from analysis.replay import GAINED, KEPT_RIGHT, LOST, RunTable
-from analysis.store import CHECKPOINT_COLUMNS, SCHEMA_VERSION, TRACE_COLUMNS, Store
-from analysis.synthetic import write_synthetic_run
+from analysis.evaluate import incumbent as inc
+from analysis.ingest.datasets import Question
+from analysis.core.errors import StoplineError
+from analysis.evaluate.optimize import evaluate_outcome, split_mask
+from analysis.replay.engine import GAINED, KEPT_RIGHT, LOST, RunTable
+from analysis.core.schema import CHECKPOINT_COLUMNS, TRACE_COLUMNS
+from analysis.core.store import SCHEMA_VERSION, Store
+from analysis.ingest.synthetic import write_synthetic_run
 from conftest import budget_like_run
 
 # a hand-made run (gold 42 throughout): per question the checkpoints' (position, trial answer); the last
@@ -186,7 +187,7 @@ def test_beat_reports_on_the_held_out_split(budget_like):
 
 
 def test_report_opens_with_the_answer(budget_like):
-    from analysis.report import build
+    from analysis.evaluate.report import build
     p, rid, bare = budget_like
     s = Store(p, read_only=True)
     t = RunTable.from_store(s, rid)
@@ -218,7 +219,7 @@ def test_cli_beat_incumbent(budget_like, cli):
 
 
 def test_rescore_scores_the_incumbents_answers_again(store):
-    from analysis.rescore import rescore
+    from analysis.ingest.rescore import rescore
     rid = _hand_run(store)
     inc.attach(store, rid, ["q1", "q2"], [70, 40], [None, "The answer is 42."])
     with store.transaction() as con:            # as an older exact-match rule might have left it

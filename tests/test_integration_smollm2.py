@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from analysis.backend.models import PACKAGED, load, sha256_file, state
-from analysis.backend.runner import GenConfig, run
-from analysis.policies import Setting
-from analysis.replay import RunTable, replay
+from analysis.backend.prompts import GenConfig
+from analysis.ingest.pipeline import run
+from analysis.replay.policies import Setting
+from analysis.replay.engine import RunTable, replay
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +50,8 @@ def test_smollm2_controller_decides_as_the_replay_on_its_live_values(store):
     differing value at or before it. Where bf16 products are batch-invariant (ATen's kernels: AVX2 x86),
     the values are the recorded ones and every stop agrees."""
     from analysis.backend.numerics import batch_invariance
-    from analysis.presets import from_dict
-    from analysis.verify import verify_live
+    from analysis.presets.schema import from_dict
+    from analysis.production.verify import verify_live
     loaded = load("smollm2-135m-instruct", "cpu")
     res = run(store, "smollm2-135m-instruct", "rg:basic_arithmetic", limit=8, cfg=GenConfig(every=16, max_new_tokens=96),
               batch_size=4, loaded=loaded, show_progress=False, probes="immediate")   # probed as the controller does
@@ -127,8 +128,9 @@ def test_smollm2_fused_answers_leave_the_traces_bit_for_bit():
     bf16: the traces are those of generation without probes, bit for bit, and the trial answers those of
     answer steps of their own (bf16 may round a one-token step differently from a drafted one: a few
     differ where the model hesitates)."""
-    from analysis.backend.runner import build_prompt, generate_batch
-    from analysis.datasets import load_dataset
+    from analysis.backend.decode import generate_batch
+    from analysis.backend.prompts import build_prompt
+    from analysis.ingest.datasets import load_dataset
     _require_batch_invariant_bf16()         # fused steps stack the answers' rows beside the trace's
     model, tok, info = load("smollm2-135m-instruct", "cpu")
     cfg = GenConfig(every=16, max_new_tokens=96).resolved("number", info["kind"])

@@ -3,10 +3,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from analysis.errors import MissingSignal, PresetError
-from analysis.policies import Setting, families, get_family
-from analysis.policies.learned import cross_fit, fold_of
-from analysis.replay import RunTable, full_length, replay, stop_index
+from analysis.core.errors import MissingSignal, PresetError
+from analysis.replay.policies import Setting, families, get_family
+from analysis.replay.policies.learned import cross_fit, fold_of
+from analysis.replay.engine import RunTable, full_length, replay, stop_index
 
 
 def table(questions):
@@ -113,7 +113,7 @@ def test_out_of_range_parameter_is_a_clear_error():
 
 # --- learned: cross-fitting -------------------------------------------------------------------------------
 def test_cross_fitting_never_decides_a_question_with_a_model_trained_on_it(synthetic_db):
-    from analysis.store import Store
+    from analysis.core.store import Store
     path, rid, _ = synthetic_db
     t = RunTable.from_store(Store(path, read_only=True), rid)
     p = cross_fit(t, "all")
@@ -130,7 +130,7 @@ def test_cross_fitting_never_decides_a_question_with_a_model_trained_on_it(synth
 
 
 def test_learned_stopper_beats_chance(synthetic_db):
-    from analysis.store import Store
+    from analysis.core.store import Store
     path, rid, _ = synthetic_db
     t = RunTable.from_store(Store(path, read_only=True), rid)
     p = cross_fit(t, "all")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.errors import PresetError
-from analysis.policies import Setting
-from analysis.presets import Preset, decode, encode, from_dict, load, loads
+from analysis.core.errors import PresetError
+from analysis.replay.policies import Setting
+from analysis.presets.schema import Preset, decode, encode, from_dict, load, loads
 
 
 def sample_preset():

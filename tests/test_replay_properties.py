@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from analysis.errors import MissingSignal
-from analysis.policies import Setting
-from analysis.policies.learned import features
-from analysis.replay import RunTable, stop_index
+from analysis.core.errors import MissingSignal
+from analysis.replay.policies import Setting
+from analysis.replay.policies.learned import features
+from analysis.replay.engine import RunTable, stop_index
 
 ANSWERS = ["", "1", "2", "3"]
 

@@ -1,10 +1,10 @@
 """Paired comparison of presets, and the report built from them."""
 import numpy as np
 
-from analysis.compare import compare
-from analysis.presets import from_dict
-from analysis.replay import RunTable
-from analysis.store import Store
+from analysis.evaluate.compare import compare
+from analysis.presets.schema import from_dict
+from analysis.replay.engine import RunTable
+from analysis.core.store import Store
 
 
 def _p(name, fam, **params):

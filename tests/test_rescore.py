@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from analysis.frontier import materialise
-from analysis.importer import ImportSpec, import_generations
-from analysis.rescore import rescore
+from analysis.evaluate.frontier import materialise
+from analysis.ingest.importer import ImportSpec, import_generations
+from analysis.ingest.rescore import rescore
 
 
 def _import(store, tmp_path, rows, answer_type, name):

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-from analysis.stats import bootstrap_ci, mcnemar
+from analysis.evaluate.stats import bootstrap_ci, mcnemar
 
 
 @pytest.mark.parametrize("b,c", [(3, 9), (0, 5), (12, 30), (40, 41), (100, 60)])
@@ -52,7 +52,7 @@ def test_paired_interval_is_narrower_than_unpaired():
 
 def test_normal_ci_is_close_to_the_bootstrap_on_many_questions():
     import numpy as np
-    from analysis.stats import bootstrap_ci, normal_ci
+    from analysis.evaluate.stats import bootstrap_ci, normal_ci
     rng = np.random.default_rng(0)
     n = 5000
     full_em = (rng.uniform(size=n) < 0.6).astype(float)

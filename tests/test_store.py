@@ -6,9 +6,9 @@ import time
 import duckdb
 import pytest
 
-from analysis.datasets import Question
-from analysis.errors import StoplineError
-from analysis.store import MIGRATIONS, SCHEMA_VERSION, Store, migrate
+from analysis.ingest.datasets import Question
+from analysis.core.errors import StoplineError
+from analysis.core.store import MIGRATIONS, SCHEMA_VERSION, Store, migrate
 
 
 def test_new_store_has_current_schema(tmp_path):
@@ -104,7 +104,7 @@ def test_reader_waits_for_a_writer_in_another_process(tmp_path):
 
 def test_execution_details_are_not_part_of_a_runs_identity(store):
     """How a run was computed (probe batching) is recorded but does not make another run."""
-    from analysis.store import config_hash
+    from analysis.core.store import config_hash
     base = {"source": "generate", "gen": {"every": 32}}
     assert config_hash("m", "d", {**base, "execution": {"probes": "batched"}}) == \
         config_hash("m", "d", {**base, "execution": {"probes": "immediate"}}) == config_hash("m", "d", base)

@@ -1,8 +1,8 @@
 """Text-derived trial answers: the indexed lookup equals reading each prefix from scratch."""
 from hypothesis import given, settings, strategies as st
 
-from analysis.answers import normalize_number
-from analysis.textckpt import _BOX_RE, _HASH_RE, _SIMPLE_NUM, _clean_number, trial_answers
+from analysis.core.answers import normalize_number
+from analysis.ingest.textckpt import _BOX_RE, _HASH_RE, _SIMPLE_NUM, _clean_number, trial_answers
 
 PIECES = ["\\boxed{1}}", "12", "3", ",", "1,250", ".", "5", "/", "7", "-", "−4", " ", "\n", "\n\n", "So", "Wait", "x", "$",
           "\\boxed{", "}", "#### ", "0.75", "42."]
@@ -47,7 +47,8 @@ TEXT_PIECES = PIECES + ["Wait", " Wait", "Hmm,", "\n\n", "\n \n", "Actually", " 
 @given(st.lists(st.lists(st.sampled_from(TEXT_PIECES), max_size=60).map("".join), min_size=1, max_size=8),
        st.sampled_from([1, 3, 8, 32]))
 def test_chunk_checkpoints_equal_the_per_trace_functions(texts, every):
-    from analysis.textckpt import KIND_RANK, number_checkpoints_batch, placements
+    from analysis.core.schema import KIND_RANK
+    from analysis.ingest.textckpt import number_checkpoints_batch, placements
     r = number_checkpoints_batch(texts, every)
     for i, tx in enumerate(texts):
         pl, n = placements(tx, every)

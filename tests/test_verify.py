@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.controller import Controller, simulate
-from analysis.monitor import read_log
-from analysis.presets import from_dict
-from analysis.replay import RunTable
-from analysis.robustness import noise_from, perturb, stop_sensitivity
-from analysis.synthetic import synthetic_tables
-from analysis.verify import check_decisions, compare_values
+from analysis.production.controller import Controller, simulate
+from analysis.production.monitor import read_log
+from analysis.presets.schema import from_dict
+from analysis.replay.engine import RunTable
+from analysis.evaluate.robustness import noise_from, perturb, stop_sensitivity
+from analysis.ingest.synthetic import synthetic_tables
+from analysis.production.verify import check_decisions, compare_values
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.incumbent import LABEL as INCUMBENT
-from analysis.palette import FAMILY_COLORS as COLORS
+from analysis.evaluate.incumbent import LABEL as INCUMBENT
+from analysis.core.palette import FAMILY_COLORS as COLORS
 
 STAR = ("path://M50 0L61.8 35.1L100 35.1L69.1 56.7L80.9 91.9L50 70.2L19.1 91.9L30.9 56.7L0 35.1L38.2 35.1Z")
 OTHER_DASH = ([8, 4], [8, 3, 2, 3], [14, 4])

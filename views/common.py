@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.errors import StoplineError
-from analysis.store import DEFAULT_DB, DEMO_DB, Store
+from analysis.core.errors import StoplineError
+from analysis.core.store import DEFAULT_DB, DEMO_DB, Store
 
 STORES = {"Demo store (read-only)": DEMO_DB, "My store": os.environ.get("STOPLINE_DB", DEFAULT_DB)}
 
@@ -25,7 +25,7 @@ def open_store(path: str, mtime: float) -> Store:
 def run_table(path: str, run_id: str, n_checkpoints: int, n_incumbent: int = 0):
     """The run's table (with its incumbent); keyed on its counts, so new checkpoints or an incumbent attached
     later show up."""
-    from analysis.replay import RunTable
+    from analysis.replay.engine import RunTable
     return RunTable.from_store(open_store(path, _mtime(path)), run_id)
 
 
@@ -37,8 +37,8 @@ def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, l
     (``data/cache`` or ``$STOPLINE_CACHE``, keyed by the store file, the run and the code), so a restarted
     server finds it."""
     import pandas as pd
-    from analysis.frontier import default_families, stored_sweep, sweep, sweep_key
-    from analysis.policies import families
+    from analysis.evaluate.frontier import default_families, stored_sweep, sweep, sweep_key
+    from analysis.replay.policies import families
     fams = default_families(n_checkpoints) if learned is None else [f for f in families() if learned or f != "learned"]
     run = {"id": run_id, "n_questions": n_questions, "n_checkpoints": n_checkpoints}
     store = open_store(path, _mtime(path))
@@ -138,7 +138,7 @@ def table_for(run: dict):
 
 
 def family_picker(t, key: str = "family") -> str:
-    from analysis.policies import families, get_family
+    from analysis.replay.policies import families, get_family
     fams = [f for f in families() if all(t.has_signal(s) for s in get_family(f).required_signals(get_family(f).defaults()))]
     missing = [f for f in families() if f not in fams]
     want = _qp("family")
@@ -153,8 +153,8 @@ def family_picker(t, key: str = "family") -> str:
 
 def url_setting():
     """The setting kept in the URL (``s=sl1.…``), or None when absent or broken (a warning says so)."""
-    from analysis.errors import PresetError
-    from analysis.presets import loads
+    from analysis.core.errors import PresetError
+    from analysis.presets.schema import loads
     raw = _qp("s")
     if not raw:
         return None
@@ -167,14 +167,14 @@ def url_setting():
 
 def remember_setting(setting) -> None:
     """Make a setting the current one: kept in the session and in the URL (a shareable link)."""
-    from analysis.presets import from_setting
+    from analysis.presets.schema import from_setting
     st.session_state["setting"] = setting
     st.query_params["s"] = from_setting(setting).to_url()
 
 
 def current_setting(t, fam: str):
     """The current setting of the picked family: the Tune page's, else the link's, else the defaults."""
-    from analysis.policies import Setting, get_family
+    from analysis.replay.policies import Setting, get_family
     for s in (st.session_state.get("setting"), url_setting()):
         if s is not None and s.family == fam:
             return s

@@ -3,12 +3,12 @@ and the same per slice."""
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.compare import compare, default_slice
-from analysis.errors import PresetError, StoplineError
-from analysis.incumbent import LABEL as INCUMBENT, incumbent_outcome
-from analysis.presets import Preset, from_dict, from_setting, loads
-from analysis.policies import Setting
-from analysis.replay import Outcome
+from analysis.evaluate.compare import compare, default_slice
+from analysis.core.errors import PresetError, StoplineError
+from analysis.evaluate.incumbent import LABEL as INCUMBENT, incumbent_outcome
+from analysis.presets.schema import Preset, from_dict, from_setting, loads
+from analysis.replay.policies import Setting
+from analysis.replay.engine import Outcome
 from views import common
 
 run, t, fam, current = common.page_start("Compare")

@@ -4,11 +4,11 @@ import json
 
 import streamlit as st
 
-from analysis.errors import StoplineError
-from analysis.frontier import LEARNED_AUTO_MAX
-from analysis.incumbent import incumbent_outcome
-from analysis.policies import Setting
-from analysis.replay import replay
+from analysis.core.errors import StoplineError
+from analysis.evaluate.frontier import LEARNED_AUTO_MAX
+from analysis.evaluate.incumbent import incumbent_outcome
+from analysis.replay.policies import Setting
+from analysis.replay.engine import replay
 from views import common
 from views.charts import frontier_option, picked_setting
 

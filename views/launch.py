@@ -8,8 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "duckdb", "plotly.graph_objects", "plotly.io", "scipy.stats",
-           "analysis.store", "analysis.replay", "analysis.frontier", "analysis.policies", "analysis.presets",
-           "analysis.stats", "analysis.compare")
+           "analysis.core.store", "analysis.replay.engine", "analysis.evaluate.frontier", "analysis.replay.policies", "analysis.presets.schema",
+           "analysis.evaluate.stats", "analysis.evaluate.compare")
 
 
 def main(argv: list[str]) -> int:

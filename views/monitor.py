@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.errors import StoplineError
+from analysis.core.errors import StoplineError
 from views import common
 
 LOG_DIR = Path(os.environ.get("STOPLINE_LOG_DIR", "data/logs"))
@@ -52,8 +52,7 @@ if log_path is None:
 
 @st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
 def report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
-    from analysis.cli_production import monitor_inputs
-    from analysis.monitor import monitor, read_log
+    from analysis.production.monitor import monitor, monitor_inputs, read_log
     t, preset = monitor_inputs([log], None, run_id, run_db)
     res = monitor([log], t, preset, [labels] if labels else None)
     _, ck, fin = read_log([log])
@@ -61,7 +60,7 @@ def report(log: str, labels: str | None, mtime: float, run_db: str | None, run_i
 
 
 try:
-    from analysis.monitor import read_log
+    from analysis.production.monitor import read_log
     header, _, _ = read_log([log_path])
     cal = header.get("calibration") or {}
     run_db, run_id = cal.get("db"), cal.get("run")

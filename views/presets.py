@@ -6,9 +6,9 @@ from urllib.parse import urlencode, urlsplit
 
 import streamlit as st
 
-from analysis.errors import PresetError, StoplineError
-from analysis.presets import from_dict, from_setting, loads
-from analysis.store import DEFAULT_DB, Store
+from analysis.core.errors import PresetError, StoplineError
+from analysis.presets.schema import from_dict, from_setting, loads
+from analysis.core.store import DEFAULT_DB, Store
 from views import common
 
 

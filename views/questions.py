@@ -4,9 +4,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.errors import StoplineError
-from analysis.presets import loads
-from analysis.replay import full_length, outcome_from_stops, stop_index
+from analysis.core.errors import StoplineError
+from analysis.presets.schema import loads
+from analysis.replay.engine import full_length, outcome_from_stops, stop_index
 from views import common
 
 run, t, fam, setting = common.page_start("Questions")
@@ -23,7 +23,7 @@ try:
         b = full_length(t)
     else:
         if against.startswith("preset: "):
-            from analysis.presets import from_dict
+            from analysis.presets.schema import from_dict
             other = from_dict(saved[against[len("preset: "):]])
         else:
             text = st.text_input("Preset link (sl1.…) or JSON", key="q_other")
@@ -31,7 +31,7 @@ try:
                 st.info("Paste a preset link or JSON to compare with.")
                 st.stop()
             other = loads(text)
-        from analysis.presets import preset_stops
+        from analysis.presets.routing import preset_stops
         b = outcome_from_stops(t, preset_stops(t, other), other.name)
 except StoplineError as e:
     st.error(str(e))

@@ -1,8 +1,8 @@
 """Report: one click builds a self-contained HTML report, PNG/SVG charts and a Markdown summary."""
 import streamlit as st
 
-from analysis.errors import PresetError, StoplineError
-from analysis.presets import from_dict, from_setting
+from analysis.core.errors import PresetError, StoplineError
+from analysis.presets.schema import from_dict, from_setting
 from views import common
 
 run, t, fam, current = common.page_start("Report")
@@ -21,7 +21,7 @@ drop = c1.slider("Recommend the fewest tokens within this EM drop of full length
 slice_by = c2.selectbox("Break losses down by", ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]],
                         key="rep_slice")
 if st.button("Build the report", type="primary", key="rep_build", disabled=not ids):
-    from analysis.report import build, zip_bundle
+    from analysis.evaluate.report import build, zip_bundle
     try:
         presets = [from_setting(current, f"current: {current.label()}") if n == "the current setting"
                    else from_dict(saved[n]) for n in names]

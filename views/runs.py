@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analysis import jobs
-from analysis.errors import StoplineError
-from analysis.store import DEFAULT_DB, Store
+from analysis.production import jobs
+from analysis.core.errors import StoplineError
+from analysis.core.store import DEFAULT_DB, Store
 
 MY_DB = os.environ.get("STOPLINE_DB", DEFAULT_DB)
 
@@ -75,8 +75,8 @@ with tab_run:
     job_panel()
 
 with tab_import:
-    from analysis.answers import ANSWER_TYPES
-    from analysis.importer import FORMATS, ImportSpec, import_generations, preview
+    from analysis.core.answers import ANSWER_TYPES
+    from analysis.ingest.importer import FORMATS, ImportSpec, import_generations, preview
     up = st.file_uploader("A file of generations: JSONL, a JSON document, CSV or Parquet",
                           type=["jsonl", "ndjson", "json", "csv", "tsv", "parquet"], key="imp_file")
     fmt = st.radio("Format", list(FORMATS), horizontal=True, key="imp_fmt",

@@ -4,11 +4,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.errors import StoplineError
-from analysis.frontier import setting_of
-from analysis.optimize import evaluate, pick
-from analysis.policies import Setting, families, get_family
-from analysis.replay import stop_index
+from analysis.core.errors import StoplineError
+from analysis.evaluate.frontier import setting_of
+from analysis.evaluate.optimize import evaluate, pick
+from analysis.replay.policies import Setting, families, get_family
+from analysis.replay.engine import stop_index
 from views import common
 
 

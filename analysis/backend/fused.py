@@ -13,7 +13,7 @@ attention in every layer (no sliding window: the per-group masks are the full-at
 """
 from __future__ import annotations
 
-from .attention import NAME, Split
+from analysis.backend.attention import NAME, Split
 
 
 def can_fuse(model) -> bool:

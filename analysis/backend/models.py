@@ -24,7 +24,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import StoplineError
+from analysis.backend.attention import use_fast_decode
+from analysis.core.errors import StoplineError
 
 CACHE = Path(os.environ.get("STOPLINE_MODEL_CACHE", Path(__file__).resolve().parents[2] / "data" / "models"))
 
@@ -185,7 +186,6 @@ def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code
                             hint="use a packaged name (python -m analysis models), a local directory or .gguf "
                                  "file, or a Hugging Face hub id when you are online") from None
     model.to(dev).eval()
-    from analysis.backend.attention import use_fast_decode
     use_fast_decode(model)
     info["attention"] = model.config._attn_implementation
     if tok.pad_token is None:

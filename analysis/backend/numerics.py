@@ -1,7 +1,7 @@
 """What this processor's kernels promise about numbers: measured, never assumed.
 
 Stopline's *decisions* are exact by construction: the live controller and the replay run the same policy
-code on the same values (``analysis.verify`` checks it on every run). The *values* (a probe's trial answer,
+code on the same values (``analysis.production.verify`` checks it on every run). The *values* (a probe's trial answer,
 its probabilities, the after-cue entropy) come from the model's kernels, and whether a row's numbers depend
 on its batch-mates is a property of those kernels, not of our code:
 

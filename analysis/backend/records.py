@@ -1,0 +1,57 @@
+"""A finished batch of generated traces as the store's tables: traces and checkpoints, every trial answer
+extracted, normalised and scored against the gold."""
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+
+from analysis.backend.decode import TraceResult
+from analysis.backend.probe import Probe
+from analysis.core.answers import extract, normalize, normalize_gold, score
+
+
+def to_tables(run_id: str, questions, results: list[TraceResult], tok, answer_type: str):
+    """Arrow tables of traces and checkpoints for a finished batch."""
+    tr = {k: [] for k in ("run_id", "question_id", "text", "n_tokens", "final_raw", "final_norm", "em", "f1",
+                          "finish_reason", "gen_s", "probe_s")}
+    ck = {k: [] for k in ("run_id", "question_id", "ck_idx", "pos", "kind", "is_step", "is_transition",
+                          "answer_raw", "answer_norm", "em", "f1", "p_mean", "p_geo", "p_min", "p_first",
+                          "entropy", "answer_tokens", "probe_tokens")}
+    for q, r in zip(questions, results):
+        gold = normalize_gold(q.gold, answer_type)
+        text = tok.decode(r.token_ids, skip_special_tokens=True)
+        fraw = extract(text, answer_type)
+        fnorm = normalize(fraw, answer_type)
+        fem, ff1 = score(fnorm, gold, answer_type)
+        for k, v in (("run_id", run_id), ("question_id", q.id), ("text", text), ("n_tokens", len(r.token_ids)),
+                     ("final_raw", fraw), ("final_norm", fnorm), ("em", fem), ("f1", ff1),
+                     ("finish_reason", r.finish_reason), ("gen_s", r.gen_s), ("probe_s", r.probe_s)):
+            tr[k].append(v)
+        for i, c in enumerate(r.checkpoints):
+            pr: Probe | None = c["probe"]
+            final = c["kind"] == "final"
+            if final:   # the full-length answer is the model's own; the probe at the end gives its signals
+                raw, norm, em, f1 = fraw, fnorm, fem, ff1
+            else:
+                raw = pr.raw if pr else None
+                norm = normalize(raw, answer_type) if raw else ""
+                em, f1 = score(norm, gold, answer_type)
+            sig = pr.signals() if pr else {"p_mean": None, "p_geo": None, "p_min": None, "p_first": None,
+                                           "entropy": None}
+            for k, v in (("run_id", run_id), ("question_id", q.id), ("ck_idx", i), ("pos", c["pos"]),
+                         ("kind", c["kind"]), ("is_step", bool(c["is_step"])),
+                         ("is_transition", bool(c["is_transition"])), ("answer_raw", raw), ("answer_norm", norm),
+                         ("em", em), ("f1", f1), ("answer_tokens", 0 if final else (len(pr.tokens) if pr else 0)),
+                         ("probe_tokens", pr.probe_tokens if pr else 0)):
+                ck[k].append(v)
+            for k in ("p_mean", "p_geo", "p_min", "p_first", "entropy"):
+                v = sig[k]
+                ck[k].append(None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+    traces = pa.table(tr)
+    cks = pa.table({**ck, "ck_idx": pa.array(ck["ck_idx"], pa.int16()), "pos": pa.array(ck["pos"], pa.int32()),
+                    **{k: pa.array(ck[k], pa.float64()) for k in ("p_mean", "p_geo", "p_min", "p_first", "entropy")},
+                    "answer_tokens": pa.array(ck["answer_tokens"], pa.int32()),
+                    "probe_tokens": pa.array(ck["probe_tokens"], pa.int32())})
+    return traces, cks
+

@@ -1,0 +1,1 @@
+"""``python -m analysis`` / ``stopline``: the parser and one module per command group."""

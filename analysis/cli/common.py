@@ -1,0 +1,33 @@
+"""What every command module shares: the registry (``@command``) and the --db option, the store, JSON output.
+
+Command modules import what a command runs inside its function: ``stopline --help`` and each command then load
+only the libraries they need (duckdb, pandas, scipy, plotly, torch), a start-up choice, not a cycle."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable
+
+
+COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None]):
+    """Register a sub-command: ``setup(parser)`` adds its arguments, the decorated function runs it."""
+    def deco(run):
+        COMMANDS[name] = (setup, run, help)
+        return run
+    return deco
+
+
+def _db(p: argparse.ArgumentParser):
+    p.add_argument("--db", help="store file (default: $STOPLINE_DB or data/stopline.duckdb)")
+
+
+def _store(args, read_only: bool = False):
+    from analysis.core.store import Store
+    return Store(args.db, read_only=read_only, create=not read_only)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, default=str))

@@ -1,0 +1,46 @@
+"""``python -m analysis`` / ``stopline``: the parser over the command modules (each registers its commands
+with ``@command`` on import; their order here is the order of ``--help``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analysis.cli import data, replay, backend, production  # noqa: F401 (they register their commands, in --help order)
+from analysis.cli.common import COMMANDS
+from analysis.cli.data import _dashboard
+from analysis.core.errors import StoplineError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stopline", description="Stopline: early stopping of LLM reasoning, "
+                                     "replayed from stored checkpoints. Every command has --help.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (setup, _run, help) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        setup(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboard"] and not {"-h", "--help"} & set(argv):
+        return _dashboard(argparse.Namespace(streamlit_args=argv[1:]))    # options go to streamlit as they are
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        code = COMMANDS[args.command][1](args)   # a command may return an exit code (a failed check)
+    except StoplineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything committed so far is kept", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    """Console script ``stopline``."""
+    sys.exit(main())

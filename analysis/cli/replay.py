@@ -1,0 +1,196 @@
+"""CLI commands over the replay engine: eval, sweep, families, optimize."""
+from __future__ import annotations
+
+import json
+
+from analysis.cli.common import _db, _print_json, _store, command
+
+
+def _table(args):
+    from analysis.replay.engine import RunTable
+    store = _store(args, read_only=True)
+    return RunTable.from_store(store, args.run)
+
+
+def _eval_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--preset", required=True, help="a preset file, JSON text, or a sl1.… link")
+    p.add_argument("--split", default="all", choices=["tune", "test", "all"],
+                   help="evaluate on the tune or the held-out test half of the questions (stable by id)")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the CIs")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("eval", "replay a preset on a run: EM, ΔEM with CI, tokens emitted/computed, savings, lost/gained",
+         _eval_setup)
+def _eval(args):
+    from analysis.evaluate.optimize import evaluate, split_mask
+    from analysis.presets.schema import load
+    from analysis.presets.routing import preset_stops
+    preset = load(args.preset)
+    t = _table(args)
+    t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
+    res = evaluate(t, preset_stops(t, preset), preset.name, args.boot)
+    res.update({"run": t.run_id, "split": args.split, "preset": preset.to_dict()})
+    if args.json:
+        return _print_json(res)
+    ci = res["ci"]
+    print(f"{preset.name} on run {t.run_id} ({args.split}, {res['n']} questions)")
+    print(f"  EM {res['em']:.3f} vs full {res['em_full']:.3f}:  ΔEM {res['delta_em']:+.3f} "
+          f"[{ci['delta_em'][0]:+.3f}, {ci['delta_em'][1]:+.3f}]  McNemar p={res['mcnemar']['p_value']:.3g}")
+    print(f"  tokens emitted {res['tokens_emitted']:.1f} (saves {res['savings_emitted']:.1%}), computed "
+          f"{res['tokens_computed']:.1f} (saves {res['savings_computed']:.1%}), full {res['tokens_full']:.1f}")
+    print(f"  lost {res['lost']}  gained {res['gained']}  kept right {res['kept_right']}  kept wrong {res['kept_wrong']}")
+
+
+def _sweep_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--family", action="append", help="family to sweep (repeatable; default: all the run supports)")
+    p.add_argument("--split", default="all", choices=["tune", "test", "all"])
+    p.add_argument("--json", action="store_true", help="one JSON object per point")
+    _db(p)
+
+
+@command("sweep", "sweep every family's declared grid: points with Pareto and hull flags", _sweep_setup)
+def _sweep(args):
+    from analysis.evaluate.frontier import sweep
+    from analysis.evaluate.optimize import split_mask
+    from analysis.replay.policies.base import get_family
+    from analysis.core.errors import StoplineError
+    for f in args.family or []:
+        try:
+            get_family(f)
+        except KeyError:
+            from analysis.replay.policies.base import families
+            raise StoplineError(f"unknown family {f!r}", hint="families: " + ", ".join(families())) from None
+    t = _table(args)
+    t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
+    df = sweep(t, args.family, skip_missing=not args.family)
+    if args.json:
+        for rec in df.to_dict(orient="records"):
+            rec["setting"] = json.loads(rec["setting"]) if rec["setting"] else None
+            _print_json(rec)
+        return
+    print(df[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "pareto", "hull"]]
+          .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def _families_setup(p):
+    p.add_argument("--json", action="store_true")
+
+
+@command("families", "the policy families and their declared parameters", _families_setup)
+def _families(args):
+    from analysis.replay.policies.base import families, get_family
+    out = []
+    for f in families():
+        c = get_family(f)
+        out.append({"name": f, "label": c.label, "description": c.description, "source": c.source,
+                    "requires": list(c.requires),
+                    "params": [{"name": p.name, "kind": p.kind, "default": p.default, "low": p.low, "high": p.high,
+                                "log": p.log, "choices": list(p.choices), "help": p.help} for p in c.params]})
+    if args.json:
+        return _print_json(out)
+    for f in out:
+        print(f"{f['name']}: {f['description']}  [{f['source']}]")
+        for p in f["params"]:
+            rng = f" in [{p['low']:g}, {p['high']:g}]" if p["low"] is not None else (
+                f" one of {p['choices']}" if p["choices"] else "")
+            print(f"    {p['name']} ({p['kind']}, default {p['default']!r}{rng}): {p['help']}")
+
+
+def _op_setup(p):
+    p.add_argument("--run", required=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--budget", type=float, help="max EM with mean tokens <= BUDGET")
+    g.add_argument("--max-drop", type=float, help="fewest tokens with EM >= full EM - MAX_DROP (with "
+                   "--beat-incumbent: the EM drop the second setting keeps within, default 0.02)")
+    p.add_argument("--beat-incumbent", action="store_true",
+                   help="compare the run's incumbent (your production stopper, imported with --stop-field) with "
+                        "the setting of the best EM at its tokens and the fewest tokens within --max-drop")
+    p.add_argument("--cost", default="emitted", choices=["emitted", "computed"])
+    p.add_argument("--slice-by", help="choose one setting per slice ('length' or a question field such as "
+                   "meta.difficulty) under the global --budget")
+    p.add_argument("--family", action="append")
+    p.add_argument("--save", help="write the chosen preset to this JSON file")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("optimize", "pick an operating point on the tune split and report it on the test split", _op_setup)
+def _optimize(args):
+    from analysis.core.errors import StoplineError
+    from analysis.evaluate.optimize import operating_point, optimize_slices, split_mask
+    from analysis.replay.policies.base import Setting
+    from analysis.presets.schema import Preset
+    if args.beat_incumbent:
+        return _beat_incumbent(args)
+    if args.budget is None and args.max_drop is None:
+        raise StoplineError("optimize needs --budget, --max-drop or --beat-incumbent")
+    t = _table(args)
+    if args.slice_by:
+        if args.budget is None:
+            raise StoplineError("--slice-by needs --budget")
+        tune = t.subset(split_mask(t.question_ids, "tune"))
+        res = optimize_slices(tune, args.slice_by, args.budget, args.cost, args.family)
+        default = Setting.from_dict({"family": "budget", "params": {"B": 32768}})
+        preset = Preset(f"per-slice, budget {args.budget:g}", default, args.slice_by,
+                        {k: Setting.from_dict(v["setting"]) for k, v in res["slices"].items() if v["setting"]})
+    else:
+        goal, value = ("budget", args.budget) if args.budget is not None else ("drop", args.max_drop)
+        res = operating_point(t, goal, value, args.cost, args.family)
+        preset = Preset(res["label"], Setting.from_dict(res["setting"]))
+    res["preset"] = preset.to_dict()
+    res["link"] = preset.to_url()
+    if args.save:
+        with open(args.save, "w") as fh:
+            fh.write(preset.to_json())
+    if args.json:
+        return _print_json(res)
+    print(json.dumps(res, indent=2, default=str))
+
+
+def _beat_incumbent(args):
+    from analysis.core.errors import StoplineError
+    from analysis.evaluate.incumbent import beat, headline
+    if args.budget is not None or args.slice_by or args.save:
+        raise StoplineError("--beat-incumbent chooses its own budget (the incumbent's tokens); it takes "
+                            "--max-drop, --cost and --family, not --budget, --slice-by or --save")
+    t = _table(args)
+    res = beat(t, 0.02 if args.max_drop is None else args.max_drop, args.cost, args.family)
+    if args.json:
+        return _print_json(res)
+    print(f"run {t.run_id}: settings chosen on the tune half ({res['n_tune']} questions), every number on the "
+          f"held-out half ({res['n_test']})")
+    for line in headline(res, code=""):
+        print("  " + line)
+
+
+def _report_setup(p):
+    p.add_argument("--run", required=True, action="append", help="a run to report (repeatable)")
+    p.add_argument("--preset", action="append", default=[], help="a preset to report (file, JSON or link; repeatable)")
+    p.add_argument("--drop", type=float, default=0.02, help="recommend the fewest tokens within this EM drop")
+    p.add_argument("--slice-by", help="break the losses down by this (default: a metadata field, else length)")
+    p.add_argument("--out", default="report", help="folder for report.html, report.md and figures/")
+    p.add_argument("--no-images", action="store_true", help="skip the PNG/SVG charts (no Chromium needed)")
+    _db(p)
+
+
+@command("report", "a self-contained HTML report, a Markdown summary and PNG/SVG charts", _report_setup)
+def _report(args):
+    from pathlib import Path
+    from analysis.presets.schema import load
+    from analysis.replay.engine import RunTable
+    from analysis.evaluate.report import build
+    store = _store(args, read_only=True)
+    tables = [(store.run(r), RunTable.from_store(store, r)) for r in args.run]
+    rep = build(tables, [load(p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
+                images=not args.no_images)
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(rep["html"], encoding="utf-8")
+    (out / "report.md").write_text(rep["markdown"], encoding="utf-8")
+    for name, data in rep["images"].items():
+        (out / name).write_bytes(data)
+    print(f"report written to {out}/report.html ({len(rep['images'])} chart files, report.md)")

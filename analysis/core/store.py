@@ -1,0 +1,365 @@
+"""The store: one DuckDB file holding runs, questions, traces and checkpoints.
+
+Concurrency (docs/architecture.md): DuckDB lets one process write a file, and no other process may open it
+while it does. So no connection is ever held open: every operation opens the file, does its work in one
+transaction, and closes it. A writer (a generation run) commits one batch of finished questions per
+transaction; readers (the dashboard, the CLI) open read-only for one query and cache the result. When the
+file is momentarily locked by the other side, the open is retried with back-off for up to ``lock_timeout``
+seconds. A batch is either wholly in the store or not at all, so a killed run loses nothing it had committed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from analysis.core.errors import StoplineError
+from analysis.core.migrations import MIGRATIONS
+from analysis.core.schema import CHECKPOINT_COLUMNS, SIGNAL_COLUMNS, TRACE_COLUMNS
+
+DEFAULT_DB = "data/stopline.duckdb"
+DEMO_DB = str(Path(__file__).resolve().parents[2] / "data" / "demo.duckdb")
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def config_hash(model: str, dataset: str, config: dict) -> str:
+    """The run's identity. ``config['execution']`` (how it was computed: probe batching) is left out, like
+    batch size and device: asking again with another execution finds the same run."""
+    config = {k: v for k, v in config.items() if k != "execution"}
+    blob = json.dumps({"model": model, "dataset": dataset, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resolve_db_path(path: str | None = None) -> str:
+    return path or os.environ.get("STOPLINE_DB") or DEFAULT_DB
+
+
+def _is_lock_error(e: Exception) -> bool:
+    msg = str(e).lower()
+    return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+class Store:
+    """A DuckDB store file. Opens a connection per operation (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False,
+                 lock_timeout: float = 30.0, create: bool = True):
+        self.path = str(resolve_db_path(str(path) if path else None))
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        if read_only or not create:
+            if not Path(self.path).exists():
+                raise StoplineError("store not found", file=self.path,
+                                    hint="import or run something first, or pass --db PATH")
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._check_and_migrate()
+
+    # -- connections --------------------------------------------------------------------------------------
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if write and self.read_only:
+            raise StoplineError("this store is read-only (e.g. the bundled demo store)", file=self.path,
+                                hint="new runs and imports go to your own store: --db PATH or STOPLINE_DB")
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(self.path, read_only=not write)
+                break
+            except duckdb.IOException as e:
+                if not _is_lock_error(e) or time.monotonic() > deadline:
+                    if _is_lock_error(e):
+                        raise StoplineError(f"store is locked by another process for over {self.lock_timeout:.0f}s",
+                                            file=self.path) from None
+                    raise StoplineError(f"cannot open store ({e})", file=self.path) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+            except duckdb.Error as e:
+                raise StoplineError(f"not a readable DuckDB store ({str(e)[:200]})", file=self.path) from None
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # -- schema -------------------------------------------------------------------------------------------
+    def _set_meta(self, key: str, value: str, con=None) -> None:
+        if con is not None:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+        else:
+            with self.transaction() as c:
+                self._set_meta(key, value, c)
+
+    def set_attribution(self, dataset: str, text: str, con=None) -> None:
+        """Where a dataset's questions come from and under which licence (shown with the runs)."""
+        self._set_meta(f"attribution:{dataset}", text, con)
+
+    def attributions(self) -> dict[str, str]:
+        with self.connect() as con:
+            rows = con.execute("SELECT key, value FROM meta WHERE key LIKE 'attribution:%' ORDER BY key").fetchall()
+        return {k.split(":", 1)[1]: v for k, v in rows}
+
+    def set_default_run(self, run_id: str) -> None:
+        """The run the dashboard opens when the link names none (the demo store's most telling run)."""
+        self._set_meta("default_run", run_id)
+
+    def default_run(self) -> str | None:
+        with self.connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'default_run'").fetchone()
+        return row[0] if row else None
+
+    def schema_version(self) -> int:
+        with self.connect() as con:
+            return _version(con)
+
+    def _check_and_migrate(self) -> None:
+        exists = Path(self.path).exists() and Path(self.path).stat().st_size > 0
+        if exists:
+            with self.connect() as con:
+                version = _version(con)
+        else:
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise StoplineError(
+                f"store has schema version {version}, newer than this Stopline understands ({SCHEMA_VERSION})",
+                file=self.path, hint="upgrade Stopline (pip install -U -r requirements.txt)")
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            raise StoplineError(f"store has schema version {version}, older than {SCHEMA_VERSION}; "
+                                "it needs a migration, which a read-only store cannot take", file=self.path,
+                                hint="open it once writable (e.g. `python -m analysis runs --db PATH`)")
+        migrate(self.path, SCHEMA_VERSION)
+
+    # -- writes -------------------------------------------------------------------------------------------
+    def get_or_create_run(self, *, model: str, dataset: str, answer_type: str, source: str, config: dict,
+                          n_planned: int | None = None, con: duckdb.DuckDBPyConnection | None = None
+                          ) -> tuple[str, bool]:
+        """(run_id, created). The run's id is the head of the hash of (model, dataset, config): asking for
+        the same run again finds it."""
+        h = config_hash(model, dataset, config)
+        run_id = h[:12]
+
+        def go(c):
+            rows = c.execute("SELECT run_id FROM runs WHERE config_hash = ?", [h]).fetchall()
+            if rows:
+                return rows[0][0], False
+            t = now()
+            c.execute("INSERT INTO runs (run_id, config_hash, model, dataset, answer_type, source, config, status,"
+                      " n_planned, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      [run_id, h, model, dataset, answer_type, source, json.dumps(config, default=str),
+                       "running", n_planned, t, t]).fetchall()
+            return run_id, True
+        if con is not None:
+            return go(con)
+        with self.transaction() as c:
+            return go(c)
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?", [status, now(), run_id])
+
+    def put_questions(self, dataset: str, questions: list, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Insert questions not yet stored (by (dataset, id)); existing ones are left as they are."""
+        if not questions:
+            return
+        tbl = pa.table({
+            "dataset": [dataset] * len(questions),
+            "question_id": [q.id for q in questions],
+            "idx": list(range(len(questions))),
+            "text": [q.text for q in questions],
+            "gold": [json.dumps(q.gold) for q in questions],
+            "answer_type": [q.answer_type for q in questions],
+            "meta": [json.dumps(q.meta, default=str) for q in questions],
+        })
+
+        def go(c):
+            c.register("_q", tbl)
+            c.execute("INSERT INTO questions SELECT q.* FROM _q q ANTI JOIN questions s "
+                      "ON s.dataset = q.dataset AND s.question_id = q.question_id")
+            c.unregister("_q")
+        if con is not None:
+            return go(con)
+        with self.transaction() as c:
+            go(c)
+
+    def put_results(self, traces: pa.Table, checkpoints: pa.Table,
+                    con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Write finished questions' traces and checkpoints in one transaction (all or nothing)."""
+        def go(c):
+            c.register("_t", traces.select(TRACE_COLUMNS))
+            c.register("_c", checkpoints.select(CHECKPOINT_COLUMNS))
+            c.execute(f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) SELECT * FROM _t")
+            c.execute(f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) SELECT * FROM _c")
+            c.unregister("_t")
+            c.unregister("_c")
+        if con is not None:
+            return go(con)
+        with self.transaction() as c:
+            go(c)
+
+    def put_sweep(self, run_id: str, key: str, data: bytes) -> None:
+        """Keep one materialised sweep of a run; older ones of the run (other code, other counts) go."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM sweeps WHERE run_id = ? AND key <> ?", [run_id, key])
+            con.execute("INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?)", [run_id, key, data, now()])
+
+    def get_sweep(self, run_id: str, key: str) -> bytes | None:
+        with self.connect() as con:
+            row = con.execute("SELECT data FROM sweeps WHERE run_id = ? AND key = ?", [run_id, key]).fetchone()
+        return row[0] if row else None
+
+    def save_preset(self, name: str, body: dict) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO presets VALUES (?, ?, ?)", [name, json.dumps(body), now()])
+
+    def delete_preset(self, name: str) -> None:
+        with self.transaction() as con:
+            con.execute("DELETE FROM presets WHERE name = ?", [name])
+
+    # -- reads --------------------------------------------------------------------------------------------
+    def runs(self) -> list[dict]:
+        """One dict per run: id, model, dataset, counts (n_incumbent: questions with a production stop),
+        em_full (EM of the final answers, 0..1)."""
+        with self.connect() as con:
+            rel = con.execute("""
+                SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,
+                       r.n_planned, r.created_at, r.config,
+                       COALESCE(t.n, 0) AS n_questions, COALESCE(c.n, 0) AS n_checkpoints,
+                       t.em_full, t.f1_full, t.mean_tokens, COALESCE(i.n, 0) AS n_incumbent
+                FROM runs r
+                LEFT JOIN (SELECT run_id, COUNT(*) n, AVG(em) em_full, AVG(f1) f1_full, AVG(n_tokens) mean_tokens
+                           FROM traces GROUP BY run_id) t USING (run_id)
+                LEFT JOIN (SELECT run_id, COUNT(*) n FROM checkpoints GROUP BY run_id) c USING (run_id)
+                LEFT JOIN (SELECT run_id, COUNT(*) n FROM incumbent GROUP BY run_id) i USING (run_id)
+                ORDER BY r.created_at, r.run_id""")
+            cols = [d[0] for d in rel.description]
+            out = [dict(zip(cols, row)) for row in rel.fetchall()]
+        for r in out:
+            r["config"] = json.loads(r["config"]) if r["config"] else {}
+            r["created_at"] = str(r["created_at"])
+        return out
+
+    def run(self, run_id: str) -> dict:
+        runs = self.runs()
+        for r in runs:
+            if r["id"] == run_id:
+                return r
+        matches = [r for r in runs if r["id"].startswith(run_id)] if run_id else []
+        if len(matches) == 1:
+            return matches[0]
+        raise StoplineError(f"no run {run_id!r} in this store", file=self.path,
+                            hint="`python -m analysis runs` lists the runs")
+
+    def finished_questions(self, run_id: str) -> set[str]:
+        with self.connect() as con:
+            return {r[0] for r in con.execute("SELECT question_id FROM traces WHERE run_id = ?", [run_id]).fetchall()}
+
+    def checkpoints(self, run_id: str, columns: list[str] | None = None) -> pa.Table:
+        """The run's checkpoints, ordered by question (dataset order) then checkpoint index."""
+        cols = ", ".join(f"c.{c}" for c in (columns or CHECKPOINT_COLUMNS))
+        with self.connect() as con:
+            return con.sql(f"""
+                SELECT {cols} FROM checkpoints c
+                JOIN runs r ON r.run_id = c.run_id
+                LEFT JOIN questions q ON q.dataset = r.dataset AND q.question_id = c.question_id
+                WHERE c.run_id = ? ORDER BY q.idx, c.question_id, c.ck_idx""", params=[run_id]).to_arrow_table()
+
+    def traces(self, run_id: str, with_text: bool = False) -> pa.Table:
+        cols = TRACE_COLUMNS if with_text else [c for c in TRACE_COLUMNS if c != "text"]
+        with self.connect() as con:
+            return con.sql(f"""
+                SELECT {', '.join('t.' + c for c in cols)}, q.text AS question, q.gold, q.meta, q.idx
+                FROM traces t JOIN runs r ON r.run_id = t.run_id
+                LEFT JOIN questions q ON q.dataset = r.dataset AND q.question_id = t.question_id
+                WHERE t.run_id = ? ORDER BY q.idx, t.question_id""", params=[run_id]).to_arrow_table()
+
+    def trace(self, run_id: str, question_id: str) -> dict:
+        with self.connect() as con:
+            rel = con.execute("""SELECT t.*, q.text AS question, q.gold, q.meta FROM traces t
+                JOIN runs r ON r.run_id = t.run_id
+                LEFT JOIN questions q ON q.dataset = r.dataset AND q.question_id = t.question_id
+                WHERE t.run_id = ? AND t.question_id = ?""", [run_id, question_id])
+            cols = [d[0] for d in rel.description]
+            row = rel.fetchone()
+        if row is None:
+            raise StoplineError(f"no trace for question {question_id!r} in run {run_id!r}", file=self.path)
+        return dict(zip(cols, row))
+
+    def questions(self, dataset: str) -> pa.Table:
+        with self.connect() as con:
+            return con.sql("SELECT * FROM questions WHERE dataset = ? ORDER BY idx", params=[dataset]).to_arrow_table()
+
+    def presets(self) -> dict[str, dict]:
+        with self.connect() as con:
+            return {n: json.loads(b) for n, b in con.execute("SELECT name, body FROM presets ORDER BY name").fetchall()}
+
+    def incumbent(self, run_id: str) -> pa.Table:
+        """The run's production stops (analysis/incumbent.py): question_id, pos, answer_raw, answer_norm,
+        em, f1; empty when the run has none."""
+        with self.connect() as con:
+            return con.sql("SELECT question_id, pos, answer_raw, answer_norm, em, f1 FROM incumbent "
+                           "WHERE run_id = ? ORDER BY question_id", params=[run_id]).to_arrow_table()
+
+    def signals_present(self, run_id: str) -> dict[str, bool]:
+        """Which per-checkpoint signals the run has (a text import has none)."""
+        sel = ", ".join(f"COUNT({c}) > 0 AS {c}" for c in SIGNAL_COLUMNS)
+        with self.connect() as con:
+            row = con.execute(f"SELECT {sel} FROM checkpoints WHERE run_id = ?", [run_id]).fetchone()
+        return dict(zip(SIGNAL_COLUMNS, row))
+
+
+def _version(con: duckdb.DuckDBPyConnection) -> int:
+    has_meta = con.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+    if not has_meta:
+        tables = con.execute("SELECT COUNT(*) FROM information_schema.tables").fetchone()[0]
+        if tables:
+            raise StoplineError("this DuckDB file is not a Stopline store (no meta table)")
+        return 0
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(path: str, target: int = SCHEMA_VERSION) -> int:
+    """Apply migrations up to ``target`` in one transaction; returns the version reached."""
+    con = duckdb.connect(path)
+    try:
+        version = _version(con)
+        if version >= target:
+            return version
+        con.execute("BEGIN TRANSACTION")
+        for v in range(version, target):
+            con.execute(MIGRATIONS[v])
+            if v == 0:
+                con.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(target)])
+        con.execute("COMMIT")
+        return target
+    finally:
+        con.close()

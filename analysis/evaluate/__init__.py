@@ -1,0 +1,1 @@
+"""What a replay is worth: sweeps and frontiers, optimiser, statistics, comparisons, reports, the incumbent."""

@@ -1,0 +1,66 @@
+"""Paired comparison of two presets replayed on the same questions: McNemar, paired bootstrap CIs of ΔEM
+and Δtokens, and the same per slice."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.replay.slices import slice_labels
+from analysis.presets.schema import Preset
+from analysis.presets.routing import preset_stops
+from analysis.replay.engine import Outcome, RunTable, outcome_from_stops
+from analysis.evaluate.stats import mcnemar
+
+
+def default_slice(t: RunTable) -> str:
+    """The breakdown worth showing first: a metadata field with 2-12 values, else trace length."""
+    meta = [c for c in t.meta.columns if c.startswith("meta.") and 1 < t.meta[c].nunique() <= 12]
+    return meta[0] if meta else "length"
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of mean(b) - mean(a), resampling questions (pairs) together."""
+    n = len(a)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    d = np.asarray(b, float) - np.asarray(a, float)
+    means = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    lo, hi = np.percentile(means, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)
+
+
+def paired(oa: Outcome, ob: Outcome, n_boot: int) -> dict:
+    """B − A on the same questions: EM, tokens, paired CIs, the 2x2 table and McNemar."""
+    ra, rb = oa.em > 0.5, ob.em > 0.5
+    return {"n": int(len(ra)), "em_a": float(oa.em.mean()), "em_b": float(ob.em.mean()),
+            "tokens_a": float(oa.emitted.mean()), "tokens_b": float(ob.emitted.mean()),
+            "computed_a": float(oa.computed.mean()), "computed_b": float(ob.computed.mean()),
+            "delta_em": float(ob.em.mean() - oa.em.mean()), "delta_em_ci": paired_ci(oa.em, ob.em, n_boot),
+            "delta_tokens": float(ob.emitted.mean() - oa.emitted.mean()),
+            "delta_tokens_ci": paired_ci(oa.emitted, ob.emitted, n_boot),
+            "both_right": int((ra & rb).sum()), "a_only": int((ra & ~rb).sum()), "b_only": int((~ra & rb).sum()),
+            "both_wrong": int((~ra & ~rb).sum()), "mcnemar": mcnemar(ra, rb)}
+
+
+def side_outcome(t: RunTable, side: Preset | Outcome) -> Outcome:
+    """A side of a comparison: a preset, replayed; or an Outcome as it is (the incumbent, say)."""
+    return side if isinstance(side, Outcome) else outcome_from_stops(t, preset_stops(t, side), side.name)
+
+
+def compare(t: RunTable, a: Preset | Outcome, b: Preset | Outcome, slice_by: str | None = None,
+            n_boot: int = 2000) -> dict:
+    """A vs B on the same questions (B − A throughout); a side is a preset or an Outcome of ``t``."""
+    oa, ob = side_outcome(t, a), side_outcome(t, b)
+    out = {"a": oa.label, "b": ob.label, "run": t.run_id, **paired(oa, ob, n_boot)}
+    if slice_by:
+        labels = slice_labels(t, slice_by)
+        rows = []
+        for lab in sorted(set(labels), key=str):
+            m = labels == lab
+            p = paired(oa.subset(m), ob.subset(m), max(200, n_boot // 4))
+            rows.append({"slice": str(lab), **{k: v for k, v in p.items() if k != "mcnemar"},
+                         "mcnemar_p": p["mcnemar"]["p_value"]})
+        out["slices"] = pd.DataFrame(rows)
+        out["slice_by"] = slice_by
+    return out

@@ -1,0 +1,129 @@
+"""Operating points and per-slice settings.
+
+- Splits: questions go to 'tune' or 'test' by a stable hash of their id, so the split never changes.
+- Operating points: "max EM with mean tokens <= B" and "min tokens with EM >= full - delta", chosen on the
+  tune split, reported on the held-out test split with bootstrap CIs and McNemar against full length.
+- Per-slice settings: one setting per slice (question metadata, or question length), chosen to maximise
+  total EM under one global token budget, by Lagrangian relaxation of the multiple-choice knapsack.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from analysis.core.errors import StoplineError
+from analysis.evaluate.frontier import setting_of, sweep
+from analysis.replay.policies.base import Setting
+from analysis.replay.engine import Outcome, RunTable, full_length, outcome_from_stops, replay, stop_index
+from analysis.evaluate.stats import bootstrap_ci, mcnemar, normal_ci
+from analysis.replay.slices import slice_labels
+
+SPLITS = ("tune", "test", "all")
+
+
+def split_mask(question_ids: np.ndarray, split: str, tune_share: float = 0.5, salt: str = "stopline") -> np.ndarray:
+    if split not in SPLITS:
+        raise StoplineError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split == "all":
+        return np.ones(len(question_ids), bool)
+    h = np.array([int(hashlib.sha1((salt + str(q)).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+                  for q in question_ids])
+    tune = h < tune_share
+    return tune if split == "tune" else ~tune
+
+
+def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = 2000) -> dict:
+    """Summary of stops with CIs and McNemar against full length."""
+    return evaluate_outcome(outcome_from_stops(t, stop, label), n_boot)
+
+
+def evaluate_outcome(o: Outcome, n_boot: int = 2000) -> dict:
+    """``evaluate`` for any Outcome (a replayed setting, a preset, the incumbent)."""
+    s = o.summary()
+    if s["n"] == 0:
+        return s
+    if n_boot > 0:
+        s["ci"] = bootstrap_ci(o.em, o.full_em, o.emitted, o.full_tokens, o.computed, n_boot=n_boot)
+    else:   # n_boot=0: the normal approximation (instant; for live numbers on large runs)
+        s["ci"] = normal_ci(o.em, o.full_em, o.emitted, o.full_tokens, o.computed)
+    s["mcnemar"] = mcnemar(o.full_em > 0.5, o.em > 0.5)
+    return s
+
+
+def pick(points: pd.DataFrame, goal: str, value: float, cost: str = "emitted") -> pd.Series | None:
+    """From sweep points: goal 'budget' = max EM with mean cost <= value (fewest tokens among ties);
+    goal 'drop' = min cost with EM >= full EM - value."""
+    pts = points[points["family"] != "full"]
+    if goal == "budget":
+        ok = pts[pts[cost] <= value]
+        if ok.empty:
+            return None
+        return ok.sort_values(["em", cost], ascending=[False, True]).iloc[0]
+    if goal == "drop":
+        full_em = float(points.loc[points["family"] == "full", "em"].iloc[0])
+        ok = pts[pts["em"] >= full_em - value - 1e-12]
+        if ok.empty:
+            return None
+        return ok.sort_values([cost, "em"], ascending=[True, False]).iloc[0]
+    raise StoplineError(f"goal must be 'budget' or 'drop', not {goal!r}")
+
+
+def operating_point(t: RunTable, goal: str, value: float, cost: str = "emitted",
+                    families: list[str] | None = None, n_boot: int = 2000, pts: pd.DataFrame | None = None) -> dict:
+    """Choose on the tune split, report on the test split. ``pts``: the tune split's sweep, when the caller
+    has it already (it is computed otherwise)."""
+    tune = t.subset(split_mask(t.question_ids, "tune"))
+    test = t.subset(split_mask(t.question_ids, "test"))
+    row = pick(sweep(tune, families) if pts is None else pts, goal, value, cost)
+    if row is None:
+        raise StoplineError(f"no setting meets {goal} = {value:g} on the tune split")
+    s = setting_of(row)
+    return {"setting": s.to_dict(), "label": s.label(), "goal": goal, "value": value, "cost": cost,
+            "tune": {"em": float(row["em"]), "emitted": float(row["emitted"]), "computed": float(row["computed"]),
+                     "n": tune.n},
+            "test": evaluate(test, stop_index(test, s), s.label(), n_boot)}
+
+
+# --- slices -----------------------------------------------------------------------------------------------
+def optimize_slices(t: RunTable, by: str, budget: float, cost: str = "emitted",
+                    families: list[str] | None = None) -> dict:
+    """Per-slice settings maximising total EM with mean tokens (over all questions) <= budget."""
+    labels = slice_labels(t, by)
+    options = {}
+    for lab in sorted(set(labels)):
+        sub = t.subset(labels == lab)
+        pts = sweep(sub, families)
+        pts = pts[pts["pareto" if cost == "emitted" else "pareto_computed"]]
+        options[lab] = (sub.n, pts.reset_index(drop=True))
+    total_budget = budget * t.n
+
+    def choose(lam: float) -> dict:
+        return {lab: int(np.argmax(p["em"].to_numpy() * n - lam * p[cost].to_numpy() * n))
+                for lab, (n, p) in options.items()}
+
+    def spend(choice: dict) -> float:
+        return sum(options[lab][1][cost].iloc[i] * options[lab][0] for lab, i in choice.items())
+    lo, hi = 0.0, 1.0
+    while spend(choose(hi)) > total_budget and hi < 1e6:
+        hi *= 2
+    if spend(choose(hi)) > total_budget:
+        raise StoplineError(f"no per-slice choice meets a mean of {budget:g} tokens")
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if spend(choose(mid)) > total_budget:
+            lo = mid
+        else:
+            hi = mid
+    choice = choose(hi)
+    per = {}
+    for lab, i in choice.items():
+        row = options[lab][1].iloc[i]
+        per[lab] = {"n": options[lab][0], "em": float(row["em"]), cost: float(row[cost]),
+                    "setting": (setting_of(row).to_dict() if row["family"] != "full" else None),
+                    "label": row["label"]}
+    n_tot = sum(v["n"] for v in per.values())
+    return {"by": by, "budget": budget, "cost": cost, "slices": per,
+            "em": sum(v["em"] * v["n"] for v in per.values()) / n_tot,
+            cost: sum(v[cost] * v["n"] for v in per.values()) / n_tot}

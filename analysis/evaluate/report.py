@@ -1,0 +1,226 @@
+"""Reports a stakeholder can read: headline numbers, the frontier, where the losses come from, and the
+recommended operating point with its CIs — as one self-contained HTML file (charts inlined as SVG), PNG
+and SVG charts (kaleido, on the system Chromium) and a Markdown summary."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import zipfile
+from datetime import datetime, timezone
+
+import numpy as np
+import plotly.graph_objects as go
+
+from analysis.core.palette import FAMILY_COLORS as COLORS
+from analysis.evaluate.compare import default_slice
+from analysis.evaluate.frontier import sweep
+from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
+from analysis.evaluate.optimize import evaluate, operating_point
+from analysis.presets.routing import preset_stops
+from analysis.presets.schema import Preset
+from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
+from analysis.replay.policies.base import Setting
+from analysis.replay.slices import slice_labels
+
+
+
+def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, title: str = "",
+                    incumbent: dict | None = None) -> go.Figure:
+    """``incumbent``: the incumbent's summary (Outcome.summary), drawn as its own point."""
+    pts = sweep(t) if pts is None else pts
+    fig = go.Figure()
+    for fam, g in pts[pts.family != "full"].groupby("family", sort=False):
+        front = g[g["pareto_family"]].sort_values("emitted")
+        fig.add_scatter(x=front["emitted"], y=front["em"], mode="lines+markers", name=fam,
+                        line=dict(color=COLORS.get(fam)), marker=dict(size=6))
+    full = pts[pts.family == "full"].iloc[0]
+    fig.add_scatter(x=[full["emitted"]], y=[full["em"]], mode="markers", name="full length",
+                    marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)))
+    if incumbent is not None:
+        fig.add_scatter(x=[incumbent["tokens_emitted"]], y=[incumbent["em"]], mode="markers+text", name=INCUMBENT,
+                        text=[INCUMBENT], textposition="bottom center",
+                        marker=dict(symbol="x", size=15, color="#dc2626", line=dict(color="black", width=1)))
+    for p, res in presets:
+        fig.add_scatter(x=[res["tokens_emitted"]], y=[res["em"]], mode="markers+text", name=p.name,
+                        text=[p.name], textposition="top center",
+                        marker=dict(symbol="diamond", size=13, color="black"))
+    fig.update_layout(title=title or "Tokens vs exact match, every policy family's Pareto front", height=460,
+                      width=900, xaxis_title="mean tokens emitted per question", yaxis_title="exact match",
+                      legend=dict(orientation="h", y=-0.22), margin=dict(t=50, l=60, r=20, b=40),
+                      template="plotly_white")
+    return fig
+
+
+def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str) -> go.Figure:
+    o = outcome_from_stops(t, stops, name)
+    labels = slice_labels(t, by)
+    cats = sorted(set(labels), key=str)
+    oc = o.outcome
+    fig = go.Figure()
+    for code, lab, color in ((2, "lost (right at full length, wrong when stopped)", "#dc2626"),
+                             (3, "gained (wrong at full length, right when stopped)", "#16a34a")):
+        fig.add_bar(x=[str(c) for c in cats], y=[int(((labels == c) & (oc == code)).sum()) for c in cats], name=lab,
+                    marker_color=color)
+    fig.update_layout(title=f"Answers lost and gained by the recommendation, by {by}", barmode="group", height=360,
+                      width=900, xaxis_title=by, yaxis_title="questions", template="plotly_white", xaxis_type="category",
+                      legend=dict(orientation="h", y=-0.3), margin=dict(t=50, l=60, r=20, b=40))
+    return fig
+
+
+def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: float = 0.01, slice_by: str | None = None,
+          images: bool = True, n_boot: int = 2000) -> dict:
+    """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}.
+
+    A run with an incumbent (the user's own stopper, analysis/incumbent.py) opens the report with the answer
+    to its question (``incumbent.headline``, on the held-out split) and is drawn on the frontier."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    figs: dict[str, go.Figure] = {}
+    md = [f"# Early stopping: what it saves and what it costs", "", f"_Stopline report, {now}._", ""]
+    sections = []
+    answers: list[str] = []                 # the user's question answered first, for runs with an incumbent
+    for k, (run, t) in enumerate(tables):
+        pts = sweep(t)
+        full = pts[pts.family == "full"].iloc[0]
+        rows = []
+        for p in presets:
+            try:
+                rows.append((p, evaluate(t, preset_stops(t, p), p.name, n_boot)))
+            except Exception as e:        # noqa: BLE001 - a preset this run cannot replay (no signals)
+                rows.append((p, {"error": str(e)}))
+        head = f"{run['model']} on {run['dataset']}"
+        inc = None
+        if t.incumbent is not None:
+            res = beat(t, drop, n_boot=n_boot)       # its within-drop choice is the recommendation below
+            inc = incumbent_outcome(t).summary()
+            answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [*headline(res), ""]
+            op = res["within_drop"] or {"error": f"no setting meets drop = {drop:g} on the tune split"}
+        else:
+            try:
+                op = operating_point(t, "drop", drop, n_boot=n_boot)
+            except Exception as e:            # noqa: BLE001
+                op = {"error": str(e)}
+        by = slice_by or default_slice(t)
+        fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r], pts,
+                              f"{head}<br><sup>tokens vs exact match, every family's Pareto front</sup>", inc)
+        figs[f"frontier_{k}"] = fig
+        rec_stops = None
+        if "error" not in op:
+            s = Setting.from_dict(op["setting"])
+            rec_stops = stop_index(t, s)
+            figs[f"losses_{k}"] = losses_figure(t, rec_stops, by, op["label"])
+        md += [f"## {head}", "", f"{t.n} questions; at full length EM **{full['em']:.3f}** with "
+               f"**{full['emitted']:.0f}** tokens per question.", ""]
+        if "error" not in op:
+            te = op["test"]
+            ci = te["ci"]
+            md += [f"**Recommendation**: `{op['label']}` — the fewest tokens that keep EM within {drop:.0%} of full "
+                   f"length on the tune half; on the held-out half ({te['n']} questions) EM {te['em']:.3f} vs "
+                   f"{te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI {ci['delta_em'][0]:+.3f} "
+                   f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
+                   f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
+                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes.", ""]
+        else:
+            md += [f"No recommendation: {op['error']}", ""]
+        if rows:
+            md += ["| preset | EM | ΔEM (95% CI) | tokens | saved | saved incl. probes | lost | gained |",
+                   "|---|---|---|---|---|---|---|---|"]
+            for p, r in rows:
+                if "error" in r:
+                    md.append(f"| {p.name} | – | cannot replay: {r['error'][:80]} | | | | | |")
+                    continue
+                c = r["ci"]
+                md.append(f"| {p.name} | {r['em']:.3f} | {r['delta_em']:+.3f} ({c['delta_em'][0]:+.3f} … "
+                          f"{c['delta_em'][1]:+.3f}) | {r['tokens_emitted']:.0f} | {r['savings_emitted']:.0%} | "
+                          f"{r['savings_computed']:.0%} | {r['lost']} | {r['gained']} |")
+            md.append("")
+        md += [f"![frontier](figures/frontier_{k}.png)", ""]
+        if f"losses_{k}" in figs:
+            md += [f"![losses](figures/losses_{k}.png)", ""]
+        sections.append((head, t, full, op, rows, k))
+    md += ["## How to read this", "",
+           "Every number comes from replaying the stopping rules on stored checkpoints of real runs: at each "
+           "checkpoint the model was asked for its answer so far, so a rule's stop and the answer it would give "
+           "there are known for every question without re-running the model. Settings are chosen on one half "
+           "of the questions (a fixed hash of their ids) and reported on the other; confidence intervals "
+           "resample questions (paired bootstrap); McNemar's test compares the same questions stopped and run "
+           "to the end. 'Tokens' counts what the model writes; 'incl. probes' adds the tokens spent asking for "
+           "interim answers.", ""]
+    md[4:4] = answers
+    markdown = "\n".join(md)
+    imgs: dict[str, bytes] = {}
+    if images:
+        import plotly.io as pio
+        names = list(figs)
+        for fmt in ("png", "svg"):
+            import tempfile
+            from pathlib import Path
+            with tempfile.TemporaryDirectory() as d:
+                paths = [Path(d) / f"{n}.{fmt}" for n in names]
+                pio.write_images([figs[n] for n in names], paths, format=fmt, scale=2 if fmt == "png" else 1)
+                for n, p in zip(names, paths):
+                    imgs[f"figures/{n}.{fmt}"] = p.read_bytes()
+    page = _html(markdown, figs, imgs, now)
+    return {"html": page, "markdown": markdown, "figures": figs, "images": imgs}
+
+
+def _html(markdown: str, figs: dict, imgs: dict, now: str) -> str:
+    """Self-contained HTML: the Markdown rendered simply, charts inlined (SVG, else interactive plotly)."""
+    out = []
+    in_table = False
+    for line in markdown.splitlines():
+        if line.startswith("!["):
+            name = line.split("figures/")[1].split(".png")[0]
+            svg = imgs.get(f"figures/{name}.svg")
+            if svg is not None:
+                out.append(f"<div class='fig'><img alt='{name}' src='data:image/svg+xml;base64,"
+                           f"{base64.b64encode(svg).decode()}'/></div>")
+            else:
+                out.append(figs[name].to_html(full_html=False, include_plotlyjs="inline"))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
+                in_table = True
+            else:
+                out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            out.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    css = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#1f2937;line-height:1.5}"
+           "table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #d1d5db;padding:4px 8px;"
+           "text-align:right}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}"
+           "code{background:#f3f4f6;padding:1px 4px;border-radius:3px}.fig img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Stopline report {html.escape(now)}</title>"
+            f"<style>{css}</style></head><body>{''.join(out)}</body></html>")
+
+
+def _inline(s: str) -> str:
+    import re
+    s = html.escape(s)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+    s = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"<i>\1</i>", s)
+    return s
+
+
+def zip_bundle(rep: dict) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("report.html", rep["html"])
+        z.writestr("report.md", rep["markdown"])
+        for name, data in rep["images"].items():
+            z.writestr(name, data)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Runs into the store: dataset adapters, imports, generation from a model (pipeline), demo, rescore."""

@@ -1,0 +1,287 @@
+"""Import per-checkpoint data made by other tools (Dynasor-, EAT- or DEER-style exports): every checkpoint
+already has its trial answer, maybe signals and the tool's own correctness label; nothing is derived from
+text, so the rows go in as columns (pyarrow / numpy, no loop per row).
+
+Two shapes, told apart by the data: **long** (one row per checkpoint, grouped by ``id_field``) and **wide** (one
+record per question whose position, answer, signal and correctness fields are lists of equal length).
+Fields: ``id_field`` (long form; wide records without one are numbered in order), ``position_field``
+(tokens so far), ``answer_field`` (the trial answer), optional ``length_field`` (the whole trace's tokens: a
+final checkpoint is added there, answering what the last checkpoint answered, when it lies past the last
+position), optional ``correct_field`` (the tool's labels, used instead of our grader; the run records it),
+``signals`` ({p_mean|p_geo|p_min|p_first|entropy: field}), ``question_field`` and ``gold_field`` (the gold
+may be left out when ``correct_field`` is given), optional ``response_field`` (the trace's text).
+The last checkpoint of each question is its full-length answer, as everywhere in Stopline.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analysis.core.answers import normalize, normalize_gold
+from analysis.core.errors import StoplineError
+from analysis.core.schema import SIGNAL_COLUMNS
+from analysis.ingest import sources
+from analysis.ingest.datasets import as_gold_list, check_gold, Question
+from analysis.ingest.scoring import score_rows
+from analysis.ingest.textckpt import TOKEN_RE
+
+MAX_CHECKPOINTS = 32767          # ck_idx is a SMALLINT
+_TRUE = {"1", "true", "yes", "t", "y", "1.0"}
+_FALSE = {"0", "false", "no", "f", "n", "0.0", ""}
+
+
+def _wanted(spec) -> dict[str, str]:
+    """Our column name -> the file's field, for the fields this import reads."""
+    want = {"id": spec.id_field, "pos": spec.position_field, "answer": spec.answer_field,
+            "question": spec.question_field, "gold": spec.gold_field, "length": spec.length_field,
+            "correct": spec.correct_field, "text": spec.response_field if spec.response_field != "response" else None,
+            "stop": spec.stop_field, "stopped": spec.stopped_answer_field}
+    for name, f in (spec.signals or {}).items():
+        if name not in SIGNAL_COLUMNS:
+            raise StoplineError(f"unknown signal {name!r}; the signals families read are {', '.join(SIGNAL_COLUMNS)}",
+                                field="signal")
+        want[name] = f
+    if not spec.position_field or not spec.answer_field:
+        raise StoplineError("--format checkpoints needs --position-field and --answer-field", field="position_field")
+    if not spec.gold_field and not spec.correct_field:
+        raise StoplineError("--format checkpoints needs --gold-field, or --correct-field for the tool's own labels",
+                            field="gold_field")
+    return {k: v for k, v in want.items() if v}
+
+
+def _columns(spec) -> tuple[pa.Table, str, dict]:
+    """The fields as an Arrow table (one row per record), the file's sha256, and what each row is (its Loc)."""
+    want = _wanted(spec)
+    kind = sources.kind_of(spec.path, spec.kind)
+    if kind in ("csv", "parquet") and not spec.records:
+        sources.check_file(spec.path)
+        tbl = sources.read_table(spec.path, kind)
+        missing = [f for f in want.values() if f not in tbl.column_names]
+        if missing:
+            raise StoplineError(f"no column {missing[0]!r} (columns: {', '.join(tbl.column_names[:12])})",
+                                file=spec.path, field=missing[0])
+        return pa.table({k: tbl.column(f) for k, f in want.items()}), sources.sha256(spec.path), {"kind": kind}
+    return _columns_from_records(spec, want)
+
+
+def _columns_from_records(spec, want: dict[str, str]) -> tuple[pa.Table, str, dict]:
+    recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
+    cols: dict[str, list] = {k: [] for k in want}
+    for loc, rec in recs:
+        for k, f in want.items():
+            if k in ("length", "text"):             # optional per record
+                try:
+                    cols[k].append(rec[f] if f in rec else sources.get_path(rec, f))
+                except KeyError:
+                    cols[k].append(None)
+            else:
+                cols[k].append(sources.field(rec, f, loc, {"pos": "position"}.get(k, k)))
+    arrays = {}
+    for k, v in cols.items():
+        try:
+            arrays[k] = pa.array(v, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            i, kind = _odd_one(v)
+            raise recs[i][0].error(f"{str(v[i])[:40]!r} is a {type(v[i]).__name__}, where the other records "
+                                   f"have a {kind}", want[k]) from None
+    return pa.table(arrays), sha, {"kind": sources.kind_of(spec.path, spec.kind), "locs": [loc for loc, _ in recs]}
+
+
+def _odd_one(values: list) -> tuple[int, str]:
+    """The first value whose kind (number, str, list, ...) is not the most common one, and that kind."""
+    from collections import Counter
+
+    def kind(v):
+        return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+    kinds = [kind(v) if v is not None else None for v in values]
+    common = Counter(k for k in kinds if k).most_common(1)[0][0]
+    return next(i for i, k in enumerate(kinds) if k and k != common), common
+
+
+def _explode(tbl: pa.Table, spec, where: dict) -> tuple[pa.Table, np.ndarray]:
+    """Wide records (lists per field) to one row per checkpoint; returns the table and each row's record."""
+    if not pa.types.is_list(tbl.column("pos").type) and not pa.types.is_large_list(tbl.column("pos").type):
+        return tbl, np.arange(tbl.num_rows)
+    where["wide"] = True
+    pos = tbl.column("pos").combine_chunks()
+    lengths = pc.list_value_length(pos).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(pos).to_numpy()
+    out = {"pos": pc.list_flatten(pos)}
+    for k in tbl.column_names:
+        if k == "pos":
+            continue
+        col = tbl.column(k).combine_chunks()
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            n = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(n != lengths)
+            if len(bad):
+                raise _at(spec, where, int(bad[0]),
+                          f"{int(n[bad[0]])} values where the positions have {int(lengths[bad[0]])}", k)
+            out[k] = pc.list_flatten(col)
+        else:
+            out[k] = col.take(pa.array(parents))
+    if "id" not in out:
+        out["id"] = pa.array(parents.astype(str))
+    return pa.table(out), parents
+
+
+def _at(spec, where: dict, rec: int, message: str, key: str) -> StoplineError:
+    """An error naming the record (its line or item) and the file's field for our column ``key``."""
+    f = _wanted(spec).get(key, key)
+    locs = where.get("locs")
+    if locs:
+        return locs[rec].error(message, f)
+    if where.get("kind") == "csv":
+        return StoplineError(message, file=spec.path, line=rec + 2, field=f)
+    return StoplineError(message, file=spec.path, field=f"row {rec}.{f}")
+
+
+def _numbers(col: pa.ChunkedArray | pa.Array, spec, where, recs, key: str, integer: bool) -> np.ndarray:
+    try:
+        arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        vals = col.to_pylist()
+        for i, v in enumerate(vals):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise _at(spec, where, int(recs[i]), f"not a number: {str(v)[:40]!r}", key) from None
+        raise
+    if integer:
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr != np.floor(arr)))
+        if len(bad):
+            raise _at(spec, where, int(recs[bad[0]]), f"a position must be a whole number of tokens >= 0, got "
+                      f"{col[int(bad[0])].as_py()!r}", key)
+    return arr
+
+
+def _labels(col, spec, where, recs) -> np.ndarray:
+    if pa.types.is_boolean(col.type) or pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        v = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~np.isin(v, (0.0, 1.0)))
+    else:
+        s = np.asarray([str(x).strip().lower() for x in col.to_pylist()], dtype=object)
+        v = np.where(np.isin(s, list(_TRUE)), 1.0, np.where(np.isin(s, list(_FALSE)), 0.0, np.nan))
+        bad = np.flatnonzero(np.isnan(v))
+    if len(bad):
+        raise _at(spec, where, int(recs[bad[0]]), f"a correctness label is true/false or 1/0, got "
+                  f"{col[int(bad[0])].as_py()!r}", "correct")
+    return v
+
+
+def read_checkpoints(spec, run_id: str) -> dict:
+    """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras."""
+    tbl, sha, where = _columns(spec)
+    tbl, recs = _explode(tbl, spec, where)
+    n = tbl.num_rows
+    if n == 0:
+        raise StoplineError("no checkpoints in the file", file=spec.path)
+    ids = pc.cast(tbl.column("id"), pa.string()) if "id" in tbl.column_names else None
+    if ids is None:
+        raise StoplineError("--format checkpoints in long form needs --id-field (the question each row belongs to)",
+                            file=spec.path, field="id_field")
+    if ids.null_count:
+        raise _at(spec, where, int(recs[np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))[0]]),
+                  "missing question id", "id")
+    pos = _numbers(tbl.column("pos"), spec, where, recs, "pos", integer=True)
+    codes, uniq_ids = pd.factorize(pd.Series(ids.to_numpy(zero_copy_only=False), dtype=object), sort=False)
+    order = np.lexsort((pos, codes))                    # questions in order of appearance, positions ascending
+    codes, pos, recs = codes[order], pos[order], recs[order]
+    tbl = tbl.take(pa.array(order))
+    same = np.flatnonzero((codes[1:] == codes[:-1]) & (pos[1:] == pos[:-1]))
+    if len(same):
+        raise _at(spec, where, int(recs[same[0] + 1]), f"question {uniq_ids[codes[same[0]]]!r} has two checkpoints at "
+                  f"position {int(pos[same[0]])}", "pos")
+    first = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1]
+    last = np.r_[first[1:], n] - 1
+    counts = last - first + 1
+    nq = len(first)
+    # a final checkpoint at the trace's length, when it lies past the last position
+    extra = np.zeros(nq, bool)
+    lengths = pos[last].copy()
+    if "length" in tbl.column_names:
+        L = _numbers(tbl.column("length"), spec, where, recs, "length", integer=True)[first]
+        short = np.flatnonzero(L < pos[last])
+        if len(short):
+            q = int(short[0])
+            raise _at(spec, where, int(recs[last[q]]), f"question {uniq_ids[codes[first[q]]]!r}: length {int(L[q])} is "
+                      f"before its last checkpoint at {int(pos[last[q]])}", "length")
+        extra = L > pos[last]
+        lengths = L
+    too_many = np.flatnonzero(counts + extra > MAX_CHECKPOINTS)
+    if len(too_many):
+        q = int(too_many[0])
+        raise _at(spec, where, int(recs[first[q]]), f"question {uniq_ids[codes[first[q]]]!r} has {int(counts[q])} "
+                  f"checkpoints; at most {MAX_CHECKPOINTS} are stored per question", "pos")
+    # rows with the added finals: each question's rows, then its final copy of the last row
+    take = np.concatenate([np.arange(n), last[extra]])
+    qrow = np.concatenate([codes, codes[last[extra]]])
+    posx = np.concatenate([pos, lengths[extra]])
+    order2 = np.lexsort((posx, qrow))
+    take, qrow, posx = take[order2], qrow[order2], posx[order2]
+    is_final = np.r_[qrow[1:] != qrow[:-1], True]
+    added = np.concatenate([np.zeros(n, bool), np.ones(int(extra.sum()), bool)])[order2]
+    N = len(take)
+    firstx = np.r_[0, np.flatnonzero(qrow[1:] != qrow[:-1]) + 1]
+    ck_idx = np.arange(N) - np.repeat(firstx, np.diff(np.r_[firstx, N]))
+    # questions and golds
+    def per_q(key):
+        return tbl.column(key).take(pa.array(first)).to_pylist() if key in tbl.column_names else [None] * nq
+    texts, gold_vals = per_q("question"), per_q("gold")
+    questions, golds = [], []
+    for q in range(nq):
+        rec = int(recs[first[q]])
+        text = texts[q]
+        if spec.question_field and (not isinstance(text, str) or not text.strip()):
+            raise _at(spec, where, rec, "question must be a non-empty string", "question")
+        gold = as_gold_list(gold_vals[q], spec.answer_type) if gold_vals[q] is not None else []
+        if spec.gold_field and not spec.correct_field:
+            bad = check_gold(gold, spec.answer_type)
+            if bad:
+                raise _at(spec, where, rec, f"cannot parse the gold answer: {bad}", "gold")
+        questions.append(Question(str(uniq_ids[q]), text or str(uniq_ids[q]), gold, spec.answer_type, {"record": rec}))
+        golds.append(normalize_gold(gold, spec.answer_type))
+    # answers: normalised once per distinct text, scored once per distinct (question, answer)
+    raw = pc.cast(tbl.column("answer"), pa.string()).take(pa.array(take))
+    acodes, uniq = pd.factorize(pd.Series(raw.to_numpy(zero_copy_only=False), dtype=object), use_na_sentinel=True)
+    u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
+    acodes = np.where(u_norm[acodes] == "", -1, acodes)
+    u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
+    norm = u_norm[acodes]
+    if "correct" in tbl.column_names:
+        em = f1 = _labels(tbl.column("correct"), spec, where, recs)[take]
+    else:
+        em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
+    answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
+    cols = {"run_id": pa.array([run_id] * N), "question_id": pa.array(uniq_ids[qrow].astype(str)),
+            "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
+            "kind": pa.array(np.where(is_final, "final", "interval")), "is_step": pa.array(np.zeros(N, bool)),
+            "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw, "answer_norm": pa.array(norm, pa.string()),
+            "em": pa.array(em, pa.float64()), "f1": pa.array(f1, pa.float64())}
+    for s in SIGNAL_COLUMNS:
+        if s in tbl.column_names:
+            v = _numbers(tbl.column(s), spec, where, recs, s, integer=False)[take]
+            v[added | is_final] = np.nan          # the final answer needs no probe
+            cols[s] = pa.array(v, pa.float64())
+        else:
+            cols[s] = pa.nulls(N, pa.float64())
+    cols["answer_tokens"] = pa.array(answer_tokens)
+    cols["probe_tokens"] = pa.array(answer_tokens)
+    cks = pa.table(cols)
+    fi = np.flatnonzero(is_final)
+    text_col = per_q("text")
+    traces = pa.table({
+        "run_id": pa.array([run_id] * nq), "question_id": pa.array(uniq_ids.astype(str)),
+        "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string()),
+        "n_tokens": pa.array(posx[fi].astype(np.int64)), "final_raw": raw.take(pa.array(fi)),
+        "final_norm": pa.array(norm[fi], pa.string()), "em": pa.array(np.asarray(em)[fi], pa.float64()),
+        "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
+        "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
+    stops = None
+    if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
+        stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
+    return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
+            "shape": "wide" if where.get("wide") else "long",
+            "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}

@@ -1,0 +1,301 @@
+"""Dataset adapters, addressed by id.
+
+| id | source |
+|---|---|
+| ``rg:<task>`` | reasoning-gym generator (offline, seeded): ``rg:gsm_symbolic``, ``rg:basic_arithmetic`` |
+| ``gsm8k:PATH`` | GSM8K JSONL: ``question`` and ``answer`` whose last line is ``#### <number>`` |
+| ``nq-open:PATH`` | NQ-open JSONL: ``question`` and ``answer`` = list of aliases |
+| ``jsonl:PATH`` / ``csv:PATH`` / ``parquet:PATH`` | any table, with a field mapping |
+| ``hf:NAME`` | Hugging Face ``datasets`` (needs the hub) |
+
+Every question gets a stable id derived from its text, so the same question keeps its id across runs,
+orderings and machines.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from analysis.core.answers import (ANSWER_TYPES, CHOICE, MATH, NUMBER, TEXT, extract_number_text, is_number, math_parses,
+                      normalize_gold, normalize_number)
+from analysis.core.errors import StoplineError
+
+
+@dataclass
+class Question:
+    id: str
+    text: str
+    gold: list[str]
+    answer_type: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    id: str
+    answer_type: str
+    questions: list[Question]
+    description: str = ""
+    attribution: str = ""
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+
+def stable_id(text: str) -> str:
+    return "q" + hashlib.sha1(text.strip().encode("utf-8")).hexdigest()[:12]
+
+
+def assign_ids(questions: list[Question]) -> list[Question]:
+    """Give questions without an id one from their text; a repeated text gets a suffix, in order."""
+    seen: dict[str, int] = {}
+    for q in questions:
+        base = q.id or stable_id(q.text)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        q.id = base if n == 0 else f"{base}-{n}"
+    return questions
+
+
+def get_path(obj: Any, path: str) -> Any:
+    """Value at a dotted path (``outputs.solution``, ``resps.0.0``); KeyError names the missing part."""
+    cur = obj
+    for part in path.split("."):
+        if isinstance(cur, dict):
+            if part not in cur:
+                raise KeyError(part)
+            cur = cur[part]
+        elif isinstance(cur, list):
+            try:
+                cur = cur[int(part)]
+            except (ValueError, IndexError):
+                raise KeyError(part) from None
+        else:
+            raise KeyError(part)
+    return cur
+
+
+def as_gold_list(value: Any, answer_type: str) -> list[str]:
+    """Gold as a list of alias strings; numbers become their string form."""
+    if isinstance(value, (list, tuple)):
+        out = [str(v) for v in value if v is not None and str(v).strip()]
+    elif value is None:
+        out = []
+    else:
+        out = [str(value)]
+    return out
+
+
+def check_gold(gold: list[str], answer_type: str) -> str | None:
+    """Why this gold is unusable, or None: a number gold must state a number, a math gold must parse as
+    LaTeX (math-verify), a choice gold must be a letter."""
+    if not gold:
+        return "empty gold answer"
+    for g, norm in zip(gold, normalize_gold(gold, answer_type)):
+        if answer_type == NUMBER and not is_number(norm):
+            return (f"gold answer {g[:60]!r} holds no number (an expression, or a LaTeX answer such as "
+                    "\\sqrt{2}: use the answer type 'math')")
+        if answer_type == MATH and not math_parses(norm):
+            return f"gold answer {g[:60]!r} is not a LaTeX answer math-verify can parse"
+        if answer_type == CHOICE and not norm:
+            return f"gold answer {g[:60]!r} is not a choice letter (A, B, C, ...)"
+    return None
+
+
+# --- adapters ---------------------------------------------------------------------------------------------
+def _rg_config(task: str, query: str) -> dict:
+    """Task options from the id, ``rg:basic_arithmetic?max_terms=3&max_digits=2``: numbers, true/false, text."""
+    from urllib.parse import parse_qsl
+    out: dict[str, Any] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if not k.isidentifier():
+            raise StoplineError(f"bad option {k!r} in dataset id rg:{task}")
+        low = v.lower()
+        if low in ("true", "false"):
+            out[k] = low == "true"
+        else:
+            try:
+                out[k] = int(v)
+            except ValueError:
+                try:
+                    out[k] = float(v)
+                except ValueError:
+                    out[k] = v
+    return out
+
+
+def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
+    try:
+        import reasoning_gym
+    except ImportError as e:  # pragma: no cover - it is a pinned requirement
+        raise StoplineError("reasoning-gym is not installed", hint="pip install -r requirements.txt") from e
+    size = limit or 200
+    name, _, query = task.partition("?")
+    config = _rg_config(task, query)
+    try:
+        ds = reasoning_gym.create_dataset(name, size=size, seed=seed, **config)
+    except Exception as e:
+        raise StoplineError(f"unknown reasoning-gym task {name!r} or bad configuration {config} ({e})",
+                            hint="see reasoning_gym.factory.DATASETS for the task names and each task's "
+                                 "config class for its options") from None
+    qs = []
+    for i, item in enumerate(ds):
+        meta = {k: v for k, v in (item.get("metadata") or {}).items()
+                if isinstance(v, (int, float, str, bool)) and k not in ("answer_cot",)}
+        meta["rg_index"] = i
+        if task == "gsm_symbolic":
+            meta.setdefault("difficulty", (item.get("metadata") or {}).get("difficulty"))
+        qs.append(Question("", item["question"], [str(item["answer"])], NUMBER, meta))
+    return Dataset(f"rg:{task}", NUMBER, assign_ids(qs),
+                   description=f"reasoning-gym '{name}'{f' ({query})' if query else ''}, {size} questions, seed {seed}",
+                   attribution="Generated by reasoning-gym (open-thought/reasoning-gym), Apache-2.0.")
+
+
+def _read_jsonl_rows(path: str) -> Iterable[tuple[int, dict]]:
+    p = Path(path)
+    if not p.exists():
+        raise StoplineError("file not found", file=path)
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise StoplineError(f"not UTF-8 (byte {e.start})", file=path, line=lineno) from None
+            except json.JSONDecodeError as e:
+                raise StoplineError(f"invalid JSON ({e.msg}, column {e.colno})", file=path, line=lineno) from None
+
+
+def _table_rows(kind: str, path: str) -> Iterable[tuple[int, dict]]:
+    if kind == "jsonl":
+        yield from _read_jsonl_rows(path)
+        return
+    if not Path(path).exists():
+        raise StoplineError("file not found", file=path)
+    import pandas as pd
+    try:
+        df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except Exception as e:
+        raise StoplineError(f"cannot read {kind.upper()} ({e})", file=path) from None
+    for i, rec in enumerate(df.to_dict(orient="records")):
+        yield i + 2 if kind == "csv" else i + 1, rec  # CSV line numbers count the header
+
+
+def _from_table(kind: str, path: str, limit: int | None, question_field: str = "question",
+                gold_field: str = "answer", id_field: str | None = None, answer_type: str = NUMBER,
+                meta_fields: list[str] | None = None, dataset_id: str | None = None, **_: Any) -> Dataset:
+    if answer_type not in ANSWER_TYPES:
+        raise StoplineError(f"answer type must be one of {ANSWER_TYPES}, not {answer_type!r}")
+    qs = []
+    for lineno, rec in _table_rows(kind, path):
+        if not isinstance(rec, dict):
+            raise StoplineError("expected a JSON object", file=path, line=lineno)
+        try:
+            text = get_path(rec, question_field)
+        except KeyError:
+            raise StoplineError("missing field", file=path, line=lineno, field=question_field) from None
+        if not isinstance(text, str) or not text.strip():
+            raise StoplineError("question must be a non-empty string", file=path, line=lineno, field=question_field)
+        try:
+            gold = as_gold_list(get_path(rec, gold_field), answer_type)
+        except KeyError:
+            raise StoplineError("missing field", file=path, line=lineno, field=gold_field) from None
+        bad = check_gold(gold, answer_type)
+        if bad:
+            raise StoplineError(bad, file=path, line=lineno, field=gold_field)
+        qid = ""
+        if id_field:
+            try:
+                qid = str(get_path(rec, id_field))
+            except KeyError:
+                raise StoplineError("missing field", file=path, line=lineno, field=id_field) from None
+        meta = {"line": lineno}
+        for mf in meta_fields or []:
+            try:
+                meta[mf] = get_path(rec, mf)
+            except KeyError:
+                pass
+        qs.append(Question(qid, text, gold, answer_type, meta))
+        if limit and len(qs) >= limit:
+            break
+    if not qs:
+        raise StoplineError("no questions found (empty file?)", file=path)
+    return Dataset(dataset_id or f"{kind}:{path}", answer_type, assign_ids(qs),
+                   description=f"{len(qs)} questions from {path}")
+
+
+def _gsm8k(path: str, limit: int | None, **kw: Any) -> Dataset:
+    ds = _from_table("jsonl", path, limit, "question", "answer", answer_type=NUMBER, dataset_id=f"gsm8k:{path}")
+    ds.description = f"GSM8K ({len(ds)} questions from {path})"
+    ds.attribution = "GSM8K (openai/grade-school-math), MIT."
+    for q in ds.questions:  # keep just the final number as gold; the worked solution goes to meta
+        q.meta["solution"] = q.gold[0]
+        q.gold = [normalize_number(extract_number_text(q.gold[0]))]
+        q.meta["n_steps"] = q.meta["solution"].count("\n")
+    return ds
+
+
+def _nq_open(path: str, limit: int | None, **kw: Any) -> Dataset:
+    ds = _from_table("jsonl", path, limit, "question", "answer", answer_type=TEXT, dataset_id=f"nq-open:{path}")
+    ds.description = f"NQ-open ({len(ds)} questions from {path})"
+    ds.attribution = "NQ-open (google-research-datasets/natural-questions), CC BY-SA 3.0."
+    return ds
+
+
+def _hf(name: str, limit: int | None, split: str = "test", question_field: str = "question",
+        gold_field: str = "answer", answer_type: str = NUMBER, **_: Any) -> Dataset:
+    try:
+        import datasets as hf_datasets
+    except ImportError:
+        raise StoplineError("the 'datasets' package is needed for hf: ids", hint="pip install datasets") from None
+    config = None
+    if ":" in name:
+        name, config = name.split(":", 1)
+    try:
+        hd = hf_datasets.load_dataset(name, config, split=split)
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+        raise StoplineError(
+            f"could not load Hugging Face dataset {name!r} (split {split!r}): {type(e).__name__}: {str(e)[:300]}",
+            hint=("the Hugging Face hub is unreachable from here" + (" (offline mode is set)" if offline else "")
+                  + "; download the data elsewhere and use jsonl:PATH, csv:PATH or parquet:PATH")) from None
+    qs = []
+    for i, rec in enumerate(hd):
+        gold = as_gold_list(get_path(rec, gold_field), answer_type)
+        if answer_type == NUMBER:
+            gold = [normalize_number(extract_number_text(g)) for g in gold]
+        qs.append(Question("", str(get_path(rec, question_field)), gold, answer_type, {"hf_index": i}))
+        if limit and len(qs) >= limit:
+            break
+    return Dataset(f"hf:{name}", answer_type, assign_ids(qs), description=f"Hugging Face {name} [{split}]")
+
+
+ADAPTERS: dict[str, tuple[Callable[..., Dataset], str]] = {
+    "rg": (lambda arg, limit, seed=42, **kw: _reasoning_gym(arg, limit, seed, **kw),
+           "reasoning-gym task, generated offline with a seed (e.g. rg:gsm_symbolic, rg:basic_arithmetic)"),
+    "gsm8k": (lambda arg, limit, **kw: _gsm8k(arg, limit, **kw), "GSM8K JSONL file; gold after '####'"),
+    "nq-open": (lambda arg, limit, **kw: _nq_open(arg, limit, **kw), "NQ-open JSONL file; gold is a list of aliases"),
+    "jsonl": (lambda arg, limit, **kw: _from_table("jsonl", arg, limit, **kw), "any JSONL, with field mapping"),
+    "csv": (lambda arg, limit, **kw: _from_table("csv", arg, limit, **kw), "any CSV, with field mapping"),
+    "parquet": (lambda arg, limit, **kw: _from_table("parquet", arg, limit, **kw), "any Parquet, with field mapping"),
+    "hf": (lambda arg, limit, **kw: _hf(arg, limit, **kw), "Hugging Face datasets (needs the hub)"),
+}
+
+
+def load_dataset(dataset_id: str, limit: int | None = None, **options: Any) -> Dataset:
+    """Resolve a dataset id to its questions. Options go to the adapter (seed, field names, answer_type)."""
+    if ":" not in dataset_id:
+        raise StoplineError(f"unknown dataset id {dataset_id!r}: expected PREFIX:ARG",
+                            hint="prefixes: " + ", ".join(ADAPTERS))
+    prefix, arg = dataset_id.split(":", 1)
+    if prefix not in ADAPTERS:
+        raise StoplineError(f"unknown dataset prefix {prefix!r} in {dataset_id!r}",
+                            hint="prefixes: " + ", ".join(ADAPTERS))
+    if not arg:
+        raise StoplineError(f"dataset id {dataset_id!r} names no task or file")
+    return ADAPTERS[prefix][0](arg, limit, **options)

@@ -1,0 +1,249 @@
+"""Presets: a named, versioned, validated setting (plus optional per-slice overrides), as JSON or as a
+compact URL-safe string.
+
+    {"stopline_preset": 1, "name": "deer-ish", "setting": {"family": "confidence", "params": {"tau": 0.95}},
+     "slices": {"by": "meta.difficulty", "settings": {"3": {"family": "budget", "params": {"B": 512}}}},
+     "notes": "..."}
+
+Anything else — unknown keys, unknown families, out-of-range values, broken strings — raises PresetError
+with the path of the offending field; nothing else escapes the loader.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from analysis.core.errors import PresetError
+from analysis.replay.policies.base import Setting
+
+VERSION = 1
+URL_PREFIX = "sl1."
+MAX_BYTES = 64 * 1024
+_KEYS = {"stopline_preset", "name", "setting", "slices", "notes", "routing"}
+
+
+@dataclass
+class Preset:
+    name: str
+    setting: Setting
+    slices_by: str | None = None
+    slices: dict[str, Setting] = field(default_factory=dict)
+    notes: str = ""
+    routing: dict | None = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"stopline_preset": VERSION, "name": self.name, "setting": self.setting.to_dict()}
+        if self.slices_by:
+            d["slices"] = {"by": self.slices_by, "settings": {k: v.to_dict() for k, v in self.slices.items()}}
+        if self.notes:
+            d["notes"] = self.notes
+        if self.routing:
+            d["routing"] = routing_to_json(self.routing)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_url(self) -> str:
+        return encode(self.to_dict())
+
+    def settings(self) -> list[Setting]:
+        """Every setting this preset can apply (routing rules and an A/B challenger's included)."""
+        out = [self.setting, *self.slices.values()]
+        if self.routing:
+            out += [r["setting"] for r in self.routing.get("rules", [])]
+            if "ab" in self.routing:
+                out += self.routing["ab"]["challenger"].settings()
+        return out
+
+
+def _check_str(v: Any, where: str, max_len: int = 200) -> str:
+    if not isinstance(v, str):
+        raise PresetError(f"must be a string, got {type(v).__name__}", field=where)
+    if len(v) > max_len:
+        raise PresetError(f"is longer than {max_len} characters", field=where)
+    return v
+
+
+def from_dict(d: Any) -> Preset:
+    if not isinstance(d, dict):
+        raise PresetError(f"a preset must be a JSON object, got {type(d).__name__}")
+    unknown = [k for k in d if k not in _KEYS]
+    if unknown:
+        raise PresetError(f"unknown key {str(unknown[0])[:80]!r} (known: {', '.join(sorted(_KEYS))})")
+    v = d.get("stopline_preset")
+    if v is None:
+        raise PresetError("missing 'stopline_preset' (the schema version)", field="stopline_preset")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PresetError(f"must be an integer, got {v!r}"[:120], field="stopline_preset")
+    if v > VERSION or v < 1:
+        raise PresetError(f"version {v} is not one this Stopline reads (1..{VERSION})", field="stopline_preset")
+    name = _check_str(d.get("name", "unnamed"), "name")
+    if "setting" not in d:
+        raise PresetError("missing", field="setting")
+    setting = Setting.from_dict(d["setting"], "setting")
+    slices_by, slices = None, {}
+    if d.get("slices") is not None:
+        sl = d["slices"]
+        if not isinstance(sl, dict) or set(sl) - {"by", "settings"}:
+            raise PresetError("must be an object with 'by' and 'settings'", field="slices")
+        slices_by = _check_str(sl.get("by"), "slices.by")
+        if not isinstance(sl.get("settings"), dict):
+            raise PresetError("must be an object of slice label -> setting", field="slices.settings")
+        if len(sl["settings"]) > 256:
+            raise PresetError("too many slices (at most 256)", field="slices.settings")
+        for lab, s in sl["settings"].items():
+            _check_str(lab, "slices.settings (a label)")
+            slices[lab] = Setting.from_dict(s, f"slices.settings.{lab[:40]}")
+    notes = _check_str(d.get("notes", ""), "notes", 10_000)
+    routing = d.get("routing")
+    if routing is not None:
+        routing = validate_routing(routing)
+    return Preset(name, setting, slices_by, slices, notes, routing)
+
+
+# --- routing blocks (a routing block holds presets: an A/B challenger) ---------------------------------
+_RULE_OPS = {"eq", "in", "min", "max"}
+
+
+def validate_routing(routing: Any, where: str = "routing") -> dict:
+    """Checks a routing block; returns it with settings parsed (raises PresetError naming the field)."""
+    if not isinstance(routing, dict):
+        raise PresetError("must be an object", field=where)
+    unknown = set(routing) - {"rules", "ab", "explore"}
+    if unknown:
+        raise PresetError(f"unknown key {sorted(map(str, unknown))[0][:80]!r} (known: ab, explore, rules)", field=where)
+    out: dict = {}
+    rules = routing.get("rules", [])
+    if not isinstance(rules, list) or len(rules) > 64:
+        raise PresetError("must be a list of at most 64 rules", field=f"{where}.rules")
+    out["rules"] = []
+    for i, r in enumerate(rules):
+        w = f"{where}.rules[{i}]"
+        if not isinstance(r, dict) or set(r) != {"if", "setting"}:
+            raise PresetError("a rule is an object with 'if' and 'setting'", field=w)
+        cond = r["if"]
+        if not isinstance(cond, dict) or "field" not in cond or not (set(cond) - {"field"}) \
+                or set(cond) - {"field"} - _RULE_OPS:
+            raise PresetError("a condition is {'field': F, and one or more of eq / in / min / max}", field=f"{w}.if")
+        f = cond["field"]
+        if not isinstance(f, str) or not (f == "question_chars" or f.startswith(("meta.", "tag."))) or len(f) > 100:
+            raise PresetError("field must be question_chars, meta.NAME or tag.NAME", field=f"{w}.if.field")
+        for op in ("min", "max"):
+            if op in cond and (isinstance(cond[op], bool) or not isinstance(cond[op], (int, float))):
+                raise PresetError("must be a number", field=f"{w}.if.{op}")
+        if "in" in cond and (not isinstance(cond["in"], list) or len(cond["in"]) > 100
+                             or not all(isinstance(v, (str, int, float, bool)) for v in cond["in"])):
+            raise PresetError("must be a list of plain values", field=f"{w}.if.in")
+        if "eq" in cond and not isinstance(cond["eq"], (str, int, float, bool)):
+            raise PresetError("must be a plain value", field=f"{w}.if.eq")
+        out["rules"].append({"if": dict(cond), "setting": Setting.from_dict(r["setting"], f"{w}.setting")})
+    if "ab" in routing:
+        ab = routing["ab"]
+        if not isinstance(ab, dict) or "challenger" not in ab or set(ab) - {"challenger", "share", "salt"}:
+            raise PresetError("must be {'challenger': preset, 'share': 0..1, 'salt': text}", field=f"{where}.ab")
+        share = ab.get("share", 0.5)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise PresetError("must be a number in [0, 1]", field=f"{where}.ab.share")
+        salt = ab.get("salt", "ab")
+        if not isinstance(salt, str) or len(salt) > 100:
+            raise PresetError("must be a short string", field=f"{where}.ab.salt")
+        ch = ab["challenger"]
+        if isinstance(ch, dict) and "routing" in ch:
+            raise PresetError("a challenger cannot route again", field=f"{where}.ab.challenger.routing")
+        try:
+            challenger = from_dict(ch)
+        except PresetError as e:
+            raise PresetError(e.message, field=f"{where}.ab.challenger" + (f".{e.field}" if e.field else "")) from None
+        out["ab"] = {"challenger": challenger, "share": float(share), "salt": salt}
+    if "explore" in routing:
+        ex = routing["explore"]
+        if isinstance(ex, bool) or not isinstance(ex, (int, float)) or not 0 <= ex <= 1:
+            raise PresetError("must be a share in [0, 1]", field=f"{where}.explore")
+        out["explore"] = float(ex)
+    return out
+
+
+def routing_to_json(routing: dict) -> dict:
+    out: dict = {}
+    if routing.get("rules"):
+        out["rules"] = [{"if": r["if"], "setting": r["setting"].to_dict()} for r in routing["rules"]]
+    if "ab" in routing:
+        out["ab"] = {"challenger": routing["ab"]["challenger"].to_dict(), "share": routing["ab"]["share"],
+                     "salt": routing["ab"]["salt"]}
+    if "explore" in routing:
+        out["explore"] = routing["explore"]
+    return out
+
+
+
+# --- the URL codec -----------------------------------------------------------------------------------------
+def encode(d: dict) -> str:
+    raw = json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
+    return URL_PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+
+def decode(s: str) -> dict:
+    if not isinstance(s, str):
+        raise PresetError("a preset link must be a string")
+    s = s.strip()
+    if not s.startswith(URL_PREFIX):
+        raise PresetError(f"not a Stopline preset link (it should start with {URL_PREFIX!r})")
+    body = s[len(URL_PREFIX):]
+    if len(body) > MAX_BYTES:
+        raise PresetError("preset link is too long")
+    try:
+        comp = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        z = zlib.decompressobj()
+        raw = z.decompress(comp, MAX_BYTES)
+        if z.unconsumed_tail:
+            raise PresetError("preset link expands to more than 64 KB")
+        return json.loads(raw.decode("utf-8"))
+    except PresetError:
+        raise
+    except (ValueError, zlib.error, UnicodeDecodeError, RecursionError) as e:
+        raise PresetError(f"the preset link is damaged or truncated ({type(e).__name__})") from None
+
+
+def loads(text: str) -> Preset:
+    """A preset from JSON text or a URL string (``sl1.…``)."""
+    if not isinstance(text, str):
+        raise PresetError("a preset must be given as text")
+    t = text.strip()
+    if t.startswith(URL_PREFIX):
+        return from_dict(decode(t))
+    if len(t.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise PresetError("preset JSON is larger than 64 KB")
+    try:
+        d = json.loads(t)
+    except (ValueError, RecursionError) as e:
+        raise PresetError(f"not valid JSON ({str(e)[:120]})") from None
+    return from_dict(d)
+
+
+def load(arg: str) -> Preset:
+    """A preset from a file path, a JSON string or a URL string."""
+    p = Path(arg) if len(arg) < 4096 and "\n" not in arg else None
+    if p is not None and not arg.strip().startswith(("{", URL_PREFIX)):
+        try:
+            if p.is_file():
+                try:
+                    return loads(p.read_text(encoding="utf-8"))
+                except PresetError as e:
+                    raise PresetError(e.message, file=str(p), field=e.field) from None
+                except UnicodeDecodeError:
+                    raise PresetError("not UTF-8 text", file=str(p)) from None
+        except OSError:
+            pass
+        if not arg.strip().startswith(("{", "[", '"')):
+            raise PresetError("no such preset file, and not preset JSON or a link", file=arg)
+    return loads(arg)
+
+
+def from_setting(setting: Setting, name: str = "") -> Preset:
+    return Preset(name or setting.label(), setting)

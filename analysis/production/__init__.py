@@ -1,0 +1,1 @@
+"""Production: the live controller, verification, monitoring of decision logs, background jobs."""

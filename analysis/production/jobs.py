@@ -1,0 +1,81 @@
+"""Background jobs: a `python -m analysis run …` started from the dashboard, as its own process.
+
+Each job is a folder under ``data/jobs/<id>/`` with ``job.json`` (the command, pid, start time) and ``log``
+(the process's output: tqdm's progress bar, then the run's JSON summary). The dashboard only reads these
+files and the store, so it stays usable while the job writes; the store's lock-retrying connections let
+both work on one file. A job killed half-way resumes from the store when started again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+def jobs_dir() -> Path:
+    return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
+_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")
+
+
+def start_run(model: str, dataset: str, db: str, limit: int | None = None, every: int = 32,
+              max_new_tokens: int = 512, batch_size: int = 8, device: str = "auto", seed: int = 42,
+              where: Path | None = None) -> str:
+    jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    d = Path(where or jobs_dir()) / jid
+    d.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "analysis", "run", "--model", model, "--dataset", dataset, "--every", str(every),
+           "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size), "--device", device,
+           "--seed", str(seed), "--db", db]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    log = open(d / "log", "wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1"}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
+                                            "model": model, "dataset": dataset, "db": db}))
+    return jid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:   # a finished child of this process is a zombie until reaped
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def status(jid: str, where: Path | None = None) -> dict:
+    d = Path(where or jobs_dir()) / jid
+    job = json.loads((d / "job.json").read_text())
+    text = (d / "log").read_text(errors="replace") if (d / "log").exists() else ""
+    done_n = total = None
+    for m in _BAR.finditer(text):
+        done_n, total = int(m.group(1)), int(m.group(2))
+    alive = _alive(job["pid"])
+    summary = None
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("run ") or line.startswith("{"):
+            summary = line
+            break
+    err = None
+    if not alive and "error:" in text:
+        err = text[text.rindex("error:"):].strip()[:500]
+    state = "running" if alive else ("failed" if err or summary is None else "done")
+    return {**job, "state": state, "done": done_n, "total": total, "summary": summary, "error": err,
+            "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}
+
+
+def list_jobs(where: Path | None = None) -> list[dict]:
+    d = Path(where or jobs_dir())
+    if not d.exists():
+        return []
+    return [status(p.name, d) for p in sorted(d.iterdir(), reverse=True) if (p / "job.json").exists()]

@@ -1,0 +1,348 @@
+"""Monitoring: is the deployed preset still delivering what the replay promised?
+
+Reads the controller's decision logs (and, optionally, late labels), and compares the live traffic with
+the calibration run the preset was tuned on, like with like: the calibration side is the preset replayed
+on the stored run, and its signals are taken only at the checkpoints the controller would have seen (up
+to each question's stop), as the live log has them.
+
+Checks (each a test with its statistic, flagged when significant *and* larger than a tolerance):
+- tokens per request (Mann-Whitney U) — are the promised savings delivered?
+- share of requests stopped early (Fisher's exact test);
+- EM on labelled requests (Fisher's exact test) — is the promised EM delivered?
+- drift of the signals at the checkpoints (two-sample Kolmogorov-Smirnov on p_mean and entropy) and of
+  where requests stop.
+Recalibration: requests of the exploration share run to full length with every checkpoint logged; with
+labels (the gold answer) they form a small run, on which the operating-point optimiser proposes a setting
+that keeps the promised EM drop. An A/B split compares champion and challenger (unpaired: the arms see
+different requests) with bootstrap CIs, Fisher's exact test for EM and Mann-Whitney for tokens.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.core.answers import normalize_gold, score
+from analysis.core.errors import StoplineError
+from analysis.core.store import DEMO_DB, Store
+from analysis.evaluate.optimize import operating_point
+from analysis.presets.routing import preset_stops
+from analysis.presets.schema import from_dict, load
+from analysis.replay.engine import RunTable
+from analysis.replay.policies import families
+
+ALPHA = 0.01
+TOL_TOKENS = 0.10      # relative rise of mean tokens before it counts
+TOL_EM = 0.05          # absolute EM drop before it counts
+TOL_STOP = 0.10        # absolute drop of the early-stop share
+TOL_KS = 0.10          # KS statistic before a signal counts as drifted
+MIN_EXPLORE = 12
+
+
+def _json_lines(path, what: str):
+    """(line number, object) for each non-blank line; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoplineError(f"no such {what}", file=str(path))
+    with open(path, "rb") as f:
+        for ln, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise StoplineError(f"not a JSON line ({str(e)[:80]})", file=str(path), line=ln) from None
+            if not isinstance(rec, dict):
+                raise StoplineError("each line must be a JSON object", file=str(path), line=ln)
+            yield ln, rec
+
+
+def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(header, checkpoint records, final records) from one or more decision logs."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    header, cks, fins = {}, [], []
+    for path in paths:
+        for ln, rec in _json_lines(path, "decision log"):
+            if "type" not in rec:
+                raise StoplineError("a log record is a JSON object with a 'type'", file=str(path), line=ln, field="type")
+            typ = rec["type"]
+            if typ == "header":
+                if not isinstance(rec.get("stopline_log", 0), int) or rec.get("stopline_log", 0) > 1:
+                    raise StoplineError(f"log version {rec.get('stopline_log')!r} is not one this Stopline reads",
+                                        file=str(path), line=ln, field="stopline_log")
+                header = header or rec
+            elif typ == "checkpoint":
+                cks.append(rec)
+            elif typ == "final":
+                for k in ("request", "tokens_emitted", "stopped"):
+                    if k not in rec:
+                        raise StoplineError("missing", file=str(path), line=ln, field=k)
+                fins.append(rec)
+    if not fins:
+        raise StoplineError("the log holds no finished request", file=str(paths[0]))
+    ck = pd.DataFrame(cks)
+    fin = pd.DataFrame(fins).reset_index(drop=True)
+    fin["order"] = np.arange(len(fin))
+    return header, ck, fin
+
+
+def read_labels(paths) -> pd.DataFrame:
+    """Late labels: JSON lines with 'request' and 'em' (0/1) or 'gold' (the right answer)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    rows = []
+    for path in paths:
+        for ln, rec in _json_lines(path, "labels file"):
+            if "request" not in rec:
+                raise StoplineError("missing", file=str(path), line=ln, field="request")
+            if "em" not in rec and "gold" not in rec:
+                raise StoplineError("a label needs 'em' or 'gold'", file=str(path), line=ln, field="em")
+            rows.append({"request": str(rec["request"]), "label_em": rec.get("em"), "gold": rec.get("gold")})
+    return pd.DataFrame(rows, columns=["request", "label_em", "gold"])
+
+
+def _champion_only(preset):
+    r = dict(preset.routing or {})
+    r.pop("ab", None)
+    r.pop("explore", None)
+    return replace(preset, routing=r or None)
+
+
+def calibration(t, preset) -> dict:
+    """What the preset promises on its calibration run (replay), with per-question arrays for the tests."""
+    stop = preset_stops(t, _champion_only(preset))
+    r = t.rows
+    seen = (np.arange(t.m)[None, :] <= stop[:, None]) & (np.arange(t.m)[None, :] < t.final_idx[:, None])
+    out = {"emitted": t.emitted[r, stop], "em": t.em[r, stop], "stopped": stop < t.final_idx,
+           "stop_pos": t.pos[r, stop], "full_tokens": t.full_tokens, "full_em": t.full_em,
+           "p_mean": t.p_mean[seen], "entropy": t.entropy[seen]}
+    for s in ("p_mean", "entropy"):
+        v = np.where(seen, t.cols[s], np.nan)
+        with warnings.catch_warnings():            # a question with no signal at all gives NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[f"{s}_per_q"] = np.nanmean(v, axis=1)
+    return out
+
+
+def _labelled(fin: pd.DataFrame, labels: pd.DataFrame | None, answer_type: str) -> pd.DataFrame:
+    fin = fin.copy()
+    if "em" not in fin:
+        fin["em"] = np.nan
+    fin["em"] = pd.to_numeric(fin["em"], errors="coerce")
+    fin["gold"] = None
+    if labels is not None and len(labels):
+        lab = labels.drop_duplicates("request", keep="last").set_index("request")
+        idx = fin["request"].astype(str)
+        got = lab.reindex(idx)
+        em_from_gold = [score(a or "", normalize_gold(_golds(g), answer_type), answer_type)[0] if g is not None else np.nan
+                        for a, g in zip(fin["answer"], got["gold"])]
+        em = pd.to_numeric(got["label_em"], errors="coerce").to_numpy()
+        em = np.where(np.isnan(em), np.asarray(em_from_gold, dtype=float), em)
+        fin["em"] = np.where(np.isnan(em), fin["em"].to_numpy(), em)
+        fin["gold"] = got["gold"].to_numpy()
+    return fin
+
+
+def _golds(g) -> list[str]:
+    return [str(x) for x in g] if isinstance(g, (list, tuple, np.ndarray)) else [str(g)]
+
+
+def _boot_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """95% bootstrap CI of mean(a) - mean(b) for two independent samples."""
+    if len(a) == 0 or len(b) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    da = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
+    db = b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
+    lo, hi = np.percentile(da - db, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
+    from scipy.stats import fisher_exact
+    if n1 == 0 or n2 == 0:
+        return float("nan")
+    return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative)[1])
+
+
+def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = None, alpha: float = ALPHA,
+            propose: bool = True) -> dict:
+    """The monitoring report: promised vs observed, drift tests, flags, a recalibration proposal, A/B."""
+    from scipy.stats import ks_2samp, mannwhitneyu
+    header, ck, fin = read_log(log_paths)
+    if preset is None:
+        if "preset" not in header:
+            raise StoplineError("the log has no header naming its preset; pass --preset")
+        preset = from_dict(header["preset"])
+    answer_type = header.get("answer_type", t.answer_type if t is not None else "number")
+    fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
+    champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
+    out: dict = {"n_requests": int(len(fin)), "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
+                 "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {}}
+    live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
+    live_stop = champ["stopped"].to_numpy(dtype=bool)
+    live_em = champ["em"].dropna().to_numpy(dtype=float)
+    out["observed"] = {"n": int(len(champ)), "tokens_emitted": float(live_tok.mean()) if len(live_tok) else None,
+                       "stop_rate": float(live_stop.mean()) if len(live_stop) else None,
+                       "em": float(live_em.mean()) if len(live_em) else None, "n_labelled": int(len(live_em))}
+    # windows over time (the champion's requests in arrival order), for the charts
+    window = window or max(5, min(50, len(champ) // 8))
+    w = champ.assign(window=np.arange(len(champ)) // window).groupby("window")
+    out["window"] = window
+    out["windows"] = pd.DataFrame({"requests": w.size(), "tokens_emitted": w["tokens_emitted"].mean(),
+                                   "stop_rate": w["stopped"].mean(), "em": w["em"].mean()}).reset_index()
+    if t is None:
+        out["promised"] = None
+        return out
+    cal = calibration(t, preset)
+    out["promised"] = {"n": int(t.n), "tokens_emitted": float(cal["emitted"].mean()),
+                       "stop_rate": float(cal["stopped"].mean()), "em": float(cal["em"].mean()),
+                       "em_full": float(cal["full_em"].mean()), "tokens_full": float(cal["full_tokens"].mean()),
+                       "savings": float(1 - cal["emitted"].mean() / cal["full_tokens"].mean())}
+    out["observed"]["savings_vs_calibration_full"] = (float(1 - live_tok.mean() / cal["full_tokens"].mean())
+                                                      if len(live_tok) else None)
+    checks = out["checks"]
+    if len(live_tok) >= 5:
+        p = float(mannwhitneyu(live_tok, cal["emitted"], alternative="greater").pvalue)
+        rise = live_tok.mean() / cal["emitted"].mean() - 1
+        checks["tokens"] = {"observed": float(live_tok.mean()), "promised": float(cal["emitted"].mean()),
+                            "relative_change": float(rise), "p_value": p, "test": "Mann-Whitney U (greater)"}
+        if p < alpha and rise > TOL_TOKENS:
+            out["flags"].append({"check": "tokens", "message": (
+                f"requests use {live_tok.mean():.0f} tokens against {cal['emitted'].mean():.0f} promised "
+                f"({rise:+.0%}, p={p:.2g}): the promised savings of {out['promised']['savings']:.0%} are not delivered")})
+        k1, n1, k2, n2 = int(live_stop.sum()), len(live_stop), int(cal["stopped"].sum()), len(cal["stopped"])
+        p = _fisher(k1, n1, k2, n2, "less")
+        checks["stop_rate"] = {"observed": k1 / n1, "promised": k2 / n2, "p_value": p, "test": "Fisher exact (less)"}
+        if p < alpha and k2 / n2 - k1 / n1 > TOL_STOP:
+            out["flags"].append({"check": "stop_rate", "message": (
+                f"{k1 / n1:.0%} of requests stop early against {k2 / n2:.0%} in calibration (p={p:.2g})")})
+        stop_pos_live = champ["stop_pos"].to_numpy(dtype=float)
+        ks = ks_2samp(stop_pos_live, cal["stop_pos"])
+        checks["stop_pos"] = {"ks": float(ks.statistic), "p_value": float(ks.pvalue), "test": "Kolmogorov-Smirnov"}
+        if ks.pvalue < alpha and ks.statistic > TOL_KS:
+            out["flags"].append({"check": "stop_pos", "message": (
+                f"where requests stop has shifted (KS={ks.statistic:.2f}, p={ks.pvalue:.2g}; median "
+                f"{np.median(stop_pos_live):.0f} vs {np.median(cal['stop_pos']):.0f} tokens)")})
+    if len(live_em) >= 10:
+        k1, n1 = int((live_em > 0.5).sum()), len(live_em)
+        k2, n2 = int((cal["em"] > 0.5).sum()), len(cal["em"])
+        p = _fisher(k1, n1, k2, n2, "less")
+        checks["em"] = {"observed": k1 / n1, "promised": k2 / n2, "n_labelled": n1, "p_value": p,
+                        "test": "Fisher exact (less)"}
+        if p < alpha and k2 / n2 - k1 / n1 > TOL_EM:
+            out["flags"].append({"check": "em", "message": (
+                f"EM on {n1} labelled requests is {k1 / n1:.1%} against {k2 / n2:.1%} promised (p={p:.2g})")})
+    if len(ck) and "arm" in ck:
+        # One value per request (its mean over the checkpoints seen): checkpoints of one request are
+        # correlated, and a test over pooled checkpoints would overstate the evidence.
+        cck = ck[ck["arm"] == "champion"]
+        for s in ("p_mean", "entropy"):
+            if s not in cck:
+                continue
+            a = pd.to_numeric(cck[s], errors="coerce").groupby(cck["request"]).mean().dropna().to_numpy()
+            b = cal[f"{s}_per_q"]
+            b = b[np.isfinite(b)]
+            if len(a) >= 10 and len(b) >= 10:
+                ks = ks_2samp(a, b)
+                checks[f"drift_{s}"] = {"ks": float(ks.statistic), "p_value": float(ks.pvalue),
+                                        "live_mean": float(a.mean()), "calibration_mean": float(b.mean()),
+                                        "test": "Kolmogorov-Smirnov (per-request means)"}
+                if ks.pvalue < alpha and ks.statistic > TOL_KS:
+                    out["flags"].append({"check": f"drift_{s}", "message": (
+                        f"the {s} signal has drifted: per-request mean {a.mean():.3f} live vs {b.mean():.3f} in "
+                        f"calibration (KS={ks.statistic:.2f}, p={ks.pvalue:.2g})")})
+    out["calibration_arrays"] = {k: cal[k] for k in ("emitted", "stop_pos", "p_mean", "entropy")}
+    out["ab"] = ab_compare(fin) if "arm" in fin and (fin["arm"] == "challenger").any() else None
+    out["proposal"] = propose_setting(ck, fin, preset, cal, answer_type) if propose else None
+    out["status"] = "recalibrate" if out["flags"] else "ok"
+    return out
+
+
+def ab_compare(fin: pd.DataFrame) -> dict:
+    from scipy.stats import mannwhitneyu
+    a = fin[fin["arm"] == "champion"]
+    b = fin[fin["arm"] == "challenger"]
+    ta, tb = a["tokens_emitted"].to_numpy(float), b["tokens_emitted"].to_numpy(float)
+    ea, eb = a["em"].dropna().to_numpy(float), b["em"].dropna().to_numpy(float)
+    res = {"champion": {"n": len(a), "tokens_emitted": float(ta.mean()) if len(ta) else None,
+                        "em": float(ea.mean()) if len(ea) else None, "n_labelled": len(ea)},
+           "challenger": {"n": len(b), "tokens_emitted": float(tb.mean()) if len(tb) else None,
+                          "em": float(eb.mean()) if len(eb) else None, "n_labelled": len(eb)},
+           "delta_tokens": float(tb.mean() - ta.mean()) if len(ta) and len(tb) else None,
+           "delta_tokens_ci": _boot_diff(tb, ta),
+           "tokens_p_value": float(mannwhitneyu(tb, ta).pvalue) if len(ta) >= 2 and len(tb) >= 2 else None}
+    if len(ea) and len(eb):
+        res["delta_em"] = float(eb.mean() - ea.mean())
+        res["delta_em_ci"] = _boot_diff(eb, ea)
+        res["em_p_value"] = _fisher(int((eb > .5).sum()), len(eb), int((ea > .5).sum()), len(ea))
+    return res
+
+
+def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
+    """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
+    import pyarrow as pa
+    ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
+    if ex.empty or ck.empty:
+        return None
+    rows = []
+    cks = ck[ck["request"].isin(set(ex["request"]))].sort_values(["request", "ck"])
+    by_req = {r: g for r, g in cks.groupby("request", sort=False)}
+    for _, f in ex.iterrows():
+        gold = normalize_gold(_golds(f["gold"]), answer_type)
+        g = by_req.get(f["request"])
+        recs = [] if g is None else g.to_dict("records")
+        recs.append({"pos": f["tokens_emitted"], "answer": f["answer"], "kind": "final", "answer_tokens": 0,
+                     "probe_tokens": 0})
+        for c in recs:
+            em, f1 = score(c.get("answer") or "", gold, answer_type)
+            rows.append({"question_id": str(f["request"]), "pos": float(c["pos"]), "answer_norm": c.get("answer") or "",
+                         "em": em, "f1": f1, "answer_tokens": float(c.get("answer_tokens") or 0),
+                         "probe_tokens": float(c.get("probe_tokens") or 0),
+                         "is_step": c.get("kind") == "step", "is_transition": c.get("kind") == "transition",
+                         **{s: (np.nan if c.get(s) is None or pd.isna(c.get(s)) else float(c[s]))
+                            for s in ("p_mean", "p_geo", "p_min", "p_first", "entropy")}})
+    t = RunTable.from_arrow(pa.Table.from_pylist(rows), "explore", answer_type=answer_type)
+    t.meta = pd.DataFrame({"question_id": t.question_ids,
+                           "question_chars": ex.set_index("request").reindex(t.question_ids)["question_chars"].to_numpy()})
+    return t
+
+
+def propose_setting(ck, fin, preset, cal, answer_type) -> dict:
+    """A recalibrated setting from recent labelled full-length (exploration) requests: the fewest tokens
+    that keep the EM drop the calibration promised."""
+    t = explore_table(ck, fin, answer_type)
+    n = 0 if t is None else t.n
+    if n < MIN_EXPLORE:
+        return {"ok": False, "reason": (f"needs at least {MIN_EXPLORE} labelled exploration requests (full length, "
+                                        f"with a gold answer); the log has {n}. Raise routing.explore or add labels.")}
+    drop = max(0.0, float(cal["full_em"].mean() - cal["em"].mean()))
+    fams = [f for f in families() if f != "learned"]
+    try:
+        op = operating_point(t, "drop", drop, families=fams, n_boot=500)
+    except StoplineError as e:
+        return {"ok": False, "reason": str(e)}
+    return {"ok": True, "n": n, "goal": f"min tokens with EM >= full - {drop:.3f}", **op}
+
+
+def monitor_inputs(logs, preset_arg=None, run_arg=None, db_arg=None):
+    """(table, preset) for a log: the calibration run and preset named in its header unless overridden."""
+    header, _, _ = read_log(logs)
+    preset = load(preset_arg) if preset_arg else (from_dict(header["preset"]) if "preset" in header else None)
+    cal = header.get("calibration") or {}
+    run_id = run_arg or cal.get("run")
+    db = db_arg or cal.get("db")
+    t = None
+    if run_id:
+        if db and not Path(db).exists():
+            if Path(db).name == Path(DEMO_DB).name:          # a log made elsewhere against the bundled store
+                db = DEMO_DB
+        if not db or not Path(db).exists():
+            raise StoplineError(f"the calibration store {db!r} is not here", hint="pass --db PATH")
+        t = RunTable.from_store(Store(db, read_only=True), run_id)
+    return t, preset

@@ -1,0 +1,247 @@
+"""What a policy family is: a small class that declares its parameters and says, for every checkpoint of
+every question at once, whether its rule fires there.
+
+The declaration drives everything else: validation of presets, the dashboard's sliders, and the sweep
+grids. ``fires`` gets the whole run as 2-D arrays (questions x checkpoints) and must use, at checkpoint j,
+only what is known at checkpoints 0..j (replay must equal running the rule online).
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from analysis.core.errors import MissingSignal, PresetError
+
+if TYPE_CHECKING:
+    from analysis.replay.engine import RunTable
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a family. ``kind``: int, float, choice, bool or setting (a nested setting)."""
+    name: str
+    kind: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    grid: tuple = ()          # explicit sweep values; else derived from the range
+    n_grid: int = 8
+    label: str = ""
+
+    def validate(self, value: Any, where: str) -> Any:
+        if self.kind == "setting":
+            return Setting.from_dict(value, where)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise PresetError(f"must be true or false, got {value!r}", field=where)
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise PresetError(f"must be one of {list(self.choices)}, got {value!r}", field=where)
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PresetError(f"must be a number, got {type(value).__name__} {value!r}"[:200], field=where)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PresetError(f"must be finite, got {value!r}", field=where)
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise PresetError(f"must be a whole number, got {value!r}", field=where)
+            value = int(value)
+        else:
+            value = float(value)
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise PresetError(f"{value!r} is out of range [{self.low:g}, {self.high:g}]", field=where)
+        return value
+
+    def sweep_values(self) -> list:
+        if self.grid:
+            return list(self.grid)
+        if self.kind == "bool":
+            return [False, True]
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "setting":
+            return [self.default]
+        lo, hi = float(self.low), float(self.high)
+        if self.log:
+            vals = np.geomspace(max(lo, 1e-12), hi, self.n_grid)
+        else:
+            vals = np.linspace(lo, hi, self.n_grid)
+        if self.kind == "int":
+            return sorted({int(round(v)) for v in vals})
+        return [float(v) for v in vals]
+
+
+class Policy:
+    """Base class of a policy family. Subclasses set the class attributes and implement ``fires``."""
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()   # per-checkpoint signals the rule reads
+
+    # -- declaration helpers ------------------------------------------------------------------------------
+    @classmethod
+    def defaults(cls) -> dict:
+        return {p.name: p.default for p in cls.params}
+
+    @classmethod
+    def defaults_for(cls, t) -> dict:
+        """Where the controls start on run ``t`` (no setting in the link yet): the declared defaults, unless
+        the family knows a better start for this run."""
+        return cls.defaults()
+
+    @classmethod
+    def validate(cls, params: dict, where: str = "params") -> dict:
+        if not isinstance(params, dict):
+            raise PresetError(f"must be an object of parameters, got {type(params).__name__}", field=where)
+        known = {p.name for p in cls.params}
+        unknown = [k for k in params if k not in known]
+        if unknown:
+            raise PresetError(f"unknown parameter {str(unknown[0])[:80]!r} for family '{cls.name}' "
+                              f"(its parameters: {', '.join(sorted(known)) or 'none'})", field=where)
+        out = {}
+        for p in cls.params:
+            out[p.name] = p.validate(params[p.name], f"{where}.{p.name}") if p.name in params else p.default
+        cls.check(out, where)
+        return out
+
+    @classmethod
+    def check(cls, params: dict, where: str) -> None:
+        """Cross-parameter checks (override when needed)."""
+
+    @classmethod
+    def required_signals(cls, params: dict) -> tuple[str, ...]:
+        return cls.requires
+
+    @classmethod
+    def grid(cls, table: "RunTable") -> list[dict]:
+        """Settings to sweep: the cartesian product of each parameter's sweep values."""
+        names = [p.name for p in cls.params]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(p.sweep_values() for p in cls.params))]
+
+    @classmethod
+    def describe(cls, params: dict) -> str:
+        parts = []
+        for p in cls.params:
+            v = params.get(p.name, p.default)
+            if p.kind == "setting":
+                v = f"({Setting.from_dict(v).label()})" if isinstance(v, dict) else f"({v.label()})"
+            elif isinstance(v, float):
+                v = f"{v:.3g}"
+            parts.append(f"{p.name}={v}")
+        return f"{cls.name}(" + ", ".join(parts) + ")"
+
+    # -- the rule -----------------------------------------------------------------------------------------
+    @classmethod
+    def fires(cls, t: "RunTable", params: dict) -> np.ndarray:
+        """Boolean (questions x checkpoints): does the rule fire at this checkpoint?"""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A family with concrete parameter values."""
+    family: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def policy(self) -> type[Policy]:
+        return get_family(self.family)
+
+    def label(self) -> str:
+        return self.policy.describe(self.params)
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "params": {k: (v.to_dict() if isinstance(v, Setting) else v)
+                                                   for k, v in self.params.items()}}
+
+    def key(self) -> str:
+        import json
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Setting) and self.key() == other.key()
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "setting") -> "Setting":
+        if isinstance(d, Setting):
+            return d
+        if not isinstance(d, dict):
+            raise PresetError(f"must be an object with 'family' and 'params', got {type(d).__name__}", field=where)
+        extra = set(d) - {"family", "params"}
+        if extra:
+            raise PresetError(f"unknown key {str(sorted(map(str, extra))[0])[:80]!r}", field=where)
+        fam = d.get("family")
+        if not isinstance(fam, str):
+            raise PresetError("missing or non-string 'family'", field=f"{where}.family")
+        try:
+            cls = get_family(fam)
+        except KeyError:
+            raise PresetError(f"unknown policy family {fam[:80]!r} (known: {', '.join(families())})",
+                              field=f"{where}.family") from None
+        return Setting(fam, cls.validate(d.get("params", {}), f"{where}.params"))
+
+    @staticmethod
+    def make(family: str, **params: Any) -> "Setting":
+        return Setting.from_dict({"family": family, "params": params})
+
+
+def check_signals(t: "RunTable", setting: Setting) -> None:
+    missing = [s for s in setting.policy.required_signals(setting.params) if not t.has_signal(s)]
+    if missing:
+        raise MissingSignal(
+            f"the '{setting.family}' family needs the signal(s) {', '.join(missing)}, which run "
+            f"{t.run_id or '(this run)'} does not have (its checkpoints were derived from text, with no probe)",
+            hint="use a text-only family (budget, consistency, learned with features=text), or re-probe the run "
+                 "with a model: python -m analysis probe --run RUN --model M")
+
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_family(name: str) -> type[Policy]:
+    _load_all()
+    return _REGISTRY[name]
+
+
+def families() -> list[str]:
+    _load_all()
+    return list(_REGISTRY)
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    """Import every module of this package: a new family is one new file with @register."""
+    global _loaded
+    if _loaded:
+        return
+    for m in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if m.name != "base":
+            importlib.import_module(f"{__package__}.{m.name}")
+    _loaded = True
+    order = ["budget", "consistency", "confidence", "entropy", "learned", "hybrid"]
+    items = sorted(_REGISTRY.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    _REGISTRY.clear()
+    _REGISTRY.update(items)

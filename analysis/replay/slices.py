@@ -1,0 +1,30 @@
+"""Slices of a run's questions (by question length or a metadata field), for per-slice presets, optimisers
+and reports."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.core.errors import StoplineError
+from analysis.replay.engine import RunTable
+
+
+def slice_labels(t: RunTable, by: str, n_bins: int = 3) -> np.ndarray:
+    """Slice label per question. ``by``: 'length' (question length tertiles), or a metadata column
+    ('meta.difficulty'); numeric metadata with many values is binned into quantiles."""
+    if by == "length":
+        x = t.meta["question_chars"].to_numpy(dtype=float)
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))
+        names = ["short", "medium", "long"] if len(edges) == 2 else [f"bin{i}" for i in range(len(edges) + 1)]
+        return np.array(names, dtype=object)[np.searchsorted(edges, x, side="right")]
+    if by not in t.meta.columns:
+        have = [c for c in t.meta.columns if c.startswith("meta.")]
+        raise StoplineError(f"no question field {by!r} to slice by",
+                            hint=f"choose 'length' or one of: {', '.join(have) or '(this run has none)'}")
+    col = t.meta[by]
+    if pd.api.types.is_numeric_dtype(col) and col.nunique() > 6:
+        x = col.to_numpy(dtype=float)
+        edges = np.unique(np.nanquantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))
+        return np.array([f"{by.split('.')[-1]}≤{e:g}" for e in edges] + [f"{by.split('.')[-1]}>{edges[-1]:g}"],
+                        dtype=object)[np.searchsorted(edges, x, side="left")]
+    return col.astype(str).fillna("(none)").to_numpy(dtype=object)
