@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from analysis.core.errors import StoplineError
@@ -31,6 +32,14 @@ DEMO_DB = str(Path(__file__).resolve().parents[2] / "data" / "demo.duckdb")
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
+
+
+def _dumps(obj) -> str:
+    """JSON text (orjson where it can: ~10x json's speed for a question's gold and meta; json for the rest)."""
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:
+        return json.dumps(obj, default=str)
 
 
 def now() -> datetime:
@@ -194,9 +203,9 @@ class Store:
             "question_id": [q.id for q in questions],
             "idx": list(range(len(questions))),
             "text": [q.text for q in questions],
-            "gold": [json.dumps(q.gold) for q in questions],
+            "gold": [_dumps(q.gold) for q in questions],
             "answer_type": [q.answer_type for q in questions],
-            "meta": [json.dumps(q.meta, default=str) for q in questions],
+            "meta": [_dumps(q.meta) for q in questions],
         })
 
         def go(c):

@@ -15,7 +15,6 @@ The last checkpoint of each question is its full-length answer, as everywhere in
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -171,6 +170,12 @@ def _labels(col, spec, where, recs) -> np.ndarray:
     return v
 
 
+def _codes(arr) -> tuple[np.ndarray, list]:
+    """Arrow's dictionary encoding (C++, in order of first appearance): codes (-1 for null) and the values."""
+    enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+    return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
 def read_checkpoints(spec, run_id: str) -> dict:
     """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras."""
     tbl, sha, where = _columns(spec)
@@ -186,7 +191,8 @@ def read_checkpoints(spec, run_id: str) -> dict:
         raise _at(spec, where, int(recs[np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))[0]]),
                   "missing question id", "id")
     pos = _numbers(tbl.column("pos"), spec, where, recs, "pos", integer=True)
-    codes, uniq_ids = pd.factorize(pd.Series(ids.to_numpy(zero_copy_only=False), dtype=object), sort=False)
+    codes, uniq_ids = _codes(ids)                       # in order of first appearance
+    uniq_ids = np.asarray(uniq_ids, dtype=object)
     order = np.lexsort((pos, codes))                    # questions in order of appearance, positions ascending
     codes, pos, recs = codes[order], pos[order], recs[order]
     tbl = tbl.take(pa.array(order))
@@ -219,10 +225,11 @@ def read_checkpoints(spec, run_id: str) -> dict:
     take = np.concatenate([np.arange(n), last[extra]])
     qrow = np.concatenate([codes, codes[last[extra]]])
     posx = np.concatenate([pos, lengths[extra]])
-    order2 = np.lexsort((posx, qrow))
-    take, qrow, posx = take[order2], qrow[order2], posx[order2]
+    added = np.concatenate([np.zeros(n, bool), np.ones(int(extra.sum()), bool)])
+    if extra.any():                                     # the added finals go after their question's rows
+        order2 = np.lexsort((posx, qrow))
+        take, qrow, posx, added = take[order2], qrow[order2], posx[order2], added[order2]
     is_final = np.r_[qrow[1:] != qrow[:-1], True]
-    added = np.concatenate([np.zeros(n, bool), np.ones(int(extra.sum()), bool)])[order2]
     N = len(take)
     firstx = np.r_[0, np.flatnonzero(qrow[1:] != qrow[:-1]) + 1]
     ck_idx = np.arange(N) - np.repeat(firstx, np.diff(np.r_[firstx, N]))
@@ -231,34 +238,40 @@ def read_checkpoints(spec, run_id: str) -> dict:
         return tbl.column(key).take(pa.array(first)).to_pylist() if key in tbl.column_names else [None] * nq
     texts, gold_vals = per_q("question"), per_q("gold")
     questions, golds = [], []
-    for q in range(nq):
-        rec = int(recs[first[q]])
-        text = texts[q]
+    ids = np.asarray(uniq_ids, dtype=object).astype(str)
+    check = bool(spec.gold_field and not spec.correct_field)
+    seen: dict = {}                                     # a gold is checked and normalised once
+    for q, rec, text, value in zip(range(nq), recs[first].tolist(), texts, gold_vals):
         if spec.question_field and (not isinstance(text, str) or not text.strip()):
             raise _at(spec, where, rec, "question must be a non-empty string", "question")
-        gold = as_gold_list(gold_vals[q], spec.answer_type) if gold_vals[q] is not None else []
-        if spec.gold_field and not spec.correct_field:
-            bad = check_gold(gold, spec.answer_type)
-            if bad:
-                raise _at(spec, where, rec, f"cannot parse the gold answer: {bad}", "gold")
-        questions.append(Question(str(uniq_ids[q]), text or str(uniq_ids[q]), gold, spec.answer_type, {"record": rec}))
-        golds.append(normalize_gold(gold, spec.answer_type))
+        key = value if isinstance(value, (str, int, float)) else repr(value)
+        if key not in seen:
+            gold = as_gold_list(value, spec.answer_type) if value is not None else []
+            seen[key] = (gold, check_gold(gold, spec.answer_type) if check else None,
+                         normalize_gold(gold, spec.answer_type))
+        gold, bad, norm = seen[key]
+        if bad:
+            raise _at(spec, where, rec, f"cannot parse the gold answer: {bad}", "gold")
+        questions.append(Question(ids[q], text or ids[q], gold, spec.answer_type, {"record": rec}))
+        golds.append(norm)
     # answers: normalised once per distinct text, scored once per distinct (question, answer)
     raw = pc.cast(tbl.column("answer"), pa.string()).take(pa.array(take))
-    acodes, uniq = pd.factorize(pd.Series(raw.to_numpy(zero_copy_only=False), dtype=object), use_na_sentinel=True)
+    acodes, uniq = _codes(raw)                          # -1: no answer
     u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
     acodes = np.where(u_norm[acodes] == "", -1, acodes)
     u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
-    norm = u_norm[acodes]
+    norm_arr = pc.take(pa.array(u_norm, pa.string()), pa.array(np.where(acodes < 0, len(u_norm) - 1, acodes)))
     if "correct" in tbl.column_names:
         em = f1 = _labels(tbl.column("correct"), spec, where, recs)[take]
     else:
         em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
     answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
-    cols = {"run_id": pa.array([run_id] * N), "question_id": pa.array(uniq_ids[qrow].astype(str)),
+    id_arr = pa.array(ids, pa.string())
+    cols = {"run_id": pa.array([run_id] * N), "question_id": pc.take(id_arr, pa.array(qrow)),
             "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
-            "kind": pa.array(np.where(is_final, "final", "interval")), "is_step": pa.array(np.zeros(N, bool)),
-            "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw, "answer_norm": pa.array(norm, pa.string()),
+            "kind": pc.take(pa.array(["interval", "final"]), pa.array(is_final.astype(np.int8))),
+            "is_step": pa.array(np.zeros(N, bool)), "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw,
+            "answer_norm": norm_arr,
             "em": pa.array(em, pa.float64()), "f1": pa.array(f1, pa.float64())}
     for s in SIGNAL_COLUMNS:
         if s in tbl.column_names:
@@ -273,10 +286,10 @@ def read_checkpoints(spec, run_id: str) -> dict:
     fi = np.flatnonzero(is_final)
     text_col = per_q("text")
     traces = pa.table({
-        "run_id": pa.array([run_id] * nq), "question_id": pa.array(uniq_ids.astype(str)),
+        "run_id": pa.array([run_id] * nq), "question_id": id_arr,
         "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string()),
         "n_tokens": pa.array(posx[fi].astype(np.int64)), "final_raw": raw.take(pa.array(fi)),
-        "final_norm": pa.array(norm[fi], pa.string()), "em": pa.array(np.asarray(em)[fi], pa.float64()),
+        "final_norm": norm_arr.take(pa.array(fi)), "em": pa.array(np.asarray(em)[fi], pa.float64()),
         "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
         "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
     stops = None
