@@ -198,14 +198,20 @@ class Store:
         """Insert questions not yet stored (by (dataset, id)); existing ones are left as they are."""
         if not questions:
             return
+        self.put_question_columns(dataset, [q.id for q in questions], [q.text for q in questions],
+                                  [_dumps(q.gold) for q in questions], questions[0].answer_type,
+                                  [_dumps(q.meta) for q in questions], con)
+
+    def put_question_columns(self, dataset: str, ids, texts, gold_json, answer_type: str, meta_json=None,
+                             con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """``put_questions`` from columns (Arrow arrays or lists; gold and meta as JSON text), for writers
+        that never make one object per question (a checkpoint export of a million rows)."""
+        n = len(ids)
         tbl = pa.table({
-            "dataset": [dataset] * len(questions),
-            "question_id": [q.id for q in questions],
-            "idx": list(range(len(questions))),
-            "text": [q.text for q in questions],
-            "gold": [_dumps(q.gold) for q in questions],
-            "answer_type": [q.answer_type for q in questions],
-            "meta": [_dumps(q.meta) for q in questions],
+            "dataset": pa.array([dataset] * n, pa.string()), "question_id": pa.array(ids, pa.string()),
+            "idx": pa.array(range(n), pa.int32()), "text": pa.array(texts, pa.string()),
+            "gold": pa.array(gold_json, pa.string()), "answer_type": pa.array([answer_type] * n, pa.string()),
+            "meta": pa.array(meta_json if meta_json is not None else ["{}"] * n, pa.string()),
         })
 
         def go(c):

@@ -14,6 +14,8 @@ The last checkpoint of each question is its full-length answer, as everywhere in
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +24,7 @@ from analysis.core.answers import normalize, normalize_gold
 from analysis.core.errors import StoplineError
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.ingest import sources
-from analysis.ingest.datasets import as_gold_list, check_gold, Question
+from analysis.ingest.datasets import as_gold_list, check_gold
 from analysis.ingest.scoring import score_rows
 from analysis.ingest.textckpt import TOKEN_RE
 
@@ -193,9 +195,12 @@ def read_checkpoints(spec, run_id: str) -> dict:
     pos = _numbers(tbl.column("pos"), spec, where, recs, "pos", integer=True)
     codes, uniq_ids = _codes(ids)                       # in order of first appearance
     uniq_ids = np.asarray(uniq_ids, dtype=object)
-    order = np.lexsort((pos, codes))                    # questions in order of appearance, positions ascending
-    codes, pos, recs = codes[order], pos[order], recs[order]
-    tbl = tbl.take(pa.array(order))
+    # questions in order of appearance, positions ascending (most exports already are: then no sort)
+    step, rise = np.diff(codes), np.diff(pos)
+    if not ((step == 0) & (rise >= 0) | (step == 1)).all() or (len(codes) and codes[0] != 0):
+        order = np.lexsort((pos, codes))
+        codes, pos, recs = codes[order], pos[order], recs[order]
+        tbl = tbl.take(pa.array(order))
     same = np.flatnonzero((codes[1:] == codes[:-1]) & (pos[1:] == pos[:-1]))
     if len(same):
         raise _at(spec, where, int(recs[same[0] + 1]), f"question {uniq_ids[codes[same[0]]]!r} has two checkpoints at "
@@ -237,23 +242,27 @@ def read_checkpoints(spec, run_id: str) -> dict:
     def per_q(key):
         return tbl.column(key).take(pa.array(first)).to_pylist() if key in tbl.column_names else [None] * nq
     texts, gold_vals = per_q("question"), per_q("gold")
-    questions, golds = [], []
     ids = np.asarray(uniq_ids, dtype=object).astype(str)
+    if spec.question_field:                             # every question a non-blank string
+        blank = pc.equal(pc.utf8_trim_whitespace(pa.array(texts, pa.string())), "")
+        bad_q = np.flatnonzero(pc.fill_null(blank, True).to_numpy(zero_copy_only=False))
+        if len(bad_q):
+            raise _at(spec, where, int(recs[first[bad_q[0]]]), "question must be a non-empty string", "question")
     check = bool(spec.gold_field and not spec.correct_field)
-    seen: dict = {}                                     # a gold is checked and normalised once
-    for q, rec, text, value in zip(range(nq), recs[first].tolist(), texts, gold_vals):
-        if spec.question_field and (not isinstance(text, str) or not text.strip()):
-            raise _at(spec, where, rec, "question must be a non-empty string", "question")
+    seen: dict = {}                                     # a gold is checked, normalised and written once
+    golds, gold_json = [], []
+    for rec, value in zip(recs[first].tolist(), gold_vals):
         key = value if isinstance(value, (str, int, float)) else repr(value)
-        if key not in seen:
+        hit = seen.get(key)
+        if hit is None:
             gold = as_gold_list(value, spec.answer_type) if value is not None else []
-            seen[key] = (gold, check_gold(gold, spec.answer_type) if check else None,
-                         normalize_gold(gold, spec.answer_type))
-        gold, bad, norm = seen[key]
-        if bad:
-            raise _at(spec, where, rec, f"cannot parse the gold answer: {bad}", "gold")
-        questions.append(Question(ids[q], text or ids[q], gold, spec.answer_type, {"record": rec}))
-        golds.append(norm)
+            hit = seen[key] = (check_gold(gold, spec.answer_type) if check else None,
+                               normalize_gold(gold, spec.answer_type), json.dumps(gold))
+        if hit[0]:
+            raise _at(spec, where, rec, f"cannot parse the gold answer: {hit[0]}", "gold")
+        golds.append(hit[1])
+        gold_json.append(hit[2])
+    questions = {"ids": ids, "texts": [t if t else i for t, i in zip(texts, ids)], "gold_json": gold_json}
     # answers: normalised once per distinct text, scored once per distinct (question, answer)
     raw = pc.cast(tbl.column("answer"), pa.string()).take(pa.array(take))
     acodes, uniq = _codes(raw)                          # -1: no answer
@@ -267,7 +276,7 @@ def read_checkpoints(spec, run_id: str) -> dict:
         em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
     answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
     id_arr = pa.array(ids, pa.string())
-    cols = {"run_id": pa.array([run_id] * N), "question_id": pc.take(id_arr, pa.array(qrow)),
+    cols = {"run_id": pa.array([run_id]).take(pa.array(np.zeros(N, np.int32))), "question_id": pc.take(id_arr, pa.array(qrow)),
             "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
             "kind": pc.take(pa.array(["interval", "final"]), pa.array(is_final.astype(np.int8))),
             "is_step": pa.array(np.zeros(N, bool)), "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw,

@@ -445,11 +445,12 @@ def _import_checkpoints(store: Store, spec: ImportSpec, keep_sweep: bool = True)
     data = read_checkpoints(spec, run_id)   # (the EM source is in the config: fields.correct)
     with store.transaction() as con:
         store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
-                                source="imported", config=config, n_planned=len(data["questions"]), con=con)
-        store.put_questions(spec.dataset, data["questions"], con=con)
+                                source="imported", config=config, n_planned=len(data["questions"]["ids"]), con=con)
+        q = data["questions"]
+        store.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
         store.put_results(data["traces"], data["checkpoints"], con=con)
         if data["stops"] is not None:
-            attach(store, run_id, [q.id for q in data["questions"]], data["stops"]["positions"],
+            attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],
                    data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
                    answer_field=spec.stopped_answer_field or "answer")
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
