@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import textwrap
@@ -25,8 +26,9 @@ def test_migration_from_v1_keeps_data(tmp_path):
     con.execute("INSERT INTO questions VALUES ('d', 'q1', 0, 'Q?', '[\"1\"]', 'number', '{}')")
     con.execute("INSERT INTO traces VALUES ('r1', 'q1', 'text 1', 2, '1', '1', 1.0, 1.0, 'imported', NULL, NULL)")
     con.close()
-    with pytest.raises(StoplineError, match="needs a migration"):
+    with pytest.raises(StoplineError, match="needs a migration") as e:
         Store(p, read_only=True)
+    assert "python -m analysis migrate --db PATH" in str(e.value)       # the hint names a command that does it
     s = Store(p)  # opening writable migrates
     assert s.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     (run,) = s.runs()
@@ -115,3 +117,16 @@ def test_execution_details_are_not_part_of_a_runs_identity(store):
                                        config={**base, "execution": {"probes": "immediate"}})
     assert created and not again and a == b
     assert store.run(a)["config"]["execution"] == {"probes": "batched"}
+
+
+def test_migrate_command(tmp_path, cli):
+    p = str(tmp_path / "old.duckdb")
+    migrate(p, 3)
+    code, out, err = cli("migrate", "--db", p, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"path": p, "schema_version_before": 3, "schema_version": SCHEMA_VERSION}
+    assert Store(p, read_only=True).schema_version() == SCHEMA_VERSION
+    code, out, _ = cli("migrate", "--db", p)
+    assert code == 0 and "already at schema version" in out
+    code, _, err = cli("migrate", "--db", str(tmp_path / "none.duckdb"))
+    assert code == 2 and "store not found" in err

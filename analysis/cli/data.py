@@ -169,3 +169,22 @@ def _show(args):
     have = [k for k, v in r["signals"].items() if v]
     print(f"  signals  {', '.join(have) if have else 'none (text-derived checkpoints)'}")
     print("  config   " + json.dumps(r["config"], indent=2, default=str).replace("\n", "\n  "))
+
+
+def _migrate_setup(p):
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("migrate", "bring a store made by an older Stopline to this version's schema (read-only opens need it)",
+         _migrate_setup)
+def _migrate(args):
+    from analysis.core.store import SCHEMA_VERSION, Store, resolve_db_path, stored_version
+    path = resolve_db_path(args.db)
+    before = stored_version(path)
+    Store(path, create=False)                  # opening it writable applies the missing steps
+    res = {"path": str(path), "schema_version_before": before, "schema_version": SCHEMA_VERSION}
+    if args.json:
+        return _print_json(res)
+    print(f"{path}: schema version {before} -> {SCHEMA_VERSION}" if before != SCHEMA_VERSION
+          else f"{path}: already at schema version {SCHEMA_VERSION}")

@@ -59,7 +59,9 @@ def _print_verify(res: dict) -> None:
           f"live: EM {res['live']['em']:.3f}, {res['live']['tokens_emitted']:.1f} tokens "
           f"({res['live']['generated_tokens']} generated, {res['seconds']:.0f} s)")
     for m in res["mismatches"]:
-        print(f"  moved: {m['question']}: replay ck {m['replay']['ck']} -> live ck {m['live']['ck']}: {m['cause']}")
+        live = "the end" if m["live"]["ck"] is None else f"ck {m['live']['ck']}"
+        replay = f"ck {m['replay']['ck']}" + ("" if m["replay"]["stopped"] else " (the end)")
+        print(f"  differs: {m['question']}: replay stops at {replay}, live at {live}: {m['cause']}")
     if res.get("note"):
         print(f"  note: {res['note']}")
 

@@ -163,7 +163,7 @@ class Store:
         if self.read_only:
             raise StoplineError(f"store has schema version {version}, older than {SCHEMA_VERSION}; "
                                 "it needs a migration, which a read-only store cannot take", file=self.path,
-                                hint="open it once writable (e.g. `python -m analysis runs --db PATH`)")
+                                hint="migrate it once: python -m analysis migrate --db PATH")
         migrate(self.path, SCHEMA_VERSION)
 
     # -- writes -------------------------------------------------------------------------------------------
@@ -359,6 +359,17 @@ def _version(con: duckdb.DuckDBPyConnection) -> int:
         return 0
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else 0
+
+
+def stored_version(path: str) -> int:
+    """The schema version of a store file, read without migrating it."""
+    if not Path(path).is_file():
+        raise StoplineError("store not found", file=str(path))
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return _version(con)
+    except duckdb.Error as e:
+        raise StoplineError(f"not a readable DuckDB store ({str(e)[:200]})", file=str(path)) from None
 
 
 def migrate(path: str, target: int = SCHEMA_VERSION) -> int:

@@ -96,17 +96,18 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
 def compare_values(t, ck: pd.DataFrame, texts: dict[str, tuple[str, str, bool]] | None = None) -> tuple[dict, dict]:
     """Live checkpoint values (decision-log records) against the recorded run ``t``, checkpoint by checkpoint.
 
-    Returns (summary, first): ``first[request]`` is the first checkpoint index where anything differs
-    (placement, trial answer, a signal) or where the live trace left the recorded one, with what differed.
+    Returns (summary, first): ``first[request]`` is (checkpoint index, kind, description) of the first
+    difference: kind is "checkpoint placement", "trial answer", a signal's name, or "trace" (the live trace
+    left the recorded one; index past every checkpoint, since where is not known).
     ``texts``: request -> (live text, recorded text, stopped early), to tell a trace that took another token."""
     idx = {str(q): i for i, q in enumerate(t.question_ids)}
     diffs = {s: [] for s in SIGNAL_COLUMNS}
     n_cmp = n_placed = n_ans = 0
-    first: dict[str, tuple[int, str]] = {}
+    first: dict[str, tuple[int, str, str]] = {}
 
-    def note(req, j, what):
+    def note(req, j, kind, what):
         if req not in first or j < first[req][0]:
-            first[req] = (j, what)
+            first[req] = (j, kind, what)
 
     for rec in ck.to_dict("records") if len(ck) else []:
         req, j = str(rec["request"]), int(rec["ck"])
@@ -115,12 +116,12 @@ def compare_values(t, ck: pd.DataFrame, texts: dict[str, tuple[str, str, bool]] 
             continue
         if j >= t.final_idx[i] or int(t.pos[i, j]) != int(rec["pos"]):
             n_placed += 1
-            note(req, j, "checkpoint placement (the trace took another path)")
+            note(req, j, "checkpoint placement", "checkpoint placement (the trace took another path)")
             continue
         n_cmp += 1
         if (rec.get("answer") or "") != (t.answers[i, j] or ""):
             n_ans += 1
-            note(req, j, f"trial answer {t.answers[i, j]!r} -> {rec.get('answer')!r}")
+            note(req, j, "trial answer", f"trial answer {t.answers[i, j]!r} -> {rec.get('answer')!r}")
         for s in SIGNAL_COLUMNS:
             a, b = rec.get(s), float(t.cols[s][i, j])
             a = np.nan if a is None else float(a)
@@ -129,13 +130,13 @@ def compare_values(t, ck: pd.DataFrame, texts: dict[str, tuple[str, str, bool]] 
             d = abs(a - b) if not (np.isnan(a) or np.isnan(b)) else np.inf
             if d != 0:
                 diffs[s].append(d)
-                note(req, j, f"{s} {b:.6g} -> {a:.6g}")
+                note(req, j, s, f"{s} {b:.6g} -> {a:.6g}")
     diverged = 0
     for req, (live, recorded, stopped) in (texts or {}).items():
         live = live.rstrip("\ufffd")         # a stop can cut a multi-byte character in two
         if not recorded.startswith(live) if stopped else live != recorded:
             diverged += 1
-            note(req, 1 << 30, "the trace took another token")
+            note(req, 1 << 30, "trace", "the trace took another token")
     sig = {}
     for s, d in diffs.items():
         arr = np.asarray([x for x in d if np.isfinite(x)])
@@ -193,7 +194,7 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
     numeric, first = compare_values(t, ck, {q.id: (r["text"], stored.get(q.id, ""), r["stopped"])
                                                 for q, r in zip(questions, recs)})
 
-    rows, mism, causes = [], [], {}
+    rows, mism, causes = [], [], {"unexplained": 0}
     for q, rec in zip(questions, recs):
         i, j = have[q.id], int(want[have[q.id]])
         pred = {"ck": j, "pos": int(t.pos[i, j]), "answer": t.answers[i, j], "em": float(t.em[i, j]),
@@ -206,20 +207,15 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
         if not same:
             # the earlier of the two stops bounds where a differing value must have been seen
             bound = min(j if pred["stopped"] else 1 << 30, live["ck"] if live["stopped"] else 1 << 30)
-            cause = first.get(q.id)
-            cause = cause[1] if cause is not None and cause[0] <= bound else None
-            causes[cause or "unexplained"] = causes.get(cause or "unexplained", 0) + 1
+            found = first.get(q.id)
+            _, kind, what = found if found is not None and found[0] <= bound else (0, "unexplained", "unexplained")
+            causes[kind] = causes.get(kind, 0) + 1
             if len(mism) < MAX_LISTED:
-                mism.append({"question": q.id, "replay": pred, "live": live, "cause": cause or "unexplained"})
+                mism.append({"question": q.id, "replay": pred, "live": live, "cause": what})
     n = len(rows)
     agree = sum(r[0] for r in rows)
     moved = n - agree
-    unexplained = causes.pop("unexplained", 0)
-    kinds: dict[str, int] = {}
-    for c, k in causes.items():
-        label = c.split(" ")[0] if not c.startswith(("trial answer", "checkpoint", "the trace")) else \
-            {"trial": "trial answer", "checkpoint": "checkpoint placement", "the": "trace"}[c.split(" ")[0]]
-        kinds[label] = kinds.get(label, 0) + k
+    unexplained = causes.pop("unexplained")
     schedule = (cfgd.get("execution") or {}).get("probes", "immediate")   # runs before 'execution' probed at once
     dtype = cfgd["model"].get("dtype")
     inv = batch_invariance(dtype if dtype in ("bfloat16", "float32", "float16") else "bfloat16")
@@ -242,7 +238,7 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
     sens = stop_sensitivity(t, preset, noise, draws=sensitivity_draws) if sensitivity_draws else None
     return {"agreement": agree / n if n else float("nan"), "n": n, "run": run["id"], "preset": preset.name,
             "decision_agreement": decisions["agreement"], "decisions": decisions,
-            "moved": {"n": moved, "explained": moved - unexplained, "unexplained": unexplained, "causes": kinds},
+            "moved": {"n": moved, "explained": moved - unexplained, "unexplained": unexplained, "causes": causes},
             "numeric": numeric, "sensitivity": sens,
             "platform": {**cpu_features(), "batch_invariant": inv},
             "run_probes": schedule, "note": "; ".join(notes) or None, "batch_size": batch_size,
