@@ -139,24 +139,39 @@ def test_clicking_a_frontier_point_makes_it_the_current_setting(server, browser)
     page.close()
 
 
-def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_path):
-    from conftest import FIXTURES
+def open_import_tab(browser, server):
+    """The Runs page's import tab, in a new page."""
     url, db, rid = server
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(f"{url}/runs?db={db}&run={rid}")
     page.get_by_role("tab", name="Import generations").click()
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(FIXTURES / "solutions.jsonl"))
-    page.wait_for_selector("text=What the import would read", timeout=30_000)
-    page.get_by_role("textbox", name="Response field").fill("outputs.solution")
-    page.get_by_role("textbox", name="Model name").fill("hand")
-    page.get_by_role("textbox", name="Dataset name").fill("hand-gsm")
+    return page
+
+
+def upload(page, path) -> None:
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(path))
+
+
+def import_as(page, model: str, dataset: str) -> str:
+    """Name the model and dataset, press Import, and return the success message."""
+    page.get_by_role("textbox", name="Model name").fill(model)
+    page.get_by_role("textbox", name="Dataset name").fill(dataset)
     page.get_by_role("textbox", name="Dataset name").press("Enter")
     page.get_by_role("button", name="Import", exact=True).click()
     page.wait_for_selector("[data-testid='stAlertContentSuccess']", timeout=60_000)
-    assert "EM at full length 0.750" in page.locator("[data-testid='stAlertContentSuccess']").inner_text()
+    return page.locator("[data-testid='stAlertContentSuccess']").inner_text()
+
+
+def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_path):
+    from conftest import FIXTURES
+    page = open_import_tab(browser, server)
+    upload(page, FIXTURES / "solutions.jsonl")
+    page.wait_for_selector("text=What the import would read", timeout=30_000)
+    page.get_by_role("textbox", name="Response field").fill("outputs.solution")
+    assert "EM at full length 0.750" in import_as(page, "hand", "hand-gsm")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1", "outputs": {"solution": "1"}}\n{"question": "q2"}\n')
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(bad))
+    upload(page, bad)
     page.wait_for_timeout(1500)
     page.get_by_role("button", name="Import", exact=True).click()
     page.wait_for_selector("[data-testid='stAlertContentError']", timeout=60_000)
@@ -166,27 +181,18 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
 
 
 def test_upload_a_chat_log_with_reasoning_shows_what_it_reads_first(server, browser, tmp_path):
-    """The upload form's other formats: an OpenAI-style chat log previewed (question from the messages, the
-    reasoning as a thinking part), then imported."""
+    """The upload form's other formats: an OpenAI-style chat log previewed (its record count and a table of
+    what the import would read), then imported."""
     import json
 
     from test_import_formats import CHAT
-    url, db, rid = server
     log = tmp_path / "proxy-log.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.goto(f"{url}/runs?db={db}&run={rid}")
-    page.get_by_role("tab", name="Import generations").click()
+    page = open_import_tab(browser, server)
     page.get_by_text("openai-chat", exact=True).click()
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(log))
+    upload(page, log)
     page.wait_for_selector("text=4 records", timeout=30_000)
-    table = page.locator("[data-testid='stDataFrame']").last
-    table.wait_for(timeout=30_000)
-    page.get_by_role("textbox", name="Model name").fill("r1")
-    page.get_by_role("textbox", name="Dataset name").fill("chat-arith")
-    page.get_by_role("textbox", name="Dataset name").press("Enter")
-    page.get_by_role("button", name="Import", exact=True).click()
-    page.wait_for_selector("[data-testid='stAlertContentSuccess']", timeout=60_000)
-    assert "4 traces" in page.locator("[data-testid='stAlertContentSuccess']").inner_text()
-    assert "EM at full length 0.750" in page.locator("[data-testid='stAlertContentSuccess']").inner_text()
+    page.locator("[data-testid='stDataFrame']").last.wait_for(timeout=30_000)
+    done = import_as(page, "r1", "chat-arith")
+    assert "4 traces" in done and "EM at full length 0.750" in done
     page.close()
