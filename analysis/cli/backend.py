@@ -27,8 +27,23 @@ def _models(args):
 
 
 def _run_setup(p):
-    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id")
+    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
+                                                   "openai: the model's name on the server")
     p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic or gsm8k:PATH")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "openai"],
+                   help="transformers: the model runs in this process; openai: through OpenAI-compatible servers "
+                        "(vLLM, SGLang, llama.cpp's server, TGI) given by --base-url")
+    p.add_argument("--base-url", action="append", metavar="URL",
+                   help="(openai) a server's /v1 URL, e.g. http://127.0.0.1:8000/v1; repeat it or separate with "
+                        "commas for several replicas")
+    p.add_argument("--tokenizer", help="(openai) the served model's tokenizer: packaged name, local folder or hub "
+                                       "id (default: --model)")
+    p.add_argument("--concurrency", type=int, default=8, help="(openai) questions generated at once (probes: twice "
+                                                              "as many)")
+    p.add_argument("--api-key", help="(openai) for servers that need one (default: $OPENAI_API_KEY)")
+    p.add_argument("--top-logprobs", type=int, default=20,
+                   help="(openai) log-probabilities asked for per answer token; the entropy signal is estimated "
+                        "from them (vLLM allows 20 unless started with a higher --max-logprobs)")
     p.add_argument("--limit", type=int, help="first N questions (reasoning-gym: generate N)")
     p.add_argument("--seed", type=int, default=42, help="dataset seed (reasoning-gym) and sampling seed")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N generated tokens")
@@ -50,13 +65,29 @@ def _run_setup(p):
 
 @command("run", "generate full traces with a model and probe them at checkpoints, into the store", _run_setup)
 def _run(args):
+    import os
+
     from analysis.backend.prompts import GenConfig
-    from analysis.ingest.pipeline import run
+    from analysis.core.errors import StoplineError
+    from analysis.ingest.pipeline import run, run_openai
     cfg = GenConfig(every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, cue=args.cue)
-    res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
-              batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
+    if args.engine == "openai":
+        urls = [u.strip() for a in args.base_url or [] for u in a.split(",") if u.strip()]
+        if not urls:
+            raise StoplineError("--engine openai needs --base-url (a server's /v1 URL)",
+                                hint="e.g. --base-url http://127.0.0.1:8000/v1 (python -m analysis vllm-server "
+                                     "starts one)")
+        if args.concurrency < 1:
+            raise StoplineError(f"--concurrency must be at least 1, not {args.concurrency}")
+        res = run_openai(_store(args), urls, args.model, args.tokenizer or args.model, args.dataset, limit=args.limit,
+                         seed=args.seed, cfg=cfg, concurrency=args.concurrency,
+                         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), show_progress=not args.json,
+                         top_k=args.top_logprobs)
+    else:
+        res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
+                  batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
     if args.json:
         return _print_json(res)
     tps = res["tokens"] / res["seconds"] if res["seconds"] else 0
@@ -136,3 +167,38 @@ def _rescore(args):
         print(f"run {r['run']} {r['model']} {r['dataset']} [{kind}]: EM at full length {r['em_full_before']:.3f} -> "
               f"{r['em_full_after']:.3f}; checkpoints right {r['checkpoint_em_before']:.3f} -> "
               f"{r['checkpoint_em_after']:.3f} ({r['checkpoints_changed']} of {r['n_checkpoints']} changed)")
+
+
+def _vllm_setup(p):
+    p.add_argument("--model", default="smollm2-135m-instruct", help="packaged model name or local model folder")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="the model's name on the server (default: --model)")
+    p.add_argument("--install", action="store_true", help="only create the vLLM environment (.ci/vllm-venv, or "
+                                                          "$STOPLINE_VLLM_VENV) and exit")
+    p.add_argument("--kv-gib", type=int, default=2, help="KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    p.add_argument("--block-size", type=int, default=32, help="KV block size (prefix caching reuses whole blocks)")
+    p.add_argument("extra", nargs="*", help="more vLLM arguments, after --")
+
+
+@command("vllm-server", "start a local vLLM (CPU build, in its own environment) serving a model for --engine openai",
+         _vllm_setup)
+def _vllm_server(args):
+    from analysis.backend import vllm_local
+    vllm_local.install(quiet=False)
+    if args.install:
+        return print(f"vLLM environment ready: {vllm_local.venv_dir()}")
+    log = vllm_local.ROOT / "data" / "logs" / f"vllm-{args.port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = vllm_local.start(args.model, args.port, log, name=args.name or args.model, extra=args.extra,
+                            kv_gib=args.kv_gib, block_size=args.block_size)
+    url = f"http://127.0.0.1:{args.port}/v1"
+    print(f"starting vLLM for {args.model} (log: {log}) ...", flush=True)
+    try:
+        s = vllm_local.wait_healthy(url, proc, log=log)
+        print(f"ready after {s:.0f} s: --engine openai --base-url {url} --model {args.name or args.model} "
+              f"--tokenizer {args.model}   (Ctrl-C stops it)", flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        vllm_local.stop(proc)

@@ -194,6 +194,18 @@ class Store:
         with self.transaction() as con:
             con.execute("UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?", [status, now(), run_id])
 
+    def set_execution(self, run_id: str, execution: dict) -> None:
+        """Merge ``execution`` into the run's ``config.execution``: how the run was computed (engine figures,
+        timings), which is not part of its identity."""
+        with self.transaction() as con:
+            row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise StoplineError(f"no run {run_id!r}", file=self.path)
+            cfg = json.loads(row[0]) if row[0] else {}
+            cfg["execution"] = {**cfg.get("execution", {}), **execution}
+            con.execute("UPDATE runs SET config = ?, updated_at = ? WHERE run_id = ?",
+                        [json.dumps(cfg, default=str), now(), run_id])
+
     def put_questions(self, dataset: str, questions: list, con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Insert questions not yet stored (by (dataset, id)); existing ones are left as they are."""
         if not questions:

@@ -47,14 +47,7 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
         raise StoplineError(f"probes must be 'batched' or 'immediate', not {probes!r}")
     config = {**run_config(model_name, info, ds.id, seed, cfg),
               "execution": {"probes": probes, "batch_size": batch_size, "device": info.get("device")}}
-    with store.transaction() as con:
-        run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
-                                                  source="generated", config=config, n_planned=len(ds), con=con)
-        store.put_questions(ds.id, ds.questions, con=con)
-        if ds.attribution:
-            store.set_attribution(ds.id, ds.attribution, con=con)
-        con.execute("UPDATE runs SET n_planned = GREATEST(COALESCE(n_planned, 0), ?), status = 'running' "
-                    "WHERE run_id = ?", [len(ds), run_id])
+    run_id, created = _open_run(store, model_name, ds, config)
     finished = store.finished_questions(run_id)
     todo = [q for q in ds.questions if q.id not in finished]
     prompts = {q.id: build_prompt(tok, q.text, cfg) for q in todo}
@@ -80,9 +73,113 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
             bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - t_start):.0f}")
     finally:
         bar.close()
+    return _complete(store, run_id, created, len(todo), t_start, n_tok)
+
+
+def _open_run(store, model_name: str, ds, config: dict) -> tuple[str, bool]:
+    """The run's row (found again when resumed), its questions and attribution, in one transaction."""
+    with store.transaction() as con:
+        run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
+                                                  source="generated", config=config, n_planned=len(ds), con=con)
+        store.put_questions(ds.id, ds.questions, con=con)
+        if ds.attribution:
+            store.set_attribution(ds.id, ds.attribution, con=con)
+        con.execute("UPDATE runs SET n_planned = GREATEST(COALESCE(n_planned, 0), ?), status = 'running' "
+                    "WHERE run_id = ?", [len(ds), run_id])
+    return run_id, created
+
+
+def _complete(store, run_id: str, created: bool, n_now: int, t_start: float, n_tok: int) -> dict:
     store.set_run_status(run_id, "complete")
     materialise(store, run_id)          # the sweep the dashboard draws first
     r = store.run(run_id)
     return {"run_id": run_id, "created": created, "n_questions": r["n_questions"], "n_checkpoints": r["n_checkpoints"],
-            "em_full": r["em_full"], "mean_tokens": r["mean_tokens"], "generated_now": len(todo),
+            "em_full": r["em_full"], "mean_tokens": r["mean_tokens"], "generated_now": n_now,
             "seconds": round(time.perf_counter() - t_start, 2), "tokens": n_tok}
+
+
+# --- a run through OpenAI-compatible servers -----------------------------------------------------------------
+def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_id: str, *, limit: int | None = None,
+               seed: int = 42, cfg: GenConfig | None = None, concurrency: int = 8, api_key: str | None = None,
+               show_progress: bool = True, dataset_options: dict | None = None, max_retries: int = 4,
+               flush_every: int = 8, retry_base_s: float = 0.5, top_k: int = 20) -> dict:
+    """Generate and probe a dataset through one or more OpenAI-compatible servers (``--engine openai``) into the
+    store: the same run format, checkpoints and signals as the in-process engine, resumed the same way.
+
+    The run's identity holds the engine, the served model's name, the server and its version and the
+    tokenizer; the URLs are not part of it (the same run may be resumed on other replicas). Finished
+    questions are committed ``flush_every`` at a time (and at least every two seconds): an interrupted run
+    loses only those in flight."""
+    import asyncio
+
+    from analysis.backend.engine_openai import OpenAIEngine, question_seed
+    from analysis.backend.models import load_tokenizer
+    cfg = cfg or GenConfig()
+    ds_opts = dict(dataset_options or {})
+    if dataset_id.startswith("rg:"):
+        ds_opts.setdefault("seed", seed)
+    ds = load_dataset(dataset_id, limit, **ds_opts)
+    tok, kind, eos = load_tokenizer(tokenizer)
+    cfg = cfg.resolved(ds.answer_type, kind)
+
+    async def go():
+        async with OpenAIEngine(base_urls, model, tok, eos=eos, api_key=api_key, concurrency=concurrency,
+                                max_retries=max_retries, retry_base_s=retry_base_s, top_k=top_k) as eng:
+            info = await eng.check()          # before anything is written
+            config = {"source": "generate",
+                      "engine": {"name": "openai", "server_model": model, "server": info["server"],
+                                 "server_version": info["server_version"], "top_logprobs": top_k},
+                      "model": {"name": model, "tokenizer": tokenizer, "kind": kind},
+                      "dataset": {"id": ds.id, "seed": seed}, "gen": asdict(cfg), "stopline_runner": 1,
+                      "execution": {"engine": "openai", "concurrency": concurrency, **info}}
+            run_id, created = _open_run(store, model, ds, config)
+            finished = store.finished_questions(run_id)
+            todo = [q for q in ds.questions if q.id not in finished]
+            bar = progress(total=len(ds), desc=f"{model} on {ds.id} (openai)", unit="q", disable=not show_progress,
+                           initial=len(ds) - len(todo))
+            t_start, m0 = time.perf_counter(), await eng.metrics()
+            buf: list = []
+            last_flush = [time.monotonic()]
+
+            def flush():
+                if buf:
+                    traces, cks = to_tables(run_id, [q for q, _ in buf], [r for _, r in buf], tok, ds.answer_type)
+                    store.put_results(traces, cks)
+                    bar.update(len(buf))
+                    buf.clear()
+                last_flush[0] = time.monotonic()
+
+            async def one(q):
+                p_ids = tok(build_prompt(tok, q.text, cfg), add_special_tokens=False)["input_ids"]
+                res = await eng.question(p_ids, cfg, question_seed(seed, q.id), label=q.id)
+                buf.append((q, res))
+                if len(buf) >= flush_every or time.monotonic() - last_flush[0] > 2:
+                    flush()
+
+            tasks = [asyncio.ensure_future(one(q)) for q in todo]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            finally:
+                flush()                       # what finished is kept, whatever happened to the rest
+                bar.close()
+            seconds = time.perf_counter() - t_start
+            m1 = await eng.metrics()
+            st = eng.stats.as_dict()
+            q_ = m1.get("prefix_cache_queries_total", 0) - m0.get("prefix_cache_queries_total", 0)
+            h_ = m1.get("prefix_cache_hits_total", 0) - m0.get("prefix_cache_hits_total", 0)
+            execution = {**{k: st[k] for k in ("gen_tokens", "probes", "probe_prompt_tokens", "probe_cached_tokens",
+                                               "answer_tokens", "probe_cache_hit_rate", "cacheable_share", "retries",
+                                               "replica_failures", "errors")},
+                         "token_ids": st["ids_from"], "server_prefix_cache_hit_rate": h_ / q_ if q_ else None,
+                         "seconds": round(seconds, 2),
+                         "gen_tok_s": round(st["gen_tokens"] / seconds, 1) if seconds and todo else None}
+            store.set_execution(run_id, execution)
+            out = _complete(store, run_id, created, len(todo), t_start, st["gen_tokens"])
+            return {**out, "execution": execution}
+
+    return asyncio.run(go())

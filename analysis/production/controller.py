@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from analysis.backend.decode import generate_batch, is_transition_start
+from analysis.backend.decode import generate_batch
+from analysis.backend.placement import is_transition_start
 from analysis.backend.probe import Probe
 from analysis.backend.prompts import build_prompt, GenConfig
 from analysis.core.answers import extract, normalize, normalize_gold, score

@@ -1,0 +1,467 @@
+"""The openai engine: generate and probe through OpenAI-compatible servers (vLLM, SGLang, llama.cpp's server,
+TGI), one or several replicas, instead of a model in this process.
+
+Generation: one streamed completions request per question, the prompt sent as token ids (the chat template
+applied with the run's tokenizer, as the transformers engine does), greedy or sampled as configured. The
+trace's token ids are the ones the server generated (vLLM returns them with ``return_token_ids``); a server
+that returns none gets its text re-tokenised, which the run's execution info then says (re-tokenising can
+change the ids, and with them the prefixes the probes share with the trace).
+
+Checkpoints are placed as the tokens stream in (``placement.Placer``, the transformers engine's rule) and each
+probe is sent at once, while the trace is still being written, so its prefix is still in the server's prefix
+cache: prompt = prompt ids + trace ids up to the checkpoint + cue ids, greedy, ``max_tokens`` = the answer
+cap, stopped at a closing brace or a newline, with the top-k log-probabilities of each answer token.
+
+Signals: the answer tokens' probabilities (mean, geometric mean, min, first) exactly as in-process; the
+entropy right after the cue from the top ``k`` (20) log-probabilities at the answer's first position: the
+listed tokens contribute exactly, and the mass the server did not list (1 minus the listed probabilities) is
+counted as if it were spread over tokens each as likely as the least likely listed one, the least entropy that
+mass can carry. So the signal is a lower bound of the exact entropy, tight when the distribution is peaked
+(docs/engines.md gives its measured error).
+
+Replicas: each question goes, with all its probes, to the replica with the fewest questions in flight. A
+replica that refuses connections, drops a stream or answers 5xx is set aside with a growing back-off, and
+the question starts again from nothing on another (up to ``max_retries`` times): the run ends with every
+question exactly once. A 4xx answer (a wrong model name, a bad request) is not retried: it is our error.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from analysis.backend.decode import TraceResult
+from analysis.backend.placement import Placer
+from analysis.backend.probe import Probe
+from analysis.backend.prompts import GenConfig
+from analysis.core.errors import StoplineError
+
+TOP_K = 20          # log-probabilities asked for at each answer token (vLLM's default --max-logprobs is 20)
+TOKENIZER_CHECK = "Stopline checks: 12,345 + 6.7 = \\boxed{\\frac{1}{2}} -- naïve café, Ωmega 日本語\n\nWait, 3x^2?"
+PROBE_STOPS = ["}", "\n"]
+
+
+class ReplicaFailed(Exception):
+    """A replica failed in a way another replica may not (connection refused or dropped, a 5xx)."""
+
+
+def _root(url: str) -> str:
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def _v1(url: str) -> str:
+    return _root(url) + "/v1"
+
+
+@dataclass
+class Replica:
+    url: str
+    client: object = None
+    in_flight: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+    questions: int = 0
+    version: str | None = None
+    owned_by: str | None = None
+    block_size: int | None = None
+
+
+@dataclass
+class EngineStats:
+    gen_tokens: int = 0
+    probes: int = 0
+    probe_prompt_tokens: int = 0
+    probe_cached_tokens: int | None = None     # None: the server does not report cached tokens
+    cacheable_tokens: int = 0                  # full KV blocks of the probes' shared prefixes
+    answer_tokens: int = 0
+    retries: int = 0
+    replica_failures: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)  # the last few failures, for the run's execution info
+    ids_from: str = "server"                   # server | tokenizer (re-tokenised text)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["probe_cache_hit_rate"] = (self.probe_cached_tokens / self.probe_prompt_tokens
+                                     if self.probe_cached_tokens is not None and self.probe_prompt_tokens else None)
+        d["cacheable_share"] = self.cacheable_tokens / self.probe_prompt_tokens if self.probe_prompt_tokens else None
+        return d
+
+
+def _stop_piece(text: str) -> bool:
+    return "}" in text or "\n" in text
+
+
+def answer_raw(text: str) -> str:
+    """The trial answer in a probe's text: up to the closing brace or the line's end (as in-process)."""
+    return text.split("}")[0].split("\n")[0].strip()
+
+
+def entropy_from_top(logprobs: dict[str, float] | list[float]) -> float:
+    """Entropy (nats) of the next-token distribution from its top-k log-probabilities, the unlisted mass
+    counted as tokens each as likely as the least likely listed one (a lower bound of the exact entropy)."""
+    lp = sorted((logprobs.values() if isinstance(logprobs, dict) else logprobs), reverse=True)
+    p = [math.exp(x) for x in lp if x is not None and x > -math.inf]
+    if not p:
+        return math.nan
+    h = -sum(q * math.log(q) for q in p if q > 0)
+    rest = max(0.0, 1.0 - sum(p))
+    if rest > 0 and p[-1] > 0:
+        h += -rest * math.log(min(p[-1], rest))
+    return h
+
+
+class OpenAIEngine:
+    """Generate and probe through one or more OpenAI-compatible servers (use ``async with``)."""
+
+    def __init__(self, base_urls: list[str], model: str, tok, *, eos: set[int] | None = None,
+                 api_key: str | None = None, concurrency: int = 8, timeout: float = 600.0, max_retries: int = 4,
+                 top_k: int = TOP_K, retry_base_s: float = 0.5):
+        if not base_urls:
+            raise StoplineError("the openai engine needs at least one --base-url")
+        self.replicas = [Replica(u.rstrip("/")) for u in dict.fromkeys(base_urls)]
+        self.model, self.tok, self.api_key = model, tok, api_key
+        self.concurrency, self.timeout, self.max_retries, self.top_k = concurrency, timeout, max_retries, top_k
+        self.retry_base_s = retry_base_s
+        self.stats = EngineStats()
+        self.eos = set(eos) if eos is not None else {tok.eos_token_id} - {None}
+        self._pieces: dict[int, str] = {}
+        self._q_sem = asyncio.Semaphore(concurrency)
+        self._p_sem = asyncio.Semaphore(2 * concurrency)   # probes: short, and waiting would let prefixes go cold
+        self.info: dict = {}
+
+    # --- connections --------------------------------------------------------------------------------------
+    async def __aenter__(self):
+        import httpx
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=4 * self.concurrency + 8, max_keepalive_connections=4 * self.concurrency)
+        for r in self.replicas:
+            r.client = httpx.AsyncClient(headers=headers, limits=limits,
+                                         timeout=httpx.Timeout(self.timeout, connect=10.0))
+        return self
+
+    async def __aexit__(self, *exc):
+        for r in self.replicas:
+            if r.client is not None:
+                await r.client.aclose()
+
+    async def _post(self, r: Replica, path: str, body: dict) -> dict:
+        import httpx
+        try:
+            resp = await r.client.post(_v1(r.url) + path, json=body)
+        except (httpx.TransportError, httpx.TimeoutException) as e:
+            raise ReplicaFailed(f"{r.url}: {type(e).__name__}: {e}") from None
+        return self._json(r, resp)
+
+    def _json(self, r: Replica, resp) -> dict:
+        if resp.status_code >= 500 or resp.status_code in (408, 429):
+            raise ReplicaFailed(f"{r.url}: HTTP {resp.status_code}: {resp.text[:200]}")
+        if resp.status_code >= 400:
+            raise StoplineError(f"the server at {r.url} refused the request: HTTP {resp.status_code}: "
+                                f"{_message(resp)}")
+        return resp.json()
+
+    # --- checks before a run --------------------------------------------------------------------------------
+    async def check(self) -> dict:
+        """Check every replica before anything is written: reachable, serving ``model``, returning
+        log-probabilities, tokenising as the run's tokenizer does. Returns what the run records about them."""
+        import httpx
+        problems, alive = [], []
+        for r in self.replicas:
+            try:
+                resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
+            except (httpx.TransportError, httpx.TimeoutException) as e:
+                problems.append(f"{r.url}: cannot connect ({type(e).__name__}{': ' + str(e) if str(e) else ''})")
+                continue
+            if resp.status_code in (401, 403):
+                raise StoplineError(f"the server at {r.url} refused the API key (HTTP {resp.status_code})",
+                                    hint="give --api-key or set OPENAI_API_KEY")
+            if resp.status_code != 200:
+                problems.append(f"{r.url}: GET /v1/models answered HTTP {resp.status_code}; is it an "
+                                "OpenAI-compatible server's /v1 URL?")
+                continue
+            served = [m.get("id") for m in resp.json().get("data", [])]
+            if self.model not in served:
+                raise StoplineError(f"the server at {r.url} does not serve a model named {self.model!r}",
+                                    hint="it serves: " + ", ".join(map(str, served)))
+            r.owned_by = next((m.get("owned_by") for m in resp.json()["data"] if m.get("id") == self.model), None)
+            alive.append(r)
+        if not alive:
+            raise StoplineError("no server answered: " + "; ".join(problems),
+                                hint="start one (python -m analysis vllm-server) or check --base-url")
+        for r in self.replicas:
+            if r not in alive:
+                r.down_until, r.failures = time.monotonic() + self.retry_base_s, 1
+        first = alive[0]
+        for r in alive:
+            await self._server_info(r)
+        ids_ok = await self._check_logprobs_and_ids(first)
+        await self._check_tokenizer(first)
+        self.stats.ids_from = "server" if ids_ok else "tokenizer"
+        self.info = {"server": first.owned_by, "server_version": first.version,
+                     "block_size": first.block_size, "replicas": len(self.replicas),
+                     "unreachable_at_start": problems, "token_ids": self.stats.ids_from}
+        return self.info
+
+    async def _server_info(self, r: Replica) -> None:
+        """The server's version (vLLM: GET /version) and KV block size (vLLM: /metrics' cache_config_info)."""
+        import httpx
+        try:
+            v = await r.client.get(_root(r.url) + "/version", timeout=10)
+            if v.status_code == 200:
+                r.version = v.json().get("version")
+            m = await r.client.get(_root(r.url) + "/metrics", timeout=10)
+            if m.status_code == 200:
+                b = re.search(r'cache_config_info\{[^}]*block_size="(\d+)"', m.text)
+                r.block_size = int(b.group(1)) if b else None
+        except (httpx.HTTPError, ValueError):
+            pass
+
+    async def _check_logprobs_and_ids(self, r: Replica) -> bool:
+        ids = self.tok("Hello", add_special_tokens=False)["input_ids"]
+        body = {"model": self.model, "prompt": ids, "max_tokens": 2, "temperature": 0, "logprobs": self.top_k,
+                "return_token_ids": True}
+        try:
+            out = await self._post(r, "/completions", body)
+        except StoplineError as e:
+            if "logprob" in str(e).lower():
+                raise StoplineError(f"the server at {r.url} does not return {self.top_k} log-probabilities per "
+                                    f"token ({str(e).split(': ', 2)[-1][:200]}); the openai engine needs them for "
+                                    "the probes' signals", hint=f"vLLM: start it with --max-logprobs {self.top_k} or more, "
+                                                            "or ask for fewer with --top-logprobs") \
+                    from None
+            raise
+        except ReplicaFailed as e:
+            raise StoplineError(f"the server failed a first completion: {e}") from None
+        ch = out["choices"][0]
+        lp = ch.get("logprobs") or {}
+        if not lp.get("token_logprobs") or not lp.get("top_logprobs"):
+            raise StoplineError(f"the server at {r.url} returned no log-probabilities for a completion that asked "
+                                "for them; the openai engine needs them for the probes' signals",
+                                hint="vLLM, SGLang and llama.cpp's server return them; check the server's options")
+        return ch.get("token_ids") is not None
+
+    async def _check_tokenizer(self, r: Replica) -> None:
+        """The server must tokenise as the run's tokenizer does: the prompts and probes are sent as ids."""
+        import httpx
+        mine = self.tok(TOKENIZER_CHECK, add_special_tokens=False)["input_ids"]
+        theirs = None
+        try:
+            resp = await r.client.post(_root(r.url) + "/tokenize", timeout=30,
+                                       json={"model": self.model, "prompt": TOKENIZER_CHECK, "add_special_tokens": False})
+            if resp.status_code == 200:
+                theirs = resp.json().get("tokens")
+        except httpx.HTTPError:
+            pass
+        if theirs is None:            # no /tokenize: the prompt's token count the server reports
+            out = await self._post(r, "/completions", {"model": self.model, "prompt": TOKENIZER_CHECK,
+                                                       "max_tokens": 1, "temperature": 0})
+            n = out.get("usage", {}).get("prompt_tokens")
+            if n is not None and n not in (len(mine), len(mine) + 1):      # + 1: a BOS the server adds
+                raise StoplineError(f"the tokenizer does not match the server's model {self.model!r}: a test text "
+                                    f"is {len(mine)} tokens here and {n} on the server",
+                                    hint="give --tokenizer the served model's own tokenizer (its folder or hub id)")
+            return
+        if list(theirs) != list(mine):
+            at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+            raise StoplineError(f"the tokenizer does not match the server's model {self.model!r}: a test text "
+                                f"tokenises differently from token {at} on ({len(mine)} tokens here, {len(theirs)} "
+                                "on the server)",
+                                hint="give --tokenizer the served model's own tokenizer (its folder or hub id)")
+
+    async def metrics(self) -> dict[str, float]:
+        """vLLM's prefix-cache counters summed over the replicas that answer (empty if none exposes them)."""
+        import httpx
+        tot: dict[str, float] = {}
+        for r in self.replicas:
+            try:
+                m = await r.client.get(_root(r.url) + "/metrics", timeout=10)
+            except httpx.HTTPError:
+                continue
+            for name in ("prefix_cache_queries_total", "prefix_cache_hits_total"):
+                for v in re.findall(rf"^vllm:{name}(?:{{[^}}]*}})? ([0-9.eE+]+)$", m.text, re.M):
+                    tot[name] = tot.get(name, 0.0) + float(v)
+        return tot
+
+    # --- replicas --------------------------------------------------------------------------------------------
+    async def _pick(self) -> Replica:
+        while True:
+            now = time.monotonic()
+            up = [r for r in self.replicas if r.down_until <= now]
+            if up:
+                return min(up, key=lambda r: (r.in_flight, r.failures))
+            await asyncio.sleep(max(0.05, min(r.down_until for r in self.replicas) - now))
+
+    def _failed(self, r: Replica, err: str) -> None:
+        r.failures += 1
+        r.down_until = time.monotonic() + min(30.0, self.retry_base_s * 2 ** (r.failures - 1))
+        self.stats.replica_failures[r.url] = self.stats.replica_failures.get(r.url, 0) + 1
+        self.stats.errors = (self.stats.errors + [err[:300]])[-5:]
+
+    # --- a question: its trace, streamed, and its probes --------------------------------------------------
+    def piece(self, tid: int) -> str:
+        if tid not in self._pieces:
+            self._pieces[tid] = self.tok.decode([tid])
+        return self._pieces[tid]
+
+    async def question(self, prompt_ids: list[int], cfg: GenConfig, seed: int | None = None,
+                       label: str = "") -> TraceResult:
+        """A question's trace and checkpoints, retried on another replica when one fails."""
+        async with self._q_sem:
+            last = None
+            for attempt in range(self.max_retries + 1):
+                r = await self._pick()
+                r.in_flight += 1
+                try:
+                    res = await self._question(r, prompt_ids, cfg, seed)
+                    r.failures, r.questions = 0, r.questions + 1
+                    return res
+                except ReplicaFailed as e:
+                    last = str(e)
+                    self._failed(r, last)
+                    self.stats.retries += 1
+                    await asyncio.sleep(self.retry_base_s * 2 ** attempt)
+                finally:
+                    r.in_flight -= 1
+            raise StoplineError(f"question {label or '?'} failed on every attempt ({self.max_retries + 1}); "
+                                f"last: {last}", hint="the questions finished before it are saved; run again to resume")
+
+    async def _question(self, r: Replica, prompt_ids: list[int], cfg: GenConfig, seed: int | None) -> TraceResult:
+        cue_ids = self.tok(cfg.cue, add_special_tokens=False)["input_ids"]
+        res = TraceResult(0)
+        placer = Placer(cfg, self.piece)
+        tasks: list[tuple[int, dict, asyncio.Task]] = []
+        ids: list[int] = res.token_ids
+
+        def fire(marks):
+            for pos, kinds in marks:
+                tasks.append((pos, kinds, asyncio.ensure_future(self._probe(r, prompt_ids + ids[:pos], cue_ids, cfg))))
+
+        t0 = time.perf_counter()
+        try:
+            def take(new):
+                for t in new:
+                    fire(placer.feed(t))
+                    ids.append(t)
+
+            text, finish, got_ids = await self._stream(r, prompt_ids, cfg, seed, take)
+            if not got_ids:        # the server returned text only: its tokens are our tokenizer's
+                self.stats.ids_from = "tokenizer"
+                take(self.tok(text, add_special_tokens=False)["input_ids"])
+            res.finish_reason = "eos" if finish == "stop" else "length"
+            fire(placer.end())
+            res.gen_s = time.perf_counter() - t0
+            probes = await asyncio.gather(*(t for _, _, t in tasks))
+        except BaseException:
+            for _, _, t in tasks:
+                t.cancel()
+            await asyncio.gather(*(t for _, _, t in tasks), return_exceptions=True)
+            raise
+        res.probe_s = sum(p[1] for p in probes)
+        res.checkpoints = [{"pos": pos, **kinds, "probe": pr} for (pos, kinds, _), (pr, _) in zip(tasks, probes)]
+        self.stats.gen_tokens += len(ids)
+        return res
+
+    async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids):
+        """Stream a completion; ``on_ids(new_ids)`` as the ids arrive (end-of-sequence ids dropped). Returns
+        (text, finish_reason, whether the server gave ids)."""
+        import httpx
+        body = {"model": self.model, "prompt": prompt_ids, "max_tokens": cfg.max_new_tokens,
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True, "return_token_ids": True}
+        if cfg.temperature > 0 and seed is not None:
+            body["seed"] = seed
+        text, finish, got_ids = [], None, False
+        try:
+            async with r.client.stream("POST", _v1(r.url) + "/completions", json=body) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    self._json(r, resp)
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        raise ReplicaFailed(f"{r.url}: error in stream: {chunk['error']}")
+                    for ch in chunk.get("choices", []):
+                        text.append(ch.get("text") or "")
+                        new = ch.get("token_ids")
+                        if new is not None:
+                            got_ids = True
+                            new = [t for t in new if t not in self.eos]
+                            if new:
+                                on_ids(new)
+                        finish = ch.get("finish_reason") or finish
+        except (httpx.TransportError, httpx.TimeoutException) as e:
+            raise ReplicaFailed(f"{r.url}: stream broke: {type(e).__name__}: {e}") from None
+        if finish is None:
+            raise ReplicaFailed(f"{r.url}: the stream ended without a finish reason")
+        return "".join(text), finish, got_ids
+
+    async def _probe(self, r: Replica, ids: list[int], cue_ids: list[int], cfg: GenConfig) -> tuple[Probe, float]:
+        """One probe: (Probe, seconds)."""
+        async with self._p_sem:
+            t0 = time.perf_counter()
+            prompt = ids + cue_ids
+            out = await self._post(r, "/completions", {
+                "model": self.model, "prompt": prompt, "max_tokens": cfg.max_answer_tokens, "temperature": 0,
+                "stop": PROBE_STOPS, "logprobs": self.top_k, "return_token_ids": True})
+            dt = time.perf_counter() - t0
+        pr = self.to_probe(out, len(cue_ids))
+        st = self.stats
+        st.probes += 1
+        st.probe_prompt_tokens += len(prompt)
+        st.answer_tokens += len(pr.tokens)
+        cached = ((out.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            st.probe_cached_tokens = (st.probe_cached_tokens or 0) + cached
+        if r.block_size:
+            st.cacheable_tokens += (len(ids) // r.block_size) * r.block_size
+        return pr, dt
+
+    def to_probe(self, out: dict, n_cue: int) -> Probe:
+        """A completions answer as a Probe: the answer's tokens (up to and including the one that closed it),
+        their probabilities, the entropy after the cue."""
+        ch = out["choices"][0]
+        lp = ch.get("logprobs") or {}
+        toks = ch.get("token_ids")
+        probs = [math.exp(x) if x is not None else math.nan for x in (lp.get("token_logprobs") or [])]
+        if toks is None:
+            toks = self.tok(ch.get("text") or "", add_special_tokens=False)["input_ids"]
+        toks = list(toks)
+        while toks and toks[-1] in self.eos:            # the end of sequence is not an answer token
+            toks.pop()
+            probs = probs[:len(toks)]
+        probs = probs[:len(toks)]
+        text = self.tok.decode(toks)
+        raw = answer_raw(text)
+        sig = probs
+        if toks and _stop_piece(self.piece(toks[-1])) and not answer_raw(self.piece(toks[-1])):
+            sig = probs[:-1]            # the closing token counts only if it carries answer text (as in-process)
+        top = (lp.get("top_logprobs") or [None])[0]
+        return Probe(raw, toks, sig, entropy_from_top(top) if top else math.nan, n_cue + len(toks))
+
+    async def probe_prefix(self, ids: list[int], cfg: GenConfig) -> Probe:
+        """Probe a given prefix (prompt + trace ids) on the first replica that is up."""
+        cue_ids = self.tok(cfg.cue, add_special_tokens=False)["input_ids"]
+        r = await self._pick()
+        return (await self._probe(r, ids, cue_ids, cfg))[0]
+
+
+def question_seed(seed: int, question_id: str) -> int:
+    """A sampled question's seed on the server: the same whichever replica or attempt runs it."""
+    return zlib.crc32(f"{seed}:{question_id}".encode()) & 0x7FFFFFFF
+
+
+def _message(resp) -> str:
+    try:
+        j = resp.json()
+        m = j.get("message") or (j.get("error") or {}).get("message") if isinstance(j, dict) else None
+        return str(m or j)[:300]
+    except ValueError:
+        return resp.text[:300]
