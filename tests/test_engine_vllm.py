@@ -176,6 +176,26 @@ def test_a_killed_run_resumes_with_every_question_once(server, tmp_path):
     check_complete(db, res["run_id"], 8)
 
 
+def test_an_imported_run_is_reprobed_through_the_server(server, tmp_path, tok):
+    """Text-only traces (an import) get trial answers and signals from the server, the final answers stay the
+    trace's own, and asking again finds the same run."""
+    from analysis.ingest.importer import ImportSpec, import_generations
+    from analysis.ingest.reprobe import reprobe_openai
+    from analysis.replay.engine import RunTable
+    st = Store(tmp_path / "p.duckdb")
+    imp = import_generations(st, ImportSpec(path=str(ROOT / "tests" / "fixtures" / "solutions.jsonl"), model="hand",
+                                            dataset="hand-gsm", response_field="outputs.solution"),
+                             show_progress=False)
+    res = reprobe_openai(st, imp["run_id"], [server], MODEL, MODEL, every=8, concurrency=4, show_progress=False)
+    assert res["n_questions"] == 32 and res["em_full"] == imp["em_full"]
+    t = RunTable.from_store(st, res["run_id"])
+    assert t.has_signal("p_mean") and t.has_signal("entropy")
+    run = st.run(res["run_id"])
+    assert run["config"]["engine"]["name"] == "openai" and run["config"]["execution"]["probes"] >= 32
+    again = reprobe_openai(st, imp["run_id"], [server], MODEL, MODEL, every=8, show_progress=False)
+    assert again["run_id"] == res["run_id"] and not again["created"]
+
+
 def test_bad_input_gets_one_clear_message_and_writes_no_run(server, second_server, tmp_path):
     _, url2 = second_server
     db = tmp_path / "bad.duckdb"

@@ -446,11 +446,24 @@ class OpenAIEngine:
         top = (lp.get("top_logprobs") or [None])[0]
         return Probe(raw, toks, sig, entropy_from_top(top) if top else math.nan, n_cue + len(toks))
 
-    async def probe_prefix(self, ids: list[int], cfg: GenConfig) -> Probe:
-        """Probe a given prefix (prompt + trace ids) on the first replica that is up."""
-        cue_ids = self.tok(cfg.cue, add_special_tokens=False)["input_ids"]
-        r = await self._pick()
-        return (await self._probe(r, ids, cue_ids, cfg))[0]
+    async def probe_on(self, ids: list[int], cue_ids: list[int], cfg: GenConfig, prefer: Replica | None = None) -> Probe:
+        """Probe a given prefix (prompt + trace ids) on ``prefer`` while it is up (a trace's probes on one replica
+        share its prefix cache), else the least loaded, retried on another when one fails (``reprobe``)."""
+        last = None
+        for attempt in range(self.max_retries + 1):
+            r = prefer if prefer is not None and prefer.down_until <= time.monotonic() else await self._pick()
+            r.in_flight += 1
+            try:
+                return (await self._probe(r, ids, cue_ids, cfg))[0]
+            except ReplicaFailed as e:
+                last = str(e)
+                self._failed(r, last)
+                self.stats.retries += 1
+                await asyncio.sleep(self.retry_base_s * 2 ** attempt)
+            finally:
+                r.in_flight -= 1
+        raise StoplineError(f"a probe failed on every attempt ({self.max_retries + 1}); last: {last}",
+                            hint="the traces probed before it are saved; run again to resume")
 
 
 def question_seed(seed: int, question_id: str) -> int:

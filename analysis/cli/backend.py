@@ -26,10 +26,8 @@ def _models(args):
     print("Also: any local directory or .gguf file, or a Hugging Face hub id (when online).")
 
 
-def _run_setup(p):
-    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
-                                                   "openai: the model's name on the server")
-    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic or gsm8k:PATH")
+def _engine_args(p):
+    """The engine options ``run`` and ``probe`` share."""
     p.add_argument("--engine", default="transformers", choices=["transformers", "openai"],
                    help="transformers: the model runs in this process; openai: through OpenAI-compatible servers "
                         "(vLLM, SGLang, llama.cpp's server, TGI) given by --base-url")
@@ -44,6 +42,30 @@ def _run_setup(p):
     p.add_argument("--top-logprobs", type=int, default=20,
                    help="(openai) log-probabilities asked for per answer token; the entropy signal is estimated "
                         "from them (vLLM allows 20 unless started with a higher --max-logprobs)")
+
+
+def _openai_kw(args) -> dict:
+    """The openai engine's arguments from the command line, checked."""
+    import os
+
+    from analysis.core.errors import StoplineError
+    urls = [u.strip() for a in args.base_url or [] for u in a.split(",") if u.strip()]
+    if not urls:
+        raise StoplineError("--engine openai needs --base-url (a server's /v1 URL)",
+                            hint="e.g. --base-url http://127.0.0.1:8000/v1 (python -m analysis vllm-server starts one)")
+    if args.concurrency < 1:
+        raise StoplineError(f"--concurrency must be at least 1, not {args.concurrency}")
+    if args.top_logprobs < 1:
+        raise StoplineError(f"--top-logprobs must be at least 1, not {args.top_logprobs}")
+    return {"base_urls": urls, "model": args.model, "tokenizer": args.tokenizer or args.model,
+            "concurrency": args.concurrency, "api_key": args.api_key or os.environ.get("OPENAI_API_KEY"),
+            "top_k": args.top_logprobs}
+
+
+def _run_setup(p):
+    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
+                                                   "openai: the model's name on the server")
+    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic or gsm8k:PATH")
     p.add_argument("--limit", type=int, help="first N questions (reasoning-gym: generate N)")
     p.add_argument("--seed", type=int, default=42, help="dataset seed (reasoning-gym) and sampling seed")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N generated tokens")
@@ -59,32 +81,22 @@ def _run_setup(p):
                         "checkpoint and run together; immediate: each when it comes, as the live controller "
                         "probes (use it for a calibration run that verify-controller should match exactly)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _engine_args(p)
     p.add_argument("--json", action="store_true")
     _db(p)
 
 
 @command("run", "generate full traces with a model and probe them at checkpoints, into the store", _run_setup)
 def _run(args):
-    import os
-
     from analysis.backend.prompts import GenConfig
-    from analysis.core.errors import StoplineError
     from analysis.ingest.pipeline import run, run_openai
     cfg = GenConfig(every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, cue=args.cue)
     if args.engine == "openai":
-        urls = [u.strip() for a in args.base_url or [] for u in a.split(",") if u.strip()]
-        if not urls:
-            raise StoplineError("--engine openai needs --base-url (a server's /v1 URL)",
-                                hint="e.g. --base-url http://127.0.0.1:8000/v1 (python -m analysis vllm-server "
-                                     "starts one)")
-        if args.concurrency < 1:
-            raise StoplineError(f"--concurrency must be at least 1, not {args.concurrency}")
-        res = run_openai(_store(args), urls, args.model, args.tokenizer or args.model, args.dataset, limit=args.limit,
-                         seed=args.seed, cfg=cfg, concurrency=args.concurrency,
-                         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), show_progress=not args.json,
-                         top_k=args.top_logprobs)
+        kw = _openai_kw(args)
+        res = run_openai(_store(args), kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"), args.dataset,
+                         limit=args.limit, seed=args.seed, cfg=cfg, show_progress=not args.json, **kw)
     else:
         res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
                   batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
@@ -129,15 +141,21 @@ def _probe_setup(p):
     p.add_argument("--model", required=True)
     p.add_argument("--every", type=int, default=32)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _engine_args(p)
     p.add_argument("--json", action="store_true")
     _db(p)
 
 
 @command("probe", "re-probe a run's stored traces with a model (one prefill each), adding the signals", _probe_setup)
 def _probe(args):
-    from analysis.ingest.reprobe import reprobe
-    res = reprobe(_store(args), args.run, args.model, every=args.every, device=args.device,
-                  show_progress=not args.json)
+    from analysis.ingest.reprobe import reprobe, reprobe_openai
+    if args.engine == "openai":
+        kw = _openai_kw(args)
+        res = reprobe_openai(_store(args), args.run, kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"),
+                             every=args.every, show_progress=not args.json, **kw)
+    else:
+        res = reprobe(_store(args), args.run, args.model, every=args.every, device=args.device,
+                      show_progress=not args.json)
     if args.json:
         return _print_json(res)
     print(f"run {res['run_id']} (probed from {res['of_run']}): {res['n_questions']} traces, "
