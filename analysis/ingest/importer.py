@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from analysis.backend.models import CACHE, PACKAGED
 from analysis.core.answers import ANSWER_TYPES, extract, normalize, normalize_gold, normalize_number, NUMBER, score
 from analysis.core.errors import StoplineError
+from analysis.core.lifeline import worker_exits_with_parent
 from analysis.core.progress import progress
 from analysis.core.store import config_hash, resolve_db_path, Store
 from analysis.evaluate.frontier import materialise
@@ -356,7 +357,9 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
     bar = progress(total=len(items), desc="deriving checkpoints", unit="trace", disable=not show_progress)
     _SHARED = items
     if workers > 1:
-        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        # the workers exit when this process is killed (core/lifeline.py), else they sleep on the queue forever
+        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=worker_exits_with_parent, initargs=(os.getpid(),))
         futures = [ex.submit(_derive_range, r) for r in ranges]
         results = (f.result() for f in futures)
     else:

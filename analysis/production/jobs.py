@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from analysis.core.errors import StoplineError
+from analysis.core.lifeline import PARENT_ENV
 
 
 def jobs_dir() -> Path:
@@ -56,7 +57,9 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     if limit:
         cmd += ["--limit", str(limit)]
     log = open(d / "log", "wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1"}
+    # its own session: a page rerun or Ctrl-C in the dashboard's terminal does not reach it; PARENT_ENV: it
+    # ends when the dashboard does (core/lifeline.py)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", PARENT_ENV: str(os.getpid())}
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
     (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
