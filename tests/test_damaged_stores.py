@@ -54,6 +54,11 @@ def _other_duckdb(tmp_path):
     return str(p), "is a DuckDB file but not a Stopline store"
 
 
+def _under_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    return str(tmp_path / "f" / "s.duckdb"), "cannot make the store's folder"
+
+
 DAMAGED = [_zero, _truncated, _devnull, _directory, _other_duckdb]
 
 
@@ -121,3 +126,12 @@ def test_the_demo_command_still_rewrites_the_demo_store(tmp_path, monkeypatch):
         Store(demo).save_preset("x", {})
     res = refresh_sweeps(str(demo))
     assert set(res["sweeps"]) == {rid} and Store(demo, read_only=True).get_sweep(rid, res["sweeps"][rid])
+
+
+def test_a_store_under_a_file_is_named(tmp_path, cli):
+    db, message = _under_a_file(tmp_path)
+    ok = _jsonl(tmp_path / "ok.jsonl", OK)
+    code, _, err = cli("import", ok, "--model", "m", "--dataset", "d", "--db", db)
+    assert code == 2 and message in err and db in err and "Traceback" not in err, err
+    with pytest.raises(StoplineError, match="cannot make the store's folder"):
+        Store(db)

@@ -80,7 +80,11 @@ class Store:
                 raise StoplineError("store not found", file=self.path,
                                     hint="import or run something first, or pass --db PATH")
         else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoplineError(f"cannot make the store's folder ({e.strerror or e})", file=self.path,
+                                    hint="--db names a .duckdb file in a folder you can write") from None
         self._check_and_migrate()
 
     # -- connections --------------------------------------------------------------------------------------
@@ -382,7 +386,13 @@ def check_store_file(path: str | os.PathLike) -> None:
 
 
 def _unreadable(path: str, e: Exception) -> StoplineError:
-    return StoplineError(f"cannot open it as a store: damaged, truncated, or not a DuckDB file ({str(e)[:200]})",
+    """DuckDB could not open the file: say which of the usual reasons it is."""
+    detail = str(e)[:200]
+    if "permission denied" in detail.lower():
+        return StoplineError(f"cannot open the store: permission denied ({detail})", file=path)
+    if not Path(path).exists():
+        return StoplineError(f"cannot make a store there ({detail})", file=path)
+    return StoplineError(f"cannot open it as a store: damaged, truncated, or not a DuckDB file ({detail})",
                          file=path, hint="pass another --db, or a new file name to make a new store")
 
 
