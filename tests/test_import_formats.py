@@ -263,8 +263,7 @@ def test_preview_reads_before_anything_is_written(tmp_path):
     (None, ["--every", "0"], "--every must be a positive number of tokens"),
     (None, ["--every", "-5"], "--every must be a positive number of tokens"),
     (None, ["--max-line-mb", "-1"], "--max-line-mb must be positive"),
-    ("\ufeff" + json.dumps(ROWS[0]) + "\n", [], "byte-order mark"),
-    (json.dumps({**ROWS[0], "question": "   "}) + "\n", [], "got a blank string"),
+    (json.dumps({**ROWS[0], "question": "   "}) + "\n", [], "question is blank"),
 ])
 def test_bad_options_and_files_are_refused_before_anything_is_written(tmp_path, cli, content, args, message):
     path = tmp_path / "g.jsonl"

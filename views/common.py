@@ -163,6 +163,9 @@ def url_setting():
     except PresetError as e:
         st.warning(f"The setting in this link could not be read ({e.message}); showing the defaults instead.")
         return None
+    except Exception as e:  # noqa: BLE001 - a link is a visitor's input: never an exception box (tests fuzz loads)
+        st.warning(f"The setting in this link could not be read ({type(e).__name__}); showing the defaults instead.")
+        return None
 
 
 def remember_setting(setting) -> None:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.production import jobs
 from analysis.core.errors import StoplineError
-from analysis.core.store import DEFAULT_DB, Store
+from analysis.core.store import DEFAULT_DB
 
 MY_DB = os.environ.get("STOPLINE_DB", DEFAULT_DB)
 
@@ -52,8 +52,11 @@ with tab_run:
         if not name:
             st.error("Name the model (a local directory, a .gguf file or a hub id).")
         else:
-            jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch))
-            st.success(f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
+            try:
+                jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch))
+                st.success(f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
+            except StoplineError as e:
+                st.error(str(e))
 
     @st.fragment(run_every=2)
     def job_panel():
@@ -123,8 +126,7 @@ with tab_import:
                        + ", ".join(f"`{k}`" for k in pv["fields"]) + ". What the import would read from them:")
             st.dataframe(pd.DataFrame(pv["rows"]).astype(str), hide_index=True, width="stretch")
         if st.button("Import", type="primary", key="imp_go", disabled=up is None or not mname or not dname):
-            Path(MY_DB).parent.mkdir(parents=True, exist_ok=True)
-            res = import_generations(Store(MY_DB), spec, show_progress=False)
+            res = import_generations(MY_DB, spec, show_progress=False)
             verb = "Imported" if res["created"] else "Already imported as"
             st.success(f"{verb} run {res['run_id']}: {res['n_questions']} traces, {res['n_checkpoints']} checkpoints, "
                        f"EM at full length {res['em_full']:.3f}. Pick 'My store' in the sidebar to explore it.")

@@ -118,7 +118,7 @@ def import_spec(args):
 def _import(args):
     from analysis.ingest.importer import import_generations
     spec = import_spec(args)
-    res = import_generations(_store(args), spec)
+    res = import_generations(args.db, spec)     # the store is opened (made) once the file has been checked
     if args.json:
         return _print_json(res)
     verb = "imported" if res["created"] else "already imported as"

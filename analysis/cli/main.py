@@ -8,6 +8,7 @@ import sys
 from analysis.cli import data, replay, backend, production  # noqa: F401 (they register their commands, in --help order)
 from analysis.cli.common import COMMANDS
 from analysis.cli.data import _dashboard
+from analysis.core import lifeline
 from analysis.core.errors import StoplineError
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    lifeline.from_env()             # a job of the dashboard's ends when the dashboard does
     if argv[:1] == ["dashboard"] and not {"-h", "--help"} & set(argv):
         return _dashboard(argparse.Namespace(streamlit_args=argv[1:]))    # options go to streamlit as they are
     parser = build_parser()

@@ -34,3 +34,16 @@ class MissingSignal(StoplineError):
 
 class PresetError(StoplineError):
     """A preset (JSON document or URL string) failed validation."""
+
+
+def brief(value, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters; never raises, whatever the value
+    (an integer past Python's 4,300-digit printing limit, a structure nested deeper than the recursion
+    limit, an object whose repr fails)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"{'-' if value < 0 else ''}an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except Exception:   # RecursionError, ValueError, or a broken __repr__: the message must still be made
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -69,22 +69,32 @@ class Store:
     def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False,
                  lock_timeout: float = 30.0, create: bool = True):
         self.path = str(resolve_db_path(str(path) if path else None))
-        self.read_only = read_only
+        # the bundled demo store is read-only whoever opens it: `python -m analysis demo` writes a copy and
+        # moves it into place (ingest/demo.py), and nothing else may change it
+        self.is_demo = is_demo_store(self.path)
+        self.read_only = read_only or self.is_demo
         self.lock_timeout = lock_timeout
-        if read_only or not create:
+        check_store_file(self.path)
+        if self.read_only or not create:
             if not Path(self.path).exists():
                 raise StoplineError("store not found", file=self.path,
                                     hint="import or run something first, or pass --db PATH")
         else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoplineError(f"cannot make the store's folder ({e.strerror or e})", file=self.path,
+                                    hint="--db names a .duckdb file in a folder you can write") from None
         self._check_and_migrate()
 
     # -- connections --------------------------------------------------------------------------------------
     @contextmanager
     def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if write and self.read_only:
-            raise StoplineError("this store is read-only (e.g. the bundled demo store)", file=self.path,
-                                hint="new runs and imports go to your own store: --db PATH or STOPLINE_DB")
+            raise StoplineError("the bundled demo store is read-only" if self.is_demo else "this store is read-only",
+                                file=self.path, hint="new runs and imports go to your own store: --db PATH or "
+                                "STOPLINE_DB (default data/stopline.duckdb); the demo store is rebuilt only by "
+                                "`python -m analysis demo --rebuild`")
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
         while True:
@@ -96,11 +106,11 @@ class Store:
                     if _is_lock_error(e):
                         raise StoplineError(f"store is locked by another process for over {self.lock_timeout:.0f}s",
                                             file=self.path) from None
-                    raise StoplineError(f"cannot open store ({e})", file=self.path) from None
+                    raise _unreadable(self.path, e) from None
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
             except duckdb.Error as e:
-                raise StoplineError(f"not a readable DuckDB store ({str(e)[:200]})", file=self.path) from None
+                raise _unreadable(self.path, e) from None
         try:
             yield con
         finally:
@@ -148,10 +158,9 @@ class Store:
             return _version(con)
 
     def _check_and_migrate(self) -> None:
-        exists = Path(self.path).exists() and Path(self.path).stat().st_size > 0
-        if exists:
+        if Path(self.path).exists():
             with self.connect() as con:
-                version = _version(con)
+                version = _version(con, self.path)
         else:
             version = 0
         if version > SCHEMA_VERSION:
@@ -163,7 +172,8 @@ class Store:
         if self.read_only:
             raise StoplineError(f"store has schema version {version}, older than {SCHEMA_VERSION}; "
                                 "it needs a migration, which a read-only store cannot take", file=self.path,
-                                hint="migrate it once: python -m analysis migrate --db PATH")
+                                hint="python -m analysis demo --refresh-sweeps (it migrates a copy of the demo "
+                                     "store)" if self.is_demo else "migrate it once: python -m analysis migrate --db PATH")
         migrate(self.path, SCHEMA_VERSION)
 
     # -- writes -------------------------------------------------------------------------------------------
@@ -362,12 +372,49 @@ class Store:
         return dict(zip(SIGNAL_COLUMNS, row))
 
 
-def _version(con: duckdb.DuckDBPyConnection) -> int:
+def is_demo_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the bundled demo store (by any name: a relative path, a symbolic or hard link)."""
+    p, demo = Path(path), Path(DEMO_DB)
+    try:
+        return p.resolve() == demo.resolve() or (p.exists() and demo.exists() and os.path.samefile(p, demo))
+    except OSError:
+        return False
+
+
+def check_store_file(path: str | os.PathLike) -> None:
+    """A path that cannot be a store, refused before DuckDB sees it (DuckDB's own errors name no file, or
+    it would try to write a new store into a device): a folder, a device or pipe (``/dev/null``), an empty
+    file."""
+    p = Path(path)
+    if p.is_dir():
+        raise StoplineError("is a directory, not a store file", file=str(path),
+                            hint="name a .duckdb file inside it, e.g. --db DIR/stopline.duckdb")
+    if p.exists() and not p.is_file():
+        raise StoplineError("is not a regular file (a device, pipe or socket), so it cannot be a store",
+                            file=str(path), hint="--db names a .duckdb file")
+    if p.is_file() and p.stat().st_size == 0:
+        raise StoplineError("is an empty file (0 bytes), not a Stopline store", file=str(path),
+                            hint="delete it to have a new store made there, or pass another --db")
+
+
+def _unreadable(path: str, e: Exception) -> StoplineError:
+    """DuckDB could not open the file: say which of the usual reasons it is."""
+    detail = str(e)[:200]
+    if "permission denied" in detail.lower():
+        return StoplineError(f"cannot open the store: permission denied ({detail})", file=path)
+    if not Path(path).exists():
+        return StoplineError(f"cannot make a store there ({detail})", file=path)
+    return StoplineError(f"cannot open it as a store: damaged, truncated, or not a DuckDB file ({detail})",
+                         file=path, hint="pass another --db, or a new file name to make a new store")
+
+
+def _version(con: duckdb.DuckDBPyConnection, path: str | None = None) -> int:
     has_meta = con.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
     if not has_meta:
         tables = con.execute("SELECT COUNT(*) FROM information_schema.tables").fetchone()[0]
         if tables:
-            raise StoplineError("this DuckDB file is not a Stopline store (no meta table)")
+            raise StoplineError("is a DuckDB file but not a Stopline store (it has no meta table)", file=path,
+                                hint="pass another --db, or a new file name to make a new store")
         return 0
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else 0
@@ -375,20 +422,27 @@ def _version(con: duckdb.DuckDBPyConnection) -> int:
 
 def stored_version(path: str) -> int:
     """The schema version of a store file, read without migrating it."""
+    check_store_file(path)
     if not Path(path).is_file():
         raise StoplineError("store not found", file=str(path))
     try:
         with duckdb.connect(str(path), read_only=True) as con:
-            return _version(con)
+            return _version(con, str(path))
     except duckdb.Error as e:
-        raise StoplineError(f"not a readable DuckDB store ({str(e)[:200]})", file=str(path)) from None
+        raise _unreadable(str(path), e) from None
 
 
 def migrate(path: str, target: int = SCHEMA_VERSION) -> int:
     """Apply migrations up to ``target`` in one transaction; returns the version reached."""
-    con = duckdb.connect(path)
+    if is_demo_store(path):
+        raise StoplineError("the bundled demo store is read-only", file=str(path),
+                            hint="`python -m analysis demo --refresh-sweeps` migrates a copy and moves it into place")
     try:
-        version = _version(con)
+        con = duckdb.connect(path)
+    except duckdb.Error as e:
+        raise _unreadable(str(path), e) from None
+    try:
+        version = _version(con, str(path))
         if version >= target:
             return version
         con.execute("BEGIN TRANSACTION")

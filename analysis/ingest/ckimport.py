@@ -24,7 +24,7 @@ from analysis.core.answers import normalize, normalize_gold
 from analysis.core.errors import StoplineError
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.ingest import sources
-from analysis.ingest.datasets import as_gold_list, check_gold
+from analysis.ingest.datasets import as_gold_list, check_gold, question_problem
 from analysis.ingest.scoring import score_rows
 from analysis.ingest.textckpt import TOKEN_RE
 
@@ -244,10 +244,13 @@ def read_checkpoints(spec, run_id: str) -> dict:
     texts, gold_vals = per_q("question"), per_q("gold")
     ids = np.asarray(uniq_ids, dtype=object).astype(str)
     if spec.question_field:                             # every question a non-blank string
-        blank = pc.equal(pc.utf8_trim_whitespace(pa.array(texts, pa.string())), "")
-        bad_q = np.flatnonzero(pc.fill_null(blank, True).to_numpy(zero_copy_only=False))
+        if all(isinstance(x, str) for x in texts):
+            blank = pc.equal(pc.utf8_trim_whitespace(pa.array(texts, pa.string())), "")
+            bad_q = np.flatnonzero(pc.fill_null(blank, True).to_numpy(zero_copy_only=False))
+        else:
+            bad_q = [i for i, x in enumerate(texts) if question_problem(x)]
         if len(bad_q):
-            raise _at(spec, where, int(recs[first[bad_q[0]]]), "question must be a non-empty string", "question")
+            raise _at(spec, where, int(recs[first[bad_q[0]]]), question_problem(texts[bad_q[0]]), "question")
     check = bool(spec.gold_field and not spec.correct_field)
     seen: dict = {}                                     # a gold is checked, normalised and written once
     golds, gold_json = [], []

@@ -61,6 +61,29 @@ def assign_ids(questions: list[Question]) -> list[Question]:
     return questions
 
 
+BOM = b"\xef\xbb\xbf"      # a UTF-8 byte-order mark, which some editors write first: skipped where a file starts
+
+
+def check_file(path: str) -> None:
+    """An input file that exists and is a file (a folder gets its own message, not "not found")."""
+    p = Path(path)
+    if p.is_dir():
+        raise StoplineError("is a directory, not a file", file=path, hint="name a file inside it")
+    if not p.is_file():
+        raise StoplineError("file not found", file=path)
+
+
+def question_problem(text: Any) -> str | None:
+    """What is wrong with a question's text (None: nothing), for an error naming the record."""
+    if text is None:
+        return "question is missing (null)"
+    if not isinstance(text, str):
+        return f"question must be text, got {type(text).__name__}"
+    if not text.strip():
+        return "question is blank (empty or only white space)"
+    return None
+
+
 def get_path(obj: Any, path: str) -> Any:
     """Value at a dotted path (``outputs.solution``, ``resps.0.0``); KeyError names the missing part."""
     cur = obj
@@ -156,11 +179,11 @@ def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset
 
 
 def _read_jsonl_rows(path: str) -> Iterable[tuple[int, dict]]:
-    p = Path(path)
-    if not p.exists():
-        raise StoplineError("file not found", file=path)
-    with open(p, "rb") as fh:
+    check_file(path)
+    with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue
             try:
@@ -175,8 +198,7 @@ def _table_rows(kind: str, path: str) -> Iterable[tuple[int, dict]]:
     if kind == "jsonl":
         yield from _read_jsonl_rows(path)
         return
-    if not Path(path).exists():
-        raise StoplineError("file not found", file=path)
+    check_file(path)
     import pandas as pd
     try:
         df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
@@ -199,8 +221,8 @@ def _from_table(kind: str, path: str, limit: int | None, question_field: str = "
             text = get_path(rec, question_field)
         except KeyError:
             raise StoplineError("missing field", file=path, line=lineno, field=question_field) from None
-        if not isinstance(text, str) or not text.strip():
-            raise StoplineError("question must be a non-empty string", file=path, line=lineno, field=question_field)
+        if (problem := question_problem(text)) is not None:
+            raise StoplineError(problem, file=path, line=lineno, field=question_field)
         try:
             gold = as_gold_list(get_path(rec, gold_field), answer_type)
         except KeyError:

@@ -12,23 +12,27 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from analysis.backend.models import CACHE, PACKAGED
 from analysis.core.answers import ANSWER_TYPES, extract, normalize, normalize_gold, normalize_number, NUMBER, score
 from analysis.core.errors import StoplineError
+from analysis.core.lifeline import worker_exits_with_parent
 from analysis.core.progress import progress
-from analysis.core.store import config_hash, Store
+from analysis.core.store import config_hash, resolve_db_path, Store
 from analysis.evaluate.frontier import materialise
 from analysis.evaluate.incumbent import attach
 from analysis.ingest import sources
-from analysis.ingest.ckimport import read_checkpoints
+from analysis.ingest.ckimport import MAX_CHECKPOINTS, read_checkpoints
 from analysis.ingest.scoring import score_rows
-from analysis.ingest.datasets import as_gold_list, assign_ids, check_gold, Question
+from analysis.ingest.datasets import as_gold_list, assign_ids, check_gold, Question, question_problem
 from analysis.ingest.sources import Loc
 from analysis.ingest.textckpt import number_checkpoints_batch, placements, TOKEN_RE, token_starts_batch, trial_answers
 
@@ -139,9 +143,8 @@ def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str, dic
     seen_ids: dict[str, Loc] = {}
     for loc, rec in recs:
         question, gold_value, response = _mapped(spec, loc, rec)
-        if not isinstance(question, str) or not question.strip():
-            got = "a blank string" if isinstance(question, str) else type(question).__name__
-            raise loc.error(f"question must be a non-empty string, got {got}", spec.question_field or "question")
+        if (problem := question_problem(question)) is not None:
+            raise loc.error(problem, spec.question_field or "question")
         if not isinstance(response, str):
             raise loc.error(f"response must be a string, got {type(response).__name__}", spec.response_field)
         if not isinstance(gold_value, (str, int, float, list)) or isinstance(gold_value, bool):
@@ -184,9 +187,9 @@ def _derive_range(args: tuple[str, int, int, str, int]) -> tuple[pa.Table, pa.Ta
                          starts=None if _STARTS is None else _STARTS[lo:hi])
 
 
-def tokenizer_starts(texts: list[str], name: str) -> list[np.ndarray]:
-    """Where each token of each text starts, in a model's own tokenizer (a directory, a packaged model's
-    name or a hub id; a fast tokenizer, for its character offsets)."""
+def load_tokenizer(name: str):
+    """A model's own tokenizer (a directory, a packaged model's name or a hub id), fast (for its character
+    offsets); StoplineError when there is none."""
     try:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(_tokenizer_source(name))
@@ -196,6 +199,12 @@ def tokenizer_starts(texts: list[str], name: str) -> list[np.ndarray]:
     if not getattr(tok, "is_fast", False):
         raise StoplineError(f"the tokenizer {name!r} gives no character offsets (not a fast tokenizer)",
                             field="tokenizer")
+    return tok
+
+
+def tokenizer_starts(texts: list[str], name: str, tok=None) -> list[np.ndarray]:
+    """Where each token of each text starts, in a model's own tokenizer (``load_tokenizer(name)``)."""
+    tok = tok or load_tokenizer(name)
     enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
     return [np.asarray([a for a, b in offs if b > a], dtype=np.int64) for offs in enc["offset_mapping"]]
 
@@ -275,7 +284,7 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], 
     answer_tokens = pa.array(c.pop("answer_tokens"), pa.int32())
     ck = pa.table({
         "run_id": pa.array([run_id] * nc), **c,
-        "ck_idx": pa.array(c["ck_idx"], pa.int16()), "pos": pa.array(c["pos"], pa.int32()),
+        "ck_idx": pa.array(c["ck_idx"], pa.int32()), "pos": pa.array(c["pos"], pa.int32()),
         "p_mean": none, "p_geo": none, "p_min": none, "p_first": none, "entropy": none,
         "answer_tokens": answer_tokens,
         # with no probe, stopping early still costs writing the answer out
@@ -319,7 +328,7 @@ def _derive_numbers(run_id: str, items, every: int, with_text: bool) -> tuple[pa
     at = pa.array(answer_tokens, pa.int32())
     ck = pa.table({
         "run_id": pa.array([run_id] * nc), "question_id": pa.array(qids[tr], pa.string()),
-        "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(r["pos"], pa.int32()),
+        "ck_idx": pa.array(ck_idx, pa.int32()), "pos": pa.array(r["pos"], pa.int32()),
         "kind": pa.array(KIND_NAMES[r["rank"]], pa.string()), "is_step": pa.array(r["is_step"]),
         "is_transition": pa.array(r["is_transition"]), "answer_raw": pa.array(raw, pa.string()),
         "answer_norm": pa.array(norm, pa.string()), "em": pa.array(em), "f1": pa.array(f1),
@@ -348,7 +357,9 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
     bar = progress(total=len(items), desc="deriving checkpoints", unit="trace", disable=not show_progress)
     _SHARED = items
     if workers > 1:
-        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        # the workers exit when this process is killed (core/lifeline.py), else they sleep on the queue forever
+        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=worker_exits_with_parent, initargs=(os.getpid(),))
         futures = [ex.submit(_derive_range, r) for r in ranges]
         results = (f.result() for f in futures)
     else:
@@ -397,34 +408,84 @@ def _existing(store: Store, run_id: str) -> dict | None:
     return None
 
 
-def import_generations(store: Store, spec: ImportSpec, show_progress: bool = True, keep_sweep: bool = True) -> dict:
-    """Import one file as one run. Returns a summary; re-importing the same file finds the existing run.
-    Token counts are word pieces (approximate: the config says ``tokens: word-pieces``) unless
+@contextmanager
+def _target(store: Store | str | os.PathLike | None) -> Iterator[Store]:
+    """The store an import writes to. A ``Store`` is used as it is; a path (None: the default store) is
+    opened only now, after the input was read and checked, so a bad input makes no store and no folder. When
+    the import fails after that (a trace with too many checkpoints, an interrupt), a store file it made is
+    removed again with the folders made for it, provided it still holds no run."""
+    if isinstance(store, Store):
+        yield store
+        return
+    path = Path(resolve_db_path(str(store) if store else None))
+    made = [] if path.exists() else [path, *[d for d in path.parents if not d.exists()]]
+    opened = Store(path)
+    try:
+        yield opened
+    except BaseException:
+        if made and path.exists():
+            try:
+                with opened.connect(write=True) as con:    # exclusive: no other process has it open now
+                    empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            except StoplineError:
+                empty = False
+            if empty:
+                for p in (path, Path(f"{path}.wal"), *made[1:]):
+                    try:
+                        p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+                    except OSError:
+                        break
+        raise
+
+
+def check_checkpoint_counts(cks: pa.Table, spec: ImportSpec, records: list[tuple[Question, str]]) -> None:
+    """At most ``MAX_CHECKPOINTS`` per trace (``ck_idx`` is a SMALLINT; the replay pads every question to the
+    longest trace, so a trace with more would make the run's table huge): else an error naming the line."""
+    ck_idx = cks.column("ck_idx")
+    if len(ck_idx) == 0 or pc.max(ck_idx).as_py() < MAX_CHECKPOINTS:
+        return
+    qid = cks.column("question_id")[pc.index(pc.greater_equal(ck_idx, MAX_CHECKPOINTS), True).as_py()].as_py()
+    n = pc.sum(pc.equal(cks.column("question_id"), qid)).as_py()
+    q = next(q for q, _ in records if q.id == qid)
+    raise StoplineError(f"this trace has {n} checkpoints; at most {MAX_CHECKPOINTS} are stored per question",
+                        file=spec.path, line=q.meta.get("line"), field=q.meta.get("item"),
+                        hint=f"a larger --every (now {spec.every}) places fewer; each blank line and transition "
+                             "word is a checkpoint too")
+
+
+def import_generations(store: Store | str | os.PathLike | None, spec: ImportSpec, show_progress: bool = True,
+                       keep_sweep: bool = True) -> dict:
+    """Import one file as one run into ``store`` (a ``Store``, or its path: then opened, and made when new,
+    only after the input was read and checked). Returns a summary; re-importing the same file finds the
+    existing run. Token counts are word pieces (approximate: the config says ``tokens: word-pieces``) unless
     ``spec.tokenizer`` names the model's tokenizer."""
     if spec.fmt == "checkpoints":
         return _import_checkpoints(store, spec, keep_sweep)
     records, sha, stops = read_records(spec)
+    tok = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
     n_think = sum(sources.THINK_CLOSE in r for _, r in records)
     config = _config(spec, sha, **({"thinking_traces": n_think} if n_think else {}))
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
-    found = _existing(store, run_id)
-    if found:
-        return found
-    starts = tokenizer_starts([r for _, r in records], spec.tokenizer) if spec.tokenizer else None
-    with store.transaction() as con:       # one transaction: all of the file or nothing
+    with _target(store) as store:
+        found = _existing(store, run_id)
+        if found:
+            return found
+        starts = tokenizer_starts([r for _, r in records], spec.tokenizer, tok) if tok else None
+        with store.transaction() as con:       # one transaction: all of the file or nothing
 
-        def write_run_and_questions():     # while the workers derive the checkpoints
-            store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
-                                    source="imported", config=config, n_planned=len(records), con=con)
-            store.put_questions(spec.dataset, [q for q, _ in records], con=con)
-        traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
-                             meanwhile=write_run_and_questions, starts=starts)
-        store.put_results(traces, cks, con=con)
-        if stops is not None:
-            attach(store, run_id, [q.id for q, _ in records], stops["positions"], stops["answers"], con=con,
-                   file=spec.path, lines=stops["lines"], pos_field=spec.stop_field,
-                   answer_field=spec.stopped_answer_field or "answer")
-        con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
+            def write_run_and_questions():     # while the workers derive the checkpoints
+                store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
+                                        source="imported", config=config, n_planned=len(records), con=con)
+                store.put_questions(spec.dataset, [q for q, _ in records], con=con)
+            traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
+                                 meanwhile=write_run_and_questions, starts=starts)
+            check_checkpoint_counts(cks, spec, records)
+            store.put_results(traces, cks, con=con)
+            if stops is not None:
+                attach(store, run_id, [q.id for q, _ in records], stops["positions"], stops["answers"], con=con,
+                       file=spec.path, lines=stops["lines"], pos_field=spec.stop_field,
+                       answer_field=spec.stopped_answer_field or "answer")
+            con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     if keep_sweep:
         materialise(store, run_id)      # the sweep the dashboard draws first
     em = traces.column("em").to_numpy()
@@ -432,28 +493,33 @@ def import_generations(store: Store, spec: ImportSpec, show_progress: bool = Tru
             "em_full": float(em.mean())}
 
 
-def _import_checkpoints(store: Store, spec: ImportSpec, keep_sweep: bool = True) -> dict:
+def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpec, keep_sweep: bool = True) -> dict:
     """--format checkpoints: per-checkpoint rows made by another tool, validated whole, written in one
     transaction (ckimport.py)."""
     check_spec(spec)
-    sha = sources.sha256(spec.path) if Path(spec.path).is_file() else ""
+    sources.check_file(spec.path)
+    sha = sources.sha256(spec.path)
     config = _config(spec, sha)
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
-    found = _existing(store, run_id) if sha else None
-    if found:
-        return found
+    if isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists():
+        with _target(store) as s:               # an existing store: the same file imported before is found
+            found = _existing(s, run_id)
+        if found:
+            return found
     data = read_checkpoints(spec, run_id)   # (the EM source is in the config: fields.correct)
-    with store.transaction() as con:
-        store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
-                                source="imported", config=config, n_planned=len(data["questions"]["ids"]), con=con)
-        q = data["questions"]
-        store.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
-        store.put_results(data["traces"], data["checkpoints"], con=con)
-        if data["stops"] is not None:
-            attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],
-                   data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
-                   answer_field=spec.stopped_answer_field or "answer")
-        con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
+    with _target(store) as store:
+        with store.transaction() as con:
+            store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
+                                    source="imported", config=config, n_planned=len(data["questions"]["ids"]),
+                                    con=con)
+            q = data["questions"]
+            store.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
+            store.put_results(data["traces"], data["checkpoints"], con=con)
+            if data["stops"] is not None:
+                attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],
+                       data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
+                       answer_field=spec.stopped_answer_field or "answer")
+            con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     if keep_sweep:
         materialise(store, run_id)
     em = data["traces"].column("em").to_numpy()

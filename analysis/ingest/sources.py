@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from analysis.ingest.datasets import get_path
+from analysis.ingest.datasets import BOM, check_file, get_path
 from analysis.core.errors import StoplineError
 
 KINDS = ("jsonl", "json", "csv", "parquet")
@@ -85,14 +85,6 @@ def read(path: str, kind: str | None = None, records: str | None = None, max_lin
     return out, sha256(path)
 
 
-def check_file(path: str) -> None:
-    p = Path(path)
-    if p.is_dir():
-        raise StoplineError("is a directory, not a file", file=path)
-    if not p.is_file():
-        raise StoplineError("file not found", file=path)
-
-
 def sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -115,10 +107,10 @@ def _jsonl(path: str, max_line_mb: float, **_) -> Iterator[tuple[Loc, dict]]:
             if len(raw) > limit and not raw.endswith(b"\n"):
                 raise loc.error(f"line is longer than {max_line_mb:g} MB; is this really JSONL?",
                                 hint="raise the limit with --max-line-mb if the line is meant to be that long")
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raise loc.error("the file starts with a UTF-8 byte-order mark", hint="save it as UTF-8 without BOM")
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -135,8 +127,8 @@ def _jsonl(path: str, max_line_mb: float, **_) -> Iterator[tuple[Loc, dict]]:
 def _json_doc(path: str, records: str | None, **_) -> Iterator[tuple[Loc, dict]]:
     loads, errors = _loads()
     data = Path(path).read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        raise StoplineError("the file starts with a UTF-8 byte-order mark", file=path, hint="save it as UTF-8 without BOM")
+    if data.startswith(BOM):
+        data = data[len(BOM):]
     try:
         doc = loads(data)
     except errors as e:
@@ -174,13 +166,10 @@ def read_table(path: str, kind: str):
             import pyarrow.parquet as pq
             return pq.read_table(path)
         import pyarrow.csv as pcsv
-        with open(path, "rb") as fh:
-            if fh.read(3) == b"\xef\xbb\xbf":
-                raise StoplineError("the file starts with a UTF-8 byte-order mark", file=path,
-                                    hint="save it as UTF-8 without BOM")
         import csv
         delim = "\t" if path.lower().endswith(".tsv") else ","
-        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow's reader skips it too)
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
             header = next(csv.reader(fh, delimiter=delim), [])
         types = {c: pa.string() for c in header}
         return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delim),

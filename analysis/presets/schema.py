@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 
-from analysis.core.errors import PresetError
+from analysis.core.errors import PresetError, brief
 from analysis.replay.policies.base import Setting
 
 VERSION = 1
@@ -80,9 +80,9 @@ def from_dict(d: Any) -> Preset:
     if v is None:
         raise PresetError("missing 'stopline_preset' (the schema version)", field="stopline_preset")
     if isinstance(v, bool) or not isinstance(v, int):
-        raise PresetError(f"must be an integer, got {v!r}"[:120], field="stopline_preset")
+        raise PresetError(f"must be an integer, got {brief(v, 100)}", field="stopline_preset")
     if v > VERSION or v < 1:
-        raise PresetError(f"version {v} is not one this Stopline reads (1..{VERSION})", field="stopline_preset")
+        raise PresetError(f"version {brief(v)} is not one this Stopline reads (1..{VERSION})", field="stopline_preset")
     name = _check_str(d.get("name", "unnamed"), "name")
     if "setting" not in d:
         raise PresetError("missing", field="setting")

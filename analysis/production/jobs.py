@@ -16,14 +16,38 @@ import time
 import uuid
 from pathlib import Path
 
+from analysis.core.errors import StoplineError
+from analysis.core.lifeline import PARENT_ENV
+
+
 def jobs_dir() -> Path:
     return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
+
+
 _BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")
+_RAISED = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")   # a traceback's last line
+# what a model folder needs beside its weights: the tokenizer (one of these) and the config
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(model: str) -> None:
+    """A local folder given as the model, checked before a job starts, so that what is missing is said on the
+    page instead of a loader's traceback in the job's log."""
+    p = Path(model)
+    if not p.is_dir():
+        return
+    if not (p / "config.json").is_file():
+        raise StoplineError("this model folder has no config.json", file=model,
+                            hint="a folder saved by transformers (save_pretrained), a .gguf file, or a hub id")
+    if not any((p / f).is_file() for f in _TOKENIZER_FILES):
+        raise StoplineError(f"this model folder has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})",
+                            file=model, hint="save the tokenizer beside the model (tokenizer.save_pretrained)")
 
 
 def start_run(model: str, dataset: str, db: str, limit: int | None = None, every: int = 32,
               max_new_tokens: int = 512, batch_size: int = 8, device: str = "auto", seed: int = 42,
               where: Path | None = None) -> str:
+    check_model_folder(model)
     jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     d = Path(where or jobs_dir()) / jid
     d.mkdir(parents=True)
@@ -33,7 +57,9 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     if limit:
         cmd += ["--limit", str(limit)]
     log = open(d / "log", "wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1"}
+    # its own session: a page rerun or Ctrl-C in the dashboard's terminal does not reach it; PARENT_ENV: it
+    # ends when the dashboard does (core/lifeline.py)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", PARENT_ENV: str(os.getpid())}
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
     (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
@@ -69,6 +95,10 @@ def status(jid: str, where: Path | None = None) -> dict:
     err = None
     if not alive and "error:" in text:
         err = text[text.rindex("error:"):].strip()[:500]
+    elif not alive and "Traceback (most recent call last)" in text:   # not our error: say what was raised
+        raised = [m for line in text.splitlines() if (m := _RAISED.match(line.strip()))]
+        err = (f"error: {raised[-1].group(1)}: {raised[-1].group(2)}" if raised
+               else "error: the job stopped with a Python traceback")[:500] + " (the job's log has the traceback)"
     state = "running" if alive else ("failed" if err or summary is None else "done")
     return {**job, "state": state, "done": done_n, "total": total, "summary": summary, "error": err,
             "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from analysis.core.errors import MissingSignal, PresetError
+from analysis.core.errors import MissingSignal, PresetError, brief
 
 if TYPE_CHECKING:
     from analysis.replay.engine import RunTable
@@ -43,25 +43,28 @@ class Param:
             return Setting.from_dict(value, where)
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise PresetError(f"must be true or false, got {value!r}", field=where)
+                raise PresetError(f"must be true or false, got {brief(value)}", field=where)
             return value
         if self.kind == "choice":
-            if value not in self.choices:
-                raise PresetError(f"must be one of {list(self.choices)}, got {value!r}", field=where)
+            if not isinstance(value, (str, int, float)) or value not in self.choices:
+                raise PresetError(f"must be one of {list(self.choices)}, got {brief(value)}", field=where)
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PresetError(f"must be a number, got {type(value).__name__} {value!r}"[:200], field=where)
+            raise PresetError(f"must be a number, got {type(value).__name__} {brief(value)}", field=where)
         if isinstance(value, float) and not math.isfinite(value):
             raise PresetError(f"must be finite, got {value!r}", field=where)
-        if self.kind == "int":
-            if float(value) != int(value):
-                raise PresetError(f"must be a whole number, got {value!r}", field=where)
-            value = int(value)
-        else:
-            value = float(value)
+        # the range first: an int compares with the float bounds exactly, however large (float(10**400)
+        # would raise OverflowError)
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise PresetError(f"{value!r} is out of range [{self.low:g}, {self.high:g}]", field=where)
-        return value
+            raise PresetError(f"{brief(value)} is out of range [{self.low:g}, {self.high:g}]", field=where)
+        try:
+            if self.kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise PresetError(f"must be a whole number, got {value!r}", field=where)
+                return int(value)
+            return float(value)
+        except OverflowError:   # only an unbounded parameter gets here
+            raise PresetError(f"{brief(value)} is too large", field=where) from None
 
     def sweep_values(self) -> list:
         if self.grid:

@@ -25,6 +25,14 @@ class Hybrid(Policy):
 
     @classmethod
     def validate(cls, params, where="params"):
+        # the rule is checked on the parts' family names before validating them: validating first would
+        # recurse once per level of a hybrid nested in a hybrid (RecursionError at a few hundred levels)
+        if isinstance(params, dict):
+            for k in ("a", "b"):
+                part = params.get(k)
+                fam = part.family if isinstance(part, Setting) else part.get("family") if isinstance(part, dict) else None
+                if fam == "hybrid":
+                    raise PresetError("a hybrid's parts cannot themselves be hybrids", field=f"{where}.{k}.family")
         out = super().validate(params, where)
         for k in ("a", "b"):
             if not isinstance(out[k], Setting):

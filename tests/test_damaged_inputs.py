@@ -1,0 +1,169 @@
+"""Inputs that never crash (issue 21): import options and files, a trace with too many checkpoints, a model
+folder without a tokenizer. Each answer is our error naming the file (a message, exit code 2, no traceback),
+and a failed import leaves no store and no folder behind. (Damaged stores: test_damaged_stores.py.)"""
+import json
+import shutil
+
+import pytest
+
+from analysis.core.errors import StoplineError
+from analysis.core.store import Store
+from conftest import FIXTURES
+
+OK = [{"question": "Calculate 7 + -84.", "answer": "-77", "response": "7 + -84 = -77. So \\boxed{-77}"},
+      {"question": "Calculate 100 - 1.", "answer": "99", "response": "That is 99.\n\n#### 99"}]
+
+
+def _jsonl(path, rows, prefix=""):
+    path.write_text(prefix + "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _import(cli, db, path, *args):
+    return cli("import", path, "--model", "m", "--dataset", "d", "--db", db, *args)
+
+
+# --- import options and files -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,message", [
+    (["--every", "0"], "--every must be a positive number of tokens, not 0"),
+    (["--every", "-5"], "--every must be a positive number of tokens, not -5"),
+    (["--max-line-mb", "-1"], "--max-line-mb must be positive"),
+    (["--max-line-mb", "0"], "--max-line-mb must be positive"),
+])
+@pytest.mark.parametrize("fmt", ["jsonl", "checkpoints"])
+def test_bad_import_options_are_refused_and_make_no_store(tmp_path, cli, args, message, fmt):
+    db = tmp_path / "new" / "folder" / "s.duckdb"
+    extra = ["--format", "checkpoints", "--position-field", "p", "--answer-field", "a"] if fmt == "checkpoints" else []
+    code, _, err = _import(cli, db, _jsonl(tmp_path / "ok.jsonl", OK), *extra, *args)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    ([OK[0], {"question": "q", "answer": "1"}], "line 2"),                       # a bad record far in
+    ([OK[0], {**OK[1], "question": " \t "}], "question is blank"),
+    ([], "no records"),
+])
+def test_a_failed_import_leaves_no_store_and_no_folder(tmp_path, cli, content, message):
+    db = tmp_path / "a" / "b" / "s.duckdb"
+    code, _, err = _import(cli, db, _jsonl(tmp_path / "bad.jsonl", content))
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_failed_import_into_an_existing_store_keeps_it(tmp_path, cli):
+    db = tmp_path / "s.duckdb"
+    assert _import(cli, db, _jsonl(tmp_path / "ok.jsonl", OK))[0] == 0
+    code, _, err = _import(cli, db, _jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "1"}]))
+    assert code == 2 and db.exists() and len(Store(db).runs()) == 1
+
+
+def test_a_directory_as_the_input_is_called_a_directory(tmp_path, cli):
+    (tmp_path / "gens.jsonl").mkdir()
+    for args in (["--format", "jsonl"], ["--format", "checkpoints", "--position-field", "p", "--answer-field", "a"]):
+        code, _, err = _import(cli, tmp_path / "s.duckdb", tmp_path / "gens.jsonl", *args)
+        assert code == 2 and "is a directory, not a file" in err and "not found" not in err, err
+    from analysis.ingest.datasets import load_dataset
+    for kind in ("jsonl", "csv", "gsm8k"):
+        with pytest.raises(StoplineError, match="is a directory, not a file"):
+            load_dataset(f"{kind}:{tmp_path / 'gens.jsonl'}")
+    assert not (tmp_path / "s.duckdb").exists()
+
+
+@pytest.mark.parametrize("question,message", [("   ", "question is blank"), ("\n\t", "question is blank"),
+                                              (None, "question is missing"), (7, "question must be text, got int")])
+def test_a_blank_question_is_called_blank(tmp_path, cli, question, message):
+    rows = [OK[0], {**OK[1], "question": question}]
+    code, _, err = _import(cli, tmp_path / "s.duckdb", _jsonl(tmp_path / "g.jsonl", rows))
+    assert code == 2 and message in err and "line 2" in err, err
+    ck = [{"qid": "a", "question": question, "answer": "1", "p": 4, "a": "1"}]
+    code, _, err = _import(cli, tmp_path / "s.duckdb", _jsonl(tmp_path / "ck.jsonl", ck), "--format", "checkpoints",
+                           "--id-field", "qid", "--position-field", "p", "--answer-field", "a")
+    assert code == 2 and message in err, err
+    from analysis.ingest.datasets import load_dataset
+    with pytest.raises(StoplineError, match=message):
+        load_dataset(f"jsonl:{tmp_path / 'g.jsonl'}")
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path, cli, kind):
+    path = tmp_path / f"g.{kind}"
+    if kind == "jsonl":
+        _jsonl(path, OK, prefix="\ufeff")
+    elif kind == "json":
+        path.write_text("\ufeff" + json.dumps(OK), encoding="utf-8")
+    else:
+        import csv
+        with open(path, "w", newline="", encoding="utf-8-sig") as fh:    # Excel's "CSV UTF-8"
+            w = csv.DictWriter(fh, fieldnames=list(OK[0]))
+            w.writeheader()
+            w.writerows(OK)
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    code, out, err = _import(cli, tmp_path / "s.duckdb", path, "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["n_questions"] == 2
+    if kind == "jsonl":
+        from analysis.ingest.datasets import load_dataset
+        assert load_dataset(f"jsonl:{path}").questions[0].text == OK[0]["question"]
+
+
+# --- a trace with more checkpoints than a SMALLINT holds --------------------------------------------------------
+@pytest.mark.parametrize("response,args", [("a " * 40_000 + "so 1", ["--every", "1"]),   # every token
+                                           ("x\n\n" * 40_000 + "1", [])],               # 40k blank lines
+                         ids=["every-token", "blank-lines"])
+def test_too_many_checkpoints_in_a_trace_is_refused_naming_the_line(tmp_path, cli, response, args):
+    rows = [OK[0], {"question": "long", "answer": "1", "response": response}]
+    db = tmp_path / "new" / "s.duckdb"
+    code, _, err = _import(cli, db, _jsonl(tmp_path / "long.jsonl", rows), *args)
+    assert code == 2 and "long.jsonl, line 2" in err and "checkpoints; at most 32767 are stored" in err, err
+    assert int(err.split(" checkpoints;")[0].rsplit(" ", 1)[1]) > 40_000
+    assert "ArrowInvalid" not in err and not (tmp_path / "new").exists()
+
+
+def test_32767_checkpoints_still_fit(tmp_path, cli):
+    rows = [{"question": "long", "answer": "1", "response": "a " * 32_766 + "1"}]
+    code, out, err = _import(cli, tmp_path / "s.duckdb", _jsonl(tmp_path / "g.jsonl", rows), "--every", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["n_checkpoints"] == 32_767
+
+
+# --- a model folder without a tokenizer ----------------------------------------------------------------------
+def test_a_model_folder_without_a_tokenizer_is_named_before_a_job_starts(tmp_path):
+    from analysis.production import jobs
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(StoplineError, match="no tokenizer") as e:
+        jobs.start_run(str(folder), "rg:basic_arithmetic", str(tmp_path / "s.duckdb"), where=tmp_path / "jobs")
+    assert str(folder) in str(e.value)
+    (folder / "config.json").unlink()
+    with pytest.raises(StoplineError, match="no config.json"):
+        jobs.start_run(str(folder), "rg:basic_arithmetic", str(tmp_path / "s.duckdb"), where=tmp_path / "jobs")
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_a_job_that_died_of_a_traceback_says_what_was_raised(tmp_path):
+    from analysis.production import jobs
+    d = tmp_path / "jobs" / "j1"
+    d.mkdir(parents=True)
+    (d / "job.json").write_text(json.dumps({"id": "j1", "pid": 2 ** 22 + 1, "model": "m", "dataset": "d"}))
+    (d / "log").write_text("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                           "ValueError: Unrecognized model in /m. Should have a `model_type` key\n")
+    st = jobs.status("j1", tmp_path / "jobs")
+    assert st["state"] == "failed" and "ValueError: Unrecognized model in /m" in st["error"]
+
+
+def test_a_tokenizer_folder_without_a_tokenizer_makes_no_store(tmp_path, cli):
+    (tmp_path / "tok").mkdir()
+    db = tmp_path / "new" / "s.duckdb"
+    code, _, err = _import(cli, db, _jsonl(tmp_path / "ok.jsonl", OK), "--tokenizer", tmp_path / "tok")
+    assert code == 2 and "cannot load the tokenizer" in err and "Traceback" not in err, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_fixture_import_still_works(tmp_path, cli):
+    db = tmp_path / "deep" / "er" / "s.duckdb"
+    code, _, err = cli("import", FIXTURES / "solutions.jsonl", "--response-field", "outputs.solution",
+                       "--model", "hand", "--dataset", "hand-gsm", "--db", db)
+    assert code == 0 and db.exists(), err
+    shutil.rmtree(tmp_path / "deep")

@@ -1,0 +1,64 @@
+"""A link's setting (`s=sl1.…`) that does not read shows a warning and the defaults, never an exception box
+(issue 21). The codec itself is fuzzed in test_fuzz_presets.py; these are the pages, on links that raised
+OverflowError and RecursionError before, and a few random mutations (Streamlit AppTest, about 1 s each). A
+link's damaged store (`db=`) is named in the sidebar, not an exception box."""
+import random
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis.core.errors import PresetError
+from analysis.presets.schema import encode, loads
+from conftest import ROOT
+
+
+def _hybrid(depth: int) -> dict:
+    d = {"family": "budget", "params": {"B": 64}}
+    for _ in range(depth):
+        d = {"family": "hybrid", "params": {"a": d}}
+    return d
+
+
+GOOD = encode({"stopline_preset": 1, "setting": {"family": "consistency", "params": {"k": 2}}})
+_r = random.Random(7)
+MUTATED = ["".join(_r.choice("AbZ09-_") if i > 4 and _r.random() < 0.05 else c for i, c in enumerate(GOOD))
+           for _ in range(4)]
+LINKS = {
+    "huge-integer": encode({"stopline_preset": 1, "setting": {"family": "budget", "params": {"B": 10 ** 400}}}),
+    "hybrid-400-deep": encode({"stopline_preset": 1, "setting": _hybrid(400)}),
+    "not-json": "sl1." + GOOD[4:][::-1],
+    **{f"mutated-{i}": m for i, m in enumerate(MUTATED)},
+}
+
+
+@pytest.mark.parametrize("link", list(LINKS.values()), ids=list(LINKS))
+@pytest.mark.parametrize("page", ["views/frontier.py", "views/tune.py"])
+def test_a_bad_link_setting_warns_and_keeps_the_page(synthetic_db, link, page):
+    db, rid, _ = synthetic_db
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update({"db": db, "run": rid, "s": link})
+    at.run()
+    if page != "views/frontier.py":
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    try:
+        loads(link)
+    except PresetError:
+        assert any("could not be read" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+@pytest.mark.parametrize("kind", ["zero-byte", "truncated", "dev-null", "directory"])
+def test_a_damaged_store_in_a_link_is_named_not_an_exception_box(tmp_path, kind):
+    from analysis.core.store import Store
+    path = {"zero-byte": tmp_path / "zero.duckdb", "truncated": tmp_path / "trunc.duckdb",
+            "dev-null": "/dev/null", "directory": tmp_path}[kind]
+    if kind == "zero-byte":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        Store(path).save_preset("x", {})
+        path.write_bytes(path.read_bytes()[:5000])
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params["db"] = str(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(str(path) in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
