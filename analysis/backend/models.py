@@ -213,7 +213,7 @@ def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code
         model = AutoModelForCausalLM.from_pretrained(src, dtype=tdtype, **kw)
     except StoplineError:
         raise
-    except OSError as e:
+    except (OSError, ValueError) as e:     # ValueError: a folder without a tokenizer or a config
         raise StoplineError(f"cannot load model {name!r}: {str(e).splitlines()[0][:300]}",
                             hint="use a packaged name (python -m analysis models), a local directory or .gguf "
                                  "file, or a Hugging Face hub id when you are online") from None

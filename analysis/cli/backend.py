@@ -90,6 +90,16 @@ def _run_setup(p):
 def _run(args):
     from analysis.backend.prompts import GenConfig
     from analysis.ingest.pipeline import run, run_openai
+    from analysis.core.errors import StoplineError
+    for name, v, ok in (("--every", args.every, args.every >= 1), ("--max-new-tokens", args.max_new_tokens,
+                        args.max_new_tokens >= 1), ("--limit", args.limit, args.limit is None or args.limit >= 1),
+                        ("--batch-size", args.batch_size, args.batch_size >= 1),
+                        ("--temperature", args.temperature, args.temperature >= 0),
+                        ("--top-p", args.top_p, 0 < args.top_p <= 1)):
+        if not ok:
+            raise StoplineError(f"{name} {v} is out of range",
+                                hint="--every, --max-new-tokens, --limit and --batch-size are at least 1; "
+                                     "--temperature at least 0 (0: greedy); --top-p in (0, 1]")
     cfg = GenConfig(every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, cue=args.cue)
