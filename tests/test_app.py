@@ -47,6 +47,27 @@ def test_frontier_reads_the_sweep_its_writer_kept(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("sweep-*.parquet"))) == 1
 
 
+def test_runs_are_read_again_only_when_a_writer_commits(tmp_path, monkeypatch):
+    """Store.runs() aggregates every checkpoint: a rerun with nothing new does not call it, a batch or an
+    import committed by another writer shows up on the next rerun."""
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
+    db = tmp_path / "grow.duckdb"
+    rid = write_synthetic_run(Store(db), 30, 5, seed=3)
+    calls = []
+    real = Store.runs
+    monkeypatch.setattr(Store, "runs", lambda self: calls.append(self.path) or real(self))
+    at = app(str(db), rid)
+    assert not at.exception
+    n = len(calls)
+    at.run()
+    assert len(calls) == n
+    write_synthetic_run(Store(db), 20, 5, seed=4, model="another")
+    at.run()
+    assert not at.exception and len(calls) > n
+    assert len(at.sidebar.selectbox(key="run_pick").options) == 2
+
+
 def test_tune_recomputes_when_a_slider_moves(synthetic_db):
     db, rid, _ = synthetic_db
     at = app(db, rid, "views/tune.py")
