@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from analysis.core.errors import MissingSignal, PresetError
-from analysis.replay.policies import Setting, families, get_family
+from analysis.replay.policies import Setting, available_families, deployable_families, families, get_family
 from analysis.replay.policies.learned import cross_fit, fold_of
 from analysis.replay.engine import RunTable, full_length, replay, stop_index
 
@@ -92,6 +92,24 @@ def test_text_only_run_says_which_signal_is_missing():
             stop_index(t, Setting.make(fam))
     stop_index(t, Setting.make("consistency"))  # text-only families work
     stop_index(t, Setting.make("learned"))
+
+
+def test_families_declare_what_they_can_do():
+    """Availability (signals), probes and deployability are declared by each family and read from there."""
+    text = table([[{"pos": 32, "answer_norm": "1", "em": 1.0, "p_mean": None, "p_geo": None, "p_min": None,
+                    "p_first": None, "entropy": None}]])
+    assert available_families(text) == ["budget", "consistency", "learned"]      # a hybrid starts with confidence
+    assert available_families(text, nested=True) == ["budget", "consistency", "learned"]
+    assert available_families(table([TRACE])) == families()
+    assert deployable_families() == [f for f in families() if f != "learned"]
+    assert not get_family("learned").deployable and get_family("learned").undeployable_because
+    assert not get_family("budget").probes_needed({"B": 64})
+    assert get_family("consistency").probes_needed(get_family("consistency").defaults())
+    both_budgets = Setting.make("hybrid", a={"family": "budget", "params": {"B": 64}},
+                                b={"family": "budget", "params": {"B": 96}})
+    assert not both_budgets.policy.probes_needed(both_budgets.params)
+    assert Setting.make("hybrid").policy.probes_needed(Setting.make("hybrid").params)
+    assert [s.family for s in both_budgets.policy.parts(both_budgets.params)] == ["budget", "budget"]
 
 
 def test_every_family_declares_parameters_with_help_and_valid_defaults():

@@ -53,8 +53,8 @@ def current_run() -> dict | None:
 
 
 def family_picker(t, key: str = "family") -> str:
-    from analysis.replay.policies import families, get_family
-    fams = [f for f in families() if all(t.has_signal(s) for s in get_family(f).required_signals(get_family(f).defaults()))]
+    from analysis.replay.policies import available_families, families, get_family
+    fams = available_families(t)
     missing = [f for f in families() if f not in fams]
     want = data.query("family")
     idx = fams.index(want) if want in fams else 0

@@ -7,7 +7,7 @@ import streamlit as st
 from analysis.core.errors import StoplineError
 from analysis.evaluate.frontier import setting_of
 from analysis.evaluate.optimize import evaluate, pick
-from analysis.replay.policies import Setting, families, get_family
+from analysis.replay.policies import Setting, available_families, get_family
 from analysis.replay.engine import stop_index
 from views import common, data
 
@@ -45,8 +45,7 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
         if p.kind != "setting":
             continue
         sub = Setting.from_dict(start.get(p.name, p.default))
-        allowed = [f for f in families() if f != fam and f != "hybrid"
-                   and all(t.has_signal(s) for s in get_family(f).required_signals(get_family(f).defaults()))]
+        allowed = [f for f in available_families(t, nested=True) if f != fam]
         with st.container(border=True):
             f = st.selectbox(f"{p.name}: {p.help}", allowed, index=allowed.index(sub.family) if sub.family in allowed else 0,
                              key=f"{prefix}.{p.name}.family", format_func=lambda x: get_family(x).label)

@@ -33,7 +33,7 @@ from analysis.evaluate.optimize import operating_point
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import from_dict, load
 from analysis.replay.engine import RunTable
-from analysis.replay.policies import families
+from analysis.replay.policies import deployable_families
 
 ALPHA = 0.01
 TOL_TOKENS = 0.10      # relative rise of mean tokens before it counts
@@ -322,7 +322,7 @@ def propose_setting(ck, fin, preset, cal, answer_type) -> dict:
         return {"ok": False, "reason": (f"needs at least {MIN_EXPLORE} labelled exploration requests (full length, "
                                         f"with a gold answer); the log has {n}. Raise routing.explore or add labels.")}
     drop = max(0.0, float(cal["full_em"].mean() - cal["em"].mean()))
-    fams = [f for f in families() if f != "learned"]
+    fams = deployable_families()          # a proposal the controller can run
     try:
         op = operating_point(t, "drop", drop, families=fams, n_boot=500)
     except StoplineError as e:
