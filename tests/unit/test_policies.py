@@ -1,25 +1,15 @@
 """Hand-built cases where the right stop is known, for each family; cross-fitting of the learned stopper."""
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from analysis.core.errors import MissingSignal, PresetError
 from analysis.replay.policies import Setting, available_families, deployable_families, families, get_family
 from analysis.replay.policies.learned import cross_fit, fold_of
 from analysis.replay.engine import RunTable, full_length, replay, stop_index
+from tests.helpers import checkpoint_table
 
 
-def table(questions):
-    """questions: list of lists of checkpoint dicts (pos, answer_norm, em, ...)."""
-    rows = []
-    for qi, cks in enumerate(questions):
-        for j, c in enumerate(cks):
-            row = {"question_id": f"q{qi}", "ck_idx": j, "answer_tokens": 2, "probe_tokens": 10, "f1": 0.0,
-                   "is_step": False, "is_transition": False, "p_mean": 0.5, "p_geo": 0.5, "p_min": 0.5,
-                   "p_first": 0.5, "entropy": 1.0}
-            row.update(c)
-            rows.append(row)
-    return RunTable.from_arrow(pa.Table.from_pylist(rows), "hand")
+table = checkpoint_table       # questions: lists of checkpoint dicts (pos, answer_norm, em, ...)
 
 
 TRACE = [  # answers settle on "7" (right) at checkpoint 2, drift to "8" (wrong) at the end

@@ -6,7 +6,7 @@ import pytest
 
 from analysis.core.errors import StoplineError
 from analysis.ingest.importer import ImportSpec, import_generations
-from conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 SOLUTIONS = FIXTURES / "solutions.jsonl"
 
