@@ -14,11 +14,16 @@ or inline ``<think>…</think>``) becomes a ``<think>…</think>`` part before t
 """
 from __future__ import annotations
 
+import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from analysis.ingest.datasets import get_path
 from analysis.core.errors import StoplineError
@@ -61,11 +66,7 @@ def field(rec: dict, path: str, loc: Loc, what: str, hint: str | None = None) ->
 
 
 def _loads():
-    try:
-        import orjson
-        return orjson.loads, (orjson.JSONDecodeError,)
-    except ImportError:  # pragma: no cover
-        return json.loads, (json.JSONDecodeError,)
+    return orjson.loads, (orjson.JSONDecodeError,)
 
 
 def read(path: str, kind: str | None = None, records: str | None = None, max_line_mb: float = 16
@@ -168,17 +169,13 @@ def _table(path: str, kind: str, **_) -> Iterator[tuple[Loc, dict]]:
 
 def read_table(path: str, kind: str):
     """A CSV or Parquet file as an Arrow table (CSV cells stay strings: a gold '007' is not 7)."""
-    import pyarrow as pa
     try:
         if kind == "parquet":
-            import pyarrow.parquet as pq
             return pq.read_table(path)
-        import pyarrow.csv as pcsv
         with open(path, "rb") as fh:
             if fh.read(3) == b"\xef\xbb\xbf":
                 raise StoplineError("the file starts with a UTF-8 byte-order mark", file=path,
                                     hint="save it as UTF-8 without BOM")
-        import csv
         delim = "\t" if path.lower().endswith(".tsv") else ","
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
             header = next(csv.reader(fh, delimiter=delim), [])

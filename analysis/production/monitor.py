@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu
 
 from analysis.core.answers import normalize_gold, score
 from analysis.core.errors import StoplineError
@@ -164,7 +166,6 @@ def _boot_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) 
 
 
 def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
-    from scipy.stats import fisher_exact
     if n1 == 0 or n2 == 0:
         return float("nan")
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative)[1])
@@ -173,7 +174,6 @@ def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") 
 def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = None, alpha: float = ALPHA,
             propose: bool = True) -> dict:
     """The monitoring report: promised vs observed, drift tests, flags, a recalibration proposal, A/B."""
-    from scipy.stats import ks_2samp, mannwhitneyu
     header, ck, fin = read_log(log_paths)
     if preset is None:
         if "preset" not in header:
@@ -265,7 +265,6 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
 
 
 def ab_compare(fin: pd.DataFrame) -> dict:
-    from scipy.stats import mannwhitneyu
     a = fin[fin["arm"] == "champion"]
     b = fin[fin["arm"] == "challenger"]
     ta, tb = a["tokens_emitted"].to_numpy(float), b["tokens_emitted"].to_numpy(float)
@@ -286,7 +285,6 @@ def ab_compare(fin: pd.DataFrame) -> dict:
 
 def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
     """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
-    import pyarrow as pa
     ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
     if ex.empty or ck.empty:
         return None
