@@ -5,7 +5,10 @@ Caching: a store file's *stamp* (size and modification time of the file and of i
 reads of small things (the runs with their counts, presets, attributions, one trace), so a batch committed or a
 file imported by another process shows up on the next rerun while a rerun with nothing new reads nothing
 (``Store.runs()`` aggregates every checkpoint of the store). A run's table is keyed on the run's counts, read
-from those runs, so it is loaded again only when its own checkpoints or incumbent change."""
+from those runs, so it is loaded again only when its own checkpoints or incumbent change.
+
+The analysis imports inside functions are as they were in common.py: they keep the replay, sweep and monitor
+code (pandas, scipy, scikit-learn) out of this module's import, which the sidebar of every page triggers."""
 from __future__ import annotations
 
 import hashlib
