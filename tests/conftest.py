@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("STOPLINE_CACHE", tempfile.mkdtemp(prefix="stopline-cache-"))
+# the user's own store (data/stopline.duckdb or theirs): never the tests' (a command without --db opens it)
+os.environ["STOPLINE_DB"] = str(Path(tempfile.mkdtemp(prefix="stopline-db-")) / "mine.duckdb")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
