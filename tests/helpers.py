@@ -9,6 +9,7 @@ import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+CHROMIUM = "/usr/bin/chromium"      # the browser tests' Chromium: Debian's (never `playwright install`)
 
 # One checkpoint's defaults in ``checkpoint_table``: a probed checkpoint with middling signals.
 CHECKPOINT_DEFAULTS = {"answer_tokens": 2, "probe_tokens": 10, "f1": 0.0, "is_step": False, "is_transition": False,

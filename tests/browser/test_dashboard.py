@@ -5,35 +5,11 @@ import os
 
 import pytest
 
-from analysis.cli.appserver import dashboard
-from tests.helpers import CHAT, FIXTURES
+from tests.helpers import CHAT, CHROMIUM, FIXTURES
 
-CHROMIUM = "/usr/bin/chromium"
 FRONTIER = "[data-testid=stEChartsChart] svg"      # the Frontier chart (ECharts, SVG renderer)
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")]
-
-
-@pytest.fixture(scope="module")
-def server(synthetic_db, tmp_path_factory):
-    db, rid, _ = synthetic_db
-    scratch = tmp_path_factory.mktemp("browser")
-    env = {"STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
-           "STOPLINE_LOG_DIR": str(scratch / "logs")}
-    server.scratch = scratch
-    with dashboard(env) as url:
-        yield url, db, rid
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
