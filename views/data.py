@@ -50,7 +50,7 @@ def stamp(path: str) -> tuple:
     return tuple(out)
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=32)
 def _open(path: str, stamp_: tuple) -> Store:
     read_only = Path(path).resolve() == Path(DEMO_DB).resolve() or not os.access(path, os.W_OK)
     return Store(path, read_only=read_only)
