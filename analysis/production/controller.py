@@ -16,6 +16,9 @@ Three ways to plug it in:
 
 Every checkpoint and every request's end go to a decision log (JSON lines, flushed per line) that
 ``python -m analysis monitor`` reads.
+
+About 400 lines: the decision step and its three callers share the session's history and the log's records,
+so they are read together; what a family can do live comes from its declaration (``Policy.deployable``).
 """
 from __future__ import annotations
 
