@@ -32,6 +32,7 @@ from analysis.core.answers import normalize_gold, score
 from analysis.core.errors import StoplineError
 from analysis.core.store import DEMO_DB, Store
 from analysis.evaluate.optimize import operating_point
+from analysis.evaluate.stats import bootstrap_means, percentile_ci
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import from_dict, load
 from analysis.replay.engine import RunTable
@@ -155,14 +156,13 @@ def _golds(g) -> list[str]:
 
 
 def _boot_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
-    """95% bootstrap CI of mean(a) - mean(b) for two independent samples."""
+    """95% bootstrap CI of mean(a) - mean(b) for two independent samples (each resampled on its own)."""
     if len(a) == 0 or len(b) == 0:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    da = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-    db = b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
-    lo, hi = np.percentile(da - db, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    da = bootstrap_means({"a": a}, n_boot, batch=None, rng=rng)["a"]
+    db = bootstrap_means({"b": b}, n_boot, batch=None, rng=rng)["b"]
+    return list(percentile_ci(da - db))
 
 
 def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
