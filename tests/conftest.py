@@ -1,12 +1,16 @@
+"""pytest's shared fixtures; what tests share otherwise is in tests/helpers.py. The package is installed
+(`pip install --no-deps -e .`), so nothing here touches sys.path."""
 import os
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-FIXTURES = ROOT / "tests" / "fixtures"
+os.environ.setdefault("STOPLINE_CACHE", tempfile.mkdtemp(prefix="stopline-cache-"))
+# the user's own store (data/stopline.duckdb or theirs): never the tests' (a command without --db opens it)
+os.environ["STOPLINE_DB"] = str(Path(tempfile.mkdtemp(prefix="stopline-db-")) / "mine.duckdb")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture
@@ -27,16 +31,12 @@ def synthetic_db(tmp_path_factory):
     return str(p), rid, rid_text
 
 
-def budget_like_run(store, n_questions: int, n_checkpoints: int, seed: int, share: float = 0.62) -> str:
-    """A synthetic run whose incumbent (analysis/incumbent.py) stops at ``share`` of each trace, as a
-    budget-like production stopper would; returns the run's id."""
-    from analysis.evaluate.incumbent import attach
-    from analysis.replay.engine import RunTable
-    from analysis.ingest.synthetic import write_synthetic_run
-    rid = write_synthetic_run(store, n_questions, n_checkpoints, seed=seed)
-    t = RunTable.from_store(store, rid)
-    attach(store, rid, list(t.question_ids), list((share * t.full_tokens).astype(int)))
-    return rid
+@pytest.fixture(scope="module")
+def demo():
+    """The bundled demo store, read-only."""
+    from analysis.core.store import DEMO_DB, Store
+    assert Path(DEMO_DB).exists(), "data/demo.duckdb is shipped with the repo"
+    return Store(DEMO_DB, read_only=True)
 
 
 @pytest.fixture
@@ -56,8 +56,3 @@ def cli(monkeypatch):
                 code = e.code
         return code, out.getvalue(), err.getvalue()
     return run
-
-
-os.environ.setdefault("STOPLINE_CACHE", __import__("tempfile").mkdtemp(prefix="stopline-cache-"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -9,10 +9,10 @@ from analysis.evaluate.incumbent import LABEL as INCUMBENT, incumbent_outcome
 from analysis.presets.schema import Preset, from_dict, from_setting, loads
 from analysis.replay.policies import Setting
 from analysis.replay.engine import Outcome
-from views import common
+from views import common, data
 
 run, t, fam, current = common.page_start("Compare")
-saved = st.session_state["store"].presets() if st.session_state.get("store") else {}
+saved = data.presets()
 
 
 def chooser(side: str, default: int) -> Preset | Outcome:

@@ -9,47 +9,44 @@ from analysis.evaluate.frontier import LEARNED_AUTO_MAX
 from analysis.evaluate.incumbent import incumbent_outcome
 from analysis.replay.policies import Setting
 from analysis.replay.engine import replay
-from views import common
+from views import common, data
 from views.charts import frontier_option, picked_setting
 
 st.header("Frontier")
 run = common.current_run()
 if run:
-    db = st.session_state["db"]
     big = run["n_checkpoints"] > LEARNED_AUTO_MAX
-    runs = st.session_state["runs"]
+    runs = data.picked_runs()
     c1, c2, c3 = st.columns([2, 3, 2])
     learned = c3.toggle("Learned stopper", value=not big, key="with_learned",
                         help="trains five cross-fitted classifiers; on a large run that takes several seconds, "
                              "so it waits to be asked for")
-    pts = common.sweep_points(db, run["id"], run["n_questions"], run["n_checkpoints"], learned)
+    pts = data.sweep_for(run, learned)
     axis = c1.radio("Cost", ["tokens emitted", "tokens computed (probes included)"], horizontal=True, key="axis")
     others = c2.multiselect("Also draw the Pareto front of", [r["id"] for r in runs if r["id"] != run["id"]],
-                            key="other_runs", format_func=lambda i: next(
-                                f"{r['model']} · {r['dataset']}" for r in runs if r["id"] == i))
+                            key="other_runs", format_func=data.run_labeller(runs))
     x = "emitted" if axis.startswith("tokens emitted") else "computed"
     suffix = "" if x == "emitted" else "_computed"
     full = pts[pts.family == "full"].iloc[0]
     drawn = []
     for oid in others:
-        o = next(r for r in runs if r["id"] == oid)
+        o = data.run_by_id(runs, oid)
         try:
-            drawn.append((f"{o['model']} · {o['dataset']}",
-                          common.sweep_points(db, oid, o["n_questions"], o["n_checkpoints"], learned)))
+            drawn.append((data.run_label(o), data.sweep_for(o, learned)))
         except StoplineError as e:
             st.warning(f"{oid}: {e}")
     # the current setting, where it sits
-    current = st.session_state.get("setting") or common.url_setting()
+    current = data.session_setting() or common.url_setting()
     mark = None
     if current is not None:
         try:
-            s = replay(common.table_for(run), current).summary()     # the table only when needed
+            s = replay(data.table_for(run), current).summary()     # the table only when needed
             mark = (s["tokens_" + x], s["em"], current.label())
         except StoplineError:
             current = None
     mine = None
     if run.get("n_incumbent"):                          # the user's own stopper: its own marked point
-        s = incumbent_outcome(common.table_for(run)).summary()
+        s = incumbent_outcome(data.table_for(run)).summary()
         mine = (s["tokens_" + x], s["em"])
     option, picks = frontier_option(pts, x, f"mean {axis}", drawn, mark, mine)
     event = st.echarts_chart(option, height=560, key="frontier_chart", on_select="rerun", renderer="svg")
@@ -57,9 +54,8 @@ if run:
     if picked:
         s = Setting.from_dict(json.loads(picked))
         if s != current:
-            common.remember_setting(s)
-            st.query_params["family"] = s.family
-            st.session_state["family"] = s.family
+            data.remember_setting(s)
+            data.pick_family(s.family)
             st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.core.errors import StoplineError
-from views import common
+from views import common, data
 
 LOG_DIR = Path(os.environ.get("STOPLINE_LOG_DIR", "data/logs"))
 
@@ -36,10 +36,10 @@ if src == "upload":
         labels_path = tmp / f"labels-{abs(hash(lab.name))}.jsonl"
         labels_path.write_bytes(lab.getvalue())
 elif logs:
-    want = st.query_params.get("log")
+    want = data.query("log")
     names = [str(p) for p in logs]
     pick = st.selectbox("log file", names, index=names.index(want) if want in names else 0, key="log_pick")
-    st.query_params["log"] = pick
+    data.set_query("log", pick)
     log_path = Path(pick)
     cand = log_path.with_suffix(".labels.jsonl")
     labels_path = cand if cand.exists() else None
@@ -50,23 +50,14 @@ if log_path is None:
     st.stop()
 
 
-@st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
-def report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
-    from analysis.production.monitor import monitor, monitor_inputs, read_log
-    t, preset = monitor_inputs([log], None, run_id, run_db)
-    res = monitor([log], t, preset, [labels] if labels else None)
-    _, ck, fin = read_log([log])
-    return res, ck, fin
-
-
 try:
     from analysis.production.monitor import read_log
     header, _, _ = read_log([log_path])
     cal = header.get("calibration") or {}
     run_db, run_id = cal.get("db"), cal.get("run")
-    if not run_id and st.session_state.get("run"):      # no calibration named: the run picked in the sidebar
-        run_db, run_id = st.session_state["db"], st.session_state["run"]["id"]
-    res, ck, fin = report(str(log_path), str(labels_path) if labels_path else None, log_path.stat().st_mtime,
+    if not run_id and data.picked_run():      # no calibration named: the run picked in the sidebar
+        run_db, run_id = data.picked_db(), data.picked_run()["id"]
+    res, ck, fin = data.monitor_report(str(log_path), str(labels_path) if labels_path else None, log_path.stat().st_mtime,
                           run_db, run_id)
 except StoplineError as e:
     st.error(str(e))

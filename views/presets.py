@@ -1,44 +1,33 @@
 """Presets: save and load named settings (kept in a store), share a permalink, download and upload JSON."""
 import json
-import os
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import streamlit as st
 
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.schema import from_dict, from_setting, loads
-from analysis.core.store import DEFAULT_DB, Store
-from views import common
+from views import common, data
 
 
 
 def use(setting) -> None:
     """Button callback (runs before the page): make a preset's setting the current one, family included."""
-    common.remember_setting(setting)
-    st.session_state["family"] = setting.family
-    st.query_params["family"] = setting.family
+    data.remember_setting(setting)
+    data.pick_family(setting.family)
 
 
 run, t, fam, setting = common.page_start("Presets")
 preset = from_setting(setting)
 
 # where presets are kept: the picked store when it can be written, else the user's own store
-cur = st.session_state["store"]
-target_path = cur.path if not cur.read_only else os.environ.get("STOPLINE_DB", DEFAULT_DB)
-
-
-def target() -> Store:
-    """The store presets are written to (made on the first save, not on a visit)."""
-    return cur if not cur.read_only else Store(target_path)
-
-
+cur = data.picked_store()
+target_path = cur.path if not cur.read_only else data.my_db()     # made on the first save, not on a visit
 if cur.read_only:
     st.caption(f"The picked store is read-only; presets are kept in your store, `{target_path}`.")
 
 st.subheader("The current setting")
 st.markdown(f"`{setting.label()}` (set it on the Tune page)")
-params = {"db": st.session_state["db"], "run": run["id"], "family": fam, "s": preset.to_url()}
+params = {"db": data.picked_db(), "run": run["id"], "family": fam, "s": preset.to_url()}
 base = ""
 try:
     u = urlsplit(st.context.url or "")
@@ -57,7 +46,7 @@ with c1:
     if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
         try:
             body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
-            target().save_preset(name.strip(), body)
+            data.save_preset(target_path, name.strip(), body)
             st.success(f"Saved '{name.strip()}' in {target_path}.")
         except (PresetError, StoplineError) as e:
             st.error(str(e))
@@ -77,7 +66,7 @@ with c2:
 
 st.subheader("Saved presets")
 try:
-    saved = Store(target_path, read_only=True).presets() if Path(target_path).exists() else {}
+    saved = data.presets(target_path)
 except StoplineError as e:
     st.error(str(e))
     saved = {}
@@ -94,7 +83,7 @@ for pname, body in saved.items():
         a.markdown(f"**{pname}** · `{p.setting.label()}`" + (f"  \n{p.notes}" if p.notes else ""))
         b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,))
         if c.button("Delete", key=f"del_{pname}"):
-            target().delete_preset(pname)
+            data.delete_preset(target_path, pname)
             st.rerun()
         with st.expander("JSON"):
             st.code(json.dumps(body, indent=2), language="json")

@@ -7,14 +7,13 @@ import streamlit as st
 from analysis.core.errors import StoplineError
 from analysis.presets.schema import loads
 from analysis.replay.engine import full_length, outcome_from_stops, stop_index
-from views import common
+from views import common, data
 
 run, t, fam, setting = common.page_start("Questions")
 st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). Each question: where it stops, "
            "and whether its answer there is right compared with the other side.")
 
-store = st.session_state["store"]
-saved = store.presets() if store is not None else {}
+saved = data.presets()
 against = st.selectbox("Compare against", ["full length", *[f"preset: {n}" for n in saved], "a preset link or JSON…"],
                        key="q_against")
 try:
@@ -56,13 +55,13 @@ ids = view["question"].tolist()
 if not ids:
     st.info("No question in this selection.")
     st.stop()
-pick = ids[rows[0]] if rows else st.query_params.get("q")
+pick = ids[rows[0]] if rows else data.query("q")
 pick = pick if pick in set(t.question_ids) else ids[0]
-st.query_params["q"] = pick
+data.set_query("q", pick)
 i = int(np.flatnonzero(t.question_ids == pick)[0])
 
 st.subheader(f"Trace of {pick}")
-tr = store.trace(run["id"], pick)
+tr = data.trace(run, pick)
 n_ck = int(t.lengths[i])
 ck = pd.DataFrame({"checkpoint": np.arange(n_ck), "pos": t.pos[i, :n_ck], "answer": t.answers[i, :n_ck],
                    "EM": t.em[i, :n_ck], "p_mean": t.p_mean[i, :n_ck], "entropy": t.entropy[i, :n_ck],

@@ -3,16 +3,16 @@ import streamlit as st
 
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.schema import from_dict, from_setting
-from views import common
+from views import common, data
 
 run, t, fam, current = common.page_start("Report")
-runs = st.session_state["runs"]
-saved = st.session_state["store"].presets()
+runs = data.picked_runs()
+saved = data.presets()
 st.caption("For a stakeholder: headline numbers, the frontier, where the losses come from, and the recommended "
            "operating point with its confidence intervals, chosen on one half of the questions and checked on the other. "
            "A run with your own stopper (imported with its stop positions) opens with how it compares.")
 ids = st.multiselect("Runs", [r["id"] for r in runs], default=[run["id"]], key="rep_runs",
-                     format_func=lambda i: next(f"{r['model']} · {r['dataset']}" for r in runs if r["id"] == i))
+                     format_func=data.run_labeller(runs))
 names = st.multiselect("Presets to report", ["the current setting", *saved], default=["the current setting"],
                        key="rep_presets")
 c1, c2 = st.columns(2)
@@ -25,8 +25,7 @@ if st.button("Build the report", type="primary", key="rep_build", disabled=not i
     try:
         presets = [from_setting(current, f"current: {current.label()}") if n == "the current setting"
                    else from_dict(saved[n]) for n in names]
-        tables = [(r, common.table_for(r)) for r in runs
-                  if r["id"] in ids]
+        tables = [(r, data.table_for(r)) for r in runs if r["id"] in ids]
         with st.spinner("Replaying, bootstrapping and drawing the charts (a few seconds)…"):
             rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by)
         st.session_state["report"] = (rep["html"], rep["markdown"], zip_bundle(rep))

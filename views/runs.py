@@ -1,5 +1,4 @@
 """Runs: what the store holds; start a new run as a background job; import a file of generations."""
-import os
 import tempfile
 from pathlib import Path
 
@@ -8,12 +7,12 @@ import streamlit as st
 
 from analysis.production import jobs
 from analysis.core.errors import StoplineError
-from analysis.core.store import DEFAULT_DB
+from views import data
 
-MY_DB = os.environ.get("STOPLINE_DB", DEFAULT_DB)
+MY_DB = data.my_db()
 
 st.header("Runs")
-runs = st.session_state.get("runs") or []
+runs = data.picked_runs()
 if not runs:
     st.info("This store has no runs yet: start one or import a file below.")
 else:
@@ -25,9 +24,7 @@ else:
                                              "n_checkpoints", "em_full", "mean_tokens")}, "tokens": tokens(r)}
                        for r in runs])
     st.dataframe(df, hide_index=True, width="stretch")
-    store = st.session_state.get("store")
-    attr = store.attributions() if store is not None else {}
-    for ds, text in attr.items():
+    for ds, text in data.attributions().items():
         if any(r["dataset"] == ds for r in runs):
             st.caption(f"Questions of `{ds}`: {text}")
 st.caption(f"New runs and imports go to your store, `{MY_DB}` (the demo store is never written).")
@@ -126,7 +123,7 @@ with tab_import:
                        + ", ".join(f"`{k}`" for k in pv["fields"]) + ". What the import would read from them:")
             st.dataframe(pd.DataFrame(pv["rows"]).astype(str), hide_index=True, width="stretch")
         if st.button("Import", type="primary", key="imp_go", disabled=up is None or not mname or not dname):
-            res = import_generations(MY_DB, spec, show_progress=False)
+            res = import_generations(MY_DB, spec, show_progress=False)   # opened only once the file passed its checks
             verb = "Imported" if res["created"] else "Already imported as"
             st.success(f"{verb} run {res['run_id']}: {res['n_questions']} traces, {res['n_checkpoints']} checkpoints, "
                        f"EM at full length {res['em_full']:.3f}. Pick 'My store' in the sidebar to explore it.")

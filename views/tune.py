@@ -7,9 +7,9 @@ import streamlit as st
 from analysis.core.errors import StoplineError
 from analysis.evaluate.frontier import setting_of
 from analysis.evaluate.optimize import evaluate, pick
-from analysis.replay.policies import Setting, families, get_family
+from analysis.replay.policies import Setting, available_families, get_family
 from analysis.replay.engine import stop_index
-from views import common
+from views import common, data
 
 
 def widgets(t, fam: str, start: dict, prefix: str) -> dict:
@@ -45,8 +45,7 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
         if p.kind != "setting":
             continue
         sub = Setting.from_dict(start.get(p.name, p.default))
-        allowed = [f for f in families() if f != fam and f != "hybrid"
-                   and all(t.has_signal(s) for s in get_family(f).required_signals(get_family(f).defaults()))]
+        allowed = [f for f in available_families(t, nested=True) if f != fam]
         with st.container(border=True):
             f = st.selectbox(f"{p.name}: {p.help}", allowed, index=allowed.index(sub.family) if sub.family in allowed else 0,
                              key=f"{prefix}.{p.name}.family", format_func=lambda x: get_family(x).label)
@@ -57,8 +56,7 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
 
 def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
     """Button callback: make the best setting for the goal current, and set the controls to it."""
-    run = st.session_state["run"]
-    pts = common.sweep_points(st.session_state["db"], run["id"], run["n_questions"], run["n_checkpoints"])
+    pts = data.sweep_for(data.picked_run())
     if scope == "this family":
         pts = pts[pts.family.isin([fam, "full"])]
     row = pick(pts, goal, value)
@@ -66,9 +64,8 @@ def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
         st.session_state["jump_msg"] = f"No setting meets that ({goal} {value:g})."
         return
     s = setting_of(row)
-    common.remember_setting(s)
-    st.session_state["family"] = s.family
-    st.query_params["family"] = s.family
+    data.remember_setting(s)
+    data.pick_family(s.family)
 
     def fill(setting, prefix):
         for k, v in setting.params.items():
@@ -86,7 +83,7 @@ def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
 st.header("Tune")
 run = common.current_run()
 if run:
-    t = common.table_for(run)
+    t = data.table_for(run)
     fam = common.family_picker(t)
     cls = get_family(fam)
     st.caption(f"{cls.description} ({cls.source})")
@@ -107,7 +104,7 @@ if run:
     try:
         setting = Setting.from_dict({"family": fam, "params": params})
         stops = stop_index(t, setting)
-        common.remember_setting(setting)
+        data.remember_setting(setting)
     except StoplineError as e:
         st.error(str(e))
         st.stop()

@@ -6,6 +6,9 @@ transaction, and closes it. A writer (a generation run) commits one batch of fin
 transaction; readers (the dashboard, the CLI) open read-only for one query and cache the result. When the
 file is momentarily locked by the other side, the open is retried with back-off for up to ``lock_timeout``
 seconds. A batch is either wholly in the store or not at all, so a killed run loses nothing it had committed.
+
+About 400 lines: ``Store`` is the whole SQL surface (connections, writes, reads), kept in one class so every
+query sits beside the others on the same tables; the schema's steps are in migrations.py.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from analysis.replay.slices import slice_labels
 from analysis.presets.schema import Preset
 from analysis.presets.routing import preset_stops
 from analysis.replay.engine import Outcome, RunTable, outcome_from_stops
-from analysis.evaluate.stats import mcnemar
+from analysis.evaluate.stats import bootstrap_means, mcnemar, percentile_ci
 
 
 def default_slice(t: RunTable) -> str:
@@ -20,14 +20,10 @@ def default_slice(t: RunTable) -> str:
 
 def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of mean(b) - mean(a), resampling questions (pairs) together."""
-    n = len(a)
-    if n == 0:
+    if len(a) == 0:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
     d = np.asarray(b, float) - np.asarray(a, float)
-    means = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    lo, hi = np.percentile(means, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return float(lo), float(hi)
+    return percentile_ci(bootstrap_means({"d": d}, n_boot, seed, batch=None)["d"], level)
 
 
 def paired(oa: Outcome, ob: Outcome, n_boot: int) -> dict:

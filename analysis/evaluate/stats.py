@@ -6,27 +6,40 @@ import numpy as np
 from scipy import stats as sps
 
 
+def bootstrap_means(columns: dict[str, np.ndarray], n_boot: int = 2000, seed: int = 0, batch: int | None = 250,
+                    rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """The one bootstrap: each column's mean over ``n_boot`` resamples of its rows, the same rows for every
+    column (paired: questions resampled together). ``batch``: resamples drawn per step (memory is batch x n
+    indices; None: all at once); ``rng``: go on drawing from another resampling (independent samples, as the
+    monitor's A/B arms are)."""
+    n = len(next(iter(columns.values())))
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    step = batch or n_boot
+    acc: dict[str, list] = {k: [] for k in columns}
+    for start in range(0, n_boot, step):
+        idx = rng.integers(0, n, size=(min(step, n_boot - start), n))
+        for k, v in columns.items():
+            acc[k].append(np.asarray(v, dtype=np.float64)[idx].mean(axis=1))
+    return {k: np.concatenate(v) for k, v in acc.items()}
+
+
+def percentile_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates ``x``."""
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return float(np.percentile(x, lo)), float(np.percentile(x, hi))
+
+
 def bootstrap_ci(em: np.ndarray, full_em: np.ndarray, emitted: np.ndarray, full_tokens: np.ndarray,
                  computed: np.ndarray | None = None, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
                  batch: int = 250) -> dict[str, tuple[float, float]]:
     """Percentile CIs for EM, ΔEM (paired), savings (emitted, computed), resampling questions together."""
-    n = len(em)
-    if n == 0:
+    if len(em) == 0:
         return {}
-    rng = np.random.default_rng(seed)
-    cols = {"em": em, "full": full_em, "emitted": emitted, "full_tokens": full_tokens,
-            "computed": computed if computed is not None else emitted}
-    acc = {k: [] for k in cols}
-    for start in range(0, n_boot, batch):
-        b = min(batch, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        for k, v in cols.items():
-            acc[k].append(np.asarray(v, dtype=np.float64)[idx].mean(axis=1))
-    m = {k: np.concatenate(v) for k, v in acc.items()}
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    m = bootstrap_means({"em": em, "full": full_em, "emitted": emitted, "full_tokens": full_tokens,
+                         "computed": computed if computed is not None else emitted}, n_boot, seed, batch)
 
     def ci(x):
-        return float(np.percentile(x, lo)), float(np.percentile(x, hi))
+        return percentile_ci(x, level)
     return {"em": ci(m["em"]), "delta_em": ci(m["em"] - m["full"]),
             "savings_emitted": ci(1 - m["emitted"] / m["full_tokens"]),
             "savings_computed": ci(1 - m["computed"] / m["full_tokens"])}

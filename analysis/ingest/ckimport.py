@@ -15,6 +15,7 @@ The last checkpoint of each question is its full-length answer, as everywhere in
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -92,8 +93,6 @@ def _columns_from_records(spec, want: dict[str, str]) -> tuple[pa.Table, str, di
 
 def _odd_one(values: list) -> tuple[int, str]:
     """The first value whose kind (number, str, list, ...) is not the most common one, and that kind."""
-    from collections import Counter
-
     def kind(v):
         return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
     kinds = [kind(v) if v is not None else None for v in values]

@@ -19,6 +19,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
+
+import pandas as pd
 
 from analysis.core.answers import (ANSWER_TYPES, CHOICE, MATH, NUMBER, TEXT, extract_number_text, is_number, math_parses,
                       normalize_gold, normalize_number)
@@ -132,7 +135,6 @@ def check_gold(gold: list[str], answer_type: str) -> str | None:
 # --- adapters ---------------------------------------------------------------------------------------------
 def _rg_config(task: str, query: str) -> dict:
     """Task options from the id, ``rg:basic_arithmetic?max_terms=3&max_digits=2``: numbers, true/false, text."""
-    from urllib.parse import parse_qsl
     out: dict[str, Any] = {}
     for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if not k.isidentifier():
@@ -153,7 +155,7 @@ def _rg_config(task: str, query: str) -> dict:
 
 def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
     try:
-        import reasoning_gym
+        import reasoning_gym        # lazy: a heavy library (its task registry), only for rg: ids
     except ImportError as e:  # pragma: no cover - it is a pinned requirement
         raise StoplineError("reasoning-gym is not installed", hint="pip install -r requirements.txt") from e
     size = limit or 200
@@ -199,7 +201,6 @@ def _table_rows(kind: str, path: str) -> Iterable[tuple[int, dict]]:
         yield from _read_jsonl_rows(path)
         return
     check_file(path)
-    import pandas as pd
     try:
         df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except Exception as e:
@@ -272,7 +273,7 @@ def _nq_open(path: str, limit: int | None, **kw: Any) -> Dataset:
 def _hf(name: str, limit: int | None, split: str = "test", question_field: str = "question",
         gold_field: str = "answer", answer_type: str = NUMBER, **_: Any) -> Dataset:
     try:
-        import datasets as hf_datasets
+        import datasets as hf_datasets      # lazy: a heavy library, only for hf: ids
     except ImportError:
         raise StoplineError("the 'datasets' package is needed for hf: ids", hint="pip install datasets") from None
     config = None

@@ -7,6 +7,7 @@ The store is written to a temporary file and moved into place when complete.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from analysis.backend.models import load
@@ -91,7 +92,6 @@ def _seal(store: Store, tmp: Path, path) -> None:
 def refresh_sweeps(path: str = DEMO_DB) -> dict:
     """Key the store's kept sweeps to the current code, after a change to the replay, the fronts or a policy
     (a stale one is only a miss: the dashboard then sweeps the run itself). The runs are not touched."""
-    import shutil
     tmp = Path(str(path) + ".sweeps")
     shutil.copy(path, tmp)
     try:

@@ -14,11 +14,16 @@ or inline ``<think>…</think>``) becomes a ``<think>…</think>`` part before t
 """
 from __future__ import annotations
 
+import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from analysis.ingest.datasets import BOM, check_file, get_path
 from analysis.core.errors import StoplineError
@@ -61,11 +66,7 @@ def field(rec: dict, path: str, loc: Loc, what: str, hint: str | None = None) ->
 
 
 def _loads():
-    try:
-        import orjson
-        return orjson.loads, (orjson.JSONDecodeError,)
-    except ImportError:  # pragma: no cover
-        return json.loads, (json.JSONDecodeError,)
+    return orjson.loads, (orjson.JSONDecodeError,)
 
 
 def read(path: str, kind: str | None = None, records: str | None = None, max_line_mb: float = 16
@@ -160,13 +161,9 @@ def _table(path: str, kind: str, **_) -> Iterator[tuple[Loc, dict]]:
 
 def read_table(path: str, kind: str):
     """A CSV or Parquet file as an Arrow table (CSV cells stay strings: a gold '007' is not 7)."""
-    import pyarrow as pa
     try:
         if kind == "parquet":
-            import pyarrow.parquet as pq
             return pq.read_table(path)
-        import pyarrow.csv as pcsv
-        import csv
         delim = "\t" if path.lower().endswith(".tsv") else ","
         # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow's reader skips it too)
         with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:

@@ -16,6 +16,9 @@ Three ways to plug it in:
 
 Every checkpoint and every request's end go to a decision log (JSON lines, flushed per line) that
 ``python -m analysis monitor`` reads.
+
+About 400 lines: the decision step and its three callers share the session's history and the log's records,
+so they are read together; what a family can do live comes from its declaration (``Policy.deployable``).
 """
 from __future__ import annotations
 
@@ -39,19 +42,19 @@ from analysis.core.progress import progress
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.presets.routing import EXPLORE, request_fields, Route, route
 from analysis.replay.engine import RunTable
-from analysis.replay.policies.base import Setting
 
 LOG_VERSION = 1
 
 
 def _unsupported(setting) -> str | None:
-    if setting.family == "learned":
-        return "the learned family (its classifier is cross-fitted per question in replay; export is not built yet)"
-    if setting.family == "hybrid":
-        for k in ("a", "b"):
-            why = _unsupported(Setting.from_dict(setting.params[k]))
-            if why:
-                return why
+    """Why the controller cannot run this setting (the family's or a part's ``deployable``), or None."""
+    pol = setting.policy
+    if not pol.deployable:
+        return f"the {pol.name} family ({pol.undeployable_because})"
+    for part in pol.parts(setting.params):
+        why = _unsupported(part)
+        if why:
+            return why
     return None
 
 

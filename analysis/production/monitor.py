@@ -25,15 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu
 
 from analysis.core.answers import normalize_gold, score
 from analysis.core.errors import StoplineError
 from analysis.core.store import DEMO_DB, Store
 from analysis.evaluate.optimize import operating_point
+from analysis.evaluate.stats import bootstrap_means, percentile_ci
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import from_dict, load
 from analysis.replay.engine import RunTable
-from analysis.replay.policies import families
+from analysis.replay.policies import deployable_families
 
 ALPHA = 0.01
 TOL_TOKENS = 0.10      # relative rise of mean tokens before it counts
@@ -153,18 +156,16 @@ def _golds(g) -> list[str]:
 
 
 def _boot_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
-    """95% bootstrap CI of mean(a) - mean(b) for two independent samples."""
+    """95% bootstrap CI of mean(a) - mean(b) for two independent samples (each resampled on its own)."""
     if len(a) == 0 or len(b) == 0:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    da = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-    db = b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
-    lo, hi = np.percentile(da - db, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    da = bootstrap_means({"a": a}, n_boot, batch=None, rng=rng)["a"]
+    db = bootstrap_means({"b": b}, n_boot, batch=None, rng=rng)["b"]
+    return list(percentile_ci(da - db))
 
 
 def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
-    from scipy.stats import fisher_exact
     if n1 == 0 or n2 == 0:
         return float("nan")
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative)[1])
@@ -173,7 +174,6 @@ def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") 
 def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = None, alpha: float = ALPHA,
             propose: bool = True) -> dict:
     """The monitoring report: promised vs observed, drift tests, flags, a recalibration proposal, A/B."""
-    from scipy.stats import ks_2samp, mannwhitneyu
     header, ck, fin = read_log(log_paths)
     if preset is None:
         if "preset" not in header:
@@ -265,7 +265,6 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
 
 
 def ab_compare(fin: pd.DataFrame) -> dict:
-    from scipy.stats import mannwhitneyu
     a = fin[fin["arm"] == "champion"]
     b = fin[fin["arm"] == "challenger"]
     ta, tb = a["tokens_emitted"].to_numpy(float), b["tokens_emitted"].to_numpy(float)
@@ -286,7 +285,6 @@ def ab_compare(fin: pd.DataFrame) -> dict:
 
 def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
     """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
-    import pyarrow as pa
     ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
     if ex.empty or ck.empty:
         return None
@@ -322,7 +320,7 @@ def propose_setting(ck, fin, preset, cal, answer_type) -> dict:
         return {"ok": False, "reason": (f"needs at least {MIN_EXPLORE} labelled exploration requests (full length, "
                                         f"with a gold answer); the log has {n}. Raise routing.explore or add labels.")}
     drop = max(0.0, float(cal["full_em"].mean() - cal["em"].mean()))
-    fams = [f for f in families() if f != "learned"]
+    fams = deployable_families()          # a proposal the controller can run
     try:
         op = operating_point(t, "drop", drop, families=fams, n_boot=500)
     except StoplineError as e:

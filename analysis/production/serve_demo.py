@@ -21,7 +21,7 @@ from analysis.ingest.datasets import load_dataset
 from analysis.presets.schema import from_dict, load as load_preset
 from analysis.production.controller import controlled_generate, Controller
 from analysis.replay.engine import RunTable
-from analysis.replay.policies import families
+from analysis.replay.policies import deployable_families
 
 
 def _portable(path: str) -> str:
@@ -34,7 +34,7 @@ def _portable(path: str) -> str:
 
 
 def default_preset(t, explore: float = 0.35):
-    op = operating_point(t, "drop", 0.03, families=[f for f in families() if f != "learned"], n_boot=200)
+    op = operating_point(t, "drop", 0.03, families=deployable_families(), n_boot=200)
     return from_dict({"stopline_preset": 1, "name": f"within 3 EM points: {op['label']}"[:200],
                       "setting": op["setting"], "routing": {"explore": explore},
                       "notes": f"chosen on the tune half of run {t.run_id}; test EM {op['test']['em']:.3f}"})

@@ -86,13 +86,24 @@ class Param:
 
 
 class Policy:
-    """Base class of a policy family. Subclasses set the class attributes and implement ``fires``."""
+    """Base class of a policy family. Subclasses set the class attributes and implement ``fires``.
+
+    What a family can do is declared here, once, and read by everyone who needs it: ``requires`` (the probe
+    signals its rule reads at its default parameters; ``required_signals`` for given ones), so a run without
+    them does not offer it (``available_families``); ``needs_probes`` (whether its rule reads trial answers, so
+    production must probe at checkpoints; domain.md: a pure budget needs none); ``deployable`` (whether the live
+    controller can run it; ``undeployable_because`` says why not); ``nestable`` (whether it can be a part of
+    another family's nested setting, as a hybrid's parts are)."""
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     description: ClassVar[str] = ""
     source: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
-    requires: ClassVar[tuple[str, ...]] = ()   # per-checkpoint signals the rule reads
+    requires: ClassVar[tuple[str, ...]] = ()   # per-checkpoint signals the rule reads (default parameters)
+    needs_probes: ClassVar[bool] = True        # reads trial answers or their signals
+    deployable: ClassVar[bool] = True          # the live controller (analysis/production) can run it
+    undeployable_because: ClassVar[str] = ""   # when not deployable: why, in a few words
+    nestable: ClassVar[bool] = True            # may be a part of a nested setting (a hybrid's a or b)
 
     # -- declaration helpers ------------------------------------------------------------------------------
     @classmethod
@@ -127,6 +138,21 @@ class Policy:
     @classmethod
     def required_signals(cls, params: dict) -> tuple[str, ...]:
         return cls.requires
+
+    @classmethod
+    def parts(cls, params: dict) -> tuple["Setting", ...]:
+        """The nested settings of a composite family (a hybrid's two rules); none for a plain one."""
+        return tuple(Setting.from_dict(params[p.name]) for p in cls.params if p.kind == "setting")
+
+    @classmethod
+    def probes_needed(cls, params: dict) -> bool:
+        """Whether this setting reads trial answers (its own rule's or any part's)."""
+        return cls.needs_probes or any(s.policy.probes_needed(s.params) for s in cls.parts(params))
+
+    @classmethod
+    def available_on(cls, t: "RunTable") -> bool:
+        """Whether run ``t`` has the signals the family reads at its default parameters."""
+        return all(t.has_signal(s) for s in cls.required_signals(cls.defaults()))
 
     @classmethod
     def grid(cls, table: "RunTable") -> list[dict]:
@@ -230,6 +256,17 @@ def get_family(name: str) -> type[Policy]:
 def families() -> list[str]:
     _load_all()
     return list(_REGISTRY)
+
+
+def available_families(t: "RunTable", nested: bool = False) -> list[str]:
+    """The families run ``t`` can replay (it has the signals they read); ``nested``: only those that may be a
+    part of a nested setting."""
+    return [f for f in families() if get_family(f).available_on(t) and (get_family(f).nestable or not nested)]
+
+
+def deployable_families() -> list[str]:
+    """The families the live controller can run (what production may be offered)."""
+    return [f for f in families() if get_family(f).deployable]
 
 
 _loaded = False

@@ -10,6 +10,8 @@ class Budget(Policy):
     label = "Token budget"
     description = "Stop at the first checkpoint at or past B tokens, whatever the model is saying."
     source = "s1 budget forcing"
+    requires = ()
+    needs_probes = False             # it reads positions only
     params = (Param("B", "int", 256, "token budget: stop at the first checkpoint at or past this many tokens",
                     low=1, high=32768, log=True, label="budget B (tokens)"),)
 

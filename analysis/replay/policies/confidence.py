@@ -11,6 +11,7 @@ class Confidence(Policy):
     description = ("Stop when the trial answer's confidence (mean, geometric mean or minimum of its token "
                    "probabilities) reaches tau; optionally only at transition-word checkpoints, as DEER does.")
     source = "DEER (tau = 0.95 on the mean)"
+    requires = ("p_mean",)           # the default aggregate's; required_signals names the picked one's
     params = (
         Param("tau", "float", 0.95, "confidence threshold", low=0.0, high=1.0,
               grid=(0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96,

@@ -1,6 +1,4 @@
 """Hybrid: two rules combined with AND / OR, with a floor (never before m tokens) and a cap (always by M)."""
-import numpy as np
-
 from analysis.replay.policies.base import Param, Policy, PresetError, Setting, register
 
 _A = {"family": "confidence", "params": {"tau": 0.9}}
@@ -14,6 +12,8 @@ class Hybrid(Policy):
     description = ("Combine two rules with AND or OR; never stop before `floor` tokens; always stop by `cap` "
                    "tokens (0 = no cap).")
     source = "CoDE-Stop combines confidence and its dynamics"
+    needs_probes = False             # its own floor and cap read positions; its parts say what they need
+    nestable = False
     params = (
         Param("a", "setting", _A, "first rule"),
         Param("b", "setting", _B, "second rule"),
@@ -37,7 +37,7 @@ class Hybrid(Policy):
         for k in ("a", "b"):
             if not isinstance(out[k], Setting):
                 out[k] = Setting.from_dict(out[k], f"{where}.{k}")
-            if out[k].family == "hybrid":
+            if not out[k].policy.nestable:
                 raise PresetError("a hybrid's parts cannot themselves be hybrids", field=f"{where}.{k}.family")
         return out
 

@@ -100,6 +100,9 @@ class Learned(Policy):
     description = ("A classifier predicts, at each checkpoint, the chance that the trial answer is right; stop "
                    "when it reaches tau. Cross-fitted: a question is decided by a model trained on other questions.")
     source = "LearnStop; probing for answer correctness"
+    requires = ()                    # features='auto' uses the signals when the run has them
+    deployable = False
+    undeployable_because = "its classifier is cross-fitted per question in replay; export is not built yet"
     params = (
         Param("tau", "float", 0.8, "stop when P(trial answer correct) reaches this", low=0.0, high=1.0,
               grid=tuple(round(x, 2) for x in np.linspace(0.3, 0.98, 21))),

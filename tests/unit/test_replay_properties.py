@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -10,7 +9,8 @@ from hypothesis import strategies as st
 from analysis.core.errors import MissingSignal
 from analysis.replay.policies import Setting
 from analysis.replay.policies.learned import features
-from analysis.replay.engine import RunTable, stop_index
+from analysis.replay.engine import stop_index
+from tests.helpers import table_of_rows
 
 ANSWERS = ["", "1", "2", "3"]
 
@@ -34,8 +34,7 @@ def tables(draw):
                 "is_step": draw(st.booleans()), "is_transition": draw(st.booleans()),
                 "answer_tokens": 2, "probe_tokens": 5,
             })
-    tbl = pa.Table.from_pylist(rows)
-    return RunTable.from_arrow(tbl, "prop"), rows
+    return table_of_rows(rows, "prop"), rows
 
 
 def by_question(rows):
@@ -123,7 +122,7 @@ def test_learned_features_are_causal(tbl, data):
     full = features(t, "all")
     for qi, q in enumerate(by_question(rows)):
         j = data.draw(st.integers(0, len(q) - 1))
-        prefix = RunTable.from_arrow(pa.Table.from_pylist(q[: j + 1]), "prefix")
+        prefix = table_of_rows(q[: j + 1], "prefix")
         np.testing.assert_allclose(features(prefix, "all")[0, j], full[qi, j])
 
 
@@ -136,6 +135,6 @@ def test_every_family_is_causal(tbl, setting):
     stops = stop_index(t, setting)
     for qi, q in enumerate(by_question(rows)):
         s = int(stops[qi])
-        prefix = RunTable.from_arrow(pa.Table.from_pylist(q[: s + 1]), "prefix")
+        prefix = table_of_rows(q[: s + 1], "prefix")
         prefix._signals = t._signals  # a prefix may hold only NaNs of a signal the run has
         assert int(stop_index(prefix, setting)[0]) == s

@@ -20,7 +20,7 @@ from analysis.ingest.pipeline import run
 from analysis.backend.tiny import build_model, save_tiny
 from analysis.replay.policies import Setting
 from analysis.replay.engine import RunTable, full_length, replay
-from conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +298,7 @@ def test_bad_model_is_a_clear_error(cli, tmp_path):
 def test_reprobe_an_imported_run_adds_signals(tiny, store):
     from analysis.ingest.reprobe import reprobe
     from analysis.ingest.importer import ImportSpec, import_generations
-    from conftest import FIXTURES
+    from tests.helpers import FIXTURES
     imp = import_generations(store, ImportSpec(path=str(FIXTURES / "solutions.jsonl"), model="hand",
                                                dataset="hand-gsm", response_field="outputs.solution"),
                              show_progress=False)

@@ -1,4 +1,4 @@
-"""The Frontier chart's ECharts option, built from a real sweep (no browser: tests/test_browser.py clicks it)."""
+"""The Frontier chart's ECharts option, built from a real sweep (no browser: tests/browser/test_dashboard.py clicks it)."""
 import json
 
 from analysis.evaluate.frontier import sweep

@@ -6,7 +6,7 @@ import pytest
 
 from analysis.core.errors import StoplineError
 from analysis.ingest.importer import ImportSpec, import_generations
-from conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 SOLUTIONS = FIXTURES / "solutions.jsonl"
 
@@ -132,7 +132,7 @@ def test_store_stays_valid_after_a_failed_import(store, tmp_path):
 def test_vectorised_derive_equals_the_per_trace_path():
     """The chunk-at-once numeric path writes exactly the rows of the per-trace functions (EM included)."""
     import json
-    from analysis.ingest.importer import _derive_chunk
+    from analysis.ingest.derive import _derive_chunk
     items = [(f"q{i}", [str(r["answer"])], r["outputs"]["solution"])
              for i, r in enumerate(map(json.loads, open(FIXTURES / "solutions.jsonl")))]
     items += [("x1", ["7"], "\\boxed{7} and 1,250. #### 7"), ("x2", ["3"], ""), ("x3", ["2"], "no num"),

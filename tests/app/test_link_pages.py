@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from analysis.core.errors import PresetError
 from analysis.presets.schema import encode, loads
-from conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _hybrid(depth: int) -> dict:

@@ -26,11 +26,11 @@ from analysis.backend.prompts import GenConfig, build_prompt
 from analysis.core.errors import StoplineError
 from analysis.core.store import Store
 from analysis.ingest.pipeline import run_openai
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.vllm
 MODEL = "smollm2-135m-instruct"
 DATASET = "rg:basic_arithmetic"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from analysis.cli.main import COMMANDS, build_parser
-from conftest import FIXTURES, ROOT
+from tests.helpers import FIXTURES, ROOT
 
 
 def test_help_on_every_command(cli):

@@ -4,16 +4,10 @@ from pathlib import Path
 import pytest
 
 from analysis.core.errors import StoplineError
-from conftest import ROOT
+from tests.helpers import ROOT
 from analysis.evaluate.frontier import sweep
 from analysis.replay.engine import RunTable
-from analysis.core.store import DEMO_DB, SCHEMA_VERSION, Store
-
-
-@pytest.fixture(scope="module")
-def demo():
-    assert Path(DEMO_DB).exists(), "data/demo.duckdb is shipped with the repo"
-    return Store(DEMO_DB, read_only=True)
+from analysis.core.store import DEMO_DB, SCHEMA_VERSION
 
 
 def test_schema_runs_and_counts(demo):
@@ -78,16 +72,6 @@ def test_bundled_serve_demo_log_opens_against_the_demo_store():
     res = monitor([log], t, preset, [log.with_suffix(".labels.jsonl")])
     assert res["n_requests"] == 40 and res["labelled"] == 40 and res["promised"]["n"] == t.n
     assert res["arms"]["explore"] > 0 and res["proposal"] is not None
-
-
-def test_the_dashboard_opens_on_the_demo_run_whose_trade_off_shows(demo):
-    from streamlit.testing.v1 import AppTest
-    from analysis.ingest.demo import SPEC
-    default = demo.run(demo.default_run())
-    assert (default["model"], default["dataset"]) == SPEC["default_run"] and 0.25 <= default["em_full"] <= 0.85
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()      # a link that names nothing
-    assert not at.exception
-    assert at.sidebar.selectbox(key="run_pick").value == default["id"]
 
 
 def test_the_demo_run_carries_an_example_of_your_mechanism(demo):

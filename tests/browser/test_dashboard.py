@@ -1,56 +1,80 @@
-"""Playwright in Debian's Chromium: what only a browser shows."""
+"""Playwright in Debian's Chromium: what only a browser shows. The helpers below wait on the app's state (a
+script run finished, a value changed, an element shown), never on a clock."""
+import json
 import os
 
 import pytest
 
-from analysis.cli.appserver import dashboard
+from tests.helpers import CHAT, CHROMIUM, FIXTURES
 
-CHROMIUM = "/usr/bin/chromium"
 FRONTIER = "[data-testid=stEChartsChart] svg"      # the Frontier chart (ECharts, SVG renderer)
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")]
 
 
-@pytest.fixture(scope="module")
-def server(synthetic_db, tmp_path_factory):
-    db, rid, _ = synthetic_db
-    scratch = tmp_path_factory.mktemp("browser")
-    env = {"STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
-           "STOPLINE_LOG_DIR": str(scratch / "logs")}
-    server.scratch = scratch
-    with dashboard(env) as url:
-        yield url, db, rid
+# -- helpers ------------------------------------------------------------------------------------------------
+def open_page(browser, server, path: str, height: int = 1000, **kw):
+    """A new page of the dashboard at ``path`` (a page and its query, without the store and run: they are
+    added), in a window ``height`` pixels tall."""
+    url, db, rid = server
+    page = browser.new_page(viewport={"width": 1400, "height": height}, **kw)
+    sep = "&" if "?" in path else "?"
+    page.goto(f"{url}/{path}{sep}db={db}&run={rid}")
+    return page
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
+def wait_for_app_run(page, timeout: int = 90_000) -> None:
+    """Until the script run in flight (if any) has finished: Streamlit marks its root with the run's state."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
 
 
 def metric(page, label):
     return page.locator(f"[data-testid='stMetric']:has-text('{label}') [data-testid='stMetricValue']").inner_text()
 
 
+def wait_for_metric_change(page, label: str, before: str, timeout: int = 30_000) -> None:
+    """Until the metric ``label`` shows something other than ``before``."""
+    page.wait_for_function(
+        "([l, b]) => [...document.querySelectorAll('[data-testid=stMetric]')]"
+        ".some(m => m.innerText.includes(l) && !m.innerText.includes(b))", arg=[label, before], timeout=timeout)
+
+
+def wait_for_heading_change(page, prefix: str, before: str, timeout: int = 30_000) -> None:
+    """Until an h3 starting with ``prefix`` reads other than ``before``."""
+    page.wait_for_function("([p, b]) => [...document.querySelectorAll('h3')]"
+                           ".some(h => h.innerText.startsWith(p) && h.innerText !== b)", arg=[prefix, before],
+                           timeout=timeout)
+
+
+GRID_ROW_PX = 35        # st.dataframe's row height, its header's too (the grid is a canvas: rows are no elements)
+ROW_MARKER_PX = 28      # the width of its row-marker column (the selection checkboxes)
+
+
+def select_grid_row(page, grid, row: int) -> None:
+    """Select data row ``row`` (0-based) of an ``st.dataframe`` with row selection, by its row marker."""
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + ROW_MARKER_PX / 2, box["y"] + GRID_ROW_PX * (row + 1) + GRID_ROW_PX / 2)
+
+
+def click_chart_point(page, point) -> None:
+    """Hover a Frontier point until its tooltip offers the click, then click it where it is drawn."""
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.get_by_text("click to make it current").wait_for(timeout=30_000)
+    page.mouse.click(x, y)
+
+
 def tune_and_move(browser, server, key: str, presses: int):
     """Open Tune on the budget family, note the savings, press a key on the first slider and wait until the
     savings shown change."""
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/tune?db={db}&run={rid}&family=budget")
+    page = open_page(browser, server, "tune?family=budget")
     page.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
     before = metric(page, "Tokens saved (emitted)")
     page.locator("[data-testid='stSlider'] input").first.focus()
     for _ in range(presses):
         page.keyboard.press(key)
-    page.wait_for_function(
-        "(b) => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => m.innerText.includes('Tokens saved (emitted)') && !m.innerText.includes(b))",
-        arg=before, timeout=30_000)
+    wait_for_metric_change(page, "Tokens saved (emitted)", before)
     return page, before
 
 
@@ -61,9 +85,7 @@ def test_tune_slider_changes_the_numbers(server, browser):
 
 
 def test_frontier_chart_is_drawn(server, browser):
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/?db={db}&run={rid}")
+    page = open_page(browser, server, "")
     page.wait_for_selector(f"{FRONTIER} path[transform^=matrix]", timeout=90_000)      # its points are drawn
     assert page.locator(f"{FRONTIER} text", has_text="full length").count() == 1          # in the legend
     assert page.locator(f"{FRONTIER} text", has_text="convex hull").count() == 1
@@ -73,7 +95,7 @@ def test_frontier_chart_is_drawn(server, browser):
 def test_permalink_restores_the_setting_in_a_fresh_browser(server, browser):
     page, before = tune_and_move(browser, server, "End", 1)         # the budget to its top: full length
     page.wait_for_function("() => location.search.includes('s=sl1.')", timeout=30_000)
-    page.wait_for_timeout(1500)
+    wait_for_app_run(page)
     link, em = page.url, metric(page, "Lost / gained")
     tokens = metric(page, "Tokens saved (emitted)")
     page.close()
@@ -81,34 +103,27 @@ def test_permalink_restores_the_setting_in_a_fresh_browser(server, browser):
     p2 = fresh.new_page()
     p2.goto(link)
     p2.wait_for_selector("[data-testid='stMetric']", timeout=90_000)
-    p2.wait_for_timeout(1500)
+    wait_for_app_run(p2)
     assert metric(p2, "Lost / gained") == em and metric(p2, "Tokens saved (emitted)") == tokens
     assert tokens != before                      # the link carries the moved slider, not the default
     fresh.close()
 
 
 def test_a_question_opens_its_trace(server, browser):
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.goto(f"{url}/questions?db={db}&run={rid}&family=consistency")
+    page = open_page(browser, server, "questions?family=consistency", height=1400)
     head = page.locator("h3:has-text('Trace of')")
     head.wait_for(timeout=90_000)
     first = head.inner_text()
     page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
     # pick the table's third row: the trace below switches to that question
-    grid = page.locator("[data-testid='stDataFrame']").first
-    box = grid.bounding_box()
-    page.mouse.click(box["x"] + 14, box["y"] + 35 * 3 + 17)
-    page.wait_for_function("(f) => [...document.querySelectorAll('h3')].some(h => h.innerText.startsWith('Trace of') "
-                           "&& h.innerText !== f)", arg=first, timeout=30_000)
+    select_grid_row(page, page.locator("[data-testid='stDataFrame']").first, 2)
+    wait_for_heading_change(page, "Trace of", first)
     assert "q=" in page.url and page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
     page.close()
 
 
 def test_report_downloads_as_a_self_contained_page(server, browser):
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1200}, accept_downloads=True)
-    page.goto(f"{url}/report?db={db}&run={rid}&family=consistency")
+    page = open_page(browser, server, "report?family=consistency", height=1200, accept_downloads=True)
     page.click("button:has-text('Build the report')", timeout=90_000)
     button = page.locator("button:has-text('Download HTML report')")
     button.wait_for(timeout=120_000)
@@ -121,17 +136,12 @@ def test_report_downloads_as_a_self_contained_page(server, browser):
 
 
 def test_clicking_a_frontier_point_makes_it_the_current_setting(server, browser):
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(f"{url}/?db={db}&run={rid}")
+    page = open_page(browser, server, "", height=1100)
     page.wait_for_selector(f"{FRONTIER} path[transform^=matrix]", timeout=90_000)
     assert page.locator("text=Current setting:").count() == 0
     # a point on the consistency family's front (its dominated points are drawn at opacity 0.25)
     pt = page.locator(f"{FRONTIER} path[transform^=matrix][fill='#2563eb']:not([fill-opacity='0.25'])").nth(1)
-    box = pt.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.wait_for_timeout(300)
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    click_chart_point(page, pt)
     page.wait_for_selector("text=Current setting:", timeout=30_000)
     assert "s=sl1." in page.url and "family=consistency" in page.url
     assert page.locator("p:has-text('Current setting:') code").inner_text().startswith("consistency(")
@@ -141,15 +151,17 @@ def test_clicking_a_frontier_point_makes_it_the_current_setting(server, browser)
 
 def open_import_tab(browser, server):
     """The Runs page's import tab, in a new page."""
-    url, db, rid = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.goto(f"{url}/runs?db={db}&run={rid}")
+    page = open_page(browser, server, "runs", height=1400)
     page.get_by_role("tab", name="Import generations").click()
     return page
 
 
 def upload(page, path) -> None:
+    """Put a file in the uploader and wait until the app has read it (its name shown, the run finished)."""
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(path))
+    page.locator("[data-testid='stFileChipName']", has_text=path.name).wait_for(timeout=30_000)
+    page.locator("[data-testid='stFileChipIconSpinner']").wait_for(state="detached", timeout=30_000)
+    wait_for_app_run(page)
 
 
 def import_as(page, model: str, dataset: str) -> str:
@@ -163,7 +175,6 @@ def import_as(page, model: str, dataset: str) -> str:
 
 
 def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_path):
-    from conftest import FIXTURES
     page = open_import_tab(browser, server)
     upload(page, FIXTURES / "solutions.jsonl")
     page.wait_for_selector("text=What the import would read", timeout=30_000)
@@ -172,7 +183,7 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1", "outputs": {"solution": "1"}}\n{"question": "q2"}\n')
     upload(page, bad)
-    page.wait_for_timeout(1500)
+    page.wait_for_selector("text=2 records", timeout=30_000)      # the preview is of the new file
     page.get_by_role("button", name="Import", exact=True).click()
     page.wait_for_selector("[data-testid='stAlertContentError']", timeout=60_000)
     err = page.locator("[data-testid='stAlertContentError']").inner_text()
@@ -183,9 +194,6 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
 def test_upload_a_chat_log_with_reasoning_shows_what_it_reads_first(server, browser, tmp_path):
     """The upload form's other formats: an OpenAI-style chat log previewed (its record count and a table of
     what the import would read), then imported."""
-    import json
-
-    from test_import_formats import CHAT
     log = tmp_path / "proxy-log.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
     page = open_import_tab(browser, server)

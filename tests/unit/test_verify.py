@@ -4,25 +4,19 @@ live values left the recorded ones; ``robustness.stop_sensitivity`` says how man
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.production.controller import Controller, simulate
 from analysis.production.monitor import read_log
 from analysis.presets.schema import from_dict
-from analysis.replay.engine import RunTable
 from analysis.evaluate.robustness import noise_from, perturb, stop_sensitivity
-from analysis.ingest.synthetic import synthetic_tables
 from analysis.production.verify import check_decisions, compare_values
+from tests.helpers import synthetic_table
 
 
 @pytest.fixture(scope="module")
 def table():
-    qs, _, ck = synthetic_tables(120, 20, seed=4)
-    t = RunTable.from_arrow(ck)
-    t.meta = pd.DataFrame({"question_id": t.question_ids, "question_chars": [len(q.text) for q in qs],
-                           "meta.difficulty": [q.meta["difficulty"] for q in qs]})
-    return t
+    return synthetic_table(120, 20, seed=4)
 
 
 def _preset(setting, routing=None):

@@ -15,7 +15,7 @@ from analysis.replay.engine import GAINED, KEPT_RIGHT, LOST, RunTable
 from analysis.core.schema import CHECKPOINT_COLUMNS, TRACE_COLUMNS
 from analysis.core.store import SCHEMA_VERSION, Store
 from analysis.ingest.synthetic import write_synthetic_run
-from conftest import budget_like_run
+from tests.helpers import budget_like_run
 
 # a hand-made run (gold 42 throughout): per question the checkpoints' (position, trial answer); the last
 # checkpoint is the trace's end. Probes cost 12 tokens, answers 2.

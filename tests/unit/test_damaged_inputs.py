@@ -8,7 +8,7 @@ import pytest
 
 from analysis.core.errors import StoplineError
 from analysis.core.store import Store
-from conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 OK = [{"question": "Calculate 7 + -84.", "answer": "-77", "response": "7 + -84 = -77. So \\boxed{-77}"},
       {"question": "Calculate 100 - 1.", "answer": "99", "response": "That is 99.\n\n#### 99"}]

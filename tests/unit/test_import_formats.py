@@ -9,6 +9,7 @@ import pytest
 
 from analysis.replay.engine import RunTable
 from analysis.core.store import Store
+from tests.helpers import CHAT
 
 ROWS = [
     {"question": "Calculate 7 + -84.", "answer": "-77", "response": "7 + -84 = -77. So \\boxed{-77}"},
@@ -75,24 +76,6 @@ def test_csv_and_parquet_with_the_same_mapping(tmp_path, cli):
                    tmp_path / "bad.parquet")
     code, _, err = _import(cli, tmp_path / "b.duckdb", tmp_path / "bad.parquet")
     assert code == 2 and "row 1.answer" in err and "holds no number" in err
-
-
-CHAT = [
-    {"request": {"model": "r1", "messages": [{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": "Calculate 20 - 3."}]},
-     "response": {"choices": [{"message": {"role": "assistant", "reasoning_content":
-                                           "20 - 3 is 17.\n\nWait, let me check: 20 - 3 = 17.",
-                                           "content": "The answer is \\boxed{17}."}}]},
-     "gold": "17"},
-    {"request": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Calculate 6 * 7."}]}]},
-     "response": {"choices": [{"message": {"reasoning": "6 * 7 = 42. Hmm, 6 * 7 is 41?", "content": "\\boxed{42}"}}]},
-     "gold": 42},
-    {"request": {"messages": [{"role": "user", "content": "Calculate 9 + 9."}]},
-     "response": {"body": {"choices": [{"message": {"content": "<think>9 + 9 = 18. So 18.</think>\\boxed{19}"}}]}},
-     "gold": "18"},
-    {"request": {"prompt": "Calculate 2 + 2."}, "response": {"choices": [{"text": "2 + 2 = 4. \\boxed{4}"}]},
-     "gold": "4"},
-]
 
 
 def test_openai_chat_logs_with_reasoning(tmp_path, cli):

@@ -12,15 +12,11 @@ from analysis.presets.schema import from_dict, loads
 from analysis.presets.routing import preset_stops
 from analysis.replay.engine import RunTable
 from analysis.presets.routing import request_fields, route, route_table
-from analysis.ingest.synthetic import synthetic_tables, write_synthetic_run
+from analysis.ingest.synthetic import write_synthetic_run
+from tests.helpers import synthetic_table
 
 
-def _table(n=300, m=30, seed=1, difficulty=(0.0, 1.0)):
-    qs, _, ck = synthetic_tables(n, m, seed=seed, difficulty=difficulty)
-    t = RunTable.from_arrow(ck)
-    t.meta = pd.DataFrame({"question_id": t.question_ids, "question_chars": [len(q.text) for q in qs],
-                           "meta.difficulty": [q.meta["difficulty"] for q in qs]})
-    return t
+_table = synthetic_table
 
 
 def _preset(setting, routing=None, name="p"):

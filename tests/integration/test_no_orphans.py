@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _children(pid: int) -> list[int]:

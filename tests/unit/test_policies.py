@@ -1,25 +1,15 @@
 """Hand-built cases where the right stop is known, for each family; cross-fitting of the learned stopper."""
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from analysis.core.errors import MissingSignal, PresetError
-from analysis.replay.policies import Setting, families, get_family
+from analysis.replay.policies import Setting, available_families, deployable_families, families, get_family
 from analysis.replay.policies.learned import cross_fit, fold_of
 from analysis.replay.engine import RunTable, full_length, replay, stop_index
+from tests.helpers import checkpoint_table
 
 
-def table(questions):
-    """questions: list of lists of checkpoint dicts (pos, answer_norm, em, ...)."""
-    rows = []
-    for qi, cks in enumerate(questions):
-        for j, c in enumerate(cks):
-            row = {"question_id": f"q{qi}", "ck_idx": j, "answer_tokens": 2, "probe_tokens": 10, "f1": 0.0,
-                   "is_step": False, "is_transition": False, "p_mean": 0.5, "p_geo": 0.5, "p_min": 0.5,
-                   "p_first": 0.5, "entropy": 1.0}
-            row.update(c)
-            rows.append(row)
-    return RunTable.from_arrow(pa.Table.from_pylist(rows), "hand")
+table = checkpoint_table       # questions: lists of checkpoint dicts (pos, answer_norm, em, ...)
 
 
 TRACE = [  # answers settle on "7" (right) at checkpoint 2, drift to "8" (wrong) at the end
@@ -92,6 +82,24 @@ def test_text_only_run_says_which_signal_is_missing():
             stop_index(t, Setting.make(fam))
     stop_index(t, Setting.make("consistency"))  # text-only families work
     stop_index(t, Setting.make("learned"))
+
+
+def test_families_declare_what_they_can_do():
+    """Availability (signals), probes and deployability are declared by each family and read from there."""
+    text = table([[{"pos": 32, "answer_norm": "1", "em": 1.0, "p_mean": None, "p_geo": None, "p_min": None,
+                    "p_first": None, "entropy": None}]])
+    assert available_families(text) == ["budget", "consistency", "learned"]      # a hybrid starts with confidence
+    assert available_families(text, nested=True) == ["budget", "consistency", "learned"]
+    assert available_families(table([TRACE])) == families()
+    assert deployable_families() == [f for f in families() if f != "learned"]
+    assert not get_family("learned").deployable and get_family("learned").undeployable_because
+    assert not get_family("budget").probes_needed({"B": 64})
+    assert get_family("consistency").probes_needed(get_family("consistency").defaults())
+    both_budgets = Setting.make("hybrid", a={"family": "budget", "params": {"B": 64}},
+                                b={"family": "budget", "params": {"B": 96}})
+    assert not both_budgets.policy.probes_needed(both_budgets.params)
+    assert Setting.make("hybrid").policy.probes_needed(Setting.make("hybrid").params)
+    assert [s.family for s in both_budgets.policy.parts(both_budgets.params)] == ["budget", "budget"]
 
 
 def test_every_family_declares_parameters_with_help_and_valid_defaults():

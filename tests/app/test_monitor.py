@@ -1,0 +1,51 @@
+"""AppTest: The Monitor page: decision logs against their calibration run."""
+from tests.helpers import open_app
+
+
+def _monitor_log(tmp_path, synthetic_db, difficulty):
+    """A decision log of the controller over a synthetic run, calibrated on the session's synthetic run."""
+    import json
+    from analysis.production.controller import Controller, simulate
+    from analysis.presets.schema import from_dict
+    from analysis.replay.engine import RunTable
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
+    db, rid, _ = synthetic_db
+    s = Store(tmp_path / "live.duckdb")
+    live = write_synthetic_run(s, 200, 30, seed=9, dataset="live", difficulty=difficulty)
+    t = RunTable.from_store(s, live)
+    p = from_dict({"stopline_preset": 1, "name": "conf", "setting": {"family": "confidence", "params": {"tau": 0.9}},
+                   "routing": {"explore": 0.25}})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    simulate(t, Controller(p, log=logs / "prod.jsonl", log_header={"calibration": {"db": db, "run": rid}}),
+             with_em=False)
+    with open(logs / "prod.labels.jsonl", "w") as f:
+        for q in t.question_ids:
+            f.write(json.dumps({"request": q, "gold": "42"}) + "\n")
+    return logs
+
+
+def test_monitor_page_flags_drift_and_proposes(tmp_path, synthetic_db, monkeypatch):
+    logs = _monitor_log(tmp_path, synthetic_db, (0.8, 1.0))        # much harder than the calibration run
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/monitor.py")
+    assert not at.exception
+    assert at.header[0].value == "Monitor"
+    assert at.error and "Recalibrate" in at.error[0].value
+    assert {m.label for m in at.metric} >= {"Tokens / request", "EM (labelled)"}
+    assert any("exploration requests" in md.value for md in at.markdown)
+
+
+def test_monitor_page_without_logs_and_with_a_broken_log(tmp_path, synthetic_db, monkeypatch):
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(tmp_path / "none"))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/monitor.py")
+    assert not at.exception and any("serve-demo" in i.value for i in at.info)
+    logs = tmp_path / "bad"
+    logs.mkdir()
+    (logs / "x.jsonl").write_text('{"type": "header", "stopline_log": 1}\n{"type": "final"}\n')
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    at = open_app(db, rid, "views/monitor.py")
+    assert not at.exception and "line 2" in at.error[0].value

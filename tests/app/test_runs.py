@@ -1,0 +1,47 @@
+"""AppTest: The Runs page: what the store holds, background runs, imports."""
+from tests.helpers import open_app
+
+
+def test_runs_page_lists_runs(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/runs.py")
+    assert not at.exception and len(at.dataframe[0].value) == 2
+
+
+def test_runs_page_on_the_demo_store_names_where_the_questions_come_from():
+    from analysis.core.store import DEMO_DB
+    at = open_app(DEMO_DB, None, "views/runs.py")
+    assert not at.exception
+    assert any("reasoning-gym" in c.value and "Apache-2.0" in c.value for c in at.caption)
+
+
+def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synthetic_db, monkeypatch):
+    import time
+    from analysis.production import jobs
+    from analysis.backend.tiny import save_tiny
+    from analysis.core.store import Store
+    model_dir = save_tiny(tmp_path / "tiny", seed=2)
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    monkeypatch.setenv("STOPLINE_JOBS_DIR", str(tmp_path / "jobs"))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/runs.py")
+    assert not at.exception
+    at.selectbox(key="run_model").set_value("other (a local directory, .gguf file or hub id)")
+    at.text_input(key="run_model_other").input(str(model_dir))
+    at.number_input(key="run_limit").set_value(4)
+    at.number_input(key="run_max_new").set_value(24)
+    at.number_input(key="run_every").set_value(8)
+    at.button[0].click().run()                    # the form's submit button
+    assert not at.exception and "Started job" in at.success[0].value
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        (job,) = jobs.list_jobs()
+        if job["state"] != "running":
+            break
+        time.sleep(1)
+    assert job["state"] == "done", job
+    (run,) = Store(mine, read_only=True).runs()
+    assert run["n_questions"] == 4 and run["status"] == "complete"
+    at.run()
+    assert not at.exception and any("done" in m.value for m in at.markdown)

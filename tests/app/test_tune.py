@@ -1,0 +1,50 @@
+"""AppTest: The Tune page: controls from the declared parameters, live numbers, operating-point jumps."""
+from tests.helpers import open_app
+
+
+def test_tune_recomputes_when_a_slider_moves(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    assert not at.exception
+    before = {m.label: m.value for m in at.metric}
+    at.slider[0].set_value(int(at.slider[0].max)).run()       # budget: to the longest trace = full length
+    after = {m.label: m.value for m in at.metric}
+    assert before["EM"] != after["EM"]
+    assert after["Tokens saved (emitted)"] == "0.0%"
+
+
+def test_tune_setting_carries_to_questions_and_into_the_link(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.slider[0].set_value(64).run()
+    link = at.query_params["s"]
+    assert link.startswith("sl1.")
+    from analysis.presets.schema import loads
+    assert loads(link).setting.params["B"] == 64
+    at.switch_page("views/questions.py").run()
+    assert not at.exception and any("B=64" in c.value for c in at.caption)
+
+
+def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_db):
+    from analysis.evaluate.frontier import sweep
+    from analysis.evaluate.optimize import pick
+    from analysis.replay.engine import RunTable
+    from analysis.core.store import Store
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.radio(key="op_goal").set_value("drop").run()
+    at.number_input(key="op_value_drop").set_value(0.01).run()
+    at.radio(key="op_scope").set_value("all families").run()
+    at.button(key="op_jump").click().run()
+    assert not at.exception
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    want = pick(sweep(t), "drop", 0.01)
+    assert any(want["label"] in c.value for c in at.caption)       # the page now shows that setting
+    assert any("Jumped to" in i.value for i in at.info) and not at.warning
+    # a hybrid: its two parts get their own family pickers and controls
+    at.sidebar.selectbox(key="family").set_value("hybrid").run()
+    assert not at.exception
+    assert at.selectbox(key="hybrid.a.family").value == "confidence"
+    at.selectbox(key="hybrid.b.family").set_value("budget").run()
+    at.slider(key="hybrid.b.budget.B").set_value(100).run()
+    assert not at.exception and any("b=(budget(B=100))" in c.value for c in at.caption)

@@ -1,0 +1,91 @@
+"""What the tests share beside pytest's fixtures (tests/conftest.py): paths, hand-built RunTables, a run with an
+incumbent, the AppTest opener and sample records."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+CHROMIUM = "/usr/bin/chromium"      # the browser tests' Chromium: Debian's (never `playwright install`)
+
+# One checkpoint's defaults in ``checkpoint_table``: a probed checkpoint with middling signals.
+CHECKPOINT_DEFAULTS = {"answer_tokens": 2, "probe_tokens": 10, "f1": 0.0, "is_step": False, "is_transition": False,
+                       "p_mean": 0.5, "p_geo": 0.5, "p_min": 0.5, "p_first": 0.5, "entropy": 1.0}
+
+
+# -- RunTables by hand ---------------------------------------------------------------------------------------
+def table_of_rows(rows: list[dict], run_id: str = "hand"):
+    """A RunTable from checkpoint rows (question_id, ck_idx, pos, answer_norm, em, signals …), ordered by
+    question then checkpoint, as the store gives them."""
+    from analysis.replay.engine import RunTable
+    return RunTable.from_arrow(pa.Table.from_pylist(rows), run_id)
+
+
+def checkpoint_table(questions: list[list[dict]], run_id: str = "hand", **defaults):
+    """A RunTable of hand-written questions: each a list of checkpoint dicts (pos, answer_norm, em, …) over
+    ``CHECKPOINT_DEFAULTS`` (and ``defaults``); question i is named q{i}."""
+    base = {**CHECKPOINT_DEFAULTS, **defaults}
+    return table_of_rows([{"question_id": f"q{qi}", "ck_idx": j, **base, **c}
+                          for qi, cks in enumerate(questions) for j, c in enumerate(cks)], run_id)
+
+
+def synthetic_table(n: int = 300, m: int = 30, seed: int = 1, difficulty=(0.0, 1.0)):
+    """A synthetic run's table (analysis.ingest.synthetic), no store, with the meta a request would carry
+    (question_chars, meta.difficulty), as the controller's routing reads them."""
+    from analysis.ingest.synthetic import synthetic_tables
+    from analysis.replay.engine import RunTable
+    qs, _, ck = synthetic_tables(n, m, seed=seed, difficulty=difficulty)
+    t = RunTable.from_arrow(ck)
+    t.meta = pd.DataFrame({"question_id": t.question_ids, "question_chars": [len(q.text) for q in qs],
+                           "meta.difficulty": [q.meta["difficulty"] for q in qs]})
+    return t
+
+
+def budget_like_run(store, n_questions: int, n_checkpoints: int, seed: int, share: float = 0.62) -> str:
+    """A synthetic run whose incumbent (analysis/evaluate/incumbent.py) stops at ``share`` of each trace, as a
+    budget-like production stopper would; returns the run's id."""
+    from analysis.evaluate.incumbent import attach
+    from analysis.ingest.synthetic import write_synthetic_run
+    from analysis.replay.engine import RunTable
+    rid = write_synthetic_run(store, n_questions, n_checkpoints, seed=seed)
+    t = RunTable.from_store(store, rid)
+    attach(store, rid, list(t.question_ids), list((share * t.full_tokens).astype(int)))
+    return rid
+
+
+# -- the dashboard in AppTest --------------------------------------------------------------------------------
+def open_app(db: str | None, run: str | None = None, page: str | None = None):
+    """The dashboard (app.py) run once in AppTest with a store and run in its link, then on ``page``."""
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    if db:
+        at.query_params["db"] = db
+    if run:
+        at.query_params["run"] = run
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+# -- sample records ------------------------------------------------------------------------------------------
+# An OpenAI-style chat log with reasoning, in the shapes proxies write (the import's openai-chat format).
+CHAT = [
+    {"request": {"model": "r1", "messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Calculate 20 - 3."}]},
+     "response": {"choices": [{"message": {"role": "assistant", "reasoning_content":
+                                           "20 - 3 is 17.\n\nWait, let me check: 20 - 3 = 17.",
+                                           "content": "The answer is \\boxed{17}."}}]},
+     "gold": "17"},
+    {"request": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Calculate 6 * 7."}]}]},
+     "response": {"choices": [{"message": {"reasoning": "6 * 7 = 42. Hmm, 6 * 7 is 41?", "content": "\\boxed{42}"}}]},
+     "gold": 42},
+    {"request": {"messages": [{"role": "user", "content": "Calculate 9 + 9."}]},
+     "response": {"body": {"choices": [{"message": {"content": "<think>9 + 9 = 18. So 18.</think>\\boxed{19}"}}]}},
+     "gold": "18"},
+    {"request": {"prompt": "Calculate 2 + 2."}, "response": {"choices": [{"text": "2 + 2 = 4. \\boxed{4}"}]},
+     "gold": "4"},
+]

@@ -1,0 +1,286 @@
+"""The dashboard's one data seam: every cached read of a store, the store paths, and typed access to the
+session state and the URL's query parameters. Pages call this module and ``analysis/``, never ``Store``.
+
+Caching: a store file's *stamp* (size and modification time of the file and of its write-ahead log) keys the
+reads of small things (the runs with their counts, presets, attributions, one trace), so a batch committed or a
+file imported by another process shows up on the next rerun while a rerun with nothing new reads nothing
+(``Store.runs()`` aggregates every checkpoint of the store). A run's table is keyed on the run's counts, read
+from those runs, so it is loaded again only when its own checkpoints or incumbent change.
+
+The analysis imports inside functions are as they were in common.py: they keep the replay, sweep and monitor
+code (pandas, scipy, scikit-learn) out of this module's import, which the sidebar of every page triggers."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from analysis.core.errors import StoplineError
+from analysis.core.store import DEMO_DB, Store, resolve_db_path
+
+DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
+
+
+# -- where the stores are -------------------------------------------------------------------------------------
+def my_db() -> str:
+    """The user's own store, where new runs, imports and presets go: ``$STOPLINE_DB`` or data/stopline.duckdb
+    (the one place the dashboard resolves it)."""
+    return resolve_db_path()
+
+
+def stores(extra: str | None = None) -> dict[str, str]:
+    """The stores the sidebar offers, by label: the demo, the user's, and one a link names."""
+    out = {DEMO_LABEL: DEMO_DB, MINE_LABEL: my_db()}
+    if extra and extra not in out.values():
+        out[Path(extra).name] = extra
+    return out
+
+
+def stamp(path: str) -> tuple:
+    """What changes when a writer commits: size and mtime of the file and of its write-ahead log."""
+    out = []
+    for p in (path, path + ".wal"):
+        try:
+            s = os.stat(p)
+            out += [s.st_size, s.st_mtime_ns]
+        except OSError:
+            out += [None, None]
+    return tuple(out)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _open(path: str, stamp_: tuple) -> Store:
+    read_only = Path(path).resolve() == Path(DEMO_DB).resolve() or not os.access(path, os.W_OK)
+    return Store(path, read_only=read_only)
+
+
+def open_store(path: str) -> Store:
+    """The store at ``path`` for reading (read-only when it is the demo store or cannot be written)."""
+    return _open(path, stamp(path))
+
+
+def my_store() -> Store:
+    """The user's store, writable (made on first use, with its folder)."""
+    path = my_db()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Store(path)
+
+
+# -- cached reads ---------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def _runs(path: str, stamp_: tuple) -> list[dict]:
+    return open_store(path).runs()
+
+
+def runs(path: str) -> list[dict]:
+    """``Store.runs()`` (an aggregate over every checkpoint), read again only when the file changed."""
+    return _runs(path, stamp(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _default_run(path: str, stamp_: tuple) -> str | None:
+    return open_store(path).default_run()
+
+
+def default_run(path: str) -> str | None:
+    return _default_run(path, stamp(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _presets(path: str, stamp_: tuple) -> dict[str, dict]:
+    return open_store(path).presets()
+
+
+def presets(path: str | None = None) -> dict[str, dict]:
+    """The presets kept in a store (default: the picked one); {} when there is no such store."""
+    path = path or picked_db()
+    if not path or not Path(path).exists():
+        return {}
+    return _presets(path, stamp(path))
+
+
+def save_preset(path: str, name: str, body: dict) -> None:
+    """Keep a preset in the store at ``path`` (made on the first save)."""
+    Store(path).save_preset(name, body)
+    _presets.clear()
+
+
+def delete_preset(path: str, name: str) -> None:
+    Store(path).delete_preset(name)
+    _presets.clear()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _attributions(path: str, stamp_: tuple) -> dict[str, str]:
+    return open_store(path).attributions()
+
+
+def attributions() -> dict[str, str]:
+    """Where the picked store's datasets come from ({} without a store)."""
+    return _attributions(picked_db(), stamp(picked_db())) if picked_store() is not None else {}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _trace(path: str, stamp_: tuple, run_id: str, question_id: str) -> dict:
+    return open_store(path).trace(run_id, question_id)
+
+
+def trace(run: dict, question_id: str) -> dict:
+    """One question's trace (text, question, gold) in the picked store."""
+    return _trace(picked_db(), stamp(picked_db()), run["id"], question_id)
+
+
+@st.cache_resource(show_spinner="Loading the run's checkpoints…", max_entries=8)
+def run_table(path: str, run_id: str, n_checkpoints: int, n_incumbent: int = 0):
+    """The run's table (with its incumbent); keyed on its counts, so new checkpoints or an incumbent attached
+    later show up."""
+    from analysis.replay.engine import RunTable
+    return RunTable.from_store(open_store(path), run_id)
+
+
+def table_for(run: dict):
+    """The picked store's table of ``run``."""
+    return run_table(picked_db(), run["id"], run["n_checkpoints"], run.get("n_incumbent", 0))
+
+
+@st.cache_data(show_spinner="Sweeping the families…", max_entries=16)
+def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, learned: bool | None = None):
+    """Every family's sweep; ``learned=False`` leaves out the learned stopper, whose cross-fitting (five
+    classifiers) dominates a large run's sweep (None: left out above ``LEARNED_AUTO_MAX`` checkpoints).
+    The run's writer keeps its default sweep in the store; any other is computed once and kept on disk
+    (``data/cache`` or ``$STOPLINE_CACHE``, keyed by the store file, the run and the code), so a restarted
+    server finds it."""
+    import pandas as pd
+    from analysis.evaluate.frontier import default_families, stored_sweep, sweep, sweep_key
+    from analysis.replay.policies import families
+    fams = default_families(n_checkpoints) if learned is None else [f for f in families() if learned or f != "learned"]
+    run = {"id": run_id, "n_questions": n_questions, "n_checkpoints": n_checkpoints}
+    try:
+        pts = stored_sweep(open_store(path), run, fams)
+    except StoplineError:
+        pts = None
+    if pts is not None:
+        return pts
+    disk = _sweep_cache_file(path, sweep_key(run, fams))
+    if disk is not None and disk.exists():
+        try:
+            return pd.read_parquet(disk)
+        except Exception:          # noqa: BLE001 - a damaged cache file is recomputed
+            pass
+    pts = sweep(run_table(path, run_id, n_checkpoints), fams)
+    if disk is not None:
+        try:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            tmp = disk.with_suffix(".tmp")
+            pts.to_parquet(tmp)
+            tmp.replace(disk)
+        except OSError:
+            pass
+    return pts
+
+
+def sweep_for(run: dict, learned: bool | None = None):
+    """The sweep of ``run`` in the picked store (see ``sweep_points``)."""
+    return sweep_points(picked_db(), run["id"], run["n_questions"], run["n_checkpoints"], learned)
+
+
+def _sweep_cache_file(path: str, key: str) -> Path | None:
+    try:
+        st_ = Path(path).stat()
+    except OSError:
+        return None
+    key = f"{Path(path).resolve()}|{st_.st_size}|{st_.st_mtime_ns}|{key}"
+    cache = Path(os.environ.get("STOPLINE_CACHE") or Path(__file__).resolve().parent.parent / "data" / "cache")
+    return cache / f"sweep-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
+
+
+@st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
+def monitor_report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
+    """A decision log against its calibration run (analysis.production.monitor), with the log's checkpoint and
+    final rows; keyed on the log's mtime."""
+    from analysis.production.monitor import monitor, monitor_inputs, read_log
+    t, preset = monitor_inputs([log], None, run_id, run_db)
+    res = monitor([log], t, preset, [labels] if labels else None)
+    _, ck, fin = read_log([log])
+    return res, ck, fin
+
+
+# -- runs, by label -------------------------------------------------------------------------------------------
+def run_label(run: dict, questions: bool = False) -> str:
+    """How a run is named in pickers and legends: model · dataset (· n q)."""
+    return f"{run['model']} · {run['dataset']}" + (f" · {run['n_questions']} q" if questions else "")
+
+
+def run_labeller(runs_: list[dict], questions: bool = False):
+    """A ``format_func`` for a picker of run ids."""
+    by_id = {r["id"]: r for r in runs_}
+    return lambda i: run_label(by_id[i], questions)
+
+
+def run_by_id(runs_: list[dict], run_id: str) -> dict:
+    return next(r for r in runs_ if r["id"] == run_id)
+
+
+# -- the session: what the sidebar picked, the current setting, the URL ---------------------------------------
+def query(key: str, default=None):
+    return st.query_params.get(key, default)
+
+
+def set_query(key: str, value: str) -> None:
+    st.query_params[key] = value
+
+
+def pick_store(path: str, store: Store | None, runs_: list[dict]) -> None:
+    """Record the sidebar's store (None: absent or unreadable) and its runs."""
+    st.session_state["db"] = path
+    st.session_state["store"] = store
+    st.session_state["runs"] = runs_
+    st.session_state["run"] = None
+    set_query("db", path)
+
+
+def pick_run(run: dict) -> None:
+    st.session_state["run"] = run
+    set_query("run", run["id"])
+
+
+def picked_db() -> str | None:
+    """The path of the store picked in the sidebar."""
+    return st.session_state.get("db")
+
+
+def picked_store() -> Store | None:
+    """The picked store, or None when it is absent or could not be read."""
+    return st.session_state.get("store")
+
+
+def picked_runs() -> list[dict]:
+    """The picked store's runs ([] without a store)."""
+    return st.session_state.get("runs") or []
+
+
+def picked_run() -> dict | None:
+    """The run picked in the sidebar, or None when there is no store with runs."""
+    if not picked_store():
+        return None
+    return st.session_state.get("run")
+
+
+def session_setting():
+    """The current setting kept in the session (the Tune page's, a clicked point's), or None."""
+    return st.session_state.get("setting")
+
+
+def remember_setting(setting) -> None:
+    """Make a setting the current one: kept in the session and in the URL (a shareable link)."""
+    from analysis.presets.schema import from_setting
+    st.session_state["setting"] = setting
+    set_query("s", from_setting(setting).to_url())
+
+
+def pick_family(family: str) -> None:
+    """Make ``family`` the one the sidebar's family picker shows (on this and the next rerun)."""
+    st.session_state["family"] = family
+    set_query("family", family)
