@@ -7,8 +7,8 @@ import pandas as pd
 
 from analysis.replay.slices import slice_labels
 from analysis.presets.schema import Preset
-from analysis.presets.routing import preset_stops
-from analysis.replay.engine import Outcome, RunTable, outcome_from_stops
+from analysis.presets.routing import preset_outcome
+from analysis.replay.engine import Outcome, RunTable
 from analysis.evaluate.stats import bootstrap_means, mcnemar, percentile_ci
 
 
@@ -41,7 +41,7 @@ def paired(oa: Outcome, ob: Outcome, n_boot: int) -> dict:
 
 def side_outcome(t: RunTable, side: Preset | Outcome) -> Outcome:
     """A side of a comparison: a preset, replayed; or an Outcome as it is (the incumbent, say)."""
-    return side if isinstance(side, Outcome) else outcome_from_stops(t, preset_stops(t, side), side.name)
+    return side if isinstance(side, Outcome) else preset_outcome(t, side)
 
 
 def compare(t: RunTable, a: Preset | Outcome, b: Preset | Outcome, slice_by: str | None = None,

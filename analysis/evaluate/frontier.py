@@ -12,18 +12,28 @@ import numpy as np
 import pandas as pd
 
 from analysis.core.errors import MissingSignal
-from analysis.replay.policies.base import Setting, check_signals, families, get_family
-from analysis.replay.engine import RunTable, stop_index
+from analysis.replay.policies.base import (Setting, check_signals, describe_schedule, families, get_family,
+                                           schedule_grid)
+from analysis.replay.engine import computed_tokens, RunTable, stop_index
 
 COST_AXES = ("emitted", "computed")
 # above this many checkpoints the learned stopper (five cross-fitted classifiers, seconds on a large run) is
 # left out of the first sweep and waits to be asked for
 LEARNED_AUTO_MAX = 200_000
+SPARSE_SHARE = 3          # a sparser schedule sweeps 1 in this many of the family's settings
 
 
 def settings_for(t: RunTable, family: str) -> list[Setting]:
+    """The family's grid on every checkpoint, then (for a family that probes) a third of it, the same third for
+    each, on each sparser schedule of the declared schedule grid: what probing less often buys in computed
+    tokens, within the sweep-time target."""
     cls = get_family(family)
-    return [Setting(family, cls.validate(p)) for p in cls.grid(t)]
+    grid = [cls.validate(p) for p in cls.grid(t)]
+    out = [Setting(family, p) for p in grid]
+    if cls.sweep_schedules and cls.probes_needed(cls.defaults()) and grid:
+        pick = np.sort(np.random.default_rng(len(grid)).permutation(len(grid))[:-(-len(grid) // SPARSE_SHARE)])
+        out += [Setting(family, grid[i], sch) for sch in schedule_grid()[1:] for i in pick]
+    return out
 
 
 def sweep(t: RunTable, family_names: list[str] | None = None, skip_missing: bool = True) -> pd.DataFrame:
@@ -50,13 +60,15 @@ def sweep(t: RunTable, family_names: list[str] | None = None, skip_missing: bool
         for s in sets:
             stop = stop_index(t, s)
             em_q = t.em[r, stop]
-            em, emitted, computed = float(em_q.mean()), float(t.emitted[r, stop].mean()), float(t.computed[r, stop].mean())
+            em, emitted = float(em_q.mean()), float(t.emitted[r, stop].mean())
+            computed = float(computed_tokens(t, stop, s).mean())
             right = em_q > 0.5
-            rows.append({"family": fam, "label": s.label(), "setting": s.key(), "em": em, "delta_em": em - full_em,
+            rows.append({"family": fam, "label": s.label(), "setting": s.key(),
+                         "schedule": describe_schedule(s.schedule) or "every checkpoint", "em": em, "delta_em": em - full_em,
                          "emitted": emitted, "computed": computed,
                          "savings_emitted": 1 - emitted / full_tok, "savings_computed": 1 - computed / full_tok,
                          "lost": int((full_right & ~right).sum()), "gained": int((~full_right & right).sum())})
-    rows.append({"family": "full", "label": "full length", "setting": "", "em": full_em, "delta_em": 0.0,
+    rows.append({"family": "full", "label": "full length", "setting": "", "schedule": "", "em": full_em, "delta_em": 0.0,
                  "emitted": full_tok, "computed": full_tok, "savings_emitted": 0.0, "savings_computed": 0.0,
                  "lost": 0, "gained": 0})
     df = pd.DataFrame(rows)

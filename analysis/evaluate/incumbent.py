@@ -39,7 +39,7 @@ from analysis.core.errors import StoplineError
 from analysis.evaluate.compare import paired
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.optimize import evaluate_outcome, operating_point, split_mask
-from analysis.replay.engine import Outcome, outcome_from_stops, RunTable, stop_index
+from analysis.replay.engine import Outcome, replay, RunTable
 from analysis.replay.policies.base import Setting
 
 LABEL = "your mechanism"
@@ -174,7 +174,7 @@ def beat(t: RunTable, drop: float = 0.02, cost: str = "emitted", families: list[
             res[name], res[name + "_error"] = None, e.message
             continue
         s = Setting.from_dict(op["setting"])
-        op["vs_incumbent"] = paired(inc_test, outcome_from_stops(test, stop_index(test, s), s.label()), n_boot)
+        op["vs_incumbent"] = paired(inc_test, replay(test, s), n_boot)
         res[name] = op
     return res
 

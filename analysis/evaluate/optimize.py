@@ -16,7 +16,8 @@ import pandas as pd
 from analysis.core.errors import StoplineError
 from analysis.evaluate.frontier import setting_of, sweep
 from analysis.replay.policies.base import Setting
-from analysis.replay.engine import Outcome, RunTable, full_length, outcome_from_stops, replay, stop_index
+from analysis.replay.engine import (Outcome, RunTable, full_length, outcome_from_stops, replay, schedule_mask,
+                                   stop_index)
 from analysis.evaluate.stats import bootstrap_ci, mcnemar, normal_ci
 from analysis.replay.slices import slice_labels
 
@@ -34,9 +35,10 @@ def split_mask(question_ids: np.ndarray, split: str, tune_share: float = 0.5, sa
     return tune if split == "tune" else ~tune
 
 
-def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = 2000) -> dict:
-    """Summary of stops with CIs and McNemar against full length."""
-    return evaluate_outcome(outcome_from_stops(t, stop, label), n_boot)
+def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = 2000, setting: Setting | None = None) -> dict:
+    """Summary of stops with CIs and McNemar against full length (``setting``: the one that made the stops,
+    whose probe schedule the tokens computed count)."""
+    return evaluate_outcome(outcome_from_stops(t, stop, label, setting), n_boot)
 
 
 def evaluate_outcome(o: Outcome, n_boot: int = 2000) -> dict:
@@ -83,7 +85,20 @@ def operating_point(t: RunTable, goal: str, value: float, cost: str = "emitted",
     return {"setting": s.to_dict(), "label": s.label(), "goal": goal, "value": value, "cost": cost,
             "tune": {"em": float(row["em"]), "emitted": float(row["emitted"]), "computed": float(row["computed"]),
                      "n": tune.n},
-            "test": evaluate(test, stop_index(test, s), s.label(), n_boot)}
+            "schedule": s.sched, "probes": _probes(test, s),
+            "test": evaluate(test, stop_index(test, s), s.label(), n_boot, s)}
+
+
+def _probes(t: RunTable, s: Setting) -> dict:
+    """What a setting's probing costs on ``t``: probes made per question and their tokens (0 for a setting
+    that reads no trial answer)."""
+    o = replay(t, s)
+    r = t.rows
+    if not s.policy.probes_needed(s.params):
+        return {"per_question": 0.0, "tokens": 0.0}
+    keep = schedule_mask(t, s.sched) & ~t.is_final
+    n = np.cumsum(keep, axis=1)[r, o.stop]
+    return {"per_question": float(n.mean()), "tokens": float((o.computed - o.stop_pos).mean())}
 
 
 # --- slices -----------------------------------------------------------------------------------------------

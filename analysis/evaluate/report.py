@@ -16,8 +16,8 @@ from analysis.core.palette import FAMILY_COLORS as COLORS
 from analysis.evaluate.compare import default_slice
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
-from analysis.evaluate.optimize import evaluate, operating_point
-from analysis.presets.routing import preset_stops
+from analysis.evaluate.optimize import evaluate_outcome, operating_point
+from analysis.presets.routing import preset_outcome
 from analysis.presets.schema import Preset
 from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
 from analysis.replay.policies.base import Setting
@@ -85,7 +85,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         rows = []
         for p in presets:
             try:
-                rows.append((p, evaluate(t, preset_stops(t, p), p.name, n_boot)))
+                rows.append((p, evaluate_outcome(preset_outcome(t, p), n_boot)))
             except Exception as e:        # noqa: BLE001 - a preset this run cannot replay (no signals)
                 rows.append((p, {"error": str(e)}))
         head = f"{run['model']} on {run['dataset']}"

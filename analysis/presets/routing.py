@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.presets.schema import Preset
-from analysis.replay.engine import stop_index
+from analysis.replay.engine import computed_tokens, outcome_from_stops, stop_index
 from analysis.replay.slices import slice_labels
 
 CHAMPION, CHALLENGER, EXPLORE = "champion", "challenger", "explore"
@@ -175,23 +175,35 @@ def route_table(t, preset) -> tuple[np.ndarray, list, np.ndarray]:
 
 
 # --- replaying a preset (with its per-slice overrides) ----------------------------------------------------
+def _preset_parts(t, preset: Preset) -> list[tuple[np.ndarray, np.ndarray, object]]:
+    """(questions it decides, questions it stops, setting) triples, later ones overriding earlier ones. An
+    exploration request is decided by its setting (it probes on its schedule, for the shadow stop) but runs
+    to its end."""
+    if preset.slices_by and preset.slices and not preset.routing:
+        # slices by a derived label (question-length tertiles, binned numbers) exist only in replay
+        everyone = np.ones(t.n, bool)
+        labels = slice_labels(t, preset.slices_by)
+        return [(everyone, everyone, preset.setting)] + [(labels == lab, labels == lab, s)
+                                                         for lab, s in preset.slices.items()]
+    arm, settings, choice = route_table(t, preset)
+    return [(choice == i, (choice == i) & (arm != EXPLORE), s) for i, s in enumerate(settings)]
+
+
 def preset_stops(t, preset: Preset) -> np.ndarray:
     """Per question, where the preset stops: its routing rules, slices, A/B arms and exploration share
     resolved per question (as the live controller resolves them per request), then each setting replayed
     on all questions at once."""
-    if preset.slices_by and preset.slices and not preset.routing:
-        # slices by a derived label (question-length tertiles, binned numbers) exist only in replay
-        stop = stop_index(t, preset.setting)
-        labels = slice_labels(t, preset.slices_by)
-        for lab, s in preset.slices.items():
-            mask = labels == lab
-            if mask.any():
-                stop = np.where(mask, stop_index(t, s), stop)
-        return stop
-    arm, settings, choice = route_table(t, preset)
+    return preset_outcome(t, preset).stop
+
+
+def preset_outcome(t, preset: Preset, label: str | None = None):
+    """The preset replayed: ``preset_stops`` with each question's tokens computed under its own setting (its
+    probe schedule's probes; none for a budget)."""
     stop = t.final_idx.copy()
-    for i, s in enumerate(settings):
-        mask = (choice == i) & (arm != EXPLORE)
-        if mask.any():
-            stop = np.where(mask, stop_index(t, s), stop)
-    return stop
+    computed = t.computed[t.rows, stop]
+    for decides, stops, s in _preset_parts(t, preset):
+        if decides.any():
+            st = np.where(stops, stop_index(t, s), t.final_idx)
+            stop = np.where(decides, st, stop)
+            computed = np.where(decides, computed_tokens(t, st, s), computed)
+    return outcome_from_stops(t, stop, preset.name if label is None else label, computed=computed)

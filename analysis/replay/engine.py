@@ -9,6 +9,13 @@ rule reads at checkpoint j comes from checkpoints 0..j, so replay equals running
 Costs (domain.md): tokens emitted = the stop's position + the trial answer's tokens; tokens computed =
 emitted-side position + every probe's tokens up to and including the stop (the last checkpoint needs no
 probe: the model's own answer is there).
+
+Probe schedules (``Setting.schedule``): a setting probes only at some of the recorded checkpoints (every n-th
+multiple of the run's interval, steps, transitions, none before a floor). ``scheduled`` masks the others out
+and packs each question's kept checkpoints to the left, vectorised: the family's ``fires`` and its cached
+history features (answer run lengths, votes, the entropy EMA) then run over the probed sequence only, and
+stops are mapped back to the run's checkpoint indices. Tokens computed count the scheduled probes only, and
+none at all for a setting that reads no trial answer (``Policy.probes_needed``: a budget).
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from analysis.replay.policies.base import Setting, check_signals
+from analysis.replay.policies.base import SCHEDULE_DEFAULTS, Setting, check_signals, json_key
 from analysis.core.schema import SIGNAL_COLUMNS
 
 KEPT_RIGHT, KEPT_WRONG, LOST, GAINED = 0, 1, 2, 3
@@ -34,8 +41,10 @@ class RunTable:
 
     def __init__(self, run_id: str, question_ids: np.ndarray, lengths: np.ndarray, cols: dict[str, np.ndarray],
                  answers: np.ndarray, meta: pd.DataFrame | None = None, answer_type: str = "number",
-                 incumbent: dict[str, np.ndarray] | None = None):
+                 incumbent: dict[str, np.ndarray] | None = None, interval: int | None = None):
         self.run_id = run_id
+        # the run's checkpoint interval in tokens (a schedule's `every` is a multiple of it); None: inferred
+        self._interval = interval
         self.question_ids = np.asarray(question_ids)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.n, self.m = cols["pos"].shape
@@ -74,6 +83,24 @@ class RunTable:
 
     def has_signal(self, name: str) -> bool:
         return self._signals.get(name, False)
+
+    @property
+    def interval(self) -> int:
+        """Tokens between the run's interval checkpoints: the run's config says, else inferred from the
+        checkpoints that are neither steps nor transitions nor ends (their positions' gcd, or their median gap)."""
+        if self._interval is None:
+            plain = self.valid & ~self.is_final & ~self.is_step & ~self.is_transition
+            p = self.pos[plain].astype(np.int64)
+            g = int(np.gcd.reduce(p)) if len(p) else 0
+            if g < 2 and len(p):
+                gaps = np.diff(self.pos, axis=1)[plain[:, 1:] & plain[:, :-1]]
+                g = int(np.median(gaps)) if len(gaps) else 0
+            self._interval = max(1, g or 32)
+        return self._interval
+
+    @interval.setter
+    def interval(self, value: int | None) -> None:
+        self._interval = None if value is None else max(1, int(value))
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -137,6 +164,7 @@ class RunTable:
         tr = store.traces(run["id"])
         meta = _meta_frame(tr)
         t = cls.from_arrow(tbl, run["id"], None, run["answer_type"])
+        t.interval = run_interval(run.get("config"))
         meta = meta.set_index("question_id").reindex(t.question_ids).reset_index()
         t.meta = meta
         if run.get("n_incumbent"):
@@ -152,7 +180,8 @@ class RunTable:
         cols = {k: v[idx] for k, v in self.cols.items()}
         sub = RunTable(self.run_id, self.question_ids[idx], self.lengths[idx], cols, self.answers[idx],
                        self.meta.iloc[idx].reset_index(drop=True), self.answer_type,
-                       None if self.incumbent is None else {k: v[idx] for k, v in self.incumbent.items()})
+                       None if self.incumbent is None else {k: v[idx] for k, v in self.incumbent.items()},
+                       self._interval)
         sub._signals = self._signals
         # Cached per-question arrays (cross-fitted probabilities above all) follow their questions, so a
         # split is decided by the same out-of-fold models as the whole run.
@@ -202,6 +231,91 @@ class RunTable:
         return self.cache[key]
 
 
+def run_interval(config: dict | None) -> int | None:
+    """The interval a run's config records (a generated run's ``gen.every``, an import's
+    ``checkpoints.every``), or None."""
+    for k in ("gen", "checkpoints"):
+        v = ((config or {}).get(k) or {}).get("every")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return int(v)
+    return None
+
+
+# --- probe schedules --------------------------------------------------------------------------------------
+def schedule_mask(t: RunTable, schedule: dict) -> np.ndarray:
+    """(n, m) bool: the checkpoints a schedule probes at, plus each question's end (always kept).
+
+    ``every`` e keeps the first checkpoint at or past each multiple of e x the run's interval (in a run recorded
+    every N tokens, exactly the checkpoints at multiples of e N, whatever else they are); steps and
+    transitions are kept when asked; nothing before ``min_tokens``. Padding is never kept."""
+    s = {**SCHEDULE_DEFAULTS, **schedule}
+    key = ("keep", json_key(s))
+    if key in t.cache:
+        return t.cache[key]
+    keep = np.zeros((t.n, t.m), bool)
+    if s["every"]:
+        e = float(s["every"] * t.interval)
+        prev = np.concatenate([np.zeros((t.n, 1)), t.pos[:, :-1]], axis=1)
+        keep |= np.floor(t.pos / e) > np.floor(prev / e)
+    if s["at_steps"]:
+        keep |= t.is_step
+    if s["at_transitions"]:
+        keep |= t.is_transition
+    if s["min_tokens"]:
+        keep &= t.pos >= s["min_tokens"]
+    keep &= t.valid
+    keep[t.rows, t.final_idx] = True
+    t.cache[key] = keep
+    return keep
+
+
+def scheduled(t: RunTable, schedule: dict) -> tuple[RunTable, np.ndarray | None]:
+    """The table a schedule sees, and where its columns come from in ``t`` (None: the schedule keeps every
+    checkpoint and the table is ``t``). Each question's kept checkpoints are packed to the left in order; a
+    step or transition flag the schedule does not probe at is cleared (the rule never learns of it live).
+    Cached on ``t`` per schedule, so a sweep packs once per schedule and reuses the features built on it."""
+    s = {**SCHEDULE_DEFAULTS, **schedule}
+    if s == SCHEDULE_DEFAULTS:
+        return t, None
+    key = ("seen", json_key(s))
+    if key in t.cache:
+        return t.cache[key]
+    keep = schedule_mask(t, s)
+    lengths = keep.sum(axis=1)
+    m = int(lengths.max())
+    qi, ji = np.nonzero(keep)
+    rank = np.cumsum(keep, axis=1)[qi, ji] - 1
+    src = np.repeat(t.final_idx[:, None], m, axis=1)       # padding repeats the end (never read by a rule)
+    src[qi, rank] = ji
+    pad = np.arange(m)[None, :] >= lengths[:, None]
+    cols = {k: np.take_along_axis(v, src, axis=1) for k, v in t.cols.items()}
+    cols["ans"] = np.where(pad, -2, cols["ans"])
+    cols["is_step"] &= bool(s["at_steps"])
+    cols["is_transition"] &= bool(s["at_transitions"])
+    seen = RunTable(t.run_id, t.question_ids, lengths, cols, np.take_along_axis(t.answers, src, axis=1), t.meta,
+                    t.answer_type, t.incumbent, t.interval)
+    seen._signals = t._signals
+    t.cache[key] = (seen, src)
+    return seen, src
+
+
+def computed_tokens(t: RunTable, stop: np.ndarray, setting: Setting) -> np.ndarray:
+    """Per question, the tokens computed up to ``stop`` (indices of ``t``) under ``setting``: the position plus
+    the probes its schedule made up to the stop (the end needs none); a setting that reads no trial answer
+    (a budget) made none, so it computes what it emits."""
+    r = t.rows
+    if not setting.policy.probes_needed(setting.params):
+        return t.emitted[r, stop]
+    s = setting.sched
+    if s == SCHEDULE_DEFAULTS:
+        return t.computed[r, stop]
+    key = ("probes", json_key(s))
+    if key not in t.cache:
+        keep = schedule_mask(t, s) & ~t.is_final
+        t.cache[key] = np.cumsum(np.where(keep, t.probe_tokens, 0.0), axis=1)
+    return t.pos[r, stop] + t.cache[key][r, stop]
+
+
 def _pad_forward(g: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Fill the padding past each row's end with its last value."""
     n, m = g.shape
@@ -238,12 +352,15 @@ def _meta_frame(traces: pa.Table) -> pd.DataFrame:
 
 # --- replay -----------------------------------------------------------------------------------------------
 def stop_index(t: RunTable, setting: Setting) -> np.ndarray:
-    """Per question, the checkpoint index where the setting stops."""
+    """Per question, the checkpoint index (of ``t``) where the setting stops, seeing only its schedule's
+    checkpoints."""
     check_signals(t, setting)
-    fires = setting.policy.fires(t, setting.params)
+    seen, src = scheduled(t, setting.schedule)
+    fires = setting.policy.fires(seen, setting.params)
     first = fires.argmax(axis=1)                 # numpy stops at the first True of each row
-    hit = fires[t.rows, first] & (first <= t.final_idx)
-    return np.where(hit, first, t.final_idx)
+    hit = fires[seen.rows, first] & (first <= seen.final_idx)
+    stop = np.where(hit, first, seen.final_idx)
+    return stop if src is None else src[seen.rows, stop]
 
 
 @dataclass
@@ -293,15 +410,21 @@ class Outcome:
         }
 
 
-def outcome_from_stops(t: RunTable, stop: np.ndarray, label: str = "") -> Outcome:
+def outcome_from_stops(t: RunTable, stop: np.ndarray, label: str = "", setting: Setting | None = None,
+                       computed: np.ndarray | None = None) -> Outcome:
+    """The outcome of stops (indices of ``t``). Tokens computed: ``computed`` when given, else those of the
+    ``setting`` that made the stops (its schedule's probes; none for a budget), else every probe up to the
+    stop."""
     r = t.rows
+    if computed is None:
+        computed = computed_tokens(t, stop, setting) if setting is not None else t.computed[r, stop]
     return Outcome(label, t.question_ids, stop, t.pos[r, stop], t.em[r, stop], t.f1[r, stop],
-                   t.emitted[r, stop], t.computed[r, stop], t.full_em, t.full_tokens, t.answers[r, stop])
+                   t.emitted[r, stop], computed, t.full_em, t.full_tokens, t.answers[r, stop])
 
 
 def replay(t: RunTable, setting: Setting | dict) -> Outcome:
     setting = Setting.from_dict(setting) if not isinstance(setting, Setting) else setting
-    return outcome_from_stops(t, stop_index(t, setting), setting.label())
+    return outcome_from_stops(t, stop_index(t, setting), setting.label(), setting)
 
 
 def full_length(t: RunTable) -> Outcome:

@@ -46,9 +46,11 @@ class Param:
                 raise PresetError(f"must be true or false, got {brief(value)}", field=where)
             return value
         if self.kind == "choice":
-            if not isinstance(value, (str, int, float)) or value not in self.choices:
+            # true == 1 and 1.0 == 1 in Python: a bool is a choice only among bools, and the declared value is kept
+            if not isinstance(value, (str, int, float)) or value not in self.choices \
+                    or (isinstance(value, bool) and not any(isinstance(c, bool) for c in self.choices)):
                 raise PresetError(f"must be one of {list(self.choices)}, got {brief(value)}", field=where)
-            return value
+            return self.choices[self.choices.index(value)]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PresetError(f"must be a number, got {type(value).__name__} {brief(value)}", field=where)
         if isinstance(value, float) and not math.isfinite(value):
@@ -85,6 +87,62 @@ class Param:
         return [float(v) for v in vals]
 
 
+# --- the probe schedule: which checkpoints a setting probes at, declared once for every family ---------------
+# A run is recorded with one placement (every N tokens, steps, transitions); a setting's schedule keeps some of
+# those checkpoints, and its family sees only them (replay.engine.scheduled). The run's end is always kept.
+SCHEDULE: tuple[Param, ...] = (
+    Param("every", "choice", 1, "probe at every n-th multiple of the run's interval (1: at each, as recorded; "
+          "2: every other; 0: never on the interval, only at steps and transitions)", choices=(1, 2, 4, 8, 0),
+          grid=(1, 2, 4), label="probe every (x run interval)"),
+    Param("at_steps", "bool", True, "probe at step boundaries (blank lines)", grid=(True,), label="probe at steps"),
+    Param("at_transitions", "bool", True, "probe at transition words (Wait, Hmm, ...)", grid=(True,),
+          label="probe at transitions"),
+    Param("min_tokens", "int", 0, "no probe before this many tokens", low=0, high=32768, grid=(0,),
+          label="first probe at (tokens)"),
+)
+SCHEDULE_DEFAULTS: dict = {p.name: p.default for p in SCHEDULE}
+
+
+def validate_schedule(d: Any, where: str = "schedule") -> dict:
+    """A schedule's entries that differ from the defaults (``{}``: every checkpoint, as recorded)."""
+    if not isinstance(d, dict):
+        raise PresetError(f"must be an object of schedule entries, got {type(d).__name__}", field=where)
+    known = {p.name for p in SCHEDULE}
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise PresetError(f"unknown schedule entry {str(unknown[0])[:80]!r} (known: {', '.join(sorted(known))})",
+                          field=where)
+    out = {p.name: p.validate(d[p.name], f"{where}.{p.name}") for p in SCHEDULE if p.name in d}
+    return {k: v for k, v in out.items() if v != SCHEDULE_DEFAULTS[k]}
+
+
+def describe_schedule(d: dict) -> str:
+    """``{"every": 2, "at_steps": False}`` -> "probes every 2x, not at steps"; "" for every checkpoint."""
+    s = {**SCHEDULE_DEFAULTS, **d}
+    parts = []
+    if s["every"] != 1:
+        parts.append(f"every {s['every']}x" if s["every"] else "not on the interval")
+    if not s["at_steps"]:
+        parts.append("not at steps")
+    if not s["at_transitions"]:
+        parts.append("not at transitions")
+    if s["min_tokens"]:
+        parts.append(f"from {s['min_tokens']} tokens")
+    return ("probes " + ", ".join(parts)) if parts else ""
+
+
+def schedule_grid() -> list[dict]:
+    """The schedules a sweep tries (the declared sweep values' product; the first is every checkpoint)."""
+    names = [p.name for p in SCHEDULE]
+    out = [validate_schedule(dict(zip(names, c))) for c in itertools.product(*(p.sweep_values() for p in SCHEDULE))]
+    return sorted({json_key(d): d for d in out}.values(), key=lambda d: (len(d), json_key(d)))
+
+
+def json_key(d: dict) -> str:
+    import json
+    return json.dumps(d, sort_keys=True)
+
+
 class Policy:
     """Base class of a policy family. Subclasses set the class attributes and implement ``fires``.
 
@@ -104,6 +162,7 @@ class Policy:
     deployable: ClassVar[bool] = True          # the live controller (analysis/production) can run it
     undeployable_because: ClassVar[str] = ""   # when not deployable: why, in a few words
     nestable: ClassVar[bool] = True            # may be a part of a nested setting (a hybrid's a or b)
+    sweep_schedules: ClassVar[bool] = True     # the sweep tries the schedule grid too (when it probes at all)
 
     # -- declaration helpers ------------------------------------------------------------------------------
     @classmethod
@@ -181,20 +240,31 @@ class Policy:
 
 @dataclass(frozen=True)
 class Setting:
-    """A family with concrete parameter values."""
+    """A family with concrete parameter values, and the probe schedule it sees (its non-default entries;
+    ``{}``: every checkpoint the run recorded)."""
     family: str
     params: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=dict)
 
     @property
     def policy(self) -> type[Policy]:
         return get_family(self.family)
 
+    @property
+    def sched(self) -> dict:
+        """The full schedule (defaults filled in)."""
+        return {**SCHEDULE_DEFAULTS, **self.schedule}
+
     def label(self) -> str:
-        return self.policy.describe(self.params)
+        d = describe_schedule(self.schedule)
+        return self.policy.describe(self.params) + (f" [{d}]" if d else "")
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "params": {k: (v.to_dict() if isinstance(v, Setting) else v)
-                                                   for k, v in self.params.items()}}
+        out = {"family": self.family, "params": {k: (v.to_dict() if isinstance(v, Setting) else v)
+                                                  for k, v in self.params.items()}}
+        if self.schedule:
+            out["schedule"] = dict(self.schedule)
+        return out
 
     def key(self) -> str:
         import json
@@ -212,7 +282,7 @@ class Setting:
             return d
         if not isinstance(d, dict):
             raise PresetError(f"must be an object with 'family' and 'params', got {type(d).__name__}", field=where)
-        extra = set(d) - {"family", "params"}
+        extra = set(d) - {"family", "params", "schedule"}
         if extra:
             raise PresetError(f"unknown key {str(sorted(map(str, extra))[0])[:80]!r}", field=where)
         fam = d.get("family")
@@ -223,11 +293,13 @@ class Setting:
         except KeyError:
             raise PresetError(f"unknown policy family {fam[:80]!r} (known: {', '.join(families())})",
                               field=f"{where}.family") from None
-        return Setting(fam, cls.validate(d.get("params", {}), f"{where}.params"))
+        # no schedule (a preset saved before schedules existed) means every checkpoint
+        return Setting(fam, cls.validate(d.get("params", {}), f"{where}.params"),
+                       validate_schedule(d.get("schedule", {}), f"{where}.schedule"))
 
     @staticmethod
-    def make(family: str, **params: Any) -> "Setting":
-        return Setting.from_dict({"family": family, "params": params})
+    def make(family: str, schedule: dict | None = None, **params: Any) -> "Setting":
+        return Setting.from_dict({"family": family, "params": params, "schedule": schedule or {}})
 
 
 def check_signals(t: "RunTable", setting: Setting) -> None:

@@ -39,6 +39,9 @@ class Hybrid(Policy):
                 out[k] = Setting.from_dict(out[k], f"{where}.{k}")
             if not out[k].policy.nestable:
                 raise PresetError("a hybrid's parts cannot themselves be hybrids", field=f"{where}.{k}.family")
+            if out[k].schedule:
+                raise PresetError("a hybrid's parts probe on the hybrid's schedule: set it on the hybrid",
+                                  field=f"{where}.{k}.schedule")
         return out
 
     @classmethod

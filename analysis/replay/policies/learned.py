@@ -103,6 +103,7 @@ class Learned(Policy):
     requires = ()                    # features='auto' uses the signals when the run has them
     deployable = False
     undeployable_because = "its classifier is cross-fitted per question in replay; export is not built yet"
+    sweep_schedules = False          # its classifiers are refitted per schedule: seconds each on a large run
     params = (
         Param("tau", "float", 0.8, "stop when P(trial answer correct) reaches this", low=0.0, high=1.0,
               grid=tuple(round(x, 2) for x in np.linspace(0.3, 0.98, 21))),
