@@ -8,8 +8,26 @@ from analysis.core.errors import StoplineError
 from analysis.evaluate.frontier import setting_of
 from analysis.evaluate.optimize import evaluate, pick
 from analysis.replay.policies import Setting, available_families, get_family
+from analysis.replay.policies.base import SCHEDULE, SCHEDULE_DEFAULTS
 from analysis.replay.engine import stop_index
 from views import common, data
+
+
+def control(t, p, v, key: str):
+    """One control for a declared parameter (a family's or the probe schedule's)."""
+    if p.kind == "int":
+        hi = int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high > 10_000 else int(p.high)
+        return st.slider(p.label or p.name, int(p.low), hi, int(min(v, hi)), help=p.help, key=key)
+    if p.kind == "float" and p.log:
+        opts = sorted(set(p.sweep_values()) | {p.default, v})
+        return st.select_slider(p.label or p.name, opts, value=v, help=p.help, key=key, format_func=lambda x: f"{x:g}")
+    if p.kind == "float":
+        return st.slider(p.label or p.name, float(p.low), float(p.high), float(v), step=0.005, help=p.help, key=key)
+    if p.kind == "choice":
+        return st.selectbox(p.label or p.name, p.choices, index=p.choices.index(v), help=p.help, key=key)
+    if p.kind == "bool":
+        return st.checkbox(p.label or p.name, v, help=p.help, key=key)
+    raise ValueError(p.kind)
 
 
 def widgets(t, fam: str, start: dict, prefix: str) -> dict:
@@ -18,29 +36,9 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
     params = {}
     flat = [p for p in cls.params if p.kind != "setting"]
     cols = st.columns(max(1, len(flat)))
-    i = 0
-    for p in cls.params:
-        key = f"{prefix}.{p.name}"
-        v = start.get(p.name, p.default)
-        if p.kind == "setting":
-            continue
-        with cols[i]:
-            if p.kind == "int":
-                hi = int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high > 10_000 else int(p.high)
-                params[p.name] = st.slider(p.label or p.name, int(p.low), hi, int(min(v, hi)), help=p.help, key=key)
-            elif p.kind == "float" and p.log:
-                opts = sorted(set(p.sweep_values()) | {p.default, v})
-                params[p.name] = st.select_slider(p.label or p.name, opts, value=v, help=p.help, key=key,
-                                                  format_func=lambda x: f"{x:g}")
-            elif p.kind == "float":
-                params[p.name] = st.slider(p.label or p.name, float(p.low), float(p.high), float(v), step=0.005,
-                                           help=p.help, key=key)
-            elif p.kind == "choice":
-                params[p.name] = st.selectbox(p.label or p.name, p.choices, index=p.choices.index(v), help=p.help,
-                                              key=key)
-            elif p.kind == "bool":
-                params[p.name] = st.checkbox(p.label or p.name, v, help=p.help, key=key)
-        i += 1
+    for col, p in zip(cols, flat):
+        with col:
+            params[p.name] = control(t, p, start.get(p.name, p.default), f"{prefix}.{p.name}")
     for p in cls.params:
         if p.kind != "setting":
             continue
@@ -52,6 +50,21 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
             params[p.name] = {"family": f, "params": widgets(t, f, sub.params if f == sub.family else {},
                                                              f"{prefix}.{p.name}.{f}")}
     return params
+
+
+def schedule_widgets(t, fam: str, start: dict, params: dict) -> dict:
+    """The probe schedule's controls, from its declaration (shared by every family)."""
+    with st.expander(f"Probe schedule (this run probed every {t.interval} tokens, at steps and transitions)",
+                     icon=":material/schedule:", expanded=start != SCHEDULE_DEFAULTS):
+        if not get_family(fam).probes_needed(Setting.from_dict({"family": fam, "params": params}).params):
+            st.caption("This family reads no trial answer: it is charged no probes, and the schedule only says at "
+                       "which checkpoints it may stop.")
+        cols = st.columns(len(SCHEDULE))
+        out = {}
+        for col, p in zip(cols, SCHEDULE):
+            with col:
+                out[p.name] = control(t, p, start.get(p.name, p.default), f"{fam}.schedule.{p.name}")
+    return out
 
 
 def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
@@ -76,6 +89,8 @@ def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
             else:
                 st.session_state[f"{prefix}.{k}"] = v
     fill(s, s.family)
+    for k, v in s.sched.items():
+        st.session_state[f"{s.family}.schedule.{k}"] = v
     st.session_state["jump_msg"] = (f"Jumped to `{s.label()}`: EM {row['em']:.3f}, {row['emitted']:.0f} tokens "
                                     "(chosen on this whole run; the Report checks on held-out questions).")
 
@@ -99,17 +114,21 @@ if run:
         g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope))
         if st.session_state.get("jump_msg"):
             st.info(st.session_state.pop("jump_msg"))
-    start = common.current_setting(t, fam).params       # the link's or the last setting, else the defaults
-    params = widgets(t, fam, start, fam)
+    current = common.current_setting(t, fam)             # the link's or the last setting, else the defaults
+    params = widgets(t, fam, current.params, fam)
     try:
-        setting = Setting.from_dict({"family": fam, "params": params})
+        schedule = schedule_widgets(t, fam, current.sched, params)
+    except StoplineError:
+        schedule = {}                                     # the setting's own error is shown below
+    try:
+        setting = Setting.from_dict({"family": fam, "params": params, "schedule": schedule})
         stops = stop_index(t, setting)
         data.remember_setting(setting)
     except StoplineError as e:
         st.error(str(e))
         st.stop()
     n_boot = 1000 if t.n <= 2000 else 0          # large runs: the normal approximation keeps the page live
-    res = evaluate(t, stops, setting.label(), n_boot=n_boot)
+    res = evaluate(t, stops, setting.label(), n_boot=n_boot, setting=setting)
     ci = res["ci"]
     m = st.columns(5)
     m[0].metric("EM", f"{res['em']:.3f}", f"{res['delta_em']:+.3f} vs full", delta_color="normal")

@@ -48,3 +48,22 @@ def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_d
     at.selectbox(key="hybrid.b.family").set_value("budget").run()
     at.slider(key="hybrid.b.budget.B").set_value(100).run()
     assert not at.exception and any("b=(budget(B=100))" in c.value for c in at.caption)
+
+
+def test_tune_shows_the_probe_schedule_and_the_link_carries_it(synthetic_db):
+    from analysis.presets.schema import loads
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.sidebar.selectbox(key="family").set_value("consistency").run()
+    dense = {m.label: m.value for m in at.metric}
+    at.selectbox(key="consistency.schedule.every").set_value(4).run()
+    assert not at.exception
+    sparse = {m.label: m.value for m in at.metric}
+    assert any("every 4x" in c.value for c in at.caption)
+    assert loads(at.query_params["s"]).setting.schedule == {"every": 4}
+    assert sparse["Tokens saved (computed)"] != dense["Tokens saved (computed)"]
+    # every control of the schedule comes from its declaration
+    from analysis.replay.policies.base import SCHEDULE
+    for p in SCHEDULE:
+        assert any(w.key == f"consistency.schedule.{p.name}" for w in
+                   [*at.selectbox, *at.checkbox, *at.slider])
