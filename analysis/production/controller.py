@@ -14,6 +14,11 @@ Three ways to plug it in:
   continue or stop-and-answer.
 - ``Controller.open`` / ``Session.checkpoint`` / ``Controller.decide``: the bare decision step.
 
+A request's setting carries a probe schedule (``Setting.schedule``): checkpoints it does not schedule get no
+probe at all (no cue, no answer tokens) and no decision, as the replay's ``scheduled`` table leaves them out.
+The stream path asks for a probe only where the schedule wants one; ``controlled_generate`` has the decode loop
+place only the preset's scheduled checkpoints (every n x the interval, steps, transitions).
+
 Every checkpoint and every request's end go to a decision log (JSON lines, flushed per line) that
 ``python -m analysis monitor`` reads.
 
@@ -41,7 +46,7 @@ from analysis.core.errors import PresetError
 from analysis.core.progress import progress
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.presets.routing import EXPLORE, request_fields, Route, route
-from analysis.replay.engine import RunTable
+from analysis.replay.engine import RunTable, schedule_keeps
 
 LOG_VERSION = 1
 
@@ -137,6 +142,13 @@ class Session:
     stopped: Decision | None = None
     shadow: Decision | None = None   # explore arm: where it would have stopped
     finished: bool = False
+    placed: int = 0                  # where the last checkpoint was placed, probed or not
+
+    def due(self, pos: int, is_step: bool, is_transition: bool, interval: int) -> bool:
+        """Whether this request's probe schedule probes at a checkpoint placed at ``pos`` (the replay's rule,
+        ``schedule_keeps``); every placed checkpoint is noted, probed or not."""
+        prev, self.placed = self.placed, int(pos)
+        return bool(schedule_keeps(self.route.setting.sched, interval, pos, prev, is_step, is_transition))
 
     @property
     def n(self) -> int:
@@ -147,9 +159,10 @@ class Session:
         """Record one checkpoint's probe result (signals: p_mean, p_geo, p_min, p_first, entropy)."""
         h = self.history
         sig = signals or {}
+        sched = self.route.setting.sched          # a kind the schedule does not probe at is not known live
         h["pos"].append(int(pos))
-        h["is_step"].append(kind == "step")
-        h["is_transition"].append(kind == "transition")
+        h["is_step"].append(kind == "step" and sched["at_steps"])
+        h["is_transition"].append(kind == "transition" and sched["at_transitions"])
         h["answer_raw"].append(answer_raw)
         h["answer_norm"].append(normalize(answer_raw, answer_type) if answer_raw else "")
         h["answer_tokens"].append(int(answer_tokens))
@@ -280,8 +293,9 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
     numbers and the controller's stops equal the replay's. (A run with batched probes computes them in other
     batches: with bf16 weights a few percent of trial answers round differently.)
     """
-    cfg = (cfg or GenConfig(every=controller.every, steps=controller.steps, transitions=controller.transitions)
-           ).resolved(controller.answer_type, kind)
+    cfg = probe_config(cfg or GenConfig(every=controller.every, steps=controller.steps,
+                                        transitions=controller.transitions), controller
+                       ).resolved(controller.answer_type, kind)
     prompts = {q.id: build_prompt(tok, q.text, cfg) for q in questions}
     todo = list(questions)
     if order == "length":
@@ -299,6 +313,8 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
                 c = results[r].checkpoints[-1]
                 if c["kind"] == "final":
                     continue
+                if not sessions[r].due(c["pos"], c["is_step"], c["is_transition"], controller.every):
+                    continue               # placed for another request's schedule (or before min_tokens)
                 pr = c["probe"]
                 sessions[r].checkpoint(c["pos"], pr.raw if pr else None, pr.signals() if pr else None,
                                        answer_tokens=len(pr.tokens) if pr else 0,
@@ -321,6 +337,19 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
         bar.update(len(batch))
     bar.close()
     return [out[q.id] for q in questions]
+
+
+def probe_config(cfg: GenConfig, controller: Controller) -> GenConfig:
+    """The placement the decode loop probes at: the union of the preset's schedules (every gcd(n) x the
+    interval, steps if any schedule wants them, transitions likewise), so an unscheduled checkpoint gets no
+    probe. A schedule's ``min_tokens``, or a request whose schedule is sparser than another's, still meets
+    the loop's probes it does not want; the session ignores them (``Session.due``)."""
+    import dataclasses
+    scheds = [s.sched for s in controller.preset.settings()]
+    every = int(np.gcd.reduce([s["every"] for s in scheds]))
+    return dataclasses.replace(cfg, every=controller.every * every,
+                               steps=cfg.steps and any(s["at_steps"] for s in scheds),
+                               transitions=cfg.transitions and any(s["at_transitions"] for s in scheds))
 
 
 class StreamSession:
@@ -361,8 +390,10 @@ class StreamSession:
                     and self.text.endswith((" ", "\n", ".", ",")):
                 kind = "transition"
             if kind:
-                self._due = kind
-                return True
+                if self.s.due(self.n_tokens, kind == "step", kind == "transition", self.c.every):
+                    self._due = kind
+                    return True
+                self._last_ck_tokens = self.n_tokens   # placed but not on this request's schedule: no probe
         self.text += chunk
         self.n_tokens += n_tokens
         return False
@@ -395,6 +426,8 @@ def simulate(t, controller: Controller, with_em: bool = True) -> list[dict]:
         q = "x" * int(t.meta["question_chars"].iloc[i]) if "question_chars" in t.meta else ""
         s = controller.open(str(t.question_ids[i]), q, meta, meta)
         for j in range(int(t.lengths[i]) - 1):
+            if not s.due(int(t.pos[i, j]), bool(t.is_step[i, j]), bool(t.is_transition[i, j]), controller.every):
+                continue                               # not on this request's schedule: no probe
             sig = {c: _clean(float(t.cols[c][i, j])) for c in SIGNAL_COLUMNS}
             kind = "transition" if t.is_transition[i, j] else "step" if t.is_step[i, j] else "interval"
             s.checkpoint(int(t.pos[i, j]), t.answers[i, j] or None, sig, answer_tokens=int(t.answer_tokens[i, j]),

@@ -73,6 +73,9 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     ``log``: a path (or paths), or ``(header, checkpoints, finals)`` as ``monitor.read_log`` returns."""
     header, ck, fin = read_log(log) if not isinstance(log, tuple) else log
     t = log_table(ck, fin, answer_type or header.get("answer_type", "number"))
+    # the controller's checkpoint interval: a schedule's `every` is a multiple of it (the log holds only the
+    # checkpoints a request's schedule probed, so it cannot be inferred from them)
+    t.interval = (header.get("checkpoints") or {}).get("every")
     want = np.full(t.n, -1)
     for i, rec in enumerate(fin.to_dict("records")):
         if rec.get("arm") == EXPLORE:
@@ -191,6 +194,7 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
         shutil.rmtree(tmp, ignore_errors=True)
     decisions = check_decisions((header, ck, fin), run["answer_type"])
     stored = {r["question_id"]: r["text"] for r in store.traces(run["id"], with_text=True).to_pylist()}
+    ck, at_run = run_indices(t, ck)
     numeric, first = compare_values(t, ck, {q.id: (r["text"], stored.get(q.id, ""), r["stopped"])
                                                 for q, r in zip(questions, recs)})
 
@@ -199,7 +203,7 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
         i, j = have[q.id], int(want[have[q.id]])
         pred = {"ck": j, "pos": int(t.pos[i, j]), "answer": t.answers[i, j], "em": float(t.em[i, j]),
                 "emitted": float(t.emitted[i, j]), "stopped": bool(j < t.final_idx[i])}
-        live = {"ck": int(rec["ck"]) if rec["stopped"] else None, "pos": int(rec["stop_pos"]), "answer": rec["answer"],
+        live = {"ck": at_run.get((q.id, int(rec["ck"])), int(rec["ck"])) if rec["stopped"] else None, "pos": int(rec["stop_pos"]), "answer": rec["answer"],
                 "em": float(rec.get("em", float("nan"))), "emitted": float(rec["tokens_emitted"]),
                 "stopped": bool(rec["stopped"])}
         same = pred["stopped"] == live["stopped"] and pred["pos"] == live["pos"] and pred["answer"] == live["answer"]
@@ -253,6 +257,28 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
                      "stopped_early": int(sum(r[4]["stopped"] for r in rows)),
                      "generated_tokens": int(sum(r["generated_tokens"] for r in recs))},
             "mismatches": mism, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_indices(t, ck: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """A log's checkpoint indices (each request's probed checkpoints, in order) as indices of the recorded run
+    ``t``, matched by position: a sparse probe schedule logs only the checkpoints it probed. Returns the
+    records with ``ck`` replaced (unmatched positions keep theirs, and read as misplaced) and the map
+    (request, logged index) -> run index."""
+    if not len(ck):
+        return ck, {}
+    idx = {str(q): i for i, q in enumerate(t.question_ids)}
+    at: dict[tuple[str, int], int] = {}
+    for req, pos, j in zip(ck["request"].astype(str), ck["pos"], ck["ck"]):
+        i = idx.get(req)
+        if i is None:
+            continue
+        row = t.pos[i, :t.lengths[i]]
+        k = int(np.searchsorted(row, float(pos)))
+        if k < len(row) and row[k] == float(pos):
+            at[(req, int(j))] = k
+    out = ck.copy()
+    out["ck"] = [at.get((str(r), int(j)), int(j)) for r, j in zip(ck["request"], ck["ck"])]
+    return out, at
 
 
 def _append_log(src: Path, dst: Path) -> None:

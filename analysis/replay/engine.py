@@ -242,6 +242,22 @@ def run_interval(config: dict | None) -> int | None:
 
 
 # --- probe schedules --------------------------------------------------------------------------------------
+def schedule_keeps(s: dict, interval: int, pos, prev, is_step, is_transition):
+    """Whether a full schedule ``s`` probes at a checkpoint placed at ``pos`` (the previous one placed at
+    ``prev``, 0 for the first): the rule, for arrays (the replay) or single checkpoints (the live controller)."""
+    keep = np.zeros(np.shape(pos), bool)
+    if s["every"]:
+        e = float(s["every"] * interval)
+        keep = keep | (np.floor(np.asarray(pos) / e) > np.floor(np.asarray(prev) / e))
+    if s["at_steps"]:
+        keep = keep | np.asarray(is_step, bool)
+    if s["at_transitions"]:
+        keep = keep | np.asarray(is_transition, bool)
+    if s["min_tokens"]:
+        keep = keep & (np.asarray(pos) >= s["min_tokens"])
+    return keep
+
+
 def schedule_mask(t: RunTable, schedule: dict) -> np.ndarray:
     """(n, m) bool: the checkpoints a schedule probes at, plus each question's end (always kept).
 
@@ -252,18 +268,8 @@ def schedule_mask(t: RunTable, schedule: dict) -> np.ndarray:
     key = ("keep", json_key(s))
     if key in t.cache:
         return t.cache[key]
-    keep = np.zeros((t.n, t.m), bool)
-    if s["every"]:
-        e = float(s["every"] * t.interval)
-        prev = np.concatenate([np.zeros((t.n, 1)), t.pos[:, :-1]], axis=1)
-        keep |= np.floor(t.pos / e) > np.floor(prev / e)
-    if s["at_steps"]:
-        keep |= t.is_step
-    if s["at_transitions"]:
-        keep |= t.is_transition
-    if s["min_tokens"]:
-        keep &= t.pos >= s["min_tokens"]
-    keep &= t.valid
+    prev = np.concatenate([np.zeros((t.n, 1)), t.pos[:, :-1]], axis=1)
+    keep = schedule_keeps(s, t.interval, t.pos, prev, t.is_step, t.is_transition) & t.valid
     keep[t.rows, t.final_idx] = True
     t.cache[key] = keep
     return keep

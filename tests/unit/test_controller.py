@@ -283,3 +283,57 @@ def test_serve_demo_writes_a_log_and_labels_the_monitor_reads(tmp_path):
     t, p = monitor_inputs([out["log"]])
     rep = monitor([out["log"]], t, p, [out["labels"]])
     assert rep["n_requests"] == 10 and rep["labelled"] == 10 and p.name == "b12"
+
+
+def test_verify_controller_on_a_sparse_schedule_probes_only_there(tmp_path, cli):
+    """A schedule of every 2x the run's interval, no transitions: the live controller probes only there (fewer
+    checkpoints logged, none off the schedule), decides exactly as the replay on the values it saw, and stops
+    where the replay of the dense recorded run says."""
+    from analysis.backend.tiny import save_tiny
+    from analysis.core.store import Store
+    model_dir = save_tiny(tmp_path / "tiny", seed=7)
+    db = tmp_path / "v.duckdb"
+    code, out, err = cli("run", "--model", model_dir, "--dataset", "rg:basic_arithmetic", "--limit", 6,
+                         "--batch-size", 3, "--every", 6, "--max-new-tokens", 40, "--device", "cpu", "--db", db,
+                         "--json")
+    assert code == 0, err
+    rid = json.loads(out.strip().splitlines()[-1])["run_id"]
+    ck = Store(db, read_only=True).checkpoints(rid).to_pandas()
+    tau = float(ck.p_mean.quantile(0.7))
+    sch = {"every": 2, "at_transitions": False}
+    preset = {"stopline_preset": 1, "name": "sparse",
+              "setting": {"family": "confidence", "params": {"tau": tau}, "schedule": sch}}
+    pf = tmp_path / "p.json"
+    pf.write_text(json.dumps(preset))
+    log = tmp_path / "live.jsonl"
+    code, out, err = cli("verify-controller", "--run", rid, "--preset", pf, "--device", "cpu", "--db", db,
+                         "--log", log, "--json")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["decision_agreement"] == 1.0, res["decisions"]["mismatches"]
+    assert res["moved"]["unexplained"] == 0, res["mismatches"]
+    assert res["numeric"]["checkpoints_misplaced"] == 0
+    if res["platform"]["batch_invariant"]["invariant"]:
+        assert res["agreement"] == 1.0, res["mismatches"]
+    _, cks, fin = read_log(log)
+    assert len(cks) and not (cks["kind"] == "transition").any()
+    assert all(p % 12 == 0 or k == "step" for p, k in zip(cks["pos"], cks["kind"]))
+    # fewer probes than the dense recording made before the same stops
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    assert len(cks) < int((t.valid & ~t.is_final).sum())
+
+
+@pytest.mark.parametrize("sch", [{"every": 2}, {"every": 4, "at_steps": False}, {"every": 0, "min_tokens": 200}])
+@pytest.mark.parametrize("family", [{"family": "consistency", "params": {"k": 2}},
+                                    {"family": "entropy", "params": {"delta": 0.1}}])
+def test_stream_controller_on_a_schedule_stops_where_replay_predicts(sch, family):
+    t = _table(120)
+    p = _preset({**family, "schedule": sch})
+    want = preset_stops(t, p)
+    ctl = Controller(p, every=t.interval)
+    recs = simulate(t, ctl)
+    pos = np.array([r["stop_pos"] for r in recs])
+    assert (pos == t.pos[t.rows, want]).all()
+    # only scheduled checkpoints were probed: fewer than the run recorded before each stop
+    probed = np.array([r["n_checkpoints"] for r in recs])
+    assert (probed <= want + 1).all() and (probed < want).any()
