@@ -145,15 +145,20 @@ def test_stream_session_on_a_plain_token_stream(tmp_path):
 
 
 # --- live generation with a tiny random model ----------------------------------------------------------------
-def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
+def _tiny_run(tmp_path, cli, limit: int, batch_size: int):
+    """A run of a tiny random model (every 6 tokens) in a scratch store: (store path, run id)."""
     from analysis.backend.tiny import save_tiny
     model_dir = save_tiny(tmp_path / "tiny", seed=7)
     db = tmp_path / "v.duckdb"
-    code, out, err = cli("run", "--model", model_dir, "--dataset", "rg:basic_arithmetic", "--limit", 10,
-                         "--batch-size", 4, "--every", 6, "--max-new-tokens", 40, "--device", "cpu", "--db", db,
-                         "--json")
+    code, out, err = cli("run", "--model", model_dir, "--dataset", "rg:basic_arithmetic", "--limit", limit,
+                         "--batch-size", batch_size, "--every", 6, "--max-new-tokens", 40, "--device", "cpu",
+                         "--db", db, "--json")
     assert code == 0, err
-    rid = json.loads(out.strip().splitlines()[-1])["run_id"]
+    return db, json.loads(out.strip().splitlines()[-1])["run_id"]
+
+
+def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
+    db, rid = _tiny_run(tmp_path, cli, 10, 4)
     from analysis.core.store import Store
     ck = Store(db, read_only=True).checkpoints(rid).to_pandas()
     tau = float(ck.p_mean.median())             # half the checkpoints pass: a mix of early and full-length stops
@@ -289,15 +294,8 @@ def test_verify_controller_on_a_sparse_schedule_probes_only_there(tmp_path, cli)
     """A schedule of every 2x the run's interval, no transitions: the live controller probes only there (fewer
     checkpoints logged, none off the schedule), decides exactly as the replay on the values it saw, and stops
     where the replay of the dense recorded run says."""
-    from analysis.backend.tiny import save_tiny
     from analysis.core.store import Store
-    model_dir = save_tiny(tmp_path / "tiny", seed=7)
-    db = tmp_path / "v.duckdb"
-    code, out, err = cli("run", "--model", model_dir, "--dataset", "rg:basic_arithmetic", "--limit", 6,
-                         "--batch-size", 3, "--every", 6, "--max-new-tokens", 40, "--device", "cpu", "--db", db,
-                         "--json")
-    assert code == 0, err
-    rid = json.loads(out.strip().splitlines()[-1])["run_id"]
+    db, rid = _tiny_run(tmp_path, cli, 6, 3)
     ck = Store(db, read_only=True).checkpoints(rid).to_pandas()
     tau = float(ck.p_mean.quantile(0.7))
     sch = {"every": 2, "at_transitions": False}
