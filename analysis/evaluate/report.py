@@ -20,7 +20,7 @@ from analysis.evaluate.optimize import evaluate_outcome, operating_point
 from analysis.presets.routing import preset_outcome
 from analysis.presets.schema import Preset
 from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
-from analysis.replay.policies.base import Setting
+from analysis.replay.policies.base import SCHEDULE_DEFAULTS, Setting, describe_schedule
 from analysis.replay.slices import slice_labels
 
 
@@ -119,7 +119,8 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                    f"{te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI {ci['delta_em'][0]:+.3f} "
                    f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
                    f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
-                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes.", ""]
+                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes.",
+                   "", _probing(op), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
         if rows:
@@ -162,6 +163,16 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                     imgs[f"figures/{n}.{fmt}"] = p.read_bytes()
     page = _html(markdown, figs, imgs, now)
     return {"html": page, "markdown": markdown, "figures": figs, "images": imgs}
+
+
+def _probing(op: dict) -> str:
+    """The recommended setting's probe schedule and what its probes cost (on the held-out half)."""
+    pr = op.get("probes") or {}
+    if not pr.get("per_question"):
+        return "**Probe schedule**: none needed (the rule reads no trial answer): no probe tokens."
+    d = describe_schedule({k: v for k, v in (op.get("schedule") or {}).items() if v != SCHEDULE_DEFAULTS.get(k)})
+    return (f"**Probe schedule**: {d or 'every checkpoint the run recorded'}; {pr['per_question']:.1f} probes and "
+            f"{pr['tokens']:.0f} probe tokens per question on the held-out half.")
 
 
 def _html(markdown: str, figs: dict, imgs: dict, now: str) -> str:

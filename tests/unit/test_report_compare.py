@@ -36,3 +36,13 @@ def test_report_cli_writes_html_markdown_and_charts(synthetic_db, cli, tmp_path)
     assert (tmp_path / "r" / "figures" / "frontier_0.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| k3 |" in md and "figures/frontier_0.png" in md
+    assert "**Probe schedule**:" in md         # the recommendation's schedule and its probe cost
+
+
+def test_report_names_the_recommended_schedule_and_its_probe_cost():
+    from analysis.evaluate.report import _probing
+    op = {"schedule": {"every": 2, "at_steps": True, "at_transitions": True, "min_tokens": 0},
+          "probes": {"per_question": 4.25, "tokens": 51.0}}
+    assert _probing(op) == ("**Probe schedule**: probes every 2x; 4.2 probes and 51 probe tokens per question on "
+                            "the held-out half.")
+    assert "none needed" in _probing({"schedule": {}, "probes": {"per_question": 0.0, "tokens": 0.0}})
