@@ -53,7 +53,7 @@ def perturb(t, noise: dict, rng: np.random.Generator, scale: float = 1.0):
         hit = live & (rng.random(live.shape) < min(1.0, noise["answers_differ"] * scale))
         fresh = int(cols["ans"].max()) + 1 + np.arange(hit.size).reshape(hit.shape)
         cols["ans"] = np.where(hit, fresh, cols["ans"])
-    return RunTable(t.run_id, t.question_ids, t.lengths, cols, t.answers, t.meta, t.answer_type)
+    return RunTable(t.run_id, t.question_ids, t.lengths, cols, t.answers, t.meta, t.answer_type, interval=t.interval)
 
 
 def stop_sensitivity(t, preset, noise: dict, draws: int = 20, scale: float = 1.0, seed: int = 0) -> dict:

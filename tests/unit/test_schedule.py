@@ -1,5 +1,7 @@
 """Probe schedules: a schedule replayed from a dense run equals the same rule on a run that only had the
 sparse checkpoints (every family), costs count only scheduled probes, and the declaration validates."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -170,3 +172,33 @@ def test_schedule_validation_and_presets():
 def test_schedule_grid_comes_from_the_declaration():
     g = schedule_grid()
     assert g[0] == {} and {"every": 2} in g and len(g) <= 4
+
+
+def test_sweeps_include_a_few_sparser_schedules_for_families_that_probe():
+    from analysis.evaluate.frontier import settings_for, sweep
+    t = DENSE
+    for fam in ("consistency", "confidence", "entropy", "hybrid"):
+        sets = settings_for(t, fam)
+        scheds = {json.dumps(s.schedule, sort_keys=True) for s in sets}
+        assert scheds == {"{}", '{"every": 2}', '{"every": 4}'}, fam
+        dense = [s for s in sets if not s.schedule]
+        assert len(sets) - len(dense) <= 2 * (len(dense) // 3 + 1)
+    assert all(not s.schedule for s in settings_for(t, "budget"))       # it probes nowhere
+    assert all(not s.schedule for s in settings_for(t, "learned"))      # refitted per schedule: not swept
+    pts = sweep(t, ["budget", "consistency"])
+    assert set(pts["schedule"]) == {"every checkpoint", "probes every 2x", "probes every 4x", ""}
+    b = pts[pts.family == "budget"]
+    assert (b["computed"] == b["emitted"]).all()                         # a budget is charged no probes
+    # a sparse point is its setting's replay (its schedule's probes only)
+    from analysis.evaluate.frontier import setting_of
+    for _, row in pts[pts.schedule == "probes every 4x"].head(3).iterrows():
+        o = replay(t, setting_of(row))
+        assert np.isclose(o.computed.mean(), row["computed"]) and np.isclose(o.em.mean(), row["em"])
+
+
+def test_perturbed_copies_keep_the_interval():
+    from analysis.evaluate.robustness import perturb
+    t = rows_of(REC, EVERY, True, True)
+    t.interval = 7
+    noise = {"answers_differ": 0.0, "signals": {}}
+    assert perturb(t, noise, np.random.default_rng(0)).interval == 7
