@@ -271,7 +271,7 @@ def schedule_mask(t: RunTable, schedule: dict) -> np.ndarray:
     prev = np.concatenate([np.zeros((t.n, 1)), t.pos[:, :-1]], axis=1)
     keep = schedule_keeps(s, t.interval, t.pos, prev, t.is_step, t.is_transition) & t.valid
     keep[t.rows, t.final_idx] = True
-    t.cache[key] = keep
+    _remember(t, key, keep)
     return keep
 
 
@@ -301,7 +301,7 @@ def scheduled(t: RunTable, schedule: dict) -> tuple[RunTable, np.ndarray | None]
     seen = RunTable(t.run_id, t.question_ids, lengths, cols, np.take_along_axis(t.answers, src, axis=1), t.meta,
                     t.answer_type, t.incumbent, t.interval)
     seen._signals = t._signals
-    t.cache[key] = (seen, src)
+    _remember(t, key, (seen, src))
     return seen, src
 
 
@@ -318,8 +318,26 @@ def computed_tokens(t: RunTable, stop: np.ndarray, setting: Setting) -> np.ndarr
     key = ("probes", json_key(s))
     if key not in t.cache:
         keep = schedule_mask(t, s) & ~t.is_final
-        t.cache[key] = np.cumsum(np.where(keep, t.probe_tokens, 0.0), axis=1)
+        _remember(t, key, np.cumsum(np.where(keep, t.probe_tokens, 0.0), axis=1))
     return t.pos[r, stop] + t.cache[key][r, stop]
+
+
+MAX_SCHEDULES = 6      # schedules whose packed tables a run's table keeps (Tune's sliders try many)
+
+
+def _remember(t: RunTable, key: tuple, value) -> None:
+    """Cache a schedule's array or table on ``t``, forgetting the least recently added schedule's beyond
+    MAX_SCHEDULES (a packed table is about as large as the run's)."""
+    order = t.cache.setdefault("_schedules", [])
+    if key[1] in order:
+        order.remove(key[1])
+    order.append(key[1])
+    while len(order) > MAX_SCHEDULES:
+        old = order.pop(0)
+        for k in [k for k in t.cache if isinstance(k, tuple) and len(k) == 2 and k[1] == old
+                  and k[0] in ("keep", "seen", "probes")]:
+            del t.cache[k]
+    t.cache[key] = value
 
 
 def _pad_forward(g: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -202,3 +202,12 @@ def test_perturbed_copies_keep_the_interval():
     t.interval = 7
     noise = {"answers_differ": 0.0, "signals": {}}
     assert perturb(t, noise, np.random.default_rng(0)).interval == 7
+
+
+def test_a_table_keeps_a_bounded_number_of_packed_schedules():
+    from analysis.replay.engine import MAX_SCHEDULES
+    t = rows_of(REC, EVERY, True, True)
+    for floor in range(0, 32 * (MAX_SCHEDULES + 4), 32):
+        stop_index(t, Setting.make("consistency", k=2, schedule={"every": 2, "min_tokens": floor}))
+    assert sum(1 for k in t.cache if isinstance(k, tuple) and k[0] == "seen") <= MAX_SCHEDULES
+    assert len(t.cache["_schedules"]) <= MAX_SCHEDULES
