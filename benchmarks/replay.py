@@ -6,7 +6,10 @@ Prints one JSON line:
   trained (their one-off training per run is learned_fit_s);
 - naive_ms_per_setting / speedup: a plain pandas group-by-question implementation of the same rules,
   timed here on the same store;
-- ratio_to_single_pass: our time per setting / one numpy pass over the columns the rule reads.
+- ratio_to_single_pass: our time per setting / one numpy pass over the columns the rule reads;
+- schedule: the probe schedules the sweep tries (sweep_schedules), how many of its settings are on a sparser
+  one (sparse_settings), packing one schedule's table (pack_s, once per schedule and run) and the median time
+  per setting on a packed table (ms_per_sparse_setting).
 Usage: python benchmarks/replay.py [--questions 20000] [--checkpoints 50]
 """
 from __future__ import annotations
@@ -27,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from analysis.evaluate.frontier import settings_for, sweep  # noqa: E402
 from analysis.replay.policies import Setting, families  # noqa: E402
 from analysis.replay.policies.learned import cross_fit  # noqa: E402
-from analysis.replay.engine import RunTable, stop_index  # noqa: E402
+from analysis.replay.engine import RunTable, scheduled, stop_index  # noqa: E402
+from analysis.replay.policies.base import schedule_grid  # noqa: E402
 from analysis.core.store import Store  # noqa: E402
 from analysis.ingest.synthetic import write_synthetic_run  # noqa: E402
 
@@ -103,10 +107,16 @@ def main() -> None:
     t.run_length(), t.votes(), t.ema_var(0.2)  # warm the derived features, as a loaded run would have
     per_family = {f: timed(lambda s=s: stop_index(t, s)) for f, s in REPRESENTATIVE.items()}
     ms_per_setting = statistics.median(per_family.values())
-    n_settings = sum(len(settings_for(t, f)) for f in families())
+    all_settings = [s for f in families() for s in settings_for(t, f)]
+    n_settings, n_sparse = len(all_settings), sum(bool(s.schedule) for s in all_settings)
     t0 = time.perf_counter()
     sweep(t)
     sweep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scheduled(t, {"every": 8})                  # a schedule the sweep did not pack
+    pack_s = time.perf_counter() - t0
+    sparse = {f: timed(lambda s=Setting.from_dict({**s.to_dict(), "schedule": {"every": 2}}): stop_index(t, s))
+              for f, s in REPRESENTATIVE.items() if f not in ("budget", "learned")}
     # Single numpy pass over the columns each rule reads.
     single = {
         "budget": timed(lambda: t.pos >= 600),
@@ -134,6 +144,8 @@ def main() -> None:
         "naive_ms_per_setting": round(naive_ms, 1), "speedup": round(naive_ms / ours_same, 1),
         "naive_agrees": all(ours_check.values()),
         "ratio_to_single_pass": round(ratio, 2),
+        "schedule": {"sweep_schedules": schedule_grid(), "sparse_settings": n_sparse, "pack_s": round(pack_s, 3),
+                     "ms_per_sparse_setting": round(statistics.median(sparse.values()), 3)},
         "targets": {"ms_per_setting": 10, "sweep_s": 3, "speedup": 100, "ratio_to_single_pass": 5},
     }))
 

@@ -20,11 +20,11 @@ COST_AXES = ("emitted", "computed")
 # above this many checkpoints the learned stopper (five cross-fitted classifiers, seconds on a large run) is
 # left out of the first sweep and waits to be asked for
 LEARNED_AUTO_MAX = 200_000
-SPARSE_SHARE = 3          # a sparser schedule sweeps 1 in this many of the family's settings
+SPARSE_SHARE = 6          # a sparser schedule sweeps 1 in this many of the family's settings
 
 
 def settings_for(t: RunTable, family: str) -> list[Setting]:
-    """The family's grid on every checkpoint, then (for a family that probes) a third of it, the same third for
+    """The family's grid on every checkpoint, then (for a family that probes) a sixth of it, the same sixth for
     each, on each sparser schedule of the declared schedule grid: what probing less often buys in computed
     tokens, within the sweep-time target."""
     cls = get_family(family)
