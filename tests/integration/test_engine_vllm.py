@@ -196,6 +196,38 @@ def test_an_imported_run_is_reprobed_through_the_server(server, tmp_path, tok):
     assert again["run_id"] == res["run_id"] and not again["created"]
 
 
+def test_the_runs_page_starts_a_run_through_the_server_and_shows_its_figures(server, tmp_path, monkeypatch):
+    """The Runs page's engine choice: a background run through the server, its engine figures on the page."""
+    from analysis.production import jobs
+    from tests.helpers import open_app
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    monkeypatch.setenv("STOPLINE_JOBS_DIR", str(tmp_path / "jobs"))
+    at = open_app(None, None, "views/runs.py")
+    at.radio(key="run_engine").set_value("A server (OpenAI-compatible: vLLM, SGLang, …)").run()
+    at.text_input(key="run_url").input(server)
+    at.text_input(key="run_served").input(MODEL)
+    at.text_input(key="run_tokenizer").input(MODEL)
+    at.number_input(key="run_limit").set_value(3)
+    at.number_input(key="run_max_new").set_value(64)
+    at.button[0].click().run()
+    assert not at.exception and "Started job" in at.success[0].value
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        (job,) = jobs.list_jobs()
+        if job["state"] != "running":
+            break
+        time.sleep(1)
+    assert job["state"] == "done", job
+    (run,) = Store(mine, read_only=True).runs()
+    assert run["n_questions"] == 3 and run["config"]["engine"]["name"] == "openai"
+    at = open_app(str(mine), run["id"], "views/runs.py")
+    assert not at.exception
+    figures = at.dataframe[1].value
+    assert figures["server"][0] == "vllm 0.32.0" and figures["probes"][0] >= 3
+    assert figures["probe prefix-cache hits"][0].endswith("%")
+
+
 def test_bad_input_gets_one_clear_message_and_writes_no_run(server, second_server, tmp_path):
     _, url2 = second_server
     db = tmp_path / "bad.duckdb"
