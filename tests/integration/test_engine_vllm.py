@@ -198,8 +198,7 @@ def test_an_imported_run_is_reprobed_through_the_server(server, tmp_path, tok):
 
 def test_the_runs_page_starts_a_run_through_the_server_and_shows_its_figures(server, tmp_path, monkeypatch):
     """The Runs page's engine choice: a background run through the server, its engine figures on the page."""
-    from analysis.production import jobs
-    from tests.helpers import open_app
+    from tests.helpers import open_app, the_job_when_it_ends
     mine = tmp_path / "mine.duckdb"
     monkeypatch.setenv("STOPLINE_DB", str(mine))
     monkeypatch.setenv("STOPLINE_JOBS_DIR", str(tmp_path / "jobs"))
@@ -212,12 +211,7 @@ def test_the_runs_page_starts_a_run_through_the_server_and_shows_its_figures(ser
     at.number_input(key="run_max_new").set_value(64)
     at.button[0].click().run()
     assert not at.exception and "Started job" in at.success[0].value
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        (job,) = jobs.list_jobs()
-        if job["state"] != "running":
-            break
-        time.sleep(1)
+    job = the_job_when_it_ends(600)
     assert job["state"] == "done", job
     (run,) = Store(mine, read_only=True).runs()
     assert run["n_questions"] == 3 and run["config"]["engine"]["name"] == "openai"
