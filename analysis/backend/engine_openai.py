@@ -342,7 +342,7 @@ class OpenAIEngine:
 
         t0 = time.perf_counter()
         try:
-            def take(new):
+            def take(new, text=None):
                 for t in new:
                     fire(placer.feed(t))
                     ids.append(t)
@@ -366,8 +366,8 @@ class OpenAIEngine:
         return res
 
     async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids):
-        """Stream a completion; ``on_ids(new_ids)`` as the ids arrive (end-of-sequence ids dropped). Returns
-        (text, finish_reason, whether the server gave ids)."""
+        """Stream a completion; ``on_ids(new_ids, text)`` as the ids arrive (end-of-sequence ids dropped; ``text``:
+        the chunk's text). Returns (text, finish_reason, whether the server gave ids)."""
         import httpx
         body = {"model": self.model, "prompt": prompt_ids, "max_tokens": cfg.max_new_tokens,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True, "return_token_ids": True}
@@ -395,7 +395,7 @@ class OpenAIEngine:
                             got_ids = True
                             new = [t for t in new if t not in self.eos]
                             if new:
-                                on_ids(new)
+                                on_ids(new, ch.get("text") or "")
                         finish = ch.get("finish_reason") or finish
         except (httpx.TransportError, httpx.TimeoutException) as e:
             raise ReplicaFailed(f"{r.url}: stream broke: {type(e).__name__}: {e}") from None

@@ -1,4 +1,4 @@
-"""CLI commands for production: verify-controller, check-log, sensitivity, monitor, serve-demo."""
+"""CLI commands for production: verify-controller, check-log, sensitivity, monitor, serve-demo, serve (the gateway)."""
 from __future__ import annotations
 
 import json
@@ -195,3 +195,54 @@ def _serve(args):
           f"{res['tokens_emitted']:.0f} tokens, EM {res['em']:.3f}")
     print(f"decision log: {res['log']}  labels: {res['labels']}")
     print(f"next: python -m analysis monitor --log {res['log']} --labels {res['labels']}   (or the Monitor page)")
+
+
+def _gateway_setup(p):
+    p.add_argument("--upstream", action="append", required=True, metavar="URL",
+                   help="the server's /v1 URL (vLLM, SGLang, …); repeat it or separate with commas for replicas")
+    p.add_argument("--preset", required=True, help="the preset file (re-read when it changes)")
+    p.add_argument("--tokenizer", required=True, help="the served model's tokenizer: packaged name, folder or hub id")
+    p.add_argument("--model", help="the model's name on the upstream (default: the first it serves)")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) serves this machine only; any other "
+                                                      "address needs --api-key")
+    p.add_argument("--port", type=int, default=8800)
+    p.add_argument("--log", help="decision log, JSON lines (default: data/logs/gateway-DATE.jsonl)")
+    p.add_argument("--api-key", help="clients must send it (Authorization: Bearer KEY); default $STOPLINE_GATEWAY_KEY")
+    p.add_argument("--upstream-key", help="the upstream's key (default: $OPENAI_API_KEY); never logged")
+    p.add_argument("--on-stop", choices=["answer", "continue"], default="answer",
+                   help="answer: end with the trial answer after the cue; continue: append the cue and let the "
+                        "upstream write the answer")
+    p.add_argument("--answer-type", default="number", help="how trial answers are normalised (the preset's run's)")
+    p.add_argument("--every", type=int, default=32, help="checkpoints every N tokens (the calibration run's)")
+    p.add_argument("--no-steps", action="store_true")
+    p.add_argument("--no-transitions", action="store_true")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413")
+
+
+@command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
+         _gateway_setup)
+def _gateway(args):
+    import os
+    from datetime import date
+
+    import uvicorn
+
+    from analysis.backend.models import load_tokenizer
+    from analysis.core.errors import StoplineError
+    from analysis.production.gateway import Gateway, Options, check_bind
+    from analysis.production.gateway_app import create_app
+    key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
+    check_bind(args.host, key)
+    if args.every < 1:
+        raise StoplineError(f"--every must be at least 1, not {args.every}")
+    tok, kind, eos = load_tokenizer(args.tokenizer)
+    urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
+    log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
+    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key,
+                 upstream_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"),
+                 options=Options(on_stop=args.on_stop, answer_type=args.answer_type, every=args.every,
+                                 steps=not args.no_steps, transitions=not args.no_transitions,
+                                 max_body=args.max_body_kb * 1024))
+    print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(urls)} "
+          f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
+    uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")

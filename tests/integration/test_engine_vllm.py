@@ -7,9 +7,7 @@ The server is started here (minutes on a fresh machine: the environment is insta
 ``$STOPLINE_VLLM_URL``. These tests fail, not skip, when it cannot be started."""
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,40 +25,11 @@ from analysis.core.errors import StoplineError
 from analysis.core.store import Store
 from analysis.ingest.pipeline import run_openai
 from tests.helpers import ROOT
+from tests.integration.conftest import MODEL, free_port, start_server
 
 pytestmark = pytest.mark.vllm
-MODEL = "smollm2-135m-instruct"
 DATASET = "rg:basic_arithmetic"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp: Path, extra=()) -> tuple[subprocess.Popen, str]:
-    vllm_local.install()
-    port = free_port()
-    log = tmp / f"vllm-{port}.log"
-    proc = vllm_local.start(MODEL, port, log, name=MODEL, extra=list(extra))
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        vllm_local.wait_healthy(url, proc, log=log)
-    except BaseException:
-        vllm_local.stop(proc)
-        raise
-    return proc, url
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if os.environ.get("STOPLINE_VLLM_URL"):
-        yield os.environ["STOPLINE_VLLM_URL"]
-        return
-    proc, url = start_server(tmp_path_factory.mktemp("vllm"))
-    yield url
-    vllm_local.stop(proc)
 
 
 @pytest.fixture(scope="module")
