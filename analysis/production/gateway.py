@@ -35,7 +35,7 @@ from pathlib import Path
 from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, _root
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
-from analysis.core.answers import extract
+from analysis.core.answers import extract, normalize
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, DecisionLog
@@ -71,7 +71,6 @@ class Options:
     cue: str | None = None
     max_answer_tokens: int = 20
     max_body: int = MAX_BODY
-    on_upstream_error: str = "error"        # error | answer (the trial answer so far)
 
 
 class Gateway:
@@ -195,6 +194,8 @@ class Gateway:
         eng = self.engine
         r = await eng._pick()
         placer = Placer(cfg, eng.piece)
+        setting = sess.route.setting
+        probing = setting.policy.probes_needed(setting.params)     # a budget reads positions only: no probes
         ids: list[int] = []
         chunks: deque = deque()            # (start, ids, text) not yet released to the client
         pending: deque = deque()           # (pos, kinds, probe task), in order
@@ -227,24 +228,26 @@ class Gateway:
                         yield ("text", text)
                 if ended and not pending:
                     break
-                waits = [] if ended else [getter or asyncio.ensure_future(queue.get())]
-                getter = waits[0] if waits else None
-                if pending:
-                    waits.append(pending[0][2])
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if pending and pending[0][2] in done:
+                if pending and (pending[0][2] is None or pending[0][2].done()):
+                    # the next checkpoint in order has its probe (or needs none): decide there
                     pos, kinds, task = pending.popleft()
-                    pr = task.result()[0]
-                    probe_tokens += pr.probe_tokens
+                    pr = task.result()[0] if task is not None else None
+                    probe_tokens += pr.probe_tokens if pr else 0
                     t0 = time.perf_counter()
-                    sess.checkpoint(pos, pr.raw or None, pr.signals(), answer_tokens=len(pr.tokens),
-                                    probe_tokens=pr.probe_tokens, kind=kinds["kind"], answer_type=ctl.answer_type)
+                    sess.checkpoint(pos, (pr.raw or None) if pr else None, pr.signals() if pr else None,
+                                    answer_tokens=len(pr.tokens) if pr else 0, probe_tokens=pr.probe_tokens if pr else 0,
+                                    kind=kinds["kind"], answer_type=ctl.answer_type)
                     d = ctl.decide([sess])[0]
                     self.metrics.decision_latency.observe(time.perf_counter() - t0)
                     if d.stop:
                         decision = d
                         break
                     continue
+                waits = [] if ended else [getter or asyncio.ensure_future(queue.get())]
+                getter = waits[0] if waits else None
+                if pending:
+                    waits.append(pending[0][2])
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     item = getter.result()
                     getter = None
@@ -254,7 +257,7 @@ class Gateway:
                         for t in new:
                             for pos, kinds in placer.feed(t):
                                 pending.append((pos, kinds, asyncio.ensure_future(
-                                    eng._probe(r, req["ids"] + ids[:pos], self.cue_ids, cfg))))
+                                    eng._probe(r, req["ids"] + ids[:pos], self.cue_ids, cfg)) if probing else None))
                             ids.append(t)
                         chunks.append((start, list(new), text))
                     elif item[0] == "done":
@@ -268,7 +271,14 @@ class Gateway:
                 for start, cids, text in held:
                     take = cids[: decision.pos - start]
                     yield ("text", text if len(take) == len(cids) else self.tok.decode(take))
-                tail = await self._on_stop(r, req, ids[:decision.pos], decision.answer)
+                answer = decision.answer
+                if not probing and self.opt.on_stop == "answer":      # the one probe a budget needs: its answer
+                    pr = (await eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg))[0]
+                    answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens
+                    h, j = sess.history, decision.ck        # the request's answer, for its final record
+                    h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
+                    h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
+                tail = await self._on_stop(r, req, ids[:decision.pos], answer)
                 yield ("text", tail)
             elif error is not None:
                 raise error

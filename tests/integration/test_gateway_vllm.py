@@ -17,7 +17,8 @@ from analysis.presets.schema import loads
 from analysis.production.gateway import Gateway, Options, check_bind
 from analysis.production.gateway_app import create_app
 from analysis.production.verify import check_decisions
-from tests.integration.conftest import MODEL, free_port
+from analysis.backend import vllm_local
+from tests.integration.conftest import MODEL, free_port, start_server
 
 pytestmark = pytest.mark.vllm
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
@@ -75,6 +76,7 @@ def test_chat_and_completions_streamed_and_not_pass_the_upstream_through(server,
     with gateway(server, tok, tmp_path, NEVER) as (gw, url):
         whole = chat(url).json()
         assert whole["object"] == "chat.completion" and not whole["stopline"]["stopped"]
+        assert whole["stopline"]["checkpoints"] >= 1 and whole["stopline"]["probe_tokens"] == 0   # a budget: no probes
         streamed, last = chat(url, stream=True)
         assert streamed == whole["choices"][0]["message"]["content"]       # greedy: the same text both ways
         assert last["object"] == "chat.completion.chunk" and last["stopline"]["tokens_emitted"] > 0
@@ -108,6 +110,14 @@ def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, t
         assert direct["choices"][0]["text"].startswith(before)
         res = check_decisions(str(tmp_path / "decisions.jsonl"))    # every live decision = the replay's
         assert res["agreement"] == 1.0 and res["n"] == 2, res
+    conf = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.6}}}
+    (tmp_path / "c").mkdir()
+    with gateway(server, tok, tmp_path / "c", conf) as (gw, url):
+        infos = [chat(url, content=q, max_tokens=96).json()["stopline"] for q in
+                 (QUESTION, "What is 9 * 8? Answer inside \\boxed{}.", "Count from 1 to 20.")]
+        assert all(i["probe_tokens"] > 0 for i in infos)                 # confidence reads every probe
+        res = check_decisions(str(tmp_path / "c" / "decisions.jsonl"))
+        assert res["agreement"] == 1.0 and res["n"] == 3, res
 
 
 def test_routing_by_tag_ab_arms_and_exploration(server, tok, tmp_path):
@@ -191,3 +201,27 @@ def test_bad_requests_get_400_with_the_field_413_when_too_large(server, tok, tmp
     with pytest.raises(Exception, match="needs an API key"):
         check_bind("0.0.0.0", None)
     check_bind("0.0.0.0", "k")
+
+
+def test_an_upstream_that_dies_mid_stream_gives_the_client_a_clean_error(tok, tmp_path):
+    proc, upstream = start_server(tmp_path)
+    try:
+        with gateway(upstream, tok, tmp_path, NEVER) as (gw, url):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1500,
+                    "stream": True}
+            events = []
+            with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
+                for ln in r.iter_lines():
+                    if ln.startswith("data: "):
+                        events.append(ln[6:])
+                        if len(events) == 3:
+                            vllm_local.kill(proc)            # as a crash would
+            assert events[-1] == "[DONE]"
+            err = json.loads(events[-2])
+            assert err["error"]["type"] == "upstream_error" and "upstream failed" in err["error"]["message"]
+            logged = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl")]
+            assert any(rec["type"] == "error" for rec in logged)
+            m = httpx.get(url.removesuffix("/v1") + "/metrics").text
+            assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 1.0' in m
+    finally:
+        vllm_local.stop(proc)
