@@ -17,6 +17,11 @@ def _verify_setup(p):
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--log", help="also write the controller's decision log here")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "openai"],
+                   help="openai: the questions go through the gateway's request path against --base-url (a run "
+                        "recorded through that server)")
+    p.add_argument("--base-url", action="append", metavar="URL", help="(openai) the server's /v1 URL")
+    p.add_argument("--tokenizer", help="(openai) the served model's tokenizer")
     p.add_argument("--json", action="store_true")
     _db(p)
 
@@ -26,7 +31,23 @@ def _verify_setup(p):
                              "differ with the hardware)", _verify_setup)
 def _verify(args):
     from analysis.presets.schema import load
-    from analysis.production.verify import verify_live
+    from analysis.production.verify import verify_gateway, verify_live
+    if args.engine == "openai":
+        from analysis.core.errors import StoplineError
+        if not args.base_url or not args.tokenizer:
+            raise StoplineError("--engine openai needs --base-url and --tokenizer")
+        res = verify_gateway(_store(args, read_only=True), args.run, load(args.preset),
+                             [u for a in args.base_url for u in a.split(",") if u], args.tokenizer, limit=args.limit,
+                             log=args.log)
+        if args.json:
+            _print_json(res)
+        else:
+            d = res["decisions"]
+            print(f"gateway on run {res['run']} ({res['n']} questions, {res['stopped']} stopped early):\n"
+                  f"  decisions against the replay on the live values: {d['agreement']:.3f} ({d['n']} requests, "
+                  f"{d['checkpoints']} checkpoints){'' if d['agreement'] == 1 else '  <- a bug'}\n"
+                  f"  stops against the recorded run: {res['agreement']:.3f}\n  note: {res['note']}")
+        return 0 if res["decision_agreement"] == 1.0 else 1
     res = verify_live(_store(args, read_only=True), args.run, load(args.preset), batch_size=args.batch_size,
                       device=args.device, limit=args.limit, log=args.log, show_progress=not args.json)
     if args.json:

@@ -225,3 +225,19 @@ def test_an_upstream_that_dies_mid_stream_gives_the_client_a_clean_error(tok, tm
             assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 1.0' in m
     finally:
         vllm_local.stop(proc)
+
+
+def test_verify_controller_through_the_gateway_on_a_run_recorded_through_the_same_server(server, tmp_path, cli):
+    from analysis.backend.prompts import GenConfig
+    from analysis.core.store import Store
+    from analysis.ingest.pipeline import run_openai
+    db = tmp_path / "cal.duckdb"
+    res = run_openai(Store(db), [server], MODEL, MODEL, "rg:basic_arithmetic", limit=4,
+                     cfg=GenConfig(max_new_tokens=96), concurrency=4, show_progress=False)
+    (tmp_path / "p.json").write_text(json.dumps({"stopline_preset": 1, "name": "c",
+                                                 "setting": {"family": "confidence", "params": {"tau": 0.8}}}))
+    code, out, err = cli("verify-controller", "--engine", "openai", "--base-url", server, "--tokenizer", MODEL,
+                         "--run", res["run_id"], "--preset", tmp_path / "p.json", "--db", db, "--json")
+    assert code == 0, err
+    v = json.loads(out)
+    assert v["decision_agreement"] == 1.0 and v["n"] == 4 and 0 <= v["agreement"] <= 1
