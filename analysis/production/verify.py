@@ -184,12 +184,9 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
                          log_header={"calibration": {"db": str(store.path), "run": run["id"]}, "model": run["model"]})
         recs = controlled_generate(model, tok, questions, ctl, cfg, batch_size, show_progress=show_progress)
         ctl.log.close()
-        header, ck, fin = read_log(tmp / "live.jsonl")
-        if log:
-            _append_log(tmp / "live.jsonl", Path(log))
+        header, ck, fin, decisions = _live_log(tmp, log, run["answer_type"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    decisions = check_decisions((header, ck, fin), run["answer_type"])
     stored = {r["question_id"]: r["text"] for r in store.traces(run["id"], with_text=True).to_pylist()}
     numeric, first = compare_values(t, ck, {q.id: (r["text"], stored.get(q.id, ""), r["stopped"])
                                                 for q, r in zip(questions, recs)})
@@ -255,6 +252,15 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
             "mismatches": mism, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _live_log(tmp: Path, log, answer_type: str):
+    """The live run's decision log (tmp/live.jsonl): read, appended to ``log`` when given, and its decisions
+    checked against the replay."""
+    header, ck, fin = read_log(tmp / "live.jsonl")
+    if log:
+        _append_log(tmp / "live.jsonl", Path(log))
+    return header, ck, fin, check_decisions((header, ck, fin), answer_type)
+
+
 def _append_log(src: Path, dst: Path) -> None:
     """Copy a finished log to the user's path; appended (without its header) when that file has one."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -317,12 +323,9 @@ def verify_gateway(store, run_id: str, preset, base_urls: list[str], tokenizer: 
                 return await asyncio.gather(*(one(q) for q in questions))
         infos = asyncio.run(go())
         gw.log.close()
-        header, ck, fin = read_log(tmp / "live.jsonl")
-        if log:
-            _append_log(tmp / "live.jsonl", Path(log))
+        decisions = _live_log(tmp, log, run["answer_type"])[3]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    decisions = check_decisions((header, ck, fin), run["answer_type"])
     same = [int(t.pos[have[q.id], int(want[have[q.id]])]) == info["position"] for q, info in zip(questions, infos)]
     return {"run": run["id"], "engine": "openai", "n": len(questions), "decisions": decisions,
             "decision_agreement": decisions["agreement"], "agreement": float(np.mean(same)) if same else float("nan"),
