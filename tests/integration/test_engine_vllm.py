@@ -119,6 +119,21 @@ def test_a_probe_answers_as_a_from_scratch_greedy_completion_of_its_prefix(serve
     assert [a for a, _ in pairs] == [b for _, b in pairs]
 
 
+def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_so(server, tok):
+    tk, kind, eos = tok
+    cfg = GenConfig(every=16, max_new_tokens=64).resolved("number", kind)
+    p = tk(build_prompt(tk, "What is 17 + 25?", cfg), add_special_tokens=False)["input_ids"]
+
+    async def go(token_ids):
+        async with OpenAIEngine([server], MODEL, tk, eos=eos, token_ids=token_ids) as eng:
+            await eng.check()
+            return await eng.question(p, cfg), eng.stats.ids_from
+    (with_ids, src1), (without, src2) = asyncio.run(go(True)), asyncio.run(go(False))
+    assert (src1, src2) == ("server", "tokenizer")
+    assert tk.decode(without.token_ids) == tk.decode(with_ids.token_ids)      # the same text, greedy
+    assert [c["pos"] for c in without.checkpoints] and without.checkpoints[-1]["kind"] == "final"
+
+
 def test_a_killed_run_resumes_with_every_question_once(server, tmp_path):
     db = tmp_path / "k.duckdb"
     cmd = [sys.executable, "-m", "analysis", "run", "--engine", "openai", "--base-url", server, "--model", MODEL,
