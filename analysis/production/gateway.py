@@ -195,7 +195,9 @@ class Gateway:
         r = await eng._pick()
         placer = Placer(cfg, eng.piece)
         setting = sess.route.setting
-        probing = setting.policy.probes_needed(setting.params)     # a budget reads positions only: no probes
+        # a budget reads positions only: no probes, except on exploration requests, whose logged trial answers
+        # are what a recalibration certifies other settings on
+        probing = sess.route.arm == EXPLORE or setting.policy.probes_needed(setting.params)
         ids: list[int] = []
         chunks: deque = deque()            # (start, ids, text) not yet released to the client
         pending: deque = deque()           # (pos, kinds, probe task), in order

@@ -139,6 +139,7 @@ def test_routing_by_tag_ab_arms_and_exploration(server, tok, tmp_path):
     with gateway(server, tok, tmp_path / "x", explore) as (gw, url):
         info = chat(url, max_tokens=96).json()["stopline"]
         assert info["explore"] and not info["stopped"] and info.get("shadow_position", 0) >= 32
+        assert info["probe_tokens"] > 0            # explored: every checkpoint probed, for recalibration
         fin = [json.loads(ln) for ln in open(tmp_path / "x" / "decisions.jsonl") if '"final"' in ln]
         assert fin[-1]["shadow_pos"] == info["shadow_position"]
 
