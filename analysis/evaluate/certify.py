@@ -227,10 +227,12 @@ def _check(epsilon: float, delta: float, risk: str) -> None:
 
 
 def certify_losses(L: Losses, ordering: np.ndarray, epsilon: float, delta: float, risk: str = "drop",
-                   pvalues: bool = True, needs: bool = True) -> dict:
+                   pvalues: bool = True, needs: bool = True, choose=None) -> dict:
     """Learn-then-Test on precomputed losses: ``ordering`` marks the questions that order the settings; the
     rest are tested. Returns the certificate (see ``certify``). ``pvalues``/``needs``: also compute the chosen
-    setting's p-value / the questions each family would need (the simulation skips both)."""
+    setting's p-value / the questions each family would need (the simulation skips both). ``choose``: given the
+    certified settings' indices per family (each in its order), the ones that may be chosen (all by default;
+    the closed loop limits its step with it): the certificate covers every certified setting at once."""
     _check(epsilon, delta, risk)
     test = ~ordering
     n = int(test.sum())
@@ -240,13 +242,14 @@ def certify_losses(L: Losses, ordering: np.ndarray, epsilon: float, delta: float
     gained_k = L.gained[:, test].sum(axis=1)
     full_cost = float(L.full_cost.mean()) or 1.0
     mean_cost = L.cost.mean(axis=1)
-    per_family, certified = {}, []
+    per_family, certified, by_family = {}, [], {}
     for fam in fams:
         order = family_order(L, fam, ordering, risk)
         ucb = risk_ucb(lost_k[order], gained_k[order], n, d_f, risk) if n else np.ones(len(order))
         passed = ucb <= epsilon
         j = int(np.argmin(passed)) if not passed.all() else len(order)   # the first that fails ends the sequence
         ok = order[:j]
+        by_family[fam] = ok
         certified += ok
         first = order[0] if order else None
         need = (n_needed(lost_k[first] / max(n, 1), gained_k[first] / max(n, 1), epsilon, d_f, risk)
@@ -261,6 +264,10 @@ def certify_losses(L: Losses, ordering: np.ndarray, epsilon: float, delta: float
     out = {"certified": bool(certified), "epsilon": epsilon, "delta": delta, "risk": risk, "bound": BOUND,
            "testing": TESTING, "n": n, "n_order": int(ordering.sum()), "n_calibration": int(len(ordering)),
            "families": per_family, "tokens_full": full_cost}
+    if certified and choose is not None:
+        certified = list(choose(by_family))
+        if not certified:
+            out["held_back"] = True
     if certified:
         best = min(certified, key=lambda i: (mean_cost[i], rhat[i]))
         fam = L.family[best]
