@@ -153,3 +153,34 @@ if prop:
                            "application/json", key="dl_prop")
     else:
         st.info(prop["reason"])
+
+
+# -- the closed loop's versions (python -m analysis recalibrate) -------------------------------------------------
+HISTORY = Path(os.environ.get("STOPLINE_HISTORY", "data/history/preset-versions.jsonl"))
+if HISTORY.is_file():
+    versions = data.preset_history(str(HISTORY), HISTORY.stat().st_mtime)
+    if versions:
+        st.subheader("Versions (closed loop)")
+        st.caption("Each `python -m analysis recalibrate` attempt: a version is applied only when it certifies "
+                   "(EM drop ≤ ε with probability ≥ 1 − δ on questions drawn like the fresh exploration requests). "
+                   f"From `{HISTORY}`.")
+        rows = []
+        for v in versions:
+            c, o = v.get("certificate") or {}, v.get("observed") or {}
+            rows.append({"version": v["version"], "time": v.get("time"), "applied": v.get("applied"),
+                         "setting": v.get("setting"), "ε (promised bound)": v.get("epsilon"), "δ": v.get("delta"),
+                         "observed EM drop (champion, fresh data)": o.get("em_drop"),
+                         "tokens saved (certified)": c.get("savings") if v.get("applied") else None,
+                         "requests": v.get("n_explore"), "why": v.get("reason", v.get("note", ""))})
+        fig = go.Figure()
+        x = [r["version"] for r in rows]
+        fig.add_scatter(x=x, y=[r["ε (promised bound)"] for r in rows], mode="lines+markers", name="promised bound ε")
+        fig.add_scatter(x=x, y=[r["observed EM drop (champion, fresh data)"] for r in rows], mode="lines+markers",
+                        name="observed EM drop of the version then deployed")
+        fig.add_scatter(x=x, y=[r["tokens saved (certified)"] for r in rows], mode="markers", name="tokens saved",
+                        yaxis="y2")
+        fig.update_layout(height=300, xaxis_title="version", yaxis_title="EM drop",
+                          yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="tokens saved"),
+                          legend=dict(orientation="h", y=-0.35), margin=dict(t=20))
+        st.plotly_chart(fig, width="stretch", key="mon_versions")
+        st.dataframe(rows, hide_index=True, width="stretch")

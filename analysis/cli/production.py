@@ -207,8 +207,8 @@ def _recalibrate_setup(p):
     p.add_argument("--family", action="append", help="families to certify (default: every deployable one)")
     p.add_argument("--out", required=True, help="write the preset to deploy here (the new one when it certifies, "
                    "else the champion unchanged)")
-    p.add_argument("--history", default=None, help="version history, JSON lines (default: data/logs/"
-                   "preset-history.jsonl)")
+    p.add_argument("--history", default=None, help="version history, JSON lines (default: data/history/"
+                   "preset-versions.jsonl)")
     p.add_argument("--json", action="store_true")
 
 

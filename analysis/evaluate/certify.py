@@ -421,3 +421,19 @@ def simulate(population: Losses, n_calibration: int, epsilon: float, delta: floa
             "savings_mean": float(np.mean(saved)), "naive_savings_mean": float(np.mean(naive_saved)),
             "oracle": population.settings[oracle].label() if oracle is not None else None,
             "oracle_savings": float(1 - true_cost[oracle] / full) if oracle is not None else 0.0}
+
+
+def preset_certificate_words(cert: dict, run_id: str | None = None) -> str:
+    """A preset's certificate in words (for the report): which run it was certified on, and what it promises."""
+    where = ("on this run" if run_id and cert.get("run") == run_id else
+             f"on run {cert['run']}" if cert.get("run") not in (None, "", "explore") else
+             "on labelled exploration traffic" if cert.get("run") == "explore" else "on its calibration questions")
+    if "slices" in cert and "label" not in cert:
+        n_ok = sum(1 for c in cert["slices"].values() if c.get("certified"))
+        return (f"Certified {where}, one setting per {cert.get('by', 'slice')} slice ({n_ok} of {len(cert['slices'])} "
+                f"slices stop early, the others run to full length): in every slice the "
+                f"{'EM drop' if cert.get('risk') == 'drop' else 'share of questions lost'} is at most "
+                f"{cert['epsilon']:g} with probability at least {1 - cert['delta']:.0%} together, so over any mix of "
+                f"the slices too ({cert.get('bound', BOUND)} bound). It holds for new questions drawn like the "
+                "calibration ones.")
+    return certificate_words(cert).replace("Certified:", f"Certified {where}:", 1)

@@ -39,7 +39,7 @@ MIN_CERTIFY = 30          # labelled exploration requests below which no certifi
 # how many positions one step may move toward more aggressive settings along a family's order
 STEP = {"budget": 3, "consistency": 2, "confidence": 3, "entropy": 3, "hybrid": 2}
 DEFAULT_STEP = 2
-DEFAULT_HISTORY = "data/logs/preset-history.jsonl"
+DEFAULT_HISTORY = "data/history/preset-versions.jsonl"   # not in data/logs: the Monitor lists logs there
 
 
 def _now() -> str:

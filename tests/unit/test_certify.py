@@ -168,3 +168,23 @@ def test_simulation_violations_stay_within_delta():
     assert r["violation_share"] <= delta and r["violation_ci"][0] <= delta
     assert r["naive_violation_share"] > 2 * delta                    # the scenario has teeth
     assert r["certified_share"] > 0.8 and r["savings_mean"] > 0.7 * r["oracle_savings"]
+
+
+def test_the_report_states_the_certificate_in_words(synthetic_db):
+    from analysis.core.store import Store
+    from analysis.evaluate.certify import slice_preset
+    from analysis.evaluate.report import build
+    from analysis.presets.schema import Preset
+    from analysis.replay.engine import RunTable
+    from analysis.replay.policies.base import Setting
+    db, rid, _ = synthetic_db
+    s = Store(db, read_only=True)
+    t = RunTable.from_store(s, rid)
+    c = certify(t, 0.05, 0.1, families=["budget"])
+    p = Preset("cert", Setting.from_dict(c["setting"]), certificate={k: v for k, v in c.items() if k != "families"})
+    ps = slice_preset(certify_slices(t, "meta.difficulty", 0.05, 0.1, families=["budget"]))
+    rep = build([(s.run(rid), t)], [p, ps], drop=0.02, images=False, n_boot=100)
+    md = rep["markdown"]
+    assert "**Certificate of cert**: Certified on this run:" in md and "at most 0.05" in md
+    assert "with probability at least 90%" in md and "re-certify when the traffic shifts" in md
+    assert f"**Certificate of {ps.name}**: Certified on this run, one setting per meta.difficulty slice" in md
