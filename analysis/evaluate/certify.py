@@ -207,8 +207,8 @@ def family_order(L: Losses, fam: str, on: np.ndarray, risk: str = "drop") -> lis
     """A family's settings, least to most aggressive, as the ordering questions ``on`` rank them: their
     Pareto set (cost against the risk), most tokens first."""
     idx = np.flatnonzero(L.family == fam)
-    if not on.any():         # no ordering questions (a tiny run): the grid's own order
-        return list(idx)
+    if not on.any():         # no ordering questions (a run too small to split): by tokens alone, label-free
+        return list(idx[np.argsort(-L.cost[idx].mean(axis=1), kind="stable")])
     cost = L.cost[idx][:, on].mean(axis=1)
     drop = L.lost[idx][:, on].mean(axis=1) - (L.gained[idx][:, on].mean(axis=1) if risk == "drop" else 0.0)
     keep = pareto_mask(cost, -drop)
