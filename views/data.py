@@ -210,6 +210,14 @@ def certificate_for(run: dict, epsilon: float, delta: float, families: tuple[str
     return certificate(picked_db(), run["id"], run["n_checkpoints"], epsilon, delta, families)
 
 
+def recalibrate(log: str, labels: str, header_preset: dict, epsilon: float, delta: float, history: str) -> dict:
+    """The closed loop's step from the Monitor page (analysis.production.recalibrate): certify on the log's
+    labelled exploration requests, append the attempt to ``history``."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.recalibrate import recalibrate as run
+    return run([log], [labels], from_dict(header_preset), epsilon, delta, history=history)
+
+
 def preset_history(path: str, mtime: float) -> list[dict]:
     """The closed loop's version history (analysis.production.recalibrate); keyed by the caller on its mtime."""
     from analysis.production.recalibrate import history_records

@@ -157,6 +157,25 @@ if prop:
 
 # -- the closed loop's versions (python -m analysis recalibrate) -------------------------------------------------
 HISTORY = Path(os.environ.get("STOPLINE_HISTORY", "data/history/preset-versions.jsonl"))
+if labels_path is not None and "preset" in header:
+    with st.expander("Re-certify on the exploration requests (closed loop)", icon=":material/verified:"):
+        r1, r2, r3 = st.columns([1, 1, 1])
+        eps = r1.number_input("ε (largest EM drop)", 0.0, 0.5, 0.02, 0.005, format="%.3f", key="rc_eps")
+        dlt = r2.number_input("δ (chance it fails)", 0.001, 0.5, 0.1, 0.01, format="%.3f", key="rc_delta")
+        if r3.button("Re-certify", key="rc_go", type="primary"):
+            try:
+                st.session_state["rc_res"] = data.recalibrate(str(log_path), str(labels_path), header["preset"],
+                                                              float(eps), float(dlt), str(HISTORY))
+            except StoplineError as e:
+                st.session_state["rc_res"] = {"applied": False, "reason": str(e)}
+        rc = st.session_state.get("rc_res")
+        if rc:
+            (st.success if rc["applied"] else st.info)(("Applied: " if rc["applied"] else "Not applied. ") + rc["reason"])
+            if rc["applied"]:
+                st.download_button("Download the certified preset", json.dumps(rc["preset"], indent=2),
+                                   "recertified.json", "application/json", key="dl_rc")
+        st.caption("Applied only when a setting certifies on these requests; a move toward fewer tokens is limited "
+                   "per family; every attempt is kept in the version history below (docs/production.md).")
 if HISTORY.is_file():
     versions = data.preset_history(str(HISTORY), HISTORY.stat().st_mtime)
     if versions:

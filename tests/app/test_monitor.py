@@ -66,3 +66,21 @@ def test_monitor_page_shows_the_closed_loops_versions(tmp_path, synthetic_db, mo
     assert not at.exception
     assert any(s.value == "Versions (closed loop)" for s in at.subheader)
     assert list(at.dataframe[-1].value["setting"]) == ["budget(B=416)", "budget(B=704)"]
+
+
+def test_monitor_page_recertifies_and_keeps_the_attempt(tmp_path, synthetic_db, monkeypatch):
+    logs = _monitor_log(tmp_path, synthetic_db, (0.0, 1.0))
+    hist = tmp_path / "hist" / "versions.jsonl"
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    monkeypatch.setenv("STOPLINE_HISTORY", str(hist))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/monitor.py")
+    at.number_input(key="rc_eps").set_value(0.05).run()
+    at.button(key="rc_go").click().run()
+    assert not at.exception
+    said = [m.value for m in [*at.success, *at.info] if m.value.startswith(("Applied", "Not applied"))]
+    assert said
+    from analysis.production.recalibrate import history_records
+    recs = history_records(hist)
+    assert [r["version"] for r in recs] == [0, 1] and recs[1]["epsilon"] == 0.05
+    assert any(s.value == "Versions (closed loop)" for s in at.subheader)
