@@ -251,6 +251,21 @@ def run_by_id(runs_: list[dict], run_id: str) -> dict:
     return next(r for r in runs_ if r["id"] == run_id)
 
 
+def engine_figures(run: dict) -> dict:
+    """A run computed through a server (``--engine openai``): what its execution info recorded, for a table."""
+    eng, ex = run["config"].get("engine") or {}, run["config"].get("execution") or {}
+
+    def pct(v):
+        return None if v is None else f"{100 * v:.1f}%"
+    return {"id": run["id"], "server": f"{eng.get('server') or '?'} {eng.get('server_version') or ''}".strip(),
+            "replicas": ex.get("replicas"), "questions at once": ex.get("concurrency"),
+            "tokens generated": ex.get("gen_tokens"), "probes": ex.get("probes"),
+            "probe prefix-cache hits": pct(ex.get("probe_cache_hit_rate")),
+            "cacheable share": pct(ex.get("cacheable_share")),
+            "server prefix-cache hits": pct(ex.get("server_prefix_cache_hit_rate")),
+            "tokens/s": ex.get("gen_tok_s"), "token ids": ex.get("token_ids"), "retries": ex.get("retries")}
+
+
 # -- the session: what the sidebar picked, the current setting, the URL ---------------------------------------
 def query(key: str, default=None):
     return st.query_params.get(key, default)
