@@ -196,6 +196,34 @@ def _sweep_cache_file(path: str, key: str) -> Path | None:
     return cache / f"sweep-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
 
 
+@st.cache_data(show_spinner="Certifying (Learn-then-Test)…", max_entries=16)
+def certificate(path: str, run_id: str, n_checkpoints: int, epsilon: float, delta: float,
+                families: tuple[str, ...] | None = None) -> dict:
+    """The run's certified setting for "EM drop <= epsilon with probability >= 1 - delta"
+    (analysis.evaluate.certify); keyed on the run's counts."""
+    from analysis.evaluate.certify import certify
+    return certify(run_table(path, run_id, n_checkpoints), epsilon, delta, list(families) if families else None)
+
+
+def certificate_for(run: dict, epsilon: float, delta: float, families: tuple[str, ...] | None = None) -> dict:
+    """``certificate`` for ``run`` in the picked store."""
+    return certificate(picked_db(), run["id"], run["n_checkpoints"], epsilon, delta, families)
+
+
+def recalibrate(log: str, labels: str, header_preset: dict, epsilon: float, delta: float, history: str) -> dict:
+    """The closed loop's step from the Monitor page (analysis.production.recalibrate): certify on the log's
+    labelled exploration requests, append the attempt to ``history``."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.recalibrate import recalibrate as run
+    return run([log], [labels], from_dict(header_preset), epsilon, delta, history=history)
+
+
+def preset_history(path: str, mtime: float) -> list[dict]:
+    """The closed loop's version history (analysis.production.recalibrate); keyed by the caller on its mtime."""
+    from analysis.production.recalibrate import history_records
+    return history_records(path)
+
+
 @st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
 def monitor_report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
     """A decision log against its calibration run (analysis.production.monitor), with the log's checkpoint and

@@ -80,6 +80,36 @@ def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
                                     "(chosen on this whole run; the Report checks on held-out questions).")
 
 
+def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.05) -> None:
+    """Beside the jump helpers: the setting certified for "EM drop <= epsilon with probability >= 1 - delta" on new
+    questions drawn like this run's (Learn-then-Test; analysis/evaluate/certify.py)."""
+    from analysis.evaluate.certify import UNCERTIFIABLE
+    if scope == "this family" and fam in UNCERTIFIABLE:
+        st.caption(f"No certificate for the {fam} family: {UNCERTIFIABLE[fam]}.")
+        return
+    try:
+        c = data.certificate_for(run, float(epsilon), delta, (fam,) if scope == "this family" else None)
+    except StoplineError as e:
+        st.caption(f"No certificate: {e}")
+        return
+    if c["certified"]:
+        st.success(f"**Certified for ε={epsilon:g}, δ={delta:g}**: `{c['label']}` saves {c['savings']:.0%} of the "
+                   f"tokens; its EM drop on new questions drawn like these is at most {epsilon:g} with probability "
+                   f"{1 - delta:.0%} ({c['bound']}, {c['n']} test questions).", icon=":material/verified:")
+        if c["family"] == fam and not any(isinstance(v, dict) for v in c["setting"]["params"].values()):
+            st.button("Use the certified setting", key="cert_use", on_click=use_certified, args=(c["setting"],))
+    else:
+        st.caption(f"Certified for ε={epsilon:g}, δ={delta:g}: nothing. " + c["message"])
+
+
+def use_certified(setting: dict) -> None:
+    s = Setting.from_dict(setting)
+    data.remember_setting(s)
+    for k, v in s.params.items():
+        if not isinstance(v, (Setting, dict)):
+            st.session_state[f"{s.family}.{k}"] = v
+
+
 st.header("Tune")
 run = common.current_run()
 if run:
@@ -99,6 +129,8 @@ if run:
         g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope))
         if st.session_state.get("jump_msg"):
             st.info(st.session_state.pop("jump_msg"))
+        if goal == "drop" and 0 <= value < 1:
+            certified(run, fam, value, scope)
     start = common.current_setting(t, fam).params       # the link's or the last setting, else the defaults
     params = widgets(t, fam, start, fam)
     try:

@@ -267,3 +267,57 @@ def _gateway(args):
     print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(urls)} "
           f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
     uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")
+
+
+def _recalibrate_setup(p):
+    p.add_argument("--log", required=True, action="append", help="a decision log (repeatable)")
+    p.add_argument("--labels", required=True, action="append", help="late labels: JSON lines with request and gold")
+    p.add_argument("--preset", help="the deployed preset (default: the one in the log's header)")
+    p.add_argument("--epsilon", type=float, default=0.01, help="the largest EM drop allowed (default 0.01)")
+    p.add_argument("--delta", type=float, default=0.05, help="the chance the guarantee may fail (default 0.05)")
+    p.add_argument("--risk", default="drop", choices=["drop", "lost"])
+    p.add_argument("--family", action="append", help="families to certify (default: every deployable one)")
+    p.add_argument("--out", required=True, help="write the preset to deploy here (the new one when it certifies; "
+                   "else the champion unchanged, and an existing file is left as it is: a gateway reading it reloads "
+                   "only new versions)")
+    p.add_argument("--history", default=None, help="version history, JSON lines (default: data/history/"
+                   "preset-versions.jsonl)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("recalibrate", "certify a new setting on the labelled exploration requests of a decision log; apply it "
+         "only when it certifies, one limited step at a time, keeping every version", _recalibrate_setup)
+def _recalibrate(args):
+    from analysis.core.errors import StoplineError
+    from analysis.presets.schema import from_dict, load
+    from analysis.production.monitor import read_log
+    from analysis.production.recalibrate import DEFAULT_HISTORY, recalibrate
+    if args.preset:
+        preset = load(args.preset)
+    else:
+        header = read_log(args.log)[0]
+        if "preset" not in header:
+            raise StoplineError("the log has no header naming its preset; pass --preset")
+        preset = from_dict(header["preset"])
+    res = recalibrate(args.log, args.labels, preset, args.epsilon, args.delta, args.risk, args.family,
+                      history=args.history or DEFAULT_HISTORY)
+    out = Path(args.out)
+    text = json.dumps(res["preset"], indent=2)
+    # a running gateway re-reads its preset file when it changes: write only a new version (or a new file)
+    if res["applied"] or not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    if args.json:
+        res["data"].pop("requests", None)
+        _print_json(res)
+    else:
+        o = res.get("observed")
+        print(f"{res['n_explore']} labelled exploration requests; champion {res['champion']}"
+              + (f": EM drop {o['em_drop']:+.3f}, {o['tokens']:.0f} tokens on them" if o else ""))
+        print(("APPLIED " + res["setting"] + f" ({res['direction']})") if res["applied"] else "NOT APPLIED")
+        print("  " + res["reason"])
+        for fam, v in (res.get("step_limited") or {}).items():
+            print(f"  step limit: {v['held_back']} more aggressive {fam} setting(s) held back (at most {v['step']} "
+                  "positions per step)")
+        print(f"  preset to deploy: {args.out}; history: {res.get('history')} (version {res.get('version')})")
+    return 0 if res["applied"] else 1

@@ -194,3 +194,71 @@ def _report(args):
     for name, data in rep["images"].items():
         (out / name).write_bytes(data)
     print(f"report written to {out}/report.html ({len(rep['images'])} chart files, report.md)")
+
+
+def _certify_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--epsilon", type=float, default=0.01, help="the largest EM drop allowed (default 0.01)")
+    p.add_argument("--delta", type=float, default=0.05, help="the chance the guarantee may fail (default 0.05)")
+    p.add_argument("--risk", default="drop", choices=["drop", "lost"],
+                   help="drop: EM drop (lost − gained, default); lost: the share of questions lost (stricter)")
+    p.add_argument("--family", action="append", help="family to certify (repeatable; default: every one the run "
+                   "can replay, except learned)")
+    p.add_argument("--cost", default="emitted", choices=["emitted", "computed"], help="tokens to save")
+    p.add_argument("--slice-by", help="certify one setting per slice ('length' or a question field such as "
+                   "meta.difficulty), δ split across the slices")
+    p.add_argument("--order-share", type=float, default=0.3,
+                   help="share of the questions that orders the settings (the rest are tested)")
+    p.add_argument("--save", help="write the certified preset (with its certificate) to this JSON file")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("certify", "Learn-then-Test: the setting saving the most tokens whose EM drop is ≤ ε with probability "
+         "≥ 1 − δ on new questions drawn like the run's", _certify_setup)
+def _certify(args):
+    from analysis.core.errors import StoplineError
+    from analysis.evaluate.certify import certify, certify_slices, slice_preset
+    from analysis.presets.schema import Preset
+    from analysis.replay.policies.base import Setting
+    if not 0 < args.order_share < 1:
+        raise StoplineError("--order-share must be in (0, 1)")
+    t = _table(args)
+    if args.slice_by:
+        res = certify_slices(t, args.slice_by, args.epsilon, args.delta, args.family, args.risk, args.cost,
+                             args.order_share)
+        preset = slice_preset(res) if res["certified"] else None
+    else:
+        res = certify(t, args.epsilon, args.delta, args.family, args.risk, args.cost, args.order_share)
+        preset = None
+        if res["certified"]:
+            cert = {k: v for k, v in res.items() if k != "families"}
+            preset = Preset(f"certified ε={args.epsilon:g} δ={args.delta:g}: {res['label']}"[:200],
+                            Setting.from_dict(res["setting"]), certificate=cert)
+    if preset is not None:
+        res["preset"] = preset.to_dict()
+        if args.save:
+            with open(args.save, "w") as fh:
+                fh.write(preset.to_json())
+    if args.json:
+        _print_json(res)
+    elif args.slice_by:
+        print(f"run {t.run_id}, one setting per {args.slice_by} slice, ε={args.epsilon:g}, δ={args.delta:g} "
+              f"(split across {len(res['slices'])} slices), risk {args.risk}:")
+        for lab, c in res["slices"].items():
+            print(f"  {lab}: " + (f"{c['label']} (drop ≤ {c['epsilon']:g}; observed {c['risk_hat']:+.3f}, bound "
+                                  f"{c['risk_ucb']:.3f}; saves {c['savings']:.0%} on {c['n_calibration']} questions)"
+                                  if c["certified"] else "full length (nothing certified)"))
+        print(f"  together: {res['tokens']:.0f} tokens against {res['tokens_full']:.0f} (saves {res['savings']:.0%})")
+    else:
+        print(res["message"])
+        print(f"  families (δ each {args.delta / len(res['families']):.3g}):")
+        for f, v in res["families"].items():
+            print(f"    {f}: {v['certified']} of {v['in_order']} certified in order"
+                  + (f", best {v['best']}" if v["best"] else "")
+                  + (f"; stopped at {v['stopped_at']}" if v["stopped_at"] else ""))
+    if args.save and preset is None:
+        print("nothing certified: no preset written")
+    if args.save and preset is not None and not args.json:
+        print(f"preset written to {args.save}")
+    return 0 if res["certified"] else 1

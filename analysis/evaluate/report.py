@@ -17,6 +17,7 @@ from analysis.evaluate.compare import default_slice
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
 from analysis.evaluate.optimize import evaluate, operating_point
+from analysis.evaluate.certify import preset_certificate_words
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import Preset
 from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
@@ -134,6 +135,9 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                           f"{c['delta_em'][1]:+.3f}) | {r['tokens_emitted']:.0f} | {r['savings_emitted']:.0%} | "
                           f"{r['savings_computed']:.0%} | {r['lost']} | {r['gained']} |")
             md.append("")
+            for p, _ in rows:
+                if p.certificate:
+                    md += [f"**Certificate of {p.name}**: {preset_certificate_words(p.certificate, t.run_id)}", ""]
         md += [f"![frontier](figures/frontier_{k}.png)", ""]
         if f"losses_{k}" in figs:
             md += [f"![losses](figures/losses_{k}.png)", ""]

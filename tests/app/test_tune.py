@@ -48,3 +48,19 @@ def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_d
     at.selectbox(key="hybrid.b.family").set_value("budget").run()
     at.slider(key="hybrid.b.budget.B").set_value(100).run()
     assert not at.exception and any("b=(budget(B=100))" in c.value for c in at.caption)
+
+
+def test_tune_shows_the_certified_setting_beside_the_jump(synthetic_db):
+    """Issue 23: with the goal "EM drop δ", Tune says which setting is certified for that ε (δ = 0.05) and can
+    make it current."""
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.radio(key="op_goal").set_value("drop").run()
+    at.number_input(key="op_value_drop").set_value(0.05).run()
+    assert not at.exception
+    ok = [s.value for s in at.success if "Certified for ε=0.05, δ=0.05" in s.value]
+    assert ok and "budget(" in ok[0]                          # the family picked (budget), this family's certificate
+    at.button(key="cert_use").click().run()
+    from analysis.presets.schema import loads
+    label = ok[0].split("`")[1]
+    assert not at.exception and loads(at.query_params["s"]).setting.label() == label
