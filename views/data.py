@@ -284,7 +284,7 @@ def picked_run() -> dict | None:
 
 
 def session_setting():
-    """The current setting kept in the session (the Tune page's, a clicked point's), or None."""
+    """The current setting kept in the session (the Tune page's, a clicked point's, a loaded preset's), or None."""
     return st.session_state.get("setting")
 
 
@@ -295,7 +295,38 @@ def remember_setting(setting) -> None:
     set_query("s", from_setting(setting).to_url())
 
 
+def current_family() -> str | None:
+    """The family the user picked last (the sidebar's family picker shows it on every page), or None."""
+    return st.session_state.get("cur_family")
+
+
 def pick_family(family: str) -> None:
-    """Make ``family`` the one the sidebar's family picker shows (on this and the next rerun)."""
-    st.session_state["family"] = family
+    """Make ``family`` the current one: the family picker shows it on every page, the URL carries it."""
+    st.session_state["cur_family"] = family
     set_query("family", family)
+
+
+def make_current(setting) -> None:
+    """Make a setting (a clicked point, a jump, a loaded preset) the current one, family included; Tune's
+    controls for its family are drawn again from it (call from a callback or before Tune draws them)."""
+    remember_setting(setting)
+    pick_family(setting.family)
+    for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(setting.family + ".")]:
+        del st.session_state[k]
+
+
+def keep_in_url(read_link) -> None:
+    """Every rerun, on every page: the session's family and setting go back into the URL (a page change in the
+    browser drops the query string), and a link's family and setting seed a fresh session once."""
+    if not st.session_state.get("url_seeded"):
+        st.session_state["url_seeded"] = True
+        url_setting = read_link()
+        if session_setting() is None and url_setting is not None:
+            st.session_state["setting"] = url_setting
+        fam = query("family") or (url_setting.family if url_setting is not None else None)
+        if fam and current_family() is None:
+            st.session_state["cur_family"] = fam
+    if current_family():
+        set_query("family", current_family())
+    if session_setting() is not None:
+        remember_setting(session_setting())

@@ -54,8 +54,7 @@ if run:
     if picked:
         s = Setting.from_dict(json.loads(picked))
         if s != current:
-            data.remember_setting(s)
-            data.pick_family(s.family)
+            data.make_current(s)
             st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "

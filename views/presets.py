@@ -12,8 +12,7 @@ from views import common, data
 
 def use(setting) -> None:
     """Button callback (runs before the page): make a preset's setting the current one, family included."""
-    data.remember_setting(setting)
-    data.pick_family(setting.family)
+    data.make_current(setting)
 
 
 run, t, fam, setting = common.page_start("Presets")

@@ -64,18 +64,7 @@ def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
         st.session_state["jump_msg"] = f"No setting meets that ({goal} {value:g})."
         return
     s = setting_of(row)
-    data.remember_setting(s)
-    data.pick_family(s.family)
-
-    def fill(setting, prefix):
-        for k, v in setting.params.items():
-            if isinstance(v, (Setting, dict)):
-                sub = Setting.from_dict(v)
-                st.session_state[f"{prefix}.{k}.family"] = sub.family
-                fill(sub, f"{prefix}.{k}.{sub.family}")
-            else:
-                st.session_state[f"{prefix}.{k}"] = v
-    fill(s, s.family)
+    data.make_current(s)          # the family picker and the controls are drawn from it on the rerun
     st.session_state["jump_msg"] = (f"Jumped to `{s.label()}`: EM {row['em']:.3f}, {row['emitted']:.0f} tokens "
                                     "(chosen on this whole run; the Report checks on held-out questions).")
 

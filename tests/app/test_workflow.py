@@ -1,0 +1,78 @@
+"""AppTest: the workflow between pages (issue 22): one current setting everywhere, the URL keeps every pick,
+the user's presets on every store they apply to."""
+from tests.helpers import open_app
+
+
+def browse(at, page: str):
+    """Go to ``page`` as the browser's navigation does: Streamlit's frontend drops the query string on a page
+    change, so only what the session keeps can survive it."""
+    at.query_params.clear()
+    return at.switch_page(page).run()
+
+
+def _tune_confidence(at, tau=0.92):
+    at.sidebar.selectbox(key="family").set_value("confidence").run()
+    at.slider(key="confidence.tau").set_value(tau).run()
+    assert not at.exception
+    return at
+
+
+def test_a_tuned_setting_is_the_current_one_on_every_page(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = _tune_confidence(open_app(db, rid, "views/tune.py"))
+    for page in ("views/questions.py", "views/compare.py", "views/presets.py", "views/report.py"):
+        browse(at, page)
+        assert not at.exception, page
+        assert at.sidebar.selectbox(key="family").value == "confidence", page
+        shown = " ".join(c.value for c in at.caption) + " ".join(m.value for m in at.markdown)
+        assert "tau=0.92" in shown or page == "views/report.py", page
+    browse(at, "views/tune.py")
+    assert at.sidebar.selectbox(key="family").value == "confidence"       # not the picker's first entry
+    assert at.slider(key="confidence.tau").value == 0.92
+    assert any("tau=0.92" in c.value for c in at.caption)
+
+
+def test_the_url_keeps_the_setting_and_family_on_every_page(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = _tune_confidence(open_app(db, rid, "views/tune.py"))
+    link = at.query_params["s"]
+    for page in ("views/frontier.py", "views/questions.py", "views/runs.py", "views/tune.py"):
+        browse(at, page)
+        assert at.query_params.get("family") in ("confidence", ["confidence"]), page
+        assert at.query_params.get("s") in (link, [link]), page
+
+
+def test_a_link_with_a_setting_opened_fresh_is_the_setting_on_tune(synthetic_db):
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT
+    db, rid, _ = synthetic_db
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update({"db": db, "run": rid, "s": from_setting(Setting.make("budget", B=30)).to_url()})
+    at.run()                                              # the Frontier, with s= only (no family=)
+    assert not at.exception
+    browse(at, "views/tune.py")
+    assert at.slider(key="budget.B").value == 30
+    assert any("budget(B=30)" in c.value for c in at.caption)
+
+
+def test_a_jump_draws_the_family_and_controls_without_streamlits_duplicate_value_warning(synthetic_db, monkeypatch):
+    """After Jump the server log printed "The widget with key 'family' was created with a default value but also
+    had its value set via the Session State API" with a stack trace. Streamlit checks that only under a real
+    runtime and once a process, so the check is switched on here."""
+    from streamlit.elements.lib import policies
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    warned = []
+    monkeypatch.setattr(policies.runtime, "exists", lambda: True)
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *a, **k: warned.append(msg % a))
+    at.radio(key="op_goal").set_value("drop").run()
+    at.radio(key="op_scope").set_value("all families").run()
+    at.button(key="op_jump").click().run()
+    assert not at.exception and any("Jumped to" in i.value for i in at.info)
+    assert not warned, warned
+    browse(at, "views/questions.py")
+    browse(at, "views/tune.py")
+    assert not at.exception and not warned, warned
