@@ -12,7 +12,7 @@ from analysis.replay.engine import Outcome
 from views import common, data
 
 run, t, fam, current = common.page_start("Compare")
-saved = data.presets()
+saved = data.presets_for(t)        # the user's presets, whichever store is picked
 
 
 def chooser(side: str, default: int) -> Preset | Outcome:

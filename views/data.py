@@ -101,6 +101,40 @@ def presets(path: str | None = None) -> dict[str, dict]:
     return _presets(path, stamp(path))
 
 
+def user_presets() -> dict[str, tuple[str, dict]]:
+    """Every preset the user has, by name: (the store that keeps it, its JSON). Presets belong to the user, not
+    to a store of runs: those in the user's store, then those in the picked store (when it is another one)."""
+    out: dict[str, tuple[str, dict]] = {}
+    for path in dict.fromkeys(p for p in (my_db(), picked_db()) if p):
+        try:
+            kept = presets(path)
+        except StoplineError:
+            continue
+        for name, body in kept.items():
+            out.setdefault(name, (path, body))
+    return out
+
+
+def applies(body: dict, t) -> bool:
+    """Whether a preset can be replayed on the run of table ``t``: every setting it can apply reads only signals
+    the run has."""
+    from analysis.core.errors import PresetError
+    from analysis.presets.schema import from_dict
+    try:
+        p = from_dict(body)
+    except PresetError:
+        return False
+
+    def reads(s) -> set[str]:
+        return set(s.policy.required_signals(s.params)).union(*[reads(x) for x in s.policy.parts(s.params)])
+    return all(t.has_signal(sig) for s in p.settings() for sig in reads(s))
+
+
+def presets_for(t) -> dict[str, dict]:
+    """The user's presets that apply to the run of table ``t`` (whichever store it is in), by name."""
+    return {name: body for name, (_, body) in user_presets().items() if applies(body, t)}
+
+
 def save_preset(path: str, name: str, body: dict) -> None:
     """Keep a preset in the store at ``path`` (made on the first save)."""
     Store(path).save_preset(name, body)

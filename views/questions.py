@@ -13,7 +13,7 @@ run, t, fam, setting = common.page_start("Questions")
 st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). Each question: where it stops, "
            "and whether its answer there is right compared with the other side.")
 
-saved = data.presets()
+saved = data.presets_for(t)        # the user's presets, whichever store is picked
 against = st.selectbox("Compare against", ["full length", *[f"preset: {n}" for n in saved], "a preset link or JSON…"],
                        key="q_against")
 try:

@@ -7,7 +7,7 @@ from views import common, data
 
 run, t, fam, current = common.page_start("Report")
 runs = data.picked_runs()
-saved = data.presets()
+saved = data.presets_for(t)        # the user's presets, whichever store is picked
 st.caption("For a stakeholder: headline numbers, the frontier, where the losses come from, and the recommended "
            "operating point with its confidence intervals, chosen on one half of the questions and checked on the other. "
            "A run with your own stopper (imported with its stop positions) opens with how it compares.")

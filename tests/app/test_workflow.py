@@ -76,3 +76,39 @@ def test_a_jump_draws_the_family_and_controls_without_streamlits_duplicate_value
     browse(at, "views/questions.py")
     browse(at, "views/tune.py")
     assert not at.exception and not warned, warned
+
+
+def test_a_preset_saved_on_the_demo_store_is_offered_wherever_it_applies(demo, tmp_path, monkeypatch):
+    """Presets belong to the user: saved with the (read-only) demo store picked, they go to the user's store,
+    and Questions, Compare and the Report offer them on the demo's runs; a run without the signals a preset reads
+    does not."""
+    from analysis.core.store import DEMO_DB
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "mine.duckdb"))
+    rid = demo.default_run()
+    at = _tune_confidence(open_app(DEMO_DB, rid, "views/tune.py"), 0.9)
+    browse(at, "views/presets.py")
+    at.text_input(key="preset_name").input("careful").run()
+    at.button(key="preset_save").click().run()
+    assert not at.exception and "Saved 'careful'" in at.success[0].value
+    assert at.button(key="load_careful")                       # listed on the Presets page of the demo store
+    browse(at, "views/questions.py")
+    assert "preset: careful" in at.selectbox(key="q_against").options
+    browse(at, "views/compare.py")
+    assert "preset: careful" in at.selectbox(key="cmp_A").options
+    at.selectbox(key="cmp_A").set_value("preset: careful").run()
+    assert not at.exception and any("tau=0.9" in c.value for c in at.caption)
+    browse(at, "views/report.py")
+    assert "careful" in at.multiselect(key="rep_presets").options
+
+
+def test_a_preset_is_not_offered_on_a_run_without_its_signals(synthetic_db, tmp_path, monkeypatch):
+    from analysis.core.store import Store
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    db, rid, rid_text = synthetic_db
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "mine.duckdb"))
+    Store(tmp_path / "mine.duckdb").save_preset("sure", from_setting(Setting.make("confidence", tau=0.9), "sure").to_dict())
+    at = open_app(db, rid, "views/compare.py")
+    assert "preset: sure" in at.selectbox(key="cmp_A").options
+    at = open_app(db, rid_text, "views/compare.py")
+    assert not at.exception and "preset: sure" not in at.selectbox(key="cmp_A").options
