@@ -112,3 +112,29 @@ def test_a_preset_is_not_offered_on_a_run_without_its_signals(synthetic_db, tmp_
     assert "preset: sure" in at.selectbox(key="cmp_A").options
     at = open_app(db, rid_text, "views/compare.py")
     assert not at.exception and "preset: sure" not in at.selectbox(key="cmp_A").options
+
+
+def test_jump_chooses_on_the_cost_asked_for_and_says_in_red_what_the_pick_costs(demo):
+    """Jump on tokens emitted may pick a setting whose probes compute more than full length: it says so in red,
+    with the number; on tokens computed it picks on that basis."""
+    from analysis.core.store import DEMO_DB
+    from analysis.evaluate.optimize import operating_point
+    from analysis.replay.engine import RunTable
+    rid = "c7a2483a9092"
+    t = RunTable.from_store(demo, rid)
+    at = open_app(DEMO_DB, rid, "views/tune.py")
+    at.radio(key="op_goal").set_value("drop").run()
+    at.radio(key="op_scope").set_value("all families").run()
+    at.button(key="op_jump").click().run()
+    assert not at.exception
+    fams = ["budget", "consistency", "confidence", "entropy", "learned", "hybrid"]
+    emitted = operating_point(t, "drop", 0.02, "emitted", fams, n_boot=0)
+    assert emitted["test"]["tokens_computed"] > emitted["test"]["tokens_full"]      # the demo's trap
+    (msg,) = [e.value for e in at.error]
+    assert emitted["label"] in msg and "more tokens than full length" in msg
+    assert f"{emitted['test']['tokens_computed'] / emitted['test']['tokens_full'] - 1:.0%}" in msg
+    at.radio(key="op_cost").set_value("computed").run()
+    at.button(key="op_jump").click().run()
+    computed = operating_point(t, "drop", 0.02, "computed", fams, n_boot=0)
+    assert any(computed["label"] in c.value for c in at.caption)
+    assert any("by tokens computed" in m.value for m in [*at.info, *at.error])
