@@ -89,6 +89,11 @@ with tab_run:
         if not js:
             st.caption("No jobs yet.")
             return
+        done = {j["id"] for j in js if j["state"] != "running"}
+        seen = st.session_state.setdefault("jobs_ended", done)
+        if done - seen:             # a job just ended: the whole page again, so the runs table shows its run
+            st.session_state["jobs_ended"] = done
+            st.rerun(scope="app")
         for j in js[:8]:
             with st.container(border=True):
                 st.markdown(f"**{j['model']}** on **{j['dataset']}** · job `{j['id']}` · {j['state']}")
