@@ -78,3 +78,16 @@ def test_a_jobs_run_writes_its_progress_bar_to_the_log(monkeypatch):
     assert progress(total=2, unit="q", file=open("/dev/null", "w")).disable
     monkeypatch.setenv("STOPLINE_PROGRESS", "1")
     assert not progress(total=2, unit="q", file=open("/dev/null", "w")).disable
+
+
+def test_read_commands_fall_back_to_the_demo_store_saying_so(cli, tmp_path, monkeypatch):
+    """On a fresh install `runs` said "store not found" and `optimize --run <a demo run>` "no run"."""
+    from analysis.core.store import DEMO_DB
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "not-yet.duckdb"))
+    code, out, err = cli("runs")
+    assert code == 0 and "c7a2483a9092" in out and "reading the demo store" in err and DEMO_DB in err
+    code, out, err = cli("optimize", "--run", "c7a2483a9092", "--budget", "100")
+    assert code == 0 and "test (held out)" in out and "reading the demo store" in err
+    code, out, err = cli("runs", "--db", str(tmp_path / "named.duckdb"))      # a store named: no fallback
+    assert code != 0 and "demo" not in err
+    assert not (tmp_path / "not-yet.duckdb").exists()
