@@ -46,7 +46,10 @@ def _store_and_run() -> None:
     idx = ids.index(want) if want in ids else 0
     rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
                                format_func=data.run_labeller(runs, questions=True))
-    data.pick_run(data.run_by_id(runs, rid))
+    run = data.run_by_id(runs, rid)
+    st.sidebar.caption(f"{data.run_labeller(runs, questions=True)(rid)} (`{rid}`): {run['model']} on "
+                       f"`{run['dataset']}`")
+    data.pick_run(run)
 
 
 def current_run() -> dict | None:

@@ -243,14 +243,33 @@ def monitor_report(log: str, labels: str | None, mtime: float, run_db: str | Non
 
 # -- runs, by label -------------------------------------------------------------------------------------------
 def run_label(run: dict, questions: bool = False) -> str:
-    """How a run is named in pickers and legends: model · dataset (· n q)."""
-    return f"{run['model']} · {run['dataset']}" + (f" · {run['n_questions']} q" if questions else "")
+    """How a run is named in pickers and legends, short enough to tell runs apart where a picker cuts it:
+    model · dataset options (· n q). ``qwen2.5-coder-0.5b · basic_arithmetic terms≤3 digits≤2 · 200 q`` for
+    ``qwen2.5-coder-0.5b-instruct`` on ``rg:basic_arithmetic?max_terms=3&max_digits=2``."""
+    from urllib.parse import parse_qsl
+    model = str(run["model"]).rstrip("/").split("/")[-1]
+    for tail in ("-instruct", "-Instruct", "-it", "-chat"):
+        model = model.removesuffix(tail)
+    name, _, opts = str(run["dataset"]).partition("?")
+    if ":" in name and not name.split(":", 1)[1].startswith(("/", ".")):
+        name = name.split(":", 1)[1]                                      # rg:basic_arithmetic -> basic_arithmetic
+    elif ":" in name:
+        kind, path = name.split(":", 1)
+        name = f"{kind} {Path(path).stem}"                                # gsm8k:/path/test.jsonl -> gsm8k test
+    words = []
+    for k, v in parse_qsl(opts):
+        k = k.replace("_", " ")
+        words.append(f"{k[4:]}≤{v}" if k.startswith("max ") else f"{k[4:]}≥{v}" if k.startswith("min ") else f"{k}={v}")
+    label = f"{model} · {' '.join([name, *words])}"
+    return label + (f" · {run['n_questions']} q" if questions else "")
 
 
 def run_labeller(runs_: list[dict], questions: bool = False):
     """A ``format_func`` for a picker of run ids."""
     by_id = {r["id"]: r for r in runs_}
-    return lambda i: run_label(by_id[i], questions)
+    labels = {i: run_label(r, questions) for i, r in by_id.items()}
+    twice = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
+    return lambda i: labels[i] + (f" · {i[:6]}" if labels[i] in twice else "")   # runs alike: their ids tell
 
 
 def run_by_id(runs_: list[dict], run_id: str) -> dict:

@@ -138,3 +138,17 @@ def test_jump_chooses_on_the_cost_asked_for_and_says_in_red_what_the_pick_costs(
     computed = operating_point(t, "drop", 0.02, "computed", fams, n_boot=0)
     assert any(computed["label"] in c.value for c in at.caption)
     assert any("by tokens computed" in m.value for m in [*at.info, *at.error])
+
+
+def test_runs_have_short_labels_that_tell_them_apart_and_the_runs_table_leads_with_what_is_compared(demo):
+    """The sidebar cut 'qwen2.5-coder-0.5b-instruct · rg:basic…' so two runs looked identical; the Runs table hid
+    em_full and mean_tokens beyond the right edge."""
+    from analysis.core.store import DEMO_DB
+    at = open_app(DEMO_DB, None, "views/runs.py")
+    pick = at.sidebar.selectbox(key="run_pick")
+    labels = list(pick.options)                  # AppTest gives the labels the picker shows
+    assert len(set(labels)) == len(labels)
+    assert "qwen2.5-coder-0.5b · basic_arithmetic terms≤3 digits≤2 · 200 q" in labels
+    assert all(len(lab) <= 64 for lab in labels)
+    cols = list(at.dataframe[0].value.columns)
+    assert cols[:3] == ["run", "em_full", "mean_tokens"]
