@@ -104,6 +104,17 @@ def current_setting(t, fam: str):
     return Setting(fam, get_family(fam).defaults_for(t))
 
 
+LEARNED_MIN_QUESTIONS = 50      # below this, the learned stopper's cross-fitted classifiers train on a handful
+
+
+def learned_caveat(t, fam: str) -> None:
+    """The learned stopper on a small run: say what its numbers rest on."""
+    if fam == "learned" and t.n < LEARNED_MIN_QUESTIONS:
+        st.warning(f"The learned stopper trains its classifiers on this run's own questions (cross-fitted, five "
+                   f"folds): with {t.n} questions each one learns from about {t.n * 4 // 5}, too few to trust (at "
+                   f"least {LEARNED_MIN_QUESTIONS} are advised). Treat its numbers as a sketch.")
+
+
 def noted_metric(where, label: str, value: str, note: str, **kw) -> None:
     """A metric whose line beneath is a plain note: no arrow, no colour."""
     where.metric(label, value, note, delta_color="off", delta_arrow="off", **kw)
@@ -127,4 +138,5 @@ def page_start(title: str):
         st.stop()
     t = data.table_for(run)
     fam = family_picker(t)
+    learned_caveat(t, fam)
     return run, t, fam, current_setting(t, fam)

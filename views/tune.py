@@ -87,6 +87,7 @@ if run:
     fam = common.family_picker(t)
     cls = get_family(fam)
     st.caption(f"{cls.description} ({cls.source})")
+    common.learned_caveat(t, fam)
     with st.expander("Jump to an operating point", icon=":material/my_location:"):
         g1, g2, g3, g5, g4 = st.columns([2, 1, 1, 1, 1])
         goal = g1.radio("Goal", ["budget", "drop"], horizontal=True, key="op_goal",

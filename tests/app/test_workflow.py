@@ -152,3 +152,36 @@ def test_runs_have_short_labels_that_tell_them_apart_and_the_runs_table_leads_wi
     assert all(len(lab) <= 64 for lab in labels)
     cols = list(at.dataframe[0].value.columns)
     assert cols[:3] == ["run", "em_full", "mean_tokens"]
+
+
+def test_the_pareto_table_reads_in_labels_and_percentages(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid)
+    grid = at.dataframe[-1]
+    import json
+    config = json.dumps(json.loads(grid.proto.columns), ensure_ascii=False)
+    for label in ("setting", "ΔEM vs full", "tokens emitted", "saved (emitted)", "saved (computed)"):
+        assert f'"{label}"' in config
+    assert '"%.1f%%"' in config and '"%.3f"' in config
+    assert grid.value["savings_emitted"].max() > 1          # percentages, not fractions
+
+
+def test_compare_gives_its_ci_with_three_decimals_like_the_rest(synthetic_db):
+    import re
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/compare.py")
+    (ci,) = [m.value for m in at.metric if m.label.startswith("ΔEM 95% CI")]
+    assert re.fullmatch(r"[+-]\d\.\d{3} … [+-]\d\.\d{3}", ci), ci
+
+
+def test_the_learned_stopper_on_a_tiny_import_comes_with_a_caveat(tmp_path):
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
+    db = tmp_path / "tiny.duckdb"
+    rid = write_synthetic_run(Store(db), 5, 10, seed=3)
+    at = open_app(str(db), rid, "views/tune.py")
+    at.sidebar.selectbox(key="family").set_value("learned").run()
+    assert not at.exception
+    assert any("with 5 questions" in w.value for w in at.warning)
+    browse(at, "views/questions.py")
+    assert any("with 5 questions" in w.value for w in at.warning)
