@@ -47,8 +47,7 @@ def _store_and_run() -> None:
     rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
                                format_func=data.run_labeller(runs, questions=True))
     run = data.run_by_id(runs, rid)
-    st.sidebar.caption(f"{data.run_labeller(runs, questions=True)(rid)} (`{rid}`): {run['model']} on "
-                       f"`{run['dataset']}`")
+    st.sidebar.caption(f"{data.run_labeller(runs, questions=True)(rid)} · `{rid}`")      # what the picker cuts
     data.pick_run(run)
 
 

@@ -48,6 +48,9 @@ for col, k in zip(c, ["lost", "gained", "kept right", "kept wrong"]):
 show = st.multiselect("Show", ["lost", "gained", "kept right", "kept wrong"], default=["lost", "gained"],
                       key="q_filter")
 view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
+# a line between the filter and the table: the table's toolbar (shown on hover) sits above its top edge and
+# covered the filter's chips
+st.caption(f"{len(view)} of {len(df)} questions, most tokens saved first; pick a row to see its trace.")
 event = st.dataframe(view, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="q_table", height=260)
 rows = event.selection.rows if event and event.selection else []

@@ -107,3 +107,17 @@ def test_one_setting_and_the_same_numbers_through_the_whole_workflow(server, bro
     assert shown_setting(p2) == tuned
     assert metric(p2, "EM") == em and metric(p2, "Lost / gained") == lost_gained
     fresh.close()
+
+
+def test_the_questions_table_toolbar_leaves_the_show_filter_uncovered(server, browser):
+    page = open_page(browser, server, "questions", height=1400)
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.wait_for(timeout=90_000)
+    wait_for_app_run(page)
+    grid.hover()
+    bar = page.locator("[data-testid='stElementToolbar']").first
+    bar.wait_for(state="visible", timeout=10_000)
+    tb = bar.bounding_box()
+    show = page.locator("[data-testid='stMultiSelect']", has_text="Show").first.bounding_box()
+    assert tb["y"] >= show["y"] + show["height"], (tb, show)          # below the filter, not over its chips
+    page.close()
