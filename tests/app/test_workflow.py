@@ -170,8 +170,9 @@ def test_compare_gives_its_ci_with_three_decimals_like_the_rest(synthetic_db):
     import re
     db, rid, _ = synthetic_db
     at = open_app(db, rid, "views/compare.py")
-    (ci,) = [m.value for m in at.metric if m.label.startswith("ΔEM 95% CI")]
-    assert re.fullmatch(r"[+-]\d\.\d{3} … [+-]\d\.\d{3}", ci), ci
+    (ci,) = [m for m in at.metric if m.label.startswith("ΔEM 95% CI")]
+    assert re.fullmatch(r"±\d\.\d{3}", ci.value), ci.value           # the half-width, as on Tune
+    assert re.fullmatch(r"[+-]\d\.\d{3} to [+-]\d\.\d{3}", ci.delta), ci.delta
 
 
 def test_the_learned_stopper_on_a_tiny_import_comes_with_a_caveat(tmp_path):
