@@ -121,3 +121,47 @@ def test_the_questions_table_toolbar_leaves_the_show_filter_uncovered(server, br
     show = page.locator("[data-testid='stMultiSelect']", has_text="Show").first.bounding_box()
     assert tb["y"] >= show["y"] + show["height"], (tb, show)          # below the filter, not over its chips
     page.close()
+
+
+@pytest.fixture(scope="module")
+def jobs_server(tmp_path_factory):
+    """The dashboard with a jobs folder and a user's store the test writes: (url, scratch folder)."""
+    from analysis.cli.appserver import dashboard
+    scratch = tmp_path_factory.mktemp("jobs-server")
+    env = {"STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
+           "STOPLINE_LOG_DIR": str(scratch / "logs")}
+    with dashboard(env) as url:
+        yield url, scratch
+
+
+def test_a_finished_jobs_run_shows_in_the_runs_table_without_a_reload(jobs_server, browser):
+    """The job panel refreshes on its own; when a job ends, the page around it (the runs table) does too."""
+    import json
+    import subprocess
+    import sys
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
+    url, scratch = jobs_server
+    mine = scratch / "mine.duckdb"
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])     # stands in for a run
+    d = scratch / "jobs" / "20261205-000000-abcdef"
+    d.mkdir(parents=True)
+    (d / "job.json").write_text(json.dumps({"id": d.name, "cmd": [], "pid": job.pid, "started": 0, "model": "m",
+                                            "dataset": "rg:x", "db": str(mine)}))
+    (d / "log").write_text("")
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    try:
+        page.goto(f"{url}/runs?db={mine}")
+        page.get_by_text("This store has no runs yet").first.wait_for(timeout=90_000)
+        page.get_by_text(f"job {d.name} · running").first.wait_for(timeout=30_000)
+        write_synthetic_run(Store(mine), 20, 5, seed=4)          # the job's run, committed
+        (d / "log").write_text("run 1234: 20 questions\n")
+        job.kill()
+        job.wait()                                               # reaped: the job has ended
+        page.get_by_text(f"job {d.name} · done").first.wait_for(timeout=30_000)
+        page.get_by_text("This store has no runs yet").first.wait_for(state="detached", timeout=30_000)
+        assert page.locator("[data-testid='stDataFrame']").count() >= 1
+    finally:
+        page.close()
+        if job.poll() is None:
+            job.kill()
