@@ -130,7 +130,8 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                    f"{te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI {ci['delta_em'][0]:+.3f} "
                    f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
                    f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
-                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes.", ""]
+                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes."
+                   + (f" **It {op['missed']}.**" if op.get("missed") else ""), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
         if rows:

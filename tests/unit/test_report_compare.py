@@ -68,3 +68,16 @@ def test_the_markdown_download_is_self_contained():
            "images": {"figures/frontier_0.png": b"\x89PNGdata"}}
     md = self_contained_markdown(rep)
     assert "figures/" not in md and "data:image/png;base64," in md and "losses_0: in the HTML report" in md
+
+
+def test_a_recommendation_that_misses_its_target_held_out_says_so_in_the_report(synthetic_db, monkeypatch):
+    from analysis.evaluate import optimize
+    from analysis.evaluate.report import build
+    db, rid, _ = synthetic_db
+    s = Store(db, read_only=True)
+    monkeypatch.setattr(optimize, "missed_target", lambda goal, value, cost, test: (
+        f"misses its target on the held-out questions: ΔEM {test['delta_em']:+.3f} there, beyond the allowed drop "
+        f"of {value:g}"))
+    rep = build([(s.run(rid), RunTable.from_store(s, rid))], [], drop=0.02, images=False, n_boot=100)
+    assert "**It misses its target on the held-out questions: ΔEM" in rep["markdown"]
+    assert "<b>It misses its target" in rep["html"]
