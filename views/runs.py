@@ -20,10 +20,18 @@ else:
         t = (r["config"].get("checkpoints") or {}).get("tokens", "")
         return "approximate (word pieces)" if t == "word-pieces" else "tokenizer" if t.startswith("tokenizer:") \
             else "the model's"
-    df = pd.DataFrame([{**{k: r[k] for k in ("id", "model", "dataset", "source", "status", "n_questions",
-                                             "n_checkpoints", "em_full", "mean_tokens")}, "tokens": tokens(r)}
-                       for r in runs])
-    st.dataframe(df, hide_index=True, width="stretch")
+    label = data.run_labeller(runs)
+    # what people compare first, then where a run comes from
+    df = pd.DataFrame([{"run": label(r["id"]), "em_full": r["em_full"], "mean_tokens": r["mean_tokens"],
+                        "n_questions": r["n_questions"], "n_checkpoints": r["n_checkpoints"], "status": r["status"],
+                        "tokens": tokens(r), "source": r["source"], "id": r["id"], "model": r["model"],
+                        "dataset": r["dataset"]} for r in runs])
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "run": st.column_config.TextColumn("run", width="medium"),
+        "em_full": st.column_config.NumberColumn("EM (full length)", format="%.3f"),
+        "mean_tokens": st.column_config.NumberColumn("mean tokens", format="%.0f"),
+        "n_questions": st.column_config.NumberColumn("questions"),
+        "n_checkpoints": st.column_config.NumberColumn("checkpoints")})
     served = [r for r in runs if (r["config"].get("engine") or {}).get("name") == "openai"]
     if served:
         with st.expander(f"Computed through a server: {len(served)} run(s)", expanded=True):
@@ -89,6 +97,11 @@ with tab_run:
         if not js:
             st.caption("No jobs yet.")
             return
+        done = {j["id"] for j in js if j["state"] != "running"}
+        seen = st.session_state.setdefault("jobs_ended", done)
+        if done - seen:             # a job just ended: the whole page again, so the runs table shows its run
+            st.session_state["jobs_ended"] = done
+            st.rerun(scope="app")
         for j in js[:8]:
             with st.container(border=True):
                 st.markdown(f"**{j['model']}** on **{j['dataset']}** · job `{j['id']}` · {j['state']}")

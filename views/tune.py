@@ -5,8 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.core.errors import StoplineError
-from analysis.evaluate.frontier import setting_of
-from analysis.evaluate.optimize import evaluate, pick
+from analysis.evaluate.optimize import evaluate
 from analysis.replay.policies import Setting, available_families, get_family
 from analysis.replay.engine import stop_index
 from views import common, data
@@ -54,30 +53,31 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
     return params
 
 
-def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
-    """Button callback: make the best setting for the goal current, and set the controls to it."""
-    pts = data.sweep_for(data.picked_run())
-    if scope == "this family":
-        pts = pts[pts.family.isin([fam, "full"])]
-    row = pick(pts, goal, value)
-    if row is None:
-        st.session_state["jump_msg"] = f"No setting meets that ({goal} {value:g})."
+def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
+    """Button callback: choose the best setting for the goal on the tune half of the questions, on the cost basis
+    asked for, make it current, and check it on the held-out half (the message says when it misses there)."""
+    from analysis.evaluate.frontier import LEARNED_AUTO_MAX
+    from analysis.evaluate.optimize import operating_point
+    fams = [fam] if scope == "this family" else [f for f in available_families(t)
+                                                 if f != "learned" or data.picked_run()["n_checkpoints"] <= LEARNED_AUTO_MAX]
+    try:
+        op = operating_point(t, goal, value, cost, fams, n_boot=0)
+    except StoplineError:
+        st.session_state["jump_msg"] = ("warning", f"No setting meets that ({goal} {value:g}, tokens {cost}) on the "
+                                        "tune half of the questions.")
         return
-    s = setting_of(row)
-    data.remember_setting(s)
-    data.pick_family(s.family)
-
-    def fill(setting, prefix):
-        for k, v in setting.params.items():
-            if isinstance(v, (Setting, dict)):
-                sub = Setting.from_dict(v)
-                st.session_state[f"{prefix}.{k}.family"] = sub.family
-                fill(sub, f"{prefix}.{k}.{sub.family}")
-            else:
-                st.session_state[f"{prefix}.{k}"] = v
-    fill(s, s.family)
-    st.session_state["jump_msg"] = (f"Jumped to `{s.label()}`: EM {row['em']:.3f}, {row['emitted']:.0f} tokens "
-                                    "(chosen on this whole run; the Report checks on held-out questions).")
+    s = Setting.from_dict(op["setting"])
+    data.make_current(s)          # the family picker and the controls are drawn from it on the rerun
+    te = op["test"]
+    text = (f"Jumped to `{s.label()}`, chosen on the tune half ({op['tune']['n']} questions) by tokens {cost}: "
+            f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens. On the held-out half ({te['n']}): ΔEM "
+            f"{te['delta_em']:+.3f}, {te['tokens_emitted']:.0f} tokens emitted and {te['tokens_computed']:.0f} "
+            f"computed against {te['tokens_full']:.0f} at full length.")
+    problems = [op["missed"]] if op["missed"] else []
+    if te["tokens_computed"] > te["tokens_full"]:
+        problems.append(f"with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
+                        "than full length")
+    st.session_state["jump_msg"] = ("error", text + " It " + "; it ".join(problems) + ".") if problems else ("info", text)
 
 
 def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.05) -> None:
@@ -103,11 +103,7 @@ def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.
 
 
 def use_certified(setting: dict) -> None:
-    s = Setting.from_dict(setting)
-    data.remember_setting(s)
-    for k, v in s.params.items():
-        if not isinstance(v, (Setting, dict)):
-            st.session_state[f"{s.family}.{k}"] = v
+    data.make_current(Setting.from_dict(setting))     # the family picker and the controls are drawn from it
 
 
 st.header("Tune")
@@ -117,8 +113,9 @@ if run:
     fam = common.family_picker(t)
     cls = get_family(fam)
     st.caption(f"{cls.description} ({cls.source})")
+    common.learned_caveat(t, fam)
     with st.expander("Jump to an operating point", icon=":material/my_location:"):
-        g1, g2, g3, g4 = st.columns([2, 1, 1, 1])
+        g1, g2, g3, g5, g4 = st.columns([2, 1, 1, 1, 1])
         goal = g1.radio("Goal", ["budget", "drop"], horizontal=True, key="op_goal",
                         format_func=lambda g: {"budget": "max EM within a token budget B",
                                                "drop": "fewest tokens within an EM drop δ"}[g])
@@ -126,9 +123,12 @@ if run:
                                 value=float(round(t.full_tokens.mean() * 0.6)) if goal == "budget" else 0.02,
                                 step=10.0 if goal == "budget" else 0.005, key=f"op_value_{goal}")
         scope = g3.radio("Among", ["this family", "all families"], key="op_scope")
-        g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope))
+        cost = g5.radio("Tokens", ["emitted", "computed"], key="op_cost",
+                        help="the cost the goal counts: tokens emitted, or computed (probes included)")
+        g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope, cost))
         if st.session_state.get("jump_msg"):
-            st.info(st.session_state.pop("jump_msg"))
+            kind, msg = st.session_state.pop("jump_msg")
+            (st.error if kind == "error" else st.warning if kind == "warning" else st.info)(msg)
         if goal == "drop" and 0 <= value < 1:
             certified(run, fam, value, scope)
     start = common.current_setting(t, fam).params       # the link's or the last setting, else the defaults

@@ -148,7 +148,51 @@ def _optimize(args):
             fh.write(preset.to_json())
     if args.json:
         return _print_json(res)
-    print(json.dumps(res, indent=2, default=str))
+    if args.slice_by:
+        return _print_slices(res, preset)
+    _print_operating_point(res, t.run_id, preset)
+
+
+def _red(text: str) -> str:
+    """``text`` in red on a terminal (plain when piped)."""
+    import sys
+    return f"\033[31m{text}\033[0m" if sys.stdout.isatty() else text
+
+
+def _print_operating_point(res: dict, run_id: str, preset) -> None:
+    """``optimize``'s result as a readable table: chosen on the tune split, checked on the held-out test split."""
+    goal = (f"fewest tokens {res['cost']} within an EM drop of {res['value']:g}" if res["goal"] == "drop"
+            else f"max EM with mean tokens {res['cost']} <= {res['value']:g}")
+    te, tu = res["test"], res["tune"]
+    ci = te["ci"]["delta_em"]
+    print(f"run {run_id}: {goal}")
+    print(f"  chosen on the tune half ({tu['n']} questions): {res['label']}")
+    rows = [("", "tune", "test (held out)"),
+            ("questions", f"{tu['n']}", f"{te['n']}"),
+            ("EM", f"{tu['em']:.3f}", f"{te['em']:.3f} (full {te['em_full']:.3f})"),
+            ("ΔEM vs full", "", f"{te['delta_em']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"),
+            ("tokens emitted", f"{tu['emitted']:.1f}", f"{te['tokens_emitted']:.1f} (saves {te['savings_emitted']:.1%})"),
+            ("tokens computed", f"{tu['computed']:.1f}",
+             f"{te['tokens_computed']:.1f} (saves {te['savings_computed']:.1%})"),
+            ("full length", "", f"{te['tokens_full']:.1f}"),
+            ("lost / gained", "", f"{te['lost']} / {te['gained']}  (McNemar p={te['mcnemar']['p_value']:.3g})")]
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    for a, b, c in rows:
+        print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
+    if res.get("missed"):
+        print("  " + _red(res["missed"][0].upper() + res["missed"][1:]))
+    if te["tokens_computed"] > te["tokens_full"]:
+        print(f"  note: with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
+              "than full length" + ("; --cost computed chooses on that basis" if res["cost"] == "emitted" else ""))
+    print(f"  preset link: {res['link']}")
+
+
+def _print_slices(res: dict, preset) -> None:
+    print(f"one setting per {res['by']} slice (chosen on the tune half), mean tokens {res['cost']} <= "
+          f"{res['budget']:g}: EM {res['em']:.3f} at {res[res['cost']]:.1f} tokens")
+    for lab, v in res["slices"].items():
+        print(f"  {lab:<16} {v['n']:>5} q  EM {v['em']:.3f}  {v[res['cost']]:>8.1f} tokens  {v['label']}")
+    print(f"  preset link: {res['link']}")
 
 
 def _beat_incumbent(args):

@@ -24,7 +24,9 @@ def jobs_dir() -> Path:
     return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
 
 
-_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")
+# the run's own bar only (its unit is q: "3/8 [00:04<00:07, 1.4s/q]"); other bars (transformers' "Loading
+# weights 272/272 [... it/s]") are not questions
+_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*(?:q/s|s/q)\]")
 _RAISED = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")   # a traceback's last line
 # what a model folder needs beside its weights: the tokenizer (one of these) and the config
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -72,7 +74,9 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     log = open(d / "log", "wb")
     # its own session: a page rerun or Ctrl-C in the dashboard's terminal does not reach it; PARENT_ENV: it
     # ends when the dashboard does (core/lifeline.py)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", PARENT_ENV: str(os.getpid()), **extra_env}
+    # STOPLINE_PROGRESS: the run's progress bar is written to the log although it is no terminal
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", "STOPLINE_PROGRESS": "1",
+           PARENT_ENV: str(os.getpid()), **extra_env}
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
     (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),

@@ -34,6 +34,7 @@ def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synt
     assert not at.exception and "Started job" in at.success[0].value
     job = the_job_when_it_ends(180)
     assert job["state"] == "done", job
+    assert (job["done"], job["total"]) == (4, 4), job      # the run's own bar (not "Loading weights n/n")
     (run,) = Store(mine, read_only=True).runs()
     assert run["n_questions"] == 4 and run["status"] == "complete"
     at.run()
