@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 
 import numpy as np
@@ -59,6 +60,8 @@ def main():
     ap.add_argument("--every", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true", help="skip the in-process engine (a model too big for here)")
+    ap.add_argument("--compare", type=int, default=48, help="probes whose entropy is compared with the exact one "
+                                                             "(spread over the questions)")
     a = ap.parse_args()
     tok, kind, eos = load_tokenizer(a.tokenizer)
     ds = load_dataset(a.dataset, a.questions, seed=42) if a.dataset.startswith("rg:") else load_dataset(a.dataset,
@@ -80,6 +83,7 @@ def main():
                 stats = eng.stats.as_dict()
             return info, t_plain, t_ours, n_plain, res, stats
     info, t_plain, t_ours, n_plain, res, stats = asyncio.run(server_side())
+    print(f"server: plain {t_plain}, ours {t_ours}", file=sys.stderr, flush=True)
     n_ours = sum(len(r.token_ids) for r in res)
     out = {"model": a.model, "server": info.get("server"), "server_version": info.get("server_version"),
            "block_size": info.get("block_size"), "questions": len(prompts), "max_new_tokens": a.max_new_tokens,
@@ -91,13 +95,14 @@ def main():
            "n_probes": stats["probes"], "tokens_plain": n_plain, "tokens_ours": n_ours,
            "seconds_plain": [round(t, 2) for t in t_plain], "seconds_ours": [round(t, 2) for t in t_ours]}
     if not a.no_hf:
-        out.update(in_process(a.tokenizer, prompts, res, cfg, tok))
+        out.update(in_process(a.tokenizer, prompts, res, cfg, tok, a.compare))
         out["gen_vs_hf"] = round(out["gen_tok_s"] / out["hf_gen_tok_s"], 2)
     print(json.dumps(out))
 
 
-def in_process(model_name, prompts, res, cfg, tok) -> dict:
-    """Plain generation in-process (one batch), and the exact entropy and answer at every probe of ``res``."""
+def in_process(model_name, prompts, res, cfg, tok, n_compare: int) -> dict:
+    """Plain generation in-process (one batch), and the exact entropy and answer at ``n_compare`` probes of
+    ``res`` (every k-th, so that every question and depth is represented)."""
     import torch
 
     from analysis.backend.decode import generate_batch
@@ -109,15 +114,17 @@ def in_process(model_name, prompts, res, cfg, tok) -> dict:
     t0 = time.perf_counter()
     gen = generate_batch(model, tok, texts, cfg, probe=False)
     dt = time.perf_counter() - t0
+    print(f"in-process generation: {dt:.1f} s", file=sys.stderr, flush=True)
     n = sum(len(r.token_ids) for r in gen)
     errs, agree, tot = [], 0, 0
+    every_probe = [(p, r, ck) for p, r in zip(prompts, res) for ck in r.checkpoints]
+    step = max(1, len(every_probe) // max(1, n_compare))
     with torch.no_grad():
-        for p, r in zip(prompts, res):
-            for ck in r.checkpoints:
-                exact = probe_from_scratch(model, tok, p + r.token_ids[:ck["pos"]], cfg.cue, cfg.max_answer_tokens)
-                errs.append(ck["probe"].entropy - exact.entropy)
-                agree += exact.raw == ck["probe"].raw
-                tot += 1
+        for p, r, ck in every_probe[::step]:
+            exact = probe_from_scratch(model, tok, p + r.token_ids[:ck["pos"]], cfg.cue, cfg.max_answer_tokens)
+            errs.append(ck["probe"].entropy - exact.entropy)
+            agree += exact.raw == ck["probe"].raw
+            tot += 1
     e = np.abs(np.array(errs))
     return {"hf_gen_tok_s": round(n / dt, 1), "hf_tokens": n,
             "entropy_err_median": round(float(np.median(e)), 4), "entropy_err_p90": round(float(np.quantile(e, 0.9)), 4),

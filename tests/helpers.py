@@ -56,6 +56,19 @@ def budget_like_run(store, n_questions: int, n_checkpoints: int, seed: int, shar
     return rid
 
 
+def the_job_when_it_ends(timeout_s: float) -> dict:
+    """The only background job (analysis/production/jobs.py) once it is no longer running (or at the timeout)."""
+    import time
+
+    from analysis.production import jobs
+    deadline = time.time() + timeout_s
+    while True:
+        (job,) = jobs.list_jobs()
+        if job["state"] != "running" or time.time() > deadline:
+            return job
+        time.sleep(1)
+
+
 # -- the dashboard in AppTest --------------------------------------------------------------------------------
 def open_app(db: str | None, run: str | None = None, page: str | None = None):
     """The dashboard (app.py) run once in AppTest with a store and run in its link, then on ``page``."""

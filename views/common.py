@@ -11,9 +11,15 @@ from views import data
 
 
 def sidebar_pickers() -> None:
-    """Store, run and family pickers; every pick is mirrored in the URL."""
+    """Store and run pickers; every pick (the family and setting too) is kept in the session and mirrored in the
+    URL, which the browser empties on a page change."""
+    _store_and_run()
+    data.keep_in_url(url_setting)
+
+
+def _store_and_run() -> None:
     st.sidebar.title(":material/stop_circle: Stopline")
-    extra = data.query("db")
+    extra = data.query("db") or data.picked_db()
     stores = data.stores(extra)
     labels = list(stores)
     cur = next((k for k, v in stores.items() if v == extra), labels[0] if Path(DEMO_DB).exists() else labels[1])
@@ -34,13 +40,15 @@ def sidebar_pickers() -> None:
         st.sidebar.info("No runs in this store yet.")
         return
     ids = [r["id"] for r in runs]
-    want = data.query("run")
+    want = data.query("run") or st.session_state.get("run_pick")
     if want not in ids:                 # a link that names no run (or a gone one): the store's default run
         want = data.default_run(path)
     idx = ids.index(want) if want in ids else 0
     rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
                                format_func=data.run_labeller(runs, questions=True))
-    data.pick_run(data.run_by_id(runs, rid))
+    run = data.run_by_id(runs, rid)
+    st.sidebar.caption(f"{data.run_labeller(runs, questions=True)(rid)} · `{rid}`")      # what the picker cuts
+    data.pick_run(run)
 
 
 def current_run() -> dict | None:
@@ -56,11 +64,14 @@ def family_picker(t, key: str = "family") -> str:
     from analysis.replay.policies import available_families, families, get_family
     fams = available_families(t)
     missing = [f for f in families() if f not in fams]
-    want = data.query("family")
-    idx = fams.index(want) if want in fams else 0
-    fam = st.sidebar.selectbox("Policy family", fams, index=idx, key=key,
-                               format_func=lambda f: get_family(f).label)
-    data.set_query("family", fam)
+    want = data.current_family()
+    # the session's family, set before the widget is drawn (each page has its own widget: Streamlit keys a
+    # widget by page), with no index passed, so Streamlit has no second default to warn about
+    st.session_state[key] = want if want in fams else fams[0]
+    fam = st.sidebar.selectbox("Policy family", fams, key=key, format_func=lambda f: get_family(f).label,
+                               on_change=lambda: data.pick_family(st.session_state[key]))
+    if want in fams or want is None:
+        data.pick_family(fam)
     if missing:
         st.sidebar.caption("Not available for this run (it has no probe signals): " + ", ".join(missing))
     return fam
@@ -92,6 +103,17 @@ def current_setting(t, fam: str):
     return Setting(fam, get_family(fam).defaults_for(t))
 
 
+LEARNED_MIN_QUESTIONS = 50      # below this, the learned stopper's cross-fitted classifiers train on a handful
+
+
+def learned_caveat(t, fam: str) -> None:
+    """The learned stopper on a small run: say what its numbers rest on."""
+    if fam == "learned" and t.n < LEARNED_MIN_QUESTIONS:
+        st.warning(f"The learned stopper trains its classifiers on this run's own questions (cross-fitted, five "
+                   f"folds): with {t.n} questions each one learns from about {t.n * 4 // 5}, too few to trust (at "
+                   f"least {LEARNED_MIN_QUESTIONS} are advised). Treat its numbers as a sketch.")
+
+
 def noted_metric(where, label: str, value: str, note: str, **kw) -> None:
     """A metric whose line beneath is a plain note: no arrow, no colour."""
     where.metric(label, value, note, delta_color="off", delta_arrow="off", **kw)
@@ -115,4 +137,5 @@ def page_start(title: str):
         st.stop()
     t = data.table_for(run)
     fam = family_picker(t)
+    learned_caveat(t, fam)
     return run, t, fam, current_setting(t, fam)

@@ -12,7 +12,7 @@ from analysis.replay.engine import Outcome
 from views import common, data
 
 run, t, fam, current = common.page_start("Compare")
-saved = data.presets()
+saved = data.presets_for(t)        # the user's presets, whichever store is picked
 
 
 def chooser(side: str, default: int) -> Preset | Outcome:
@@ -53,7 +53,8 @@ except StoplineError as e:
 
 m = st.columns(4)
 common.change_metric(m[0], "EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", res["delta_em"], "+.3f")
-m[1].metric("ΔEM 95% CI (B − A)", f"{res['delta_em_ci'][0]:+.2f} … {res['delta_em_ci'][1]:+.2f}")
+lo, hi = res["delta_em_ci"]           # as on Tune: the half-width, the bounds beneath (both fit a quarter row)
+common.noted_metric(m[1], "ΔEM 95% CI (B − A)", f"±{(hi - lo) / 2:.3f}", f"{lo:+.3f} to {hi:+.3f}")
 common.change_metric(m[2], "Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}", res["delta_tokens"],
                      "+.0f", delta_color="inverse")
 common.noted_metric(m[3], "McNemar p", f"{res['mcnemar']['p_value']:.3g}",

@@ -101,6 +101,40 @@ def presets(path: str | None = None) -> dict[str, dict]:
     return _presets(path, stamp(path))
 
 
+def user_presets() -> dict[str, tuple[str, dict]]:
+    """Every preset the user has, by name: (the store that keeps it, its JSON). Presets belong to the user, not
+    to a store of runs: those in the user's store, then those in the picked store (when it is another one)."""
+    out: dict[str, tuple[str, dict]] = {}
+    for path in dict.fromkeys(p for p in (my_db(), picked_db()) if p):
+        try:
+            kept = presets(path)
+        except StoplineError:
+            continue
+        for name, body in kept.items():
+            out.setdefault(name, (path, body))
+    return out
+
+
+def applies(body: dict, t) -> bool:
+    """Whether a preset can be replayed on the run of table ``t``: every setting it can apply reads only signals
+    the run has."""
+    from analysis.core.errors import PresetError
+    from analysis.presets.schema import from_dict
+    try:
+        p = from_dict(body)
+    except PresetError:
+        return False
+
+    def reads(s) -> set[str]:
+        return set(s.policy.required_signals(s.params)).union(*[reads(x) for x in s.policy.parts(s.params)])
+    return all(t.has_signal(sig) for s in p.settings() for sig in reads(s))
+
+
+def presets_for(t) -> dict[str, dict]:
+    """The user's presets that apply to the run of table ``t`` (whichever store it is in), by name."""
+    return {name: body for name, (_, body) in user_presets().items() if applies(body, t)}
+
+
 def save_preset(path: str, name: str, body: dict) -> None:
     """Keep a preset in the store at ``path`` (made on the first save)."""
     Store(path).save_preset(name, body)
@@ -196,6 +230,34 @@ def _sweep_cache_file(path: str, key: str) -> Path | None:
     return cache / f"sweep-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
 
 
+@st.cache_data(show_spinner="Certifying (Learn-then-Test)…", max_entries=16)
+def certificate(path: str, run_id: str, n_checkpoints: int, epsilon: float, delta: float,
+                families: tuple[str, ...] | None = None) -> dict:
+    """The run's certified setting for "EM drop <= epsilon with probability >= 1 - delta"
+    (analysis.evaluate.certify); keyed on the run's counts."""
+    from analysis.evaluate.certify import certify
+    return certify(run_table(path, run_id, n_checkpoints), epsilon, delta, list(families) if families else None)
+
+
+def certificate_for(run: dict, epsilon: float, delta: float, families: tuple[str, ...] | None = None) -> dict:
+    """``certificate`` for ``run`` in the picked store."""
+    return certificate(picked_db(), run["id"], run["n_checkpoints"], epsilon, delta, families)
+
+
+def recalibrate(log: str, labels: str, header_preset: dict, epsilon: float, delta: float, history: str) -> dict:
+    """The closed loop's step from the Monitor page (analysis.production.recalibrate): certify on the log's
+    labelled exploration requests, append the attempt to ``history``."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.recalibrate import recalibrate as run
+    return run([log], [labels], from_dict(header_preset), epsilon, delta, history=history)
+
+
+def preset_history(path: str, mtime: float) -> list[dict]:
+    """The closed loop's version history (analysis.production.recalibrate); keyed by the caller on its mtime."""
+    from analysis.production.recalibrate import history_records
+    return history_records(path)
+
+
 @st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
 def monitor_report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
     """A decision log against its calibration run (analysis.production.monitor), with the log's checkpoint and
@@ -209,18 +271,52 @@ def monitor_report(log: str, labels: str | None, mtime: float, run_db: str | Non
 
 # -- runs, by label -------------------------------------------------------------------------------------------
 def run_label(run: dict, questions: bool = False) -> str:
-    """How a run is named in pickers and legends: model · dataset (· n q)."""
-    return f"{run['model']} · {run['dataset']}" + (f" · {run['n_questions']} q" if questions else "")
+    """How a run is named in pickers and legends, short enough to tell runs apart where a picker cuts it:
+    model · dataset options (· n q). ``qwen2.5-coder-0.5b · basic_arithmetic terms≤3 digits≤2 · 200 q`` for
+    ``qwen2.5-coder-0.5b-instruct`` on ``rg:basic_arithmetic?max_terms=3&max_digits=2``."""
+    from urllib.parse import parse_qsl
+    model = str(run["model"]).rstrip("/").split("/")[-1]
+    for tail in ("-instruct", "-Instruct", "-it", "-chat"):
+        model = model.removesuffix(tail)
+    name, _, opts = str(run["dataset"]).partition("?")
+    if ":" in name and not name.split(":", 1)[1].startswith(("/", ".")):
+        name = name.split(":", 1)[1]                                      # rg:basic_arithmetic -> basic_arithmetic
+    elif ":" in name:
+        kind, path = name.split(":", 1)
+        name = f"{kind} {Path(path).stem}"                                # gsm8k:/path/test.jsonl -> gsm8k test
+    words = []
+    for k, v in parse_qsl(opts):
+        k = k.replace("_", " ")
+        words.append(f"{k[4:]}≤{v}" if k.startswith("max ") else f"{k[4:]}≥{v}" if k.startswith("min ") else f"{k}={v}")
+    label = f"{model} · {' '.join([name, *words])}"
+    return label + (f" · {run['n_questions']} q" if questions else "")
 
 
 def run_labeller(runs_: list[dict], questions: bool = False):
     """A ``format_func`` for a picker of run ids."""
     by_id = {r["id"]: r for r in runs_}
-    return lambda i: run_label(by_id[i], questions)
+    labels = {i: run_label(r, questions) for i, r in by_id.items()}
+    twice = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
+    return lambda i: labels[i] + (f" · {i[:6]}" if labels[i] in twice else "")   # runs alike: their ids tell
 
 
 def run_by_id(runs_: list[dict], run_id: str) -> dict:
     return next(r for r in runs_ if r["id"] == run_id)
+
+
+def engine_figures(run: dict) -> dict:
+    """A run computed through a server (``--engine openai``): what its execution info recorded, for a table."""
+    eng, ex = run["config"].get("engine") or {}, run["config"].get("execution") or {}
+
+    def pct(v):
+        return None if v is None else f"{100 * v:.1f}%"
+    return {"id": run["id"], "server": f"{eng.get('server') or '?'} {eng.get('server_version') or ''}".strip(),
+            "replicas": ex.get("replicas"), "questions at once": ex.get("concurrency"),
+            "tokens generated": ex.get("gen_tokens"), "probes": ex.get("probes"),
+            "probe prefix-cache hits": pct(ex.get("probe_cache_hit_rate")),
+            "cacheable share": pct(ex.get("cacheable_share")),
+            "server prefix-cache hits": pct(ex.get("server_prefix_cache_hit_rate")),
+            "tokens/s": ex.get("gen_tok_s"), "token ids": ex.get("token_ids"), "retries": ex.get("retries")}
 
 
 # -- the session: what the sidebar picked, the current setting, the URL ---------------------------------------
@@ -269,7 +365,7 @@ def picked_run() -> dict | None:
 
 
 def session_setting():
-    """The current setting kept in the session (the Tune page's, a clicked point's), or None."""
+    """The current setting kept in the session (the Tune page's, a clicked point's, a loaded preset's), or None."""
     return st.session_state.get("setting")
 
 
@@ -280,7 +376,38 @@ def remember_setting(setting) -> None:
     set_query("s", from_setting(setting).to_url())
 
 
+def current_family() -> str | None:
+    """The family the user picked last (the sidebar's family picker shows it on every page), or None."""
+    return st.session_state.get("cur_family")
+
+
 def pick_family(family: str) -> None:
-    """Make ``family`` the one the sidebar's family picker shows (on this and the next rerun)."""
-    st.session_state["family"] = family
+    """Make ``family`` the current one: the family picker shows it on every page, the URL carries it."""
+    st.session_state["cur_family"] = family
     set_query("family", family)
+
+
+def make_current(setting) -> None:
+    """Make a setting (a clicked point, a jump, a loaded preset) the current one, family included; Tune's
+    controls for its family are drawn again from it (call from a callback or before Tune draws them)."""
+    remember_setting(setting)
+    pick_family(setting.family)
+    for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(setting.family + ".")]:
+        del st.session_state[k]
+
+
+def keep_in_url(read_link) -> None:
+    """Every rerun, on every page: the session's family and setting go back into the URL (a page change in the
+    browser drops the query string), and a link's family and setting seed a fresh session once."""
+    if not st.session_state.get("url_seeded"):
+        st.session_state["url_seeded"] = True
+        url_setting = read_link()
+        if session_setting() is None and url_setting is not None:
+            st.session_state["setting"] = url_setting
+        fam = query("family") or (url_setting.family if url_setting is not None else None)
+        if fam and current_family() is None:
+            st.session_state["cur_family"] = fam
+    if current_family():
+        set_query("family", current_family())
+    if session_setting() is not None:
+        remember_setting(session_setting())

@@ -54,8 +54,7 @@ if run:
     if picked:
         s = Setting.from_dict(json.loads(picked))
         if s != current:
-            data.remember_setting(s)
-            data.pick_family(s.family)
+            data.make_current(s)
             st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "
@@ -70,5 +69,12 @@ if run:
                    f"--beat-incumbent` or the Report page compares it on held-out questions.")
     best = pts[pts["pareto" + suffix] & (pts.family != "full")].sort_values(x)
     st.subheader("Pareto settings")
-    st.dataframe(best[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "lost", "gained"]],
-                 hide_index=True, width="stretch")
+    table = best[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "savings_computed", "lost",
+                  "gained"]].copy()
+    table[["savings_emitted", "savings_computed"]] *= 100           # shown as percentages
+    num = st.column_config.NumberColumn
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "label": st.column_config.TextColumn("setting"), "em": num("EM", format="%.3f"),
+        "delta_em": num("ΔEM vs full", format="%+.3f"), "emitted": num("tokens emitted", format="%.0f"),
+        "computed": num("tokens computed", format="%.0f"), "savings_emitted": num("saved (emitted)", format="%.1f%%"),
+        "savings_computed": num("saved (computed)", format="%.1f%%"), "lost": num("lost"), "gained": num("gained")})

@@ -153,3 +153,53 @@ if prop:
                            "application/json", key="dl_prop")
     else:
         st.info(prop["reason"])
+
+
+# -- the closed loop's versions (python -m analysis recalibrate) -------------------------------------------------
+HISTORY = Path(os.environ.get("STOPLINE_HISTORY", "data/history/preset-versions.jsonl"))
+if labels_path is not None and "preset" in header:
+    with st.expander("Re-certify on the exploration requests (closed loop)", icon=":material/verified:"):
+        r1, r2, r3 = st.columns([1, 1, 1])
+        eps = r1.number_input("ε (largest EM drop)", 0.0, 0.5, 0.02, 0.005, format="%.3f", key="rc_eps")
+        dlt = r2.number_input("δ (chance it fails)", 0.001, 0.5, 0.1, 0.01, format="%.3f", key="rc_delta")
+        if r3.button("Re-certify", key="rc_go", type="primary"):
+            try:
+                st.session_state["rc_res"] = data.recalibrate(str(log_path), str(labels_path), header["preset"],
+                                                              float(eps), float(dlt), str(HISTORY))
+            except StoplineError as e:
+                st.session_state["rc_res"] = {"applied": False, "reason": str(e)}
+        rc = st.session_state.get("rc_res")
+        if rc:
+            (st.success if rc["applied"] else st.info)(("Applied: " if rc["applied"] else "Not applied. ") + rc["reason"])
+            if rc["applied"]:
+                st.download_button("Download the certified preset", json.dumps(rc["preset"], indent=2),
+                                   "recertified.json", "application/json", key="dl_rc")
+        st.caption("Applied only when a setting certifies on these requests; a move toward fewer tokens is limited "
+                   "per family; every attempt is kept in the version history below (docs/production.md).")
+if HISTORY.is_file():
+    versions = data.preset_history(str(HISTORY), HISTORY.stat().st_mtime)
+    if versions:
+        st.subheader("Versions (closed loop)")
+        st.caption("Each `python -m analysis recalibrate` attempt: a version is applied only when it certifies "
+                   "(EM drop ≤ ε with probability ≥ 1 − δ on questions drawn like the fresh exploration requests). "
+                   f"From `{HISTORY}`.")
+        rows = []
+        for v in versions:
+            c, o = v.get("certificate") or {}, v.get("observed") or {}
+            rows.append({"version": v["version"], "time": v.get("time"), "applied": v.get("applied"),
+                         "setting": v.get("setting"), "ε (promised bound)": v.get("epsilon"), "δ": v.get("delta"),
+                         "observed EM drop (champion, fresh data)": o.get("em_drop"),
+                         "tokens saved (certified)": c.get("savings") if v.get("applied") else None,
+                         "requests": v.get("n_explore"), "why": v.get("reason", v.get("note", ""))})
+        fig = go.Figure()
+        x = [r["version"] for r in rows]
+        fig.add_scatter(x=x, y=[r["ε (promised bound)"] for r in rows], mode="lines+markers", name="promised bound ε")
+        fig.add_scatter(x=x, y=[r["observed EM drop (champion, fresh data)"] for r in rows], mode="lines+markers",
+                        name="observed EM drop of the version then deployed")
+        fig.add_scatter(x=x, y=[r["tokens saved (certified)"] for r in rows], mode="markers", name="tokens saved",
+                        yaxis="y2")
+        fig.update_layout(height=300, xaxis_title="version", yaxis_title="EM drop",
+                          yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="tokens saved"),
+                          legend=dict(orientation="h", y=-0.35), margin=dict(t=20))
+        st.plotly_chart(fig, width="stretch", key="mon_versions")
+        st.dataframe(rows, hide_index=True, width="stretch")

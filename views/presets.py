@@ -12,8 +12,7 @@ from views import common, data
 
 def use(setting) -> None:
     """Button callback (runs before the page): make a preset's setting the current one, family included."""
-    data.remember_setting(setting)
-    data.pick_family(setting.family)
+    data.make_current(setting)
 
 
 run, t, fam, setting = common.page_start("Presets")
@@ -65,14 +64,16 @@ with c2:
             st.error(f"This file is not a valid preset: {e}")
 
 st.subheader("Saved presets")
+st.caption("Your presets, whichever store is picked: those kept in your store and in the picked one. Questions, "
+           "Compare and the Report offer each one on every run it applies to.")
 try:
-    saved = data.presets(target_path)
+    saved = data.user_presets()
 except StoplineError as e:
     st.error(str(e))
     saved = {}
 if not saved:
     st.info("No presets saved yet.")
-for pname, body in saved.items():
+for pname, (where, body) in saved.items():
     with st.container(border=True):
         try:
             p = from_dict(body)
@@ -80,10 +81,11 @@ for pname, body in saved.items():
             st.error(f"'{pname}' cannot be read: {e}")
             continue
         a, b, c = st.columns([5, 1, 1])
-        a.markdown(f"**{pname}** · `{p.setting.label()}`" + (f"  \n{p.notes}" if p.notes else ""))
-        b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,))
-        if c.button("Delete", key=f"del_{pname}"):
-            data.delete_preset(target_path, pname)
+        fits = "" if data.applies(body, t) else " · *not for this run: it reads signals the run lacks*"
+        a.markdown(f"**{pname}** · `{p.setting.label()}`{fits}" + (f"  \n{p.notes}" if p.notes else ""))
+        b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,), disabled=bool(fits))
+        if c.button("Delete", key=f"del_{pname}", disabled=data.open_store(where).read_only):
+            data.delete_preset(where, pname)
             st.rerun()
         with st.expander("JSON"):
             st.code(json.dumps(body, indent=2), language="json")

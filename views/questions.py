@@ -13,7 +13,7 @@ run, t, fam, setting = common.page_start("Questions")
 st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). Each question: where it stops, "
            "and whether its answer there is right compared with the other side.")
 
-saved = data.presets()
+saved = data.presets_for(t)        # the user's presets, whichever store is picked
 against = st.selectbox("Compare against", ["full length", *[f"preset: {n}" for n in saved], "a preset link or JSON…"],
                        key="q_against")
 try:
@@ -48,6 +48,9 @@ for col, k in zip(c, ["lost", "gained", "kept right", "kept wrong"]):
 show = st.multiselect("Show", ["lost", "gained", "kept right", "kept wrong"], default=["lost", "gained"],
                       key="q_filter")
 view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
+# a line between the filter and the table: the table's toolbar (shown on hover) sits above its top edge and
+# covered the filter's chips
+st.caption(f"{len(view)} of {len(df)} questions, most tokens saved first; pick a row to see its trace.")
 event = st.dataframe(view, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="q_table", height=260)
 rows = event.selection.rows if event and event.selection else []

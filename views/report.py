@@ -7,7 +7,7 @@ from views import common, data
 
 run, t, fam, current = common.page_start("Report")
 runs = data.picked_runs()
-saved = data.presets()
+saved = data.presets_for(t)        # the user's presets, whichever store is picked
 st.caption("For a stakeholder: headline numbers, the frontier, where the losses come from, and the recommended "
            "operating point with its confidence intervals, chosen on one half of the questions and checked on the other. "
            "A run with your own stopper (imported with its stop positions) opens with how it compares.")
@@ -21,21 +21,21 @@ drop = c1.slider("Recommend the fewest tokens within this EM drop of full length
 slice_by = c2.selectbox("Break losses down by", ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]],
                         key="rep_slice")
 if st.button("Build the report", type="primary", key="rep_build", disabled=not ids):
-    from analysis.evaluate.report import build, zip_bundle
+    from analysis.evaluate.report import build, self_contained_markdown, zip_bundle
     try:
         presets = [from_setting(current, f"current: {current.label()}") if n == "the current setting"
                    else from_dict(saved[n]) for n in names]
         tables = [(r, data.table_for(r)) for r in runs if r["id"] in ids]
         with st.spinner("Replaying, bootstrapping and drawing the charts (a few seconds)…"):
             rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by)
-        st.session_state["report"] = (rep["html"], rep["markdown"], zip_bundle(rep))
+        st.session_state["report"] = (rep["html"], self_contained_markdown(rep), zip_bundle(rep))
     except (PresetError, StoplineError) as e:
         st.error(str(e))
 if st.session_state.get("report"):
     page, md, bundle = st.session_state["report"]
     d = st.columns(3)
     d[0].download_button("Download HTML report", page, "stopline-report.html", "text/html", key="rep_dl_html")
-    d[1].download_button("Download Markdown summary", md, "stopline-report.md", "text/markdown", key="rep_dl_md")
+    d[1].download_button("Download Markdown summary (charts inlined)", md, "stopline-report.md", "text/markdown", key="rep_dl_md")
     d[2].download_button("Download all (HTML, Markdown, PNG and SVG charts)", bundle, "stopline-report.zip",
                          "application/zip", key="rep_dl_zip")
     with st.expander("Preview", expanded=True):

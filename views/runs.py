@@ -20,10 +20,24 @@ else:
         t = (r["config"].get("checkpoints") or {}).get("tokens", "")
         return "approximate (word pieces)" if t == "word-pieces" else "tokenizer" if t.startswith("tokenizer:") \
             else "the model's"
-    df = pd.DataFrame([{**{k: r[k] for k in ("id", "model", "dataset", "source", "status", "n_questions",
-                                             "n_checkpoints", "em_full", "mean_tokens")}, "tokens": tokens(r)}
-                       for r in runs])
-    st.dataframe(df, hide_index=True, width="stretch")
+    label = data.run_labeller(runs)
+    # what people compare first, then where a run comes from
+    df = pd.DataFrame([{"run": label(r["id"]), "em_full": r["em_full"], "mean_tokens": r["mean_tokens"],
+                        "n_questions": r["n_questions"], "n_checkpoints": r["n_checkpoints"], "status": r["status"],
+                        "tokens": tokens(r), "source": r["source"], "id": r["id"], "model": r["model"],
+                        "dataset": r["dataset"]} for r in runs])
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "run": st.column_config.TextColumn("run", width="medium"),
+        "em_full": st.column_config.NumberColumn("EM (full length)", format="%.3f"),
+        "mean_tokens": st.column_config.NumberColumn("mean tokens", format="%.0f"),
+        "n_questions": st.column_config.NumberColumn("questions"),
+        "n_checkpoints": st.column_config.NumberColumn("checkpoints")})
+    served = [r for r in runs if (r["config"].get("engine") or {}).get("name") == "openai"]
+    if served:
+        with st.expander(f"Computed through a server: {len(served)} run(s)", expanded=True):
+            st.dataframe(pd.DataFrame([data.engine_figures(r) for r in served]), hide_index=True, width="stretch")
+            st.caption("Probe prefix-cache hits: the probes' prompt tokens the server served from its cache; "
+                       "the cacheable share is what its KV blocks allow (docs/engines.md).")
     for ds, text in data.attributions().items():
         if any(r["dataset"] == ds for r in runs):
             st.caption(f"Questions of `{ds}`: {text}")
@@ -32,25 +46,47 @@ st.caption(f"New runs and imports go to your store, `{MY_DB}` (the demo store is
 tab_run, tab_import = st.tabs(["Start a run", "Import generations"])
 with tab_run:
     from analysis.backend.models import PACKAGED
+    engine = st.radio("Engine", ["In this process (transformers)", "A server (OpenAI-compatible: vLLM, SGLang, …)"],
+                      horizontal=True, key="run_engine",
+                      help="A server runs the model where you serve it; Stopline streams each trace and sends "
+                           "the probes to the same server (docs/engines.md)")
+    served = engine.startswith("A server")
     with st.form("new_run"):
         c1, c2 = st.columns(2)
-        model = c1.selectbox("Model", [*PACKAGED, "other (a local directory, .gguf file or hub id)"], key="run_model")
-        other = c1.text_input("Other model", key="run_model_other", help="used when 'other' is picked")
+        if served:
+            url = c1.text_input("Server URL(s)", "http://127.0.0.1:8000/v1", key="run_url",
+                                help="its /v1 address; several replicas separated by commas")
+            name = c1.text_input("Model name on the server", key="run_served", help="as GET /v1/models lists it")
+            tokenizer = c2.text_input("Tokenizer", key="run_tokenizer",
+                                      help="the served model's: a packaged name, a local folder or a hub id")
+            api_key = c2.text_input("API key (if the server needs one)", type="password", key="run_key")
+        else:
+            model = c1.selectbox("Model", [*PACKAGED, "other (a local directory, .gguf file or hub id)"],
+                                 key="run_model")
+            other = c1.text_input("Other model", key="run_model_other", help="used when 'other' is picked")
         dataset = c2.text_input("Dataset", "rg:basic_arithmetic", key="run_dataset",
                                 help="rg:<task>, gsm8k:PATH, nq-open:PATH, jsonl:PATH, …")
         c3, c4, c5, c6 = st.columns(4)
         limit = c3.number_input("Questions", 1, 100_000, 20, key="run_limit")
         every = c4.number_input("Checkpoint every N tokens", 4, 1024, 32, key="run_every")
         max_new = c5.number_input("Max new tokens", 16, 32_768, 256, key="run_max_new")
-        batch = c6.number_input("Batch size", 1, 512, 8, key="run_batch")
+        batch = c6.number_input("Questions at once" if served else "Batch size", 1, 512, 8, key="run_batch")
         go = st.form_submit_button("Start in the background", type="primary")
     if go:
-        name = other.strip() if model.startswith("other") else model
+        if served:
+            urls = [u.strip() for u in url.split(",") if u.strip()]
+            eng = {"base_urls": urls, "tokenizer": tokenizer.strip() or name.strip(), "concurrency": int(batch),
+                   "api_key": api_key or None}
+            name = name.strip()
+        else:
+            name, eng = (other.strip() if model.startswith("other") else model), None
         if not name:
-            st.error("Name the model (a local directory, a .gguf file or a hub id).")
+            st.error("Name the model on the server." if served else
+                     "Name the model (a local directory, a .gguf file or a hub id).")
         else:
             try:
-                jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch))
+                jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch),
+                                     engine=eng)
                 st.success(f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
             except StoplineError as e:
                 st.error(str(e))
@@ -61,6 +97,11 @@ with tab_run:
         if not js:
             st.caption("No jobs yet.")
             return
+        done = {j["id"] for j in js if j["state"] != "running"}
+        seen = st.session_state.setdefault("jobs_ended", done)
+        if done - seen:             # a job just ended: the whole page again, so the runs table shows its run
+            st.session_state["jobs_ended"] = done
+            st.rerun(scope="app")
         for j in js[:8]:
             with st.container(border=True):
                 st.markdown(f"**{j['model']}** on **{j['dataset']}** · job `{j['id']}` · {j['state']}")

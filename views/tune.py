@@ -5,8 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.core.errors import StoplineError
-from analysis.evaluate.frontier import setting_of
-from analysis.evaluate.optimize import evaluate, pick
+from analysis.evaluate.optimize import evaluate
 from analysis.replay.policies import Setting, available_families, get_family
 from analysis.replay.policies.base import SCHEDULE, SCHEDULE_DEFAULTS
 from analysis.replay.engine import stop_index
@@ -67,32 +66,57 @@ def schedule_widgets(t, fam: str, start: dict, params: dict) -> dict:
     return out
 
 
-def jump(t, fam: str, goal: str, value: float, scope: str) -> None:
-    """Button callback: make the best setting for the goal current, and set the controls to it."""
-    pts = data.sweep_for(data.picked_run())
-    if scope == "this family":
-        pts = pts[pts.family.isin([fam, "full"])]
-    row = pick(pts, goal, value)
-    if row is None:
-        st.session_state["jump_msg"] = f"No setting meets that ({goal} {value:g})."
+def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
+    """Button callback: choose the best setting for the goal on the tune half of the questions, on the cost basis
+    asked for, make it current, and check it on the held-out half (the message says when it misses there)."""
+    from analysis.evaluate.frontier import LEARNED_AUTO_MAX
+    from analysis.evaluate.optimize import operating_point
+    fams = [fam] if scope == "this family" else [f for f in available_families(t)
+                                                 if f != "learned" or data.picked_run()["n_checkpoints"] <= LEARNED_AUTO_MAX]
+    try:
+        op = operating_point(t, goal, value, cost, fams, n_boot=0)
+    except StoplineError:
+        st.session_state["jump_msg"] = ("warning", f"No setting meets that ({goal} {value:g}, tokens {cost}) on the "
+                                        "tune half of the questions.")
         return
-    s = setting_of(row)
-    data.remember_setting(s)
-    data.pick_family(s.family)
+    s = Setting.from_dict(op["setting"])
+    data.make_current(s)          # the family picker and the controls are drawn from it on the rerun
+    te = op["test"]
+    text = (f"Jumped to `{s.label()}`, chosen on the tune half ({op['tune']['n']} questions) by tokens {cost}: "
+            f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens. On the held-out half ({te['n']}): ΔEM "
+            f"{te['delta_em']:+.3f}, {te['tokens_emitted']:.0f} tokens emitted and {te['tokens_computed']:.0f} "
+            f"computed against {te['tokens_full']:.0f} at full length.")
+    problems = [op["missed"]] if op["missed"] else []
+    if te["tokens_computed"] > te["tokens_full"]:
+        problems.append(f"with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
+                        "than full length")
+    st.session_state["jump_msg"] = ("error", text + " It " + "; it ".join(problems) + ".") if problems else ("info", text)
 
-    def fill(setting, prefix):
-        for k, v in setting.params.items():
-            if isinstance(v, (Setting, dict)):
-                sub = Setting.from_dict(v)
-                st.session_state[f"{prefix}.{k}.family"] = sub.family
-                fill(sub, f"{prefix}.{k}.{sub.family}")
-            else:
-                st.session_state[f"{prefix}.{k}"] = v
-    fill(s, s.family)
-    for k, v in s.sched.items():
-        st.session_state[f"{s.family}.schedule.{k}"] = v
-    st.session_state["jump_msg"] = (f"Jumped to `{s.label()}`: EM {row['em']:.3f}, {row['emitted']:.0f} tokens "
-                                    "(chosen on this whole run; the Report checks on held-out questions).")
+
+def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.05) -> None:
+    """Beside the jump helpers: the setting certified for "EM drop <= epsilon with probability >= 1 - delta" on new
+    questions drawn like this run's (Learn-then-Test; analysis/evaluate/certify.py)."""
+    from analysis.evaluate.certify import UNCERTIFIABLE
+    if scope == "this family" and fam in UNCERTIFIABLE:
+        st.caption(f"No certificate for the {fam} family: {UNCERTIFIABLE[fam]}.")
+        return
+    try:
+        c = data.certificate_for(run, float(epsilon), delta, (fam,) if scope == "this family" else None)
+    except StoplineError as e:
+        st.caption(f"No certificate: {e}")
+        return
+    if c["certified"]:
+        st.success(f"**Certified for ε={epsilon:g}, δ={delta:g}**: `{c['label']}` saves {c['savings']:.0%} of the "
+                   f"tokens; its EM drop on new questions drawn like these is at most {epsilon:g} with probability "
+                   f"{1 - delta:.0%} ({c['bound']}, {c['n']} test questions).", icon=":material/verified:")
+        if c["family"] == fam and not any(isinstance(v, dict) for v in c["setting"]["params"].values()):
+            st.button("Use the certified setting", key="cert_use", on_click=use_certified, args=(c["setting"],))
+    else:
+        st.caption(f"Certified for ε={epsilon:g}, δ={delta:g}: nothing. " + c["message"])
+
+
+def use_certified(setting: dict) -> None:
+    data.make_current(Setting.from_dict(setting))     # the family picker and the controls are drawn from it
 
 
 st.header("Tune")
@@ -102,8 +126,9 @@ if run:
     fam = common.family_picker(t)
     cls = get_family(fam)
     st.caption(f"{cls.description} ({cls.source})")
+    common.learned_caveat(t, fam)
     with st.expander("Jump to an operating point", icon=":material/my_location:"):
-        g1, g2, g3, g4 = st.columns([2, 1, 1, 1])
+        g1, g2, g3, g5, g4 = st.columns([2, 1, 1, 1, 1])
         goal = g1.radio("Goal", ["budget", "drop"], horizontal=True, key="op_goal",
                         format_func=lambda g: {"budget": "max EM within a token budget B",
                                                "drop": "fewest tokens within an EM drop δ"}[g])
@@ -111,9 +136,14 @@ if run:
                                 value=float(round(t.full_tokens.mean() * 0.6)) if goal == "budget" else 0.02,
                                 step=10.0 if goal == "budget" else 0.005, key=f"op_value_{goal}")
         scope = g3.radio("Among", ["this family", "all families"], key="op_scope")
-        g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope))
+        cost = g5.radio("Tokens", ["emitted", "computed"], key="op_cost",
+                        help="the cost the goal counts: tokens emitted, or computed (probes included)")
+        g4.button("Jump", key="op_jump", type="primary", on_click=jump, args=(t, fam, goal, value, scope, cost))
         if st.session_state.get("jump_msg"):
-            st.info(st.session_state.pop("jump_msg"))
+            kind, msg = st.session_state.pop("jump_msg")
+            (st.error if kind == "error" else st.warning if kind == "warning" else st.info)(msg)
+        if goal == "drop" and 0 <= value < 1:
+            certified(run, fam, value, scope)
     current = common.current_setting(t, fam)             # the link's or the last setting, else the defaults
     params = widgets(t, fam, current.params, fam)
     try:

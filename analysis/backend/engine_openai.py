@@ -119,13 +119,14 @@ class OpenAIEngine:
 
     def __init__(self, base_urls: list[str], model: str, tok, *, eos: set[int] | None = None,
                  api_key: str | None = None, concurrency: int = 8, timeout: float = 600.0, max_retries: int = 4,
-                 top_k: int = TOP_K, retry_base_s: float = 0.5):
+                 top_k: int = TOP_K, retry_base_s: float = 0.5, token_ids: bool = True):
         if not base_urls:
             raise StoplineError("the openai engine needs at least one --base-url")
         self.replicas = [Replica(u.rstrip("/")) for u in dict.fromkeys(base_urls)]
         self.model, self.tok, self.api_key = model, tok, api_key
         self.concurrency, self.timeout, self.max_retries, self.top_k = concurrency, timeout, max_retries, top_k
         self.retry_base_s = retry_base_s
+        self.token_ids = token_ids      # ask for the generated ids (False: as a server that has none)
         self.stats = EngineStats()
         self.eos = set(eos) if eos is not None else {tok.eos_token_id} - {None}
         self._pieces: dict[int, str] = {}
@@ -342,7 +343,7 @@ class OpenAIEngine:
 
         t0 = time.perf_counter()
         try:
-            def take(new):
+            def take(new, text=None):
                 for t in new:
                     fire(placer.feed(t))
                     ids.append(t)
@@ -366,11 +367,13 @@ class OpenAIEngine:
         return res
 
     async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids):
-        """Stream a completion; ``on_ids(new_ids)`` as the ids arrive (end-of-sequence ids dropped). Returns
-        (text, finish_reason, whether the server gave ids)."""
+        """Stream a completion; ``on_ids(new_ids, text)`` as the ids arrive (end-of-sequence ids dropped; ``text``:
+        the chunk's text). Returns (text, finish_reason, whether the server gave ids)."""
         import httpx
         body = {"model": self.model, "prompt": prompt_ids, "max_tokens": cfg.max_new_tokens,
-                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True, "return_token_ids": True}
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True}
+        if self.token_ids:
+            body["return_token_ids"] = True
         if cfg.temperature > 0 and seed is not None:
             body["seed"] = seed
         text, finish, got_ids = [], None, False
@@ -395,7 +398,7 @@ class OpenAIEngine:
                             got_ids = True
                             new = [t for t in new if t not in self.eos]
                             if new:
-                                on_ids(new)
+                                on_ids(new, ch.get("text") or "")
                         finish = ch.get("finish_reason") or finish
         except (httpx.TransportError, httpx.TimeoutException) as e:
             raise ReplicaFailed(f"{r.url}: stream broke: {type(e).__name__}: {e}") from None

@@ -25,7 +25,16 @@ def _db(p: argparse.ArgumentParser):
 
 
 def _store(args, read_only: bool = False):
-    from analysis.core.store import Store
+    """The store a command works on. A read command given no --db whose default store (the user's) does not
+    exist yet reads the bundled demo store instead, and says so on stderr."""
+    import sys
+    from pathlib import Path
+
+    from analysis.core.store import DEMO_DB, Store, resolve_db_path
+    if read_only and not args.db and not Path(resolve_db_path()).exists() and Path(DEMO_DB).exists():
+        print(f"note: your store {resolve_db_path()} does not exist yet; reading the demo store {DEMO_DB} "
+              "(--db PATH for another)", file=sys.stderr)
+        return Store(DEMO_DB, read_only=True)
     return Store(args.db, read_only=read_only, create=not read_only)
 
 

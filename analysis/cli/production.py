@@ -1,4 +1,4 @@
-"""CLI commands for production: verify-controller, check-log, sensitivity, monitor, serve-demo."""
+"""CLI commands for production: verify-controller, check-log, sensitivity, monitor, serve-demo, serve (the gateway)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,11 @@ def _verify_setup(p):
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--log", help="also write the controller's decision log here")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "openai"],
+                   help="openai: the questions go through the gateway's request path against --base-url (a run "
+                        "recorded through that server)")
+    p.add_argument("--base-url", action="append", metavar="URL", help="(openai) the server's /v1 URL")
+    p.add_argument("--tokenizer", help="(openai) the served model's tokenizer")
     p.add_argument("--json", action="store_true")
     _db(p)
 
@@ -26,7 +31,23 @@ def _verify_setup(p):
                              "differ with the hardware)", _verify_setup)
 def _verify(args):
     from analysis.presets.schema import load
-    from analysis.production.verify import verify_live
+    from analysis.production.verify import verify_gateway, verify_live
+    if args.engine == "openai":
+        from analysis.core.errors import StoplineError
+        if not args.base_url or not args.tokenizer:
+            raise StoplineError("--engine openai needs --base-url and --tokenizer")
+        res = verify_gateway(_store(args, read_only=True), args.run, load(args.preset),
+                             [u for a in args.base_url for u in a.split(",") if u], args.tokenizer, limit=args.limit,
+                             log=args.log)
+        if args.json:
+            _print_json(res)
+        else:
+            d = res["decisions"]
+            print(f"gateway on run {res['run']} ({res['n']} questions, {res['stopped']} stopped early):\n"
+                  f"  decisions against the replay on the live values: {d['agreement']:.3f} ({d['n']} requests, "
+                  f"{d['checkpoints']} checkpoints){'' if d['agreement'] == 1 else '  <- a bug'}\n"
+                  f"  stops against the recorded run: {res['agreement']:.3f}\n  note: {res['note']}")
+        return 0 if res["decision_agreement"] == 1.0 else 1
     res = verify_live(_store(args, read_only=True), args.run, load(args.preset), batch_size=args.batch_size,
                       device=args.device, limit=args.limit, log=args.log, show_progress=not args.json)
     if args.json:
@@ -195,3 +216,108 @@ def _serve(args):
           f"{res['tokens_emitted']:.0f} tokens, EM {res['em']:.3f}")
     print(f"decision log: {res['log']}  labels: {res['labels']}")
     print(f"next: python -m analysis monitor --log {res['log']} --labels {res['labels']}   (or the Monitor page)")
+
+
+def _gateway_setup(p):
+    p.add_argument("--upstream", action="append", required=True, metavar="URL",
+                   help="the server's /v1 URL (vLLM, SGLang, …); repeat it or separate with commas for replicas")
+    p.add_argument("--preset", required=True, help="the preset file (re-read when it changes)")
+    p.add_argument("--tokenizer", required=True, help="the served model's tokenizer: packaged name, folder or hub id")
+    p.add_argument("--model", help="the model's name on the upstream (default: the first it serves)")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) serves this machine only; any other "
+                                                      "address needs --api-key")
+    p.add_argument("--port", type=int, default=8800)
+    p.add_argument("--log", help="decision log, JSON lines (default: data/logs/gateway-DATE.jsonl)")
+    p.add_argument("--api-key", help="clients must send it (Authorization: Bearer KEY); default $STOPLINE_GATEWAY_KEY")
+    p.add_argument("--upstream-key", help="the upstream's key (default: $OPENAI_API_KEY); never logged")
+    p.add_argument("--on-stop", choices=["answer", "continue"], default="answer",
+                   help="answer: end with the trial answer after the cue; continue: append the cue and let the "
+                        "upstream write the answer")
+    p.add_argument("--answer-type", default="number", help="how trial answers are normalised (the preset's run's)")
+    p.add_argument("--every", type=int, default=32, help="checkpoints every N tokens (the calibration run's)")
+    p.add_argument("--no-steps", action="store_true")
+    p.add_argument("--no-transitions", action="store_true")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413")
+
+
+@command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
+         _gateway_setup)
+def _gateway(args):
+    import os
+    from datetime import date
+
+    import uvicorn
+
+    from analysis.backend.models import load_tokenizer
+    from analysis.core.errors import StoplineError
+    from analysis.production.gateway import Gateway, Options, check_bind
+    from analysis.production.gateway_app import create_app
+    key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
+    check_bind(args.host, key)
+    if args.every < 1:
+        raise StoplineError(f"--every must be at least 1, not {args.every}")
+    tok, kind, eos = load_tokenizer(args.tokenizer)
+    urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
+    log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
+    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key,
+                 upstream_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"),
+                 options=Options(on_stop=args.on_stop, answer_type=args.answer_type, every=args.every,
+                                 steps=not args.no_steps, transitions=not args.no_transitions,
+                                 max_body=args.max_body_kb * 1024))
+    print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(urls)} "
+          f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
+    uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")
+
+
+def _recalibrate_setup(p):
+    p.add_argument("--log", required=True, action="append", help="a decision log (repeatable)")
+    p.add_argument("--labels", required=True, action="append", help="late labels: JSON lines with request and gold")
+    p.add_argument("--preset", help="the deployed preset (default: the one in the log's header)")
+    p.add_argument("--epsilon", type=float, default=0.01, help="the largest EM drop allowed (default 0.01)")
+    p.add_argument("--delta", type=float, default=0.05, help="the chance the guarantee may fail (default 0.05)")
+    p.add_argument("--risk", default="drop", choices=["drop", "lost"])
+    p.add_argument("--family", action="append", help="families to certify (default: every deployable one)")
+    p.add_argument("--out", required=True, help="write the preset to deploy here (the new one when it certifies; "
+                   "else the champion unchanged, and an existing file is left as it is: a gateway reading it reloads "
+                   "only new versions)")
+    p.add_argument("--history", default=None, help="version history, JSON lines (default: data/history/"
+                   "preset-versions.jsonl)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("recalibrate", "certify a new setting on the labelled exploration requests of a decision log; apply it "
+         "only when it certifies, one limited step at a time, keeping every version", _recalibrate_setup)
+def _recalibrate(args):
+    from analysis.core.errors import StoplineError
+    from analysis.presets.schema import from_dict, load
+    from analysis.production.monitor import read_log
+    from analysis.production.recalibrate import DEFAULT_HISTORY, recalibrate
+    if args.preset:
+        preset = load(args.preset)
+    else:
+        header = read_log(args.log)[0]
+        if "preset" not in header:
+            raise StoplineError("the log has no header naming its preset; pass --preset")
+        preset = from_dict(header["preset"])
+    res = recalibrate(args.log, args.labels, preset, args.epsilon, args.delta, args.risk, args.family,
+                      history=args.history or DEFAULT_HISTORY)
+    out = Path(args.out)
+    text = json.dumps(res["preset"], indent=2)
+    # a running gateway re-reads its preset file when it changes: write only a new version (or a new file)
+    if res["applied"] or not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    if args.json:
+        res["data"].pop("requests", None)
+        _print_json(res)
+    else:
+        o = res.get("observed")
+        print(f"{res['n_explore']} labelled exploration requests; champion {res['champion']}"
+              + (f": EM drop {o['em_drop']:+.3f}, {o['tokens']:.0f} tokens on them" if o else ""))
+        print(("APPLIED " + res["setting"] + f" ({res['direction']})") if res["applied"] else "NOT APPLIED")
+        print("  " + res["reason"])
+        for fam, v in (res.get("step_limited") or {}).items():
+            print(f"  step limit: {v['held_back']} more aggressive {fam} setting(s) held back (at most {v['step']} "
+                  "positions per step)")
+        print(f"  preset to deploy: {args.out}; history: {res.get('history')} (version {res.get('version')})")
+    return 0 if res["applied"] else 1

@@ -148,7 +148,51 @@ def _optimize(args):
             fh.write(preset.to_json())
     if args.json:
         return _print_json(res)
-    print(json.dumps(res, indent=2, default=str))
+    if args.slice_by:
+        return _print_slices(res, preset)
+    _print_operating_point(res, t.run_id, preset)
+
+
+def _red(text: str) -> str:
+    """``text`` in red on a terminal (plain when piped)."""
+    import sys
+    return f"\033[31m{text}\033[0m" if sys.stdout.isatty() else text
+
+
+def _print_operating_point(res: dict, run_id: str, preset) -> None:
+    """``optimize``'s result as a readable table: chosen on the tune split, checked on the held-out test split."""
+    goal = (f"fewest tokens {res['cost']} within an EM drop of {res['value']:g}" if res["goal"] == "drop"
+            else f"max EM with mean tokens {res['cost']} <= {res['value']:g}")
+    te, tu = res["test"], res["tune"]
+    ci = te["ci"]["delta_em"]
+    print(f"run {run_id}: {goal}")
+    print(f"  chosen on the tune half ({tu['n']} questions): {res['label']}")
+    rows = [("", "tune", "test (held out)"),
+            ("questions", f"{tu['n']}", f"{te['n']}"),
+            ("EM", f"{tu['em']:.3f}", f"{te['em']:.3f} (full {te['em_full']:.3f})"),
+            ("ΔEM vs full", "", f"{te['delta_em']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"),
+            ("tokens emitted", f"{tu['emitted']:.1f}", f"{te['tokens_emitted']:.1f} (saves {te['savings_emitted']:.1%})"),
+            ("tokens computed", f"{tu['computed']:.1f}",
+             f"{te['tokens_computed']:.1f} (saves {te['savings_computed']:.1%})"),
+            ("full length", "", f"{te['tokens_full']:.1f}"),
+            ("lost / gained", "", f"{te['lost']} / {te['gained']}  (McNemar p={te['mcnemar']['p_value']:.3g})")]
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    for a, b, c in rows:
+        print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
+    if res.get("missed"):
+        print("  " + _red(res["missed"][0].upper() + res["missed"][1:]))
+    if te["tokens_computed"] > te["tokens_full"]:
+        print(f"  note: with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
+              "than full length" + ("; --cost computed chooses on that basis" if res["cost"] == "emitted" else ""))
+    print(f"  preset link: {res['link']}")
+
+
+def _print_slices(res: dict, preset) -> None:
+    print(f"one setting per {res['by']} slice (chosen on the tune half), mean tokens {res['cost']} <= "
+          f"{res['budget']:g}: EM {res['em']:.3f} at {res[res['cost']]:.1f} tokens")
+    for lab, v in res["slices"].items():
+        print(f"  {lab:<16} {v['n']:>5} q  EM {v['em']:.3f}  {v[res['cost']]:>8.1f} tokens  {v['label']}")
+    print(f"  preset link: {res['link']}")
 
 
 def _beat_incumbent(args):
@@ -194,3 +238,71 @@ def _report(args):
     for name, data in rep["images"].items():
         (out / name).write_bytes(data)
     print(f"report written to {out}/report.html ({len(rep['images'])} chart files, report.md)")
+
+
+def _certify_setup(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--epsilon", type=float, default=0.01, help="the largest EM drop allowed (default 0.01)")
+    p.add_argument("--delta", type=float, default=0.05, help="the chance the guarantee may fail (default 0.05)")
+    p.add_argument("--risk", default="drop", choices=["drop", "lost"],
+                   help="drop: EM drop (lost − gained, default); lost: the share of questions lost (stricter)")
+    p.add_argument("--family", action="append", help="family to certify (repeatable; default: every one the run "
+                   "can replay, except learned)")
+    p.add_argument("--cost", default="emitted", choices=["emitted", "computed"], help="tokens to save")
+    p.add_argument("--slice-by", help="certify one setting per slice ('length' or a question field such as "
+                   "meta.difficulty), δ split across the slices")
+    p.add_argument("--order-share", type=float, default=0.3,
+                   help="share of the questions that orders the settings (the rest are tested)")
+    p.add_argument("--save", help="write the certified preset (with its certificate) to this JSON file")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+
+
+@command("certify", "Learn-then-Test: the setting saving the most tokens whose EM drop is ≤ ε with probability "
+         "≥ 1 − δ on new questions drawn like the run's", _certify_setup)
+def _certify(args):
+    from analysis.core.errors import StoplineError
+    from analysis.evaluate.certify import certify, certify_slices, slice_preset
+    from analysis.presets.schema import Preset
+    from analysis.replay.policies.base import Setting
+    if not 0 < args.order_share < 1:
+        raise StoplineError("--order-share must be in (0, 1)")
+    t = _table(args)
+    if args.slice_by:
+        res = certify_slices(t, args.slice_by, args.epsilon, args.delta, args.family, args.risk, args.cost,
+                             args.order_share)
+        preset = slice_preset(res) if res["certified"] else None
+    else:
+        res = certify(t, args.epsilon, args.delta, args.family, args.risk, args.cost, args.order_share)
+        preset = None
+        if res["certified"]:
+            cert = {k: v for k, v in res.items() if k != "families"}
+            preset = Preset(f"certified ε={args.epsilon:g} δ={args.delta:g}: {res['label']}"[:200],
+                            Setting.from_dict(res["setting"]), certificate=cert)
+    if preset is not None:
+        res["preset"] = preset.to_dict()
+        if args.save:
+            with open(args.save, "w") as fh:
+                fh.write(preset.to_json())
+    if args.json:
+        _print_json(res)
+    elif args.slice_by:
+        print(f"run {t.run_id}, one setting per {args.slice_by} slice, ε={args.epsilon:g}, δ={args.delta:g} "
+              f"(split across {len(res['slices'])} slices), risk {args.risk}:")
+        for lab, c in res["slices"].items():
+            print(f"  {lab}: " + (f"{c['label']} (drop ≤ {c['epsilon']:g}; observed {c['risk_hat']:+.3f}, bound "
+                                  f"{c['risk_ucb']:.3f}; saves {c['savings']:.0%} on {c['n_calibration']} questions)"
+                                  if c["certified"] else "full length (nothing certified)"))
+        print(f"  together: {res['tokens']:.0f} tokens against {res['tokens_full']:.0f} (saves {res['savings']:.0%})")
+    else:
+        print(res["message"])
+        print(f"  families (δ each {args.delta / len(res['families']):.3g}):")
+        for f, v in res["families"].items():
+            print(f"    {f}: {v['certified']} of {v['in_order']} certified in order"
+                  + (f", best {v['best']}" if v["best"] else "")
+                  + (f"; stopped at {v['stopped_at']}" if v["stopped_at"] else ""))
+    if args.save and preset is None:
+        print("nothing certified: no preset written")
+    if args.save and preset is not None and not args.json:
+        print(f"preset written to {args.save}")
+    return 0 if res["certified"] else 1

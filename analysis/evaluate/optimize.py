@@ -82,11 +82,13 @@ def operating_point(t: RunTable, goal: str, value: float, cost: str = "emitted",
     if row is None:
         raise StoplineError(f"no setting meets {goal} = {value:g} on the tune split")
     s = setting_of(row)
-    return {"setting": s.to_dict(), "label": s.label(), "goal": goal, "value": value, "cost": cost,
-            "tune": {"em": float(row["em"]), "emitted": float(row["emitted"]), "computed": float(row["computed"]),
-                     "n": tune.n},
-            "schedule": s.sched, "probes": _probes(test, s),
-            "test": evaluate(test, stop_index(test, s), s.label(), n_boot, s)}
+    res = {"setting": s.to_dict(), "label": s.label(), "goal": goal, "value": value, "cost": cost,
+           "tune": {"em": float(row["em"]), "emitted": float(row["emitted"]), "computed": float(row["computed"]),
+                    "n": tune.n},
+           "schedule": s.sched, "probes": _probes(test, s),
+           "test": evaluate(test, stop_index(test, s), s.label(), n_boot, s)}
+    res["missed"] = missed_target(goal, value, cost, res["test"])
+    return res
 
 
 def _probes(t: RunTable, s: Setting) -> dict:
@@ -99,6 +101,21 @@ def _probes(t: RunTable, s: Setting) -> dict:
     keep = schedule_mask(t, s.sched) & ~t.is_final
     n = np.cumsum(keep, axis=1)[r, o.stop]
     return {"per_question": float(n.mean()), "tokens": float((o.computed - o.stop_pos).mean())}
+
+
+def missed_target(goal: str, value: float, cost: str, test: dict) -> str | None:
+    """How a setting chosen on the tune split misses its own target on the held-out split, in words with the
+    number, or None when it meets it: an EM drop beyond ``value`` ('drop'), mean tokens above ``value``
+    ('budget')."""
+    if not test.get("n"):
+        return None
+    if goal == "drop" and test["delta_em"] < -value - 1e-12:
+        return (f"misses its target on the held-out questions: ΔEM {test['delta_em']:+.3f} there, beyond the "
+                f"allowed drop of {value:g}")
+    if goal == "budget" and test["tokens_" + cost] > value + 1e-9:
+        return (f"misses its target on the held-out questions: {test['tokens_' + cost]:.0f} tokens {cost} there, "
+                f"over the budget of {value:g}")
+    return None
 
 
 # --- slices -----------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from analysis.core.palette import FAMILY_COLORS as COLORS
 from analysis.evaluate.compare import default_slice
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
-from analysis.evaluate.optimize import evaluate_outcome, operating_point
+from analysis.evaluate.optimize import evaluate, evaluate_outcome, operating_point
+from analysis.evaluate.certify import preset_certificate_words
 from analysis.presets.routing import preset_outcome
 from analysis.presets.schema import Preset
 from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
@@ -26,8 +27,10 @@ from analysis.replay.slices import slice_labels
 
 
 def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, title: str = "",
-                    incumbent: dict | None = None) -> go.Figure:
-    """``incumbent``: the incumbent's summary (Outcome.summary), drawn as its own point."""
+                    incumbent: dict | None = None, recommended: tuple[str, dict] | None = None) -> go.Figure:
+    """``incumbent``: the incumbent's summary (Outcome.summary), drawn as its own point; ``recommended``: (label,
+    summary on the same questions) of the recommendation, marked on the frontier. Presets and the recommendation
+    are named in the legend, not beside their points (a label there overlapped the full-length star)."""
     pts = sweep(t) if pts is None else pts
     fig = go.Figure()
     for fam, g in pts[pts.family != "full"].groupby("family", sort=False):
@@ -42,9 +45,12 @@ def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, t
                         text=[INCUMBENT], textposition="bottom center",
                         marker=dict(symbol="x", size=15, color="#dc2626", line=dict(color="black", width=1)))
     for p, res in presets:
-        fig.add_scatter(x=[res["tokens_emitted"]], y=[res["em"]], mode="markers+text", name=p.name,
-                        text=[p.name], textposition="top center",
+        fig.add_scatter(x=[res["tokens_emitted"]], y=[res["em"]], mode="markers", name=p.name,
                         marker=dict(symbol="diamond", size=13, color="black"))
+    if recommended is not None:
+        fig.add_scatter(x=[recommended[1]["tokens_emitted"]], y=[recommended[1]["em"]], mode="markers",
+                        name=f"recommended: {recommended[0]}",
+                        marker=dict(symbol="circle-open", size=20, color="#16a34a", line=dict(width=3)))
     fig.update_layout(title=title or "Tokens vs exact match, every policy family's Pareto front", height=460,
                       width=900, xaxis_title="mean tokens emitted per question", yaxis_title="exact match",
                       legend=dict(orientation="h", y=-0.22), margin=dict(t=50, l=60, r=20, b=40),
@@ -52,7 +58,8 @@ def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, t
     return fig
 
 
-def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str) -> go.Figure:
+def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str, questions: str = "") -> go.Figure:
+    """Lost and gained answers of one setting (``name``), by slice; ``questions`` says which ones."""
     o = outcome_from_stops(t, stops, name)
     labels = slice_labels(t, by)
     cats = sorted(set(labels), key=str)
@@ -62,7 +69,8 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str) -> go.Figu
                              (3, "gained (wrong at full length, right when stopped)", "#16a34a")):
         fig.add_bar(x=[str(c) for c in cats], y=[int(((labels == c) & (oc == code)).sum()) for c in cats], name=lab,
                     marker_color=color)
-    fig.update_layout(title=f"Answers lost and gained by the recommendation, by {by}", barmode="group", height=360,
+    fig.update_layout(title=f"Answers lost and gained by the recommendation, by {by}<br><sup>{name}"
+                            f"{', ' + questions if questions else ''}</sup>", barmode="group", height=360,
                       width=900, xaxis_title=by, yaxis_title="questions", template="plotly_white", xaxis_type="category",
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=50, l=60, r=20, b=40))
     return fig
@@ -101,14 +109,18 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
             except Exception as e:            # noqa: BLE001
                 op = {"error": str(e)}
         by = slice_by or default_slice(t)
-        fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r], pts,
-                              f"{head}<br><sup>tokens vs exact match, every family's Pareto front</sup>", inc)
+        every = f"all {t.n} questions"
+        rec = None
+        if "error" not in op:       # the recommendation on the same (all) questions as the presets' rows
+            rec = evaluate(t, stop_index(t, Setting.from_dict(op["setting"])), op["label"], n_boot)
+            rows.append((Preset(f"recommended: {op['label']}", Setting.from_dict(op["setting"])), rec))
+        fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r and r is not rec], pts,
+                              f"{head}<br><sup>tokens vs exact match, every family's Pareto front; {every}</sup>",
+                              inc, (op["label"], rec) if rec is not None else None)
         figs[f"frontier_{k}"] = fig
-        rec_stops = None
-        if "error" not in op:
-            s = Setting.from_dict(op["setting"])
-            rec_stops = stop_index(t, s)
-            figs[f"losses_{k}"] = losses_figure(t, rec_stops, by, op["label"])
+        if rec is not None:
+            figs[f"losses_{k}"] = losses_figure(t, stop_index(t, Setting.from_dict(op["setting"])), by, op["label"],
+                                                every)
         md += [f"## {head}", "", f"{t.n} questions; at full length EM **{full['em']:.3f}** with "
                f"**{full['emitted']:.0f}** tokens per question.", ""]
         if "error" not in op:
@@ -119,12 +131,13 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                    f"{te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI {ci['delta_em'][0]:+.3f} "
                    f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
                    f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
-                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes.",
-                   "", _probing(op), ""]
+                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes."
+                   + (f" **It {op['missed']}.**" if op.get("missed") else ""), "", _probing(op), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
         if rows:
-            md += ["| preset | EM | ΔEM (95% CI) | tokens | saved | saved incl. probes | lost | gained |",
+            md += [f"Presets and the recommendation on {every} (the recommendation's held-out numbers are above):",
+                   "", "| preset | EM | ΔEM (95% CI) | tokens | saved | saved incl. probes | lost | gained |",
                    "|---|---|---|---|---|---|---|---|"]
             for p, r in rows:
                 if "error" in r:
@@ -135,6 +148,9 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                           f"{c['delta_em'][1]:+.3f}) | {r['tokens_emitted']:.0f} | {r['savings_emitted']:.0%} | "
                           f"{r['savings_computed']:.0%} | {r['lost']} | {r['gained']} |")
             md.append("")
+            for p, _ in rows:
+                if p.certificate:
+                    md += [f"**Certificate of {p.name}**: {preset_certificate_words(p.certificate, t.run_id)}", ""]
         md += [f"![frontier](figures/frontier_{k}.png)", ""]
         if f"losses_{k}" in figs:
             md += [f"![losses](figures/losses_{k}.png)", ""]
@@ -225,6 +241,19 @@ def _inline(s: str) -> str:
     s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
     s = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"<i>\1</i>", s)
     return s
+
+
+def self_contained_markdown(rep: dict) -> str:
+    """The Markdown summary with its charts inlined (PNG data URIs), so the one file is the whole summary; a chart
+    without an image (no Chromium for kaleido) is named instead."""
+    import re
+
+    def inline(m):
+        png = rep["images"].get(f"figures/{m.group(2)}.png")
+        if png is None:
+            return f"_(chart {m.group(2)}: in the HTML report)_"
+        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return re.sub(r"!\[([^\]]*)\]\(figures/([\w-]+)\.png\)", inline, rep["markdown"])
 
 
 def zip_bundle(rep: dict) -> bytes:

@@ -16,12 +16,15 @@ from analysis.ingest.datasets import Question
 
 def synthetic_tables(n_questions: int = 1000, n_checkpoints: int = 50, seed: int = 0, every: int = 32,
                      run_id: str = "synthetic", signals: bool = True, vary_length: bool = True,
-                     difficulty: tuple[float, float] = (0.0, 1.0)) -> tuple[list[Question], pa.Table, pa.Table]:
+                     difficulty: tuple[float, float] = (0.0, 1.0),
+                     settle: tuple[float, float] = (0.1, 0.8)) -> tuple[list[Question], pa.Table, pa.Table]:
+    """``settle``: where (as a share of its length) a question's answer settles, drawn uniformly in this range
+    (later settling: early stopping loses more)."""
     rng = np.random.default_rng(seed)
     n, m = n_questions, n_checkpoints
     diff = rng.uniform(difficulty[0], difficulty[1], n)
     lengths = (rng.integers(max(2, m // 3), m + 1, n) if vary_length else np.full(n, m)).astype(int)
-    settle = (rng.uniform(0.1, 0.8, n) * lengths).astype(int)       # checkpoint where the answer settles
+    settle = (rng.uniform(settle[0], settle[1], n) * lengths).astype(int)       # checkpoint where the answer settles
     right_final = rng.uniform(0, 1, n) > diff * 0.8                     # the model's full-length correctness
     overthink = (~right_final) & (rng.uniform(0, 1, n) < 0.35)         # right mid-way, wrong at the end
     j = np.arange(m)[None, :]
@@ -91,15 +94,18 @@ def synthetic_tables(n_questions: int = 1000, n_checkpoints: int = 50, seed: int
 
 def write_synthetic_run(store, n_questions: int = 1000, n_checkpoints: int = 50, seed: int = 0,
                         model: str = "synthetic", dataset: str = "synthetic", signals: bool = True,
-                        vary_length: bool = True, difficulty: tuple[float, float] = (0.0, 1.0)) -> str:
+                        vary_length: bool = True, difficulty: tuple[float, float] = (0.0, 1.0),
+                        settle: tuple[float, float] = (0.1, 0.8)) -> str:
     """Write a synthetic run into a store; returns its run id."""
     config = {"synthetic": True, "n": n_questions, "m": n_checkpoints, "seed": seed, "signals": signals,
               "vary_length": vary_length}
     if tuple(difficulty) != (0.0, 1.0):
         config["difficulty"] = list(difficulty)
+    if tuple(settle) != (0.1, 0.8):
+        config["settle"] = list(settle)
     run_id = config_hash(model, dataset, config)[:12]
     qs, tr, ck = synthetic_tables(n_questions, n_checkpoints, seed, run_id=run_id, signals=signals,
-                                  vary_length=vary_length, difficulty=difficulty)
+                                  vary_length=vary_length, difficulty=difficulty, settle=settle)
     with store.transaction() as con:
         rid, created = store.get_or_create_run(model=model, dataset=dataset, answer_type="number",
                                                source="synthetic", config=config, n_planned=n_questions, con=con)

@@ -24,7 +24,9 @@ from analysis.replay.policies.base import Setting
 VERSION = 1
 URL_PREFIX = "sl1."
 MAX_BYTES = 64 * 1024
-_KEYS = {"stopline_preset", "name", "setting", "slices", "notes", "routing"}
+_KEYS = {"stopline_preset", "name", "setting", "slices", "notes", "routing", "certificate"}
+# what a certificate (analysis/evaluate/certify.py) must say; the rest of it (families, counts) is kept as given
+_CERT_NUMBERS = {"epsilon": (0.0, 1.0), "delta": (0.0, 1.0)}     # epsilon in [0, 1), delta in (0, 1)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Preset:
     slices: dict[str, Setting] = field(default_factory=dict)
     notes: str = ""
     routing: dict | None = None
+    certificate: dict | None = None     # "risk <= epsilon with probability >= 1 - delta" (certify.py)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"stopline_preset": VERSION, "name": self.name, "setting": self.setting.to_dict()}
@@ -44,6 +47,8 @@ class Preset:
             d["notes"] = self.notes
         if self.routing:
             d["routing"] = routing_to_json(self.routing)
+        if self.certificate:
+            d["certificate"] = self.certificate
         return d
 
     def to_json(self) -> str:
@@ -104,7 +109,34 @@ def from_dict(d: Any) -> Preset:
     routing = d.get("routing")
     if routing is not None:
         routing = validate_routing(routing)
-    return Preset(name, setting, slices_by, slices, notes, routing)
+    cert = d.get("certificate")
+    if cert is not None:
+        cert = validate_certificate(cert)
+    return Preset(name, setting, slices_by, slices, notes, routing, cert)
+
+
+def validate_certificate(cert: Any, where: str = "certificate") -> dict:
+    """A preset's certificate: an object with epsilon and delta in (0, 1), n (questions tested), risk and
+    bound; other plain JSON (the families' details, the words) is kept as it is."""
+    if not isinstance(cert, dict):
+        raise PresetError(f"must be an object, got {type(cert).__name__}", field=where)
+    for k, (lo, hi) in _CERT_NUMBERS.items():
+        v = cert.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v < hi if k == "epsilon" else lo < v < hi):
+            raise PresetError(f"must be a number in {'[' if k == 'epsilon' else '('}{lo:g}, {hi:g}), got {brief(v)}",
+                              field=f"{where}.{k}")
+    n = cert.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise PresetError(f"must be a whole number of questions, got {brief(n)}", field=f"{where}.n")
+    for k in ("risk", "bound"):
+        _check_str(cert.get(k), f"{where}.{k}")
+    try:
+        size = len(json.dumps(cert))
+    except (TypeError, ValueError, RecursionError):
+        raise PresetError("must be plain JSON", field=where) from None
+    if size > 16_000:
+        raise PresetError("is larger than 16 KB", field=where)
+    return cert
 
 
 # --- routing blocks (a routing block holds presets: an A/B challenger) ---------------------------------

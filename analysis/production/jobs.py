@@ -24,7 +24,9 @@ def jobs_dir() -> Path:
     return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
 
 
-_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")
+# the run's own bar only (its unit is q: "3/8 [00:04<00:07, 1.4s/q]"); other bars (transformers' "Loading
+# weights 272/272 [... it/s]") are not questions
+_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*(?:q/s|s/q)\]")
 _RAISED = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")   # a traceback's last line
 # what a model folder needs beside its weights: the tokenizer (one of these) and the config
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -46,8 +48,15 @@ def check_model_folder(model: str) -> None:
 
 def start_run(model: str, dataset: str, db: str, limit: int | None = None, every: int = 32,
               max_new_tokens: int = 512, batch_size: int = 8, device: str = "auto", seed: int = 42,
-              where: Path | None = None) -> str:
-    check_model_folder(model)
+              where: Path | None = None, engine: dict | None = None) -> str:
+    """Start ``python -m analysis run`` in the background. ``engine`` (optional): ``{"base_urls": [...],
+    "tokenizer": ..., "concurrency": n, "api_key": ...}`` runs it through OpenAI-compatible servers (the key
+    travels in the job's environment, never on its command line or in job.json)."""
+    if engine is None:
+        check_model_folder(model)
+    elif not engine.get("base_urls"):
+        raise StoplineError("the openai engine needs a server URL (its /v1 address)",
+                            hint="e.g. http://127.0.0.1:8000/v1 (python -m analysis vllm-server starts one)")
     jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     d = Path(where or jobs_dir()) / jid
     d.mkdir(parents=True)
@@ -56,14 +65,23 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
            "--seed", str(seed), "--db", db]
     if limit:
         cmd += ["--limit", str(limit)]
+    extra_env = {}
+    if engine is not None:
+        cmd += ["--engine", "openai", "--base-url", ",".join(engine["base_urls"]),
+                "--tokenizer", engine.get("tokenizer") or model, "--concurrency", str(engine.get("concurrency", 8))]
+        if engine.get("api_key"):
+            extra_env["OPENAI_API_KEY"] = engine["api_key"]
     log = open(d / "log", "wb")
     # its own session: a page rerun or Ctrl-C in the dashboard's terminal does not reach it; PARENT_ENV: it
     # ends when the dashboard does (core/lifeline.py)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", PARENT_ENV: str(os.getpid())}
+    # STOPLINE_PROGRESS: the run's progress bar is written to the log although it is no terminal
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", "STOPLINE_PROGRESS": "1",
+           PARENT_ENV: str(os.getpid()), **extra_env}
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
     (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
-                                            "model": model, "dataset": dataset, "db": db}))
+                                            "model": model, "dataset": dataset, "db": db,
+                                            "engine": "openai" if engine else "transformers"}))
     return jid
 
 

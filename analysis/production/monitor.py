@@ -31,7 +31,7 @@ from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu
 from analysis.core.answers import normalize_gold, score
 from analysis.core.errors import StoplineError
 from analysis.core.store import DEMO_DB, Store
-from analysis.evaluate.optimize import operating_point
+from analysis.evaluate.optimize import evaluate, operating_point, split_mask
 from analysis.evaluate.stats import bootstrap_means, percentile_ci
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import from_dict, load
@@ -43,7 +43,7 @@ TOL_TOKENS = 0.10      # relative rise of mean tokens before it counts
 TOL_EM = 0.05          # absolute EM drop before it counts
 TOL_STOP = 0.10        # absolute drop of the early-stop share
 TOL_KS = 0.10          # KS statistic before a signal counts as drifted
-MIN_EXPLORE = 12
+MIN_EXPLORE = 30       # labelled exploration requests before a recalibration is proposed (half of them check it)
 
 
 def _json_lines(path, what: str):
@@ -313,19 +313,33 @@ def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
 
 def propose_setting(ck, fin, preset, cal, answer_type) -> dict:
     """A recalibrated setting from recent labelled full-length (exploration) requests: the fewest tokens
-    that keep the EM drop the calibration promised."""
+    that keep the EM drop the calibration promised. Below ``MIN_EXPLORE`` labelled requests it says how many
+    more it needs; a proposal no better than the champion on either axis (EM and tokens, on the same held-out
+    requests) is never offered."""
     t = explore_table(ck, fin, answer_type)
     n = 0 if t is None else t.n
     if n < MIN_EXPLORE:
-        return {"ok": False, "reason": (f"needs at least {MIN_EXPLORE} labelled exploration requests (full length, "
-                                        f"with a gold answer); the log has {n}. Raise routing.explore or add labels.")}
+        return {"ok": False, "n": n, "needed": MIN_EXPLORE - n, "reason": (
+            f"A recalibration needs at least {MIN_EXPLORE} labelled exploration requests (full length, with a gold "
+            f"answer); the log has {n}: {MIN_EXPLORE - n} more. Raise routing.explore or add labels.")}
     drop = max(0.0, float(cal["full_em"].mean() - cal["em"].mean()))
     fams = deployable_families()          # a proposal the controller can run
     try:
         op = operating_point(t, "drop", drop, families=fams, n_boot=500)
     except StoplineError as e:
-        return {"ok": False, "reason": str(e)}
-    return {"ok": True, "n": n, "goal": f"min tokens with EM >= full - {drop:.3f}", **op}
+        return {"ok": False, "n": n, "reason": str(e)}
+    test = t.subset(split_mask(t.question_ids, "test"))
+    champ = evaluate(test, preset_stops(test, _champion_only(preset)), "champion", 0)
+    te = op["test"]
+    out = {"ok": True, "n": n, "goal": f"min tokens with EM >= full - {drop:.3f}", **op,
+           "champion": {"em": champ.get("em"), "tokens_emitted": champ.get("tokens_emitted"), "n": champ["n"]}}
+    if champ["n"] and te["em"] <= champ["em"] and te["tokens_emitted"] >= champ["tokens_emitted"]:
+        return {"ok": False, "n": n, "proposal": op["label"], "champion": out["champion"], "reason": (
+            f"No recalibration offered: the best candidate, {op['label']}, is no better than the deployed preset on "
+            f"either axis on the same {te['n']} held-out exploration requests (EM {te['em']:.3f} against "
+            f"{champ['em']:.3f}, {te['tokens_emitted']:.0f} tokens against {champ['tokens_emitted']:.0f}). "
+            "Keep the champion.")}
+    return out
 
 
 def monitor_inputs(logs, preset_arg=None, run_arg=None, db_arg=None):

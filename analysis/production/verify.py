@@ -187,12 +187,9 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
                          log_header={"calibration": {"db": str(store.path), "run": run["id"]}, "model": run["model"]})
         recs = controlled_generate(model, tok, questions, ctl, cfg, batch_size, show_progress=show_progress)
         ctl.log.close()
-        header, ck, fin = read_log(tmp / "live.jsonl")
-        if log:
-            _append_log(tmp / "live.jsonl", Path(log))
+        header, ck, fin, decisions = _live_log(tmp, log, run["answer_type"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    decisions = check_decisions((header, ck, fin), run["answer_type"])
     stored = {r["question_id"]: r["text"] for r in store.traces(run["id"], with_text=True).to_pylist()}
     ck, at_run = run_indices(t, ck)
     numeric, first = compare_values(t, ck, {q.id: (r["text"], stored.get(q.id, ""), r["stopped"])
@@ -281,6 +278,15 @@ def run_indices(t, ck: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return out, at
 
 
+def _live_log(tmp: Path, log, answer_type: str):
+    """The live run's decision log (tmp/live.jsonl): read, appended to ``log`` when given, and its decisions
+    checked against the replay."""
+    header, ck, fin = read_log(tmp / "live.jsonl")
+    if log:
+        _append_log(tmp / "live.jsonl", Path(log))
+    return header, ck, fin, check_decisions((header, ck, fin), answer_type)
+
+
 def _append_log(src: Path, dst: Path) -> None:
     """Copy a finished log to the user's path; appended (without its header) when that file has one."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -291,3 +297,64 @@ def _append_log(src: Path, dst: Path) -> None:
         f.writelines(lines)
         f.flush()
         os.fsync(f.fileno())
+
+
+def verify_gateway(store, run_id: str, preset, base_urls: list[str], tokenizer: str, *, limit: int | None = None,
+                   concurrency: int = 8, log: str | Path | None = None) -> dict:
+    """``verify-controller --engine openai``: send a run's questions (recorded through the same server) through the
+    gateway's request path (``gateway.Gateway``, in process, against ``base_urls``) with ``preset``, and report
+    whether its live decisions equal the replay on the values it saw (must be 1.0) and how often its stops equal
+    the replay of the recorded run (the server's numbers decide that: batch composition changes them unless the
+    server runs batch-invariant kernels)."""
+    import asyncio
+
+    from analysis.backend.models import load_tokenizer
+    from analysis.production.gateway import Gateway, Options
+    t0 = time.perf_counter()
+    run = store.run(run_id)
+    cfgd = run["config"]
+    if (cfgd.get("engine") or {}).get("name") != "openai":
+        raise PresetError(f"run {run['id']} was not recorded through a server",
+                          hint="record the calibration run with `run --engine openai` on the same server")
+    t = RunTable.from_store(store, run["id"])
+    want = preset_stops(t, preset)
+    cfg = GenConfig(**cfgd["gen"])
+    model = cfgd["engine"]["server_model"]
+    ds = load_dataset(run["dataset"], run["n_planned"] or t.n,
+                      **({"seed": cfgd["dataset"]["seed"]} if run["dataset"].startswith("rg:") else {}))
+    have = {str(q): i for i, q in enumerate(t.question_ids)}
+    questions = [q for q in ds.questions if q.id in have][:limit or None]
+    tok, kind, eos = load_tokenizer(tokenizer)
+    tmp = Path(tempfile.mkdtemp(prefix="stopline-verify-"))
+    try:
+        (tmp / "preset.json").write_text(preset.to_json())
+        gw = Gateway(base_urls, str(tmp / "preset.json"), tok, eos, kind, log_path=str(tmp / "live.jsonl"),
+                     model=model, concurrency=concurrency,
+                     options=Options(answer_type=run["answer_type"], every=cfg.every, steps=cfg.steps,
+                                     transitions=cfg.transitions, cue=cfg.cue, max_answer_tokens=cfg.max_answer_tokens))
+
+        async def go():
+            sem = asyncio.Semaphore(concurrency)
+            async with gw.engine:
+                await gw.engine.check()
+
+                async def one(q):
+                    async with sem:
+                        msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + \
+                               [{"role": "user", "content": cfg.prompt_template.format(question=q.text)}]
+                        req = gw.parse({"model": model, "messages": msgs, "max_tokens": cfg.max_new_tokens,
+                                        "stopline": {"request_id": q.id, "meta": q.meta}}, chat=True)
+                        req["question"] = q.text            # routing reads the question, as the replay does
+                        return [v async for k, v in gw.events(req) if k == "end"][0]
+                return await asyncio.gather(*(one(q) for q in questions))
+        infos = asyncio.run(go())
+        gw.log.close()
+        decisions = _live_log(tmp, log, run["answer_type"])[3]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = [int(t.pos[have[q.id], int(want[have[q.id]])]) == info["position"] for q, info in zip(questions, infos)]
+    return {"run": run["id"], "engine": "openai", "n": len(questions), "decisions": decisions,
+            "decision_agreement": decisions["agreement"], "agreement": float(np.mean(same)) if same else float("nan"),
+            "stopped": int(sum(i["stopped"] for i in infos)), "seconds": round(time.perf_counter() - t0, 1),
+            "note": "stops differ where the server's numbers for a prefix differ from the recording's (batch "
+                    "composition changes them unless the server's kernels are batch-invariant)"}

@@ -49,3 +49,38 @@ def test_monitor_page_without_logs_and_with_a_broken_log(tmp_path, synthetic_db,
     monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
     at = open_app(db, rid, "views/monitor.py")
     assert not at.exception and "line 2" in at.error[0].value
+
+
+def test_monitor_page_shows_the_closed_loops_versions(tmp_path, synthetic_db, monkeypatch):
+    import json
+    logs = _monitor_log(tmp_path, synthetic_db, (0.0, 1.0))
+    hist = tmp_path / "versions.jsonl"
+    hist.write_text("\n".join(json.dumps(r) for r in [
+        {"version": 0, "applied": True, "setting": "budget(B=416)", "note": "deployed"},
+        {"version": 1, "applied": True, "setting": "budget(B=704)", "epsilon": 0.05, "delta": 0.1, "n_explore": 400,
+         "observed": {"em_drop": 0.2}, "certificate": {"savings": 0.3}, "reason": "Certified: ..."}]) + "\n")
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    monkeypatch.setenv("STOPLINE_HISTORY", str(hist))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/monitor.py")
+    assert not at.exception
+    assert any(s.value == "Versions (closed loop)" for s in at.subheader)
+    assert list(at.dataframe[-1].value["setting"]) == ["budget(B=416)", "budget(B=704)"]
+
+
+def test_monitor_page_recertifies_and_keeps_the_attempt(tmp_path, synthetic_db, monkeypatch):
+    logs = _monitor_log(tmp_path, synthetic_db, (0.0, 1.0))
+    hist = tmp_path / "hist" / "versions.jsonl"
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    monkeypatch.setenv("STOPLINE_HISTORY", str(hist))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/monitor.py")
+    at.number_input(key="rc_eps").set_value(0.05).run()
+    at.button(key="rc_go").click().run()
+    assert not at.exception
+    said = [m.value for m in [*at.success, *at.info] if m.value.startswith(("Applied", "Not applied"))]
+    assert said
+    from analysis.production.recalibrate import history_records
+    recs = history_records(hist)
+    assert [r["version"] for r in recs] == [0, 1] and recs[1]["epsilon"] == 0.05
+    assert any(s.value == "Versions (closed loop)" for s in at.subheader)

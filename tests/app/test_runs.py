@@ -1,5 +1,5 @@
 """AppTest: The Runs page: what the store holds, background runs, imports."""
-from tests.helpers import open_app
+from tests.helpers import open_app, the_job_when_it_ends
 
 
 def test_runs_page_lists_runs(synthetic_db):
@@ -16,8 +16,6 @@ def test_runs_page_on_the_demo_store_names_where_the_questions_come_from():
 
 
 def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synthetic_db, monkeypatch):
-    import time
-    from analysis.production import jobs
     from analysis.backend.tiny import save_tiny
     from analysis.core.store import Store
     model_dir = save_tiny(tmp_path / "tiny", seed=2)
@@ -34,13 +32,9 @@ def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synt
     at.number_input(key="run_every").set_value(8)
     at.button[0].click().run()                    # the form's submit button
     assert not at.exception and "Started job" in at.success[0].value
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        (job,) = jobs.list_jobs()
-        if job["state"] != "running":
-            break
-        time.sleep(1)
+    job = the_job_when_it_ends(180)
     assert job["state"] == "done", job
+    assert (job["done"], job["total"]) == (4, 4), job      # the run's own bar (not "Loading weights n/n")
     (run,) = Store(mine, read_only=True).runs()
     assert run["n_questions"] == 4 and run["status"] == "complete"
     at.run()

@@ -26,9 +26,9 @@ def test_tune_setting_carries_to_questions_and_into_the_link(synthetic_db):
 
 
 def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_db):
-    from analysis.evaluate.frontier import sweep
-    from analysis.evaluate.optimize import pick
+    from analysis.evaluate.optimize import operating_point
     from analysis.replay.engine import RunTable
+    from analysis.replay.policies import available_families
     from analysis.core.store import Store
     db, rid, _ = synthetic_db
     at = open_app(db, rid, "views/tune.py")
@@ -38,9 +38,10 @@ def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_d
     at.button(key="op_jump").click().run()
     assert not at.exception
     t = RunTable.from_store(Store(db, read_only=True), rid)
-    want = pick(sweep(t), "drop", 0.01)
+    fams = [f for f in available_families(t) if f != "learned"]       # 600 x 30 checkpoints: learned waits
+    want = operating_point(t, "drop", 0.01, "emitted", fams, n_boot=0)        # chosen on the tune half
     assert any(want["label"] in c.value for c in at.caption)       # the page now shows that setting
-    assert any("Jumped to" in i.value for i in at.info) and not at.warning
+    assert any("Jumped to" in m.value for m in [*at.info, *at.error]) and not at.warning
     # a hybrid: its two parts get their own family pickers and controls
     at.sidebar.selectbox(key="family").set_value("hybrid").run()
     assert not at.exception
@@ -67,3 +68,19 @@ def test_tune_shows_the_probe_schedule_and_the_link_carries_it(synthetic_db):
     for p in SCHEDULE:
         assert any(w.key == f"consistency.schedule.{p.name}" for w in
                    [*at.selectbox, *at.checkbox, *at.slider])
+
+
+def test_tune_shows_the_certified_setting_beside_the_jump(synthetic_db):
+    """Issue 23: with the goal "EM drop δ", Tune says which setting is certified for that ε (δ = 0.05) and can
+    make it current."""
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.radio(key="op_goal").set_value("drop").run()
+    at.number_input(key="op_value_drop").set_value(0.05).run()
+    assert not at.exception
+    ok = [s.value for s in at.success if "Certified for ε=0.05, δ=0.05" in s.value]
+    assert ok and "budget(" in ok[0]                          # the family picked (budget), this family's certificate
+    at.button(key="cert_use").click().run()
+    from analysis.presets.schema import loads
+    label = ok[0].split("`")[1]
+    assert not at.exception and loads(at.query_params["s"]).setting.label() == label

@@ -7,9 +7,7 @@ The server is started here (minutes on a fresh machine: the environment is insta
 ``$STOPLINE_VLLM_URL``. These tests fail, not skip, when it cannot be started."""
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,40 +25,11 @@ from analysis.core.errors import StoplineError
 from analysis.core.store import Store
 from analysis.ingest.pipeline import run_openai
 from tests.helpers import ROOT
+from tests.integration.conftest import MODEL, free_port, start_server
 
 pytestmark = pytest.mark.vllm
-MODEL = "smollm2-135m-instruct"
 DATASET = "rg:basic_arithmetic"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp: Path, extra=()) -> tuple[subprocess.Popen, str]:
-    vllm_local.install()
-    port = free_port()
-    log = tmp / f"vllm-{port}.log"
-    proc = vllm_local.start(MODEL, port, log, name=MODEL, extra=list(extra))
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        vllm_local.wait_healthy(url, proc, log=log)
-    except BaseException:
-        vllm_local.stop(proc)
-        raise
-    return proc, url
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if os.environ.get("STOPLINE_VLLM_URL"):
-        yield os.environ["STOPLINE_VLLM_URL"]
-        return
-    proc, url = start_server(tmp_path_factory.mktemp("vllm"))
-    yield url
-    vllm_local.stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +119,21 @@ def test_a_probe_answers_as_a_from_scratch_greedy_completion_of_its_prefix(serve
     assert [a for a, _ in pairs] == [b for _, b in pairs]
 
 
+def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_so(server, tok):
+    tk, kind, eos = tok
+    cfg = GenConfig(every=16, max_new_tokens=64).resolved("number", kind)
+    p = tk(build_prompt(tk, "What is 17 + 25?", cfg), add_special_tokens=False)["input_ids"]
+
+    async def go(token_ids):
+        async with OpenAIEngine([server], MODEL, tk, eos=eos, token_ids=token_ids) as eng:
+            await eng.check()
+            return await eng.question(p, cfg), eng.stats.ids_from
+    (with_ids, src1), (without, src2) = asyncio.run(go(True)), asyncio.run(go(False))
+    assert (src1, src2) == ("server", "tokenizer")
+    assert tk.decode(without.token_ids) == tk.decode(with_ids.token_ids)      # the same text, greedy
+    assert [c["pos"] for c in without.checkpoints] and without.checkpoints[-1]["kind"] == "final"
+
+
 def test_a_killed_run_resumes_with_every_question_once(server, tmp_path):
     db = tmp_path / "k.duckdb"
     cmd = [sys.executable, "-m", "analysis", "run", "--engine", "openai", "--base-url", server, "--model", MODEL,
@@ -194,6 +178,32 @@ def test_an_imported_run_is_reprobed_through_the_server(server, tmp_path, tok):
     assert run["config"]["engine"]["name"] == "openai" and run["config"]["execution"]["probes"] >= 32
     again = reprobe_openai(st, imp["run_id"], [server], MODEL, MODEL, every=8, show_progress=False)
     assert again["run_id"] == res["run_id"] and not again["created"]
+
+
+def test_the_runs_page_starts_a_run_through_the_server_and_shows_its_figures(server, tmp_path, monkeypatch):
+    """The Runs page's engine choice: a background run through the server, its engine figures on the page."""
+    from tests.helpers import open_app, the_job_when_it_ends
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    monkeypatch.setenv("STOPLINE_JOBS_DIR", str(tmp_path / "jobs"))
+    at = open_app(None, None, "views/runs.py")
+    at.radio(key="run_engine").set_value("A server (OpenAI-compatible: vLLM, SGLang, …)").run()
+    at.text_input(key="run_url").input(server)
+    at.text_input(key="run_served").input(MODEL)
+    at.text_input(key="run_tokenizer").input(MODEL)
+    at.number_input(key="run_limit").set_value(3)
+    at.number_input(key="run_max_new").set_value(64)
+    at.button[0].click().run()
+    assert not at.exception and "Started job" in at.success[0].value
+    job = the_job_when_it_ends(600)
+    assert job["state"] == "done", job
+    (run,) = Store(mine, read_only=True).runs()
+    assert run["n_questions"] == 3 and run["config"]["engine"]["name"] == "openai"
+    at = open_app(str(mine), run["id"], "views/runs.py")
+    assert not at.exception
+    figures = at.dataframe[1].value
+    assert figures["server"][0] == "vllm 0.32.0" and figures["probes"][0] >= 3
+    assert figures["probe prefix-cache hits"][0].endswith("%")
 
 
 def test_bad_input_gets_one_clear_message_and_writes_no_run(server, second_server, tmp_path):

@@ -51,3 +51,43 @@ def test_import_runs_show_eval_sweep(cli, tmp_path):
 def test_errors_are_messages_not_tracebacks(cli, args, match):
     code, out, err = cli(*args)
     assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_job_progress_reads_the_runs_own_bar_not_the_weights_loading_bar(tmp_path):
+    """A 2-question run showed "272 of 272 questions": the progress read transformers' "Loading weights" bar."""
+    import json
+    import os
+    from analysis.production import jobs
+    d = tmp_path / "j1"
+    d.mkdir()
+    (d / "job.json").write_text(json.dumps({"id": "j1", "cmd": [], "pid": os.getpid(), "started": 0,
+                                            "model": "m", "dataset": "rg:x", "db": "x"}))
+    (d / "log").write_text("Loading weights: 100%|██████████| 272/272 [00:00<00:00, 2875.31it/s]\n"
+                           "m on rg:x:   0%|          | 0/2 [00:00<?, ?q/s]\r"
+                           "m on rg:x:  50%|█████     | 1/2 [00:03<00:03, 3.12s/q]\r")
+    j = jobs.status("j1", tmp_path)
+    assert (j["done"], j["total"]) == (1, 2)
+    (d / "log").write_text("Loading weights: 100%|██████████| 272/272 [00:00<00:00, 2875.31it/s]\n")
+    assert jobs.status("j1", tmp_path)["total"] is None
+
+
+def test_a_jobs_run_writes_its_progress_bar_to_the_log(monkeypatch):
+    """A job's log is no terminal: without $STOPLINE_PROGRESS (which jobs set) its run's bar was switched off."""
+    from analysis.core.progress import progress
+    monkeypatch.delenv("STOPLINE_PROGRESS", raising=False)
+    assert progress(total=2, unit="q", file=open("/dev/null", "w")).disable
+    monkeypatch.setenv("STOPLINE_PROGRESS", "1")
+    assert not progress(total=2, unit="q", file=open("/dev/null", "w")).disable
+
+
+def test_read_commands_fall_back_to_the_demo_store_saying_so(cli, tmp_path, monkeypatch):
+    """On a fresh install `runs` said "store not found" and `optimize --run <a demo run>` "no run"."""
+    from analysis.core.store import DEMO_DB
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "not-yet.duckdb"))
+    code, out, err = cli("runs")
+    assert code == 0 and "c7a2483a9092" in out and "reading the demo store" in err and DEMO_DB in err
+    code, out, err = cli("optimize", "--run", "c7a2483a9092", "--budget", "100")
+    assert code == 0 and "test (held out)" in out and "reading the demo store" in err
+    code, out, err = cli("runs", "--db", str(tmp_path / "named.duckdb"))      # a store named: no fallback
+    assert code != 0 and "demo" not in err
+    assert not (tmp_path / "not-yet.duckdb").exists()

@@ -1,0 +1,332 @@
+"""The gateway: an OpenAI-compatible endpoint that applies a preset in front of any OpenAI-compatible server.
+
+    python -m analysis serve --upstream http://127.0.0.1:8000/v1 --preset P.json --tokenizer DIR
+
+Clients point their base URL at the gateway. Per request it resolves the preset's routing (rules on tags and
+metadata passed as ``extra_body={"stopline": {"tags": {...}, "meta": {...}, "request_id": "..."}}``, A/B arm,
+exploration share), streams the upstream's tokens on to the client, places checkpoints as they stream in (the
+recording engines' rule: ``backend/placement.py``), sends each checkpoint's probe to the upstream (its prefix is
+hot in the prefix cache: ``backend/engine_openai.py``) and decides with the live controller, which calls the
+replay's own ``fires``. A token after a checkpoint reaches the client only once that checkpoint has decided to
+go on, so the client never sees more than the replay counts. When the rule fires, the upstream request and its
+probes are cancelled and the response ends: with the trial answer written as the model would end
+(``--on-stop answer``: the end-of-thinking cue, the answer and the closing brace), or with the cue and the
+upstream's own answer section (``--on-stop continue``). The response keeps the OpenAI shape plus a ``stopline``
+object (in the last chunk when streaming).
+
+Every checkpoint and request end goes to the decision log (``controller.DecisionLog``: the format ``monitor``
+reads), each record with the preset version that made it. The preset file is re-read when it changes, or
+through ``POST /admin/preset`` (with the API key); an invalid new version is refused and the old one kept.
+``GET /metrics`` serves Prometheus counters. The gateway binds 127.0.0.1 unless told otherwise; any other
+address needs ``--api-key``, checked on every request in constant time. The upstream's key is never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, _root
+from analysis.backend.placement import Placer
+from analysis.backend.prompts import CUES, GenConfig
+from analysis.core.answers import extract, normalize
+from analysis.core.errors import PresetError, StoplineError
+from analysis.presets.routing import EXPLORE
+from analysis.production.controller import Controller, DecisionLog
+from analysis.production.gateway_metrics import Metrics
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param, self.status = param, status
+
+
+class VersionedLog:
+    """The decision log, each record stamped with the preset version that made the decision."""
+
+    def __init__(self, log: DecisionLog, version: str):
+        self.log, self.version = log, version
+
+    def write(self, rec: dict) -> None:
+        self.log.write({**rec, "preset_version": self.version})
+
+
+@dataclass
+class Options:
+    on_stop: str = "answer"                 # answer | continue
+    answer_type: str = "number"
+    every: int = 32
+    steps: bool = True
+    transitions: bool = True
+    cue: str | None = None
+    max_answer_tokens: int = 20
+    max_body: int = MAX_BODY
+
+
+class Gateway:
+    def __init__(self, upstreams: list[str], preset_path: str, tok, eos: set[int], kind: str = "instruct", *,
+                 log_path: str, model: str | None = None, api_key: str | None = None,
+                 upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64):
+        self.opt = options or Options()
+        self.tok, self.kind, self.api_key = tok, kind, api_key
+        self.cue = self.opt.cue or CUES[kind]
+        self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
+        self.engine = OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
+                                   concurrency=concurrency)
+        self.preset_path = Path(preset_path)
+        self.log = DecisionLog(log_path, {"gateway": {"on_stop": self.opt.on_stop, "upstreams": len(upstreams)},
+                                          "answer_type": self.opt.answer_type,
+                                          "checkpoints": {"every": self.opt.every, "steps": self.opt.steps,
+                                                          "transitions": self.opt.transitions}})
+        self._mtime = None
+        self.version = ""
+        self.controller: Controller | None = None
+        self.metrics = Metrics()
+        self.reload(force=True)
+
+    # --- the preset, reloaded when its file changes ---------------------------------------------------------
+    def reload(self, force: bool = False, text: str | None = None) -> bool:
+        """Load the preset (from ``text``, which is then written to the preset file, or from the file when it
+        changed). An invalid preset raises PresetError and leaves the current one in place."""
+        if text is None:
+            mtime = self.preset_path.stat().st_mtime_ns
+            if not force and mtime == self._mtime:
+                return False
+            text = self.preset_path.read_text()
+        from analysis.presets.schema import loads
+        preset = loads(text)
+        ctl = Controller(preset, self.opt.answer_type, every=self.opt.every, steps=self.opt.steps,
+                         transitions=self.opt.transitions)        # refuses what the controller cannot run
+        version = hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        if text is not None and not force and self.preset_path.read_text() != text:
+            tmp = self.preset_path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.preset_path)
+        ctl.log = VersionedLog(self.log, version)
+        self.controller, self.version, self.preset = ctl, version, preset
+        self._mtime = self.preset_path.stat().st_mtime_ns
+        self.log.write({"type": "preset", "preset_version": version, "preset": preset.to_dict()})
+        return True
+
+    def current(self) -> Controller:
+        try:
+            self.reload()
+        except (PresetError, StoplineError, OSError, ValueError) as e:
+            self.metrics.reload_errors.inc()
+            self._mtime = self.preset_path.stat().st_mtime_ns if self.preset_path.exists() else self._mtime
+            self.log.write({"type": "preset_error", "error": str(e)[:500], "kept": self.version})
+        return self.controller
+
+    # --- requests -------------------------------------------------------------------------------------------
+    def parse(self, body, chat: bool) -> dict:
+        """The request's prompt ids, question text (for routing), sampling and Stopline fields; BadRequest
+        names the field."""
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        sl = body.get("stopline") or {}
+        if not isinstance(sl, dict):
+            raise BadRequest("stopline must be an object", "stopline")
+        for k in ("tags", "meta"):
+            if not isinstance(sl.get(k, {}), dict):
+                raise BadRequest(f"stopline.{k} must be an object", f"stopline.{k}")
+        if chat:
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in msgs):
+                raise BadRequest("messages must be a non-empty list of {role, content} objects with string content",
+                                 "messages")
+            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
+        else:
+            p = body.get("prompt")
+            if isinstance(p, str) and p:
+                ids, question = self.tok(p)["input_ids"], p
+            elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                ids, question = list(p), ""
+            else:
+                raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
+        mt = body.get("max_completion_tokens", body.get("max_tokens", 1024))
+        if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
+            raise BadRequest("max_tokens must be a positive integer", "max_tokens")
+        temp = body.get("temperature", 0.0)
+        top_p = body.get("top_p", 1.0)
+        if not isinstance(temp, (int, float)) or isinstance(temp, bool) or temp < 0:
+            raise BadRequest("temperature must be a number ≥ 0", "temperature")
+        if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
+            raise BadRequest("top_p must be a number in (0, 1]", "top_p")
+        if body.get("n", 1) != 1:
+            raise BadRequest("n must be 1 (one trace per request)", "n")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("stream must be true or false", "stream")
+        rid = sl.get("request_id") or uuid.uuid4().hex
+        if not isinstance(rid, str) or len(rid) > 200:
+            raise BadRequest("stopline.request_id must be a string of at most 200 characters", "stopline.request_id")
+        model = body.get("model") or self.engine.model
+        if model != self.engine.model:
+            raise BadRequest(f"this gateway serves the model {self.engine.model!r}, not {model!r}", "model", 404)
+        return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
+                "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
+                "model": model, "seed": body.get("seed")}
+
+    def config(self, req: dict) -> GenConfig:
+        return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
+                         max_new_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
+                         max_answer_tokens=self.opt.max_answer_tokens, cue=self.cue)
+
+    async def events(self, req: dict):
+        """The response as ("text", piece) events, then ("end", info)."""
+        ctl = self.current()
+        sess = ctl.open(req["request_id"], req["question"], req["meta"], req["tags"])
+        cfg = self.config(req)
+        eng = self.engine
+        r = await eng._pick()
+        placer = Placer(cfg, eng.piece)
+        setting = sess.route.setting
+        # a budget reads positions only: no probes, except on exploration requests, whose logged trial answers
+        # are what a recalibration certifies other settings on
+        probing = sess.route.arm == EXPLORE or setting.policy.probes_needed(setting.params)
+        ids: list[int] = []
+        chunks: deque = deque()            # (start, ids, text) not yet released to the client
+        pending: deque = deque()           # (pos, kinds, probe task), in order
+        queue: asyncio.Queue = asyncio.Queue()
+        decision, finish, error = None, None, None
+        probe_tokens = 0
+        t_req = time.perf_counter()
+
+        async def produce():
+            try:
+                _, fin, got_ids = await eng._stream(r, req["ids"], cfg, req.get("seed"),
+                                                    lambda new, text: queue.put_nowait(("ids", new, text)))
+                if not got_ids:
+                    raise StoplineError("the upstream returns no token ids (vLLM's return_token_ids); the gateway "
+                                        "needs them to place checkpoints")
+                queue.put_nowait(("done", fin))
+            except (ReplicaFailed, StoplineError) as e:
+                queue.put_nowait(("error", e))
+
+        producer = asyncio.ensure_future(produce())
+        getter = None
+        try:
+            ended = False
+            while True:
+                # release what no undecided checkpoint holds back
+                limit = pending[0][0] if pending else len(ids)
+                while chunks and chunks[0][0] + len(chunks[0][1]) <= limit:
+                    _, _, text = chunks.popleft()
+                    if text:
+                        yield ("text", text)
+                if ended and not pending:
+                    break
+                if pending and (pending[0][2] is None or pending[0][2].done()):
+                    # the next checkpoint in order has its probe (or needs none): decide there
+                    pos, kinds, task = pending.popleft()
+                    pr = task.result()[0] if task is not None else None
+                    probe_tokens += pr.probe_tokens if pr else 0
+                    t0 = time.perf_counter()
+                    sess.checkpoint(pos, (pr.raw or None) if pr else None, pr.signals() if pr else None,
+                                    answer_tokens=len(pr.tokens) if pr else 0, probe_tokens=pr.probe_tokens if pr else 0,
+                                    kind=kinds["kind"], answer_type=ctl.answer_type)
+                    d = ctl.decide([sess])[0]
+                    self.metrics.decision_latency.observe(time.perf_counter() - t0)
+                    if d.stop:
+                        decision = d
+                        break
+                    continue
+                waits = [] if ended else [getter or asyncio.ensure_future(queue.get())]
+                getter = waits[0] if waits else None
+                if pending:
+                    waits.append(pending[0][2])
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    item = getter.result()
+                    getter = None
+                    if item[0] == "ids":
+                        new, text = item[1], item[2]
+                        start = len(ids)
+                        for t in new:
+                            for pos, kinds in placer.feed(t):
+                                pending.append((pos, kinds, asyncio.ensure_future(
+                                    eng._probe(r, req["ids"] + ids[:pos], self.cue_ids, cfg)) if probing else None))
+                            ids.append(t)
+                        chunks.append((start, list(new), text))
+                    elif item[0] == "done":
+                        finish, ended = item[1], True
+                    else:
+                        error, ended = item[1], True
+                        break
+            if decision is not None:              # stopped: the tokens up to the checkpoint, then the answer
+                producer.cancel()
+                held = [c for c in chunks if c[0] < decision.pos]
+                for start, cids, text in held:
+                    take = cids[: decision.pos - start]
+                    yield ("text", text if len(take) == len(cids) else self.tok.decode(take))
+                answer = decision.answer
+                if not probing and self.opt.on_stop == "answer":      # the one probe a budget needs: its answer
+                    pr = (await eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg))[0]
+                    answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens
+                    h, j = sess.history, decision.ck        # the request's answer, for its final record
+                    h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
+                    h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
+                tail = await self._on_stop(r, req, ids[:decision.pos], answer)
+                yield ("text", tail)
+            elif error is not None:
+                raise error
+        finally:
+            producer.cancel()
+            if getter is not None:
+                getter.cancel()
+            for _, _, t in pending:
+                t.cancel()
+            await asyncio.gather(producer, *(t for _, _, t in pending), return_exceptions=True)
+        n = decision.pos if decision is not None else len(ids)
+        final_text = self.tok.decode(ids)
+        rec = ctl.finish(sess, None if decision is not None else extract(final_text, ctl.answer_type), n)
+        info = {"stopped": decision is not None, "position": n, "tokens_emitted": rec["tokens_emitted"],
+                "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
+                "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
+                "request_id": req["request_id"], "checkpoints": sess.n,
+                "finish_reason": "stop" if decision is not None else ("stop" if finish == "stop" else "length"),
+                "prompt_tokens": len(req["ids"]), "seconds": round(time.perf_counter() - t_req, 3)}
+        if rec.get("shadow_pos") is not None:
+            info["shadow_position"] = rec["shadow_pos"]
+        self.metrics.finished(info)
+        yield ("end", info)
+
+    async def _on_stop(self, r, req, kept_ids, answer) -> str:
+        if self.opt.on_stop == "continue":
+            out = await self.engine._post(r, "/completions", {
+                "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids, "max_tokens": 64, "temperature": 0,
+                "stop": ["}"]})
+            return self.cue + out["choices"][0]["text"] + "}"
+        return self.cue + (answer or "") + "}"
+
+
+def check_key(expected: str | None, header: str | None) -> bool:
+    """Bearer-token check in constant time (no key configured: open, as on loopback)."""
+    if not expected:
+        return True
+    got = (header or "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(got.encode(), expected.encode())
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    if host not in LOOPBACK and not api_key:
+        raise StoplineError(f"serving on {host} (beyond this machine) needs an API key",
+                            hint="give --api-key (or $STOPLINE_GATEWAY_KEY), or keep the default --host 127.0.0.1")
+
+
+def upstream_root(url: str) -> str:
+    return _root(url)

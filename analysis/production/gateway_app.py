@@ -1,0 +1,174 @@
+"""The gateway's HTTP face (FastAPI on uvicorn): the OpenAI routes, health, metrics and the admin reload. The
+decisions are ``gateway.Gateway``'s."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from analysis.backend.engine_openai import ReplicaFailed, _v1
+from analysis.core.errors import PresetError, StoplineError
+from analysis.production.gateway import BadRequest, Gateway, check_key
+
+
+def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
+                        status_code=status)
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    app = FastAPI(title="Stopline gateway", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.on_event("startup")
+    async def _start():
+        await gw.engine.__aenter__()
+        info = await gw.engine.check() if gw.engine.model else await _discover()
+        gw.upstream_info = info
+
+    async def _discover():
+        r = gw.engine.replicas[0]
+        resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
+        gw.engine.model = resp.json()["data"][0]["id"]
+        return await gw.engine.check()
+
+    @app.on_event("shutdown")
+    async def _stop():
+        await gw.engine.__aexit__(None, None, None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path != "/health" and not check_key(gw.api_key, request.headers.get("authorization")):
+            return error(401, "a valid API key is required (Authorization: Bearer KEY)", kind="authentication_error")
+        n = request.headers.get("content-length")
+        if n is not None and (not n.isdigit() or int(n) > gw.opt.max_body):
+            return error(413, f"the request body is larger than {gw.opt.max_body} bytes")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "preset_version": gw.version}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        r = gw.engine.replicas[0]
+        resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
+        return JSONResponse(resp.json(), status_code=resp.status_code)
+
+    @app.post("/admin/preset")
+    async def admin_preset(request: Request):
+        if not gw.api_key:
+            return error(403, "the admin endpoint needs the gateway to run with --api-key", kind="permission_error")
+        try:
+            changed = gw.reload(text=(await request.body()).decode())
+        except (PresetError, StoplineError, UnicodeDecodeError) as e:
+            gw.metrics.reload_errors.inc()
+            return error(400, f"preset refused, the current one ({gw.version}) stays: {e}", "preset")
+        return {"preset_version": gw.version, "changed": changed}
+
+    async def body_of(request: Request):
+        raw = await request.body()
+        if len(raw) > gw.opt.max_body:
+            raise BadRequest(f"the request body is larger than {gw.opt.max_body} bytes", status=413)
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise BadRequest(f"the body is not JSON ({e})") from None
+
+    async def serve(request: Request, chat: bool):
+        endpoint = "chat" if chat else "completions"
+        try:
+            req = gw.parse(await body_of(request), chat)
+        except BadRequest as e:
+            gw.metrics.requests.labels(endpoint, "bad_request").inc()
+            return error(e.status, str(e), e.param)
+        rid = "chatcmpl-" if chat else "cmpl-"
+        rid += uuid.uuid4().hex[:16]
+        created = int(time.time())
+        shape = Shape(chat, rid, created, gw.engine.model)
+        if req["stream"]:
+            return StreamingResponse(sse(gw, req, shape, endpoint), media_type="text/event-stream")
+        text, info = [], None
+        try:
+            async for kind, v in gw.events(req):
+                if kind == "text":
+                    text.append(v)
+                else:
+                    info = v
+        except (ReplicaFailed, StoplineError) as e:
+            gw.metrics.requests.labels(endpoint, "upstream_error").inc()
+            gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
+            return error(502, f"the upstream failed: {_safe(e)}", kind="upstream_error")
+        gw.metrics.requests.labels(endpoint, "stopped" if info["stopped"] else "full").inc()
+        return JSONResponse(shape.whole("".join(text), info))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await serve(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await serve(request, chat=True)
+
+    return app
+
+
+def _safe(e: Exception) -> str:
+    return str(e)[:300]
+
+
+class Shape:
+    """OpenAI's response shapes, completions or chat, whole or as stream chunks."""
+
+    def __init__(self, chat: bool, rid: str, created: int, model: str):
+        self.chat, self.rid, self.created, self.model = chat, rid, created, model
+
+    def _usage(self, info: dict) -> dict:
+        return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["tokens_emitted"],
+                "total_tokens": info["prompt_tokens"] + info["tokens_emitted"]}
+
+    def whole(self, text: str, info: dict) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": info["finish_reason"]}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": info["finish_reason"]}
+        return {"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "usage": self._usage(info),
+                "stopline": info}
+
+    def chunk(self, text: str | None, info: dict | None = None, first: bool = False) -> str:
+        if self.chat:
+            delta = ({"role": "assistant"} if first else {}) | ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": info["finish_reason"] if info else None}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None,
+                      "finish_reason": info["finish_reason"] if info else None}
+        d = {"id": self.rid, "object": "chat.completion.chunk" if self.chat else "text_completion",
+             "created": self.created, "model": self.model, "choices": [choice]}
+        if info:
+            d["usage"], d["stopline"] = self._usage(info), info
+        return f"data: {json.dumps(d)}\n\n"
+
+
+async def sse(gw: Gateway, req: dict, shape: Shape, endpoint: str):
+    first = True
+    try:
+        async for kind, v in gw.events(req):
+            if kind == "text":
+                yield shape.chunk(v, first=first)
+                first = False
+            else:
+                gw.metrics.requests.labels(endpoint, "stopped" if v["stopped"] else "full").inc()
+                yield shape.chunk(None, v)
+    except (ReplicaFailed, StoplineError) as e:
+        gw.metrics.requests.labels(endpoint, "upstream_error").inc()
+        gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
+        yield f"data: {json.dumps({'error': {'message': f'the upstream failed: {_safe(e)}', 'type': 'upstream_error', 'code': 502}})}\n\n"
+    yield "data: [DONE]\n\n"

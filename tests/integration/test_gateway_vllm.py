@@ -1,0 +1,244 @@
+"""The gateway (`python -m analysis serve`) in front of a real vLLM server: OpenAI shapes (chat and completions,
+streamed and not), a stop where the replay would stop (check-log replays the decision log), routing by a tag,
+A/B arms stable per request id, exploration, hot preset reload (file and admin endpoint), a client that
+disconnects, bad requests, and the API key."""
+import json
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+
+from analysis.backend.models import load_tokenizer
+from analysis.presets.routing import request_fields, route
+from analysis.presets.schema import loads
+from analysis.production.gateway import Gateway, Options, check_bind
+from analysis.production.gateway_app import create_app
+from analysis.production.verify import check_decisions
+from analysis.backend import vllm_local
+from tests.integration.conftest import MODEL, free_port, start_server
+
+pytestmark = pytest.mark.vllm
+NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
+B32 = {"stopline_preset": 1, "name": "b32", "setting": {"family": "budget", "params": {"B": 32}}}
+QUESTION = "Explain step by step how to compute 17 * 23, then write the final answer inside \\boxed{}."
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(MODEL)
+
+
+@contextmanager
+def gateway(server, tok, tmp_path, preset: dict, api_key=None, **opt):
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    t, kind, eos = tok
+    gw = Gateway([server], str(path), t, eos, kind, log_path=str(tmp_path / "decisions.jsonl"), model=MODEL,
+                 api_key=api_key, options=Options(**opt))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    while not srv.started:
+        assert th.is_alive() and time.monotonic() - t0 < 60, "the gateway did not start"
+        time.sleep(0.1)
+    try:
+        yield gw, f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        th.join(30)
+
+
+def chat(url, content=QUESTION, max_tokens=48, stream=False, headers=None, **sl):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "stream": stream}
+    if sl:
+        body["stopline"] = sl
+    if not stream:
+        return httpx.post(url + "/chat/completions", json=body, timeout=600, headers=headers)
+    text, last = [], None
+    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600, headers=headers) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    for ln in lines[:-1]:
+        d = json.loads(ln[6:])
+        text.append(d["choices"][0]["delta"].get("content", ""))
+        last = d
+    return "".join(text), last
+
+
+def test_chat_and_completions_streamed_and_not_pass_the_upstream_through(server, tok, tmp_path):
+    with gateway(server, tok, tmp_path, NEVER) as (gw, url):
+        whole = chat(url).json()
+        assert whole["object"] == "chat.completion" and not whole["stopline"]["stopped"]
+        assert whole["stopline"]["checkpoints"] >= 1 and whole["stopline"]["probe_tokens"] == 0   # a budget: no probes
+        streamed, last = chat(url, stream=True)
+        assert streamed == whole["choices"][0]["message"]["content"]       # greedy: the same text both ways
+        assert last["object"] == "chat.completion.chunk" and last["stopline"]["tokens_emitted"] > 0
+        direct = httpx.post(server + "/completions", timeout=600, json={
+            "model": MODEL, "prompt": "Q: What is 12 + 30?\nA:", "max_tokens": 40, "temperature": 0}).json()
+        mine = httpx.post(url + "/completions", timeout=600, json={
+            "model": MODEL, "prompt": "Q: What is 12 + 30?\nA:", "max_tokens": 40}).json()
+        assert mine["choices"][0]["text"] == direct["choices"][0]["text"]
+        # the upstream also counts its end-of-sequence token; the gateway counts what the replay counts
+        assert direct["usage"]["completion_tokens"] - mine["usage"]["completion_tokens"] in (0, 1)
+        assert httpx.get(url + "/models").json()["data"][0]["id"] == MODEL
+        m = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="full"} 2.0' in m
+
+
+def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, tmp_path):
+    with gateway(server, tok, tmp_path, B32) as (gw, url):
+        out = chat(url, max_tokens=160).json()
+        info = out["stopline"]
+        assert info["stopped"] and info["position"] >= 32 and info["setting"] == "budget(B=32)"
+        text = out["choices"][0]["message"]["content"]
+        assert "\\boxed{" in text and text.endswith("}")
+        before = text[: text.rindex(gw.cue)]
+        assert chat(url, content="What is 2 + 2?", max_tokens=16).json()["stopline"]["position"] < 32
+        # the text before the cue is the upstream's own greedy trace, cut at the stop
+        t = tok[0]
+        ids = t(t.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                                      tokenize=False), add_special_tokens=False)["input_ids"]
+        direct = httpx.post(server + "/completions", timeout=600, json={
+            "model": MODEL, "prompt": ids, "max_tokens": 160, "temperature": 0}).json()
+        assert direct["choices"][0]["text"].startswith(before)
+        res = check_decisions(str(tmp_path / "decisions.jsonl"))    # every live decision = the replay's
+        assert res["agreement"] == 1.0 and res["n"] == 2, res
+    conf = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.6}}}
+    (tmp_path / "c").mkdir()
+    with gateway(server, tok, tmp_path / "c", conf) as (gw, url):
+        infos = [chat(url, content=q, max_tokens=96).json()["stopline"] for q in
+                 (QUESTION, "What is 9 * 8? Answer inside \\boxed{}.", "Count from 1 to 20.")]
+        assert all(i["probe_tokens"] > 0 for i in infos)                 # confidence reads every probe
+        res = check_decisions(str(tmp_path / "c" / "decisions.jsonl"))
+        assert res["agreement"] == 1.0 and res["n"] == 3, res
+
+
+def test_routing_by_tag_ab_arms_and_exploration(server, tok, tmp_path):
+    preset = {**NEVER, "routing": {"rules": [{"if": {"field": "tag.priority", "in": ["low"]},
+                                              "setting": B32["setting"]}],
+                                   "ab": {"challenger": {"stopline_preset": 1, "name": "c",
+                                                         "setting": {"family": "budget", "params": {"B": 30000}}},
+                                          "share": 0.5, "salt": "t"}}}
+    p = loads(json.dumps(preset))
+    with gateway(server, tok, tmp_path, preset) as (gw, url):
+        low = chat(url, max_tokens=48, tags={"priority": "low"}, request_id="r-low").json()["stopline"]
+        assert low["setting"] == "budget(B=32)" and low["stopped"]
+        for rid in ("a1", "a2", "a3", "a4"):
+            got = [chat(url, max_tokens=8, request_id=rid).json()["stopline"]["arm"] for _ in range(2)]
+            assert got[0] == got[1]                                        # stable per request id
+            assert got[0] == route(p, rid, request_fields(QUESTION, {}, {})).arm   # as the replay routes it
+    explore = {**B32, "routing": {"explore": 1.0}}
+    (tmp_path / "x").mkdir()
+    with gateway(server, tok, tmp_path / "x", explore) as (gw, url):
+        info = chat(url, max_tokens=96).json()["stopline"]
+        assert info["explore"] and not info["stopped"] and info.get("shadow_position", 0) >= 32
+        assert info["probe_tokens"] > 0            # explored: every checkpoint probed, for recalibration
+        fin = [json.loads(ln) for ln in open(tmp_path / "x" / "decisions.jsonl") if '"final"' in ln]
+        assert fin[-1]["shadow_pos"] == info["shadow_position"]
+
+
+def test_a_new_preset_version_is_picked_up_without_a_restart(server, tok, tmp_path):
+    with gateway(server, tok, tmp_path, NEVER, api_key="k3y") as (gw, url):
+        h = {"Authorization": "Bearer k3y"}
+        v1 = chat(url, max_tokens=8, headers=h).json()["stopline"]["preset_version"]
+        time.sleep(0.01)
+        (tmp_path / "preset.json").write_text(json.dumps(B32))
+        got = chat(url, max_tokens=48, headers=h).json()["stopline"]
+        assert got["preset_version"] != v1 and got["setting"] == "budget(B=32)"
+        bad = httpx.post(url.removesuffix("/v1") + "/admin/preset", content='{"stopline_preset": 1}', headers=h)
+        assert bad.status_code == 400 and gw.version == got["preset_version"]
+        ok = httpx.post(url.removesuffix("/v1") + "/admin/preset", content=json.dumps(NEVER), headers=h)
+        assert ok.status_code == 200 and ok.json()["preset_version"] == v1
+        assert chat(url, max_tokens=8).status_code == 401                     # no key
+        versions = {json.loads(ln).get("preset_version") for ln in open(tmp_path / "decisions.jsonl")
+                    if '"final"' in ln}
+        assert versions == {v1, got["preset_version"]}
+
+
+def test_a_client_that_disconnects_cancels_its_upstream_request(server, tok, tmp_path):
+    def running():
+        m = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=10).text
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in m.splitlines() if ln.startswith("vllm:num_requests_running"))
+    with gateway(server, tok, tmp_path, NEVER) as (gw, url):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1500,
+                "stream": True}
+        with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
+            n = 0
+            for ln in r.iter_lines():
+                n += ln.startswith("data: ")
+                if n >= 3:
+                    break
+            assert running() >= 1
+        t0 = time.monotonic()
+        while running() > 0 and time.monotonic() - t0 < 30:
+            time.sleep(0.5)
+        assert running() == 0
+
+
+def test_bad_requests_get_400_with_the_field_413_when_too_large(server, tok, tmp_path):
+    with gateway(server, tok, tmp_path, NEVER, max_body=4096) as (gw, url):
+        def post(path, body=None, content=None):
+            return httpx.post(url + path, json=body, content=content, timeout=60,
+                              headers={"content-type": "application/json"})
+        r = post("/chat/completions", {"model": MODEL})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        r = post("/completions", {"model": MODEL, "prompt": 5})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        r = post("/completions", {"model": MODEL, "prompt": "x", "max_tokens": -1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        r = post("/completions", {"model": "other", "prompt": "x"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+        r = post("/completions", content=b"{not json")
+        assert r.status_code == 400
+        r = post("/completions", {"model": MODEL, "prompt": "x" * 10_000})
+        assert r.status_code == 413
+    with pytest.raises(Exception, match="needs an API key"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "k")
+
+
+def test_an_upstream_that_dies_mid_stream_gives_the_client_a_clean_error(tok, tmp_path):
+    proc, upstream = start_server(tmp_path)
+    try:
+        with gateway(upstream, tok, tmp_path, NEVER) as (gw, url):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1500,
+                    "stream": True}
+            events = []
+            with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
+                for ln in r.iter_lines():
+                    if ln.startswith("data: "):
+                        events.append(ln[6:])
+                        if len(events) == 3:
+                            vllm_local.kill(proc)            # as a crash would
+            assert events[-1] == "[DONE]"
+            err = json.loads(events[-2])
+            assert err["error"]["type"] == "upstream_error" and "upstream failed" in err["error"]["message"]
+            logged = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl")]
+            assert any(rec["type"] == "error" for rec in logged)
+            m = httpx.get(url.removesuffix("/v1") + "/metrics").text
+            assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 1.0' in m
+    finally:
+        vllm_local.stop(proc)
+
+
+def test_verify_controller_through_the_gateway_on_a_run_recorded_through_the_same_server(server, tmp_path, cli):
+    from analysis.backend.prompts import GenConfig
+    from analysis.core.store import Store
+    from analysis.ingest.pipeline import run_openai
+    db = tmp_path / "cal.duckdb"
+    res = run_openai(Store(db), [server], MODEL, MODEL, "rg:basic_arithmetic", limit=4,
+                     cfg=GenConfig(max_new_tokens=96), concurrency=4, show_progress=False)
+    (tmp_path / "p.json").write_text(json.dumps({"stopline_preset": 1, "name": "c",
+                                                 "setting": {"family": "confidence", "params": {"tau": 0.8}}}))
+    code, out, err = cli("verify-controller", "--engine", "openai", "--base-url", server, "--tokenizer", MODEL,
+                         "--run", res["run_id"], "--preset", tmp_path / "p.json", "--db", db, "--json")
+    assert code == 0, err
+    v = json.loads(out)
+    assert v["decision_agreement"] == 1.0 and v["n"] == 4 and 0 <= v["agreement"] <= 1

@@ -1,0 +1,45 @@
+"""`optimize` (issue 22, item 4): a readable table unless --json; a result that misses its own target on the
+held-out questions says so, with the number; the pick follows the cost basis asked for."""
+import json
+import re
+
+
+def test_optimize_prints_a_table_not_raw_json(cli, synthetic_db):
+    db, rid, _ = synthetic_db
+    code, out, err = cli("optimize", "--db", db, "--run", rid, "--max-drop", "0.02")
+    assert code == 0, err
+    assert "test (held out)" in out and "ΔEM vs full" in out and "preset link: sl1." in out
+    assert not out.lstrip().startswith("{") and not re.search(r"\d\.\d{6,}", out)     # no 16-digit floats
+    code, out, _ = cli("optimize", "--db", db, "--run", rid, "--max-drop", "0.02", "--json")
+    res = json.loads(out)
+    assert code == 0 and "missed" in res and res["test"]["n"] > 0
+
+
+def test_optimize_says_when_the_held_out_half_misses_the_target(cli, synthetic_db, monkeypatch):
+    from analysis.evaluate import optimize
+    from analysis.evaluate.optimize import missed_target
+    test = {"n": 100, "delta_em": -0.037, "tokens_emitted": 120.0, "tokens_computed": 300.0}
+    assert "ΔEM -0.037" in missed_target("drop", 0.02, "emitted", test)
+    assert missed_target("drop", 0.05, "emitted", test) is None
+    assert "300 tokens computed" in missed_target("budget", 200, "computed", test)
+    assert missed_target("budget", 200, "emitted", test) is None
+    db, rid, _ = synthetic_db
+    code, out, _ = cli("optimize", "--db", db, "--run", rid, "--max-drop", "0.02", "--json")
+    res = json.loads(out)
+    missed = missed_target("drop", 0.02, "emitted", res["test"])
+    assert res["missed"] == missed
+    monkeypatch.setattr(optimize, "missed_target", lambda *a: "misses its target on the held-out questions: ΔEM "
+                        "-0.037 there, beyond the allowed drop of 0.02")
+    code, out, _ = cli("optimize", "--db", db, "--run", rid, "--max-drop", "0.02")
+    assert code == 0 and "Misses its target on the held-out questions: ΔEM -0.037" in out
+
+
+def test_optimize_picks_on_the_cost_basis_asked_for(synthetic_db):
+    from analysis.core.store import Store
+    from analysis.evaluate.optimize import operating_point
+    from analysis.replay.engine import RunTable
+    db, rid, _ = synthetic_db
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    a = operating_point(t, "budget", 150, "emitted", n_boot=0)
+    b = operating_point(t, "budget", 150, "computed", n_boot=0)
+    assert a["tune"]["emitted"] <= 150 and b["tune"]["computed"] <= 150
