@@ -24,9 +24,9 @@ def jobs_dir() -> Path:
     return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
 
 
-# the run's own bar only (its unit is q: "3/8 [00:04<00:07, 1.4s/q]"); other bars (transformers' "Loading
-# weights 272/272 [... it/s]") are not questions
-_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*(?:q/s|s/q)\]")
+# the run's own bar only (its unit is q: "3/8 [00:04<00:07, 1.4s/q]", maybe with a postfix: ", tok_s=638]");
+# other bars (transformers' "Loading weights 272/272 [... it/s]") are not questions
+_BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*(?:q/s|s/q)(?:, [^\]]*)?\]")
 _RAISED = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")   # a traceback's last line
 # what a model folder needs beside its weights: the tokenizer (one of these) and the config
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
