@@ -258,6 +258,8 @@ class Gateway:
                         start = len(ids)
                         for t in new:
                             for pos, kinds in placer.feed(t):
+                                if not sess.due(pos, kinds["is_step"], kinds["is_transition"], ctl.every):
+                                    continue        # not on this request's probe schedule: no probe, no decision
                                 pending.append((pos, kinds, asyncio.ensure_future(
                                     eng._probe(r, req["ids"] + ids[:pos], self.cue_ids, cfg)) if probing else None))
                             ids.append(t)

@@ -118,6 +118,16 @@ def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, t
         assert all(i["probe_tokens"] > 0 for i in infos)                 # confidence reads every probe
         res = check_decisions(str(tmp_path / "c" / "decisions.jsonl"))
         assert res["agreement"] == 1.0 and res["n"] == 3, res
+    sparse = {"stopline_preset": 1, "name": "s", "setting": {"family": "confidence", "params": {"tau": 0.95},
+              "schedule": {"every": 1, "at_steps": False, "at_transitions": False}}}
+    (tmp_path / "s").mkdir()
+    with gateway(server, tok, tmp_path / "s", sparse) as (gw, url):
+        info = chat(url, content="Count from 1 to 100, one number per line.", max_tokens=200).json()["stopline"]
+        assert info["position"] >= 32, info
+        logged = [json.loads(ln) for ln in open(tmp_path / "s" / "decisions.jsonl")]
+        probed = [rec["pos"] for rec in logged if rec["type"] == "checkpoint"]
+        assert probed and all(p % 32 == 0 for p in probed)           # the schedule's: intervals only, no steps
+        assert check_decisions(str(tmp_path / "s" / "decisions.jsonl"))["agreement"] == 1.0
 
 
 def test_routing_by_tag_ab_arms_and_exploration(server, tok, tmp_path):
