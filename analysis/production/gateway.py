@@ -128,14 +128,17 @@ class Gateway:
         return self.controller
 
     # --- requests -------------------------------------------------------------------------------------------
-    def parse(self, body, chat: bool) -> dict:
+    def parse(self, body, chat: bool, headers: dict | None = None) -> dict:
         """The request's prompt ids, question text (for routing), sampling and Stopline fields; BadRequest
-        names the field."""
+        names the field. Stopline's fields come from ``extra_body={"stopline": {...}}``, or from headers for
+        clients that cannot add to the body: ``X-Stopline-Tags`` / ``X-Stopline-Meta`` (JSON objects) and
+        ``X-Request-Id`` (the body wins where both say)."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         sl = body.get("stopline") or {}
         if not isinstance(sl, dict):
             raise BadRequest("stopline must be an object", "stopline")
+        sl = {**from_headers(headers or {}), **sl}
         for k in ("tags", "meta"):
             if not isinstance(sl.get(k, {}), dict):
                 raise BadRequest(f"stopline.{k} must be an object", f"stopline.{k}")
@@ -314,6 +317,21 @@ class Gateway:
                 "stop": ["}"]})
             return self.cue + out["choices"][0]["text"] + "}"
         return self.cue + (answer or "") + "}"
+
+
+def from_headers(headers) -> dict:
+    """Stopline's request fields from HTTP headers (names case-insensitive)."""
+    h = {k.lower(): v for k, v in headers.items()}
+    out = {}
+    for name, key in (("x-stopline-tags", "tags"), ("x-stopline-meta", "meta")):
+        if name in h:
+            try:
+                out[key] = json.loads(h[name])
+            except ValueError:
+                raise BadRequest(f"the {name} header must be a JSON object", name) from None
+    if "x-request-id" in h:
+        out["request_id"] = h["x-request-id"]
+    return out
 
 
 def check_key(expected: str | None, header: str | None) -> bool:

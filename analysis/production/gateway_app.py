@@ -84,7 +84,7 @@ def create_app(gw: Gateway) -> FastAPI:
     async def serve(request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"
         try:
-            req = gw.parse(await body_of(request), chat)
+            req = gw.parse(await body_of(request), chat, dict(request.headers))
         except BadRequest as e:
             gw.metrics.requests.labels(endpoint, "bad_request").inc()
             return error(e.status, str(e), e.param)

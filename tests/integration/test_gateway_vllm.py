@@ -140,6 +140,11 @@ def test_routing_by_tag_ab_arms_and_exploration(server, tok, tmp_path):
     with gateway(server, tok, tmp_path, preset) as (gw, url):
         low = chat(url, max_tokens=48, tags={"priority": "low"}, request_id="r-low").json()["stopline"]
         assert low["setting"] == "budget(B=32)" and low["stopped"]
+        by_header = chat(url, max_tokens=48, headers={"X-Stopline-Tags": '{"priority": "low"}',
+                                                      "X-Request-Id": "r-h"}).json()["stopline"]
+        assert by_header["setting"] == "budget(B=32)" and by_header["request_id"] == "r-h"
+        bad = chat(url, max_tokens=8, headers={"X-Stopline-Tags": "low"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-stopline-tags"
         for rid in ("a1", "a2", "a3", "a4"):
             got = [chat(url, max_tokens=8, request_id=rid).json()["stopline"]["arm"] for _ in range(2)]
             assert got[0] == got[1]                                        # stable per request id
