@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+from analysis.core.aio import run_sync
 from analysis.backend.decode import generate_batch
 from analysis.backend.models import load
 from analysis.backend.prompts import build_prompt, GenConfig
@@ -182,4 +183,4 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
             out = _complete(store, run_id, created, len(todo), t_start, st["gen_tokens"])
             return {**out, "execution": execution}
 
-    return asyncio.run(go())
+    return run_sync(go())

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import asdict
 
+from analysis.core.aio import run_sync
 from analysis.backend.decode import TraceResult
 from analysis.backend.models import load
 from analysis.backend.probe import Prober
@@ -167,7 +168,7 @@ def reprobe_openai(store, run_id: str, base_urls: list[str], model: str, tokeniz
                                                             "probe_cache_hit_rate", "cacheable_share", "retries")})
             return new_id, created
 
-    new_id, created = asyncio.run(go())
+    new_id, created = run_sync(go())
     store.set_run_status(new_id, "complete")
     materialise(store, new_id)
     r = store.run(new_id)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from analysis.core.aio import run_sync
 from analysis.backend.models import load
 from analysis.backend.numerics import batch_invariance, cpu_features
 from analysis.backend.prompts import GenConfig
@@ -347,7 +348,7 @@ def verify_gateway(store, run_id: str, preset, base_urls: list[str], tokenizer: 
                         req["question"] = q.text            # routing reads the question, as the replay does
                         return [v async for k, v in gw.events(req) if k == "end"][0]
                 return await asyncio.gather(*(one(q) for q in questions))
-        infos = asyncio.run(go())
+        infos = run_sync(go())
         gw.log.close()
         decisions = _live_log(tmp, log, run["answer_type"])[3]
     finally:

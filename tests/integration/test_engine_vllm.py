@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from analysis.core.aio import run_sync
 from analysis.backend import vllm_local
 from analysis.backend.engine_openai import PROBE_STOPS, OpenAIEngine
 from analysis.backend.models import load_tokenizer
@@ -114,7 +115,7 @@ def test_a_probe_answers_as_a_from_scratch_greedy_completion_of_its_prefix(serve
                         "temperature": 0, "stop": PROBE_STOPS, "return_token_ids": True})
                     pairs.append(([t for t in out["choices"][0]["token_ids"] if t not in eos], ck["probe"].tokens))
             return pairs
-    pairs = asyncio.run(go())
+    pairs = run_sync(go())
     assert len(pairs) >= 6
     assert [a for a, _ in pairs] == [b for _, b in pairs]
 
@@ -128,7 +129,7 @@ def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_
         async with OpenAIEngine([server], MODEL, tk, eos=eos, token_ids=token_ids) as eng:
             await eng.check()
             return await eng.question(p, cfg), eng.stats.ids_from
-    (with_ids, src1), (without, src2) = asyncio.run(go(True)), asyncio.run(go(False))
+    (with_ids, src1), (without, src2) = run_sync(go(True)), run_sync(go(False))
     assert (src1, src2) == ("server", "tokenizer")
     assert tk.decode(without.token_ids) == tk.decode(with_ids.token_ids)      # the same text, greedy
     assert [c["pos"] for c in without.checkpoints] and without.checkpoints[-1]["kind"] == "final"
