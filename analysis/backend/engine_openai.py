@@ -64,7 +64,6 @@ class Replica:
     in_flight: int = 0
     failures: int = 0
     down_until: float = 0.0
-    questions: int = 0
     version: str | None = None
     owned_by: str | None = None
     block_size: int | None = None
@@ -312,23 +311,8 @@ class OpenAIEngine:
                        label: str = "") -> TraceResult:
         """A question's trace and checkpoints, retried on another replica when one fails."""
         async with self._q_sem:
-            last = None
-            for attempt in range(self.max_retries + 1):
-                r = await self._pick()
-                r.in_flight += 1
-                try:
-                    res = await self._question(r, prompt_ids, cfg, seed)
-                    r.failures, r.questions = 0, r.questions + 1
-                    return res
-                except ReplicaFailed as e:
-                    last = str(e)
-                    self._failed(r, last)
-                    self.stats.retries += 1
-                    await asyncio.sleep(self.retry_base_s * 2 ** attempt)
-                finally:
-                    r.in_flight -= 1
-            raise StoplineError(f"question {label or '?'} failed on every attempt ({self.max_retries + 1}); "
-                                f"last: {last}", hint="the questions finished before it are saved; run again to resume")
+            return await self._retrying(lambda r: self._question(r, prompt_ids, cfg, seed),
+                                        f"question {label or '?'}", "the questions finished before it are saved")
 
     async def _question(self, r: Replica, prompt_ids: list[int], cfg: GenConfig, seed: int | None) -> TraceResult:
         cue_ids = self.tok(cfg.cue, add_special_tokens=False)["input_ids"]
@@ -452,12 +436,21 @@ class OpenAIEngine:
     async def probe_on(self, ids: list[int], cue_ids: list[int], cfg: GenConfig, prefer: Replica | None = None) -> Probe:
         """Probe a given prefix (prompt + trace ids) on ``prefer`` while it is up (a trace's probes on one replica
         share its prefix cache), else the least loaded, retried on another when one fails (``reprobe``)."""
+        out = await self._retrying(lambda r: self._probe(r, ids, cue_ids, cfg), "a probe",
+                                   "the traces probed before it are saved", prefer)
+        return out[0]
+
+    async def _retrying(self, attempt_on, what: str, saved: str, prefer: Replica | None = None):
+        """``attempt_on(replica)`` on ``prefer`` while it is up, else the least loaded replica; a replica that fails
+        is set aside (back-off) and the attempt made again elsewhere, up to ``max_retries`` times."""
         last = None
         for attempt in range(self.max_retries + 1):
             r = prefer if prefer is not None and prefer.down_until <= time.monotonic() else await self._pick()
             r.in_flight += 1
             try:
-                return (await self._probe(r, ids, cue_ids, cfg))[0]
+                out = await attempt_on(r)
+                r.failures = 0
+                return out
             except ReplicaFailed as e:
                 last = str(e)
                 self._failed(r, last)
@@ -465,8 +458,8 @@ class OpenAIEngine:
                 await asyncio.sleep(self.retry_base_s * 2 ** attempt)
             finally:
                 r.in_flight -= 1
-        raise StoplineError(f"a probe failed on every attempt ({self.max_retries + 1}); last: {last}",
-                            hint="the traces probed before it are saved; run again to resume")
+        raise StoplineError(f"{what} failed on every attempt ({self.max_retries + 1}); last: {last}",
+                            hint=f"{saved}; run again to resume")
 
 
 def question_seed(seed: int, question_id: str) -> int:

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, _root
+from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
 from analysis.core.answers import extract, normalize
@@ -346,7 +346,3 @@ def check_bind(host: str, api_key: str | None) -> None:
     if host not in LOOPBACK and not api_key:
         raise StoplineError(f"serving on {host} (beyond this machine) needs an API key",
                             hint="give --api-key (or $STOPLINE_GATEWAY_KEY), or keep the default --host 127.0.0.1")
-
-
-def upstream_root(url: str) -> str:
-    return _root(url)

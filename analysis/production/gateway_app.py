@@ -25,8 +25,7 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.on_event("startup")
     async def _start():
         await gw.engine.__aenter__()
-        info = await gw.engine.check() if gw.engine.model else await _discover()
-        gw.upstream_info = info
+        await (gw.engine.check() if gw.engine.model else _discover())
 
     async def _discover():
         r = gw.engine.replicas[0]
