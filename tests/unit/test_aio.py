@@ -20,8 +20,11 @@ def test_run_sync_without_and_within_a_running_loop():
     assert run_sync(twice(3)) == 6
 
     async def inside():                 # a loop runs in this thread: asyncio.run would refuse
+        asyncio.get_running_loop()
         return run_sync(twice(5))
-    assert asyncio.run(inside()) == 10
+    # The outer call is run_sync too: after the browser tests a loop already runs in pytest's main thread,
+    # where a bare asyncio.run here failed in CI.
+    assert run_sync(inside()) == 10
 
 
 def test_run_sync_raises_the_coroutines_error_in_the_caller():
@@ -31,4 +34,4 @@ def test_run_sync_raises_the_coroutines_error_in_the_caller():
     async def inside():
         with pytest.raises(ValueError, match="from the coroutine"):
             run_sync(boom())
-    asyncio.run(inside())
+    run_sync(inside())
