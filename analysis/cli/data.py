@@ -36,9 +36,9 @@ def _datasets_setup(p):
 
 @command("datasets", "list the dataset adapters, or show the first questions of one dataset id", _datasets_setup)
 def _datasets(args):
-    from analysis.ingest.datasets import ADAPTERS, load_dataset
+    from analysis.ingest.datasets import DATASETS, load_dataset
     if not args.dataset:
-        rows = [{"prefix": k, "what": v[1]} for k, v in ADAPTERS.items()]
+        rows = [{"prefix": s.name, "what": s.about} for s in DATASETS.values()]
         if args.json:
             return _print_json(rows)
         for r in rows:

@@ -16,9 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stopline", description="Stopline: early stopping of LLM reasoning, "
                                      "replayed from stored checkpoints. Every command has --help.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (setup, _run, help) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help, description=help)
-        setup(sp)
+    for c in COMMANDS.values():
+        c.setup(sub.add_parser(c.name, help=c.about, description=c.about))
     return parser
 
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        code = COMMANDS[args.command][1](args)   # a command may return an exit code (a failed check)
+        code = COMMANDS[args.command].run(args)   # a command may return an exit code (a failed check)
     except StoplineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

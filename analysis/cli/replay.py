@@ -57,13 +57,8 @@ def _sweep(args):
     from analysis.evaluate.frontier import sweep
     from analysis.evaluate.optimize import split_mask
     from analysis.replay.policies.base import get_family
-    from analysis.core.errors import StoplineError
     for f in args.family or []:
-        try:
-            get_family(f)
-        except KeyError:
-            from analysis.replay.policies.base import families
-            raise StoplineError(f"unknown family {f!r}", hint="families: " + ", ".join(families())) from None
+        get_family(f)                     # an unknown name: the registry's error, which lists the families
     t = _table(args)
     t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
     df = sweep(t, args.family, skip_missing=not args.family)

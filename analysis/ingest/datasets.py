@@ -26,6 +26,7 @@ import pandas as pd
 from analysis.core.answers import (ANSWER_TYPES, CHOICE, MATH, NUMBER, TEXT, extract_number_text, is_number, math_parses,
                       normalize_gold, normalize_number)
 from analysis.core.errors import StoplineError
+from analysis.core.registry import Registry
 
 
 @dataclass
@@ -298,27 +299,37 @@ def _hf(name: str, limit: int | None, split: str = "test", question_field: str =
     return Dataset(f"hf:{name}", answer_type, assign_ids(qs), description=f"Hugging Face {name} [{split}]")
 
 
-ADAPTERS: dict[str, tuple[Callable[..., Dataset], str]] = {
-    "rg": (lambda arg, limit, seed=42, **kw: _reasoning_gym(arg, limit, seed, **kw),
-           "reasoning-gym task, generated offline with a seed (e.g. rg:gsm_symbolic, rg:basic_arithmetic)"),
-    "gsm8k": (lambda arg, limit, **kw: _gsm8k(arg, limit, **kw), "GSM8K JSONL file; gold after '####'"),
-    "nq-open": (lambda arg, limit, **kw: _nq_open(arg, limit, **kw), "NQ-open JSONL file; gold is a list of aliases"),
-    "jsonl": (lambda arg, limit, **kw: _from_table("jsonl", arg, limit, **kw), "any JSONL, with field mapping"),
-    "csv": (lambda arg, limit, **kw: _from_table("csv", arg, limit, **kw), "any CSV, with field mapping"),
-    "parquet": (lambda arg, limit, **kw: _from_table("parquet", arg, limit, **kw), "any Parquet, with field mapping"),
-    "hf": (lambda arg, limit, **kw: _hf(arg, limit, **kw), "Hugging Face datasets (needs the hub)"),
-}
+@dataclass(frozen=True)
+class DatasetSource:
+    name: str                                   # the prefix of a dataset id: PREFIX:ARG
+    load: Callable[..., Dataset]                # load(arg, limit, **options)
+    about: str
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset prefix", "prefixes")
+for _src in (
+    DatasetSource("rg", lambda arg, limit, seed=42, **kw: _reasoning_gym(arg, limit, seed, **kw),
+                  "reasoning-gym task, generated offline with a seed (e.g. rg:gsm_symbolic, rg:basic_arithmetic)"),
+    DatasetSource("gsm8k", lambda arg, limit, **kw: _gsm8k(arg, limit, **kw), "GSM8K JSONL file; gold after '####'"),
+    DatasetSource("nq-open", lambda arg, limit, **kw: _nq_open(arg, limit, **kw),
+                  "NQ-open JSONL file; gold is a list of aliases"),
+    DatasetSource("jsonl", lambda arg, limit, **kw: _from_table("jsonl", arg, limit, **kw),
+                  "any JSONL, with field mapping"),
+    DatasetSource("csv", lambda arg, limit, **kw: _from_table("csv", arg, limit, **kw), "any CSV, with field mapping"),
+    DatasetSource("parquet", lambda arg, limit, **kw: _from_table("parquet", arg, limit, **kw),
+                  "any Parquet, with field mapping"),
+    DatasetSource("hf", lambda arg, limit, **kw: _hf(arg, limit, **kw), "Hugging Face datasets (needs the hub)"),
+):
+    DATASETS.add(_src.name, _src)
 
 
 def load_dataset(dataset_id: str, limit: int | None = None, **options: Any) -> Dataset:
     """Resolve a dataset id to its questions. Options go to the adapter (seed, field names, answer_type)."""
     if ":" not in dataset_id:
         raise StoplineError(f"unknown dataset id {dataset_id!r}: expected PREFIX:ARG",
-                            hint="prefixes: " + ", ".join(ADAPTERS))
+                            hint="prefixes: " + ", ".join(DATASETS))
     prefix, arg = dataset_id.split(":", 1)
-    if prefix not in ADAPTERS:
-        raise StoplineError(f"unknown dataset prefix {prefix!r} in {dataset_id!r}",
-                            hint="prefixes: " + ", ".join(ADAPTERS))
+    source = DATASETS[prefix]
     if not arg:
         raise StoplineError(f"dataset id {dataset_id!r} names no task or file")
-    return ADAPTERS[prefix][0](arg, limit, **options)
+    return source.load(arg, limit, **options)

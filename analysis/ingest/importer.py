@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from analysis.core.answers import ANSWER_TYPES, NUMBER
 from analysis.core.errors import StoplineError
+from analysis.core.registry import Registry
 from analysis.core.store import config_hash, resolve_db_path, Store
 from analysis.evaluate.frontier import materialise
 from analysis.evaluate.incumbent import attach
@@ -28,16 +29,24 @@ from analysis.ingest.derive import derive, load_tokenizer, tokenizer_starts
 from analysis.ingest.datasets import as_gold_list, assign_ids, check_gold, Question, question_problem
 from analysis.ingest.sources import Loc
 
-FORMATS = {
-    # field mapping presets; a user's --*-field flags override them
-    "jsonl": {},
-    "lm-eval": {"question_field": "doc.question", "gold_field": "target", "response_field": "resps.0.0",
-                "id_field": "doc_id"},
+@dataclass(frozen=True)
+class ImportFormat:
+    name: str
+    about: str
+    fields: dict = field(default_factory=dict)     # field mapping defaults; a user's --*-field flags override them
+
+
+FORMATS: Registry[ImportFormat] = Registry("import format")
+for _f in (
+    ImportFormat("jsonl", "one record per line: question, gold and response fields"),
+    ImportFormat("lm-eval", "lm-evaluation-harness --log_samples output",
+                 {"question_field": "doc.question", "gold_field": "target", "response_field": "resps.0.0",
+                  "id_field": "doc_id"}),
     # question and response read from the chat structure (sources.chat_fields); the gold is the user's field
-    "openai-chat": {"gold_field": "gold"},
-    # per-checkpoint exports of other tools (ckimport.py)
-    "checkpoints": {},
-}
+    ImportFormat("openai-chat", "OpenAI-style chat or completion logs (request and response)", {"gold_field": "gold"}),
+    ImportFormat("checkpoints", "per-checkpoint exports of other tools: one row per checkpoint (ckimport.py)"),
+):
+    FORMATS.add(_f.name, _f)
 MAX_LINE_MB = 16
 
 
@@ -69,9 +78,7 @@ class ImportSpec:
 
 
 def spec_for_format(fmt: str, **overrides) -> dict:
-    if fmt not in FORMATS:
-        raise StoplineError(f"unknown import format {fmt!r}", hint="formats: " + ", ".join(FORMATS))
-    out = dict(FORMATS[fmt])
+    out = dict(FORMATS[fmt].fields)
     out.update({k: v for k, v in overrides.items() if v is not None})
     return out
 
@@ -80,8 +87,7 @@ def check_spec(spec: ImportSpec) -> None:
     """Options that are wrong whatever the file holds."""
     if spec.answer_type not in ANSWER_TYPES:
         raise StoplineError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, not {spec.answer_type!r}")
-    if spec.fmt not in FORMATS:
-        raise StoplineError(f"unknown import format {spec.fmt!r}", hint="formats: " + ", ".join(FORMATS))
+    FORMATS[spec.fmt]                   # an unknown format: the registry's error, which lists them
     if not isinstance(spec.every, int) or spec.every < 1:
         raise StoplineError(f"--every must be a positive number of tokens, not {spec.every!r}")
     if not spec.max_line_mb > 0:
@@ -95,7 +101,7 @@ def _mapped(spec: ImportSpec, loc: Loc, rec: dict) -> tuple:
     else:
         question = sources.field(rec, spec.question_field or "question", loc, "question")
         response = sources.field(rec, spec.response_field or "response", loc, "response")
-    gold = sources.field(rec, spec.gold_field or FORMATS[spec.fmt].get("gold_field", "answer"), loc, "gold")
+    gold = sources.field(rec, spec.gold_field or FORMATS[spec.fmt].fields.get("gold_field", "answer"), loc, "gold")
     return question, gold, response
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from analysis.core.errors import MissingSignal, PresetError, brief
+from analysis.core.registry import Registry
 
 if TYPE_CHECKING:
     from analysis.replay.engine import RunTable
@@ -312,22 +313,22 @@ def check_signals(t: "RunTable", setting: Setting) -> None:
                  "with a model: python -m analysis probe --run RUN --model M")
 
 
-_REGISTRY: dict[str, type[Policy]] = {}
+FAMILIES: Registry[type[Policy]] = Registry("policy family", "families")
 
 
 def register(cls: type[Policy]) -> type[Policy]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    return FAMILIES.add(cls.name, cls)
 
 
 def get_family(name: str) -> type[Policy]:
+    """The family's class; an unknown name raises UnknownName (a StoplineError and a KeyError) listing them."""
     _load_all()
-    return _REGISTRY[name]
+    return FAMILIES[name]
 
 
 def families() -> list[str]:
     _load_all()
-    return list(_REGISTRY)
+    return FAMILIES.names()
 
 
 def available_families(t: "RunTable", nested: bool = False) -> list[str]:
@@ -353,7 +354,4 @@ def _load_all() -> None:
         if m.name != "base":
             importlib.import_module(f"{__package__}.{m.name}")
     _loaded = True
-    order = ["budget", "consistency", "confidence", "entropy", "learned", "hybrid"]
-    items = sorted(_REGISTRY.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
-    _REGISTRY.clear()
-    _REGISTRY.update(items)
+    FAMILIES.order(["budget", "consistency", "confidence", "entropy", "learned", "hybrid"])
