@@ -83,19 +83,24 @@ def placements(text: str, every: int = 32, starts: np.ndarray | None = None
     if every and every > 0 and n > every:
         for pos, cut in zip(range(every, n, every), starts[every::every].tolist()):
             add(pos, cut, "interval")
+    ends_in_step = False
     if "\n" in text:
         marks = [(m.start(), m.end()) for m in STEP_RE.finditer(text)]
         if marks:
             for (a, _), pos in zip(marks, np.searchsorted(starts, [b for _, b in marks]).tolist()):
                 if 0 < pos < n:
                     add(pos, a, "step")
+                elif pos >= n > 0:
+                    ends_in_step = True         # a blank line ends the trace: its final checkpoint is a step too
     marks = [m.start() for m in TRANSITION_RE.finditer(text)]
     if marks:
-        for a, pos in zip(marks, np.searchsorted(starts, marks).tolist()):
+        # just before the token that holds the word's first character (a tokenizer's token may start with the
+        # space before it, " Wait")
+        for a, pos in zip(marks, (np.searchsorted(starts, marks, side="right") - 1).tolist()):
             if 0 < pos < n:
                 add(pos, a, "transition")
     out = [(p, v[0], v[1], v[2], v[3]) for p, v in sorted(by_pos.items())]
-    out.append((n, len(text), "final", False, False))
+    out.append((n, len(text), "final", ends_in_step, False))
     return out, n
 
 
@@ -225,13 +230,18 @@ def number_checkpoints_batch(texts: list[str], every: int = 32) -> dict[str, np.
         cum = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))
         return cum[0:-1:2], cum[1::2]
 
+    end_step = np.zeros(T, bool)
+
     def marks(spans: tuple[np.ndarray, np.ndarray], kind: str):
         a, b = spans
         if not len(a):
             return
         tr = np.searchsorted(starts_of, a, side="right") - 1
-        pos = np.searchsorted(gstarts, b if kind == "step" else a) - tok0[tr]
+        pos = (np.searchsorted(gstarts, b) if kind == "step" else np.searchsorted(gstarts, a, side="right") - 1) \
+            - tok0[tr]
         ok = (pos > 0) & (pos < n_tok[tr])
+        if kind == "step":              # a blank line that ends the trace: its final checkpoint is a step too
+            end_step[tr[(pos >= n_tok[tr]) & (n_tok[tr] > 0)]] = True
         tr_l.append(tr[ok]), pos_l.append(pos[ok]), cut_l.append(a[ok])
         rank_l.append(np.full(int(ok.sum()), KIND_RANK[kind]))
         st_l.append(np.full(int(ok.sum()), kind == "step")), tn_l.append(np.full(int(ok.sum()), kind == "transition"))
@@ -259,7 +269,7 @@ def number_checkpoints_batch(texts: list[str], every: int = 32) -> dict[str, np.
     pos = np.concatenate([pos, n_tok])
     cut = np.concatenate([cut, ends_of])
     rank = np.concatenate([rank, np.full(T, KIND_RANK["final"])])
-    st = np.concatenate([st, np.zeros(T, bool)])
+    st = np.concatenate([st, end_step])
     tn = np.concatenate([tn, np.zeros(T, bool)])
     order = np.lexsort((pos, tr))
     tr, pos, cut, rank, st, tn = tr[order], pos[order], cut[order], rank[order], st[order], tn[order]

@@ -48,3 +48,55 @@ def test_answer_raw_cuts_at_the_brace_or_the_line():
     assert answer_raw(" 42} and more") == "42"
     assert answer_raw("\\frac{1") == "\\frac{1"
     assert answer_raw("7\nrest") == "7"
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+def test_text_placement_agrees_with_the_token_rule_on_real_traces():
+    """The text importer's rule (ingest/textckpt, on text and a tokenizer's offsets) against the engines' token
+    rule (backend/placement, on the same tokenizer's ids), over the demo store's SmolLM2 traces: intervals and
+    steps (the final checkpoint's step flag included) agree exactly. Transitions: every one the text rule finds
+    the token rule finds too; the token rule also fires on a token that is only the start of a transition phrase
+    ("Let" of "Let's", which may yet be "Let me check"): it must decide on one token as the tokens stream in.
+    Those are the only differences, and they are measured here (docs/architecture.md, "Placement")."""
+    duckdb = pytest.importorskip("duckdb")
+    from analysis.backend.models import CACHE, load_tokenizer
+    from analysis.backend.placement import is_transition_start
+    from analysis.core.schema import TRANSITION_WORDS
+    from analysis.ingest.derive import tokenizer_starts
+    from analysis.ingest.textckpt import placements as text_placements
+    if not (CACHE / SMOLLM2 / "bf16" / "config.json").exists():
+        pytest.skip("the packaged SmolLM2 is not fetched (python -m analysis models --fetch smollm2-135m-instruct)")
+    tok, _, _ = load_tokenizer(SMOLLM2)
+    con = duckdb.connect("data/demo.duckdb", read_only=True)
+    texts = [r[0] for r in con.execute(
+        "select t.text from traces t join runs r using (run_id) where r.model = ? and r.source = 'generated' "
+        "order by t.run_id, t.question_id", [SMOLLM2]).fetchall()]
+    texts.append("We add them.\n\nWait, that is wrong. Hmm, 3 + 4 = 7. Actually, let me redo it.\n\n"
+                 "Alternatively, count. But wait, 7. Let me check: 7.\n\n")
+    assert len(texts) > 200
+    cache: dict = {}
+    cfg = GenConfig(every=32, steps=True, transitions=True)
+    diff_pieces, n_steps, n_text_transitions = set(), 0, 0
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        piece = lambda t: cache.setdefault(t, tok.decode([t]))       # noqa: E731
+        by_tok = placements(ids, cfg, piece)
+        by_text, n = text_placements(text, 32, tokenizer_starts([text], SMOLLM2, tok)[0])
+        assert n == len(ids)
+        for flag, i in (("is_step", 3), ("is_transition", 4)):
+            a = {p for p, k in by_tok if k[flag]}
+            b = {c[0] for c in by_text if c[i]}
+            if flag == "is_step":
+                assert a == b, text[:200]
+                n_steps += len(a)
+            else:
+                assert b <= a, text[:200]
+                n_text_transitions += len(b)
+                diff_pieces |= {piece(ids[p]).strip() for p in a - b}
+        assert [p for p, k in by_tok if k["kind"] == "interval"] == \
+            [p for p, *_ in by_text if p % 32 == 0 and p < n and p not in {q for q, k in by_tok if k["kind"] != "interval"}]
+    assert n_steps > 100 and n_text_transitions >= 5
+    # what only the token rule calls a transition: a token that starts a transition phrase without ending it
+    assert diff_pieces and all(is_transition_start(p) and p not in TRANSITION_WORDS for p in diff_pieces), diff_pieces
