@@ -233,6 +233,12 @@ def _gateway_setup(p):
     p.add_argument("--on-stop", choices=["answer", "continue"], default="answer",
                    help="answer: end with the trial answer after the cue; continue: append the cue and let the "
                         "upstream write the answer")
+    p.add_argument("--continue-tokens", type=int, default=256,
+                   help="--on-stop continue: the most tokens the upstream may write after the cue (default 256)")
+    p.add_argument("--on-upstream-error", choices=["error", "answer"], default="error",
+                   help="when the upstream fails mid-request: error (an OpenAI error event, or 502) or answer (the "
+                        "trial answer at the last token written, probed on a replica that is up; else the latest "
+                        "trial answer; logged with cause upstream_error)")
     p.add_argument("--answer-type", default="number", help="how trial answers are normalised (the preset's run's)")
     p.add_argument("--every", type=int, default=32, help="checkpoints every N tokens (the calibration run's)")
     p.add_argument("--no-steps", action="store_true")
@@ -256,12 +262,15 @@ def _gateway(args):
     check_bind(args.host, key)
     if args.every < 1:
         raise StoplineError(f"--every must be at least 1, not {args.every}")
+    if not 1 <= args.continue_tokens <= 32768:
+        raise StoplineError(f"--continue-tokens must be between 1 and 32768, not {args.continue_tokens}")
     tok, kind, eos = load_tokenizer(args.tokenizer)
     urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
     log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
     gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key,
                  upstream_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"),
-                 options=Options(on_stop=args.on_stop, answer_type=args.answer_type, every=args.every,
+                 options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
+                                 continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,
                                  steps=not args.no_steps, transitions=not args.no_transitions,
                                  max_body=args.max_body_kb * 1024))
     print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(urls)} "

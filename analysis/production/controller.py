@@ -251,9 +251,10 @@ class Controller:
                             **{c: _clean(h[c][j]) for c in SIGNAL_COLUMNS}, "decision": verdict})
 
     def finish(self, s: Session, final_raw: str | None = None, n_tokens: int | None = None,
-               em: float | None = None) -> dict:
+               em: float | None = None, cause: str | None = None) -> dict:
         """Close a request: a stopped one answers its trial answer; otherwise the model's own final answer
-        (``final_raw``, after ``n_tokens`` generated tokens). Logs and returns the outcome."""
+        (``final_raw``, after ``n_tokens`` generated tokens). Logs and returns the outcome. ``cause``: why a
+        request stopped when it was not the preset's decision (``upstream_error``)."""
         s.finished = True
         if s.stopped is not None:
             j = s.stopped.ck
@@ -273,6 +274,8 @@ class Controller:
                "n_checkpoints": s.n}
         if s.shadow is not None:
             rec["shadow_ck"], rec["shadow_pos"] = s.shadow.ck, s.shadow.pos
+        if cause:
+            rec["cause"] = cause
         if em is not None:
             rec["em"] = float(em)
         elif s.gold is not None:

@@ -38,7 +38,7 @@ from analysis.backend.prompts import CUES, GenConfig
 from analysis.core.answers import extract, normalize
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
-from analysis.production.controller import Controller, DecisionLog
+from analysis.production.controller import Controller, Decision, DecisionLog
 from analysis.production.gateway_metrics import Metrics
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -64,6 +64,8 @@ class VersionedLog:
 @dataclass
 class Options:
     on_stop: str = "answer"                 # answer | continue
+    on_upstream_error: str = "error"        # error | answer (the trial answer so far, when the upstream fails)
+    continue_tokens: int = 256              # on_stop=continue: the most tokens of the model's own answer section
     answer_type: str = "number"
     every: int = 32
     steps: bool = True
@@ -288,7 +290,16 @@ class Gateway:
                 tail = await self._on_stop(r, req, ids[:decision.pos], answer)
                 yield ("text", tail)
             elif error is not None:
-                raise error
+                if self.opt.on_upstream_error != "answer":
+                    raise error
+                eng._failed(r, str(error))          # set aside: the answer's probe goes to another replica
+                for _, _, text in chunks:             # the tokens the model did write are the client's
+                    if text:
+                        yield ("text", text)
+                chunks.clear()
+                answer, cause, spent = await self._answer_after_failure(req, ids, cfg, sess, ctl, error)
+                probe_tokens += spent
+                yield ("text", self.cue + answer + "}")
         finally:
             producer.cancel()
             if getter is not None:
@@ -297,9 +308,13 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(producer, *(t for _, _, t in pending), return_exceptions=True)
         n = decision.pos if decision is not None else len(ids)
-        final_text = self.tok.decode(ids)
-        rec = ctl.finish(sess, None if decision is not None else extract(final_text, ctl.answer_type), n)
-        info = {"stopped": decision is not None, "position": n, "tokens_emitted": rec["tokens_emitted"],
+        if error is not None:                    # answered after an upstream failure
+            rec = ctl.finish(sess, cause=cause)
+        else:
+            final_text = await asyncio.to_thread(self.tok.decode, ids)     # off the event loop
+            rec = ctl.finish(sess, None if decision is not None else extract(final_text, ctl.answer_type), n)
+        info = {"stopped": decision is not None or error is not None, "position": n,
+                "tokens_emitted": rec["tokens_emitted"],
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
                 "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
                 "request_id": req["request_id"], "checkpoints": sess.n,
@@ -307,14 +322,44 @@ class Gateway:
                 "prompt_tokens": len(req["ids"]), "seconds": round(time.perf_counter() - t_req, 3)}
         if rec.get("shadow_pos") is not None:
             info["shadow_position"] = rec["shadow_pos"]
+        if error is not None:
+            info["cause"] = cause
         self.metrics.finished(info)
         yield ("end", info)
+
+    async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
+        """``--on-upstream-error answer``: the trial answer at the last token the failed upstream wrote, probed on
+        a replica that is up; when none answers, the latest trial answer this request was probed for. The
+        request ends there as a stop (``cause``: ``upstream_error``); with no trial answer at all the error
+        stands."""
+        eng, pos = self.engine, len(ids)
+        try:
+            pr = (await eng._retrying(lambda rr: eng._probe(rr, req["ids"] + ids, self.cue_ids, cfg),
+                                      "the answer after an upstream failure", "nothing"))[0]
+            sess.checkpoint(pos, pr.raw or None, pr.signals(), answer_tokens=len(pr.tokens),
+                            probe_tokens=pr.probe_tokens, kind="interval", answer_type=ctl.answer_type)
+            answer, where, spent = pr.raw, "probed", pr.probe_tokens
+        except (ReplicaFailed, StoplineError):
+            known = [j for j, a in enumerate(sess.history["answer_raw"]) if a]
+            if not known:
+                raise error from None
+            j = known[-1]
+            answer, where, pos, spent = sess.history["answer_raw"][j], "last_probed", sess.history["pos"][j], 0
+            # the latest answer stands in for the position the stream reached
+            sess.checkpoint(len(ids), answer, None, answer_tokens=sess.history["answer_tokens"][j],
+                            kind="interval", answer_type=ctl.answer_type)
+        j = sess.n - 1
+        sess.stopped = Decision(True, answer, j, len(ids), "upstream_error")
+        self.log.write({"type": "upstream_error", "request": req["request_id"], "preset_version": self.version,
+                        "pos": len(ids), "answer_from": where, "answer_pos": pos, "error": str(error)[:300]})
+        self.metrics.upstream_answers.inc()
+        return answer or "", "upstream_error", spent
 
     async def _on_stop(self, r, req, kept_ids, answer) -> str:
         if self.opt.on_stop == "continue":
             out = await self.engine._post(r, "/completions", {
-                "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids, "max_tokens": 64, "temperature": 0,
-                "stop": ["}"]})
+                "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
+                "max_tokens": self.opt.continue_tokens, "temperature": 0, "stop": ["}"]})
             return self.cue + out["choices"][0]["text"] + "}"
         return self.cue + (answer or "") + "}"
 

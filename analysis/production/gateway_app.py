@@ -2,6 +2,7 @@
 decisions are ``gateway.Gateway``'s."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -83,7 +84,8 @@ def create_app(gw: Gateway) -> FastAPI:
     async def serve(request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"
         try:
-            req = gw.parse(await body_of(request), chat, dict(request.headers))
+            # the chat template and tokenizer run in a worker thread: the event loop keeps streaming meanwhile
+            req = await asyncio.to_thread(gw.parse, await body_of(request), chat, dict(request.headers))
         except BadRequest as e:
             gw.metrics.requests.labels(endpoint, "bad_request").inc()
             return error(e.status, str(e), e.param)
@@ -104,7 +106,7 @@ def create_app(gw: Gateway) -> FastAPI:
             gw.metrics.requests.labels(endpoint, "upstream_error").inc()
             gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
             return error(502, f"the upstream failed: {_safe(e)}", kind="upstream_error")
-        gw.metrics.requests.labels(endpoint, "stopped" if info["stopped"] else "full").inc()
+        gw.metrics.requests.labels(endpoint, outcome(info)).inc()
         return JSONResponse(shape.whole("".join(text), info))
 
     @app.post("/v1/completions")
@@ -116,6 +118,12 @@ def create_app(gw: Gateway) -> FastAPI:
         return await serve(request, chat=True)
 
     return app
+
+
+def outcome(info: dict) -> str:
+    if info.get("cause") == "upstream_error":
+        return "upstream_error_answered"
+    return "stopped" if info["stopped"] else "full"
 
 
 def _safe(e: Exception) -> str:
@@ -164,7 +172,7 @@ async def sse(gw: Gateway, req: dict, shape: Shape, endpoint: str):
                 yield shape.chunk(v, first=first)
                 first = False
             else:
-                gw.metrics.requests.labels(endpoint, "stopped" if v["stopped"] else "full").inc()
+                gw.metrics.requests.labels(endpoint, outcome(v)).inc()
                 yield shape.chunk(None, v)
     except (ReplicaFailed, StoplineError) as e:
         gw.metrics.requests.labels(endpoint, "upstream_error").inc()

@@ -20,10 +20,12 @@ class Metrics:
         self.decision_latency = Histogram("stopline_decision_seconds", "Time to decide at a checkpoint (the "
                                           "probe's answer in hand)", registry=r,
                                           buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .5))
+        self.upstream_answers = Counter("stopline_upstream_error_answers", "Requests answered with the trial answer "
+                                        "so far after the upstream failed (--on-upstream-error answer)", registry=r)
         self.reload_errors = Counter("stopline_preset_reload_errors", "New preset versions refused", registry=r)
 
     def finished(self, info: dict) -> None:
-        if info["stopped"]:
+        if info["stopped"] and not info.get("cause"):
             self.early_stops.labels(info["arm"]).inc()
         self.tokens_emitted.inc(info["tokens_emitted"])
         self.tokens_probed.inc(info["probe_tokens"])

@@ -36,7 +36,7 @@ def gateway(server, tok, tmp_path, preset: dict, api_key=None, **opt):
     path = tmp_path / "preset.json"
     path.write_text(json.dumps(preset))
     t, kind, eos = tok
-    gw = Gateway([server], str(path), t, eos, kind, log_path=str(tmp_path / "decisions.jsonl"), model=MODEL,
+    gw = Gateway(server if isinstance(server, list) else [server], str(path), t, eos, kind, log_path=str(tmp_path / "decisions.jsonl"), model=MODEL,
                  api_key=api_key, options=Options(**opt))
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
@@ -110,6 +110,14 @@ def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, t
         assert direct["choices"][0]["text"].startswith(before)
         res = check_decisions(str(tmp_path / "decisions.jsonl"))    # every live decision = the replay's
         assert res["agreement"] == 1.0 and res["n"] == 2, res
+    (tmp_path / "k").mkdir()
+    with gateway(server, tok, tmp_path / "k", B32, on_stop="continue", continue_tokens=6) as (gw, url):
+        # continue: after the cue the upstream writes the answer itself, up to continue_tokens, closed with "}"
+        out = chat(url, max_tokens=160).json()
+        text = out["choices"][0]["message"]["content"]
+        assert out["stopline"]["stopped"] and text.startswith(before) and text.endswith("}")
+        written = text[text.rindex(gw.cue) + len(gw.cue):-1]
+        assert len(t(written, add_special_tokens=False)["input_ids"]) <= 6 + 1   # retokenised: one of slack
     conf = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.6}}}
     (tmp_path / "c").mkdir()
     with gateway(server, tok, tmp_path / "c", conf) as (gw, url):
@@ -219,26 +227,62 @@ def test_bad_requests_get_400_with_the_field_413_when_too_large(server, tok, tmp
     check_bind("0.0.0.0", "k")
 
 
-def test_an_upstream_that_dies_mid_stream_gives_the_client_a_clean_error(tok, tmp_path):
+def stream_events(url, body, events: list, started: threading.Event):
+    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
+        for ln in r.iter_lines():
+            if ln.startswith("data: "):
+                events.append(ln[6:])
+                if len(events) == 3:
+                    started.set()
+    started.set()
+
+
+def test_an_upstream_that_dies_mid_stream_gives_a_clean_error_or_the_trial_answer_so_far(server, tok, tmp_path):
+    """One upstream is kill -9'd while two gateways stream from it: the default one gives the client an OpenAI
+    error event; the one with --on-upstream-error answer ends with the trial answer at the last token written,
+    probed on the replica that is still up, and logs why it stopped."""
     proc, upstream = start_server(tmp_path)
+    (tmp_path / "err").mkdir()
+    (tmp_path / "ans").mkdir()
     try:
-        with gateway(upstream, tok, tmp_path, NEVER) as (gw, url):
+        with gateway(upstream, tok, tmp_path / "err", NEVER) as (gw, url), \
+                gateway([upstream, server], tok, tmp_path / "ans", NEVER, on_upstream_error="answer") as (gw2, url2):
             body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1500,
                     "stream": True}
-            events = []
-            with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
-                for ln in r.iter_lines():
-                    if ln.startswith("data: "):
-                        events.append(ln[6:])
-                        if len(events) == 3:
-                            vllm_local.kill(proc)            # as a crash would
-            assert events[-1] == "[DONE]"
-            err = json.loads(events[-2])
+            e1, e2, s1, s2 = [], [], threading.Event(), threading.Event()
+            th = [threading.Thread(target=stream_events, args=(u, body, e, s)) for u, e, s in
+                  ((url, e1, s1), (url2, e2, s2))]
+            for t in th:
+                t.start()
+            assert s1.wait(600) and s2.wait(600)
+            vllm_local.kill(proc)                            # as a crash would
+            for t in th:
+                t.join(600)
+            assert e1[-1] == "[DONE]" and e2[-1] == "[DONE]"
+            err = json.loads(e1[-2])
             assert err["error"]["type"] == "upstream_error" and "upstream failed" in err["error"]["message"]
-            logged = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl")]
+            logged = [json.loads(ln) for ln in open(tmp_path / "err" / "decisions.jsonl")]
             assert any(rec["type"] == "error" for rec in logged)
             m = httpx.get(url.removesuffix("/v1") + "/metrics").text
             assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 1.0' in m
+
+            chunks = [json.loads(x) for x in e2[:-1]]
+            assert not any("error" in c for c in chunks)
+            text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+            info = chunks[-1]["stopline"]
+            assert info["stopped"] and info["cause"] == "upstream_error"
+            cue = gw2.cue
+            assert text.endswith("}") and cue in text
+            answer = text[text.rindex(cue) + len(cue):-1]
+            logged = [json.loads(ln) for ln in open(tmp_path / "ans" / "decisions.jsonl")]
+            fail = [r for r in logged if r["type"] == "upstream_error"]
+            final = [r for r in logged if r["type"] == "final"]
+            assert len(fail) == 1 and fail[0]["answer_from"] == "probed" and fail[0]["pos"] == info["position"]
+            assert final[0]["cause"] == "upstream_error" and final[0]["stop_pos"] == info["position"]
+            assert info["probe_tokens"] > 0 and len(answer) <= 200
+            m = httpx.get(url2.removesuffix("/v1") + "/metrics").text
+            assert 'outcome="upstream_error_answered"} 1.0' in m and "stopline_upstream_error_answers_total 1.0" in m
+            assert "stopline_early_stops_total{" not in m         # not counted as the preset's stop
     finally:
         vllm_local.stop(proc)
 

