@@ -18,10 +18,61 @@ from pathlib import Path
 
 from analysis.core.errors import StoplineError
 from analysis.core.lifeline import PARENT_ENV
+from analysis.core.sharing import env_int, env_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+# what a job started from the dashboard may ask for (docs/security.md, "Limits"); each is an environment setting
+LIMITS = {"jobs": ("STOPLINE_MAX_JOBS", 1), "questions": ("STOPLINE_MAX_QUESTIONS", 2000),
+          "tokens": ("STOPLINE_MAX_NEW_TOKENS", 4096)}
+DATASET_DIRS_ENV = "STOPLINE_DATASET_DIRS"
+FILE_DATASETS = ("jsonl", "csv", "parquet", "gsm8k", "nq-open")      # the adapters that read a file by path
 
 
 def jobs_dir() -> Path:
     return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
+
+
+def limits() -> dict[str, int]:
+    """The caps on jobs started from the dashboard: jobs running at once, questions and new tokens per job
+    (``STOPLINE_MAX_JOBS``, default 1; ``STOPLINE_MAX_QUESTIONS``, 2000; ``STOPLINE_MAX_NEW_TOKENS``, 4096)."""
+    return {k: env_int(name, default) for k, (name, default) in LIMITS.items()}
+
+
+def dataset_dirs() -> list[Path]:
+    """The folders a job's dataset file may come from: ``STOPLINE_DATASET_DIRS`` (``os.pathsep``-separated),
+    default data/datasets."""
+    return env_paths(DATASET_DIRS_ENV) or [ROOT / "data" / "datasets"]
+
+
+def check_dataset(dataset: str) -> None:
+    """A dataset read from a file (``jsonl:PATH``, ``csv:PATH``, …) must lie in a configured folder, checked
+    before anything reads the path (the message is the same whether the file exists or not)."""
+    prefix, sep, arg = dataset.partition(":")
+    if not sep or prefix not in FILE_DATASETS:
+        return
+    path = Path(arg).expanduser()
+    path = os.path.realpath(path if path.is_absolute() else ROOT / path)
+    dirs = dataset_dirs()
+    if not any(Path(path).is_relative_to(os.path.realpath(d)) for d in dirs):
+        raise StoplineError(f"a dataset file for a run started here must be inside {' or '.join(map(str, dirs))}",
+                            field="dataset", hint=f"put the file there, or list its folder in {DATASET_DIRS_ENV}")
+
+
+def check_limits(limit: int | None, max_new_tokens: int, where: Path | None = None) -> None:
+    """Refuse a job past the caps (``limits()``), saying which and how to raise it."""
+    cap = limits()
+    if not limit or limit > cap["questions"]:
+        raise StoplineError(f"a run started here may have at most {cap['questions']} questions"
+                            + (f", not {limit}" if limit else " (name how many)"), field="questions",
+                            hint=f"{LIMITS['questions'][0]} raises the cap; `python -m analysis run` has none")
+    if max_new_tokens > cap["tokens"]:
+        raise StoplineError(f"a run started here may generate at most {cap['tokens']} new tokens per question, "
+                            f"not {max_new_tokens}", field="max new tokens",
+                            hint=f"{LIMITS['tokens'][0]} raises the cap; `python -m analysis run` has none")
+    running = [j for j in list_jobs(where) if j["state"] == "running"]
+    if len(running) >= cap["jobs"]:
+        raise StoplineError(f"{len(running)} job(s) already running, and at most {cap['jobs']} may run at once",
+                            hint=f"wait for it to end (its progress shows below), or raise {LIMITS['jobs'][0]}")
 
 
 # the run's own bar only (its unit is q: "3/8 [00:04<00:07, 1.4s/q]", maybe with a postfix: ", tok_s=638]");
@@ -57,6 +108,8 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     elif not engine.get("base_urls"):
         raise StoplineError("the openai engine needs a server URL (its /v1 address)",
                             hint="e.g. http://127.0.0.1:8000/v1 (python -m analysis vllm-server starts one)")
+    check_dataset(dataset)
+    check_limits(limit, max_new_tokens, where)
     jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     d = Path(where or jobs_dir()) / jid
     d.mkdir(parents=True)
@@ -77,8 +130,7 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     # STOPLINE_PROGRESS: the run's progress bar is written to the log although it is no terminal
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", "STOPLINE_PROGRESS": "1",
            PARENT_ENV: str(os.getpid()), **extra_env}
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
                                             "model": model, "dataset": dataset, "db": db,
                                             "engine": "openai" if engine else "transformers"}))

@@ -21,6 +21,6 @@ def server(synthetic_db, tmp_path_factory):
     db, rid, _ = synthetic_db
     scratch = tmp_path_factory.mktemp("browser")
     env = {"STOPLINE_DB": str(scratch / "mine.duckdb"), "STOPLINE_JOBS_DIR": str(scratch / "jobs"),
-           "STOPLINE_LOG_DIR": str(scratch / "logs")}
+           "STOPLINE_LOG_DIR": str(scratch / "logs"), "STOPLINE_STORES": db}      # links may name the store
     with dashboard(env) as url:
         yield url, db, rid
