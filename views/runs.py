@@ -88,7 +88,8 @@ with tab_run:
                                   help=f"at most {CAP['tokens']} from here ({jobs.LIMITS['tokens'][0]})")
         batch = c6.number_input("Questions at once" if served else "Batch size", 1, 512, 8, key="run_batch")
         go = st.form_submit_button("Start in the background", type="primary")
-    st.caption(f"Limits of runs started here: {CAP['jobs']} job(s) at a time, {CAP['questions']} questions and "
+    st.caption(f"Limits of runs started here: {CAP['jobs']} job(s) at a time (up to {CAP['queued']} more wait "
+               f"their turn), {CAP['questions']} questions and "
                f"{CAP['tokens']} new tokens each, dataset files from {dirs}. The command line "
                "(`python -m analysis run`) has none.")
     if go:
@@ -104,9 +105,11 @@ with tab_run:
                      "Name the model (a local directory, a .gguf file or a hub id).")
         else:
             try:
+                busy = sum(j["state"] in ("running", "queued") for j in jobs.list_jobs()) >= CAP["jobs"]
                 jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch),
                                      engine=eng)
-                st.success(f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
+                st.success(f"Queued job {jid}: it starts when a running one ends ({CAP['jobs']} at a time)." if busy
+                           else f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
             except StoplineError as e:
                 st.error(str(e))
 
@@ -116,7 +119,7 @@ with tab_run:
         if not js:
             st.caption("No jobs yet.")
             return
-        done = {j["id"] for j in js if j["state"] != "running"}
+        done = {j["id"] for j in js if j["state"] not in ("running", "queued")}
         seen = st.session_state.setdefault("jobs_ended", done)
         if done - seen:             # a job just ended: the whole page again, so the runs table shows its run
             st.session_state["jobs_ended"] = done
@@ -130,6 +133,8 @@ with tab_run:
                     st.caption(j["summary"])
                 if j["error"]:
                     st.error(j["error"])
+                elif j["state"] == "queued":
+                    st.caption(f"Waiting for a free job slot ({CAP['jobs']} at a time).")
                 elif j["state"] == "running" and j["tail"]:
                     st.caption(j["tail"][-1][-200:])
     job_panel()

@@ -94,7 +94,8 @@ def test_jobs_from_the_dashboard_keep_to_their_limits(tmp_path, monkeypatch):
         d.mkdir(parents=True)
         (d / "job.json").write_text(json.dumps({"id": d.name, "cmd": [], "pid": sleeper.pid, "started": 0,
                                                 "model": "m", "dataset": "rg:x", "db": db}))
-        with pytest.raises(StoplineError, match="1 job.s. already running, and at most 1"):
+        monkeypatch.setenv("STOPLINE_MAX_QUEUED", "0")
+        with pytest.raises(StoplineError, match=r"1 job\(s\) running or queued: at most 1 run at once and 0 wait"):
             jobs.start_run("m", "rg:basic_arithmetic", db, limit=10, where=where)
     finally:
         sleeper.kill()
@@ -116,3 +117,43 @@ def test_a_jobs_dataset_file_must_be_in_a_configured_folder(tmp_path, monkeypatc
         assert "exist" not in str(e.value)                    # the same words whether the file is there or not
     for ds in (f"jsonl:{ok}/q.jsonl", f"nq-open:{ok}/sub/x.jsonl", "rg:basic_arithmetic", "hf:gsm8k"):
         jobs.check_dataset(ds)
+
+
+def test_a_job_over_the_limit_waits_for_a_slot_and_runs_when_one_is_free(tmp_path):
+    """Jobs take one of STOPLINE_MAX_JOBS slot locks before they run (production/jobs.py): the second waits,
+    queued, until the first ends (here killed with SIGKILL: the kernel releases its lock)."""
+    code = ("import sys; from pathlib import Path; from analysis.production import jobs; "
+            f"jobs.take_slot(Path({str(tmp_path)!r}), 1, on_wait=lambda: print('waiting', flush=True)); "
+            "print('holding', flush=True); sys.stdin.read()")
+    first = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    second = None
+    try:
+        assert first.stdout.readline().strip() == "holding"
+        second = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert second.stdout.readline().strip() == "waiting"          # queued behind the first
+        first.kill()
+        first.wait()
+        assert second.stdout.readline().strip() == "holding"          # its turn once the first is gone
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.kill()
+                p.wait()
+
+
+def test_a_queued_job_reads_as_queued(tmp_path):
+    from analysis.production import jobs
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        d = tmp_path / "j1"
+        d.mkdir()
+        (d / "job.json").write_text(json.dumps({"id": "j1", "cmd": [], "pid": sleeper.pid, "started": 0}))
+        (d / "log").write_text(f"{jobs.QUEUED} (1 at a time)\n")
+        assert jobs.status("j1", tmp_path)["state"] == "queued"
+        (d / "log").write_text(f"{jobs.QUEUED} (1 at a time)\n{jobs.STARTED}\n")
+        assert jobs.status("j1", tmp_path)["state"] == "running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
