@@ -92,16 +92,16 @@ def _toml(path: Path) -> dict:
         return {}
 
 
-def _streamlit_files(root: Path, name: str) -> list[Path]:
-    """Where Streamlit looks for ``.streamlit/<name>``: the user's home, then the folder it starts in."""
-    return list(dict.fromkeys([Path.home() / ".streamlit" / name, Path.cwd() / ".streamlit" / name,
-                               Path(root) / ".streamlit" / name]))
+def _streamlit_files(name: str) -> list[Path]:
+    """Where Streamlit looks for ``.streamlit/<name>``: the user's home, then the folder it starts in (not the
+    app's folder: started elsewhere, the repo's config.toml is not read)."""
+    return list(dict.fromkeys([Path.home() / ".streamlit" / name, Path.cwd() / ".streamlit" / name]))
 
 
-def auth_configured(root: Path) -> bool:
+def auth_configured() -> bool:
     """Whether a login is configured for ``st.login``: an ``[auth]`` section in a ``.streamlit/secrets.toml``
     with ``redirect_uri``, ``cookie_secret`` and a provider's ``client_id`` (directly or in a provider's table)."""
-    for f in _streamlit_files(root, "secrets.toml"):
+    for f in _streamlit_files("secrets.toml"):
         auth = _toml(f).get("auth")
         if not isinstance(auth, dict) or not auth.get("redirect_uri") or not auth.get("cookie_secret"):
             continue
@@ -110,7 +110,7 @@ def auth_configured(root: Path) -> bool:
     return False
 
 
-def listen_address(args: list[str], root: Path) -> str:
+def listen_address(args: list[str]) -> str:
     """The address the dashboard will listen on: ``--server.address`` among ``args``, else
     ``$STREAMLIT_SERVER_ADDRESS``, else the ``.streamlit/config.toml`` files; "" (every interface) when none."""
     for i, a in enumerate(args):
@@ -121,7 +121,7 @@ def listen_address(args: list[str], root: Path) -> str:
     if os.environ.get("STREAMLIT_SERVER_ADDRESS"):
         return os.environ["STREAMLIT_SERVER_ADDRESS"]
     address = ""
-    for f in _streamlit_files(root, "config.toml"):      # later files win, as in Streamlit
+    for f in _streamlit_files("config.toml"):      # later files win, as in Streamlit
         server = _toml(f).get("server")
         if isinstance(server, dict) and server.get("address") is not None:
             address = str(server["address"])
@@ -134,11 +134,11 @@ def is_local(address: str | None) -> bool:
     return a in LOCAL_ADDRESSES or a.startswith("127.")
 
 
-def check_exposure(args: list[str], root: Path) -> None:
+def check_exposure(args: list[str]) -> None:
     """Refuse to expose the full workbench without a login: listening beyond this machine needs viewer mode or a
     login configured for ``st.login``."""
-    address = listen_address(args, root)
-    if is_local(address) or viewer_mode() or auth_configured(root):
+    address = listen_address(args)
+    if is_local(address) or viewer_mode() or auth_configured():
         return
     where = f"on {address}" if address else "on every interface"
     raise StoplineError(

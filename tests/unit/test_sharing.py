@@ -33,25 +33,25 @@ def test_exposure_needs_viewer_mode_or_a_configured_login(tmp_path, monkeypatch,
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("STOPLINE_VIEWER", raising=False)
     monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
-    root = tmp_path / "app"
+    root = tmp_path / "app"                  # where the dashboard starts: Streamlit reads its .streamlit/
     (root / ".streamlit").mkdir(parents=True)
+    monkeypatch.chdir(root)
     if not args:                     # no --server.address and no config file: Streamlit listens everywhere
-        monkeypatch.chdir(root)
         with pytest.raises(StoplineError, match="on every interface"):
-            sharing.check_exposure(args, root)
+            sharing.check_exposure(args)
         (root / ".streamlit" / "config.toml").write_text('[server]\naddress = "127.0.0.1"\n')
-        sharing.check_exposure(args, root)                                  # local by the config file
+        sharing.check_exposure(args)                                        # local by the config file
         return
     with pytest.raises(StoplineError, match="beyond this machine"):
-        sharing.check_exposure(args, root)
+        sharing.check_exposure(args)
     monkeypatch.setenv("STOPLINE_VIEWER", "1")
-    sharing.check_exposure(args, root)                                      # viewer mode: allowed
+    sharing.check_exposure(args)                                      # viewer mode: allowed
     monkeypatch.delenv("STOPLINE_VIEWER")
     (root / ".streamlit" / "secrets.toml").write_text(AUTH.replace('client_id = "id"\n', ""))
     with pytest.raises(StoplineError):                                      # half a login is none
-        sharing.check_exposure(args, root)
+        sharing.check_exposure(args)
     (root / ".streamlit" / "secrets.toml").write_text(AUTH)
-    sharing.check_exposure(args, root)                                      # a login: allowed
+    sharing.check_exposure(args)                                      # a login: allowed
 
 
 def test_local_addresses_need_nothing():
