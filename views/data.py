@@ -22,7 +22,6 @@ from analysis.core.errors import StoplineError
 from analysis.core.store import DEMO_DB, Store, resolve_db_path
 
 DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
-ROOT = Path(__file__).resolve().parent.parent
 UPLOAD_ENV, UPLOAD_DEFAULT_MB = "STOPLINE_MAX_UPLOAD_MB", 25
 
 

@@ -66,7 +66,7 @@ elif logs:
 
 if log_path is None:
     st.info("No decision log yet. Make one with `python -m analysis serve-demo` (a small model answers new "
-            "questions with the controller; about a minute on a CPU), or upload one.")
+            "questions with the controller; about a minute on a CPU)" + ("." if viewer else ", or upload one."))
     st.stop()
 
 
