@@ -5,6 +5,7 @@ st.set_page_config(page_title="Stopline", page_icon=":material/stop_circle:", la
 
 from views import common  # noqa: E402
 
+common.access_gate()        # a login first, when one is configured (docs/security.md)
 common.sidebar_pickers()
 nav = st.navigation([
     st.Page("views/frontier.py", title="Frontier", icon=":material/show_chart:", default=True),

@@ -74,7 +74,8 @@ def main() -> None:
             con.execute("DELETE FROM sweeps")
 
         def env(name):          # every server starts with its own empty disk cache
-            return {"STOPLINE_DB": os.path.join(tmp, "mine.duckdb"), "STOPLINE_CACHE": os.path.join(tmp, name)}
+            return {"STOPLINE_DB": os.path.join(tmp, "mine.duckdb"), "STOPLINE_CACHE": os.path.join(tmp, name),
+                    "STOPLINE_STORES": tmp}           # the links name its stores (ui, bare)
 
         def first_load(b, url, store) -> float:
             ctx = b.new_context(viewport={"width": 1400, "height": 1000})

@@ -70,11 +70,21 @@ def the_job_when_it_ends(timeout_s: float) -> dict:
 
 
 # -- the dashboard in AppTest --------------------------------------------------------------------------------
+def offer_store(db: str) -> None:
+    """Put a store on the dashboard's allow-list (``$STOPLINE_STORES``), so that a link may name it."""
+    import os
+    entries = [e for e in os.environ.get("STOPLINE_STORES", "").split(os.pathsep) if e]
+    if str(db) not in entries:
+        os.environ["STOPLINE_STORES"] = os.pathsep.join([*entries, str(db)])
+
+
 def open_app(db: str | None, run: str | None = None, page: str | None = None):
-    """The dashboard (app.py) run once in AppTest with a store and run in its link, then on ``page``."""
+    """The dashboard (app.py) run once in AppTest with a store and run in its link, then on ``page`` (the store is
+    put on the allow-list first, as a user configures it)."""
     from streamlit.testing.v1 import AppTest
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     if db:
+        offer_store(db)
         at.query_params["db"] = db
     if run:
         at.query_params["run"] = run

@@ -10,6 +10,24 @@ from analysis.core.store import DEMO_DB
 from views import data
 
 
+def access_gate() -> None:
+    """Before any page: the login when one is configured (``st.login``, OIDC; ``[auth]`` in
+    .streamlit/secrets.toml); nothing of the stores is read before it."""
+    auth = data.auth_section()
+    if auth is not None:
+        if not st.user.is_logged_in:
+            st.title(":material/stop_circle: Stopline")
+            st.write("This dashboard needs a login.")
+            providers = [k for k, v in auth.items() if isinstance(v, dict)]
+            for p in providers or [None]:
+                st.button(f"Log in with {p}" if p else "Log in", type="primary", key=f"login_{p}",
+                          on_click=st.login, args=(p,) if p else ())
+            st.stop()
+        who = st.user.get("email") or st.user.get("name") or "signed in"
+        st.sidebar.caption(f"Signed in: {who}")
+        st.sidebar.button("Log out", key="logout", on_click=st.logout)
+
+
 def sidebar_pickers() -> None:
     """Store and run pickers; every pick (the family and setting too) is kept in the session and mirrored in the
     URL, which the browser empties on a page change."""
@@ -19,15 +37,25 @@ def sidebar_pickers() -> None:
 
 def _store_and_run() -> None:
     st.sidebar.title(":material/stop_circle: Stopline")
-    extra = data.query("db") or data.picked_db()
-    stores = data.stores(extra)
+    if data.viewer():
+        st.sidebar.caption(":material/visibility: " + data.viewer_reason())
+    stores = data.stores()
     labels = list(stores)
-    cur = next((k for k, v in stores.items() if v == extra), labels[0] if Path(DEMO_DB).exists() else labels[1])
+    by_key = dict(zip(data.allowed_stores(), labels))
+    ref = data.query("db")
+    key = data.store_key(ref) if ref else data.store_key(data.picked_db())
+    if ref and key is None:           # a name off the list: refused, and nothing about it is looked up
+        st.sidebar.warning("The store this link names is not one this dashboard offers; showing another. "
+                           "Pick a store below.")
+    cur = by_key[key] if key else labels[0] if Path(DEMO_DB).exists() else labels[1]
+    if st.session_state.get("store_pick") not in labels:
+        st.session_state.pop("store_pick", None)
     choice = st.sidebar.selectbox("Store", labels, index=labels.index(cur), key="store_pick")
     path = stores[choice]
     data.pick_store(path, None, [])
     if not Path(path).exists():
-        st.sidebar.info("This store is empty. Import or generate a run (see the Runs page).")
+        st.sidebar.info("This store is empty." + ("" if data.viewer() else
+                                                   " Import or generate a run (see the Runs page)."))
         return
     try:
         store = data.open_store(path)

@@ -17,10 +17,61 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis.core import sharing
 from analysis.core.errors import StoplineError
 from analysis.core.store import DEMO_DB, Store, resolve_db_path
 
 DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
+UPLOAD_ENV, UPLOAD_DEFAULT_MB = "STOPLINE_MAX_UPLOAD_MB", 25
+
+
+# -- who is served: viewer mode, the login ----------------------------------------------------------------------
+def exposed() -> bool:
+    """Whether the server listens beyond this machine (its ``server.address`` is not a loopback one)."""
+    return not sharing.is_local(st.get_option("server.address"))
+
+
+def auth_section() -> dict | None:
+    """The ``[auth]`` section of the secrets (``st.login``'s OIDC settings), or None when no login is configured."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:      # noqa: BLE001 - no secrets file, or one that does not parse: no login configured
+        return None
+    return dict(auth) if auth else None
+
+
+def viewer() -> bool:
+    """Viewer mode: read-only, for sharing. Asked for (``--viewer``, ``STOPLINE_VIEWER``), or forced when the
+    dashboard is exposed beyond this machine without a login configured."""
+    return sharing.viewer_mode() or (exposed() and auth_section() is None)
+
+
+def viewer_reason() -> str:
+    if sharing.viewer_mode():
+        return "Viewer mode: read-only, for sharing. Runs, imports, uploads and saved presets are off."
+    return ("Viewer mode, because this dashboard is reachable beyond this machine and no login is configured "
+            "(an [auth] section in .streamlit/secrets.toml, docs/security.md): read-only, no runs, uploads or writes.")
+
+
+def refuse_in_viewer(what: str) -> None:
+    """A write asked for in viewer mode: our error (the pages do not offer it; this is the second lock)."""
+    if viewer():
+        raise StoplineError(f"{what} is off in viewer mode (a read-only dashboard)",
+                            hint="run the dashboard without --viewer, on this machine, to change things")
+
+
+def upload_limit_mb() -> int:
+    """The largest upload a page takes, in MB: ``STOPLINE_MAX_UPLOAD_MB`` (default 25)."""
+    return sharing.env_int(UPLOAD_ENV, UPLOAD_DEFAULT_MB)
+
+
+def upload_too_big(up) -> str | None:
+    """Why an uploaded file is refused (larger than ``upload_limit_mb``), or None."""
+    mb = upload_limit_mb()
+    if up is not None and up.size > mb * 1024 * 1024:
+        return (f"'{up.name}' is {up.size / 1024 / 1024:.1f} MB; uploads here are at most {mb} MB "
+                f"({UPLOAD_ENV} raises it). Import larger files with `python -m analysis import`.")
+    return None
 
 
 # -- where the stores are -------------------------------------------------------------------------------------
@@ -30,12 +81,20 @@ def my_db() -> str:
     return resolve_db_path()
 
 
-def stores(extra: str | None = None) -> dict[str, str]:
-    """The stores the sidebar offers, by label: the demo, the user's, and one a link names."""
-    out = {DEMO_LABEL: DEMO_DB, MINE_LABEL: my_db()}
-    if extra and extra not in out.values():
-        out[Path(extra).name] = extra
-    return out
+def allowed_stores() -> dict[str, str]:
+    """The stores a link may name, by key (``demo``, ``mine`` and those of ``$STOPLINE_STORES``)."""
+    return sharing.store_allow_list(DEMO_DB, my_db())
+
+
+def store_key(ref: str | None) -> str | None:
+    """The key of the allowed store a link's ``db=`` names (a key, or an allowed store's path), else None."""
+    return sharing.store_key(ref, allowed_stores())
+
+
+def stores() -> dict[str, str]:
+    """The stores the sidebar offers, by label: the demo, the user's, and those configured (by key)."""
+    labels = {"demo": DEMO_LABEL, "mine": MINE_LABEL}
+    return {labels.get(k, k): path for k, path in allowed_stores().items()}
 
 
 def stamp(path: str) -> tuple:
@@ -52,17 +111,18 @@ def stamp(path: str) -> tuple:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _open(path: str, stamp_: tuple) -> Store:
-    read_only = Path(path).resolve() == Path(DEMO_DB).resolve() or not os.access(path, os.W_OK)
-    return Store(path, read_only=read_only)
+    return Store(path, read_only=True)
 
 
 def open_store(path: str) -> Store:
-    """The store at ``path`` for reading (read-only when it is the demo store or cannot be written)."""
+    """The store at ``path`` for reading, read-only: a visit never creates or migrates a store (writes open
+    their own, ``my_store``)."""
     return _open(path, stamp(path))
 
 
 def my_store() -> Store:
     """The user's store, writable (made on first use, with its folder)."""
+    refuse_in_viewer("Writing to your store")
     path = my_db()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return Store(path)
@@ -137,11 +197,13 @@ def presets_for(t) -> dict[str, dict]:
 
 def save_preset(path: str, name: str, body: dict) -> None:
     """Keep a preset in the store at ``path`` (made on the first save)."""
+    refuse_in_viewer("Saving presets")
     Store(path).save_preset(name, body)
     _presets.clear()
 
 
 def delete_preset(path: str, name: str) -> None:
+    refuse_in_viewer("Deleting presets")
     Store(path).delete_preset(name)
     _presets.clear()
 
@@ -249,6 +311,7 @@ def recalibrate(log: str, labels: str, header_preset: dict, epsilon: float, delt
     labelled exploration requests, append the attempt to ``history``."""
     from analysis.presets.schema import from_dict
     from analysis.production.recalibrate import recalibrate as run
+    refuse_in_viewer("Re-certifying")
     return run([log], [labels], from_dict(header_preset), epsilon, delta, history=history)
 
 
@@ -259,13 +322,14 @@ def preset_history(path: str, mtime: float) -> list[dict]:
 
 
 @st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
-def monitor_report(log: str, labels: str | None, mtime: float, run_db: str | None, run_id: str | None):
+def monitor_report(_log: str, _labels: str | None, key: str, run_db: str | None, run_id: str | None):
     """A decision log against its calibration run (analysis.production.monitor), with the log's checkpoint and
-    final rows; keyed on the log's mtime."""
+    final rows; keyed on ``key`` (a log file's path and mtime, an upload's content), not on the files' paths: an
+    upload's copy has a new one each script run (and is deleted after)."""
     from analysis.production.monitor import monitor, monitor_inputs, read_log
-    t, preset = monitor_inputs([log], None, run_id, run_db)
-    res = monitor([log], t, preset, [labels] if labels else None)
-    _, ck, fin = read_log([log])
+    t, preset = monitor_inputs([_log], None, run_id, run_db)
+    res = monitor([_log], t, preset, [_labels] if _labels else None)
+    _, ck, fin = read_log([_log])
     return res, ck, fin
 
 
@@ -329,12 +393,12 @@ def set_query(key: str, value: str) -> None:
 
 
 def pick_store(path: str, store: Store | None, runs_: list[dict]) -> None:
-    """Record the sidebar's store (None: absent or unreadable) and its runs."""
+    """Record the sidebar's store (None: absent or unreadable) and its runs; the URL names it by its key."""
     st.session_state["db"] = path
     st.session_state["store"] = store
     st.session_state["runs"] = runs_
     st.session_state["run"] = None
-    set_query("db", path)
+    set_query("db", store_key(path) or "demo")
 
 
 def pick_run(run: dict) -> None:

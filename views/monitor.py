@@ -1,6 +1,8 @@
 """Monitor: the deployed preset's decision logs against its calibration run; drift, flags, recalibration."""
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.core.errors import StoplineError
+from analysis.core.store import DEMO_DB
 from views import common, data
 
 LOG_DIR = Path(os.environ.get("STOPLINE_LOG_DIR", "data/logs"))
@@ -20,21 +23,38 @@ st.caption("Is the stopping preset running in production still delivering what t
 SAMPLE_DIR = Path("data/demo-logs")      # a bundled log of serve-demo, so the page has data on first open
 dirs = [LOG_DIR] + ([SAMPLE_DIR] if "STOPLINE_LOG_DIR" not in os.environ else [])
 logs = [p for d in dirs if d.exists() for p in sorted(d.glob("*.jsonl")) if not p.name.endswith(".labels.jsonl")]
-src = st.radio("Decision log", ["from the logs folder", "upload"], horizontal=True, key="log_src",
-               index=0 if logs else 1)
+viewer = data.viewer()         # viewer mode: the logs folder only, no uploads, no re-certify
+src = "from the logs folder" if viewer else st.radio("Decision log", ["from the logs folder", "upload"],
+                                                     horizontal=True, key="log_src", index=0 if logs else 1)
 log_path = labels_path = None
+log_key = None                # what keys the cached report: a log file's mtime, an upload's content
+scratch = None                # an upload's copy, deleted at the end of this script run (cleanup below)
+
+
+def cleanup() -> None:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 if src == "upload":
-    up = st.file_uploader("decision log (JSON lines)", type=["jsonl", "json", "txt"], key="log_up")
+    mb = data.upload_limit_mb()
+    up = st.file_uploader(f"decision log (JSON lines, at most {mb} MB)", type=["jsonl", "json", "txt"], key="log_up",
+                          max_upload_size=mb)
     lab = st.file_uploader("late labels (optional: JSON lines with request and em or gold)", type=["jsonl", "json", "txt"],
-                           key="lab_up")
-    tmp = Path(tempfile.gettempdir()) / "stopline-monitor"
-    tmp.mkdir(exist_ok=True)
+                           key="lab_up", max_upload_size=mb)
+    for f in (up, lab):
+        if (too_big := data.upload_too_big(f)) is not None:
+            st.error(too_big)
+            st.stop()
     if up is not None:
-        log_path = tmp / f"log-{abs(hash(up.name))}.jsonl"
+        scratch = Path(tempfile.mkdtemp(prefix="stopline-monitor-"))
+        log_path = scratch / "log.jsonl"
         log_path.write_bytes(up.getvalue())
-    if lab is not None:
-        labels_path = tmp / f"labels-{abs(hash(lab.name))}.jsonl"
-        labels_path.write_bytes(lab.getvalue())
+        log_key = hashlib.sha1(up.getvalue()).hexdigest()
+        if lab is not None:
+            labels_path = scratch / "labels.jsonl"
+            labels_path.write_bytes(lab.getvalue())
+            log_key += hashlib.sha1(lab.getvalue()).hexdigest()
 elif logs:
     want = data.query("log")
     names = [str(p) for p in logs]
@@ -46,7 +66,7 @@ elif logs:
 
 if log_path is None:
     st.info("No decision log yet. Make one with `python -m analysis serve-demo` (a small model answers new "
-            "questions with the controller; about a minute on a CPU), or upload one.")
+            "questions with the controller; about a minute on a CPU)" + ("." if viewer else ", or upload one."))
     st.stop()
 
 
@@ -57,10 +77,17 @@ try:
     run_db, run_id = cal.get("db"), cal.get("run")
     if not run_id and data.picked_run():      # no calibration named: the run picked in the sidebar
         run_db, run_id = data.picked_db(), data.picked_run()["id"]
-    res, ck, fin = data.monitor_report(str(log_path), str(labels_path) if labels_path else None, log_path.stat().st_mtime,
-                          run_db, run_id)
+    if run_db and data.store_key(run_db) is None:     # a log names its calibration store: only an offered one
+        if Path(run_db).name != Path(DEMO_DB).name:
+            raise StoplineError("the log's calibration store is not one this dashboard offers",
+                                hint="list it in STOPLINE_STORES, or pick the calibration run in the sidebar")
+        run_db = DEMO_DB                            # a log made elsewhere against the bundled store
+    res, ck, fin = data.monitor_report(str(log_path), str(labels_path) if labels_path else None,
+                                       log_key or f"{log_path}|{labels_path}|{log_path.stat().st_mtime_ns}",
+                                       run_db, run_id)
 except StoplineError as e:
-    st.error(str(e))
+    cleanup()
+    st.error(str(e).replace(str(scratch), "the upload") if scratch else str(e))
     st.stop()
 
 pr, ob = res.get("promised"), res["observed"]
@@ -157,7 +184,7 @@ if prop:
 
 # -- the closed loop's versions (python -m analysis recalibrate) -------------------------------------------------
 HISTORY = Path(os.environ.get("STOPLINE_HISTORY", "data/history/preset-versions.jsonl"))
-if labels_path is not None and "preset" in header:
+if labels_path is not None and "preset" in header and not viewer:
     with st.expander("Re-certify on the exploration requests (closed loop)", icon=":material/verified:"):
         r1, r2, r3 = st.columns([1, 1, 1])
         eps = r1.number_input("ε (largest EM drop)", 0.0, 0.5, 0.02, 0.005, format="%.3f", key="rc_eps")
@@ -203,3 +230,4 @@ if HISTORY.is_file():
                           legend=dict(orientation="h", y=-0.35), margin=dict(t=20))
         st.plotly_chart(fig, width="stretch", key="mon_versions")
         st.dataframe(rows, hide_index=True, width="stretch")
+cleanup()

@@ -18,15 +18,16 @@ def use(setting) -> None:
 run, t, fam, setting = common.page_start("Presets")
 preset = from_setting(setting)
 
-# where presets are kept: the picked store when it can be written, else the user's own store
-cur = data.picked_store()
-target_path = cur.path if not cur.read_only else data.my_db()     # made on the first save, not on a visit
-if cur.read_only:
-    st.caption(f"The picked store is read-only; presets are kept in your store, `{target_path}`.")
+# where presets are kept: the user's own store (made on the first save, not on a visit); picked stores are
+# opened read-only; in viewer mode nothing is saved
+viewer = data.viewer()
+target_path = data.my_db()
+if viewer:
+    st.caption("Viewer mode: presets can be read, loaded and downloaded here, not saved, uploaded or deleted.")
 
 st.subheader("The current setting")
 st.markdown(f"`{setting.label()}` (set it on the Tune page)")
-params = {"db": data.picked_db(), "run": run["id"], "family": fam, "s": preset.to_url()}
+params = {"db": data.store_key(data.picked_db()) or "demo", "run": run["id"], "family": fam, "s": preset.to_url()}
 base = ""
 try:
     u = urlsplit(st.context.url or "")
@@ -39,20 +40,22 @@ st.caption("The permalink opens this exact view (store, run, family and setting)
            "button is at the code block's right.")
 
 c1, c2 = st.columns(2)
-with c1:
-    name = st.text_input("Save as", value="", placeholder="a name, e.g. prod-2026-11", key="preset_name")
-    notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
-    if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
-        try:
-            body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
-            data.save_preset(target_path, name.strip(), body)
-            st.success(f"Saved '{name.strip()}' in {target_path}.")
-        except (PresetError, StoplineError) as e:
-            st.error(str(e))
-with c2:
+if not viewer:
+    with c1:
+        name = st.text_input("Save as", value="", placeholder="a name, e.g. prod-2026-11", key="preset_name")
+        notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
+        if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
+            try:
+                body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
+                data.save_preset(target_path, name.strip(), body)
+                st.success(f"Saved '{name.strip()}' in {target_path}.")
+            except (PresetError, StoplineError) as e:
+                st.error(str(e))
+with c2 if not viewer else c1:
     st.download_button("Download this preset (JSON)", preset.to_json(), f"{fam}.json", "application/json",
                        key="preset_dl")
-    up = st.file_uploader("Upload a preset (JSON)", type=["json"], key="preset_up")
+    up = None if viewer else st.file_uploader("Upload a preset (JSON)", type=["json"], key="preset_up",
+                                              max_upload_size=1)
     if up is not None:
         try:
             p = loads(up.getvalue().decode("utf-8", "replace"))
@@ -84,7 +87,7 @@ for pname, (where, body) in saved.items():
         fits = "" if data.applies(body, t) else " · *not for this run: it reads signals the run lacks*"
         a.markdown(f"**{pname}** · `{p.setting.label()}`{fits}" + (f"  \n{p.notes}" if p.notes else ""))
         b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,), disabled=bool(fits))
-        if c.button("Delete", key=f"del_{pname}", disabled=data.open_store(where).read_only):
+        if not viewer and c.button("Delete", key=f"del_{pname}", disabled=where != target_path):
             data.delete_preset(where, pname)
             st.rerun()
         with st.expander("JSON"):

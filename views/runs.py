@@ -1,4 +1,5 @@
 """Runs: what the store holds; start a new run as a background job; import a file of generations."""
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -41,7 +42,16 @@ else:
     for ds, text in data.attributions().items():
         if any(r["dataset"] == ds for r in runs):
             st.caption(f"Questions of `{ds}`: {text}")
+if data.viewer():        # read-only: no runs, imports or uploads, and nothing about the server's jobs
+    st.info("Viewer mode: this dashboard shows the stores' runs; starting runs and importing files are off.",
+            icon=":material/visibility:")
+    st.stop()
 st.caption(f"New runs and imports go to your store, `{MY_DB}` (the demo store is never written).")
+try:
+    CAP = jobs.limits()
+except StoplineError as e:          # a limit set to something that is not a number
+    st.error(str(e))
+    st.stop()
 
 tab_run, tab_import = st.tabs(["Start a run", "Import generations"])
 with tab_run:
@@ -64,14 +74,24 @@ with tab_run:
             model = c1.selectbox("Model", [*PACKAGED, "other (a local directory, .gguf file or hub id)"],
                                  key="run_model")
             other = c1.text_input("Other model", key="run_model_other", help="used when 'other' is picked")
+        dirs = " or ".join(f"`{d.relative_to(jobs.ROOT) if d.is_relative_to(jobs.ROOT) else d}`"
+                           for d in jobs.dataset_dirs())
         dataset = c2.text_input("Dataset", "rg:basic_arithmetic", key="run_dataset",
-                                help="rg:<task>, gsm8k:PATH, nq-open:PATH, jsonl:PATH, …")
+                                help=f"rg:<task>, gsm8k:PATH, nq-open:PATH, jsonl:PATH, …; a file must be in {dirs} "
+                                     f"({jobs.DATASET_DIRS_ENV})")
         c3, c4, c5, c6 = st.columns(4)
-        limit = c3.number_input("Questions", 1, 100_000, 20, key="run_limit")
+        limit = c3.number_input("Questions", 1, CAP["questions"], min(20, CAP["questions"]), key="run_limit",
+                                help=f"at most {CAP['questions']} from here ({jobs.LIMITS['questions'][0]})")
         every = c4.number_input("Checkpoint every N tokens", 4, 1024, 32, key="run_every")
-        max_new = c5.number_input("Max new tokens", 16, 32_768, 256, key="run_max_new")
+        max_new = c5.number_input("Max new tokens", 16, max(16, CAP["tokens"]), min(256, max(16, CAP["tokens"])),
+                                  key="run_max_new",
+                                  help=f"at most {CAP['tokens']} from here ({jobs.LIMITS['tokens'][0]})")
         batch = c6.number_input("Questions at once" if served else "Batch size", 1, 512, 8, key="run_batch")
         go = st.form_submit_button("Start in the background", type="primary")
+    st.caption(f"Limits of runs started here: {CAP['jobs']} job(s) at a time (up to {CAP['queued']} more wait "
+               f"their turn), {CAP['questions']} questions and "
+               f"{CAP['tokens']} new tokens each, dataset files from {dirs}. The command line "
+               "(`python -m analysis run`) has none.")
     if go:
         if served:
             urls = [u.strip() for u in url.split(",") if u.strip()]
@@ -85,9 +105,11 @@ with tab_run:
                      "Name the model (a local directory, a .gguf file or a hub id).")
         else:
             try:
+                busy = sum(j["state"] in ("running", "queued") for j in jobs.list_jobs()) >= CAP["jobs"]
                 jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch),
                                      engine=eng)
-                st.success(f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
+                st.success(f"Queued job {jid}: it starts when a running one ends ({CAP['jobs']} at a time)." if busy
+                           else f"Started job {jid}. Its progress shows below; the rest of the app stays usable.")
             except StoplineError as e:
                 st.error(str(e))
 
@@ -97,7 +119,7 @@ with tab_run:
         if not js:
             st.caption("No jobs yet.")
             return
-        done = {j["id"] for j in js if j["state"] != "running"}
+        done = {j["id"] for j in js if j["state"] not in ("running", "queued")}
         seen = st.session_state.setdefault("jobs_ended", done)
         if done - seen:             # a job just ended: the whole page again, so the runs table shows its run
             st.session_state["jobs_ended"] = done
@@ -111,6 +133,8 @@ with tab_run:
                     st.caption(j["summary"])
                 if j["error"]:
                     st.error(j["error"])
+                elif j["state"] == "queued":
+                    st.caption(f"Waiting for a free job slot ({CAP['jobs']} at a time).")
                 elif j["state"] == "running" and j["tail"]:
                     st.caption(j["tail"][-1][-200:])
     job_panel()
@@ -118,8 +142,12 @@ with tab_run:
 with tab_import:
     from analysis.core.answers import ANSWER_TYPES
     from analysis.ingest.importer import FORMATS, ImportSpec, import_generations, preview
-    up = st.file_uploader("A file of generations: JSONL, a JSON document, CSV or Parquet",
-                          type=["jsonl", "ndjson", "json", "csv", "tsv", "parquet"], key="imp_file")
+    up = st.file_uploader(f"A file of generations: JSONL, a JSON document, CSV or Parquet (at most "
+                          f"{data.upload_limit_mb()} MB)", type=["jsonl", "ndjson", "json", "csv", "tsv", "parquet"],
+                          key="imp_file", max_upload_size=data.upload_limit_mb())
+    if (too_big := data.upload_too_big(up)) is not None:
+        st.error(too_big)
+        up = None
     fmt = st.radio("Format", list(FORMATS), horizontal=True, key="imp_fmt",
                    help="jsonl: map the fields yourself (any file kind); lm-eval: --log_samples files; openai-chat: "
                         "request/response logs, reasoning included; checkpoints: per-checkpoint exports of other tools")
@@ -172,4 +200,4 @@ with tab_import:
         st.error(str(e).replace(str(tmp), up.name if up is not None else ""))
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp.parent, ignore_errors=True)      # the upload's copy and its folder

@@ -14,6 +14,9 @@ from analysis.core.errors import StoplineError
 
 # --- dashboard --------------------------------------------------------------------------------------------
 def _dashboard_setup(p):
+    p.add_argument("--viewer", action="store_true",
+                   help="viewer mode, for sharing: read-only stores, no runs, imports, uploads or writes "
+                        "(also STOPLINE_VIEWER=1); needed to listen beyond this machine without a login")
     p.add_argument("streamlit_args", nargs="*", metavar="STREAMLIT_OPTION",
                    help="passed to `streamlit run` as they are, e.g. --server.port 8502")
 
@@ -21,10 +24,17 @@ def _dashboard_setup(p):
 @command("dashboard", "open the dashboard (streamlit run app.py, with the pages' modules imported before it "
                       "listens)", _dashboard_setup)
 def _dashboard(args):
-    launcher = Path(__file__).resolve().parents[2] / "views" / "launch.py"
+    from analysis.core import sharing
+    root = Path(__file__).resolve().parents[2]
+    launcher = root / "views" / "launch.py"
     if not launcher.exists():
         raise StoplineError("the dashboard's files are not here (views/launch.py)", hint="run from a clone of the repo")
-    os.execv(sys.executable, [sys.executable, str(launcher), *args.streamlit_args])
+    streamlit_args = list(args.streamlit_args)
+    if getattr(args, "viewer", False) or "--viewer" in streamlit_args:
+        streamlit_args = [a for a in streamlit_args if a != "--viewer"]
+        os.environ[sharing.VIEWER_ENV] = "1"             # the app reads it (views/data.py); execv keeps it
+    sharing.check_exposure(streamlit_args)                # exposed: viewer mode or a login, or no start
+    os.execv(sys.executable, [sys.executable, str(launcher), *streamlit_args])
 
 
 # --- datasets ---------------------------------------------------------------------------------------------

@@ -25,13 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     lifeline.from_env()             # a job of the dashboard's ends when the dashboard does
     if argv[:1] == ["dashboard"] and not {"-h", "--help"} & set(argv):
-        return _dashboard(argparse.Namespace(streamlit_args=argv[1:]))    # options go to streamlit as they are
+        try:
+            return _dashboard(argparse.Namespace(streamlit_args=argv[1:]))    # options go to streamlit as they are
+        except StoplineError as e:          # e.g. exposed beyond this machine without viewer mode or a login
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 0
     try:
+        if args.command == "run":
+            from analysis.production.jobs import slot_from_env
+            slot_from_env()                      # a job of the dashboard's waits for a free slot (queued)
         code = COMMANDS[args.command].run(args)   # a command may return an exit code (a failed check)
     except StoplineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,10 +18,104 @@ from pathlib import Path
 
 from analysis.core.errors import StoplineError
 from analysis.core.lifeline import PARENT_ENV
+from analysis.core.sharing import env_int, env_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+# what a job started from the dashboard may ask for (docs/security.md, "Limits"); each is an environment setting
+LIMITS = {"jobs": ("STOPLINE_MAX_JOBS", 1), "queued": ("STOPLINE_MAX_QUEUED", 4),
+          "questions": ("STOPLINE_MAX_QUESTIONS", 2000), "tokens": ("STOPLINE_MAX_NEW_TOKENS", 4096)}
+# a job started here takes one of the slots before it runs: "<folder>|<n>" (read and removed by cli/main.py)
+SLOTS_ENV = "STOPLINE_JOB_SLOTS"
+QUEUED, STARTED = "queued: waiting for a free job slot", "job slot taken"     # the job's log says which
+DATASET_DIRS_ENV = "STOPLINE_DATASET_DIRS"
+FILE_DATASETS = ("jsonl", "csv", "parquet", "gsm8k", "nq-open")      # the adapters that read a file by path
 
 
 def jobs_dir() -> Path:
     return Path(os.environ.get("STOPLINE_JOBS_DIR", "data/jobs"))
+
+
+def limits() -> dict[str, int]:
+    """The caps on jobs started from the dashboard: jobs running at once and waiting for a slot, questions and
+    new tokens per job (``STOPLINE_MAX_JOBS``, default 1; ``STOPLINE_MAX_QUEUED``, 4;
+    ``STOPLINE_MAX_QUESTIONS``, 2000; ``STOPLINE_MAX_NEW_TOKENS``, 4096)."""
+    return {k: env_int(name, default, lo=0 if k == "queued" else 1) for k, (name, default) in LIMITS.items()}
+
+
+_HELD: list[int] = []          # the slot lock this process holds, until it exits
+
+
+def take_slot(folder: Path, n: int, on_wait=None, poll_s: float = 0.5) -> int:
+    """Block until this process holds one of ``n`` slot locks in ``folder`` (``flock``: the kernel lets go when
+    the process ends, even by ``kill -9``); ``on_wait`` is called once if it has to wait. Returns the slot."""
+    import fcntl
+    folder.mkdir(parents=True, exist_ok=True)
+    fds = [os.open(folder / f"slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o600) for i in range(n)]
+    waited = False
+    while True:
+        for i, fd in enumerate(fds):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            for other in fds:
+                if other != fd:
+                    os.close(other)
+            _HELD.append(fd)
+            return i
+        if not waited and on_wait is not None:
+            on_wait()
+            waited = True
+        time.sleep(poll_s)
+
+
+def slot_from_env() -> None:
+    """In a job's process (cli/main.py, before the run): wait for a free slot when the dashboard asked for it
+    (``SLOTS_ENV``); the log says "queued" while it waits."""
+    spec = os.environ.pop(SLOTS_ENV, None)
+    if not spec:
+        return
+    folder, n = spec.rsplit("|", 1)
+    take_slot(Path(folder), int(n), on_wait=lambda: print(f"{QUEUED} ({n} at a time)", flush=True))
+    print(STARTED, flush=True)
+
+
+def dataset_dirs() -> list[Path]:
+    """The folders a job's dataset file may come from: ``STOPLINE_DATASET_DIRS`` (``os.pathsep``-separated),
+    default data/datasets."""
+    return env_paths(DATASET_DIRS_ENV) or [ROOT / "data" / "datasets"]
+
+
+def check_dataset(dataset: str) -> None:
+    """A dataset read from a file (``jsonl:PATH``, ``csv:PATH``, …) must lie in a configured folder, checked
+    before anything reads the path (the message is the same whether the file exists or not)."""
+    prefix, sep, arg = dataset.partition(":")
+    if not sep or prefix not in FILE_DATASETS:
+        return
+    path = Path(arg).expanduser()
+    path = os.path.realpath(path if path.is_absolute() else ROOT / path)
+    dirs = dataset_dirs()
+    if not any(Path(path).is_relative_to(os.path.realpath(d)) for d in dirs):
+        raise StoplineError(f"a dataset file for a run started here must be inside {' or '.join(map(str, dirs))}",
+                            field="dataset", hint=f"put the file there, or list its folder in {DATASET_DIRS_ENV}")
+
+
+def check_limits(limit: int | None, max_new_tokens: int, where: Path | None = None) -> None:
+    """Refuse a job past the caps (``limits()``), saying which and how to raise it."""
+    cap = limits()
+    if not limit or limit > cap["questions"]:
+        raise StoplineError(f"a run started here may have at most {cap['questions']} questions"
+                            + (f", not {limit}" if limit else " (name how many)"), field="questions",
+                            hint=f"{LIMITS['questions'][0]} raises the cap; `python -m analysis run` has none")
+    if max_new_tokens > cap["tokens"]:
+        raise StoplineError(f"a run started here may generate at most {cap['tokens']} new tokens per question, "
+                            f"not {max_new_tokens}", field="max new tokens",
+                            hint=f"{LIMITS['tokens'][0]} raises the cap; `python -m analysis run` has none")
+    alive = [j for j in list_jobs(where) if j["state"] in ("running", "queued")]
+    if len(alive) >= cap["jobs"] + cap["queued"]:
+        raise StoplineError(f"{len(alive)} job(s) running or queued: at most {cap['jobs']} run at once and "
+                            f"{cap['queued']} wait", hint=f"wait for one to end (their progress shows below), or "
+                            f"raise {LIMITS['jobs'][0]} or {LIMITS['queued'][0]}")
 
 
 # the run's own bar only (its unit is q: "3/8 [00:04<00:07, 1.4s/q]", maybe with a postfix: ", tok_s=638]");
@@ -57,6 +151,8 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     elif not engine.get("base_urls"):
         raise StoplineError("the openai engine needs a server URL (its /v1 address)",
                             hint="e.g. http://127.0.0.1:8000/v1 (python -m analysis vllm-server starts one)")
+    check_dataset(dataset)
+    check_limits(limit, max_new_tokens, where)
     jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     d = Path(where or jobs_dir()) / jid
     d.mkdir(parents=True)
@@ -75,10 +171,11 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     # its own session: a page rerun or Ctrl-C in the dashboard's terminal does not reach it; PARENT_ENV: it
     # ends when the dashboard does (core/lifeline.py)
     # STOPLINE_PROGRESS: the run's progress bar is written to the log although it is no terminal
+    # SLOTS_ENV: it runs once it holds one of the STOPLINE_MAX_JOBS slots, queued until then
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "1", "STOPLINE_PROGRESS": "1",
-           PARENT_ENV: str(os.getpid()), **extra_env}
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+           PARENT_ENV: str(os.getpid()), SLOTS_ENV: f"{Path(where or jobs_dir()).resolve() / 'slots'}|"
+           f"{limits()['jobs']}", **extra_env}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
                                             "model": model, "dataset": dataset, "db": db,
                                             "engine": "openai" if engine else "transformers"}))
@@ -117,7 +214,8 @@ def status(jid: str, where: Path | None = None) -> dict:
         raised = [m for line in text.splitlines() if (m := _RAISED.match(line.strip()))]
         err = (f"error: {raised[-1].group(1)}: {raised[-1].group(2)}" if raised
                else "error: the job stopped with a Python traceback")[:500] + " (the job's log has the traceback)"
-    state = "running" if alive else ("failed" if err or summary is None else "done")
+    queued = alive and QUEUED in text and STARTED not in text
+    state = "queued" if queued else "running" if alive else ("failed" if err or summary is None else "done")
     return {**job, "state": state, "done": done_n, "total": total, "summary": summary, "error": err,
             "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}
 

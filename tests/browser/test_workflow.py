@@ -98,7 +98,7 @@ def test_one_setting_and_the_same_numbers_through_the_whole_workflow(server, bro
         assert "s=sl1." in link
     finally:
         page.close()
-        Store(db).delete_preset("clicked")
+        Store(server.mine).delete_preset("clicked")        # saved in the user's store, never the linked one
     fresh = browser.new_context(viewport={"width": 1400, "height": 1000})
     p2 = fresh.new_page()
     p2.goto(link)
