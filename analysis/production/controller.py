@@ -23,7 +23,8 @@ Every checkpoint and every request's end go to a decision log (JSON lines, flush
 ``python -m analysis monitor`` reads.
 
 About 400 lines: the decision step and its three callers share the session's history and the log's records,
-so they are read together; what a family can do live comes from its declaration (``Policy.deployable``).
+so they are read together; what a family can do live comes from its declaration (``Policy.deploy_problem``; a learned
+setting deploys with its exported model, which ``fires`` reads from the setting itself).
 """
 from __future__ import annotations
 
@@ -52,10 +53,11 @@ LOG_VERSION = 1
 
 
 def _unsupported(setting) -> str | None:
-    """Why the controller cannot run this setting (the family's or a part's ``deployable``), or None."""
+    """Why the controller cannot run this setting (the family's or a part's ``deploy_problem``), or None."""
     pol = setting.policy
-    if not pol.deployable:
-        return f"the {pol.name} family ({pol.undeployable_because})"
+    why = pol.deploy_problem(setting.params)
+    if why:
+        return f"the {pol.name} family ({why})"
     for part in pol.parts(setting.params):
         why = _unsupported(part)
         if why:
