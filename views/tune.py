@@ -33,7 +33,10 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
     """One control per declared parameter; a nested setting gets a family picker and its own controls."""
     cls = get_family(fam)
     params = {}
-    flat = [p for p in cls.params if p.kind != "setting"]
+    flat = [p for p in cls.params if p.kind not in ("setting", "object")]
+    for p in cls.params:
+        if p.kind == "object":             # an exported model: kept as the preset carries it, no control
+            params[p.name] = start.get(p.name, p.default)
     cols = st.columns(max(1, len(flat)))
     for col, p in zip(cols, flat):
         with col:

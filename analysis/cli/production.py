@@ -291,6 +291,11 @@ def _recalibrate_setup(p):
                    "only new versions)")
     p.add_argument("--history", default=None, help="version history, JSON lines (default: data/history/"
                    "preset-versions.jsonl)")
+    p.add_argument("--rollback", action="store_true", help="first test the deployed version against its certificate "
+                   "on the exploration requests it served (a sequential test); when it fires, roll back to the "
+                   "previous certified version instead of re-certifying")
+    p.add_argument("--alpha", type=float, default=0.05, help="the rollback test's false-alarm chance, however often "
+                   "it is run (default 0.05)")
     p.add_argument("--json", action="store_true")
 
 
@@ -308,8 +313,29 @@ def _recalibrate(args):
         if "preset" not in header:
             raise StoplineError("the log has no header naming its preset; pass --preset")
         preset = from_dict(header["preset"])
+    history = args.history or DEFAULT_HISTORY
+    if args.rollback:
+        from analysis.production.rollback import rollback
+        if not 0 < args.alpha < 1:
+            raise StoplineError("--alpha must be in (0, 1)")
+        rb = rollback(args.log, args.labels, preset, history, args.alpha)
+        if rb["rolled_back"]:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(rb["preset"], indent=2), encoding="utf-8")
+            if args.json:
+                _print_json(rb)
+            else:
+                print(f"ROLLED BACK to version {rb['to_version']}: {rb['setting']}")
+                print("  " + rb["reason"])
+                print(f"  preset to deploy: {args.out}; history: {history} (version {rb['new_version']})")
+            return 0
+        if not args.json:
+            print("rollback test: " + rb["reason"])
     res = recalibrate(args.log, args.labels, preset, args.epsilon, args.delta, args.risk, args.family,
-                      history=args.history or DEFAULT_HISTORY)
+                      history=history)
+    if args.rollback:
+        res["rollback"] = {k: v for k, v in rb.items() if k != "preset"}
     out = Path(args.out)
     text = json.dumps(res["preset"], indent=2)
     # a running gateway re-reads its preset file when it changes: write only a new version (or a new file)

@@ -301,3 +301,32 @@ def _certify(args):
     if args.save and preset is not None and not args.json:
         print(f"preset written to {args.save}")
     return 0 if res["certified"] else 1
+
+
+def _export_learned_setup(p):
+    p.add_argument("--run", required=True, help="the run whose questions train the model (all of them)")
+    p.add_argument("--tau", type=float, required=True, help="the threshold: stop when P(trial answer right) ≥ tau")
+    p.add_argument("--features", default="auto", choices=["auto", "all", "signals", "text"])
+    p.add_argument("--save", required=True, help="write the preset (the learned setting with its exported model)")
+    p.add_argument("--name", default="", help="the preset's name")
+    _db(p)
+
+
+@command("export-learned", "fit the learned family's logistic model on a run and save it inside a preset as plain "
+         "JSON (features, means, scales, coefficients, intercept), so the live controller runs it", _export_learned_setup)
+def _export_learned(args):
+    from pathlib import Path
+
+    from analysis.presets.schema import Preset, from_dict
+    from analysis.replay.policies.base import Setting
+    from analysis.replay.policies.learned import export_model
+    t = _table(args)
+    ex = export_model(t, args.features)
+    s = Setting.make("learned", tau=args.tau, export=ex)
+    preset = Preset(args.name or f"learned tau={args.tau:g}, exported from run {t.run_id}"[:200], s)
+    from_dict(preset.to_dict())                      # what is written must load
+    Path(args.save).write_text(preset.to_json(), encoding="utf-8")
+    print(f"exported {ex['label']} ({len(ex['features'])} features, {ex['trained_on']['rows']} checkpoints of "
+          f"{t.n} questions; scikit-learn {ex['sklearn']}) with tau={args.tau:g} to {args.save}")
+    print("  replay it on other runs (python -m analysis eval --preset ...): on this run it is in-sample")
+    return 0

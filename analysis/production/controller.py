@@ -23,7 +23,8 @@ Every checkpoint and every request's end go to a decision log (JSON lines, flush
 ``python -m analysis monitor`` reads.
 
 About 400 lines: the decision step and its three callers share the session's history and the log's records,
-so they are read together; what a family can do live comes from its declaration (``Policy.deployable``).
+so they are read together; what a family can do live comes from its declaration (``Policy.deploy_problem``; a learned
+setting deploys with its exported model, which ``fires`` reads from the setting itself).
 """
 from __future__ import annotations
 
@@ -52,10 +53,11 @@ LOG_VERSION = 1
 
 
 def _unsupported(setting) -> str | None:
-    """Why the controller cannot run this setting (the family's or a part's ``deployable``), or None."""
+    """Why the controller cannot run this setting (the family's or a part's ``deploy_problem``), or None."""
     pol = setting.policy
-    if not pol.deployable:
-        return f"the {pol.name} family ({pol.undeployable_because})"
+    why = pol.deploy_problem(setting.params)
+    if why:
+        return f"the {pol.name} family ({why})"
     for part in pol.parts(setting.params):
         why = _unsupported(part)
         if why:
@@ -418,25 +420,36 @@ class StreamSession:
 
 # --- replaying the controller over stored checkpoints (the stream path, without a model) -------------------
 def simulate(t, controller: Controller, with_em: bool = True) -> list[dict]:
-    """Feed a run's stored checkpoints through the controller, as a live stream would: returns the final
-    records (and writes the log). Used to check the stream path against the replay and to make logs for
-    monitoring tests from stored runs."""
-    out = []
+    """Feed a run's stored checkpoints through the controller, as live streams would: every question is a
+    request, all of them in flight together, and at each checkpoint index the requests due there are decided
+    in one ``decide`` call (as a server decides its concurrent requests; a request's decision reads only its
+    own history). Returns the final records, in the run's order (and writes the log). Used to check the stream
+    path against the replay and to make logs for monitoring tests from stored runs."""
     meta_cols = [c for c in t.meta.columns if c.startswith("meta.")]
+    sessions = []
     for i in range(t.n):
         meta = {c[5:]: _clean(t.meta[c].iloc[i]) for c in meta_cols}
         meta = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in meta.items() if v is not None}
         q = "x" * int(t.meta["question_chars"].iloc[i]) if "question_chars" in t.meta else ""
-        s = controller.open(str(t.question_ids[i]), q, meta, meta)
-        for j in range(int(t.lengths[i]) - 1):
+        sessions.append(controller.open(str(t.question_ids[i]), q, meta, meta))
+    last = t.lengths - 1                                # the end is the request's own, never probed
+    for j in range(int(last.max()) if t.n else 0):
+        batch = []
+        for i in np.flatnonzero(last > j):
+            s = sessions[i]
+            if s.stopped is not None:
+                continue
             if not s.due(int(t.pos[i, j]), bool(t.is_step[i, j]), bool(t.is_transition[i, j]), controller.every):
                 continue                               # not on this request's schedule: no probe
             sig = {c: _clean(float(t.cols[c][i, j])) for c in SIGNAL_COLUMNS}
             kind = "transition" if t.is_transition[i, j] else "step" if t.is_step[i, j] else "interval"
             s.checkpoint(int(t.pos[i, j]), t.answers[i, j] or None, sig, answer_tokens=int(t.answer_tokens[i, j]),
                          probe_tokens=int(t.probe_tokens[i, j]), kind=kind, answer_type=controller.answer_type)
-            if controller.decide([s])[0].stop:
-                break
+            batch.append(s)
+        if batch:
+            controller.decide(batch)
+    out = []
+    for i, s in enumerate(sessions):
         em = float(t.em[i, s.stopped.ck] if s.stopped is not None else t.full_em[i]) if with_em else None
         out.append(controller.finish(s, t.answers[i, t.final_idx[i]] or None, int(t.pos[i, t.final_idx[i]]), em))
     return out

@@ -7,8 +7,8 @@ questions drawn like these), and applies the result only when it certifies:
 
 - nothing certifies: the champion stays, and the answer says how many labelled requests would be needed;
 - a move toward *more* tokens (more conservative) is always allowed: safety first;
-- a move toward fewer tokens within the champion's family is limited to ``STEP[family]`` positions along the
-  family's order (least to most aggressive) past the champion's place in it, so one batch of data cannot
+- a move toward fewer tokens within the champion's family is limited to the family's declared
+  ``recalibrate_step`` (policies/base.py; ``step`` overrides it per family) positions along the family's order (least to most aggressive) past the champion's place in it, so one batch of data cannot
   swing production far; settings of other families are taken when certified (their certificate is the
   same statement);
 - the new preset keeps the champion's routing (exploration share, rules, A/B) and carries its certificate,
@@ -33,12 +33,9 @@ from analysis.evaluate.certify import (ORDER_SHARE, certifiable_families, certif
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import Preset, from_dict
 from analysis.production.monitor import _champion_only, _labelled, explore_table, read_labels, read_log
-from analysis.replay.policies import deployable_families
+from analysis.replay.policies import deployable_families, get_family
 
 MIN_CERTIFY = 30          # labelled exploration requests below which no certificate is attempted
-# how many positions one step may move toward more aggressive settings along a family's order
-STEP = {"budget": 3, "consistency": 2, "confidence": 3, "entropy": 3, "hybrid": 2}
-DEFAULT_STEP = 2
 DEFAULT_HISTORY = "data/history/preset-versions.jsonl"   # not in data/logs: the Monitor lists logs there
 
 
@@ -81,6 +78,18 @@ def _append(path, rec: dict) -> None:
         f.write(json.dumps(rec, default=str) + "\n")
 
 
+def record_deployed(history, preset: Preset, note: str = "deployed") -> int:
+    """Append a preset deployed by hand (a certified one from ``certify --save``) to the history as an applied
+    version; returns its number. Rollback returns to such versions when they carry a certificate."""
+    prev = history_records(history)
+    v = max((r["version"] for r in prev), default=-1) + 1
+    _append(history, {"version": v, "time": _now(), "applied": True, "preset": preset.to_dict(),
+                      "setting": preset.setting.label(), "note": note,
+                      "certificate": preset.certificate, "epsilon": (preset.certificate or {}).get("epsilon"),
+                      "delta": (preset.certificate or {}).get("delta")})
+    return v
+
+
 def recalibrate(logs, labels, preset: Preset, epsilon: float, delta: float, risk: str = "drop",
                 families: list[str] | None = None, cost: str = "emitted", order_share: float = ORDER_SHARE,
                 step: dict | None = None, history: str | None = None) -> dict:
@@ -108,7 +117,7 @@ def recalibrate(logs, labels, preset: Preset, epsilon: float, delta: float, risk
     fams = families or [f for f in certifiable_families(t) if f in deployable_families()]
     L = losses(t, fams, cost)
     ordering = order_mask(t.question_ids, order_share)
-    steps = {**STEP, **(step or {})}
+    steps = {f: get_family(f).recalibrate_step for f in fams} | (step or {})
     champ = preset.setting
     keys = [s.key() for s in L.settings]
     limited = {}
@@ -125,10 +134,10 @@ def recalibrate(logs, labels, preset: Preset, epsilon: float, delta: float, risk
             else:       # not in the grid: its place by tokens on the fresh data
                 c_tok = out["observed"]["tokens"]
                 here = int(np.sum(L.cost[order].mean(axis=1) >= c_tok)) - 1
-            cap = max(here, -1) + steps.get(fam, DEFAULT_STEP)
+            cap = max(here, -1) + steps[fam]
             keep = [i for i in idx if order.index(i) <= cap]
             if len(keep) < len(idx):
-                limited[fam] = {"step": steps.get(fam, DEFAULT_STEP), "held_back": len(idx) - len(keep)}
+                limited[fam] = {"step": steps[fam], "held_back": len(idx) - len(keep)}
             ok += keep
         return ok
     cert = certify_losses(L, ordering, epsilon, delta, risk, choose=allowed)

@@ -84,7 +84,7 @@ def test_below_the_minimum_it_says_how_many_and_keeps_the_champion(easy_preset, 
 
 
 def test_a_step_toward_fewer_tokens_is_limited(tmp_path):
-    """A very conservative champion on easy traffic: the loop moves toward fewer tokens at most STEP positions."""
+    """A very conservative champion on easy traffic: the loop moves toward fewer tokens at most the declared (here overridden) step."""
     easy = _table(700, 6, (0.0, 0.5), (0.1, 0.5))
     champ = Preset("slow", Setting.make("budget", B=int(np.quantile(easy.full_tokens, 0.95))), routing={"explore": 0.6})
     log = tmp_path / "e.jsonl"

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a family. ``kind``: int, float, choice, bool or setting (a nested setting)."""
+    """One parameter of a family. ``kind``: int, float, choice, bool, setting (a nested setting) or object (plain
+    JSON checked by ``check``, default None: an exported model; never swept, no control of its own)."""
     name: str
     kind: str
     default: Any
@@ -38,10 +39,13 @@ class Param:
     grid: tuple = ()          # explicit sweep values; else derived from the range
     n_grid: int = 8
     label: str = ""
+    check: Any = None         # kind "object": check(value, where) -> the value, raising PresetError naming a field
 
     def validate(self, value: Any, where: str) -> Any:
         if self.kind == "setting":
             return Setting.from_dict(value, where)
+        if self.kind == "object":
+            return None if value is None else self.check(value, where)
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise PresetError(f"must be true or false, got {brief(value)}", field=where)
@@ -76,7 +80,7 @@ class Param:
             return [False, True]
         if self.kind == "choice":
             return list(self.choices)
-        if self.kind == "setting":
+        if self.kind in ("setting", "object"):
             return [self.default]
         lo, hi = float(self.low), float(self.high)
         if self.log:
@@ -151,7 +155,9 @@ class Policy:
     signals its rule reads at its default parameters; ``required_signals`` for given ones), so a run without
     them does not offer it (``available_families``); ``needs_probes`` (whether its rule reads trial answers, so
     production must probe at checkpoints; domain.md: a pure budget needs none); ``deployable`` (whether the live
-    controller can run it; ``undeployable_because`` says why not); ``nestable`` (whether it can be a part of
+    controller can run every setting of its grid; ``undeployable_because`` says why not; ``deploy_problem`` says
+    it per setting, for a family whose exported settings deploy); ``recalibrate_step`` (how many positions one
+    recalibration may move toward more aggressive settings along the family's order); ``nestable`` (whether it can be a part of
     another family's nested setting, as a hybrid's parts are)."""
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
@@ -162,6 +168,7 @@ class Policy:
     needs_probes: ClassVar[bool] = True        # reads trial answers or their signals
     deployable: ClassVar[bool] = True          # the live controller (analysis/production) can run it
     undeployable_because: ClassVar[str] = ""   # when not deployable: why, in a few words
+    recalibrate_step: ClassVar[int] = 2        # positions one recalibration step may move toward fewer tokens
     nestable: ClassVar[bool] = True            # may be a part of a nested setting (a hybrid's a or b)
     sweep_schedules: ClassVar[bool] = True     # the sweep tries the schedule grid too (when it probes at all)
 
@@ -200,6 +207,12 @@ class Policy:
         return cls.requires
 
     @classmethod
+    def deploy_problem(cls, params: dict) -> str | None:
+        """Why the live controller cannot run this setting (its own rule; parts are checked by the caller), or
+        None. Default: the family's declaration."""
+        return None if cls.deployable else cls.undeployable_because
+
+    @classmethod
     def parts(cls, params: dict) -> tuple["Setting", ...]:
         """The nested settings of a composite family (a hybrid's two rules); none for a plain one."""
         return tuple(Setting.from_dict(params[p.name]) for p in cls.params if p.kind == "setting")
@@ -227,6 +240,10 @@ class Policy:
             v = params.get(p.name, p.default)
             if p.kind == "setting":
                 v = f"({Setting.from_dict(v).label()})" if isinstance(v, dict) else f"({v.label()})"
+            elif p.kind == "object":
+                if v is None:
+                    continue
+                v = v.get("label", "yes") if isinstance(v, dict) else "yes"
             elif isinstance(v, float):
                 v = f"{v:.3g}"
             parts.append(f"{p.name}={v}")
@@ -261,8 +278,9 @@ class Setting:
         return self.policy.describe(self.params) + (f" [{d}]" if d else "")
 
     def to_dict(self) -> dict:
+        # an absent object parameter (no exported model) is left out: settings saved before it existed keep their key
         out = {"family": self.family, "params": {k: (v.to_dict() if isinstance(v, Setting) else v)
-                                                  for k, v in self.params.items()}}
+                                                  for k, v in self.params.items() if v is not None}}
         if self.schedule:
             out["schedule"] = dict(self.schedule)
         return out

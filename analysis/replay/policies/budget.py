@@ -10,6 +10,7 @@ class Budget(Policy):
     label = "Token budget"
     description = "Stop at the first checkpoint at or past B tokens, whatever the model is saying."
     source = "s1 budget forcing"
+    recalibrate_step = 3             # one recalibration moves at most 3 places toward fewer tokens
     requires = ()
     needs_probes = False             # it reads positions only
     params = (Param("B", "int", 256, "token budget: stop at the first checkpoint at or past this many tokens",

@@ -11,6 +11,7 @@ class Confidence(Policy):
     description = ("Stop when the trial answer's confidence (mean, geometric mean or minimum of its token "
                    "probabilities) reaches tau; optionally only at transition-word checkpoints, as DEER does.")
     source = "DEER (tau = 0.95 on the mean)"
+    recalibrate_step = 3             # one recalibration moves at most 3 places toward fewer tokens
     requires = ("p_mean",)           # the default aggregate's; required_signals names the picked one's
     params = (
         Param("tau", "float", 0.95, "confidence threshold", low=0.0, high=1.0,

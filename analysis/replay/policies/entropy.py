@@ -11,6 +11,7 @@ class Entropy(Policy):
     description = ("Track an exponential moving average (rate alpha) of the next-token entropy right after the "
                    "cue; stop when its moving variance falls below delta, after at least min_steps checkpoints.")
     source = "EAT (alpha = 0.2, delta = 1e-4)"
+    recalibrate_step = 3             # one recalibration moves at most 3 places toward fewer tokens
     requires = ("entropy",)
     params = (
         Param("alpha", "float", 0.2, "EMA rate", low=0.01, high=1.0, grid=(0.1, 0.2, 0.3, 0.5)),
