@@ -32,6 +32,8 @@ try:
             other = loads(text)
         from analysis.presets.routing import preset_stops
         b = outcome_from_stops(t, preset_stops(t, other), other.name)
+        if (w := data.made_elsewhere(other, run)):
+            st.warning(w)
 except StoplineError as e:
     st.error(str(e))
     st.stop()
