@@ -43,6 +43,9 @@ try:
 except PresetError as e:
     st.error(f"That preset cannot be read: {e}")
     st.stop()
+for side in (A, B):
+    if isinstance(side, Preset) and (w := data.made_elsewhere(side, run)):
+        st.warning(w)
 slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
 slice_by = st.selectbox("Break down by", slice_opts, index=slice_opts.index(default_slice(t)), key="cmp_slice")
 try:

@@ -191,8 +191,23 @@ def applies(body: dict, t) -> bool:
 
 
 def presets_for(t) -> dict[str, dict]:
-    """The user's presets that apply to the run of table ``t`` (whichever store it is in), by name."""
+    """The user's presets that apply to the run of table ``t`` (whichever store it is in), by name: those made on
+    another dataset or answer type too (``made_elsewhere`` says so)."""
     return {name: body for name, (_, body) in user_presets().items() if applies(body, t)}
+
+
+def made_elsewhere(preset, run: dict) -> str | None:
+    """A warning when a preset (a Preset or its JSON) was made on a run of another dataset or answer type than
+    ``run``, else None (the same, or a preset that does not record it)."""
+    from analysis.core.errors import PresetError
+    from analysis.presets.schema import from_dict, made_for
+    try:
+        p = from_dict(preset) if isinstance(preset, dict) else preset
+    except PresetError:
+        return None
+    words = made_for(p, run)
+    return (f"Preset '{p.name}' was {words}: it is offered here, but its thresholds were chosen on other questions; "
+            "check its numbers on this run before relying on it.") if words else None
 
 
 def save_preset(path: str, name: str, body: dict) -> None:

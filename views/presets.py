@@ -5,7 +5,7 @@ from urllib.parse import urlencode, urlsplit
 import streamlit as st
 
 from analysis.core.errors import PresetError, StoplineError
-from analysis.presets.schema import from_dict, from_setting, loads
+from analysis.presets.schema import from_dict, from_setting, loads, made_for, made_on
 from views import common, data
 
 
@@ -46,13 +46,15 @@ if not viewer:
         notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
         if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
             try:
-                body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
+                body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes,
+                                  "made_on": made_on(run)}).to_dict()        # the run it was made on
                 data.save_preset(target_path, name.strip(), body)
                 st.success(f"Saved '{name.strip()}' in {target_path}.")
             except (PresetError, StoplineError) as e:
                 st.error(str(e))
 with c2 if not viewer else c1:
-    st.download_button("Download this preset (JSON)", preset.to_json(), f"{fam}.json", "application/json",
+    st.download_button("Download this preset (JSON)", from_dict({**preset.to_dict(), "made_on": made_on(run)}).to_json(),
+                       f"{fam}.json", "application/json",
                        key="preset_dl")
     up = None if viewer else st.file_uploader("Upload a preset (JSON)", type=["json"], key="preset_up",
                                               max_upload_size=1)
@@ -62,13 +64,16 @@ with c2 if not viewer else c1:
             if not t.has_signal("p_mean") and p.setting.policy.required_signals(p.setting.params):
                 st.warning("This run has no probe signals; the preset's family cannot be replayed here.")
             st.success(f"Read '{p.name}': `{p.setting.label()}`.")
+            if (w := data.made_elsewhere(p, run)):
+                st.warning(w)
             st.button("Make it the current setting", key="preset_use_up", on_click=use, args=(p.setting,))
         except PresetError as e:
             st.error(f"This file is not a valid preset: {e}")
 
 st.subheader("Saved presets")
 st.caption("Your presets, whichever store is picked: those kept in your store and in the picked one. Questions, "
-           "Compare and the Report offer each one on every run it applies to.")
+           "Compare and the Report offer each one on every run whose signals it reads; one made on another dataset "
+           "or answer type is offered with a warning.")
 try:
     saved = data.user_presets()
 except StoplineError as e:
@@ -85,7 +90,10 @@ for pname, (where, body) in saved.items():
             continue
         a, b, c = st.columns([5, 1, 1])
         fits = "" if data.applies(body, t) else " · *not for this run: it reads signals the run lacks*"
-        a.markdown(f"**{pname}** · `{p.setting.label()}`{fits}" + (f"  \n{p.notes}" if p.notes else ""))
+        other = (made_for(p, run) or "").replace("_", "\\_").replace("*", "\\*")     # offered, with a warning
+        a.markdown(f"**{pname}** · `{p.setting.label()}`{fits}"
+                   + (f" · :orange[{other}, not this run's: its thresholds were chosen on other questions]"
+                      if other and not fits else "") + (f"  \n{p.notes}" if p.notes else ""))
         b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,), disabled=bool(fits))
         if not viewer and c.button("Delete", key=f"del_{pname}", disabled=where != target_path):
             data.delete_preset(where, pname)

@@ -32,6 +32,8 @@ try:
             other = loads(text)
         from analysis.presets.routing import preset_stops
         b = outcome_from_stops(t, preset_stops(t, other), other.name)
+        if (w := data.made_elsewhere(other, run)):
+            st.warning(w)
 except StoplineError as e:
     st.error(str(e))
     st.stop()
@@ -103,10 +105,15 @@ with right:
                 f"`{a.answers[i]}` at token {a.stop_pos[i]:.0f} of {t.full_tokens[i]:.0f}")
     st.dataframe(ck, hide_index=True, height=220, width="stretch")
 text = tr.get("text") or ""
-n_tok = max(1, int(tr.get("n_tokens") or 1))
-cut = int(len(text) * min(1.0, float(a.stop_pos[i]) / n_tok))
-with st.expander("The trace's text (the part after the current setting's stop is greyed; the cut is placed "
-                 "in proportion to tokens, so approximate)", expanded=True):
+cuts = tr.get("char_pos") or []
+stop = int(a.stop[i])
+if stop < len(cuts) and cuts[stop] is not None:     # where the stop's checkpoint cuts the text, recorded with it
+    cut, how = min(int(cuts[stop]), len(text)), "the cut is where the stop's checkpoint ends the text"
+else:                                               # a store from before v5, or an export without the text's tokens
+    n_tok = max(1, int(tr.get("n_tokens") or 1))
+    cut = int(len(text) * min(1.0, float(a.stop_pos[i]) / n_tok))
+    how = "the cut is placed in proportion to tokens, so approximate"
+with st.expander(f"The trace's text (the part after the current setting's stop is greyed; {how})", expanded=True):
     import html
     st.html(f"<div style='white-space: pre-wrap; font-family: monospace; font-size: 0.85em'>"
             f"{html.escape(text[:cut])}<span style='color:#9ca3af'>{html.escape(text[cut:])}</span></div>")

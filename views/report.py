@@ -20,6 +20,9 @@ drop = c1.slider("Recommend the fewest tokens within this EM drop of full length
                  key="rep_drop", format="%.3f")
 slice_by = c2.selectbox("Break losses down by", ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]],
                         key="rep_slice")
+for n in names:
+    if n in saved and (w := data.made_elsewhere(saved[n], run)):
+        st.warning(w)
 if st.button("Build the report", type="primary", key="rep_build", disabled=not ids):
     from analysis.evaluate.report import build, self_contained_markdown, zip_bundle
     try:

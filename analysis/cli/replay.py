@@ -12,6 +12,12 @@ def _table(args):
     return RunTable.from_store(store, args.run)
 
 
+def _made_on(args) -> dict:
+    """What a preset made on ``args.run`` records of it (its dataset and answer type)."""
+    from analysis.presets.schema import made_on
+    return made_on(_store(args, read_only=True).run(args.run))
+
+
 def _eval_setup(p):
     p.add_argument("--run", required=True)
     p.add_argument("--preset", required=True, help="a preset file, JSON text, or a sl1.… link")
@@ -136,6 +142,7 @@ def _optimize(args):
         goal, value = ("budget", args.budget) if args.budget is not None else ("drop", args.max_drop)
         res = operating_point(t, goal, value, args.cost, args.family)
         preset = Preset(res["label"], Setting.from_dict(res["setting"]))
+    preset.made_on = _made_on(args)
     res["preset"] = preset.to_dict()
     res["link"] = preset.to_url()
     if args.save:
@@ -275,6 +282,7 @@ def _certify(args):
             preset = Preset(f"certified ε={args.epsilon:g} δ={args.delta:g}: {res['label']}"[:200],
                             Setting.from_dict(res["setting"]), certificate=cert)
     if preset is not None:
+        preset.made_on = _made_on(args)
         res["preset"] = preset.to_dict()
         if args.save:
             with open(args.save, "w") as fh:

@@ -91,4 +91,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, question_id)
     );
     """,
+    # v5: where each checkpoint cuts the trace's text, in characters (the Questions page greys what follows the
+    # stop exactly); NULL where it is not known (rows written before v5, a checkpoint export without the
+    # trace's tokenizer): the page then places the cut in proportion to tokens and says so
+    """
+    ALTER TABLE checkpoints ADD COLUMN char_pos INTEGER;
+    """,
 ]

@@ -251,7 +251,11 @@ class Store:
 
     def put_results(self, traces: pa.Table, checkpoints: pa.Table,
                     con: duckdb.DuckDBPyConnection | None = None) -> None:
-        """Write finished questions' traces and checkpoints in one transaction (all or nothing)."""
+        """Write finished questions' traces and checkpoints in one transaction (all or nothing). A checkpoints
+        table without ``char_pos`` (a writer that cannot know where a checkpoint cuts the text) stores it NULL."""
+        if "char_pos" not in checkpoints.column_names:
+            checkpoints = checkpoints.append_column("char_pos", pa.nulls(checkpoints.num_rows, pa.int32()))
+
         def go(c):
             c.register("_t", traces.select(TRACE_COLUMNS))
             c.register("_c", checkpoints.select(CHECKPOINT_COLUMNS))
@@ -348,9 +352,12 @@ class Store:
                 WHERE t.run_id = ? AND t.question_id = ?""", [run_id, question_id])
             cols = [d[0] for d in rel.description]
             row = rel.fetchone()
+            if row is not None:     # where each checkpoint cuts the text, in checkpoint order (None: not known)
+                cuts = con.execute("SELECT char_pos FROM checkpoints WHERE run_id = ? AND question_id = ? "
+                                   "ORDER BY ck_idx", [run_id, question_id]).fetchall()
         if row is None:
             raise StoplineError(f"no trace for question {question_id!r} in run {run_id!r}", file=self.path)
-        return dict(zip(cols, row))
+        return {**dict(zip(cols, row)), "char_pos": [c for (c,) in cuts]}
 
     def questions(self, dataset: str) -> pa.Table:
         with self.connect() as con:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import zipfile
 from datetime import datetime, timezone
 
@@ -132,7 +133,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                    f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
                    f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
                    f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes."
-                   + (f" **It {op['missed']}.**" if op.get("missed") else ""), "", _probing(op), ""]
+                   + (" " + red_md(f"It {op['missed']}.") if op.get("missed") else ""), "", _probing(op), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
         if rows:
@@ -229,14 +230,32 @@ def _html(markdown: str, figs: dict, imgs: dict, now: str) -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#1f2937;line-height:1.5}"
            "table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #d1d5db;padding:4px 8px;"
            "text-align:right}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}"
-           "code{background:#f3f4f6;padding:1px 4px;border-radius:3px}.fig img{max-width:100%}")
+           "code{background:#f3f4f6;padding:1px 4px;border-radius:3px}.fig img{max-width:100%}"
+           ".miss{color:#dc2626;font-weight:600}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Stopline report {html.escape(now)}</title>"
             f"<style>{css}</style></head><body>{''.join(out)}</body></html>")
 
 
+_LATEX_SPECIAL = re.compile(r"[\\%#&_{}$]")
+_RED_MD = re.compile(r"\$\\color\{red\}\\textbf\{((?:[^{}\\]|\\[%#&_{}$]|\\textbackslash\{\})*)\}\$")
+
+
+def red_md(text: str) -> str:
+    """``text`` in red and bold, as Markdown: GitHub's math (``$\\color{red}\\textbf{…}$``), which Streamlit's
+    and other KaTeX/MathJax viewers render red too and which still reads as the sentence in plain text; the
+    HTML report draws it as a red span (``_inline``)."""
+    body = _LATEX_SPECIAL.sub(lambda m: "\\textbackslash{}" if m.group() == "\\" else "\\" + m.group(), text)
+    return f"$\\color{{red}}\\textbf{{{body}}}$"
+
+
+def _red_html(m: "re.Match") -> str:
+    text = re.sub(r"\\textbackslash\{\}|\\([%#&_{}$])", lambda k: k.group(1) or "\\", m.group(1))
+    return f"<span class='miss'>{text.replace('_', '&#95;').replace('*', '&#42;').replace('`', '&#96;')}</span>"
+
+
 def _inline(s: str) -> str:
     import re
-    s = html.escape(s)
+    s = _RED_MD.sub(_red_html, html.escape(s))
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
     s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
     s = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"<i>\1</i>", s)

@@ -293,9 +293,10 @@ def read_checkpoints(spec, run_id: str) -> dict:
             cols[s] = pa.nulls(N, pa.float64())
     cols["answer_tokens"] = pa.array(answer_tokens)
     cols["probe_tokens"] = pa.array(answer_tokens)
+    text_col = per_q("text")
+    cols["char_pos"] = _char_positions(text_col, qrow, posx, is_final, spec.tokenizer)
     cks = pa.table(cols)
     fi = np.flatnonzero(is_final)
-    text_col = per_q("text")
     traces = pa.table({
         "run_id": pa.array([run_id] * nq), "question_id": id_arr,
         "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string()),
@@ -309,3 +310,29 @@ def read_checkpoints(spec, run_id: str) -> dict:
     return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}
+
+
+def _char_positions(texts: list, qrow: np.ndarray, pos: np.ndarray, is_final: np.ndarray,
+                    tokenizer: str | None) -> pa.Array:
+    """Where each checkpoint cuts its trace's text, in characters, where that is known: a question's final
+    checkpoint at the end of its text when the export has the text; every checkpoint when ``tokenizer`` (the
+    tool's model's) is given too: the start of the token at its position. NULL elsewhere (positions count
+    the tool's tokens, which the text alone does not tell)."""
+    tlen = np.array([len(t) if isinstance(t, str) else -1 for t in texts], np.int64)
+    out = np.full(len(qrow), -1, np.int64)
+    pos = pos.astype(np.int64)
+    known = tlen[qrow] >= 0
+    if tokenizer and known.any():
+        from analysis.ingest.derive import tokenizer_starts
+        starts = tokenizer_starts([t if isinstance(t, str) else "" for t in texts], tokenizer)
+        n_tok = np.array([len(s) for s in starts], np.int64)
+        tok0 = np.r_[0, np.cumsum(n_tok)]
+        flat = np.concatenate(starts) if len(starts) else np.zeros(0, np.int64)
+        q = qrow[known]
+        inside = pos[known] < n_tok[q]
+        cut = tlen[q].copy()
+        cut[inside] = flat[tok0[q[inside]] + pos[known][inside]]
+        out[known] = cut
+    fin = is_final & known
+    out[fin] = tlen[qrow[fin]]
+    return pa.array(out, pa.int32(), mask=out < 0)

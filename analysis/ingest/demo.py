@@ -66,6 +66,65 @@ def rebuild(path: str = DEMO_DB, limit: int | None = None, runs: list[tuple[str,
     return {"path": str(path), "runs": out}
 
 
+def fill_char_positions(store: Store) -> dict[str, int]:
+    """Where each checkpoint cuts its trace's text, for a store's generated runs written before v5 stored it
+    (checkpoints.char_pos NULL), from the trace re-tokenised by the run's packaged tokenizer, where that is
+    available here (data/models/NAME/bf16). A question is filled only where the re-tokenised ids are
+    provably the generated ones as far as the run recorded them: as many tokens as generated, decoding back to
+    the stored text, and placing exactly the stored checkpoints (positions and kinds, by the generation's own
+    rule, placement.py); else it keeps NULL (the Questions page's proportional cut). Returns questions filled
+    per run."""
+    import numpy as np
+    import pyarrow as pa
+    from transformers import AutoTokenizer
+
+    from analysis.backend.models import CACHE, PACKAGED
+    from analysis.backend.placement import placements
+    from analysis.backend.records import char_positions
+    filled = {}
+    for r in store.runs():
+        src = CACHE / r["model"] / "bf16"
+        if r["source"] != "generated" or r["model"] not in PACKAGED or not (src / "tokenizer.json").exists():
+            continue
+        cks = store.checkpoints(r["id"], ["question_id", "ck_idx", "pos", "kind", "char_pos"]).to_pandas()
+        todo = set(cks.loc[cks.char_pos.isna(), "question_id"])
+        if not todo:
+            continue
+        tok = AutoTokenizer.from_pretrained(str(src))
+        pieces: dict[int, str] = {}
+
+        def piece(t):
+            if t not in pieces:
+                pieces[t] = tok.decode([t])
+            return pieces[t]
+        cfg = GenConfig(**{k: v for k, v in (r["config"].get("gen") or {}).items()
+                           if k in GenConfig.__dataclass_fields__})
+        traces = store.traces(r["id"], with_text=True).to_pandas().set_index("question_id")
+        rows = {"question_id": [], "ck_idx": [], "char_pos": []}
+        for qid, g in cks[cks.question_id.isin(todo)].groupby("question_id", sort=False):
+            text, n = traces.at[qid, "text"], int(traces.at[qid, "n_tokens"])
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            g = g.sort_values("ck_idx")
+            placed = [(p, k["kind"]) for p, k in placements(ids, cfg, piece)]
+            if len(ids) != n or tok.decode(ids, skip_special_tokens=True) != text \
+                    or placed != list(zip(g.pos.tolist(), g.kind.tolist())):
+                continue
+            rows["question_id"] += [qid] * len(g)
+            rows["ck_idx"] += g.ck_idx.tolist()
+            rows["char_pos"] += char_positions(tok, ids, g.pos.tolist(), text)
+        if rows["question_id"]:
+            upd = pa.table({"question_id": pa.array(rows["question_id"], pa.string()),
+                            "ck_idx": pa.array(np.asarray(rows["ck_idx"], np.int16)),
+                            "char_pos": pa.array(rows["char_pos"], pa.int32())})
+            with store.transaction() as con:
+                con.register("_u", upd)
+                con.execute("UPDATE checkpoints c SET char_pos = u.char_pos FROM _u u WHERE c.run_id = ? AND "
+                            "c.question_id = u.question_id AND c.ck_idx = u.ck_idx", [r["id"]])
+                con.unregister("_u")
+        filled[r["id"]] = len(set(rows["question_id"]))
+    return filled
+
+
 def attach_example_incumbent(store: Store) -> int:
     """The default run's example incumbent (SPEC['incumbent']): the stop positions of that rule replayed on
     the run, with no answers of their own (the trial answer at each stop is theirs)."""
@@ -91,13 +150,16 @@ def _seal(store: Store, tmp: Path, path) -> None:
 
 def refresh_sweeps(path: str = DEMO_DB) -> dict:
     """Key the store's kept sweeps to the current code, after a change to the replay, the fronts or a policy
-    (a stale one is only a miss: the dashboard then sweeps the run itself). The runs are not touched."""
+    (a stale one is only a miss: the dashboard then sweeps the run itself), on the store migrated to this
+    schema (with the checkpoints' text positions filled where ``fill_char_positions`` can). The runs' replay
+    data are not touched."""
     tmp = Path(str(path) + ".sweeps")
     shutil.copy(path, tmp)
     try:
         store = Store(tmp)                      # an older store is migrated here
         keys = {r["id"]: materialise(store, r["id"]) for r in store.runs()}
+        cuts = fill_char_positions(store)       # what v5 added, where it can be derived exactly
         _seal(store, tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": str(path), "sweeps": keys}
+    return {"path": str(path), "sweeps": keys, "char_pos_filled": cuts}

@@ -27,7 +27,7 @@ from analysis.ingest.scoring import score_rows
 from analysis.ingest.textckpt import number_checkpoints_batch, placements, TOKEN_RE, token_starts_batch, trial_answers
 
 _CK_FIELDS = ("question_id", "ck_idx", "pos", "kind", "is_step", "is_transition", "answer_raw", "answer_norm",
-              "em", "f1", "answer_tokens")
+              "em", "f1", "answer_tokens", "char_pos")
 _TR_FIELDS = ("question_id", "text", "n_tokens", "final_raw", "final_norm", "em", "f1")
 
 
@@ -119,6 +119,7 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], 
         c["em"] += [memo[nm][0] for nm in norms]
         c["f1"] += [memo[nm][1] for nm in norms]
         c["answer_tokens"] += [n_tok(r) for r in raws[:-1]] + [0]
+        c["char_pos"] += cuts                   # the prefix each trial answer was read from
         t["question_id"].append(qid)
         if with_text:
             t["text"].append(response)
@@ -136,13 +137,14 @@ def _derive_chunk(args: tuple[str, list[tuple[str, list[str], str]], str, int], 
         "probe_s": pa.nulls(nt, pa.float64())})
     none = pa.nulls(nc, pa.float64())
     answer_tokens = pa.array(c.pop("answer_tokens"), pa.int32())
+    char_pos = pa.array(c.pop("char_pos"), pa.int32())
     ck = pa.table({
         "run_id": pa.array([run_id] * nc), **c,
         "ck_idx": pa.array(c["ck_idx"], pa.int32()), "pos": pa.array(c["pos"], pa.int32()),
         "p_mean": none, "p_geo": none, "p_min": none, "p_first": none, "entropy": none,
         "answer_tokens": answer_tokens,
         # with no probe, stopping early still costs writing the answer out
-        "probe_tokens": answer_tokens,
+        "probe_tokens": answer_tokens, "char_pos": char_pos,
     })
     return traces, ck
 
@@ -186,7 +188,7 @@ def _derive_numbers(run_id: str, items, every: int, with_text: bool) -> tuple[pa
         "is_transition": pa.array(r["is_transition"]), "answer_raw": pa.array(raw, pa.string()),
         "answer_norm": pa.array(norm, pa.string()), "em": pa.array(em), "f1": pa.array(f1),
         "p_mean": none, "p_geo": none, "p_min": none, "p_first": none, "entropy": none,
-        "answer_tokens": at, "probe_tokens": at,
+        "answer_tokens": at, "probe_tokens": at, "char_pos": pa.array(r["char_pos"], pa.int32()),
     })
     return traces, ck
 

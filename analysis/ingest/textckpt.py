@@ -191,8 +191,8 @@ _HASH_BATCH_RE = re.compile(r"####\s*([^\n\x00]*)")    # _HASH_RE, stopping at t
 def number_checkpoints_batch(texts: list[str], every: int = 32) -> dict[str, np.ndarray]:
     """``placements`` + ``trial_answers`` for many numeric traces in a few passes over their joined text.
 
-    Returns flat per-checkpoint arrays (trace, pos, kind rank, is_step, is_transition, raw answer or None)
-    in trace order then position, the final checkpoint of each trace last, plus per-trace token counts.
+    Returns flat per-checkpoint arrays (trace, pos, kind rank, is_step, is_transition, raw answer or None, and
+    char_pos: where the prefix the answer is read from ends in its text) in trace order then position, the final checkpoint of each trace last, plus per-trace token counts.
     Equal to calling the per-trace functions on each text (a test checks it). Texts may not contain the
     NUL character that joins them (the caller falls back to the per-trace functions).
     """
@@ -323,4 +323,5 @@ def number_checkpoints_batch(texts: list[str], every: int = 32) -> dict[str, np.
             part = _SIMPLE_NUM.findall(big, int(ns[j[k_]]), int(c[k_]))
             if part:
                 raw[w[k_]] = _clean_number(part[-1])
-    return {"trace": tr, "pos": pos, "rank": rank, "is_step": st, "is_transition": tn, "raw": raw, "n_tokens": n_tok}
+    return {"trace": tr, "pos": pos, "rank": rank, "is_step": st, "is_transition": tn, "raw": raw, "n_tokens": n_tok,
+            "char_pos": cut - starts_of[tr]}

@@ -3,7 +3,10 @@ compact URL-safe string.
 
     {"stopline_preset": 1, "name": "deer-ish", "setting": {"family": "confidence", "params": {"tau": 0.95}},
      "slices": {"by": "meta.difficulty", "settings": {"3": {"family": "budget", "params": {"B": 512}}}},
-     "notes": "..."}
+     "notes": "...", "made_on": {"dataset": "gsm8k", "answer_type": "number"}}
+
+``made_on`` (optional) records the run a preset was made on: pages offer it on runs of another dataset or
+answer type too, with a warning (``made_for``).
 
 Anything else — unknown keys, unknown families, out-of-range values, broken strings — raises PresetError
 with the path of the offending field; nothing else escapes the loader.
@@ -18,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 
+from analysis.core.answers import ANSWER_TYPES
 from analysis.core.errors import PresetError, brief
 from analysis.replay.policies.base import Setting
 
 VERSION = 1
 URL_PREFIX = "sl1."
 MAX_BYTES = 64 * 1024
-_KEYS = {"stopline_preset", "name", "setting", "slices", "notes", "routing", "certificate"}
+_KEYS = {"stopline_preset", "name", "setting", "slices", "notes", "routing", "certificate", "made_on"}
 # what a certificate (analysis/evaluate/certify.py) must say; the rest of it (families, counts) is kept as given
 _CERT_NUMBERS = {"epsilon": (0.0, 1.0), "delta": (0.0, 1.0)}     # epsilon in [0, 1), delta in (0, 1)
 
@@ -38,6 +42,7 @@ class Preset:
     notes: str = ""
     routing: dict | None = None
     certificate: dict | None = None     # "risk <= epsilon with probability >= 1 - delta" (certify.py)
+    made_on: dict | None = None         # the run it was made on: {"dataset", "answer_type"} (either may be absent)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"stopline_preset": VERSION, "name": self.name, "setting": self.setting.to_dict()}
@@ -49,6 +54,8 @@ class Preset:
             d["routing"] = routing_to_json(self.routing)
         if self.certificate:
             d["certificate"] = self.certificate
+        if self.made_on:
+            d["made_on"] = self.made_on
         return d
 
     def to_json(self) -> str:
@@ -112,7 +119,47 @@ def from_dict(d: Any) -> Preset:
     cert = d.get("certificate")
     if cert is not None:
         cert = validate_certificate(cert)
-    return Preset(name, setting, slices_by, slices, notes, routing, cert)
+    made_on = d.get("made_on")
+    if made_on is not None:
+        made_on = validate_made_on(made_on)
+    return Preset(name, setting, slices_by, slices, notes, routing, cert, made_on=made_on)
+
+
+def validate_made_on(v: Any, where: str = "made_on") -> dict:
+    """The run a preset was made on: an object with an optional dataset (a string) and answer type (one of
+    ANSWER_TYPES)."""
+    if not isinstance(v, dict):
+        raise PresetError(f"must be an object with 'dataset' and 'answer_type', got {type(v).__name__}", field=where)
+    unknown = [k for k in v if k not in ("dataset", "answer_type")]
+    if unknown:
+        raise PresetError(f"unknown key {str(unknown[0])[:80]!r} (known: answer_type, dataset)", field=where)
+    out = {}
+    if v.get("dataset") is not None:
+        out["dataset"] = _check_str(v["dataset"], f"{where}.dataset", 500)
+    if v.get("answer_type") is not None:
+        if v["answer_type"] not in ANSWER_TYPES:
+            raise PresetError(f"must be one of {', '.join(ANSWER_TYPES)}, got {brief(v['answer_type'])}",
+                              field=f"{where}.answer_type")
+        out["answer_type"] = v["answer_type"]
+    return out
+
+
+def made_on(run: dict) -> dict:
+    """What a preset made on ``run`` (a store's run row) records of it."""
+    return {"dataset": run["dataset"], "answer_type": run["answer_type"]}
+
+
+def made_for(p: Preset, run: dict) -> str | None:
+    """How the run a preset was made on differs from ``run`` (another dataset, another answer type), in words,
+    or None when it does not, or the preset does not say (made before presets recorded it)."""
+    if not p.made_on:
+        return None
+    diff = []
+    if p.made_on.get("dataset") not in (None, run.get("dataset")):
+        diff.append(f"dataset {p.made_on['dataset']} (this run: {run.get('dataset')})")
+    if p.made_on.get("answer_type") not in (None, run.get("answer_type")):
+        diff.append(f"answer type {p.made_on['answer_type']} (this run: {run.get('answer_type')})")
+    return "made on " + " and ".join(diff) if diff else None
 
 
 def validate_certificate(cert: Any, where: str = "certificate") -> dict:

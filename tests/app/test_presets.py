@@ -17,7 +17,56 @@ def test_presets_page_saves_loads_and_rejects_bad_files(tmp_path, synthetic_db, 
     assert not at.exception and "Saved 'careful'" in at.success[0].value
     from analysis.core.store import Store
     assert "careful" in Store(mine, read_only=True).presets()
+    # it records the run it was made on
+    assert Store(mine, read_only=True).presets()["careful"]["made_on"] == {"dataset": "synthetic",
+                                                                          "answer_type": "number"}
     at.button(key="load_careful").click().run()
     assert not at.exception
     at.button(key="del_careful").click().run()
     assert "careful" not in Store(mine, read_only=True).presets()
+
+
+def test_a_preset_made_on_another_dataset_is_offered_with_a_warning_everywhere(tmp_path, synthetic_db):
+    """Questions, Compare, the Report and the Presets page offer a preset made on another dataset or answer type
+    (its signals are the run's), and say so; one made on this run's dataset, or an old one that does not say,
+    gets no warning."""
+    import shutil
+
+    from analysis.core.store import Store
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    db, rid, _ = synthetic_db
+    mine = tmp_path / "mine.duckdb"
+    shutil.copy(db, mine)
+    base = from_setting(Setting.make("budget", B=64)).to_dict()
+    s = Store(mine)
+    s.save_preset("other", {**base, "name": "other", "made_on": {"dataset": "gsm8k", "answer_type": "text"}})
+    s.save_preset("here", {**base, "name": "here", "made_on": {"dataset": "synthetic", "answer_type": "number"}})
+    s.save_preset("old", {**base, "name": "old"})
+    words = "Preset 'other' was made on dataset gsm8k (this run: synthetic) and answer type text (this run: number)"
+
+    def warned(at):
+        return [w.value for w in at.warning if "was made on" in w.value]
+
+    at = open_app(str(mine), rid, "views/questions.py")
+    assert "preset: other" in at.selectbox(key="q_against").options
+    for name, expect in (("here", False), ("old", False), ("other", True)):
+        at.selectbox(key="q_against").set_value(f"preset: {name}").run()
+        assert not at.exception and bool(warned(at)) == expect, name
+    assert warned(at)[0].startswith(words) and at.metric          # offered: the diff is drawn
+
+    at.switch_page("views/compare.py").run()
+    at.selectbox(key="cmp_A").set_value("preset: other").run()
+    assert not at.exception and warned(at)[0].startswith(words)
+    at.selectbox(key="cmp_A").set_value("preset: here").run()
+    assert not warned(at)
+
+    at.switch_page("views/report.py").run()
+    at.multiselect(key="rep_presets").set_value(["the current setting", "other", "old"]).run()
+    assert not at.exception and len(warned(at)) == 1 and warned(at)[0].startswith(words)
+
+    at.switch_page("views/presets.py").run()
+    assert not at.exception
+    lines = [m.value for m in at.markdown if m.value.startswith("**")]
+    assert any(v.startswith("**other**") and "made on dataset gsm8k" in v for v in lines)
+    assert not any("made on" in v for v in lines if v.startswith(("**here**", "**old**")))

@@ -15,3 +15,54 @@ def test_questions_page_diffs_and_opens_a_trace(synthetic_db):
     assert len(at.dataframe) == 2                         # the diff table and the trace's checkpoints
     at.multiselect(key="q_filter").set_value(["kept wrong"]).run()
     assert not at.exception and len(at.dataframe[0].value) == labels["Kept wrong"]
+
+
+def _greyed(at) -> tuple[str, str, str]:
+    """(the expander's label, the trace's text before the grey part, the grey part), as drawn."""
+    import html
+    import re
+    exp = next(e for e in at.expander if e.label.startswith("The trace's text"))
+    body = next(h.proto.body for h in at.get("html"))
+    m = re.search(r"monospace[^>]*>(.*)<span style='color:#9ca3af'>(.*)</span></div>", body, re.S)
+    return exp.label, html.unescape(m.group(1)), html.unescape(m.group(2))
+
+
+def test_the_trace_greys_exactly_after_the_stops_checkpoint(tmp_path):
+    """A run whose checkpoints know where they cut the text (here an import: the prefix each trial answer was
+    read from) greys from exactly there; a store without those positions keeps the proportional cut and says
+    it is approximate."""
+    from analysis.core.store import Store
+    from analysis.ingest.importer import import_generations, ImportSpec
+    from analysis.replay.engine import RunTable, stop_index
+    from analysis.replay.policies import Setting
+    from tests.helpers import ROOT
+    db = str(tmp_path / "imp.duckdb")
+    res = import_generations(db, ImportSpec(path=str(ROOT / "tests" / "fixtures" / "solutions.jsonl"), model="hand",
+                                            dataset="hand-gsm", response_field="outputs.solution", every=4),
+                             show_progress=False)
+    s, rid = Store(db), res["run_id"]
+    t = RunTable.from_store(s, rid)
+    from analysis.presets.schema import from_setting
+    setting = Setting.make("budget", B=12)
+    stops = stop_index(t, setting)
+    i = int(next(k for k in range(t.n) if stops[k] < t.lengths[k] - 1))     # a question stopped before its end
+    q = str(t.question_ids[i])
+    at = open_app(db, rid)
+    at.query_params["s"] = from_setting(setting).to_url()
+    at.query_params["q"] = q
+    at.switch_page("views/questions.py").run()
+    assert not at.exception
+    assert at.subheader[0].value == f"Trace of {q}"
+    label, before, grey = _greyed(at)
+    tr = s.trace(rid, q)
+    cut = tr["char_pos"][int(stops[i])]
+    assert "where the stop's checkpoint ends the text" in label and "approximate" not in label
+    assert before == tr["text"][:cut] and grey == tr["text"][cut:] and 0 < cut < len(tr["text"])
+
+
+def test_a_store_without_cut_positions_greys_in_proportion_and_says_so(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/questions.py")
+    assert not at.exception
+    label, before, grey = _greyed(at)
+    assert "in proportion to tokens, so approximate" in label

@@ -15,3 +15,20 @@ def test_report_page_builds_html_markdown_and_charts(synthetic_db):
     assert "| preset | EM |" in md
     names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
     assert {"report.html", "report.md", "figures/frontier_0.png", "figures/frontier_0.svg"} <= set(names)
+
+
+def test_a_recommendation_that_misses_its_target_held_out_is_red(demo):
+    """On the demo's basic-arithmetic run the fewest tokens within a 1% drop on the tune half drops 1% on the
+    held-out half too: the report says so in red (a red span in the HTML and its preview, GitHub's math colour
+    in the Markdown)."""
+    from analysis.core.store import DEMO_DB
+    rid = next(r["id"] for r in demo.runs() if r["dataset"] == "rg:basic_arithmetic"
+               and r["model"].startswith("qwen"))
+    at = open_app(DEMO_DB, rid, "views/report.py")
+    at.slider(key="rep_drop").set_value(0.01).run()
+    at.button(key="rep_build").click().run(timeout=180)
+    assert not at.exception
+    page, md, _ = at.session_state["report"]
+    assert "$\\color{red}\\textbf{It misses its target on the held-out questions: ΔEM -0.010" in md
+    assert "<span class='miss'>It misses its target on the held-out questions: ΔEM -0.010" in page
+    assert any("<span class='miss'>It misses" in h.proto.body for h in at.get("html"))

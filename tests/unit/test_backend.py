@@ -244,6 +244,25 @@ def test_end_to_end_run_into_store_and_replay(tiny, store):
     for fam in ("budget", "consistency", "confidence", "entropy", "hybrid"):
         replay(t, Setting.make(fam)).summary()
     assert full_length(t).summary()["em"] == res["em_full"]
+    # each checkpoint knows where it cuts the trace's text: the decoded prefix of its tokens; the end, all of it
+    tok = tiny[1]
+    for qid in t.question_ids[:3]:
+        tr = store.trace(res["run_id"], qid)
+        ck = store.checkpoints(res["run_id"]).to_pandas().query("question_id == @qid").sort_values("ck_idx")
+        assert tr["char_pos"] == ck["char_pos"].tolist() and None not in tr["char_pos"]
+        assert tr["char_pos"][-1] == len(tr["text"]) and tr["char_pos"] == sorted(tr["char_pos"])
+    # and they are the decoded prefixes of the generated tokens (the records of one batch, ids in hand)
+    from analysis.backend.records import to_tables
+    from analysis.ingest.datasets import load_dataset
+    qs = load_dataset("rg:basic_arithmetic", 3, seed=42).questions
+    rc = cfg.resolved("number", "instruct")
+    results = generate_batch(tiny[0], tok, [build_prompt(tok, q.text, rc) for q in qs], rc)
+    _, cks = to_tables("r", qs, results, tok, "number")
+    cuts = iter(cks.column("char_pos").to_pylist())
+    for r in results:
+        text = tok.decode(r.token_ids, skip_special_tokens=True)
+        for c in r.checkpoints:
+            assert text[:next(cuts)] == tok.decode(r.token_ids[:c["pos"]], skip_special_tokens=True)
     # asking again finds the finished run and generates nothing
     again = run(store, "tiny-random", "rg:basic_arithmetic", limit=6, cfg=cfg, loaded=(*tiny, {
         "kind": "instruct", "dtype": "float32"}), show_progress=False)
@@ -320,3 +339,29 @@ def test_reprobe_an_imported_run_adds_signals(tiny, store):
     t_ids = tok(tr["text"], add_special_tokens=False)["input_ids"]
     ref = probe_from_scratch(model, tok, p_ids + t_ids[: first["pos"]], cfg.cue)
     assert first["p_mean"] == pytest.approx(float(np.mean(ref.probs)) if ref.probs else None, abs=1e-4)
+
+
+def test_char_positions_are_exact_where_a_token_ends_inside_a_character():
+    """A byte-level BPE (the packaged SmolLM2's) splits a rare character over several tokens: a cut between
+    them leaves the character after the cut; every cut is where the decoded prefix stops agreeing with the
+    text, and the prefix up to it is the text's."""
+    from transformers import AutoTokenizer
+
+    from analysis.backend.models import CACHE
+    from analysis.backend.records import char_positions
+    path = CACHE / "smollm2-135m-instruct" / "bf16"
+    if not (path / "tokenizer.json").exists():
+        pytest.skip("the packaged SmolLM2 is not converted here (python -m analysis models fetch)")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    text = "Let's see: 12 × 7 = 84 🙂 then\n\nWait, 84 + 3 = 87 ✓ so the answer is \\boxed{87}."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    cuts = char_positions(tok, ids, list(range(len(ids) + 1)), text)
+    assert cuts[0] == 0 and cuts[-1] == len(text) and cuts == sorted(cuts)
+    split = 0
+    for p, c in zip(range(len(ids) + 1), cuts):
+        prefix = tok.decode(ids[:p])
+        assert prefix.startswith(text[:c])
+        assert c == len(text) or not prefix.startswith(text[:c + 1])
+        split += prefix != text[:c]             # a character cut in two: decoded as a replacement character
+    assert split > 0

@@ -154,6 +154,7 @@ def test_cli_certify_saves_a_certified_preset(cli, synthetic_db, tmp_path):
     p = load(str(out))
     assert p.certificate["epsilon"] == 0.05 and p.certificate["delta"] == 0.1
     assert p.setting.to_dict() == p.certificate["setting"]
+    assert p.made_on == {"dataset": "synthetic", "answer_type": "number"}      # the run it was made on
     code, stdout, _ = cli("certify", "--run", rid, "--db", db, "--epsilon", "0.0001", "--risk", "lost",
                           "--family", "budget", "--json")
     assert code == 1 and json.loads(stdout)["certified"] is False

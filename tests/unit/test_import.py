@@ -42,6 +42,12 @@ def test_text_checkpoints_follow_the_trace(store):
     g = ck[ck.question_id == qid]
     assert g[g.kind == "transition"].answer_norm.iloc[0] == "13" and g[g.kind == "transition"].em.iloc[0] == 1.0
     assert g.answer_norm.iloc[-1] == "12" and g.em.iloc[-1] == 0.0
+    # each checkpoint cuts the text where its trial answer was read: the transition before its word (here at
+    # the blank line before it, a step at the same token)
+    tr = store.trace(res["run_id"], qid)
+    assert tr["char_pos"] == g.char_pos.tolist() and tr["char_pos"][-1] == len(tr["text"])
+    cut = g[g.kind == "transition"].char_pos.iloc[0]
+    assert tr["text"][cut:].lstrip().startswith("Hmm") and "13" in tr["text"][:cut]
 
 
 def test_lm_eval_log_samples(store, tmp_path):

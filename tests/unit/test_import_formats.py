@@ -180,6 +180,31 @@ def test_checkpoint_exports_in_long_form(tmp_path, cli, kind):
     t2 = RunTable.from_store(Store(db), res2["run_id"])
     assert list(t2.lengths) == [4, 3] and t2.pos[0, 3] == 120 and t2.answers[0, 3] == "12"
     assert t2.em[0, :3].tolist() == [1, 0, 0] and res2["em_source"] == "the file's field 'ok'"
+    # no text: where a checkpoint cuts it is not known (the Questions page then cuts in proportion to tokens)
+    assert set(Store(db).checkpoints(res2["run_id"]).column("char_pos").to_pylist()) == {None}
+
+
+def test_checkpoint_exports_know_where_they_cut_the_text(tmp_path, cli):
+    """With the trace's text the final checkpoint cuts at its end; with the tool's tokenizer too, every
+    checkpoint cuts at the start of the token at its position."""
+    from analysis.backend.tiny import build_tokenizer
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    text = {"a": "7 + 5 is 11. Wait, 7 + 5 = 12", "b": "3 * 3 = 9 or 6"}
+    rows = [{**r, "text": text[r["qid"]], "tokens": r["tokens"] // 8} for r in LONG]
+    path = tmp_path / "probes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, *CK_ARGS, "--response-field", "text")
+    assert code == 0, err
+    s = Store(db)
+    assert s.trace(res["run_id"], "a")["char_pos"] == [None, None, len(text["a"])]
+    code, res, err = _import(cli, db, path, *CK_ARGS, "--response-field", "text", "--tokenizer", tmp_path / "tok")
+    assert code == 0, err
+    for q, positions in (("a", [4, 8, 12]), ("b", [4, 8])):
+        cuts = s.trace(res["run_id"], q)["char_pos"]
+        ids = tok(text[q], add_special_tokens=False)["input_ids"]
+        assert cuts[:-1] == [len(tok.decode(ids[:p])) for p in positions[:-1]] and cuts[-1] == len(text[q])
 
 
 def test_checkpoint_exports_in_wide_form(tmp_path, cli):

@@ -13,6 +13,7 @@ def test_optimize_prints_a_table_not_raw_json(cli, synthetic_db):
     code, out, _ = cli("optimize", "--db", db, "--run", rid, "--max-drop", "0.02", "--json")
     res = json.loads(out)
     assert code == 0 and "missed" in res and res["test"]["n"] > 0
+    assert res["preset"]["made_on"] == {"dataset": "synthetic", "answer_type": "number"}   # the run it was made on
 
 
 def test_optimize_says_when_the_held_out_half_misses_the_target(cli, synthetic_db, monkeypatch):

@@ -114,3 +114,32 @@ def test_random_byte_mutations_of_a_real_link():
             loads("".join(chars))
         except PresetError:
             pass
+
+
+def test_a_preset_records_the_run_it_was_made_on_and_says_when_another_differs():
+    from analysis.presets.schema import made_for, made_on
+    run = {"id": "r1", "dataset": "gsm8k", "answer_type": "number"}
+    p = from_dict({**sample_preset().to_dict(), "made_on": made_on(run)})
+    assert p.made_on == {"dataset": "gsm8k", "answer_type": "number"}
+    assert from_dict(json.loads(p.to_json())).to_dict() == p.to_dict() and loads(p.to_url()).made_on == p.made_on
+    assert made_for(p, run) is None
+    assert made_for(p, {**run, "dataset": "math500"}) == "made on dataset gsm8k (this run: math500)"
+    assert made_for(p, {"dataset": "nq", "answer_type": "text"}) == \
+        "made on dataset gsm8k (this run: nq) and answer type number (this run: text)"
+    # a preset from before: loads unchanged, writes no made_on, and warns about nothing
+    old = sample_preset().to_dict()
+    assert "made_on" not in old and from_dict(old).to_dict() == old and made_for(from_dict(old), run) is None
+    # one half known: only that half is compared
+    half = from_dict({**old, "made_on": {"answer_type": "number"}})
+    assert made_for(half, {"dataset": "x", "answer_type": "number"}) is None
+
+
+@pytest.mark.parametrize("made_on,match", [
+    ("gsm8k", "field 'made_on': must be an object"),
+    ({"dataset": "a", "run": "r1"}, "unknown key 'run'"),
+    ({"dataset": 3}, "field 'made_on.dataset': must be a string"),
+    ({"answer_type": "numeric"}, "field 'made_on.answer_type': must be one of number, math, text, choice"),
+])
+def test_a_bad_made_on_is_a_clear_error(made_on, match):
+    with pytest.raises(PresetError, match=match):
+        from_dict({**sample_preset().to_dict(), "made_on": made_on})

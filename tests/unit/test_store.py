@@ -130,3 +130,23 @@ def test_migrate_command(tmp_path, cli):
     assert code == 0 and "already at schema version" in out
     code, _, err = cli("migrate", "--db", str(tmp_path / "none.duckdb"))
     assert code == 2 and "store not found" in err
+
+
+def test_a_v4_store_migrates_to_checkpoints_that_may_not_know_where_they_cut_the_text(tmp_path):
+    """v5 adds checkpoints.char_pos: rows written before it have none (NULL, the Questions page then cuts the
+    text in proportion to tokens), and a writer that leaves it out stores NULL too."""
+    import duckdb
+
+    from analysis.ingest.synthetic import write_synthetic_run
+    p = str(tmp_path / "v4.duckdb")
+    rid = write_synthetic_run(Store(p), 10, 5, seed=3)
+    con = duckdb.connect(p)                             # the store as v4 left it
+    con.execute("ALTER TABLE checkpoints DROP COLUMN char_pos")
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.close()
+    s = Store(p)
+    assert s.schema_version() == SCHEMA_VERSION == 5
+    q = s.traces(rid).column("question_id")[0].as_py()
+    tr = s.trace(rid, q)
+    assert tr["char_pos"] and set(tr["char_pos"]) == {None}
+    assert set(s.checkpoints(rid).column("char_pos").to_pylist()) == {None}

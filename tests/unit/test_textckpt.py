@@ -55,6 +55,6 @@ def test_chunk_checkpoints_equal_the_per_trace_functions(texts, every):
         ans = trial_answers(tx, [p[1] for p in pl], "number")
         m = r["trace"] == i
         got = list(zip(r["pos"][m].tolist(), r["rank"][m].tolist(), r["is_step"][m].tolist(),
-                       r["is_transition"][m].tolist(), r["raw"][m].tolist()))
-        assert got == [(p[0], KIND_RANK[p[2]], p[3], p[4], a[0]) for p, a in zip(pl, ans)], (tx, every)
+                       r["is_transition"][m].tolist(), r["raw"][m].tolist(), r["char_pos"][m].tolist()))
+        assert got == [(p[0], KIND_RANK[p[2]], p[3], p[4], a[0], p[1]) for p, a in zip(pl, ans)], (tx, every)
         assert r["n_tokens"][i] == n
