@@ -330,6 +330,32 @@ def recalibrate(log: str, labels: str, header_preset: dict, epsilon: float, delt
     return run([log], [labels], from_dict(header_preset), epsilon, delta, history=history)
 
 
+def deployed_preset(history: str, header_preset: dict | None):
+    """The deployed preset (analysis.production.rollback.deployed): the history's latest applied version, else
+    the log's own preset; None when neither."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.rollback import deployed
+    return deployed(history, from_dict(header_preset) if header_preset else None)
+
+
+@st.cache_data(show_spinner="Testing the deployed version against its certificate…", max_entries=8)
+def rollback_evidence(log: str, labels: str, preset: dict, history: str, alpha: float, key: str) -> dict:
+    """What automatic rollback would decide now (analysis.production.rollback.evidence), without writing; keyed
+    on ``key`` (the log's, labels' and history's mtimes)."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.rollback import evidence
+    return evidence([log], [labels], from_dict(preset), history, alpha)
+
+
+def rollback(log: str, labels: str, preset: dict, history: str, alpha: float) -> dict:
+    """Automatic rollback from the Monitor page (analysis.production.rollback): test the deployed version on the
+    log's labelled exploration requests; when the test fires, append the rollback version to ``history``."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.rollback import rollback as run
+    refuse_in_viewer("Rolling back")
+    return run([log], [labels], from_dict(preset), history, alpha)
+
+
 def preset_history(path: str, mtime: float) -> list[dict]:
     """The closed loop's version history (analysis.production.recalibrate); keyed by the caller on its mtime."""
     from analysis.production.recalibrate import history_records

@@ -102,7 +102,10 @@ else:
     st.success("The preset delivers what the calibration promised: no check is significant.",
                icon=":material/check_circle:")
 
-if pr:
+if pr and ob["tokens_emitted"] is None:       # every request explored (full length): no champion stops to compare
+    st.info("No request in this log was served by the champion's stopping (all explored at full length): the "
+            "drift checks need some. The exploration requests feed the rollback check and re-certification below.")
+if pr and ob["tokens_emitted"] is not None:
     m = st.columns(4)
     m[0].metric("Tokens / request", f"{ob['tokens_emitted']:.0f}", f"{ob['tokens_emitted'] - pr['tokens_emitted']:+.0f} "
                 f"vs {pr['tokens_emitted']:.0f} promised", delta_color="inverse")
@@ -184,9 +187,57 @@ if prop:
 
 # -- the closed loop's versions (python -m analysis recalibrate) -------------------------------------------------
 HISTORY = Path(os.environ.get("STOPLINE_HISTORY", "data/history/preset-versions.jsonl"))
-if labels_path is not None and "preset" in header and not viewer:
+dep = data.deployed_preset(str(HISTORY), header.get("preset")) if labels_path is not None else None
+if dep is not None:
+    st.subheader("Deployed version against its certificate (automatic rollback)")
+    alpha = st.number_input("α (chance of a false rollback, however often it is checked)", 0.001, 0.5, 0.05, 0.01,
+                            format="%.3f", key="rb_alpha")
+    stamp = "|".join(str(p.stat().st_mtime_ns) if p.is_file() else "-" for p in (log_path, labels_path, HISTORY))
+    try:
+        ev = data.rollback_evidence(str(log_path), str(labels_path), dep.to_dict(), str(HISTORY), float(alpha),
+                                    log_key or stamp)
+    except StoplineError as e:
+        ev = {"ok": False, "reason": str(e)}
+    if not ev["ok"]:
+        st.info(ev["reason"])
+    elif not ev["n"]:
+        st.info(ev["verdict"][0].upper() + ev["verdict"][1:] + ".")
+    else:
+        what = "EM drop" if ev["risk"] == "drop" else "lost share"
+        k, m1 = ev["wealth"], ev["running_mean"]
+        (st.error if ev["test"]["fired"] else st.success)(ev["verdict"][0].upper() + ev["verdict"][1:] + ".")
+        m = st.columns(4)
+        m[0].metric("Labelled exploration requests", ev["n"])
+        common.noted_metric(m[1], f"Observed {what}", f"{m1[-1]:+.3f}", f"ε = {ev['epsilon']:g}")
+        common.noted_metric(m[2], "Evidence of a breach", f"{k[-1]:.3g}", f"fires at {1 / ev['alpha']:g}")
+        common.noted_metric(m[3], "Version tested", "—" if ev["version"] is None else str(ev["version"]), ev["setting"])
+        n = np.arange(1, ev["n"] + 1)
+        g1, g2 = st.columns(2)
+        f = go.Figure()
+        f.add_scatter(x=n, y=k, mode="lines", name="evidence K (running wealth)", line_color="#7c3aed")
+        # the 1/α line as a trace: a shape's y on a log axis would be read as log10 of it
+        f.add_scatter(x=[1, ev["n"]], y=[1 / ev["alpha"]] * 2, mode="lines+text", line=dict(color="red", dash="dot"),
+                      text=["", f"1/α = {1 / ev['alpha']:g}"], textposition="top left", name="1/α")
+        if ev["test"]["fired"]:
+            f.add_vline(x=ev["test"]["at"] + 1, line_dash="dash", line_color="red", annotation_text="fires")
+        f.update_layout(height=280, title="The sequential test's evidence over requests", xaxis_title="request",
+                        yaxis=dict(type="log", title="K (log scale)", dtick=1,      # a log axis' range is in log10
+                                   range=[np.log10(min(k.min(), 0.5)) - 0.1, np.log10(max(k.max(), 1 / ev["alpha"])) + 0.4]),
+                        margin=dict(t=40), showlegend=False)
+        g1.plotly_chart(f, width="stretch", key="rb_wealth")
+        f = go.Figure()
+        f.add_scatter(x=n, y=m1, mode="lines", name=f"observed {what} (running mean)", line_color="#ea580c")
+        f.add_hline(y=ev["epsilon"], line_dash="dot", line_color="green", annotation_text=f"ε = {ev['epsilon']:g}")
+        f.update_layout(height=280, title=f"Observed {what} over requests", xaxis_title="request",
+                        yaxis_title=what, margin=dict(t=40), showlegend=False)
+        g2.plotly_chart(f, width="stretch", key="rb_mean")
+        st.caption("Each labelled exploration request served under the deployed setting is one loss; the evidence "
+                   "is a betting wealth that grows while losses sit above ε. Under \"mean loss ≤ ε\" it reaches 1/α "
+                   "with chance ≤ α however often it is looked at (Ville's inequality), so the check can run after "
+                   "every request (analysis/production/rollback.py, docs/production.md).")
+if labels_path is not None and ("preset" in header or dep is not None) and not viewer:
     with st.expander("Re-certify on the exploration requests (closed loop)", icon=":material/verified:"):
-        r1, r2, r3 = st.columns([1, 1, 1])
+        r1, r2, r3, r4 = st.columns([1, 1, 1, 1])
         eps = r1.number_input("ε (largest EM drop)", 0.0, 0.5, 0.02, 0.005, format="%.3f", key="rc_eps")
         dlt = r2.number_input("δ (chance it fails)", 0.001, 0.5, 0.1, 0.01, format="%.3f", key="rc_delta")
         if r3.button("Re-certify", key="rc_go", type="primary"):
@@ -195,6 +246,17 @@ if labels_path is not None and "preset" in header and not viewer:
                                                               float(eps), float(dlt), str(HISTORY))
             except StoplineError as e:
                 st.session_state["rc_res"] = {"applied": False, "reason": str(e)}
+        if dep is not None and r4.button("Run rollback check", key="rb_go"):
+            try:
+                st.session_state["rb_res"] = data.rollback(str(log_path), str(labels_path), dep.to_dict(),
+                                                           str(HISTORY), float(st.session_state.get("rb_alpha", 0.05)))
+            except StoplineError as e:
+                st.session_state["rb_res"] = {"rolled_back": False, "reason": str(e)}
+            st.rerun()        # the panel and the history above read the new version
+        rb = st.session_state.get("rb_res")
+        if rb:
+            (st.warning if rb["rolled_back"] else st.info)(("Rolled back: " if rb["rolled_back"] else "No rollback: ")
+                                                           + rb["reason"])
         rc = st.session_state.get("rc_res")
         if rc:
             (st.success if rc["applied"] else st.info)(("Applied: " if rc["applied"] else "Not applied. ") + rc["reason"])
@@ -202,7 +264,9 @@ if labels_path is not None and "preset" in header and not viewer:
                 st.download_button("Download the certified preset", json.dumps(rc["preset"], indent=2),
                                    "recertified.json", "application/json", key="dl_rc")
         st.caption("Applied only when a setting certifies on these requests; a move toward fewer tokens is limited "
-                   "per family; every attempt is kept in the version history below (docs/production.md).")
+                   "per family; every attempt is kept in the version history below (docs/production.md). The "
+                   "rollback check holds the deployed version to its certificate (the panel above) and, when the "
+                   "test fires, returns to the previous certified version as a new version.")
 if HISTORY.is_file():
     versions = data.preset_history(str(HISTORY), HISTORY.stat().st_mtime)
     if versions:
@@ -214,10 +278,13 @@ if HISTORY.is_file():
         for v in versions:
             c, o = v.get("certificate") or {}, v.get("observed") or {}
             rows.append({"version": v["version"], "time": v.get("time"), "applied": v.get("applied"),
-                         "setting": v.get("setting"), "ε (promised bound)": v.get("epsilon"), "δ": v.get("delta"),
+                         "setting": v.get("setting"),
+                         "rollback": (f"rolled back from {v.get('rolled_back_from')} to {v.get('rolled_back_to')}"
+                                      if v.get("rollback") else ""), "ε (promised bound)": v.get("epsilon"), "δ": v.get("delta"),
                          "observed EM drop (champion, fresh data)": o.get("em_drop"),
                          "tokens saved (certified)": c.get("savings") if v.get("applied") else None,
-                         "requests": v.get("n_explore"), "why": v.get("reason", v.get("note", ""))})
+                         "requests": v.get("n_explore"),
+                         "why": v.get("reason", v.get("note", ""))})
         fig = go.Figure()
         x = [r["version"] for r in rows]
         fig.add_scatter(x=x, y=[r["ε (promised bound)"] for r in rows], mode="lines+markers", name="promised bound ε")
@@ -225,7 +292,16 @@ if HISTORY.is_file():
                         name="observed EM drop of the version then deployed")
         fig.add_scatter(x=x, y=[r["tokens saved (certified)"] for r in rows], mode="markers", name="tokens saved",
                         yaxis="y2")
-        fig.update_layout(height=300, xaxis_title="version", yaxis_title="EM drop",
+        back = [(r, v) for r, v in zip(rows, versions) if v.get("rollback")]
+        if back:        # a rollback version: where the test fired, at the drop it saw (else at ε)
+            o = [(v.get("observed") or {}) for _, v in back]
+            y = [d.get("em_drop", d.get("lost_share", r["ε (promised bound)"])) for (r, _), d in zip(back, o)]
+            fig.add_scatter(x=[r["version"] for r, _ in back], y=y, mode="markers", name="rollback",
+                            marker=dict(symbol="x", size=14, color="#dc2626", line=dict(width=2)))
+            for (r, _), yy in zip(back, y):
+                fig.add_annotation(x=r["version"], y=yy, text=r["rollback"], showarrow=True, arrowhead=2, ay=-30,
+                                   font=dict(color="#dc2626"))
+        fig.update_layout(height=300, xaxis=dict(title="version", dtick=1), yaxis_title="EM drop",
                           yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="tokens saved"),
                           legend=dict(orientation="h", y=-0.35), margin=dict(t=20))
         st.plotly_chart(fig, width="stretch", key="mon_versions")

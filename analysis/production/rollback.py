@@ -23,6 +23,7 @@ rolled back from), with the test's figures and the requests it saw.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -35,10 +36,9 @@ ALPHA = 0.05
 BET_CAP = 0.5          # λ(1 + ε) ≤ this: one request can halve the wealth at most
 
 
-def sequential_test(x: np.ndarray, epsilon: float, alpha: float = ALPHA, low: float = -1.0) -> dict:
-    """One-sided anytime-valid test of "mean(x) ≤ epsilon" for losses in [low, 1], in arrival order.
-    Returns whether it rejects (``fired``), at which request (0-based, the first look where the wealth
-    reached 1/alpha), the final and the largest log-wealth, and the observed mean."""
+def log_wealth(x: np.ndarray, epsilon: float, low: float = -1.0) -> np.ndarray:
+    """The test's evidence after each request: log K_n, n = 1..len(x), for losses in [low, 1] in arrival order
+    (the curve the Monitor page draws; ``sequential_test`` fires where it first reaches log(1/alpha))."""
     x = np.asarray(x, dtype=float)
     n = len(x)
     if n and (x.min() < low - 1e-12 or x.max() > 1 + 1e-12):
@@ -55,7 +55,16 @@ def sequential_test(x: np.ndarray, epsilon: float, alpha: float = ALPHA, low: fl
     var = (prior_var * prior_n + dev2) / (prior_n + cnt)
     edge = mu - epsilon
     lam = np.clip(edge / (var + edge ** 2), 0.0, cap)
-    logk = np.cumsum(np.log1p(lam * (x - epsilon)))
+    return np.cumsum(np.log1p(lam * (x - epsilon)))
+
+
+def sequential_test(x: np.ndarray, epsilon: float, alpha: float = ALPHA, low: float = -1.0) -> dict:
+    """One-sided anytime-valid test of "mean(x) ≤ epsilon" for losses in [low, 1], in arrival order.
+    Returns whether it rejects (``fired``), at which request (0-based, the first look where the wealth
+    reached 1/alpha), the final and the largest log-wealth, and the observed mean."""
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    logk = log_wealth(x, epsilon, low)
     thr = math.log(1 / alpha)
     hit = np.flatnonzero(logk >= thr)
     return {"fired": bool(len(hit)), "at": int(hit[0]) if len(hit) else None, "n": int(n), "epsilon": float(epsilon),
@@ -98,6 +107,63 @@ def _setting_key(preset_dict) -> str | None:
         return None
 
 
+def _versions(recs: list[dict], preset: Preset) -> tuple[dict | None, dict | None]:
+    """The history's version of the deployed ``preset`` (the latest applied one with its setting) and the one a
+    rollback would return to: the latest earlier applied version that carries a certificate, never one rolled back
+    from nor one with a setting rolled back from."""
+    mine = preset.setting.key()
+    current = next((r for r in reversed(recs) if r.get("applied") and r.get("preset")
+                    and _setting_key(r["preset"]) == mine), None)
+    left = {r.get("rolled_back_from") for r in recs if r.get("rollback")} | {current["version"] if current else None}
+    bad = {_setting_key(r["preset"]) for r in recs if r.get("preset") and r.get("version") in left} | {mine}
+    prev = next((r for r in reversed(recs) if r.get("applied") and r.get("preset") and r["version"] not in left
+                 and from_dict(r["preset"]).certificate and _setting_key(r["preset"]) not in bad), None)
+    return current, prev
+
+
+def deployed(history, fallback: Preset | None = None) -> Preset | None:
+    """The deployed preset: the history's latest applied version that keeps its preset (after a rollback, the
+    version returned to), else ``fallback`` (the log's own preset)."""
+    from analysis.production.recalibrate import history_records
+    recs = history_records(history) if history and Path(history).is_file() else []
+    last = next((r for r in reversed(recs) if r.get("applied") and r.get("preset")), None)
+    return from_dict(last["preset"]) if last else fallback
+
+
+def evidence(logs, labels, preset: Preset, history=None, alpha: float = ALPHA) -> dict:
+    """What ``rollback`` would decide now, without writing: the deployed ``preset``'s losses on the labelled
+    exploration requests it served, the test's evidence after each (``wealth``: K_n, against ``1 / alpha``), the
+    running mean loss against ε, and a plain-words ``verdict``. ``ok`` is False (with ``reason``) when the
+    preset carries no certificate."""
+    from analysis.production.recalibrate import history_records
+    cert = preset.certificate
+    if not cert:
+        return {"ok": False, "reason": "the deployed preset carries no certificate: there is no bound to hold it to "
+                                      "(certify it first: python -m analysis certify --save)"}
+    eps, risk = float(cert["epsilon"]), cert.get("risk", "drop")
+    risk = risk if risk in ("drop", "lost") else "drop"
+    recs = history_records(history) if history and Path(history).is_file() else []
+    current, prev = _versions(recs, preset)
+    certified_on = (current or {}).get("data", {}).get("requests") or []
+    x, ids = live_losses(logs, labels, preset, risk, exclude=certified_on)
+    test = sequential_test(x, eps, alpha, low=0.0 if risk == "lost" else -1.0)
+    v = f"version {current['version']}" if current else "the deployed preset"
+    if not test["n"]:
+        verdict = f"no labelled exploration requests served under {v} yet"
+    elif not test["fired"]:
+        verdict = (f"no evidence of a breach yet: {v}'s evidence is {math.exp(test['log_wealth']):.3g} "
+                   f"(it fires at {1 / alpha:g})")
+    elif prev is not None:
+        verdict = f"breach: would roll back to version {prev['version']} (from {v}, at request {test['at'] + 1})"
+    else:
+        verdict = f"breach at request {test['at'] + 1}, but no earlier certified version to roll back to: re-certify"
+    n = np.arange(1, len(x) + 1)
+    return {"ok": True, "version": current["version"] if current else None, "setting": preset.setting.label(),
+            "to_version": prev["version"] if prev else None, "risk": risk, "epsilon": eps, "alpha": float(alpha),
+            "requests": ids, "n": test["n"], "wealth": np.exp(log_wealth(x, eps, 0.0 if risk == "lost" else -1.0)),
+            "running_mean": np.cumsum(x) / n if len(x) else np.zeros(0), "test": test, "verdict": verdict}
+
+
 def rollback(logs, labels, preset: Preset, history: str, alpha: float = ALPHA) -> dict:
     """Test the deployed ``preset`` against its certificate on the live exploration requests; when the test
     fires, append a rollback version to ``history`` and return it as ``preset`` (``rolled_back``)."""
@@ -109,9 +175,7 @@ def rollback(logs, labels, preset: Preset, history: str, alpha: float = ALPHA) -
     eps, risk = float(cert["epsilon"]), cert.get("risk", "drop")
     risk = risk if risk in ("drop", "lost") else "drop"
     recs = history_records(history)
-    mine = preset.setting.key()
-    current = next((r for r in reversed(recs) if r.get("applied") and r.get("preset")
-                    and _setting_key(r["preset"]) == mine), None)
+    current, prev = _versions(recs, preset)
     certified_on = (current or {}).get("data", {}).get("requests") or []
     x, ids = live_losses(logs, labels, preset, risk, exclude=certified_on)
     test = sequential_test(x, eps, alpha, low=0.0 if risk == "lost" else -1.0)
@@ -124,10 +188,6 @@ def rollback(logs, labels, preset: Preset, history: str, alpha: float = ALPHA) -
                          f"{math.exp(test['max_log_wealth']):.3g} (it fires at {1 / alpha:g})")
         return out
     out["fired_at_request"] = ids[test["at"]]
-    left = {r.get("rolled_back_from") for r in recs if r.get("rollback")} | {current["version"] if current else None}
-    bad = {_setting_key(r["preset"]) for r in recs if r.get("preset") and r.get("version") in left} | {mine}
-    prev = next((r for r in reversed(recs) if r.get("applied") and r.get("preset") and r["version"] not in left
-                 and from_dict(r["preset"]).certificate and _setting_key(r["preset"]) not in bad), None)
     breach = (f"the {what} on {test['n']} labelled exploration requests is {test['mean']:+.3f}, above ε = {eps:g}: "
               f"the sequential test fired at request {test['at'] + 1} (evidence {math.exp(test['max_log_wealth']):.3g} "
               f"≥ {1 / alpha:g}; false alarm chance ≤ {alpha:g} however often it is looked at)")

@@ -84,3 +84,79 @@ def test_monitor_page_recertifies_and_keeps_the_attempt(tmp_path, synthetic_db, 
     recs = history_records(hist)
     assert [r["version"] for r in recs] == [0, 1] and recs[1]["epsilon"] == 0.05
     assert any(s.value == "Versions (closed loop)" for s in at.subheader)
+
+
+def _drifted(tmp_path, demo):
+    """A real drift (the data of tests/unit/test_rollback.py): v0 a budget certified on the demo store's whole easy
+    arithmetic run, v1 one certified on its short-trace half only; v1 then serves the long-trace half, all explored
+    and labelled from the store's golds. Returns the logs folder and the history."""
+    import json
+    import numpy as np
+    from analysis.evaluate.certify import certify
+    from analysis.presets.schema import Preset
+    from analysis.production.controller import Controller, simulate
+    from analysis.production.recalibrate import record_deployed
+    from analysis.replay.engine import RunTable
+    from analysis.replay.policies.base import Setting
+
+    def certified(t, name):
+        c = certify(t, 0.05, 0.1, families=["budget"])
+        assert c["certified"], c["message"]
+        return Preset(name, Setting.from_dict(c["setting"]), routing={"explore": 1.0},
+                      certificate={k: v for k, v in c.items() if k != "families"})
+    t = RunTable.from_store(demo, EASY)
+    short = t.full_tokens <= np.median(t.full_tokens)
+    p0, p1 = certified(t, "whole run"), certified(t.subset(np.flatnonzero(short)), "short questions")
+    hist = tmp_path / "hist" / "versions.jsonl"
+    record_deployed(hist, p0, "certified on the whole easy run")
+    record_deployed(hist, p1, "certified on its short questions")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    long = t.subset(np.flatnonzero(~short))
+    simulate(long, Controller(p1, log=logs / "prod.jsonl"), with_em=False)
+    q = demo.questions(demo.run(EASY)["dataset"]).to_pandas()
+    gold = dict(zip(q["question_id"], q["gold"].map(json.loads)))
+    (logs / "prod.labels.jsonl").write_text("".join(json.dumps({"request": str(i), "gold": gold[i]}) + "\n"
+                                                    for i in long.question_ids))
+    return logs, hist
+
+
+EASY = "c7a2483a9092"       # the demo store's easy arithmetic run (qwen2.5-coder-0.5b)
+
+
+def test_monitor_page_tests_the_deployed_version_and_rolls_back(tmp_path, demo, monkeypatch):
+    """The live panel shows the sequential test firing on v1's drifted traffic; "Run rollback check" writes the
+    rollback version, which the history chart marks and its table says."""
+    from analysis.core.store import DEMO_DB
+    from analysis.production.recalibrate import history_records
+    logs, hist = _drifted(tmp_path, demo)
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    monkeypatch.setenv("STOPLINE_HISTORY", str(hist))
+    at = open_app(str(DEMO_DB), EASY, "views/monitor.py")
+    assert not at.exception
+    assert any(s.value.startswith("Deployed version against its certificate") for s in at.subheader)
+    assert any(e.value.startswith("Breach: would roll back to version 0") for e in at.error)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Labelled exploration requests"] == "100" and float(shown["Observed EM drop"]) > 0.05
+    assert float(shown["Evidence of a breach"]) >= 20
+    at.button(key="rb_go").click().run()
+    assert not at.exception
+    recs = history_records(hist)
+    assert [r["version"] for r in recs] == [0, 1, 2]
+    assert recs[2]["rollback"] and recs[2]["rolled_back_from"] == 1 and recs[2]["rolled_back_to"] == 0
+    assert any(w.value.startswith("Rolled back: ") for w in at.warning)
+    assert list(at.dataframe[-1].value["rollback"]) == ["", "", "rolled back from 1 to 0"]
+    # v0 is deployed again; it served none of these requests
+    assert any("no labelled exploration requests served under version 2" in i.value.lower() for i in at.info)
+
+
+def test_monitor_page_hides_the_rollback_check_in_viewer_mode(tmp_path, demo, monkeypatch):
+    from analysis.core.store import DEMO_DB
+    logs, hist = _drifted(tmp_path, demo)
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    monkeypatch.setenv("STOPLINE_HISTORY", str(hist))
+    monkeypatch.setenv("STOPLINE_VIEWER", "1")
+    at = open_app(str(DEMO_DB), EASY, "views/monitor.py")
+    assert not at.exception
+    assert any(e.value.startswith("Breach: would roll back") for e in at.error)      # the panel is read-only
+    assert not [b for b in at.button if b.key in ("rb_go", "rc_go")]

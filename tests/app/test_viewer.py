@@ -59,7 +59,7 @@ def test_viewer_mode_refuses_writes_whoever_asks(tmp_path, monkeypatch):
     target = tmp_path / "mine.duckdb"
     monkeypatch.setenv("STOPLINE_DB", str(target))
     for write in (lambda: data.save_preset(str(target), "p", {}), lambda: data.delete_preset(str(target), "p"),
-                  data.my_store):
+                  data.my_store, lambda: data.rollback("log", "labels", {}, str(tmp_path / "h.jsonl"), 0.05)):
         with pytest.raises(StoplineError, match="viewer mode"):
             write()
     assert not target.exists()
