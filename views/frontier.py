@@ -48,7 +48,9 @@ if run:
         o = data.run_by_id(runs, oid)
         try:
             op = data.sweep_for(o, learned)
-            drawn.append((data.run_label(o), op if pick == ALL or pick not in schedules_of(op) else on_schedules(op, [pick])))
+            if pick != ALL and pick in schedules_of(op):
+                op = on_schedules(op, [pick])
+            drawn.append((data.run_label(o), op))
         except StoplineError as e:
             st.warning(f"{oid}: {e}")
     # the current setting, where it sits
