@@ -5,12 +5,14 @@ import json
 import streamlit as st
 
 from analysis.core.errors import StoplineError
-from analysis.evaluate.frontier import LEARNED_AUTO_MAX
+from analysis.evaluate.frontier import LEARNED_AUTO_MAX, on_schedules, schedules_of
 from analysis.evaluate.incumbent import incumbent_outcome
 from analysis.replay.policies import Setting
 from analysis.replay.engine import replay
 from views import common, data
 from views.charts import frontier_option, picked_setting
+
+ALL = "all schedules"
 
 st.header("Frontier")
 run = common.current_run()
@@ -25,6 +27,19 @@ if run:
     axis = c1.radio("Cost", ["tokens emitted", "tokens computed (probes included)"], horizontal=True, key="axis")
     others = c2.multiselect("Also draw the Pareto front of", [r["id"] for r in runs if r["id"] != run["id"]],
                             key="other_runs", format_func=data.run_labeller(runs))
+    scheds = schedules_of(pts)
+    pick = ALL
+    if len(scheds) > 1:                                # a sparser schedule swept: the points can be filtered
+        choices = [ALL, *scheds]
+        want = data.query("schedule")
+        pick = st.radio("Probe schedule", choices, horizontal=True, key="schedule_pick",
+                        index=choices.index(want) if want in choices else 0,
+                        format_func=lambda v: v.removeprefix("probes "),
+                        help="the settings replayed with a probe at every recorded checkpoint, or with a sparser "
+                             "schedule; the fronts are drawn among the points shown")
+        data.set_query("schedule", pick)
+        if pick != ALL:
+            pts = on_schedules(pts, [pick])
     x = "emitted" if axis.startswith("tokens emitted") else "computed"
     suffix = "" if x == "emitted" else "_computed"
     full = pts[pts.family == "full"].iloc[0]
@@ -32,7 +47,10 @@ if run:
     for oid in others:
         o = data.run_by_id(runs, oid)
         try:
-            drawn.append((data.run_label(o), data.sweep_for(o, learned)))
+            op = data.sweep_for(o, learned)
+            if pick != ALL and pick in schedules_of(op):
+                op = on_schedules(op, [pick])
+            drawn.append((data.run_label(o), op))
         except StoplineError as e:
             st.warning(f"{oid}: {e}")
     # the current setting, where it sits

@@ -35,13 +35,19 @@ class TraceResult:
 def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: str = "reuse",
                    probe: bool = True, on_checkpoint=None, defer: bool | None = None,
                    stats: dict | None = None, drafts: bool = True, compact: bool = True,
-                   fuse: bool = True) -> list[TraceResult]:
+                   fuse: bool = True, probe_due=None) -> list[TraceResult]:
     """Generate full traces for a batch of prompts, probing at every checkpoint.
 
     ``on_checkpoint(rows, results)``, when given, is called after each round of probes with the rows that
     just got a checkpoint (the newest is ``results[r].checkpoints[-1]``); the rows it returns stop there
     (finish reason 'stopped'): that is how the live controller plugs in. A stopped row is treated like a
     row that met its end of sequence, so the others compute exactly what they would have without it.
+    ``probe_due(rows, results, kinds)``, with ``on_checkpoint``, is asked first which of the rows that just
+    got a checkpoint (``kinds[r]``: kind, is_step, is_transition) to probe: the others' checkpoints are kept
+    without a probe (``"probe": None``), computing nothing, and are not passed to ``on_checkpoint`` (the live
+    controller: rows whose request's schedule is not due there, or not yet at its min_tokens). A lone row
+    probed where the batch had more is probed as two entries of itself, so its numbers are those a shared
+    probe pass gives (a one-row product rounds differently in bf16; the repeat is counted in ``repeated``).
 
     ``defer`` (default: on when probes reuse the cache and no ``on_checkpoint`` waits for the answers):
     probes at step boundaries, transition words and trace ends, which fire for a row or two at a time,
@@ -105,18 +111,21 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
             piece_cache[tid] = tok.decode([tid])
         return piece_cache[tid]
 
-    def do_probe(rows: list[int], kinds: dict[int, dict]):
+    def do_probe(rows: list[int], kinds: dict[int, dict], ask: list[int] | None = None):
+        """Probe ``ask`` (default: all of ``rows``); the other rows' checkpoints are kept without a probe."""
         nonlocal t_probe
-        if not rows or prober is None:
+        ask = rows if ask is None or prober is None else ask
+        if not ask or prober is None:
             for r in rows:
                 results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": None})
             return
         t0 = time.perf_counter()
-        all_rows = len(rows) == len(rows_in)
-        outs = prober.run(cache, mask, cache_rows(rows), all_rows, full_ids=full_ids)
+        entries = ask * 2 if len(ask) == 1 < len(rows_in) and len(rows) > 1 else ask
+        all_rows = len(entries) == len(rows_in) and len(set(entries)) == len(entries)
+        outs = dict(zip(ask, prober.run(cache, mask, cache_rows(entries), all_rows, full_ids=full_ids)))
         t_probe += time.perf_counter() - t0
-        for r, pr in zip(rows, outs):
-            results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": pr})
+        for r in rows:
+            results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": outs.get(r)})
 
     def land():
         """Finish the answers under way (on their own) and record their probes."""
@@ -232,12 +241,16 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
                 want = {}
             if want:
                 rows = sorted(want)
-                do_probe(rows, want)
+                ask = rows
+                if probe_due is not None and on_checkpoint is not None:
+                    due = set(probe_due(rows, results, want) or ())
+                    ask = [r for r in rows if r in due]
+                do_probe(rows, want, ask)
                 for r in rows:
                     if want[r]["kind"] == "final":
                         done[r] = True
-                if on_checkpoint is not None:
-                    for r in on_checkpoint(rows, results) or ():
+                if on_checkpoint is not None and ask:
+                    for r in on_checkpoint(ask, results) or ():
                         if not done[r]:
                             done[r] = True
                             results[r].finish_reason = "stopped"

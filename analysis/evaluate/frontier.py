@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.core.errors import MissingSignal
+from analysis.core.errors import MissingSignal, StoplineError, brief
 from analysis.replay.policies.base import (Setting, check_signals, describe_schedule, families, get_family,
                                            schedule_grid)
 from analysis.replay.engine import computed_tokens, RunTable, stop_index
@@ -71,7 +71,13 @@ def sweep(t: RunTable, family_names: list[str] | None = None, skip_missing: bool
     rows.append({"family": "full", "label": "full length", "setting": "", "schedule": "", "em": full_em, "delta_em": 0.0,
                  "emitted": full_tok, "computed": full_tok, "savings_emitted": 0.0, "savings_computed": 0.0,
                  "lost": 0, "gained": 0})
-    df = pd.DataFrame(rows)
+    return mark_fronts(pd.DataFrame(rows))
+
+
+def mark_fronts(df: pd.DataFrame) -> pd.DataFrame:
+    """The front flags of a sweep's points, on both cost axes: the Pareto set, its convex hull, and each
+    family's own Pareto set (columns pareto, hull, pareto_family, each also with a _computed suffix)."""
+    df = df.reset_index(drop=True)
     for axis in COST_AXES:
         suffix = "" if axis == "emitted" else "_computed"
         df["pareto" + suffix] = pareto_mask(df[axis].to_numpy(), df["em"].to_numpy())
@@ -81,6 +87,23 @@ def sweep(t: RunTable, family_names: list[str] | None = None, skip_missing: bool
             sub = df.loc[idx]
             df.loc[idx, "pareto_family" + suffix] = pareto_mask(sub[axis].to_numpy(), sub["em"].to_numpy())
     return df
+
+
+def schedules_of(pts: pd.DataFrame) -> list[str]:
+    """The probe schedules a sweep's points were replayed on (its schedule column), every checkpoint first."""
+    names = [s for s in pts["schedule"].unique() if s]
+    return sorted(names, key=lambda s: (s != "every checkpoint", s))
+
+
+def on_schedules(pts: pd.DataFrame, schedules: list[str]) -> pd.DataFrame:
+    """A sweep's points on the given schedules only (names from ``schedules_of``), with the full-length point,
+    and the fronts drawn again among them: what the best settings are when a deployment probes that often."""
+    unknown = sorted(set(schedules) - set(schedules_of(pts)))
+    if unknown:
+        raise StoplineError(f"no points on the probe schedule {brief(unknown[0])} (the sweep has: "
+                            f"{', '.join(schedules_of(pts))})", field="schedule")
+    keep = pts["schedule"].isin(schedules) | (pts.family == "full")
+    return mark_fronts(pts[keep])
 
 
 def pareto_mask(cost: np.ndarray, em: np.ndarray) -> np.ndarray:

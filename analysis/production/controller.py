@@ -290,13 +290,22 @@ class Controller:
 # --- plugging into generation -----------------------------------------------------------------------------
 def controlled_generate(model, tok, questions: list, controller: Controller, cfg=None, batch_size: int = 8,
                         tags: dict | None = None, show_progress: bool = False, order: str = "length",
-                        kind: str = "instruct") -> list[dict]:
+                        kind: str = "instruct", stats: dict | None = None,
+                        probe_unscheduled: bool = False) -> list[dict]:
     """Generate answers for questions (``datasets.Question``) with the controller deciding at every checkpoint.
 
     Batches are formed as the runner forms them (prompts sorted by length) and every checkpoint is probed
     when it comes, so a run recorded with the same batch size and ``probes='immediate'`` computes the same
     numbers and the controller's stops equal the replay's. (A run with batched probes computes them in other
     batches: with bf16 weights a few percent of trial answers round differently.)
+
+    A row is probed only where its request's schedule is due (``Session.due``): the decode loop places the
+    union of the preset's schedules, and a request with a sparser schedule than another in its batch, or
+    before its ``min_tokens``, computes no probe there; nor does a row's end (the model's own answer is read
+    from its text). ``stats``, when given, collects the decode loop's probe counters (``probes`` computed,
+    ``repeated`` entries among them) over all batches. ``probe_unscheduled`` probes every placed checkpoint
+    and lets the sessions ignore the unscheduled ones (as before this hook; what a run recorded with
+    ``probes='immediate'`` computes): the same decisions at a higher cost, for comparison.
     """
     cfg = probe_config(cfg or GenConfig(every=controller.every, steps=controller.steps,
                                         transitions=controller.transitions), controller
@@ -312,14 +321,24 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
         sessions = [controller.open(q.id, q.text, q.meta, (tags or {}).get(q.id, q.meta), q.gold or None)
                     for q in batch]
 
+        def due(rows, results, kinds, sessions=sessions):
+            # a row's end needs no probe; a checkpoint placed for another request's schedule (or before this
+            # one's min_tokens) gets none (each placed checkpoint is noted once by its session)
+            ask = [r for r in rows if kinds[r]["kind"] != "final" and sessions[r].due(
+                len(results[r].token_ids), kinds[r]["is_step"], kinds[r]["is_transition"], controller.every)]
+            if probe_unscheduled:
+                noted[:] = ask
+                return rows
+            return ask
+
+        noted: list[int] = []              # probe_unscheduled: the rows whose session is due
+
         def hook(rows, results, sessions=sessions):
             ask = []
-            for r in rows:
-                c = results[r].checkpoints[-1]
-                if c["kind"] == "final":
+            for r in rows:                 # the rows probed: due on their schedule
+                if probe_unscheduled and r not in noted:
                     continue
-                if not sessions[r].due(c["pos"], c["is_step"], c["is_transition"], controller.every):
-                    continue               # placed for another request's schedule (or before min_tokens)
+                c = results[r].checkpoints[-1]
                 pr = c["probe"]
                 sessions[r].checkpoint(c["pos"], pr.raw if pr else None, pr.signals() if pr else None,
                                        answer_tokens=len(pr.tokens) if pr else 0,
@@ -331,7 +350,8 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
             decisions = controller.decide([sessions[r] for r in ask])
             return [r for r, d in zip(ask, decisions) if d.stop]
 
-        results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg, on_checkpoint=hook)
+        results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg, on_checkpoint=hook,
+                                 probe_due=due, stats=stats)
         for q, s, r in zip(batch, sessions, results):
             text = tok.decode(r.token_ids, skip_special_tokens=True)
             final_raw = extract(text, controller.answer_type) if s.stopped is None else None
@@ -348,7 +368,7 @@ def probe_config(cfg: GenConfig, controller: Controller) -> GenConfig:
     """The placement the decode loop probes at: the union of the preset's schedules (every gcd(n) x the
     interval, steps if any schedule wants them, transitions likewise), so an unscheduled checkpoint gets no
     probe. A schedule's ``min_tokens``, or a request whose schedule is sparser than another's, still meets
-    the loop's probes it does not want; the session ignores them (``Session.due``)."""
+    checkpoints it does not want; the loop probes only the rows whose session is due (``Session.due``)."""
     import dataclasses
     scheds = [s.sched for s in controller.preset.settings()]
     every = int(np.gcd.reduce([s["every"] for s in scheds]))

@@ -62,3 +62,43 @@ def test_frontier_and_compare_offer_your_mechanism(incumbent_db, synthetic_db):
     sdb, srid, _ = synthetic_db                       # a run without one is not offered it
     at = open_app(sdb, srid, "views/compare.py")
     assert not at.exception and "your mechanism" not in at.selectbox(key="cmp_A").options
+
+
+def test_frontier_filters_by_probe_schedule(synthetic_db):
+    """The schedule picker keeps one schedule's points (with the full-length point), draws the fronts again
+    among them, and is kept in the link: a link with it opens on that schedule."""
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid)
+    radio = at.radio(key="schedule_pick")
+    assert radio.options[:2] == ["all schedules", "every checkpoint"] and "every 2x" in radio.options
+    everything = at.dataframe[0].value
+    radio.set_value("probes every 2x").run()
+    assert not at.exception and at.query_params["schedule"] == "probes every 2x"
+    sparse = at.dataframe[0].value
+    assert len(sparse) and all("every 2x" in lab for lab in sparse["label"])
+    at.radio(key="schedule_pick").set_value("every checkpoint").run()
+    dense = at.dataframe[0].value
+    assert len(dense) and not any("probes every" in lab for lab in dense["label"])
+    # fewer points, fronts drawn again: every dense setting on the whole front stays on the dense-only front
+    assert set(everything.label[~everything.label.str.contains("probes every")]) <= set(dense.label)
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT
+    link = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    link.query_params.update({"db": db, "run": rid, "schedule": "probes every 2x"})
+    link.run()
+    assert not link.exception and link.radio(key="schedule_pick").value == "probes every 2x"
+    assert all("every 2x" in lab for lab in link.dataframe[0].value["label"])
+
+
+def test_on_schedules_names_an_unknown_schedule(synthetic_db):
+    from analysis.core.errors import StoplineError
+    from analysis.core.store import Store
+    from analysis.evaluate.frontier import on_schedules, schedules_of, sweep
+    from analysis.replay.engine import RunTable
+    db, rid, _ = synthetic_db
+    pts = sweep(RunTable.from_store(Store(db, read_only=True), rid), ["budget", "consistency"])
+    assert schedules_of(pts) == ["every checkpoint", "probes every 2x", "probes every 4x"]
+    two = on_schedules(pts, ["probes every 2x"])
+    assert set(two.schedule) == {"probes every 2x", ""} and two["pareto"].any() and two["hull_computed"].any()
+    with pytest.raises(StoplineError, match="every 16x"):
+        on_schedules(pts, ["probes every 16x"])

@@ -146,3 +146,32 @@ def test_smollm2_fused_answers_leave_the_traces_bit_for_bit():
     same = sum(a.tokens == b.tokens for a, b in pairs)
     # 24 of 27 when written; the three others near ties ('10.5' or '10.2' at p 0.15, '= 18' or '= 15' at p 0.5)
     assert same >= 0.8 * len(pairs), (same, len(pairs))
+
+
+def test_smollm2_controlled_generate_probes_only_the_scheduled_rows():
+    """Two requests' schedules in one batch (every checkpoint; every 2x from 32 tokens): the decode loop
+    probes a row only where its own schedule is due, and none at a row's end. The probes computed are the
+    checkpoints the sessions scheduled, and the decisions are those of probing every placed checkpoint."""
+    from analysis.ingest.datasets import load_dataset
+    from analysis.presets.schema import from_dict
+    from analysis.production.controller import Controller, controlled_generate
+    model, tok, _ = load("smollm2-135m-instruct", "cpu")
+    qs = load_dataset("rg:basic_arithmetic", 4).questions
+    sparse = {"family": "consistency", "params": {"k": 2}, "schedule": {"every": 2, "min_tokens": 32}}
+    preset = from_dict({"stopline_preset": 1, "name": "mixed", "setting": {"family": "consistency", "params": {"k": 3}},
+                        "routing": {"rules": [{"if": {"field": "tag.sparse", "in": [1]}, "setting": sparse}]}})
+    tags = {q.id: {"sparse": i % 2} for i, q in enumerate(qs)}
+    cfg = GenConfig(every=16, max_new_tokens=80)
+    runs = {}
+    for every_placed in (False, True):
+        stats: dict = {}
+        recs = controlled_generate(model, tok, qs, Controller(preset, every=16), cfg, batch_size=4, tags=tags,
+                                   stats=stats, probe_unscheduled=every_placed)
+        runs[every_placed] = (recs, stats)
+    (lean, st), (full, st_full) = runs[False], runs[True]
+    assert {r["setting"].get("schedule", {}).get("every", 1) for r in lean} == {1, 2}
+    keys = ("stopped", "ck", "stop_pos", "answer", "tokens_emitted", "tokens_computed", "n_checkpoints")
+    assert [[r[k] for k in keys] for r in lean] == [[r[k] for k in keys] for r in full]
+    scheduled = sum(r["n_checkpoints"] for r in lean)
+    assert st["probes"] - st["repeated"] == scheduled
+    assert st_full["probes"] - st_full["repeated"] > scheduled
