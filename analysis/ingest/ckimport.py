@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -53,18 +54,21 @@ def _wanted(spec) -> dict[str, str]:
     return {k: v for k, v in want.items() if v}
 
 
-def _columns(spec) -> tuple[pa.Table, str, dict]:
-    """The fields as an Arrow table (one row per record), the file's sha256, and what each row is (its Loc)."""
+def read_columns(spec) -> tuple[pa.Table, str, dict]:
+    """The fields as an Arrow table (one row per record), the file's sha256, and what each row is (its Loc).
+    A CSV or Parquet file is hashed in a thread while Arrow reads it (both release the GIL)."""
     want = _wanted(spec)
     kind = sources.kind_of(spec.path, spec.kind)
     if kind in ("csv", "parquet") and not spec.records:
         sources.check_file(spec.path)
-        tbl = sources.read_table(spec.path, kind)
+        with ThreadPoolExecutor(1) as pool:
+            sha = pool.submit(sources.sha256, spec.path)
+            tbl = sources.read_table(spec.path, kind)
         missing = [f for f in want.values() if f not in tbl.column_names]
         if missing:
             raise StoplineError(f"no column {missing[0]!r} (columns: {', '.join(tbl.column_names[:12])})",
                                 file=spec.path, field=missing[0])
-        return pa.table({k: tbl.column(f) for k, f in want.items()}), sources.sha256(spec.path), {"kind": kind}
+        return pa.table({k: tbl.column(f) for k, f in want.items()}), sha.result(), {"kind": kind}
     return _columns_from_records(spec, want)
 
 
@@ -177,9 +181,10 @@ def _codes(arr) -> tuple[np.ndarray, list]:
     return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
 
 
-def read_checkpoints(spec, run_id: str) -> dict:
-    """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras."""
-    tbl, sha, where = _columns(spec)
+def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
+    """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras.
+    ``columns``: what ``read_columns(spec)`` returned, when the caller read the file already."""
+    tbl, sha, where = columns or read_columns(spec)
     tbl, recs = _explode(tbl, spec, where)
     n = tbl.num_rows
     if n == 0:
