@@ -293,7 +293,8 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
     gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
     questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json}
     # answers: normalised once per distinct text, scored once per distinct (question, answer)
-    raw = pc.cast(tbl.column("answer"), pa.string()).take(pa.array(take))
+    raw = pc.cast(tbl.column("answer"), pa.string())
+    raw = raw.take(pa.array(take)) if extra.any() else raw.combine_chunks()    # (no added finals: rows as they are)
     acodes, uniq = _codes(raw)                          # -1: no answer
     u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
     acodes = np.where(u_norm[acodes] == "", -1, acodes)
