@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -53,18 +54,21 @@ def _wanted(spec) -> dict[str, str]:
     return {k: v for k, v in want.items() if v}
 
 
-def _columns(spec) -> tuple[pa.Table, str, dict]:
-    """The fields as an Arrow table (one row per record), the file's sha256, and what each row is (its Loc)."""
+def read_columns(spec) -> tuple[pa.Table, str, dict]:
+    """The fields as an Arrow table (one row per record), the file's sha256, and what each row is (its Loc).
+    A CSV or Parquet file is hashed in a thread while Arrow reads it (both release the GIL)."""
     want = _wanted(spec)
     kind = sources.kind_of(spec.path, spec.kind)
     if kind in ("csv", "parquet") and not spec.records:
         sources.check_file(spec.path)
-        tbl = sources.read_table(spec.path, kind)
+        with ThreadPoolExecutor(1) as pool:
+            sha = pool.submit(sources.sha256, spec.path)
+            tbl = sources.read_table(spec.path, kind)
         missing = [f for f in want.values() if f not in tbl.column_names]
         if missing:
             raise StoplineError(f"no column {missing[0]!r} (columns: {', '.join(tbl.column_names[:12])})",
                                 file=spec.path, field=missing[0])
-        return pa.table({k: tbl.column(f) for k, f in want.items()}), sources.sha256(spec.path), {"kind": kind}
+        return pa.table({k: tbl.column(f) for k, f in want.items()}), sha.result(), {"kind": kind}
     return _columns_from_records(spec, want)
 
 
@@ -177,9 +181,10 @@ def _codes(arr) -> tuple[np.ndarray, list]:
     return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
 
 
-def read_checkpoints(spec, run_id: str) -> dict:
-    """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras."""
-    tbl, sha, where = _columns(spec)
+def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
+    """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras.
+    ``columns``: what ``read_columns(spec)`` returned, when the caller read the file already."""
+    tbl, sha, where = columns or read_columns(spec)
     tbl, recs = _explode(tbl, spec, where)
     n = tbl.num_rows
     if n == 0:
@@ -240,33 +245,56 @@ def read_checkpoints(spec, run_id: str) -> dict:
     # questions and golds
     def per_q(key):
         return tbl.column(key).take(pa.array(first)).to_pylist() if key in tbl.column_names else [None] * nq
-    texts, gold_vals = per_q("question"), per_q("gold")
     ids = np.asarray(uniq_ids, dtype=object).astype(str)
-    if spec.question_field:                             # every question a non-blank string
-        if all(isinstance(x, str) for x in texts):
-            blank = pc.equal(pc.utf8_trim_whitespace(pa.array(texts, pa.string())), "")
-            bad_q = np.flatnonzero(pc.fill_null(blank, True).to_numpy(zero_copy_only=False))
-        else:
-            bad_q = [i for i, x in enumerate(texts) if question_problem(x)]
+    id_arr = pa.array(ids, pa.string())
+    first_arr = pa.array(first)
+    qcol = tbl.column("question").take(first_arr).combine_chunks() if "question" in tbl.column_names else None
+    if qcol is not None and (pa.types.is_string(qcol.type) or pa.types.is_large_string(qcol.type)):
+        # Arrow's kernels: every question a non-blank string, else the question's id stands for its text
+        bad_q = np.flatnonzero(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(qcol), ""), True)
+                               .to_numpy(zero_copy_only=False))
         if len(bad_q):
-            raise _at(spec, where, int(recs[first[bad_q[0]]]), question_problem(texts[bad_q[0]]), "question")
+            raise _at(spec, where, int(recs[first[bad_q[0]]]), question_problem(qcol[int(bad_q[0])].as_py()),
+                      "question")
+        q_texts = pc.if_else(pc.fill_null(pc.not_equal(qcol, ""), False), pc.cast(qcol, pa.string()), id_arr)
+    else:
+        texts = qcol.to_pylist() if qcol is not None else [None] * nq
+        if spec.question_field:                         # every question a non-blank string
+            bad_q = [i for i, x in enumerate(texts) if question_problem(x)]
+            if len(bad_q):
+                raise _at(spec, where, int(recs[first[bad_q[0]]]), question_problem(texts[bad_q[0]]), "question")
+        q_texts = [t if t else i for t, i in zip(texts, ids)]
+    # golds: each distinct one checked, normalised and written once
     check = bool(spec.gold_field and not spec.correct_field)
-    seen: dict = {}                                     # a gold is checked, normalised and written once
-    golds, gold_json = [], []
-    for rec, value in zip(recs[first].tolist(), gold_vals):
-        key = value if isinstance(value, (str, int, float)) else repr(value)
-        hit = seen.get(key)
-        if hit is None:
-            gold = as_gold_list(value, spec.answer_type) if value is not None else []
-            hit = seen[key] = (check_gold(gold, spec.answer_type) if check else None,
-                               normalize_gold(gold, spec.answer_type), json.dumps(gold))
-        if hit[0]:
-            raise _at(spec, where, rec, f"cannot parse the gold answer: {hit[0]}", "gold")
-        golds.append(hit[1])
-        gold_json.append(hit[2])
-    questions = {"ids": ids, "texts": [t if t else i for t, i in zip(texts, ids)], "gold_json": gold_json}
+    gcol = tbl.column("gold").take(first_arr).combine_chunks() if "gold" in tbl.column_names else None
+    if gcol is not None and (pa.types.is_string(gcol.type) or pa.types.is_integer(gcol.type)
+                             or pa.types.is_floating(gcol.type)):
+        gcodes, g_uniq = _codes(gcol)                   # Arrow's encoding: no Python call per question
+        g_uniq.append(None)                             # -1 (null): the last
+        gcodes[gcodes < 0] = len(g_uniq) - 1
+    else:
+        seen: dict = {}
+        g_uniq, g_list = [], gcol.to_pylist() if gcol is not None else [None] * nq
+        gcodes = np.empty(nq, np.int64)
+        for i, value in enumerate(g_list):
+            key = value if isinstance(value, (str, int, float)) else repr(value)
+            if key not in seen:
+                seen[key] = len(g_uniq)
+                g_uniq.append(value)
+            gcodes[i] = seen[key]
+    g_golds = [as_gold_list(v, spec.answer_type) if v is not None else [] for v in g_uniq]
+    used = np.bincount(gcodes, minlength=len(g_uniq)) > 0   # (the null slot may be unused)
+    g_bad = [check_gold(g, spec.answer_type) if check and u else None for g, u in zip(g_golds, used)]
+    if any(g_bad):
+        q = int(np.flatnonzero(np.isin(gcodes, [i for i, e in enumerate(g_bad) if e]))[0])
+        raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")
+    g_norm = [normalize_gold(g, spec.answer_type) for g in g_golds]
+    golds = [g_norm[c] for c in gcodes.tolist()]
+    gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
+    questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json}
     # answers: normalised once per distinct text, scored once per distinct (question, answer)
-    raw = pc.cast(tbl.column("answer"), pa.string()).take(pa.array(take))
+    raw = pc.cast(tbl.column("answer"), pa.string())
+    raw = raw.take(pa.array(take)) if extra.any() else raw.combine_chunks()    # (no added finals: rows as they are)
     acodes, uniq = _codes(raw)                          # -1: no answer
     u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
     acodes = np.where(u_norm[acodes] == "", -1, acodes)
@@ -277,7 +305,6 @@ def read_checkpoints(spec, run_id: str) -> dict:
     else:
         em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
     answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
-    id_arr = pa.array(ids, pa.string())
     cols = {"run_id": pa.array([run_id]).take(pa.array(np.zeros(N, np.int32))), "question_id": pc.take(id_arr, pa.array(qrow)),
             "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
             "kind": pc.take(pa.array(["interval", "final"]), pa.array(is_final.astype(np.int8))),

@@ -24,7 +24,7 @@ from analysis.core.store import config_hash, resolve_db_path, Store
 from analysis.evaluate.frontier import materialise
 from analysis.evaluate.incumbent import attach
 from analysis.ingest import sources
-from analysis.ingest.ckimport import MAX_CHECKPOINTS, read_checkpoints
+from analysis.ingest.ckimport import MAX_CHECKPOINTS, read_checkpoints, read_columns
 from analysis.ingest.derive import derive, load_tokenizer, tokenizer_starts
 from analysis.ingest.datasets import as_gold_list, assign_ids, check_gold, Question, question_problem
 from analysis.ingest.sources import Loc
@@ -286,15 +286,15 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
     transaction (ckimport.py)."""
     check_spec(spec)
     sources.check_file(spec.path)
-    sha = sources.sha256(spec.path)
-    config = _config(spec, sha)
+    columns = read_columns(spec)            # the file read once (a table file hashed while Arrow reads it)
+    config = _config(spec, columns[1])
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
     if isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists():
         with _target(store) as s:               # an existing store: the same file imported before is found
             found = _existing(s, run_id)
         if found:
             return found
-    data = read_checkpoints(spec, run_id)   # (the EM source is in the config: fields.correct)
+    data = read_checkpoints(spec, run_id, columns)   # (the EM source is in the config: fields.correct)
     with _target(store) as store:
         with store.transaction() as con:
             store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
