@@ -98,7 +98,7 @@ if pr is None:
     st.warning("The log names no calibration run, so there is nothing to compare with. Pick the run in the sidebar.")
 elif res["flags"]:
     st.error("**Recalibrate.** " + " ".join(f"{f['message']}." for f in res["flags"]), icon=":material/warning:")
-else:
+elif ob["tokens_emitted"] is not None:       # with no champion-served request there is nothing to vouch for
     st.success("The preset delivers what the calibration promised: no check is significant.",
                icon=":material/check_circle:")
 
