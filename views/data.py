@@ -8,7 +8,10 @@ file imported by another process shows up on the next rerun while a rerun with n
 from those runs, so it is loaded again only when its own checkpoints or incumbent change.
 
 The analysis imports inside functions are as they were in common.py: they keep the replay, sweep and monitor
-code (pandas, scipy, scikit-learn) out of this module's import, which the sidebar of every page triggers."""
+code (pandas, scipy, scikit-learn) out of this module's import, which the sidebar of every page triggers.
+
+About 500 lines, on purpose: this is the one seam between the pages and the stores (every cached read, every
+write a page may make, viewer mode's refusals), so that no page reaches a store any other way."""
 from __future__ import annotations
 
 import hashlib

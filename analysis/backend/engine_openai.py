@@ -23,6 +23,9 @@ Replicas: each question goes, with all its probes, to the replica with the fewes
 replica that refuses connections, drops a stream or answers 5xx is set aside with a growing back-off, and
 the question starts again from nothing on another (up to ``max_retries`` times): the run ends with every
 question exactly once. A 4xx answer (a wrong model name, a bad request) is not retried: it is our error.
+
+About 470 lines: the replicas, the stream, the probe and the retry loop share the engine's state (semaphores,
+replica health, statistics); the gateway reuses the same pieces, so they stay one class.
 """
 from __future__ import annotations
 

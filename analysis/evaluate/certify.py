@@ -44,6 +44,9 @@ are an estimate on the calibration questions, not part of the guarantee.
 
 The learned family is not certified: its cross-fitted probabilities for one calibration question come from
 models trained on the other calibration questions' labels, so the per-question losses are not independent.
+
+About 450 lines: the p-values, the fixed-sequence test, the split and the per-slice certificates are one
+procedure whose guarantee depends on each step using the others' exact conventions; kept in one module.
 """
 from __future__ import annotations
 

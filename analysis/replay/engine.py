@@ -16,6 +16,9 @@ and packs each question's kept checkpoints to the left, vectorised: the family's
 history features (answer run lengths, votes, the entropy EMA) then run over the probed sequence only, and
 stops are mapped back to the run's checkpoint indices. Tokens computed count the scheduled probes only, and
 none at all for a setting that reads no trial answer (``Policy.probes_needed``: a budget).
+
+About 450 lines: ``RunTable`` (the padded arrays), the schedule's packing and ``replay`` are the hot path and
+share its array layout; splitting them would spread one layout's invariants over several files.
 """
 from __future__ import annotations
 
