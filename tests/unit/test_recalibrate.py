@@ -67,6 +67,11 @@ def test_drift_to_hard_questions_certifies_a_more_conservative_setting(easy_pres
     old_drop, old_tok = _drop(fresh, easy_preset.setting)
     new_drop, new_tok = _drop(fresh, new.setting)
     assert old_drop > EPS >= new_drop and new_tok > old_tok
+    # served again: the new version through the controller on those new questions; the monitor's measure (its
+    # exploration requests' shadow stops against their full-length answers) has the drop back within epsilon
+    served = tmp_path / "served.jsonl"
+    res2 = recalibrate(served, _stream(fresh, new, served), new, EPS, DELTA, families=["budget"])
+    assert res2["n_explore"] >= 2000 and res2["observed"]["em_drop"] <= EPS < res["observed"]["em_drop"], res2
     recs = history_records(hist)
     assert [r["version"] for r in recs] == [0, 1] and recs[1]["applied"]
     assert recs[0]["preset"]["setting"] == easy_preset.setting.to_dict()
