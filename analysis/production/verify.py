@@ -73,6 +73,16 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     decision (stop, or an exploration request's shadow stop) equals the replay's, and the ones that differ.
     ``log``: a path (or paths), or ``(header, checkpoints, finals)`` as ``monitor.read_log`` returns."""
     header, ck, fin = read_log(log) if not isinstance(log, tuple) else log
+    # a request the upstream's failure ended (the gateway's --on-upstream-error answer) was not stopped by the
+    # preset: it is left out and counted apart
+    broken = fin["cause"].notna().to_numpy() if "cause" in fin else np.zeros(len(fin), bool)
+    if broken.any():
+        gone = set(fin.loc[broken, "request"])
+        fin = fin[~broken].reset_index(drop=True)
+        ck = ck[~ck["request"].isin(gone)].reset_index(drop=True) if len(ck) else ck
+        if fin.empty:
+            return {"agreement": float("nan"), "n": 0, "checkpoints": 0, "ended_by_upstream": int(broken.sum()),
+                    "mismatches": []}
     t = log_table(ck, fin, answer_type or header.get("answer_type", "number"))
     # the controller's checkpoint interval: a schedule's `every` is a multiple of it (the log holds only the
     # checkpoints a request's schedule probed, so it cannot be inferred from them)
@@ -91,7 +101,7 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
         got[idx] = stop_index(t.subset(idx), setting)
     bad = np.flatnonzero(got != want)
     return {"agreement": float(1 - len(bad) / t.n) if t.n else float("nan"), "n": int(t.n),
-            "checkpoints": int(len(ck)),
+            "checkpoints": int(len(ck)), "ended_by_upstream": int(broken.sum()),
             "mismatches": [{"request": str(t.question_ids[i]), "live_ck": int(want[i]), "replay_ck": int(got[i]),
                             "setting": fin["setting"].iloc[i]} for i in bad[:MAX_LISTED]]}
 

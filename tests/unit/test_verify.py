@@ -111,3 +111,31 @@ def test_sensitivity_cli_reads_verify_output(synthetic_db, tmp_path, cli):
     noise.write_text("[1, 2]")
     code, _, err = cli("sensitivity", "--run", rid, "--preset", preset, "--noise", noise, "--db", db)
     assert code == 2 and "verify.json" in err and "JSON object" in err
+
+
+def test_a_request_ended_by_an_upstream_failure_is_not_replayed_as_the_presets_decision(tmp_path):
+    """The gateway's --on-upstream-error answer ends a request where the upstream failed (final record with
+    cause upstream_error): check-log leaves it out and counts it, and still replays the others. The same
+    record without the cause is a stop the never-stopping preset would not make: a disagreement."""
+    import json
+    from analysis.production.verify import check_decisions
+    never = {"family": "budget", "params": {"B": 32768}}
+
+    def log(cause):
+        rows = [{"type": "header", "stopline_log": 1, "answer_type": "number", "checkpoints": {"every": 32}}]
+        for r, stopped in (("a", True), ("b", False)):
+            for j, pos in enumerate((32, 64)):
+                rows.append({"type": "checkpoint", "request": r, "arm": "champion", "ck": j, "pos": pos,
+                             "kind": "interval", "answer": "1", "answer_tokens": 1, "probe_tokens": 5,
+                             "decision": "continue"})
+            fin = {"type": "final", "request": r, "arm": "champion", "setting": never, "stopped": stopped,
+                   "ck": 0 if stopped else 1, "stop_pos": 32 if stopped else 64, "tokens_emitted": 40,
+                   "n_checkpoints": 2}
+            rows.append({**fin, "cause": cause} if stopped and cause else fin)
+        (tmp_path / "l.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        return check_decisions(str(tmp_path / "l.jsonl"))
+
+    res = log("upstream_error")
+    assert res["ended_by_upstream"] == 1 and res["n"] == 1 and res["agreement"] == 1.0, res
+    res = log(None)
+    assert res["ended_by_upstream"] == 0 and res["n"] == 2 and res["agreement"] == 0.5, res
