@@ -182,7 +182,9 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     answer_type = header.get("answer_type", t.answer_type if t is not None else "number")
     fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
     champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
-    out: dict = {"n_requests": int(len(fin)), "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
+    broken = champ["cause"].notna() if "cause" in champ else pd.Series(False, index=champ.index)
+    champ = champ[~broken]           # ended by an upstream failure (the gateway's answer mode): not the preset's
+    out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
                  "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {}}
     live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
     live_stop = champ["stopped"].to_numpy(dtype=bool)

@@ -283,6 +283,8 @@ def test_an_upstream_that_dies_mid_stream_gives_a_clean_error_or_the_trial_answe
             m = httpx.get(url2.removesuffix("/v1") + "/metrics").text
             assert 'outcome="upstream_error_answered"} 1.0' in m and "stopline_upstream_error_answers_total 1.0" in m
             assert "stopline_early_stops_total{" not in m         # not counted as the preset's stop
+            res = check_decisions(str(tmp_path / "ans" / "decisions.jsonl"))      # nor replayed as its decision
+            assert res["ended_by_upstream"] == 1 and res["n"] == 0, res
     finally:
         vllm_local.stop(proc)
 
@@ -301,3 +303,11 @@ def test_verify_controller_through_the_gateway_on_a_run_recorded_through_the_sam
     assert code == 0, err
     v = json.loads(out)
     assert v["decision_agreement"] == 1.0 and v["n"] == 4 and 0 <= v["agreement"] <= 1
+    # a certified preset (certify on the demo's SmolLM2 run) deploys through the gateway the same way (issue 23)
+    from analysis.core.store import DEMO_DB
+    code, out, err = cli("certify", "--db", DEMO_DB, "--run", "5565a1e32c09", "--epsilon", "0.05", "--delta", "0.1",
+                         "--family", "confidence", "--save", tmp_path / "cert.json")
+    assert code == 0 and json.loads((tmp_path / "cert.json").read_text())["certificate"]["certified"], err
+    code, out, err = cli("verify-controller", "--engine", "openai", "--base-url", server, "--tokenizer", MODEL,
+                         "--run", res["run_id"], "--preset", tmp_path / "cert.json", "--db", db, "--json")
+    assert code == 0 and json.loads(out)["decision_agreement"] == 1.0, err
