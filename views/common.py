@@ -72,10 +72,10 @@ def _store_and_run() -> None:
     if want not in ids:                 # a link that names no run (or a gone one): the store's default run
         want = data.default_run(path)
     idx = ids.index(want) if want in ids else 0
-    rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick",
-                               format_func=data.run_labeller(runs, questions=True))
+    label = data.run_labeller(runs, questions=True)
+    rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick", format_func=label)
     run = data.run_by_id(runs, rid)
-    st.sidebar.caption(f"{data.run_labeller(runs, questions=True)(rid)} · `{rid}`")      # what the picker cuts
+    st.sidebar.caption(f"{label(rid)} · `{rid}`")      # what the picker cuts
     data.pick_run(run)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from pathlib import Path
 
 import streamlit as st
@@ -359,6 +360,7 @@ def rollback(log: str, labels: str, preset: dict, history: str, alpha: float) ->
     return run([log], [labels], from_dict(preset), history, alpha)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
 def preset_history(path: str, mtime: float) -> list[dict]:
     """The closed loop's version history (analysis.production.recalibrate); keyed by the caller on its mtime."""
     from analysis.production.recalibrate import history_records
@@ -404,7 +406,7 @@ def run_labeller(runs_: list[dict], questions: bool = False):
     """A ``format_func`` for a picker of run ids."""
     by_id = {r["id"]: r for r in runs_}
     labels = {i: run_label(r, questions) for i, r in by_id.items()}
-    twice = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
+    twice = {lab for lab, n in Counter(labels.values()).items() if n > 1}
     return lambda i: labels[i] + (f" · {i[:6]}" if labels[i] in twice else "")   # runs alike: their ids tell
 
 

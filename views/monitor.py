@@ -83,7 +83,9 @@ try:
                                 hint="list it in STOPLINE_STORES, or pick the calibration run in the sidebar")
         run_db = DEMO_DB                            # a log made elsewhere against the bundled store
     res, ck, fin = data.monitor_report(str(log_path), str(labels_path) if labels_path else None,
-                                       log_key or f"{log_path}|{labels_path}|{log_path.stat().st_mtime_ns}",
+                                       log_key or f"{log_path}|{labels_path}|" + "|".join(   # late labels too
+                                           str(p.stat().st_mtime_ns) if p and p.is_file() else "-"
+                                           for p in (log_path, labels_path)),
                                        run_db, run_id)
 except StoplineError as e:
     cleanup()

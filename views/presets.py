@@ -40,20 +40,20 @@ st.caption("The permalink opens this exact view (store, run, family and setting)
            "button is at the code block's right.")
 
 c1, c2 = st.columns(2)
+stamped = from_dict({**preset.to_dict(), "made_on": made_on(run)})        # the run it was made on
 if not viewer:
     with c1:
         name = st.text_input("Save as", value="", placeholder="a name, e.g. prod-2026-11", key="preset_name")
         notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
         if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
             try:
-                body = from_dict({**preset.to_dict(), "name": name.strip(), "notes": notes,
-                                  "made_on": made_on(run)}).to_dict()        # the run it was made on
+                body = from_dict({**stamped.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
                 data.save_preset(target_path, name.strip(), body)
                 st.success(f"Saved '{name.strip()}' in {target_path}.")
             except (PresetError, StoplineError) as e:
                 st.error(str(e))
 with c2 if not viewer else c1:
-    st.download_button("Download this preset (JSON)", from_dict({**preset.to_dict(), "made_on": made_on(run)}).to_json(),
+    st.download_button("Download this preset (JSON)", stamped.to_json(),
                        f"{fam}.json", "application/json",
                        key="preset_dl")
     up = None if viewer else st.file_uploader("Upload a preset (JSON)", type=["json"], key="preset_up",

@@ -87,6 +87,8 @@ def _run_setup(p):
 
 @command("run", "generate full traces with a model and probe them at checkpoints, into the store", _run_setup)
 def _run(args):
+    from analysis.production.jobs import slot_from_env
+    slot_from_env()                      # a job of the dashboard's waits for a free slot (queued)
     from analysis.backend.prompts import GenConfig
     from analysis.ingest.pipeline import run, run_openai
     from analysis.core.errors import StoplineError

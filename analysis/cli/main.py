@@ -36,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command == "run":
-            from analysis.production.jobs import slot_from_env
-            slot_from_env()                      # a job of the dashboard's waits for a free slot (queued)
         code = COMMANDS[args.command].run(args)   # a command may return an exit code (a failed check)
     except StoplineError as e:
         print(f"error: {e}", file=sys.stderr)
