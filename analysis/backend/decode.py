@@ -114,7 +114,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     def do_probe(rows: list[int], kinds: dict[int, dict], ask: list[int] | None = None):
         """Probe ``ask`` (default: all of ``rows``); the other rows' checkpoints are kept without a probe."""
         nonlocal t_probe
-        ask = rows if ask is None or prober is None else ask
+        ask = rows if ask is None else ask
         if not ask or prober is None:
             for r in rows:
                 results[r].checkpoints.append({"pos": len(results[r].token_ids), **kinds[r], "probe": None})

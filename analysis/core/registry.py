@@ -7,7 +7,7 @@ unknown name with an error that lists the known ones. It reads like a dict (``na
 ``list(R)``), so callers do not care which registry they hold."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from analysis.core.errors import StoplineError
 
@@ -32,12 +32,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
         return entry
-
-    def register(self, name: str | None = None) -> Callable[[T], T]:
-        """Decorator: register the decorated entry under ``name`` (default: its ``name`` attribute)."""
-        def deco(entry: T) -> T:
-            return self.add(name or getattr(entry, "name"), entry)
-        return deco
 
     def get(self, name: str) -> T:
         try:

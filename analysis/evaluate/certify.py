@@ -270,7 +270,7 @@ def certify_losses(L: Losses, ordering: np.ndarray, epsilon: float, delta: float
     if certified and choose is not None:
         certified = list(choose(by_family))
         if not certified:
-            out["held_back"] = True
+            out["held_back"], out["certified"] = True, False
     if certified:
         best = min(certified, key=lambda i: (mean_cost[i], rhat[i]))
         fam = L.family[best]

@@ -250,13 +250,13 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
     first_arr = pa.array(first)
     qcol = tbl.column("question").take(first_arr).combine_chunks() if "question" in tbl.column_names else None
     if qcol is not None and (pa.types.is_string(qcol.type) or pa.types.is_large_string(qcol.type)):
-        # Arrow's kernels: every question a non-blank string, else the question's id stands for its text
+        # Arrow's kernels: every question a non-blank string (else the line is named)
         bad_q = np.flatnonzero(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(qcol), ""), True)
                                .to_numpy(zero_copy_only=False))
         if len(bad_q):
             raise _at(spec, where, int(recs[first[bad_q[0]]]), question_problem(qcol[int(bad_q[0])].as_py()),
                       "question")
-        q_texts = pc.if_else(pc.fill_null(pc.not_equal(qcol, ""), False), pc.cast(qcol, pa.string()), id_arr)
+        q_texts = pc.cast(qcol, pa.string())
     else:
         texts = qcol.to_pylist() if qcol is not None else [None] * nq
         if spec.question_field:                         # every question a non-blank string

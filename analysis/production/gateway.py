@@ -100,7 +100,8 @@ class Gateway:
     def reload(self, force: bool = False, text: str | None = None) -> bool:
         """Load the preset (from ``text``, which is then written to the preset file, or from the file when it
         changed). An invalid preset raises PresetError and leaves the current one in place."""
-        if text is None:
+        given = text is not None
+        if not given:
             mtime = self.preset_path.stat().st_mtime_ns
             if not force and mtime == self._mtime:
                 return False
@@ -110,7 +111,7 @@ class Gateway:
         ctl = Controller(preset, self.opt.answer_type, every=self.opt.every, steps=self.opt.steps,
                          transitions=self.opt.transitions)        # refuses what the controller cannot run
         version = hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        if text is not None and not force and self.preset_path.read_text() != text:
+        if given and self.preset_path.read_text() != text:
             tmp = self.preset_path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(self.preset_path)
@@ -310,15 +311,16 @@ class Gateway:
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = ctl.finish(sess, cause=cause)
-        else:
-            final_text = await asyncio.to_thread(self.tok.decode, ids)     # off the event loop
-            rec = ctl.finish(sess, None if decision is not None else extract(final_text, ctl.answer_type), n)
+        elif decision is not None:
+            rec = ctl.finish(sess, None, n)
+        else:                                    # the model's own answer, decoded off the event loop
+            rec = ctl.finish(sess, extract(await asyncio.to_thread(self.tok.decode, ids), ctl.answer_type), n)
         info = {"stopped": decision is not None or error is not None, "position": n,
                 "tokens_emitted": rec["tokens_emitted"],
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
                 "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
                 "request_id": req["request_id"], "checkpoints": sess.n,
-                "finish_reason": "stop" if decision is not None else ("stop" if finish == "stop" else "length"),
+                "finish_reason": "stop" if decision is not None or error is not None or finish == "stop" else "length",
                 "prompt_tokens": len(req["ids"]), "seconds": round(time.perf_counter() - t_req, 3)}
         if rec.get("shadow_pos") is not None:
             info["shadow_position"] = rec["shadow_pos"]

@@ -288,6 +288,8 @@ def ab_compare(fin: pd.DataFrame) -> dict:
 def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
     """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
     ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
+    if "cause" in ex:                # ended by an upstream failure: not a full-length trace
+        ex = ex[ex["cause"].isna()]
     if ex.empty or ck.empty:
         return None
     rows = []
