@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,22 @@ src = "from the logs folder" if viewer else st.radio("Decision log", ["from the 
 log_path = labels_path = None
 log_key = None                # what keys the cached report: a log file's mtime, an upload's content
 scratch = None                # an upload's copy, deleted at the end of this script run (cleanup below)
+SCRATCH_ROOT = Path(tempfile.gettempdir()) / "stopline-monitor"
 
 
 def cleanup() -> None:
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def prune_scratch(max_age_s: float = 3600) -> None:
+    """Uploads' copies left by script runs a rerun interrupted before their cleanup: removed after an hour."""
+    for p in SCRATCH_ROOT.glob("*") if SCRATCH_ROOT.is_dir() else ():
+        try:
+            if time.time() - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
 
 
 if src == "upload":
@@ -47,7 +59,9 @@ if src == "upload":
             st.error(too_big)
             st.stop()
     if up is not None:
-        scratch = Path(tempfile.mkdtemp(prefix="stopline-monitor-"))
+        prune_scratch()
+        SCRATCH_ROOT.mkdir(exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=SCRATCH_ROOT))
         log_path = scratch / "log.jsonl"
         log_path.write_bytes(up.getvalue())
         log_key = hashlib.sha1(up.getvalue()).hexdigest()
@@ -194,10 +208,12 @@ if dep is not None:
     st.subheader("Deployed version against its certificate (automatic rollback)")
     alpha = st.number_input("α (chance of a false rollback, however often it is checked)", 0.001, 0.5, 0.05, 0.01,
                             format="%.3f", key="rb_alpha")
-    stamp = "|".join(str(p.stat().st_mtime_ns) if p.is_file() else "-" for p in (log_path, labels_path, HISTORY))
+    # an upload keys on its content, a file on its mtime; the version history's mtime either way
+    stamp = "|".join(str(p.stat().st_mtime_ns) if p.is_file() else "-"
+                     for p in ((HISTORY,) if log_key else (log_path, labels_path, HISTORY)))
     try:
         ev = data.rollback_evidence(str(log_path), str(labels_path), dep.to_dict(), str(HISTORY), float(alpha),
-                                    log_key or stamp)
+                                    f"{log_key}|{stamp}" if log_key else stamp)
     except StoplineError as e:
         ev = {"ok": False, "reason": str(e)}
     if not ev["ok"]:

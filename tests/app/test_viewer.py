@@ -2,6 +2,7 @@
 and the limits of what a page may start or take."""
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -165,12 +166,21 @@ def test_an_upload_over_the_limit_is_refused_with_the_limit_named(synthetic_db, 
 
 
 def test_a_monitor_upload_is_deleted_after_use(tmp_path, monkeypatch):
+    """The upload's copy goes at the end of the script run; one a rerun interrupted (left behind) goes after an
+    hour, a recent one (another session's, in use) stays."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))        # where the page's copies would stay
     monkeypatch.delenv("STOPLINE_VIEWER", raising=False)
+    stale, recent = tmp_path / "stopline-monitor" / "stale", tmp_path / "stopline-monitor" / "recent"
+    for d in (stale, recent):
+        d.mkdir(parents=True)
+        (d / "log.jsonl").write_text("{}")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
     at = app(page="views/monitor.py")
     at.radio(key="log_src").set_value("upload").run()
     log = ROOT / "data" / "demo-logs" / "serve-demo.jsonl"
     at.file_uploader(key="log_up").upload("serve-demo.jsonl", log.read_bytes()).run()
     assert not at.exception
     assert any("requests" in m.value for m in at.markdown)         # the report was made from the upload
-    assert list(tmp_path.iterdir()) == []
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["stopline-monitor", "stopline-monitor/recent", "stopline-monitor/recent/log.jsonl"]
