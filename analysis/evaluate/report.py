@@ -111,17 +111,17 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                 op = {"error": str(e)}
         by = slice_by or default_slice(t)
         every = f"all {t.n} questions"
-        rec = None
+        rec = rec_stops = None
         if "error" not in op:       # the recommendation on the same (all) questions as the presets' rows
-            rec = evaluate(t, stop_index(t, Setting.from_dict(op["setting"])), op["label"], n_boot)
+            rec_stops = stop_index(t, Setting.from_dict(op["setting"]))
+            rec = evaluate(t, rec_stops, op["label"], n_boot)
             rows.append((Preset(f"recommended: {op['label']}", Setting.from_dict(op["setting"])), rec))
         fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r and r is not rec], pts,
                               f"{head}<br><sup>tokens vs exact match, every family's Pareto front; {every}</sup>",
                               inc, (op["label"], rec) if rec is not None else None)
         figs[f"frontier_{k}"] = fig
         if rec is not None:
-            figs[f"losses_{k}"] = losses_figure(t, stop_index(t, Setting.from_dict(op["setting"])), by, op["label"],
-                                                every)
+            figs[f"losses_{k}"] = losses_figure(t, rec_stops, by, op["label"], every)
         md += [f"## {head}", "", f"{t.n} questions; at full length EM **{full['em']:.3f}** with "
                f"**{full['emitted']:.0f}** tokens per question.", ""]
         if "error" not in op:
