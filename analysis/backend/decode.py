@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from analysis.backend.fused import can_fuse, forward_pair
-from analysis.backend.placement import is_transition_start
+from analysis.backend.placement import is_transition_start, token_pieces
 from analysis.backend.probe import MAX_DRAFT, Prober, eos_ids
 from analysis.backend.prompts import GenConfig
 
@@ -90,7 +90,6 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     gcpu = torch.Generator().manual_seed(cfg.seed)
     full_ids = ids                        # only grown for the re-encoding probe modes
     t_gen = t_probe = 0.0
-    piece_cache: dict[int, str] = {}
     defer = defer is not False and probe and probe_mode == "reuse" and on_checkpoint is None
     # deferred probes' answers ride along in the batch's decode steps; not a batch of one: a one-row matrix
     # product takes another kernel than a batch's (rounds differently in bf16), and sharing its pass could
@@ -106,10 +105,7 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
         at = {r: i for i, r in enumerate(rows_in)}
         return [at[r] for r in rows]
 
-    def piece(tid: int) -> str:
-        if tid not in piece_cache:
-            piece_cache[tid] = tok.decode([tid])
-        return piece_cache[tid]
+    piece = token_pieces(tok)
 
     def do_probe(rows: list[int], kinds: dict[int, dict], ask: list[int] | None = None):
         """Probe ``ask`` (default: all of ``rows``); the other rows' checkpoints are kept without a probe."""

@@ -38,7 +38,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from analysis.backend.decode import TraceResult
-from analysis.backend.placement import Placer
+from analysis.backend.placement import Placer, token_pieces
 from analysis.backend.probe import Probe
 from analysis.backend.prompts import GenConfig
 from analysis.core.errors import StoplineError
@@ -131,7 +131,7 @@ class OpenAIEngine:
         self.token_ids = token_ids      # ask for the generated ids (False: as a server that has none)
         self.stats = EngineStats()
         self.eos = set(eos) if eos is not None else {tok.eos_token_id} - {None}
-        self._pieces: dict[int, str] = {}
+        self.piece = token_pieces(tok)             # piece(token_id): its text alone, decoded once
         self._q_sem = asyncio.Semaphore(concurrency)
         self._p_sem = asyncio.Semaphore(2 * concurrency)   # probes: short, and waiting would let prefixes go cold
         self.info: dict = {}
@@ -305,11 +305,6 @@ class OpenAIEngine:
         self.stats.errors = (self.stats.errors + [err[:300]])[-5:]
 
     # --- a question: its trace, streamed, and its probes --------------------------------------------------
-    def piece(self, tid: int) -> str:
-        if tid not in self._pieces:
-            self._pieces[tid] = self.tok.decode([tid])
-        return self._pieces[tid]
-
     async def question(self, prompt_ids: list[int], cfg: GenConfig, seed: int | None = None,
                        label: str = "") -> TraceResult:
         """A question's trace and checkpoints, retried on another replica when one fails."""

@@ -22,6 +22,17 @@ def is_transition_start(text: str) -> bool:
     return bool(s) and any(w.startswith(s) or s.startswith(w) for w in TRANSITION_WORDS) and s[0].isupper()
 
 
+def token_pieces(tok):
+    """``piece(token_id)``: the token's text as ``tok`` decodes it alone, each decoded once."""
+    cache: dict[int, str] = {}
+
+    def piece(tid: int) -> str:
+        if tid not in cache:
+            cache[tid] = tok.decode([tid])
+        return cache[tid]
+    return piece
+
+
 class Placer:
     """Checkpoints of one trace as its tokens arrive. ``piece(token_id)`` is the token's text."""
 

@@ -79,7 +79,7 @@ def fill_char_positions(store: Store) -> dict[str, int]:
     from transformers import AutoTokenizer
 
     from analysis.backend.models import CACHE, PACKAGED
-    from analysis.backend.placement import placements
+    from analysis.backend.placement import placements, token_pieces
     from analysis.backend.records import char_positions
     filled = {}
     for r in store.runs():
@@ -91,12 +91,7 @@ def fill_char_positions(store: Store) -> dict[str, int]:
         if not todo:
             continue
         tok = AutoTokenizer.from_pretrained(str(src))
-        pieces: dict[int, str] = {}
-
-        def piece(t):
-            if t not in pieces:
-                pieces[t] = tok.decode([t])
-            return pieces[t]
+        piece = token_pieces(tok)
         cfg = GenConfig(**{k: v for k, v in (r["config"].get("gen") or {}).items()
                            if k in GenConfig.__dataclass_fields__})
         traces = store.traces(r["id"], with_text=True).to_pandas().set_index("question_id")
