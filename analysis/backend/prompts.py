@@ -41,10 +41,15 @@ class GenConfig:
 
 
 
+def chat_messages(question: str, cfg: GenConfig) -> list[dict]:
+    """The chat a run sends for a question: its system message, if any, and the question in the prompt template."""
+    return ([{"role": "system", "content": cfg.system}] if cfg.system else []) + \
+        [{"role": "user", "content": cfg.prompt_template.format(question=question)}]
+
+
 def build_prompt(tok, question: str, cfg: GenConfig) -> str:
-    content = cfg.prompt_template.format(question=question)
-    msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": content}]
+    msgs = chat_messages(question, cfg)
     if getattr(tok, "chat_template", None):
         return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    return content + "\n"
+    return msgs[-1]["content"] + "\n"
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 from analysis.core.aio import run_sync
 from analysis.backend.models import load
 from analysis.backend.numerics import batch_invariance, cpu_features
-from analysis.backend.prompts import GenConfig
+from analysis.backend.prompts import chat_messages, GenConfig
 from analysis.core.errors import PresetError
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.evaluate.robustness import noise_from, stop_sensitivity
@@ -351,8 +351,7 @@ def verify_gateway(store, run_id: str, preset, base_urls: list[str], tokenizer: 
 
                 async def one(q):
                     async with sem:
-                        msgs = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + \
-                               [{"role": "user", "content": cfg.prompt_template.format(question=q.text)}]
+                        msgs = chat_messages(q.text, cfg)
                         req = gw.parse({"model": model, "messages": msgs, "max_tokens": cfg.max_new_tokens,
                                         "stopline": {"request_id": q.id, "meta": q.meta}}, chat=True)
                         req["question"] = q.text            # routing reads the question, as the replay does

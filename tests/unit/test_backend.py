@@ -14,7 +14,7 @@ from analysis.backend.decode import generate_batch
 
 from analysis.backend.probe import probe_from_scratch
 
-from analysis.backend.prompts import build_prompt, GenConfig
+from analysis.backend.prompts import build_prompt, chat_messages, GenConfig
 
 from analysis.ingest.pipeline import run
 from analysis.backend.tiny import build_model, save_tiny
@@ -365,3 +365,18 @@ def test_char_positions_are_exact_where_a_token_ends_inside_a_character():
         assert c == len(text) or not prefix.startswith(text[:c + 1])
         split += prefix != text[:c]             # a character cut in two: decoded as a replacement character
     assert split > 0
+
+
+def test_the_prompt_is_the_chat_every_engine_sends():
+    """build_prompt (the transformers engine) and the gateway's verification send the same chat: the system
+    message first when a run has one, the question in the template; a tokenizer without a chat template gets
+    the question's text and a newline."""
+    cfg = GenConfig(system="Be brief.", prompt_template="Q: {question}")
+    assert chat_messages("1 + 1?", cfg) == [{"role": "system", "content": "Be brief."},
+                                            {"role": "user", "content": "Q: 1 + 1?"}]
+    assert chat_messages("1 + 1?", GenConfig(prompt_template="Q: {question}")) == [
+        {"role": "user", "content": "Q: 1 + 1?"}]
+
+    class Plain:                          # a tokenizer with no chat template (a base model's)
+        chat_template = None
+    assert build_prompt(Plain(), "1 + 1?", cfg) == "Q: 1 + 1?\n"
