@@ -130,6 +130,20 @@ def deployed(history, fallback: Preset | None = None) -> Preset | None:
     return from_dict(last["preset"]) if last else fallback
 
 
+def _test(logs, labels, preset: Preset, recs: list[dict], alpha: float) -> dict:
+    """The sequential test of the certified ``preset`` on the labelled exploration requests it served (those its
+    certificate was computed on left out): its ε and risk, the history's current and roll-back versions, the
+    losses ``x`` of requests ``ids`` and the ``test``."""
+    cert = preset.certificate
+    eps, risk = float(cert["epsilon"]), cert.get("risk", "drop")
+    risk = risk if risk in ("drop", "lost") else "drop"
+    current, prev = _versions(recs, preset)
+    certified_on = (current or {}).get("data", {}).get("requests") or []
+    x, ids = live_losses(logs, labels, preset, risk, exclude=certified_on)
+    test = sequential_test(x, eps, alpha, low=0.0 if risk == "lost" else -1.0)
+    return {"eps": eps, "risk": risk, "current": current, "prev": prev, "x": x, "ids": ids, "test": test}
+
+
 def evidence(logs, labels, preset: Preset, history=None, alpha: float = ALPHA) -> dict:
     """What ``rollback`` would decide now, without writing: the deployed ``preset``'s losses on the labelled
     exploration requests it served, the test's evidence after each (``wealth``: K_n, against ``1 / alpha``), the
@@ -140,13 +154,8 @@ def evidence(logs, labels, preset: Preset, history=None, alpha: float = ALPHA) -
     if not cert:
         return {"ok": False, "reason": "the deployed preset carries no certificate: there is no bound to hold it to "
                                       "(certify it first: python -m analysis certify --save)"}
-    eps, risk = float(cert["epsilon"]), cert.get("risk", "drop")
-    risk = risk if risk in ("drop", "lost") else "drop"
-    recs = history_records(history) if history and Path(history).is_file() else []
-    current, prev = _versions(recs, preset)
-    certified_on = (current or {}).get("data", {}).get("requests") or []
-    x, ids = live_losses(logs, labels, preset, risk, exclude=certified_on)
-    test = sequential_test(x, eps, alpha, low=0.0 if risk == "lost" else -1.0)
+    r = _test(logs, labels, preset, history_records(history) if history and Path(history).is_file() else [], alpha)
+    eps, risk, current, prev, x, ids, test = (r[k] for k in ("eps", "risk", "current", "prev", "x", "ids", "test"))
     v = f"version {current['version']}" if current else "the deployed preset"
     if not test["n"]:
         verdict = f"no labelled exploration requests served under {v} yet"
@@ -172,13 +181,9 @@ def rollback(logs, labels, preset: Preset, history: str, alpha: float = ALPHA) -
     if not cert:
         raise StoplineError("the deployed preset carries no certificate: there is no bound to hold it to",
                             field="certificate", hint="certify it first (python -m analysis certify --save)")
-    eps, risk = float(cert["epsilon"]), cert.get("risk", "drop")
-    risk = risk if risk in ("drop", "lost") else "drop"
     recs = history_records(history)
-    current, prev = _versions(recs, preset)
-    certified_on = (current or {}).get("data", {}).get("requests") or []
-    x, ids = live_losses(logs, labels, preset, risk, exclude=certified_on)
-    test = sequential_test(x, eps, alpha, low=0.0 if risk == "lost" else -1.0)
+    r = _test(logs, labels, preset, recs, alpha)
+    eps, risk, current, prev, ids, test = (r[k] for k in ("eps", "risk", "current", "prev", "ids", "test"))
     out = {"time": _now(), "rolled_back": False, "test": test, "risk": risk, "setting": preset.setting.label(),
            "version": current["version"] if current else None, "preset": preset.to_dict()}
     what = "EM drop" if risk == "drop" else "lost share"
