@@ -345,19 +345,23 @@ class Store:
                 WHERE t.run_id = ? ORDER BY q.idx, t.question_id""", params=[run_id]).to_arrow_table()
 
     def trace(self, run_id: str, question_id: str) -> dict:
+        """One trace with its question, and ``char_pos``: where each checkpoint cuts the text, in checkpoint
+        order (None: not known)."""
         with self.connect() as con:
-            rel = con.execute("""SELECT t.*, q.text AS question, q.gold, q.meta FROM traces t
+            rel = con.execute("""SELECT t.*, q.text AS question, q.gold, q.meta,
+                    (SELECT list(c.char_pos ORDER BY c.ck_idx) FROM checkpoints c
+                     WHERE c.run_id = t.run_id AND c.question_id = t.question_id) AS char_pos
+                FROM traces t
                 JOIN runs r ON r.run_id = t.run_id
                 LEFT JOIN questions q ON q.dataset = r.dataset AND q.question_id = t.question_id
                 WHERE t.run_id = ? AND t.question_id = ?""", [run_id, question_id])
             cols = [d[0] for d in rel.description]
             row = rel.fetchone()
-            if row is not None:     # where each checkpoint cuts the text, in checkpoint order (None: not known)
-                cuts = con.execute("SELECT char_pos FROM checkpoints WHERE run_id = ? AND question_id = ? "
-                                   "ORDER BY ck_idx", [run_id, question_id]).fetchall()
         if row is None:
             raise StoplineError(f"no trace for question {question_id!r} in run {run_id!r}", file=self.path)
-        return {**dict(zip(cols, row)), "char_pos": [c for (c,) in cuts]}
+        out = dict(zip(cols, row))
+        out["char_pos"] = out["char_pos"] or []
+        return out
 
     def questions(self, dataset: str) -> pa.Table:
         with self.connect() as con:
