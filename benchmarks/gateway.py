@@ -5,12 +5,18 @@ N concurrent streaming clients send the same chat requests three ways:
 2. through the gateway with a preset that never stops and needs no probes          -> the pure proxy cost:
    ttft_ratio (median time to first token, gateway / direct), itl_p95_ratio (95th percentile of the gaps
    between streamed chunks, gateway / direct)
-3. through the gateway with a stopping preset (default: the demo's confidence preset) -> tokens_saved_share
-   (completion tokens not written, against 1), wall_ratio_with_stops (wall time of the batch, gateway / direct),
-   decisions_agree (check-log on the gateway's decision log: live decisions equal to the replay's)
-and errors (requests that failed, all ways). Prints one JSON line.
+3. through the gateway with each stopping preset (default: confidence(tau=0.8), probing at every checkpoint;
+   "sparse": the same rule probing every 64 tokens only; "demo": serve-demo's preset for the model)
+   -> tokens_saved_share (completion tokens not written, against 1), wall_ratio_with_stops (wall time of the
+   batch, gateway / direct), compute_ratio ((completion + probe tokens through the gateway) / direct completion
+   tokens: on a CPU server, where a probe token costs about what a generated one does, the wall ratio follows
+   it), decisions_agree (check-log on the gateway's decision log: live decisions equal to the replay's)
+and errors (requests that failed, all ways). Each pass starts with the upstream's prefix cache holding the prompts
+only (start vLLM with VLLM_SERVER_DEV_MODE=1 so that it can be reset; "prefix_cache_reset" says whether it was).
+The gateway runs as its own process (`python -m analysis serve`, as in production; --in-process: a thread of
+this one). Prints one JSON line: the first preset's figures at the top level, every preset's under "presets".
 Usage: python benchmarks/gateway.py --upstream http://127.0.0.1:8000/v1 --model smollm2-135m-instruct
-       --tokenizer smollm2-135m-instruct [--clients 32] [--max-tokens 256] [--preset P.json]
+       --tokenizer smollm2-135m-instruct [--clients 32] [--max-tokens 256] [--preset P.json|confidence|sparse|demo ...]
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import argparse
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,14 +42,38 @@ from analysis.production.gateway_app import create_app
 from analysis.production.verify import check_decisions
 
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
-STOPPING = {"stopline_preset": 1, "name": "confidence", "setting": {"family": "confidence", "params": {"tau": 0.8}}}
+BUILTIN = {
+    # a probe at every checkpoint: every 32 tokens, every step (blank line) and transition word
+    "confidence": {"stopline_preset": 1, "name": "confidence",
+                   "setting": {"family": "confidence", "params": {"tau": 0.8}}},
+    # the same rule on a sparse schedule: a probe every 64 tokens from the 64th, none at steps or transitions
+    "sparse": {"stopline_preset": 1, "name": "confidence, sparse",
+               "setting": {"family": "confidence", "params": {"tau": 0.8},
+                           "schedule": {"every": 2, "at_steps": False, "at_transitions": False}}},
+}
+
+
+def demo_preset(model: str, dataset: str) -> dict:
+    """serve-demo's preset for ``model``: the fewest tokens within 3 EM points of full length, chosen on the demo
+    store's run of the model (on ``dataset`` when it has one), without exploration."""
+    from analysis.core.store import DEMO_DB, Store
+    from analysis.production.serve_demo import default_preset
+    from analysis.replay.engine import RunTable
+    store = Store(DEMO_DB, read_only=True)
+    runs = [r for r in store.runs() if r["model"] == model and r["source"] == "generated"]
+    if not runs:
+        raise SystemExit(f"the demo store has no generated run of {model}")
+    run = next((r for r in runs if r["dataset"] == dataset), runs[-1])
+    p = default_preset(RunTable.from_store(store, run["id"]), explore=0.0).to_dict()
+    p["name"] = f"demo: {p['name']} (run {run['id']}, {run['dataset']})"
+    return p
 
 
 async def one(client, url, model, question, max_tokens):
     body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    stamps, tokens, err = [], None, None
+    stamps, tokens, info, err = [], None, {}, None
     try:
         async with client.stream("POST", url + "/chat/completions", json=body) as r:
             if r.status_code != 200:
@@ -56,11 +88,13 @@ async def one(client, url, model, question, max_tokens):
                     stamps.append(time.perf_counter())
                 if d.get("usage"):
                     tokens = d["usage"]["completion_tokens"]
+                info = d.get("stopline") or info
     except httpx.HTTPError as e:
         err = str(e)
     if err or not stamps:
         return {"error": str(err or "no content")}
-    return {"ttft": stamps[0] - t0, "itl": np.diff(stamps).tolist(), "tokens": tokens, "end": time.perf_counter() - t0}
+    return {"ttft": stamps[0] - t0, "itl": np.diff(stamps).tolist(), "tokens": tokens, "end": time.perf_counter() - t0,
+            "probe_tokens": info.get("probe_tokens", 0)}
 
 
 async def batch(url, model, questions, max_tokens):
@@ -70,15 +104,50 @@ async def batch(url, model, questions, max_tokens):
         return res, time.perf_counter() - t0
 
 
-def serve(gw) -> tuple[uvicorn.Server, str]:
+def fresh_cache(upstream: str, model: str, questions: list[str]) -> bool:
+    """Start a pass on equal terms: the upstream's prefix cache emptied (vLLM's /reset_prefix_cache, served when
+    it runs with VLLM_SERVER_DEV_MODE=1), then every prompt prefilled once (one token each), so that each pass
+    finds the prompts cached and nothing else: no trace or probe prefix an earlier pass left. False when the
+    upstream offers no reset (later passes then find earlier passes' prefixes)."""
+    r = httpx.post(upstream.rstrip("/").removesuffix("/v1") + "/reset_prefix_cache", timeout=60)
+    asyncio.run(batch(upstream, model, questions, 1))
+    return r.status_code == 200
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def serve(gw) -> tuple[uvicorn.Server, str]:
+    """The gateway in this process (uvicorn in a thread): it shares the clients' interpreter."""
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=srv.run, daemon=True).start()
     while not srv.started:
         time.sleep(0.05)
     return srv, f"http://127.0.0.1:{port}/v1"
+
+
+def serve_process(upstream: str, preset: Path, tokenizer: str, model: str, log: Path):
+    """The gateway as it runs in production: `python -m analysis serve`, a process of its own."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "analysis", "serve", "--upstream", upstream, "--preset", str(preset),
+                             "--tokenizer", tokenizer, "--model", model, "--port", str(port), "--log", str(log)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway did not start: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the gateway was not healthy in 300 s")
 
 
 def main():
@@ -89,25 +158,40 @@ def main():
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--dataset", default="rg:basic_arithmetic")
-    ap.add_argument("--preset", help="the stopping preset (default: confidence tau=0.8)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the gateway in this process (a thread), sharing the clients' interpreter; default: "
+                         "its own process, `python -m analysis serve`, as in production")
+    ap.add_argument("--preset", action="append",
+                    help=f"a stopping preset: a preset file, one of {', '.join(BUILTIN)}, or demo (serve-demo's "
+                         "preset for the model, chosen on the demo store; repeat for several; default: confidence)")
     a = ap.parse_args()
     tok, kind, eos = load_tokenizer(a.tokenizer)
     ds = load_dataset(a.dataset, a.clients, seed=42)
     qs = [f"{q.text}\nSolve it step by step, then write the final answer inside \\boxed{{}}." for q in ds.questions]
     tmp = Path(tempfile.mkdtemp())
-    stopping = json.loads(Path(a.preset).read_text()) if a.preset else STOPPING
-    out = {"clients": len(qs), "max_tokens": a.max_tokens}
+    stopping = [BUILTIN[p] if p in BUILTIN else demo_preset(a.model, a.dataset) if p == "demo"
+                else json.loads(Path(p).read_text()) for p in a.preset or ["confidence"]]
+    out = {"clients": len(qs), "max_tokens": a.max_tokens, "gateway": "in-process" if a.in_process else "process"}
     asyncio.run(batch(a.upstream, a.model, qs[:2], 8))                 # warm-up
+    out["prefix_cache_reset"] = fresh_cache(a.upstream, a.model, qs)
     direct, t_direct = asyncio.run(batch(a.upstream, a.model, qs, a.max_tokens))
     runs = {}
-    for name, preset in (("never", NEVER), ("stopping", stopping)):
+    for name, preset in [("never", NEVER)] + [(f"stopping{i}", p) for i, p in enumerate(stopping)]:
+        fresh_cache(a.upstream, a.model, qs)
         (tmp / f"{name}.json").write_text(json.dumps(preset))
-        gw = Gateway([a.upstream], str(tmp / f"{name}.json"), tok, eos, kind, log_path=str(tmp / f"{name}.jsonl"),
-                     model=a.model, options=Options())
-        srv, url = serve(gw)
+        if a.in_process:
+            gw = Gateway([a.upstream], str(tmp / f"{name}.json"), tok, eos, kind, log_path=str(tmp / f"{name}.jsonl"),
+                         model=a.model, options=Options())
+            srv, url = serve(gw)
+        else:
+            proc, url = serve_process(a.upstream, tmp / f"{name}.json", a.tokenizer, a.model, tmp / f"{name}.jsonl")
         runs[name] = asyncio.run(batch(url, a.model, qs, a.max_tokens))
-        srv.should_exit = True
-    errors = sum("error" in r for r in direct + runs["never"][0] + runs["stopping"][0])
+        if a.in_process:
+            srv.should_exit = True
+        else:
+            proc.terminate()
+            proc.wait(30)
+    errors = sum("error" in r for r in direct + [x for rs, _ in runs.values() for x in rs])
 
     def med_ttft(rs):
         return float(np.median([r["ttft"] for r in rs if "ttft" in r]))
@@ -118,16 +202,23 @@ def main():
     def tokens(rs):
         return sum(r.get("tokens") or 0 for r in rs)
     never, t_never = runs["never"]
-    stop, t_stop = runs["stopping"]
-    agree = check_decisions(str(tmp / "stopping.jsonl"))
+    per = {}
+    for i, preset in enumerate(stopping):
+        stop, t_stop = runs[f"stopping{i}"]
+        agree = check_decisions(str(tmp / f"stopping{i}.jsonl"))
+        probes = sum(r.get("probe_tokens") or 0 for r in stop)
+        per[preset["name"]] = {
+            "tokens_saved_share": round(1 - tokens(stop) / tokens(direct), 3),
+            "wall_ratio_with_stops": round(t_stop / t_direct, 3),
+            "compute_ratio": round((tokens(stop) + probes) / tokens(direct), 3),
+            "decisions_agree": agree["agreement"], "n_decided": agree["n"],
+            "tokens_stopping": tokens(stop), "probe_tokens": probes}
     out.update({"errors": errors,
                 "ttft_ratio": round(med_ttft(never) / med_ttft(direct), 3),
                 "itl_p95_ratio": round(p95_itl(never) / p95_itl(direct), 3),
-                "tokens_saved_share": round(1 - tokens(stop) / tokens(direct), 3),
-                "wall_ratio_with_stops": round(t_stop / t_direct, 3), "wall_ratio_never": round(t_never / t_direct, 3),
-                "decisions_agree": agree["agreement"], "n_decided": agree["n"],
+                **next(iter(per.values())), "wall_ratio_never": round(t_never / t_direct, 3),
                 "ttft_direct_s": round(med_ttft(direct), 3), "itl_p95_direct_s": round(p95_itl(direct), 4),
-                "wall_direct_s": round(t_direct, 2), "tokens_direct": tokens(direct), "tokens_stopping": tokens(stop)})
+                "wall_direct_s": round(t_direct, 2), "tokens_direct": tokens(direct), "presets": per})
     print(json.dumps(out))
 
 
