@@ -182,8 +182,8 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     answer_type = header.get("answer_type", t.answer_type if t is not None else "number")
     fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
     champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
-    broken = champ["cause"].notna() if "cause" in champ else pd.Series(False, index=champ.index)
-    champ = champ[~broken]           # ended by an upstream failure (the gateway's answer mode): not the preset's
+    broken = ended_by_upstream(champ)
+    champ = champ[~broken]
     out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
                  "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {}}
     live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
@@ -285,11 +285,16 @@ def ab_compare(fin: pd.DataFrame) -> dict:
     return res
 
 
+def ended_by_upstream(fin: pd.DataFrame) -> pd.Series:
+    """Which final records are of requests an upstream failure ended (the gateway's --on-upstream-error answer,
+    ``cause`` set): not the preset's decisions, nor full-length traces."""
+    return fin["cause"].notna() if "cause" in fin else pd.Series(False, index=fin.index)
+
+
 def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
     """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
     ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
-    if "cause" in ex:                # ended by an upstream failure: not a full-length trace
-        ex = ex[ex["cause"].isna()]
+    ex = ex[~ended_by_upstream(ex)]
     if ex.empty or ck.empty:
         return None
     rows = []

@@ -38,7 +38,7 @@ from analysis.evaluate.robustness import noise_from, stop_sensitivity
 from analysis.ingest.datasets import load_dataset
 from analysis.presets.routing import EXPLORE, preset_stops
 from analysis.production.controller import controlled_generate, Controller
-from analysis.production.monitor import read_log
+from analysis.production.monitor import ended_by_upstream, read_log
 from analysis.replay.engine import RunTable, stop_index
 from analysis.replay.policies.base import Setting
 
@@ -75,7 +75,7 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     header, ck, fin = read_log(log) if not isinstance(log, tuple) else log
     # a request the upstream's failure ended (the gateway's --on-upstream-error answer) was not stopped by the
     # preset: it is left out and counted apart
-    broken = fin["cause"].notna().to_numpy() if "cause" in fin else np.zeros(len(fin), bool)
+    broken = ended_by_upstream(fin).to_numpy()
     if broken.any():
         gone = set(fin.loc[broken, "request"])
         fin = fin[~broken].reset_index(drop=True)
