@@ -38,6 +38,11 @@ def cleanup() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def mtimes(*paths) -> str:
+    """What keys a cached result on files: their modification times ("-" for one that is not there)."""
+    return "|".join(str(p.stat().st_mtime_ns) if p and p.is_file() else "-" for p in paths)
+
+
 def prune_scratch(max_age_s: float = 3600) -> None:
     """Uploads' copies left by script runs a rerun interrupted before their cleanup: removed after an hour."""
     for p in SCRATCH_ROOT.glob("*") if SCRATCH_ROOT.is_dir() else ():
@@ -97,10 +102,8 @@ try:
                                 hint="list it in STOPLINE_STORES, or pick the calibration run in the sidebar")
         run_db = DEMO_DB                            # a log made elsewhere against the bundled store
     res, ck, fin = data.monitor_report(str(log_path), str(labels_path) if labels_path else None,
-                                       log_key or f"{log_path}|{labels_path}|" + "|".join(   # late labels too
-                                           str(p.stat().st_mtime_ns) if p and p.is_file() else "-"
-                                           for p in (log_path, labels_path)),
-                                       run_db, run_id)
+                                       log_key or f"{log_path}|{labels_path}|" + mtimes(log_path, labels_path),
+                                       run_db, run_id)            # (late labels refresh it too)
 except StoplineError as e:
     cleanup()
     st.error(str(e).replace(str(scratch), "the upload") if scratch else str(e))
@@ -208,12 +211,9 @@ if dep is not None:
     st.subheader("Deployed version against its certificate (automatic rollback)")
     alpha = st.number_input("α (chance of a false rollback, however often it is checked)", 0.001, 0.5, 0.05, 0.01,
                             format="%.3f", key="rb_alpha")
-    # an upload keys on its content, a file on its mtime; the version history's mtime either way
-    stamp = "|".join(str(p.stat().st_mtime_ns) if p.is_file() else "-"
-                     for p in ((HISTORY,) if log_key else (log_path, labels_path, HISTORY)))
-    try:
+    try:                # an upload keys on its content, a file on its mtime; the version history's mtime either way
         ev = data.rollback_evidence(str(log_path), str(labels_path), dep.to_dict(), str(HISTORY), float(alpha),
-                                    f"{log_key}|{stamp}" if log_key else stamp)
+                                    f"{log_key}|{mtimes(HISTORY)}" if log_key else mtimes(log_path, labels_path, HISTORY))
     except StoplineError as e:
         ev = {"ok": False, "reason": str(e)}
     if not ev["ok"]:
