@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,7 @@ import numpy as np
 import uvicorn
 
 from analysis.backend.models import load_tokenizer
+from analysis.backend.vllm_local import wait_healthy
 from analysis.ingest.datasets import load_dataset
 from analysis.production.gateway import Gateway, Options
 from analysis.production.gateway_app import create_app
@@ -120,34 +122,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(gw) -> tuple[uvicorn.Server, str]:
-    """The gateway in this process (uvicorn in a thread): it shares the clients' interpreter."""
+@contextmanager
+def gateway(a, preset: Path, log: Path, tok, eos, kind):
+    """The gateway's /v1 URL while it serves ``preset``: as it runs in production, `python -m analysis serve`
+    in a process of its own, or (``a.in_process``) uvicorn in a thread of this one, sharing the clients'
+    interpreter."""
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=srv.run, daemon=True).start()
-    while not srv.started:
-        time.sleep(0.05)
-    return srv, f"http://127.0.0.1:{port}/v1"
-
-
-def serve_process(upstream: str, preset: Path, tokenizer: str, model: str, log: Path):
-    """The gateway as it runs in production: `python -m analysis serve`, a process of its own."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "analysis", "serve", "--upstream", upstream, "--preset", str(preset),
-                             "--tokenizer", tokenizer, "--model", model, "--port", str(port), "--log", str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the gateway did not start: {proc.stderr.read()[-2000:]}")
+    if a.in_process:
+        gw = Gateway([a.upstream], str(preset), tok, eos, kind, log_path=str(log), model=a.model, options=Options())
+        srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
+        threading.Thread(target=srv.run, daemon=True).start()
+        while not srv.started:
+            time.sleep(0.05)
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the gateway was not healthy in 300 s")
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            srv.should_exit = True
+        return
+    err = log.with_suffix(".stderr")
+    with open(err, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "analysis", "serve", "--upstream", a.upstream, "--preset",
+                                 str(preset), "--tokenizer", a.tokenizer, "--model", a.model, "--port", str(port),
+                                 "--log", str(log)], stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, 300, err, what="the gateway")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def main():
@@ -179,18 +181,8 @@ def main():
     for name, preset in [("never", NEVER)] + [(f"stopping{i}", p) for i, p in enumerate(stopping)]:
         fresh_cache(a.upstream, a.model, qs)
         (tmp / f"{name}.json").write_text(json.dumps(preset))
-        if a.in_process:
-            gw = Gateway([a.upstream], str(tmp / f"{name}.json"), tok, eos, kind, log_path=str(tmp / f"{name}.jsonl"),
-                         model=a.model, options=Options())
-            srv, url = serve(gw)
-        else:
-            proc, url = serve_process(a.upstream, tmp / f"{name}.json", a.tokenizer, a.model, tmp / f"{name}.jsonl")
-        runs[name] = asyncio.run(batch(url, a.model, qs, a.max_tokens))
-        if a.in_process:
-            srv.should_exit = True
-        else:
-            proc.terminate()
-            proc.wait(30)
+        with gateway(a, tmp / f"{name}.json", tmp / f"{name}.jsonl", tok, eos, kind) as url:
+            runs[name] = asyncio.run(batch(url, a.model, qs, a.max_tokens))
     errors = sum("error" in r for r in direct + [x for rs, _ in runs.values() for x in rs])
 
     def med_ttft(rs):

@@ -89,22 +89,24 @@ def start(model: str, port: int, log: str | Path, name: str | None = None, extra
                             env=env, cwd=ROOT, start_new_session=True, preexec_fn=_die_with_parent)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 600, log: str | Path | None = None):
-    """Wait until ``url``'s ``/health`` answers 200 (``url``: the server's root or its ``/v1``)."""
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 600, log: str | Path | None = None,
+                 what: str = "the vLLM server"):
+    """Wait until ``url``'s ``/health`` answers 200 (``url``: the server's root or its ``/v1``; ``what``: the
+    server, as errors name it)."""
     import httpx
     root = url.rstrip("/").removesuffix("/v1")
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc is not None and proc.poll() is not None:
             tail = Path(log).read_text(errors="replace")[-2000:] if log else ""
-            raise StoplineError(f"the vLLM server exited with code {proc.returncode} while starting", hint=tail)
+            raise StoplineError(f"{what} exited with code {proc.returncode} while starting", hint=tail)
         try:
             if httpx.get(root + "/health", timeout=2).status_code == 200:
                 return time.monotonic() - t0
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise StoplineError(f"the vLLM server at {root} was not healthy after {timeout:.0f} s")
+    raise StoplineError(f"{what} at {root} was not healthy after {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
