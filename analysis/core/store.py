@@ -251,16 +251,16 @@ class Store:
 
     def put_results(self, traces: pa.Table, checkpoints: pa.Table,
                     con: duckdb.DuckDBPyConnection | None = None) -> None:
-        """Write finished questions' traces and checkpoints in one transaction (all or nothing). A checkpoints
-        table without ``char_pos`` (a writer that cannot know where a checkpoint cuts the text) stores it NULL."""
-        if "char_pos" not in checkpoints.column_names:
-            checkpoints = checkpoints.append_column("char_pos", pa.nulls(checkpoints.num_rows, pa.int32()))
+        """Write finished questions' traces and checkpoints in one transaction (all or nothing). A nullable
+        checkpoint column the table leaves out (a signal the writer has not got; ``char_pos`` where it cannot
+        know where a checkpoint cuts the text) is stored NULL."""
+        ck_cols = [c for c in CHECKPOINT_COLUMNS if c in checkpoints.column_names]
 
         def go(c):
             c.register("_t", traces.select(TRACE_COLUMNS))
-            c.register("_c", checkpoints.select(CHECKPOINT_COLUMNS))
+            c.register("_c", checkpoints.select(ck_cols))
             c.execute(f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) SELECT * FROM _t")
-            c.execute(f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}) SELECT * FROM _c")
+            c.execute(f"INSERT INTO checkpoints ({', '.join(ck_cols)}) SELECT * FROM _c")
             c.unregister("_t")
             c.unregister("_c")
         if con is not None:
@@ -288,33 +288,38 @@ class Store:
             con.execute("DELETE FROM presets WHERE name = ?", [name])
 
     # -- reads --------------------------------------------------------------------------------------------
-    def runs(self) -> list[dict]:
-        """One dict per run: id, model, dataset, counts (n_incumbent: questions with a production stop),
-        em_full (EM of the final answers, 0..1)."""
-        with self.connect() as con:
-            rel = con.execute("""
-                SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,
-                       r.n_planned, r.created_at, r.config,
-                       COALESCE(t.n, 0) AS n_questions, COALESCE(c.n, 0) AS n_checkpoints,
-                       t.em_full, t.f1_full, t.mean_tokens, COALESCE(i.n, 0) AS n_incumbent
-                FROM runs r
-                LEFT JOIN (SELECT run_id, COUNT(*) n, AVG(em) em_full, AVG(f1) f1_full, AVG(n_tokens) mean_tokens
-                           FROM traces GROUP BY run_id) t USING (run_id)
-                LEFT JOIN (SELECT run_id, COUNT(*) n FROM checkpoints GROUP BY run_id) c USING (run_id)
-                LEFT JOIN (SELECT run_id, COUNT(*) n FROM incumbent GROUP BY run_id) i USING (run_id)
-                ORDER BY r.created_at, r.run_id""")
-            cols = [d[0] for d in rel.description]
-            out = [dict(zip(cols, row)) for row in rel.fetchall()]
+    def runs(self, run_id: str | None = None, con: duckdb.DuckDBPyConnection | None = None) -> list[dict]:
+        """One dict per run (``run_id``: that run only, [] when the store has none by that id): id, model,
+        dataset, counts (n_incumbent: questions with a production stop), em_full (EM of the final answers, 0..1).
+        ``con``: an open connection to read through (a writer's transaction)."""
+        if con is None:
+            with self.connect() as c:
+                return self.runs(run_id, c)
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+        rel = con.execute(f"""
+            SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,
+                   r.n_planned, r.created_at, r.config,
+                   COALESCE(t.n, 0) AS n_questions, COALESCE(c.n, 0) AS n_checkpoints,
+                   t.em_full, t.f1_full, t.mean_tokens, COALESCE(i.n, 0) AS n_incumbent
+            FROM (SELECT * FROM runs {where}) r
+            LEFT JOIN (SELECT run_id, COUNT(*) n, AVG(em) em_full, AVG(f1) f1_full, AVG(n_tokens) mean_tokens
+                       FROM traces {where} GROUP BY run_id) t USING (run_id)
+            LEFT JOIN (SELECT run_id, COUNT(*) n FROM checkpoints {where} GROUP BY run_id) c USING (run_id)
+            LEFT JOIN (SELECT run_id, COUNT(*) n FROM incumbent {where} GROUP BY run_id) i USING (run_id)
+            ORDER BY r.created_at, r.run_id""", args * 4)
+        cols = [d[0] for d in rel.description]
+        out = [dict(zip(cols, row)) for row in rel.fetchall()]
         for r in out:
             r["config"] = json.loads(r["config"]) if r["config"] else {}
             r["created_at"] = str(r["created_at"])
         return out
 
     def run(self, run_id: str) -> dict:
+        """The run with this id, or the one run whose id starts with it."""
+        exact = self.runs(run_id) if run_id else []
+        if exact:
+            return exact[0]
         runs = self.runs()
-        for r in runs:
-            if r["id"] == run_id:
-                return r
         matches = [r for r in runs if r["id"].startswith(run_id)] if run_id else []
         if len(matches) == 1:
             return matches[0]

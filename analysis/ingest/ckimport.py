@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -181,9 +182,12 @@ def _codes(arr) -> tuple[np.ndarray, list]:
     return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
 
 
-def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
+def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=None) -> dict:
     """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras.
-    ``columns``: what ``read_columns(spec)`` returned, when the caller read the file already."""
+    ``columns``: what ``read_columns(spec)`` returned, when the caller read the file already. ``meanwhile``:
+    called with the questions ({ids, texts, gold_json}) in a thread as soon as they are checked, while the
+    answers are scored and the rows built (the import writes the run and its questions then; DuckDB works
+    without the GIL); its error, if any, is raised here once the rows are built."""
     tbl, sha, where = columns or read_columns(spec)
     tbl, recs = _explode(tbl, spec, where)
     n = tbl.num_rows
@@ -231,15 +235,16 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
         raise _at(spec, where, int(recs[first[q]]), f"question {uniq_ids[codes[first[q]]]!r} has {int(counts[q])} "
                   f"checkpoints; at most {MAX_CHECKPOINTS} are stored per question", "pos")
     # rows with the added finals: each question's rows, then its final copy of the last row
-    take = np.concatenate([np.arange(n), last[extra]])
-    qrow = np.concatenate([codes, codes[last[extra]]])
-    posx = np.concatenate([pos, lengths[extra]])
-    added = np.concatenate([np.zeros(n, bool), np.ones(int(extra.sum()), bool)])
+    take, qrow, posx, added = None, codes, pos, None    # (take None: the rows as they are)
     if extra.any():                                     # the added finals go after their question's rows
+        take = np.concatenate([np.arange(n), last[extra]])
+        qrow = np.concatenate([codes, codes[last[extra]]])
+        posx = np.concatenate([pos, lengths[extra]])
+        added = np.concatenate([np.zeros(n, bool), np.ones(int(extra.sum()), bool)])
         order2 = np.lexsort((posx, qrow))
         take, qrow, posx, added = take[order2], qrow[order2], posx[order2], added[order2]
     is_final = np.r_[qrow[1:] != qrow[:-1], True]
-    N = len(take)
+    N = len(qrow)
     firstx = np.r_[0, np.flatnonzero(qrow[1:] != qrow[:-1]) + 1]
     ck_idx = np.arange(N) - np.repeat(firstx, np.diff(np.r_[firstx, N]))
     # questions and golds
@@ -284,59 +289,87 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None) -> dict:
             gcodes[i] = seen[key]
     g_golds = [as_gold_list(v, spec.answer_type) if v is not None else [] for v in g_uniq]
     used = np.bincount(gcodes, minlength=len(g_uniq)) > 0   # (the null slot may be unused)
-    g_bad = [check_gold(g, spec.answer_type) if check and u else None for g, u in zip(g_golds, used)]
+    g_norm = [normalize_gold(g, spec.answer_type) for g in g_golds]
+    g_bad = [check_gold(g, spec.answer_type, gn) if check and u else None for g, gn, u in zip(g_golds, g_norm, used)]
     if any(g_bad):
         q = int(np.flatnonzero(np.isin(gcodes, [i for i, e in enumerate(g_bad) if e]))[0])
         raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")
-    g_norm = [normalize_gold(g, spec.answer_type) for g in g_golds]
     golds = [g_norm[c] for c in gcodes.tolist()]
     gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
     questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json}
-    # answers: normalised once per distinct text, scored once per distinct (question, answer)
-    raw = pc.cast(tbl.column("answer"), pa.string())
-    raw = raw.take(pa.array(take)) if extra.any() else raw.combine_chunks()    # (no added finals: rows as they are)
-    acodes, uniq = _codes(raw)                          # -1: no answer
-    u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
-    acodes = np.where(u_norm[acodes] == "", -1, acodes)
-    u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
-    norm_arr = pc.take(pa.array(u_norm, pa.string()), pa.array(np.where(acodes < 0, len(u_norm) - 1, acodes)))
-    if "correct" in tbl.column_names:
-        em = f1 = _labels(tbl.column("correct"), spec, where, recs)[take]
-    else:
-        em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
-    answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
-    cols = {"run_id": pa.array([run_id]).take(pa.array(np.zeros(N, np.int32))), "question_id": pc.take(id_arr, pa.array(qrow)),
-            "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
-            "kind": pc.take(pa.array(["interval", "final"]), pa.array(is_final.astype(np.int8))),
-            "is_step": pa.array(np.zeros(N, bool)), "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw,
-            "answer_norm": norm_arr,
-            "em": pa.array(em, pa.float64()), "f1": pa.array(f1, pa.float64())}
-    for s in SIGNAL_COLUMNS:
-        if s in tbl.column_names:
-            v = _numbers(tbl.column(s), spec, where, recs, s, integer=False)[take]
-            v[added | is_final] = np.nan          # the final answer needs no probe
-            cols[s] = pa.array(v, pa.float64())
+    with alongside(meanwhile, questions):               # (the import writes them meanwhile)
+        # answers: normalised once per distinct text, scored once per distinct (question, answer)
+        raw = pc.cast(tbl.column("answer"), pa.string())
+        raw = raw.take(pa.array(take)) if take is not None else raw.combine_chunks()
+        acodes, uniq = _codes(raw)                          # -1: no answer
+        u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
+        acodes = np.where((u_norm == "")[acodes], -1, acodes)
+        u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
+        # columns repeating a few values per question or run as dictionaries (no copy of the strings per row)
+        norm_arr = _dict(np.where(acodes < 0, len(u_norm) - 1, acodes), pa.array(u_norm, pa.string()))
+        if "correct" in tbl.column_names:
+            em = f1 = _rows(_labels(tbl.column("correct"), spec, where, recs), take)
         else:
-            cols[s] = pa.nulls(N, pa.float64())
-    cols["answer_tokens"] = pa.array(answer_tokens)
-    cols["probe_tokens"] = pa.array(answer_tokens)
-    text_col = per_q("text")
-    cols["char_pos"] = _char_positions(text_col, qrow, posx, is_final, spec.tokenizer)
-    cks = pa.table(cols)
-    fi = np.flatnonzero(is_final)
-    traces = pa.table({
-        "run_id": pa.array([run_id] * nq), "question_id": id_arr,
-        "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string()),
-        "n_tokens": pa.array(posx[fi].astype(np.int64)), "final_raw": raw.take(pa.array(fi)),
-        "final_norm": norm_arr.take(pa.array(fi)), "em": pa.array(np.asarray(em)[fi], pa.float64()),
-        "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
-        "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
-    stops = None
-    if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
-        stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
+            em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
+        answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
+        cols = {"run_id": _dict(np.zeros(N, np.int8), pa.array([run_id])), "question_id": _dict(qrow, id_arr),
+                "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
+                "kind": _dict(is_final.astype(np.int8), pa.array(["interval", "final"])),
+                "is_step": pa.array(np.zeros(N, bool)), "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw,
+                "answer_norm": norm_arr,
+                "em": pa.array(em, pa.float64()), "f1": pa.array(f1, pa.float64())}
+        for s in SIGNAL_COLUMNS:
+            if s in tbl.column_names:
+                v = _rows(_numbers(tbl.column(s), spec, where, recs, s, integer=False), take).copy()
+                v[is_final if added is None else added | is_final] = np.nan      # the final answer needs no probe
+                cols[s] = pa.array(v, pa.float64())
+        cols["answer_tokens"] = pa.array(answer_tokens)
+        cols["probe_tokens"] = pa.array(answer_tokens)
+        text_col = per_q("text")
+        if "text" in tbl.column_names:                      # (a column left out is stored NULL)
+            cols["char_pos"] = _char_positions(text_col, qrow, posx, is_final, spec.tokenizer)
+        cks = pa.table(cols)
+        fi = np.flatnonzero(is_final)
+        traces = pa.table({
+            "run_id": pa.array([run_id] * nq), "question_id": id_arr,
+            "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string())
+            if "text" in tbl.column_names else pa.repeat(pa.scalar("", pa.string()), nq),
+            "n_tokens": pa.array(posx[fi].astype(np.int64)), "final_raw": raw.take(pa.array(fi)),
+            "final_norm": norm_arr.take(pa.array(fi)), "em": pa.array(np.asarray(em)[fi], pa.float64()),
+            "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
+            "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
+        stops = None
+        if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
+            stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
     return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}
+
+
+def _rows(values: np.ndarray, take: np.ndarray | None) -> np.ndarray:
+    """Per-row values for the stored rows (``take`` None: the file's rows, as they are)."""
+    return values if take is None else values[take]
+
+
+def _dict(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    """``values[indices]`` as an Arrow dictionary array: DuckDB stores it as the plain column it names."""
+    return pa.DictionaryArray.from_arrays(pa.array(indices), values)
+
+
+@contextmanager
+def alongside(work, *args):
+    """Run ``work(*args)`` (when given) in a thread while the block runs; on leaving, wait for it and raise its
+    error, unless the block raised one first."""
+    if work is None:
+        yield
+        return
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(work, *args)
+        try:
+            yield
+        finally:
+            wait([done])
+    done.result()
 
 
 def _char_positions(texts: list, qrow: np.ndarray, pos: np.ndarray, is_final: np.ndarray,

@@ -188,11 +188,11 @@ def _config(spec: ImportSpec, sha: str, **extra) -> dict:
     return {**config, **extra}
 
 
-def _existing(store: Store, run_id: str) -> dict | None:
-    for r in store.runs():
-        if r["id"] == run_id:
-            return {"run_id": run_id, "created": False, "n_questions": r["n_questions"],
-                    "n_checkpoints": r["n_checkpoints"], "em_full": r["em_full"]}
+def _existing(store: Store, run_id: str, con=None) -> dict | None:
+    """The summary of the run ``run_id`` when the store has it (``con``: read through a writer's connection)."""
+    for r in store.runs(run_id, con):
+        return {"run_id": run_id, "created": False, "n_questions": r["n_questions"],
+                "n_checkpoints": r["n_checkpoints"], "em_full": r["em_full"]}
     return None
 
 
@@ -289,19 +289,28 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
     columns = read_columns(spec)            # the file read once (a table file hashed while Arrow reads it)
     config = _config(spec, columns[1])
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
-    if isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists():
-        with _target(store) as s:               # an existing store: the same file imported before is found
-            found = _existing(s, run_id)
-        if found:
-            return found
-    data = read_checkpoints(spec, run_id, columns)   # (the EM source is in the config: fields.correct)
+    existing = isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists()
+    # An existing store is opened once, for writing, before the rows are built: the same file imported before
+    # is found through that connection, and the build's errors roll back an empty transaction. A new store is
+    # made only once the file has been checked whole.
+    data = None if existing else read_checkpoints(spec, run_id, columns)
+
+    def write_questions(s: Store, con, q: dict) -> None:
+        s.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
+                            source="imported", config=config, n_planned=len(q["ids"]), con=con)
+        s.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
+
     with _target(store) as store:
         with store.transaction() as con:
-            store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
-                                    source="imported", config=config, n_planned=len(data["questions"]["ids"]),
-                                    con=con)
-            q = data["questions"]
-            store.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
+            if data is None:
+                found = _existing(store, run_id, con)
+                if found:
+                    return found
+                # the run and its questions are written while the rows are built (the EM source is in the
+                # config: fields.correct)
+                data = read_checkpoints(spec, run_id, columns, meanwhile=lambda q: write_questions(store, con, q))
+            else:
+                write_questions(store, con, data["questions"])
             store.put_results(data["traces"], data["checkpoints"], con=con)
             if data["stops"] is not None:
                 attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],

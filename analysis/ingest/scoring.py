@@ -32,10 +32,12 @@ def score_rows(tr: np.ndarray, codes: np.ndarray, u_norm: np.ndarray, golds: lis
     if answer_type == NUMBER:                           # per row: a few numpy passes, no factorising of all rows
         u_f = _plain_floats(u_norm)
         g_f = _plain_floats(np.array([g[0] if len(g) == 1 else "" for g in golds], dtype=object))
-        a, b = u_f[codes], g_f[tr]                      # (code -1: set to 0 below)
-        tol = 1e-6 * np.maximum(1.0, np.abs(b))
-        diff = np.abs(a - b)
-        fast = np.isfinite(a) & np.isfinite(b) & (np.abs(diff - tol) > 1e-9 * tol)
+        g_tol = 1e-6 * np.maximum(1.0, np.abs(g_f))    # per trace; NaN where the gold takes the slow path
+        diff = u_f[codes]                               # (code -1: set to 0 below)
+        np.subtract(diff, g_f[tr], out=diff)
+        np.abs(diff, out=diff)                          # NaN where either side is not a plain decimal
+        tol = g_tol[tr]
+        fast = np.abs(diff - tol) > 1e-9 * tol          # (False for NaN: too close to call, or not plain)
         em[fast] = diff[fast] <= tol[fast]
     em[codes == -1] = 0.0
     f1 = em.copy()

@@ -149,3 +149,25 @@ def test_vectorised_derive_equals_the_per_trace_path():
         b = _derive_chunk(("r", items, "number", every), vectorised=False)
         for x, y in zip(a, b):
             assert x.schema == y.schema and x.to_pylist() == y.to_pylist()
+
+
+def test_many_answers_scored_at_once_agree_with_score_row_by_row():
+    """score_rows' numpy path for plain decimals (tolerance, near ties sent to the slow path) gives what
+    ``score`` gives each row."""
+    import random
+
+    import numpy as np
+
+    from analysis.core.answers import NUMBER, normalize, normalize_gold, score
+    from analysis.ingest.scoring import score_rows
+    golds = [normalize_gold([g], NUMBER) for g in ["12", "-77", "0.5", "1000000", "3/4", "1,000", "7", "1e3"]]
+    answers = ["12", "12.0", "-77", "0.5000001", "0.50000049", "1000001", "1000000.5", "3/4", "0.75", "", "1000",
+               "7.000007", "7.0000071", "-77.00007", "x", "99999999999999999"]
+    u_norm = np.array([normalize(a, NUMBER) if a else "" for a in answers] + [""], dtype=object)
+    rnd = random.Random(1)
+    tr = np.array([rnd.randrange(len(golds)) for _ in range(3000)])
+    codes = np.array([rnd.randrange(-1, len(answers)) for _ in range(3000)])
+    codes = np.where((u_norm == "")[codes], -1, codes)
+    em, _ = score_rows(tr, codes, u_norm, golds, NUMBER)
+    expected = [score(u_norm[c], golds[t], NUMBER)[0] if c >= 0 else 0.0 for t, c in zip(tr, codes)]
+    assert em.tolist() == expected and 0 < em.mean() < 1

@@ -249,6 +249,28 @@ def test_bad_checkpoint_exports(tmp_path, cli, change, args, message):
     assert "Traceback" not in err
 
 
+def test_a_bad_export_into_a_store_with_runs_leaves_it_as_it_was(tmp_path, cli):
+    """Into a store that exists, the run and its questions are written while the rows are built: a bad value
+    found after that (a signal that is not a number) rolls all of it back, and the error names the row."""
+    db = tmp_path / "s.duckdb"
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in LONG))
+    code, res, err = _import(cli, db, good, *CK_ARGS)
+    assert code == 0, err
+    rows = [{**r, "qid": r["qid"] + "2", "conf": str(r["conf"])} for r in LONG]
+    rows[3]["conf"] = "high"
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), bad)
+    code, _, err = _import(cli, db, bad, *CK_ARGS)
+    assert code == 2 and "bad.parquet" in err and "row 3.conf" in err and "not a number: 'high'" in err, err
+    s = Store(db)
+    assert [r["id"] for r in s.runs()] == [res["run_id"]]
+    with s.connect() as con:
+        assert sorted(r[0] for r in con.execute("SELECT question_id FROM questions").fetchall()) == ["a", "b"]
+    code, again, err = _import(cli, db, good, *CK_ARGS)     # the same file again: the run it made, found
+    assert code == 0 and again["run_id"] == res["run_id"] and again["created"] is False, err
+
+
 def test_preview_reads_before_anything_is_written(tmp_path):
     from analysis.ingest.importer import ImportSpec, preview
     path = tmp_path / "chat.jsonl"

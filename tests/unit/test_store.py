@@ -119,6 +119,16 @@ def test_execution_details_are_not_part_of_a_runs_identity(store):
     assert store.run(a)["config"]["execution"] == {"probes": "batched"}
 
 
+def test_runs_of_one_id_and_runs_by_prefix(store):
+    ids = [store.get_or_create_run(model="m", dataset="d", answer_type="number", source="generated",
+                                   config={"gen": {"every": e}})[0] for e in (16, 32)]
+    assert [r["id"] for r in store.runs()] == ids
+    assert [r["id"] for r in store.runs(ids[1])] == [ids[1]] and store.runs("nope") == []
+    assert store.runs(ids[0])[0]["n_questions"] == 0 and store.run(ids[0][:6])["id"] == ids[0]
+    with pytest.raises(StoplineError, match="no run 'nope'"):
+        store.run("nope")
+
+
 def test_migrate_command(tmp_path, cli):
     p = str(tmp_path / "old.duckdb")
     migrate(p, 3)
