@@ -191,7 +191,7 @@ def _fraction_str(f: Fraction) -> str:
 
 def is_number(norm: str) -> bool:
     """Whether a normalised number answer states a number (and not an expression)."""
-    return bool(norm) and _to_fraction(norm) is not None
+    return bool(norm) and (_PLAIN_INT.fullmatch(norm) is not None or _to_fraction(norm) is not None)
 
 
 @lru_cache(maxsize=65536)
@@ -376,13 +376,20 @@ def normalize_gold(gold: list[str], answer_type: str) -> list[str]:
     """Gold aliases, normalised. A numeric gold may be a whole GSM8K solution ending in '#### 18'; a math
     gold may be a solution with a box (its box is the answer) or the bare LaTeX answer."""
     check_answer_type(answer_type)
+    return [_gold_alias(g, answer_type) for g in gold]
+
+
+@lru_cache(maxsize=1 << 16)
+def _gold_alias(g: str, answer_type: str) -> str:
+    """One gold alias, normalised (once per distinct alias: a dataset's golds repeat, and an import reads each
+    question's gold when it checks the file and again when it scores)."""
     if answer_type == NUMBER:
-        return [normalize_number(extract_number_text(g)) for g in gold]
+        return normalize_number(extract_number_text(g))
     if answer_type == MATH:
-        return [normalize_math(find_boxed(g) or g) for g in gold]
+        return normalize_math(find_boxed(g) or g)
     if answer_type == CHOICE:
-        return [normalize_choice(g) for g in gold]
-    return [normalize_text(g) for g in gold]
+        return normalize_choice(g)
+    return normalize_text(g)
 
 
 def score(pred_norm: str, gold_norm: list[str], answer_type: str, pred_raw: str | None = None) -> tuple[float, float]:

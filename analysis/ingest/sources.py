@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import orjson
 import pyarrow as pa
@@ -34,9 +33,9 @@ _EXT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", "
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-@dataclass(frozen=True)
-class Loc:
-    """Where a record is: ``line`` (JSONL, CSV) or ``item`` (a JSON document's ``tasks[3]``, Parquet's ``row 7``)."""
+class Loc(NamedTuple):
+    """Where a record is: ``line`` (JSONL, CSV) or ``item`` (a JSON document's ``tasks[3]``, Parquet's ``row 7``).
+    A named tuple: one is made per record of a file of hundreds of thousands."""
     file: str
     line: int | None = None
     item: str | None = None
@@ -113,12 +112,12 @@ def _jsonl(path: str, max_line_mb: float, **_) -> Iterator[tuple[Loc, dict]]:
             if not raw.strip():
                 continue
             try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise loc.error(f"not valid UTF-8 (byte {e.start} of the line)") from None
-            try:
-                rec = loads(raw)
+                rec = loads(raw)                # (orjson checks the UTF-8 too: the message says which it was)
             except errors as e:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as u:
+                    raise loc.error(f"not valid UTF-8 (byte {u.start} of the line)") from None
                 raise loc.error(f"invalid JSON ({str(e).splitlines()[0][:120]})") from None
             if not isinstance(rec, dict):
                 raise loc.error(f"expected a JSON object, got {type(rec).__name__}")

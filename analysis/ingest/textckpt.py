@@ -19,7 +19,10 @@ from analysis.core.answers import NUMBER, _HASH_RE, _NUM_RE, closed_box_end, ext
 from analysis.core.schema import KIND_RANK, TRANSITION_WORDS
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-TRANSITION_RE = re.compile(r"(?<![\w])(?:" + "|".join(re.escape(w) for w in TRANSITION_WORDS) + r")\b")
+# (the lookahead on the words' first letters changes no match: it lets the regex engine skip to candidates,
+# about twice as fast over a long text as the bare lookbehind)
+TRANSITION_RE = re.compile("(?=[" + "".join(sorted({re.escape(w[0]) for w in TRANSITION_WORDS})) + r"])(?<![\w])(?:"
+                           + "|".join(re.escape(w) for w in TRANSITION_WORDS) + r")\b")
 STEP_RE = re.compile(r"\n\s*\n")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\{")
 
