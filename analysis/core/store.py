@@ -241,8 +241,11 @@ class Store:
 
         def go(c):
             c.register("_q", tbl)
-            c.execute("INSERT INTO questions SELECT q.* FROM _q q ANTI JOIN questions s "
-                      "ON s.dataset = q.dataset AND s.question_id = q.question_id")
+            if c.execute("SELECT 1 FROM questions WHERE dataset = ? LIMIT 1", [dataset]).fetchone():
+                c.execute("INSERT INTO questions SELECT q.* FROM _q q ANTI JOIN questions s "
+                          "ON s.dataset = q.dataset AND s.question_id = q.question_id")
+            else:                               # a dataset new to the store: nothing to leave out
+                c.execute("INSERT INTO questions SELECT * FROM _q")
             c.unregister("_q")
         if con is not None:
             return go(con)
@@ -294,7 +297,11 @@ class Store:
         ``con``: an open connection to read through (a writer's transaction)."""
         if con is None:
             with self.connect() as c:
-                return self.runs(run_id, c)
+                return self._runs(c, run_id)
+        return self._runs(con, run_id)
+
+    @staticmethod
+    def _runs(con: duckdb.DuckDBPyConnection, run_id: str | None) -> list[dict]:
         where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
         rel = con.execute(f"""
             SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.core.answers import normalize, normalize_gold
+from analysis.core.answers import MATH, normalize, normalize_gold
 from analysis.core.errors import StoplineError
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.ingest import sources
@@ -185,9 +185,10 @@ def _codes(arr) -> tuple[np.ndarray, list]:
 def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=None) -> dict:
     """Validate the file and build the run's tables: questions, traces, checkpoints (Arrow), config extras.
     ``columns``: what ``read_columns(spec)`` returned, when the caller read the file already. ``meanwhile``:
-    called with the questions ({ids, texts, gold_json}) in a thread as soon as they are checked, while the
-    answers are scored and the rows built (the import writes the run and its questions then; DuckDB works
-    without the GIL); its error, if any, is raised here once the rows are built."""
+    called with the questions ({ids, texts, gold_json}) in a thread once the whole file is checked, while the
+    answers are scored (math answers: once they are scored) and Arrow assembles the tables; the import opens
+    the store and writes the run and its questions then (DuckDB works without the GIL). Its error, if any, is
+    raised here once the tables are built."""
     tbl, sha, where = columns or read_columns(spec)
     tbl, recs = _explode(tbl, spec, where)
     n = tbl.num_rows
@@ -246,7 +247,7 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
     is_final = np.r_[qrow[1:] != qrow[:-1], True]
     N = len(qrow)
     firstx = np.r_[0, np.flatnonzero(qrow[1:] != qrow[:-1]) + 1]
-    ck_idx = np.arange(N) - np.repeat(firstx, np.diff(np.r_[firstx, N]))
+    ck_idx = np.arange(N, dtype=np.int32) - np.repeat(firstx.astype(np.int32), np.diff(np.r_[firstx, N]))
     # questions and golds
     def per_q(key):
         return tbl.column(key).take(pa.array(first)).to_pylist() if key in tbl.column_names else [None] * nq
@@ -294,53 +295,60 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
     if any(g_bad):
         q = int(np.flatnonzero(np.isin(gcodes, [i for i, e in enumerate(g_bad) if e]))[0])
         raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")
-    golds = [g_norm[c] for c in gcodes.tolist()]
     gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
     questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json}
-    with alongside(meanwhile, questions):               # (the import writes them meanwhile)
-        # answers: normalised once per distinct text, scored once per distinct (question, answer)
+    # checked before anything is written (or the store locked): the signals, the labels, where the text is cut
+    signals = {}
+    for s in SIGNAL_COLUMNS:
+        if s in tbl.column_names:
+            v = _rows(_numbers(tbl.column(s), spec, where, recs, s, integer=False), take).copy()
+            v[is_final if added is None else added | is_final] = np.nan      # the final answer needs no probe
+            signals[s] = v
+    labels = _rows(_labels(tbl.column("correct"), spec, where, recs), take) if "correct" in tbl.column_names \
+        else None
+    text_col = per_q("text")
+    char_pos = _char_positions(text_col, qrow, posx, is_final, spec.tokenizer) if "text" in tbl.column_names \
+        else None                                       # (a column left out is stored NULL)
+    # The file is checked whole: ``meanwhile`` (the import opening the store, which locks it, and writing the
+    # run and its questions) runs beside the scoring, or, for math answers (math-verify can take long per
+    # distinct answer), only beside the tables' assembly once they are scored.
+    early = spec.answer_type != MATH
+    with alongside(meanwhile if early else None, questions):
+        # answers: normalised once per distinct text, scored once per distinct (gold, answer)
         raw = pc.cast(tbl.column("answer"), pa.string())
         raw = raw.take(pa.array(take)) if take is not None else raw.combine_chunks()
         acodes, uniq = _codes(raw)                          # -1: no answer
         u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
         acodes = np.where((u_norm == "")[acodes], -1, acodes)
         u_tok = np.array([len(TOKEN_RE.findall(u)) for u in uniq] + [0], dtype=np.int32)
-        # columns repeating a few values per question or run as dictionaries (no copy of the strings per row)
-        norm_arr = _dict(np.where(acodes < 0, len(u_norm) - 1, acodes), pa.array(u_norm, pa.string()))
-        if "correct" in tbl.column_names:
-            em = f1 = _rows(_labels(tbl.column("correct"), spec, where, recs), take)
-        else:
-            em, f1 = score_rows(qrow, acodes, u_norm, golds, spec.answer_type)
-        answer_tokens = np.where(is_final, 0, u_tok[acodes]).astype(np.int32)
-        cols = {"run_id": _dict(np.zeros(N, np.int8), pa.array([run_id])), "question_id": _dict(qrow, id_arr),
-                "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
-                "kind": _dict(is_final.astype(np.int8), pa.array(["interval", "final"])),
-                "is_step": pa.array(np.zeros(N, bool)), "is_transition": pa.array(np.zeros(N, bool)), "answer_raw": raw,
-                "answer_norm": norm_arr,
-                "em": pa.array(em, pa.float64()), "f1": pa.array(f1, pa.float64())}
-        for s in SIGNAL_COLUMNS:
-            if s in tbl.column_names:
-                v = _rows(_numbers(tbl.column(s), spec, where, recs, s, integer=False), take).copy()
-                v[is_final if added is None else added | is_final] = np.nan      # the final answer needs no probe
-                cols[s] = pa.array(v, pa.float64())
-        cols["answer_tokens"] = pa.array(answer_tokens)
-        cols["probe_tokens"] = pa.array(answer_tokens)
-        text_col = per_q("text")
-        if "text" in tbl.column_names:                      # (a column left out is stored NULL)
-            cols["char_pos"] = _char_positions(text_col, qrow, posx, is_final, spec.tokenizer)
-        cks = pa.table(cols)
-        fi = np.flatnonzero(is_final)
-        traces = pa.table({
-            "run_id": pa.array([run_id] * nq), "question_id": id_arr,
-            "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string())
-            if "text" in tbl.column_names else pa.repeat(pa.scalar("", pa.string()), nq),
-            "n_tokens": pa.array(posx[fi].astype(np.int64)), "final_raw": raw.take(pa.array(fi)),
-            "final_norm": norm_arr.take(pa.array(fi)), "em": pa.array(np.asarray(em)[fi], pa.float64()),
-            "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
-            "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
-        stops = None
-        if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
-            stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
+        em, f1 = (labels, labels) if labels is not None else \
+            score_rows(gcodes[qrow], acodes, u_norm, g_norm, spec.answer_type)
+        with alongside(None if early else meanwhile, questions):
+            answer_tokens = pa.array(np.where(is_final, 0, u_tok[acodes]).astype(np.int32))
+            # columns repeating a few values per question or run as dictionaries (no copy of the strings per row)
+            norm_arr = _dict(np.where(acodes < 0, len(u_norm) - 1, acodes), pa.array(u_norm, pa.string()))
+            cols = {"run_id": _dict(np.zeros(N, np.int8), pa.array([run_id])), "question_id": _dict(qrow, id_arr),
+                    "ck_idx": pa.array(ck_idx, pa.int16()), "pos": pa.array(posx.astype(np.int32)),
+                    "kind": _dict(is_final.astype(np.int8), pa.array(["interval", "final"])),
+                    "is_step": pa.array(np.zeros(N, bool)), "is_transition": pa.array(np.zeros(N, bool)),
+                    "answer_raw": raw, "answer_norm": norm_arr, "em": pa.array(em, pa.float64()),
+                    "f1": pa.array(f1, pa.float64()), **{k: pa.array(v, pa.float64()) for k, v in signals.items()},
+                    "answer_tokens": answer_tokens, "probe_tokens": answer_tokens}
+            if char_pos is not None:
+                cols["char_pos"] = char_pos
+            cks = pa.table(cols)
+            fi = np.flatnonzero(is_final)
+            traces = pa.table({
+                "run_id": pa.array([run_id] * nq), "question_id": id_arr,
+                "text": pa.array([t if isinstance(t, str) else "" for t in text_col], pa.string())
+                if "text" in tbl.column_names else pa.repeat(pa.scalar("", pa.string()), nq),
+                "n_tokens": pa.array(posx[fi].astype(np.int64)), "final_raw": raw.take(pa.array(fi)),
+                "final_norm": norm_arr.take(pa.array(fi)), "em": pa.array(np.asarray(em)[fi], pa.float64()),
+                "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
+                "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
+    stops = None
+    if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
+        stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
     return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}

@@ -9,7 +9,7 @@ traces and checkpoints derived from the texts in derive.py (vectorised scoring i
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -289,34 +289,32 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
     columns = read_columns(spec)            # the file read once (a table file hashed while Arrow reads it)
     config = _config(spec, columns[1])
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
-    existing = isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists()
-    # An existing store is opened once, for writing, before the rows are built: the same file imported before
-    # is found through that connection, and the build's errors roll back an empty transaction. A new store is
-    # made only once the file has been checked whole.
-    data = None if existing else read_checkpoints(spec, run_id, columns)
+    if isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists():
+        with _target(store) as s:               # an existing store: the same file imported before is found
+            found = _existing(s, run_id)
+        if found:
+            return found
+    with ExitStack() as stack:
+        opened: dict = {}
 
-    def write_questions(s: Store, con, q: dict) -> None:
-        s.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
-                            source="imported", config=config, n_planned=len(q["ids"]), con=con)
-        s.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
-
-    with _target(store) as store:
-        with store.transaction() as con:
-            if data is None:
-                found = _existing(store, run_id, con)
-                if found:
-                    return found
-                # the run and its questions are written while the rows are built (the EM source is in the
-                # config: fields.correct)
-                data = read_checkpoints(spec, run_id, columns, meanwhile=lambda q: write_questions(store, con, q))
-            else:
-                write_questions(store, con, data["questions"])
-            store.put_results(data["traces"], data["checkpoints"], con=con)
-            if data["stops"] is not None:
-                attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],
-                       data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
-                       answer_field=spec.stopped_answer_field or "answer")
-            con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
+        def open_and_write_questions(q: dict) -> None:
+            """Called once the whole file is checked (no lock held while it was, no store made for a bad
+            file), in a thread beside the scoring and the tables' assembly: one transaction, all or nothing."""
+            s = stack.enter_context(_target(store))
+            con = stack.enter_context(s.transaction())
+            opened.update(store=s, con=con)
+            s.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
+                                source="imported", config=config, n_planned=len(q["ids"]), con=con)
+            s.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
+        # (the EM source is in the config: fields.correct)
+        data = read_checkpoints(spec, run_id, columns, meanwhile=open_and_write_questions)
+        store, con = opened["store"], opened["con"]
+        store.put_results(data["traces"], data["checkpoints"], con=con)
+        if data["stops"] is not None:
+            attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],
+                   data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
+                   answer_field=spec.stopped_answer_field or "answer")
+        con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     if keep_sweep:
         materialise(store, run_id)
     em = data["traces"].column("em").to_numpy()

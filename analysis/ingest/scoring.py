@@ -23,8 +23,8 @@ def _plain_floats(values: np.ndarray) -> np.ndarray:
 
 def score_rows(tr: np.ndarray, codes: np.ndarray, u_norm: np.ndarray, golds: list[list[str]], answer_type: str
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(EM, F1) per row, for rows of trace ``tr`` whose answer is ``u_norm[codes]`` (code -1: none), scored
-    once per distinct (trace, answer). Numbers take a fast path, row by row in numpy: one plain-decimal gold and
+    """(EM, F1) per row, for rows whose gold aliases are ``golds[tr]`` (one entry per trace, or one per distinct
+    gold) and whose answer is ``u_norm[codes]`` (code -1: none), scored once per distinct (``tr``, answer). Numbers take a fast path, row by row in numpy: one plain-decimal gold and
     a plain-decimal answer compare as floats with numbers_equal's tolerance; anything else (fractions, expressions, several
     aliases, a float too close to call) goes through ``score`` itself."""
     n_u = len(u_norm)
@@ -37,8 +37,12 @@ def score_rows(tr: np.ndarray, codes: np.ndarray, u_norm: np.ndarray, golds: lis
         np.subtract(diff, g_f[tr], out=diff)
         np.abs(diff, out=diff)                          # NaN where either side is not a plain decimal
         tol = g_tol[tr]
-        fast = np.abs(diff - tol) > 1e-9 * tol          # (False for NaN: too close to call, or not plain)
-        em[fast] = diff[fast] <= tol[fast]
+        equal = diff <= tol
+        np.subtract(diff, tol, out=diff)                # (in place: no temporaries of a million rows)
+        np.abs(diff, out=diff)
+        tol *= 1e-9
+        fast = diff > tol                               # (False for NaN: too close to call, or not plain)
+        em[fast] = equal[fast]
     em[codes == -1] = 0.0
     f1 = em.copy()
     slow = np.flatnonzero(np.isnan(em))

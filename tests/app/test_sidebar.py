@@ -11,7 +11,7 @@ def test_runs_are_read_again_only_when_a_writer_commits(tmp_path, monkeypatch):
     rid = write_synthetic_run(Store(db), 30, 5, seed=3)
     calls = []
     real = Store.runs
-    monkeypatch.setattr(Store, "runs", lambda self: calls.append(self.path) or real(self))
+    monkeypatch.setattr(Store, "runs", lambda self, *a, **k: calls.append(self.path) or real(self, *a, **k))
     at = open_app(str(db), rid)
     assert not at.exception
     n = len(calls)

@@ -184,6 +184,24 @@ def test_checkpoint_exports_in_long_form(tmp_path, cli, kind):
     assert set(Store(db).checkpoints(res2["run_id"]).column("char_pos").to_pylist()) == {None}
 
 
+def test_checkpoint_exports_of_math_answers(tmp_path, cli):
+    """MATH-style LaTeX golds and trial answers, compared as mathematical objects (the store is opened only
+    once they are scored)."""
+    rows = [{"qid": "a", "question": "Solve 3x = 14.", "gold": "\\frac{14}{3}", "tokens": 32, "probe": "4"},
+            {"qid": "a", "question": "Solve 3x = 14.", "gold": "\\frac{14}{3}", "tokens": 64, "probe": "\\dfrac{14}{3}"},
+            {"qid": "b", "question": "Polar form of (0, 3)?", "gold": "\\left( 3, \\frac{\\pi}{2} \\right)",
+             "tokens": 32, "probe": "(3, \\frac{\\pi}{2})"},
+            {"qid": "b", "question": "Polar form of (0, 3)?", "gold": "\\left( 3, \\frac{\\pi}{2} \\right)",
+             "tokens": 64, "probe": "(3, \\frac{\\pi}{3})"}]
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "s.duckdb"
+    code, res, err = _import(cli, db, path, *CK_ARGS[:-2], "--answer-type", "math")
+    assert code == 0, err
+    t = RunTable.from_store(Store(db), res["run_id"])
+    assert t.em[0, :2].tolist() == [0, 1] and t.em[1, :2].tolist() == [1, 0] and res["em_full"] == 0.5
+
+
 def test_checkpoint_exports_know_where_they_cut_the_text(tmp_path, cli):
     """With the trace's text the final checkpoint cuts at its end; with the tool's tokenizer too, every
     checkpoint cuts at the start of the token at its position."""
@@ -249,20 +267,27 @@ def test_bad_checkpoint_exports(tmp_path, cli, change, args, message):
     assert "Traceback" not in err
 
 
-def test_a_bad_export_into_a_store_with_runs_leaves_it_as_it_was(tmp_path, cli):
-    """Into a store that exists, the run and its questions are written while the rows are built: a bad value
-    found after that (a signal that is not a number) rolls all of it back, and the error names the row."""
+def test_a_bad_export_leaves_the_store_as_it_was(tmp_path, cli):
+    """The store is opened, and the run and its questions written, once the file is checked and scored; a bad
+    value found before that (a signal that is not a number) or after it (a production stop below 0, checked
+    with the other writes) leaves no run, no question and no store file behind, and the error names the row."""
     db = tmp_path / "s.duckdb"
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in LONG))
     code, res, err = _import(cli, db, good, *CK_ARGS)
     assert code == 0, err
-    rows = [{**r, "qid": r["qid"] + "2", "conf": str(r["conf"])} for r in LONG]
+    rows = [{**r, "qid": r["qid"] + "2", "conf": str(r["conf"]), "stop": 32} for r in LONG]
     rows[3]["conf"] = "high"
-    bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), bad)
-    code, _, err = _import(cli, db, bad, *CK_ARGS)
-    assert code == 2 and "bad.parquet" in err and "row 3.conf" in err and "not a number: 'high'" in err, err
+    bad_signal = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), bad_signal)
+    rows[3]["conf"], rows[2]["stop"] = "0.5", -1
+    bad_stop = tmp_path / "stop.jsonl"
+    bad_stop.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for path, args, message in ((bad_signal, (), "row 3.conf"), (bad_stop, ("--stop-field", "stop"), "question 'b2'")):
+        for target in (db, tmp_path / "new" / "s.duckdb"):
+            code, _, err = _import(cli, target, path, *CK_ARGS, *args)
+            assert code == 2 and path.name in err and message in err, err
+    assert not (tmp_path / "new").exists()
     s = Store(db)
     assert [r["id"] for r in s.runs()] == [res["run_id"]]
     with s.connect() as con:
