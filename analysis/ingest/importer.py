@@ -113,8 +113,9 @@ def preview(spec: ImportSpec, n: int = 5) -> dict:
     head = recs[:n]
     keys = sorted({k for _, r in head for k in r})
     if spec.fmt == "checkpoints":
-        names = {"id": spec.id_field, "position": spec.position_field, "answer": spec.answer_field,
-                 "correct": spec.correct_field, "length": spec.length_field, **(spec.signals or {})}
+        names = {"id": spec.id_field, "question": spec.question_field, "gold": spec.gold_field,
+                 "position": spec.position_field, "answer": spec.answer_field, "correct": spec.correct_field,
+                 "length": spec.length_field, **(spec.signals or {})}
         names = {k: f for k, f in names.items() if f}
     rows = []
     for loc, rec in head:

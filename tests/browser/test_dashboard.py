@@ -204,3 +204,30 @@ def test_upload_a_chat_log_with_reasoning_shows_what_it_reads_first(server, brow
     done = import_as(page, "r1", "chat-arith")
     assert "4 traces" in done and "EM at full length 0.750" in done
     page.close()
+
+
+def test_upload_a_checkpoint_export_with_its_fields_mapped(server, browser, tmp_path):
+    """The upload form's per-checkpoint format: another tool's Parquet export in long form (one row per probe),
+    its fields mapped, previewed, then imported with its confidence as a signal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [{"qid": q, "question": f"Calculate {q}.", "gold": gold, "tokens": 32 * (j + 1), "probe": probe,
+             "conf": conf} for q, gold, probes in (("7 + 5", "12", [("11", 0.4), ("12", 0.9), ("12", 0.97)]),
+                                                   ("3 * 3", "9", [("9", 0.95), ("6", 0.5)]))
+            for j, (probe, conf) in enumerate(probes)]
+    path = tmp_path / "probes.parquet"              # (a short name: the uploader's chip shows it whole)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    page = open_import_tab(browser, server)
+    page.locator("[data-testid='stRadio']").get_by_text("checkpoints", exact=True).click()
+    wait_for_app_run(page)
+    upload(page, path)
+    page.wait_for_selector("text=5 records", timeout=30_000)
+    for label, value in (("Gold field", "gold"), ("Trial answer field", "probe"), ("Signals (NAME=FIELD, …)", "p_mean=conf")):
+        box = page.get_by_role("textbox", name=label)
+        box.fill(value)
+        box.press("Enter")
+        wait_for_app_run(page)
+        assert box.input_value() == value
+    done = import_as(page, "dynasor-model", "arith-probes")
+    assert "2 traces" in done and "5 checkpoints" in done and "EM at full length 0.500" in done, done
+    page.close()

@@ -308,9 +308,13 @@ def test_preview_reads_before_anything_is_written(tmp_path):
     assert "line 3" in bad["error"] and "choices" in bad["error"]
     long = tmp_path / "probes.jsonl"
     long.write_text("".join(json.dumps(r) + "\n" for r in LONG))
-    pv = preview(ImportSpec(path=str(long), model="m", dataset="d", fmt="checkpoints", id_field="qid",
-                            position_field="tokens", answer_field="probe", signals={"p_mean": "conf"}))
-    assert pv["rows"][0] == {"record": 1, "id": "a", "position": 32, "answer": "11", "p_mean": 0.4}
+    spec = dict(path=str(long), model="m", dataset="d", fmt="checkpoints", id_field="qid", position_field="tokens",
+                answer_field="probe", signals={"p_mean": "conf"})
+    pv = preview(ImportSpec(**spec, gold_field="gold"))
+    assert pv["rows"][0] == {"record": 1, "id": "a", "question": "Calculate 7 + 5.", "gold": "12", "position": 32,
+                             "answer": "11", "p_mean": 0.4}
+    pv = preview(ImportSpec(**spec))        # the gold field left at its default, which these records lack
+    assert "field 'answer'" in pv["rows"][0]["error"]
     assert not list(tmp_path.glob("*.duckdb"))
 
 
