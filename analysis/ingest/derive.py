@@ -200,7 +200,8 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
 
     Workers are forked with the records in memory and receive index ranges; they send back everything but
     the response texts, which the parent adds to the traces table itself. ``meanwhile()``, when given, runs
-    in the parent while the workers derive (the import writes the run and its questions then). ``starts``:
+    in the parent while the workers derive the last chunks (the import opens the store's write transaction and
+    writes the run and its questions then: the store is not locked for the whole derivation). ``starts``:
     each response's token start offsets in a model's tokenizer (``tokenizer_starts``), else word pieces.
     """
     global _SHARED, _STARTS
@@ -220,13 +221,19 @@ def derive(run_id: str, records: list[tuple[Question, str]], answer_type: str, e
     else:
         ex, results = None, map(_derive_range, ranges)
     traces, cks = [], []
+    # meanwhile() when the chunks left take about as long as it does (writing a question costs about a tenth of
+    # deriving its trace): the store is then locked for the last sixth of the derivation only
+    late = max(0, len(ranges) - max(2 * workers, len(ranges) // 6))
     try:
-        if meanwhile is not None:
-            meanwhile()
-        for (tr, ck), (_, lo, hi, _, _) in zip(results, ranges):
+        for i, ((tr, ck), (_, lo, hi, _, _)) in enumerate(zip(results, ranges)):
+            if i == late and meanwhile is not None:
+                meanwhile()
+                meanwhile = None
             traces.append(tr)
             cks.append(ck)
             bar.update(hi - lo)
+        if meanwhile is not None:                   # (no chunk at all)
+            meanwhile()
     finally:
         bar.close()
         _SHARED, _STARTS = [], None

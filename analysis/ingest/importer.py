@@ -260,14 +260,17 @@ def import_generations(store: Store | str | os.PathLike | None, spec: ImportSpec
         if found:
             return found
         starts = tokenizer_starts([r for _, r in records], spec.tokenizer, tok) if tok else None
-        with store.transaction() as con:       # one transaction: all of the file or nothing
+        with ExitStack() as stack:             # one transaction: all of the file or nothing
+            opened: dict = {}
 
-            def write_run_and_questions():     # while the workers derive the checkpoints
+            def write_run_and_questions():     # while the workers derive the last chunks (the lock taken then)
+                con = opened["con"] = stack.enter_context(store.transaction())
                 store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
                                         source="imported", config=config, n_planned=len(records), con=con)
                 store.put_questions(spec.dataset, [q for q, _ in records], con=con)
             traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
                                  meanwhile=write_run_and_questions, starts=starts)
+            con = opened["con"]
             check_checkpoint_counts(cks, spec, records)
             store.put_results(traces, cks, con=con)
             if stops is not None:

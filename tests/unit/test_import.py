@@ -171,3 +171,20 @@ def test_many_answers_scored_at_once_agree_with_score_row_by_row():
     em, _ = score_rows(tr, codes, u_norm, golds, NUMBER)
     expected = [score(u_norm[c], golds[t], NUMBER)[0] if c >= 0 else 0.0 for t, c in zip(tr, codes)]
     assert em.tolist() == expected and 0 < em.mean() < 1
+
+
+def test_the_run_and_its_questions_are_written_only_as_the_derivation_ends(monkeypatch):
+    """derive() calls its meanwhile (the import opening the store's write transaction) once all but the last
+    chunks are derived, so a long import does not lock the store for its whole derivation."""
+    from analysis.ingest import derive as D
+    from analysis.ingest.datasets import Question
+    done, seen = [], []
+    real = D._derive_range
+    monkeypatch.setattr(D, "_derive_range", lambda r: done.append(r[1]) or real(r))
+    records = [(Question(f"q{i}", f"What is {i} + 1?", [str(i + 1)], "number", {}), f"{i} + 1 = {i + 1}")
+               for i in range(6 * 4000 - 10)]                                      # 6 chunks of 4,000
+    traces, cks = D.derive("r", records, "number", 32, show_progress=False, workers=1,
+                           meanwhile=lambda: seen.append(len(done)))
+    assert seen == [5] and len(done) == 6 and traces.num_rows == len(records)
+    assert D.derive("r", records[:5], "number", 32, show_progress=False, workers=1,
+                    meanwhile=lambda: seen.append("small"))[0].num_rows == 5 and seen[-1] == "small"
