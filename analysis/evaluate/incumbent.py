@@ -46,16 +46,13 @@ LABEL = "your mechanism"
 
 
 # --- writing --------------------------------------------------------------------------------------------
-def attach(store, run_id: str, question_ids: Sequence[str], positions: Sequence[int],
-           answers_raw: Sequence[str | None] | None = None, con=None, *, file: str | None = None,
-           lines: Sequence[int] | None = None, pos_field: str = "pos", answer_field: str = "answer") -> int:
-    """Store where the production stopper stopped on each question of a run (and what it answered).
-
-    ``positions``: non-negative integer token positions; ``answers_raw``: the stopper's answer text per
-    question (None for a question: the trial answer at the stop, looked up at load time). Replaces the run's
-    incumbent, if it had one. Errors name the question, and ``file`` / ``lines`` / ``pos_field`` /
-    ``answer_field`` when the caller (an import) passes them. Written in ``con``'s transaction when given,
-    else in a transaction of its own. Returns the number of rows written."""
+def check_stops(question_ids: Sequence[str], positions: Sequence, answers_raw: Sequence | None = None, *,
+                file: str | None = None, lines: Sequence[int] | None = None, pos_field: str = "pos",
+                answer_field: str = "answer") -> np.ndarray:
+    """The stop positions as integers, once checked the way ``attach`` checks them before it writes (an
+    import checks them with the rest of its file, before it opens the store): one per question, each question
+    once, non-negative whole numbers, answers text or absent. Errors name the question, and ``file`` /
+    ``lines`` / the fields when given."""
     qids = [str(q) for q in question_ids]
     n = len(qids)
 
@@ -83,6 +80,26 @@ def attach(store, run_id: str, question_ids: Sequence[str], positions: Sequence[
             if a is not None and not isinstance(a, str):
                 raise StoplineError(f"question {qids[i]!r}: the answer must be text or absent, not {a!r}",
                                     field=answer_field, **where(i))
+    return pos
+
+
+def attach(store, run_id: str, question_ids: Sequence[str], positions: Sequence[int],
+           answers_raw: Sequence[str | None] | None = None, con=None, *, file: str | None = None,
+           lines: Sequence[int] | None = None, pos_field: str = "pos", answer_field: str = "answer") -> int:
+    """Store where the production stopper stopped on each question of a run (and what it answered).
+
+    ``positions``: non-negative integer token positions; ``answers_raw``: the stopper's answer text per
+    question (None for a question: the trial answer at the stop, looked up at load time). Replaces the run's
+    incumbent, if it had one. Errors name the question, and ``file`` / ``lines`` / ``pos_field`` /
+    ``answer_field`` when the caller (an import) passes them. Written in ``con``'s transaction when given,
+    else in a transaction of its own. Returns the number of rows written."""
+    qids = [str(q) for q in question_ids]
+    n = len(qids)
+    pos = check_stops(qids, positions, answers_raw, file=file, lines=lines, pos_field=pos_field,
+                      answer_field=answer_field)
+
+    def where(i: int) -> dict:
+        return {"file": file, "line": lines[i] if lines is not None else None}
 
     def go(c) -> int:
         row = c.execute("SELECT answer_type FROM runs WHERE run_id = ?", [run_id]).fetchone()

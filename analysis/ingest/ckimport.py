@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from analysis.core.answers import MATH, normalize, normalize_gold
 from analysis.core.errors import StoplineError
 from analysis.core.schema import SIGNAL_COLUMNS
+from analysis.evaluate.incumbent import check_stops
 from analysis.ingest import sources
 from analysis.ingest.datasets import as_gold_list, check_gold, question_problem
 from analysis.ingest.scoring import score_rows
@@ -130,6 +131,13 @@ def _explode(tbl: pa.Table, spec, where: dict) -> tuple[pa.Table, np.ndarray]:
     if "id" not in out:
         out["id"] = pa.array(parents.astype(str))
     return pa.table(out), parents
+
+
+def _lines(where: dict, records: np.ndarray) -> list | None:
+    """The file's line of each record, where lines name them (JSONL, CSV)."""
+    if where.get("locs"):
+        return [where["locs"][int(r)].line for r in records]
+    return [int(r) + 2 for r in records] if where.get("kind") == "csv" else None
 
 
 def _at(spec, where: dict, rec: int, message: str, key: str) -> StoplineError:
@@ -297,7 +305,7 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
         raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")
     gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
     questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json}
-    # checked before anything is written (or the store locked): the signals, the labels, where the text is cut
+    # checked before anything is written (or the store locked): signals, labels, stops, where the text is cut
     signals = {}
     for s in SIGNAL_COLUMNS:
         if s in tbl.column_names:
@@ -306,6 +314,12 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
             signals[s] = v
     labels = _rows(_labels(tbl.column("correct"), spec, where, recs), take) if "correct" in tbl.column_names \
         else None
+    stops = None
+    if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
+        stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None,
+                 "lines": _lines(where, recs[first])}
+        check_stops(ids, stops["positions"], stops["answers"], file=spec.path, lines=stops["lines"],
+                    pos_field=spec.stop_field, answer_field=spec.stopped_answer_field or "answer")
     text_col = per_q("text")
     char_pos = _char_positions(text_col, qrow, posx, is_final, spec.tokenizer) if "text" in tbl.column_names \
         else None                                       # (a column left out is stored NULL)
@@ -346,9 +360,6 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
                 "final_norm": norm_arr.take(pa.array(fi)), "em": pa.array(np.asarray(em)[fi], pa.float64()),
                 "f1": pa.array(np.asarray(f1)[fi], pa.float64()), "finish_reason": pa.array(["imported"] * nq),
                 "gen_s": pa.nulls(nq, pa.float64()), "probe_s": pa.nulls(nq, pa.float64())})
-    stops = None
-    if "stop" in tbl.column_names:                       # the production stopper's, per question (its first row)
-        stops = {"positions": per_q("stop"), "answers": per_q("stopped") if "stopped" in tbl.column_names else None}
     return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}

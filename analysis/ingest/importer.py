@@ -316,8 +316,8 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
         store.put_results(data["traces"], data["checkpoints"], con=con)
         if data["stops"] is not None:
             attach(store, run_id, list(data["questions"]["ids"]), data["stops"]["positions"],
-                   data["stops"]["answers"], con=con, file=spec.path, pos_field=spec.stop_field,
-                   answer_field=spec.stopped_answer_field or "answer")
+                   data["stops"]["answers"], con=con, file=spec.path, lines=data["stops"]["lines"],
+                   pos_field=spec.stop_field, answer_field=spec.stopped_answer_field or "answer")
         con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", [run_id])
     if keep_sweep:
         materialise(store, run_id)

@@ -268,9 +268,9 @@ def test_bad_checkpoint_exports(tmp_path, cli, change, args, message):
 
 
 def test_a_bad_export_leaves_the_store_as_it_was(tmp_path, cli):
-    """The store is opened, and the run and its questions written, once the file is checked and scored; a bad
-    value found before that (a signal that is not a number) or after it (a production stop below 0, checked
-    with the other writes) leaves no run, no question and no store file behind, and the error names the row."""
+    """A checkpoint export is checked whole (its signals and its production stops included) before the store
+    is opened: a bad value leaves no run, no question and no store file behind, and the error names the row
+    or line."""
     db = tmp_path / "s.duckdb"
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in LONG))
@@ -283,10 +283,11 @@ def test_a_bad_export_leaves_the_store_as_it_was(tmp_path, cli):
     rows[3]["conf"], rows[2]["stop"] = "0.5", -1
     bad_stop = tmp_path / "stop.jsonl"
     bad_stop.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for path, args, message in ((bad_signal, (), "row 3.conf"), (bad_stop, ("--stop-field", "stop"), "question 'b2'")):
+    for path, args, message in ((bad_signal, (), "row 3.conf"), (bad_stop, ("--stop-field", "stop"), "line 3")):
         for target in (db, tmp_path / "new" / "s.duckdb"):
             code, _, err = _import(cli, target, path, *CK_ARGS, *args)
             assert code == 2 and path.name in err and message in err, err
+    assert "question 'b2': the stop position must be a non-negative integer" in err
     assert not (tmp_path / "new").exists()
     s = Store(db)
     assert [r["id"] for r in s.runs()] == [res["run_id"]]
@@ -294,6 +295,27 @@ def test_a_bad_export_leaves_the_store_as_it_was(tmp_path, cli):
         assert sorted(r[0] for r in con.execute("SELECT question_id FROM questions").fetchall()) == ["a", "b"]
     code, again, err = _import(cli, db, good, *CK_ARGS)     # the same file again: the run it made, found
     assert code == 0 and again["run_id"] == res["run_id"] and again["created"] is False, err
+
+
+def test_an_import_interrupted_while_it_writes_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C after the run and its questions were written (as the rows go in) rolls the transaction back;
+    a store the import made is removed again."""
+    from analysis.ingest.importer import ImportSpec, import_generations
+    path = tmp_path / "probes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in LONG))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Store, "put_results", interrupted)
+    spec = ImportSpec(path=str(path), model="m", dataset="d", fmt="checkpoints", id_field="qid", gold_field="gold",
+                      position_field="tokens", answer_field="probe")
+    existing = Store(tmp_path / "s.duckdb")
+    for target in (existing, tmp_path / "new" / "s.duckdb"):
+        with pytest.raises(KeyboardInterrupt):
+            import_generations(target, spec, show_progress=False)
+    assert not (tmp_path / "new").exists()
+    with existing.connect() as con:
+        assert [con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("runs", "questions")] == [0, 0]
 
 
 def test_preview_reads_before_anything_is_written(tmp_path):
