@@ -291,31 +291,24 @@ class Store:
             con.execute("DELETE FROM presets WHERE name = ?", [name])
 
     # -- reads --------------------------------------------------------------------------------------------
-    def runs(self, run_id: str | None = None, con: duckdb.DuckDBPyConnection | None = None) -> list[dict]:
+    def runs(self, run_id: str | None = None) -> list[dict]:
         """One dict per run (``run_id``: that run only, [] when the store has none by that id): id, model,
-        dataset, counts (n_incumbent: questions with a production stop), em_full (EM of the final answers, 0..1).
-        ``con``: an open connection to read through (a writer's transaction)."""
-        if con is None:
-            with self.connect() as c:
-                return self._runs(c, run_id)
-        return self._runs(con, run_id)
-
-    @staticmethod
-    def _runs(con: duckdb.DuckDBPyConnection, run_id: str | None) -> list[dict]:
+        dataset, counts (n_incumbent: questions with a production stop), em_full (EM of the final answers, 0..1)."""
         where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
-        rel = con.execute(f"""
-            SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,
-                   r.n_planned, r.created_at, r.config,
-                   COALESCE(t.n, 0) AS n_questions, COALESCE(c.n, 0) AS n_checkpoints,
-                   t.em_full, t.f1_full, t.mean_tokens, COALESCE(i.n, 0) AS n_incumbent
-            FROM (SELECT * FROM runs {where}) r
-            LEFT JOIN (SELECT run_id, COUNT(*) n, AVG(em) em_full, AVG(f1) f1_full, AVG(n_tokens) mean_tokens
-                       FROM traces {where} GROUP BY run_id) t USING (run_id)
-            LEFT JOIN (SELECT run_id, COUNT(*) n FROM checkpoints {where} GROUP BY run_id) c USING (run_id)
-            LEFT JOIN (SELECT run_id, COUNT(*) n FROM incumbent {where} GROUP BY run_id) i USING (run_id)
-            ORDER BY r.created_at, r.run_id""", args * 4)
-        cols = [d[0] for d in rel.description]
-        out = [dict(zip(cols, row)) for row in rel.fetchall()]
+        with self.connect() as con:
+            rel = con.execute(f"""
+                SELECT r.run_id AS id, r.model, r.dataset, r.answer_type, r.source, r.status,
+                       r.n_planned, r.created_at, r.config,
+                       COALESCE(t.n, 0) AS n_questions, COALESCE(c.n, 0) AS n_checkpoints,
+                       t.em_full, t.f1_full, t.mean_tokens, COALESCE(i.n, 0) AS n_incumbent
+                FROM (SELECT * FROM runs {where}) r
+                LEFT JOIN (SELECT run_id, COUNT(*) n, AVG(em) em_full, AVG(f1) f1_full, AVG(n_tokens) mean_tokens
+                           FROM traces {where} GROUP BY run_id) t USING (run_id)
+                LEFT JOIN (SELECT run_id, COUNT(*) n FROM checkpoints {where} GROUP BY run_id) c USING (run_id)
+                LEFT JOIN (SELECT run_id, COUNT(*) n FROM incumbent {where} GROUP BY run_id) i USING (run_id)
+                ORDER BY r.created_at, r.run_id""", args * 4)
+            cols = [d[0] for d in rel.description]
+            out = [dict(zip(cols, row)) for row in rel.fetchall()]
         for r in out:
             r["config"] = json.loads(r["config"]) if r["config"] else {}
             r["created_at"] = str(r["created_at"])

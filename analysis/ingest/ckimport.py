@@ -299,7 +299,7 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
     g_golds = [as_gold_list(v, spec.answer_type) if v is not None else [] for v in g_uniq]
     used = np.bincount(gcodes, minlength=len(g_uniq)) > 0   # (the null slot may be unused)
     g_norm = [normalize_gold(g, spec.answer_type) for g in g_golds]
-    g_bad = [check_gold(g, spec.answer_type, gn) if check and u else None for g, gn, u in zip(g_golds, g_norm, used)]
+    g_bad = [check_gold(g, spec.answer_type) if check and u else None for g, u in zip(g_golds, used)]
     if any(g_bad):
         q = int(np.flatnonzero(np.isin(gcodes, [i for i, e in enumerate(g_bad) if e]))[0])
         raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")

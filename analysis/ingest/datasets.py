@@ -117,13 +117,12 @@ def as_gold_list(value: Any, answer_type: str) -> list[str]:
     return out
 
 
-def check_gold(gold: list[str], answer_type: str, norms: list[str] | None = None) -> str | None:
+def check_gold(gold: list[str], answer_type: str) -> str | None:
     """Why this gold is unusable, or None: a number gold must state a number, a math gold must parse as
-    LaTeX (math-verify), a choice gold must be a letter. ``norms``: ``normalize_gold(gold, answer_type)``,
-    when the caller has it."""
+    LaTeX (math-verify), a choice gold must be a letter."""
     if not gold:
         return "empty gold answer"
-    for g, norm in zip(gold, normalize_gold(gold, answer_type) if norms is None else norms):
+    for g, norm in zip(gold, normalize_gold(gold, answer_type)):
         if answer_type == NUMBER and not is_number(norm):
             return (f"gold answer {g[:60]!r} holds no number (an expression, or a LaTeX answer such as "
                     "\\sqrt{2}: use the answer type 'math')")

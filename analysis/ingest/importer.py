@@ -189,9 +189,9 @@ def _config(spec: ImportSpec, sha: str, **extra) -> dict:
     return {**config, **extra}
 
 
-def _existing(store: Store, run_id: str, con=None) -> dict | None:
-    """The summary of the run ``run_id`` when the store has it (``con``: read through a writer's connection)."""
-    for r in store.runs(run_id, con):
+def _existing(store: Store, run_id: str) -> dict | None:
+    """The summary of the run ``run_id`` when the store has it."""
+    for r in store.runs(run_id):
         return {"run_id": run_id, "created": False, "n_questions": r["n_questions"],
                 "n_checkpoints": r["n_checkpoints"], "em_full": r["em_full"]}
     return None

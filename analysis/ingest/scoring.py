@@ -24,9 +24,10 @@ def _plain_floats(values: np.ndarray) -> np.ndarray:
 def score_rows(tr: np.ndarray, codes: np.ndarray, u_norm: np.ndarray, golds: list[list[str]], answer_type: str
                ) -> tuple[np.ndarray, np.ndarray]:
     """(EM, F1) per row, for rows whose gold aliases are ``golds[tr]`` (one entry per trace, or one per distinct
-    gold) and whose answer is ``u_norm[codes]`` (code -1: none), scored once per distinct (``tr``, answer). Numbers take a fast path, row by row in numpy: one plain-decimal gold and
-    a plain-decimal answer compare as floats with numbers_equal's tolerance; anything else (fractions, expressions, several
-    aliases, a float too close to call) goes through ``score`` itself."""
+    gold) and whose answer is ``u_norm[codes]`` (code -1: none), scored once per distinct (``tr``, answer).
+    Numbers take a fast path, row by row in numpy: one plain-decimal gold and a plain-decimal answer compare as
+    floats with numbers_equal's tolerance; anything else (fractions, expressions, several aliases, a float too
+    close to call) goes through ``score`` itself."""
     n_u = len(u_norm)
     em = np.full(len(codes), np.nan)
     if answer_type == NUMBER:                           # per row: a few numpy passes, no factorising of all rows
