@@ -50,7 +50,10 @@ def _store_and_run() -> None:
     cur = by_key[key] if key else labels[0] if Path(DEMO_DB).exists() else labels[1]
     if st.session_state.get("store_pick") not in labels:
         st.session_state.pop("store_pick", None)
-    choice = st.sidebar.selectbox("Store", labels, index=labels.index(cur), key="store_pick")
+    # picks a page made (data.show_run) are the values; drawn without a default then, as Streamlit asks
+    by_code = data.picks_set_by_code()
+    choice = st.sidebar.selectbox("Store", labels, key="store_pick",
+                                  index=None if by_code else labels.index(cur)) or cur
     path = stores[choice]
     data.pick_store(path, None, [])
     if not Path(path).exists():
@@ -73,7 +76,8 @@ def _store_and_run() -> None:
         want = data.default_run(path)
     idx = ids.index(want) if want in ids else 0
     label = data.run_labeller(runs, questions=True)
-    rid = st.sidebar.selectbox("Run", ids, index=idx, key="run_pick", format_func=label)
+    rid = st.sidebar.selectbox("Run", ids, index=None if by_code else idx, key="run_pick",
+                               format_func=label) or ids[idx]
     run = data.run_by_id(runs, rid)
     st.sidebar.caption(f"{label(rid)} · `{rid}`")      # what the picker cuts
     data.pick_run(run)

@@ -447,6 +447,23 @@ def pick_store(path: str, store: Store | None, runs_: list[dict]) -> None:
     set_query("db", store_key(path) or "demo")
 
 
+def show_run(path: str, run_id: str) -> None:
+    """Make a store's run the sidebar's pick, as if picked there (a button's callback: it runs before the sidebar
+    draws its pickers again). A store the dashboard does not offer is left alone."""
+    label = {p: lab for lab, p in stores().items()}.get(path)
+    if label is None:
+        return
+    st.session_state["store_pick"], st.session_state["run_pick"] = label, run_id
+    st.session_state["picks_by_code"] = True
+    set_query("db", store_key(path))
+    set_query("run", run_id)
+
+
+def picks_set_by_code() -> bool:
+    """Whether ``show_run`` set the sidebar's picks for this rerun (asked once: the next rerun is as usual)."""
+    return st.session_state.pop("picks_by_code", False)
+
+
 def pick_run(run: dict) -> None:
     st.session_state["run"] = run
     set_query("run", run["id"])

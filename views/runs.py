@@ -113,8 +113,14 @@ with tab_run:
             except StoplineError as e:
                 st.error(str(e))
 
+    def show_job_run(run_id: str) -> None:
+        data.show_run(MY_DB, run_id)
+        st.session_state["jobs_show"] = True      # the panel reruns alone: it asks for the whole page
+
     @st.fragment(run_every=2)
     def job_panel():
+        if st.session_state.pop("jobs_show", False):
+            st.rerun(scope="app")
         js = jobs.list_jobs()
         if not js:
             st.caption("No jobs yet.")
@@ -131,6 +137,9 @@ with tab_run:
                     st.progress(j["done"] / j["total"], text=f"{j['done']} of {j['total']} questions")
                 if j["state"] == "done" and j["summary"]:
                     st.caption(j["summary"])
+                    if j["run_id"] and j["db"] == MY_DB and data.picked_db() != MY_DB:
+                        st.button("Show this run", key=f"show_{j['id']}", on_click=show_job_run,
+                                  args=(j["run_id"],), help="picks 'My store' and this run in the sidebar")
                 if j["error"]:
                     st.error(j["error"])
                 elif j["state"] == "queued":
@@ -195,7 +204,9 @@ with tab_import:
             res = import_generations(MY_DB, spec, show_progress=False)   # opened only once the file passed its checks
             verb = "Imported" if res["created"] else "Already imported as"
             st.success(f"{verb} run {res['run_id']}: {res['n_questions']} traces, {res['n_checkpoints']} checkpoints, "
-                       f"EM at full length {res['em_full']:.3f}. Pick 'My store' in the sidebar to explore it.")
+                       f"EM at full length {res['em_full']:.3f}.")
+            st.button("Show this run", key="imp_show", on_click=data.show_run, args=(MY_DB, res["run_id"]),
+                      type="primary", help="picks 'My store' and this run in the sidebar, on every page")
     except StoplineError as e:
         st.error(str(e).replace(str(tmp), up.name if up is not None else ""))
     finally:

@@ -122,6 +122,7 @@ def check_limits(limit: int | None, max_new_tokens: int, where: Path | None = No
 # other bars (transformers' "Loading weights 272/272 [... it/s]") are not questions
 _BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*(?:q/s|s/q)(?:, [^\]]*)?\]")
 _RAISED = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")   # a traceback's last line
+_RUN_ID = re.compile(r"^run (\S+?):")       # the summary's first words: the run the job wrote
 # what a model folder needs beside its weights: the tokenizer (one of these) and the config
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -216,8 +217,9 @@ def status(jid: str, where: Path | None = None) -> dict:
                else "error: the job stopped with a Python traceback")[:500] + " (the job's log has the traceback)"
     queued = alive and QUEUED in text and STARTED not in text
     state = "queued" if queued else "running" if alive else ("failed" if err or summary is None else "done")
+    run_id = (m.group(1) if state == "done" and (m := _RUN_ID.match(summary or "")) else None)
     return {**job, "state": state, "done": done_n, "total": total, "summary": summary, "error": err,
-            "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}
+            "run_id": run_id, "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}
 
 
 def list_jobs(where: Path | None = None) -> list[dict]:

@@ -39,3 +39,30 @@ def test_runs_page_starts_a_background_run_and_shows_its_progress(tmp_path, synt
     assert run["n_questions"] == 4 and run["status"] == "complete"
     at.run()
     assert not at.exception and any("done" in m.value for m in at.markdown)
+    at.button(key=f"show_{job['id']}").click().run()         # the run is one click from the sidebar
+    assert not at.exception and at.selectbox(key="store_pick").value == "My store"
+    assert at.selectbox(key="run_pick").value == run["id"]
+
+
+def test_an_imported_run_is_one_click_from_the_sidebar(tmp_path, synthetic_db, monkeypatch):
+    """The import writes to 'My store'; its success message offers the run, which the click makes the sidebar's
+    store and run (and the URL's), so every page shows it."""
+    from tests.helpers import FIXTURES
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/runs.py")
+    at.file_uploader(key="imp_file").upload("solutions.jsonl", (FIXTURES / "solutions.jsonl").read_bytes()).run()
+    at.text_input(key="imp_r_jsonl").input("outputs.solution")
+    at.text_input(key="imp_model").input("hand")
+    at.text_input(key="imp_dataset").input("hand-gsm").run()
+    at.button(key="imp_go").click().run()
+    assert not at.exception and "EM at full length 0.750" in at.success[0].value, [e.value for e in at.error]
+    assert at.selectbox(key="store_pick").value != "My store"
+    at.button(key="imp_show").click().run()
+    assert not at.exception
+    new = at.success[0].value if at.success else ""
+    assert at.selectbox(key="store_pick").value == "My store", new
+    imported = at.selectbox(key="run_pick").value
+    assert imported != rid and at.query_params["run"] == imported and at.query_params["db"] == "mine"
+    assert len(at.dataframe[0].value) == 1          # the runs table is My store's: the imported run alone

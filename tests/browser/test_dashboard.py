@@ -180,6 +180,13 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
     page.wait_for_selector("text=What the import would read", timeout=30_000)
     page.get_by_role("textbox", name="Response field").fill("outputs.solution")
     assert "EM at full length 0.750" in import_as(page, "hand", "hand-gsm")
+    page.get_by_role("button", name="Show this run").click()       # the sidebar picks My store and the run
+    page.wait_for_url("**db=mine**", timeout=30_000)
+    wait_for_app_run(page)
+    sidebar = page.locator("[data-testid='stSidebar']")
+    picked = [sidebar.locator("[data-testid='stSelectbox']", has_text=w).locator("input").input_value()
+              for w in ("Store", "Run")]
+    assert picked[0] == "My store" and "hand" in picked[1], picked
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1", "outputs": {"solution": "1"}}\n{"question": "q2"}\n')
     upload(page, bad)
