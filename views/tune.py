@@ -12,24 +12,63 @@ from analysis.replay.engine import stop_index
 from views import common, data
 
 
-def control(t, p, v, key: str):
-    """One control for a declared parameter (a family's or the probe schedule's)."""
+SET_BY_JUMP = "tune_set_by_jump"      # the control keys a jump set (its callback), for the rerun that follows
+
+
+def int_high(t, p) -> int:
+    """An int control's top: a token count's declared top (thousands) cut to the run's longest trace."""
+    return int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high >= 1024 else int(p.high)
+
+
+def control(t, p, v, key: str, fresh: frozenset = frozenset()):
+    """One control for a declared parameter (a family's or the probe schedule's). A key in ``fresh`` holds the
+    value a jump set: drawn with no default of its own, so Streamlit takes it without a duplicate-value warning."""
+    new = key in fresh
     if p.kind == "int":
-        hi = int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high > 10_000 else int(p.high)
-        return st.slider(p.label or p.name, int(p.low), hi, int(min(v, hi)), help=p.help, key=key)
+        hi = int_high(t, p)
+        return st.slider(p.label or p.name, int(p.low), hi, None if new else int(min(v, hi)), help=p.help, key=key)
     if p.kind == "float" and p.log:
         opts = sorted(set(p.sweep_values()) | {p.default, v})
-        return st.select_slider(p.label or p.name, opts, value=v, help=p.help, key=key, format_func=lambda x: f"{x:g}")
+        return st.select_slider(p.label or p.name, opts, value=None if new else v, help=p.help, key=key,
+                                format_func=lambda x: f"{x:g}")
     if p.kind == "float":
-        return st.slider(p.label or p.name, float(p.low), float(p.high), float(v), step=0.005, help=p.help, key=key)
+        return st.slider(p.label or p.name, float(p.low), float(p.high), None if new else float(v), step=0.005,
+                         help=p.help, key=key)
     if p.kind == "choice":
-        return st.selectbox(p.label or p.name, p.choices, index=p.choices.index(v), help=p.help, key=key)
+        return st.selectbox(p.label or p.name, p.choices, index=0 if new else p.choices.index(v), help=p.help, key=key)
     if p.kind == "bool":
-        return st.checkbox(p.label or p.name, v, help=p.help, key=key)
+        return st.checkbox(p.label or p.name, False if new else v, help=p.help, key=key)
     raise ValueError(p.kind)
 
 
-def widgets(t, fam: str, start: dict, prefix: str) -> dict:
+def control_values(t, s: Setting) -> dict:
+    """Every control's value for setting ``s``, by the keys ``widgets`` and ``schedule_widgets`` draw them with."""
+    out = {}
+
+    def walk(fam: str, params: dict, prefix: str) -> None:
+        for p in get_family(fam).params:
+            if p.kind == "setting":
+                sub = Setting.from_dict(params.get(p.name, p.default))
+                out[f"{prefix}.{p.name}.family"] = sub.family
+                walk(sub.family, sub.params, f"{prefix}.{p.name}.{sub.family}")
+            elif p.kind != "object":
+                v = params.get(p.name, p.default)
+                out[f"{prefix}.{p.name}"] = int(min(v, int_high(t, p))) if p.kind == "int" else v
+    walk(s.family, s.params, s.family)
+    out.update({f"{s.family}.schedule.{p.name}": s.sched.get(p.name, p.default) for p in SCHEDULE})
+    return out
+
+
+def show_setting(t, s: Setting) -> None:
+    """(A callback's) make ``s`` current and put its values in the controls: the ones on this page keep what the
+    browser shows unless their state is set (deleting it would leave the old values on screen)."""
+    data.make_current(s)
+    values = control_values(t, s)
+    st.session_state.update(values)
+    st.session_state[SET_BY_JUMP] = frozenset(values)
+
+
+def widgets(t, fam: str, start: dict, prefix: str, fresh: frozenset = frozenset()) -> dict:
     """One control per declared parameter; a nested setting gets a family picker and its own controls."""
     cls = get_family(fam)
     params = {}
@@ -40,21 +79,22 @@ def widgets(t, fam: str, start: dict, prefix: str) -> dict:
     cols = st.columns(max(1, len(flat)))
     for col, p in zip(cols, flat):
         with col:
-            params[p.name] = control(t, p, start.get(p.name, p.default), f"{prefix}.{p.name}")
+            params[p.name] = control(t, p, start.get(p.name, p.default), f"{prefix}.{p.name}", fresh)
     for p in cls.params:
         if p.kind != "setting":
             continue
         sub = Setting.from_dict(start.get(p.name, p.default))
         allowed = [f for f in available_families(t, nested=True) if f != fam]
         with st.container(border=True):
-            f = st.selectbox(f"{p.name}: {p.help}", allowed, index=allowed.index(sub.family) if sub.family in allowed else 0,
-                             key=f"{prefix}.{p.name}.family", format_func=lambda x: get_family(x).label)
+            fkey = f"{prefix}.{p.name}.family"
+            f = st.selectbox(f"{p.name}: {p.help}", allowed, key=fkey, format_func=lambda x: get_family(x).label,
+                             index=0 if fkey in fresh or sub.family not in allowed else allowed.index(sub.family))
             params[p.name] = {"family": f, "params": widgets(t, f, sub.params if f == sub.family else {},
-                                                             f"{prefix}.{p.name}.{f}")}
+                                                             f"{prefix}.{p.name}.{f}", fresh)}
     return params
 
 
-def schedule_widgets(t, fam: str, start: dict, params: dict) -> dict:
+def schedule_widgets(t, fam: str, start: dict, params: dict, fresh: frozenset = frozenset()) -> dict:
     """The probe schedule's controls, from its declaration (shared by every family)."""
     with st.expander(f"Probe schedule (this run probed every {t.interval} tokens, at steps and transitions)",
                      icon=":material/schedule:", expanded=start != SCHEDULE_DEFAULTS):
@@ -65,7 +105,7 @@ def schedule_widgets(t, fam: str, start: dict, params: dict) -> dict:
         out = {}
         for col, p in zip(cols, SCHEDULE):
             with col:
-                out[p.name] = control(t, p, start.get(p.name, p.default), f"{fam}.schedule.{p.name}")
+                out[p.name] = control(t, p, start.get(p.name, p.default), f"{fam}.schedule.{p.name}", fresh)
     return out
 
 
@@ -73,9 +113,14 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
     """Button callback: choose the best setting for the goal on the tune half of the questions, on the cost basis
     asked for, make it current, and check it on the held-out half (the message says when it misses there)."""
     from analysis.evaluate.frontier import LEARNED_AUTO_MAX
-    from analysis.evaluate.optimize import operating_point
+    from analysis.evaluate.optimize import halves, operating_point
     fams = [fam] if scope == "this family" else [f for f in available_families(t)
                                                  if f != "learned" or data.picked_run()["n_checkpoints"] <= LEARNED_AUTO_MAX]
+    try:
+        halves(t)
+    except StoplineError as e:             # a run too small to split: that, not "no setting"
+        st.session_state["jump_msg"] = ("warning", f"No jump: {e}")
+        return
     try:
         op = operating_point(t, goal, value, cost, fams, n_boot=0)
     except StoplineError:
@@ -83,7 +128,7 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
                                         "tune half of the questions.")
         return
     s = Setting.from_dict(op["setting"])
-    data.make_current(s)          # the family picker and the controls are drawn from it on the rerun
+    show_setting(t, s)            # the family picker and the controls are drawn from it on the rerun
     te = op["test"]
     text = (f"Jumped to `{s.label()}`, chosen on the tune half ({op['tune']['n']} questions) by tokens {cost}: "
             f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens. On the held-out half ({te['n']}): ΔEM "
@@ -91,8 +136,8 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
             f"computed against {te['tokens_full']:.0f} at full length.")
     problems = [op["missed"]] if op["missed"] else []
     if te["tokens_computed"] > te["tokens_full"]:
-        problems.append(f"with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
-                        "than full length")
+        problems.append(f"computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens than full length, "
+                        "counting its probes")
     st.session_state["jump_msg"] = ("error", text + " It " + "; it ".join(problems) + ".") if problems else ("info", text)
 
 
@@ -113,13 +158,10 @@ def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.
                    f"tokens; its EM drop on new questions drawn like these is at most {epsilon:g} with probability "
                    f"{1 - delta:.0%} ({c['bound']}, {c['n']} test questions).", icon=":material/verified:")
         if c["family"] == fam and not any(isinstance(v, dict) for v in c["setting"]["params"].values()):
-            st.button("Use the certified setting", key="cert_use", on_click=use_certified, args=(c["setting"],))
+            st.button("Use the certified setting", key="cert_use", on_click=show_setting,
+                      args=(data.table_for(run), Setting.from_dict(c["setting"])))
     else:
         st.caption(f"Certified for ε={epsilon:g}, δ={delta:g}: nothing. " + c["message"])
-
-
-def use_certified(setting: dict) -> None:
-    data.make_current(Setting.from_dict(setting))     # the family picker and the controls are drawn from it
 
 
 st.header("Tune")
@@ -148,9 +190,10 @@ if run:
         if goal == "drop" and 0 <= value < 1:
             certified(run, fam, value, scope)
     current = common.current_setting(t, fam)             # the link's or the last setting, else the defaults
-    params = widgets(t, fam, current.params, fam)
+    fresh = st.session_state.pop(SET_BY_JUMP, frozenset())
+    params = widgets(t, fam, current.params, fam, fresh)
     try:
-        schedule = schedule_widgets(t, fam, current.sched, params)
+        schedule = schedule_widgets(t, fam, current.sched, params, fresh)
     except StoplineError:
         schedule = {}                                     # the setting's own error is shown below
     try:

@@ -31,12 +31,11 @@ def _eval_setup(p):
 @command("eval", "replay a preset on a run: EM, ΔEM with CI, tokens emitted/computed, savings, lost/gained",
          _eval_setup)
 def _eval(args):
-    from analysis.evaluate.optimize import evaluate, split_mask
+    from analysis.evaluate.optimize import evaluate, split_of
     from analysis.presets.schema import load
     from analysis.presets.routing import preset_stops
     preset = load(args.preset)
-    t = _table(args)
-    t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
+    t = split_of(_table(args), args.split)
     res = evaluate(t, preset_stops(t, preset), preset.name, args.boot)
     res.update({"run": t.run_id, "split": args.split, "preset": preset.to_dict()})
     if args.json:
@@ -61,12 +60,11 @@ def _sweep_setup(p):
 @command("sweep", "sweep every family's declared grid: points with Pareto and hull flags", _sweep_setup)
 def _sweep(args):
     from analysis.evaluate.frontier import sweep
-    from analysis.evaluate.optimize import split_mask
+    from analysis.evaluate.optimize import split_of
     from analysis.replay.policies.base import get_family
     for f in args.family or []:
         get_family(f)                     # an unknown name: the registry's error, which lists the families
-    t = _table(args)
-    t = t.subset(split_mask(t.question_ids, args.split)) if args.split != "all" else t
+    t = split_of(_table(args), args.split)
     df = sweep(t, args.family, skip_missing=not args.family)
     if args.json:
         for rec in df.to_dict(orient="records"):
@@ -122,7 +120,7 @@ def _op_setup(p):
 @command("optimize", "pick an operating point on the tune split and report it on the test split", _op_setup)
 def _optimize(args):
     from analysis.core.errors import StoplineError
-    from analysis.evaluate.optimize import operating_point, optimize_slices, split_mask
+    from analysis.evaluate.optimize import operating_point, optimize_slices, split_of
     from analysis.replay.policies.base import Setting
     from analysis.presets.schema import Preset
     if args.beat_incumbent:
@@ -133,7 +131,7 @@ def _optimize(args):
     if args.slice_by:
         if args.budget is None:
             raise StoplineError("--slice-by needs --budget")
-        tune = t.subset(split_mask(t.question_ids, "tune"))
+        tune = split_of(t, "tune")
         res = optimize_slices(tune, args.slice_by, args.budget, args.cost, args.family)
         default = Setting.from_dict({"family": "budget", "params": {"B": 32768}})
         preset = Preset(f"per-slice, budget {args.budget:g}", default, args.slice_by,

@@ -38,7 +38,7 @@ from analysis.core.answers import extract, normalize, normalize_gold, score
 from analysis.core.errors import StoplineError
 from analysis.evaluate.compare import paired
 from analysis.evaluate.frontier import sweep
-from analysis.evaluate.optimize import evaluate_outcome, operating_point, split_mask
+from analysis.evaluate.optimize import evaluate_outcome, halves, operating_point
 from analysis.replay.engine import Outcome, replay, RunTable
 from analysis.replay.policies.base import Setting
 
@@ -177,8 +177,7 @@ def beat(t: RunTable, drop: float = 0.02, cost: str = "emitted", families: list[
     each chosen setting (``operating_point``'s dict) also gets ``vs_incumbent``: B = setting, A = incumbent,
     paired on the test questions."""
     incumbent_outcome(t)                                   # the clear error, before any sweep
-    tune = t.subset(split_mask(t.question_ids, "tune"))
-    test = t.subset(split_mask(t.question_ids, "test"))
+    tune, test = halves(t)
     inc_tune, inc_test = incumbent_outcome(tune), incumbent_outcome(test)
     pts = sweep(tune, families)
     budget = float(getattr(inc_tune, cost).mean())

@@ -35,6 +35,28 @@ def split_mask(question_ids: np.ndarray, split: str, tune_share: float = 0.5, sa
     return tune if split == "tune" else ~tune
 
 
+HALF = {"tune": "tune half", "test": "held-out (test) half"}
+
+
+def split_of(t: RunTable, split: str) -> RunTable:
+    """The questions of one split (``all``: the run itself). A half with no questions is our error: what is
+    chosen on one half is checked on the other, and a tiny run can leave one of them empty."""
+    if split == "all":
+        return t
+    sub = t.subset(split_mask(t.question_ids, split))
+    if sub.n == 0:
+        raise StoplineError(f"the {HALF[split]} of run {t.run_id} has no questions (the run has {t.n}; each question "
+                            "goes to the tune or the held-out half by a hash of its id)",
+                            hint="settings are chosen on one half and checked on the other: give the run more "
+                                 "questions, or evaluate with --split all")
+    return sub
+
+
+def halves(t: RunTable) -> tuple[RunTable, RunTable]:
+    """The tune and the held-out half, neither empty (``split_of``)."""
+    return split_of(t, "tune"), split_of(t, "test")
+
+
 def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = 2000, setting: Setting | None = None) -> dict:
     """Summary of stops with CIs and McNemar against full length (``setting``: the one that made the stops,
     whose probe schedule the tokens computed count)."""
@@ -76,8 +98,7 @@ def operating_point(t: RunTable, goal: str, value: float, cost: str = "emitted",
                     families: list[str] | None = None, n_boot: int = 2000, pts: pd.DataFrame | None = None) -> dict:
     """Choose on the tune split, report on the test split. ``pts``: the tune split's sweep, when the caller
     has it already (it is computed otherwise)."""
-    tune = t.subset(split_mask(t.question_ids, "tune"))
-    test = t.subset(split_mask(t.question_ids, "test"))
+    tune, test = halves(t)
     row = pick(sweep(tune, families) if pts is None else pts, goal, value, cost)
     if row is None:
         raise StoplineError(f"no setting meets {goal} = {value:g} on the tune split")

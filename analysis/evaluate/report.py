@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import plotly.graph_objects as go
 
+from analysis.core.errors import StoplineError
 from analysis.core.palette import FAMILY_COLORS as COLORS
 from analysis.evaluate.compare import default_slice
 from analysis.evaluate.frontier import sweep
@@ -100,10 +101,15 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         head = f"{run['model']} on {run['dataset']}"
         inc = None
         if t.incumbent is not None:
-            res = beat(t, drop, n_boot=n_boot)       # its within-drop choice is the recommendation below
             inc = incumbent_outcome(t).summary()
-            answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [*headline(res), ""]
-            op = res["within_drop"] or {"error": f"no setting meets drop = {drop:g} on the tune split"}
+            try:
+                res = beat(t, drop, n_boot=n_boot)       # its within-drop choice is the recommendation below
+            except StoplineError as e:                   # a run too small to split
+                answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [f"No comparison: {e}", ""]
+                op = {"error": str(e)}
+            else:
+                answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [*headline(res), ""]
+                op = res["within_drop"] or {"error": f"no setting meets drop = {drop:g} on the tune split"}
         else:
             try:
                 op = operating_point(t, "drop", drop, n_boot=n_boot)
@@ -127,13 +133,15 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         if "error" not in op:
             te = op["test"]
             ci = te["ci"]
-            md += [f"**Recommendation**: `{op['label']}` — the fewest tokens that keep EM within {drop:.0%} of full "
+            md += [f"**Recommendation**: `{op['label']}` — the fewest tokens that keep EM within {drop * 100:.3g} points of full "
                    f"length on the tune half; on the held-out half ({te['n']} questions) EM {te['em']:.3f} vs "
                    f"{te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI {ci['delta_em'][0]:+.3f} "
                    f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
                    f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
                    f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes."
-                   + (" " + red_md(f"It {op['missed']}.") if op.get("missed") else ""), "", _probing(op), ""]
+                   + (" " + red_md(f"It {op['missed']}.") if op.get("missed") else "")
+                   + (" " + red_md(f"Counting its probes it computes {-te['savings_computed']:.0%} more tokens than "
+                                   "full length.") if te["savings_computed"] < 0 else ""), "", _probing(op), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
         if rows:

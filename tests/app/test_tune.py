@@ -84,3 +84,17 @@ def test_tune_shows_the_certified_setting_beside_the_jump(synthetic_db):
     from analysis.presets.schema import loads
     label = ok[0].split("`")[1]
     assert not at.exception and loads(at.query_params["s"]).setting.label() == label
+
+
+def test_a_jump_on_a_run_too_small_to_split_says_which_half_is_empty(tmp_path):
+    """One question: the tune or the held-out half is empty, and the jump says so (it used to be a KeyError in
+    place of the page)."""
+    from analysis.core.store import Store
+    from tests.helpers import budget_like_run
+    db = str(tmp_path / "one.duckdb")
+    rid = budget_like_run(Store(db), 1, 6, seed=3)
+    at = open_app(db, rid, "views/tune.py")
+    at.button(key="op_jump").click().run()
+    assert not at.exception
+    assert any(w.value.startswith("No jump: the ") and f"half of run {rid} has no questions" in w.value
+               for w in at.warning), [w.value for w in at.warning]

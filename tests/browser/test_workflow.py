@@ -165,3 +165,34 @@ def test_a_finished_jobs_run_shows_in_the_runs_table_without_a_reload(jobs_serve
         page.close()
         if job.poll() is None:
             job.kill()
+
+
+def test_a_jump_moves_the_controls_on_screen_to_the_setting_it_chose(server, browser):
+    """After Jump the browser's sliders show the chosen setting (not the values they had), and the next slider
+    move starts from it."""
+    page = open_page(browser, server, "tune?family=consistency", height=1400)
+    try:
+        page.locator("h2", has_text="Tune").first.wait_for(timeout=90_000)
+        wait_for_app_run(page)
+        k = page.locator("[data-testid='stSlider']").first               # k, the family's first control
+        k.locator("input").focus()
+        for _ in range(5):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function("() => document.body.innerText.includes('Setting: consistency(k=8')", timeout=30_000)
+        wait_for_app_run(page)
+        page.get_by_text("Jump to an operating point").click()
+        page.get_by_role("button", name="Jump").click()
+        page.wait_for_selector("text=Jumped to", timeout=60_000)
+        wait_for_app_run(page)
+        jumped = shown_setting(page)
+        shown_k = int(k.get_by_test_id("stSliderThumbValue").inner_text())       # what the user sees
+        assert jumped.startswith("consistency(") and f"k={shown_k}" in jumped, (jumped, shown_k)
+        assert shown_k != 8, jumped                        # the jump chose another k: the slider moved with it
+        k.locator("input").focus()
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function("(c) => !document.body.innerText.includes('Setting: ' + c + '.')", arg=jumped,
+                               timeout=30_000)
+        wait_for_app_run(page)
+        assert shown_setting(page) == jumped.replace(f"k={shown_k}", f"k={shown_k - 1}")
+    finally:
+        page.close()

@@ -44,3 +44,31 @@ def test_optimize_picks_on_the_cost_basis_asked_for(synthetic_db):
     a = operating_point(t, "budget", 150, "emitted", n_boot=0)
     b = operating_point(t, "budget", 150, "computed", n_boot=0)
     assert a["tune"]["emitted"] <= 150 and b["tune"]["computed"] <= 150
+
+
+def test_a_run_with_an_empty_half_says_so_everywhere_and_the_report_still_builds(cli, tmp_path):
+    """A tiny run (here one question) leaves the tune or the held-out half empty: every command that chooses on
+    one half and checks on the other says which half is empty, with no traceback; the report builds without a
+    recommendation."""
+    from analysis.core.store import Store
+    from analysis.evaluate.optimize import split_mask
+    from analysis.presets.schema import Preset
+    from analysis.replay.engine import RunTable
+    from analysis.replay.policies.base import Setting
+    from tests.helpers import budget_like_run
+    db = str(tmp_path / "tiny.duckdb")
+    s = Store(db)
+    rid = budget_like_run(s, 1, 6, seed=3)
+    qids = RunTable.from_store(s, rid).question_ids
+    del s
+    empty = "test" if split_mask(qids, "tune")[0] else "tune"
+    link = Preset("b8", Setting.from_dict({"family": "budget", "params": {"B": 8}})).to_url()
+    half = {"tune": "tune half", "test": "held-out (test) half"}[empty]
+    for args in (["optimize", "--max-drop", "0.02"], ["optimize", "--budget", "50"], ["optimize", "--beat-incumbent"],
+                 ["eval", "--preset", link, "--split", empty], ["sweep", "--split", empty]):
+        code, out, err = cli(*args, "--db", db, "--run", rid)
+        assert code != 0 and f"the {half} of run {rid} has no questions" in err and "Traceback" not in err, (args, err)
+    code, out, err = cli("report", "--db", db, "--run", rid, "--out", tmp_path / "rep")
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"the {half} of run {rid} has no questions" in md
