@@ -61,7 +61,7 @@ with tab_run:
                       help="A server runs the model where you serve it; Stopline streams each trace and sends "
                            "the probes to the same server (docs/engines.md)")
     served = engine.startswith("A server")
-    with st.form("new_run"):
+    with st.form("new_run", enter_to_submit=False):      # Enter in a field is not a start
         c1, c2 = st.columns(2)
         if served:
             url = c1.text_input("Server URL(s)", "http://127.0.0.1:8000/v1", key="run_url",
@@ -105,7 +105,7 @@ with tab_run:
                      "Name the model (a local directory, a .gguf file or a hub id).")
         else:
             try:
-                busy = sum(j["state"] in ("running", "queued") for j in jobs.list_jobs()) >= CAP["jobs"]
+                busy = sum(j["state"] in jobs.ALIVE for j in jobs.list_jobs()) >= CAP["jobs"]
                 jid = jobs.start_run(name, dataset.strip(), MY_DB, int(limit), int(every), int(max_new), int(batch),
                                      engine=eng)
                 st.success(f"Queued job {jid}: it starts when a running one ends ({CAP['jobs']} at a time)." if busy
@@ -125,7 +125,7 @@ with tab_run:
         if not js:
             st.caption("No jobs yet.")
             return
-        done = {j["id"] for j in js if j["state"] not in ("running", "queued")}
+        done = {j["id"] for j in js if j["state"] not in jobs.ALIVE}
         seen = st.session_state.setdefault("jobs_ended", done)
         if done - seen:             # a job just ended: the whole page again, so the runs table shows its run
             st.session_state["jobs_ended"] = done
@@ -143,9 +143,16 @@ with tab_run:
                 if j["error"]:
                     st.error(j["error"])
                 elif j["state"] == "queued":
-                    st.caption(f"Waiting for a free job slot ({CAP['jobs']} at a time).")
+                    st.caption(f"Waiting for a free job slot ({CAP['jobs']} at a time, first come first served).")
                 elif j["state"] == "running" and j["tail"]:
                     st.caption(j["tail"][-1][-200:])
+                elif j["state"] == "stopped":
+                    st.caption("Stopped. The questions it finished are in the store; the same run started again "
+                               "resumes from them.")
+                if j["state"] in jobs.ALIVE:
+                    st.button("Stop" if j["state"] != "stopping" else "Stop now (kill)", key=f"stop_{j['id']}",
+                              on_click=jobs.stop, args=(j["id"],),
+                              help="as Ctrl-C: what it finished is kept, and starting it again resumes")
     job_panel()
 
 with tab_import:

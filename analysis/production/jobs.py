@@ -26,7 +26,8 @@ LIMITS = {"jobs": ("STOPLINE_MAX_JOBS", 1), "queued": ("STOPLINE_MAX_QUEUED", 4)
           "questions": ("STOPLINE_MAX_QUESTIONS", 2000), "tokens": ("STOPLINE_MAX_NEW_TOKENS", 4096)}
 # a job started here takes one of the slots before it runs: "<folder>|<n>" (read and removed by cli/main.py)
 SLOTS_ENV = "STOPLINE_JOB_SLOTS"
-QUEUED, STARTED = "queued: waiting for a free job slot", "job slot taken"     # the job's log says which
+QUEUED, STARTED = "queued: waiting for a free job slot", "started: loading the model and the questions"  # in the log
+STOPPED = "stopped"            # a job's folder holds this file once someone asked it to stop
 DATASET_DIRS_ENV = "STOPLINE_DATASET_DIRS"
 FILE_DATASETS = ("jsonl", "csv", "parquet", "gsm8k", "nq-open")      # the adapters that read a file by path
 
@@ -47,26 +48,58 @@ _HELD: list[int] = []          # the slot lock this process holds, until it exit
 
 def take_slot(folder: Path, n: int, on_wait=None, poll_s: float = 0.5) -> int:
     """Block until this process holds one of ``n`` slot locks in ``folder`` (``flock``: the kernel lets go when
-    the process ends, even by ``kill -9``); ``on_wait`` is called once if it has to wait. Returns the slot."""
+    the process ends, even by ``kill -9``); ``on_wait`` is called once if it has to wait. Returns the slot.
+    First come, first served: a waiter holds a ticket (``wait-<ns>-<pid>``) and tries the locks only when no
+    older live ticket is ahead of it."""
     import fcntl
     folder.mkdir(parents=True, exist_ok=True)
+    ticket = folder / f"wait-{time.time_ns():020d}-{os.getpid()}"
+    ticket.touch()
     fds = [os.open(folder / f"slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o600) for i in range(n)]
     waited = False
-    while True:
-        for i, fd in enumerate(fds):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            for other in fds:
-                if other != fd:
-                    os.close(other)
-            _HELD.append(fd)
-            return i
-        if not waited and on_wait is not None:
-            on_wait()
-            waited = True
-        time.sleep(poll_s)
+    try:
+        while True:
+            for i, fd in enumerate(fds if _first_in_line(folder, ticket) else []):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                for other in fds:
+                    if other != fd:
+                        os.close(other)
+                _HELD.append(fd)
+                return i
+            if not waited and on_wait is not None:
+                on_wait()
+                waited = True
+            time.sleep(poll_s)
+    finally:
+        ticket.unlink(missing_ok=True)
+
+
+def _first_in_line(folder: Path, ticket: Path) -> bool:
+    """Whether ``ticket`` is the oldest ticket of a live process (the tickets of dead ones are removed)."""
+    for t in sorted(folder.glob("wait-*")):
+        if t == ticket:
+            return True
+        if _running(int(t.name.rsplit("-", 1)[1])):
+            return False
+        t.unlink(missing_ok=True)
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie, ended but not yet reaped, has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:               # no /proc: whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
 
 
 def slot_from_env() -> None:
@@ -100,6 +133,9 @@ def check_dataset(dataset: str) -> None:
                             field="dataset", hint=f"put the file there, or list its folder in {DATASET_DIRS_ENV}")
 
 
+ALIVE = ("running", "queued", "stopping")      # the states of a job whose process has not ended
+
+
 def check_limits(limit: int | None, max_new_tokens: int, where: Path | None = None) -> None:
     """Refuse a job past the caps (``limits()``), saying which and how to raise it."""
     cap = limits()
@@ -111,7 +147,7 @@ def check_limits(limit: int | None, max_new_tokens: int, where: Path | None = No
         raise StoplineError(f"a run started here may generate at most {cap['tokens']} new tokens per question, "
                             f"not {max_new_tokens}", field="max new tokens",
                             hint=f"{LIMITS['tokens'][0]} raises the cap; `python -m analysis run` has none")
-    alive = [j for j in list_jobs(where) if j["state"] in ("running", "queued")]
+    alive = [j for j in list_jobs(where) if j["state"] in ALIVE]
     if len(alive) >= cap["jobs"] + cap["queued"]:
         raise StoplineError(f"{len(alive)} job(s) running or queued: at most {cap['jobs']} run at once and "
                             f"{cap['queued']} wait", hint=f"wait for one to end (their progress shows below), or "
@@ -154,9 +190,6 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
                             hint="e.g. http://127.0.0.1:8000/v1 (python -m analysis vllm-server starts one)")
     check_dataset(dataset)
     check_limits(limit, max_new_tokens, where)
-    jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    d = Path(where or jobs_dir()) / jid
-    d.mkdir(parents=True)
     cmd = [sys.executable, "-m", "analysis", "run", "--model", model, "--dataset", dataset, "--every", str(every),
            "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size), "--device", device,
            "--seed", str(seed), "--db", db]
@@ -168,6 +201,13 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
                 "--tokenizer", engine.get("tokenizer") or model, "--concurrency", str(engine.get("concurrency", 8))]
         if engine.get("api_key"):
             extra_env["OPENAI_API_KEY"] = engine["api_key"]
+    same = [j["id"] for j in list_jobs(where) if j["state"] in ALIVE and j.get("cmd") == cmd]
+    if same:              # the same run twice at once: two processes writing the same questions
+        raise StoplineError(f"the same run is already running or queued, as job {same[0]}",
+                            hint="its progress shows below; stop it first to start it again")
+    jid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    d = Path(where or jobs_dir()) / jid
+    d.mkdir(parents=True)
     log = open(d / "log", "wb")
     # its own session: a page rerun or Ctrl-C in the dashboard's terminal does not reach it; PARENT_ENV: it
     # ends when the dashboard does (core/lifeline.py)
@@ -217,9 +257,27 @@ def status(jid: str, where: Path | None = None) -> dict:
                else "error: the job stopped with a Python traceback")[:500] + " (the job's log has the traceback)"
     queued = alive and QUEUED in text and STARTED not in text
     state = "queued" if queued else "running" if alive else ("failed" if err or summary is None else "done")
+    if (d / STOPPED).exists() and state != "done":     # asked to stop: what it finished is in the store
+        state, err = ("stopping" if alive else "stopped"), None
     run_id = (m.group(1) if state == "done" and (m := _RUN_ID.match(summary or "")) else None)
     return {**job, "state": state, "done": done_n, "total": total, "summary": summary, "error": err,
             "run_id": run_id, "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}
+
+
+def stop(jid: str, where: Path | None = None) -> None:
+    """Stop a running or queued job as Ctrl-C would (SIGINT to its process group: it keeps every question it
+    committed, and a run started again resumes from them); asked again while it is still stopping, SIGKILL."""
+    import signal
+    d = Path(where or jobs_dir()) / jid
+    job = json.loads((d / "job.json").read_text())
+    if not _alive(job["pid"]):
+        return
+    again = (d / STOPPED).exists()
+    (d / STOPPED).touch()
+    try:
+        os.killpg(job["pid"], signal.SIGKILL if again else signal.SIGINT)     # its own session: pgid == pid
+    except ProcessLookupError:
+        pass
 
 
 def list_jobs(where: Path | None = None) -> list[dict]:
