@@ -12,7 +12,14 @@ from views import data
 
 def access_gate() -> None:
     """Before any page: the login when one is configured (``st.login``, OIDC; ``[auth]`` in
-    .streamlit/secrets.toml); nothing of the stores is read before it."""
+    .streamlit/secrets.toml); nothing of the stores is read before it. On this machine only, a page reached
+    under a name that is not this machine's (DNS rebinding: a web site elsewhere driving the local workbench)
+    shows nothing."""
+    if (host := data.foreign_host()) is not None:
+        st.title(":material/stop_circle: Stopline")
+        st.error(f"This dashboard answers only to this machine's names (localhost, 127.0.0.1), not to {host[:80]!r}. "
+                 "Open it as http://localhost:PORT, or list the name in STOPLINE_ALLOWED_HOSTS.")
+        st.stop()
     auth = data.auth_section()
     if auth is not None:
         if not st.user.is_logged_in:
@@ -73,6 +80,8 @@ def _store_and_run() -> None:
     ids = [r["id"] for r in runs]
     want = data.query("run") or st.session_state.get("run_pick")
     if want not in ids:                 # a link that names no run (or a gone one): the store's default run
+        if want and not st.session_state.get("url_seeded"):       # a link being opened, not a store switched
+            st.sidebar.warning("The run this link names is not in this store; showing the store's default run.")
         want = data.default_run(path)
     idx = ids.index(want) if want in ids else 0
     label = data.run_labeller(runs, questions=True)
@@ -102,6 +111,9 @@ def family_picker(t, key: str = "family") -> str:
     st.session_state[key] = want if want in fams else fams[0]
     fam = st.sidebar.selectbox("Policy family", fams, key=key, format_func=lambda f: get_family(f).label,
                                on_change=lambda: data.pick_family(st.session_state[key]))
+    if want is not None and want not in families():         # a link's unknown name: said, and replaced
+        st.sidebar.warning(f"There is no policy family {want[:40]!r}; showing {get_family(fam).label}.")
+        want = None
     if want in fams or want is None:
         data.pick_family(fam)
     if missing:
@@ -109,21 +121,24 @@ def family_picker(t, key: str = "family") -> str:
     return fam
 
 
-def url_setting():
-    """The setting kept in the URL (``s=sl1.…``), or None when absent or broken (a warning says so)."""
-    from analysis.core.errors import PresetError
+def url_setting(quiet: bool = False):
+    """The setting kept in the URL (``s=sl1.…``), or None when absent, broken or refused (a warning says so,
+    unless ``quiet``: the page's own read warns, the seeding read before it does not)."""
     from analysis.presets.schema import loads
     raw = data.query("s")
     if not raw:
         return None
     try:
-        return loads(raw).setting
-    except PresetError as e:
-        st.warning(f"The setting in this link could not be read ({e.message}); showing the defaults instead.")
-        return None
+        s = loads(raw).setting
+        data.check_viewer_cost(s.to_dict())
+        return s
+    except StoplineError as e:
+        why = e.message
     except Exception as e:  # noqa: BLE001 - a link is a visitor's input: never an exception box (tests fuzz loads)
-        st.warning(f"The setting in this link could not be read ({type(e).__name__}); showing the defaults instead.")
-        return None
+        why = f"it does not decode ({type(e).__name__})"
+    if not quiet:
+        st.warning(f"The setting in this link could not be used: {why}. Showing the defaults instead.")
+    return None
 
 
 def current_setting(t, fam: str):

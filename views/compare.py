@@ -31,7 +31,9 @@ def chooser(side: str, default: int) -> Preset | Outcome:
     if not text:
         st.info(f"Paste preset {side}.")
         st.stop()
-    return loads(text)
+    pasted = loads(text)
+    data.check_viewer_cost(pasted.to_dict())
+    return pasted
 
 
 ca, cb = st.columns(2)
@@ -42,6 +44,9 @@ try:
         B = chooser("B", 0)
 except PresetError as e:
     st.error(f"That preset cannot be read: {e}")
+    st.stop()
+except StoplineError as e:          # one this dashboard will not replay (viewer mode's bounds)
+    st.error(str(e))
     st.stop()
 for side in (A, B):
     if isinstance(side, Preset) and (w := data.made_elsewhere(side, run)):

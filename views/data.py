@@ -26,13 +26,20 @@ from analysis.core.errors import StoplineError
 from analysis.core.store import DEMO_DB, Store, resolve_db_path
 
 DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
-UPLOAD_ENV, UPLOAD_DEFAULT_MB = "STOPLINE_MAX_UPLOAD_MB", 25
+UPLOAD_ENV, UPLOAD_DEFAULT_MB = sharing.UPLOAD_ENV, sharing.UPLOAD_DEFAULT_MB
 
 
 # -- who is served: viewer mode, the login ----------------------------------------------------------------------
 def exposed() -> bool:
     """Whether the server listens beyond this machine (its ``server.address`` is not a loopback one)."""
     return not sharing.is_local(st.get_option("server.address"))
+
+
+def foreign_host() -> str | None:
+    """The request's Host when this dashboard, listening on this machine only, should not answer to it
+    (``sharing.host_allowed``), else None."""
+    host = st.context.headers.get("host")
+    return None if sharing.host_allowed(host, st.get_option("server.address")) else host
 
 
 def auth_section() -> dict | None:
@@ -62,6 +69,31 @@ def refuse_in_viewer(what: str) -> None:
     if viewer():
         raise StoplineError(f"{what} is off in viewer mode (a read-only dashboard)",
                             hint="run the dashboard without --viewer, on this machine, to change things")
+
+
+def check_viewer_cost(body: dict) -> None:
+    """Viewer mode replays what a visitor's link asks for, within bounds: a learned rule is fitted again (seconds
+    to tens of seconds of CPU) for each probe schedule, so there it runs on the recorded schedule only. ``body``:
+    a setting's or a preset's JSON (``to_dict()``); our error names what is refused."""
+    if not viewer():
+        return
+
+    def learned(x) -> bool:
+        return (isinstance(x, dict) and (x.get("family") == "learned" or any(map(learned, x.values())))) or \
+            (isinstance(x, list) and any(map(learned, x)))
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            if x.get("family") and x.get("schedule") and learned(x):
+                raise StoplineError("a learned rule on its own probe schedule is off in viewer mode (each schedule "
+                                    "means fitting the rule again)", hint="use the recorded schedule, or the full "
+                                    "workbench on your own machine")
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+    walk(body)
 
 
 def upload_limit_mb() -> int:
@@ -528,7 +560,7 @@ def keep_in_url(read_link) -> None:
     browser drops the query string), and a link's family and setting seed a fresh session once."""
     if not st.session_state.get("url_seeded"):
         st.session_state["url_seeded"] = True
-        url_setting = read_link()
+        url_setting = read_link(quiet=True)         # the page's own read says what is wrong with it
         if session_setting() is None and url_setting is not None:
             st.session_state["setting"] = url_setting
         fam = query("family") or (url_setting.family if url_setting is not None else None)

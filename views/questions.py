@@ -30,6 +30,7 @@ try:
                 st.info("Paste a preset link or JSON to compare with.")
                 st.stop()
             other = loads(text)
+            data.check_viewer_cost(other.to_dict())
         from analysis.presets.routing import preset_stops
         b = outcome_from_stops(t, preset_stops(t, other), other.name)
         if (w := data.made_elsewhere(other, run)):

@@ -198,6 +198,7 @@ if run:
         schedule = {}                                     # the setting's own error is shown below
     try:
         setting = Setting.from_dict({"family": fam, "params": params, "schedule": schedule})
+        data.check_viewer_cost(setting.to_dict())
         stops = stop_index(t, setting)
         data.remember_setting(setting)
     except StoplineError as e:

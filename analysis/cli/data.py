@@ -34,7 +34,7 @@ def _dashboard(args):
         streamlit_args = [a for a in streamlit_args if a != "--viewer"]
         os.environ[sharing.VIEWER_ENV] = "1"             # the app reads it (views/data.py); execv keeps it
     sharing.check_exposure(streamlit_args)                # exposed: viewer mode or a login, or no start
-    os.execv(sys.executable, [sys.executable, str(launcher), *streamlit_args])
+    os.execv(sys.executable, [sys.executable, str(launcher), *sharing.with_upload_cap(streamlit_args)])
 
 
 # --- datasets ---------------------------------------------------------------------------------------------

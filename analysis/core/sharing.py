@@ -10,6 +10,7 @@ same ones:
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -113,11 +114,14 @@ def auth_configured() -> bool:
 def listen_address(args: list[str]) -> str:
     """The address the dashboard will listen on: ``--server.address`` among ``args``, else
     ``$STREAMLIT_SERVER_ADDRESS``, else the ``.streamlit/config.toml`` files; "" (every interface) when none."""
-    for i, a in enumerate(args):
+    given = None
+    for i, a in enumerate(args):          # the last one counts, as in Streamlit's parser
         if a == "--server.address" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--server.address="):
-            return a.split("=", 1)[1]
+            given = args[i + 1]
+        elif a.startswith("--server.address="):
+            given = a.split("=", 1)[1]
+    if given is not None:
+        return given
     if os.environ.get("STREAMLIT_SERVER_ADDRESS"):
         return os.environ["STREAMLIT_SERVER_ADDRESS"]
     address = ""
@@ -132,6 +136,39 @@ def is_local(address: str | None) -> bool:
     """Whether an address reaches this machine only (loopback)."""
     a = (address or "").strip()
     return a in LOCAL_ADDRESSES or a.startswith("127.")
+
+
+HOSTS_ENV = "STOPLINE_ALLOWED_HOSTS"
+UPLOAD_ENV, UPLOAD_DEFAULT_MB = "STOPLINE_MAX_UPLOAD_MB", 25
+
+
+def with_upload_cap(args: list[str]) -> list[str]:
+    """Streamlit's options with its own cap on what its upload endpoint takes, unless given: the pages' cap
+    (``STOPLINE_MAX_UPLOAD_MB``), or in viewer mode, which offers no upload, the least Streamlit allows (1 MB;
+    the endpoint takes files whether or not a page shows an uploader)."""
+    if any(a.startswith("--server.maxUploadSize") for a in args):
+        return list(args)
+    mb = 1 if viewer_mode() else env_int(UPLOAD_ENV, UPLOAD_DEFAULT_MB)
+    return [*args, f"--server.maxUploadSize={mb}"]
+
+
+def host_allowed(host: str | None, listen: str | None) -> bool:
+    """Whether a request's ``Host`` may see a dashboard listening on ``listen``. On this machine only (loopback),
+    the name must be one of this machine's (localhost, 127.x, ::1) or listed in ``STOPLINE_ALLOWED_HOSTS``
+    (comma-separated): a web page elsewhere whose name is made to resolve to 127.0.0.1 (DNS rebinding) is
+    refused. Exposed (listening beyond), the login or viewer mode guard it, and proxies name it as they like."""
+    if not is_local(listen) or not host:
+        return True
+    name = host.strip().lower()
+    name = name[1:].split("]", 1)[0] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 \
+        else name
+    extra = {h.strip().lower() for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()}
+    if name in {"localhost", *extra} or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback          # 127.x, ::1 (a name like 127.evil.example is not)
+    except ValueError:
+        return False
 
 
 def check_exposure(args: list[str]) -> None:

@@ -44,7 +44,7 @@ def test_a_bad_link_setting_warns_and_keeps_the_page(synthetic_db, link, page):
     try:
         loads(link)
     except PresetError:
-        assert any("could not be read" in w.value for w in at.warning), [w.value for w in at.warning]
+        assert sum("could not be used" in w.value for w in at.warning) == 1, [w.value for w in at.warning]
 
 
 @pytest.mark.parametrize("kind", ["zero-byte", "truncated", "dev-null"])
@@ -65,3 +65,19 @@ def test_a_damaged_store_in_a_link_is_named_not_an_exception_box(tmp_path, kind,
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(str(path) in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
+
+
+def test_a_link_naming_an_unknown_run_or_family_says_what_it_shows_instead(synthetic_db):
+    from tests.helpers import offer_store
+    db, rid, _ = synthetic_db
+    offer_store(db)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update({"db": db, "run": "nosuchrun", "family": "nosuchfamily"})
+    at.switch_page("views/tune.py").run()
+    assert not at.exception
+    said = [w.value for w in at.sidebar.warning]
+    assert any("The run this link names is not in this store" in w for w in said), said
+    assert any("There is no policy family 'nosuchfamily'" in w for w in said), said
+    assert at.query_params["family"] != "nosuchfamily" and at.query_params["run"] == rid
+    at.run()                                                    # the next rerun: nothing more to say
+    assert not at.sidebar.warning, [w.value for w in at.sidebar.warning]

@@ -8,7 +8,8 @@ def test_questions_page_diffs_and_opens_a_trace(synthetic_db):
     at.query_params["s"] = "sl1.broken"              # a tampered link: a warning, then the defaults
     at.switch_page("views/questions.py").run()
     assert not at.exception
-    assert any("could not be read" in w.value for w in at.warning)
+    said = [w.value for w in at.warning if "could not be used" in w.value]
+    assert len(said) == 1 and ". Showing the defaults instead." in said[0], said     # once, in one sentence
     labels = {m.label: int(m.value) for m in at.metric}
     assert labels["Lost"] + labels["Gained"] + labels["Kept right"] + labels["Kept wrong"] == 600
     assert at.subheader[0].value.startswith("Trace of ")

@@ -184,3 +184,30 @@ def test_a_monitor_upload_is_deleted_after_use(tmp_path, monkeypatch):
     assert any("requests" in m.value for m in at.markdown)         # the report was made from the upload
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == ["stopline-monitor", "stopline-monitor/recent", "stopline-monitor/recent/log.jsonl"]
+
+
+def test_viewer_mode_replays_a_links_learned_rule_on_the_recorded_schedule_only(synthetic_db, monkeypatch):
+    """Each probe schedule means fitting a learned rule again (seconds to tens of seconds of CPU): a visitor's link
+    with one is refused there, with the reason, and the page shows the defaults; a plain rule's schedule is fine."""
+    from analysis.presets.schema import Preset
+    from analysis.replay.policies.base import Setting
+    db, rid, _ = synthetic_db
+    monkeypatch.setenv("STOPLINE_VIEWER", "1")
+    learned = Setting.from_dict({"family": "hybrid", "schedule": {"min_tokens": 7}, "params": {
+        "a": {"family": "learned", "params": {"model": "boosting"}}, "b": {"family": "budget", "params": {"B": 64}}}})
+    for s, refused in ((learned, True), (Setting.from_dict({"family": "budget", "params": {"B": 64},
+                                                             "schedule": {"min_tokens": 7}}), False)):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        from tests.helpers import offer_store
+        offer_store(db)
+        at.query_params.update({"db": db, "run": rid, "s": Preset("x", s).to_url(), "family": s.family})
+        at.run()
+        at.switch_page("views/tune.py").run()
+        assert not at.exception
+        said = [w.value for w in at.warning if "learned rule on its own probe schedule is off in viewer mode" in w.value]
+        assert bool(said) == refused, [w.value for w in at.warning]
+    at.switch_page("views/compare.py").run()                   # the same, pasted as preset B
+    at.selectbox(key="cmp_B").set_value("a link or JSON…").run()
+    at.text_input(key="cmp_B_text").input(Preset("x", learned).to_url()).run()
+    assert not at.exception
+    assert any("learned rule on its own probe schedule is off in viewer mode" in e.value for e in at.error)

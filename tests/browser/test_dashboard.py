@@ -238,3 +238,26 @@ def test_upload_a_checkpoint_export_with_its_fields_mapped(server, browser, tmp_
     done = import_as(page, "dynasor-model", "arith-probes")
     assert "2 traces" in done and "5 checkpoints" in done and "EM at full length 0.500" in done, done
     page.close()
+
+
+def test_a_site_whose_name_resolves_to_this_machine_sees_nothing(server, browser_type, browser_type_launch_args):
+    """DNS rebinding, for real: Chromium resolves evil.example to 127.0.0.1, as a rebinding site makes a victim's
+    browser do, and its page reaches the local dashboard; the dashboard shows it no store and no page, while
+    localhost still gets the dashboard."""
+    url, db, rid = server
+    port = url.rsplit(":", 1)[1]
+    args = {**browser_type_launch_args, "args": [*browser_type_launch_args["args"],
+                                                 "--host-resolver-rules=MAP evil.example 127.0.0.1"]}
+    b = browser_type.launch(**args)
+    try:
+        page = b.new_page()
+        page.goto(f"http://evil.example:{port}/runs")
+        page.wait_for_selector("text=This dashboard answers only to this machine's names", timeout=90_000)
+        wait_for_app_run(page)
+        body = page.inner_text("body")
+        assert "evil.example" in body and "Runs" not in page.locator("h2").all_inner_texts()
+        assert rid not in body and "Store" not in page.locator("[data-testid='stSidebar']").all_inner_texts()
+        page.goto(f"http://localhost:{port}/runs")
+        page.locator("h2", has_text="Runs").first.wait_for(timeout=90_000)
+    finally:
+        b.close()

@@ -61,6 +61,35 @@ def test_local_addresses_need_nothing():
         assert not sharing.is_local(a)
 
 
+def test_the_last_server_address_given_is_the_one_streamlit_listens_on():
+    assert sharing.listen_address(["--server.address", "127.0.0.1", "--server.address", "0.0.0.0"]) == "0.0.0.0"
+    assert sharing.listen_address(["--server.address=0.0.0.0", "--server.address=127.0.0.1"]) == "127.0.0.1"
+
+
+def test_a_local_dashboard_answers_to_this_machines_names_only(monkeypatch):
+    """DNS rebinding: a web site whose name resolves to 127.0.0.1 reaches a local dashboard with its own name as
+    Host; only this machine's names pass, unless listed, and an exposed dashboard leaves names to its proxy."""
+    monkeypatch.delenv(sharing.HOSTS_ENV, raising=False)
+    for host in ("localhost:8501", "127.0.0.1:8501", "127.0.0.5", "[::1]:8501", "app.localhost:8501", None):
+        assert sharing.host_allowed(host, "127.0.0.1"), host
+    for host in ("evil.example:8501", "127.evil.example:8501", "10.0.0.1:8501", "[::2]:8501", "localhost.evil"):
+        assert not sharing.host_allowed(host, "127.0.0.1"), host
+    assert sharing.host_allowed("evil.example:8501", "0.0.0.0")             # exposed: the login or viewer mode
+    monkeypatch.setenv(sharing.HOSTS_ENV, "box.lan, Dev.Example")
+    assert sharing.host_allowed("dev.example:8501", "127.0.0.1") and sharing.host_allowed("box.lan", "localhost")
+
+
+def test_streamlits_upload_endpoint_takes_no_more_than_the_pages_and_next_to_nothing_in_viewer_mode(monkeypatch):
+    monkeypatch.delenv(sharing.VIEWER_ENV, raising=False)
+    monkeypatch.delenv(sharing.UPLOAD_ENV, raising=False)
+    assert sharing.with_upload_cap(["--server.port", "1"]) == ["--server.port", "1", "--server.maxUploadSize=25"]
+    monkeypatch.setenv(sharing.UPLOAD_ENV, "60")
+    assert sharing.with_upload_cap([])[-1] == "--server.maxUploadSize=60"
+    assert sharing.with_upload_cap(["--server.maxUploadSize=5"]) == ["--server.maxUploadSize=5"]   # given: kept
+    monkeypatch.setenv(sharing.VIEWER_ENV, "1")
+    assert sharing.with_upload_cap([])[-1] == "--server.maxUploadSize=1"
+
+
 def test_the_allow_list_keys_stores_by_file_stem(tmp_path, monkeypatch):
     (tmp_path / "team").mkdir()
     for name in ("a.duckdb", "b.duckdb", "notes.txt"):
