@@ -54,7 +54,8 @@ def _store_and_run() -> None:
     if ref and key is None:           # a name off the list: refused, and nothing about it is looked up
         st.sidebar.warning("The store this link names is not one this dashboard offers; showing another. "
                            "Pick a store below.")
-    cur = by_key[key] if key else labels[0] if Path(DEMO_DB).exists() else labels[1]
+    cur = by_key[key] if key else by_key["mine"] if _has_runs(data.my_db()) or not Path(DEMO_DB).exists() \
+        else by_key["demo"]            # a fresh visit: the user's own store once it has runs, else the demo
     if st.session_state.get("store_pick") not in labels:
         st.session_state.pop("store_pick", None)
     # picks a page made (data.show_run) are the values; drawn without a default then, as Streamlit asks
@@ -90,6 +91,13 @@ def _store_and_run() -> None:
     run = data.run_by_id(runs, rid)
     st.sidebar.caption(f"{label(rid)} · `{rid}`")      # what the picker cuts
     data.pick_run(run)
+
+
+def _has_runs(path: str) -> bool:
+    try:
+        return Path(path).exists() and bool(data.runs(path))
+    except StoplineError:           # unreadable: the demo first; picking it says what is wrong
+        return False
 
 
 def current_run() -> dict | None:

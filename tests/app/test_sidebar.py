@@ -50,3 +50,20 @@ def test_the_dashboard_opens_on_the_demo_run_whose_trade_off_shows(demo):
     at = open_app(None)      # a link that names nothing
     assert not at.exception
     assert at.sidebar.selectbox(key="run_pick").value == default["id"]
+
+
+def test_a_fresh_visit_opens_the_users_store_once_it_has_runs(tmp_path, monkeypatch):
+    """No store in the link: the demo store while the user's own has no runs, then the user's (as the command
+    line reads the user's store once it exists)."""
+    from streamlit.testing.v1 import AppTest
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
+    from tests.helpers import ROOT
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    for expect in ("Demo store (read-only)", "My store"):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.run()
+        assert not at.exception and at.selectbox(key="store_pick").value == expect
+        assert at.query_params["db"] == ("demo" if expect.startswith("Demo") else "mine")
+        write_synthetic_run(Store(str(mine)), 20, 6, seed=1)
