@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from analysis.ingest.datasets import BOM, check_file, get_path
-from analysis.core.errors import StoplineError
+from analysis.core.errors import json_problem, StoplineError
 
 KINDS = ("jsonl", "json", "csv", "parquet")
 _EXT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
@@ -118,7 +118,7 @@ def _jsonl(path: str, max_line_mb: float, **_) -> Iterator[tuple[Loc, dict]]:
                     raw.decode("utf-8")
                 except UnicodeDecodeError as u:
                     raise loc.error(f"not valid UTF-8 (byte {u.start} of the line)") from None
-                raise loc.error(f"invalid JSON ({str(e).splitlines()[0][:120]})") from None
+                raise loc.error(json_problem(e)) from None
             if not isinstance(rec, dict):
                 raise loc.error(f"expected a JSON object, got {type(rec).__name__}")
             yield loc, rec
@@ -132,7 +132,7 @@ def _json_doc(path: str, records: str | None, **_) -> Iterator[tuple[Loc, dict]]
     try:
         doc = loads(data)
     except errors as e:
-        raise StoplineError(f"invalid JSON ({str(e).splitlines()[0][:120]})", file=path) from None
+        raise StoplineError(f"invalid JSON at column {e.colno}: {e.msg}", file=path, line=e.lineno) from None
     items = doc
     if records:
         try:

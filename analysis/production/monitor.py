@@ -29,7 +29,7 @@ import pyarrow as pa
 from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu
 
 from analysis.core.answers import normalize_gold, score
-from analysis.core.errors import StoplineError
+from analysis.core.errors import json_problem, StoplineError
 from analysis.core.store import DEMO_DB, Store
 from analysis.evaluate.optimize import evaluate, operating_point, split_mask
 from analysis.evaluate.stats import bootstrap_means, percentile_ci
@@ -57,8 +57,12 @@ def _json_lines(path, what: str):
                 continue
             try:
                 rec = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise StoplineError(f"not a JSON line ({str(e)[:80]})", file=str(path), line=ln) from None
+            except json.JSONDecodeError as e:
+                raise StoplineError(json_problem(e), file=str(path), line=ln) from None
+            except UnicodeDecodeError as e:
+                raise StoplineError(f"not valid UTF-8 (byte {e.start} of the line)", file=str(path), line=ln) from None
+            except (ValueError, RecursionError) as e:     # a number past Python's digit limit; nested too deeply
+                raise StoplineError(f"invalid JSON ({str(e).split(';')[0][:80]})", file=str(path), line=ln) from None
             if not isinstance(rec, dict):
                 raise StoplineError("each line must be a JSON object", file=str(path), line=ln)
             yield ln, rec

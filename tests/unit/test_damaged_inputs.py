@@ -2,6 +2,7 @@
 folder without a tokenizer. Each answer is our error naming the file (a message, exit code 2, no traceback),
 and a failed import leaves no store and no folder behind. (Damaged stores: test_damaged_stores.py.)"""
 import json
+import re
 import shutil
 
 import pytest
@@ -83,6 +84,41 @@ def test_a_blank_question_is_called_blank(tmp_path, cli, question, message):
     from analysis.ingest.datasets import load_dataset
     with pytest.raises(StoplineError, match=message):
         load_dataset(f"jsonl:{tmp_path / 'g.jsonl'}")
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    # a record cut short: the parser's own position is "line 2 column 1" of the record, not the file's line 2
+    ("g.jsonl", json.dumps(OK[0]) + '\n{"question": "q",\n' + json.dumps(OK[1]) + "\n",
+     "g.jsonl, line 2: invalid JSON: the line ends inside a record (unexpected end of data)"),
+    ("g.jsonl", json.dumps(OK[0]) + '\n\n{"question" "q"}\n',
+     "g.jsonl, line 3: invalid JSON at character 13 of the line"),
+    ("g.json", "[" + json.dumps(OK[0]) + ",\n  {oops}]", "g.json, line 2: invalid JSON at column 4"),
+])
+def test_invalid_json_names_one_line_the_files(tmp_path, cli, name, content, expect):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    code, _, err = _import(cli, tmp_path / "s.duckdb", tmp_path / name)
+    assert code == 2 and expect in err, err
+    line = re.search(r"line \d+", expect).group()
+    assert re.findall(r"line \d+", err) == [line] and "column 1" not in err and "char " not in err, err
+
+
+def test_a_dataset_file_and_a_decision_log_name_invalid_json_the_same_way(tmp_path):
+    from analysis.ingest.datasets import load_dataset
+    from analysis.production.monitor import read_log
+    bad = tmp_path / "q.jsonl"
+    first = json.dumps({"type": "header", "question": "q", "answer": "1"})      # a record both readers take
+    bad.write_text(first + '\n{"question": "q",\n', encoding="utf-8")
+    for call in (lambda: load_dataset(f"jsonl:{bad}"), lambda: read_log(bad)):
+        with pytest.raises(StoplineError) as e:
+            call()
+        assert "q.jsonl, line 2: invalid JSON: the line ends inside a record" in str(e.value)
+        assert re.findall(r"line \d+", str(e.value)) == ["line 2"], str(e.value)
+    for body, message in (('{"a": ' + "1" * 5000 + "}", "invalid JSON (Exceeds the limit (4300 digits)"),
+                          ("[" * 100_000, "invalid JSON (maximum recursion depth exceeded")):
+        bad.write_text(body + "\n", encoding="utf-8")
+        for call in (lambda: load_dataset(f"jsonl:{bad}"), lambda: read_log(bad)):
+            with pytest.raises(StoplineError, match="line 1: " + re.escape(message)):
+                call()
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
