@@ -9,7 +9,7 @@ import pytest
 
 from analysis.core.errors import StoplineError
 from analysis.core.store import Store
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, ROOT
 
 OK = [{"question": "Calculate 7 + -84.", "answer": "-77", "response": "7 + -84 = -77. So \\boxed{-77}"},
       {"question": "Calculate 100 - 1.", "answer": "99", "response": "That is 99.\n\n#### 99"}]
@@ -141,6 +141,69 @@ def test_a_utf8_byte_order_mark_is_skipped(tmp_path, cli, kind):
     if kind == "jsonl":
         from analysis.ingest.datasets import load_dataset
         assert load_dataset(f"jsonl:{path}").questions[0].text == OK[0]["question"]
+
+
+# --- decision logs and late labels --------------------------------------------------------------------------
+def _demo_log(tmp_path, change=None, kind="final"):
+    """The bundled serve-demo log with one field of its first champion record of ``kind`` changed; returns the
+    file and that record's line."""
+    recs = [json.loads(x) for x in (DEMO_LOGS / "serve-demo.jsonl").read_text().splitlines()]
+    i = next(i for i, r in enumerate(recs) if r["type"] == kind and r.get("arm", "champion") == "champion")
+    if change:
+        recs[i].update(change)
+        recs[i] = {k: v for k, v in recs[i].items() if v is not _GONE}
+    path = tmp_path / "prod.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path, i + 1
+
+
+_GONE = object()
+DEMO_LOGS = ROOT / "data" / "demo-logs"
+
+
+def test_a_decision_log_with_a_wrongly_typed_field_is_named_by_the_monitor_command(tmp_path, cli):
+    """(A ValueError from pandas, deep in the monitor, before.)"""
+    log, line = _demo_log(tmp_path, {"tokens_emitted": "lots"})
+    code, _, err = cli("monitor", "--log", log)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"prod.jsonl, line {line}, field 'tokens_emitted': must be a number, not 'lots'" in err, err
+
+
+@pytest.mark.parametrize("kind,change,message", [
+    ("final", {"stopped": "yes"}, "field 'stopped': must be true or false, not 'yes'"),
+    ("final", {"tokens_emitted": True}, "field 'tokens_emitted': must be a number, not true"),
+    ("final", {"stop_pos": None}, "field 'stop_pos': must be a number, not null"),
+    ("final", {"stop_pos": _GONE}, "field 'stop_pos': missing"),
+    ("final", {"em": "1"}, "field 'em': must be a number or null, not '1'"),
+    ("final", {"request": [1]}, "field 'request': must be a string or a whole number, not [1]"),
+    ("final", {"setting": "budget"}, "field 'setting': must be an object, not 'budget'"),
+    ("checkpoint", {"ck": 1.5}, "field 'ck': must be a whole number, not 1.5"),
+    ("checkpoint", {"pos": float("nan")}, "field 'pos': must be a number, not nan"),
+    ("checkpoint", {"p_mean": "high"}, "field 'p_mean': must be a number or null, not 'high'"),
+    ("checkpoint", {"request": _GONE}, "field 'request': missing"),
+    ("header", {"calibration": "data/demo.duckdb"}, "field 'calibration': must be an object"),
+    ("header", {"calibration": {"db": 7, "run": "r"}}, "field 'calibration.db': must be a string, not 7"),
+])
+def test_a_decision_log_record_is_checked_as_it_is_read(tmp_path, kind, change, message):
+    from analysis.production.monitor import read_log
+    log, line = _demo_log(tmp_path, change, kind)
+    with pytest.raises(StoplineError) as e:
+        read_log(log)
+    assert f"prod.jsonl, line {line}, {message}" in str(e.value), str(e.value)
+
+
+def test_the_bundled_log_and_labels_still_read(tmp_path):
+    from analysis.production.monitor import read_labels, read_log
+    header, ck, fin = read_log(_demo_log(tmp_path)[0])
+    assert len(fin) == 40 and len(ck) and header["stopline_log"] == 1
+    assert len(read_labels(DEMO_LOGS / "serve-demo.labels.jsonl")) == 40
+    bad = tmp_path / "l.jsonl"
+    for rec, message in (({"request": "a", "em": "yes"}, "field 'em': must be a number or true or false or null"),
+                         ({"request": {"id": 1}, "em": 1}, "field 'request': must be a string or a whole number"),
+                         ({"request": "a", "gold": {"x": 1}}, "field 'gold': must be a string or a number")):
+        bad.write_text(json.dumps({"request": "b", "em": 1}) + "\n" + json.dumps(rec) + "\n")
+        with pytest.raises(StoplineError, match=re.escape(f"l.jsonl, line 2, {message}")):
+            read_labels(bad)
 
 
 # --- a trace with more checkpoints than a SMALLINT holds --------------------------------------------------------
