@@ -143,6 +143,105 @@ def test_a_utf8_byte_order_mark_is_skipped(tmp_path, cli, kind):
         assert load_dataset(f"jsonl:{path}").questions[0].text == OK[0]["question"]
 
 
+# --- files that expand when read: caps on what an uploaded file may make ------------------------------------
+RESPONSE = "Let me think. " * 140 + "#### 4"          # 2 KB
+
+
+def _parquet(path, n=2_000, response=RESPONSE, columns=None):
+    """The review's decompression bomb, small: one response on every row, which Parquet's dictionary encoding
+    stores once (a 200,000-row version is 45 KB on disk and 400 MB once read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols = columns or {"question": pa.array(["What is 2 + 2?"] * n), "answer": pa.array(["4"] * n),
+                       "response": pa.array([response] * n)}
+    pq.write_table(pa.table(cols), path, compression="zstd")
+    return path
+
+
+def _limits(records=1_000_000, decoded_mb=1.0):
+    from analysis.ingest.sources import Limits
+    return Limits(records=records, decoded_mb=decoded_mb, what="a file imported from the dashboard",
+                  hint="import it with `python -m analysis import`")
+
+
+def _wide_csv(path):
+    path.write_text(",".join(f"c{i}" for i in range(1000)) + "\n" + ("," * 999 + "\n") * 100)   # 100k empty cells
+    return path
+
+
+def _flba(path):
+    import pyarrow as pa
+    return _parquet(path, columns={"question": pa.array(["q"] * 2000), "answer": pa.array(["4"] * 2000),
+                                   "response": pa.array([b"x" * 2048] * 2000, pa.binary(2048))})
+
+
+def _nested(path):
+    import pyarrow as pa
+    return _parquet(path, columns={"question": pa.array(["q"] * 3), "answer": pa.array(["4"] * 3),
+                                   "response": pa.array([[RESPONSE] * 1000] * 3)})
+
+
+def _compressed_page(path):
+    return _parquet(path, n=1, response="0" * 3_000_000)          # a 3 MB value, a few KB compressed
+
+
+@pytest.mark.parametrize("make,limits,message", [
+    (lambda p: _parquet(p / "bomb.parquet"), _limits(),
+     r"bomb.parquet: holds 3.9 MB of data once decoded \(\d+ KB on disk\); a file imported from the dashboard may "
+     r"hold at most 1 MB"),
+    (lambda p: _parquet(p / "rows.parquet", response="r"), _limits(records=1_500),
+     "rows.parquet: holds 2,000 rows; a file imported from the dashboard may hold at most 1,500"),
+    (lambda p: _nested(p / "nested.parquet"), _limits(), "nested.parquet: holds 5.7 MB of data once decoded"),
+    (lambda p: _flba(p / "flba.parquet"), _limits(), "flba.parquet: holds at least 4.0 MB of data once decoded"),
+    (lambda p: _compressed_page(p / "page.parquet"), _limits(), "page.parquet: holds at least 2.9 MB of data once"),
+    (lambda p: _wide_csv(p / "wide.csv"), _limits(), r"wide.csv: holds 1.9 MB of data once decoded \(0.1 MB on disk\)"),
+    (lambda p: _jsonl(p / "many.jsonl", OK * 3), _limits(records=5),
+     "many.jsonl: holds (6|more than 5) records; a file imported from the dashboard may hold at most 5"),
+    (lambda p: p / "many.json" if (p / "many.json").write_text(json.dumps(OK * 3)) else None, _limits(records=5),
+     "many.json: holds 6 records; a file imported from the dashboard may hold at most 5"),
+], ids=["dictionary", "rows", "nested", "fixed-length", "page", "wide-csv", "jsonl", "json"])
+@pytest.mark.parametrize("fmt", ["jsonl", "checkpoints"])
+def test_a_file_past_the_upload_caps_is_refused_naming_the_figure(tmp_path, make, limits, message, fmt):
+    """Before its data is expanded (the preview's footer check or the import's), and with nothing written."""
+    from analysis.ingest.importer import ImportSpec, import_generations, preview
+    path = make(tmp_path)
+    extra = dict(fmt="checkpoints", id_field="question", gold_field="answer", position_field="answer",
+                 answer_field="answer") if fmt == "checkpoints" else {}
+    spec = ImportSpec(path=str(path), model="m", dataset="d", limits=limits, **extra)
+    with pytest.raises(StoplineError) as e:
+        preview(spec)
+        import_generations(tmp_path / "new" / "s.duckdb", spec, show_progress=False)
+    assert re.search(message, str(e.value)), str(e.value)
+    assert "hint: import it with `python -m analysis import`" in str(e.value)
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_command_line_reads_the_same_file_whole(tmp_path, cli):
+    """Its user's own file on their own machine: no cap (an upload's caps are the dashboard's)."""
+    code, out, err = _import(cli, tmp_path / "s.duckdb", _parquet(tmp_path / "bomb.parquet"), "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["n_questions"] == 2_000
+
+
+def test_a_capped_read_gives_the_records_an_uncapped_read_gives(tmp_path):
+    """Strings read as dictionaries (nested in lists, structs and maps too) are expanded to the same values."""
+    import pyarrow as pa
+    from analysis.ingest.sources import head, read
+    path = _parquet(tmp_path / "n.parquet", columns={
+        "question": pa.array(["q1", "q2", "q1", None]),
+        "doc": pa.array([{"question": "Q", "n": 1}, {"question": "R", "n": 2}, None, {"question": "Q", "n": 4}]),
+        "resps": pa.array([[["a", "b"]], [["a"]], [], None]),
+        "meta": pa.array([[("k", "v")], [], [("k", "w"), ("j", "v")], None], pa.map_(pa.string(), pa.string())),
+        "code": pa.array([b"ab", b"cd", b"ab", None], pa.binary(2)), "n": pa.array([1, 2, 3, 4])})
+    whole, sha = read(str(path))
+    capped, sha2 = read(str(path), limits=_limits())
+    assert [r for _, r in capped] == [r for _, r in whole] and sha == sha2
+    assert whole[2][1] == {"question": "q1", "doc": None, "resps": [], "meta": [("k", "w"), ("j", "v")],
+                           "code": b"ab", "n": 3}
+    first, count = head(str(path), n=2, limits=_limits())
+    assert count == 4 and [r for _, r in first] == [r for _, r in whole[:2]]
+
+
 # --- decision logs and late labels --------------------------------------------------------------------------
 def _demo_log(tmp_path, change=None, kind="final"):
     """The bundled serve-demo log with one field of its first champion record of ``kind`` changed; returns the
