@@ -27,6 +27,11 @@ from analysis.core.store import DEMO_DB, Store, resolve_db_path
 
 DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
 UPLOAD_ENV, UPLOAD_DEFAULT_MB = sharing.UPLOAD_ENV, sharing.UPLOAD_DEFAULT_MB
+# What an uploaded file may hold, per MB of the upload limit (at 25 MB: 500,000 records, 200 MB of data once
+# decoded): a JSONL file's size bounds what reading it makes, a Parquet file's does not (its pages and
+# dictionaries can expand a thousandfold: sources.Limits). Text Parquet compresses 2-5x (zstd), so eight
+# times leaves room for honest files and values repeated on every row (a question on each checkpoint's row).
+UPLOAD_RECORDS_PER_MB, UPLOAD_DECODED_TIMES = 20_000, 8
 
 
 # -- who is served: viewer mode, the login ----------------------------------------------------------------------
@@ -99,6 +104,16 @@ def check_viewer_cost(body: dict) -> None:
 def upload_limit_mb() -> int:
     """The largest upload a page takes, in MB: ``STOPLINE_MAX_UPLOAD_MB`` (default 25)."""
     return sharing.env_int(UPLOAD_ENV, UPLOAD_DEFAULT_MB)
+
+
+def upload_read_limits():
+    """The caps on reading an uploaded file (``sources.Limits``), in proportion to ``upload_limit_mb``."""
+    from analysis.ingest.sources import Limits
+    mb = upload_limit_mb()
+    return Limits(records=UPLOAD_RECORDS_PER_MB * mb, decoded_mb=UPLOAD_DECODED_TIMES * mb,
+                  what="a file imported from the dashboard",
+                  hint=f"import it with `python -m analysis import` (no cap there), or raise {UPLOAD_ENV} "
+                       f"(now {mb} MB; the caps grow with it)")
 
 
 def upload_too_big(up) -> str | None:

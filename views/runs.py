@@ -202,7 +202,8 @@ with tab_import:
         if tmp is not None:
             spec = ImportSpec(path=str(tmp), model=mname, dataset=dname, question_field=qf or None,
                               gold_field=gf or None, response_field=rf or None, id_field=idf or None,
-                              answer_type=atype, fmt=fmt, records=records, tokenizer=tokenizer, **ck)
+                              answer_type=atype, fmt=fmt, records=records, tokenizer=tokenizer,
+                              limits=data.upload_read_limits(), **ck)
             pv = preview(spec)
             st.caption(f"{pv['n_records']} records; fields of the first ones: "
                        + ", ".join(f"`{k}`" for k in pv["fields"]) + ". What the import would read from them:")

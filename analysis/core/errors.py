@@ -36,6 +36,15 @@ class PresetError(StoplineError):
     """A preset (JSON document or URL string) failed validation."""
 
 
+def json_problem(e) -> str:
+    """What a JSON parser (``json.JSONDecodeError`` or orjson's) found wrong in one line's record, placed by
+    character within that line: the parser's own "line 2 column 1" counts lines inside the record, which
+    beside the file's line number ("line 3: …") would read as another line of the file."""
+    if isinstance(e.doc, (str, bytes)) and e.pos >= len(e.doc.rstrip()):
+        return f"invalid JSON: the line ends inside a record ({e.msg})"
+    return f"invalid JSON at character {e.pos + 1} of the line: {e.msg}"
+
+
 def brief(value, limit: int = 80) -> str:
     """``repr(value)`` for an error message, cut to ``limit`` characters; never raises, whatever the value
     (an integer past Python's 4,300-digit printing limit, a structure nested deeper than the recursion

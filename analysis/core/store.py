@@ -400,10 +400,17 @@ def is_demo_store(path: str | os.PathLike) -> bool:
         return False
 
 
+DUCKDB_MAGIC = b"DUCK"          # bytes 8-11 of every DuckDB database file (after the header's checksum)
+_OTHER_FILES = ((b"PAR1", "a Parquet file"), (b"SQLite format 3\x00", "a SQLite database"),
+                (b"PK\x03\x04", "a zip archive (a spreadsheet?)"), (b"\x1f\x8b", "a gzip file"))
+
+
 def check_store_file(path: str | os.PathLike) -> None:
     """A path that cannot be a store, refused before DuckDB sees it (DuckDB's own errors name no file, or
     it would try to write a new store into a device): a folder, a device or pipe (``/dev/null``), an empty
-    file."""
+    file, a file that is not a DuckDB database (DuckDB itself opens an existing ``.parquet``, ``.csv`` or
+    ``.json`` file as data in an in-memory database, "Cannot launch in-memory database in read-only mode"
+    when read-only, and tries to download its SQLite extension for a SQLite file)."""
     p = Path(path)
     if p.is_dir():
         raise StoplineError("is a directory, not a store file", file=str(path),
@@ -414,6 +421,17 @@ def check_store_file(path: str | os.PathLike) -> None:
     if p.is_file() and p.stat().st_size == 0:
         raise StoplineError("is an empty file (0 bytes), not a Stopline store", file=str(path),
                             hint="delete it to have a new store made there, or pass another --db")
+    if p.is_file():
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(16)
+        except OSError:
+            return                      # (permission denied: DuckDB's own attempt says so, naming the file)
+        if head[8:12] != DUCKDB_MAGIC:  # DuckDB would open a .parquet/.csv/.json as data, or fetch an extension
+            kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), None)
+            raise StoplineError("is not a DuckDB file (or is damaged): " + (
+                f"it is {kind}" if kind else "it does not begin with DuckDB's file header"), file=str(path),
+                hint="pass another --db, or a new file name to make a new store")
 
 
 def _unreadable(path: str, e: Exception) -> StoplineError:
@@ -456,6 +474,7 @@ def migrate(path: str, target: int = SCHEMA_VERSION) -> int:
     if is_demo_store(path):
         raise StoplineError("the bundled demo store is read-only", file=str(path),
                             hint="`python -m analysis demo --refresh-sweeps` migrates a copy and moves it into place")
+    check_store_file(path)
     try:
         con = duckdb.connect(path)
     except duckdb.Error as e:

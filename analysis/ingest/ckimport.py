@@ -65,7 +65,7 @@ def read_columns(spec) -> tuple[pa.Table, str, dict]:
         sources.check_file(spec.path)
         with ThreadPoolExecutor(1) as pool:
             sha = pool.submit(sources.sha256, spec.path)
-            tbl = sources.read_table(spec.path, kind)
+            tbl = sources.read_table(spec.path, kind, spec.limits)
         missing = [f for f in want.values() if f not in tbl.column_names]
         if missing:
             raise StoplineError(f"no column {missing[0]!r} (columns: {', '.join(tbl.column_names[:12])})",
@@ -75,7 +75,7 @@ def read_columns(spec) -> tuple[pa.Table, str, dict]:
 
 
 def _columns_from_records(spec, want: dict[str, str]) -> tuple[pa.Table, str, dict]:
-    recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
+    recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb, spec.limits)
     cols: dict[str, list] = {k: [] for k in want}
     for loc, rec in recs:
         for k, f in want.items():

@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis.core.answers import (ANSWER_TYPES, CHOICE, MATH, NUMBER, TEXT, extract_number_text, is_number, math_parses,
                       normalize_gold, normalize_number)
-from analysis.core.errors import StoplineError
+from analysis.core.errors import json_problem, StoplineError
 from analysis.core.registry import Registry
 
 
@@ -194,7 +194,9 @@ def _read_jsonl_rows(path: str) -> Iterable[tuple[int, dict]]:
             except UnicodeDecodeError as e:
                 raise StoplineError(f"not UTF-8 (byte {e.start})", file=path, line=lineno) from None
             except json.JSONDecodeError as e:
-                raise StoplineError(f"invalid JSON ({e.msg}, column {e.colno})", file=path, line=lineno) from None
+                raise StoplineError(json_problem(e), file=path, line=lineno) from None
+            except (ValueError, RecursionError) as e:     # a number past Python's digit limit; nested too deeply
+                raise StoplineError(f"invalid JSON ({str(e).split(';')[0][:80]})", file=path, line=lineno) from None
 
 
 def _table_rows(kind: str, path: str) -> Iterable[tuple[int, dict]]:

@@ -75,6 +75,9 @@ class ImportSpec:
     # the user's production stopper (incumbent.py): where it stopped (tokens) and what it answered
     stop_field: str | None = None
     stopped_answer_field: str | None = None
+    # caps on what reading the file may make (sources.Limits): the dashboard's uploads; None (the command line,
+    # on its user's own files): none
+    limits: sources.Limits | None = None
 
 
 def spec_for_format(fmt: str, **overrides) -> dict:
@@ -108,9 +111,9 @@ def _mapped(spec: ImportSpec, loc: Loc, rec: dict) -> tuple:
 def preview(spec: ImportSpec, n: int = 5) -> dict:
     """What an import would read, before anything is written: the number of records, the fields of the first
     ones, and for each of the first ``n`` the mapped fields (or the error that record would stop the import
-    with)."""
-    recs, _ = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
-    head = recs[:n]
+    with). Only the first records are read into memory (``sources.head``); ``spec.limits`` are checked where
+    that is cheap (the record count, a Parquet file's footer)."""
+    head, n_records = sources.head(spec.path, spec.kind, spec.records, spec.max_line_mb, n, spec.limits)
     keys = sorted({k for _, r in head for k in r})
     if spec.fmt == "checkpoints":
         names = {"id": spec.id_field, "question": spec.question_field, "gold": spec.gold_field,
@@ -129,14 +132,14 @@ def preview(spec: ImportSpec, n: int = 5) -> dict:
         except StoplineError as e:
             row["error"] = str(e)
         rows.append({k: (v[:160] + "…" if isinstance(v, str) and len(v) > 160 else v) for k, v in row.items()})
-    return {"n_records": len(recs), "fields": keys, "rows": rows}
+    return {"n_records": n_records, "fields": keys, "rows": rows}
 
 
 def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str, dict | None]:
     """Read and validate every record; returns [(question, response)], the file's sha256, and the incumbent's
     stops ({positions, answers, lines}) when ``spec.stop_field`` names them."""
     check_spec(spec)
-    recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb)
+    recs, sha = sources.read(spec.path, spec.kind, spec.records, spec.max_line_mb, spec.limits)
     out: list[tuple[Question, str]] = []
     stops = {"positions": [], "answers": [], "lines": []} if spec.stop_field else None
     seen_ids: dict[str, Loc] = {}

@@ -19,6 +19,7 @@ different requests) with bootstrap CIs, Fisher's exact test for EM and Mann-Whit
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,8 @@ import pyarrow as pa
 from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu
 
 from analysis.core.answers import normalize_gold, score
-from analysis.core.errors import StoplineError
+from analysis.core.errors import brief, json_problem, StoplineError
+from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.core.store import DEMO_DB, Store
 from analysis.evaluate.optimize import evaluate, operating_point, split_mask
 from analysis.evaluate.stats import bootstrap_means, percentile_ci
@@ -45,6 +47,55 @@ TOL_STOP = 0.10        # absolute drop of the early-stop share
 TOL_KS = 0.10          # KS statistic before a signal counts as drifted
 MIN_EXPLORE = 30       # labelled exploration requests before a recalibration is proposed (half of them check it)
 
+# What the records of a decision log (controller.py writes them) and of a labels file hold: field -> the types
+# its value may have (float: any finite number; None: null). Checked as each record is read, so a wrong value
+# is named with its file, line and field rather than failing a test or a cast later on.
+_NUM, _ANY_NUM, _NULL = (float,), (float, type(None)), (type(None),)
+REQUIRED = {"final": ("request", "tokens_emitted", "stopped", "stop_pos"), "checkpoint": ("request", "ck", "pos"),
+            "label": ("request",)}
+FIELD_TYPES = {
+    "header": {"stopline_log": (int,), "preset": (dict,), "calibration": (dict,), "answer_type": (str,),
+               "checkpoints": (dict,)},
+    "final": {"request": (str, int), "arm": (str,), "route": (str, *_NULL), "setting": (dict,), "stopped": (bool,),
+              "ck": (int,), "stop_pos": _NUM, "tokens_emitted": _NUM, "tokens_computed": _NUM, "answer": (str, *_NULL),
+              "em": _ANY_NUM, "cause": (str, *_NULL), "question_chars": (int,), "meta": (dict, *_NULL),
+              "tags": (dict, *_NULL), "full_length": (bool,), "n_checkpoints": (int,), "shadow_ck": (int,),
+              "shadow_pos": _NUM},
+    "checkpoint": {"request": (str, int), "arm": (str,), "ck": (int,), "pos": _NUM, "kind": (str,),
+                   "answer": (str, *_NULL), "answer_tokens": _ANY_NUM, "probe_tokens": _ANY_NUM,
+                   **{s: _ANY_NUM for s in SIGNAL_COLUMNS}, "decision": (str,)},
+    "label": {"request": (str, int), "em": (float, bool, *_NULL), "gold": (str, float, list, *_NULL)},
+}
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+               list: "a list", type(None): "null"}
+
+
+def _fits(value, kinds: tuple) -> bool:
+    if isinstance(value, bool):                         # (a bool is an int to Python, not to a log)
+        return bool in kinds
+    if isinstance(value, int) and int in kinds:
+        return True
+    if isinstance(value, (int, float)) and float in kinds:
+        try:
+            return math.isfinite(float(value))          # not NaN or Infinity (json reads both), nor 1e400
+        except OverflowError:
+            return False
+    return isinstance(value, tuple(k for k in kinds if k not in (int, float, bool)))
+
+
+def check_record(rec: dict, kind: str, path, line: int) -> None:
+    """A record of a decision log or labels file with its required fields, each field of a type it may have;
+    else StoplineError naming the file, line and field."""
+    for k in REQUIRED.get(kind, ()):
+        if k not in rec:
+            raise StoplineError("missing", file=str(path), line=line, field=k)
+    for k, kinds in FIELD_TYPES[kind].items():
+        if k in rec and not _fits(rec[k], kinds):
+            words = " or ".join(_TYPE_WORDS[t] for t in kinds)
+            v = rec[k]
+            shown = "null" if v is None else str(v).lower() if isinstance(v, bool) else brief(v)
+            raise StoplineError(f"must be {words}, not {shown}", file=str(path), line=line, field=k)
+
 
 def _json_lines(path, what: str):
     """(line number, object) for each non-blank line; errors name the file and line."""
@@ -57,8 +108,12 @@ def _json_lines(path, what: str):
                 continue
             try:
                 rec = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise StoplineError(f"not a JSON line ({str(e)[:80]})", file=str(path), line=ln) from None
+            except json.JSONDecodeError as e:
+                raise StoplineError(json_problem(e), file=str(path), line=ln) from None
+            except UnicodeDecodeError as e:
+                raise StoplineError(f"not valid UTF-8 (byte {e.start} of the line)", file=str(path), line=ln) from None
+            except (ValueError, RecursionError) as e:     # a number past Python's digit limit; nested too deeply
+                raise StoplineError(f"invalid JSON ({str(e).split(';')[0][:80]})", file=str(path), line=ln) from None
             if not isinstance(rec, dict):
                 raise StoplineError("each line must be a JSON object", file=str(path), line=ln)
             yield ln, rec
@@ -74,17 +129,20 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             if "type" not in rec:
                 raise StoplineError("a log record is a JSON object with a 'type'", file=str(path), line=ln, field="type")
             typ = rec["type"]
+            if typ in ("header", "checkpoint", "final"):     # (other types: written by a newer Stopline)
+                check_record(rec, typ, path, ln)
             if typ == "header":
-                if not isinstance(rec.get("stopline_log", 0), int) or rec.get("stopline_log", 0) > 1:
+                if rec.get("stopline_log", 0) > 1:
                     raise StoplineError(f"log version {rec.get('stopline_log')!r} is not one this Stopline reads",
                                         file=str(path), line=ln, field="stopline_log")
+                for k in ("db", "run"):
+                    if not isinstance((rec.get("calibration") or {}).get(k, ""), (str, type(None))):
+                        raise StoplineError(f"must be a string, not {brief(rec['calibration'][k])}", file=str(path),
+                                            line=ln, field=f"calibration.{k}")
                 header = header or rec
             elif typ == "checkpoint":
                 cks.append(rec)
             elif typ == "final":
-                for k in ("request", "tokens_emitted", "stopped"):
-                    if k not in rec:
-                        raise StoplineError("missing", file=str(path), line=ln, field=k)
                 fins.append(rec)
     if not fins:
         raise StoplineError("the log holds no finished request", file=str(paths[0]))
@@ -101,8 +159,7 @@ def read_labels(paths) -> pd.DataFrame:
     rows = []
     for path in paths:
         for ln, rec in _json_lines(path, "labels file"):
-            if "request" not in rec:
-                raise StoplineError("missing", file=str(path), line=ln, field="request")
+            check_record(rec, "label", path, ln)
             if "em" not in rec and "gold" not in rec:
                 raise StoplineError("a label needs 'em' or 'gold'", file=str(path), line=ln, field="em")
             rows.append({"request": str(rec["request"]), "label_em": rec.get("em"), "gold": rec.get("gold")})

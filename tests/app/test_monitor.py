@@ -160,3 +160,39 @@ def test_monitor_page_hides_the_rollback_check_in_viewer_mode(tmp_path, demo, mo
     assert not at.exception
     assert any(e.value.startswith("Breach: would roll back") for e in at.error)      # the panel is read-only
     assert not [b for b in at.button if b.key in ("rb_go", "rc_go")]
+
+
+def _uploaded(at, name: str, body: bytes):
+    at.radio(key="log_src").set_value("upload").run()
+    at.file_uploader(key="log_up").upload(name, body).run()
+    return at
+
+
+def test_an_uploaded_log_with_a_wrongly_typed_field_is_named_and_its_copy_removed(tmp_path, monkeypatch):
+    """A final record whose tokens_emitted is "lots" (a ValueError deep in the monitor before) is our error naming
+    the upload, line and field; the upload's copy is gone after the script run, also when the page fails on
+    something it did not expect (here Streamlit itself, made to fail)."""
+    import json
+    import tempfile
+    from streamlit.delta_generator import DeltaGenerator
+    from tests.helpers import ROOT
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))        # where the page's copies go
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(tmp_path / "no-logs"))
+    recs = [json.loads(x) for x in (ROOT / "data" / "demo-logs" / "serve-demo.jsonl").read_text().splitlines()]
+    line = 1 + next(i for i, r in enumerate(recs) if r["type"] == "final" and r["arm"] == "champion")
+    recs[line - 1]["tokens_emitted"] = "lots"
+    at = _uploaded(open_app(None, None, "views/monitor.py"), "prod.jsonl",
+                   "".join(json.dumps(r) + "\n" for r in recs).encode())
+    assert not at.exception
+    assert at.error[0].value.startswith(f"'prod.jsonl', line {line}, field 'tokens_emitted': must be a number, not 'lots'")
+    assert not list((tmp_path / "stopline-monitor").iterdir())
+
+    def broken(*a, **k):
+        raise RuntimeError("a library failed")
+    monkeypatch.setattr(DeltaGenerator, "metric", broken)      # drawn once the report was made from the upload
+    recs[line - 1]["tokens_emitted"] = 100
+    at = _uploaded(open_app(None, None, "views/monitor.py"), "prod.jsonl",
+                   "".join(json.dumps(r) + "\n" for r in recs).encode())
+    assert at.exception and "a library failed" in at.exception[0].value
+    assert any("**40** requests" in m.value for m in at.markdown)     # (it failed after the copy was read)
+    assert not list((tmp_path / "stopline-monitor").iterdir())

@@ -66,3 +66,37 @@ def test_an_imported_run_is_one_click_from_the_sidebar(tmp_path, synthetic_db, m
     imported = at.selectbox(key="run_pick").value
     assert imported != rid and at.query_params["run"] == imported and at.query_params["db"] == "mine"
     assert len(at.dataframe[0].value) == 1          # the runs table is My store's: the imported run alone
+
+
+def test_an_upload_that_expands_past_the_caps_is_refused_naming_the_figure(tmp_path, synthetic_db, monkeypatch):
+    """The review's decompression bomb, small: a 2 KB response on each of 5,000 rows, which Parquet stores
+    once. The preview reads its first rows only; the import measures it before expanding it and refuses it
+    (the caps follow STOPLINE_MAX_UPLOAD_MB: at 1 MB, 20,000 records and 8 MB once decoded); no store is made.
+    A file with more rows than the cap is refused by the preview itself, from the file's footer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    mine = tmp_path / "mine.duckdb"
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    monkeypatch.setenv("STOPLINE_MAX_UPLOAD_MB", "1")
+    n = 5_000
+    bomb = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"question": ["What is 2 + 2?"] * n, "answer": ["4"] * n,
+                             "response": ["Let me think. " * 140 + "#### 4"] * n}), bomb, compression="zstd")
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/runs.py")
+    at.file_uploader(key="imp_file").upload("bomb.parquet", bomb.read_bytes()).run()
+    at.text_input(key="imp_model").input("m")
+    at.text_input(key="imp_dataset").input("d").run()
+    assert not at.exception and not at.error and any("5000 records" in c.value for c in at.caption)
+    at.button(key="imp_go").click().run()
+    assert not at.exception
+    (err,) = [e.value for e in at.error]
+    assert err.startswith("bomb.parquet: holds 9.7 MB of data once decoded (") and "may hold at most 8 MB" in err, err
+    assert "python -m analysis import" in err and "STOPLINE_MAX_UPLOAD_MB" in err
+    assert not mine.exists()
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"question": ["q"] * 25_000, "answer": ["4"] * 25_000, "response": ["4"] * 25_000}), rows)
+    at.file_uploader(key="imp_file").upload("rows.parquet", rows.read_bytes()).run()
+    assert not at.exception
+    assert [e.value.split("\n")[0] for e in at.error] == [
+        "rows.parquet: holds 25,000 rows; a file imported from the dashboard may hold at most 20,000"]

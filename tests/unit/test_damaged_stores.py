@@ -1,5 +1,6 @@
 """Damaged stores and the bundled demo store (issue 21): a zero-byte file, a truncated DuckDB file,
-``/dev/null``, a folder or another program's DuckDB file as ``--db`` give our error naming the file (a
+``/dev/null``, a folder, another program's DuckDB file or a file that is no DuckDB file at all (Parquet, CSV,
+SQLite) as ``--db`` give our error naming the file (a
 message, exit code 2, no traceback, nothing written); the demo store refuses every write, whoever asks,
 and only the demo command rewrites it."""
 import hashlib
@@ -54,12 +55,38 @@ def _other_duckdb(tmp_path):
     return str(p), "is a DuckDB file but not a Stopline store"
 
 
+def _parquet(tmp_path):
+    """DuckDB opens an existing .parquet (.csv, .json) file as data in an in-memory database, which it refuses
+    read-only ("Catalog Error: Cannot launch in-memory database in read-only mode!")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    p = tmp_path / "generations.parquet"
+    pq.write_table(pa.table({"question": ["q"], "answer": ["1"]}), p)
+    return str(p), "is not a DuckDB file (or is damaged): it is a Parquet file"
+
+
+def _csv(tmp_path):
+    p = tmp_path / "runs.csv"
+    p.write_text("question,answer\nq,1\n")
+    return str(p), "is not a DuckDB file (or is damaged): it does not begin with DuckDB's file header"
+
+
+def _sqlite(tmp_path):
+    """(DuckDB would try to download its SQLite extension for it.)"""
+    import sqlite3
+    p = tmp_path / "s.db"
+    with sqlite3.connect(p) as con:
+        con.execute("CREATE TABLE t (x)")
+    con.close()
+    return str(p), "is not a DuckDB file (or is damaged): it is a SQLite database"
+
+
 def _under_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     return str(tmp_path / "f" / "s.duckdb"), "cannot make the store's folder"
 
 
-DAMAGED = [_zero, _truncated, _devnull, _directory, _other_duckdb]
+DAMAGED = [_zero, _truncated, _devnull, _directory, _other_duckdb, _parquet, _csv, _sqlite]
 
 
 @pytest.mark.parametrize("make", DAMAGED, ids=lambda f: f.__name__.strip("_"))
@@ -71,6 +98,7 @@ def test_a_damaged_store_is_named_in_our_error(tmp_path, cli, make, command):
             "import": ["import", _jsonl(tmp_path / "ok.jsonl", OK), "--model", "m", "--dataset", "d"]}[command]
     code, out, err = cli(*args, "--db", db)
     assert code == 2 and message in err and db in err and "Traceback" not in err, err
+    assert "Catalog Error" not in err and "IO Error" not in err or make is _truncated, err   # DuckDB's own words
     if before is not None:
         assert os.stat(db).st_size == before            # nothing was written into it
 

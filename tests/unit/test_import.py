@@ -83,7 +83,7 @@ GOOD = json.dumps({"question": "q?", "answer": "3", "response": "#### 3"}).encod
 
 
 @pytest.mark.parametrize("name,content,where,match", [
-    ("invalid.jsonl", GOOD + b"\n{not json}\n", "line 2", "invalid JSON"),
+    ("invalid.jsonl", GOOD + b"\n{not json}\n", "line 2", "invalid JSON at character 2 of the line"),
     ("missing.jsonl", GOOD + b'\n{"question": "q", "response": "r"}\n', "line 2", "field 'answer'"),
     ("wrongtype.jsonl", GOOD + b'\n{"question": "q", "answer": "3", "response": 7}\n', "line 2", "must be a string"),
     ("gold.jsonl", GOOD + b'\n' + GOOD + b'\n{"question": "q", "answer": "n/a", "response": "r"}\n', "line 3",

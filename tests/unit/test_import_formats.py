@@ -340,6 +340,33 @@ def test_preview_reads_before_anything_is_written(tmp_path):
     assert not list(tmp_path.glob("*.duckdb"))
 
 
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_the_preview_reads_only_the_first_records(tmp_path, kind):
+    """The Runs page previews an upload at once: a 50,000-row Parquet file whose one 2 KB response Parquet stores
+    once (100 MB of Python strings had the preview read it whole) is counted from its footer and only its
+    first rows decoded; a JSONL file's later lines are counted, not parsed."""
+    import tracemalloc
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from analysis.ingest.importer import ImportSpec, preview
+    n, response = 50_000, "Let me think. " * 140 + "#### 4"
+    path = tmp_path / f"many.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"question": [f"What is {i} + 2?" for i in range(n)], "answer": ["4"] * n,
+                                 "response": [response] * n}), path)
+    else:
+        line = json.dumps({"question": "What is 2 + 2?", "answer": "4", "response": response[:200]}) + "\n"
+        path.write_text(line * n)
+    tracemalloc.start()
+    try:
+        pv = preview(ImportSpec(path=str(path), model="m", dataset="d"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pv["n_records"] == n and len(pv["rows"]) == 5 and pv["rows"][4]["gold"] == "4"
+    assert peak < 5 * 1024 * 1024, peak          # Python objects for five records, not 50,000
+
+
 @pytest.mark.parametrize("content,args,message", [
     (None, ["--every", "0"], "--every must be a positive number of tokens"),
     (None, ["--every", "-5"], "--every must be a positive number of tokens"),
