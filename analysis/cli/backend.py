@@ -104,12 +104,13 @@ def _run(args):
     cfg = GenConfig(every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, cue=args.cue)
+    # the store (--db) is opened, and made when new, only once the dataset, model and server are checked
     if args.engine == "openai":
         kw = _openai_kw(args)
-        res = run_openai(_store(args), kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"), args.dataset,
+        res = run_openai(args.db, kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"), args.dataset,
                          limit=args.limit, seed=args.seed, cfg=cfg, show_progress=not args.json, **kw)
     else:
-        res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
+        res = run(args.db, args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
                   batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
     if args.json:
         return _print_json(res)
@@ -162,8 +163,8 @@ def _probe(args):
     from analysis.ingest.reprobe import reprobe, reprobe_openai
     if args.engine == "openai":
         kw = _openai_kw(args)
-        res = reprobe_openai(_store(args), args.run, kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"),
-                             every=args.every, show_progress=not args.json, **kw)
+        res = reprobe_openai(_store(args), args.run, kw.pop("base_urls"), kw.pop("model"),
+                             kw.pop("tokenizer"), every=args.every, show_progress=not args.json, **kw)
     else:
         res = reprobe(_store(args), args.run, args.model, every=args.every, device=args.device,
                       show_progress=not args.json)

@@ -314,6 +314,32 @@ def test_bad_model_is_a_clear_error(cli, tmp_path):
     assert code == 2 and "cannot load model" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("model,dataset,match", [
+    ("smollm2-135m-instruct", "rg:no_such_task", "unknown reasoning-gym task"),
+    ("{tmp}/no-such-model", "rg:basic_arithmetic", "cannot load model"),
+    ("{tmp}/empty", "rg:basic_arithmetic", "cannot load model"),
+], ids=["bad-dataset", "missing-model", "empty-folder"])
+def test_a_run_that_fails_before_it_starts_makes_no_store(cli, tmp_path, monkeypatch, model, dataset, match):
+    """A bad dataset or model left a new, empty store (and its folder) behind, and read commands then stopped
+    falling back to the demo store."""
+    (tmp_path / "empty").mkdir()
+    model = model.format(tmp=tmp_path)
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "new" / "def.duckdb"))
+    code, _, err = cli("run", "--model", model, "--dataset", dataset, "--limit", "1", "--device", "cpu")
+    assert code == 2 and match in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+    code, out, err = cli("runs")
+    assert code == 0 and "reading the demo store" in err
+    code, _, err = cli("run", "--model", model, "--dataset", dataset, "--limit", "1", "--device", "cpu",
+                       "--db", tmp_path / "named" / "s.duckdb")
+    assert code == 2 and match in err and not (tmp_path / "named").exists()
+
+
+def test_a_store_that_cannot_be_written_is_said_before_the_dataset_and_model_load(cli, tmp_path):
+    code, _, err = cli("run", "--model", "smollm2-135m-instruct", "--dataset", "rg:no_such_task", "--db", tmp_path)
+    assert code == 2 and "is a directory, not a store file" in err
+
+
 def test_reprobe_an_imported_run_adds_signals(tiny, store):
     from analysis.ingest.reprobe import reprobe
     from analysis.ingest.importer import ImportSpec, import_generations
