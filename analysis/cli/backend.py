@@ -163,10 +163,10 @@ def _probe(args):
     from analysis.ingest.reprobe import reprobe, reprobe_openai
     if args.engine == "openai":
         kw = _openai_kw(args)
-        res = reprobe_openai(_store(args), args.run, kw.pop("base_urls"), kw.pop("model"),
+        res = reprobe_openai(_store(args, create=False), args.run, kw.pop("base_urls"), kw.pop("model"),
                              kw.pop("tokenizer"), every=args.every, show_progress=not args.json, **kw)
     else:
-        res = reprobe(_store(args), args.run, args.model, every=args.every, device=args.device,
+        res = reprobe(_store(args, create=False), args.run, args.model, every=args.every, device=args.device,
                       show_progress=not args.json)
     if args.json:
         return _print_json(res)
@@ -188,7 +188,7 @@ def _rescore_setup(p):
          _rescore_setup)
 def _rescore(args):
     from analysis.ingest.rescore import rescore
-    rows = rescore(_store(args), None if args.all else args.run, args.answer_type)
+    rows = rescore(_store(args, create=False), None if args.all else args.run, args.answer_type)
     if args.json:
         return _print_json(rows)
     for r in rows:

@@ -35,9 +35,11 @@ def _db(p: argparse.ArgumentParser):
     p.add_argument("--db", help="store file (default: $STOPLINE_DB or data/stopline.duckdb)")
 
 
-def _store(args, read_only: bool = False):
+def _store(args, read_only: bool = False, create: bool = True):
     """The store a command works on. A read command given no --db whose default store (the user's) does not
-    exist yet reads the bundled demo store instead, and says so on stderr."""
+    exist yet reads the bundled demo store instead, and says so on stderr. ``create=False``: a command that
+    writes into runs already stored (probe, rescore) refuses a store that does not exist instead of making an
+    empty one."""
     import sys
     from pathlib import Path
 
@@ -46,7 +48,7 @@ def _store(args, read_only: bool = False):
         print(f"note: your store {resolve_db_path()} does not exist yet; reading the demo store {DEMO_DB} "
               "(--db PATH for another)", file=sys.stderr)
         return Store(DEMO_DB, read_only=True)
-    return Store(args.db, read_only=read_only, create=not read_only)
+    return Store(args.db, read_only=read_only, create=create and not read_only)
 
 
 def _print_json(obj) -> None:

@@ -53,6 +53,14 @@ def test_errors_are_messages_not_tracebacks(cli, args, match):
     assert code == 2 and match in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args", [["rescore", "--all"], ["probe", "--run", "abc", "--model", "smollm2-135m-instruct"]])
+def test_commands_on_stored_runs_make_no_store(cli, tmp_path, args):
+    """rescore and probe work on runs already stored: a missing store made an empty one (rescore: and said
+    nothing)."""
+    code, _, err = cli(*args, "--db", tmp_path / "new" / "s.duckdb")
+    assert code == 2 and "store not found" in err and not (tmp_path / "new").exists()
+
+
 def test_job_progress_reads_the_runs_own_bar_not_the_weights_loading_bar(tmp_path):
     """A 2-question run showed "272 of 272 questions": the progress read transformers' "Loading weights" bar."""
     import json
