@@ -22,7 +22,7 @@ def _models(args):
         return _print_json(rows)
     for r in rows:
         print(f"  {r['name']:30s} {r['state']:34s} {r['size_mb']:7.1f} MB  {r['about']}")
-    print("Also: any local directory or .gguf file, or a Hugging Face hub id (when online).")
+    print("Also: a local model folder or .gguf file, or a Hugging Face hub id (owner/name; fetched when online).")
 
 
 def _engine_args(p):
