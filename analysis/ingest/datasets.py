@@ -13,6 +13,7 @@ orderings and machines.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -154,20 +155,37 @@ def _rg_config(task: str, query: str) -> dict:
     return out
 
 
-def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
+RG_LIST = "python -m analysis datasets --rg-tasks"      # the command that lists the reasoning-gym tasks
+
+
+def reasoning_gym_tasks() -> dict[str, list[str]]:
+    """The reasoning-gym tasks, by name, with the options each takes in its id (``rg:TASK?OPTION=VALUE``): the
+    fields of its config class, less seed and size (the run's --seed and --limit)."""
+    import dataclasses
     try:
-        import reasoning_gym        # lazy: a heavy library (its task registry), only for rg: ids
+        from reasoning_gym.factory import DATASETS as RG   # lazy: a heavy library, only for rg: ids
     except ImportError as e:  # pragma: no cover - it is a pinned requirement
         raise StoplineError("reasoning-gym is not installed", hint="pip install -r requirements.txt") from e
+    return {name: [f.name for f in dataclasses.fields(config) if f.name not in ("seed", "size")]
+            for name, (_, config) in sorted(RG.items())}
+
+
+def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
+    import reasoning_gym            # lazy: a heavy library (its task registry), only for rg: ids
     size = limit or 200
     name, _, query = task.partition("?")
     config = _rg_config(task, query)
+    tasks = reasoning_gym_tasks()
+    if name not in tasks:
+        close = difflib.get_close_matches(name, list(tasks), n=3, cutoff=0.6)
+        raise StoplineError(f"unknown reasoning-gym task {name!r}; "
+                            + (f"closest: {', '.join(close)}" if close else "no task's name is close to it"),
+                            hint=f"{RG_LIST} lists the {len(tasks)} tasks and their options")
     try:
         ds = reasoning_gym.create_dataset(name, size=size, seed=seed, **config)
     except Exception as e:
-        raise StoplineError(f"unknown reasoning-gym task {name!r} or bad configuration {config} ({e})",
-                            hint="see reasoning_gym.factory.DATASETS for the task names and each task's "
-                                 "config class for its options") from None
+        raise StoplineError(f"bad configuration {config} for reasoning-gym task {name!r} ({e})",
+                            hint=f"its options: {', '.join(tasks[name]) or 'none'} ({RG_LIST})") from None
     qs = []
     for i, item in enumerate(ds):
         meta = {k: v for k, v in (item.get("metadata") or {}).items()

@@ -76,5 +76,25 @@ def test_reasoning_gym_options_in_the_id():
     ds = load_dataset("rg:basic_arithmetic?max_terms=3&max_digits=2", 20, seed=1)
     assert ds.id == "rg:basic_arithmetic?max_terms=3&max_digits=2" and len(ds) == 20
     assert all(q.meta["num_terms"] <= 3 and q.meta["num_digits"] <= 2 for q in ds.questions)
-    with pytest.raises(StoplineError, match="bad configuration"):
+    with pytest.raises(StoplineError, match="bad configuration") as e:
         load_dataset("rg:basic_arithmetic?no_such_option=1", 2)
+    assert "its options: min_terms, max_terms" in str(e.value)
+
+
+def test_an_unknown_reasoning_gym_task_names_the_closest_and_the_command_that_lists_them(cli):
+    """The error said "see reasoning_gym.factory.DATASETS", which no Stopline command showed."""
+    with pytest.raises(StoplineError, match="unknown reasoning-gym task 'gsm_symbolik'; closest: gsm_symbolic") as e:
+        load_dataset("rg:gsm_symbolik", 2)
+    assert "python -m analysis datasets --rg-tasks" in str(e.value)
+    with pytest.raises(StoplineError, match="closest: basic_arithmetic, "):
+        load_dataset("rg:basic_arithmetc", 2)
+    with pytest.raises(StoplineError, match="'no_such_task'; no task's name is close to it"):
+        load_dataset("rg:no_such_task", 2)
+    code, out, _ = cli("datasets")
+    assert code == 0 and "python -m analysis datasets --rg-tasks" in out
+    code, out, _ = cli("datasets", "--rg-tasks")
+    assert code == 0 and "rg:gsm_symbolic" in out and "max_terms" in out and "seed" not in out
+    code, out, _ = cli("datasets", "--rg-tasks", "--json")
+    tasks = {t["id"]: t["options"] for t in json.loads(out)}
+    assert len(tasks) > 100 and tasks["rg:gsm_symbolic"] == ["difficulty"]
+    assert len(load_dataset(sorted(tasks)[0], 1)) == 1        # a listed id is one that loads
