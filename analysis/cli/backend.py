@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from analysis.core.answers import ANSWER_TYPES
-from analysis.cli.common import _db, _print_json, _store, command
+from analysis.cli.common import _db, _mapping, _mapping_args, _print_json, _store, command
 
 
 def _models_setup(p):
@@ -64,7 +64,8 @@ def _openai_kw(args) -> dict:
 def _run_setup(p):
     p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
                                                    "openai: the model's name on the server")
-    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic or gsm8k:PATH")
+    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic, gsm8k:PATH or jsonl:PATH "
+                                                     "(python -m analysis datasets lists them)")
     p.add_argument("--limit", type=int, help="first N questions (reasoning-gym: generate N)")
     p.add_argument("--seed", type=int, default=42, help="dataset seed (reasoning-gym) and sampling seed")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N generated tokens")
@@ -80,6 +81,7 @@ def _run_setup(p):
                         "checkpoint and run together; immediate: each when it comes, as the live controller "
                         "probes (use it for a calibration run that verify-controller should match exactly)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _mapping_args(p)
     _engine_args(p)
     p.add_argument("--json", action="store_true")
     _db(p)
@@ -108,10 +110,12 @@ def _run(args):
     if args.engine == "openai":
         kw = _openai_kw(args)
         res = run_openai(args.db, kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"), args.dataset,
-                         limit=args.limit, seed=args.seed, cfg=cfg, show_progress=not args.json, **kw)
+                         limit=args.limit, seed=args.seed, cfg=cfg, show_progress=not args.json,
+                         dataset_options=_mapping(args), **kw)
     else:
         res = run(args.db, args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
-                  batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
+                  batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes,
+                  dataset_options=_mapping(args))
     if args.json:
         return _print_json(res)
     tps = res["tokens"] / res["seconds"] if res["seconds"] else 0

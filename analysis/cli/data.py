@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from analysis.cli.common import _db, _print_json, _store, command
+from analysis.cli.common import _db, _mapping, _mapping_args, _print_json, _store, command
 from analysis.core.answers import ANSWER_TYPES
 from analysis.core.errors import StoplineError
 
@@ -43,6 +43,7 @@ def _datasets_setup(p):
     p.add_argument("--rg-tasks", action="store_true",
                    help="list the reasoning-gym tasks (rg:TASK) and the options each takes (rg:TASK?OPTION=VALUE)")
     p.add_argument("--limit", type=int, default=5, help="questions to show")
+    _mapping_args(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -67,7 +68,7 @@ def _datasets(args):
         for r in rows:
             print(f"  {r['prefix'] + ':':10s} {r['what']}")
         return print(f"The reasoning-gym tasks: {RG_LIST}")
-    ds = load_dataset(args.dataset, args.limit)
+    ds = load_dataset(args.dataset, args.limit, **_mapping(args))
     if args.json:
         return _print_json([q.__dict__ for q in ds.questions])
     print(f"{ds.id}: {ds.description} (answers: {ds.answer_type})")

@@ -20,6 +20,7 @@ from analysis.backend.models import check_model
 from analysis.core.errors import StoplineError
 from analysis.core.lifeline import PARENT_ENV
 from analysis.core.sharing import env_int, env_paths
+from analysis.ingest.datasets import dataset_file
 
 ROOT = Path(__file__).resolve().parents[2]
 # what a job started from the dashboard may ask for (docs/security.md, "Limits"); each is an environment setting
@@ -29,7 +30,6 @@ LIMITS = {"jobs": ("STOPLINE_MAX_JOBS", 1), "queued": ("STOPLINE_MAX_QUEUED", 4)
 SLOTS_ENV = "STOPLINE_JOB_SLOTS"
 QUEUED, STARTED = "queued: waiting for a free job slot", "job slot taken"     # the job's log says which
 DATASET_DIRS_ENV = "STOPLINE_DATASET_DIRS"
-FILE_DATASETS = ("jsonl", "csv", "parquet", "gsm8k", "nq-open")      # the adapters that read a file by path
 
 
 def jobs_dir() -> Path:
@@ -90,8 +90,8 @@ def dataset_dirs() -> list[Path]:
 def check_dataset(dataset: str) -> None:
     """A dataset read from a file (``jsonl:PATH``, ``csv:PATH``, …) must lie in a configured folder, checked
     before anything reads the path (the message is the same whether the file exists or not)."""
-    prefix, sep, arg = dataset.partition(":")
-    if not sep or prefix not in FILE_DATASETS:
+    arg = dataset_file(dataset)         # the path the run will read (a table's field mapping split off)
+    if arg is None:
         return
     path = Path(arg).expanduser()
     path = os.path.realpath(path if path.is_absolute() else ROOT / path)

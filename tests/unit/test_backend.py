@@ -1,4 +1,5 @@
 """The backend on tiny random-weight models built here: end to end, probe equivalence, kill and resume."""
+import json
 import os
 
 import numpy as np
@@ -339,6 +340,45 @@ def test_a_run_that_fails_before_it_starts_makes_no_store(cli, tmp_path, monkeyp
 def test_a_store_that_cannot_be_written_is_said_before_the_dataset_and_model_load(cli, tmp_path):
     code, _, err = cli("run", "--model", "smollm2-135m-instruct", "--dataset", "rg:no_such_task", "--db", tmp_path)
     assert code == 2 and "is a directory, not a store file" in err
+
+
+def test_a_run_on_a_table_takes_a_field_mapping_and_keeps_it(cli, tmp_path):
+    """run had no --question-field / --gold-field / --id-field / --answer-type: a JSONL with other field names
+    could not be run. The mapping is part of the dataset's id, hence of the run's identity, and the questions of
+    two mappings are stored apart (each with its own gold)."""
+    from analysis.core.store import Store
+    model_dir = save_tiny(tmp_path / "tiny", seed=2)
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"item": {"prompt": f"What is {i} + {i}?"}, "sol": str(2 * i),
+                                           "words": f"{i} twice", "key": f"k{i}"}) for i in range(3)))
+    db = tmp_path / "s.duckdb"
+    common = ["--model", model_dir, "--limit", 2, "--every", 4, "--max-new-tokens", 8, "--device", "cpu", "--db", db,
+              "--json"]
+    code, _, err = cli("run", "--dataset", f"jsonl:{data}", *common)           # the default fields are not there
+    assert code == 2 and "line 1, field 'question': missing field" in err and not db.exists()
+    code, out, err = cli("run", "--dataset", f"jsonl:{data}", "--question-field", "item.prompt", "--gold-field", "sol",
+                         "--id-field", "key", *common)
+    assert code == 0, err
+    num = json.loads(out.strip().splitlines()[-1])
+    code, out, err = cli("run", "--dataset", f"jsonl:{data}", "--question-field", "item.prompt", "--gold-field",
+                         "words", "--id-field", "key", "--answer-type", "text", *common)
+    assert code == 0, err
+    text = json.loads(out.strip().splitlines()[-1])
+    assert text["run_id"] != num["run_id"]
+    s = Store(db, read_only=True)
+    runs = {r["id"]: r for r in s.runs()}
+    mapped = f"jsonl:{data}?question_field=item.prompt&gold_field=sol&id_field=key"
+    assert runs[num["run_id"]]["dataset"] == mapped and runs[num["run_id"]]["answer_type"] == "number"
+    assert runs[text["run_id"]]["dataset"] == f"jsonl:{data}?question_field=item.prompt&gold_field=words&id_field=key" \
+        "&answer_type=text" and runs[text["run_id"]]["answer_type"] == "text"
+    assert runs[num["run_id"]]["config"]["dataset"]["id"] == mapped
+    assert s.questions(mapped).to_pydict()["gold"] == ['["0"]', '["2"]']
+    assert s.questions(runs[text["run_id"]]["dataset"]).to_pydict()["gold"] == ['["0 twice"]', '["1 twice"]']
+    assert s.trace(num["run_id"], "k1")["question"] == "What is 1 + 1?"
+    code, out, err = cli("run", "--dataset", mapped, *common)          # the id alone asks for the same run
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["run_id"] == num["run_id"]
+    code, _, err = cli("run", "--dataset", "rg:basic_arithmetic", "--gold-field", "x", *common)
+    assert code == 2 and "a field mapping is for jsonl:, csv:, parquet: datasets, not rg:" in err
 
 
 def test_a_path_or_name_that_holds_no_model_is_said_at_once(tmp_path):
