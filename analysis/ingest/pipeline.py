@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from analysis.core.aio import run_sync
 from analysis.backend.decode import generate_batch
-from analysis.backend.models import load
+from analysis.backend.models import check_model, load
 from analysis.backend.prompts import build_prompt, GenConfig
 from analysis.backend.records import to_tables
 from analysis.core.errors import StoplineError
@@ -45,6 +45,8 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
     if probes not in ("batched", "immediate"):
         raise StoplineError(f"probes must be 'batched' or 'immediate', not {probes!r}")
     check_target(store)
+    if loaded is None:
+        check_model(model_name)          # a name or folder that is no model: said before the dataset is read
     ds = _dataset(dataset_id, limit, seed, dataset_options)
     model, tok, info = loaded or load(model_name, device)
     cfg = cfg.resolved(ds.answer_type, info["kind"])
@@ -128,6 +130,7 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
     from analysis.backend.models import load_tokenizer
     cfg = cfg or GenConfig()
     check_target(store)
+    check_model(tokenizer, tokenizer_only=True)
     ds = _dataset(dataset_id, limit, seed, dataset_options)
     tok, kind, eos = load_tokenizer(tokenizer)
     cfg = cfg.resolved(ds.answer_type, kind)
