@@ -337,6 +337,18 @@ def test_a_run_that_fails_before_it_starts_makes_no_store(cli, tmp_path, monkeyp
     assert code == 2 and match in err and not (tmp_path / "named").exists()
 
 
+def test_an_openai_run_with_no_server_makes_no_store(cli, tmp_path):
+    import socket
+    with socket.socket() as sock:          # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tok_dir = save_tiny(tmp_path / "tiny", seed=1)
+    code, _, err = cli("run", "--engine", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "served",
+                       "--tokenizer", tok_dir, "--dataset", "rg:basic_arithmetic", "--limit", "1",
+                       "--db", tmp_path / "new" / "s.duckdb")
+    assert code == 2 and "no server answered" in err and not (tmp_path / "new").exists()
+
+
 def test_a_store_that_cannot_be_written_is_said_before_the_dataset_and_model_load(cli, tmp_path):
     code, _, err = cli("run", "--model", "smollm2-135m-instruct", "--dataset", "rg:no_such_task", "--db", tmp_path)
     assert code == 2 and "is a directory, not a store file" in err
