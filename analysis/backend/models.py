@@ -13,9 +13,11 @@ model cache (``data/models`` or ``$STOPLINE_MODEL_CACHE``), so later loads take 
 """
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from analysis.core.errors import StoplineError
 from analysis.core.registry import Registry
 
 CACHE = Path(os.environ.get("STOPLINE_MODEL_CACHE", Path(__file__).resolve().parents[2] / "data" / "models"))
+HUB_TIMEOUT_S = 5                       # seconds to wait for the Hugging Face hub before calling it unreachable
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,82 @@ def state(name: str) -> dict:
         return {"name": name, "source": "packaged", "state": st, "size_mb": round(p.size / 2**20, 1),
                 "kind": p.kind, "about": p.about}
     return {"name": name, "source": "path" if Path(name).exists() else "hub", "state": "?", "kind": "instruct"}
+
+
+# what a model folder holds: a config, a tokenizer (one of these files) and weights (one of these patterns)
+CONFIG_FILE = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+# a Hugging Face hub id: owner/name (letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 each)
+HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+NOT_A_MODEL_HINT = ("a packaged name (python -m analysis models), a folder saved by transformers (save_pretrained "
+                    "of the model and its tokenizer), a .gguf file, or a Hugging Face hub id such as "
+                    "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def check_model(name: str, tokenizer_only: bool = False) -> str:
+    """What ``name`` names, without loading anything or reaching the network: 'packaged', 'gguf' (a local
+    file), 'folder' or 'hub'. A local path that holds no model is refused at once, saying what it lacks (with
+    ``tokenizer_only``: only a tokenizer is needed), and so is a name that is none of these."""
+    if name in PACKAGED:
+        return "packaged"
+    p = Path(name).expanduser()
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return "gguf"
+        raise StoplineError("is a file but not a .gguf model", file=name, hint=NOT_A_MODEL_HINT)
+    if p.is_dir():
+        missing = [] if tokenizer_only or (p / CONFIG_FILE).is_file() else [CONFIG_FILE]
+        if not any((p / f).is_file() for f in TOKENIZER_FILES):
+            missing.append(f"tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+        if not tokenizer_only and not any(any(p.glob(w)) for w in WEIGHT_FILES):
+            missing.append(f"weights (no {' or '.join(WEIGHT_FILES)})")
+        if missing:
+            what = "model" if not tokenizer_only else "tokenizer"
+            raise StoplineError(f"this {what} folder has no " + ", no ".join(missing), file=name,
+                                hint=NOT_A_MODEL_HINT if len(missing) == 3 else
+                                "save the missing parts beside it (model.save_pretrained, tokenizer.save_pretrained)")
+        return "folder"
+    if name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1 or name.endswith(".gguf"):
+        raise StoplineError("no such file or folder", file=name, hint=NOT_A_MODEL_HINT)
+    if HUB_ID.fullmatch(name) or _in_hub_cache(name):
+        return "hub"
+    close = difflib.get_close_matches(name, list(PACKAGED), n=2, cutoff=0.5)
+    raise StoplineError(f"{name!r} is not a packaged model, a local file or folder, or a Hugging Face hub id "
+                        "(owner/name)" + (f"; did you mean {' or '.join(close)}?" if close else ""),
+                        hint=NOT_A_MODEL_HINT)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds this model's config (a hub id without an owner, such as
+    'gpt2', is loaded from there; online, give it as owner/name)."""
+    from huggingface_hub import try_to_load_from_cache     # lazy: loaded with transformers anyway
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, CONFIG_FILE), str)
+    except ValueError:                  # not a valid repo id
+        return False
+
+
+def hub_options(repo_id: str) -> dict:
+    """Loader options for a hub id, decided at once rather than after a minute of retries: offline (the hub
+    unreachable, or HF_HUB_OFFLINE set) a model in the local cache is read from it, and one that is not is
+    refused; a hub that answers is left to transformers (its own errors, as quick)."""
+    from huggingface_hub import constants, is_offline_mode
+    from huggingface_hub.utils import get_session
+    if is_offline_mode():
+        reason = "offline mode is set (HF_HUB_OFFLINE)"
+    else:
+        try:
+            get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT_S)   # one try: any answer means reachable
+            return {}
+        except Exception as e:          # a network error (DNS, refused, timeout) from the hub's HTTP client
+            reason = f"{constants.ENDPOINT}: {type(e).__name__}: {str(e)[:120]}"
+    if _in_hub_cache(repo_id):
+        return {"local_files_only": True}
+    raise StoplineError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({reason}), and it is not in the local "
+                        f"cache ({constants.HF_HUB_CACHE})",
+                        hint="connect to the hub, or download the model where you can and give its folder (no "
+                             "folder of that name is here)")
 
 
 def list_models() -> list[dict]:
@@ -152,16 +231,18 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """(tokenizer, kind, end-of-sequence ids) without the model: for engines whose model runs elsewhere (a
     packaged name, a local folder or a hub id; a packaged model is fetched and converted once, as ``load``
     does). The end-of-sequence ids are the tokenizer's and those the model's generation config names."""
+    where = check_model(name, tokenizer_only=True)     # at once: a folder without a tokenizer, a name that is none
     from transformers import AutoTokenizer, GenerationConfig
-    if name in PACKAGED:
+    kw = hub_options(name) if where == "hub" else {}
+    if where == "packaged":
         conv = _dir(name) / "bf16"
         if not (conv / "config.json").exists():
             load(name, "cpu")
         src = str(conv)
     else:
-        src = name
+        src = name if where == "hub" else str(Path(name).expanduser())
     try:
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:
         raise StoplineError(f"cannot load the tokenizer {name!r}: {str(e).splitlines()[0][:300]}",
                             hint="give a packaged model name, a local model folder with its tokenizer files, or a "
@@ -173,7 +254,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         kind = "thinking"
     eos = {tok.eos_token_id}
     try:
-        gen = GenerationConfig.from_pretrained(src).eos_token_id
+        gen = GenerationConfig.from_pretrained(src, **kw).eos_token_id
         eos |= set(gen if isinstance(gen, list) else [gen])
     except OSError:
         pass                            # no generation config: the tokenizer's end of sequence only
@@ -182,13 +263,14 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer, info) for a packaged name, a local directory or GGUF file, or a hub id."""
+    where = check_model(name)          # at once: a path that holds no model, a name that is none
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dev = resolve_device(device)
     tdtype = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[dtype]
     info = {"name": name, "device": dev, "dtype": str(tdtype).replace("torch.", ""), "kind": "instruct"}
     try:
-        if name in PACKAGED:
+        if where == "packaged":
             p = PACKAGED[name]
             info.update(kind=p.kind, sha256=p.sha256)
             conv = _dir(name) / "bf16"
@@ -205,13 +287,14 @@ def load(name: str, device: str = "auto", dtype: str = "auto", trust_remote_code
                 tok.save_pretrained(tmp)
                 tmp.rename(conv)
             src, kw = str(conv), {}
-        elif Path(name).is_file() and name.endswith(".gguf"):
-            src, kw = str(Path(name).parent), {"gguf_file": Path(name).name, **_dense(Path(name).name)}
-            info["sha256"] = sha256_file(name)
-        elif Path(name).is_dir():
-            src, kw = name, {}
+        elif where == "gguf":
+            path = Path(name).expanduser()
+            src, kw = str(path.parent), {"gguf_file": path.name, **_dense(path.name)}
+            info["sha256"] = sha256_file(path)
+        elif where == "folder":
+            src, kw = str(Path(name).expanduser()), {}
         else:
-            src, kw = name, {"trust_remote_code": trust_remote_code}
+            src, kw = name, {"trust_remote_code": trust_remote_code, **hub_options(name)}
         tok = AutoTokenizer.from_pretrained(src, **kw)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=tdtype, **kw)
     except StoplineError:

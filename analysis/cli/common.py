@@ -35,9 +35,29 @@ def _db(p: argparse.ArgumentParser):
     p.add_argument("--db", help="store file (default: $STOPLINE_DB or data/stopline.duckdb)")
 
 
-def _store(args, read_only: bool = False):
+def _mapping_args(p: argparse.ArgumentParser):
+    """A table dataset's field mapping (jsonl:, csv:, parquet:): the options ``import`` names the same way."""
+    from analysis.core.answers import ANSWER_TYPES
+    g = p.add_argument_group("field mapping (jsonl:, csv:, parquet: datasets; part of the dataset's id)")
+    g.add_argument("--question-field", help="dotted path to the question (default: question)")
+    g.add_argument("--gold-field", help="dotted path to the gold answer or list of aliases (default: answer)")
+    g.add_argument("--id-field", help="dotted path to a question id (default: derived from the question text)")
+    g.add_argument("--answer-type", choices=ANSWER_TYPES,
+                   help="how answers are matched: number (GSM8K), math (LaTeX, MATH/AIME), text (NQ), choice "
+                        "(letters) (default: number)")
+
+
+def _mapping(args) -> dict:
+    """The field mapping given on the command line (only what was given)."""
+    return {k: getattr(args, k) for k in ("question_field", "gold_field", "id_field", "answer_type")
+            if getattr(args, k) is not None}
+
+
+def _store(args, read_only: bool = False, create: bool = True):
     """The store a command works on. A read command given no --db whose default store (the user's) does not
-    exist yet reads the bundled demo store instead, and says so on stderr."""
+    exist yet reads the bundled demo store instead, and says so on stderr. ``create=False``: a command that
+    writes into runs already stored (probe, rescore) refuses a store that does not exist instead of making an
+    empty one."""
     import sys
     from pathlib import Path
 
@@ -46,7 +66,7 @@ def _store(args, read_only: bool = False):
         print(f"note: your store {resolve_db_path()} does not exist yet; reading the demo store {DEMO_DB} "
               "(--db PATH for another)", file=sys.stderr)
         return Store(DEMO_DB, read_only=True)
-    return Store(args.db, read_only=read_only, create=not read_only)
+    return Store(args.db, read_only=read_only, create=create and not read_only)
 
 
 def _print_json(obj) -> None:

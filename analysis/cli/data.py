@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from analysis.cli.common import _db, _print_json, _store, command
+from analysis.cli.common import _db, _mapping, _mapping_args, _print_json, _store, command
 from analysis.core.answers import ANSWER_TYPES
 from analysis.core.errors import StoplineError
 
@@ -40,21 +40,35 @@ def _dashboard(args):
 # --- datasets ---------------------------------------------------------------------------------------------
 def _datasets_setup(p):
     p.add_argument("dataset", nargs="?", help="a dataset id to preview, e.g. rg:gsm_symbolic or gsm8k:PATH")
-    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--rg-tasks", action="store_true",
+                   help="list the reasoning-gym tasks (rg:TASK) and the options each takes (rg:TASK?OPTION=VALUE)")
+    p.add_argument("--limit", type=int, default=5, help="questions to show")
+    _mapping_args(p)
     p.add_argument("--json", action="store_true")
 
 
-@command("datasets", "list the dataset adapters, or show the first questions of one dataset id", _datasets_setup)
+@command("datasets", "list the dataset adapters (or the reasoning-gym tasks), or show the first questions of one "
+                     "dataset id", _datasets_setup)
 def _datasets(args):
-    from analysis.ingest.datasets import DATASETS, load_dataset
+    from analysis.ingest.datasets import DATASETS, load_dataset, RG_LIST, reasoning_gym_tasks
+    if args.rg_tasks:
+        if args.dataset:
+            raise StoplineError("--rg-tasks lists the tasks; give it without a dataset id")
+        tasks = reasoning_gym_tasks()
+        if args.json:
+            return _print_json([{"id": f"rg:{t}", "options": o} for t, o in tasks.items()])
+        for t, o in tasks.items():
+            print(f"  rg:{t:28s} {', '.join(o)}")
+        return print(f"{len(tasks)} tasks; options go in the id: rg:basic_arithmetic?max_terms=3&max_digits=2.\n"
+                     "Answers are scored as numbers: a task whose answers are words or lists is not scored right.")
     if not args.dataset:
         rows = [{"prefix": s.name, "what": s.about} for s in DATASETS.values()]
         if args.json:
             return _print_json(rows)
         for r in rows:
             print(f"  {r['prefix'] + ':':10s} {r['what']}")
-        return
-    ds = load_dataset(args.dataset, args.limit)
+        return print(f"The reasoning-gym tasks: {RG_LIST}")
+    ds = load_dataset(args.dataset, args.limit, **_mapping(args))
     if args.json:
         return _print_json([q.__dict__ for q in ds.questions])
     print(f"{ds.id}: {ds.description} (answers: {ds.answer_type})")

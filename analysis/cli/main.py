@@ -3,6 +3,7 @@ with ``@command`` on import; their order here is the order of ``--help``)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 from analysis.cli import data, replay, backend, production  # noqa: F401 (they register their commands, in --help order)
@@ -12,12 +13,32 @@ from analysis.core import lifeline
 from analysis.core.errors import StoplineError
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Every command's --help shows an option's default where it has one worth saying (not None, off or an
+    empty list) and its help does not already say it; an option without help shows its default alone."""
+
+    @staticmethod
+    def _shows_default(action) -> bool:
+        d = action.default
+        return not (d is None or d is False or d == [] or d is argparse.SUPPRESS
+                    or "default" in (action.help or "").lower())
+
+    def _get_help_string(self, action):
+        return super()._get_help_string(action) if self._shows_default(action) else action.help
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and self._shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stopline", description="Stopline: early stopping of LLM reasoning, "
                                      "replayed from stored checkpoints. Every command has --help.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for c in COMMANDS.values():
-        c.setup(sub.add_parser(c.name, help=c.about, description=c.about))
+        c.setup(sub.add_parser(c.name, help=c.about, description=c.about, formatter_class=DefaultsHelp))
     return parser
 
 

@@ -434,6 +434,49 @@ def check_store_file(path: str | os.PathLike) -> None:
                 hint="pass another --db, or a new file name to make a new store")
 
 
+def check_target(store: Store | str | os.PathLike | None) -> None:
+    """A store a writer opens later (``writing_to``), checked now, before any slow work: a path that cannot be a
+    store is refused, and an existing file is opened (a damaged store or a newer schema is said now); a store
+    that does not exist yet is left to be made when the writer has something to write."""
+    if isinstance(store, Store):
+        return
+    path = resolve_db_path(str(store) if store else None)
+    check_store_file(path)
+    if Path(path).exists():
+        Store(path)
+
+
+@contextmanager
+def writing_to(store: Store | str | os.PathLike | None) -> Iterator[Store]:
+    """The store a writer (an import, a run) writes to. A ``Store`` is used as it is; a path (None: the default
+    store) is opened only now, after the input and the model were read and checked, so a bad input makes no
+    store and no folder. When the writer fails after that (an interrupt, an error before its run was
+    written), a store file it made is removed again with the folders made for it, provided it still holds
+    no run."""
+    if isinstance(store, Store):
+        yield store
+        return
+    path = Path(resolve_db_path(str(store) if store else None))
+    made = [] if path.exists() else [path, *[d for d in path.parents if not d.exists()]]
+    opened = Store(path)
+    try:
+        yield opened
+    except BaseException:
+        if made and path.exists():
+            try:
+                with opened.connect(write=True) as con:    # exclusive: no other process has it open now
+                    empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            except StoplineError:
+                empty = False
+            if empty:
+                for p in (path, Path(f"{path}.wal"), *made[1:]):
+                    try:
+                        p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+                    except OSError:
+                        break
+        raise
+
+
 def _unreadable(path: str, e: Exception) -> StoplineError:
     """DuckDB could not open the file: say which of the usual reasons it is."""
     detail = str(e)[:200]

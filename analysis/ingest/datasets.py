@@ -5,7 +5,11 @@
 | ``rg:<task>`` | reasoning-gym generator (offline, seeded): ``rg:gsm_symbolic``, ``rg:basic_arithmetic`` |
 | ``gsm8k:PATH`` | GSM8K JSONL: ``question`` and ``answer`` whose last line is ``#### <number>`` |
 | ``nq-open:PATH`` | NQ-open JSONL: ``question`` and ``answer`` = list of aliases |
-| ``jsonl:PATH`` / ``csv:PATH`` / ``parquet:PATH`` | any table, with a field mapping |
+| ``jsonl:PATH`` / ``csv:PATH`` / ``parquet:PATH`` | any table, with a field mapping (``MAPPING``), kept in the id |
+
+A table's mapping, when it differs from the defaults, is part of its dataset's id
+(``jsonl:PATH?gold_field=sol&answer_type=text``): a run's identity holds it, and two mappings of one file
+store their questions apart.
 | ``hf:NAME`` | Hugging Face ``datasets`` (needs the hub) |
 
 Every question gets a stable id derived from its text, so the same question keeps its id across runs,
@@ -13,13 +17,14 @@ orderings and machines.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import pandas as pd
 
@@ -154,20 +159,37 @@ def _rg_config(task: str, query: str) -> dict:
     return out
 
 
-def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
+RG_LIST = "python -m analysis datasets --rg-tasks"      # the command that lists the reasoning-gym tasks
+
+
+def reasoning_gym_tasks() -> dict[str, list[str]]:
+    """The reasoning-gym tasks, by name, with the options each takes in its id (``rg:TASK?OPTION=VALUE``): the
+    fields of its config class, less seed and size (the run's --seed and --limit)."""
+    import dataclasses
     try:
-        import reasoning_gym        # lazy: a heavy library (its task registry), only for rg: ids
+        from reasoning_gym.factory import DATASETS as RG   # lazy: a heavy library, only for rg: ids
     except ImportError as e:  # pragma: no cover - it is a pinned requirement
         raise StoplineError("reasoning-gym is not installed", hint="pip install -r requirements.txt") from e
+    return {name: [f.name for f in dataclasses.fields(config) if f.name not in ("seed", "size")]
+            for name, (_, config) in sorted(RG.items())}
+
+
+def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
+    import reasoning_gym            # lazy: a heavy library (its task registry), only for rg: ids
     size = limit or 200
     name, _, query = task.partition("?")
     config = _rg_config(task, query)
+    tasks = reasoning_gym_tasks()
+    if name not in tasks:
+        close = difflib.get_close_matches(name, list(tasks), n=3, cutoff=0.6)
+        raise StoplineError(f"unknown reasoning-gym task {name!r}; "
+                            + (f"closest: {', '.join(close)}" if close else "no task's name is close to it"),
+                            hint=f"{RG_LIST} lists the {len(tasks)} tasks and their options")
     try:
         ds = reasoning_gym.create_dataset(name, size=size, seed=seed, **config)
     except Exception as e:
-        raise StoplineError(f"unknown reasoning-gym task {name!r} or bad configuration {config} ({e})",
-                            hint="see reasoning_gym.factory.DATASETS for the task names and each task's "
-                                 "config class for its options") from None
+        raise StoplineError(f"bad configuration {config} for reasoning-gym task {name!r} ({e})",
+                            hint=f"its options: {', '.join(tasks[name]) or 'none'} ({RG_LIST})") from None
     qs = []
     for i, item in enumerate(ds):
         meta = {k: v for k, v in (item.get("metadata") or {}).items()
@@ -212,11 +234,60 @@ def _table_rows(kind: str, path: str) -> Iterable[tuple[int, dict]]:
         yield i + 2 if kind == "csv" else i + 1, rec  # CSV line numbers count the header
 
 
+# a table's field mapping: the options of the jsonl:, csv: and parquet: adapters (and of `run` and `import`,
+# as --question-field, --gold-field, --id-field, --answer-type), with their defaults
+MAPPING = {"question_field": "question", "gold_field": "answer", "id_field": None, "answer_type": NUMBER}
+
+
+def _mapping_flags(keys: Iterable[str]) -> str:
+    return ", ".join("--" + k.replace("_", "-") for k in keys)
+
+
+def split_mapping(dataset_id: str) -> tuple[str, dict]:
+    """(the file a table's dataset id reads, the field mapping its id asks for): ``jsonl:d.jsonl?gold_field=sol``
+    -> ``('d.jsonl', {'gold_field': 'sol'})``. A path that exists as it is, or whose ``?`` is not followed by
+    ``key=value`` pairs, is all path; a key that is no mapping option is refused."""
+    prefix, _, arg = dataset_id.partition(":")
+    path, q, query = arg.rpartition("?")
+    if not q or Path(arg).is_file():
+        return arg, {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        return arg, {}
+    unknown = [k for k, _ in pairs if k not in MAPPING]
+    if unknown:
+        raise StoplineError(f"unknown option {unknown[0]!r} in dataset id {dataset_id}",
+                            hint=f"a table's options: {', '.join(MAPPING)} (or {_mapping_flags(MAPPING)})")
+    return path, dict(pairs)
+
+
+def mapped_id(prefix: str, path: str, mapping: dict) -> str:
+    """The dataset id of a table read with this mapping: the options that differ from the defaults, in
+    ``MAPPING``'s order, after a ``?`` (none: the plain ``PREFIX:PATH``). Two mappings of one file are two
+    datasets: their questions (text, gold, answer type) are stored apart."""
+    changed = [(k, mapping[k]) for k in MAPPING if mapping.get(k) not in (None, MAPPING[k])]
+    return f"{prefix}:{path}" + (f"?{urlencode(changed, safe='./')}" if changed else "")
+
+
+def _table(kind: str, arg: str, limit: int | None, **options: Any) -> Dataset:
+    """A jsonl:, csv: or parquet: dataset: the mapping in its id and the one given as options, which must agree."""
+    path, in_id = split_mapping(f"{kind}:{arg}")
+    for k, v in in_id.items():
+        if options.get(k) not in (None, v):
+            raise StoplineError(f"{_mapping_flags([k])} is given twice: {v!r} in the dataset id, {options[k]!r} "
+                                "as an option", hint="give it once")
+    return _from_table(kind, path, limit, **{**{k: v for k, v in options.items() if v is not None}, **in_id})
+
+
 def _from_table(kind: str, path: str, limit: int | None, question_field: str = "question",
                 gold_field: str = "answer", id_field: str | None = None, answer_type: str = NUMBER,
                 meta_fields: list[str] | None = None, dataset_id: str | None = None, **_: Any) -> Dataset:
     if answer_type not in ANSWER_TYPES:
-        raise StoplineError(f"answer type must be one of {ANSWER_TYPES}, not {answer_type!r}")
+        raise StoplineError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, not {answer_type!r}")
+    for flag, name in (("--question-field", question_field), ("--gold-field", gold_field), ("--id-field", id_field)):
+        if name is not None and not str(name).strip():
+            raise StoplineError(f"{flag} is empty", hint="a field's name, or a dotted path such as doc.question")
     qs = []
     for lineno, rec in _table_rows(kind, path):
         if not isinstance(rec, dict):
@@ -251,7 +322,9 @@ def _from_table(kind: str, path: str, limit: int | None, question_field: str = "
             break
     if not qs:
         raise StoplineError("no questions found (empty file?)", file=path)
-    return Dataset(dataset_id or f"{kind}:{path}", answer_type, assign_ids(qs),
+    mapping = {"question_field": question_field, "gold_field": gold_field, "id_field": id_field,
+               "answer_type": answer_type}
+    return Dataset(dataset_id or mapped_id(kind, path, mapping), answer_type, assign_ids(qs),
                    description=f"{len(qs)} questions from {path}")
 
 
@@ -306,20 +379,22 @@ class DatasetSource:
     name: str                                   # the prefix of a dataset id: PREFIX:ARG
     load: Callable[..., Dataset]                # load(arg, limit, **options)
     about: str
+    file: bool = False                          # ARG is a file's path (its mapping, if any, split off)
+    mapping: bool = False                       # takes a field mapping (MAPPING), recorded in its id
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset prefix", "prefixes")
 for _src in (
     DatasetSource("rg", lambda arg, limit, seed=42, **kw: _reasoning_gym(arg, limit, seed, **kw),
                   "reasoning-gym task, generated offline with a seed (e.g. rg:gsm_symbolic, rg:basic_arithmetic)"),
-    DatasetSource("gsm8k", lambda arg, limit, **kw: _gsm8k(arg, limit, **kw), "GSM8K JSONL file; gold after '####'"),
+    DatasetSource("gsm8k", lambda arg, limit, **kw: _gsm8k(arg, limit, **kw), "GSM8K JSONL file; gold after '####'",
+                  file=True),
     DatasetSource("nq-open", lambda arg, limit, **kw: _nq_open(arg, limit, **kw),
-                  "NQ-open JSONL file; gold is a list of aliases"),
-    DatasetSource("jsonl", lambda arg, limit, **kw: _from_table("jsonl", arg, limit, **kw),
-                  "any JSONL, with field mapping"),
-    DatasetSource("csv", lambda arg, limit, **kw: _from_table("csv", arg, limit, **kw), "any CSV, with field mapping"),
-    DatasetSource("parquet", lambda arg, limit, **kw: _from_table("parquet", arg, limit, **kw),
-                  "any Parquet, with field mapping"),
+                  "NQ-open JSONL file; gold is a list of aliases", file=True),
+    *(DatasetSource(kind, lambda arg, limit, kind=kind, **kw: _table(kind, arg, limit, **kw),
+                    f"any {name}, with a field mapping (--question-field, --gold-field, --id-field, --answer-type)",
+                    file=True, mapping=True) for kind, name in (("jsonl", "JSONL"), ("csv", "CSV"),
+                                                                 ("parquet", "Parquet"))),
     DatasetSource("hf", lambda arg, limit, **kw: _hf(arg, limit, **kw), "Hugging Face datasets (needs the hub)"),
 ):
     DATASETS.add(_src.name, _src)
@@ -334,4 +409,18 @@ def load_dataset(dataset_id: str, limit: int | None = None, **options: Any) -> D
     source = DATASETS[prefix]
     if not arg:
         raise StoplineError(f"dataset id {dataset_id!r} names no task or file")
+    given = [k for k in MAPPING if options.get(k) is not None]
+    if given and not source.mapping:
+        takers = ", ".join(s.name + ":" for s in DATASETS.values() if s.mapping)
+        raise StoplineError(f"{_mapping_flags(given)}: a field mapping is for {takers} datasets, not {prefix}:",
+                            hint=f"{prefix}: datasets read their own fields" if source.file else None)
     return source.load(arg, limit, **options)
+
+
+def dataset_file(dataset_id: str) -> str | None:
+    """The file a dataset id reads (its mapping split off), or None where it reads none (rg:, hf:)."""
+    prefix, sep, arg = dataset_id.partition(":")
+    source = DATASETS[prefix] if sep and prefix in DATASETS else None
+    if source is None or not source.file:
+        return None
+    return split_mapping(dataset_id)[0] if source.mapping else arg

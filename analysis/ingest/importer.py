@@ -9,10 +9,9 @@ traces and checkpoints derived from the texts in derive.py (vectorised scoring i
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,7 +19,7 @@ import pyarrow.compute as pc
 from analysis.core.answers import ANSWER_TYPES, NUMBER
 from analysis.core.errors import StoplineError
 from analysis.core.registry import Registry
-from analysis.core.store import config_hash, resolve_db_path, Store
+from analysis.core.store import config_hash, resolve_db_path, Store, writing_to
 from analysis.evaluate.frontier import materialise
 from analysis.evaluate.incumbent import attach
 from analysis.ingest import sources
@@ -200,36 +199,6 @@ def _existing(store: Store, run_id: str) -> dict | None:
     return None
 
 
-@contextmanager
-def _target(store: Store | str | os.PathLike | None) -> Iterator[Store]:
-    """The store an import writes to. A ``Store`` is used as it is; a path (None: the default store) is
-    opened only now, after the input was read and checked, so a bad input makes no store and no folder. When
-    the import fails after that (a trace with too many checkpoints, an interrupt), a store file it made is
-    removed again with the folders made for it, provided it still holds no run."""
-    if isinstance(store, Store):
-        yield store
-        return
-    path = Path(resolve_db_path(str(store) if store else None))
-    made = [] if path.exists() else [path, *[d for d in path.parents if not d.exists()]]
-    opened = Store(path)
-    try:
-        yield opened
-    except BaseException:
-        if made and path.exists():
-            try:
-                with opened.connect(write=True) as con:    # exclusive: no other process has it open now
-                    empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
-            except StoplineError:
-                empty = False
-            if empty:
-                for p in (path, Path(f"{path}.wal"), *made[1:]):
-                    try:
-                        p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
-                    except OSError:
-                        break
-        raise
-
-
 def check_checkpoint_counts(cks: pa.Table, spec: ImportSpec, records: list[tuple[Question, str]]) -> None:
     """At most ``MAX_CHECKPOINTS`` per trace (``ck_idx`` is a SMALLINT; the replay pads every question to the
     longest trace, so a trace with more would make the run's table huge): else an error naming the line."""
@@ -258,7 +227,7 @@ def import_generations(store: Store | str | os.PathLike | None, spec: ImportSpec
     n_think = sum(sources.THINK_CLOSE in r for _, r in records)
     config = _config(spec, sha, **({"thinking_traces": n_think} if n_think else {}))
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
-    with _target(store) as store:
+    with writing_to(store) as store:
         found = _existing(store, run_id)
         if found:
             return found
@@ -297,7 +266,7 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
     config = _config(spec, columns[1])
     run_id = config_hash(spec.model, spec.dataset, config)[:12]
     if isinstance(store, Store) or Path(resolve_db_path(str(store) if store else None)).exists():
-        with _target(store) as s:               # an existing store: the same file imported before is found
+        with writing_to(store) as s:            # an existing store: the same file imported before is found
             found = _existing(s, run_id)
         if found:
             return found
@@ -307,7 +276,7 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
         def open_and_write_questions(q: dict) -> None:
             """Called once the whole file is checked (no lock held while it was, no store made for a bad
             file), in a thread beside the scoring and the tables' assembly: one transaction, all or nothing."""
-            s = stack.enter_context(_target(store))
+            s = stack.enter_context(writing_to(store))
             con = stack.enter_context(s.transaction())
             opened.update(store=s, con=con)
             s.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,

@@ -8,10 +8,11 @@ from dataclasses import asdict
 
 from analysis.core.aio import run_sync
 from analysis.backend.decode import generate_batch
-from analysis.backend.models import load
+from analysis.backend.models import check_model, load
 from analysis.backend.prompts import build_prompt, GenConfig
 from analysis.backend.records import to_tables
 from analysis.core.errors import StoplineError
+from analysis.core.store import check_target, writing_to
 from analysis.core.progress import progress
 from analysis.evaluate.frontier import materialise
 from analysis.ingest.datasets import load_dataset
@@ -31,6 +32,9 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
         show_progress: bool = True, dataset_options: dict | None = None, probes: str = "batched") -> dict:
     """Generate and probe a dataset with a model into the store; resumes an interrupted run.
 
+    ``store``: a ``Store``, or its path (None: the default store), then opened, and made when new, only once
+    the dataset and the model have loaded: a bad dataset or model makes no store (core/store.py ``writing_to``).
+
     ``probes``: 'batched' (default) defers the probes that fire for a few rows at a time to the next interval
     checkpoint and runs them in one batch; 'immediate' probes each checkpoint when it comes, exactly as the
     live controller does, so that ``verify-controller`` can expect bit-for-bit the same probe outputs (with
@@ -38,43 +42,52 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
     Recorded in the run's config under ``execution`` with the batch size and device (how the run was
     computed, not part of its identity: verify-controller re-runs it with the same batch size)."""
     cfg = cfg or GenConfig()
-    ds_opts = dict(dataset_options or {})
-    if dataset_id.startswith("rg:"):
-        ds_opts.setdefault("seed", seed)
-    ds = load_dataset(dataset_id, limit, **ds_opts)
-    model, tok, info = loaded or load(model_name, device)
-    cfg = cfg.resolved(ds.answer_type, info["kind"])
     if probes not in ("batched", "immediate"):
         raise StoplineError(f"probes must be 'batched' or 'immediate', not {probes!r}")
+    check_target(store)
+    if loaded is None:
+        check_model(model_name)          # a name or folder that is no model: said before the dataset is read
+    ds = _dataset(dataset_id, limit, seed, dataset_options)
+    model, tok, info = loaded or load(model_name, device)
+    cfg = cfg.resolved(ds.answer_type, info["kind"])
     config = {**run_config(model_name, info, ds.id, seed, cfg),
               "execution": {"probes": probes, "batch_size": batch_size, "device": info.get("device")}}
-    run_id, created = _open_run(store, model_name, ds, config)
-    finished = store.finished_questions(run_id)
-    todo = [q for q in ds.questions if q.id not in finished]
-    prompts = {q.id: build_prompt(tok, q.text, cfg) for q in todo}
-    todo.sort(key=lambda q: len(prompts[q.id]))       # similar lengths together: less padding
-    bar = progress(total=len(ds), desc=f"{model_name} on {ds.id}", unit="q", disable=not show_progress,
-                   initial=len(ds) - len(todo))
-    t_start, n_tok = time.perf_counter(), 0
-    try:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
-            try:
-                results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg,
-                                         defer=probes == "batched")
-            except RuntimeError as e:
-                if "out of memory" in str(e).lower():
-                    raise StoplineError(f"out of memory at batch size {len(batch)}; {i} questions of this session "
-                                        "are saved", hint="resume with a smaller --batch-size") from None
-                raise
-            traces, cks = to_tables(run_id, batch, results, tok, ds.answer_type)
-            store.put_results(traces, cks)
-            n_tok += sum(len(r.token_ids) for r in results)
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - t_start):.0f}")
-    finally:
-        bar.close()
-    return _complete(store, run_id, created, len(todo), t_start, n_tok)
+    with writing_to(store) as store:
+        run_id, created = _open_run(store, model_name, ds, config)
+        finished = store.finished_questions(run_id)
+        todo = [q for q in ds.questions if q.id not in finished]
+        prompts = {q.id: build_prompt(tok, q.text, cfg) for q in todo}
+        todo.sort(key=lambda q: len(prompts[q.id]))       # similar lengths together: less padding
+        bar = progress(total=len(ds), desc=f"{model_name} on {ds.id}", unit="q", disable=not show_progress,
+                       initial=len(ds) - len(todo))
+        t_start, n_tok = time.perf_counter(), 0
+        try:
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i:i + batch_size]
+                try:
+                    results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg,
+                                             defer=probes == "batched")
+                except RuntimeError as e:
+                    if "out of memory" in str(e).lower():
+                        raise StoplineError(f"out of memory at batch size {len(batch)}; {i} questions of this "
+                                            "session are saved", hint="resume with a smaller --batch-size") from None
+                    raise
+                traces, cks = to_tables(run_id, batch, results, tok, ds.answer_type)
+                store.put_results(traces, cks)
+                n_tok += sum(len(r.token_ids) for r in results)
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - t_start):.0f}")
+        finally:
+            bar.close()
+        return _complete(store, run_id, created, len(todo), t_start, n_tok)
+
+
+def _dataset(dataset_id: str, limit: int | None, seed: int, options: dict | None):
+    """The run's dataset: a reasoning-gym task is generated with the run's seed unless the options name one."""
+    opts = dict(options or {})
+    if dataset_id.startswith("rg:"):
+        opts.setdefault("seed", seed)
+    return load_dataset(dataset_id, limit, **opts)
 
 
 def _open_run(store, model_name: str, ds, config: dict) -> tuple[str, bool]:
@@ -116,10 +129,9 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
     from analysis.backend.engine_openai import OpenAIEngine, question_seed
     from analysis.backend.models import load_tokenizer
     cfg = cfg or GenConfig()
-    ds_opts = dict(dataset_options or {})
-    if dataset_id.startswith("rg:"):
-        ds_opts.setdefault("seed", seed)
-    ds = load_dataset(dataset_id, limit, **ds_opts)
+    check_target(store)
+    check_model(tokenizer, tokenizer_only=True)
+    ds = _dataset(dataset_id, limit, seed, dataset_options)
     tok, kind, eos = load_tokenizer(tokenizer)
     cfg = cfg.resolved(ds.answer_type, kind)
 
@@ -133,54 +145,56 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
                       "model": {"name": model, "tokenizer": tokenizer, "kind": kind},
                       "dataset": {"id": ds.id, "seed": seed}, "gen": asdict(cfg), "stopline_runner": 1,
                       "execution": {"engine": "openai", "concurrency": concurrency, **info}}
-            run_id, created = _open_run(store, model, ds, config)
-            finished = store.finished_questions(run_id)
-            todo = [q for q in ds.questions if q.id not in finished]
-            bar = progress(total=len(ds), desc=f"{model} on {ds.id} (openai)", unit="q", disable=not show_progress,
-                           initial=len(ds) - len(todo))
-            t_start, m0 = time.perf_counter(), await eng.metrics()
-            buf: list = []
-            last_flush = [time.monotonic()]
+            with writing_to(store) as target:     # made only now: the dataset, tokenizer and server are fine
+                run_id, created = _open_run(target, model, ds, config)
+                finished = target.finished_questions(run_id)
+                todo = [q for q in ds.questions if q.id not in finished]
+                bar = progress(total=len(ds), desc=f"{model} on {ds.id} (openai)", unit="q",
+                               disable=not show_progress, initial=len(ds) - len(todo))
+                t_start, m0 = time.perf_counter(), await eng.metrics()
+                buf: list = []
+                last_flush = [time.monotonic()]
 
-            def flush():
-                if buf:
-                    traces, cks = to_tables(run_id, [q for q, _ in buf], [r for _, r in buf], tok, ds.answer_type)
-                    store.put_results(traces, cks)
-                    bar.update(len(buf))
-                    buf.clear()
-                last_flush[0] = time.monotonic()
+                def flush():
+                    if buf:
+                        traces, cks = to_tables(run_id, [q for q, _ in buf], [r for _, r in buf], tok,
+                                                ds.answer_type)
+                        target.put_results(traces, cks)
+                        bar.update(len(buf))
+                        buf.clear()
+                    last_flush[0] = time.monotonic()
 
-            async def one(q):
-                p_ids = tok(build_prompt(tok, q.text, cfg), add_special_tokens=False)["input_ids"]
-                res = await eng.question(p_ids, cfg, question_seed(seed, q.id), label=q.id)
-                buf.append((q, res))
-                if len(buf) >= flush_every or time.monotonic() - last_flush[0] > 2:
-                    flush()
+                async def one(q):
+                    p_ids = tok(build_prompt(tok, q.text, cfg), add_special_tokens=False)["input_ids"]
+                    res = await eng.question(p_ids, cfg, question_seed(seed, q.id), label=q.id)
+                    buf.append((q, res))
+                    if len(buf) >= flush_every or time.monotonic() - last_flush[0] > 2:
+                        flush()
 
-            tasks = [asyncio.ensure_future(one(q)) for q in todo]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-            finally:
-                flush()                       # what finished is kept, whatever happened to the rest
-                bar.close()
-            seconds = time.perf_counter() - t_start
-            m1 = await eng.metrics()
-            st = eng.stats.as_dict()
-            q_ = m1.get("prefix_cache_queries_total", 0) - m0.get("prefix_cache_queries_total", 0)
-            h_ = m1.get("prefix_cache_hits_total", 0) - m0.get("prefix_cache_hits_total", 0)
-            execution = {**{k: st[k] for k in ("gen_tokens", "probes", "probe_prompt_tokens", "probe_cached_tokens",
-                                               "answer_tokens", "probe_cache_hit_rate", "cacheable_share", "retries",
-                                               "replica_failures", "errors")},
-                         "token_ids": st["ids_from"], "server_prefix_cache_hit_rate": h_ / q_ if q_ else None,
-                         "seconds": round(seconds, 2),
-                         "gen_tok_s": round(st["gen_tokens"] / seconds, 1) if seconds and todo else None}
-            store.set_execution(run_id, execution)
-            out = _complete(store, run_id, created, len(todo), t_start, st["gen_tokens"])
-            return {**out, "execution": execution}
+                tasks = [asyncio.ensure_future(one(q)) for q in todo]
+                try:
+                    await asyncio.gather(*tasks)
+                except BaseException:
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise
+                finally:
+                    flush()                       # what finished is kept, whatever happened to the rest
+                    bar.close()
+                seconds = time.perf_counter() - t_start
+                m1 = await eng.metrics()
+                st = eng.stats.as_dict()
+                q_ = m1.get("prefix_cache_queries_total", 0) - m0.get("prefix_cache_queries_total", 0)
+                h_ = m1.get("prefix_cache_hits_total", 0) - m0.get("prefix_cache_hits_total", 0)
+                execution = {**{k: st[k] for k in ("gen_tokens", "probes", "probe_prompt_tokens",
+                                                   "probe_cached_tokens", "answer_tokens", "probe_cache_hit_rate",
+                                                   "cacheable_share", "retries", "replica_failures", "errors")},
+                             "token_ids": st["ids_from"], "server_prefix_cache_hit_rate": h_ / q_ if q_ else None,
+                             "seconds": round(seconds, 2),
+                             "gen_tok_s": round(st["gen_tokens"] / seconds, 1) if seconds and todo else None}
+                target.set_execution(run_id, execution)
+                out = _complete(target, run_id, created, len(todo), t_start, st["gen_tokens"])
+                return {**out, "execution": execution}
 
     return run_sync(go())

@@ -16,9 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
+from analysis.backend.models import check_model
 from analysis.core.errors import StoplineError
 from analysis.core.lifeline import PARENT_ENV
 from analysis.core.sharing import env_int, env_paths
+from analysis.ingest.datasets import dataset_file
 
 ROOT = Path(__file__).resolve().parents[2]
 # what a job started from the dashboard may ask for (docs/security.md, "Limits"); each is an environment setting
@@ -29,7 +31,6 @@ SLOTS_ENV = "STOPLINE_JOB_SLOTS"
 QUEUED, STARTED = "queued: waiting for a free job slot", "started: loading the model and the questions"  # in the log
 STOPPED = "stopped"            # a job's folder holds this file once someone asked it to stop
 DATASET_DIRS_ENV = "STOPLINE_DATASET_DIRS"
-FILE_DATASETS = ("jsonl", "csv", "parquet", "gsm8k", "nq-open")      # the adapters that read a file by path
 
 
 def jobs_dir() -> Path:
@@ -122,8 +123,8 @@ def dataset_dirs() -> list[Path]:
 def check_dataset(dataset: str) -> None:
     """A dataset read from a file (``jsonl:PATH``, ``csv:PATH``, …) must lie in a configured folder, checked
     before anything reads the path (the message is the same whether the file exists or not)."""
-    prefix, sep, arg = dataset.partition(":")
-    if not sep or prefix not in FILE_DATASETS:
+    arg = dataset_file(dataset)         # the path the run will read (a table's field mapping split off)
+    if arg is None:
         return
     path = Path(arg).expanduser()
     path = os.path.realpath(path if path.is_absolute() else ROOT / path)
@@ -159,22 +160,6 @@ def check_limits(limit: int | None, max_new_tokens: int, where: Path | None = No
 _BAR = re.compile(r"(\d+)/(\d+) \[[^\]]*(?:q/s|s/q)(?:, [^\]]*)?\]")
 _RAISED = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")   # a traceback's last line
 _RUN_ID = re.compile(r"^run (\S+?):")       # the summary's first words: the run the job wrote
-# what a model folder needs beside its weights: the tokenizer (one of these) and the config
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def check_model_folder(model: str) -> None:
-    """A local folder given as the model, checked before a job starts, so that what is missing is said on the
-    page instead of a loader's traceback in the job's log."""
-    p = Path(model)
-    if not p.is_dir():
-        return
-    if not (p / "config.json").is_file():
-        raise StoplineError("this model folder has no config.json", file=model,
-                            hint="a folder saved by transformers (save_pretrained), a .gguf file, or a hub id")
-    if not any((p / f).is_file() for f in _TOKENIZER_FILES):
-        raise StoplineError(f"this model folder has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})",
-                            file=model, hint="save the tokenizer beside the model (tokenizer.save_pretrained)")
 
 
 def start_run(model: str, dataset: str, db: str, limit: int | None = None, every: int = 32,
@@ -184,7 +169,7 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
     "tokenizer": ..., "concurrency": n, "api_key": ...}`` runs it through OpenAI-compatible servers (the key
     travels in the job's environment, never on its command line or in job.json)."""
     if engine is None:
-        check_model_folder(model)
+        check_model(model)      # a folder that holds no model, a name that is none: said on the page, not in a log
     elif not engine.get("base_urls"):
         raise StoplineError("the openai engine needs a server URL (its /v1 address)",
                             hint="e.g. http://127.0.0.1:8000/v1 (python -m analysis vllm-server starts one)")

@@ -1,4 +1,5 @@
 """The backend on tiny random-weight models built here: end to end, probe equivalence, kill and resume."""
+import json
 import os
 
 import numpy as np
@@ -311,7 +312,145 @@ def test_sigkill_mid_run_then_resume_finds_every_question_once(tmp_path):
 def test_bad_model_is_a_clear_error(cli, tmp_path):
     code, _, err = cli("run", "--model", str(tmp_path / "no-such-model"), "--dataset", "rg:basic_arithmetic",
                        "--limit", "1", "--db", tmp_path / "x.duckdb")
-    assert code == 2 and "cannot load model" in err and "Traceback" not in err
+    assert code == 2 and "no such file or folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model,dataset,match", [
+    ("smollm2-135m-instruct", "rg:no_such_task", "unknown reasoning-gym task"),
+    ("{tmp}/no-such-model", "rg:basic_arithmetic", "no such file or folder"),
+    ("{tmp}/empty", "rg:basic_arithmetic", "this model folder has no config.json"),
+    ("nosuch-model", "rg:basic_arithmetic", "'nosuch-model' is not a packaged model, a local file or folder"),
+], ids=["bad-dataset", "missing-model", "empty-folder", "not-a-name"])
+def test_a_run_that_fails_before_it_starts_makes_no_store(cli, tmp_path, monkeypatch, model, dataset, match):
+    """A bad dataset or model left a new, empty store (and its folder) behind, and read commands then stopped
+    falling back to the demo store."""
+    (tmp_path / "empty").mkdir()
+    model = model.format(tmp=tmp_path)
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "new" / "def.duckdb"))
+    code, _, err = cli("run", "--model", model, "--dataset", dataset, "--limit", "1", "--device", "cpu")
+    assert code == 2 and match in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+    code, out, err = cli("runs")
+    assert code == 0 and "reading the demo store" in err
+    code, _, err = cli("run", "--model", model, "--dataset", dataset, "--limit", "1", "--device", "cpu",
+                       "--db", tmp_path / "named" / "s.duckdb")
+    assert code == 2 and match in err and not (tmp_path / "named").exists()
+
+
+def test_an_openai_run_with_no_server_makes_no_store(cli, tmp_path):
+    import socket
+    with socket.socket() as sock:          # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tok_dir = save_tiny(tmp_path / "tiny", seed=1)
+    code, _, err = cli("run", "--engine", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "served",
+                       "--tokenizer", tok_dir, "--dataset", "rg:basic_arithmetic", "--limit", "1",
+                       "--db", tmp_path / "new" / "s.duckdb")
+    assert code == 2 and "no server answered" in err and not (tmp_path / "new").exists()
+
+
+def test_a_store_that_cannot_be_written_is_said_before_the_dataset_and_model_load(cli, tmp_path):
+    code, _, err = cli("run", "--model", "smollm2-135m-instruct", "--dataset", "rg:no_such_task", "--db", tmp_path)
+    assert code == 2 and "is a directory, not a store file" in err
+
+
+def test_a_run_on_a_table_takes_a_field_mapping_and_keeps_it(cli, tmp_path):
+    """run had no --question-field / --gold-field / --id-field / --answer-type: a JSONL with other field names
+    could not be run. The mapping is part of the dataset's id, hence of the run's identity, and the questions of
+    two mappings are stored apart (each with its own gold)."""
+    from analysis.core.store import Store
+    model_dir = save_tiny(tmp_path / "tiny", seed=2)
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"item": {"prompt": f"What is {i} + {i}?"}, "sol": str(2 * i),
+                                           "words": f"{i} twice", "key": f"k{i}"}) for i in range(3)))
+    db = tmp_path / "s.duckdb"
+    common = ["--model", model_dir, "--limit", 2, "--every", 4, "--max-new-tokens", 8, "--device", "cpu", "--db", db,
+              "--json"]
+    code, _, err = cli("run", "--dataset", f"jsonl:{data}", *common)           # the default fields are not there
+    assert code == 2 and "line 1, field 'question': missing field" in err and not db.exists()
+    code, out, err = cli("run", "--dataset", f"jsonl:{data}", "--question-field", "item.prompt", "--gold-field", "sol",
+                         "--id-field", "key", *common)
+    assert code == 0, err
+    num = json.loads(out.strip().splitlines()[-1])
+    code, out, err = cli("run", "--dataset", f"jsonl:{data}", "--question-field", "item.prompt", "--gold-field",
+                         "words", "--id-field", "key", "--answer-type", "text", *common)
+    assert code == 0, err
+    text = json.loads(out.strip().splitlines()[-1])
+    assert text["run_id"] != num["run_id"]
+    s = Store(db, read_only=True)
+    runs = {r["id"]: r for r in s.runs()}
+    mapped = f"jsonl:{data}?question_field=item.prompt&gold_field=sol&id_field=key"
+    assert runs[num["run_id"]]["dataset"] == mapped and runs[num["run_id"]]["answer_type"] == "number"
+    assert runs[text["run_id"]]["dataset"] == f"jsonl:{data}?question_field=item.prompt&gold_field=words&id_field=key" \
+        "&answer_type=text" and runs[text["run_id"]]["answer_type"] == "text"
+    assert runs[num["run_id"]]["config"]["dataset"]["id"] == mapped
+    assert s.questions(mapped).to_pydict()["gold"] == ['["0"]', '["2"]']
+    assert s.questions(runs[text["run_id"]]["dataset"]).to_pydict()["gold"] == ['["0 twice"]', '["1 twice"]']
+    assert s.trace(num["run_id"], "k1")["question"] == "What is 1 + 1?"
+    code, out, err = cli("run", "--dataset", mapped, *common)          # the id alone asks for the same run
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["run_id"] == num["run_id"]
+    code, _, err = cli("run", "--dataset", "rg:basic_arithmetic", "--gold-field", "x", *common)
+    assert code == 2 and "a field mapping is for jsonl:, csv:, parquet: datasets, not rg:" in err
+
+
+def test_a_path_or_name_that_holds_no_model_is_said_at_once(tmp_path):
+    """An empty folder said "Couldn't instantiate the backend tokenizer from one of: " (cut off); a name that is
+    nothing spent a minute on the hub's retries. Now each says what it lacks, before transformers is asked."""
+    from analysis.backend.models import check_model, load_tokenizer
+    from analysis.core.errors import StoplineError
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoplineError, match=r"this model folder has no config.json, no tokenizer \(none of "
+                                            r"tokenizer.json.*\), no weights \(no \*.safetensors") as e:
+        check_model(str(tmp_path / "empty"))
+    assert str(tmp_path / "empty") in str(e.value)
+    with pytest.raises(StoplineError, match="this tokenizer folder has no tokenizer"):
+        load_tokenizer(str(tmp_path / "empty"))        # the openai engine's --tokenizer needs only a tokenizer
+    model_dir = save_tiny(tmp_path / "tiny", seed=1)
+    assert check_model(str(model_dir)) == "folder"
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(StoplineError, match=r"has no weights") as e:
+        check_model(str(model_dir))
+    assert "config.json" not in e.value.message and check_model(str(model_dir), tokenizer_only=True) == "folder"
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(StoplineError, match="is a file but not a .gguf model"):
+        check_model(str(tmp_path / "notes.txt"))
+    for name in (str(tmp_path / "missing"), "./missing", "~/missing-model", "a/b/c", "missing.gguf"):
+        with pytest.raises(StoplineError, match="no such file or folder"):
+            check_model(name)
+    with pytest.raises(StoplineError, match="did you mean smollm2-135m-instruct"):
+        check_model("smolm2-135m-instruct")
+    assert check_model("smollm2-135m-instruct") == "packaged"
+    assert check_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "hub"
+
+
+def test_a_hub_id_is_not_retried_for_a_minute_when_the_hub_cannot_be_reached(tmp_path):
+    """Offline, a hub id not in the cache spent ~58 s on the hub client's retries before its error; now one try
+    decides, and a model in the cache still loads (with the hub unreachable, or HF_HUB_OFFLINE set)."""
+    import socket
+    with socket.socket() as sock:          # a port nothing listens on: the hub's connection is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hub = tmp_path / "hub"
+    for repo in ("someone--tiny", "legacytiny"):      # the hub cache's layout: models--OWNER--NAME/snapshots/REV
+        save_tiny(hub / f"models--{repo}" / "snapshots" / ("a" * 40), seed=1)
+        (hub / f"models--{repo}" / "refs").mkdir()
+        (hub / f"models--{repo}" / "refs" / "main").write_text("a" * 40)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_CACHE=str(hub))
+
+    def run_(model, **extra):
+        return subprocess.run([sys.executable, "-m", "analysis", "run", "--model", model, "--dataset",
+                               "rg:basic_arithmetic", "--limit", "1", "--max-new-tokens", "8", "--device", "cpu",
+                               "--db", str(tmp_path / "s.duckdb"), "--json"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env={**env, **extra})
+    r = run_("nosuch/model")
+    assert r.returncode == 2 and "cannot fetch 'nosuch/model' from the Hugging Face hub" in r.stderr
+    assert "not in the local cache" in r.stderr and "Retrying" not in r.stderr
+    assert not (tmp_path / "s.duckdb").exists()
+    r = run_("someone/tiny")
+    assert r.returncode == 0, r.stderr
+    r = run_("legacytiny", HF_HUB_OFFLINE="1")      # a hub id without an owner: taken when the cache has it
+    assert r.returncode == 0, r.stderr
 
 
 def test_reprobe_an_imported_run_adds_signals(tiny, store):

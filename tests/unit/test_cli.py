@@ -17,6 +17,23 @@ def test_help_on_every_command(cli):
         assert code == 0 and "usage:" in out
 
 
+def test_help_shows_the_defaults(cli):
+    """run --help did not say --every 32, --max-new-tokens 512, --batch-size 8, --seed 42 or what --limit
+    defaults to. Every command's help now shows an option's default (none for options without one)."""
+    import re
+    code, out, _ = cli("run", "--help")
+    text = re.sub(r"\s+", " ", out)
+    for option, default in (("--every EVERY", "32"), ("--max-new-tokens MAX_NEW_TOKENS", "512"),
+                            ("--batch-size BATCH_SIZE", "8"), ("--seed SEED", "42"), ("--limit LIMIT", "all"),
+                            ("--device {auto,cpu,cuda}", "auto"), ("--probes {batched,immediate}", "batched")):
+        assert re.search(re.escape(option) + r" (?:(?! --).)*?\(default: " + re.escape(default), text), option
+    help_of = {name: re.sub(r"\s+", " ", cli(name, "--help")[1]) for name in COMMANDS}
+    assert "(default: 32)" in help_of["probe"] and "(default: 20)" in help_of["probe"]
+    assert "(default: 8000)" in help_of["vllm-server"] and "(default: smollm2-135m-instruct)" in help_of["vllm-server"]
+    for name, text in help_of.items():
+        assert not re.search(r"\(default: (None|False|\[\])\)", text), name
+
+
 def test_module_and_console_entry_point():
     r = subprocess.run([sys.executable, "-m", "analysis", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "COMMAND" in r.stdout
@@ -51,6 +68,14 @@ def test_import_runs_show_eval_sweep(cli, tmp_path):
 def test_errors_are_messages_not_tracebacks(cli, args, match):
     code, out, err = cli(*args)
     assert code == 2 and match in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["rescore", "--all"], ["probe", "--run", "abc", "--model", "smollm2-135m-instruct"]])
+def test_commands_on_stored_runs_make_no_store(cli, tmp_path, args):
+    """rescore and probe work on runs already stored: a missing store made an empty one (rescore: and said
+    nothing)."""
+    code, _, err = cli(*args, "--db", tmp_path / "new" / "s.duckdb")
+    assert code == 2 and "store not found" in err and not (tmp_path / "new").exists()
 
 
 def test_job_progress_reads_the_runs_own_bar_not_the_weights_loading_bar(tmp_path):

@@ -76,5 +76,69 @@ def test_reasoning_gym_options_in_the_id():
     ds = load_dataset("rg:basic_arithmetic?max_terms=3&max_digits=2", 20, seed=1)
     assert ds.id == "rg:basic_arithmetic?max_terms=3&max_digits=2" and len(ds) == 20
     assert all(q.meta["num_terms"] <= 3 and q.meta["num_digits"] <= 2 for q in ds.questions)
-    with pytest.raises(StoplineError, match="bad configuration"):
+    with pytest.raises(StoplineError, match="bad configuration") as e:
         load_dataset("rg:basic_arithmetic?no_such_option=1", 2)
+    assert "its options: min_terms, max_terms" in str(e.value)
+
+
+def test_an_unknown_reasoning_gym_task_names_the_closest_and_the_command_that_lists_them(cli):
+    """The error said "see reasoning_gym.factory.DATASETS", which no Stopline command showed."""
+    with pytest.raises(StoplineError, match="unknown reasoning-gym task 'gsm_symbolik'; closest: gsm_symbolic") as e:
+        load_dataset("rg:gsm_symbolik", 2)
+    assert "python -m analysis datasets --rg-tasks" in str(e.value)
+    with pytest.raises(StoplineError, match="closest: basic_arithmetic, "):
+        load_dataset("rg:basic_arithmetc", 2)
+    with pytest.raises(StoplineError, match="'no_such_task'; no task's name is close to it"):
+        load_dataset("rg:no_such_task", 2)
+    code, out, _ = cli("datasets")
+    assert code == 0 and "python -m analysis datasets --rg-tasks" in out
+    code, out, _ = cli("datasets", "--rg-tasks")
+    assert code == 0 and "rg:gsm_symbolic" in out and "max_terms" in out and "seed" not in out
+    code, out, _ = cli("datasets", "--rg-tasks", "--json")
+    tasks = {t["id"]: t["options"] for t in json.loads(out)}
+    assert len(tasks) > 100 and tasks["rg:gsm_symbolic"] == ["difficulty"]
+    assert len(load_dataset(sorted(tasks)[0], 1)) == 1        # a listed id is one that loads
+
+
+def test_a_tables_field_mapping_is_part_of_its_id(tmp_path):
+    """run could not be given a mapping; now the mapping is in the dataset's id, so a run's identity holds it,
+    two mappings of one file keep their questions apart, and the id alone loads the same questions again."""
+    from analysis.ingest.datasets import dataset_file
+    rows = [{"q": {"text": "What is 2+2?"}, "sol": "4", "alt": "four", "n": 7},
+            {"q": {"text": "What is 3+3?"}, "sol": "6", "alt": "six", "n": 8}]
+    j = tmp_path / "d.jsonl"
+    j.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = load_dataset(f"jsonl:{j}", question_field="q.text", gold_field="sol", id_field="n")
+    assert ds.id == f"jsonl:{j}?question_field=q.text&gold_field=sol&id_field=n"
+    again = load_dataset(ds.id)
+    assert again.id == ds.id and [(q.id, q.text, q.gold) for q in again.questions] == [
+        ("7", "What is 2+2?", ["4"]), ("8", "What is 3+3?", ["6"])]
+    text = load_dataset(f"jsonl:{j}", question_field="q.text", gold_field="alt", answer_type="text")
+    assert text.id == f"jsonl:{j}?question_field=q.text&gold_field=alt&answer_type=text" and text.answer_type == "text"
+    plain = tmp_path / "p.jsonl"
+    plain.write_text(json.dumps({"question": "1+1?", "answer": "2"}))
+    assert load_dataset(f"jsonl:{plain}", answer_type="number", question_field="question").id == f"jsonl:{plain}"
+    assert dataset_file(ds.id) == str(j) and dataset_file(f"gsm8k:{j}") == str(j)
+    assert dataset_file("rg:basic_arithmetic") is None and dataset_file("hf:x") is None
+    for dataset_id, opts, match in [
+        (f"jsonl:{j}?gold=sol", {}, "unknown option 'gold'"),
+        (f"jsonl:{j}?gold_field=sol", {"gold_field": "alt"}, "--gold-field is given twice"),
+        (f"jsonl:{j}", {"question_field": "q.text", "answer_type": "words"}, "--answer-type must be one of"),
+        (f"jsonl:{j}", {"gold_field": " "}, "--gold-field is empty"),
+        (f"jsonl:{j}", {"question_field": "q.txt"}, "field 'q.txt': missing field"),
+        ("rg:basic_arithmetic", {"answer_type": "text"}, "a field mapping is for jsonl:, csv:, parquet: datasets"),
+        (f"gsm8k:{j}", {"gold_field": "sol"}, "not gsm8k:"),
+    ]:
+        with pytest.raises(StoplineError, match=match):
+            load_dataset(dataset_id, **opts)
+
+
+def test_a_jobs_dataset_file_is_the_one_its_mapping_reads(tmp_path, monkeypatch):
+    """The Runs page's check of a job's dataset file reads the path as load_dataset does: a mapping in the id
+    cannot walk the checked path into the allowed folder while the run reads another file."""
+    from analysis.production import jobs
+    ok = tmp_path / "datasets"
+    monkeypatch.setenv("STOPLINE_DATASET_DIRS", str(ok))
+    with pytest.raises(StoplineError, match="must be inside"):
+        jobs.check_dataset(f"jsonl:/etc/passwd?question_field=/../../..{ok}/x")
+    jobs.check_dataset(f"jsonl:{ok}/q.jsonl?gold_field=sol")

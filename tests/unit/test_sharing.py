@@ -112,11 +112,11 @@ def test_jobs_from_the_dashboard_keep_to_their_limits(tmp_path, monkeypatch):
     where = tmp_path / "jobs"
     db = str(tmp_path / "s.duckdb")
     with pytest.raises(StoplineError, match="at most 100 questions, not 101"):
-        jobs.start_run("m", "rg:basic_arithmetic", db, limit=101, where=where)
+        jobs.start_run("smollm2-135m-instruct", "rg:basic_arithmetic", db, limit=101, where=where)
     with pytest.raises(StoplineError, match="at most 100 questions"):
-        jobs.start_run("m", "rg:basic_arithmetic", db, limit=None, where=where)
+        jobs.start_run("smollm2-135m-instruct", "rg:basic_arithmetic", db, limit=None, where=where)
     with pytest.raises(StoplineError, match="at most 1024 new tokens"):
-        jobs.start_run("m", "rg:basic_arithmetic", db, limit=10, max_new_tokens=2048, where=where)
+        jobs.start_run("smollm2-135m-instruct", "rg:basic_arithmetic", db, limit=10, max_new_tokens=2048, where=where)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])     # a running job
     try:
         d = where / "20261205-000000-abcdef"
@@ -125,7 +125,7 @@ def test_jobs_from_the_dashboard_keep_to_their_limits(tmp_path, monkeypatch):
                                                 "model": "m", "dataset": "rg:x", "db": db}))
         monkeypatch.setenv("STOPLINE_MAX_QUEUED", "0")
         with pytest.raises(StoplineError, match=r"1 job\(s\) running or queued: at most 1 run at once and 0 wait"):
-            jobs.start_run("m", "rg:basic_arithmetic", db, limit=10, where=where)
+            jobs.start_run("smollm2-135m-instruct", "rg:basic_arithmetic", db, limit=10, where=where)
     finally:
         sleeper.kill()
         sleeper.wait()
