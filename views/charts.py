@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.evaluate.incumbent import LABEL as INCUMBENT
-from analysis.core.palette import FAMILY_COLORS as COLORS
+from analysis.core.palette import FAMILY_COLORS as COLORS, INCUMBENT_COLOR, INCUMBENT_EDGE
 
 STAR = ("path://M50 0L61.8 35.1L100 35.1L69.1 56.7L80.9 91.9L50 70.2L19.1 91.9L30.9 56.7L0 35.1L38.2 35.1Z")
 OTHER_DASH = ([8, 4], [8, 3, 2, 3], [14, 4])
@@ -79,7 +79,7 @@ def frontier_option(pts: pd.DataFrame, x: str, axis_title: str, others: list[tup
              "data": [{"value": [float(ix), float(iy), f"{ix:.0f}", f"{iy:.3f}"], "name": INCUMBENT}],
              "label": {"show": True, "position": "bottom", "formatter": INCUMBENT, "color": "#7c2d12",
                        "fontWeight": "bold"},
-             "itemStyle": {"color": "#ea580c", "borderColor": "#111827", "borderWidth": 1.5}})
+             "itemStyle": {"color": INCUMBENT_COLOR, "borderColor": INCUMBENT_EDGE, "borderWidth": 1.5}})
     if current is not None:
         cx, cy, label = current
         add({"type": "scatter", "name": "current setting", "symbol": "circle", "symbolSize": 24, "z": 5,

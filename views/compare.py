@@ -87,4 +87,8 @@ if "slices" in res:
     st.plotly_chart(fig, width="stretch", key="cmp_slices")
     show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "mcnemar_p"]]
     st.dataframe(show.round({"em_a": 3, "em_b": 3, "delta_em": 3, "tokens_a": 1, "tokens_b": 1, "delta_tokens": 1}),
-                 hide_index=True, width="stretch", column_config={"mcnemar_p": st.column_config.NumberColumn(format="%.2g")})
+                 hide_index=True, width="stretch", column_config={
+                     "slice": res["slice_by"], "n": "questions", "em_a": "EM (A)", "em_b": "EM (B)",
+                     "delta_em": "ΔEM (B − A)", "tokens_a": "tokens (A)", "tokens_b": "tokens (B)",
+                     "delta_tokens": "Δ tokens (B − A)",
+                     "mcnemar_p": st.column_config.NumberColumn("McNemar p", format="%.2g")})

@@ -179,7 +179,8 @@ if run:
                                                "drop": "fewest tokens within an EM drop δ"}[g])
         value = g2.number_input("B (tokens)" if goal == "budget" else "δ (EM)", min_value=0.0,
                                 value=float(round(t.full_tokens.mean() * 0.6)) if goal == "budget" else 0.02,
-                                step=10.0 if goal == "budget" else 0.005, key=f"op_value_{goal}")
+                                step=10.0 if goal == "budget" else 0.005, key=f"op_value_{goal}",
+                                format="%.0f" if goal == "budget" else "%.3f")
         scope = g3.radio("Among", ["this family", "all families"], key="op_scope")
         cost = g5.radio("Tokens", ["emitted", "computed"], key="op_cost",
                         help="the cost the goal counts: tokens emitted, or computed (probes included)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from analysis.cli.common import _db, _print_json, _store, command
 
@@ -32,12 +33,15 @@ def _eval_setup(p):
          _eval_setup)
 def _eval(args):
     from analysis.evaluate.optimize import evaluate, split_of
-    from analysis.presets.schema import load
+    from analysis.presets.schema import load, made_for
     from analysis.presets.routing import preset_stops
     preset = load(args.preset)
     t = split_of(_table(args), args.split)
     res = evaluate(t, preset_stops(t, preset), preset.name, args.boot)
     res.update({"run": t.run_id, "split": args.split, "preset": preset.to_dict()})
+    if (words := made_for(preset, _store(args, read_only=True).run(t.run_id))):     # as the pages warn
+        print(f"note: preset '{preset.name}' was {words}: its thresholds were chosen on other questions",
+              file=sys.stderr)
     if args.json:
         return _print_json(res)
     ci = res["ci"]

@@ -13,8 +13,9 @@ from analysis.evaluate.stats import bootstrap_means, mcnemar, percentile_ci
 
 
 def default_slice(t: RunTable) -> str:
-    """The breakdown worth showing first: a metadata field with 2-12 values, else trace length."""
-    meta = [c for c in t.meta.columns if c.startswith("meta.") and 1 < t.meta[c].nunique() <= 12]
+    """The breakdown worth showing first: a metadata field with 2-12 values and 5 questions a value or more on
+    average (one question a slice tells nothing), else trace length."""
+    meta = [c for c in t.meta.columns if c.startswith("meta.") and 1 < t.meta[c].nunique() <= min(12, t.n / 5)]
     return meta[0] if meta else "length"
 
 

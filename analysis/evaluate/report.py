@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.core.errors import StoplineError
-from analysis.core.palette import FAMILY_COLORS as COLORS
+from analysis.core.palette import FAMILY_COLORS as COLORS, INCUMBENT_COLOR, INCUMBENT_EDGE
 from analysis.evaluate.compare import default_slice
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
@@ -45,10 +45,11 @@ def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, t
     if incumbent is not None:
         fig.add_scatter(x=[incumbent["tokens_emitted"]], y=[incumbent["em"]], mode="markers+text", name=INCUMBENT,
                         text=[INCUMBENT], textposition="bottom center",
-                        marker=dict(symbol="x", size=15, color="#dc2626", line=dict(color="black", width=1)))
+                        marker=dict(symbol="diamond", size=15, color=INCUMBENT_COLOR,
+                                    line=dict(color=INCUMBENT_EDGE, width=1.5)))       # as on the Frontier
     for p, res in presets:
         fig.add_scatter(x=[res["tokens_emitted"]], y=[res["em"]], mode="markers", name=p.name,
-                        marker=dict(symbol="diamond", size=13, color="black"))
+                        marker=dict(symbol="square", size=11, color="black"))
     if recommended is not None:
         fig.add_scatter(x=[recommended[1]["tokens_emitted"]], y=[recommended[1]["em"]], mode="markers",
                         name=f"recommended: {recommended[0]}",

@@ -72,3 +72,17 @@ def test_a_run_with_an_empty_half_says_so_everywhere_and_the_report_still_builds
     assert code == 0, err
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"the {half} of run {rid} has no questions" in md
+
+
+def test_eval_notes_a_preset_made_on_another_dataset(cli, synthetic_db):
+    """As the pages warn: a preset whose made_on names another dataset gets a note on stderr (the numbers are
+    still given)."""
+    db, rid, _ = synthetic_db
+    body = {"stopline_preset": 1, "name": "elsewhere", "setting": {"family": "budget", "params": {"B": 64}},
+            "made_on": {"dataset": "gsm8k", "answer_type": "number"}}
+    code, out, err = cli("eval", "--db", db, "--run", rid, "--preset", json.dumps(body), "--boot", "100")
+    assert code == 0 and "EM" in out
+    assert "note: preset 'elsewhere' was made on" in err and "gsm8k" in err, err
+    del body["made_on"]
+    code, out, err = cli("eval", "--db", db, "--run", rid, "--preset", json.dumps(body), "--boot", "100")
+    assert code == 0 and "note:" not in err
