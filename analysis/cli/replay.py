@@ -163,6 +163,9 @@ def _red(text: str) -> str:
     return f"\033[31m{text}\033[0m" if sys.stdout.isatty() else text
 
 
+SMALL_HALF = 30          # fewer questions than this in a half: the printout says the choice is rough
+
+
 def _print_operating_point(res: dict, run_id: str, preset) -> None:
     """``optimize``'s result as a readable table: chosen on the tune split, checked on the held-out test split."""
     goal = (f"fewest tokens {res['cost']} within an EM drop of {res['value']:g}" if res["goal"] == "drop"
@@ -185,6 +188,9 @@ def _print_operating_point(res: dict, run_id: str, preset) -> None:
         print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
     if res.get("missed"):
         print("  " + _red(res["missed"][0].upper() + res["missed"][1:]))
+    if min(tu["n"], te["n"]) < SMALL_HALF:
+        print(f"  note: {min(tu['n'], te['n'])} questions in a half: a choice made and checked on so few is "
+              "rough, its CIs included; more questions make it firm")
     if te["tokens_computed"] > te["tokens_full"]:
         print(f"  note: with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
               "than full length" + ("; --cost computed chooses on that basis" if res["cost"] == "emitted" else ""))

@@ -10,6 +10,7 @@ def test_optimize_prints_a_table_not_raw_json(cli, synthetic_db):
     assert code == 0, err
     assert "test (held out)" in out and "ΔEM vs full" in out and "preset link: sl1." in out
     assert not out.lstrip().startswith("{") and not re.search(r"\d\.\d{6,}", out)     # no 16-digit floats
+    assert "questions in a half: a choice made and checked on so few" not in out            # 600 questions
     code, out, _ = cli("optimize", "--db", db, "--run", rid, "--max-drop", "0.02", "--json")
     res = json.loads(out)
     assert code == 0 and "missed" in res and res["test"]["n"] > 0
