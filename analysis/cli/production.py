@@ -244,6 +244,9 @@ def _gateway_setup(p):
     p.add_argument("--no-steps", action="store_true")
     p.add_argument("--no-transitions", action="store_true")
     p.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413")
+    p.add_argument("--request-timeout", type=float, default=1800, metavar="S",
+                   help="a request still unanswered after S seconds ends with 504 (an error event when streamed), "
+                        "its upstream work cancelled (default 1800)")
 
 
 @command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
@@ -256,6 +259,7 @@ def _gateway(args):
 
     from analysis.backend.models import load_tokenizer
     from analysis.core.errors import StoplineError
+    from analysis.backend.engine_openai import redact
     from analysis.production.gateway import Gateway, Options, check_bind
     from analysis.production.gateway_app import create_app
     key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
@@ -264,6 +268,8 @@ def _gateway(args):
         raise StoplineError(f"--every must be at least 1, not {args.every}")
     if not 1 <= args.continue_tokens <= 32768:
         raise StoplineError(f"--continue-tokens must be between 1 and 32768, not {args.continue_tokens}")
+    if not 0 < args.request_timeout < float("inf"):
+        raise StoplineError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}")
     tok, kind, eos = load_tokenizer(args.tokenizer)
     urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
     log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
@@ -272,8 +278,8 @@ def _gateway(args):
                  options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
                                  continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,
                                  steps=not args.no_steps, transitions=not args.no_transitions,
-                                 max_body=args.max_body_kb * 1024))
-    print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(urls)} "
+                                 max_body=args.max_body_kb * 1024, request_timeout=args.request_timeout))
+    print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(map(redact, urls))} "
           f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
     uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")
 

@@ -19,6 +19,11 @@ reads), each record with the preset version that made it. The preset file is re-
 through ``POST /admin/preset`` (with the API key); an invalid new version is refused and the old one kept.
 ``GET /metrics`` serves Prometheus counters. The gateway binds 127.0.0.1 unless told otherwise; any other
 address needs ``--api-key``, checked on every request in constant time. The upstream's key is never logged.
+
+An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
+or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
+server's log names the URL (without credentials), and the decision log gets the request's final record
+(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures.
 """
 from __future__ import annotations
 
@@ -26,13 +31,15 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
+import re
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed
+from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, first_choice
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
 from analysis.core.answers import extract, normalize
@@ -43,12 +50,35 @@ from analysis.production.gateway_metrics import Metrics
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
+REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-timeout)
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+logger = logging.getLogger(__name__)
 
 
 class BadRequest(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.status = param, status
+
+
+class UpstreamFailure(Exception):
+    """A request the upstream failed: ``public`` for its client (replicas by number, no URL), ``str(e)`` for
+    this server's log (URLs without credentials); ``status`` 502, or 504 past the request's deadline."""
+
+    def __init__(self, private: str, public: str, status: int = 502):
+        super().__init__(private[:500])
+        self.public, self.status = URL.sub("<upstream>", public)[:300], status
+
+
+def upstream_failure(e: BaseException, r, timeout: float) -> UpstreamFailure:
+    """What an exception from the upstream's side of a request says to the client and to the log."""
+    if isinstance(e, TimeoutError):
+        msg = f"no answer within the gateway's deadline of {timeout:g} s (--request-timeout)"
+        return UpstreamFailure(f"{r.shown}: {msg}", msg, 504)
+    if isinstance(e, (ReplicaFailed, StoplineError)):
+        return UpstreamFailure(str(e), getattr(e, "public", None) or str(e))
+    return UpstreamFailure(f"{r.shown}: the upstream's reply cannot be read: {type(e).__name__}: {e}",
+                           f"{r.label}: the upstream's reply cannot be read ({type(e).__name__})")
 
 
 class VersionedLog:
@@ -73,6 +103,7 @@ class Options:
     cue: str | None = None
     max_answer_tokens: int = 20
     max_body: int = MAX_BODY
+    request_timeout: float = REQUEST_TIMEOUT
 
 
 class Gateway:
@@ -193,11 +224,18 @@ class Gateway:
                          max_answer_tokens=self.opt.max_answer_tokens, cue=self.cue)
 
     async def events(self, req: dict):
-        """The response as ("text", piece) events, then ("end", info)."""
+        """The response as ("text", piece) events, then ("end", info). An upstream that fails or sends what
+        cannot be read, or a request still unanswered at its deadline (``request_timeout``), ends it with
+        UpstreamFailure once the log has its error and final records; nothing is left running or waiting."""
         ctl = self.current()
         sess = ctl.open(req["request_id"], req["question"], req["meta"], req["tags"])
         cfg = self.config(req)
         eng = self.engine
+        t_req = time.perf_counter()
+        deadline = t_req + self.opt.request_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.perf_counter())
         r = await eng._pick()
         placer = Placer(cfg, eng.piece)
         setting = sess.route.setting
@@ -210,7 +248,6 @@ class Gateway:
         queue: asyncio.Queue = asyncio.Queue()
         decision, finish, error = None, None, None
         probe_tokens = 0
-        t_req = time.perf_counter()
 
         async def produce():
             try:
@@ -222,6 +259,8 @@ class Gateway:
                 queue.put_nowait(("done", fin))
             except (ReplicaFailed, StoplineError) as e:
                 queue.put_nowait(("error", e))
+            except Exception as e:      # whatever else the stream raised: the request must hear of it, not wait
+                queue.put_nowait(("error", upstream_failure(e, r, self.opt.request_timeout)))
 
         producer = asyncio.ensure_future(produce())
         getter = None
@@ -255,7 +294,9 @@ class Gateway:
                 getter = waits[0] if waits else None
                 if pending:
                     waits.append(pending[0][2])
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=left(), return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError
                 if getter in done:
                     item = getter.result()
                     getter = None
@@ -283,12 +324,13 @@ class Gateway:
                     yield ("text", text if len(take) == len(cids) else self.tok.decode(take))
                 answer = decision.answer
                 if not probing and self.opt.on_stop == "answer":      # the one probe a budget needs: its answer
-                    pr = (await eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg))[0]
+                    pr = (await asyncio.wait_for(eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg),
+                                                 left()))[0]
                     answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens
                     h, j = sess.history, decision.ck        # the request's answer, for its final record
                     h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
                     h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
-                tail = await self._on_stop(r, req, ids[:decision.pos], answer)
+                tail = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
                 yield ("text", tail)
             elif error is not None:
                 if self.opt.on_upstream_error != "answer":
@@ -298,16 +340,22 @@ class Gateway:
                     if text:
                         yield ("text", text)
                 chunks.clear()
-                answer, cause, spent = await self._answer_after_failure(req, ids, cfg, sess, ctl, error)
+                answer, cause, spent = await asyncio.wait_for(
+                    self._answer_after_failure(req, ids, cfg, sess, ctl, error), left())
                 probe_tokens += spent
                 yield ("text", self.cue + answer + "}")
+        except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
+            failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
+            self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure)
+            raise failure from None
         finally:
             producer.cancel()
             if getter is not None:
                 getter.cancel()
-            for _, _, t in pending:
+            probes = [t for _, _, t in pending if t is not None]      # a budget's checkpoints have none
+            for t in probes:
                 t.cancel()
-            await asyncio.gather(producer, *(t for _, _, t in pending), return_exceptions=True)
+            await asyncio.gather(producer, *probes, return_exceptions=True)
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = ctl.finish(sess, cause=cause)
@@ -328,6 +376,15 @@ class Gateway:
             info["cause"] = cause
         self.metrics.finished(info)
         yield ("end", info)
+
+    def _failed_request(self, req, sess, ctl, pos: int, failure: UpstreamFailure) -> None:
+        """A request the upstream failed, in the server's log and the decision log: the error (the replica's URL
+        without credentials) and the request's final record, ``cause: upstream_failed`` (the monitor and
+        check-log leave it out of the preset's figures)."""
+        logger.warning("request %s: the upstream failed: %s", req["request_id"], failure)
+        self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
+                        "status": failure.status, "error": str(failure)})
+        ctl.finish(sess, None, pos, cause="upstream_failed")
 
     async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
         """``--on-upstream-error answer``: the trial answer at the last token the failed upstream wrote, probed on
@@ -362,7 +419,10 @@ class Gateway:
             out = await self.engine._post(r, "/completions", {
                 "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
                 "max_tokens": self.opt.continue_tokens, "temperature": 0, "stop": ["}"]})
-            return self.cue + out["choices"][0]["text"] + "}"
+            text = first_choice(r, out).get("text")
+            if not isinstance(text, str):
+                raise ReplicaFailed(r, "a completion whose text is not a string")
+            return self.cue + text + "}"
         return self.cue + (answer or "") + "}"
 
 

@@ -10,9 +10,9 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from analysis.backend.engine_openai import ReplicaFailed, _v1
+from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
-from analysis.production.gateway import BadRequest, Gateway, check_key
+from analysis.production.gateway import BadRequest, Gateway, UpstreamFailure, check_key, logger, upstream_failure
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -30,8 +30,10 @@ def create_app(gw: Gateway) -> FastAPI:
 
     async def _discover():
         r = gw.engine.replicas[0]
-        resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
-        gw.engine.model = resp.json()["data"][0]["id"]
+        listed = (await gw.engine.get_json(r, "/models")).get("data")
+        if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or not listed[0].get("id"):
+            raise StoplineError(f"the server at {r.shown} lists no model (GET /v1/models)", hint="give --model")
+        gw.engine.model = listed[0]["id"]
         return await gw.engine.check()
 
     @app.on_event("shutdown")
@@ -58,8 +60,12 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.get("/v1/models")
     async def models():
         r = gw.engine.replicas[0]
-        resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
-        return JSONResponse(resp.json(), status_code=resp.status_code)
+        try:
+            return await gw.engine.get_json(r, "/models")
+        except (ReplicaFailed, StoplineError) as e:
+            failure = upstream_failure(e, r, gw.opt.request_timeout)
+            logger.warning("GET /v1/models: the upstream failed: %s", failure)
+            return error(502, f"the upstream failed: {failure.public}", kind="upstream_error")
 
     @app.post("/admin/preset")
     async def admin_preset(request: Request):
@@ -95,19 +101,37 @@ def create_app(gw: Gateway) -> FastAPI:
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
             return StreamingResponse(sse(gw, req, shape, endpoint), media_type="text/event-stream")
-        text, info = [], None
-        try:
+
+        async def whole():
+            text, info = [], None
             async for kind, v in gw.events(req):
                 if kind == "text":
                     text.append(v)
                 else:
                     info = v
-        except (ReplicaFailed, StoplineError) as e:
+            return "".join(text), info
+        work = asyncio.ensure_future(whole())
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():         # the client left: its upstream request and probes end now
+                work.cancel()
+            await asyncio.gather(work, gone, return_exceptions=True)
+        if work.cancelled():
+            return Response(status_code=499)
+        try:
+            text, info = work.result()
+        except UpstreamFailure as e:
             gw.metrics.requests.labels(endpoint, "upstream_error").inc()
-            gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
-            return error(502, f"the upstream failed: {_safe(e)}", kind="upstream_error")
+            return error(e.status, f"the upstream failed: {e.public}", kind="upstream_error")
+        except Exception as e:          # our own failure: logged, and said as such
+            gw.metrics.requests.labels(endpoint, "gateway_error").inc()
+            internal(gw, req, e)
+            return error(500, "the gateway failed on this request; its log says why", kind="server_error")
         gw.metrics.requests.labels(endpoint, outcome(info)).inc()
-        return JSONResponse(shape.whole("".join(text), info))
+        return JSONResponse(shape.whole(text, info))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -126,8 +150,16 @@ def outcome(info: dict) -> str:
     return "stopped" if info["stopped"] else "full"
 
 
-def _safe(e: Exception) -> str:
-    return str(e)[:300]
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone (its body already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def internal(gw: Gateway, req: dict, e: Exception) -> None:
+    logger.error("request %s: the gateway failed", req["request_id"], exc_info=e)
+    gw.log.write({"type": "error", "request": req["request_id"], "preset_version": gw.version, "status": 500,
+                  "error": f"{type(e).__name__}: {str(e)[:300]}"})
 
 
 class Shape:
@@ -174,8 +206,15 @@ async def sse(gw: Gateway, req: dict, shape: Shape, endpoint: str):
             else:
                 gw.metrics.requests.labels(endpoint, outcome(v)).inc()
                 yield shape.chunk(None, v)
-    except (ReplicaFailed, StoplineError) as e:
+    except UpstreamFailure as e:
         gw.metrics.requests.labels(endpoint, "upstream_error").inc()
-        gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
-        yield f"data: {json.dumps({'error': {'message': f'the upstream failed: {_safe(e)}', 'type': 'upstream_error', 'code': 502}})}\n\n"
+        yield event_error(f"the upstream failed: {e.public}", "upstream_error", e.status)
+    except Exception as e:              # our own failure: logged, and the stream still ends as a stream
+        gw.metrics.requests.labels(endpoint, "gateway_error").inc()
+        internal(gw, req, e)
+        yield event_error("the gateway failed on this request; its log says why", "server_error", 500)
     yield "data: [DONE]\n\n"
+
+
+def event_error(message: str, kind: str, code: int) -> str:
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'code': code}})}\n\n"

@@ -5,20 +5,18 @@ disconnects, bad requests, and the API key."""
 import json
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 
 from analysis.backend.models import load_tokenizer
 from analysis.presets.routing import request_fields, route
 from analysis.presets.schema import loads
-from analysis.production.gateway import Gateway, Options, check_bind
-from analysis.production.gateway_app import create_app
+from analysis.production.gateway import check_bind
 from analysis.production.verify import check_decisions
 from analysis.backend import vllm_local
-from tests.integration.conftest import MODEL, free_port, start_server
+from tests.helpers import serve_gateway
+from tests.integration.conftest import MODEL, start_server
 
 pytestmark = pytest.mark.vllm
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
@@ -31,26 +29,8 @@ def tok():
     return load_tokenizer(MODEL)
 
 
-@contextmanager
 def gateway(server, tok, tmp_path, preset: dict, api_key=None, **opt):
-    path = tmp_path / "preset.json"
-    path.write_text(json.dumps(preset))
-    t, kind, eos = tok
-    gw = Gateway(server if isinstance(server, list) else [server], str(path), t, eos, kind, log_path=str(tmp_path / "decisions.jsonl"), model=MODEL,
-                 api_key=api_key, options=Options(**opt))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.monotonic()
-    while not srv.started:
-        assert th.is_alive() and time.monotonic() - t0 < 60, "the gateway did not start"
-        time.sleep(0.1)
-    try:
-        yield gw, f"http://127.0.0.1:{port}/v1"
-    finally:
-        srv.should_exit = True
-        th.join(30)
+    return serve_gateway(server, tok, tmp_path, preset, MODEL, api_key=api_key, **opt)
 
 
 def chat(url, content=QUESTION, max_tokens=48, stream=False, headers=None, **sl):

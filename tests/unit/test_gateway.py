@@ -1,0 +1,217 @@
+"""The gateway's HTTP face against an upstream that misbehaves, over real HTTP: our FastAPI app on uvicorn, and
+an upstream that is a tiny HTTP server written here. That server answers the gateway's start-up checks as a
+server of the model would, and then sends what a broken server sends (a stream line that is not JSON, a chunk
+that is not an object, a probe reply without choices, a stream that never ends). What is tested is our
+handling of it: a clear error naming the problem, replicas named by number toward clients and by URL without
+credentials in the log, the decision log's records, nothing left waiting. The gateway in front of a real vLLM
+is tests/integration/test_gateway_vllm.py."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from analysis.backend.models import load_tokenizer
+from analysis.production.verify import check_decisions
+from tests.helpers import serve_gateway
+
+MODEL = "smollm2-135m-instruct"
+NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
+CONF = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.99}}}
+SMALL = {"every": 4, "steps": False, "transitions": False}          # a checkpoint every 4 tokens, nothing else
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(MODEL)
+
+
+class Upstream:
+    """A tiny HTTP server in a thread. GET /v1/models and a plain completion answer as a server of MODEL would,
+    so that the gateway starts; a streamed completion sends ``ids`` one per chunk, and ``mode`` makes it (or the
+    probes) misbehave. ``open_streams`` counts the streams the gateway still holds open."""
+
+    def __init__(self, ids: list[int], texts: list[str], answer_id: int):
+        self.ids, self.texts, self.answer_id = ids, texts, answer_id
+        self.mode, self.open_streams, self.closed = "good", 0, False
+        self.lock = threading.Lock()
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path != "/v1/models":
+                    return self.send_error(404)
+                self.reply({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                if self.path != "/v1/completions":
+                    return self.send_error(404)
+                if body.get("stream"):
+                    return up.stream(self)
+                if "stop" in body and up.mode == "probe without choices":
+                    return self.reply({"object": "text_completion"})
+                self.reply({"choices": [{"index": 0, "text": "4", "token_ids": [up.answer_id], "finish_reason": "stop",
+                                         "logprobs": {"token_logprobs": [-0.01], "top_logprobs": [{"4": -0.01}]}}]})
+
+            def reply(self, obj):
+                raw = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stream(self, h) -> None:
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.end_headers()
+        with self.lock:
+            self.open_streams += 1
+
+        def send(line: str) -> None:
+            h.wfile.write(line.encode() + b"\n\n")
+            h.wfile.flush()
+        try:
+            if self.mode == "never ends":
+                while not self.closed:
+                    send(": still here")
+                    time.sleep(0.05)
+                return
+            for t, text in zip(self.ids, self.texts):
+                send("data: " + json.dumps({"choices": [{"index": 0, "text": text, "token_ids": [t]}]}))
+            if self.mode == "not JSON":
+                send('data: {"choices": [')
+            elif self.mode == "not an object":
+                send("data: [1, 2]")
+            send("data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}))
+            send("data: [DONE]")
+        except OSError:              # the gateway closed the stream
+            pass
+        finally:
+            with self.lock:
+                self.open_streams -= 1
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def upstream(tok):
+    t = tok[0]
+    ids = t(" one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    up = Upstream(ids, [t.decode([i]) for i in ids], t("4", add_special_tokens=False)["input_ids"][0])
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def up(upstream):
+    upstream.mode = "good"
+    yield upstream
+    upstream.mode = "good"
+
+
+def ask(url: str, stream: bool = False, timeout: float = 30, headers=None, **body):
+    """A chat request; (status, JSON body) or, streamed, (status, the data lines' payloads)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 8,
+            "stream": stream, **body}
+    if not stream:
+        r = httpx.post(url + "/chat/completions", json=body, timeout=timeout, headers=headers)
+        return r.status_code, r.json()
+    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=timeout, headers=headers) as r:
+        return r.status_code, [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+
+
+def records(folder, kind: str) -> list[dict]:
+    return [rec for rec in map(json.loads, open(folder / "decisions.jsonl")) if rec["type"] == kind]
+
+
+@pytest.mark.parametrize("mode,says", [("not JSON", "a line that is not JSON"),
+                                       ("not an object", "a chunk that is not a completion chunk")])
+def test_a_malformed_upstream_stream_ends_the_request_with_a_clear_502_not_a_hang(tok, up, tmp_path, mode, says):
+    """Before, the gateway's producer died on the bad line and the request waited forever. Now: 502 (or an
+    error event when streamed) naming the problem and the replica by number; the server's log names the URL,
+    without the credentials it carries; the decision log has the request's error and final records."""
+    up.mode = mode
+    secret_url = f"http://alice:s3cret@127.0.0.1:{up.port}/v1"
+    with serve_gateway(secret_url, tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url, stopline={"request_id": "whole"})
+        assert status == 502 and out["error"]["type"] == "upstream_error"
+        message = out["error"]["message"]
+        assert says in message and "replica 1 of 1" in message, message
+        assert "127.0.0.1" not in message and "s3cret" not in message and "alice" not in message
+        status, lines = ask(url, stream=True, stopline={"request_id": "streamed"})
+        assert status == 200 and lines[-1] == "[DONE]"
+        err = json.loads(lines[-2])["error"]
+        assert err["code"] == 502 and says in err["message"] and "127.0.0.1" not in err["message"]
+        assert all("choices" in json.loads(x) for x in lines[:-2])      # the tokens before the bad line came through
+        errors = records(tmp_path, "error")
+        assert [e["request"] for e in errors] == ["whole", "streamed"]
+        assert all(f"http://127.0.0.1:{up.port}/v1" in e["error"] and "s3cret" not in e["error"] for e in errors)
+        finals = records(tmp_path, "final")
+        assert [(f["request"], f["cause"], f["full_length"]) for f in finals] == [
+            ("whole", "upstream_failed", False), ("streamed", "upstream_failed", False)]
+        res = check_decisions(str(tmp_path / "decisions.jsonl"))       # not replayed as the preset's decisions
+        assert res["ended_by_upstream"] == 2 and res["n"] == 0, res
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 2.0' in metrics
+        assert "s3cret" not in "".join(open(tmp_path / "decisions.jsonl"))
+    assert up.open_streams == 0
+
+
+def test_a_probe_reply_without_choices_is_a_502_that_names_it(tok, up, tmp_path):
+    up.mode = "probe without choices"
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url)
+        assert status == 502, out
+        assert "replica 1 of 1: a probe's reply cannot be read" in out["error"]["message"]
+        assert "no choices" in out["error"]["message"]
+        assert records(tmp_path, "final")[0]["cause"] == "upstream_failed"
+        up.mode = "good"                                # the same gateway, a well-formed upstream: answered
+        status, out = ask(url)
+        assert status == 200 and out["stopline"]["probe_tokens"] > 0, out
+
+
+def test_an_upstream_that_never_finishes_meets_the_deadline(tok, up, tmp_path):
+    """The stream sends only keep-alive comments: no read timeout ever fires, the request's deadline does."""
+    up.mode = "never ends"
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, request_timeout=1.0,
+                       **SMALL) as (gw, url):
+        t0 = time.monotonic()
+        status, out = ask(url)
+        assert status == 504 and "deadline of 1 s" in out["error"]["message"], out
+        status, lines = ask(url, stream=True)
+        assert json.loads(lines[-2])["error"]["code"] == 504 and lines[-1] == "[DONE]"
+        assert time.monotonic() - t0 < 10
+        assert [e["status"] for e in records(tmp_path, "error")] == [504, 504]
+        assert until(lambda: up.open_streams == 0)
+
+
+def test_a_client_that_leaves_a_whole_response_cancels_its_upstream_request(tok, up, tmp_path):
+    up.mode = "never ends"
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        with pytest.raises(httpx.ReadTimeout):
+            ask(url, timeout=1.0)                                        # gives up, and closes its connection
+        assert until(lambda: up.open_streams == 0), "the upstream stream outlived its client"
+
+
+def until(cond, seconds: float = 10) -> bool:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > seconds:
+            return False
+        time.sleep(0.05)
+    return True
