@@ -243,7 +243,8 @@ def _gateway_setup(p):
     p.add_argument("--every", type=int, default=32, help="checkpoints every N tokens (the calibration run's)")
     p.add_argument("--no-steps", action="store_true")
     p.add_argument("--no-transitions", action="store_true")
-    p.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413")
+    p.add_argument("--max-body-kb", type=int, default=1024,
+                   help="larger request bodies get 413, chunked ones too, as soon as they pass it (default 1024)")
     p.add_argument("--request-timeout", type=float, default=1800, metavar="S",
                    help="a request still unanswered after S seconds ends with 504 (an error event when streamed), "
                         "its upstream work cancelled (default 1800)")
@@ -270,6 +271,8 @@ def _gateway(args):
         raise StoplineError(f"--continue-tokens must be between 1 and 32768, not {args.continue_tokens}")
     if not 0 < args.request_timeout < float("inf"):
         raise StoplineError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}")
+    if args.max_body_kb < 1:
+        raise StoplineError(f"--max-body-kb must be at least 1, not {args.max_body_kb}")
     tok, kind, eos = load_tokenizer(args.tokenizer)
     urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
     log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"

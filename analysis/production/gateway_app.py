@@ -1,5 +1,9 @@
 """The gateway's HTTP face (FastAPI on uvicorn): the OpenAI routes, health, metrics and the admin reload. The
-decisions are ``gateway.Gateway``'s."""
+decisions are ``gateway.Gateway``'s.
+
+A request body is read as it arrives and refused with 413 once it passes ``--max-body-kb``, whether or not it
+says its length.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -72,16 +76,16 @@ def create_app(gw: Gateway) -> FastAPI:
         if not gw.api_key:
             return error(403, "the admin endpoint needs the gateway to run with --api-key", kind="permission_error")
         try:
-            changed = gw.reload(text=(await request.body()).decode())
+            changed = gw.reload(text=(await read_body(request, gw.opt.max_body)).decode())
+        except BadRequest as e:
+            return error(e.status, str(e), e.param)
         except (PresetError, StoplineError, UnicodeDecodeError) as e:
             gw.metrics.reload_errors.inc()
             return error(400, f"preset refused, the current one ({gw.version}) stays: {e}", "preset")
         return {"preset_version": gw.version, "changed": changed}
 
     async def body_of(request: Request):
-        raw = await request.body()
-        if len(raw) > gw.opt.max_body:
-            raise BadRequest(f"the request body is larger than {gw.opt.max_body} bytes", status=413)
+        raw = await read_body(request, gw.opt.max_body)
         try:
             return json.loads(raw)
         except ValueError as e:
@@ -148,6 +152,17 @@ def outcome(info: dict) -> str:
     if info.get("cause") == "upstream_error":
         return "upstream_error_answered"
     return "stopped" if info["stopped"] else "full"
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request's body as it arrives, refused (413) as soon as it passes ``cap`` bytes: a body sent in chunks
+    says no length beforehand, and is never held whole before its size is known."""
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > cap:
+            raise BadRequest(f"the request body is larger than {cap} bytes (--max-body-kb)", status=413)
+    return bytes(body)
 
 
 async def disconnected(request: Request) -> None:

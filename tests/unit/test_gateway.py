@@ -1,11 +1,13 @@
-"""The gateway's HTTP face against an upstream that misbehaves, over real HTTP: our FastAPI app on uvicorn, and
-an upstream that is a tiny HTTP server written here. That server answers the gateway's start-up checks as a
-server of the model would, and then sends what a broken server sends (a stream line that is not JSON, a chunk
-that is not an object, a probe reply without choices, a stream that never ends). What is tested is our
-handling of it: a clear error naming the problem, replicas named by number toward clients and by URL without
-credentials in the log, the decision log's records, nothing left waiting. The gateway in front of a real vLLM
-is tests/integration/test_gateway_vllm.py."""
+"""The gateway's HTTP face against peers that misbehave, over real HTTP: our FastAPI app on uvicorn, a client
+that sends a body in chunks that never ends, and an upstream that is a tiny HTTP server written here. That
+server answers the gateway's start-up checks as a server of the model would, and then sends what a broken
+server sends (a stream line that is not JSON, a chunk that is not an object, a probe reply without choices, a
+stream that never ends). What is tested is our handling of it: a clear error naming the problem, replicas
+named by number toward clients and by URL without credentials in the log, the decision log's records, nothing
+left waiting; also the body cap. The gateway in front of a real vLLM is tests/integration/test_gateway_vllm.py."""
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -215,3 +217,47 @@ def until(cond, seconds: float = 10) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def endless_chunked_post(url: str, path: str, headers: dict, most: int = 64 << 20) -> tuple[int, int, dict]:
+    """POST a body in 4 KiB chunks (Transfer-Encoding: chunked, no length) that never ends, until the gateway
+    answers or ``most`` bytes are sent. Returns (status, bytes sent by then, the answer's JSON)."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, "Content-Type": "application/json",
+                                                  "Transfer-Encoding": "chunked", **headers}.items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode())
+    sent, piece = 0, b"1000\r\n" + b"[" * 4096 + b"\r\n"
+    with sock:
+        while sent < most and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+            sent += 4096
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0]):
+            more = sock.recv(65536)
+            assert more, f"the gateway closed without an answer after {sent} bytes"
+            answer += more
+    status = int(answer.split(b" ", 2)[1])
+    return status, sent, json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_cap_not_after_it_ends(tok, up, tmp_path):
+    """Before, a body without a content-length was read whole, however large, before its size was checked
+    (a 300 MB one took 1 GB). Now it is counted as it arrives: 413 while the client is still sending."""
+    key = {"Authorization": "Bearer k3y"}
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, api_key="k3y",
+                       max_body=64 << 10, **SMALL) as (gw, url):
+        root = url.removesuffix("/v1")
+        for path in ("/v1/chat/completions", "/v1/completions", "/admin/preset"):
+            status, sent, out = endless_chunked_post(root, path, key)
+            assert status == 413 and "larger than 65536 bytes" in out["error"]["message"], (path, out)
+            assert sent < 8 << 20, f"{path}: {sent} bytes were taken before the 413"
+        r = httpx.post(url + "/completions", content=b"x" * (70 << 10),
+                       headers={"content-type": "application/json", **key})
+        assert r.status_code == 413                                    # a declared length: refused before reading
+        status, out = ask(url, headers=key)
+        assert status == 200                                           # and the gateway serves on
