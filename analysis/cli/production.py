@@ -229,6 +229,9 @@ def _gateway_setup(p):
     p.add_argument("--port", type=int, default=8800)
     p.add_argument("--log", help="decision log, JSON lines (default: data/logs/gateway-DATE.jsonl)")
     p.add_argument("--api-key", help="clients must send it (Authorization: Bearer KEY); default $STOPLINE_GATEWAY_KEY")
+    p.add_argument("--admin-key", help="POST /admin/preset (a new preset version) needs it, and only it: a key of its "
+                                       "own, not --api-key; default $STOPLINE_ADMIN_KEY. Without one the admin "
+                                       "endpoint is off (403) and new versions come through the --preset file")
     p.add_argument("--upstream-key", help="the upstream's key (default: $OPENAI_API_KEY); never logged")
     p.add_argument("--on-stop", choices=["answer", "continue"], default="answer",
                    help="answer: end with the trial answer after the cue; continue: append the cue and let the "
@@ -261,10 +264,12 @@ def _gateway(args):
     from analysis.backend.models import load_tokenizer
     from analysis.core.errors import StoplineError
     from analysis.backend.engine_openai import redact
-    from analysis.production.gateway import Gateway, Options, check_bind
+    from analysis.production.gateway import Gateway, Options, check_bind, check_keys
     from analysis.production.gateway_app import create_app
     key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
+    admin_key = args.admin_key or os.environ.get("STOPLINE_ADMIN_KEY")
     check_bind(args.host, key)
+    check_keys(key, admin_key)
     if args.every < 1:
         raise StoplineError(f"--every must be at least 1, not {args.every}")
     if not 1 <= args.continue_tokens <= 32768:
@@ -276,7 +281,7 @@ def _gateway(args):
     tok, kind, eos = load_tokenizer(args.tokenizer)
     urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
     log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
-    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key,
+    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key, admin_key=admin_key,
                  upstream_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"),
                  options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
                                  continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,

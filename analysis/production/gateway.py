@@ -16,9 +16,10 @@ object (in the last chunk when streaming).
 
 Every checkpoint and request end goes to the decision log (``controller.DecisionLog``: the format ``monitor``
 reads), each record with the preset version that made it. The preset file is re-read when it changes, or
-through ``POST /admin/preset`` (with the API key); an invalid new version is refused and the old one kept.
-``GET /metrics`` serves Prometheus counters. The gateway binds 127.0.0.1 unless told otherwise; any other
-address needs ``--api-key``, checked on every request in constant time. The upstream's key is never logged.
+through ``POST /admin/preset`` with the admin key (``--admin-key``, not the clients' key; without one the
+route is off); an invalid new version is refused and the old one kept. ``GET /metrics`` serves Prometheus
+counters. The gateway binds 127.0.0.1 unless told otherwise; any other address needs ``--api-key``, checked on
+every request in constant time. The upstream's key is never logged.
 
 An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
 or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
@@ -108,10 +109,11 @@ class Options:
 
 class Gateway:
     def __init__(self, upstreams: list[str], preset_path: str, tok, eos: set[int], kind: str = "instruct", *,
-                 log_path: str, model: str | None = None, api_key: str | None = None,
+                 log_path: str, model: str | None = None, api_key: str | None = None, admin_key: str | None = None,
                  upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64):
+        check_keys(api_key, admin_key)
         self.opt = options or Options()
-        self.tok, self.kind, self.api_key = tok, kind, api_key
+        self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
         self.engine = OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
@@ -439,6 +441,13 @@ def from_headers(headers) -> dict:
     if "x-request-id" in h:
         out["request_id"] = h["x-request-id"]
     return out
+
+
+def check_keys(api_key: str | None, admin_key: str | None) -> None:
+    """The admin key must be a key of its own: with the clients' key any client could replace the preset."""
+    if admin_key and admin_key == api_key:
+        raise StoplineError("the admin key is the clients' API key: any client could replace the preset",
+                            hint="give --admin-key (or $STOPLINE_ADMIN_KEY) a key of its own")
 
 
 def check_key(expected: str | None, header: str | None) -> bool:

@@ -1,8 +1,9 @@
 """The gateway's HTTP face (FastAPI on uvicorn): the OpenAI routes, health, metrics and the admin reload. The
 decisions are ``gateway.Gateway``'s.
 
-A request body is read as it arrives and refused with 413 once it passes ``--max-body-kb``, whether or not it
-says its length.
+Who may call what: ``/health`` anyone; ``/admin/*`` only with the admin key (``--admin-key``; without one the
+admin routes are off); everything else with the clients' API key when the gateway has one. A request body is
+read as it arrives and refused with 413 once it passes ``--max-body-kb``, whether or not it says its length.
 """
 from __future__ import annotations
 
@@ -46,7 +47,15 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path != "/health" and not check_key(gw.api_key, request.headers.get("authorization")):
+        path, given = request.url.path, request.headers.get("authorization")
+        if path.startswith("/admin/"):
+            if not gw.admin_key:
+                return error(403, "the admin endpoint is off: start the gateway with --admin-key (or "
+                                  "$STOPLINE_ADMIN_KEY) to use it", kind="permission_error")
+            if not check_key(gw.admin_key, given):
+                return error(401, "the admin key is required (Authorization: Bearer ADMIN_KEY); the clients' API "
+                                  "key is not it", kind="authentication_error")
+        elif path != "/health" and not check_key(gw.api_key, given):
             return error(401, "a valid API key is required (Authorization: Bearer KEY)", kind="authentication_error")
         n = request.headers.get("content-length")
         if n is not None and (not n.isdigit() or int(n) > gw.opt.max_body):
@@ -73,8 +82,6 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.post("/admin/preset")
     async def admin_preset(request: Request):
-        if not gw.api_key:
-            return error(403, "the admin endpoint needs the gateway to run with --api-key", kind="permission_error")
         try:
             changed = gw.reload(text=(await read_body(request, gw.opt.max_body)).decode())
         except BadRequest as e:

@@ -4,7 +4,8 @@ server answers the gateway's start-up checks as a server of the model would, and
 server sends (a stream line that is not JSON, a chunk that is not an object, a probe reply without choices, a
 stream that never ends). What is tested is our handling of it: a clear error naming the problem, replicas
 named by number toward clients and by URL without credentials in the log, the decision log's records, nothing
-left waiting; also the body cap. The gateway in front of a real vLLM is tests/integration/test_gateway_vllm.py."""
+left waiting; also the admin key and the body cap. The gateway in front of a real vLLM is
+tests/integration/test_gateway_vllm.py."""
 import json
 import select
 import socket
@@ -16,11 +17,13 @@ import httpx
 import pytest
 
 from analysis.backend.models import load_tokenizer
+from analysis.core.errors import StoplineError
 from analysis.production.verify import check_decisions
 from tests.helpers import serve_gateway
 
 MODEL = "smollm2-135m-instruct"
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
+B32 = {"stopline_preset": 1, "name": "b32", "setting": {"family": "budget", "params": {"B": 32}}}
 CONF = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.99}}}
 SMALL = {"every": 4, "steps": False, "transitions": False}          # a checkpoint every 4 tokens, nothing else
 
@@ -248,16 +251,40 @@ def endless_chunked_post(url: str, path: str, headers: dict, most: int = 64 << 2
 def test_a_chunked_body_is_refused_once_it_passes_the_cap_not_after_it_ends(tok, up, tmp_path):
     """Before, a body without a content-length was read whole, however large, before its size was checked
     (a 300 MB one took 1 GB). Now it is counted as it arrives: 413 while the client is still sending."""
-    key = {"Authorization": "Bearer k3y"}
-    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, api_key="k3y",
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, admin_key="adm",
                        max_body=64 << 10, **SMALL) as (gw, url):
         root = url.removesuffix("/v1")
-        for path in ("/v1/chat/completions", "/v1/completions", "/admin/preset"):
-            status, sent, out = endless_chunked_post(root, path, key)
+        for path, headers in (("/v1/chat/completions", {}), ("/v1/completions", {}),
+                              ("/admin/preset", {"Authorization": "Bearer adm"})):
+            status, sent, out = endless_chunked_post(root, path, headers)
             assert status == 413 and "larger than 65536 bytes" in out["error"]["message"], (path, out)
             assert sent < 8 << 20, f"{path}: {sent} bytes were taken before the 413"
-        r = httpx.post(url + "/completions", content=b"x" * (70 << 10),
-                       headers={"content-type": "application/json", **key})
+        r = httpx.post(url + "/completions", content=b"x" * (70 << 10), headers={"content-type": "application/json"})
         assert r.status_code == 413                                    # a declared length: refused before reading
-        status, out = ask(url, headers=key)
+        status, out = ask(url)
         assert status == 200                                           # and the gateway serves on
+
+
+def test_the_admin_endpoint_needs_its_own_key_and_is_off_without_one(tok, up, tmp_path, cli):
+    upstream = f"http://127.0.0.1:{up.port}/v1"
+    client, admin = {"Authorization": "Bearer k3y"}, {"Authorization": "Bearer 4dm1n"}
+    (tmp_path / "a").mkdir()
+    with serve_gateway(upstream, tok, tmp_path / "a", NEVER, MODEL, api_key="k3y", admin_key="4dm1n",
+                       **SMALL) as (gw, url):
+        admin_url, before = url.removesuffix("/v1") + "/admin/preset", gw.version
+        r = httpx.post(admin_url, content=json.dumps(B32), headers=client)
+        assert r.status_code == 401 and "admin key" in r.json()["error"]["message"] and gw.version == before
+        assert httpx.post(admin_url, content=json.dumps(B32)).status_code == 401
+        r = httpx.post(admin_url, content=json.dumps(B32), headers=admin)
+        assert r.status_code == 200 and r.json()["changed"] and gw.version != before
+        assert ask(url, headers=admin)[0] == 401                       # the admin key is not a client's key
+        assert ask(url, headers=client)[0] == 200
+    (tmp_path / "b").mkdir()
+    with serve_gateway(upstream, tok, tmp_path / "b", NEVER, MODEL, api_key="k3y", **SMALL) as (gw, url):
+        r = httpx.post(url.removesuffix("/v1") + "/admin/preset", content=json.dumps(B32), headers=client)
+        assert r.status_code == 403 and "--admin-key" in r.json()["error"]["message"]
+    with pytest.raises(StoplineError, match="admin key is the clients' API key"):
+        serve_gateway(upstream, tok, tmp_path / "b", NEVER, MODEL, api_key="same", admin_key="same").__enter__()
+    code, _, err = cli("serve", "--upstream", upstream, "--preset", tmp_path / "b" / "preset.json",
+                       "--tokenizer", MODEL, "--api-key", "same", "--admin-key", "same")
+    assert code == 2 and "admin key is the clients' API key" in err
