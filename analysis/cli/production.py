@@ -248,6 +248,9 @@ def _gateway_setup(p):
     p.add_argument("--no-transitions", action="store_true")
     p.add_argument("--max-body-kb", type=int, default=1024,
                    help="larger request bodies get 413, chunked ones too, as soon as they pass it (default 1024)")
+    p.add_argument("--max-tokens-cap", type=int, metavar="N",
+                   help="requests asking for more than N tokens (max_tokens, max_completion_tokens) get 400 "
+                        "(default: no cap of the gateway's own)")
     p.add_argument("--request-timeout", type=float, default=1800, metavar="S",
                    help="a request still unanswered after S seconds ends with 504 (an error event when streamed), "
                         "its upstream work cancelled (default 1800)")
@@ -274,6 +277,8 @@ def _gateway(args):
         raise StoplineError(f"--every must be at least 1, not {args.every}")
     if not 1 <= args.continue_tokens <= 32768:
         raise StoplineError(f"--continue-tokens must be between 1 and 32768, not {args.continue_tokens}")
+    if args.max_tokens_cap is not None and args.max_tokens_cap < 1:
+        raise StoplineError(f"--max-tokens-cap must be at least 1, not {args.max_tokens_cap}")
     if not 0 < args.request_timeout < float("inf"):
         raise StoplineError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}")
     if args.max_body_kb < 1:
@@ -286,7 +291,8 @@ def _gateway(args):
                  options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
                                  continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,
                                  steps=not args.no_steps, transitions=not args.no_transitions,
-                                 max_body=args.max_body_kb * 1024, request_timeout=args.request_timeout))
+                                 max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,
+                                 request_timeout=args.request_timeout))
     print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(map(redact, urls))} "
           f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
     uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")

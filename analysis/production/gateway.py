@@ -51,7 +51,10 @@ from analysis.production.gateway_metrics import Metrics
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
+MAX_DEPTH = 4               # how deeply stopline.tags / stopline.meta may nest (routing reads their top level)
+MAX_TOKENS = 2 ** 31 - 1    # the most max_tokens any request may ask for (--max-tokens-cap lowers it)
 REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-timeout)
+SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class Options:
     cue: str | None = None
     max_answer_tokens: int = 20
     max_body: int = MAX_BODY
+    max_tokens_cap: int | None = None       # requests asking for more get 400 (--max-tokens-cap)
     request_timeout: float = REQUEST_TIMEOUT
 
 
@@ -178,6 +182,9 @@ class Gateway:
         for k in ("tags", "meta"):
             if not isinstance(sl.get(k, {}), dict):
                 raise BadRequest(f"stopline.{k} must be an object", f"stopline.{k}")
+            if depth(sl.get(k, {})) > MAX_DEPTH:
+                raise BadRequest(f"stopline.{k} nests deeper than {MAX_DEPTH} levels (routing reads its top level)",
+                                 f"stopline.{k}")
         if chat:
             msgs = body.get("messages")
             if not isinstance(msgs, list) or not msgs or not all(
@@ -196,12 +203,21 @@ class Gateway:
                 ids, question = list(p), ""
             else:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
-        mt = body.get("max_completion_tokens", body.get("max_tokens", 1024))
+        which = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        mt = body.get(which, 1024)
         if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
-            raise BadRequest("max_tokens must be a positive integer", "max_tokens")
+            raise BadRequest(f"{which} must be a positive integer", which)
+        cap = self.opt.max_tokens_cap or MAX_TOKENS
+        if mt > cap:
+            raise BadRequest(f"{which} must be at most {cap}" + (" (this gateway's --max-tokens-cap)"
+                                                                 if self.opt.max_tokens_cap else ""), which)
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                 or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+            raise BadRequest("seed must be an integer (64-bit) or null", "seed")
         temp = body.get("temperature", 0.0)
         top_p = body.get("top_p", 1.0)
-        if not isinstance(temp, (int, float)) or isinstance(temp, bool) or temp < 0:
+        if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not 0 <= temp < float("inf"):
             raise BadRequest("temperature must be a number ≥ 0", "temperature")
         if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
             raise BadRequest("top_p must be a number in (0, 1]", "top_p")
@@ -218,7 +234,7 @@ class Gateway:
             raise BadRequest(f"this gateway serves the model {self.engine.model!r}, not {model!r}", "model", 404)
         return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
                 "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
-                "model": model, "seed": body.get("seed")}
+                "model": model, "seed": seed}
 
     def config(self, req: dict) -> GenConfig:
         return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
@@ -438,9 +454,26 @@ def from_headers(headers) -> dict:
                 out[key] = json.loads(h[name])
             except ValueError:
                 raise BadRequest(f"the {name} header must be a JSON object", name) from None
+            except RecursionError:
+                raise BadRequest(f"the {name} header nests too deeply (at most {MAX_DEPTH} levels)", name) from None
+            if depth(out[key]) > MAX_DEPTH:
+                raise BadRequest(f"the {name} header nests deeper than {MAX_DEPTH} levels", name)
     if "x-request-id" in h:
         out["request_id"] = h["x-request-id"]
     return out
+
+
+def depth(value, stop: int = MAX_DEPTH + 1) -> int:
+    """How deeply a JSON value nests (a scalar: 0, ``{}`` or ``{"a": 1}``: 1), counted level by level, without
+    recursion, up to ``stop``."""
+    level, layer = 0, [value]
+    while level < stop:
+        boxes = [x for x in layer if isinstance(x, (dict, list))]
+        if not boxes:
+            break
+        level += 1
+        layer = [v for b in boxes for v in (b.values() if isinstance(b, dict) else b)]
+    return level
 
 
 def check_keys(api_key: str | None, admin_key: str | None) -> None:

@@ -97,6 +97,8 @@ def create_app(gw: Gateway) -> FastAPI:
             return json.loads(raw)
         except ValueError as e:
             raise BadRequest(f"the body is not JSON ({e})") from None
+        except RecursionError:
+            raise BadRequest("the body nests too deeply to be read") from None
 
     async def serve(request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"

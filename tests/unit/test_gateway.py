@@ -4,8 +4,8 @@ server answers the gateway's start-up checks as a server of the model would, and
 server sends (a stream line that is not JSON, a chunk that is not an object, a probe reply without choices, a
 stream that never ends). What is tested is our handling of it: a clear error naming the problem, replicas
 named by number toward clients and by URL without credentials in the log, the decision log's records, nothing
-left waiting; also the admin key and the body cap. The gateway in front of a real vLLM is
-tests/integration/test_gateway_vllm.py."""
+left waiting; also the admin key, the body cap, bounded nesting and the checked sampling fields. The gateway
+in front of a real vLLM is tests/integration/test_gateway_vllm.py."""
 import json
 import select
 import socket
@@ -288,3 +288,26 @@ def test_the_admin_endpoint_needs_its_own_key_and_is_off_without_one(tok, up, tm
     code, _, err = cli("serve", "--upstream", upstream, "--preset", tmp_path / "b" / "preset.json",
                        "--tokenizer", MODEL, "--api-key", "same", "--admin-key", "same")
     assert code == 2 and "admin key is the clients' API key" in err
+
+
+def test_deep_nesting_and_bad_sampling_fields_get_400_naming_the_field(tok, up, tmp_path):
+    deep = "[" * 5000 + "]" * 5000
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, max_tokens_cap=64,
+                       **SMALL) as (gw, url):
+        status, out = ask(url, headers={"X-Stopline-Tags": deep})
+        assert status == 400 and out["error"]["param"] == "x-stopline-tags" and "deep" in out["error"]["message"]
+        status, out = ask(url, headers={"X-Stopline-Meta": json.dumps({"a": [[[[1]]]]})})
+        assert status == 400 and out["error"]["param"] == "x-stopline-meta"
+        status, out = ask(url, stopline={"meta": {"a": {"b": {"c": {"d": {"e": 1}}}}}})
+        assert status == 400 and out["error"]["param"] == "stopline.meta" and "4 levels" in out["error"]["message"]
+        r = httpx.post(url + "/completions", content=deep * 4, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"]
+        for field, value, says in (("seed", "7", "seed must be an integer"), ("seed", 1.5, "seed must be an integer"),
+                                   ("seed", True, "seed must be an integer"), ("seed", 2 ** 70, "64-bit"),
+                                   ("max_tokens", "8", "positive integer"), ("max_tokens", 65, "at most 64"),
+                                   ("max_completion_tokens", 1000, "at most 64 (this gateway's --max-tokens-cap)")):
+            status, out = ask(url, **{field: value})
+            assert status == 400 and out["error"]["param"] == field and says in out["error"]["message"], (field, out)
+        status, out = ask(url, seed=7, max_tokens=64, stopline={"tags": {"priority": "low"},
+                                                                 "meta": {"a": {"b": [1, 2]}}})
+        assert status == 200 and out["stopline"]["tokens_emitted"] == 8, out
