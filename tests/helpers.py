@@ -1,7 +1,8 @@
 """What the tests share beside pytest's fixtures (tests/conftest.py): paths, hand-built RunTables, a run with an
-incumbent, the AppTest opener and sample records."""
+incumbent, the gateway on a real port, the AppTest opener and sample records."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -67,6 +68,49 @@ def the_job_when_it_ends(timeout_s: float) -> dict:
         if job["state"] != "running" or time.time() > deadline:
             return job
         time.sleep(1)
+
+
+# -- the gateway on a real port ------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_gateway(upstreams, tok, folder: Path, preset: dict, model: str, *, api_key: str | None = None,
+                  admin_key: str | None = None, **options):
+    """The gateway (``production.gateway``: its FastAPI app on uvicorn, in a thread) in front of ``upstreams``
+    with ``preset`` written to ``folder``/preset.json and its decision log at ``folder``/decisions.jsonl;
+    ``tok`` is ``load_tokenizer``'s triple, ``options`` the gateway's Options. Yields (gateway, its /v1 URL)."""
+    import json
+    import threading
+    import time
+
+    import uvicorn
+
+    from analysis.production.gateway import Gateway, Options
+    from analysis.production.gateway_app import create_app
+    path = folder / "preset.json"
+    path.write_text(json.dumps(preset))
+    t, kind, eos = tok
+    gw = Gateway(upstreams if isinstance(upstreams, list) else [upstreams], str(path), t, eos, kind,
+                 log_path=str(folder / "decisions.jsonl"), model=model, api_key=api_key, admin_key=admin_key,
+                 options=Options(**options))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    while not srv.started:
+        assert th.is_alive() and time.monotonic() - t0 < 60, "the gateway did not start"
+        time.sleep(0.1)
+    try:
+        yield gw, f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        th.join(30)
 
 
 # -- the dashboard in AppTest --------------------------------------------------------------------------------

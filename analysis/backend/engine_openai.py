@@ -20,9 +20,14 @@ mass can carry. So the signal is a lower bound of the exact entropy, tight when 
 (docs/engines.md gives its measured error).
 
 Replicas: each question goes, with all its probes, to the replica with the fewest questions in flight. A
-replica that refuses connections, drops a stream or answers 5xx is set aside with a growing back-off, and
-the question starts again from nothing on another (up to ``max_retries`` times): the run ends with every
-question exactly once. A 4xx answer (a wrong model name, a bad request) is not retried: it is our error.
+replica that refuses connections, drops a stream, answers 5xx or sends a reply that cannot be read (a stream
+line that is not JSON, a completion without choices) is set aside with a growing back-off, and the question
+starts again from nothing on another (up to ``max_retries`` times): the run ends with every question exactly
+once. A 4xx answer (a wrong model name, a bad request) is not retried: it is our error.
+
+Errors name a replica two ways: ``str(e)`` by its URL with any ``user:password@`` left out (``shown``), for
+this machine's messages and logs; ``e.public`` by its number ("replica 1 of 2"), for the gateway's clients,
+who must not learn where the upstream is.
 
 About 470 lines: the replicas, the stream, the probe and the retry loop share the engine's state (semaphores,
 replica health, statistics); the gateway reuses the same pieces, so they stay one class.
@@ -36,6 +41,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from analysis.backend.decode import TraceResult
 from analysis.backend.placement import Placer, token_pieces
@@ -49,7 +55,28 @@ PROBE_STOPS = ["}", "\n"]
 
 
 class ReplicaFailed(Exception):
-    """A replica failed in a way another replica may not (connection refused or dropped, a 5xx)."""
+    """A replica failed in a way another replica may not (connection refused or dropped, a 5xx, a reply that
+    cannot be read). ``str(e)``: the replica by its URL (no credentials); ``public``: by its number."""
+
+    def __init__(self, r: "Replica", detail: str):
+        self.detail, self.public = detail, f"{r.label}: {detail}"
+        super().__init__(f"{r.shown}: {detail}")
+
+
+class UpstreamRefused(StoplineError):
+    """A replica answered 4xx: the request is wrong for it (not retried). ``public``: without its URL."""
+
+    def __init__(self, r: "Replica", detail: str):
+        self.public = f"{r.label} refused the request: {detail}"
+        super().__init__(f"the server at {r.shown} refused the request: {detail}")
+
+
+def redact(url: str) -> str:
+    """``url`` without the ``user:password@`` it may carry (for messages and logs)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _root(url: str) -> str:
@@ -70,6 +97,12 @@ class Replica:
     version: str | None = None
     owned_by: str | None = None
     block_size: int | None = None
+    label: str = "replica 1 of 1"          # how the gateway's clients hear of it (never its URL)
+
+    @property
+    def shown(self) -> str:
+        """The URL for messages and logs: without credentials."""
+        return redact(self.url)
 
 
 @dataclass
@@ -124,7 +157,8 @@ class OpenAIEngine:
                  top_k: int = TOP_K, retry_base_s: float = 0.5, token_ids: bool = True):
         if not base_urls:
             raise StoplineError("the openai engine needs at least one --base-url")
-        self.replicas = [Replica(u.rstrip("/")) for u in dict.fromkeys(base_urls)]
+        urls = list(dict.fromkeys(u.rstrip("/") for u in base_urls))
+        self.replicas = [Replica(u, label=f"replica {i + 1} of {len(urls)}") for i, u in enumerate(urls)]
         self.model, self.tok, self.api_key = model, tok, api_key
         self.concurrency, self.timeout, self.max_retries, self.top_k = concurrency, timeout, max_retries, top_k
         self.retry_base_s = retry_base_s
@@ -155,17 +189,32 @@ class OpenAIEngine:
         import httpx
         try:
             resp = await r.client.post(_v1(r.url) + path, json=body)
-        except (httpx.TransportError, httpx.TimeoutException) as e:
-            raise ReplicaFailed(f"{r.url}: {type(e).__name__}: {e}") from None
+        except httpx.RequestError as e:          # refused, dropped, timed out, a body that cannot be decoded
+            raise ReplicaFailed(r, f"{type(e).__name__}: {e}") from None
+        return self._json(r, resp)
+
+    async def get_json(self, r: Replica, path: str) -> dict:
+        """GET a /v1 path of a replica as a JSON object (ReplicaFailed when it cannot be had)."""
+        import httpx
+        try:
+            resp = await r.client.get(_v1(r.url) + path, timeout=10)
+        except httpx.RequestError as e:
+            raise ReplicaFailed(r, f"GET /v1{path}: {type(e).__name__}: {e}") from None
         return self._json(r, resp)
 
     def _json(self, r: Replica, resp) -> dict:
         if resp.status_code >= 500 or resp.status_code in (408, 429):
-            raise ReplicaFailed(f"{r.url}: HTTP {resp.status_code}: {resp.text[:200]}")
+            raise ReplicaFailed(r, f"HTTP {resp.status_code}: {resp.text[:200]}")
         if resp.status_code >= 400:
-            raise StoplineError(f"the server at {r.url} refused the request: HTTP {resp.status_code}: "
-                                f"{_message(resp)}")
-        return resp.json()
+            raise UpstreamRefused(r, f"HTTP {resp.status_code}: {_message(resp)}")
+        try:
+            out = resp.json()
+        except (ValueError, RecursionError):
+            out = None
+        if not isinstance(out, dict):
+            raise ReplicaFailed(r, f"HTTP {resp.status_code} with a body that is not a JSON object: "
+                                   f"{resp.text[:80]!r}")
+        return out
 
     # --- checks before a run --------------------------------------------------------------------------------
     async def check(self) -> dict:
@@ -177,18 +226,18 @@ class OpenAIEngine:
             try:
                 resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
             except (httpx.TransportError, httpx.TimeoutException) as e:
-                problems.append(f"{r.url}: cannot connect ({type(e).__name__}{': ' + str(e) if str(e) else ''})")
+                problems.append(f"{r.shown}: cannot connect ({type(e).__name__}{': ' + str(e) if str(e) else ''})")
                 continue
             if resp.status_code in (401, 403):
-                raise StoplineError(f"the server at {r.url} refused the API key (HTTP {resp.status_code})",
+                raise StoplineError(f"the server at {r.shown} refused the API key (HTTP {resp.status_code})",
                                     hint="give --api-key or set OPENAI_API_KEY")
             if resp.status_code != 200:
-                problems.append(f"{r.url}: GET /v1/models answered HTTP {resp.status_code}; is it an "
+                problems.append(f"{r.shown}: GET /v1/models answered HTTP {resp.status_code}; is it an "
                                 "OpenAI-compatible server's /v1 URL?")
                 continue
             served = [m.get("id") for m in resp.json().get("data", [])]
             if self.model not in served:
-                raise StoplineError(f"the server at {r.url} does not serve a model named {self.model!r}",
+                raise StoplineError(f"the server at {r.shown} does not serve a model named {self.model!r}",
                                     hint="it serves: " + ", ".join(map(str, served)))
             r.owned_by = next((m.get("owned_by") for m in resp.json()["data"] if m.get("id") == self.model), None)
             alive.append(r)
@@ -231,7 +280,7 @@ class OpenAIEngine:
             out = await self._post(r, "/completions", body)
         except StoplineError as e:
             if "logprob" in str(e).lower():
-                raise StoplineError(f"the server at {r.url} does not return {self.top_k} log-probabilities per "
+                raise StoplineError(f"the server at {r.shown} does not return {self.top_k} log-probabilities per "
                                     f"token ({str(e).split(': ', 2)[-1][:200]}); the openai engine needs them for "
                                     "the probes' signals", hint=f"vLLM: start it with --max-logprobs {self.top_k} or more, "
                                                             "or ask for fewer with --top-logprobs") \
@@ -239,10 +288,10 @@ class OpenAIEngine:
             raise
         except ReplicaFailed as e:
             raise StoplineError(f"the server failed a first completion: {e}") from None
-        ch = out["choices"][0]
+        ch = first_choice(r, out)
         lp = ch.get("logprobs") or {}
-        if not lp.get("token_logprobs") or not lp.get("top_logprobs"):
-            raise StoplineError(f"the server at {r.url} returned no log-probabilities for a completion that asked "
+        if not isinstance(lp, dict) or not lp.get("token_logprobs") or not lp.get("top_logprobs"):
+            raise StoplineError(f"the server at {r.shown} returned no log-probabilities for a completion that asked "
                                 "for them; the openai engine needs them for the probes' signals",
                                 hint="vLLM, SGLang and llama.cpp's server return them; check the server's options")
         return ch.get("token_ids") is not None
@@ -301,7 +350,7 @@ class OpenAIEngine:
     def _failed(self, r: Replica, err: str) -> None:
         r.failures += 1
         r.down_until = time.monotonic() + min(30.0, self.retry_base_s * 2 ** (r.failures - 1))
-        self.stats.replica_failures[r.url] = self.stats.replica_failures.get(r.url, 0) + 1
+        self.stats.replica_failures[r.shown] = self.stats.replica_failures.get(r.shown, 0) + 1
         self.stats.errors = (self.stats.errors + [err[:300]])[-5:]
 
     # --- a question: its trace, streamed, and its probes --------------------------------------------------
@@ -370,22 +419,18 @@ class OpenAIEngine:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
-                    if chunk.get("error"):
-                        raise ReplicaFailed(f"{r.url}: error in stream: {chunk['error']}")
-                    for ch in chunk.get("choices", []):
-                        text.append(ch.get("text") or "")
-                        new = ch.get("token_ids")
+                    for piece, new, fin in stream_choices(r, data):
+                        text.append(piece)
                         if new is not None:
                             got_ids = True
                             new = [t for t in new if t not in self.eos]
                             if new:
-                                on_ids(new, ch.get("text") or "")
-                        finish = ch.get("finish_reason") or finish
-        except (httpx.TransportError, httpx.TimeoutException) as e:
-            raise ReplicaFailed(f"{r.url}: stream broke: {type(e).__name__}: {e}") from None
+                                on_ids(new, piece)
+                        finish = fin or finish
+        except httpx.RequestError as e:
+            raise ReplicaFailed(r, f"stream broke: {type(e).__name__}: {e}") from None
         if finish is None:
-            raise ReplicaFailed(f"{r.url}: the stream ended without a finish reason")
+            raise ReplicaFailed(r, "the stream ended without a finish reason")
         return "".join(text), finish, got_ids
 
     async def _probe(self, r: Replica, ids: list[int], cue_ids: list[int], cfg: GenConfig) -> tuple[Probe, float]:
@@ -397,7 +442,10 @@ class OpenAIEngine:
                 "model": self.model, "prompt": prompt, "max_tokens": cfg.max_answer_tokens, "temperature": 0,
                 "stop": PROBE_STOPS, "logprobs": self.top_k, "return_token_ids": True})
             dt = time.perf_counter() - t0
-        pr = self.to_probe(out, len(cue_ids))
+        try:
+            pr = self.to_probe(out, len(cue_ids))
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as e:   # another shape
+            raise ReplicaFailed(r, f"a probe's reply cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
         st = self.stats
         st.probes += 1
         st.probe_prompt_tokens += len(prompt)
@@ -412,7 +460,10 @@ class OpenAIEngine:
     def to_probe(self, out: dict, n_cue: int) -> Probe:
         """A completions answer as a Probe: the answer's tokens (up to and including the one that closed it),
         their probabilities, the entropy after the cue."""
-        ch = out["choices"][0]
+        choices = out.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise ValueError("it has no choices")
+        ch = choices[0]
         lp = ch.get("logprobs") or {}
         toks = ch.get("token_ids")
         probs = [math.exp(x) if x is not None else math.nan for x in (lp.get("token_logprobs") or [])]
@@ -458,6 +509,36 @@ class OpenAIEngine:
                 r.in_flight -= 1
         raise StoplineError(f"{what} failed on every attempt ({self.max_retries + 1}); last: {last}",
                             hint=f"{saved}; run again to resume")
+
+
+def first_choice(r: Replica, out: dict) -> dict:
+    """A completion's first choice; ReplicaFailed when the reply has none."""
+    choices = out.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ReplicaFailed(r, f"a completion without choices: {json.dumps(out)[:80]}")
+    return choices[0]
+
+
+def stream_choices(r: Replica, data: str) -> list[tuple[str, list[int] | None, str | None]]:
+    """One ``data:`` line of a completions stream as (text, token ids or None, finish reason) per choice;
+    ReplicaFailed, naming what is wrong, for a line that is not such a chunk or carries an error."""
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ReplicaFailed(r, f"the stream sent a line that is not JSON: {data[:80]!r}") from None
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+        raise ReplicaFailed(r, f"the stream sent a chunk that is not a completion chunk: {data[:80]!r}")
+    if chunk.get("error"):
+        raise ReplicaFailed(r, f"error in stream: {str(chunk['error'])[:200]}")
+    out = []
+    for ch in chunk.get("choices", []):
+        ch = ch if isinstance(ch, dict) else {"text": ch}
+        text, ids, fin = ch.get("text"), ch.get("token_ids"), ch.get("finish_reason")
+        if not isinstance(text, (str, type(None))) or not isinstance(fin, (str, type(None))) or not (
+                ids is None or isinstance(ids, list) and all(type(t) is int for t in ids)):
+            raise ReplicaFailed(r, f"the stream sent a choice of another shape: {data[:80]!r}")
+        out.append((text or "", ids, fin))
+    return out
 
 
 def question_seed(seed: int, question_id: str) -> int:

@@ -229,6 +229,9 @@ def _gateway_setup(p):
     p.add_argument("--port", type=int, default=8800)
     p.add_argument("--log", help="decision log, JSON lines (default: data/logs/gateway-DATE.jsonl)")
     p.add_argument("--api-key", help="clients must send it (Authorization: Bearer KEY); default $STOPLINE_GATEWAY_KEY")
+    p.add_argument("--admin-key", help="POST /admin/preset (a new preset version) needs it, and only it: a key of its "
+                                       "own, not --api-key; default $STOPLINE_ADMIN_KEY. Without one the admin "
+                                       "endpoint is off (403) and new versions come through the --preset file")
     p.add_argument("--upstream-key", help="the upstream's key (default: $OPENAI_API_KEY); never logged")
     p.add_argument("--on-stop", choices=["answer", "continue"], default="answer",
                    help="answer: end with the trial answer after the cue; continue: append the cue and let the "
@@ -243,7 +246,14 @@ def _gateway_setup(p):
     p.add_argument("--every", type=int, default=32, help="checkpoints every N tokens (the calibration run's)")
     p.add_argument("--no-steps", action="store_true")
     p.add_argument("--no-transitions", action="store_true")
-    p.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413")
+    p.add_argument("--max-body-kb", type=int, default=1024,
+                   help="larger request bodies get 413, chunked ones too, as soon as they pass it (default 1024)")
+    p.add_argument("--max-tokens-cap", type=int, metavar="N",
+                   help="requests asking for more than N tokens (max_tokens, max_completion_tokens) get 400 "
+                        "(default: no cap of the gateway's own)")
+    p.add_argument("--request-timeout", type=float, default=1800, metavar="S",
+                   help="a request still unanswered after S seconds ends with 504 (an error event when streamed), "
+                        "its upstream work cancelled (default 1800)")
 
 
 @command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
@@ -256,24 +266,34 @@ def _gateway(args):
 
     from analysis.backend.models import load_tokenizer
     from analysis.core.errors import StoplineError
-    from analysis.production.gateway import Gateway, Options, check_bind
+    from analysis.backend.engine_openai import redact
+    from analysis.production.gateway import Gateway, Options, check_bind, check_keys
     from analysis.production.gateway_app import create_app
     key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
+    admin_key = args.admin_key or os.environ.get("STOPLINE_ADMIN_KEY")
     check_bind(args.host, key)
+    check_keys(key, admin_key)
     if args.every < 1:
         raise StoplineError(f"--every must be at least 1, not {args.every}")
     if not 1 <= args.continue_tokens <= 32768:
         raise StoplineError(f"--continue-tokens must be between 1 and 32768, not {args.continue_tokens}")
+    if args.max_tokens_cap is not None and args.max_tokens_cap < 1:
+        raise StoplineError(f"--max-tokens-cap must be at least 1, not {args.max_tokens_cap}")
+    if not 0 < args.request_timeout < float("inf"):
+        raise StoplineError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}")
+    if args.max_body_kb < 1:
+        raise StoplineError(f"--max-body-kb must be at least 1, not {args.max_body_kb}")
     tok, kind, eos = load_tokenizer(args.tokenizer)
     urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
     log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
-    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key,
+    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key, admin_key=admin_key,
                  upstream_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"),
                  options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
                                  continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,
                                  steps=not args.no_steps, transitions=not args.no_transitions,
-                                 max_body=args.max_body_kb * 1024))
-    print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(urls)} "
+                                 max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,
+                                 request_timeout=args.request_timeout))
+    print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(map(redact, urls))} "
           f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
     uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")
 

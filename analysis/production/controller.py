@@ -256,7 +256,8 @@ class Controller:
                em: float | None = None, cause: str | None = None) -> dict:
         """Close a request: a stopped one answers its trial answer; otherwise the model's own final answer
         (``final_raw``, after ``n_tokens`` generated tokens). Logs and returns the outcome. ``cause``: why a
-        request stopped when it was not the preset's decision (``upstream_error``)."""
+        request ended when it was not the preset's decision (``upstream_error``: answered after the upstream
+        failed; ``upstream_failed``: not answered, and then not a full-length trace either)."""
         s.finished = True
         if s.stopped is not None:
             j = s.stopped.ck
@@ -264,7 +265,7 @@ class Controller:
             stop_pos = s.history["pos"][j]
         else:
             j = s.n - 1
-            answer_raw, full = final_raw, True
+            answer_raw, full = final_raw, cause is None
             emitted = n_tokens if n_tokens is not None else (s.history["pos"][j] if s.n else 0)
             computed = emitted + sum(s.history["probe_tokens"][: max(0, s.n - 1)])
             stop_pos = emitted

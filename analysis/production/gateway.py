@@ -16,9 +16,15 @@ object (in the last chunk when streaming).
 
 Every checkpoint and request end goes to the decision log (``controller.DecisionLog``: the format ``monitor``
 reads), each record with the preset version that made it. The preset file is re-read when it changes, or
-through ``POST /admin/preset`` (with the API key); an invalid new version is refused and the old one kept.
-``GET /metrics`` serves Prometheus counters. The gateway binds 127.0.0.1 unless told otherwise; any other
-address needs ``--api-key``, checked on every request in constant time. The upstream's key is never logged.
+through ``POST /admin/preset`` with the admin key (``--admin-key``, not the clients' key; without one the
+route is off); an invalid new version is refused and the old one kept. ``GET /metrics`` serves Prometheus
+counters. The gateway binds 127.0.0.1 unless told otherwise; any other address needs ``--api-key``, checked on
+every request in constant time. The upstream's key is never logged.
+
+An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
+or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
+server's log names the URL (without credentials), and the decision log gets the request's final record
+(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures.
 """
 from __future__ import annotations
 
@@ -26,13 +32,15 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
+import re
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed
+from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, first_choice
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
 from analysis.core.answers import extract, normalize
@@ -43,12 +51,38 @@ from analysis.production.gateway_metrics import Metrics
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
+MAX_DEPTH = 4               # how deeply stopline.tags / stopline.meta may nest (routing reads their top level)
+MAX_TOKENS = 2 ** 31 - 1    # the most max_tokens any request may ask for (--max-tokens-cap lowers it)
+REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-timeout)
+SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+logger = logging.getLogger(__name__)
 
 
 class BadRequest(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.status = param, status
+
+
+class UpstreamFailure(Exception):
+    """A request the upstream failed: ``public`` for its client (replicas by number, no URL), ``str(e)`` for
+    this server's log (URLs without credentials); ``status`` 502, or 504 past the request's deadline."""
+
+    def __init__(self, private: str, public: str, status: int = 502):
+        super().__init__(private[:500])
+        self.public, self.status = URL.sub("<upstream>", public)[:300], status
+
+
+def upstream_failure(e: BaseException, r, timeout: float) -> UpstreamFailure:
+    """What an exception from the upstream's side of a request says to the client and to the log."""
+    if isinstance(e, TimeoutError):
+        msg = f"no answer within the gateway's deadline of {timeout:g} s (--request-timeout)"
+        return UpstreamFailure(f"{r.shown}: {msg}", msg, 504)
+    if isinstance(e, (ReplicaFailed, StoplineError)):
+        return UpstreamFailure(str(e), getattr(e, "public", None) or str(e))
+    return UpstreamFailure(f"{r.shown}: the upstream's reply cannot be read: {type(e).__name__}: {e}",
+                           f"{r.label}: the upstream's reply cannot be read ({type(e).__name__})")
 
 
 class VersionedLog:
@@ -73,14 +107,17 @@ class Options:
     cue: str | None = None
     max_answer_tokens: int = 20
     max_body: int = MAX_BODY
+    max_tokens_cap: int | None = None       # requests asking for more get 400 (--max-tokens-cap)
+    request_timeout: float = REQUEST_TIMEOUT
 
 
 class Gateway:
     def __init__(self, upstreams: list[str], preset_path: str, tok, eos: set[int], kind: str = "instruct", *,
-                 log_path: str, model: str | None = None, api_key: str | None = None,
+                 log_path: str, model: str | None = None, api_key: str | None = None, admin_key: str | None = None,
                  upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64):
+        check_keys(api_key, admin_key)
         self.opt = options or Options()
-        self.tok, self.kind, self.api_key = tok, kind, api_key
+        self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
         self.engine = OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
@@ -145,6 +182,9 @@ class Gateway:
         for k in ("tags", "meta"):
             if not isinstance(sl.get(k, {}), dict):
                 raise BadRequest(f"stopline.{k} must be an object", f"stopline.{k}")
+            if depth(sl.get(k, {})) > MAX_DEPTH:
+                raise BadRequest(f"stopline.{k} nests deeper than {MAX_DEPTH} levels (routing reads its top level)",
+                                 f"stopline.{k}")
         if chat:
             msgs = body.get("messages")
             if not isinstance(msgs, list) or not msgs or not all(
@@ -163,12 +203,21 @@ class Gateway:
                 ids, question = list(p), ""
             else:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
-        mt = body.get("max_completion_tokens", body.get("max_tokens", 1024))
+        which = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        mt = body.get(which, 1024)
         if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
-            raise BadRequest("max_tokens must be a positive integer", "max_tokens")
+            raise BadRequest(f"{which} must be a positive integer", which)
+        cap = self.opt.max_tokens_cap or MAX_TOKENS
+        if mt > cap:
+            raise BadRequest(f"{which} must be at most {cap}" + (" (this gateway's --max-tokens-cap)"
+                                                                 if self.opt.max_tokens_cap else ""), which)
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                 or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+            raise BadRequest("seed must be an integer (64-bit) or null", "seed")
         temp = body.get("temperature", 0.0)
         top_p = body.get("top_p", 1.0)
-        if not isinstance(temp, (int, float)) or isinstance(temp, bool) or temp < 0:
+        if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not 0 <= temp < float("inf"):
             raise BadRequest("temperature must be a number ≥ 0", "temperature")
         if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
             raise BadRequest("top_p must be a number in (0, 1]", "top_p")
@@ -185,7 +234,7 @@ class Gateway:
             raise BadRequest(f"this gateway serves the model {self.engine.model!r}, not {model!r}", "model", 404)
         return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
                 "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
-                "model": model, "seed": body.get("seed")}
+                "model": model, "seed": seed}
 
     def config(self, req: dict) -> GenConfig:
         return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
@@ -193,11 +242,18 @@ class Gateway:
                          max_answer_tokens=self.opt.max_answer_tokens, cue=self.cue)
 
     async def events(self, req: dict):
-        """The response as ("text", piece) events, then ("end", info)."""
+        """The response as ("text", piece) events, then ("end", info). An upstream that fails or sends what
+        cannot be read, or a request still unanswered at its deadline (``request_timeout``), ends it with
+        UpstreamFailure once the log has its error and final records; nothing is left running or waiting."""
         ctl = self.current()
         sess = ctl.open(req["request_id"], req["question"], req["meta"], req["tags"])
         cfg = self.config(req)
         eng = self.engine
+        t_req = time.perf_counter()
+        deadline = t_req + self.opt.request_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.perf_counter())
         r = await eng._pick()
         placer = Placer(cfg, eng.piece)
         setting = sess.route.setting
@@ -210,7 +266,6 @@ class Gateway:
         queue: asyncio.Queue = asyncio.Queue()
         decision, finish, error = None, None, None
         probe_tokens = 0
-        t_req = time.perf_counter()
 
         async def produce():
             try:
@@ -222,6 +277,8 @@ class Gateway:
                 queue.put_nowait(("done", fin))
             except (ReplicaFailed, StoplineError) as e:
                 queue.put_nowait(("error", e))
+            except Exception as e:      # whatever else the stream raised: the request must hear of it, not wait
+                queue.put_nowait(("error", upstream_failure(e, r, self.opt.request_timeout)))
 
         producer = asyncio.ensure_future(produce())
         getter = None
@@ -255,7 +312,9 @@ class Gateway:
                 getter = waits[0] if waits else None
                 if pending:
                     waits.append(pending[0][2])
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=left(), return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError
                 if getter in done:
                     item = getter.result()
                     getter = None
@@ -283,12 +342,13 @@ class Gateway:
                     yield ("text", text if len(take) == len(cids) else self.tok.decode(take))
                 answer = decision.answer
                 if not probing and self.opt.on_stop == "answer":      # the one probe a budget needs: its answer
-                    pr = (await eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg))[0]
+                    pr = (await asyncio.wait_for(eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg),
+                                                 left()))[0]
                     answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens
                     h, j = sess.history, decision.ck        # the request's answer, for its final record
                     h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
                     h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
-                tail = await self._on_stop(r, req, ids[:decision.pos], answer)
+                tail = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
                 yield ("text", tail)
             elif error is not None:
                 if self.opt.on_upstream_error != "answer":
@@ -298,16 +358,22 @@ class Gateway:
                     if text:
                         yield ("text", text)
                 chunks.clear()
-                answer, cause, spent = await self._answer_after_failure(req, ids, cfg, sess, ctl, error)
+                answer, cause, spent = await asyncio.wait_for(
+                    self._answer_after_failure(req, ids, cfg, sess, ctl, error), left())
                 probe_tokens += spent
                 yield ("text", self.cue + answer + "}")
+        except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
+            failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
+            self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure)
+            raise failure from None
         finally:
             producer.cancel()
             if getter is not None:
                 getter.cancel()
-            for _, _, t in pending:
+            probes = [t for _, _, t in pending if t is not None]      # a budget's checkpoints have none
+            for t in probes:
                 t.cancel()
-            await asyncio.gather(producer, *(t for _, _, t in pending), return_exceptions=True)
+            await asyncio.gather(producer, *probes, return_exceptions=True)
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = ctl.finish(sess, cause=cause)
@@ -328,6 +394,15 @@ class Gateway:
             info["cause"] = cause
         self.metrics.finished(info)
         yield ("end", info)
+
+    def _failed_request(self, req, sess, ctl, pos: int, failure: UpstreamFailure) -> None:
+        """A request the upstream failed, in the server's log and the decision log: the error (the replica's URL
+        without credentials) and the request's final record, ``cause: upstream_failed`` (the monitor and
+        check-log leave it out of the preset's figures)."""
+        logger.warning("request %s: the upstream failed: %s", req["request_id"], failure)
+        self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
+                        "status": failure.status, "error": str(failure)})
+        ctl.finish(sess, None, pos, cause="upstream_failed")
 
     async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
         """``--on-upstream-error answer``: the trial answer at the last token the failed upstream wrote, probed on
@@ -362,7 +437,10 @@ class Gateway:
             out = await self.engine._post(r, "/completions", {
                 "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
                 "max_tokens": self.opt.continue_tokens, "temperature": 0, "stop": ["}"]})
-            return self.cue + out["choices"][0]["text"] + "}"
+            text = first_choice(r, out).get("text")
+            if not isinstance(text, str):
+                raise ReplicaFailed(r, "a completion whose text is not a string")
+            return self.cue + text + "}"
         return self.cue + (answer or "") + "}"
 
 
@@ -376,9 +454,33 @@ def from_headers(headers) -> dict:
                 out[key] = json.loads(h[name])
             except ValueError:
                 raise BadRequest(f"the {name} header must be a JSON object", name) from None
+            except RecursionError:
+                raise BadRequest(f"the {name} header nests too deeply (at most {MAX_DEPTH} levels)", name) from None
+            if depth(out[key]) > MAX_DEPTH:
+                raise BadRequest(f"the {name} header nests deeper than {MAX_DEPTH} levels", name)
     if "x-request-id" in h:
         out["request_id"] = h["x-request-id"]
     return out
+
+
+def depth(value, stop: int = MAX_DEPTH + 1) -> int:
+    """How deeply a JSON value nests (a scalar: 0, ``{}`` or ``{"a": 1}``: 1), counted level by level, without
+    recursion, up to ``stop``."""
+    level, layer = 0, [value]
+    while level < stop:
+        boxes = [x for x in layer if isinstance(x, (dict, list))]
+        if not boxes:
+            break
+        level += 1
+        layer = [v for b in boxes for v in (b.values() if isinstance(b, dict) else b)]
+    return level
+
+
+def check_keys(api_key: str | None, admin_key: str | None) -> None:
+    """The admin key must be a key of its own: with the clients' key any client could replace the preset."""
+    if admin_key and admin_key == api_key:
+        raise StoplineError("the admin key is the clients' API key: any client could replace the preset",
+                            hint="give --admin-key (or $STOPLINE_ADMIN_KEY) a key of its own")
 
 
 def check_key(expected: str | None, header: str | None) -> bool:

@@ -1,5 +1,10 @@
 """The gateway's HTTP face (FastAPI on uvicorn): the OpenAI routes, health, metrics and the admin reload. The
-decisions are ``gateway.Gateway``'s."""
+decisions are ``gateway.Gateway``'s.
+
+Who may call what: ``/health`` anyone; ``/admin/*`` only with the admin key (``--admin-key``; without one the
+admin routes are off); everything else with the clients' API key when the gateway has one. A request body is
+read as it arrives and refused with 413 once it passes ``--max-body-kb``, whether or not it says its length.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +15,9 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from analysis.backend.engine_openai import ReplicaFailed, _v1
+from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
-from analysis.production.gateway import BadRequest, Gateway, check_key
+from analysis.production.gateway import BadRequest, Gateway, UpstreamFailure, check_key, logger, upstream_failure
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -30,8 +35,10 @@ def create_app(gw: Gateway) -> FastAPI:
 
     async def _discover():
         r = gw.engine.replicas[0]
-        resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
-        gw.engine.model = resp.json()["data"][0]["id"]
+        listed = (await gw.engine.get_json(r, "/models")).get("data")
+        if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or not listed[0].get("id"):
+            raise StoplineError(f"the server at {r.shown} lists no model (GET /v1/models)", hint="give --model")
+        gw.engine.model = listed[0]["id"]
         return await gw.engine.check()
 
     @app.on_event("shutdown")
@@ -40,7 +47,15 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path != "/health" and not check_key(gw.api_key, request.headers.get("authorization")):
+        path, given = request.url.path, request.headers.get("authorization")
+        if path.startswith("/admin/"):
+            if not gw.admin_key:
+                return error(403, "the admin endpoint is off: start the gateway with --admin-key (or "
+                                  "$STOPLINE_ADMIN_KEY) to use it", kind="permission_error")
+            if not check_key(gw.admin_key, given):
+                return error(401, "the admin key is required (Authorization: Bearer ADMIN_KEY); the clients' API "
+                                  "key is not it", kind="authentication_error")
+        elif path != "/health" and not check_key(gw.api_key, given):
             return error(401, "a valid API key is required (Authorization: Bearer KEY)", kind="authentication_error")
         n = request.headers.get("content-length")
         if n is not None and (not n.isdigit() or int(n) > gw.opt.max_body):
@@ -58,28 +73,32 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.get("/v1/models")
     async def models():
         r = gw.engine.replicas[0]
-        resp = await r.client.get(_v1(r.url) + "/models", timeout=10)
-        return JSONResponse(resp.json(), status_code=resp.status_code)
+        try:
+            return await gw.engine.get_json(r, "/models")
+        except (ReplicaFailed, StoplineError) as e:
+            failure = upstream_failure(e, r, gw.opt.request_timeout)
+            logger.warning("GET /v1/models: the upstream failed: %s", failure)
+            return error(502, f"the upstream failed: {failure.public}", kind="upstream_error")
 
     @app.post("/admin/preset")
     async def admin_preset(request: Request):
-        if not gw.api_key:
-            return error(403, "the admin endpoint needs the gateway to run with --api-key", kind="permission_error")
         try:
-            changed = gw.reload(text=(await request.body()).decode())
+            changed = gw.reload(text=(await read_body(request, gw.opt.max_body)).decode())
+        except BadRequest as e:
+            return error(e.status, str(e), e.param)
         except (PresetError, StoplineError, UnicodeDecodeError) as e:
             gw.metrics.reload_errors.inc()
             return error(400, f"preset refused, the current one ({gw.version}) stays: {e}", "preset")
         return {"preset_version": gw.version, "changed": changed}
 
     async def body_of(request: Request):
-        raw = await request.body()
-        if len(raw) > gw.opt.max_body:
-            raise BadRequest(f"the request body is larger than {gw.opt.max_body} bytes", status=413)
+        raw = await read_body(request, gw.opt.max_body)
         try:
             return json.loads(raw)
         except ValueError as e:
             raise BadRequest(f"the body is not JSON ({e})") from None
+        except RecursionError:
+            raise BadRequest("the body nests too deeply to be read") from None
 
     async def serve(request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"
@@ -95,19 +114,37 @@ def create_app(gw: Gateway) -> FastAPI:
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
             return StreamingResponse(sse(gw, req, shape, endpoint), media_type="text/event-stream")
-        text, info = [], None
-        try:
+
+        async def whole():
+            text, info = [], None
             async for kind, v in gw.events(req):
                 if kind == "text":
                     text.append(v)
                 else:
                     info = v
-        except (ReplicaFailed, StoplineError) as e:
+            return "".join(text), info
+        work = asyncio.ensure_future(whole())
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():         # the client left: its upstream request and probes end now
+                work.cancel()
+            await asyncio.gather(work, gone, return_exceptions=True)
+        if work.cancelled():
+            return Response(status_code=499)
+        try:
+            text, info = work.result()
+        except UpstreamFailure as e:
             gw.metrics.requests.labels(endpoint, "upstream_error").inc()
-            gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
-            return error(502, f"the upstream failed: {_safe(e)}", kind="upstream_error")
+            return error(e.status, f"the upstream failed: {e.public}", kind="upstream_error")
+        except Exception as e:          # our own failure: logged, and said as such
+            gw.metrics.requests.labels(endpoint, "gateway_error").inc()
+            internal(gw, req, e)
+            return error(500, "the gateway failed on this request; its log says why", kind="server_error")
         gw.metrics.requests.labels(endpoint, outcome(info)).inc()
-        return JSONResponse(shape.whole("".join(text), info))
+        return JSONResponse(shape.whole(text, info))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -126,8 +163,27 @@ def outcome(info: dict) -> str:
     return "stopped" if info["stopped"] else "full"
 
 
-def _safe(e: Exception) -> str:
-    return str(e)[:300]
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request's body as it arrives, refused (413) as soon as it passes ``cap`` bytes: a body sent in chunks
+    says no length beforehand, and is never held whole before its size is known."""
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > cap:
+            raise BadRequest(f"the request body is larger than {cap} bytes (--max-body-kb)", status=413)
+    return bytes(body)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone (its body already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def internal(gw: Gateway, req: dict, e: Exception) -> None:
+    logger.error("request %s: the gateway failed", req["request_id"], exc_info=e)
+    gw.log.write({"type": "error", "request": req["request_id"], "preset_version": gw.version, "status": 500,
+                  "error": f"{type(e).__name__}: {str(e)[:300]}"})
 
 
 class Shape:
@@ -174,8 +230,15 @@ async def sse(gw: Gateway, req: dict, shape: Shape, endpoint: str):
             else:
                 gw.metrics.requests.labels(endpoint, outcome(v)).inc()
                 yield shape.chunk(None, v)
-    except (ReplicaFailed, StoplineError) as e:
+    except UpstreamFailure as e:
         gw.metrics.requests.labels(endpoint, "upstream_error").inc()
-        gw.log.write({"type": "error", "request": req["request_id"], "error": _safe(e)})
-        yield f"data: {json.dumps({'error': {'message': f'the upstream failed: {_safe(e)}', 'type': 'upstream_error', 'code': 502}})}\n\n"
+        yield event_error(f"the upstream failed: {e.public}", "upstream_error", e.status)
+    except Exception as e:              # our own failure: logged, and the stream still ends as a stream
+        gw.metrics.requests.labels(endpoint, "gateway_error").inc()
+        internal(gw, req, e)
+        yield event_error("the gateway failed on this request; its log says why", "server_error", 500)
     yield "data: [DONE]\n\n"
+
+
+def event_error(message: str, kind: str, code: int) -> str:
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'code': code}})}\n\n"

@@ -2,21 +2,15 @@
 once for the session, or given by ``$STOPLINE_VLLM_URL``. The tests that use it fail, not skip, when it cannot
 be started."""
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from analysis.backend import vllm_local
+from tests.helpers import free_port
 
 MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(tmp: Path, extra=()) -> tuple[subprocess.Popen, str]:

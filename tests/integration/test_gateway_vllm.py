@@ -1,24 +1,22 @@
 """The gateway (`python -m analysis serve`) in front of a real vLLM server: OpenAI shapes (chat and completions,
 streamed and not), a stop where the replay would stop (check-log replays the decision log), routing by a tag,
-A/B arms stable per request id, exploration, hot preset reload (file and admin endpoint), a client that
-disconnects, bad requests, and the API key."""
+A/B arms stable per request id, exploration, hot preset reload (file, and the admin endpoint with its own key),
+a client that disconnects, bad requests, and the API key."""
 import json
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 
 from analysis.backend.models import load_tokenizer
 from analysis.presets.routing import request_fields, route
 from analysis.presets.schema import loads
-from analysis.production.gateway import Gateway, Options, check_bind
-from analysis.production.gateway_app import create_app
+from analysis.production.gateway import check_bind
 from analysis.production.verify import check_decisions
 from analysis.backend import vllm_local
-from tests.integration.conftest import MODEL, free_port, start_server
+from tests.helpers import serve_gateway
+from tests.integration.conftest import MODEL, start_server
 
 pytestmark = pytest.mark.vllm
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
@@ -31,26 +29,8 @@ def tok():
     return load_tokenizer(MODEL)
 
 
-@contextmanager
-def gateway(server, tok, tmp_path, preset: dict, api_key=None, **opt):
-    path = tmp_path / "preset.json"
-    path.write_text(json.dumps(preset))
-    t, kind, eos = tok
-    gw = Gateway(server if isinstance(server, list) else [server], str(path), t, eos, kind, log_path=str(tmp_path / "decisions.jsonl"), model=MODEL,
-                 api_key=api_key, options=Options(**opt))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.monotonic()
-    while not srv.started:
-        assert th.is_alive() and time.monotonic() - t0 < 60, "the gateway did not start"
-        time.sleep(0.1)
-    try:
-        yield gw, f"http://127.0.0.1:{port}/v1"
-    finally:
-        srv.should_exit = True
-        th.join(30)
+def gateway(server, tok, tmp_path, preset: dict, api_key=None, admin_key=None, **opt):
+    return serve_gateway(server, tok, tmp_path, preset, MODEL, api_key=api_key, admin_key=admin_key, **opt)
 
 
 def chat(url, content=QUESTION, max_tokens=48, stream=False, headers=None, **sl):
@@ -168,16 +148,18 @@ def test_routing_by_tag_ab_arms_and_exploration(server, tok, tmp_path):
 
 
 def test_a_new_preset_version_is_picked_up_without_a_restart(server, tok, tmp_path):
-    with gateway(server, tok, tmp_path, NEVER, api_key="k3y") as (gw, url):
-        h = {"Authorization": "Bearer k3y"}
+    with gateway(server, tok, tmp_path, NEVER, api_key="k3y", admin_key="4dm1n") as (gw, url):
+        h, admin = {"Authorization": "Bearer k3y"}, {"Authorization": "Bearer 4dm1n"}
         v1 = chat(url, max_tokens=8, headers=h).json()["stopline"]["preset_version"]
         time.sleep(0.01)
         (tmp_path / "preset.json").write_text(json.dumps(B32))
         got = chat(url, max_tokens=48, headers=h).json()["stopline"]
         assert got["preset_version"] != v1 and got["setting"] == "budget(B=32)"
-        bad = httpx.post(url.removesuffix("/v1") + "/admin/preset", content='{"stopline_preset": 1}', headers=h)
+        refused = httpx.post(url.removesuffix("/v1") + "/admin/preset", content=json.dumps(NEVER), headers=h)
+        assert refused.status_code == 401 and gw.version == got["preset_version"]     # the clients' key is not it
+        bad = httpx.post(url.removesuffix("/v1") + "/admin/preset", content='{"stopline_preset": 1}', headers=admin)
         assert bad.status_code == 400 and gw.version == got["preset_version"]
-        ok = httpx.post(url.removesuffix("/v1") + "/admin/preset", content=json.dumps(NEVER), headers=h)
+        ok = httpx.post(url.removesuffix("/v1") + "/admin/preset", content=json.dumps(NEVER), headers=admin)
         assert ok.status_code == 200 and ok.json()["preset_version"] == v1
         assert chat(url, max_tokens=8).status_code == 401                     # no key
         versions = {json.loads(ln).get("preset_version") for ln in open(tmp_path / "decisions.jsonl")

@@ -1,0 +1,313 @@
+"""The gateway's HTTP face against peers that misbehave, over real HTTP: our FastAPI app on uvicorn, a client
+that sends a body in chunks that never ends, and an upstream that is a tiny HTTP server written here. That
+server answers the gateway's start-up checks as a server of the model would, and then sends what a broken
+server sends (a stream line that is not JSON, a chunk that is not an object, a probe reply without choices, a
+stream that never ends). What is tested is our handling of it: a clear error naming the problem, replicas
+named by number toward clients and by URL without credentials in the log, the decision log's records, nothing
+left waiting; also the admin key, the body cap, bounded nesting and the checked sampling fields. The gateway
+in front of a real vLLM is tests/integration/test_gateway_vllm.py."""
+import json
+import select
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from analysis.backend.models import load_tokenizer
+from analysis.core.errors import StoplineError
+from analysis.production.verify import check_decisions
+from tests.helpers import serve_gateway
+
+MODEL = "smollm2-135m-instruct"
+NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
+B32 = {"stopline_preset": 1, "name": "b32", "setting": {"family": "budget", "params": {"B": 32}}}
+CONF = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.99}}}
+SMALL = {"every": 4, "steps": False, "transitions": False}          # a checkpoint every 4 tokens, nothing else
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(MODEL)
+
+
+class Upstream:
+    """A tiny HTTP server in a thread. GET /v1/models and a plain completion answer as a server of MODEL would,
+    so that the gateway starts; a streamed completion sends ``ids`` one per chunk, and ``mode`` makes it (or the
+    probes) misbehave. ``open_streams`` counts the streams the gateway still holds open."""
+
+    def __init__(self, ids: list[int], texts: list[str], answer_id: int):
+        self.ids, self.texts, self.answer_id = ids, texts, answer_id
+        self.mode, self.open_streams, self.closed = "good", 0, False
+        self.lock = threading.Lock()
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path != "/v1/models":
+                    return self.send_error(404)
+                self.reply({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                if self.path != "/v1/completions":
+                    return self.send_error(404)
+                if body.get("stream"):
+                    return up.stream(self)
+                if "stop" in body and up.mode == "probe without choices":
+                    return self.reply({"object": "text_completion"})
+                self.reply({"choices": [{"index": 0, "text": "4", "token_ids": [up.answer_id], "finish_reason": "stop",
+                                         "logprobs": {"token_logprobs": [-0.01], "top_logprobs": [{"4": -0.01}]}}]})
+
+            def reply(self, obj):
+                raw = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stream(self, h) -> None:
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.end_headers()
+        with self.lock:
+            self.open_streams += 1
+
+        def send(line: str) -> None:
+            h.wfile.write(line.encode() + b"\n\n")
+            h.wfile.flush()
+        try:
+            if self.mode == "never ends":
+                while not self.closed:
+                    send(": still here")
+                    time.sleep(0.05)
+                return
+            for t, text in zip(self.ids, self.texts):
+                send("data: " + json.dumps({"choices": [{"index": 0, "text": text, "token_ids": [t]}]}))
+            if self.mode == "not JSON":
+                send('data: {"choices": [')
+            elif self.mode == "not an object":
+                send("data: [1, 2]")
+            send("data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}))
+            send("data: [DONE]")
+        except OSError:              # the gateway closed the stream
+            pass
+        finally:
+            with self.lock:
+                self.open_streams -= 1
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def upstream(tok):
+    t = tok[0]
+    ids = t(" one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    up = Upstream(ids, [t.decode([i]) for i in ids], t("4", add_special_tokens=False)["input_ids"][0])
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def up(upstream):
+    upstream.mode = "good"
+    yield upstream
+    upstream.mode = "good"
+
+
+def ask(url: str, stream: bool = False, timeout: float = 30, headers=None, **body):
+    """A chat request; (status, JSON body) or, streamed, (status, the data lines' payloads)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 8,
+            "stream": stream, **body}
+    if not stream:
+        r = httpx.post(url + "/chat/completions", json=body, timeout=timeout, headers=headers)
+        return r.status_code, r.json()
+    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=timeout, headers=headers) as r:
+        return r.status_code, [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+
+
+def records(folder, kind: str) -> list[dict]:
+    return [rec for rec in map(json.loads, open(folder / "decisions.jsonl")) if rec["type"] == kind]
+
+
+@pytest.mark.parametrize("mode,says", [("not JSON", "a line that is not JSON"),
+                                       ("not an object", "a chunk that is not a completion chunk")])
+def test_a_malformed_upstream_stream_ends_the_request_with_a_clear_502_not_a_hang(tok, up, tmp_path, mode, says):
+    """Before, the gateway's producer died on the bad line and the request waited forever. Now: 502 (or an
+    error event when streamed) naming the problem and the replica by number; the server's log names the URL,
+    without the credentials it carries; the decision log has the request's error and final records."""
+    up.mode = mode
+    secret_url = f"http://alice:s3cret@127.0.0.1:{up.port}/v1"
+    with serve_gateway(secret_url, tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url, stopline={"request_id": "whole"})
+        assert status == 502 and out["error"]["type"] == "upstream_error"
+        message = out["error"]["message"]
+        assert says in message and "replica 1 of 1" in message, message
+        assert "127.0.0.1" not in message and "s3cret" not in message and "alice" not in message
+        status, lines = ask(url, stream=True, stopline={"request_id": "streamed"})
+        assert status == 200 and lines[-1] == "[DONE]"
+        err = json.loads(lines[-2])["error"]
+        assert err["code"] == 502 and says in err["message"] and "127.0.0.1" not in err["message"]
+        assert all("choices" in json.loads(x) for x in lines[:-2])      # the tokens before the bad line came through
+        errors = records(tmp_path, "error")
+        assert [e["request"] for e in errors] == ["whole", "streamed"]
+        assert all(f"http://127.0.0.1:{up.port}/v1" in e["error"] and "s3cret" not in e["error"] for e in errors)
+        finals = records(tmp_path, "final")
+        assert [(f["request"], f["cause"], f["full_length"]) for f in finals] == [
+            ("whole", "upstream_failed", False), ("streamed", "upstream_failed", False)]
+        res = check_decisions(str(tmp_path / "decisions.jsonl"))       # not replayed as the preset's decisions
+        assert res["ended_by_upstream"] == 2 and res["n"] == 0, res
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 2.0' in metrics
+        assert "s3cret" not in "".join(open(tmp_path / "decisions.jsonl"))
+    assert up.open_streams == 0
+
+
+def test_a_probe_reply_without_choices_is_a_502_that_names_it(tok, up, tmp_path):
+    up.mode = "probe without choices"
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url)
+        assert status == 502, out
+        assert "replica 1 of 1: a probe's reply cannot be read" in out["error"]["message"]
+        assert "no choices" in out["error"]["message"]
+        assert records(tmp_path, "final")[0]["cause"] == "upstream_failed"
+        up.mode = "good"                                # the same gateway, a well-formed upstream: answered
+        status, out = ask(url)
+        assert status == 200 and out["stopline"]["probe_tokens"] > 0, out
+
+
+def test_an_upstream_that_never_finishes_meets_the_deadline(tok, up, tmp_path):
+    """The stream sends only keep-alive comments: no read timeout ever fires, the request's deadline does."""
+    up.mode = "never ends"
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, request_timeout=1.0,
+                       **SMALL) as (gw, url):
+        t0 = time.monotonic()
+        status, out = ask(url)
+        assert status == 504 and "deadline of 1 s" in out["error"]["message"], out
+        status, lines = ask(url, stream=True)
+        assert json.loads(lines[-2])["error"]["code"] == 504 and lines[-1] == "[DONE]"
+        assert time.monotonic() - t0 < 10
+        assert [e["status"] for e in records(tmp_path, "error")] == [504, 504]
+        assert until(lambda: up.open_streams == 0)
+
+
+def test_a_client_that_leaves_a_whole_response_cancels_its_upstream_request(tok, up, tmp_path):
+    up.mode = "never ends"
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        with pytest.raises(httpx.ReadTimeout):
+            ask(url, timeout=1.0)                                        # gives up, and closes its connection
+        assert until(lambda: up.open_streams == 0), "the upstream stream outlived its client"
+
+
+def until(cond, seconds: float = 10) -> bool:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > seconds:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def endless_chunked_post(url: str, path: str, headers: dict, most: int = 64 << 20) -> tuple[int, int, dict]:
+    """POST a body in 4 KiB chunks (Transfer-Encoding: chunked, no length) that never ends, until the gateway
+    answers or ``most`` bytes are sent. Returns (status, bytes sent by then, the answer's JSON)."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, "Content-Type": "application/json",
+                                                  "Transfer-Encoding": "chunked", **headers}.items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode())
+    sent, piece = 0, b"1000\r\n" + b"[" * 4096 + b"\r\n"
+    with sock:
+        while sent < most and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+            sent += 4096
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0]):
+            more = sock.recv(65536)
+            assert more, f"the gateway closed without an answer after {sent} bytes"
+            answer += more
+    status = int(answer.split(b" ", 2)[1])
+    return status, sent, json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_cap_not_after_it_ends(tok, up, tmp_path):
+    """Before, a body without a content-length was read whole, however large, before its size was checked
+    (a 300 MB one took 1 GB). Now it is counted as it arrives: 413 while the client is still sending."""
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, admin_key="adm",
+                       max_body=64 << 10, **SMALL) as (gw, url):
+        root = url.removesuffix("/v1")
+        for path, headers in (("/v1/chat/completions", {}), ("/v1/completions", {}),
+                              ("/admin/preset", {"Authorization": "Bearer adm"})):
+            status, sent, out = endless_chunked_post(root, path, headers)
+            assert status == 413 and "larger than 65536 bytes" in out["error"]["message"], (path, out)
+            assert sent < 8 << 20, f"{path}: {sent} bytes were taken before the 413"
+        r = httpx.post(url + "/completions", content=b"x" * (70 << 10), headers={"content-type": "application/json"})
+        assert r.status_code == 413                                    # a declared length: refused before reading
+        status, out = ask(url)
+        assert status == 200                                           # and the gateway serves on
+
+
+def test_the_admin_endpoint_needs_its_own_key_and_is_off_without_one(tok, up, tmp_path, cli):
+    upstream = f"http://127.0.0.1:{up.port}/v1"
+    client, admin = {"Authorization": "Bearer k3y"}, {"Authorization": "Bearer 4dm1n"}
+    (tmp_path / "a").mkdir()
+    with serve_gateway(upstream, tok, tmp_path / "a", NEVER, MODEL, api_key="k3y", admin_key="4dm1n",
+                       **SMALL) as (gw, url):
+        admin_url, before = url.removesuffix("/v1") + "/admin/preset", gw.version
+        r = httpx.post(admin_url, content=json.dumps(B32), headers=client)
+        assert r.status_code == 401 and "admin key" in r.json()["error"]["message"] and gw.version == before
+        assert httpx.post(admin_url, content=json.dumps(B32)).status_code == 401
+        r = httpx.post(admin_url, content=json.dumps(B32), headers=admin)
+        assert r.status_code == 200 and r.json()["changed"] and gw.version != before
+        assert ask(url, headers=admin)[0] == 401                       # the admin key is not a client's key
+        assert ask(url, headers=client)[0] == 200
+    (tmp_path / "b").mkdir()
+    with serve_gateway(upstream, tok, tmp_path / "b", NEVER, MODEL, api_key="k3y", **SMALL) as (gw, url):
+        r = httpx.post(url.removesuffix("/v1") + "/admin/preset", content=json.dumps(B32), headers=client)
+        assert r.status_code == 403 and "--admin-key" in r.json()["error"]["message"]
+    with pytest.raises(StoplineError, match="admin key is the clients' API key"):
+        serve_gateway(upstream, tok, tmp_path / "b", NEVER, MODEL, api_key="same", admin_key="same").__enter__()
+    code, _, err = cli("serve", "--upstream", upstream, "--preset", tmp_path / "b" / "preset.json",
+                       "--tokenizer", MODEL, "--api-key", "same", "--admin-key", "same")
+    assert code == 2 and "admin key is the clients' API key" in err
+
+
+def test_deep_nesting_and_bad_sampling_fields_get_400_naming_the_field(tok, up, tmp_path):
+    deep = "[" * 5000 + "]" * 5000
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, max_tokens_cap=64,
+                       **SMALL) as (gw, url):
+        status, out = ask(url, headers={"X-Stopline-Tags": deep})
+        assert status == 400 and out["error"]["param"] == "x-stopline-tags" and "deep" in out["error"]["message"]
+        status, out = ask(url, headers={"X-Stopline-Meta": json.dumps({"a": [[[[1]]]]})})
+        assert status == 400 and out["error"]["param"] == "x-stopline-meta"
+        status, out = ask(url, stopline={"meta": {"a": {"b": {"c": {"d": {"e": 1}}}}}})
+        assert status == 400 and out["error"]["param"] == "stopline.meta" and "4 levels" in out["error"]["message"]
+        r = httpx.post(url + "/completions", content=deep * 4, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"]
+        for field, value, says in (("seed", "7", "seed must be an integer"), ("seed", 1.5, "seed must be an integer"),
+                                   ("seed", True, "seed must be an integer"), ("seed", 2 ** 70, "64-bit"),
+                                   ("max_tokens", "8", "positive integer"), ("max_tokens", 65, "at most 64"),
+                                   ("max_completion_tokens", 1000, "at most 64 (this gateway's --max-tokens-cap)")):
+            status, out = ask(url, **{field: value})
+            assert status == 400 and out["error"]["param"] == field and says in out["error"]["message"], (field, out)
+        status, out = ask(url, seed=7, max_tokens=64, stopline={"tags": {"priority": "low"},
+                                                                 "meta": {"a": {"b": [1, 2]}}})
+        assert status == 200 and out["stopline"]["tokens_emitted"] == 8, out
