@@ -204,10 +204,10 @@ class Gateway:
             else:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
         which = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        mt = body.get(which, 1024)
+        cap = self.opt.max_tokens_cap or MAX_TOKENS
+        mt = body.get(which, min(1024, cap))       # not asked for: our default, within the cap
         if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
             raise BadRequest(f"{which} must be a positive integer", which)
-        cap = self.opt.max_tokens_cap or MAX_TOKENS
         if mt > cap:
             raise BadRequest(f"{which} must be at most {cap}" + (" (this gateway's --max-tokens-cap)"
                                                                  if self.opt.max_tokens_cap else ""), which)

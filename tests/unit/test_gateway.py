@@ -308,6 +308,9 @@ def test_deep_nesting_and_bad_sampling_fields_get_400_naming_the_field(tok, up, 
                                    ("max_completion_tokens", 1000, "at most 64 (this gateway's --max-tokens-cap)")):
             status, out = ask(url, **{field: value})
             assert status == 400 and out["error"]["param"] == field and says in out["error"]["message"], (field, out)
+        no_max = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}]}    # the cap applies, no 400
+        r = httpx.post(url + "/chat/completions", json=no_max, timeout=30)
+        assert r.status_code == 200, r.text
         status, out = ask(url, seed=7, max_tokens=64, stopline={"tags": {"priority": "low"},
                                                                  "meta": {"a": {"b": [1, 2]}}})
         assert status == 200 and out["stopline"]["tokens_emitted"] == 8, out
