@@ -151,7 +151,7 @@ with tab_run:
                                "resumes from them.")
                 if j["state"] in jobs.ALIVE:
                     st.button("Stop" if j["state"] != "stopping" else "Stop now (kill)", key=f"stop_{j['id']}",
-                              on_click=jobs.stop, args=(j["id"],),
+                              on_click=jobs.stop, args=(j["id"], None, j["state"] == "stopping"),
                               help="as Ctrl-C: what it finished is kept, and starting it again resumes")
     job_panel()
 

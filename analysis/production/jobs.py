@@ -50,11 +50,11 @@ _HELD: list[int] = []          # the slot lock this process holds, until it exit
 def take_slot(folder: Path, n: int, on_wait=None, poll_s: float = 0.5) -> int:
     """Block until this process holds one of ``n`` slot locks in ``folder`` (``flock``: the kernel lets go when
     the process ends, even by ``kill -9``); ``on_wait`` is called once if it has to wait. Returns the slot.
-    First come, first served: a waiter holds a ticket (``wait-<ns>-<pid>``) and tries the locks only when no
-    older live ticket is ahead of it."""
+    First come, first served: a waiter holds a ticket (``wait-<ns>-<pid>-<pid's start>``) and tries the locks
+    only when no older live ticket is ahead of it."""
     import fcntl
     folder.mkdir(parents=True, exist_ok=True)
-    ticket = folder / f"wait-{time.time_ns():020d}-{os.getpid()}"
+    ticket = folder / f"wait-{time.time_ns():020d}-{os.getpid()}-{_pid_start(os.getpid()) or 0}"
     ticket.touch()
     fds = [os.open(folder / f"slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o600) for i in range(n)]
     waited = False
@@ -83,7 +83,8 @@ def _first_in_line(folder: Path, ticket: Path) -> bool:
     for t in sorted(folder.glob("wait-*")):
         if t == ticket:
             return True
-        if _running(int(t.name.rsplit("-", 1)[1])):
+        _, _, pid, start = (t.name.split("-") + ["0"])[:4]
+        if _running(int(pid)) and int(start) in (0, _pid_start(int(pid)) or 0):    # not a reused pid
             return False
         t.unlink(missing_ok=True)
     return True
@@ -186,7 +187,7 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
                 "--tokenizer", engine.get("tokenizer") or model, "--concurrency", str(engine.get("concurrency", 8))]
         if engine.get("api_key"):
             extra_env["OPENAI_API_KEY"] = engine["api_key"]
-    same = [j["id"] for j in list_jobs(where) if j["state"] in ALIVE and j.get("cmd") == cmd]
+    same = [j["id"] for j in list_jobs(where) if j["state"] in ALIVE and _identity(j.get("cmd") or []) == _identity(cmd)]
     if same:              # the same run twice at once: two processes writing the same questions
         raise StoplineError(f"the same run is already running or queued, as job {same[0]}",
                             hint="its progress shows below; stop it first to start it again")
@@ -202,13 +203,43 @@ def start_run(model: str, dataset: str, db: str, limit: int | None = None, every
            PARENT_ENV: str(os.getpid()), SLOTS_ENV: f"{Path(where or jobs_dir()).resolve() / 'slots'}|"
            f"{limits()['jobs']}", **extra_env}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
-    (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "started": time.time(),
+    (d / "job.json").write_text(json.dumps({"id": jid, "cmd": cmd, "pid": proc.pid, "pid_start": _pid_start(proc.pid),
+                                            "started": time.time(),
                                             "model": model, "dataset": dataset, "db": db,
                                             "engine": "openai" if engine else "transformers"}))
     return jid
 
 
-def _alive(pid: int) -> bool:
+# what a run's identity does not depend on: how many questions, how many at once, where the servers are
+_NOT_IDENTITY = {"--limit", "--batch-size", "--base-url", "--concurrency", "--device"}
+
+
+def _identity(cmd: list[str]) -> list[str]:
+    """A job's command without the options that leave its run the same (the store's run id ignores them)."""
+    out, skip = [], False
+    for a in cmd:
+        if skip:
+            skip = False
+        elif a in _NOT_IDENTITY:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def _pid_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat's 22nd field), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: int | None = None) -> bool:
+    """Whether the job's process runs: ``pid`` exists and, when ``start`` was recorded, is the process that
+    started then (a pid the system gave to another process since is not the job)."""
+    if start is not None and _pid_start(pid) not in (start, None):
+        return False
     try:
         os.kill(pid, 0)
     except OSError:
@@ -227,7 +258,7 @@ def status(jid: str, where: Path | None = None) -> dict:
     done_n = total = None
     for m in _BAR.finditer(text):
         done_n, total = int(m.group(1)), int(m.group(2))
-    alive = _alive(job["pid"])
+    alive = _alive(job["pid"], job.get("pid_start"))
     summary = None
     for line in reversed(text.strip().splitlines()):
         if line.startswith("run ") or line.startswith("{"):
@@ -249,19 +280,19 @@ def status(jid: str, where: Path | None = None) -> dict:
             "run_id": run_id, "tail": text.replace("\r", "\n").strip().splitlines()[-1:] if text else []}
 
 
-def stop(jid: str, where: Path | None = None) -> None:
+def stop(jid: str, where: Path | None = None, kill: bool = False) -> None:
     """Stop a running or queued job as Ctrl-C would (SIGINT to its process group: it keeps every question it
-    committed, and a run started again resumes from them); asked again while it is still stopping, SIGKILL."""
+    committed, and a run started again resumes from them); ``kill`` (asked for once it is seen stopping):
+    SIGKILL. A job whose process has ended, or whose pid now belongs to another process, is left alone."""
     import signal
     d = Path(where or jobs_dir()) / jid
     job = json.loads((d / "job.json").read_text())
-    if not _alive(job["pid"]):
+    if not _alive(job["pid"], job.get("pid_start")):
         return
-    again = (d / STOPPED).exists()
     (d / STOPPED).touch()
     try:
-        os.killpg(job["pid"], signal.SIGKILL if again else signal.SIGINT)     # its own session: pgid == pid
-    except ProcessLookupError:
+        os.killpg(job["pid"], signal.SIGKILL if kill else signal.SIGINT)     # its own session: pgid == pid
+    except (ProcessLookupError, PermissionError):
         pass
 
 

@@ -63,11 +63,35 @@ def test_a_job_is_refused_twice_and_stops_keeping_what_it_finished(tmp_path, mon
             time.sleep(0.5)
         job = jobs.status(jid, where)
     finally:
-        jobs.stop(jid, where)
-        jobs.stop(jid, where)                    # asked twice: killed, whatever it was doing
+        jobs.stop(jid, where, kill=True)         # killed, whatever it was doing (nothing, by now)
     assert job["state"] == "stopped" and job["error"] is None, job
     assert "everything committed so far is kept" in (where / jid / "log").read_text()
     (run,) = Store(db, read_only=True).runs()
     assert 2 <= run["n_questions"] < 60
     jid2 = jobs.start_run(*args, where=where)    # no longer running: the same run may start again (and resumes)
-    jobs.stop(jid2, where)
+    try:
+        with pytest.raises(StoplineError, match=f"as job {jid2}"):     # more questions, more at once: the same run
+            jobs.start_run(model, "rg:basic_arithmetic", db, 80, 8, 96, 4, where=where)
+    finally:
+        jobs.stop(jid2, where, kill=True)
+
+
+def test_a_jobs_pid_given_to_another_process_is_not_the_job(tmp_path):
+    """After a restart a job's pid may belong to some other process of the user's: not alive, and not stopped."""
+    import json
+    from analysis.production import jobs
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        d = tmp_path / "j1"
+        d.mkdir()
+        (d / "job.json").write_text(json.dumps({"id": "j1", "cmd": [], "pid": other.pid, "started": 0,
+                                                "pid_start": jobs._pid_start(other.pid) - 1}))
+        assert jobs.status("j1", tmp_path)["state"] == "failed"
+        jobs.stop("j1", tmp_path, kill=True)
+        assert other.poll() is None                      # untouched
+        (d / "job.json").write_text(json.dumps({"id": "j1", "cmd": [], "pid": other.pid, "started": 0,
+                                                "pid_start": jobs._pid_start(other.pid)}))
+        assert jobs.status("j1", tmp_path)["state"] == "running"
+    finally:
+        other.kill()
+        other.wait()
