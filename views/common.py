@@ -54,8 +54,9 @@ def _store_and_run() -> None:
     if ref and key is None:           # a name off the list: refused, and nothing about it is looked up
         st.sidebar.warning("The store this link names is not one this dashboard offers; showing another. "
                            "Pick a store below.")
-    cur = by_key[key] if key else by_key["mine"] if _has_runs(data.my_db()) or not Path(DEMO_DB).exists() \
-        else by_key["demo"]            # a fresh visit: the user's own store once it has runs, else the demo
+    # a fresh visit: the user's own store once it has runs, else the demo (a viewer's visitors: the demo)
+    mine_first = not data.viewer() and _has_runs(data.my_db())
+    cur = by_key[key] if key else by_key["mine"] if mine_first or not Path(DEMO_DB).exists() else by_key["demo"]
     if st.session_state.get("store_pick") not in labels:
         st.session_state.pop("store_pick", None)
     # picks a page made (data.show_run) are the values; drawn without a default then, as Streamlit asks

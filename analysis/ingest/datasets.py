@@ -6,11 +6,11 @@
 | ``gsm8k:PATH`` | GSM8K JSONL: ``question`` and ``answer`` whose last line is ``#### <number>`` |
 | ``nq-open:PATH`` | NQ-open JSONL: ``question`` and ``answer`` = list of aliases |
 | ``jsonl:PATH`` / ``csv:PATH`` / ``parquet:PATH`` | any table, with a field mapping (``MAPPING``), kept in the id |
+| ``hf:NAME`` | Hugging Face ``datasets`` (needs the hub) |
 
 A table's mapping, when it differs from the defaults, is part of its dataset's id
 (``jsonl:PATH?gold_field=sol&answer_type=text``): a run's identity holds it, and two mappings of one file
 store their questions apart.
-| ``hf:NAME`` | Hugging Face ``datasets`` (needs the hub) |
 
 Every question gets a stable id derived from its text, so the same question keeps its id across runs,
 orderings and machines.
@@ -175,7 +175,11 @@ def reasoning_gym_tasks() -> dict[str, list[str]]:
 
 
 def _reasoning_gym(task: str, limit: int | None, seed: int, **_: Any) -> Dataset:
-    import reasoning_gym            # lazy: a heavy library (its task registry), only for rg: ids
+    try:
+        import reasoning_gym        # lazy: a heavy library (its task registry), only for rg: ids
+    except ImportError as e:
+        raise StoplineError(f"rg: datasets need the reasoning-gym package ({e})",
+                            hint="pip install -r requirements.txt") from None
     size = limit or 200
     name, _, query = task.partition("?")
     config = _rg_config(task, query)
@@ -249,7 +253,11 @@ def split_mapping(dataset_id: str) -> tuple[str, dict]:
     ``key=value`` pairs, is all path; a key that is no mapping option is refused."""
     prefix, _, arg = dataset_id.partition(":")
     path, q, query = arg.rpartition("?")
-    if not q or Path(arg).is_file():
+    try:
+        whole = Path(arg).is_file()
+    except OSError:             # a name the system refuses (too long …): not a file as it is
+        whole = False
+    if not q or whole:
         return arg, {}
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
