@@ -84,24 +84,33 @@ def _first_in_line(folder: Path, ticket: Path) -> bool:
         if t == ticket:
             return True
         _, _, pid, start = (t.name.split("-") + ["0"])[:4]
-        if _running(int(pid)) and int(start) in (0, _pid_start(int(pid)) or 0):    # not a reused pid
+        if _running(int(pid), int(start)):
             return False
         t.unlink(missing_ok=True)
     return True
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not ended (a zombie, ended but not yet reaped, has)."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of process ``pid``, from /proc/PID/stat; None when there is
+    no such process."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:               # no /proc: whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_start(pid: int) -> int | None:
+    """When process ``pid`` started (``_stat``), or None."""
+    st = _stat(pid)
+    return st[1] if st else None
+
+
+def _running(pid: int, start: int | None = None) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie, ended but not yet reaped, has) and, when
+    ``start`` is known, is the process that started then (a pid given to another process since is not it)."""
+    st = _stat(pid)
+    return st is not None and st[0] != "Z" and (not start or st[1] == start)
 
 
 def slot_from_env() -> None:
@@ -227,28 +236,14 @@ def _identity(cmd: list[str]) -> list[str]:
     return out
 
 
-def _pid_start(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat's 22nd field), or None."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _alive(pid: int, start: int | None = None) -> bool:
-    """Whether the job's process runs: ``pid`` exists and, when ``start`` was recorded, is the process that
-    started then (a pid the system gave to another process since is not the job)."""
-    if start is not None and _pid_start(pid) not in (start, None):
-        return False
+    """Whether the job's process runs (``_running``), reaping it first when it is a finished child of this
+    process."""
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:   # a finished child of this process is a zombie until reaped
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return True
+        pass
+    return _running(pid, start)
 
 
 def status(jid: str, where: Path | None = None) -> dict:
