@@ -29,8 +29,9 @@ DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
 UPLOAD_ENV, UPLOAD_DEFAULT_MB = sharing.UPLOAD_ENV, sharing.UPLOAD_DEFAULT_MB
 # What an uploaded file may hold, per MB of the upload limit (at 25 MB: 500,000 records, 200 MB of data once
 # decoded): a JSONL file's size bounds what reading it makes (Python objects take up to ~30x its bytes), a
-# Parquet file's does not (its pages and dictionaries can expand a thousandfold: sources.Limits). Text Parquet compresses 2-5x (zstd), so eight
-# times leaves room for honest files and values repeated on every row (a question on each checkpoint's row).
+# Parquet file's does not (its pages and dictionaries can expand a thousandfold: sources.Limits). Text Parquet
+# compresses 2-5x (zstd), so eight times leaves room for honest files and values repeated on every row (a
+# question on each checkpoint's row).
 UPLOAD_RECORDS_PER_MB, UPLOAD_DECODED_TIMES = 20_000, 8
 
 

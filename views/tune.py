@@ -113,16 +113,14 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
     """Button callback: choose the best setting for the goal on the tune half of the questions, on the cost basis
     asked for, make it current, and check it on the held-out half (the message says when it misses there)."""
     from analysis.evaluate.frontier import LEARNED_AUTO_MAX
-    from analysis.evaluate.optimize import halves, operating_point
+    from analysis.evaluate.optimize import EmptySplit, operating_point
     fams = [fam] if scope == "this family" else [f for f in available_families(t)
                                                  if f != "learned" or data.picked_run()["n_checkpoints"] <= LEARNED_AUTO_MAX]
     try:
-        halves(t)
-    except StoplineError as e:             # a run too small to split: that, not "no setting"
+        op = operating_point(t, goal, value, cost, fams, n_boot=0)
+    except EmptySplit as e:                # a run too small to split: that, not "no setting"
         st.session_state["jump_msg"] = ("warning", f"No jump: {e}")
         return
-    try:
-        op = operating_point(t, goal, value, cost, fams, n_boot=0)
     except StoplineError:
         st.session_state["jump_msg"] = ("warning", f"No setting meets that ({goal} {value:g}, tokens {cost}) on the "
                                         "tune half of the questions.")

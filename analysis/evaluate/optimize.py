@@ -38,6 +38,10 @@ def split_mask(question_ids: np.ndarray, split: str, tune_share: float = 0.5, sa
 HALF = {"tune": "tune half", "test": "held-out (test) half"}
 
 
+class EmptySplit(StoplineError):
+    """A tune or held-out half with no questions (``split_of``)."""
+
+
 def split_of(t: RunTable, split: str) -> RunTable:
     """The questions of one split (``all``: the run itself). A half with no questions is our error: what is
     chosen on one half is checked on the other, and a tiny run can leave one of them empty."""
@@ -45,7 +49,7 @@ def split_of(t: RunTable, split: str) -> RunTable:
         return t
     sub = t.subset(split_mask(t.question_ids, split))
     if sub.n == 0:
-        raise StoplineError(f"the {HALF[split]} of run {t.run_id} has no questions (the run has {t.n}; each question "
+        raise EmptySplit(f"the {HALF[split]} of run {t.run_id} has no questions (the run has {t.n}; each question "
                             "goes to the tune or the held-out half by a hash of its id)",
                             hint="settings are chosen on one half and checked on the other: give the run more "
                                  "questions, or evaluate with --split all")
