@@ -50,17 +50,22 @@ def _datasets_setup(p):
 @command("datasets", "list the dataset adapters (or the reasoning-gym tasks), or show the first questions of one "
                      "dataset id", _datasets_setup)
 def _datasets(args):
-    from analysis.ingest.datasets import DATASETS, load_dataset, RG_LIST, reasoning_gym_tasks
+    from analysis.ingest.datasets import DATASETS, load_dataset, RG_LIST, reasoning_gym_tasks, rg_answer_type
     if args.rg_tasks:
         if args.dataset:
             raise StoplineError("--rg-tasks lists the tasks; give it without a dataset id")
         tasks = reasoning_gym_tasks()
         if args.json:
-            return _print_json([{"id": f"rg:{t}", "options": o} for t, o in tasks.items()])
+            return _print_json([{"id": f"rg:{t}", "answer_type": rg_answer_type(t), "options": o}
+                                for t, o in tasks.items()])
         for t, o in tasks.items():
-            print(f"  rg:{t:28s} {', '.join(o)}")
-        return print(f"{len(tasks)} tasks; options go in the id: rg:basic_arithmetic?max_terms=3&max_digits=2.\n"
-                     "Answers are scored as numbers: a task whose answers are words or lists is not scored right.")
+            print(f"  rg:{t:28s} {rg_answer_type(t):7s} {', '.join(o)}")
+        return print(f"{len(tasks)} tasks: name, answer type, options. Options go in the id: "
+                     "rg:basic_arithmetic?max_terms=3&max_digits=2.\n"
+                     "Tasks whose answers are single numbers are scored as numbers (1,250 = 1250.0); the others "
+                     "(words, lists, grids, moves, expressions) as text: exact match after lower-casing and "
+                     "dropping punctuation and articles. rg:TASK?answer_type=math (number, math, text, choice) "
+                     "chooses another.")
     if not args.dataset:
         rows = [{"prefix": s.name, "what": s.about} for s in DATASETS.values()]
         if args.json:

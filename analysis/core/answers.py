@@ -189,6 +189,12 @@ def _fraction_str(f: Fraction) -> str:
     return f"{f.numerator}/{f.denominator}"
 
 
+def states_only_a_number(s: str) -> bool:
+    """Whether a gold answer is one number and nothing else ('12', '-0.5', '1,250', '823/1575', '$\\dfrac{1}{2}$',
+    '9.4e-18'); not 'J2', '5 days', '2 × 433' or a grid of numbers, whose last number is not the answer."""
+    return _to_fraction(_clean_number_span(s).rstrip("%").strip()) is not None
+
+
 def is_number(norm: str) -> bool:
     """Whether a normalised number answer states a number (and not an expression)."""
     return bool(norm) and (_PLAIN_INT.fullmatch(norm) is not None or _to_fraction(norm) is not None)
@@ -323,13 +329,14 @@ _PUNCT = set(string.punctuation)
 
 
 def normalize_text(s: str | None) -> str:
-    """SQuAD normalisation: lower case, drop punctuation, the articles a/an/the, and extra white space."""
+    """SQuAD normalisation: lower case, drop punctuation, the articles a/an/the, and extra white space. An
+    answer that is nothing but punctuation and articles ('[]', '#A A#') keeps its lower-cased text, so that it
+    can still be matched."""
     if not s:
         return ""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
+    low = s.lower()
+    out = " ".join(_ARTICLES.sub(" ", "".join(ch for ch in low if ch not in _PUNCT)).split())
+    return out or " ".join(low.split())
 
 
 _ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)

@@ -1,7 +1,8 @@
 import pytest
 
 from analysis.core.answers import (check, extract_number_text, normalize_choice, normalize_gold, normalize_math,
-                              normalize_number, normalize_text, numbers_equal, token_f1)
+                              normalize_number, normalize_text, numbers_equal, states_only_a_number,
+                              token_f1)
 from analysis.core.errors import StoplineError
 
 
@@ -117,3 +118,19 @@ def test_squad_text_rules():
     assert r["em"] == 0.0 and r["f1"] == pytest.approx(2 / 3)
     assert token_f1("new york city", "new york") == pytest.approx(0.8)
     assert check("", ["x"], "text") == {"raw": None, "norm": "", "em": 0.0, "f1": 0.0}
+
+
+def test_a_text_answer_of_punctuation_and_articles_keeps_its_text():
+    """'[]' and '#A A# A#' (reasoning-gym answers) normalised to '', which no prediction can match."""
+    assert normalize_text("[]") == "[]" and normalize_text("#A  A# A#") == "#a a# a#"
+    assert check("\\boxed{[]}", ["[]"], "text")["em"] == 1.0
+    assert check("\\boxed{[0]}", ["[]"], "text")["em"] == 0.0
+    assert check("\\boxed{#A A#}", ["#A A# A#"], "text")["em"] == 0.0
+
+
+def test_states_only_a_number():
+    """Which golds are one number: a grid's, a move's or a product's last number is not the answer."""
+    for g in ("12", "-0.5", "1,250", "823/1575", "$\\dfrac{79}{173}$", "9.360000138304076e-18", "(-5)"):
+        assert states_only_a_number(g), g
+    for g in ("J2", "5 days", "2 × 433", "0 0 4 4", "1,2,3", "45a", "48.0 + 36.0i", "x = 5", ""):
+        assert not states_only_a_number(g), g

@@ -3,7 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.ingest.datasets import load_dataset, stable_id
+from analysis.core.answers import check, states_only_a_number
+from analysis.ingest.datasets import load_dataset, RG_NUMBER_TASKS, stable_id
 from analysis.core.errors import StoplineError
 
 
@@ -16,6 +17,37 @@ def test_reasoning_gym_is_seeded_and_stable():
     assert a.questions[0].id == stable_id(a.questions[0].text)
     c = load_dataset("rg:basic_arithmetic", 4)
     assert len(c) == 4 and "num_terms" in c.questions[0].meta
+
+
+def test_reasoning_gym_tasks_are_scored_by_what_their_answers_are(cli):
+    """Every rg task was scored as a number, so a grid's or a move's last number counted as the answer
+    ('J2' scored as 2). Tasks whose answers are single numbers stay numbers; the others are text; the id can
+    choose another type."""
+    import reasoning_gym
+    for task in sorted(RG_NUMBER_TASKS):     # each listed task answers with one number (the list's own rule)
+        golds = [str(it["answer"]) for it in reasoning_gym.create_dataset(task, size=64, seed=0)]
+        assert all(states_only_a_number(g) for g in golds), (task, [g for g in golds if not states_only_a_number(g)])
+    for task in ("tsumego", "arc_1d", "spell_backward", "word_sorting", "base_conversion", "prime_factorization"):
+        ds = load_dataset(f"rg:{task}", 16)
+        assert task not in RG_NUMBER_TASKS and ds.answer_type == "text"
+        assert any(not states_only_a_number(q.gold[0]) for q in ds.questions), task
+        assert all(check(f"\\boxed{{{q.gold[0]}}}", q.gold, "text")["em"] == 1.0 for q in ds.questions), task
+    tsu = load_dataset("rg:tsumego", 8)
+    gold = tsu.questions[0].gold[0]                       # a move, such as 'E4'
+    other = ("B" if gold[0] == "A" else "A") + gold[1:]   # another column, the same row: as numbers, both were 4
+    assert check(f"\\boxed{{{other}}}", [gold], tsu.answer_type)["em"] == 0.0
+    assert check(f"\\boxed{{{other}}}", [gold], "number")["em"] == 1.0
+    assert load_dataset("rg:basic_arithmetic", 2).answer_type == "number"
+    m = load_dataset("rg:simple_integration?answer_type=math", 2)
+    assert m.answer_type == "math" and m.id == "rg:simple_integration?answer_type=math"
+    assert all(q.answer_type == "math" for q in m.questions)
+    with pytest.raises(StoplineError, match="must be one of number, math, text, choice, not 'words'"):
+        load_dataset("rg:tsumego?answer_type=words", 2)
+    code, _, err = cli("datasets", "rg:tsumego", "--answer-type", "number")
+    assert code != 0 and "rg:tsumego?answer_type=text" in err
+    code, out, _ = cli("datasets", "--rg-tasks", "--json")
+    types = {t["id"]: t["answer_type"] for t in json.loads(out)}
+    assert types["rg:gsm_symbolic"] == "number" and types["rg:tsumego"] == "text"
 
 
 def test_gsm8k_and_nq_open(tmp_path):
