@@ -38,7 +38,7 @@ def _db(p: argparse.ArgumentParser):
 def _mapping_args(p: argparse.ArgumentParser):
     """A table dataset's field mapping (jsonl:, csv:, parquet:): the options ``import`` names the same way."""
     from analysis.core.answers import ANSWER_TYPES
-    g = p.add_argument_group("field mapping (jsonl:, csv:, parquet: datasets; part of the dataset's id)")
+    g = p.add_argument_group("field mapping (jsonl:, csv:, parquet:, hf: datasets; part of the dataset's id)")
     g.add_argument("--question-field", help="dotted path to the question (default: question)")
     g.add_argument("--gold-field", help="dotted path to the gold answer or list of aliases (default: answer)")
     g.add_argument("--id-field", help="dotted path to a question id (default: derived from the question text)")

@@ -6,7 +6,7 @@
 | ``gsm8k:PATH`` | GSM8K JSONL: ``question`` and ``answer`` whose last line is ``#### <number>`` |
 | ``nq-open:PATH`` | NQ-open JSONL: ``question`` and ``answer`` = list of aliases |
 | ``jsonl:PATH`` / ``csv:PATH`` / ``parquet:PATH`` | any table, with a field mapping (``MAPPING``), kept in the id |
-| ``hf:NAME`` | Hugging Face ``datasets`` (needs the hub) |
+| ``hf:NAME[:CONFIG]`` | Hugging Face ``datasets`` (the hub, or a local folder), with a split and a field mapping |
 
 A table's mapping, when it differs from the defaults, is part of its dataset's id
 (``jsonl:PATH?gold_field=sol&answer_type=text``): a run's identity holds it, and two mappings of one file
@@ -267,10 +267,10 @@ def _mapping_flags(keys: Iterable[str]) -> str:
     return ", ".join("--" + k.replace("_", "-") for k in keys)
 
 
-def split_mapping(dataset_id: str) -> tuple[str, dict]:
+def split_mapping(dataset_id: str, options: dict = MAPPING) -> tuple[str, dict]:
     """(the file a table's dataset id reads, the field mapping its id asks for): ``jsonl:d.jsonl?gold_field=sol``
     -> ``('d.jsonl', {'gold_field': 'sol'})``. A path that exists as it is, or whose ``?`` is not followed by
-    ``key=value`` pairs, is all path; a key that is no mapping option is refused."""
+    ``key=value`` pairs, is all path; a key that is not one of ``options`` is refused."""
     prefix, _, arg = dataset_id.partition(":")
     path, q, query = arg.rpartition("?")
     try:
@@ -283,41 +283,54 @@ def split_mapping(dataset_id: str) -> tuple[str, dict]:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
         return arg, {}
-    unknown = [k for k, _ in pairs if k not in MAPPING]
+    unknown = [k for k, _ in pairs if k not in options]
     if unknown:
         raise StoplineError(f"unknown option {unknown[0]!r} in dataset id {dataset_id}",
-                            hint=f"a table's options: {', '.join(MAPPING)} (or {_mapping_flags(MAPPING)})")
+                            hint=f"its options: {', '.join(options)} (or {_mapping_flags(k for k in options if k in MAPPING)})")
     return path, dict(pairs)
 
 
-def mapped_id(prefix: str, path: str, mapping: dict) -> str:
+def mapped_id(prefix: str, path: str, mapping: dict, options: dict = MAPPING) -> str:
     """The dataset id of a table read with this mapping: the options that differ from the defaults, in
-    ``MAPPING``'s order, after a ``?`` (none: the plain ``PREFIX:PATH``). Two mappings of one file are two
+    ``options``' order, after a ``?`` (none: the plain ``PREFIX:PATH``). Two mappings of one file are two
     datasets: their questions (text, gold, answer type) are stored apart."""
-    changed = [(k, mapping[k]) for k in MAPPING if mapping.get(k) not in (None, MAPPING[k])]
+    changed = [(k, mapping[k]) for k in options if mapping.get(k) not in (None, options[k])]
     return f"{prefix}:{path}" + (f"?{urlencode(changed, safe='./')}" if changed else "")
+
+
+def _merged(prefix: str, arg: str, given: dict, options: dict = MAPPING) -> tuple[str, dict]:
+    """(what the id reads, its options): those in the id and those given (flags), which must agree."""
+    path, in_id = split_mapping(f"{prefix}:{arg}", options)
+    for k, v in in_id.items():
+        if given.get(k) not in (None, v):
+            raise StoplineError(f"{_mapping_flags([k])} is given twice: {v!r} in the dataset id, {given[k]!r} "
+                                "as an option", hint="give it once")
+    return path, {**{k: v for k, v in given.items() if v is not None}, **in_id}
 
 
 def _table(kind: str, arg: str, limit: int | None, **options: Any) -> Dataset:
     """A jsonl:, csv: or parquet: dataset: the mapping in its id and the one given as options, which must agree."""
-    path, in_id = split_mapping(f"{kind}:{arg}")
-    for k, v in in_id.items():
-        if options.get(k) not in (None, v):
-            raise StoplineError(f"{_mapping_flags([k])} is given twice: {v!r} in the dataset id, {options[k]!r} "
-                                "as an option", hint="give it once")
-    return _from_table(kind, path, limit, **{**{k: v for k, v in options.items() if v is not None}, **in_id})
+    path, mapping = _merged(kind, arg, options)
+    return _from_table(kind, path, limit, **mapping)
 
 
-def _from_table(kind: str, path: str, limit: int | None, question_field: str = "question",
-                gold_field: str = "answer", id_field: str | None = None, answer_type: str = NUMBER,
-                meta_fields: list[str] | None = None, dataset_id: str | None = None, **_: Any) -> Dataset:
+def _from_table(kind: str, path: str, limit: int | None, **mapping: Any) -> Dataset:
+    return _from_records(_table_rows(kind, path), path, limit, id_prefix=kind, **mapping)
+
+
+def _from_records(rows: Iterable[tuple[int, Any]], path: str, limit: int | None, question_field: str = "question",
+                  gold_field: str = "answer", id_field: str | None = None, answer_type: str = NUMBER,
+                  meta_fields: list[str] | None = None, dataset_id: str | None = None, id_prefix: str = "",
+                  index_key: str = "line", **_: Any) -> Dataset:
+    """Questions from numbered records (a file's lines, a hub dataset's rows), read through a field mapping;
+    a record that does not fit is named by ``path``, its number and the field."""
     if answer_type not in ANSWER_TYPES:
         raise StoplineError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, not {answer_type!r}")
     for flag, name in (("--question-field", question_field), ("--gold-field", gold_field), ("--id-field", id_field)):
         if name is not None and not str(name).strip():
             raise StoplineError(f"{flag} is empty", hint="a field's name, or a dotted path such as doc.question")
     qs = []
-    for lineno, rec in _table_rows(kind, path):
+    for lineno, rec in rows:
         if not isinstance(rec, dict):
             raise StoplineError("expected a JSON object", file=path, line=lineno)
         try:
@@ -339,7 +352,7 @@ def _from_table(kind: str, path: str, limit: int | None, question_field: str = "
                 qid = str(get_path(rec, id_field))
             except KeyError:
                 raise StoplineError("missing field", file=path, line=lineno, field=id_field) from None
-        meta = {"line": lineno}
+        meta = {index_key: lineno}
         for mf in meta_fields or []:
             try:
                 meta[mf] = get_path(rec, mf)
@@ -352,12 +365,12 @@ def _from_table(kind: str, path: str, limit: int | None, question_field: str = "
         raise StoplineError("no questions found (empty file?)", file=path)
     mapping = {"question_field": question_field, "gold_field": gold_field, "id_field": id_field,
                "answer_type": answer_type}
-    return Dataset(dataset_id or mapped_id(kind, path, mapping), answer_type, assign_ids(qs),
+    return Dataset(dataset_id or mapped_id(id_prefix, path, mapping), answer_type, assign_ids(qs),
                    description=f"{len(qs)} questions from {path}")
 
 
 def _gsm8k(path: str, limit: int | None, **kw: Any) -> Dataset:
-    ds = _from_table("jsonl", path, limit, "question", "answer", answer_type=NUMBER, dataset_id=f"gsm8k:{path}")
+    ds = _from_table("jsonl", path, limit, answer_type=NUMBER, dataset_id=f"gsm8k:{path}")
     ds.description = f"GSM8K ({len(ds)} questions from {path})"
     ds.attribution = "GSM8K (openai/grade-school-math), MIT."
     for q in ds.questions:  # keep just the final number as gold; the worked solution goes to meta
@@ -368,38 +381,49 @@ def _gsm8k(path: str, limit: int | None, **kw: Any) -> Dataset:
 
 
 def _nq_open(path: str, limit: int | None, **kw: Any) -> Dataset:
-    ds = _from_table("jsonl", path, limit, "question", "answer", answer_type=TEXT, dataset_id=f"nq-open:{path}")
+    ds = _from_table("jsonl", path, limit, answer_type=TEXT, dataset_id=f"nq-open:{path}")
     ds.description = f"NQ-open ({len(ds)} questions from {path})"
     ds.attribution = "NQ-open (google-research-datasets/natural-questions), CC BY-SA 3.0."
     return ds
 
 
-def _hf(name: str, limit: int | None, split: str = "test", question_field: str = "question",
-        gold_field: str = "answer", answer_type: str = NUMBER, **_: Any) -> Dataset:
+HF_OPTIONS = {**MAPPING, "split": "test"}      # an hf: id's options: the field mapping and the split
+
+
+def _hf(arg: str, limit: int | None, **options: Any) -> Dataset:
+    """``hf:NAME[:CONFIG][?split=train&gold_field=...]``: a Hugging Face dataset (a hub id, or a local folder
+    of data files), read through the same field mapping as a table; the split and the mapping are part of
+    its id when they differ from the defaults."""
     try:
         import datasets as hf_datasets      # lazy: a heavy library, only for hf: ids
     except ImportError:
         raise StoplineError("the 'datasets' package is needed for hf: ids", hint="pip install datasets") from None
-    config = None
-    if ":" in name:
-        name, config = name.split(":", 1)
+    spec, opts = _merged("hf", arg, options, HF_OPTIONS)
+    split = opts.pop("split", HF_OPTIONS["split"])
+    name, config = spec, None
+    if ":" in spec:
+        name, config = spec.split(":", 1)
     try:
         hd = hf_datasets.load_dataset(name, config, split=split)
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+        cause = e.__cause__ if isinstance(e, hf_datasets.exceptions.DatasetGenerationError) and e.__cause__ else e
+        local = Path(name).is_dir()
         raise StoplineError(
-            f"could not load Hugging Face dataset {name!r} (split {split!r}): {type(e).__name__}: {str(e)[:300]}",
-            hint=("the Hugging Face hub is unreachable from here" + (" (offline mode is set)" if offline else "")
+            f"could not load Hugging Face dataset {spec!r} (split {split!r}): {type(cause).__name__}: "
+            f"{str(cause)[:300]}",
+            hint=("the folder's data files do not make that split (test.jsonl, train.parquet … name the splits)"
+                  if local else "the Hugging Face hub is unreachable from here"
+                  + (" (offline mode is set)" if offline else "")
                   + "; download the data elsewhere and use jsonl:PATH, csv:PATH or parquet:PATH")) from None
-    qs = []
-    for i, rec in enumerate(hd):
-        gold = as_gold_list(get_path(rec, gold_field), answer_type)
-        if answer_type == NUMBER:
-            gold = [normalize_number(extract_number_text(g)) for g in gold]
-        qs.append(Question("", str(get_path(rec, question_field)), gold, answer_type, {"hf_index": i}))
-        if limit and len(qs) >= limit:
-            break
-    return Dataset(f"hf:{name}", answer_type, assign_ids(qs), description=f"Hugging Face {name} [{split}]")
+    where = f"hf:{spec} [{split}]"
+    ds = _from_records(enumerate(hd, 1), where, limit, index_key="hf_row",
+                       dataset_id=mapped_id("hf", spec, {**opts, "split": split}, HF_OPTIONS), **opts)
+    if ds.answer_type == NUMBER:         # keep the final number as gold (a GSM8K solution ends in '#### 72')
+        for q in ds.questions:
+            q.gold = [normalize_number(extract_number_text(g)) for g in q.gold]
+    ds.description = f"Hugging Face {spec} [{split}], {len(ds)} questions"
+    return ds
 
 
 @dataclass(frozen=True)
@@ -423,7 +447,9 @@ for _src in (
                     f"any {name}, with a field mapping (--question-field, --gold-field, --id-field, --answer-type)",
                     file=True, mapping=True) for kind, name in (("jsonl", "JSONL"), ("csv", "CSV"),
                                                                  ("parquet", "Parquet"))),
-    DatasetSource("hf", lambda arg, limit, **kw: _hf(arg, limit, **kw), "Hugging Face datasets (needs the hub)"),
+    DatasetSource("hf", lambda arg, limit, **kw: _hf(arg, limit, **kw),
+                  "Hugging Face datasets (the hub, or a local folder): hf:NAME[:CONFIG]?split=train&gold_field=...",
+                  mapping=True),
 ):
     DATASETS.add(_src.name, _src)
 
@@ -449,9 +475,14 @@ def load_dataset(dataset_id: str, limit: int | None = None, **options: Any) -> D
 
 
 def dataset_file(dataset_id: str) -> str | None:
-    """The file a dataset id reads (its mapping split off), or None where it reads none (rg:, hf:)."""
+    """The file a dataset id reads (its mapping split off), or None where it reads none (rg:, an hf: hub id); an
+    hf: id that names a local folder reads that folder."""
     prefix, sep, arg = dataset_id.partition(":")
     source = DATASETS[prefix] if sep and prefix in DATASETS else None
+    if source is not None and prefix == "hf":   # a hub id, or a local folder (which `datasets` tries first)
+        name = split_mapping(dataset_id, HF_OPTIONS)[0].split(":", 1)[0]
+        local = name.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(name))
+        return name if local else None
     if source is None or not source.file:
         return None
     return split_mapping(dataset_id)[0] if source.mapping else arg

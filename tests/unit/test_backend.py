@@ -390,7 +390,7 @@ def test_a_run_on_a_table_takes_a_field_mapping_and_keeps_it(cli, tmp_path):
     code, out, err = cli("run", "--dataset", mapped, *common)          # the id alone asks for the same run
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["run_id"] == num["run_id"]
     code, _, err = cli("run", "--dataset", "rg:basic_arithmetic", "--gold-field", "x", *common)
-    assert code == 2 and "a field mapping is for jsonl:, csv:, parquet: datasets, not rg:" in err
+    assert code == 2 and "a field mapping is for jsonl:, csv:, parquet:, hf: datasets, not rg:" in err
 
 
 def test_a_path_or_name_that_holds_no_model_is_said_at_once(tmp_path):

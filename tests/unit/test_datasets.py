@@ -103,6 +103,39 @@ def test_hf_gives_a_clear_offline_error(monkeypatch):
     assert "could not load Hugging Face dataset" in str(e.value) and "jsonl:PATH" in str(e.value)
 
 
+def test_hf_reads_a_split_through_a_field_mapping_kept_in_its_id(tmp_path, monkeypatch, cli):
+    """hf: had fixed field names (question, answer) the user could not change, and its id held neither the
+    split nor the mapping, so two readings of one dataset were one dataset. Read here from a local folder
+    through the real `datasets` library (the hub is unreachable)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    d = tmp_path / "local"
+    d.mkdir()
+    for split, n in (("test", 4), ("train", 2)):
+        (d / f"{split}.jsonl").write_text("".join(
+            json.dumps({"problem": f"{split} {i} + 1?", "solution": f"so\n#### {i + 1}", "doc": {"q": f"{split} Q{i}"}})
+            + "\n" for i in range(n)))
+    ds = load_dataset(f"hf:{d}?question_field=problem&gold_field=solution", 3)
+    assert ds.id == f"hf:{d}?question_field=problem&gold_field=solution" and len(ds) == 3
+    assert [q.gold for q in ds.questions] == [["1"], ["2"], ["3"]] and ds.questions[0].text == "test 0 + 1?"
+    tr = load_dataset(f"hf:{d}?split=train", question_field="doc.q", gold_field="solution")
+    assert tr.id == f"hf:{d}?question_field=doc.q&gold_field=solution&split=train"
+    assert [q.text for q in tr.questions] == ["train Q0", "train Q1"] and tr.questions[1].meta["hf_row"] == 2
+    assert load_dataset(tr.id).questions[0].id == tr.questions[0].id     # the id alone reads them again
+    with pytest.raises(StoplineError, match=r"hf:.* \[test\], line 1, field 'nope': missing field"):
+        load_dataset(f"hf:{d}", 2, question_field="nope")
+    with pytest.raises(StoplineError, match="Unknown split \"dev\"") as e:
+        load_dataset(f"hf:{d}?split=dev", 2)
+    assert "name the splits" in str(e.value)
+    with pytest.raises(StoplineError, match="unknown option 'foo'.*\n.*split"):
+        load_dataset(f"hf:{d}?foo=1", 2)
+    with pytest.raises(StoplineError, match="--gold-field is given twice"):
+        load_dataset(f"hf:{d}?gold_field=solution", 2, gold_field="answer")
+    from analysis.ingest.datasets import dataset_file
+    assert dataset_file(f"hf:{d}?split=train") == str(d) and dataset_file("hf:openai/gsm8k:main") is None
+
+
 def test_reasoning_gym_options_in_the_id():
     from analysis.ingest.datasets import load_dataset
     ds = load_dataset("rg:basic_arithmetic?max_terms=3&max_digits=2", 20, seed=1)
@@ -158,7 +191,7 @@ def test_a_tables_field_mapping_is_part_of_its_id(tmp_path):
         (f"jsonl:{j}", {"question_field": "q.text", "answer_type": "words"}, "--answer-type must be one of"),
         (f"jsonl:{j}", {"gold_field": " "}, "--gold-field is empty"),
         (f"jsonl:{j}", {"question_field": "q.txt"}, "field 'q.txt': missing field"),
-        ("rg:basic_arithmetic", {"answer_type": "text"}, "a field mapping is for jsonl:, csv:, parquet: datasets"),
+        ("rg:basic_arithmetic", {"answer_type": "text"}, "a field mapping is for jsonl:, csv:, parquet:, hf: datasets"),
         (f"gsm8k:{j}", {"gold_field": "sol"}, "not gsm8k:"),
     ]:
         with pytest.raises(StoplineError, match=match):

@@ -140,11 +140,12 @@ def test_a_jobs_dataset_file_must_be_in_a_configured_folder(tmp_path, monkeypatc
     ok = tmp_path / "datasets"
     ok.mkdir()
     monkeypatch.setenv("STOPLINE_DATASET_DIRS", str(ok))
-    for ds in ("jsonl:/etc/passwd", f"csv:{ok}/../secret.csv", "gsm8k:/no/such.jsonl", "parquet:rel/x.parquet"):
+    for ds in ("jsonl:/etc/passwd", f"csv:{ok}/../secret.csv", "gsm8k:/no/such.jsonl", "parquet:rel/x.parquet",
+               "hf:/etc?split=train", "hf:~/.cache/huggingface"):       # hf: reads a local folder too
         with pytest.raises(StoplineError, match="must be inside") as e:
             jobs.check_dataset(ds)
         assert "exist" not in str(e.value)                    # the same words whether the file is there or not
-    for ds in (f"jsonl:{ok}/q.jsonl", f"nq-open:{ok}/sub/x.jsonl", "rg:basic_arithmetic", "hf:gsm8k"):
+    for ds in (f"jsonl:{ok}/q.jsonl", f"nq-open:{ok}/sub/x.jsonl", "rg:basic_arithmetic", "hf:gsm8k", f"hf:{ok}/d"):
         jobs.check_dataset(ds)
 
 
