@@ -159,6 +159,9 @@ def current_setting(t, fam: str):
     return Setting(fam, get_family(fam).defaults_for(t))
 
 
+# a right-hand axis of shares (EM, tokens saved) on a chart whose left axis counts tokens: its own ticks at
+# 0, 0.25 … 1 and no grid of its own (Streamlit's theme would sync its ticks to the left axis: 0.095, 0.35 …)
+SHARE_AXIS = dict(tickmode="linear", tick0=0, dtick=0.25, showgrid=False)
 LEARNED_MIN_QUESTIONS = 50      # below this, the learned stopper's cross-fitted classifiers train on a handful
 
 

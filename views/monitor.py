@@ -147,7 +147,7 @@ try:        # the upload's copy is removed however this script run ends: an erro
             fig.add_hline(y=pr["em"], line_dash="dot", line_color="orange", yref="y2")
         fig.update_layout(height=320, title=f"Over time: the champion's requests in windows of {res['window']}, in arrival order",
                           xaxis_title="window",
-                          yaxis_title="tokens", yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="EM"),
+                          yaxis_title="tokens", yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="EM", **common.SHARE_AXIS),
                           legend=dict(orientation="h", y=-0.3), margin=dict(t=40))
         st.plotly_chart(fig, width="stretch", key="mon_time")
 
@@ -324,7 +324,7 @@ try:        # the upload's copy is removed however this script run ends: an erro
                     fig.add_annotation(x=r["version"], y=yy, text=r["rollback"], showarrow=True, arrowhead=2, ay=-30,
                                        font=dict(color="#dc2626"))
             fig.update_layout(height=300, xaxis=dict(title="version", dtick=1), yaxis_title="EM drop",
-                              yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="tokens saved"),
+                              yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="tokens saved", **common.SHARE_AXIS),
                               legend=dict(orientation="h", y=-0.35), margin=dict(t=20))
             st.plotly_chart(fig, width="stretch", key="mon_versions")
             st.dataframe(rows, hide_index=True, width="stretch")

@@ -1,8 +1,8 @@
 """Retake the README's screenshots (docs/screenshots/*.png) on the bundled demo store, walking the workflow a
-user follows: a setting from a link, Tune, Questions, Compare against a saved preset, the Report, the Frontier.
+user follows: a setting from a link, Tune, Questions, Compare against a saved preset, the Report, the Frontier,
+the Monitor.
 Run from the repository root: ``python docs/screenshots/retake.py`` (``PYTHONPATH=.`` in a git worktree
-other than the installed one; Debian's /usr/bin/chromium). The Monitor's
-screenshot needs a decision log and is not retaken here."""
+other than the installed one; Debian's /usr/bin/chromium). The Monitor reads the bundled decision log."""
 import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
@@ -65,6 +65,9 @@ def main() -> None:
         go(page, "Frontier")
         page.wait_for_selector("[data-testid=stEChartsChart] svg path[transform^=matrix]", timeout=90_000)
         shot(page, "frontier", 950)
+        go(page, "Monitor")                             # the bundled decision log (data/demo-logs)
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=90_000)
+        shot(page, "monitor", 1100)
         browser.close()
 
 
