@@ -91,8 +91,17 @@ if run:
                   "gained"]].copy()
     table[["savings_emitted", "savings_computed"]] *= 100           # shown as percentages
     num = st.column_config.NumberColumn
+    # short headers in small columns (each explained on hover), so that all nine fit without scrolling sideways
     st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "label": st.column_config.TextColumn("setting"), "em": num("EM", format="%.3f"),
-        "delta_em": num("ΔEM vs full", format="%+.3f"), "emitted": num("tokens emitted", format="%.0f"),
-        "computed": num("tokens computed", format="%.0f"), "savings_emitted": num("saved (emitted)", format="%.1f%%"),
-        "savings_computed": num("saved (computed)", format="%.1f%%"), "lost": num("lost"), "gained": num("gained")})
+        "label": st.column_config.TextColumn("setting", pinned=True),
+        "em": num("EM", format="%.3f", width="small"),
+        "delta_em": num("ΔEM", format="%+.3f", width="small", help="EM minus full length's EM"),
+        "emitted": num("emitted", format="%.0f", width="small", help="mean tokens emitted per question"),
+        "computed": num("computed", format="%.0f", width="small",
+                        help="mean tokens computed per question, the probes' included"),
+        "savings_emitted": num("saved", format="%.1f%%", width="small",
+                               help="share of full length's emitted tokens saved"),
+        "savings_computed": num("saved, all", format="%.1f%%", width="small",
+                                help="share of full length's tokens saved, counting the tokens the probes compute"),
+        "lost": num("lost", width="small", help="questions full length answers right and this setting wrong"),
+        "gained": num("gained", width="small", help="questions full length answers wrong and this setting right")})
