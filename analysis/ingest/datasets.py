@@ -286,7 +286,8 @@ def split_mapping(dataset_id: str, options: dict = MAPPING) -> tuple[str, dict]:
     unknown = [k for k, _ in pairs if k not in options]
     if unknown:
         raise StoplineError(f"unknown option {unknown[0]!r} in dataset id {dataset_id}",
-                            hint=f"its options: {', '.join(options)} (or {_mapping_flags(k for k in options if k in MAPPING)})")
+                            hint=f"its options: {', '.join(options)} "
+                                 f"(or {_mapping_flags(k for k in options if k in MAPPING)})")
     return path, dict(pairs)
 
 
