@@ -373,7 +373,9 @@ class Gateway:
             probes = [t for _, _, t in pending if t is not None]      # a budget's checkpoints have none
             for t in probes:
                 t.cancel()
-            await asyncio.gather(producer, *probes, return_exceptions=True)
+            # shielded: once a stream's client has gone, its task is cancelled again at every await (Starlette's
+            # anyio cancel scope), which would cut the upstream connections' closing short and leave them generating
+            await asyncio.shield(asyncio.gather(producer, *probes, return_exceptions=True))
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = ctl.finish(sess, cause=cause)

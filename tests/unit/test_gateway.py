@@ -25,6 +25,7 @@ MODEL = "smollm2-135m-instruct"
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
 B32 = {"stopline_preset": 1, "name": "b32", "setting": {"family": "budget", "params": {"B": 32}}}
 CONF = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.99}}}
+UNSURE = {"stopline_preset": 1, "name": "u", "setting": {"family": "confidence", "params": {"tau": 0.999}}}
 SMALL = {"every": 4, "steps": False, "transitions": False}          # a checkpoint every 4 tokens, nothing else
 
 
@@ -70,7 +71,10 @@ class Upstream:
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
-                self.wfile.write(raw)
+                try:
+                    self.wfile.write(raw)
+                except OSError:          # the gateway cancelled the probe
+                    pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -92,6 +96,12 @@ class Upstream:
                 while not self.closed:
                     send(": still here")
                     time.sleep(0.05)
+                return
+            if self.mode == "trickles":          # tokens, one every 50 ms, until the gateway closes the stream
+                while not self.closed:
+                    for t, text in zip(self.ids, self.texts):
+                        send("data: " + json.dumps({"choices": [{"index": 0, "text": text, "token_ids": [t]}]}))
+                        time.sleep(0.05)
                 return
             for t, text in zip(self.ids, self.texts):
                 send("data: " + json.dumps({"choices": [{"index": 0, "text": text, "token_ids": [t]}]}))
@@ -205,11 +215,26 @@ def test_an_upstream_that_never_finishes_meets_the_deadline(tok, up, tmp_path):
         assert until(lambda: up.open_streams == 0)
 
 
-def test_a_client_that_leaves_a_whole_response_cancels_its_upstream_request(tok, up, tmp_path):
-    up.mode = "never ends"
-    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
-        with pytest.raises(httpx.ReadTimeout):
-            ask(url, timeout=1.0)                                        # gives up, and closes its connection
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_cancels_its_upstream_request(tok, up, tmp_path, stream):
+    """The client leaves mid-request: a whole response's client gives up waiting, a stream's client reads six
+    chunks and closes. Before, a stream's upstream request outlived its client: the stream's task is cancelled
+    again at every await once its client has gone, which cut the closing of the upstream connection short."""
+    up.mode = "trickles"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 100_000,
+            "stream": stream, "stopline": {"request_id": "gone"}}
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, UNSURE, MODEL, **SMALL) as (gw, url):
+        if stream:
+            with httpx.stream("POST", url + "/chat/completions", json=body, timeout=30) as r:
+                got = 0
+                for ln in r.iter_lines():
+                    got += ln.startswith("data: ")
+                    if got == 6:
+                        break                                            # and closes its connection
+            assert got == 6
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url + "/chat/completions", json=body, timeout=1.0)      # gives up, and closes
         assert until(lambda: up.open_streams == 0), "the upstream stream outlived its client"
 
 
