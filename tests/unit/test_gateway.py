@@ -18,6 +18,8 @@ import pytest
 
 from analysis.backend.models import load_tokenizer
 from analysis.core.errors import StoplineError
+from analysis.presets.schema import from_dict
+from analysis.production.monitor import monitor
 from analysis.production.verify import check_decisions
 from tests.helpers import serve_gateway
 
@@ -222,7 +224,7 @@ def test_a_client_that_leaves_cancels_its_upstream_request_and_the_log_ends_the_
     stream's task is cancelled again at every await once its client has gone, which cut the closing of the
     upstream connection short). Before, the decision log got no final record, so the monitor never saw the
     request; now it gets one, cause client_disconnected, with what was done by then (tokens, probes, preset
-    version), and the requests counter has its outcome."""
+    version), the requests counter has its outcome, and the monitor counts it apart."""
     up.mode = "trickles"
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 100_000,
             "stream": stream, "stopline": {"request_id": "gone"}}
@@ -252,6 +254,11 @@ def test_a_client_that_leaves_cancels_its_upstream_request_and_the_log_ends_the_
         cks = records(tmp_path, "checkpoint")
         assert fin["n_checkpoints"] == len(cks) >= 1 and all(c["probe_tokens"] > 0 for c in cks), (fin, cks)
         assert "stopline_early_stops_total{" not in httpx.get(metrics).text
+        log = str(tmp_path / "decisions.jsonl")
+        res = monitor(log, preset=from_dict(UNSURE))           # counted apart, not in the preset's figures
+        assert res["n_requests"] == 1 and res["cut_by_client"] == 1 and res["observed"]["n"] == 0, res
+        res = check_decisions(log)                             # its decisions before the cut were the preset's
+        assert res["agreement"] == 1.0 and res["n"] == 1 and res["ended_by_upstream"] == 0, res
 
 
 def test_a_stream_whose_client_left_is_settled_once_however_it_stopped(tok, up, tmp_path):
