@@ -116,7 +116,9 @@ try:        # the upload's copy is removed however this script run ends: an erro
     pr, ob = res.get("promised"), res["observed"]
     st.markdown(f"**{res['n_requests']}** requests · preset **{res['preset']}** · calibration run `{run_id}` · "
                 f"{res['labelled']} labelled" + (f" · arms: {', '.join(f'{k} {v}' for k, v in res['arms'].items())}"
-                                                if res["arms"] else ""))
+                                                if res["arms"] else "")
+                + (f" · {res['cut_by_client']} cut by their clients (left out of the figures)"
+                   if res.get("cut_by_client") else ""))
     if pr is None:
         st.warning("The log names no calibration run, so there is nothing to compare with. Pick the run in the sidebar.")
     elif res["flags"]:
@@ -154,6 +156,8 @@ try:        # the upload's copy is removed however this script run ends: an erro
         arr = res["calibration_arrays"]
         c1, c2, c3 = st.columns(3)
         champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
+        if "cause" in champ:        # as in the monitor's figures: the preset's own ends, not an upstream's or client's
+            champ = champ[champ["cause"].isna()]
         cck = ck[ck["arm"] == "champion"] if len(ck) and "arm" in ck else ck
 
         def overlay(col, live, calib, title, xlabel, key):

@@ -166,7 +166,8 @@ def _monitor(args):
         return _print_json(res)
     o, pr = res["observed"], res.get("promised")
     print(f"{res['n_requests']} requests ({', '.join(f'{k} {v}' for k, v in res['arms'].items())}), "
-          f"{res['labelled']} labelled; preset {res['preset']}")
+          f"{res['labelled']} labelled" + (f", {res['cut_by_client']} cut by their clients (left out of the figures)"
+                                           if res["cut_by_client"] else "") + f"; preset {res['preset']}")
     if pr:
         print(f"  tokens/request {o['tokens_emitted']:.0f} (promised {pr['tokens_emitted']:.0f}); early stops "
               f"{o['stop_rate']:.0%} (promised {pr['stop_rate']:.0%}); EM "

@@ -257,7 +257,8 @@ class Controller:
         """Close a request: a stopped one answers its trial answer; otherwise the model's own final answer
         (``final_raw``, after ``n_tokens`` generated tokens). Logs and returns the outcome. ``cause``: why a
         request ended when it was not the preset's decision (``upstream_error``: answered after the upstream
-        failed; ``upstream_failed``: not answered, and then not a full-length trace either)."""
+        failed; ``upstream_failed``: not answered, and then not a full-length trace either;
+        ``client_disconnected``: its client left before the end, after ``n_tokens``)."""
         s.finished = True
         if s.stopped is not None:
             j = s.stopped.ck

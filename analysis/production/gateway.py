@@ -24,7 +24,10 @@ every request in constant time. The upstream's key is never logged.
 An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
 or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
 server's log names the URL (without credentials), and the decision log gets the request's final record
-(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures.
+(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures. A client
+that leaves before the end (a stream closed, a whole response no longer awaited) cancels its upstream request
+and probes, and its final record says ``cause: client_disconnected``: the monitor counts it apart, neither a
+stop of the preset's nor a full-length answer.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
 MAX_DEPTH = 4               # how deeply stopline.tags / stopline.meta may nest (routing reads their top level)
 MAX_TOKENS = 2 ** 31 - 1    # the most max_tokens any request may ask for (--max-tokens-cap lowers it)
 REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-timeout)
+CLIENT_LEFT = "client_disconnected"     # the cause of a request whose client left before its end
 SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 logger = logging.getLogger(__name__)
@@ -244,7 +248,9 @@ class Gateway:
     async def events(self, req: dict):
         """The response as ("text", piece) events, then ("end", info). An upstream that fails or sends what
         cannot be read, or a request still unanswered at its deadline (``request_timeout``), ends it with
-        UpstreamFailure once the log has its error and final records; nothing is left running or waiting."""
+        UpstreamFailure once the log has its error and final records; nothing is left running or waiting. A client
+        that leaves (the events cancelled, or closed before their end) gets its final record too
+        (``client_disconnected``)."""
         ctl = self.current()
         sess = ctl.open(req["request_id"], req["question"], req["meta"], req["tags"])
         cfg = self.config(req)
@@ -254,7 +260,6 @@ class Gateway:
 
         def left() -> float:
             return max(0.0, deadline - time.perf_counter())
-        r = await eng._pick()
         placer = Placer(cfg, eng.piece)
         setting = sess.route.setting
         # a budget reads positions only: no probes, except on exploration requests, whose logged trial answers
@@ -266,6 +271,7 @@ class Gateway:
         queue: asyncio.Queue = asyncio.Queue()
         decision, finish, error = None, None, None
         probe_tokens = 0
+        r = producer = getter = None
 
         async def produce():
             try:
@@ -280,9 +286,9 @@ class Gateway:
             except Exception as e:      # whatever else the stream raised: the request must hear of it, not wait
                 queue.put_nowait(("error", upstream_failure(e, r, self.opt.request_timeout)))
 
-        producer = asyncio.ensure_future(produce())
-        getter = None
         try:
+            r = await eng._pick()
+            producer = asyncio.ensure_future(produce())
             ended = False
             while True:
                 # release what no undecided checkpoint holds back
@@ -362,25 +368,33 @@ class Gateway:
                     self._answer_after_failure(req, ids, cfg, sess, ctl, error), left())
                 probe_tokens += spent
                 yield ("text", self.cue + answer + "}")
+            else:                                  # the model's own answer, decoded off the event loop
+                own = extract(await asyncio.to_thread(self.tok.decode, ids), ctl.answer_type)
+        except (asyncio.CancelledError, GeneratorExit):
+            # the client left: its stream closed, or its wait for a whole response cancelled
+            self._client_left(sess, ctl, len(ids), probe_tokens)
+            raise
         except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
             self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure)
             raise failure from None
         finally:
-            producer.cancel()
             if getter is not None:
                 getter.cancel()
-            probes = [t for _, _, t in pending if t is not None]      # a budget's checkpoints have none
-            for t in probes:
+            # a budget's checkpoints have no probe; a request that never got a replica, no producer
+            tasks = [t for t in (producer, *(t for _, _, t in pending)) if t is not None]
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(producer, *probes, return_exceptions=True)
+            # shielded: once a stream's client has gone, its task is cancelled again at every await (Starlette's
+            # anyio cancel scope), which would cut the upstream connections' closing short and leave them generating
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = ctl.finish(sess, cause=cause)
         elif decision is not None:
             rec = ctl.finish(sess, None, n)
-        else:                                    # the model's own answer, decoded off the event loop
-            rec = ctl.finish(sess, extract(await asyncio.to_thread(self.tok.decode, ids), ctl.answer_type), n)
+        else:
+            rec = ctl.finish(sess, own, n)
         info = {"stopped": decision is not None or error is not None, "position": n,
                 "tokens_emitted": rec["tokens_emitted"],
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
@@ -394,6 +408,22 @@ class Gateway:
             info["cause"] = cause
         self.metrics.finished(info)
         yield ("end", info)
+
+    def _client_left(self, sess, ctl, n: int, probe_tokens: int) -> None:
+        """A request whose client left before its end, in the decision log: its final record, ``cause:
+        client_disconnected``, with what was done by then (``n`` tokens generated, the checkpoints decided and
+        their probes). Neither the preset's stop nor a full-length answer: the monitor counts it apart."""
+        if sess.finished:
+            return
+        rec = ctl.finish(sess, None, n, cause=CLIENT_LEFT)
+        self.metrics.finished({"stopped": rec["stopped"], "arm": sess.route.arm, "cause": CLIENT_LEFT,
+                               "tokens_emitted": rec["tokens_emitted"], "probe_tokens": probe_tokens})
+
+    def abandoned(self, req: dict) -> None:
+        """A request whose client left before its response began (a stream that never started): its final
+        record, ``cause: client_disconnected``, nothing done."""
+        ctl = self.current()
+        self._client_left(ctl.open(req["request_id"], req["question"], req["meta"], req["tags"]), ctl, 0, 0)
 
     def _failed_request(self, req, sess, ctl, pos: int, failure: UpstreamFailure) -> None:
         """A request the upstream failed, in the server's log and the decision log: the error (the replica's URL

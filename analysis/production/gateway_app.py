@@ -14,10 +14,12 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
-from analysis.production.gateway import BadRequest, Gateway, UpstreamFailure, check_key, logger, upstream_failure
+from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, check_key, logger,
+                                         upstream_failure)
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -113,7 +115,8 @@ def create_app(gw: Gateway) -> FastAPI:
         created = int(time.time())
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
-            return StreamingResponse(sse(gw, req, shape, endpoint), media_type="text/event-stream")
+            s = Stream(gw, req, shape, endpoint)
+            return StreamingResponse(s.chunks(), media_type="text/event-stream", background=BackgroundTask(s.settle))
 
         async def whole():
             text, info = [], None
@@ -132,7 +135,8 @@ def create_app(gw: Gateway) -> FastAPI:
             if not work.done():         # the client left: its upstream request and probes end now
                 work.cancel()
             await asyncio.gather(work, gone, return_exceptions=True)
-        if work.cancelled():
+        if work.cancelled():            # (the decision log has its final record: gw.events wrote it)
+            gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
             return Response(status_code=499)
         try:
             text, info = work.result()
@@ -220,24 +224,52 @@ class Shape:
         return f"data: {json.dumps(d)}\n\n"
 
 
-async def sse(gw: Gateway, req: dict, shape: Shape, endpoint: str):
-    first = True
-    try:
-        async for kind, v in gw.events(req):
-            if kind == "text":
-                yield shape.chunk(v, first=first)
-                first = False
-            else:
-                gw.metrics.requests.labels(endpoint, outcome(v)).inc()
-                yield shape.chunk(None, v)
-    except UpstreamFailure as e:
-        gw.metrics.requests.labels(endpoint, "upstream_error").inc()
-        yield event_error(f"the upstream failed: {e.public}", "upstream_error", e.status)
-    except Exception as e:              # our own failure: logged, and the stream still ends as a stream
-        gw.metrics.requests.labels(endpoint, "gateway_error").inc()
-        internal(gw, req, e)
-        yield event_error("the gateway failed on this request; its log says why", "server_error", 500)
-    yield "data: [DONE]\n\n"
+class Stream:
+    """A streamed response (``chunks``), its request settled once however the stream ends (``settle``, the
+    response's background task): its outcome counted, and a client that left before the end counted as
+    ``client_disconnected``, with the request's final record in the decision log (``gw.events`` writes it when
+    closed here; ``gw.abandoned`` when the stream never started)."""
+
+    def __init__(self, gw: Gateway, req: dict, shape: Shape, endpoint: str):
+        self.gw, self.req, self.shape, self.endpoint = gw, req, shape, endpoint
+        self.events = gw.events(req)
+        self.started = self.counted = False
+
+    def count(self, outcome: str) -> None:
+        if not self.counted:
+            self.counted = True
+            self.gw.metrics.requests.labels(self.endpoint, outcome).inc()
+
+    async def chunks(self):
+        self.started, first = True, True
+        try:
+            async for kind, v in self.events:
+                if kind == "text":
+                    yield self.shape.chunk(v, first=first)
+                    first = False
+                else:
+                    self.count(outcome(v))
+                    yield self.shape.chunk(None, v)
+        except UpstreamFailure as e:
+            self.count("upstream_error")
+            yield event_error(f"the upstream failed: {e.public}", "upstream_error", e.status)
+        except Exception as e:          # our own failure: logged, and the stream still ends as a stream
+            self.count("gateway_error")
+            internal(self.gw, self.req, e)
+            yield event_error("the gateway failed on this request; its log says why", "server_error", 500)
+        except (asyncio.CancelledError, GeneratorExit):       # the client left
+            await self.settle()
+            raise
+        yield "data: [DONE]\n\n"
+
+    async def settle(self) -> None:
+        """After the stream, however it ended (a stream whose client left may stop at a chunk, unclosed, or never
+        start): a request not yet counted is one whose client left."""
+        if not self.started:
+            self.started = True
+            self.gw.abandoned(self.req)
+        self.count(CLIENT_LEFT)
+        await self.events.aclose()              # the events' own end: their final record, the upstream cancelled
 
 
 def event_error(message: str, kind: str, code: int) -> str:

@@ -205,6 +205,7 @@ def _labelled(fin: pd.DataFrame, labels: pd.DataFrame | None, answer_type: str) 
         em = np.where(np.isnan(em), np.asarray(em_from_gold, dtype=float), em)
         fin["em"] = np.where(np.isnan(em), fin["em"].to_numpy(), em)
         fin["gold"] = got["gold"].to_numpy()
+    fin.loc[cut_by_client(fin), "em"] = np.nan          # a request its client cut has no whole answer to score
     return fin
 
 
@@ -239,9 +240,10 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     answer_type = header.get("answer_type", t.answer_type if t is not None else "number")
     fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
     champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
-    broken = ended_by_upstream(champ)
-    champ = champ[~broken]
-    out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
+    broken, cut = ended_by_upstream(champ), cut_by_client(fin)
+    champ = champ[~broken & ~cut_by_client(champ)]
+    out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "cut_by_client": int(cut.sum()),
+                 "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
                  "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {}}
     live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
     live_stop = champ["stopped"].to_numpy(dtype=bool)
@@ -317,7 +319,7 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
                         f"the {s} signal has drifted: per-request mean {a.mean():.3f} live vs {b.mean():.3f} in "
                         f"calibration (KS={ks.statistic:.2f}, p={ks.pvalue:.2g})")})
     out["calibration_arrays"] = {k: cal[k] for k in ("emitted", "stop_pos", "p_mean", "entropy")}
-    out["ab"] = ab_compare(fin) if "arm" in fin and (fin["arm"] == "challenger").any() else None
+    out["ab"] = ab_compare(fin[~cut]) if "arm" in fin and (fin["arm"] == "challenger").any() else None
     out["proposal"] = propose_setting(ck, fin, preset, cal, answer_type) if propose else None
     out["status"] = "recalibrate" if out["flags"] else "ok"
     return out
@@ -344,14 +346,21 @@ def ab_compare(fin: pd.DataFrame) -> dict:
 
 def ended_by_upstream(fin: pd.DataFrame) -> pd.Series:
     """Which final records are of requests an upstream failure ended (the gateway's --on-upstream-error answer,
-    ``cause`` set): not the preset's decisions, nor full-length traces."""
-    return fin["cause"].notna() if "cause" in fin else pd.Series(False, index=fin.index)
+    ``cause`` set, other than a client's leaving): not the preset's decisions, nor full-length traces."""
+    return fin["cause"].notna() & ~cut_by_client(fin) if "cause" in fin else pd.Series(False, index=fin.index)
+
+
+def cut_by_client(fin: pd.DataFrame) -> pd.Series:
+    """Which final records are of requests whose client left before the end (the gateway's ``cause:
+    client_disconnected``): neither the preset's stops nor full-length answers, and their answers incomplete.
+    The decisions they logged up to then are the preset's."""
+    return fin["cause"].eq("client_disconnected") if "cause" in fin else pd.Series(False, index=fin.index)
 
 
 def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
     """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
     ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
-    ex = ex[~ended_by_upstream(ex)]
+    ex = ex[~ended_by_upstream(ex) & ~cut_by_client(ex)]
     if ex.empty or ck.empty:
         return None
     rows = []

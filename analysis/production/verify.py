@@ -74,7 +74,7 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     ``log``: a path (or paths), or ``(header, checkpoints, finals)`` as ``monitor.read_log`` returns."""
     header, ck, fin = read_log(log) if not isinstance(log, tuple) else log
     # a request the upstream's failure ended (the gateway's --on-upstream-error answer) was not stopped by the
-    # preset: it is left out and counted apart
+    # preset: it is left out and counted apart (one its client cut is replayed: its decisions were the preset's)
     broken = ended_by_upstream(fin).to_numpy()
     if broken.any():
         gone = set(fin.loc[broken, "request"])

@@ -269,6 +269,52 @@ def test_monitor_cli_and_bad_logs(drift_store, tmp_path, cli):
     assert code == 2 and "bad.jsonl" in err and "line 2" in err and "Traceback" not in err
 
 
+def test_monitor_counts_requests_cut_by_their_clients_apart(tmp_path):
+    """The gateway's final record of a request whose client left (cause client_disconnected): counted, and left
+    out of the preset's figures (tokens, stop rate, EM, stop positions, A/B, the exploration table), its label
+    unused (its answer is incomplete); check-log still replays the decisions it logged before the cut."""
+    from analysis.production.monitor import _labelled, explore_table, read_labels
+    from analysis.production.verify import check_decisions
+    b64 = {"family": "budget", "params": {"B": 64}}
+    p = _preset(b64)
+    rows = [{"type": "header", "stopline_log": 1, "preset": p.to_dict(), "answer_type": "number",
+             "checkpoints": {"every": 32}}]
+    # request, arm, checkpoint positions (and decisions), where it ended, stopped, answer, cause
+    for rid, arm, cks, end, stopped, answer, cause in (
+            ("a", "champion", {32: "continue", 64: "stop"}, 64, True, "7", None),
+            ("b", "champion", {32: "continue"}, 50, False, "7", None),
+            ("c", "champion", {32: "continue"}, 40, False, "", "client_disconnected"),
+            ("d", "challenger", {32: "continue"}, 50, False, "7", None),
+            ("e", "challenger", {}, 20, False, "", "client_disconnected"),
+            ("x", "explore", {32: "continue", 64: "shadow-stop"}, 80, False, "7", None),
+            ("y", "explore", {32: "continue"}, 40, False, "", "client_disconnected")):
+        for j, (pos, verdict) in enumerate(cks.items()):
+            rows.append({"type": "checkpoint", "request": rid, "arm": arm, "ck": j, "pos": pos, "kind": "interval",
+                         "answer": "7", "answer_tokens": 2, "probe_tokens": 9, "p_mean": 0.9, "entropy": 0.5,
+                         "decision": verdict})
+        rec = {"type": "final", "request": rid, "arm": arm, "setting": b64, "question_chars": 6, "stopped": stopped,
+               "ck": 1 if stopped else len(cks) - 1, "stop_pos": end, "tokens_emitted": end + 2 * stopped,
+               "tokens_computed": end + 9 * len(cks), "answer": answer, "full_length": not stopped and not cause,
+               "n_checkpoints": len(cks)}
+        if arm == "explore" and "shadow-stop" in cks.values():
+            rec["shadow_ck"], rec["shadow_pos"] = 1, 64
+        rows.append({**rec, "cause": cause} if cause else rec)
+    log, labels = tmp_path / "l.jsonl", tmp_path / "labels.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels.write_text("".join(json.dumps({"request": r, "gold": "7"}) + "\n" for r in "abcdexy"))
+    res = monitor(log, _table(60, 10), p, str(labels), propose=False)
+    assert res["n_requests"] == 7 and res["cut_by_client"] == 3 and res["ended_by_upstream"] == 0, res
+    ob = res["observed"]
+    assert ob["n"] == 2 and ob["stop_rate"] == 0.5 and ob["tokens_emitted"] == 58 and ob["em"] == 1.0, ob
+    assert res["labelled"] == 4 and int(res["windows"]["requests"].sum()) == 2          # a, b, d, x
+    assert res["ab"]["champion"]["n"] == 2 and res["ab"]["challenger"]["n"] == 1, res["ab"]
+    _, ck, fin = read_log(log)
+    t = explore_table(ck, _labelled(fin, read_labels(labels), "number"), "number")
+    assert list(t.question_ids) == ["x"]
+    res = check_decisions(str(log))
+    assert res["agreement"] == 1.0 and res["n"] == 7 and res["ended_by_upstream"] == 0, res
+
+
 def test_serve_demo_writes_a_log_and_labels_the_monitor_reads(tmp_path):
     from analysis.backend.prompts import GenConfig
     from analysis.ingest.pipeline import run

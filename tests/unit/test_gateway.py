@@ -18,6 +18,8 @@ import pytest
 
 from analysis.backend.models import load_tokenizer
 from analysis.core.errors import StoplineError
+from analysis.presets.schema import from_dict
+from analysis.production.monitor import monitor
 from analysis.production.verify import check_decisions
 from tests.helpers import serve_gateway
 
@@ -25,6 +27,7 @@ MODEL = "smollm2-135m-instruct"
 NEVER = {"stopline_preset": 1, "name": "never", "setting": {"family": "budget", "params": {"B": 32768}}}
 B32 = {"stopline_preset": 1, "name": "b32", "setting": {"family": "budget", "params": {"B": 32}}}
 CONF = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.99}}}
+UNSURE = {"stopline_preset": 1, "name": "u", "setting": {"family": "confidence", "params": {"tau": 0.999}}}
 SMALL = {"every": 4, "steps": False, "transitions": False}          # a checkpoint every 4 tokens, nothing else
 
 
@@ -70,7 +73,10 @@ class Upstream:
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
-                self.wfile.write(raw)
+                try:
+                    self.wfile.write(raw)
+                except OSError:          # the gateway cancelled the probe
+                    pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -92,6 +98,12 @@ class Upstream:
                 while not self.closed:
                     send(": still here")
                     time.sleep(0.05)
+                return
+            if self.mode == "trickles":          # tokens, one every 50 ms, until the gateway closes the stream
+                while not self.closed:
+                    for t, text in zip(self.ids, self.texts):
+                        send("data: " + json.dumps({"choices": [{"index": 0, "text": text, "token_ids": [t]}]}))
+                        time.sleep(0.05)
                 return
             for t, text in zip(self.ids, self.texts):
                 send("data: " + json.dumps({"choices": [{"index": 0, "text": text, "token_ids": [t]}]}))
@@ -205,12 +217,92 @@ def test_an_upstream_that_never_finishes_meets_the_deadline(tok, up, tmp_path):
         assert until(lambda: up.open_streams == 0)
 
 
-def test_a_client_that_leaves_a_whole_response_cancels_its_upstream_request(tok, up, tmp_path):
-    up.mode = "never ends"
-    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
-        with pytest.raises(httpx.ReadTimeout):
-            ask(url, timeout=1.0)                                        # gives up, and closes its connection
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_cancels_its_upstream_request_and_the_log_ends_the_request(tok, up, tmp_path, stream):
+    """The client leaves mid-request: a whole response's client gives up waiting, a stream's client reads six
+    chunks and closes. Its upstream request and probes are cancelled (before, a stream's outlived its client: the
+    stream's task is cancelled again at every await once its client has gone, which cut the closing of the
+    upstream connection short). Before, the decision log got no final record, so the monitor never saw the
+    request; now it gets one, cause client_disconnected, with what was done by then (tokens, probes, preset
+    version), the requests counter has its outcome, and the monitor counts it apart."""
+    up.mode = "trickles"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 100_000,
+            "stream": stream, "stopline": {"request_id": "gone"}}
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, UNSURE, MODEL, **SMALL) as (gw, url):
+        if stream:
+            with httpx.stream("POST", url + "/chat/completions", json=body, timeout=30) as r:
+                got = 0
+                for ln in r.iter_lines():
+                    got += ln.startswith("data: ")
+                    if got == 6:
+                        break                                            # and closes its connection
+            assert got == 6
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url + "/chat/completions", json=body, timeout=1.0)      # gives up, and closes
         assert until(lambda: up.open_streams == 0), "the upstream stream outlived its client"
+        assert until(lambda: records(tmp_path, "final")), "no final record for the request its client left"
+        metrics = url.removesuffix("/v1") + "/metrics"
+        counted = 'stopline_requests_total{endpoint="chat",outcome="client_disconnected"} 1.0'
+        assert until(lambda: counted in httpx.get(metrics).text), httpx.get(metrics).text
+        finals = records(tmp_path, "final")
+        assert len(finals) == 1, finals
+        fin = finals[0]
+        assert fin["request"] == "gone" and fin["cause"] == "client_disconnected", fin
+        assert not fin["stopped"] and not fin["full_length"] and fin["preset_version"] == gw.version, fin
+        assert fin["tokens_emitted"] >= 6 and fin["stop_pos"] == fin["tokens_emitted"], fin     # what was done by then
+        cks = records(tmp_path, "checkpoint")
+        assert fin["n_checkpoints"] == len(cks) >= 1 and all(c["probe_tokens"] > 0 for c in cks), (fin, cks)
+        assert "stopline_early_stops_total{" not in httpx.get(metrics).text
+        log = str(tmp_path / "decisions.jsonl")
+        res = monitor(log, preset=from_dict(UNSURE))           # counted apart, not in the preset's figures
+        assert res["n_requests"] == 1 and res["cut_by_client"] == 1 and res["observed"]["n"] == 0, res
+        res = check_decisions(log)                             # its decisions before the cut were the preset's
+        assert res["agreement"] == 1.0 and res["n"] == 1 and res["ended_by_upstream"] == 0, res
+
+
+def test_a_stream_whose_client_left_is_settled_once_however_it_stopped(tok, up, tmp_path):
+    """Two ways a stream can stop for a client that left other than a cancel inside the request, met by the
+    response's background task (``Stream.settle``): stopped at a chunk and left unclosed (the disconnect met the
+    chunk's send), and never started (the client left before the first chunk). Each gets one final record
+    (client_disconnected) and one count, and the first its upstream stream closed."""
+    import asyncio
+    from analysis.production.gateway import Gateway, Options
+    from analysis.production.gateway_app import Shape, Stream
+    up.mode = "trickles"
+    (tmp_path / "preset.json").write_text(json.dumps(UNSURE))
+    t, kind, eos = tok
+    gw = Gateway([f"http://127.0.0.1:{up.port}/v1"], str(tmp_path / "preset.json"), t, eos, kind,
+                 log_path=str(tmp_path / "decisions.jsonl"), model=MODEL, options=Options(**SMALL))
+
+    def stream(rid: str) -> Stream:
+        req = gw.parse({"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 100_000,
+                        "stream": True, "stopline": {"request_id": rid}}, chat=True)
+        return Stream(gw, req, Shape(True, rid, 0, MODEL), "chat")
+
+    async def run():
+        await gw.engine.__aenter__()
+        try:
+            s = stream("cut")
+            chunks = s.chunks()
+            for _ in range(6):
+                await chunks.__anext__()
+            await s.settle()
+            t0 = time.monotonic()
+            while up.open_streams and time.monotonic() - t0 < 10:
+                await asyncio.sleep(0.05)
+            assert up.open_streams == 0, "the upstream stream outlived its client"
+            await chunks.aclose()                                   # closed at last: nothing more
+            await stream("never").settle()
+        finally:
+            await gw.engine.__aexit__(None, None, None)
+    asyncio.run(run())
+    finals = records(tmp_path, "final")
+    assert [(f["request"], f["cause"], f["stopped"], f["full_length"]) for f in finals] == [
+        ("cut", "client_disconnected", False, False), ("never", "client_disconnected", False, False)], finals
+    assert finals[0]["tokens_emitted"] >= 6 and finals[1]["tokens_emitted"] == finals[1]["n_checkpoints"] == 0
+    assert all(f["preset_version"] == gw.version for f in finals)
+    assert 'stopline_requests_total{endpoint="chat",outcome="client_disconnected"} 2.0' in gw.metrics.render().decode()
 
 
 def until(cond, seconds: float = 10) -> bool:
