@@ -268,7 +268,9 @@ class Controller:
             j = s.n - 1
             answer_raw, full = final_raw, cause is None
             emitted = n_tokens if n_tokens is not None else (s.history["pos"][j] if s.n else 0)
-            computed = emitted + sum(s.history["probe_tokens"][: max(0, s.n - 1)])
+            # every probe it made counts, the last decided checkpoint's too (the end itself is never probed): the
+            # replay's computed tokens at the end (engine.computed_tokens)
+            computed = emitted + sum(s.history["probe_tokens"])
             stop_pos = emitted
         norm = normalize(answer_raw, self.answer_type) if answer_raw else ""
         rec = {"type": "final", "request": s.request_id, "arm": s.route.arm, "route": s.route.reason,

@@ -56,6 +56,21 @@ def test_stream_controller_stops_where_replay_predicts(setting, routed):
         assert {"champion", "challenger", "explore"} <= set(arms.index)
 
 
+@pytest.mark.parametrize("setting", [{"family": "confidence", "params": {"tau": 0.9}},
+                                     {"family": "consistency", "params": {"k": 3}, "schedule": {"every": 2}}])
+def test_tokens_computed_in_the_final_record_are_the_replays(setting):
+    """Tokens computed (emitted plus every probe up to the stop, domain.md): the controller's final records equal
+    the replay's, also for a request that ran to its end (it left out its last checkpoint's probe) or explored."""
+    from analysis.replay.engine import computed_tokens
+    t = _table(150)
+    p = _preset(setting, {"explore": 0.2})
+    want = preset_stops(t, p)
+    recs = simulate(t, Controller(p, every=t.interval))
+    full = want == t.final_idx
+    assert full.any() and (~full).any() and any(r["arm"] == "explore" for r in recs)
+    assert np.array_equal([r["tokens_computed"] for r in recs], computed_tokens(t, want, p.setting))
+
+
 def test_live_route_equals_vectorised_route_table():
     t = _table(200)
     p = _preset({"family": "confidence", "params": {"tau": 0.9}}, ROUTING)
