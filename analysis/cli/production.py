@@ -58,6 +58,7 @@ def _verify(args):
 
 
 def _print_verify(res: dict) -> None:
+    from analysis.production.verify import mismatch_words
     d, num, mv = res["decisions"], res["numeric"], res["moved"]
     print(f"controller on run {res['run']} ({res['n']} questions, batches of {res['batch_size']}):")
     print(f"  decisions against the replay on the live values: {d['agreement']:.3f} "
@@ -80,9 +81,7 @@ def _print_verify(res: dict) -> None:
           f"live: EM {res['live']['em']:.3f}, {res['live']['tokens_emitted']:.1f} tokens "
           f"({res['live']['generated_tokens']} generated, {res['seconds']:.0f} s)")
     for m in res["mismatches"]:
-        live = "the end" if m["live"]["ck"] is None else f"ck {m['live']['ck']}"
-        replay = f"ck {m['replay']['ck']}" + ("" if m["replay"]["stopped"] else " (the end)")
-        print(f"  differs: {m['question']}: replay stops at {replay}, live at {live}: {m['cause']}")
+        print(f"  differs: {mismatch_words(m)}")
     if res.get("note"):
         print(f"  note: {res['note']}")
 

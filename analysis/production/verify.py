@@ -130,7 +130,7 @@ def compare_values(t, ck: pd.DataFrame, texts: dict[str, tuple[str, str, bool]] 
             continue
         if j >= t.final_idx[i] or int(t.pos[i, j]) != int(rec["pos"]):
             n_placed += 1
-            note(req, j, "checkpoint placement", "checkpoint placement (the trace took another path)")
+            note(req, j, "checkpoint placement", placement_words(t, i, rec["pos"]))
             continue
         n_cmp += 1
         if (rec.get("answer") or "") != (t.answers[i, j] or ""):
@@ -162,6 +162,28 @@ def compare_values(t, ck: pd.DataFrame, texts: dict[str, tuple[str, str, bool]] 
     return ({"checkpoints_compared": n_cmp, "checkpoints_misplaced": n_placed,
              "answers_differ": n_ans / n_cmp if n_cmp else 0.0, "n_answers_differ": n_ans,
              "traces_diverged": diverged, "signals": sig}, first)
+
+
+def placement_words(t, i: int, pos) -> str:
+    """A live checkpoint at token ``pos`` that question ``i`` of the recorded run has no checkpoint at, in words:
+    where the recording's checkpoints around it are."""
+    row = t.pos[i, :t.lengths[i]]
+    k = int(np.searchsorted(row, float(pos)))
+    if k >= t.final_idx[i]:
+        there = f"the recorded trace ended at token {int(row[-1])}"
+    else:
+        there = "the recording's checkpoints are at token" + (f"s {int(row[k - 1])} and {int(row[k])} around it" if k
+                                                               else f" {int(row[k])} and later")
+    return f"checkpoint placement: live checkpoint at token {int(pos)}, {there} (the trace took another path)"
+
+
+def mismatch_words(m: dict) -> str:
+    """A moved stop (``verify_live``'s ``mismatches``) in one line: where the replay and the live run stopped, by
+    token and checkpoint, and the first difference at or before it."""
+    def at(side):
+        where = f"checkpoint {side['ck']}" if side["stopped"] and side["ck"] is not None else "the end"
+        return f"token {side['pos']} ({where})"
+    return f"{m['question']}: replay stops at {at(m['replay'])}, live at {at(m['live'])}: {m['cause']}"
 
 
 # --- the live run -------------------------------------------------------------------------------------------

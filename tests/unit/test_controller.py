@@ -206,6 +206,26 @@ def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
     assert len(fin) == 10 and set(fin["arm"]) <= {"champion", "challenger"}
 
 
+def test_verify_controller_shows_where_each_moved_stop_was(tmp_path, cli):
+    """The served model is not the recorded one (another tiny model's weights in its folder): every stop moves, and
+    each "differs" line says where, by token, on both sides ("replay stops at ck 0, live at ck 0" said nothing)."""
+    import re
+    from analysis.backend.tiny import save_tiny
+    from analysis.core.store import Store
+    db, rid = _tiny_run(tmp_path, cli, 6, 3)
+    tau = float(Store(db, read_only=True).checkpoints(rid).to_pandas().p_mean.median())
+    pf = tmp_path / "p.json"
+    pf.write_text(json.dumps({"stopline_preset": 1, "name": "c", "setting": {"family": "confidence",
+                                                                           "params": {"tau": tau}}}))
+    save_tiny(tmp_path / "tiny", seed=8)
+    code, out, err = cli("verify-controller", "--run", rid, "--preset", pf, "--device", "cpu", "--db", db)
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.strip().startswith("differs:")]
+    assert lines, out
+    side = r"token \d+ \((checkpoint \d+|the end)\)"
+    assert all(re.search(f"replay stops at {side}, live at {side}: ", ln) for ln in lines), lines
+
+
 def test_controlled_generate_in_a_transformers_loop():
     """The documented ten-line use: a model, a tokenizer, questions, a preset."""
     from analysis.backend.tiny import build_model

@@ -78,6 +78,15 @@ def test_live_values_are_compared_checkpoint_by_checkpoint(table, tmp_path):
     assert res["n_answers_differ"] == 1 and res["checkpoints_misplaced"] == 1 and res["traces_diverged"] == 1
     assert res["signals"]["p_mean"]["n_differ"] == 1 and res["signals"]["p_mean"]["max_abs"] == pytest.approx(0.01)
     assert res["signals"]["entropy"]["n_differ"] == 0
+    # a live checkpoint the recording has none at: where it is, and where the recording's are around it
+    p5, p6 = int(table.pos[1, 5]), int(table.pos[1, 6])
+    _, ck, _ = read_log(log)
+    ck = ck[ck.request == q1].copy()
+    ck.loc[ck.ck == 5, "pos"] += 1
+    _, first = compare_values(table, ck)
+    assert first[q1][:2] == (5, "checkpoint placement"), first
+    assert first[q1][2].startswith(f"checkpoint placement: live checkpoint at token {p5 + 1}, the recording's "
+                                   f"checkpoints are at tokens {p5} and {p6} around it"), first[q1]
 
 
 def test_stops_move_with_noise_only_where_the_setting_reads_it(table):
