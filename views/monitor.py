@@ -138,7 +138,8 @@ try:        # the upload's copy is removed however this script run ends: an erro
                             f"{pr['savings']:.0%} promised")
         common.noted_metric(m[2], "Stopped early", f"{ob['stop_rate']:.0%}", f"{pr['stop_rate']:.0%} promised")
         common.noted_metric(m[3], "EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
-                            f"{pr['em']:.3f} promised" + ("" if ob["em"] is not None else " · add labels"))
+                            f"{pr['em']:.3f} promised" + (f" · on {ob['n_labelled']} labelled" if ob["em"] is not None
+                                                          else " · add labels"))
 
         w = res["windows"]
         fig = go.Figure()

@@ -153,6 +153,10 @@ def _monitor_setup(p):
     _db(p)
 
 
+def _em_words(em, n: int) -> str:
+    return f"EM {em:.3f} on {n} labelled" if n else "EM unknown (no labelled request: add --labels)"
+
+
 @command("monitor", "check decision logs against the calibration: savings, EM, drift; propose a recalibration",
          _monitor_setup)
 def _monitor(args):
@@ -169,8 +173,8 @@ def _monitor(args):
                                            if res["cut_by_client"] else "") + f"; preset {res['preset']}")
     if pr:
         print(f"  tokens/request {o['tokens_emitted']:.0f} (promised {pr['tokens_emitted']:.0f}); early stops "
-              f"{o['stop_rate']:.0%} (promised {pr['stop_rate']:.0%}); EM "
-              f"{'n/a' if o['em'] is None else format(o['em'], '.3f')} (promised {pr['em']:.3f})")
+              f"{o['stop_rate']:.0%} (promised {pr['stop_rate']:.0%}); {_em_words(o['em'], o['n_labelled'])} "
+              f"(promised {pr['em']:.3f})")
     for f in res["flags"]:
         print(f"  FLAG {f['check']}: {f['message']}")
     if pr is not None:

@@ -196,15 +196,18 @@ def _labelled(fin: pd.DataFrame, labels: pd.DataFrame | None, answer_type: str) 
     fin["em"] = pd.to_numeric(fin["em"], errors="coerce")
     fin["gold"] = None
     if labels is not None and len(labels):
+        # a request the labels leave out keeps what its final record says (usually nothing: unlabelled); one
+        # labelled by its id (every instance of a repeated id) gets the label's em, else its answer scored
         lab = labels.drop_duplicates("request", keep="last").set_index("request")
-        idx = fin["request"].astype(str)
-        got = lab.reindex(idx)
-        em_from_gold = [score(a or "", normalize_gold(_golds(g), answer_type), answer_type)[0] if g is not None else np.nan
-                        for a, g in zip(fin["answer"], got["gold"])]
-        em = pd.to_numeric(got["label_em"], errors="coerce").to_numpy()
+        got = lab.reindex(fin["request"].astype(str))
+        # (reindex gives NaN where no label is, and a column of numbers NaN where a label has no gold)
+        gold = [None if g is None or (isinstance(g, float) and math.isnan(g)) else g for g in got["gold"]]
+        em_from_gold = [score(a or "", normalize_gold(_golds(g), answer_type), answer_type)[0] if g is not None
+                        else np.nan for a, g in zip(fin["answer"], gold)]
+        em = pd.to_numeric(got["label_em"], errors="coerce").to_numpy(dtype=float)
         em = np.where(np.isnan(em), np.asarray(em_from_gold, dtype=float), em)
         fin["em"] = np.where(np.isnan(em), fin["em"].to_numpy(), em)
-        fin["gold"] = got["gold"].to_numpy()
+        fin["gold"] = pd.Series(gold, index=fin.index, dtype=object)
     fin.loc[cut_by_client(fin), "em"] = np.nan          # a request its client cut has no whole answer to score
     return fin
 

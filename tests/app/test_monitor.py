@@ -196,3 +196,22 @@ def test_an_uploaded_log_with_a_wrongly_typed_field_is_named_and_its_copy_remove
     assert at.exception and "a library failed" in at.exception[0].value
     assert any("**40** requests" in m.value for m in at.markdown)     # (it failed after the copy was read)
     assert not list((tmp_path / "stopline-monitor").iterdir())
+
+
+def test_monitor_page_counts_only_the_labelled_requests(tmp_path, monkeypatch):
+    """Labels for 5 of the demo log's 40 requests: 5 labelled (every request counted as labelled before, scored
+    against no gold), EM on the 4 labelled champion requests."""
+    import shutil
+    from tests.helpers import ROOT
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(ROOT / "data" / "demo-logs" / "serve-demo.jsonl", logs / "prod.jsonl")
+    lines = (ROOT / "data" / "demo-logs" / "serve-demo.labels.jsonl").read_text().splitlines()
+    (logs / "prod.labels.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    at = open_app(None, None, "views/monitor.py")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("**40** requests" in m.value and " · 5 labelled" in m.value for m in at.markdown)
+    em = next(m for m in at.metric if m.label == "EM (labelled)")
+    assert em.value == "0.000" and "on 4 labelled" in str(em.proto.delta)
+
