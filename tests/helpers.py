@@ -17,6 +17,36 @@ CHECKPOINT_DEFAULTS = {"answer_tokens": 2, "probe_tokens": 10, "f1": 0.0, "is_st
                        "p_mean": 0.5, "p_geo": 0.5, "p_min": 0.5, "p_first": 0.5, "entropy": 1.0}
 
 
+# -- decision logs as the gateway writes them --------------------------------------------------------------------
+def preset_version(preset: dict) -> str:
+    """The gateway's version of a preset (Gateway.reload)."""
+    import hashlib
+    import json
+    from analysis.presets.schema import from_dict
+    return hashlib.sha256(json.dumps(from_dict(preset).to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def gateway_log(path, served, header=None):
+    """A decision log as the gateway writes it (Gateway.__init__, Gateway.reload, VersionedLog), by the real
+    controller and decision log: a header naming no preset (``header`` adds to it), then per preset version a
+    ``preset`` record and the checkpoint and final records of the requests it served, each stamped with the
+    version. ``served``: (preset, calibration or None, table) per version, in order."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.controller import Controller, DecisionLog, simulate
+    from analysis.production.gateway import VersionedLog
+    log = DecisionLog(path, {"gateway": {"on_stop": "answer", "upstreams": 1}, "answer_type": "number",
+                             "checkpoints": {"every": 32, "steps": True, "transitions": True}, **(header or {})})
+    for preset, cal, t in served:
+        p, version = from_dict(preset), preset_version(preset)
+        rec = {"type": "preset", "preset_version": version, "preset": p.to_dict()}
+        log.write({**rec, "calibration": cal} if cal else rec)
+        ctl = Controller(p, "number", every=t.interval or 32)
+        ctl.log = VersionedLog(log, version)
+        simulate(t, ctl, with_em=False)
+    log.close()
+    return path
+
+
 # -- RunTables by hand ---------------------------------------------------------------------------------------
 def table_of_rows(rows: list[dict], run_id: str = "hand"):
     """A RunTable from checkpoint rows (question_id, ck_idx, pos, answer_norm, em, signals …), ordered by

@@ -416,14 +416,19 @@ def preset_history(path: str, mtime: float) -> list[dict]:
 
 
 @st.cache_data(show_spinner="Reading the log and testing for drift…", max_entries=8)
-def monitor_report(_log: str, _labels: str | None, key: str, run_db: str | None, run_id: str | None):
-    """A decision log against its calibration run (analysis.production.monitor), with the log's checkpoint and
-    final rows; keyed on ``key`` (a log file's path and mtime, an upload's content), not on the files' paths: an
-    upload's copy has a new one each script run (and is deleted after)."""
-    from analysis.production.monitor import monitor, monitor_inputs, read_log
-    t, preset = monitor_inputs([_log], None, run_id, run_db)
-    res = monitor([_log], t, preset, [_labels] if _labels else None)
+def monitor_report(_log: str, _labels: str | None, key: str, run_db: str | None, run_id: str | None,
+                   version: str | None = None):
+    """A decision log against its calibration run (analysis.production.monitor; none: the live figures alone),
+    with the checkpoint and final rows of the preset ``version`` it reads (default: the latest); keyed on ``key``
+    (a log file's path and mtime, an upload's content), not on the files' paths: an upload's copy has a new one
+    each script run (and is deleted after)."""
+    from analysis.production.monitor import monitor, monitor_inputs, no_preset, one_version, read_log
+    t, preset = monitor_inputs([_log], None, run_id, run_db, version)
+    if preset is None:
+        raise no_preset([_log])
+    res = monitor([_log], t, preset, [_labels] if _labels else None, version=version)
     _, ck, fin = read_log([_log])
+    ck, fin, _ = one_version(ck, fin, res["preset_version"])
     return res, ck, fin
 
 

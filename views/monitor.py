@@ -91,20 +91,32 @@ try:        # the upload's copy is removed however this script run ends: an erro
 
 
     try:
-        from analysis.production.monitor import read_log
+        from analysis.production.monitor import HOW_TO_CALIBRATE, log_preset, read_log, resolve_db
         header, _, _ = read_log([log_path])
-        cal = header.get("calibration") or {}
-        run_db, run_id = cal.get("db"), cal.get("run")
-        if not run_id and data.picked_run():      # no calibration named: the run picked in the sidebar
-            run_db, run_id = data.picked_db(), data.picked_run()["id"]
-        if run_db and data.store_key(run_db) is None:     # a log names its calibration store: only an offered one
-            if Path(run_db).name != Path(DEMO_DB).name:
-                raise StoplineError("the log's calibration store is not one this dashboard offers",
+        deployed = log_preset(header)
+        version = None
+        if len(deployed["versions"]) > 1:       # a gateway's hot reloads: one version at a time, the latest first
+            vs = deployed["versions"][::-1]
+            version = st.selectbox("Preset version (the gateway's reloads; each promised something else)", vs,
+                                   key="mon_version", format_func=lambda v: v + (" (latest)" if v == vs[0] else ""))
+            deployed = log_preset(header, version)
+        cal = deployed["calibration"] or {}
+        run_db, run_id, cal_from = cal.get("db"), cal.get("run"), deployed["calibration_from"]
+        if run_id and not run_db:
+            raise StoplineError(f"the log names the calibration run {run_id!r} but not its store ({cal_from})")
+        if not run_id and data.picked_run() and st.checkbox(
+                f"Compare with the run picked in the sidebar ({data.run_label(data.picked_run())})", key="mon_sidebar",
+                help="The log names no calibration run; compare only with the run the preset was tuned on."):
+            run_db, run_id, cal_from = data.picked_db(), data.picked_run()["id"], "the sidebar"
+        elif run_db and cal_from != "the sidebar":
+            run_db = resolve_db(run_db, [log_path], cal_from)        # relative: from here, then the log's folder
+            if data.store_key(run_db) is None and Path(run_db).resolve() != Path(DEMO_DB).resolve():
+                # a log names its calibration store: only an offered one
+                raise StoplineError(f"the log's calibration store {run_db!r} is not one this dashboard offers",
                                     hint="list it in STOPLINE_STORES, or pick the calibration run in the sidebar")
-            run_db = DEMO_DB                            # a log made elsewhere against the bundled store
         res, ck, fin = data.monitor_report(str(log_path), str(labels_path) if labels_path else None,
                                            log_key or f"{log_path}|{labels_path}|" + mtimes(log_path, labels_path),
-                                           run_db, run_id)            # (late labels refresh it too)
+                                           run_db, run_id, version)            # (late labels refresh it too)
     except StoplineError as e:
         msg = str(e)
         if scratch:                                 # the uploads by their names, not their copies' paths
@@ -114,13 +126,30 @@ try:        # the upload's copy is removed however this script run ends: an erro
         st.stop()
 
     pr, ob = res.get("promised"), res["observed"]
-    st.markdown(f"**{res['n_requests']}** requests · preset **{res['preset']}** · calibration run `{run_id}` · "
-                f"{res['labelled']} labelled" + (f" · arms: {', '.join(f'{k} {v}' for k, v in res['arms'].items())}"
-                                                if res["arms"] else "")
+    st.markdown(f"**{res['n_requests']}** requests · preset **{res['preset']}**"
+                + (f" (version `{res['preset_version']}`)" if res.get("preset_version") else "")
+                + (f" · calibration run `{run_id}`" if run_id else " · no calibration run")
+                + f" · {res['labelled']} labelled"
+                + (f" · arms: {', '.join(f'{k} {v}' for k, v in res['arms'].items())}" if res["arms"] else "")
                 + (f" · {res['cut_by_client']} cut by their clients (left out of the figures)"
                    if res.get("cut_by_client") else ""))
+    notes = []
+    if res["versions"]["left_out"]:
+        notes.append(f"The log holds {len(res['versions']['versions'])} preset versions: these figures are version "
+                     f"`{res['preset_version']}`'s alone; {res['versions']['left_out']} requests of the others are "
+                     "left out (pick another version above).")
+    if notes:
+        st.caption(" ".join(notes))
     if pr is None:
-        st.warning("The log names no calibration run, so there is nothing to compare with. Pick the run in the sidebar.")
+        st.info("No calibration run is known for this log, so there is no promise to compare with: these are the live "
+                "figures alone. To compare, " + HOW_TO_CALIBRATE + "; or compare with the run picked in the sidebar "
+                "(the box above), if it is the one the preset was tuned on.", icon=":material/info:")
+        if ob["tokens_emitted"] is not None:
+            m = st.columns(3)
+            m[0].metric("Tokens / request", f"{ob['tokens_emitted']:.0f}")
+            m[1].metric("Stopped early", f"{ob['stop_rate']:.0%}")
+            m[2].metric("EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
+                        help=f"on {ob['n_labelled']} labelled requests" if ob["n_labelled"] else "add labels")
     elif res["flags"]:
         st.error("**Recalibrate.** " + " ".join(f"{f['message']}." for f in res["flags"]), icon=":material/warning:")
     elif ob["tokens_emitted"] is not None:       # with no champion-served request there is nothing to vouch for
@@ -215,7 +244,7 @@ try:        # the upload's copy is removed however this script run ends: an erro
 
     # -- the closed loop's versions (python -m analysis recalibrate) -------------------------------------------------
     HISTORY = Path(os.environ.get("STOPLINE_HISTORY", "data/history/preset-versions.jsonl"))
-    dep = data.deployed_preset(str(HISTORY), header.get("preset")) if labels_path is not None else None
+    dep = data.deployed_preset(str(HISTORY), deployed["preset"]) if labels_path is not None else None
     if dep is not None:
         st.subheader("Deployed version against its certificate (automatic rollback)")
         alpha = st.number_input("α (chance of a false rollback, however often it is checked)", 0.001, 0.5, 0.05, 0.01,
@@ -262,14 +291,15 @@ try:        # the upload's copy is removed however this script run ends: an erro
                        "is a betting wealth that grows while losses sit above ε. Under \"mean loss ≤ ε\" it reaches 1/α "
                        "with chance ≤ α however often it is looked at (Ville's inequality), so the check can run after "
                        "every request (analysis/production/rollback.py, docs/production.md).")
-    if labels_path is not None and ("preset" in header or dep is not None) and not viewer:
+    if labels_path is not None and (deployed["preset"] is not None or dep is not None) and not viewer:
         with st.expander("Re-certify on the exploration requests (closed loop)", icon=":material/verified:"):
             r1, r2, r3, r4 = st.columns([1, 1, 1, 1])
             eps = r1.number_input("ε (largest EM drop)", 0.0, 0.5, 0.02, 0.005, format="%.3f", key="rc_eps")
             dlt = r2.number_input("δ (chance it fails)", 0.001, 0.5, 0.1, 0.01, format="%.3f", key="rc_delta")
             if r3.button("Re-certify", key="rc_go", type="primary"):
                 try:
-                    st.session_state["rc_res"] = data.recalibrate(str(log_path), str(labels_path), header["preset"],
+                    st.session_state["rc_res"] = data.recalibrate(str(log_path), str(labels_path),
+                                                                  deployed["preset"] or dep.to_dict(),
                                                                   float(eps), float(dlt), str(HISTORY))
                 except StoplineError as e:
                     st.session_state["rc_res"] = {"applied": False, "reason": str(e)}

@@ -146,8 +146,10 @@ def _sensitivity(args):
 def _monitor_setup(p):
     p.add_argument("--log", required=True, action="append", help="a decision log (repeatable)")
     p.add_argument("--labels", action="append", help="late labels: JSON lines with request and em or gold")
-    p.add_argument("--preset", help="the deployed preset (default: the one in the log's header)")
-    p.add_argument("--run", help="the calibration run (default: the one in the log's header)")
+    p.add_argument("--preset", help="the deployed preset (default: the log's latest preset record, else its header)")
+    p.add_argument("--run", help="the calibration run (default: the one the log's preset record or header names)")
+    p.add_argument("--preset-version", help="a gateway's log with several preset versions: the version to check "
+                                            "(default: the latest; the others' requests are left out)")
     p.add_argument("--window", type=int, help="requests per window in the time series (default: about 8 windows)")
     p.add_argument("--json", action="store_true")
     _db(p)
@@ -160,21 +162,37 @@ def _em_words(em, n: int) -> str:
 @command("monitor", "check decision logs against the calibration: savings, EM, drift; propose a recalibration",
          _monitor_setup)
 def _monitor(args):
-    from analysis.production.monitor import monitor, monitor_inputs
-    t, preset = monitor_inputs(args.log, args.preset, args.run, args.db)
-    res = monitor(args.log, t, preset, args.labels, window=args.window)
+    from analysis.production.monitor import calibration_inputs, monitor, NO_CALIBRATION, no_preset
+    got = calibration_inputs(args.log, args.preset, args.run, args.db, args.preset_version)
+    if got["preset"] is None:
+        raise no_preset(args.log)
+    res = monitor(args.log, got["t"], got["preset"], args.labels, window=args.window, version=got["version"])
     res.pop("calibration_arrays", None)
     res["windows"] = res["windows"].to_dict("records")
+    res["calibration"] = {k: got[k] for k in ("run", "db", "calibration_from", "preset_from")}
     if args.json:
         return _print_json(res)
-    o, pr = res["observed"], res.get("promised")
+    o, pr, v = res["observed"], res.get("promised"), res["versions"]
     print(f"{res['n_requests']} requests ({', '.join(f'{k} {v}' for k, v in res['arms'].items())}), "
           f"{res['labelled']} labelled" + (f", {res['cut_by_client']} cut by their clients (left out of the figures)"
-                                           if res["cut_by_client"] else "") + f"; preset {res['preset']}")
+                                           if res["cut_by_client"] else "") + f"; preset {res['preset']}"
+          + (f" (version {res['preset_version']})" if res["preset_version"] else ""))
+    if len(v["versions"]) > 1:
+        print(f"  the log holds {len(v['versions'])} preset versions ("
+              + ", ".join(f"{k}: {n} requests" for k, n in v["versions"].items()) + f"): these figures are version "
+              f"{v['version']}'s alone, {v['left_out']} requests of the others left out "
+              "(--preset-version V for another)")
     if pr:
+        print(f"  calibration: run {got['run']} in {got['db']} (from {got['calibration_from']})")
         print(f"  tokens/request {o['tokens_emitted']:.0f} (promised {pr['tokens_emitted']:.0f}); early stops "
               f"{o['stop_rate']:.0%} (promised {pr['stop_rate']:.0%}); {_em_words(o['em'], o['n_labelled'])} "
-              f"(promised {pr['em']:.3f})")
+              f"(promised {pr['em']:.3f})" if o["n"] else
+              "  no request served by the champion's stopping (all explored, cut or failed): nothing to compare")
+    else:
+        if o["n"]:
+            print(f"  tokens/request {o['tokens_emitted']:.0f}; early stops {o['stop_rate']:.0%}; "
+                  f"{_em_words(o['em'], o['n_labelled'])}")
+        print(f"  {NO_CALIBRATION}")
     for f in res["flags"]:
         print(f"  FLAG {f['check']}: {f['message']}")
     if pr is not None:
@@ -305,7 +323,7 @@ def _gateway(args):
 def _recalibrate_setup(p):
     p.add_argument("--log", required=True, action="append", help="a decision log (repeatable)")
     p.add_argument("--labels", required=True, action="append", help="late labels: JSON lines with request and gold")
-    p.add_argument("--preset", help="the deployed preset (default: the one in the log's header)")
+    p.add_argument("--preset", help="the deployed preset (default: the log's latest preset record, else its header)")
     p.add_argument("--epsilon", type=float, default=0.01, help="the largest EM drop allowed (default 0.01)")
     p.add_argument("--delta", type=float, default=0.05, help="the chance the guarantee may fail (default 0.05)")
     p.add_argument("--risk", default="drop", choices=["drop", "lost"])
@@ -327,16 +345,12 @@ def _recalibrate_setup(p):
          "only when it certifies, one limited step at a time, keeping every version", _recalibrate_setup)
 def _recalibrate(args):
     from analysis.core.errors import StoplineError
-    from analysis.presets.schema import from_dict, load
-    from analysis.production.monitor import read_log
+    from analysis.presets.schema import load
+    from analysis.production.monitor import deployed_preset, no_preset, read_log
     from analysis.production.recalibrate import DEFAULT_HISTORY, recalibrate
-    if args.preset:
-        preset = load(args.preset)
-    else:
-        header = read_log(args.log)[0]
-        if "preset" not in header:
-            raise StoplineError("the log has no header naming its preset; pass --preset")
-        preset = from_dict(header["preset"])
+    preset = load(args.preset) if args.preset else deployed_preset(read_log(args.log)[0])
+    if preset is None:
+        raise no_preset(args.log)
     history = args.history or DEFAULT_HISTORY
     if args.rollback:
         from analysis.production.rollback import rollback

@@ -30,7 +30,7 @@ import pyarrow as pa
 from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu
 
 from analysis.core.answers import normalize_gold, score
-from analysis.core.errors import brief, json_problem, StoplineError
+from analysis.core.errors import brief, json_problem, PresetError, StoplineError
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.core.store import DEMO_DB, Store
 from analysis.evaluate.optimize import evaluate, operating_point, split_mask
@@ -52,7 +52,7 @@ MIN_EXPLORE = 30       # labelled exploration requests before a recalibration is
 # is named with its file, line and field rather than failing a test or a cast later on.
 _NUM, _ANY_NUM, _NULL = (float,), (float, type(None)), (type(None),)
 REQUIRED = {"final": ("request", "tokens_emitted", "stopped", "stop_pos"), "checkpoint": ("request", "ck", "pos"),
-            "label": ("request",)}
+            "label": ("request",), "preset": ("preset",)}
 FIELD_TYPES = {
     "header": {"stopline_log": (int,), "preset": (dict,), "calibration": (dict,), "answer_type": (str,),
                "checkpoints": (dict,)},
@@ -60,10 +60,11 @@ FIELD_TYPES = {
               "ck": (int,), "stop_pos": _NUM, "tokens_emitted": _NUM, "tokens_computed": _NUM, "answer": (str, *_NULL),
               "em": _ANY_NUM, "cause": (str, *_NULL), "question_chars": (int,), "meta": (dict, *_NULL),
               "tags": (dict, *_NULL), "full_length": (bool,), "n_checkpoints": (int,), "shadow_ck": (int,),
-              "shadow_pos": _NUM},
+              "shadow_pos": _NUM, "preset_version": (str,)},
     "checkpoint": {"request": (str, int), "arm": (str,), "ck": (int,), "pos": _NUM, "kind": (str,),
                    "answer": (str, *_NULL), "answer_tokens": _ANY_NUM, "probe_tokens": _ANY_NUM,
-                   **{s: _ANY_NUM for s in SIGNAL_COLUMNS}, "decision": (str,)},
+                   **{s: _ANY_NUM for s in SIGNAL_COLUMNS}, "decision": (str,), "preset_version": (str,)},
+    "preset": {"preset_version": (str,), "preset": (dict,), "calibration": (dict,)},
     "label": {"request": (str, int), "em": (float, bool, *_NULL), "gold": (str, float, list, *_NULL)},
 }
 _TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "an object",
@@ -120,36 +121,71 @@ def _json_lines(path, what: str):
 
 
 def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """(header, checkpoint records, final records) from one or more decision logs."""
+    """(header, checkpoint records, final records) from one or more decision logs.
+
+    The header is the first log's; its ``preset_records`` lists the logs' ``preset`` records in order (the
+    gateway writes one at start and one per reload: version, preset, calibration, where), read by
+    ``log_preset``."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    header, cks, fins = {}, [], []
+    header, cks, fins, presets = {}, [], [], []
     for path in paths:
         for ln, rec in _json_lines(path, "decision log"):
             if "type" not in rec:
                 raise StoplineError("a log record is a JSON object with a 'type'", file=str(path), line=ln, field="type")
             typ = rec["type"]
-            if typ in ("header", "checkpoint", "final"):     # (other types: written by a newer Stopline)
+            if typ in ("header", "checkpoint", "final", "preset"):     # (other types: written by a newer Stopline)
                 check_record(rec, typ, path, ln)
-            if typ == "header":
-                if rec.get("stopline_log", 0) > 1:
-                    raise StoplineError(f"log version {rec.get('stopline_log')!r} is not one this Stopline reads",
-                                        file=str(path), line=ln, field="stopline_log")
+            if typ in ("header", "preset"):
                 for k in ("db", "run"):
                     if not isinstance((rec.get("calibration") or {}).get(k, ""), (str, type(None))):
                         raise StoplineError(f"must be a string, not {brief(rec['calibration'][k])}", file=str(path),
                                             line=ln, field=f"calibration.{k}")
-                header = header or rec
+            if typ == "header":
+                if rec.get("stopline_log", 0) > 1:
+                    raise StoplineError(f"log version {rec.get('stopline_log')!r} is not one this Stopline reads",
+                                        file=str(path), line=ln, field="stopline_log")
+                header = header or dict(rec)
+            elif typ == "preset":
+                presets.append({"version": rec.get("preset_version"), "preset": rec["preset"],
+                                "calibration": rec.get("calibration"), "file": str(path), "line": ln})
             elif typ == "checkpoint":
                 cks.append(rec)
             elif typ == "final":
                 fins.append(rec)
     if not fins:
         raise StoplineError("the log holds no finished request", file=str(paths[0]))
+    if presets:
+        header["preset_records"] = presets
     ck = pd.DataFrame(cks)
     fin = pd.DataFrame(fins).reset_index(drop=True)
     fin["order"] = np.arange(len(fin))
     return header, ck, fin
+
+
+def log_preset(header: dict, version: str | None = None) -> dict:
+    """What a log says was deployed: the preset and calibration of its latest ``preset`` record (of ``version``
+    when given), each falling back to the header's; with where each came from (``preset_from``,
+    ``calibration_from``), the version, and every version in the order first seen (``versions``)."""
+    recs = header.get("preset_records") or []
+    versions = list(dict.fromkeys(r["version"] for r in recs if r["version"] is not None))
+    if version is not None and version not in versions:
+        raise StoplineError(f"the log holds no preset version {version!r}", field="preset_version",
+                            hint="its versions: " + (", ".join(versions) or "none"))
+    pick = [r for r in recs if version is None or r["version"] == version]
+    rec = pick[-1] if pick else None
+    out = {"preset": None, "preset_from": None, "preset_at": None, "calibration": {}, "calibration_from": None,
+           "version": rec["version"] if rec else None, "versions": versions}
+    if rec:
+        out["preset"], out["preset_from"] = rec["preset"], f"{rec['file']}, line {rec['line']} (a preset record)"
+        out["preset_at"] = {"file": rec["file"], "line": rec["line"]}
+        if rec.get("calibration"):
+            out["calibration"], out["calibration_from"] = rec["calibration"], out["preset_from"]
+    if out["preset"] is None and "preset" in header:
+        out["preset"], out["preset_from"] = header["preset"], "the log's header"
+    if not out["calibration"] and header.get("calibration"):
+        out["calibration"], out["calibration_from"] = header["calibration"], "the log's header"
+    return out
 
 
 def read_labels(paths) -> pd.DataFrame:
@@ -232,14 +268,62 @@ def _fisher(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") 
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative)[1])
 
 
+def deployed_preset(header: dict, version: str | None = None):
+    """The preset a log says was deployed (``log_preset``: its latest preset record, else its header), or None;
+    a preset that does not load is named by the record's file and line."""
+    dep = log_preset(header, version)
+    if dep["preset"] is None:
+        return None
+    try:
+        return from_dict(dep["preset"])
+    except PresetError as e:
+        at = dep["preset_at"] or {}
+        raise PresetError(e.message, file=at.get("file", "the log's header"), line=at.get("line"),
+                          field="preset" + (f".{e.field}" if e.field else ""), hint=e.hint) from None
+
+
+def no_preset(logs) -> StoplineError:
+    first = logs if isinstance(logs, (str, Path)) else list(logs)[0]
+    return StoplineError("the log names no preset: no preset record (the gateway's) and none in its header",
+                         file=str(first), hint="pass --preset P.json (the preset that served it)")
+
+
+def one_version(ck: pd.DataFrame, fin: pd.DataFrame, version: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The records of one preset version (the gateway stamps each record with ``preset_version``): ``version``,
+    else the latest (the last preset record's, else the last final record's). A log without versions is kept
+    whole. Returns (checkpoints, finals, what was kept and left out)."""
+    if "preset_version" not in fin:
+        return ck, fin, {"version": version, "versions": {}, "left_out": 0}
+    seen = fin["preset_version"].dropna()
+    if version is None and len(seen):
+        version = str(seen.iloc[-1])
+    counts = {str(v): int(n) for v, n in fin["preset_version"].fillna("(none)").value_counts(sort=False).items()}
+    keep = (fin["preset_version"] == version).to_numpy()
+    out_fin = fin[keep].reset_index(drop=True)
+    out_ck = ck[ck["preset_version"] == version].reset_index(drop=True) if len(ck) and "preset_version" in ck else ck
+    return out_ck, out_fin, {"version": version, "versions": counts, "left_out": int((~keep).sum())}
+
+
 def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = None, alpha: float = ALPHA,
-            propose: bool = True) -> dict:
-    """The monitoring report: promised vs observed, drift tests, flags, a recalibration proposal, A/B."""
+            propose: bool = True, version: str | None = None) -> dict:
+    """The monitoring report: promised vs observed, drift tests, flags, a recalibration proposal, A/B.
+
+    A log of several preset versions (a gateway's hot reloads) is read for one: ``version``, by default the
+    latest; the other versions' requests are counted (``versions``), not mixed in: each version promised
+    something else. ``preset`` defaults to the version's preset record, else the log's header."""
     header, ck, fin = read_log(log_paths)
+    if version is None:
+        version = log_preset(header)["version"]
     if preset is None:
-        if "preset" not in header:
-            raise StoplineError("the log has no header naming its preset; pass --preset")
-        preset = from_dict(header["preset"])
+        preset = deployed_preset(header, version)
+        if preset is None:
+            raise no_preset(log_paths)
+    ck, fin, versions = one_version(ck, fin, version)
+    if fin.empty:
+        by = ", ".join(f"{k} {v}" for k, v in versions["versions"].items())
+        raise StoplineError(f"no request of preset version {versions['version']!r} has finished in the log",
+                            file=str(log_paths if isinstance(log_paths, (str, Path)) else list(log_paths)[0]),
+                            hint=f"read another version (--preset-version); requests by version: {by}")
     answer_type = header.get("answer_type", t.answer_type if t is not None else "number")
     fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
     champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
@@ -247,7 +331,8 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     champ = champ[~broken & ~cut_by_client(champ)]
     out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "cut_by_client": int(cut.sum()),
                  "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
-                 "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {}}
+                 "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {},
+                 "preset_version": versions["version"], "versions": versions}
     live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
     live_stop = champ["stopped"].to_numpy(dtype=bool)
     live_em = champ["em"].dropna().to_numpy(dtype=float)
@@ -420,19 +505,51 @@ def propose_setting(ck, fin, preset, cal, answer_type) -> dict:
     return out
 
 
-def monitor_inputs(logs, preset_arg=None, run_arg=None, db_arg=None):
-    """(table, preset) for a log: the calibration run and preset named in its header unless overridden."""
+def resolve_db(db: str, logs=(), named_by: str = "--db") -> str:
+    """The path of a calibration store as a log (or ``--db``) names it: an absolute path as it is; a relative one
+    from the current folder, then from each log's folder (a log kept beside its store); the bundled demo store
+    for a log made elsewhere against it. Else StoplineError naming the path, who named it and where it looked."""
+    p = Path(db)
+    tried = [p] if p.is_absolute() else [Path.cwd() / p, *(Path(log).resolve().parent / p for log in logs)]
+    for c in tried:
+        if c.exists():
+            return str(c if p.is_absolute() or c != tried[0] else p)
+    if p.name == Path(DEMO_DB).name:          # a log made elsewhere against the bundled store
+        return DEMO_DB
+    looked = ", ".join(dict.fromkeys(str(c) for c in tried))
+    raise StoplineError(f"the calibration store {db!r} named by {named_by} is not here (looked at {looked})",
+                        hint="pass --db PATH, the store that holds the calibration run")
+
+
+def calibration_inputs(logs, preset_arg=None, run_arg=None, db_arg=None, version: str | None = None) -> dict:
+    """What a log is monitored against: the preset (``--preset``, else the log's latest preset record, else its
+    header) and the calibration table (``--run``/``--db``, else the preset record's ``calibration``, else the
+    header's), with where each came from. ``t`` is None when no calibration run is known (the live figures
+    alone can be shown); ``preset`` None when the log names none."""
     header, _, _ = read_log(logs)
-    preset = load(preset_arg) if preset_arg else (from_dict(header["preset"]) if "preset" in header else None)
-    cal = header.get("calibration") or {}
-    run_id = run_arg or cal.get("run")
-    db = db_arg or cal.get("db")
+    logs = [logs] if isinstance(logs, (str, Path)) else list(logs)
+    dep = log_preset(header, version)
+    preset = load(preset_arg) if preset_arg else deployed_preset(header, dep["version"])
+    cal = dep["calibration"] or {}
+    run_id, db = run_arg or cal.get("run"), db_arg or cal.get("db")
     t = None
     if run_id:
-        if db and not Path(db).exists():
-            if Path(db).name == Path(DEMO_DB).name:          # a log made elsewhere against the bundled store
-                db = DEMO_DB
-        if not db or not Path(db).exists():
-            raise StoplineError(f"the calibration store {db!r} is not here", hint="pass --db PATH")
+        if not db:
+            raise StoplineError(f"the calibration run {run_id!r} is named, but not the store that holds it",
+                                hint="pass --db PATH")
+        db = resolve_db(db, [] if db_arg else logs, "--db" if db_arg else dep["calibration_from"])
         t = RunTable.from_store(Store(db, read_only=True), run_id)
-    return t, preset
+    return {"t": t, "preset": preset, "run": run_id, "db": db, "version": dep["version"], "versions": dep["versions"],
+            "preset_from": "--preset" if preset_arg else dep["preset_from"],
+            "calibration_from": "--run" if run_arg else dep["calibration_from"] if run_id else None}
+
+
+def monitor_inputs(logs, preset_arg=None, run_arg=None, db_arg=None, version: str | None = None):
+    """(table, preset) for a log (``calibration_inputs``); the table is None without a calibration run."""
+    got = calibration_inputs(logs, preset_arg, run_arg, db_arg, version)
+    return got["t"], got["preset"]
+
+
+HOW_TO_CALIBRATE = ("name the calibration run with `monitor --run RUN --db PATH`, or start the gateway with "
+                    "`serve --calibration-run RUN --db PATH` so that its log names it")
+NO_CALIBRATION = "no calibration run is known for this log, so there is no promise to compare with: " + HOW_TO_CALIBRATE

@@ -215,3 +215,38 @@ def test_monitor_page_counts_only_the_labelled_requests(tmp_path, monkeypatch):
     em = next(m for m in at.metric if m.label == "EM (labelled)")
     assert em.value == "0.000" and "on 4 labelled" in str(em.proto.delta)
 
+
+def test_monitor_page_reads_a_gateways_log(tmp_path, monkeypatch):
+    """A gateway's log: its preset in preset records (two versions), no preset in the header. Its calibration named
+    in the preset record by a path relative to the log's folder: compared, the latest version's requests alone;
+    named nowhere: the live figures, and how to name it."""
+    from analysis.core.store import Store
+    from analysis.ingest.synthetic import write_synthetic_run
+    from analysis.replay.engine import RunTable
+    from tests.helpers import gateway_log, preset_version
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    s = Store(logs / "cal.duckdb")
+    cal = write_synthetic_run(s, 150, 30, seed=1, dataset="calibration")
+    t = RunTable.from_store(s, write_synthetic_run(s, 90, 30, seed=2, dataset="live"))
+    conf = {"stopline_preset": 1, "name": "conf", "setting": {"family": "confidence", "params": {"tau": 0.9}}}
+    budget = {"stopline_preset": 1, "name": "b96", "setting": {"family": "budget", "params": {"B": 96}}}
+    named = {"db": "cal.duckdb", "run": cal}
+    gateway_log(logs / "gw.jsonl", [(conf, named, t.subset(range(60))), (budget, named, t.subset(range(60, 90)))])
+    monkeypatch.setenv("STOPLINE_LOG_DIR", str(logs))
+    at = open_app(str(logs / "cal.duckdb"), cal, "views/monitor.py")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    top = next(m.value for m in at.markdown if "requests · preset" in m.value)
+    assert top.startswith("**30** requests · preset **b96**") and f"calibration run `{cal}`" in top, top
+    assert at.selectbox(key="mon_version").value == preset_version(budget)
+    assert any("60 requests of the others are left out" in c.value for c in at.caption)
+    assert {"Tokens / request", "Savings vs full length"} <= {m.label for m in at.metric}
+    at.selectbox(key="mon_version").set_value(preset_version(conf)).run()
+    assert any(m.value.startswith("**60** requests · preset **conf**") for m in at.markdown)
+    # no calibration anywhere: the live figures, and how to add it
+    (logs / "gw.jsonl").unlink()
+    gateway_log(logs / "gw.jsonl", [(conf, None, t)])
+    at = open_app(str(logs / "cal.duckdb"), cal, "views/monitor.py")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("serve --calibration-run RUN --db PATH" in i.value for i in at.info)
+    assert {"Tokens / request", "Stopped early", "EM (labelled)"} <= {m.label for m in at.metric}

@@ -1,13 +1,25 @@
-"""The monitor and check-log on the logs production writes: the bundled serve-demo log with some of its labels."""
+"""The monitor on the logs production writes: the bundled serve-demo log with some of its labels, and a gateway's
+log (its preset and calibration in ``preset`` records, several versions), written by the real controller and
+decision log, the gateway's way."""
 import json
 
+import numpy as np
 import pytest
 
-from analysis.production.monitor import _labelled, monitor, monitor_inputs, read_labels, read_log
-from tests.helpers import ROOT
+from analysis.core.errors import StoplineError
+from analysis.core.store import Store
+from analysis.ingest.synthetic import write_synthetic_run
+from analysis.presets.schema import from_dict
+from analysis.production.monitor import _labelled, calibration_inputs, monitor, monitor_inputs, read_labels, read_log
+from analysis.replay.engine import RunTable
+from tests.helpers import gateway_log, preset_version, ROOT
 
 DEMO_LOG = ROOT / "data" / "demo-logs" / "serve-demo.jsonl"
 DEMO_LABELS = DEMO_LOG.with_suffix(".labels.jsonl")
+CONF = {"stopline_preset": 1, "name": "conf", "setting": {"family": "confidence", "params": {"tau": 0.9}},
+        "routing": {"explore": 0.3}}
+BUDGET = {"stopline_preset": 1, "name": "b96", "setting": {"family": "budget", "params": {"B": 96}},
+          "routing": {"explore": 0.3}}
 
 
 # --- labels for some of the requests ---------------------------------------------------------------------------
@@ -42,3 +54,89 @@ def test_requests_without_a_label_are_unlabelled_not_wrong(tmp_path, cli):
     code, out, err = cli("monitor", "--log", DEMO_LOG, "--labels", _some_labels(tmp_path, 5)[0])
     assert code in (0, None), err
     assert "5 labelled" in out and "EM 0.000 on 4 labelled" in out, out
+
+
+# --- a gateway's log ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A calibration store with its run, and a live run of new questions the gateway serves."""
+    home = tmp_path_factory.mktemp("gw")
+    s = Store(home / "cal.duckdb")
+    cal = write_synthetic_run(s, 200, 30, seed=1, dataset="calibration")
+    live = write_synthetic_run(s, 120, 30, seed=2, dataset="live")
+    return {"home": home, "db": home / "cal.duckdb", "cal": cal, "t": RunTable.from_store(s, live)}
+
+
+def test_a_gateways_log_names_its_preset_and_calibration_in_preset_records(world, tmp_path, monkeypatch, cli):
+    """The gateway's header names no preset; its preset record does, with the calibration (a store path relative
+    to the log's folder, the monitor run from elsewhere). Monitor, CLI and recalibrate need no flags."""
+    home, t = world["home"], world["t"]
+    log = gateway_log(home / "gw.jsonl", [(CONF, {"db": "cal.duckdb", "run": world["cal"]}, t)])
+    assert "preset" not in json.loads(log.read_text().splitlines()[0])
+    monkeypatch.chdir(tmp_path)                       # not where the log and its store are
+    got = calibration_inputs([log])
+    assert got["preset"].name == "conf" and got["t"].n == 200 and "line 2 (a preset record)" in got["calibration_from"]
+    res = monitor([log], got["t"], got["preset"], propose=False)
+    assert res["preset"] == "conf" and res["promised"]["n"] == 200 and res["n_requests"] == t.n
+    assert res["preset_version"] == preset_version(CONF)
+    code, out, err = cli("monitor", "--log", log)
+    assert code in (0, None), err
+    assert "calibration: run " + world["cal"] in out and "promised" in out, out
+    # the calibration store named but not there: the path, where it was looked for, and the record that named it
+    bad = gateway_log(tmp_path / "bad.jsonl", [(CONF, {"db": "gone.duckdb", "run": world["cal"]}, t.subset(range(5)))])
+    with pytest.raises(StoplineError, match=r"'gone.duckdb' named by .*bad.jsonl, line 2 \(a preset record\) is not "
+                                           r"here \(looked at .*gone.duckdb"):
+        calibration_inputs([bad])
+    code, _, err = cli("monitor", "--log", bad)
+    assert code == 2 and "gone.duckdb" in err and "--db" in err
+
+
+def test_a_gateways_log_without_calibration_shows_the_live_figures_and_how_to_add_it(world, tmp_path, cli):
+    log = gateway_log(tmp_path / "gw.jsonl", [(CONF, None, world["t"])])
+    t, p = monitor_inputs([log])
+    assert t is None and p.name == "conf"
+    res = monitor([log], t, p, propose=False)
+    assert res["promised"] is None and res["observed"]["tokens_emitted"] > 0
+    code, out, err = cli("monitor", "--log", log)
+    assert code in (0, None), err
+    assert "tokens/request" in out and "serve --calibration-run RUN --db PATH" in out and "--run RUN" in out, out
+    # flags still name it; the header's calibration stands in for a preset record without one
+    code, out, err = cli("monitor", "--log", log, "--run", world["cal"], "--db", world["db"])
+    assert code in (0, None) and "promised" in out, err
+    log = gateway_log(tmp_path / "gw2.jsonl", [(CONF, None, world["t"])],
+                      header={"calibration": {"db": str(world["db"]), "run": world["cal"]}})
+    got = calibration_inputs([log])
+    assert got["t"] is not None and got["calibration_from"] == "the log's header"
+
+
+def test_a_log_of_several_preset_versions_is_read_one_version_at_a_time(world, tmp_path, cli):
+    """A hot reload: the figures are the latest version's, against its preset; the earlier version's requests are
+    counted apart, and --preset-version reads them instead."""
+    t, cal = world["t"], {"db": str(world["db"]), "run": world["cal"]}
+    log = gateway_log(tmp_path / "gw.jsonl", [(CONF, cal, t.subset(np.arange(70))),
+                                              (BUDGET, cal, t.subset(np.arange(70, 120)))])
+    got = calibration_inputs([log])
+    assert got["preset"].name == "b96" and got["versions"] == [preset_version(CONF), preset_version(BUDGET)]
+    res = monitor([log], got["t"], got["preset"], propose=False)
+    assert res["n_requests"] == 50 and res["versions"]["left_out"] == 70 and res["preset_version"] == preset_version(BUDGET)
+    old = calibration_inputs([log], version=preset_version(CONF))
+    res = monitor([log], old["t"], old["preset"], propose=False, version=preset_version(CONF))
+    assert old["preset"].name == "conf" and res["n_requests"] == 70 and res["versions"]["left_out"] == 50
+    code, out, err = cli("monitor", "--log", log)
+    assert code in (0, None), err
+    assert "2 preset versions" in out and f"version {preset_version(BUDGET)}'s alone, 70 requests" in out, out
+    code, out, err = cli("monitor", "--log", log, "--preset-version", preset_version(CONF))
+    assert code in (0, None) and out.startswith("70 requests") and "preset conf" in out, err + out
+    code, _, err = cli("monitor", "--log", log, "--preset-version", "nope")
+    assert code == 2 and "no preset version 'nope'" in err
+
+
+def test_recalibrate_takes_the_preset_from_a_gateways_preset_record(world, tmp_path, cli):
+    t = world["t"]
+    log = gateway_log(tmp_path / "gw.jsonl", [(CONF, None, t)])
+    labels = tmp_path / "gw.labels.jsonl"
+    labels.write_text("".join(json.dumps({"request": str(q), "gold": "42"}) + "\n" for q in t.question_ids))
+    code, out, err = cli("recalibrate", "--log", log, "--labels", labels, "--out", tmp_path / "p2.json",
+                         "--history", tmp_path / "h.jsonl")
+    assert code in (0, 1) and "Traceback" not in err, err
+    assert "champion confidence(tau=0.9," in out, out
