@@ -138,6 +138,11 @@ try:        # the upload's copy is removed however this script run ends: an erro
         notes.append(f"The log holds {len(res['versions']['versions'])} preset versions: these figures are version "
                      f"`{res['preset_version']}`'s alone; {res['versions']['left_out']} requests of the others are "
                      "left out (pick another version above).")
+    if res["repeated_ids"]["ids"]:
+        rep = res["repeated_ids"]
+        notes.append(f"{rep['ids']} request id(s) repeat (clients' retries reusing `stopline.request_id`): each final "
+                     f"record counts as a request of its own ({rep['extra_requests']} more), and a label joins every "
+                     "instance of its id.")
     if notes:
         st.caption(" ".join(notes))
     if pr is None:

@@ -101,6 +101,14 @@ def _check_log(args):
     else:
         print(f"{res['n']} requests, {res['checkpoints']} checkpoints: decisions equal to the replay's on the logged "
               f"values {res['agreement']:.3f}")
+        rep = res["repeated_ids"]
+        if rep["ids"]:
+            print(f"  {rep['ids']} request id(s) repeat ({', '.join(map(str, rep['examples']))}; clients' retries): "
+                  "each final record is replayed as a request of its own, with the checkpoints logged since the "
+                  "previous one (the later ones named ID#2, ID#3, ...)")
+        if res["ended_by_upstream"]:
+            print(f"  {res['ended_by_upstream']} request(s) ended by an upstream failure: left out (not the preset's "
+                  "decisions)")
         for m in res["mismatches"]:
             print(f"  differs: {m['request']}: live ck {m['live_ck']}, replay ck {m['replay_ck']} ({m['setting']})")
     return 0 if res["agreement"] == 1.0 else 1
@@ -172,7 +180,7 @@ def _monitor(args):
     res["calibration"] = {k: got[k] for k in ("run", "db", "calibration_from", "preset_from")}
     if args.json:
         return _print_json(res)
-    o, pr, v = res["observed"], res.get("promised"), res["versions"]
+    o, pr, v, rep = res["observed"], res.get("promised"), res["versions"], res["repeated_ids"]
     print(f"{res['n_requests']} requests ({', '.join(f'{k} {v}' for k, v in res['arms'].items())}), "
           f"{res['labelled']} labelled" + (f", {res['cut_by_client']} cut by their clients (left out of the figures)"
                                            if res["cut_by_client"] else "") + f"; preset {res['preset']}"
@@ -182,6 +190,10 @@ def _monitor(args):
               + ", ".join(f"{k}: {n} requests" for k, n in v["versions"].items()) + f"): these figures are version "
               f"{v['version']}'s alone, {v['left_out']} requests of the others left out "
               "(--preset-version V for another)")
+    if rep["ids"]:
+        print(f"  {rep['ids']} request id(s) repeat ({', '.join(map(str, rep['examples']))}; clients' retries reusing "
+              f"stopline.request_id): each final record is counted as a request of its own "
+              f"({rep['extra_requests']} more), and a label joins every instance of its id")
     if pr:
         print(f"  calibration: run {got['run']} in {got['db']} (from {got['calibration_from']})")
         print(f"  tokens/request {o['tokens_emitted']:.0f} (promised {pr['tokens_emitted']:.0f}); early stops "

@@ -125,10 +125,15 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 
     The header is the first log's; its ``preset_records`` lists the logs' ``preset`` records in order (the
     gateway writes one at start and one per reload: version, preset, calibration, where), read by
-    ``log_preset``."""
+    ``log_preset``. A request id that comes again after its final record (a client's retry reusing its
+    ``stopline.request_id``) is another instance of the request: each final record is a request of its own, with
+    the checkpoints logged since the previous final record of that id (``instance`` 0, 1, ...; ``key``: the id,
+    then ``ID#2``, ``ID#3``, ... for the later instances)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     header, cks, fins, presets = {}, [], [], []
+    done: dict[str, int] = {}            # request id -> its final records so far
+    last_ck: dict[str, int] = {}         # request id -> the open instance's latest checkpoint index
     for path in paths:
         for ln, rec in _json_lines(path, "decision log"):
             if "type" not in rec:
@@ -150,9 +155,20 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
                 presets.append({"version": rec.get("preset_version"), "preset": rec["preset"],
                                 "calibration": rec.get("calibration"), "file": str(path), "line": ln})
             elif typ == "checkpoint":
-                cks.append(rec)
+                rid = str(rec["request"])
+                if rec["ck"] <= last_ck.get(rid, -1):
+                    raise StoplineError(
+                        f"request {rid!r} logs checkpoint {rec['ck']} again before its final record: two requests "
+                        "with this id were in flight at once (a retry reusing stopline.request_id before the first "
+                        "ended), and their checkpoints cannot be told apart", file=str(path), line=ln, field="ck",
+                        hint="give each request its own id (a retry may reuse it once the first has ended)")
+                last_ck[rid] = rec["ck"]
+                cks.append({**rec, "instance": done.get(rid, 0)})
             elif typ == "final":
-                fins.append(rec)
+                rid = str(rec["request"])
+                fins.append({**rec, "instance": done.get(rid, 0)})
+                done[rid] = done.get(rid, 0) + 1
+                last_ck.pop(rid, None)
     if not fins:
         raise StoplineError("the log holds no finished request", file=str(paths[0]))
     if presets:
@@ -160,7 +176,31 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     ck = pd.DataFrame(cks)
     fin = pd.DataFrame(fins).reset_index(drop=True)
     fin["order"] = np.arange(len(fin))
+    ids = {str(r["request"]) for r in (*cks, *fins)}
+    for df in (ck, fin):
+        if len(df):
+            df["key"] = instance_keys(df, ids)
     return header, ck, fin
+
+
+def instance_keys(df: pd.DataFrame, ids: set[str]) -> list[str]:
+    """Each record's request instance: its id, or ``ID#2``, ``ID#3``, ... for the later instances of a repeated id
+    (with more ``#`` where that is another request's id: ``ids``, every id of the log)."""
+    out = []
+    for r, i in zip(df["request"].astype(str), df["instance"]):
+        key = r if i == 0 else f"{r}#{i + 1}"
+        while i and key in ids:
+            key += "#"
+        out.append(key)
+    return out
+
+
+def repeated_ids(fin: pd.DataFrame) -> dict:
+    """Request ids with more than one final record (clients' retries): how many ids, how many extra requests,
+    and the first few ids."""
+    counts = fin["request"].astype(str).value_counts()
+    rep = counts[counts > 1]
+    return {"ids": int(len(rep)), "extra_requests": int((rep - 1).sum()), "examples": list(rep.index[:5])}
 
 
 def log_preset(header: dict, version: str | None = None) -> dict:
@@ -332,7 +372,7 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "cut_by_client": int(cut.sum()),
                  "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
                  "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {},
-                 "preset_version": versions["version"], "versions": versions}
+                 "preset_version": versions["version"], "versions": versions, "repeated_ids": repeated_ids(fin)}
     live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
     live_stop = champ["stopped"].to_numpy(dtype=bool)
     live_em = champ["em"].dropna().to_numpy(dtype=float)
@@ -394,7 +434,7 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
         for s in ("p_mean", "entropy"):
             if s not in cck:
                 continue
-            a = pd.to_numeric(cck[s], errors="coerce").groupby(cck["request"]).mean().dropna().to_numpy()
+            a = pd.to_numeric(cck[s], errors="coerce").groupby(cck["key"]).mean().dropna().to_numpy()
             b = cal[f"{s}_per_q"]
             b = b[np.isfinite(b)]
             if len(a) >= 10 and len(b) >= 10:
@@ -445,18 +485,25 @@ def cut_by_client(fin: pd.DataFrame) -> pd.Series:
     return fin["cause"].eq("client_disconnected") if "cause" in fin else pd.Series(False, index=fin.index)
 
 
-def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
-    """A RunTable from exploration requests (full length, every checkpoint logged) that have a gold label."""
+def explore_rows(fin: pd.DataFrame) -> pd.DataFrame:
+    """The final records of exploration requests (full length, every checkpoint logged) that have a gold label and
+    ended as the preset let them; one per request id (a retried id's latest instance: one sample per question)."""
     ex = fin[(fin.get("arm") == "explore") & fin["gold"].notna()] if "arm" in fin else fin.iloc[0:0]
     ex = ex[~ended_by_upstream(ex) & ~cut_by_client(ex)]
+    return ex[~ex["request"].astype(str).duplicated(keep="last")]
+
+
+def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
+    """A RunTable from exploration requests (``explore_rows``) and their checkpoints."""
+    ex = explore_rows(fin)
     if ex.empty or ck.empty:
         return None
     rows = []
-    cks = ck[ck["request"].isin(set(ex["request"]))].sort_values(["request", "ck"])
-    by_req = {r: g for r, g in cks.groupby("request", sort=False)}
+    cks = ck[ck["key"].isin(set(ex["key"]))].sort_values(["key", "ck"])
+    by_req = {r: g for r, g in cks.groupby("key", sort=False)}
     for _, f in ex.iterrows():
         gold = normalize_gold(_golds(f["gold"]), answer_type)
-        g = by_req.get(f["request"])
+        g = by_req.get(f["key"])
         recs = [] if g is None else g.to_dict("records")
         recs.append({"pos": f["tokens_emitted"], "answer": f["answer"], "kind": "final", "answer_tokens": 0,
                      "probe_tokens": 0})
@@ -470,7 +517,8 @@ def explore_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str):
                             for s in ("p_mean", "p_geo", "p_min", "p_first", "entropy")}})
     t = RunTable.from_arrow(pa.Table.from_pylist(rows), "explore", answer_type=answer_type)
     t.meta = pd.DataFrame({"question_id": t.question_ids,
-                           "question_chars": ex.set_index("request").reindex(t.question_ids)["question_chars"].to_numpy()})
+                           "question_chars": ex.set_index(ex["request"].astype(str)).reindex(t.question_ids)[
+                               "question_chars"].to_numpy()})
     return t
 
 

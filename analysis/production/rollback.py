@@ -30,7 +30,8 @@ import numpy as np
 from analysis.core.errors import StoplineError
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import Preset, from_dict
-from analysis.production.monitor import _champion_only, _labelled, explore_table, read_labels, read_log
+from analysis.production.monitor import (_champion_only, _labelled, explore_rows, explore_table, read_labels,
+                                         read_log)
 
 ALPHA = 0.05
 BET_CAP = 0.5          # λ(1 + ε) ≤ this: one request can halve the wealth at most
@@ -96,7 +97,7 @@ def live_losses(logs, labels, preset: Preset, risk: str | None = None, exclude=(
     lost = (full_right & ~right).astype(float)
     loss = lost if (risk or "drop") == "lost" else lost - (~full_right & right)
     at = {str(q): i for i, q in enumerate(t.question_ids)}
-    order = [at[r] for r in fin.sort_values("order")["request"].astype(str) if r in at]
+    order = [at[r] for r in explore_rows(fin).sort_values("order")["request"].astype(str) if r in at]
     return loss[order], [str(t.question_ids[i]) for i in order]
 
 

@@ -38,7 +38,7 @@ from analysis.evaluate.robustness import noise_from, stop_sensitivity
 from analysis.ingest.datasets import load_dataset
 from analysis.presets.routing import EXPLORE, preset_stops
 from analysis.production.controller import controlled_generate, Controller
-from analysis.production.monitor import ended_by_upstream, read_log
+from analysis.production.monitor import ended_by_upstream, read_log, repeated_ids
 from analysis.replay.engine import RunTable, stop_index
 from analysis.replay.policies.base import Setting
 
@@ -47,19 +47,18 @@ MAX_LISTED = 10
 
 # --- 1. decision exactness --------------------------------------------------------------------------------
 def log_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str = "number"):
-    """A RunTable of the values a decision log recorded: one row per request (in the log's order), its
-    checkpoints in order, then a final checkpoint (the request's end)."""
-    reqs = fin["request"].astype(str).tolist()
+    """A RunTable of the values a decision log recorded: one row per request instance (each final record, in the
+    log's order; ``monitor.read_log``'s ``key``), its checkpoints in order, then a final checkpoint (its end)."""
+    reqs = fin["key"].tolist()
     order = {r: i for i, r in enumerate(reqs)}
-    rows = ck.copy() if len(ck) else pd.DataFrame(columns=["request", "ck", "pos", "kind", "answer"])
-    rows["request"] = rows["request"].astype(str)
-    rows = rows[rows["request"].isin(order)]
-    finals = pd.DataFrame({"request": reqs, "ck": 1 << 30, "pos": fin["stop_pos"].astype(float), "kind": "final",
-                           "answer": ""})
+    rows = ck.copy() if len(ck) else pd.DataFrame(columns=["key", "ck", "pos", "kind", "answer"])
+    rows = rows[rows["key"].isin(order)]
+    finals = pd.DataFrame({"key": reqs, "ck": 1 << 30, "pos": fin["stop_pos"].astype(float).to_numpy(),
+                           "kind": "final", "answer": ""})
     rows = pd.concat([rows, finals], ignore_index=True)
-    rows["_q"] = rows["request"].map(order)
+    rows["_q"] = rows["key"].map(order)
     rows = rows.sort_values(["_q", "ck"], kind="stable")
-    cols = {"question_id": rows["request"].tolist(), "pos": rows["pos"].astype(float).to_numpy(),
+    cols = {"question_id": rows["key"].tolist(), "pos": rows["pos"].astype(float).to_numpy(),
             "is_step": (rows["kind"] == "step").to_numpy(), "is_transition": (rows["kind"] == "transition").to_numpy(),
             "answer_norm": rows["answer"].fillna("").astype(str).tolist(), "em": np.zeros(len(rows)),
             "f1": np.zeros(len(rows))}
@@ -73,16 +72,19 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     decision (stop, or an exploration request's shadow stop) equals the replay's, and the ones that differ.
     ``log``: a path (or paths), or ``(header, checkpoints, finals)`` as ``monitor.read_log`` returns."""
     header, ck, fin = read_log(log) if not isinstance(log, tuple) else log
+    # a repeated request id (a client's retry) is a request of its own per final record, with the checkpoints
+    # logged since the previous one (read_log's ``key``), as the monitor counts it
+    rep = repeated_ids(fin)
     # a request the upstream's failure ended (the gateway's --on-upstream-error answer) was not stopped by the
     # preset: it is left out and counted apart (one its client cut is replayed: its decisions were the preset's)
     broken = ended_by_upstream(fin).to_numpy()
     if broken.any():
-        gone = set(fin.loc[broken, "request"])
+        gone = set(fin.loc[broken, "key"])
         fin = fin[~broken].reset_index(drop=True)
-        ck = ck[~ck["request"].isin(gone)].reset_index(drop=True) if len(ck) else ck
+        ck = ck[~ck["key"].isin(gone)].reset_index(drop=True) if len(ck) else ck
         if fin.empty:
             return {"agreement": float("nan"), "n": 0, "checkpoints": 0, "ended_by_upstream": int(broken.sum()),
-                    "mismatches": []}
+                    "repeated_ids": rep, "mismatches": []}
     t = log_table(ck, fin, answer_type or header.get("answer_type", "number"))
     # the controller's checkpoint interval: a schedule's `every` is a multiple of it (the log holds only the
     # checkpoints a request's schedule probed, so it cannot be inferred from them)
@@ -101,7 +103,7 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
         got[idx] = stop_index(t.subset(idx), setting)
     bad = np.flatnonzero(got != want)
     return {"agreement": float(1 - len(bad) / t.n) if t.n else float("nan"), "n": int(t.n),
-            "checkpoints": int(len(ck)), "ended_by_upstream": int(broken.sum()),
+            "checkpoints": int(len(ck)), "ended_by_upstream": int(broken.sum()), "repeated_ids": rep,
             "mismatches": [{"request": str(t.question_ids[i]), "live_ck": int(want[i]), "replay_ck": int(got[i]),
                             "setting": fin["setting"].iloc[i]} for i in bad[:MAX_LISTED]]}
 

@@ -1,6 +1,6 @@
-"""The monitor on the logs production writes: the bundled serve-demo log with some of its labels, and a gateway's
-log (its preset and calibration in ``preset`` records, several versions), written by the real controller and
-decision log, the gateway's way."""
+"""The monitor and check-log on the logs production writes: the bundled serve-demo log with some of its labels, a
+gateway's log (its preset and calibration in ``preset`` records, several versions), and request ids that repeat
+(clients' retries). The logs are written by the real controller and decision log, the gateway's way."""
 import json
 
 import numpy as np
@@ -10,7 +10,10 @@ from analysis.core.errors import StoplineError
 from analysis.core.store import Store
 from analysis.ingest.synthetic import write_synthetic_run
 from analysis.presets.schema import from_dict
+from analysis.production.controller import Controller, DecisionLog, simulate
+from analysis.production.gateway import VersionedLog
 from analysis.production.monitor import _labelled, calibration_inputs, monitor, monitor_inputs, read_labels, read_log
+from analysis.production.verify import check_decisions
 from analysis.replay.engine import RunTable
 from tests.helpers import gateway_log, preset_version, ROOT
 
@@ -140,3 +143,44 @@ def test_recalibrate_takes_the_preset_from_a_gateways_preset_record(world, tmp_p
                          "--history", tmp_path / "h.jsonl")
     assert code in (0, 1) and "Traceback" not in err, err
     assert "champion confidence(tau=0.9," in out, out
+
+
+# --- repeated request ids ---------------------------------------------------------------------------------------
+def test_a_retried_request_id_is_a_request_of_its_own_for_check_log_and_monitor(world, tmp_path, cli):
+    """A client retries five requests with the same stopline.request_id after the first attempts ended: check-log
+    crashed (an index past the end); now every final record is a request of its own, replayed with the checkpoints
+    logged since the previous one, and the monitor counts the same requests and says which ids repeat."""
+    t = world["t"].subset(np.arange(40))
+    log = gateway_log(tmp_path / "gw.jsonl", [(CONF, None, t)])
+    ctl = Controller(from_dict(CONF), "number", every=32)
+    with DecisionLog(log) as d:                       # the retries, in the same log
+        ctl.log = VersionedLog(d, preset_version(CONF))
+        simulate(t.subset(np.arange(5)), ctl, with_em=False)
+    res = check_decisions(str(log))
+    assert res["n"] == 45 and res["agreement"] == 1.0, res["mismatches"]
+    assert res["repeated_ids"]["ids"] == 5 and res["repeated_ids"]["extra_requests"] == 5
+    code, out, err = cli("check-log", "--log", log)
+    assert code == 0 and "5 request id(s) repeat" in out, err + out
+    rep = monitor([log], None, from_dict(CONF), propose=False)
+    assert rep["n_requests"] == 45 and rep["repeated_ids"]["ids"] == 5
+    _, ck, fin = read_log(log)
+    assert fin["key"].is_unique and set(fin.loc[fin["instance"] == 1, "key"]) == {f"{q}#2" for q in t.question_ids[:5]}
+    assert (ck.groupby("key")["ck"].apply(lambda c: list(c) == list(range(len(c))))).all()
+
+
+def test_two_requests_of_one_id_in_flight_at_once_are_named_not_mixed(tmp_path, cli):
+    """Two requests with one id decided at once (a retry before the first ended): their checkpoints cannot be told
+    apart, so the log is refused with the line and field rather than replayed wrongly."""
+    log = tmp_path / "l.jsonl"
+    ctl = Controller(from_dict(CONF), "number", log=log, every=32)
+    a, b = ctl.open("r-1", "1+1"), ctl.open("r-1", "1+1")
+    for s in (a, b):
+        s.checkpoint(32, "2", {"p_mean": 0.5})
+    ctl.decide([a, b])
+    for s in (a, b):
+        ctl.finish(s, "2", 40)
+    ctl.log.close()
+    with pytest.raises(StoplineError, match="line 3, field 'ck'.*two requests with this id were in flight at once"):
+        read_log(log)
+    code, _, err = cli("check-log", "--log", log)
+    assert code == 2 and "l.jsonl, line 3, field 'ck'" in err
