@@ -321,7 +321,12 @@ try:        # the upload's copy is removed however this script run ends: an erro
                                                                + rb["reason"])
             rc = st.session_state.get("rc_res")
             if rc:
-                (st.success if rc["applied"] else st.info)(("Applied: " if rc["applied"] else "Not applied. ") + rc["reason"])
+                said = rc["reason"]
+                if rc["applied"]:
+                    st.success("Applied: " + said)
+                else:           # recalibrate's own words start "not applied: ..." or "no change: ..."
+                    st.info(said[0].upper() + said[1:] if said.startswith(("not applied", "no change"))
+                            else "Not applied. " + said)
                 if rc["applied"]:
                     st.download_button("Download the certified preset", json.dumps(rc["preset"], indent=2),
                                        "recertified.json", "application/json", key="dl_rc")

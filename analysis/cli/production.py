@@ -392,17 +392,24 @@ def _recalibrate(args):
     if res["applied"] or not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
+        res["out"] = "the new version" if res["applied"] else "the deployed preset, unchanged (a new file)"
+    else:
+        res["out"] = "left as it was"
     if args.json:
         res["data"].pop("requests", None)
         _print_json(res)
     else:
         o = res.get("observed")
-        print(f"{res['n_explore']} labelled exploration requests; champion {res['champion']}"
+        print(f"{res['n_explore']} labelled exploration requests"
+              + (f" ({res['n_already_used']} more left out: an earlier certificate used them)"
+                 if res.get("n_already_used") else "") + f"; champion {res['champion']}"
               + (f": EM drop {o['em_drop']:+.3f}, {o['tokens']:.0f} tokens on them" if o else ""))
-        print(("APPLIED " + res["setting"] + f" ({res['direction']})") if res["applied"] else "NOT APPLIED")
+        print(("APPLIED " + res["setting"] + f" ({res['direction']})") if res["applied"] else
+              "NO CHANGE" if res.get("unchanged") else "NOT APPLIED")
         print("  " + res["reason"])
         for fam, v in (res.get("step_limited") or {}).items():
             print(f"  step limit: {v['held_back']} more aggressive {fam} setting(s) held back (at most {v['step']} "
                   "positions per step)")
-        print(f"  preset to deploy: {args.out}; history: {res.get('history')} (version {res.get('version')})")
-    return 0 if res["applied"] else 1
+        print(f"  --out {args.out}: {res['out']}; history: {res.get('history')} (attempt recorded as version "
+              f"{res.get('version')}" + (")" if res["applied"] else ", not applied)"))
+    return 0 if res["applied"] or res.get("unchanged") else 1

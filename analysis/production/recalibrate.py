@@ -32,7 +32,8 @@ from analysis.evaluate.certify import (ORDER_SHARE, certifiable_families, certif
                                        order_mask)
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import Preset, from_dict
-from analysis.production.monitor import _champion_only, _labelled, explore_table, read_labels, read_log
+from analysis.production.monitor import (_champion_only, _labelled, explore_rows, explore_table, read_labels,
+                                         read_log)
 from analysis.replay.policies import deployable_families, get_family
 
 MIN_CERTIFY = 30          # labelled exploration requests below which no certificate is attempted
@@ -100,16 +101,24 @@ def recalibrate(logs, labels, preset: Preset, epsilon: float, delta: float, risk
     header, ck, fin = read_log(logs)
     answer_type = header.get("answer_type", "number")
     fin = _labelled(fin, read_labels(labels) if labels else None, answer_type)
-    t = explore_table(ck, fin, answer_type)
+    # requests an applied version was certified on are spent: a new certificate must rest on new ones
+    spent = fin["request"].astype(str).isin(used_requests(history)).to_numpy()
+    t = explore_table(ck, fin[~spent], answer_type)
     n = 0 if t is None else t.n
+    n_spent = len(explore_rows(fin[spent]))
     out: dict = {"time": _now(), "epsilon": epsilon, "delta": delta, "risk": risk, "n_explore": n,
-                 "champion": preset.setting.label(), "applied": False, "preset": preset.to_dict(),
-                 "champion_preset": preset.to_dict(),
+                 "n_already_used": n_spent, "champion": preset.setting.label(), "applied": False,
+                 "preset": preset.to_dict(), "champion_preset": preset.to_dict(),
                  "data": {"logs": [str(p) for p in logs], "labels": [str(p) for p in labels]}}
     if n < MIN_CERTIFY:
-        out["reason"] = (f"needs at least {MIN_CERTIFY} labelled exploration requests (full length, every checkpoint "
-                         f"logged, with a gold answer); the log has {n}: {MIN_CERTIFY - n} more. Raise "
-                         "routing.explore or add labels.")
+        vs = used_by(history, fin[spent])
+        had = (f"the log has {n} new ones" + (f" ({n_spent} more were used by the certificate{'s' * (len(vs) > 1)} "
+                                              f"of version{'s' * (len(vs) > 1)} {', '.join(map(str, vs))} already)"
+                                              if n_spent else ""))
+        out["reason"] = (f"not applied: a certificate needs at least {MIN_CERTIFY} labelled exploration requests "
+                         f"(full length, every checkpoint logged, with a gold answer) that no earlier certificate "
+                         f"used; {had}: {MIN_CERTIFY - n} more. Raise routing.explore or add labels. "
+                         f"{_kept(preset)}")
         return _record(out, history)
     ids = sorted(str(q) for q in t.question_ids)
     out["data"].update({"requests": ids, "sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()})
@@ -146,10 +155,15 @@ def recalibrate(logs, labels, preset: Preset, epsilon: float, delta: float, risk
     if limited:
         out["step_limited"] = limited
     if not cert["certified"]:
-        out["reason"] = "not applied: " + cert["message"]
+        out["reason"] = _nothing_certified(cert, out["observed"], preset, n)
         return _record(out, history)
     from analysis.replay.policies.base import Setting
     new = Setting.from_dict(cert["setting"])
+    if new.key() == champ.key():
+        out.update({"unchanged": True, "setting": new.label(), "reason": (
+            f"no change: the setting certified on these {n} requests, {new.label()}, is the deployed one; the "
+            "deployed preset stays as it is and no new version is written. " + cert["message"])})
+        return _record(out, history)
     kept = {k: v for k, v in cert.items() if k != "families"}
     kept["data"] = {"logs": out["data"]["logs"], "labels": out["data"]["labels"], "sha1": out["data"]["sha1"],
                     "n": n}
@@ -161,6 +175,62 @@ def recalibrate(logs, labels, preset: Preset, epsilon: float, delta: float, risk
                               "more aggressive" if cert["tokens"] < out["observed"]["tokens"] - 1e-9 else "same tokens"),
                 "reason": cert["message"]})
     return _record(out, history)
+
+
+def used_requests(history) -> set[str]:
+    """The request ids the applied versions of ``history`` were certified on (spent for a new certificate)."""
+    recs = history_records(history) if history else []
+    return {str(r) for rec in recs if rec.get("applied") and not rec.get("rollback")
+            for r in (rec.get("data") or {}).get("requests") or []}
+
+
+def used_by(history, fin) -> list[int]:
+    """The applied versions of ``history`` whose certificates used any of ``fin``'s requests."""
+    ids = set(fin["request"].astype(str))
+    recs = history_records(history) if history else []
+    return [rec["version"] for rec in recs if rec.get("applied") and not rec.get("rollback")
+            and ids & {str(r) for r in (rec.get("data") or {}).get("requests") or []}]
+
+
+def _kept(preset: Preset) -> str:
+    """What stays deployed when nothing is applied, and on what footing."""
+    if preset.certificate:
+        return (f"The deployed preset ({preset.setting.label()}) stays as it is, with its certificate from earlier "
+                "requests; `recalibrate --rollback` tests whether that still holds on the requests it served.")
+    return (f"The deployed preset ({preset.setting.label()}) stays as it is, and it carries no certificate: nothing "
+            "bounds its EM drop on this traffic.")
+
+
+def _nothing_certified(cert: dict, observed: dict, preset: Preset, n: int) -> str:
+    """Not applied, in words: what was found, what stays deployed, and what to do."""
+    what = "EM drop" if cert.get("risk", "drop") == "drop" else "share of questions lost"
+    if cert.get("held_back"):
+        found = ("every certified setting is more aggressive than one step from the deployed one allows (the step "
+                 "limit holds them back)")
+    else:
+        found = (f"no setting's {what} is provably at most ε = {cert['epsilon']:g} with probability "
+                 f"{1 - cert['delta']:.0%} on these {n} labelled exploration requests")
+    words = [f"not applied: {found}.", _kept(preset),
+             f"On these requests it drops {observed['em_drop']:+.3f} EM against full length ({observed['tokens']:.0f} "
+             f"tokens against {observed['tokens_full']:.0f})."]
+    if cert.get("held_back"):
+        words.append("Run recalibrate again on the next requests: each step may move it further.")
+    elif cert.get("n_needed"):
+        more = max(cert["n_needed"] - n, 1)
+        words.append(f"About {cert['n_needed']} labelled exploration requests ({more} more) would certify "
+                     f"{cert['n_needed_setting']} if its observed rates held: raise routing.explore or add labels, "
+                     "then run recalibrate again.")
+    else:
+        words.append("More requests would not help: the least aggressive settings already lose more than ε on "
+                     "these; only a larger ε would certify one.")
+    drop = observed["em_drop"] if cert.get("risk", "drop") == "drop" else observed["lost_share"]
+    if drop > cert["epsilon"]:
+        words.append(f"Its observed {what} is above ε: if production must stay within ε meanwhile, serve full length "
+                     "until a setting certifies (a preset that never stops, such as budget B=32768, keeping "
+                     "routing.explore so the data keeps coming).")
+    else:
+        words.append(f"Its observed {what} is within ε on these requests: an estimate, not a guarantee.")
+    return " ".join(words)
 
 
 def _record(out: dict, history: str | None) -> dict:

@@ -188,6 +188,11 @@ def rollback(logs, labels, preset: Preset, history: str, alpha: float = ALPHA) -
     out = {"time": _now(), "rolled_back": False, "test": test, "risk": risk, "setting": preset.setting.label(),
            "version": current["version"] if current else None, "preset": preset.to_dict()}
     what = "EM drop" if risk == "drop" else "lost share"
+    if not test["n"]:
+        v = f"version {current['version']}" if current else "the deployed preset"
+        out["reason"] = (f"nothing to test yet: no labelled exploration request served under {v} (its setting, "
+                         f"{preset.setting.label()}), less those it was certified on, is in the log")
+        return out
     if not test["fired"]:
         out["reason"] = (f"holds: on {test['n']} labelled exploration requests the {what} is {test['mean']:+.3f} "
                          f"against ε = {eps:g}; the sequential test's evidence of a breach is "

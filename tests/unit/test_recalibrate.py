@@ -88,6 +88,50 @@ def test_below_the_minimum_it_says_how_many_and_keeps_the_champion(easy_preset, 
     assert [r["applied"] for r in history_records(tmp_path / "h.jsonl")] == [True, False]
 
 
+def test_nothing_certified_says_what_stays_deployed_and_what_to_do(easy_preset, tmp_path):
+    """Enough requests, but too few to certify anything at ε = 0.01: the answer says the champion stays deployed
+    (with the certificate it had), what it did on these requests, how many more would do, and what to do
+    meanwhile (it said "run full length" before, while leaving the champion deployed)."""
+    hard = _table(45, 9, (0.5, 1.0), (0.6, 0.95))
+    log = tmp_path / "few.jsonl"
+    res = recalibrate(log, _stream(hard, easy_preset, log), easy_preset, 0.01, DELTA, families=["budget"],
+                      history=str(tmp_path / "h.jsonl"))
+    r = res["reason"]
+    assert not res["applied"] and res["n_explore"] >= MIN_CERTIFY and not res["certificate"]["certified"], r
+    assert r.startswith("not applied: no setting's EM drop is provably at most ε = 0.01") and "run full length" not in r
+    assert f"The deployed preset ({easy_preset.setting.label()}) stays as it is, with its certificate" in r
+    assert f"drops {res['observed']['em_drop']:+.3f} EM" in r
+    assert "more) would certify" in r or "would not help" in r
+    assert from_dict(res["preset"]).setting == easy_preset.setting
+
+
+def test_requests_a_certificate_used_are_not_used_again(easy_preset, tmp_path, cli):
+    """Run twice on the same log: the second run has no new requests (it re-certified on the same ones and
+    appended an identical version before); a setting that certifies and is the deployed one is no change."""
+    hard = _table(300, 7, (0.5, 1.0), (0.6, 0.95))
+    log = tmp_path / "h.jsonl"
+    labels = _stream(hard, easy_preset, log)
+    hist = tmp_path / "hist.jsonl"
+    first = recalibrate(log, labels, easy_preset, EPS, DELTA, families=["budget"], history=str(hist))
+    assert first["applied"], first["reason"]
+    new = load(json.dumps(first["preset"]))
+    again = recalibrate(log, labels, new, EPS, DELTA, families=["budget"], history=str(hist))
+    assert not again["applied"] and again["n_explore"] == 0 and again["n_already_used"] == first["n_explore"]
+    assert "the log has 0 new ones" in again["reason"] and "certificate of version 1 already" in again["reason"]
+    assert [r["applied"] for r in history_records(hist)] == [True, True, False]
+    # the same requests unspent (another history): the certified setting is the deployed one, said as such
+    same = recalibrate(log, labels, new, EPS, DELTA, families=["budget"], history=str(tmp_path / "other.jsonl"))
+    assert not same["applied"] and same["unchanged"] and same["reason"].startswith("no change: "), same["reason"]
+    pf, out = tmp_path / "p.json", tmp_path / "out.json"
+    pf.write_text(new.to_json())
+    out.write_text(new.to_json())
+    before = out.stat().st_mtime_ns
+    code, stdout, err = cli("recalibrate", "--log", log, "--labels", labels, "--preset", pf, "--epsilon", EPS,
+                            "--delta", DELTA, "--family", "budget", "--out", out, "--history", tmp_path / "third.jsonl")
+    assert code == 0 and "NO CHANGE" in stdout and "APPLIED" not in stdout, err + stdout
+    assert f"--out {out}: left as it was" in stdout and out.stat().st_mtime_ns == before
+
+
 def test_a_step_toward_fewer_tokens_is_limited(tmp_path):
     """A very conservative champion on easy traffic: the loop moves toward fewer tokens at most the declared (here overridden) step."""
     easy = _table(700, 6, (0.0, 0.5), (0.1, 0.5))

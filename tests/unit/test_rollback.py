@@ -73,6 +73,8 @@ def test_a_drift_to_long_questions_rolls_back(world, tmp_path):
     # v0 on the same requests holds: no second rollback
     again = rollback(log, log.with_suffix(".labels.jsonl"), load(json.dumps(res["preset"])), hist)
     assert not again["rolled_back"] and again["test"]["n"] == 0         # they were served under v1, not v0
+    assert again["reason"].startswith("nothing to test yet: no labelled exploration request served under version 2")
+    assert "nan" not in again["reason"]                                 # (it said "the EM drop is +nan" before)
 
 
 def test_traffic_like_the_calibration_does_not_roll_back(world, tmp_path):
