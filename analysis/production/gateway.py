@@ -51,6 +51,7 @@ from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, Decision, DecisionLog
 from analysis.production.gateway_metrics import Metrics
+from analysis.production.gateway_request import BadRequest, chat_messages
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
@@ -61,12 +62,6 @@ CLIENT_LEFT = "client_disconnected"     # the cause of a request whose client le
 SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 logger = logging.getLogger(__name__)
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.param, self.status = param, status
 
 
 class UpstreamFailure(Exception):
@@ -190,13 +185,12 @@ class Gateway:
                 raise BadRequest(f"stopline.{k} nests deeper than {MAX_DEPTH} levels (routing reads its top level)",
                                  f"stopline.{k}")
         if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs):
-                raise BadRequest("messages must be a non-empty list of {role, content} objects with string content",
-                                 "messages")
-            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            msgs = chat_messages(body.get("messages"))
+            try:
+                text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            except Exception as e:      # the template's own refusal (its raise_exception), or what it cannot render
+                raise BadRequest(f"the model's chat template refuses these messages: {str(e)[:200]}",
+                                 "messages") from None
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
             question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
         else:

@@ -73,6 +73,20 @@ def test_chat_and_completions_streamed_and_not_pass_the_upstream_through(server,
         assert 'stopline_requests_total{endpoint="chat",outcome="full"} 2.0' in m
 
 
+def test_chat_content_parts_and_a_developer_message_read_as_vllm_reads_them(server, tok, tmp_path):
+    """Content as a list of text parts (what many SDKs send) was refused; now it is joined as vLLM joins it, and a
+    developer message is rendered as vLLM renders it: the same prompt, the same greedy answer."""
+    messages = [{"role": "developer", "content": "Answer with one number."},
+                {"role": "user", "content": [{"type": "text", "text": "What is 2 + 3?"},
+                                             {"type": "text", "text": "Then add 4."}]}]
+    body = {"model": MODEL, "messages": messages, "max_tokens": 24, "temperature": 0}
+    with gateway(server, tok, tmp_path, NEVER) as (gw, url):
+        direct = httpx.post(server + "/chat/completions", json=body, timeout=600).json()
+        mine = httpx.post(url + "/chat/completions", json=body, timeout=600).json()
+        assert mine["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"], (mine, direct)
+        assert mine["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+
+
 def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, tmp_path):
     with gateway(server, tok, tmp_path, B32) as (gw, url):
         out = chat(url, max_tokens=160).json()

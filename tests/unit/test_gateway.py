@@ -44,6 +44,7 @@ class Upstream:
     def __init__(self, ids: list[int], texts: list[str], answer_id: int):
         self.ids, self.texts, self.answer_id = ids, texts, answer_id
         self.mode, self.open_streams, self.closed = "good", 0, False
+        self.bodies: list[dict] = []         # the streamed completions' request bodies
         self.lock = threading.Lock()
         up = self
 
@@ -61,6 +62,7 @@ class Upstream:
                 if self.path != "/v1/completions":
                     return self.send_error(404)
                 if body.get("stream"):
+                    up.bodies.append(body)
                     return up.stream(self)
                 if "stop" in body and up.mode == "probe without choices":
                     return self.reply({"object": "text_completion"})
@@ -406,3 +408,41 @@ def test_deep_nesting_and_bad_sampling_fields_get_400_naming_the_field(tok, up, 
         status, out = ask(url, seed=7, max_tokens=64, stopline={"tags": {"priority": "low"},
                                                                  "meta": {"a": {"b": [1, 2]}}})
         assert status == 200 and out["stopline"]["tokens_emitted"] == 8, out
+
+
+def test_chat_content_as_text_parts_is_read_and_other_parts_and_roles_get_400_naming_the_field(tok, up, tmp_path):
+    """Before, content given as a list of parts (what many SDKs send) was refused, and any role was taken. Now
+    text parts are joined with newlines (as vLLM joins them: the real-vLLM test compares the two), a developer
+    message is the system's (as vLLM renders it), and other parts and roles get 400 naming the field."""
+    t = tok[0]
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        parts = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                 {"role": "user", "content": [{"type": "text", "text": "Count."}, {"type": "text", "text": "Now."}]}]
+        status, out = ask(url, messages=parts)
+        assert status == 200, out
+        want = t(t.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Count.\nNow."}],
+                                       add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        assert up.bodies[-1]["prompt"] == want["input_ids"]
+        assert gw.parse({"messages": parts}, chat=True)["question"] == "Count.\nNow."     # routing reads it too
+        history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count."},
+                   {"role": "assistant", "content": "1 2", "refusal": None, "tool_calls": []},  # a reply sent back
+                   {"role": "tool", "content": "3", "tool_call_id": "c1"}, {"role": "user", "content": "More."}]
+        assert ask(url, messages=history)[0] == 200
+        for messages, param, says in (
+                ([{"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                               {"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}],
+                 "messages[0].content[1].type", "'image_url' part, which is not supported through the Stopline"),
+                ([{"role": "user", "content": [{"text": "Hi"}]}], "messages[0].content[0]", "must be a text part"),
+                ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text",
+                 "must be a string"),
+                ([{"role": "user", "content": {"type": "text"}}], "messages[0].content", "string or a list"),
+                ([{"role": "user", "content": "Hi"}, {"role": "robot", "content": "Hi"}], "messages[1].role",
+                 "must be one of system, user, assistant, developer, tool, not 'robot'"),
+                ([{"content": "Hi"}], "messages[0].role", "not None"),
+                ([{"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}], "messages[0].tool_calls",
+                 "no tool or function calling"),
+                ([], "messages", "non-empty list"), (["Hi"], "messages[0]", "{role, content} object")):
+            status, out = ask(url, messages=messages)
+            assert status == 400 and out["error"]["param"] == param and says in out["error"]["message"], (param, out)
+
