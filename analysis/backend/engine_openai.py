@@ -397,12 +397,13 @@ class OpenAIEngine:
         self.stats.gen_tokens += len(ids)
         return res
 
-    async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids):
+    async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids, extra: dict | None = None):
         """Stream a completion; ``on_ids(new_ids, text)`` as the ids arrive (end-of-sequence ids dropped; ``text``:
-        the chunk's text). Returns (text, finish_reason, whether the server gave ids)."""
+        the chunk's text). ``extra``: more fields of the request (the gateway's client's stop sequences and
+        penalties). Returns (text, finish_reason, whether the server gave ids)."""
         import httpx
         body = {"model": self.model, "prompt": prompt_ids, "max_tokens": cfg.max_new_tokens,
-                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True}
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True, **(extra or {})}
         if self.token_ids:
             body["return_token_ids"] = True
         if cfg.temperature > 0 and seed is not None:

@@ -51,7 +51,7 @@ from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, Decision, DecisionLog
 from analysis.production.gateway_metrics import Metrics
-from analysis.production.gateway_request import BadRequest, chat_messages
+from analysis.production.gateway_request import BadRequest, chat_messages, check_fields, sampling
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
@@ -169,7 +169,8 @@ class Gateway:
     # --- requests -------------------------------------------------------------------------------------------
     def parse(self, body, chat: bool, headers: dict | None = None) -> dict:
         """The request's prompt ids, question text (for routing), sampling and Stopline fields; BadRequest
-        names the field. Stopline's fields come from ``extra_body={"stopline": {...}}``, or from headers for
+        names the field, also one the gateway cannot honour or does not know (``gateway_request``: nothing is
+        silently ignored). Stopline's fields come from ``extra_body={"stopline": {...}}``, or from headers for
         clients that cannot add to the body: ``X-Stopline-Tags`` / ``X-Stopline-Meta`` (JSON objects) and
         ``X-Request-Id`` (the body wins where both say)."""
         if not isinstance(body, dict):
@@ -184,6 +185,7 @@ class Gateway:
             if depth(sl.get(k, {})) > MAX_DEPTH:
                 raise BadRequest(f"stopline.{k} nests deeper than {MAX_DEPTH} levels (routing reads its top level)",
                                  f"stopline.{k}")
+        check_fields(body, chat)
         if chat:
             msgs = chat_messages(body.get("messages"))
             try:
@@ -203,7 +205,8 @@ class Gateway:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
         which = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         cap = self.opt.max_tokens_cap or MAX_TOKENS
-        mt = body.get(which, min(1024, cap))       # not asked for: our default, within the cap
+        mt = body.get(which)
+        mt = min(1024, cap) if mt is None else mt       # not asked for: our default, within the cap
         if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
             raise BadRequest(f"{which} must be a positive integer", which)
         if mt > cap:
@@ -213,15 +216,17 @@ class Gateway:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
                                  or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
             raise BadRequest("seed must be an integer (64-bit) or null", "seed")
-        temp = body.get("temperature", 0.0)
-        top_p = body.get("top_p", 1.0)
+        temp, top_p = (body.get(k) for k in ("temperature", "top_p"))       # null: the default, as OpenAI's
+        temp, top_p = 0.0 if temp is None else temp, 1.0 if top_p is None else top_p
         if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not 0 <= temp < float("inf"):
             raise BadRequest("temperature must be a number ≥ 0", "temperature")
         if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
             raise BadRequest("top_p must be a number in (0, 1]", "top_p")
-        if body.get("n", 1) != 1:
-            raise BadRequest("n must be 1 (one trace per request)", "n")
-        stream = body.get("stream", False)
+        n = body.get("n")
+        if n is not None and (type(n) is not int or n != 1):
+            raise BadRequest("n must be 1: more than one choice is not supported through the Stopline gateway (one "
+                             "trace per request)", "n")
+        stream = False if body.get("stream") is None else body["stream"]
         if not isinstance(stream, bool):
             raise BadRequest("stream must be true or false", "stream")
         rid = sl.get("request_id") or uuid.uuid4().hex
@@ -232,7 +237,7 @@ class Gateway:
             raise BadRequest(f"this gateway serves the model {self.engine.model!r}, not {model!r}", "model", 404)
         return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
                 "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
-                "model": model, "seed": seed}
+                "model": model, "seed": seed, "sampling": sampling(body)}
 
     def config(self, req: dict) -> GenConfig:
         return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
@@ -262,6 +267,9 @@ class Gateway:
         ids: list[int] = []
         chunks: deque = deque()            # (start, ids, text) not yet released to the client
         pending: deque = deque()           # (pos, kinds, probe task), in order
+        dropped: list = []                 # probe tasks of checkpoints past a stop sequence: cancelled
+        stops = Stops(req["sampling"].get("stop"))
+        extra = {**req["sampling"], **({"include_stop_str_in_output": True} if stops.stops else {})}
         queue: asyncio.Queue = asyncio.Queue()
         decision, finish, error = None, None, None
         probe_tokens = 0
@@ -270,7 +278,7 @@ class Gateway:
         async def produce():
             try:
                 _, fin, got_ids = await eng._stream(r, req["ids"], cfg, req.get("seed"),
-                                                    lambda new, text: queue.put_nowait(("ids", new, text)))
+                                                    lambda new, text: queue.put_nowait(("ids", new, text)), extra)
                 if not got_ids:
                     raise StoplineError("the upstream returns no token ids (vLLM's return_token_ids); the gateway "
                                         "needs them to place checkpoints")
@@ -288,9 +296,10 @@ class Gateway:
                 # release what no undecided checkpoint holds back
                 limit = pending[0][0] if pending else len(ids)
                 while chunks and chunks[0][0] + len(chunks[0][1]) <= limit:
-                    _, _, text = chunks.popleft()
-                    if text:
-                        yield ("text", text)
+                    stops.release(chunks.popleft()[2])
+                text = stops.sendable(ended)
+                if text:
+                    yield ("text", text)
                 if ended and not pending:
                     break
                 if pending and (pending[0][2] is None or pending[0][2].done()):
@@ -321,9 +330,16 @@ class Gateway:
                     if item[0] == "ids":
                         new, text = item[1], item[2]
                         start = len(ids)
+                        last = stops.received(start, text)
+                        if last is not None:      # a stop sequence: no decision on text the client never gets
+                            dropped += [p[2] for p in pending if p[0] > last and p[2] is not None]
+                            for task in dropped:
+                                task.cancel()
+                            pending = deque(p for p in pending if p[0] <= last)
                         for t in new:
                             for pos, kinds in placer.feed(t):
-                                if not sess.due(pos, kinds["is_step"], kinds["is_transition"], ctl.every):
+                                if stops.cut is not None or not sess.due(pos, kinds["is_step"], kinds["is_transition"],
+                                                                         ctl.every):
                                     continue        # not on this request's probe schedule: no probe, no decision
                                 pending.append((pos, kinds, asyncio.ensure_future(
                                     eng._probe(r, req["ids"] + ids[:pos], self.cue_ids, cfg)) if probing else None))
@@ -337,6 +353,9 @@ class Gateway:
             if decision is not None:              # stopped: the tokens up to the checkpoint, then the answer
                 producer.cancel()
                 held = [c for c in chunks if c[0] < decision.pos]
+                text = stops.flush()                # held back in case it began a stop sequence: none came before
+                if text:
+                    yield ("text", text)
                 for start, cids, text in held:
                     take = cids[: decision.pos - start]
                     yield ("text", text if len(take) == len(cids) else self.tok.decode(take))
@@ -355,15 +374,18 @@ class Gateway:
                     raise error
                 eng._failed(r, str(error))          # set aside: the answer's probe goes to another replica
                 for _, _, text in chunks:             # the tokens the model did write are the client's
-                    if text:
-                        yield ("text", text)
+                    stops.release(text)
                 chunks.clear()
+                text = stops.sendable(True)
+                if text:
+                    yield ("text", text)
                 answer, cause, spent = await asyncio.wait_for(
                     self._answer_after_failure(req, ids, cfg, sess, ctl, error), left())
                 probe_tokens += spent
                 yield ("text", self.cue + answer + "}")
             else:                                  # the model's own answer, decoded off the event loop
-                own = extract(await asyncio.to_thread(self.tok.decode, ids), ctl.answer_type)
+                text = stops.text() if stops.cut is not None else await asyncio.to_thread(self.tok.decode, ids)
+                own = extract(text, ctl.answer_type)
         except (asyncio.CancelledError, GeneratorExit):
             # the client left: its stream closed, or its wait for a whole response cancelled
             self._client_left(sess, ctl, len(ids), probe_tokens)
@@ -376,7 +398,7 @@ class Gateway:
             if getter is not None:
                 getter.cancel()
             # a budget's checkpoints have no probe; a request that never got a replica, no producer
-            tasks = [t for t in (producer, *(t for _, _, t in pending)) if t is not None]
+            tasks = [t for t in (producer, *(t for _, _, t in pending), *dropped) if t is not None]
             for t in tasks:
                 t.cancel()
             # shielded: once a stream's client has gone, its task is cancelled again at every await (Starlette's
@@ -460,12 +482,75 @@ class Gateway:
         if self.opt.on_stop == "continue":
             out = await self.engine._post(r, "/completions", {
                 "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
-                "max_tokens": self.opt.continue_tokens, "temperature": 0, "stop": ["}"]})
+                "max_tokens": self.opt.continue_tokens, "temperature": 0,
+                "stop": ["}", *req["sampling"].get("stop", [])]})     # the model's writing: the client's stops too
             text = first_choice(r, out).get("text")
             if not isinstance(text, str):
                 raise ReplicaFailed(r, "a completion whose text is not a string")
             return self.cue + text + "}"
         return self.cue + (answer or "") + "}"
+
+
+class Stops:
+    """The client's stop sequences on the upstream's text. They go to the upstream with vLLM's
+    ``include_stop_str_in_output``, so that each chunk's text is its own tokens' text (as without them); the
+    gateway then finds where the first one begins (the chunk that completes it is the upstream's last), keeps
+    the text from there from the client, and holds back the last characters of released text while they may
+    still begin one."""
+
+    def __init__(self, stops: list[str] | None):
+        self.stops = stops or []
+        self.hold = max(map(len, self.stops)) - 1 if self.stops else 0
+        self.texts: list[str] = []          # every chunk's text, in order
+        self.marks: list[tuple[int, int]] = []      # (its first token, its first character), per chunk
+        self.got, self.cut = 0, None        # characters received; where the stop sequence begins, once known
+        self.unsent, self.sent = "", 0      # released text not yet sent; characters sent
+
+    def received(self, start: int, text: str) -> int | None:
+        """A chunk's text (its first token at ``start``). When it completes a stop sequence: the first token of
+        the chunk where that sequence begins (a checkpoint past it would read text the client never gets)."""
+        self.marks.append((start, self.got))
+        self.texts.append(text)
+        recent = self._recent()
+        window, base = recent + text, self.got - len(recent)
+        self.got += len(text)
+        if self.cut is not None or not self.stops:
+            return None
+        ends = [(i + len(s), i) for s in self.stops if (i := window.find(s)) >= 0]
+        if not ends:
+            return None
+        self.cut = base + min(ends)[1]       # the one that ends first (vLLM's rule; a tie: the first listed)
+        return max(t for t, c in self.marks if c <= self.cut)
+
+    def _recent(self) -> str:
+        """The ``hold`` characters received before the latest chunk."""
+        out, k = "", len(self.texts) - 2
+        while len(out) < self.hold and k >= 0:
+            out, k = self.texts[k] + out, k - 1
+        return out[-self.hold:] if self.hold else ""
+
+    def release(self, text: str) -> None:
+        self.unsent += text
+
+    def sendable(self, final: bool) -> str:
+        """Released text the client may have now: never from the stop sequence on, nor, while more may come, the
+        last characters that may begin one."""
+        n = len(self.unsent) - (0 if final or self.cut is not None else self.hold)
+        if self.cut is not None:
+            n = min(n, self.cut - self.sent)
+        out, self.unsent = self.unsent[:max(0, n)], self.unsent[max(0, n):]
+        self.sent += len(out)
+        return out
+
+    def flush(self) -> str:
+        """All released text (the response stops before any stop sequence completed)."""
+        out, self.unsent = self.unsent, ""
+        self.sent += len(out)
+        return out
+
+    def text(self) -> str:
+        """The generation's text as the client gets it: up to the stop sequence."""
+        return "".join(self.texts)[:self.cut]
 
 
 def from_headers(headers) -> dict:

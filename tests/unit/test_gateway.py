@@ -446,3 +446,52 @@ def test_chat_content_as_text_parts_is_read_and_other_parts_and_roles_get_400_na
             status, out = ask(url, messages=messages)
             assert status == 400 and out["error"]["param"] == param and says in out["error"]["message"], (param, out)
 
+
+def test_openai_fields_the_gateway_cannot_honour_or_does_not_know_get_400_never_silently_ignored(tok, up, tmp_path):
+    """Before, logprobs, top_logprobs, stop, tools, response_format and any unknown field were dropped without a
+    word. Now the fields it honours are forwarded to the upstream's generation (stop, with vLLM's
+    include_stop_str_in_output so that the gateway sees where it stops; the penalties), the ones it cannot honour
+    get 400 naming them unless at the value that asks for nothing, and unknown ones get 400 too (as OpenAI's own
+    API answers an unrecognised argument)."""
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url, stop=["six", "\n\n"], presence_penalty=0.5, frequency_penalty=-1, user="u-7",
+                          stream_options={"include_usage": True})
+        assert status == 200, out
+        sent = up.bodies[-1]
+        assert sent["stop"] == ["six", "\n\n"] and sent["include_stop_str_in_output"] is True
+        assert sent["presence_penalty"] == 0.5 and sent["frequency_penalty"] == -1 and "user" not in sent
+        status, out = ask(url, stop="six")
+        assert status == 200 and up.bodies[-1]["stop"] == ["six"]
+        status, out = ask(url)                                  # nothing asked: nothing more sent
+        assert status == 200 and not {"stop", "include_stop_str_in_output", "presence_penalty"} & set(up.bodies[-1])
+        # what SDKs send by default asks for nothing: taken
+        status, out = ask(url, logprobs=False, top_logprobs=0, n=1, tools=[], tool_choice="none", response_format={
+            "type": "text"}, temperature=None, top_p=None, seed=None, stop=None, max_tokens=None, store=False)
+        assert status == 200, out
+        for field, value in (("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"50256": -100}),
+                             ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "auto"),
+                             ("response_format", {"type": "json_object"}), ("functions", [{"name": "f"}]),
+                             ("echo", True), ("best_of", 3), ("suffix", "x"), ("reasoning_effort", "low")):
+            status, out = ask(url, **{field: value})
+            assert status == 400 and out["error"]["param"] == field, (field, out)
+            assert f"{field} is not supported through the Stopline gateway" in out["error"]["message"], out
+        status, out = ask(url, n=2)
+        assert status == 400 and out["error"]["param"] == "n" and "not supported through the Stopline" in \
+            out["error"]["message"]
+        status, out = ask(url, top_k=5)
+        assert status == 400 and out["error"]["param"] == "top_k" and "unknown parameter 'top_k'" in \
+            out["error"]["message"]
+        r = httpx.post(url + "/completions", json={"model": MODEL, "prompt": "Count.", "max_tokens": 4,
+                                                   "logprobs": 0}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"     # 0 asks for one: refused
+        r = httpx.post(url + "/completions", json={"model": MODEL, "prompt": "Count.", "messages": []}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        for field, value, says in (("stop", [""], "non-empty string"), ("stop", 5, "non-empty string"),
+                                   ("stop", ["a"] * 17, "at most 16"), ("presence_penalty", 3, "between -2 and 2"),
+                                   ("frequency_penalty", "1", "between -2 and 2"),
+                                   ("stream_options", {"include_usage": True, "x": 1}, "not supported")):
+            status, out = ask(url, **{field: value})
+            assert status == 400 and out["error"]["param"].startswith(field) and says in out["error"]["message"], \
+                (field, out)
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'outcome="bad_request"' in metrics and 'outcome="full"} 4.0' in metrics
