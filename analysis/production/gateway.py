@@ -272,7 +272,7 @@ class Gateway:
         extra = {**req["sampling"], **({"include_stop_str_in_output": True} if stops.stops else {})}
         queue: asyncio.Queue = asyncio.Queue()
         decision, finish, error = None, None, None
-        probe_tokens = 0
+        probe_tokens, written = 0, ""      # written: the gateway's own text after a stop (cue, answer, brace)
         r = producer = getter = None
 
         async def produce():
@@ -367,8 +367,8 @@ class Gateway:
                     h, j = sess.history, decision.ck        # the request's answer, for its final record
                     h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
                     h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
-                tail = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
-                yield ("text", tail)
+                written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
+                yield ("text", written)
             elif error is not None:
                 if self.opt.on_upstream_error != "answer":
                     raise error
@@ -382,7 +382,8 @@ class Gateway:
                 answer, cause, spent = await asyncio.wait_for(
                     self._answer_after_failure(req, ids, cfg, sess, ctl, error), left())
                 probe_tokens += spent
-                yield ("text", self.cue + answer + "}")
+                written = self.cue + answer + "}"
+                yield ("text", written)
             else:                                  # the model's own answer, decoded off the event loop
                 text = stops.text() if stops.cut is not None else await asyncio.to_thread(self.tok.decode, ids)
                 own = extract(text, ctl.answer_type)
@@ -411,8 +412,12 @@ class Gateway:
             rec = ctl.finish(sess, None, n)
         else:
             rec = ctl.finish(sess, own, n)
+        # usage counts what the client receives (the cue too); tokens_emitted is the replay's count (the stop's
+        # position plus the answer's tokens), as the decision log's
         info = {"stopped": decision is not None or error is not None, "position": n,
                 "tokens_emitted": rec["tokens_emitted"],
+                "completion_tokens": n + (len(self.tok(written, add_special_tokens=False)["input_ids"]) if written
+                                          else 0),
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
                 "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
                 "request_id": req["request_id"], "checkpoints": sess.n,

@@ -197,8 +197,14 @@ class Shape:
         self.chat, self.rid, self.created, self.model = chat, rid, created, model
 
     def _usage(self, info: dict) -> dict:
-        return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["tokens_emitted"],
-                "total_tokens": info["prompt_tokens"] + info["tokens_emitted"]}
+        """OpenAI's usage: the tokens of what the client receives (after a stop, the cue and the answer too; the
+        ``stopline`` object's ``tokens_emitted`` is the replay's count: the stop's position plus the answer)."""
+        return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
+                "total_tokens": info["prompt_tokens"] + info["completion_tokens"]}
+
+    @staticmethod
+    def _stopline(info: dict) -> dict:
+        return {k: v for k, v in info.items() if k != "completion_tokens"}      # (that one is the usage's)
 
     def whole(self, text: str, info: dict) -> dict:
         if self.chat:
@@ -208,7 +214,7 @@ class Shape:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": info["finish_reason"]}
         return {"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [choice], "usage": self._usage(info),
-                "stopline": info}
+                "stopline": self._stopline(info)}
 
     def chunk(self, text: str | None, info: dict | None = None, first: bool = False) -> str:
         if self.chat:
@@ -220,7 +226,7 @@ class Shape:
         d = {"id": self.rid, "object": "chat.completion.chunk" if self.chat else "text_completion",
              "created": self.created, "model": self.model, "choices": [choice]}
         if info:
-            d["usage"], d["stopline"] = self._usage(info), info
+            d["usage"], d["stopline"] = self._usage(info), self._stopline(info)
         return f"data: {json.dumps(d)}\n\n"
 
 

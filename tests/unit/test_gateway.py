@@ -495,3 +495,27 @@ def test_openai_fields_the_gateway_cannot_honour_or_does_not_know_get_400_never_
                 (field, out)
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
         assert 'outcome="bad_request"' in metrics and 'outcome="full"} 4.0' in metrics
+
+
+def test_usage_counts_what_the_client_receives_while_the_log_keeps_the_replays_count(tok, up, tmp_path):
+    """Before, a stopped response's usage.completion_tokens was the stop's position plus the answer's tokens: the
+    cue the client also received ("\\n\\nSo the final answer is \\boxed{") went uncounted. Now the usage counts
+    the tokens of what the client receives (OpenAI's meaning), whole or streamed, while the stopline object's
+    tokens_emitted, the decision log and the tokens_emitted counter keep the replay's count."""
+    t = tok[0]
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url, max_tokens=64)
+        info, text = out["stopline"], out["choices"][0]["message"]["content"]
+        assert status == 200 and info["stopped"] and text.endswith(gw.cue + "4}"), out
+        received = info["position"] + len(t(gw.cue + "4}", add_special_tokens=False)["input_ids"])
+        assert out["usage"] == {"prompt_tokens": info["prompt_tokens"], "completion_tokens": received,
+                                "total_tokens": info["prompt_tokens"] + received}, out
+        assert info["tokens_emitted"] == info["position"] + 1 < received     # the stop plus the one answer token
+        assert "completion_tokens" not in info
+        status, lines = ask(url, stream=True, max_tokens=64)
+        last = json.loads(lines[-2])
+        assert last["usage"] == out["usage"] and last["stopline"]["tokens_emitted"] == info["tokens_emitted"]
+        assert [f["tokens_emitted"] for f in records(tmp_path, "final")] == [info["tokens_emitted"]] * 2
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert f"stopline_tokens_emitted_total {2.0 * info['tokens_emitted']}" in metrics
+        assert "not the usage billed to clients" in metrics
