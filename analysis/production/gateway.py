@@ -24,7 +24,10 @@ every request in constant time. The upstream's key is never logged.
 An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
 or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
 server's log names the URL (without credentials), and the decision log gets the request's final record
-(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures. A client
+(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures. An
+upstream's 4xx about the request (``UpstreamRejected``: more tokens than its context holds, …) is the client's
+error, not a failure: its status and message go to the client, and its final record says ``cause:
+upstream_rejected``. A client
 that leaves before the end (a stream closed, a whole response no longer awaited) cancels its upstream request
 and probes, and its final record says ``cause: client_disconnected``: the monitor counts it apart, neither a
 stop of the preset's nor a full-length answer.
@@ -43,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, first_choice
+from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, UpstreamRefused, first_choice
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
 from analysis.core.answers import extract, normalize
@@ -71,6 +74,22 @@ class UpstreamFailure(Exception):
     def __init__(self, private: str, public: str, status: int = 502):
         super().__init__(private[:500])
         self.public, self.status = URL.sub("<upstream>", public)[:300], status
+
+
+class UpstreamRejected(Exception):
+    """A request the upstream refused as wrong for it (a 4xx about the request: more tokens than its context
+    holds, …): the client's error, not a failure of the upstream. Its client gets the upstream's status and
+    message (replicas by number, no URL), no replica is set aside for it, and it is counted as
+    ``upstream_rejected``. A 401 or 403 (the gateway's key for the upstream) is no client's error: a failure."""
+
+    def __init__(self, e: UpstreamRefused):
+        super().__init__(str(e))
+        self.status, self.param, self.public = e.status, e.param, URL.sub("<upstream>", e.public)[:500]
+
+
+def rejected(e: BaseException) -> bool:
+    """Whether an upstream's error says the request itself is wrong (the client's 4xx)."""
+    return isinstance(e, UpstreamRefused) and e.status not in (401, 403)
 
 
 def upstream_failure(e: BaseException, r, timeout: float) -> UpstreamFailure:
@@ -370,6 +389,8 @@ class Gateway:
                 written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
                 yield ("text", written)
             elif error is not None:
+                if rejected(error):                 # the request is wrong, the upstream is fine: no answer, no failover
+                    raise UpstreamRejected(error)
                 if self.opt.on_upstream_error != "answer":
                     raise error
                 eng._failed(r, str(error))          # set aside: the answer's probe goes to another replica
@@ -390,6 +411,9 @@ class Gateway:
         except (asyncio.CancelledError, GeneratorExit):
             # the client left: its stream closed, or its wait for a whole response cancelled
             self._client_left(sess, ctl, len(ids), probe_tokens)
+            raise
+        except UpstreamRejected as e:
+            self._rejected(req, sess, ctl, len(ids), e)
             raise
         except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
@@ -454,6 +478,14 @@ class Gateway:
         self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
                         "status": failure.status, "error": str(failure)})
         ctl.finish(sess, None, pos, cause="upstream_failed")
+
+    def _rejected(self, req, sess, ctl, n: int, e: UpstreamRejected) -> None:
+        """A request the upstream refused, in the decision log: the error (status, message) and its final record,
+        ``cause: upstream_rejected`` (the monitor leaves it out of the preset's figures)."""
+        logger.info("request %s: the upstream refused it: %s", req["request_id"], e)
+        self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
+                        "status": e.status, "error": str(e)[:500]})
+        ctl.finish(sess, None, n, cause="upstream_rejected")
 
     async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
         """``--on-upstream-error answer``: the trial answer at the last token the failed upstream wrote, probed on

@@ -18,8 +18,8 @@ from starlette.background import BackgroundTask
 
 from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
-from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, check_key, logger,
-                                         upstream_failure)
+from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, UpstreamRejected,
+                                         check_key, logger, upstream_failure)
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -116,6 +116,12 @@ def create_app(gw: Gateway) -> FastAPI:
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
             s = Stream(gw, req, shape, endpoint)
+            work = await unless_gone(request, s.start())
+            if work.cancelled():        # (the decision log has its final record: gw.events wrote it)
+                gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
+                return Response(status_code=499)
+            if isinstance(work.exception(), UpstreamRejected):      # before any chunk: with its status
+                return rejected(work.exception(), endpoint)
             return StreamingResponse(s.chunks(), media_type="text/event-stream", background=BackgroundTask(s.settle))
 
         async def whole():
@@ -126,20 +132,14 @@ def create_app(gw: Gateway) -> FastAPI:
                 else:
                     info = v
             return "".join(text), info
-        work = asyncio.ensure_future(whole())
-        gone = asyncio.ensure_future(disconnected(request))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():         # the client left: its upstream request and probes end now
-                work.cancel()
-            await asyncio.gather(work, gone, return_exceptions=True)
+        work = await unless_gone(request, whole())
         if work.cancelled():            # (the decision log has its final record: gw.events wrote it)
             gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
             return Response(status_code=499)
         try:
             text, info = work.result()
+        except UpstreamRejected as e:
+            return rejected(e, endpoint)
         except UpstreamFailure as e:
             gw.metrics.requests.labels(endpoint, "upstream_error").inc()
             return error(e.status, f"the upstream failed: {e.public}", kind="upstream_error")
@@ -149,6 +149,10 @@ def create_app(gw: Gateway) -> FastAPI:
             return error(500, "the gateway failed on this request; its log says why", kind="server_error")
         gw.metrics.requests.labels(endpoint, outcome(info)).inc()
         return JSONResponse(shape.whole(text, info))
+
+    def rejected(e: UpstreamRejected, endpoint: str) -> JSONResponse:
+        gw.metrics.requests.labels(endpoint, "upstream_rejected").inc()
+        return error(e.status, e.public, e.param)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -176,6 +180,21 @@ async def read_body(request: Request, cap: int) -> bytes:
         if len(body) > cap:
             raise BadRequest(f"the request body is larger than {cap} bytes (--max-body-kb)", status=413)
     return bytes(body)
+
+
+async def unless_gone(request: Request, aw) -> asyncio.Future:
+    """``aw`` run as a task, cancelled if the client leaves first (its upstream request and probes end then);
+    returns the task, done or cancelled."""
+    work = asyncio.ensure_future(aw)
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.gather(work, gone, return_exceptions=True)
+    return work
 
 
 async def disconnected(request: Request) -> None:
@@ -239,7 +258,30 @@ class Stream:
     def __init__(self, gw: Gateway, req: dict, shape: Shape, endpoint: str):
         self.gw, self.req, self.shape, self.endpoint = gw, req, shape, endpoint
         self.events = gw.events(req)
-        self.started = self.counted = False
+        self.started = self.counted = self.primed = False
+        self.first, self.failed = None, None        # the first event, or what the events raised instead
+
+    async def start(self) -> None:
+        """The first event, awaited before the response's status goes out: a request the upstream refuses (4xx)
+        raises UpstreamRejected here, to be answered with its status as vLLM's own stream is; any other failure
+        waits for ``chunks``, which says it as an error event."""
+        self.primed = True
+        try:
+            self.first = await self.events.__anext__()
+        except StopAsyncIteration:
+            pass
+        except UpstreamRejected:
+            raise
+        except Exception as e:
+            self.failed = e
+
+    async def _events(self):
+        if self.failed is not None:
+            raise self.failed
+        if self.first is not None:
+            yield self.first
+        async for ev in self.events:
+            yield ev
 
     def count(self, outcome: str) -> None:
         if not self.counted:
@@ -249,13 +291,16 @@ class Stream:
     async def chunks(self):
         self.started, first = True, True
         try:
-            async for kind, v in self.events:
+            async for kind, v in self._events():
                 if kind == "text":
                     yield self.shape.chunk(v, first=first)
                     first = False
                 else:
                     self.count(outcome(v))
                     yield self.shape.chunk(None, v)
+        except UpstreamRejected as e:
+            self.count("upstream_rejected")
+            yield event_error(e.public, "invalid_request_error", e.status)
         except UpstreamFailure as e:
             self.count("upstream_error")
             yield event_error(f"the upstream failed: {e.public}", "upstream_error", e.status)
@@ -273,7 +318,8 @@ class Stream:
         start): a request not yet counted is one whose client left."""
         if not self.started:
             self.started = True
-            self.gw.abandoned(self.req)
+            if not self.primed:                 # (a primed one's events write it when closed)
+                self.gw.abandoned(self.req)
         self.count(CLIENT_LEFT)
         await self.events.aclose()              # the events' own end: their final record, the upstream cancelled
 

@@ -277,6 +277,27 @@ def test_bad_requests_get_400_with_the_field_413_when_too_large(server, tok, tmp
     check_bind("0.0.0.0", "k")
 
 
+def test_a_request_vllm_refuses_is_the_clients_400_not_an_upstream_failure(server, tok, tmp_path):
+    """max_tokens past the model's context: vLLM answers 400. Before, the client got 502 "the upstream failed",
+    logged upstream_failed and counted upstream_error (and --on-upstream-error answer set the replica aside).
+    Now it gets vLLM's 400, its message and field, whole or streamed, counted upstream_rejected, and the replica
+    serves on."""
+    with gateway(server, tok, tmp_path, NEVER, on_upstream_error="answer") as (gw, url):
+        r = chat(url, max_tokens=100_000)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == "max_tokens" and "max_model_len" in err["message"], err
+        assert err["type"] == "invalid_request_error" and "127.0.0.1" not in err["message"]
+        r = httpx.post(url + "/chat/completions", timeout=600, json={
+            "model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 100_000, "stream": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+        assert gw.engine.replicas[0].failures == 0
+        assert chat(url, max_tokens=8).status_code == 200
+        finals = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl") if '"final"' in ln]
+        assert [f.get("cause") for f in finals] == ["upstream_rejected", "upstream_rejected", None], finals
+        m = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'outcome="upstream_rejected"} 2.0' in m and 'outcome="upstream_error"' not in m
+
+
 def stream_events(url, body, events: list, started: threading.Event):
     with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
         for ln in r.iter_lines():

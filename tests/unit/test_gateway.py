@@ -63,15 +63,20 @@ class Upstream:
                     return self.send_error(404)
                 if body.get("stream"):
                     up.bodies.append(body)
+                    if up.mode.startswith("answers "):          # e.g. "answers 422": the request refused
+                        status = int(up.mode.split()[1])
+                        return self.reply({"error": {"message": "max_tokens is too large for http://10.0.0.5:8000/v1",
+                                                     "type": "BadRequestError", "param": "max_tokens",
+                                                     "code": status}}, status)
                     return up.stream(self)
                 if "stop" in body and up.mode == "probe without choices":
                     return self.reply({"object": "text_completion"})
                 self.reply({"choices": [{"index": 0, "text": "4", "token_ids": [up.answer_id], "finish_reason": "stop",
                                          "logprobs": {"token_logprobs": [-0.01], "top_logprobs": [{"4": -0.01}]}}]})
 
-            def reply(self, obj):
+            def reply(self, obj, status: int = 200):
                 raw = json.dumps(obj).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
@@ -519,3 +524,42 @@ def test_usage_counts_what_the_client_receives_while_the_log_keeps_the_replays_c
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
         assert f"stopline_tokens_emitted_total {2.0 * info['tokens_emitted']}" in metrics
         assert "not the usage billed to clients" in metrics
+
+
+def test_an_upstream_4xx_about_the_request_is_the_clients_error_not_an_upstream_failure(tok, up, tmp_path):
+    """Before, an upstream's 4xx (a request it cannot serve: more tokens than its context holds) was a 502 "the
+    upstream failed", logged and counted as an upstream failure, and with --on-upstream-error answer it set the
+    replica aside and answered a trial answer. Now its client gets that status and the upstream's message (no
+    URL, the replica by number, the field it names), whole or streamed (before any chunk), counted as
+    upstream_rejected; the replica stays in service. A 5xx, or a 401/403 (the gateway's own key), stays an
+    upstream failure. (vLLM's own 400 is tested against a real vLLM.)"""
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, on_upstream_error="answer",
+                       **SMALL) as (gw, url):
+        for status in (400, 422, 413):
+            up.mode = f"answers {status}"
+            got, out = ask(url, stopline={"request_id": f"r{status}"})
+            assert got == status and out["error"]["type"] == "invalid_request_error", out
+            assert out["error"]["param"] == "max_tokens" and "max_tokens is too large" in out["error"]["message"]
+            assert "replica 1 of 1" in out["error"]["message"] and "10.0.0.5" not in out["error"]["message"]
+            r = httpx.post(url + "/chat/completions", timeout=30, json={
+                "model": MODEL, "messages": [{"role": "user", "content": "Count."}], "stream": True})
+            assert r.status_code == status and r.json()["error"]["param"] == "max_tokens", r.text
+        replica = gw.engine.replicas[0]
+        assert replica.failures == 0 and replica.down_until == 0, "a replica set aside for a client's error"
+        assert not records(tmp_path, "upstream_error")                       # no trial answer made up
+        finals = records(tmp_path, "final")
+        assert len(finals) == 6 and {f["cause"] for f in finals} == {"upstream_rejected"}, finals
+        assert [f["request"] for f in finals[::2]] == ["r400", "r422", "r413"]
+        assert [e["status"] for e in records(tmp_path, "error")] == [400, 400, 422, 422, 413, 413]
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="upstream_rejected"} 6.0' in metrics
+        assert 'outcome="upstream_error"' not in metrics
+        up.mode = "good"
+        assert ask(url)[0] == 200
+    (tmp_path / "f").mkdir()
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path / "f", CONF, MODEL, **SMALL) as (gw, url):
+        for status in (503, 401):
+            up.mode = f"answers {status}"
+            got, out = ask(url)
+            assert got == 502 and out["error"]["type"] == "upstream_error", out
+        assert [f["cause"] for f in records(tmp_path / "f", "final")] == ["upstream_failed"] * 2
