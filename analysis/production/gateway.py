@@ -27,7 +27,7 @@ server's log names the URL (without credentials), and the decision log gets the 
 (``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures. An
 upstream's 4xx about the request (``UpstreamRejected``: more tokens than its context holds, …) is the client's
 error, not a failure: its status and message go to the client, and its final record says ``cause:
-upstream_rejected``. A client
+upstream_rejected``. A request the gateway itself fails (a bug) ends with ``cause: gateway_failed``. A client
 that leaves before the end (a stream closed, a whole response no longer awaited) cancels its upstream request
 and probes, and its final record says ``cause: client_disconnected``: the monitor counts it apart, neither a
 stop of the preset's nor a full-length answer.
@@ -62,6 +62,7 @@ MAX_DEPTH = 4               # how deeply stopline.tags / stopline.meta may nest 
 MAX_TOKENS = 2 ** 31 - 1    # the most max_tokens any request may ask for (--max-tokens-cap lowers it)
 REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-timeout)
 CLIENT_LEFT = "client_disconnected"     # the cause of a request whose client left before its end
+GATEWAY_FAILED = "gateway_failed"       # the cause of a request the gateway itself failed (a bug: its log says)
 SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 logger = logging.getLogger(__name__)
@@ -419,6 +420,11 @@ class Gateway:
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
             self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure)
             raise failure from None
+        except Exception:
+            # our own failure (the app logs it, with its error record): the request still ends in the decision log
+            if not sess.finished:
+                ctl.finish(sess, None, decision.pos if decision is not None else len(ids), cause=GATEWAY_FAILED)
+            raise
         finally:
             if getter is not None:
                 getter.cancel()

@@ -563,3 +563,32 @@ def test_an_upstream_4xx_about_the_request_is_the_clients_error_not_an_upstream_
             got, out = ask(url)
             assert got == 502 and out["error"]["type"] == "upstream_error", out
         assert [f["cause"] for f in records(tmp_path / "f", "final")] == ["upstream_failed"] * 2
+
+
+def test_a_request_the_gateway_itself_fails_ends_with_one_final_record(tok, up, tmp_path):
+    """A failure inside the gateway (here: its decision-latency histogram raises) gave the client a 500 (an error
+    event when streamed) and the decision log only an ``error`` record: the request never ended there. Now it
+    also gets exactly one final record, cause gateway_failed, with what was done by then, which the monitor and
+    check-log leave out of the preset's figures."""
+    class Broken:
+        def observe(self, seconds):
+            raise RuntimeError("a bug")
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        gw.metrics.decision_latency = Broken()
+        status, out = ask(url, stopline={"request_id": "whole"})
+        assert status == 500 and out["error"]["type"] == "server_error", out
+        status, lines = ask(url, stream=True, stopline={"request_id": "streamed"})
+        assert json.loads(lines[-2])["error"]["code"] == 500 and lines[-1] == "[DONE]"
+        errors, finals = records(tmp_path, "error"), records(tmp_path, "final")
+        assert [(e["request"], e["status"], e["error"]) for e in errors] == [
+            ("whole", 500, "RuntimeError: a bug"), ("streamed", 500, "RuntimeError: a bug")]
+        assert [(f["request"], f["cause"], f["stopped"], f["full_length"]) for f in finals] == [
+            ("whole", "gateway_failed", False, False), ("streamed", "gateway_failed", False, False)], finals
+        assert all(f["stop_pos"] >= 4 and f["n_checkpoints"] == 1 and f["preset_version"] == gw.version
+                   for f in finals), finals                 # failed at its first checkpoint's decision, at token 4
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="gateway_error"} 2.0' in metrics
+        res = check_decisions(str(tmp_path / "decisions.jsonl"))
+        assert res["ended_by_upstream"] == 2 and res["n"] == 0, res
+        res = monitor(str(tmp_path / "decisions.jsonl"), preset=from_dict(NEVER))
+        assert res["n_requests"] == 2 and res["observed"]["n"] == 0, res
