@@ -255,6 +255,12 @@ def _gateway_setup(p):
     p.add_argument("--request-timeout", type=float, default=1800, metavar="S",
                    help="a request still unanswered after S seconds ends with 504 (an error event when streamed), "
                         "its upstream work cancelled (default 1800)")
+    p.add_argument("--calibration-run", metavar="RUN",
+                   help="the run the preset was calibrated on, named in the log's header so that the monitor reads "
+                        "the log without --run and --db; checked at start (default: the run the preset's "
+                        "certificate was made on, if any)")
+    p.add_argument("--db", help="the store holding --calibration-run (default: $STOPLINE_DB or data/stopline.duckdb, "
+                                "else the bundled demo store)")
 
 
 @command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
@@ -268,7 +274,8 @@ def _gateway(args):
     from analysis.backend.models import load_tokenizer
     from analysis.core.errors import StoplineError
     from analysis.backend.engine_openai import redact
-    from analysis.production.gateway import Gateway, Options, check_bind, check_keys
+    from analysis.presets.schema import load
+    from analysis.production.gateway import Gateway, Options, calibration_of, check_bind, check_keys
     from analysis.production.gateway_app import create_app
     key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
     admin_key = args.admin_key or os.environ.get("STOPLINE_ADMIN_KEY")
@@ -284,6 +291,7 @@ def _gateway(args):
         raise StoplineError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}")
     if args.max_body_kb < 1:
         raise StoplineError(f"--max-body-kb must be at least 1, not {args.max_body_kb}")
+    calibration = calibration_of(load(args.preset), args.calibration_run, args.db)
     tok, kind, eos = load_tokenizer(args.tokenizer)
     urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
     log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
@@ -293,9 +301,10 @@ def _gateway(args):
                                  continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,
                                  steps=not args.no_steps, transitions=not args.no_transitions,
                                  max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,
-                                 request_timeout=args.request_timeout))
+                                 request_timeout=args.request_timeout), calibration=calibration)
     print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(map(redact, urls))} "
-          f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
+          f"(preset {gw.preset.name or args.preset}, version {gw.version}"
+          + (f", calibrated on run {calibration['run']}" if calibration else "") + f"; log {log})", flush=True)
     uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")
 
 

@@ -133,7 +133,11 @@ class Options:
 class Gateway:
     def __init__(self, upstreams: list[str], preset_path: str, tok, eos: set[int], kind: str = "instruct", *,
                  log_path: str, model: str | None = None, api_key: str | None = None, admin_key: str | None = None,
-                 upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64):
+                 upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64,
+                 calibration: dict | None = None):
+        """``calibration``: ``{"db": PATH, "run": RUN_ID}``, the run the preset was calibrated on and its store
+        (``calibration``), named in the log's header and preset records so that the monitor reads the log as it
+        is."""
         check_keys(api_key, admin_key)
         self.opt = options or Options()
         self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
@@ -142,15 +146,17 @@ class Gateway:
         self.engine = OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
                                    concurrency=concurrency)
         self.preset_path = Path(preset_path)
+        self.calibration = calibration
+        self.metrics = Metrics()
+        mtime = self.preset_path.stat().st_mtime_ns
+        loaded = self._load(self.preset_path.read_text())       # an invalid preset: refused before the log begins
         self.log = DecisionLog(log_path, {"gateway": {"on_stop": self.opt.on_stop, "upstreams": len(upstreams)},
                                           "answer_type": self.opt.answer_type,
                                           "checkpoints": {"every": self.opt.every, "steps": self.opt.steps,
-                                                          "transitions": self.opt.transitions}})
-        self._mtime = None
-        self.version = ""
-        self.controller: Controller | None = None
-        self.metrics = Metrics()
-        self.reload(force=True)
+                                                          "transitions": self.opt.transitions},
+                                          "preset": loaded[0].to_dict(), **self._calibration()})
+        self._use(*loaded)
+        self._mtime = mtime
 
     # --- the preset, reloaded when its file changes ---------------------------------------------------------
     def reload(self, force: bool = False, text: str | None = None) -> bool:
@@ -162,20 +168,32 @@ class Gateway:
             if not force and mtime == self._mtime:
                 return False
             text = self.preset_path.read_text()
-        from analysis.presets.schema import loads
-        preset = loads(text)
-        ctl = Controller(preset, self.opt.answer_type, every=self.opt.every, steps=self.opt.steps,
-                         transitions=self.opt.transitions)        # refuses what the controller cannot run
-        version = hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        loaded = self._load(text)
         if given and self.preset_path.read_text() != text:
             tmp = self.preset_path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(self.preset_path)
+        self._use(*loaded)
+        self._mtime = self.preset_path.stat().st_mtime_ns
+        return True
+
+    def _load(self, text: str):
+        """(preset, its controller, its version) from its text; PresetError for a preset the controller cannot
+        run."""
+        from analysis.presets.schema import loads
+        preset = loads(text)
+        ctl = Controller(preset, self.opt.answer_type, every=self.opt.every, steps=self.opt.steps,
+                         transitions=self.opt.transitions)        # refuses what the controller cannot run
+        return preset, ctl, hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def _use(self, preset, ctl: Controller, version: str) -> None:
         ctl.log = VersionedLog(self.log, version)
         self.controller, self.version, self.preset = ctl, version, preset
-        self._mtime = self.preset_path.stat().st_mtime_ns
-        self.log.write({"type": "preset", "preset_version": version, "preset": preset.to_dict()})
-        return True
+        self.log.write({"type": "preset", "preset_version": version, "preset": preset.to_dict(),
+                        **self._calibration()})
+
+    def _calibration(self) -> dict:
+        return {"calibration": dict(self.calibration)} if self.calibration else {}
 
     def current(self) -> Controller:
         try:
@@ -594,6 +612,37 @@ class Stops:
     def text(self) -> str:
         """The generation's text as the client gets it: up to the stop sequence."""
         return "".join(self.texts)[:self.cut]
+
+
+def calibration_of(preset, run: str | None = None, db: str | None = None) -> dict | None:
+    """The calibration a gateway's log names, ``{"db": PATH, "run": RUN_ID}`` as serve-demo writes it: ``run``
+    (default: the run the preset's certificate was made on) in the store ``db`` (default: $STOPLINE_DB or
+    data/stopline.duckdb, else the bundled demo store), checked to be there. A run or store given that is not
+    there is a StoplineError; a default that is not, a warning and no calibration (the monitor is then told
+    with --run and --db)."""
+    from analysis.core.store import DEMO_DB, Store, resolve_db_path
+    from analysis.production.serve_demo import _portable
+    certified = (preset.certificate or {}).get("run")
+    default = certified if isinstance(certified, str) and certified not in ("", "explore") else None
+    if db and not (run or default):
+        raise StoplineError("--db names the store of the calibration run: give the run too (--calibration-run RUN)")
+    if not (run or default):
+        return None
+    path = db or resolve_db_path()
+    if not db and not Path(path).exists() and Path(DEMO_DB).exists():
+        path = DEMO_DB
+    try:
+        store = Store(path, read_only=True)
+        found = store.run(run or default)
+    except StoplineError as e:
+        if run or db:
+            raise StoplineError(f"the calibration run {run or default!r} cannot be found here ({e.message})", file=path,
+                                hint="--calibration-run names a run of the store --db names (`python -m analysis "
+                                     "runs --db PATH` lists them)") from None
+        logger.warning("the preset was certified on run %s, which is not in %s (%s): the log names no calibration "
+                       "run; give --calibration-run and --db", default, path, e.message)
+        return None
+    return {"db": _portable(store.path), "run": found["id"]}
 
 
 def from_headers(headers) -> dict:

@@ -592,3 +592,47 @@ def test_a_request_the_gateway_itself_fails_ends_with_one_final_record(tok, up, 
         assert res["ended_by_upstream"] == 2 and res["n"] == 0, res
         res = monitor(str(tmp_path / "decisions.jsonl"), preset=from_dict(NEVER))
         assert res["n_requests"] == 2 and res["observed"]["n"] == 0, res
+
+
+def test_the_logs_header_and_preset_records_name_the_preset_and_its_calibration_run(tok, up, tmp_path, cli,
+                                                                                     monkeypatch):
+    """Before, the gateway's log header named neither the preset nor the calibration run, so the monitor could
+    not read a gateway's log without --preset, --run and --db. Now the header carries the preset at start and
+    the calibration (``{"db", "run"}``, as serve-demo writes it), every preset record (at start, on a reload)
+    the calibration too, and ``serve`` takes --calibration-run and --db (checked at start; by default the run
+    the preset's certificate was made on)."""
+    from analysis.core.store import DEMO_DB
+    from analysis.production.gateway import calibration_of
+    from analysis.production.serve_demo import _portable
+    cal = calibration_of(from_dict(CONF), "5565a1e3", DEMO_DB)        # a run's prefix names it, as elsewhere
+    assert cal == {"db": _portable(DEMO_DB), "run": "5565a1e32c09"}
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, calibration=cal,
+                       **SMALL) as (gw, url):
+        assert ask(url)[0] == 200
+        time.sleep(0.01)
+        (tmp_path / "preset.json").write_text(json.dumps(UNSURE))         # a new version, read on the next request
+        assert ask(url)[0] == 200
+    log = str(tmp_path / "decisions.jsonl")
+    header = records(tmp_path, "header")[0]
+    assert header["preset"] == from_dict(CONF).to_dict() and header["calibration"] == cal, header
+    presets = records(tmp_path, "preset")
+    assert [p["preset"] for p in presets] == [from_dict(CONF).to_dict(), from_dict(UNSURE).to_dict()]
+    assert all(p["calibration"] == cal for p in presets)
+    code, out, err = cli("monitor", "--log", log, "--json")                     # no --preset, --run or --db
+    assert code == 0, err
+    assert json.loads(out)["promised"] is not None
+    # serve checks the run at start, before anything is written; by default the certificate's run
+    (tmp_path / "p.json").write_text(json.dumps(CONF))
+    serve = ("serve", "--upstream", "http://127.0.0.1:9/v1", "--preset", tmp_path / "p.json", "--tokenizer", MODEL,
+             "--log", tmp_path / "never.jsonl")
+    code, _, err = cli(*serve, "--calibration-run", "nosuch", "--db", DEMO_DB)
+    assert code == 2 and "the calibration run 'nosuch' cannot be found here" in err and "demo.duckdb" in err, err
+    code, _, err = cli(*serve, "--db", DEMO_DB)
+    assert code == 2 and "give the run too (--calibration-run RUN)" in err, err
+    assert not (tmp_path / "never.jsonl").exists()
+    certified = {**CONF, "certificate": {"epsilon": 0.05, "delta": 0.1, "n": 100, "risk": "drop", "bound": "b",
+                                         "run": "5565a1e32c09"}}
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "none.duckdb"))      # no store of one's own: the demo's
+    assert calibration_of(from_dict(certified)) == cal
+    assert calibration_of(from_dict({**certified, "certificate": {**certified["certificate"], "run": "gone"}})) is None
+    assert calibration_of(from_dict(CONF)) is None
