@@ -15,7 +15,8 @@ upstream's own answer section (``--on-stop continue``). The response keeps the O
 object (in the last chunk when streaming).
 
 Every checkpoint and request end goes to the decision log (``controller.DecisionLog``: the format ``monitor``
-reads), each record with the preset version that made it. The preset file is re-read when it changes, or
+reads), each record with the preset version that made it. The preset file (or a ``sl1.…`` link, which has
+none) is re-read when it changes, or
 through ``POST /admin/preset`` with the admin key (``--admin-key``, not the clients' key; without one the
 route is off); an invalid new version is refused and the old one kept. ``GET /metrics`` serves Prometheus
 counters. The gateway binds 127.0.0.1 unless told otherwise; any other address needs ``--api-key``, checked on
@@ -35,11 +36,13 @@ stop of the preset's nor a full-length answer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections import deque
@@ -64,6 +67,7 @@ REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-ti
 CLIENT_LEFT = "client_disconnected"     # the cause of a request whose client left before its end
 GATEWAY_FAILED = "gateway_failed"       # the cause of a request the gateway itself failed (a bug: its log says)
 SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
+UPSTREAM_HINT = "start it (python -m analysis vllm-server, or vllm serve …) or check --upstream"
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 logger = logging.getLogger(__name__)
 
@@ -131,25 +135,31 @@ class Options:
 
 
 class Gateway:
-    def __init__(self, upstreams: list[str], preset_path: str, tok, eos: set[int], kind: str = "instruct", *,
+    def __init__(self, upstreams: list[str], preset: str, tok, eos: set[int], kind: str = "instruct", *,
                  log_path: str, model: str | None = None, api_key: str | None = None, admin_key: str | None = None,
                  upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64,
-                 calibration: dict | None = None):
-        """``calibration``: ``{"db": PATH, "run": RUN_ID}``, the run the preset was calibrated on and its store
-        (``calibration``), named in the log's header and preset records so that the monitor reads the log as it
-        is."""
+                 calibration: dict | None = None, engine: OpenAIEngine | None = None):
+        """``preset``: its file (re-read when it changes), or the preset itself, a ``sl1.…`` link or JSON text
+        (then only ``POST /admin/preset`` replaces it, in memory). ``calibration``: ``{"db": PATH, "run":
+        RUN_ID}``, the run the preset was calibrated on and its store (``calibration_of``), named in the log's
+        header and preset records so that the monitor reads the log as it is. ``engine``: the upstream's,
+        already checked (``serve`` checks it before anything is written; else the app's start-up does)."""
         check_keys(api_key, admin_key)
         self.opt = options or Options()
         self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
-        self.engine = OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
-                                   concurrency=concurrency)
-        self.preset_path = Path(preset_path)
+        self.engine = engine or OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
+                                             concurrency=concurrency)
+        self.preset_path, text = read_preset(preset)
         self.calibration = calibration
         self.metrics = Metrics()
-        mtime = self.preset_path.stat().st_mtime_ns
-        loaded = self._load(self.preset_path.read_text())       # an invalid preset: refused before the log begins
+        mtime = self.preset_path.stat().st_mtime_ns if self.preset_path else None
+        try:
+            loaded = self._load(text)       # an invalid preset: refused before the log begins
+        except PresetError as e:
+            raise PresetError(e.message, file=self.preset_path and str(self.preset_path), field=e.field,
+                              hint=e.hint) from None
         self.log = DecisionLog(log_path, {"gateway": {"on_stop": self.opt.on_stop, "upstreams": len(upstreams)},
                                           "answer_type": self.opt.answer_type,
                                           "checkpoints": {"every": self.opt.every, "steps": self.opt.steps,
@@ -160,21 +170,24 @@ class Gateway:
 
     # --- the preset, reloaded when its file changes ---------------------------------------------------------
     def reload(self, force: bool = False, text: str | None = None) -> bool:
-        """Load the preset (from ``text``, which is then written to the preset file, or from the file when it
-        changed). An invalid preset raises PresetError and leaves the current one in place."""
+        """Load the preset (from ``text``, which is then written to the preset file if there is one, or from the
+        file when it changed). An invalid preset raises PresetError and leaves the current one in place."""
         given = text is not None
         if not given:
+            if self.preset_path is None:            # given as a link or JSON: nothing to watch
+                return False
             mtime = self.preset_path.stat().st_mtime_ns
             if not force and mtime == self._mtime:
                 return False
             text = self.preset_path.read_text()
         loaded = self._load(text)
-        if given and self.preset_path.read_text() != text:
+        if given and self.preset_path is not None and self.preset_path.read_text() != text:
             tmp = self.preset_path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(self.preset_path)
         self._use(*loaded)
-        self._mtime = self.preset_path.stat().st_mtime_ns
+        if self.preset_path is not None:
+            self._mtime = self.preset_path.stat().st_mtime_ns
         return True
 
     def _load(self, text: str):
@@ -614,6 +627,25 @@ class Stops:
         return "".join(self.texts)[:self.cut]
 
 
+def read_preset(arg: str) -> tuple[Path | None, str]:
+    """(its file, its text) for ``--preset``: a preset file, or (None, the text) for a ``sl1.…`` link or preset
+    JSON. A file that is not there or cannot be read is a PresetError naming it."""
+    from analysis.presets.schema import URL_PREFIX
+    path = Path(arg) if len(arg) < 4096 and "\n" not in arg else None
+    if path is None or not path.is_file():
+        if arg.strip().startswith((URL_PREFIX, "{")):
+            return None, arg
+        raise PresetError("no such preset file" if path is None or not path.exists() else "not a file",
+                          file=arg, hint="--preset names a preset file, or gives the preset itself: its sl1.… link "
+                                         "(the Presets page's Share) or its JSON")
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PresetError("not UTF-8 text", file=arg) from None
+    except OSError as e:
+        raise PresetError(f"cannot be read ({e.strerror or e})", file=arg) from None
+
+
 def calibration_of(preset, run: str | None = None, db: str | None = None) -> dict | None:
     """The calibration a gateway's log names, ``{"db": PATH, "run": RUN_ID}`` as serve-demo writes it: ``run``
     (default: the run the preset's certificate was made on) in the store ``db`` (default: $STOPLINE_DB or
@@ -675,6 +707,48 @@ def depth(value, stop: int = MAX_DEPTH + 1) -> int:
         level += 1
         layer = [v for b in boxes for v in (b.values() if isinstance(b, dict) else b)]
     return level
+
+
+async def connect(engine: OpenAIEngine) -> dict:
+    """Check the upstream before serving (its connections open): its model named (the first it lists, unless
+    given), every replica reachable, serving it, with log-probabilities and token ids, tokenising as the
+    gateway's tokenizer (``OpenAIEngine.check``). A StoplineError names the URL and what failed."""
+    try:
+        if not engine.model:
+            problems = []
+            for r in engine.replicas:
+                try:
+                    listed = (await engine.get_json(r, "/models")).get("data")
+                    break
+                except (ReplicaFailed, StoplineError) as e:
+                    problems.append(str(e))
+            else:
+                raise StoplineError("no upstream lists its models (GET /v1/models): " + "; ".join(problems),
+                                    hint=UPSTREAM_HINT)
+            if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or not listed[0].get("id"):
+                raise StoplineError(f"the server at {r.shown} lists no model (GET /v1/models)", hint="give --model")
+            engine.model = listed[0]["id"]
+        return await engine.check()
+    except StoplineError as e:      # the engine's hints name the run command's options; the gateway's are these
+        hint = e.hint and e.hint.replace("or check --base-url", "or check --upstream").replace(
+            "give --api-key", "give --upstream-key")
+        raise StoplineError(e.message, hint=hint) from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before anything is printed or written: a port in use is said at once."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # (as uvicorn binds)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StoplineError(f"port {port} on {host} is in use (another gateway or server listens there)",
+                                hint="give another --port, or stop what uses it") from None
+        raise StoplineError(f"cannot listen on {host}:{port} ({e.strerror or e})", hint="check --host and --port") \
+            from None
+    return sock
 
 
 def check_keys(api_key: str | None, admin_key: str | None) -> None:

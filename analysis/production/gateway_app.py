@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
 from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, UpstreamRejected,
-                                         check_key, logger, upstream_failure)
+                                         check_key, connect, logger, upstream_failure)
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -33,15 +33,8 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.on_event("startup")
     async def _start():
         await gw.engine.__aenter__()
-        await (gw.engine.check() if gw.engine.model else _discover())
-
-    async def _discover():
-        r = gw.engine.replicas[0]
-        listed = (await gw.engine.get_json(r, "/models")).get("data")
-        if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or not listed[0].get("id"):
-            raise StoplineError(f"the server at {r.shown} lists no model (GET /v1/models)", hint="give --model")
-        gw.engine.model = listed[0]["id"]
-        return await gw.engine.check()
+        if not gw.engine.info:          # not checked before (serve checks it before anything is written)
+            await connect(gw.engine)
 
     @app.on_event("shutdown")
     async def _stop():

@@ -636,3 +636,54 @@ def test_the_logs_header_and_preset_records_name_the_preset_and_its_calibration_
     assert calibration_of(from_dict(certified)) == cal
     assert calibration_of(from_dict({**certified, "certificate": {**certified["certificate"], "run": "gone"}})) is None
     assert calibration_of(from_dict(CONF)) is None
+
+
+def test_serve_takes_a_preset_link_and_says_each_start_up_problem_in_one_line_before_anything_is_written(
+        tok, up, tmp_path, cli):
+    """Before: a preset link (which the docs offer and verify-controller takes) gave a FileNotFoundError
+    traceback, so did a missing preset file; an unreachable upstream gave the ASGI server's "Application startup
+    failed" and a traceback after the banner and the log's header; a port in use was found only after both. Now
+    a link serves, a missing file is one error naming it, and an unreachable upstream and a port in use are each
+    one error (what, where, a hint), found before the banner is printed or the log begun."""
+    import subprocess
+    import sys
+    from analysis.presets.schema import encode
+    from tests.helpers import free_port
+    link, upstream, log = encode(B32), f"http://127.0.0.1:{up.port}/v1", tmp_path / "gateway.jsonl"
+    base = ("serve", "--tokenizer", MODEL, "--log", log, "--every", "4", "--no-steps", "--no-transitions")
+    code, out, err = cli(*base, "--upstream", upstream, "--preset", tmp_path / "missing.json")
+    assert code == 2 and f"{tmp_path / 'missing.json'}: no such preset file" in err and "sl1." in err, err
+    closed = free_port()
+    code, out, err = cli(*base, "--upstream", f"http://127.0.0.1:{closed}/v1", "--preset", link)
+    assert code == 2 and f"127.0.0.1:{closed}/v1" in err and "ConnectError" in err and "--upstream" in err, err
+    assert "Traceback" not in err and "startup failed" not in err and not out and not log.exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli(*base, "--upstream", upstream, "--preset", link, "--port", port)
+    assert code == 2 and f"port {port} on 127.0.0.1 is in use" in err and "--port" in err, err
+    assert not out and not log.exists()                              # no banner, no header
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "analysis", *map(str, base), "--upstream", upstream, "--preset", link,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+
+        def serving() -> bool:
+            assert proc.poll() is None, proc.communicate()[0]
+            return _listening(port) and httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
+        assert until(serving, 60)
+        status, out = ask(url, max_tokens=64)
+        assert status == 200 and out["stopline"]["setting"] == "budget(B=32)", out
+    finally:
+        proc.terminate()
+        banner = proc.communicate(timeout=30)[0]
+    assert "preset b32" in banner, banner
+    logged = [json.loads(ln) for ln in open(log)]
+    assert logged[0]["type"] == "header" and logged[0]["preset"] == from_dict(B32).to_dict()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
