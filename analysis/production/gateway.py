@@ -15,12 +15,12 @@ upstream's own answer section (``--on-stop continue``). The response keeps the O
 object (in the last chunk when streaming).
 
 Every checkpoint and request end goes to the decision log (``controller.DecisionLog``: the format ``monitor``
-reads), each record with the preset version that made it. The preset file (or a ``sl1.…`` link, which has
-none) is re-read when it changes, or
-through ``POST /admin/preset`` with the admin key (``--admin-key``, not the clients' key; without one the
-route is off); an invalid new version is refused and the old one kept. ``GET /metrics`` serves Prometheus
-counters. The gateway binds 127.0.0.1 unless told otherwise; any other address needs ``--api-key``, checked on
-every request in constant time. The upstream's key is never logged.
+reads), each record with the preset version that made it. The preset file is re-read when it changes (a
+preset given as its ``sl1.…`` link has none), or comes through ``POST /admin/preset`` with the admin key
+(``--admin-key``, not the clients' key; without one the route is off); an invalid new version is refused and
+the old one kept. ``GET /metrics`` serves Prometheus counters. The gateway binds 127.0.0.1 unless told
+otherwise; any other address needs ``--api-key``, checked on every request in constant time. The upstream's
+key is never logged.
 
 An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
 or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
@@ -583,12 +583,14 @@ class Stops:
     def received(self, start: int, text: str) -> int | None:
         """A chunk's text (its first token at ``start``). When it completes a stop sequence: the first token of
         the chunk where that sequence begins (a checkpoint past it would read text the client never gets)."""
+        if not self.stops:
+            return None
         self.marks.append((start, self.got))
         self.texts.append(text)
         recent = self._recent()
         window, base = recent + text, self.got - len(recent)
         self.got += len(text)
-        if self.cut is not None or not self.stops:
+        if self.cut is not None:
             return None
         ends = [(i + len(s), i) for s in self.stops if (i := window.find(s)) >= 0]
         if not ends:
