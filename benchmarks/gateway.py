@@ -88,8 +88,8 @@ async def one(client, url, model, question, max_tokens):
                     err = d["error"]
                 if d.get("choices") and d["choices"][0].get("delta", {}).get("content"):
                     stamps.append(time.perf_counter())
-                if d.get("usage"):
-                    tokens = d["usage"]["completion_tokens"]
+                if d.get("usage"):     # through the gateway, the tokens the model wrote: its usage also counts the cue
+                    tokens = (d.get("stopline") or {}).get("tokens_emitted", d["usage"]["completion_tokens"])
                 info = d.get("stopline") or info
     except httpx.HTTPError as e:
         err = str(e)

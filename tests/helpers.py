@@ -110,10 +110,11 @@ def free_port() -> int:
 
 @contextmanager
 def serve_gateway(upstreams, tok, folder: Path, preset: dict, model: str, *, api_key: str | None = None,
-                  admin_key: str | None = None, **options):
+                  admin_key: str | None = None, calibration: dict | None = None, **options):
     """The gateway (``production.gateway``: its FastAPI app on uvicorn, in a thread) in front of ``upstreams``
     with ``preset`` written to ``folder``/preset.json and its decision log at ``folder``/decisions.jsonl;
-    ``tok`` is ``load_tokenizer``'s triple, ``options`` the gateway's Options. Yields (gateway, its /v1 URL)."""
+    ``tok`` is ``load_tokenizer``'s triple, ``options`` the gateway's Options, ``calibration`` the run its log
+    names. Yields (gateway, its /v1 URL)."""
     import json
     import threading
     import time
@@ -127,7 +128,7 @@ def serve_gateway(upstreams, tok, folder: Path, preset: dict, model: str, *, api
     t, kind, eos = tok
     gw = Gateway(upstreams if isinstance(upstreams, list) else [upstreams], str(path), t, eos, kind,
                  log_path=str(folder / "decisions.jsonl"), model=model, api_key=api_key, admin_key=admin_key,
-                 options=Options(**options))
+                 options=Options(**options), calibration=calibration)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)

@@ -64,10 +64,11 @@ class ReplicaFailed(Exception):
 
 
 class UpstreamRefused(StoplineError):
-    """A replica answered 4xx: the request is wrong for it (not retried). ``public``: without its URL."""
+    """A replica answered 4xx: the request is wrong for it (not retried). ``public``: without its URL; ``status``
+    the HTTP status, ``param`` the field the server named (if any)."""
 
-    def __init__(self, r: "Replica", detail: str):
-        self.public = f"{r.label} refused the request: {detail}"
+    def __init__(self, r: "Replica", detail: str, status: int = 400, param: str | None = None):
+        self.public, self.status, self.param = f"{r.label} refused the request: {detail}", status, param
         super().__init__(f"the server at {r.shown} refused the request: {detail}")
 
 
@@ -206,7 +207,7 @@ class OpenAIEngine:
         if resp.status_code >= 500 or resp.status_code in (408, 429):
             raise ReplicaFailed(r, f"HTTP {resp.status_code}: {resp.text[:200]}")
         if resp.status_code >= 400:
-            raise UpstreamRefused(r, f"HTTP {resp.status_code}: {_message(resp)}")
+            raise UpstreamRefused(r, f"HTTP {resp.status_code}: {_message(resp)}", resp.status_code, _param(resp))
         try:
             out = resp.json()
         except (ValueError, RecursionError):
@@ -397,12 +398,13 @@ class OpenAIEngine:
         self.stats.gen_tokens += len(ids)
         return res
 
-    async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids):
+    async def _stream(self, r: Replica, prompt_ids, cfg: GenConfig, seed, on_ids, extra: dict | None = None):
         """Stream a completion; ``on_ids(new_ids, text)`` as the ids arrive (end-of-sequence ids dropped; ``text``:
-        the chunk's text). Returns (text, finish_reason, whether the server gave ids)."""
+        the chunk's text). ``extra``: more fields of the request (the gateway's client's stop sequences and
+        penalties). Returns (text, finish_reason, whether the server gave ids)."""
         import httpx
         body = {"model": self.model, "prompt": prompt_ids, "max_tokens": cfg.max_new_tokens,
-                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True}
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "stream": True, **(extra or {})}
         if self.token_ids:
             body["return_token_ids"] = True
         if cfg.temperature > 0 and seed is not None:
@@ -544,6 +546,16 @@ def stream_choices(r: Replica, data: str) -> list[tuple[str, list[int] | None, s
 def question_seed(seed: int, question_id: str) -> int:
     """A sampled question's seed on the server: the same whichever replica or attempt runs it."""
     return zlib.crc32(f"{seed}:{question_id}".encode()) & 0x7FFFFFFF
+
+
+def _param(resp) -> str | None:
+    """The field a 4xx answer names (OpenAI's and vLLM's ``error.param``), if any."""
+    try:
+        j = resp.json()
+    except ValueError:
+        return None
+    p = (j.get("error") or {}).get("param") if isinstance(j, dict) and isinstance(j.get("error"), dict) else None
+    return p if isinstance(p, str) else None
 
 
 def _message(resp) -> str:

@@ -255,7 +255,8 @@ def _serve(args):
 def _gateway_setup(p):
     p.add_argument("--upstream", action="append", required=True, metavar="URL",
                    help="the server's /v1 URL (vLLM, SGLang, …); repeat it or separate with commas for replicas")
-    p.add_argument("--preset", required=True, help="the preset file (re-read when it changes)")
+    p.add_argument("--preset", required=True, help="the preset file (re-read when it changes), or the preset itself: "
+                                                  "its sl1.… link or JSON (then only POST /admin/preset replaces it)")
     p.add_argument("--tokenizer", required=True, help="the served model's tokenizer: packaged name, folder or hub id")
     p.add_argument("--model", help="the model's name on the upstream (default: the first it serves)")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) serves this machine only; any other "
@@ -288,20 +289,29 @@ def _gateway_setup(p):
     p.add_argument("--request-timeout", type=float, default=1800, metavar="S",
                    help="a request still unanswered after S seconds ends with 504 (an error event when streamed), "
                         "its upstream work cancelled (default 1800)")
+    p.add_argument("--calibration-run", metavar="RUN",
+                   help="the run the preset was calibrated on, named in the log's header so that the monitor reads "
+                        "the log without --run and --db; checked at start (default: the run the preset's "
+                        "certificate was made on, if any)")
+    p.add_argument("--db", help="the store holding --calibration-run (default: $STOPLINE_DB or data/stopline.duckdb, "
+                                "else the bundled demo store)")
 
 
 @command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
          _gateway_setup)
 def _gateway(args):
+    import asyncio
     import os
     from datetime import date
 
     import uvicorn
 
+    from analysis.backend.engine_openai import OpenAIEngine, redact
     from analysis.backend.models import load_tokenizer
     from analysis.core.errors import StoplineError
-    from analysis.backend.engine_openai import redact
-    from analysis.production.gateway import Gateway, Options, check_bind, check_keys
+    from analysis.presets.schema import loads
+    from analysis.production.gateway import (Gateway, Options, bind, calibration_of, check_bind, check_keys, connect,
+                                             read_preset)
     from analysis.production.gateway_app import create_app
     key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
     admin_key = args.admin_key or os.environ.get("STOPLINE_ADMIN_KEY")
@@ -317,19 +327,40 @@ def _gateway(args):
         raise StoplineError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}")
     if args.max_body_kb < 1:
         raise StoplineError(f"--max-body-kb must be at least 1, not {args.max_body_kb}")
-    tok, kind, eos = load_tokenizer(args.tokenizer)
-    urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
-    log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
-    gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, model=args.model, api_key=key, admin_key=admin_key,
-                 upstream_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"),
-                 options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
-                                 continue_tokens=args.continue_tokens, answer_type=args.answer_type, every=args.every,
-                                 steps=not args.no_steps, transitions=not args.no_transitions,
-                                 max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,
-                                 request_timeout=args.request_timeout))
+    # everything that can be refused is, before the port is taken, the banner printed or the log begun
+    path, text = read_preset(args.preset)                   # a preset file, or its sl1.… link or JSON
+    try:
+        preset = loads(text)
+    except StoplineError as e:
+        raise StoplineError(e.message, file=path and str(path), field=e.field, hint=e.hint) from None
+    calibration = calibration_of(preset, args.calibration_run, args.db)
+    sock = bind(args.host, args.port)
+    try:
+        tok, kind, eos = load_tokenizer(args.tokenizer)
+        urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
+        engine = OpenAIEngine(urls, args.model or "", tok, eos=eos, concurrency=64,
+                              api_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"))
+
+        async def check():
+            async with engine:
+                await connect(engine)
+        asyncio.run(check())               # the upstream, checked here: one clear line when it fails
+        log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
+        gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, api_key=key, admin_key=admin_key,
+                     engine=engine, calibration=calibration,
+                     options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
+                                     continue_tokens=args.continue_tokens, answer_type=args.answer_type,
+                                     every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
+                                     max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,
+                                     request_timeout=args.request_timeout))
+    except BaseException:
+        sock.close()
+        raise
+    shown = gw.preset.name or (str(path) if path else "given inline")
     print(f"Stopline gateway on http://{args.host}:{args.port}/v1 -> {', '.join(map(redact, urls))} "
-          f"(preset {gw.preset.name or args.preset}, version {gw.version}; log {log})", flush=True)
-    uvicorn.run(create_app(gw), host=args.host, port=args.port, log_level="warning")
+          f"(preset {shown}, version {gw.version}"
+          + (f", calibrated on run {calibration['run']}" if calibration else "") + f"; log {log})", flush=True)
+    uvicorn.Server(uvicorn.Config(create_app(gw), log_level="warning")).run(sockets=[sock])
 
 
 def _recalibrate_setup(p):

@@ -15,16 +15,20 @@ upstream's own answer section (``--on-stop continue``). The response keeps the O
 object (in the last chunk when streaming).
 
 Every checkpoint and request end goes to the decision log (``controller.DecisionLog``: the format ``monitor``
-reads), each record with the preset version that made it. The preset file is re-read when it changes, or
-through ``POST /admin/preset`` with the admin key (``--admin-key``, not the clients' key; without one the
-route is off); an invalid new version is refused and the old one kept. ``GET /metrics`` serves Prometheus
-counters. The gateway binds 127.0.0.1 unless told otherwise; any other address needs ``--api-key``, checked on
-every request in constant time. The upstream's key is never logged.
+reads), each record with the preset version that made it. The preset file is re-read when it changes (a
+preset given as its ``sl1.…`` link has none), or comes through ``POST /admin/preset`` with the admin key
+(``--admin-key``, not the clients' key; without one the route is off); an invalid new version is refused and
+the old one kept. ``GET /metrics`` serves Prometheus counters. The gateway binds 127.0.0.1 unless told
+otherwise; any other address needs ``--api-key``, checked on every request in constant time. The upstream's
+key is never logged.
 
 An upstream that fails, or sends what cannot be read, ends the request with ``UpstreamFailure`` (the app's 502,
 or an error event on a stream; 504 past ``--request-timeout``): its client hears of replicas by number, this
 server's log names the URL (without credentials), and the decision log gets the request's final record
-(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures. A client
+(``cause: upstream_failed``), which the monitor and ``check-log`` leave out of the preset's figures. An
+upstream's 4xx about the request (``UpstreamRejected``: more tokens than its context holds, …) is the client's
+error, not a failure: its status and message go to the client, and its final record says ``cause:
+upstream_rejected``. A request the gateway itself fails (a bug) ends with ``cause: gateway_failed``. A client
 that leaves before the end (a stream closed, a whole response no longer awaited) cancels its upstream request
 and probes, and its final record says ``cause: client_disconnected``: the monitor counts it apart, neither a
 stop of the preset's nor a full-length answer.
@@ -32,18 +36,20 @@ stop of the preset's nor a full-length answer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, first_choice
+from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, UpstreamRefused, first_choice
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
 from analysis.core.answers import extract, normalize
@@ -51,6 +57,7 @@ from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, Decision, DecisionLog
 from analysis.production.gateway_metrics import Metrics
+from analysis.production.gateway_request import BadRequest, chat_messages, check_fields, sampling
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
@@ -58,15 +65,11 @@ MAX_DEPTH = 4               # how deeply stopline.tags / stopline.meta may nest 
 MAX_TOKENS = 2 ** 31 - 1    # the most max_tokens any request may ask for (--max-tokens-cap lowers it)
 REQUEST_TIMEOUT = 1800.0    # seconds a request may take, all told (--request-timeout)
 CLIENT_LEFT = "client_disconnected"     # the cause of a request whose client left before its end
+GATEWAY_FAILED = "gateway_failed"       # the cause of a request the gateway itself failed (a bug: its log says)
 SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
+UPSTREAM_HINT = "start it (python -m analysis vllm-server, or vllm serve …) or check --upstream"
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 logger = logging.getLogger(__name__)
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.param, self.status = param, status
 
 
 class UpstreamFailure(Exception):
@@ -76,6 +79,22 @@ class UpstreamFailure(Exception):
     def __init__(self, private: str, public: str, status: int = 502):
         super().__init__(private[:500])
         self.public, self.status = URL.sub("<upstream>", public)[:300], status
+
+
+class UpstreamRejected(Exception):
+    """A request the upstream refused as wrong for it (a 4xx about the request: more tokens than its context
+    holds, …): the client's error, not a failure of the upstream. Its client gets the upstream's status and
+    message (replicas by number, no URL), no replica is set aside for it, and it is counted as
+    ``upstream_rejected``. A 401 or 403 (the gateway's key for the upstream) is no client's error: a failure."""
+
+    def __init__(self, e: UpstreamRefused):
+        super().__init__(str(e))
+        self.status, self.param, self.public = e.status, e.param, URL.sub("<upstream>", e.public)[:500]
+
+
+def rejected(e: BaseException) -> bool:
+    """Whether an upstream's error says the request itself is wrong (the client's 4xx)."""
+    return isinstance(e, UpstreamRefused) and e.status not in (401, 403)
 
 
 def upstream_failure(e: BaseException, r, timeout: float) -> UpstreamFailure:
@@ -116,51 +135,78 @@ class Options:
 
 
 class Gateway:
-    def __init__(self, upstreams: list[str], preset_path: str, tok, eos: set[int], kind: str = "instruct", *,
+    def __init__(self, upstreams: list[str], preset: str, tok, eos: set[int], kind: str = "instruct", *,
                  log_path: str, model: str | None = None, api_key: str | None = None, admin_key: str | None = None,
-                 upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64):
+                 upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64,
+                 calibration: dict | None = None, engine: OpenAIEngine | None = None):
+        """``preset``: its file (re-read when it changes), or the preset itself, a ``sl1.…`` link or JSON text
+        (then only ``POST /admin/preset`` replaces it, in memory). ``calibration``: ``{"db": PATH, "run":
+        RUN_ID}``, the run the preset was calibrated on and its store (``calibration_of``), named in the log's
+        header and preset records so that the monitor reads the log as it is. ``engine``: the upstream's,
+        already checked (``serve`` checks it before anything is written; else the app's start-up does)."""
         check_keys(api_key, admin_key)
         self.opt = options or Options()
         self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
-        self.engine = OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
-                                   concurrency=concurrency)
-        self.preset_path = Path(preset_path)
+        self.engine = engine or OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
+                                             concurrency=concurrency)
+        self.preset_path, text = read_preset(preset)
+        self.calibration = calibration
+        self.metrics = Metrics()
+        mtime = self.preset_path.stat().st_mtime_ns if self.preset_path else None
+        try:
+            loaded = self._load(text)       # an invalid preset: refused before the log begins
+        except PresetError as e:
+            raise PresetError(e.message, file=self.preset_path and str(self.preset_path), field=e.field,
+                              hint=e.hint) from None
         self.log = DecisionLog(log_path, {"gateway": {"on_stop": self.opt.on_stop, "upstreams": len(upstreams)},
                                           "answer_type": self.opt.answer_type,
                                           "checkpoints": {"every": self.opt.every, "steps": self.opt.steps,
-                                                          "transitions": self.opt.transitions}})
-        self._mtime = None
-        self.version = ""
-        self.controller: Controller | None = None
-        self.metrics = Metrics()
-        self.reload(force=True)
+                                                          "transitions": self.opt.transitions},
+                                          "preset": loaded[0].to_dict(), **self._calibration()})
+        self._use(*loaded)
+        self._mtime = mtime
 
     # --- the preset, reloaded when its file changes ---------------------------------------------------------
     def reload(self, force: bool = False, text: str | None = None) -> bool:
-        """Load the preset (from ``text``, which is then written to the preset file, or from the file when it
-        changed). An invalid preset raises PresetError and leaves the current one in place."""
+        """Load the preset (from ``text``, which is then written to the preset file if there is one, or from the
+        file when it changed). An invalid preset raises PresetError and leaves the current one in place."""
         given = text is not None
         if not given:
+            if self.preset_path is None:            # given as a link or JSON: nothing to watch
+                return False
             mtime = self.preset_path.stat().st_mtime_ns
             if not force and mtime == self._mtime:
                 return False
             text = self.preset_path.read_text()
+        loaded = self._load(text)
+        if given and self.preset_path is not None and self.preset_path.read_text() != text:
+            tmp = self.preset_path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.preset_path)
+        self._use(*loaded)
+        if self.preset_path is not None:
+            self._mtime = self.preset_path.stat().st_mtime_ns
+        return True
+
+    def _load(self, text: str):
+        """(preset, its controller, its version) from its text; PresetError for a preset the controller cannot
+        run."""
         from analysis.presets.schema import loads
         preset = loads(text)
         ctl = Controller(preset, self.opt.answer_type, every=self.opt.every, steps=self.opt.steps,
                          transitions=self.opt.transitions)        # refuses what the controller cannot run
-        version = hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        if given and self.preset_path.read_text() != text:
-            tmp = self.preset_path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(self.preset_path)
+        return preset, ctl, hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def _use(self, preset, ctl: Controller, version: str) -> None:
         ctl.log = VersionedLog(self.log, version)
         self.controller, self.version, self.preset = ctl, version, preset
-        self._mtime = self.preset_path.stat().st_mtime_ns
-        self.log.write({"type": "preset", "preset_version": version, "preset": preset.to_dict()})
-        return True
+        self.log.write({"type": "preset", "preset_version": version, "preset": preset.to_dict(),
+                        **self._calibration()})
+
+    def _calibration(self) -> dict:
+        return {"calibration": dict(self.calibration)} if self.calibration else {}
 
     def current(self) -> Controller:
         try:
@@ -174,7 +220,8 @@ class Gateway:
     # --- requests -------------------------------------------------------------------------------------------
     def parse(self, body, chat: bool, headers: dict | None = None) -> dict:
         """The request's prompt ids, question text (for routing), sampling and Stopline fields; BadRequest
-        names the field. Stopline's fields come from ``extra_body={"stopline": {...}}``, or from headers for
+        names the field, also one the gateway cannot honour or does not know (``gateway_request``: nothing is
+        silently ignored). Stopline's fields come from ``extra_body={"stopline": {...}}``, or from headers for
         clients that cannot add to the body: ``X-Stopline-Tags`` / ``X-Stopline-Meta`` (JSON objects) and
         ``X-Request-Id`` (the body wins where both say)."""
         if not isinstance(body, dict):
@@ -189,14 +236,14 @@ class Gateway:
             if depth(sl.get(k, {})) > MAX_DEPTH:
                 raise BadRequest(f"stopline.{k} nests deeper than {MAX_DEPTH} levels (routing reads its top level)",
                                  f"stopline.{k}")
+        check_fields(body, chat)
         if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs):
-                raise BadRequest("messages must be a non-empty list of {role, content} objects with string content",
-                                 "messages")
-            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            msgs = chat_messages(body.get("messages"))
+            try:
+                text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            except Exception as e:      # the template's own refusal (its raise_exception), or what it cannot render
+                raise BadRequest(f"the model's chat template refuses these messages: {str(e)[:200]}",
+                                 "messages") from None
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
             question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
         else:
@@ -209,7 +256,8 @@ class Gateway:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
         which = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         cap = self.opt.max_tokens_cap or MAX_TOKENS
-        mt = body.get(which, min(1024, cap))       # not asked for: our default, within the cap
+        mt = body.get(which)
+        mt = min(1024, cap) if mt is None else mt       # not asked for: our default, within the cap
         if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
             raise BadRequest(f"{which} must be a positive integer", which)
         if mt > cap:
@@ -219,15 +267,17 @@ class Gateway:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
                                  or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
             raise BadRequest("seed must be an integer (64-bit) or null", "seed")
-        temp = body.get("temperature", 0.0)
-        top_p = body.get("top_p", 1.0)
+        temp, top_p = (body.get(k) for k in ("temperature", "top_p"))       # null: the default, as OpenAI's
+        temp, top_p = 0.0 if temp is None else temp, 1.0 if top_p is None else top_p
         if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not 0 <= temp < float("inf"):
             raise BadRequest("temperature must be a number ≥ 0", "temperature")
         if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
             raise BadRequest("top_p must be a number in (0, 1]", "top_p")
-        if body.get("n", 1) != 1:
-            raise BadRequest("n must be 1 (one trace per request)", "n")
-        stream = body.get("stream", False)
+        n = body.get("n")
+        if n is not None and (type(n) is not int or n != 1):
+            raise BadRequest("n must be 1: more than one choice is not supported through the Stopline gateway (one "
+                             "trace per request)", "n")
+        stream = False if body.get("stream") is None else body["stream"]
         if not isinstance(stream, bool):
             raise BadRequest("stream must be true or false", "stream")
         rid = sl.get("request_id") or uuid.uuid4().hex
@@ -238,7 +288,7 @@ class Gateway:
             raise BadRequest(f"this gateway serves the model {self.engine.model!r}, not {model!r}", "model", 404)
         return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
                 "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
-                "model": model, "seed": seed}
+                "model": model, "seed": seed, "sampling": sampling(body)}
 
     def config(self, req: dict) -> GenConfig:
         return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
@@ -268,15 +318,18 @@ class Gateway:
         ids: list[int] = []
         chunks: deque = deque()            # (start, ids, text) not yet released to the client
         pending: deque = deque()           # (pos, kinds, probe task), in order
+        dropped: list = []                 # probe tasks of checkpoints past a stop sequence: cancelled
+        stops = Stops(req["sampling"].get("stop"))
+        extra = {**req["sampling"], **({"include_stop_str_in_output": True} if stops.stops else {})}
         queue: asyncio.Queue = asyncio.Queue()
         decision, finish, error = None, None, None
-        probe_tokens = 0
+        probe_tokens, written = 0, ""      # written: the gateway's own text after a stop (cue, answer, brace)
         r = producer = getter = None
 
         async def produce():
             try:
                 _, fin, got_ids = await eng._stream(r, req["ids"], cfg, req.get("seed"),
-                                                    lambda new, text: queue.put_nowait(("ids", new, text)))
+                                                    lambda new, text: queue.put_nowait(("ids", new, text)), extra)
                 if not got_ids:
                     raise StoplineError("the upstream returns no token ids (vLLM's return_token_ids); the gateway "
                                         "needs them to place checkpoints")
@@ -294,9 +347,10 @@ class Gateway:
                 # release what no undecided checkpoint holds back
                 limit = pending[0][0] if pending else len(ids)
                 while chunks and chunks[0][0] + len(chunks[0][1]) <= limit:
-                    _, _, text = chunks.popleft()
-                    if text:
-                        yield ("text", text)
+                    stops.release(chunks.popleft()[2])
+                text = stops.sendable(ended)
+                if text:
+                    yield ("text", text)
                 if ended and not pending:
                     break
                 if pending and (pending[0][2] is None or pending[0][2].done()):
@@ -327,9 +381,16 @@ class Gateway:
                     if item[0] == "ids":
                         new, text = item[1], item[2]
                         start = len(ids)
+                        last = stops.received(start, text)
+                        if last is not None:      # a stop sequence: no decision on text the client never gets
+                            dropped += [p[2] for p in pending if p[0] > last and p[2] is not None]
+                            for task in dropped:
+                                task.cancel()
+                            pending = deque(p for p in pending if p[0] <= last)
                         for t in new:
                             for pos, kinds in placer.feed(t):
-                                if not sess.due(pos, kinds["is_step"], kinds["is_transition"], ctl.every):
+                                if stops.cut is not None or not sess.due(pos, kinds["is_step"], kinds["is_transition"],
+                                                                         ctl.every):
                                     continue        # not on this request's probe schedule: no probe, no decision
                                 pending.append((pos, kinds, asyncio.ensure_future(
                                     eng._probe(r, req["ids"] + ids[:pos], self.cue_ids, cfg)) if probing else None))
@@ -343,6 +404,9 @@ class Gateway:
             if decision is not None:              # stopped: the tokens up to the checkpoint, then the answer
                 producer.cancel()
                 held = [c for c in chunks if c[0] < decision.pos]
+                text = stops.flush()                # held back in case it began a stop sequence: none came before
+                if text:
+                    yield ("text", text)
                 for start, cids, text in held:
                     take = cids[: decision.pos - start]
                     yield ("text", text if len(take) == len(cids) else self.tok.decode(take))
@@ -354,35 +418,49 @@ class Gateway:
                     h, j = sess.history, decision.ck        # the request's answer, for its final record
                     h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
                     h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
-                tail = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
-                yield ("text", tail)
+                written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
+                yield ("text", written)
             elif error is not None:
+                if rejected(error):                 # the request is wrong, the upstream is fine: no answer, no failover
+                    raise UpstreamRejected(error)
                 if self.opt.on_upstream_error != "answer":
                     raise error
                 eng._failed(r, str(error))          # set aside: the answer's probe goes to another replica
                 for _, _, text in chunks:             # the tokens the model did write are the client's
-                    if text:
-                        yield ("text", text)
+                    stops.release(text)
                 chunks.clear()
+                text = stops.sendable(True)
+                if text:
+                    yield ("text", text)
                 answer, cause, spent = await asyncio.wait_for(
                     self._answer_after_failure(req, ids, cfg, sess, ctl, error), left())
                 probe_tokens += spent
-                yield ("text", self.cue + answer + "}")
+                written = self.cue + answer + "}"
+                yield ("text", written)
             else:                                  # the model's own answer, decoded off the event loop
-                own = extract(await asyncio.to_thread(self.tok.decode, ids), ctl.answer_type)
+                text = stops.text() if stops.cut is not None else await asyncio.to_thread(self.tok.decode, ids)
+                own = extract(text, ctl.answer_type)
         except (asyncio.CancelledError, GeneratorExit):
             # the client left: its stream closed, or its wait for a whole response cancelled
             self._client_left(sess, ctl, len(ids), probe_tokens)
+            raise
+        except UpstreamRejected as e:
+            self._rejected(req, sess, ctl, len(ids), e)
             raise
         except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
             self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure)
             raise failure from None
+        except Exception:
+            # our own failure (the app logs it, with its error record): the request still ends in the decision log
+            if not sess.finished:
+                ctl.finish(sess, None, decision.pos if decision is not None else len(ids), cause=GATEWAY_FAILED)
+            raise
         finally:
             if getter is not None:
                 getter.cancel()
             # a budget's checkpoints have no probe; a request that never got a replica, no producer
-            tasks = [t for t in (producer, *(t for _, _, t in pending)) if t is not None]
+            tasks = [t for t in (producer, *(t for _, _, t in pending), *dropped) if t is not None]
             for t in tasks:
                 t.cancel()
             # shielded: once a stream's client has gone, its task is cancelled again at every await (Starlette's
@@ -395,8 +473,12 @@ class Gateway:
             rec = ctl.finish(sess, None, n)
         else:
             rec = ctl.finish(sess, own, n)
+        # usage counts what the client receives (the cue too); tokens_emitted is the replay's count (the stop's
+        # position plus the answer's tokens), as the decision log's
         info = {"stopped": decision is not None or error is not None, "position": n,
                 "tokens_emitted": rec["tokens_emitted"],
+                "completion_tokens": n + (len(self.tok(written, add_special_tokens=False)["input_ids"]) if written
+                                          else 0),
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
                 "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
                 "request_id": req["request_id"], "checkpoints": sess.n,
@@ -434,6 +516,14 @@ class Gateway:
                         "status": failure.status, "error": str(failure)})
         ctl.finish(sess, None, pos, cause="upstream_failed")
 
+    def _rejected(self, req, sess, ctl, n: int, e: UpstreamRejected) -> None:
+        """A request the upstream refused, in the decision log: the error (status, message) and its final record,
+        ``cause: upstream_rejected`` (the monitor leaves it out of the preset's figures)."""
+        logger.info("request %s: the upstream refused it: %s", req["request_id"], e)
+        self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
+                        "status": e.status, "error": str(e)[:500]})
+        ctl.finish(sess, None, n, cause="upstream_rejected")
+
     async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
         """``--on-upstream-error answer``: the trial answer at the last token the failed upstream wrote, probed on
         a replica that is up; when none answers, the latest trial answer this request was probed for. The
@@ -466,12 +556,127 @@ class Gateway:
         if self.opt.on_stop == "continue":
             out = await self.engine._post(r, "/completions", {
                 "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
-                "max_tokens": self.opt.continue_tokens, "temperature": 0, "stop": ["}"]})
+                "max_tokens": self.opt.continue_tokens, "temperature": 0,
+                "stop": ["}", *req["sampling"].get("stop", [])]})     # the model's writing: the client's stops too
             text = first_choice(r, out).get("text")
             if not isinstance(text, str):
                 raise ReplicaFailed(r, "a completion whose text is not a string")
             return self.cue + text + "}"
         return self.cue + (answer or "") + "}"
+
+
+class Stops:
+    """The client's stop sequences on the upstream's text. They go to the upstream with vLLM's
+    ``include_stop_str_in_output``, so that each chunk's text is its own tokens' text (as without them); the
+    gateway then finds where the first one begins (the chunk that completes it is the upstream's last), keeps
+    the text from there from the client, and holds back the last characters of released text while they may
+    still begin one."""
+
+    def __init__(self, stops: list[str] | None):
+        self.stops = stops or []
+        self.hold = max(map(len, self.stops)) - 1 if self.stops else 0
+        self.texts: list[str] = []          # every chunk's text, in order
+        self.marks: list[tuple[int, int]] = []      # (its first token, its first character), per chunk
+        self.got, self.cut = 0, None        # characters received; where the stop sequence begins, once known
+        self.unsent, self.sent = "", 0      # released text not yet sent; characters sent
+
+    def received(self, start: int, text: str) -> int | None:
+        """A chunk's text (its first token at ``start``). When it completes a stop sequence: the first token of
+        the chunk where that sequence begins (a checkpoint past it would read text the client never gets)."""
+        if not self.stops:
+            return None
+        self.marks.append((start, self.got))
+        self.texts.append(text)
+        recent = self._recent()
+        window, base = recent + text, self.got - len(recent)
+        self.got += len(text)
+        if self.cut is not None:
+            return None
+        ends = [(i + len(s), i) for s in self.stops if (i := window.find(s)) >= 0]
+        if not ends:
+            return None
+        self.cut = base + min(ends)[1]       # the one that ends first (vLLM's rule; a tie: the first listed)
+        return max(t for t, c in self.marks if c <= self.cut)
+
+    def _recent(self) -> str:
+        """The ``hold`` characters received before the latest chunk."""
+        out, k = "", len(self.texts) - 2
+        while len(out) < self.hold and k >= 0:
+            out, k = self.texts[k] + out, k - 1
+        return out[-self.hold:] if self.hold else ""
+
+    def release(self, text: str) -> None:
+        self.unsent += text
+
+    def sendable(self, final: bool) -> str:
+        """Released text the client may have now: never from the stop sequence on, nor, while more may come, the
+        last characters that may begin one."""
+        n = len(self.unsent) - (0 if final or self.cut is not None else self.hold)
+        if self.cut is not None:
+            n = min(n, self.cut - self.sent)
+        out, self.unsent = self.unsent[:max(0, n)], self.unsent[max(0, n):]
+        self.sent += len(out)
+        return out
+
+    def flush(self) -> str:
+        """All released text (the response stops before any stop sequence completed)."""
+        out, self.unsent = self.unsent, ""
+        self.sent += len(out)
+        return out
+
+    def text(self) -> str:
+        """The generation's text as the client gets it: up to the stop sequence."""
+        return "".join(self.texts)[:self.cut]
+
+
+def read_preset(arg: str) -> tuple[Path | None, str]:
+    """(its file, its text) for ``--preset``: a preset file, or (None, the text) for a ``sl1.…`` link or preset
+    JSON. A file that is not there or cannot be read is a PresetError naming it."""
+    from analysis.presets.schema import URL_PREFIX
+    path = Path(arg) if len(arg) < 4096 and "\n" not in arg else None
+    if path is None or not path.is_file():
+        if arg.strip().startswith((URL_PREFIX, "{")):
+            return None, arg
+        raise PresetError("no such preset file" if path is None or not path.exists() else "not a file",
+                          file=arg, hint="--preset names a preset file, or gives the preset itself: its sl1.… link "
+                                         "(the Presets page's Share) or its JSON")
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PresetError("not UTF-8 text", file=arg) from None
+    except OSError as e:
+        raise PresetError(f"cannot be read ({e.strerror or e})", file=arg) from None
+
+
+def calibration_of(preset, run: str | None = None, db: str | None = None) -> dict | None:
+    """The calibration a gateway's log names, ``{"db": PATH, "run": RUN_ID}`` as serve-demo writes it: ``run``
+    (default: the run the preset's certificate was made on) in the store ``db`` (default: $STOPLINE_DB or
+    data/stopline.duckdb, else the bundled demo store), checked to be there. A run or store given that is not
+    there is a StoplineError; a default that is not, a warning and no calibration (the monitor is then told
+    with --run and --db)."""
+    from analysis.core.store import DEMO_DB, Store, resolve_db_path
+    from analysis.production.serve_demo import _portable
+    certified = (preset.certificate or {}).get("run")
+    default = certified if isinstance(certified, str) and certified not in ("", "explore") else None
+    if db and not (run or default):
+        raise StoplineError("--db names the store of the calibration run: give the run too (--calibration-run RUN)")
+    if not (run or default):
+        return None
+    path = db or resolve_db_path()
+    if not db and not Path(path).exists() and Path(DEMO_DB).exists():
+        path = DEMO_DB
+    try:
+        store = Store(path, read_only=True)
+        found = store.run(run or default)
+    except StoplineError as e:
+        if run or db:
+            raise StoplineError(f"the calibration run {run or default!r} cannot be found here ({e.message})", file=path,
+                                hint="--calibration-run names a run of the store --db names (`python -m analysis "
+                                     "runs --db PATH` lists them)") from None
+        logger.warning("the preset was certified on run %s, which is not in %s (%s): the log names no calibration "
+                       "run; give --calibration-run and --db", default, path, e.message)
+        return None
+    return {"db": _portable(store.path), "run": found["id"]}
 
 
 def from_headers(headers) -> dict:
@@ -504,6 +709,48 @@ def depth(value, stop: int = MAX_DEPTH + 1) -> int:
         level += 1
         layer = [v for b in boxes for v in (b.values() if isinstance(b, dict) else b)]
     return level
+
+
+async def connect(engine: OpenAIEngine) -> dict:
+    """Check the upstream before serving (its connections open): its model named (the first it lists, unless
+    given), every replica reachable, serving it, with log-probabilities and token ids, tokenising as the
+    gateway's tokenizer (``OpenAIEngine.check``). A StoplineError names the URL and what failed."""
+    try:
+        if not engine.model:
+            problems = []
+            for r in engine.replicas:
+                try:
+                    listed = (await engine.get_json(r, "/models")).get("data")
+                    break
+                except (ReplicaFailed, StoplineError) as e:
+                    problems.append(str(e))
+            else:
+                raise StoplineError("no upstream lists its models (GET /v1/models): " + "; ".join(problems),
+                                    hint=UPSTREAM_HINT)
+            if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or not listed[0].get("id"):
+                raise StoplineError(f"the server at {r.shown} lists no model (GET /v1/models)", hint="give --model")
+            engine.model = listed[0]["id"]
+        return await engine.check()
+    except StoplineError as e:      # the engine's hints name the run command's options; the gateway's are these
+        hint = e.hint and e.hint.replace("or check --base-url", "or check --upstream").replace(
+            "give --api-key", "give --upstream-key")
+        raise StoplineError(e.message, hint=hint) from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before anything is printed or written: a port in use is said at once."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # (as uvicorn binds)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StoplineError(f"port {port} on {host} is in use (another gateway or server listens there)",
+                                hint="give another --port, or stop what uses it") from None
+        raise StoplineError(f"cannot listen on {host}:{port} ({e.strerror or e})", hint="check --host and --port") \
+            from None
+    return sock
 
 
 def check_keys(api_key: str | None, admin_key: str | None) -> None:

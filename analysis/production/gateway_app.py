@@ -18,8 +18,8 @@ from starlette.background import BackgroundTask
 
 from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
-from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, check_key, logger,
-                                         upstream_failure)
+from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, UpstreamRejected,
+                                         check_key, connect, logger, upstream_failure)
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -33,15 +33,8 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.on_event("startup")
     async def _start():
         await gw.engine.__aenter__()
-        await (gw.engine.check() if gw.engine.model else _discover())
-
-    async def _discover():
-        r = gw.engine.replicas[0]
-        listed = (await gw.engine.get_json(r, "/models")).get("data")
-        if not isinstance(listed, list) or not listed or not isinstance(listed[0], dict) or not listed[0].get("id"):
-            raise StoplineError(f"the server at {r.shown} lists no model (GET /v1/models)", hint="give --model")
-        gw.engine.model = listed[0]["id"]
-        return await gw.engine.check()
+        if not gw.engine.info:          # not checked before (serve checks it before anything is written)
+            await connect(gw.engine)
 
     @app.on_event("shutdown")
     async def _stop():
@@ -116,6 +109,12 @@ def create_app(gw: Gateway) -> FastAPI:
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
             s = Stream(gw, req, shape, endpoint)
+            work = await unless_gone(request, s.start())
+            if work.cancelled():        # (the decision log has its final record: gw.events wrote it)
+                gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
+                return Response(status_code=499)
+            if isinstance(work.exception(), UpstreamRejected):      # before any chunk: with its status
+                return rejected(work.exception(), endpoint)
             return StreamingResponse(s.chunks(), media_type="text/event-stream", background=BackgroundTask(s.settle))
 
         async def whole():
@@ -126,20 +125,14 @@ def create_app(gw: Gateway) -> FastAPI:
                 else:
                     info = v
             return "".join(text), info
-        work = asyncio.ensure_future(whole())
-        gone = asyncio.ensure_future(disconnected(request))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():         # the client left: its upstream request and probes end now
-                work.cancel()
-            await asyncio.gather(work, gone, return_exceptions=True)
+        work = await unless_gone(request, whole())
         if work.cancelled():            # (the decision log has its final record: gw.events wrote it)
             gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
             return Response(status_code=499)
         try:
             text, info = work.result()
+        except UpstreamRejected as e:
+            return rejected(e, endpoint)
         except UpstreamFailure as e:
             gw.metrics.requests.labels(endpoint, "upstream_error").inc()
             return error(e.status, f"the upstream failed: {e.public}", kind="upstream_error")
@@ -149,6 +142,10 @@ def create_app(gw: Gateway) -> FastAPI:
             return error(500, "the gateway failed on this request; its log says why", kind="server_error")
         gw.metrics.requests.labels(endpoint, outcome(info)).inc()
         return JSONResponse(shape.whole(text, info))
+
+    def rejected(e: UpstreamRejected, endpoint: str) -> JSONResponse:
+        gw.metrics.requests.labels(endpoint, "upstream_rejected").inc()
+        return error(e.status, e.public, e.param)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -178,6 +175,21 @@ async def read_body(request: Request, cap: int) -> bytes:
     return bytes(body)
 
 
+async def unless_gone(request: Request, aw) -> asyncio.Future:
+    """``aw`` run as a task, cancelled if the client leaves first (its upstream request and probes end then);
+    returns the task, done or cancelled."""
+    work = asyncio.ensure_future(aw)
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.gather(work, gone, return_exceptions=True)
+    return work
+
+
 async def disconnected(request: Request) -> None:
     """Returns when the client has gone (its body already read)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -197,8 +209,14 @@ class Shape:
         self.chat, self.rid, self.created, self.model = chat, rid, created, model
 
     def _usage(self, info: dict) -> dict:
-        return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["tokens_emitted"],
-                "total_tokens": info["prompt_tokens"] + info["tokens_emitted"]}
+        """OpenAI's usage: the tokens of what the client receives (after a stop, the cue and the answer too; the
+        ``stopline`` object's ``tokens_emitted`` is the replay's count: the stop's position plus the answer)."""
+        return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
+                "total_tokens": info["prompt_tokens"] + info["completion_tokens"]}
+
+    @staticmethod
+    def _stopline(info: dict) -> dict:
+        return {k: v for k, v in info.items() if k != "completion_tokens"}      # (that one is the usage's)
 
     def whole(self, text: str, info: dict) -> dict:
         if self.chat:
@@ -208,7 +226,7 @@ class Shape:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": info["finish_reason"]}
         return {"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [choice], "usage": self._usage(info),
-                "stopline": info}
+                "stopline": self._stopline(info)}
 
     def chunk(self, text: str | None, info: dict | None = None, first: bool = False) -> str:
         if self.chat:
@@ -220,7 +238,7 @@ class Shape:
         d = {"id": self.rid, "object": "chat.completion.chunk" if self.chat else "text_completion",
              "created": self.created, "model": self.model, "choices": [choice]}
         if info:
-            d["usage"], d["stopline"] = self._usage(info), info
+            d["usage"], d["stopline"] = self._usage(info), self._stopline(info)
         return f"data: {json.dumps(d)}\n\n"
 
 
@@ -233,7 +251,30 @@ class Stream:
     def __init__(self, gw: Gateway, req: dict, shape: Shape, endpoint: str):
         self.gw, self.req, self.shape, self.endpoint = gw, req, shape, endpoint
         self.events = gw.events(req)
-        self.started = self.counted = False
+        self.started = self.counted = self.primed = False
+        self.first, self.failed = None, None        # the first event, or what the events raised instead
+
+    async def start(self) -> None:
+        """The first event, awaited before the response's status goes out: a request the upstream refuses (4xx)
+        raises UpstreamRejected here, to be answered with its status as vLLM's own stream is; any other failure
+        waits for ``chunks``, which says it as an error event."""
+        self.primed = True
+        try:
+            self.first = await self.events.__anext__()
+        except StopAsyncIteration:
+            pass
+        except UpstreamRejected:
+            raise
+        except Exception as e:
+            self.failed = e
+
+    async def _events(self):
+        if self.failed is not None:
+            raise self.failed
+        if self.first is not None:
+            yield self.first
+        async for ev in self.events:
+            yield ev
 
     def count(self, outcome: str) -> None:
         if not self.counted:
@@ -243,13 +284,16 @@ class Stream:
     async def chunks(self):
         self.started, first = True, True
         try:
-            async for kind, v in self.events:
+            async for kind, v in self._events():
                 if kind == "text":
                     yield self.shape.chunk(v, first=first)
                     first = False
                 else:
                     self.count(outcome(v))
                     yield self.shape.chunk(None, v)
+        except UpstreamRejected as e:
+            self.count("upstream_rejected")
+            yield event_error(e.public, "invalid_request_error", e.status)
         except UpstreamFailure as e:
             self.count("upstream_error")
             yield event_error(f"the upstream failed: {e.public}", "upstream_error", e.status)
@@ -267,7 +311,8 @@ class Stream:
         start): a request not yet counted is one whose client left."""
         if not self.started:
             self.started = True
-            self.gw.abandoned(self.req)
+            if not self.primed:                 # (a primed one's events write it when closed)
+                self.gw.abandoned(self.req)
         self.count(CLIENT_LEFT)
         await self.events.aclose()              # the events' own end: their final record, the upstream cancelled
 

@@ -11,8 +11,9 @@ class Metrics:
         self.requests = Counter("stopline_requests", "Requests answered, by endpoint and outcome",
                                 ["endpoint", "outcome"], registry=r)
         self.early_stops = Counter("stopline_early_stops", "Requests the preset stopped early", ["arm"], registry=r)
-        self.tokens_emitted = Counter("stopline_tokens_emitted", "Completion tokens sent to clients "
-                                      "(up to the stop, plus the answer written after it)", registry=r)
+        self.tokens_emitted = Counter("stopline_tokens_emitted", "Tokens emitted as the replay counts them: the "
+                                      "stop's position plus the answer's tokens (not the usage billed to clients, "
+                                      "which also counts the cue written after a stop)", registry=r)
         self.tokens_probed = Counter("stopline_probe_tokens", "Tokens computed by probes (cues and answers)",
                                      registry=r)
         self.tokens_shadow_saved = Counter("stopline_tokens_saved_shadow", "Explore requests: tokens after the "

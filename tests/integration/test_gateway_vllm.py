@@ -73,6 +73,54 @@ def test_chat_and_completions_streamed_and_not_pass_the_upstream_through(server,
         assert 'stopline_requests_total{endpoint="chat",outcome="full"} 2.0' in m
 
 
+def stream_text(url, body) -> tuple[str, dict]:
+    """A streamed chat completion's text and its last chunk."""
+    with httpx.stream("POST", url + "/chat/completions", json={**body, "stream": True}, timeout=600) as r:
+        assert r.status_code == 200
+        chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: ") and ln != "data: [DONE]"]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]), chunks[-1]
+
+
+def test_stop_sequences_end_the_generation_where_vllm_ends_it(server, tok, tmp_path):
+    """Before, ``stop`` was dropped: the answer ran on past it. Now it goes to the upstream's generation, and the
+    client gets what vLLM gives directly (the text up to the stop sequence, finish_reason stop, the same count
+    of completion tokens), whole or streamed, also for a sequence that spans tokens (the text that may begin it
+    is held back). With a checkpoint at every token, none is decided on text past the stop sequence's start."""
+    counting = [{"role": "user", "content": "Count from 1 to 20, one number per line."}]
+    with gateway(server, tok, tmp_path, NEVER, every=1, steps=False, transitions=False) as (gw, url):
+        for stop in (["6"], ["\n6", "xyz"]):
+            body = {"model": MODEL, "messages": counting, "max_tokens": 120, "temperature": 0, "stop": stop}
+            direct = httpx.post(server + "/chat/completions", json=body, timeout=600).json()
+            text = direct["choices"][0]["message"]["content"]
+            assert direct["choices"][0]["finish_reason"] == "stop" and "5" in text and "6" not in text, direct
+            whole = httpx.post(url + "/chat/completions", json=body, timeout=600).json()
+            assert whole["choices"][0]["message"]["content"] == text, (stop, whole)
+            assert whole["choices"][0]["finish_reason"] == "stop"
+            assert whole["usage"]["completion_tokens"] == direct["usage"]["completion_tokens"]
+            streamed, last = stream_text(url, body)
+            assert streamed == text and last["choices"][0]["finish_reason"] == "stop", (stop, streamed)
+        logged = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl")]
+        for fin in (r for r in logged if r["type"] == "final"):
+            cks = [r["pos"] for r in logged if r["type"] == "checkpoint" and r["request"] == fin["request"]]
+            assert fin["full_length"] and fin["answer"] == "5" and cks, fin   # the model's answer: the client's text
+            assert max(cks) < fin["stop_pos"], (cks, fin)      # the token that completes the stop: no checkpoint
+        assert check_decisions(str(tmp_path / "decisions.jsonl"))["agreement"] == 1.0
+
+
+def test_chat_content_parts_and_a_developer_message_read_as_vllm_reads_them(server, tok, tmp_path):
+    """Content as a list of text parts (what many SDKs send) was refused; now it is joined as vLLM joins it, and a
+    developer message is rendered as vLLM renders it: the same prompt, the same greedy answer."""
+    messages = [{"role": "developer", "content": "Answer with one number."},
+                {"role": "user", "content": [{"type": "text", "text": "What is 2 + 3?"},
+                                             {"type": "text", "text": "Then add 4."}]}]
+    body = {"model": MODEL, "messages": messages, "max_tokens": 24, "temperature": 0}
+    with gateway(server, tok, tmp_path, NEVER) as (gw, url):
+        direct = httpx.post(server + "/chat/completions", json=body, timeout=600).json()
+        mine = httpx.post(url + "/chat/completions", json=body, timeout=600).json()
+        assert mine["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"], (mine, direct)
+        assert mine["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+
+
 def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, tmp_path):
     with gateway(server, tok, tmp_path, B32) as (gw, url):
         out = chat(url, max_tokens=160).json()
@@ -227,6 +275,27 @@ def test_bad_requests_get_400_with_the_field_413_when_too_large(server, tok, tmp
     with pytest.raises(Exception, match="needs an API key"):
         check_bind("0.0.0.0", None)
     check_bind("0.0.0.0", "k")
+
+
+def test_a_request_vllm_refuses_is_the_clients_400_not_an_upstream_failure(server, tok, tmp_path):
+    """max_tokens past the model's context: vLLM answers 400. Before, the client got 502 "the upstream failed",
+    logged upstream_failed and counted upstream_error (and --on-upstream-error answer set the replica aside).
+    Now it gets vLLM's 400, its message and field, whole or streamed, counted upstream_rejected, and the replica
+    serves on."""
+    with gateway(server, tok, tmp_path, NEVER, on_upstream_error="answer") as (gw, url):
+        r = chat(url, max_tokens=100_000)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == "max_tokens" and "max_model_len" in err["message"], err
+        assert err["type"] == "invalid_request_error" and "127.0.0.1" not in err["message"]
+        r = httpx.post(url + "/chat/completions", timeout=600, json={
+            "model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 100_000, "stream": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+        assert gw.engine.replicas[0].failures == 0
+        assert chat(url, max_tokens=8).status_code == 200
+        finals = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl") if '"final"' in ln]
+        assert [f.get("cause") for f in finals] == ["upstream_rejected", "upstream_rejected", None], finals
+        m = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'outcome="upstream_rejected"} 2.0' in m and 'outcome="upstream_error"' not in m
 
 
 def stream_events(url, body, events: list, started: threading.Event):

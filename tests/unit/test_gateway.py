@@ -44,6 +44,7 @@ class Upstream:
     def __init__(self, ids: list[int], texts: list[str], answer_id: int):
         self.ids, self.texts, self.answer_id = ids, texts, answer_id
         self.mode, self.open_streams, self.closed = "good", 0, False
+        self.bodies: list[dict] = []         # the streamed completions' request bodies
         self.lock = threading.Lock()
         up = self
 
@@ -61,15 +62,21 @@ class Upstream:
                 if self.path != "/v1/completions":
                     return self.send_error(404)
                 if body.get("stream"):
+                    up.bodies.append(body)
+                    if up.mode.startswith("answers "):          # e.g. "answers 422": the request refused
+                        status = int(up.mode.split()[1])
+                        return self.reply({"error": {"message": "max_tokens is too large for http://10.0.0.5:8000/v1",
+                                                     "type": "BadRequestError", "param": "max_tokens",
+                                                     "code": status}}, status)
                     return up.stream(self)
                 if "stop" in body and up.mode == "probe without choices":
                     return self.reply({"object": "text_completion"})
                 self.reply({"choices": [{"index": 0, "text": "4", "token_ids": [up.answer_id], "finish_reason": "stop",
                                          "logprobs": {"token_logprobs": [-0.01], "top_logprobs": [{"4": -0.01}]}}]})
 
-            def reply(self, obj):
+            def reply(self, obj, status: int = 200):
                 raw = json.dumps(obj).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
@@ -406,3 +413,277 @@ def test_deep_nesting_and_bad_sampling_fields_get_400_naming_the_field(tok, up, 
         status, out = ask(url, seed=7, max_tokens=64, stopline={"tags": {"priority": "low"},
                                                                  "meta": {"a": {"b": [1, 2]}}})
         assert status == 200 and out["stopline"]["tokens_emitted"] == 8, out
+
+
+def test_chat_content_as_text_parts_is_read_and_other_parts_and_roles_get_400_naming_the_field(tok, up, tmp_path):
+    """Before, content given as a list of parts (what many SDKs send) was refused, and any role was taken. Now
+    text parts are joined with newlines (as vLLM joins them: the real-vLLM test compares the two), a developer
+    message is the system's (as vLLM renders it), and other parts and roles get 400 naming the field."""
+    t = tok[0]
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        parts = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                 {"role": "user", "content": [{"type": "text", "text": "Count."}, {"type": "text", "text": "Now."}]}]
+        status, out = ask(url, messages=parts)
+        assert status == 200, out
+        want = t(t.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Count.\nNow."}],
+                                       add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        assert up.bodies[-1]["prompt"] == want["input_ids"]
+        assert gw.parse({"messages": parts}, chat=True)["question"] == "Count.\nNow."     # routing reads it too
+        history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count."},
+                   {"role": "assistant", "content": "1 2", "refusal": None, "tool_calls": []},  # a reply sent back
+                   {"role": "tool", "content": "3", "tool_call_id": "c1"}, {"role": "user", "content": "More."}]
+        assert ask(url, messages=history)[0] == 200
+        for messages, param, says in (
+                ([{"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                               {"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}],
+                 "messages[0].content[1].type", "'image_url' part, which is not supported through the Stopline"),
+                ([{"role": "user", "content": [{"text": "Hi"}]}], "messages[0].content[0]", "must be a text part"),
+                ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text",
+                 "must be a string"),
+                ([{"role": "user", "content": {"type": "text"}}], "messages[0].content", "string or a list"),
+                ([{"role": "user", "content": "Hi"}, {"role": "robot", "content": "Hi"}], "messages[1].role",
+                 "must be one of system, user, assistant, developer, tool, not 'robot'"),
+                ([{"content": "Hi"}], "messages[0].role", "not None"),
+                ([{"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}], "messages[0].tool_calls",
+                 "no tool or function calling"),
+                ([], "messages", "non-empty list"), (["Hi"], "messages[0]", "{role, content} object")):
+            status, out = ask(url, messages=messages)
+            assert status == 400 and out["error"]["param"] == param and says in out["error"]["message"], (param, out)
+
+
+def test_openai_fields_the_gateway_cannot_honour_or_does_not_know_get_400_never_silently_ignored(tok, up, tmp_path):
+    """Before, logprobs, top_logprobs, stop, tools, response_format and any unknown field were dropped without a
+    word. Now the fields it honours are forwarded to the upstream's generation (stop, with vLLM's
+    include_stop_str_in_output so that the gateway sees where it stops; the penalties), the ones it cannot honour
+    get 400 naming them unless at the value that asks for nothing, and unknown ones get 400 too (as OpenAI's own
+    API answers an unrecognised argument)."""
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url, stop=["six", "\n\n"], presence_penalty=0.5, frequency_penalty=-1, user="u-7",
+                          stream_options={"include_usage": True})
+        assert status == 200, out
+        sent = up.bodies[-1]
+        assert sent["stop"] == ["six", "\n\n"] and sent["include_stop_str_in_output"] is True
+        assert sent["presence_penalty"] == 0.5 and sent["frequency_penalty"] == -1 and "user" not in sent
+        status, out = ask(url, stop="six")
+        assert status == 200 and up.bodies[-1]["stop"] == ["six"]
+        status, out = ask(url)                                  # nothing asked: nothing more sent
+        assert status == 200 and not {"stop", "include_stop_str_in_output", "presence_penalty"} & set(up.bodies[-1])
+        # what SDKs send by default asks for nothing: taken
+        status, out = ask(url, logprobs=False, top_logprobs=0, n=1, tools=[], tool_choice="none", response_format={
+            "type": "text"}, temperature=None, top_p=None, seed=None, stop=None, max_tokens=None, store=False)
+        assert status == 200, out
+        for field, value in (("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"50256": -100}),
+                             ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "auto"),
+                             ("response_format", {"type": "json_object"}), ("functions", [{"name": "f"}]),
+                             ("echo", True), ("best_of", 3), ("suffix", "x"), ("reasoning_effort", "low")):
+            status, out = ask(url, **{field: value})
+            assert status == 400 and out["error"]["param"] == field, (field, out)
+            assert f"{field} is not supported through the Stopline gateway" in out["error"]["message"], out
+        status, out = ask(url, n=2)
+        assert status == 400 and out["error"]["param"] == "n" and "not supported through the Stopline" in \
+            out["error"]["message"]
+        status, out = ask(url, top_k=5)
+        assert status == 400 and out["error"]["param"] == "top_k" and "unknown parameter 'top_k'" in \
+            out["error"]["message"]
+        r = httpx.post(url + "/completions", json={"model": MODEL, "prompt": "Count.", "max_tokens": 4,
+                                                   "logprobs": 0}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"     # 0 asks for one: refused
+        r = httpx.post(url + "/completions", json={"model": MODEL, "prompt": "Count.", "messages": []}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        for field, value, says in (("stop", [""], "non-empty string"), ("stop", 5, "non-empty string"),
+                                   ("stop", ["a"] * 17, "at most 16"), ("presence_penalty", 3, "between -2 and 2"),
+                                   ("frequency_penalty", "1", "between -2 and 2"),
+                                   ("stream_options", {"include_usage": True, "x": 1}, "not supported")):
+            status, out = ask(url, **{field: value})
+            assert status == 400 and out["error"]["param"].startswith(field) and says in out["error"]["message"], \
+                (field, out)
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'outcome="bad_request"' in metrics and 'outcome="full"} 4.0' in metrics
+
+
+def test_usage_counts_what_the_client_receives_while_the_log_keeps_the_replays_count(tok, up, tmp_path):
+    """Before, a stopped response's usage.completion_tokens was the stop's position plus the answer's tokens: the
+    cue the client also received ("\\n\\nSo the final answer is \\boxed{") went uncounted. Now the usage counts
+    the tokens of what the client receives (OpenAI's meaning), whole or streamed, while the stopline object's
+    tokens_emitted, the decision log and the tokens_emitted counter keep the replay's count."""
+    t = tok[0]
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, **SMALL) as (gw, url):
+        status, out = ask(url, max_tokens=64)
+        info, text = out["stopline"], out["choices"][0]["message"]["content"]
+        assert status == 200 and info["stopped"] and text.endswith(gw.cue + "4}"), out
+        received = info["position"] + len(t(gw.cue + "4}", add_special_tokens=False)["input_ids"])
+        assert out["usage"] == {"prompt_tokens": info["prompt_tokens"], "completion_tokens": received,
+                                "total_tokens": info["prompt_tokens"] + received}, out
+        assert info["tokens_emitted"] == info["position"] + 1 < received     # the stop plus the one answer token
+        assert "completion_tokens" not in info
+        status, lines = ask(url, stream=True, max_tokens=64)
+        last = json.loads(lines[-2])
+        assert last["usage"] == out["usage"] and last["stopline"]["tokens_emitted"] == info["tokens_emitted"]
+        assert [f["tokens_emitted"] for f in records(tmp_path, "final")] == [info["tokens_emitted"]] * 2
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert f"stopline_tokens_emitted_total {2.0 * info['tokens_emitted']}" in metrics
+        assert "not the usage billed to clients" in metrics
+
+
+def test_an_upstream_4xx_about_the_request_is_the_clients_error_not_an_upstream_failure(tok, up, tmp_path):
+    """Before, an upstream's 4xx (a request it cannot serve: more tokens than its context holds) was a 502 "the
+    upstream failed", logged and counted as an upstream failure, and with --on-upstream-error answer it set the
+    replica aside and answered a trial answer. Now its client gets that status and the upstream's message (no
+    URL, the replica by number, the field it names), whole or streamed (before any chunk), counted as
+    upstream_rejected; the replica stays in service. A 5xx, or a 401/403 (the gateway's own key), stays an
+    upstream failure. (vLLM's own 400 is tested against a real vLLM.)"""
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, on_upstream_error="answer",
+                       **SMALL) as (gw, url):
+        for status in (400, 422, 413):
+            up.mode = f"answers {status}"
+            got, out = ask(url, stopline={"request_id": f"r{status}"})
+            assert got == status and out["error"]["type"] == "invalid_request_error", out
+            assert out["error"]["param"] == "max_tokens" and "max_tokens is too large" in out["error"]["message"]
+            assert "replica 1 of 1" in out["error"]["message"] and "10.0.0.5" not in out["error"]["message"]
+            r = httpx.post(url + "/chat/completions", timeout=30, json={
+                "model": MODEL, "messages": [{"role": "user", "content": "Count."}], "stream": True})
+            assert r.status_code == status and r.json()["error"]["param"] == "max_tokens", r.text
+        replica = gw.engine.replicas[0]
+        assert replica.failures == 0 and replica.down_until == 0, "a replica set aside for a client's error"
+        assert not records(tmp_path, "upstream_error")                       # no trial answer made up
+        finals = records(tmp_path, "final")
+        assert len(finals) == 6 and {f["cause"] for f in finals} == {"upstream_rejected"}, finals
+        assert [f["request"] for f in finals[::2]] == ["r400", "r422", "r413"]
+        assert [e["status"] for e in records(tmp_path, "error")] == [400, 400, 422, 422, 413, 413]
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="upstream_rejected"} 6.0' in metrics
+        assert 'outcome="upstream_error"' not in metrics
+        up.mode = "good"
+        assert ask(url)[0] == 200
+    (tmp_path / "f").mkdir()
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path / "f", CONF, MODEL, **SMALL) as (gw, url):
+        for status in (503, 401):
+            up.mode = f"answers {status}"
+            got, out = ask(url)
+            assert got == 502 and out["error"]["type"] == "upstream_error", out
+        assert [f["cause"] for f in records(tmp_path / "f", "final")] == ["upstream_failed"] * 2
+
+
+def test_a_request_the_gateway_itself_fails_ends_with_one_final_record(tok, up, tmp_path):
+    """A failure inside the gateway (here: its decision-latency histogram raises) gave the client a 500 (an error
+    event when streamed) and the decision log only an ``error`` record: the request never ended there. Now it
+    also gets exactly one final record, cause gateway_failed, with what was done by then, which the monitor and
+    check-log leave out of the preset's figures."""
+    class Broken:
+        def observe(self, seconds):
+            raise RuntimeError("a bug")
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        gw.metrics.decision_latency = Broken()
+        status, out = ask(url, stopline={"request_id": "whole"})
+        assert status == 500 and out["error"]["type"] == "server_error", out
+        status, lines = ask(url, stream=True, stopline={"request_id": "streamed"})
+        assert json.loads(lines[-2])["error"]["code"] == 500 and lines[-1] == "[DONE]"
+        errors, finals = records(tmp_path, "error"), records(tmp_path, "final")
+        assert [(e["request"], e["status"], e["error"]) for e in errors] == [
+            ("whole", 500, "RuntimeError: a bug"), ("streamed", 500, "RuntimeError: a bug")]
+        assert [(f["request"], f["cause"], f["stopped"], f["full_length"]) for f in finals] == [
+            ("whole", "gateway_failed", False, False), ("streamed", "gateway_failed", False, False)], finals
+        assert all(f["stop_pos"] >= 4 and f["n_checkpoints"] == 1 and f["preset_version"] == gw.version
+                   for f in finals), finals                 # failed at its first checkpoint's decision, at token 4
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="gateway_error"} 2.0' in metrics
+        res = check_decisions(str(tmp_path / "decisions.jsonl"))
+        assert res["ended_by_upstream"] == 2 and res["n"] == 0, res
+        res = monitor(str(tmp_path / "decisions.jsonl"), preset=from_dict(NEVER))
+        assert res["n_requests"] == 2 and res["observed"]["n"] == 0, res
+
+
+def test_the_logs_header_and_preset_records_name_the_preset_and_its_calibration_run(tok, up, tmp_path, cli,
+                                                                                     monkeypatch):
+    """Before, the gateway's log header named neither the preset nor the calibration run, so the monitor could
+    not read a gateway's log without --preset, --run and --db. Now the header carries the preset at start and
+    the calibration (``{"db", "run"}``, as serve-demo writes it), every preset record (at start, on a reload)
+    the calibration too, and ``serve`` takes --calibration-run and --db (checked at start; by default the run
+    the preset's certificate was made on)."""
+    from analysis.core.store import DEMO_DB
+    from analysis.production.gateway import calibration_of
+    from analysis.production.serve_demo import _portable
+    cal = calibration_of(from_dict(CONF), "5565a1e3", DEMO_DB)        # a run's prefix names it, as elsewhere
+    assert cal == {"db": _portable(DEMO_DB), "run": "5565a1e32c09"}
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, calibration=cal,
+                       **SMALL) as (gw, url):
+        assert ask(url)[0] == 200
+        time.sleep(0.01)
+        (tmp_path / "preset.json").write_text(json.dumps(UNSURE))         # a new version, read on the next request
+        assert ask(url)[0] == 200
+    log = str(tmp_path / "decisions.jsonl")
+    header = records(tmp_path, "header")[0]
+    assert header["preset"] == from_dict(CONF).to_dict() and header["calibration"] == cal, header
+    presets = records(tmp_path, "preset")
+    assert [p["preset"] for p in presets] == [from_dict(CONF).to_dict(), from_dict(UNSURE).to_dict()]
+    assert all(p["calibration"] == cal for p in presets)
+    code, out, err = cli("monitor", "--log", log, "--json")                     # no --preset, --run or --db
+    assert code == 0, err
+    assert json.loads(out)["promised"] is not None
+    # serve checks the run at start, before anything is written; by default the certificate's run
+    (tmp_path / "p.json").write_text(json.dumps(CONF))
+    serve = ("serve", "--upstream", "http://127.0.0.1:9/v1", "--preset", tmp_path / "p.json", "--tokenizer", MODEL,
+             "--log", tmp_path / "never.jsonl")
+    code, _, err = cli(*serve, "--calibration-run", "nosuch", "--db", DEMO_DB)
+    assert code == 2 and "the calibration run 'nosuch' cannot be found here" in err and "demo.duckdb" in err, err
+    code, _, err = cli(*serve, "--db", DEMO_DB)
+    assert code == 2 and "give the run too (--calibration-run RUN)" in err, err
+    assert not (tmp_path / "never.jsonl").exists()
+    certified = {**CONF, "certificate": {"epsilon": 0.05, "delta": 0.1, "n": 100, "risk": "drop", "bound": "b",
+                                         "run": "5565a1e32c09"}}
+    monkeypatch.setenv("STOPLINE_DB", str(tmp_path / "none.duckdb"))      # no store of one's own: the demo's
+    assert calibration_of(from_dict(certified)) == cal
+    assert calibration_of(from_dict({**certified, "certificate": {**certified["certificate"], "run": "gone"}})) is None
+    assert calibration_of(from_dict(CONF)) is None
+
+
+def test_serve_takes_a_preset_link_and_says_each_start_up_problem_in_one_line_before_anything_is_written(
+        tok, up, tmp_path, cli):
+    """Before: a preset link (which the docs offer and verify-controller takes) gave a FileNotFoundError
+    traceback, so did a missing preset file; an unreachable upstream gave the ASGI server's "Application startup
+    failed" and a traceback after the banner and the log's header; a port in use was found only after both. Now
+    a link serves, a missing file is one error naming it, and an unreachable upstream and a port in use are each
+    one error (what, where, a hint), found before the banner is printed or the log begun."""
+    import subprocess
+    import sys
+    from analysis.presets.schema import encode
+    from tests.helpers import free_port
+    link, upstream, log = encode(B32), f"http://127.0.0.1:{up.port}/v1", tmp_path / "gateway.jsonl"
+    base = ("serve", "--tokenizer", MODEL, "--log", log, "--every", "4", "--no-steps", "--no-transitions")
+    code, out, err = cli(*base, "--upstream", upstream, "--preset", tmp_path / "missing.json")
+    assert code == 2 and f"{tmp_path / 'missing.json'}: no such preset file" in err and "sl1." in err, err
+    closed = free_port()
+    code, out, err = cli(*base, "--upstream", f"http://127.0.0.1:{closed}/v1", "--preset", link)
+    assert code == 2 and f"127.0.0.1:{closed}/v1" in err and "ConnectError" in err and "--upstream" in err, err
+    assert "Traceback" not in err and "startup failed" not in err and not out and not log.exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli(*base, "--upstream", upstream, "--preset", link, "--port", port)
+    assert code == 2 and f"port {port} on 127.0.0.1 is in use" in err and "--port" in err, err
+    assert not out and not log.exists()                              # no banner, no header
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "analysis", *map(str, base), "--upstream", upstream, "--preset", link,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+
+        def serving() -> bool:
+            assert proc.poll() is None, proc.communicate()[0]
+            return _listening(port) and httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
+        assert until(serving, 60)
+        status, out = ask(url, max_tokens=64)
+        assert status == 200 and out["stopline"]["setting"] == "budget(B=32)", out
+    finally:
+        proc.terminate()
+        banner = proc.communicate(timeout=30)[0]
+    assert "preset b32" in banner, banner
+    logged = [json.loads(ln) for ln in open(log)]
+    assert logged[0]["type"] == "header" and logged[0]["preset"] == from_dict(B32).to_dict()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
