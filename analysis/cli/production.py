@@ -107,8 +107,9 @@ def _check_log(args):
                   "each final record is replayed as a request of its own, with the checkpoints logged since the "
                   "previous one (the later ones named ID#2, ID#3, ...)")
         if res["ended_by_upstream"]:
-            print(f"  {res['ended_by_upstream']} request(s) ended by an upstream failure: left out (not the preset's "
-                  "decisions)")
+            by = ", ".join(f"{n} {c}" for c, n in res["causes"].items())
+            print(f"  {res['ended_by_upstream']} request(s) ended by a failure or a refusal, not by the preset "
+                  f"({by}): left out")
         for m in res["mismatches"]:
             print(f"  differs: {m['request']}: live ck {m['live_ck']}, replay ck {m['replay_ck']} ({m['setting']})")
     return 0 if res["agreement"] == 1.0 else 1

@@ -473,8 +473,10 @@ def ab_compare(fin: pd.DataFrame) -> dict:
 
 
 def ended_by_upstream(fin: pd.DataFrame) -> pd.Series:
-    """Which final records are of requests an upstream failure ended (the gateway's --on-upstream-error answer,
-    ``cause`` set, other than a client's leaving): not the preset's decisions, nor full-length traces."""
+    """Which final records are of requests something other than the preset ended: an upstream failure (the
+    gateway's --on-upstream-error answer, ``upstream_failed``), the upstream's refusal of the request
+    (``upstream_rejected``) or the gateway's own failure (``gateway_failed``); any ``cause`` but a client's leaving.
+    Not the preset's decisions, nor full-length traces."""
     return fin["cause"].notna() & ~cut_by_client(fin) if "cause" in fin else pd.Series(False, index=fin.index)
 
 

@@ -75,16 +75,18 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     # a repeated request id (a client's retry) is a request of its own per final record, with the checkpoints
     # logged since the previous one (read_log's ``key``), as the monitor counts it
     rep = repeated_ids(fin)
-    # a request the upstream's failure ended (the gateway's --on-upstream-error answer) was not stopped by the
-    # preset: it is left out and counted apart (one its client cut is replayed: its decisions were the preset's)
+    # a request a failure or a refusal ended (upstream_failed, upstream_rejected, gateway_failed) was not stopped
+    # by the preset: it is left out and counted apart, by cause (one its client cut is replayed: its decisions
+    # were the preset's)
     broken = ended_by_upstream(fin).to_numpy()
+    causes = {str(k): int(v) for k, v in fin.loc[broken, "cause"].value_counts().items()} if broken.any() else {}
     if broken.any():
         gone = set(fin.loc[broken, "key"])
         fin = fin[~broken].reset_index(drop=True)
         ck = ck[~ck["key"].isin(gone)].reset_index(drop=True) if len(ck) else ck
         if fin.empty:
             return {"agreement": float("nan"), "n": 0, "checkpoints": 0, "ended_by_upstream": int(broken.sum()),
-                    "repeated_ids": rep, "mismatches": []}
+                    "causes": causes, "repeated_ids": rep, "mismatches": []}
     t = log_table(ck, fin, answer_type or header.get("answer_type", "number"))
     # the controller's checkpoint interval: a schedule's `every` is a multiple of it (the log holds only the
     # checkpoints a request's schedule probed, so it cannot be inferred from them)
@@ -103,7 +105,7 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
         got[idx] = stop_index(t.subset(idx), setting)
     bad = np.flatnonzero(got != want)
     return {"agreement": float(1 - len(bad) / t.n) if t.n else float("nan"), "n": int(t.n),
-            "checkpoints": int(len(ck)), "ended_by_upstream": int(broken.sum()), "repeated_ids": rep,
+            "checkpoints": int(len(ck)), "ended_by_upstream": int(broken.sum()), "causes": causes, "repeated_ids": rep,
             "mismatches": [{"request": str(t.question_ids[i]), "live_ck": int(want[i]), "replay_ck": int(got[i]),
                             "setting": fin["setting"].iloc[i]} for i in bad[:MAX_LISTED]]}
 

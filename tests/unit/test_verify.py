@@ -146,5 +146,8 @@ def test_a_request_ended_by_an_upstream_failure_is_not_replayed_as_the_presets_d
 
     res = log("upstream_error")
     assert res["ended_by_upstream"] == 1 and res["n"] == 1 and res["agreement"] == 1.0, res
+    assert res["causes"] == {"upstream_error": 1}             # said by cause: a refusal is not a failure
+    for cause in ("upstream_rejected", "gateway_failed"):
+        assert log(cause)["causes"] == {cause: 1}
     res = log(None)
     assert res["ended_by_upstream"] == 0 and res["n"] == 2 and res["agreement"] == 0.5, res
