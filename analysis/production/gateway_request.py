@@ -5,7 +5,8 @@ that names it (as OpenAI's own API refuses an unrecognised argument).
 Honoured: ``model``, ``messages`` (chat) or ``prompt`` (completions), ``max_tokens`` / ``max_completion_tokens``,
 ``temperature``, ``top_p``, ``seed``, ``n`` (1), ``stream``, ``stream_options.include_usage`` (the usage is in the
 last chunk either way), ``stop`` (forwarded to the upstream's generation), ``presence_penalty`` and
-``frequency_penalty`` (forwarded to the generation; the probes stay greedy, as the replay's), ``user`` (an end
+``frequency_penalty``, and the serving engines' ``top_k``, ``min_p`` and ``repetition_penalty`` (forwarded to
+the generation; the probes stay greedy, as the replay's), ``user`` (an end
 user's id: nothing to do with it) and ``stopline``. Refused unless at the value that asks for nothing (what
 some SDKs send by default): ``UNSUPPORTED``.
 """
@@ -16,7 +17,13 @@ from analysis.core.errors import brief
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOPS = 16                  # stop sequences per request
 HONOURED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n",
-            "stream", "stream_options", "stop", "presence_penalty", "frequency_penalty", "user", "stopline"}
+            "stream", "stream_options", "stop", "presence_penalty", "frequency_penalty", "user", "stopline",
+            "top_k", "min_p", "repetition_penalty"}
+# the serving engines' own sampling fields (vLLM, SGLang and llama.cpp's server take them), forwarded like the
+# penalties: field -> (its range, what it must be)
+ENGINE_SAMPLING = {"top_k": ((-1, 1 << 20), "a whole number, -1 or 0 for all tokens"),
+                   "min_p": ((0.0, 1.0), "a number from 0 to 1"),
+                   "repetition_penalty": ((1e-6, 10.0), "a positive number (1: none)")}
 # field -> (the values that ask for nothing besides null, why the gateway cannot honour it)
 UNSUPPORTED = {
     "logprobs": ((False,), "its responses carry no log-probabilities"),
@@ -98,6 +105,14 @@ def sampling(body: dict) -> dict:
             raise BadRequest(f"{k} must be a number between -2 and 2", k)
         if v:
             out[k] = float(v)
+    for k, ((lo, hi), what) in ENGINE_SAMPLING.items():
+        v = body.get(k)
+        if v is None:
+            continue
+        whole = k == "top_k"
+        if (isinstance(v, bool) or not isinstance(v, int if whole else (int, float)) or not lo <= v <= hi):
+            raise BadRequest(f"{k} must be {what}", k)
+        out[k] = int(v) if whole else float(v)
     return out
 
 

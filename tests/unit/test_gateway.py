@@ -483,8 +483,11 @@ def test_openai_fields_the_gateway_cannot_honour_or_does_not_know_get_400_never_
         status, out = ask(url, n=2)
         assert status == 400 and out["error"]["param"] == "n" and "not supported through the Stopline" in \
             out["error"]["message"]
-        status, out = ask(url, top_k=5)
-        assert status == 400 and out["error"]["param"] == "top_k" and "unknown parameter 'top_k'" in \
+        status, out = ask(url, top_k=5, min_p=0.05, repetition_penalty=1.1)    # the engines' own: forwarded
+        assert status == 200 and {k: up.bodies[-1].get(k) for k in ("top_k", "min_p", "repetition_penalty")} == {
+            "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1}, out
+        status, out = ask(url, top_kk=5)
+        assert status == 400 and out["error"]["param"] == "top_kk" and "unknown parameter 'top_kk'" in \
             out["error"]["message"]
         r = httpx.post(url + "/completions", json={"model": MODEL, "prompt": "Count.", "max_tokens": 4,
                                                    "logprobs": 0}, timeout=30)
@@ -493,13 +496,14 @@ def test_openai_fields_the_gateway_cannot_honour_or_does_not_know_get_400_never_
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
         for field, value, says in (("stop", [""], "non-empty string"), ("stop", 5, "non-empty string"),
                                    ("stop", ["a"] * 17, "at most 16"), ("presence_penalty", 3, "between -2 and 2"),
-                                   ("frequency_penalty", "1", "between -2 and 2"),
+                                   ("frequency_penalty", "1", "between -2 and 2"), ("top_k", 2.5, "whole number"),
+                                   ("min_p", 2, "from 0 to 1"), ("repetition_penalty", 0, "positive number"),
                                    ("stream_options", {"include_usage": True, "x": 1}, "not supported")):
             status, out = ask(url, **{field: value})
             assert status == 400 and out["error"]["param"].startswith(field) and says in out["error"]["message"], \
                 (field, out)
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
-        assert 'outcome="bad_request"' in metrics and 'outcome="full"} 4.0' in metrics
+        assert 'outcome="bad_request"' in metrics and 'outcome="full"} 5.0' in metrics
 
 
 def test_usage_counts_what_the_client_receives_while_the_log_keeps_the_replays_count(tok, up, tmp_path):
