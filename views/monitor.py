@@ -91,7 +91,7 @@ try:        # the upload's copy is removed however this script run ends: an erro
 
 
     try:
-        from analysis.production.monitor import HOW_TO_CALIBRATE, log_preset, read_log, resolve_db
+        from analysis.production.monitor import HOW_TO_CALIBRATE, left_out_words, log_preset, read_log, resolve_db
         header, _, _ = read_log([log_path])
         deployed = log_preset(header)
         version = None
@@ -131,8 +131,7 @@ try:        # the upload's copy is removed however this script run ends: an erro
                 + (f" · calibration run `{run_id}`" if run_id else " · no calibration run")
                 + f" · {res['labelled']} labelled"
                 + (f" · arms: {', '.join(f'{k} {v}' for k, v in res['arms'].items())}" if res["arms"] else "")
-                + (f" · {res['cut_by_client']} cut by their clients (left out of the figures)"
-                   if res.get("cut_by_client") else ""))
+                + left_out_words(res))
     notes = []
     if res["versions"]["left_out"]:
         notes.append(f"The log holds {len(res['versions']['versions'])} preset versions: these figures are version "
@@ -154,7 +153,8 @@ try:        # the upload's copy is removed however this script run ends: an erro
             m[0].metric("Tokens / request", f"{ob['tokens_emitted']:.0f}")
             m[1].metric("Stopped early", f"{ob['stop_rate']:.0%}")
             m[2].metric("EM (labelled)", "n/a" if ob["em"] is None else f"{ob['em']:.3f}",
-                        help=f"on {ob['n_labelled']} labelled requests" if ob["n_labelled"] else "add labels")
+                        help=f"on {ob['n_labelled']} labelled requests" if ob["n_labelled"] else
+                        "no champion request is labelled" if res["labelled"] else "add labels")
     elif res["flags"]:
         st.error("**Recalibrate.** " + " ".join(f"{f['message']}." for f in res["flags"]), icon=":material/warning:")
     elif ob["tokens_emitted"] is not None:       # with no champion-served request there is nothing to vouch for

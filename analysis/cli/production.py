@@ -164,13 +164,17 @@ def _monitor_setup(p):
     _db(p)
 
 
-def _em_words(em, n: int) -> str:
-    return f"EM {em:.3f} on {n} labelled" if n else "EM unknown (no labelled request: add --labels)"
+def _em_words(em, n: int, labelled: int) -> str:
+    if n:
+        return f"EM {em:.3f} on {n} labelled"
+    return (f"EM unknown (no champion request is labelled; the {labelled} labelled are other arms' or left out)"
+            if labelled else "EM unknown (no labelled request: add --labels)")
 
 
 @command("monitor", "check decision logs against the calibration: savings, EM, drift; propose a recalibration",
          _monitor_setup)
 def _monitor(args):
+    from analysis.production import monitor as monitor_mod
     from analysis.production.monitor import calibration_inputs, monitor, NO_CALIBRATION, no_preset
     got = calibration_inputs(args.log, args.preset, args.run, args.db, args.preset_version)
     if got["preset"] is None:
@@ -183,8 +187,7 @@ def _monitor(args):
         return _print_json(res)
     o, pr, v, rep = res["observed"], res.get("promised"), res["versions"], res["repeated_ids"]
     print(f"{res['n_requests']} requests ({', '.join(f'{k} {v}' for k, v in res['arms'].items())}), "
-          f"{res['labelled']} labelled" + (f", {res['cut_by_client']} cut by their clients (left out of the figures)"
-                                           if res["cut_by_client"] else "") + f"; preset {res['preset']}"
+          f"{res['labelled']} labelled" + monitor_mod.left_out_words(res).replace(" · ", ", ") + f"; preset {res['preset']}"
           + (f" (version {res['preset_version']})" if res["preset_version"] else ""))
     if len(v["versions"]) > 1:
         print(f"  the log holds {len(v['versions'])} preset versions ("
@@ -198,13 +201,13 @@ def _monitor(args):
     if pr:
         print(f"  calibration: run {got['run']} in {got['db']} (from {got['calibration_from']})")
         print(f"  tokens/request {o['tokens_emitted']:.0f} (promised {pr['tokens_emitted']:.0f}); early stops "
-              f"{o['stop_rate']:.0%} (promised {pr['stop_rate']:.0%}); {_em_words(o['em'], o['n_labelled'])} "
+              f"{o['stop_rate']:.0%} (promised {pr['stop_rate']:.0%}); {_em_words(o['em'], o['n_labelled'], res['labelled'])} "
               f"(promised {pr['em']:.3f})" if o["n"] else
               "  no request served by the champion's stopping (all explored, cut or failed): nothing to compare")
     else:
         if o["n"]:
             print(f"  tokens/request {o['tokens_emitted']:.0f}; early stops {o['stop_rate']:.0%}; "
-                  f"{_em_words(o['em'], o['n_labelled'])}")
+                  f"{_em_words(o['em'], o['n_labelled'], res['labelled'])}")
         print(f"  {NO_CALIBRATION}")
     for f in res["flags"]:
         print(f"  FLAG {f['check']}: {f['message']}")

@@ -368,8 +368,10 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
     champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
     broken, cut = ended_by_upstream(champ), cut_by_client(fin)
+    causes = {str(k): int(v) for k, v in champ.loc[broken, "cause"].value_counts().items()} if broken.any() else {}
     champ = champ[~broken & ~cut_by_client(champ)]
     out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "cut_by_client": int(cut.sum()),
+                 "ended_causes": causes,
                  "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
                  "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {},
                  "preset_version": versions["version"], "versions": versions, "repeated_ids": repeated_ids(fin)}
@@ -470,6 +472,18 @@ def ab_compare(fin: pd.DataFrame) -> dict:
         res["delta_em_ci"] = _boot_diff(eb, ea)
         res["em_p_value"] = _fisher(int((eb > .5).sum()), len(eb), int((ea > .5).sum()), len(ea))
     return res
+
+
+def left_out_words(res: dict) -> str:
+    """What the monitor's figures leave out: requests a failure or a refusal ended, by cause; those cut by their
+    clients."""
+    out = []
+    if res.get("ended_by_upstream"):
+        by = ", ".join(f"{n} {c}" for c, n in res.get("ended_causes", {}).items())
+        out.append(f"{res['ended_by_upstream']} ended by a failure or a refusal ({by})")
+    if res.get("cut_by_client"):
+        out.append(f"{res['cut_by_client']} cut by their clients")
+    return f" · {' · '.join(out)} (left out of the figures)" if out else ""
 
 
 def ended_by_upstream(fin: pd.DataFrame) -> pd.Series:

@@ -59,6 +59,26 @@ def test_requests_without_a_label_are_unlabelled_not_wrong(tmp_path, cli):
     assert "5 labelled" in out and "EM 0.000 on 4 labelled" in out, out
 
 
+def test_the_monitor_says_why_em_is_unknown_and_what_it_left_out(tmp_path, cli):
+    """Labels on exploration requests only read "no labelled request: add --labels", with labels given; and the
+    headline counted requests the upstream refused without a word (check-log named them)."""
+    _, _, fin = read_log(DEMO_LOG)
+    explore = fin[fin["arm"] == "explore"]["request"].astype(str).tolist()[:3]
+    labels, _ = _some_labels(tmp_path, 0, explore)
+    code, out, err = cli("monitor", "--log", DEMO_LOG, "--labels", labels)
+    assert code in (0, None), err
+    assert "3 labelled" in out and "no champion request is labelled; the 3 labelled are other arms'" in out, out
+    lines = DEMO_LOG.read_text().splitlines()
+    champs = [i for i, x in enumerate(lines) if '"type": "final"' in x and '"arm": "champion"' in x]
+    for i, cause in zip(champs[:3], ("upstream_rejected", "upstream_rejected", "gateway_failed")):
+        lines[i] = json.dumps({**json.loads(lines[i]), "cause": cause})
+    log = tmp_path / "refused.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    code, out, err = cli("monitor", "--log", log)
+    assert code in (0, None), err
+    assert "3 ended by a failure or a refusal (2 upstream_rejected, 1 gateway_failed)" in out.splitlines()[0], out
+
+
 # --- a gateway's log ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
