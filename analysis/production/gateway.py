@@ -87,9 +87,12 @@ class UpstreamRejected(Exception):
     message (replicas by number, no URL), no replica is set aside for it, and it is counted as
     ``upstream_rejected``. A 401 or 403 (the gateway's key for the upstream) is no client's error: a failure."""
 
-    def __init__(self, e: UpstreamRefused):
+    def __init__(self, e: UpstreamRefused, max_tokens_field: str = "max_tokens"):
         super().__init__(str(e))
         self.status, self.param, self.public = e.status, e.param, URL.sub("<upstream>", e.public)[:500]
+        if max_tokens_field != "max_tokens":       # the client's own name for it, not the one sent upstream
+            self.param = max_tokens_field if self.param == "max_tokens" else self.param
+            self.public = re.sub(r"\bmax_tokens\b", max_tokens_field, self.public)
 
 
 def rejected(e: BaseException) -> bool:
@@ -288,7 +291,7 @@ class Gateway:
             raise BadRequest(f"this gateway serves the model {self.engine.model!r}, not {model!r}", "model", 404)
         return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
                 "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
-                "model": model, "seed": seed, "sampling": sampling(body)}
+                "model": model, "seed": seed, "sampling": sampling(body), "max_tokens_field": which}
 
     def config(self, req: dict) -> GenConfig:
         return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
@@ -422,7 +425,7 @@ class Gateway:
                 yield ("text", written)
             elif error is not None:
                 if rejected(error):                 # the request is wrong, the upstream is fine: no answer, no failover
-                    raise UpstreamRejected(error)
+                    raise UpstreamRejected(error, req["max_tokens_field"])
                 if self.opt.on_upstream_error != "answer":
                     raise error
                 eng._failed(r, str(error))          # set aside: the answer's probe goes to another replica
@@ -473,12 +476,14 @@ class Gateway:
             rec = ctl.finish(sess, None, n)
         else:
             rec = ctl.finish(sess, own, n)
-        # usage counts what the client receives (the cue too); tokens_emitted is the replay's count (the stop's
+        # usage counts what the client receives (the cue too) and, as the upstream's own usage does, the end of
+        # sequence the model wrote (the trace's ids leave it out); tokens_emitted is the replay's count (the stop's
         # position plus the answer's tokens), as the decision log's
+        eos = int(decision is None and error is None and finish == "stop" and stops.cut is None)
         info = {"stopped": decision is not None or error is not None, "position": n,
                 "tokens_emitted": rec["tokens_emitted"],
-                "completion_tokens": n + (len(self.tok(written, add_special_tokens=False)["input_ids"]) if written
-                                          else 0),
+                "completion_tokens": n + eos + (len(self.tok(written, add_special_tokens=False)["input_ids"])
+                                                if written else 0),
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
                 "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
                 "request_id": req["request_id"], "checkpoints": sess.n,

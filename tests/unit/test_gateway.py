@@ -548,15 +548,18 @@ def test_an_upstream_4xx_about_the_request_is_the_clients_error_not_an_upstream_
             r = httpx.post(url + "/chat/completions", timeout=30, json={
                 "model": MODEL, "messages": [{"role": "user", "content": "Count."}], "stream": True})
             assert r.status_code == status and r.json()["error"]["param"] == "max_tokens", r.text
+        got, out = ask(url, max_tokens=None, max_completion_tokens=64)      # the field the client sent, named
+        assert out["error"]["param"] == "max_completion_tokens", out
+        assert "max_completion_tokens is too large" in out["error"]["message"], out
         replica = gw.engine.replicas[0]
         assert replica.failures == 0 and replica.down_until == 0, "a replica set aside for a client's error"
         assert not records(tmp_path, "upstream_error")                       # no trial answer made up
         finals = records(tmp_path, "final")
-        assert len(finals) == 6 and {f["cause"] for f in finals} == {"upstream_rejected"}, finals
-        assert [f["request"] for f in finals[::2]] == ["r400", "r422", "r413"]
-        assert [e["status"] for e in records(tmp_path, "error")] == [400, 400, 422, 422, 413, 413]
+        assert len(finals) == 7 and {f["cause"] for f in finals} == {"upstream_rejected"}, finals
+        assert [f["request"] for f in finals[:6:2]] == ["r400", "r422", "r413"]
+        assert [e["status"] for e in records(tmp_path, "error")] == [400, 400, 422, 422, 413, 413, 413]
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
-        assert 'stopline_requests_total{endpoint="chat",outcome="upstream_rejected"} 6.0' in metrics
+        assert 'stopline_requests_total{endpoint="chat",outcome="upstream_rejected"} 7.0' in metrics
         assert 'outcome="upstream_error"' not in metrics
         up.mode = "good"
         assert ask(url)[0] == 200
