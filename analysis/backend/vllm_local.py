@@ -110,17 +110,23 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop a server started by ``start`` (its whole process group: vLLM runs its engine in a child)."""
-    if proc.poll() is not None:
-        return
+    """Stop a server started by ``start``: its whole process group (vLLM runs its engine in a child, and a
+    resource tracker), SIGTERM, then, ``timeout`` seconds on or once the server has ended, SIGKILL to whatever of
+    the group is left (a worker that outlived its server kept running)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:             # the group has ended, every process of it
+        proc.wait()
+        return
+    try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 def kill(proc: subprocess.Popen) -> None:

@@ -1,6 +1,9 @@
 """CLI commands over the backend: models, run, probe."""
 from __future__ import annotations
 
+import signal
+import sys
+
 from analysis.core.answers import ANSWER_TYPES
 from analysis.cli.common import _db, _mapping, _mapping_args, _print_json, _store, command
 
@@ -229,6 +232,8 @@ def _vllm_server(args):
                             kv_gib=args.kv_gib, block_size=args.block_size)
     url = f"http://127.0.0.1:{args.port}/v1"
     print(f"starting vLLM for {args.model} (log: {log}) ...", flush=True)
+    # a SIGTERM (kill, a service manager) stops it as Ctrl-C does: the finally below ends vLLM's whole group
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         s = vllm_local.wait_healthy(url, proc, log=log)
         print(f"ready after {s:.0f} s: --engine openai --base-url {url} --model {args.name or args.model} "
