@@ -247,17 +247,21 @@ class Gateway:
             except Exception as e:      # the template's own refusal (its raise_exception), or what it cannot render
                 raise BadRequest(f"the model's chat template refuses these messages: {str(e)[:200]}",
                                  "messages") from None
-            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            ids = self.encode(text, "messages", add_special_tokens=False)
             question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
         else:
             p = body.get("prompt")
             if isinstance(p, str) and p:
-                ids, question = self.tok(p)["input_ids"], p
+                ids, question = self.encode(p, "prompt"), p
             elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
                 ids, question = list(p), ""
             else:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
-        which = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        # the one of the two names given (a null one is not given); both, at different values, is a question
+        given = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
+        if len(given) == 2 and body[given[0]] != body[given[1]]:
+            raise BadRequest("max_tokens and max_completion_tokens disagree: give one", "max_completion_tokens")
+        which = given[0] if given else "max_tokens"
         cap = self.opt.max_tokens_cap or MAX_TOKENS
         mt = body.get(which)
         mt = min(1024, cap) if mt is None else mt       # not asked for: our default, within the cap
@@ -292,6 +296,15 @@ class Gateway:
         return {"ids": ids, "question": question, "max_tokens": mt, "temperature": float(temp), "top_p": float(top_p),
                 "stream": stream, "request_id": rid, "tags": sl.get("tags", {}), "meta": sl.get("meta", {}),
                 "model": model, "seed": seed, "sampling": sampling(body), "max_tokens_field": which}
+
+    def encode(self, text: str, field: str, **kw) -> list[int]:
+        """The token ids of a request's text; BadRequest naming the field for text the tokenizer cannot read (an
+        unpaired surrogate, which JSON can carry)."""
+        try:
+            return self.tok(text, **kw)["input_ids"]
+        except (TypeError, ValueError, UnicodeError) as e:
+            raise BadRequest(f"{field} holds text that cannot be tokenized (an unpaired surrogate?): "
+                             f"{type(e).__name__}", field) from None
 
     def config(self, req: dict) -> GenConfig:
         return GenConfig(every=self.opt.every, steps=self.opt.steps, transitions=self.opt.transitions,
@@ -468,7 +481,11 @@ class Gateway:
                 t.cancel()
             # shielded: once a stream's client has gone, its task is cancelled again at every await (Starlette's
             # anyio cancel scope), which would cut the upstream connections' closing short and leave them generating
-            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+            try:
+                await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+            except asyncio.CancelledError:      # the client left while the request was ending: it still ends
+                self._client_left(sess, ctl, len(ids), probe_tokens)        # (a no-op once it has its record)
+                raise
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = ctl.finish(sess, cause=cause)
@@ -639,7 +656,11 @@ def read_preset(arg: str) -> tuple[Path | None, str]:
     JSON. A file that is not there or cannot be read is a PresetError naming it."""
     from analysis.presets.schema import URL_PREFIX
     path = Path(arg) if len(arg) < 4096 and "\n" not in arg else None
-    if path is None or not path.is_file():
+    try:
+        is_file = path is not None and path.is_file()
+    except OSError:                             # a name the system refuses (a long link): not a file
+        path, is_file = None, False
+    if not is_file:
         if arg.strip().startswith((URL_PREFIX, "{")):
             return None, arg
         raise PresetError("no such preset file" if path is None or not path.exists() else "not a file",

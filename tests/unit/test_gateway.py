@@ -694,3 +694,28 @@ def test_serve_takes_a_preset_link_and_says_each_start_up_problem_in_one_line_be
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_long_preset_link_an_unpaired_surrogate_and_two_names_for_max_tokens(tok, up, tmp_path):
+    """A review found: a preset link or JSON past 255 bytes crashed `serve` (the name was tried as a file: "File
+    name too long"); a prompt with an unpaired surrogate (which JSON can carry) was a 500 from the tokenizer;
+    max_completion_tokens given as null hid the max_tokens beside it."""
+    from analysis.presets.schema import encode
+    from analysis.production.gateway import read_preset
+    import random
+    import string
+    big = {**UNSURE, "name": "".join(random.Random(0).choices(string.ascii_letters, k=400))}   # (compresses little)
+    for text in (encode(big), json.dumps(big)):
+        assert len(text) > 255 and read_preset(text) == (None, text)
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        for route, body in (("/completions", {"prompt": "Count \ud800."}),
+                            ("/chat/completions", {"messages": [{"role": "user", "content": "Count \ud800."}]})):
+            raw = json.dumps({"model": MODEL, "max_tokens": 4, **body})        # (ensure_ascii: "\\ud800" on the wire)
+            r = httpx.post(url + route, content=raw, headers={"content-type": "application/json"}, timeout=30)
+            assert r.status_code == 400 and "cannot be tokenized" in r.json()["error"]["message"], r.text
+            assert r.json()["error"]["param"] in ("prompt", "messages")
+        req = gw.parse({"model": MODEL, "prompt": "Count.", "max_completion_tokens": None, "max_tokens": 7}, False)
+        assert req["max_tokens"] == 7
+        status, out = ask(url, max_tokens=5, max_completion_tokens=6)
+        assert status == 400 and "disagree" in out["error"]["message"], out
+        assert ask(url, max_tokens=5, max_completion_tokens=5)[0] == 200
