@@ -228,12 +228,12 @@ def _vllm_server(args):
         return print(f"vLLM environment ready: {vllm_local.venv_dir()}")
     log = vllm_local.ROOT / "data" / "logs" / f"vllm-{args.port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    # a SIGTERM (kill, a service manager) stops it as Ctrl-C does: the finally below ends vLLM's whole group
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     proc = vllm_local.start(args.model, args.port, log, name=args.name or args.model, extra=args.extra,
                             kv_gib=args.kv_gib, block_size=args.block_size)
     url = f"http://127.0.0.1:{args.port}/v1"
     print(f"starting vLLM for {args.model} (log: {log}) ...", flush=True)
-    # a SIGTERM (kill, a service manager) stops it as Ctrl-C does: the finally below ends vLLM's whole group
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         s = vllm_local.wait_healthy(url, proc, log=log)
         print(f"ready after {s:.0f} s: --engine openai --base-url {url} --model {args.name or args.model} "
@@ -242,4 +242,6 @@ def _vllm_server(args):
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):      # a second signal must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
         vllm_local.stop(proc)

@@ -326,17 +326,22 @@ def normalize_choice(span: str | None) -> str:
 # --- short text -----------------------------------------------------------------------------------------
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
+_EMPTY_LISTS = ("[]", "{}", "()", "[[]]")
 
 
 def normalize_text(s: str | None) -> str:
     """SQuAD normalisation: lower case, drop punctuation, the articles a/an/the, and extra white space. An
-    answer that is nothing but punctuation and articles ('[]', '#A A#') keeps its lower-cased text, so that it
-    can still be matched."""
+    answer that is nothing but punctuation and articles keeps its lower-cased text when it is one of letters
+    ('#A A#') or an empty list ('[]', '{}', '()'), so that it can still be matched; bare punctuation ('...', '?')
+    is no answer."""
     if not s:
         return ""
     low = s.lower()
     out = " ".join(_ARTICLES.sub(" ", "".join(ch for ch in low if ch not in _PUNCT)).split())
-    return out or " ".join(low.split())
+    if out:
+        return out
+    kept = " ".join(low.split())
+    return kept if any(ch.isalnum() for ch in kept) or kept.replace(" ", "") in _EMPTY_LISTS else ""
 
 
 _ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)

@@ -20,7 +20,7 @@ from analysis.backend.models import check_model
 from analysis.core.errors import StoplineError
 from analysis.core.lifeline import PARENT_ENV
 from analysis.core.sharing import env_int, env_paths
-from analysis.ingest.datasets import dataset_file
+from analysis.ingest.datasets import dataset_file, HF_OPTIONS, split_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 # what a job started from the dashboard may ask for (docs/security.md, "Limits"); each is an environment setting
@@ -134,6 +134,9 @@ def check_dataset(dataset: str) -> None:
     """A dataset read from a file (``jsonl:PATH``, ``csv:PATH``, …) must lie in a configured folder, checked
     before anything reads the path (the message is the same whether the file exists or not)."""
     arg = dataset_file(dataset)         # the path the run will read (a table's field mapping split off)
+    if arg is None and dataset.startswith("hf:"):   # a hub id, unless it names a folder where the job runs (ROOT)
+        name = split_mapping(dataset, HF_OPTIONS)[0].split(":", 1)[0]
+        arg = name if (ROOT / name).exists() else None
     if arg is None:
         return
     path = Path(arg).expanduser()

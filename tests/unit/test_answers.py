@@ -126,6 +126,8 @@ def test_a_text_answer_of_punctuation_and_articles_keeps_its_text():
     assert check("\\boxed{[]}", ["[]"], "text")["em"] == 1.0
     assert check("\\boxed{[0]}", ["[]"], "text")["em"] == 0.0
     assert check("\\boxed{#A A#}", ["#A A# A#"], "text")["em"] == 0.0
+    for junk in ("...", "?", "- -"):                      # bare punctuation stays no answer (a probe's junk)
+        assert normalize_text(junk) == ""
 
 
 def test_states_only_a_number():

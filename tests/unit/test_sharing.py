@@ -140,8 +140,10 @@ def test_a_jobs_dataset_file_must_be_in_a_configured_folder(tmp_path, monkeypatc
     ok = tmp_path / "datasets"
     ok.mkdir()
     monkeypatch.setenv("STOPLINE_DATASET_DIRS", str(ok))
+    monkeypatch.chdir(tmp_path)                 # the dashboard may run elsewhere than its jobs (ROOT)
     for ds in ("jsonl:/etc/passwd", f"csv:{ok}/../secret.csv", "gsm8k:/no/such.jsonl", "parquet:rel/x.parquet",
-               "hf:/etc?split=train", "hf:~/.cache/huggingface"):       # hf: reads a local folder too
+               "hf:/etc?split=train", "hf:~/.cache/huggingface",       # hf: reads a local folder too
+               "hf:docs", "hf:data/demo-logs:cfg"):                     # (relative to where the job runs)
         with pytest.raises(StoplineError, match="must be inside") as e:
             jobs.check_dataset(ds)
         assert "exist" not in str(e.value)                    # the same words whether the file is there or not
