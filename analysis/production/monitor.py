@@ -128,12 +128,17 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     ``log_preset``. A request id that comes again after its final record (a client's retry reusing its
     ``stopline.request_id``) is another instance of the request: each final record is a request of its own, with
     the checkpoints logged since the previous final record of that id (``instance`` 0, 1, ...; ``key``: the id,
-    then ``ID#2``, ``ID#3``, ... for the later instances)."""
+    then ``ID#2``, ``ID#3``, ... for the later instances). An id whose checkpoints start again before its final
+    record is a request that never ended (the gateway stopped mid-request and the client retried): its
+    checkpoints are dropped, and the header's ``unfinished_requests`` counts them by id."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     header, cks, fins, presets = {}, [], [], []
     done: dict[str, int] = {}            # request id -> its final records so far
     last_ck: dict[str, int] = {}         # request id -> the open instance's latest checkpoint index
+    unfinished: dict[str, int] = {}      # request id -> its instances that never ended (their checkpoints dropped)
+    restarted: dict = {}                 # request id -> (file, line) where its checkpoints started again
+    closed: dict = {}                    # ... and its final came: a second final straight after is two at once
     for path in paths:
         for ln, rec in _json_lines(path, "decision log"):
             if "type" not in rec:
@@ -157,15 +162,28 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             elif typ == "checkpoint":
                 rid = str(rec["request"])
                 if rec["ck"] <= last_ck.get(rid, -1):
-                    raise StoplineError(
-                        f"request {rid!r} logs checkpoint {rec['ck']} again before its final record: two requests "
-                        "with this id were in flight at once (a retry reusing stopline.request_id before the first "
-                        "ended), and their checkpoints cannot be told apart", file=str(path), line=ln, field="ck",
-                        hint="give each request its own id (a retry may reuse it once the first has ended)")
+                    # the id starts again before its final record: the earlier request never ended (the gateway
+                    # stopped mid-request, and the client retried with the same id; or two requests shared an id
+                    # at once, which cannot be told apart). Its checkpoints belong to no finished request: dropped
+                    n = done.get(rid, 0)
+                    cks = [c for c in cks if not (str(c["request"]) == rid and c["instance"] == n)]
+                    unfinished[rid] = unfinished.get(rid, 0) + 1
+                    restarted[rid] = (path, ln)
+                closed.pop(rid, None)
                 last_ck[rid] = rec["ck"]
                 cks.append({**rec, "instance": done.get(rid, 0)})
             elif typ == "final":
                 rid = str(rec["request"])
+                if rid in closed:           # a second final with no checkpoint since the restart's: two at once
+                    where = closed.pop(rid)
+                    raise StoplineError(
+                        f"request {rid!r} logs checkpoint again before its final record, and then two final "
+                        "records: two requests with this id were in flight at once (a retry reusing "
+                        "stopline.request_id before the first ended), and their checkpoints cannot be told apart",
+                        file=str(where[0]), line=where[1], field="ck",
+                        hint="give each request its own id (a retry may reuse it once the first has ended)")
+                if rid in restarted:
+                    closed[rid] = restarted.pop(rid)
                 fins.append({**rec, "instance": done.get(rid, 0)})
                 done[rid] = done.get(rid, 0) + 1
                 last_ck.pop(rid, None)
@@ -173,6 +191,8 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         raise StoplineError("the log holds no finished request", file=str(paths[0]))
     if presets:
         header["preset_records"] = presets
+    if unfinished:
+        header["unfinished_requests"] = unfinished
     ck = pd.DataFrame(cks)
     fin = pd.DataFrame(fins).reset_index(drop=True)
     fin["order"] = np.arange(len(fin))

@@ -188,6 +188,27 @@ def test_a_retried_request_id_is_a_request_of_its_own_for_check_log_and_monitor(
     assert (ck.groupby("key")["ck"].apply(lambda c: list(c) == list(range(len(c))))).all()
 
 
+def test_a_request_that_never_ended_and_its_retry_under_the_same_id_leave_the_log_readable(tmp_path, cli):
+    """The gateway stopped mid-request (no final record) and the client retried with the same id: its checkpoints
+    started again before a final record, which refused the whole log (monitor, check-log, recalibrate, the page).
+    Now the unfinished request's checkpoints are dropped and counted, and the retry is read as it was logged."""
+    log = tmp_path / "l.jsonl"
+    ctl = Controller(from_dict(CONF), "number", log=log, every=32)
+    a = ctl.open("r-1", "1+1")
+    a.checkpoint(32, "2", {"p_mean": 0.5})
+    ctl.decide([a])                              # ... and the gateway dies: no final record
+    b = ctl.open("r-1", "1+1")
+    for pos in (32, 64):
+        b.checkpoint(pos, "2", {"p_mean": 0.5})
+        ctl.decide([b])
+    ctl.finish(b, "2", 70)
+    ctl.log.close()
+    header, ck, fin = read_log(log)
+    assert len(fin) == 1 and list(ck["ck"]) == [0, 1] and header["unfinished_requests"] == {"r-1": 1}
+    code, out, err = cli("check-log", "--log", log)
+    assert code == 0 and "1 requests, 2 checkpoints" in out and "1.000" in out, (out, err)
+
+
 def test_two_requests_of_one_id_in_flight_at_once_are_named_not_mixed(tmp_path, cli):
     """Two requests with one id decided at once (a retry before the first ended): their checkpoints cannot be told
     apart, so the log is refused with the line and field rather than replayed wrongly."""
