@@ -97,8 +97,12 @@ try:        # the upload's copy is removed however this script run ends: an erro
         version = None
         if len(deployed["versions"]) > 1:       # a gateway's hot reloads: one version at a time, the latest first
             vs = deployed["versions"][::-1]
+            done = set(header.get("finished_versions") or [])
+            marks = {v: " (latest)" if v == vs[0] else "" for v in vs}
+            marks.update({v: marks[v] + " · no finished request yet" for v in vs if v not in done})
             version = st.selectbox("Preset version (the gateway's reloads; each promised something else)", vs,
-                                   key="mon_version", format_func=lambda v: v + (" (latest)" if v == vs[0] else ""))
+                                   index=next((i for i, v in enumerate(vs) if v in done), 0), key="mon_version",
+                                   format_func=lambda v: v + marks[v])
             deployed = log_preset(header, version)
         cal = deployed["calibration"] or {}
         run_db, run_id, cal_from = cal.get("db"), cal.get("run"), deployed["calibration_from"]
@@ -133,6 +137,9 @@ try:        # the upload's copy is removed however this script run ends: an erro
                 + (f" · arms: {', '.join(f'{k} {v}' for k, v in res['arms'].items())}" if res["arms"] else "")
                 + left_out_words(res))
     notes = []
+    if res.get("not_yet"):
+        notes.append(f"The latest preset version (`{'`, `'.join(res['not_yet'])}`) has no finished request yet: "
+                     f"these figures are version `{res['preset_version']}`'s, the one before it.")
     if res["versions"]["left_out"]:
         notes.append(f"The log holds {len(res['versions']['versions'])} preset versions: these figures are version "
                      f"`{res['preset_version']}`'s alone; {res['versions']['left_out']} requests of the others are "

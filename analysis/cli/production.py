@@ -180,6 +180,7 @@ def _monitor(args):
     if got["preset"] is None:
         raise no_preset(args.log)
     res = monitor(args.log, got["t"], got["preset"], args.labels, window=args.window, version=got["version"])
+    res["not_yet"] = got["not_yet"]             # newer versions with no finished request (not when one is named)
     res.pop("calibration_arrays", None)
     res["windows"] = res["windows"].to_dict("records")
     res["calibration"] = {k: got[k] for k in ("run", "db", "calibration_from", "preset_from")}
@@ -189,6 +190,9 @@ def _monitor(args):
     print(f"{res['n_requests']} requests ({', '.join(f'{k} {v}' for k, v in res['arms'].items())}), "
           f"{res['labelled']} labelled" + monitor_mod.left_out_words(res).replace(" · ", ", ") + f"; preset {res['preset']}"
           + (f" (version {res['preset_version']})" if res["preset_version"] else ""))
+    if res.get("not_yet"):
+        print(f"  the latest preset version ({', '.join(res['not_yet'])}) has no finished request yet: these figures "
+              f"are version {res['preset_version']}'s, the one before it")
     if len(v["versions"]) > 1:
         print(f"  the log holds {len(v['versions'])} preset versions ("
               + ", ".join(f"{k}: {n} requests" for k, n in v["versions"].items()) + f"): these figures are version "

@@ -193,6 +193,8 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         header["preset_records"] = presets
     if unfinished:
         header["unfinished_requests"] = unfinished
+    header["finished_versions"] = list(dict.fromkeys(str(f["preset_version"]) for f in fins
+                                                     if f.get("preset_version") is not None))
     ck = pd.DataFrame(cks)
     fin = pd.DataFrame(fins).reset_index(drop=True)
     fin["order"] = np.arange(len(fin))
@@ -233,9 +235,16 @@ def log_preset(header: dict, version: str | None = None) -> dict:
         raise StoplineError(f"the log holds no preset version {version!r}", field="preset_version",
                             hint="its versions: " + (", ".join(versions) or "none"))
     pick = [r for r in recs if version is None or r["version"] == version]
+    # by default the latest version that has finished requests (right after a reload, the one before it); the
+    # newer ones are ``not_yet``
+    finished, not_yet = set(header.get("finished_versions") or []), []
+    if version is None and any(r["version"] in finished for r in pick):
+        last = max(i for i, r in enumerate(pick) if r["version"] in finished)
+        not_yet = list(dict.fromkeys(r["version"] for r in pick[last + 1:] if r["version"] is not None))
+        pick = pick[:last + 1]
     rec = pick[-1] if pick else None
     out = {"preset": None, "preset_from": None, "preset_at": None, "calibration": {}, "calibration_from": None,
-           "version": rec["version"] if rec else None, "versions": versions}
+           "version": rec["version"] if rec else None, "versions": versions, "not_yet": not_yet}
     if rec:
         out["preset"], out["preset_from"] = rec["preset"], f"{rec['file']}, line {rec['line']} (a preset record)"
         out["preset_at"] = {"file": rec["file"], "line": rec["line"]}
@@ -372,8 +381,10 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     latest; the other versions' requests are counted (``versions``), not mixed in: each version promised
     something else. ``preset`` defaults to the version's preset record, else the log's header."""
     header, ck, fin = read_log(log_paths)
+    not_yet = []
     if version is None:
-        version = log_preset(header)["version"]
+        dep = log_preset(header)
+        version, not_yet = dep["version"], dep["not_yet"]
     if preset is None:
         preset = deployed_preset(header, version)
         if preset is None:
@@ -394,7 +405,8 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
                  "ended_causes": causes,
                  "arms": fin["arm"].value_counts().to_dict() if "arm" in fin else {},
                  "preset": preset.name, "labelled": int(fin["em"].notna().sum()), "flags": [], "checks": {},
-                 "preset_version": versions["version"], "versions": versions, "repeated_ids": repeated_ids(fin)}
+                 "preset_version": versions["version"], "versions": versions, "repeated_ids": repeated_ids(fin),
+                 "not_yet": not_yet}
     live_tok = champ["tokens_emitted"].to_numpy(dtype=float)
     live_stop = champ["stopped"].to_numpy(dtype=bool)
     live_em = champ["em"].dropna().to_numpy(dtype=float)
@@ -624,6 +636,7 @@ def calibration_inputs(logs, preset_arg=None, run_arg=None, db_arg=None, version
         db = resolve_db(db, [] if db_arg else logs, "--db" if db_arg else dep["calibration_from"])
         t = RunTable.from_store(Store(db, read_only=True), run_id)
     return {"t": t, "preset": preset, "run": run_id, "db": db, "version": dep["version"], "versions": dep["versions"],
+            "not_yet": dep["not_yet"],
             "preset_from": "--preset" if preset_arg else dep["preset_from"],
             "calibration_from": "--run" if run_arg else dep["calibration_from"] if run_id else None}
 

@@ -1,4 +1,5 @@
 """AppTest: The Monitor page: decision logs against their calibration run."""
+import json
 from tests.helpers import open_app
 
 
@@ -243,6 +244,16 @@ def test_monitor_page_reads_a_gateways_log(tmp_path, monkeypatch):
     assert {"Tokens / request", "Savings vs full length"} <= {m.label for m in at.metric}
     at.selectbox(key="mon_version").set_value(preset_version(conf)).run()
     assert any(m.value.startswith("**60** requests · preset **conf**") for m in at.markdown)
+    # right after a reload (a preset record, no request finished under it): the version before it, and said so
+    newer = {**budget, "name": "b50", "setting": {"family": "budget", "params": {"B": 50}}}
+    from analysis.presets.schema import from_dict
+    with open(logs / "gw.jsonl", "a") as f:
+        f.write(json.dumps({"type": "preset", "preset_version": preset_version(newer),
+                            "preset": from_dict(newer).to_dict(), "calibration": named}) + "\n")
+    at = open_app(str(logs / "cal.duckdb"), cal, "views/monitor.py")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="mon_version").value == preset_version(budget)
+    assert "no finished request yet" in at.selectbox(key="mon_version").format_func(preset_version(newer))
     # no calibration anywhere: the live figures, and how to add it
     (logs / "gw.jsonl").unlink()
     gateway_log(logs / "gw.jsonl", [(conf, None, t)])

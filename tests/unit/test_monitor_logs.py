@@ -154,6 +154,27 @@ def test_a_log_of_several_preset_versions_is_read_one_version_at_a_time(world, t
     assert code == 2 and "no preset version 'nope'" in err
 
 
+def test_right_after_a_reload_the_monitor_reads_the_version_before_it(world, tmp_path, cli):
+    """The latest preset record (a reload) with no finished request yet: monitor with no flags failed ("no
+    request of preset version ... has finished"); now it reads the latest version that has, and says so."""
+    t, cal = world["t"], {"db": str(world["db"]), "run": world["cal"]}
+    log = gateway_log(tmp_path / "gw.jsonl", [(CONF, cal, t.subset(np.arange(70))),
+                                              (BUDGET, cal, t.subset(np.arange(70, 120)))])
+    newer = {**BUDGET, "name": "b50", "setting": {"family": "budget", "params": {"B": 50}}}
+    with open(log, "a") as f:
+        f.write(json.dumps({"type": "preset", "preset_version": preset_version(newer),
+                            "preset": from_dict(newer).to_dict(), "calibration": cal}) + "\n")
+    got = calibration_inputs([log])
+    assert got["preset"].name == "b96" and got["version"] == preset_version(BUDGET)
+    res = monitor([log], got["t"], got["preset"], propose=False)
+    assert res["n_requests"] == 50 and res["not_yet"] == [preset_version(newer)], res["not_yet"]
+    code, out, err = cli("monitor", "--log", log)
+    assert code in (0, None), err
+    assert f"the latest preset version ({preset_version(newer)}) has no finished request yet" in out, out
+    code, _, err = cli("monitor", "--log", log, "--preset-version", preset_version(newer))
+    assert code == 2 and "has finished" in err                  # asked for by name: still said plainly
+
+
 def test_recalibrate_takes_the_preset_from_a_gateways_preset_record(world, tmp_path, cli):
     t = world["t"]
     log = gateway_log(tmp_path / "gw.jsonl", [(CONF, None, t)])
