@@ -188,7 +188,7 @@ class Gateway:
             tmp = self.preset_path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(self.preset_path)
-        self._use(*loaded)
+        self._use(*loaded, reloaded=True)
         if self.preset_path is not None:
             self._mtime = self.preset_path.stat().st_mtime_ns
         return True
@@ -202,11 +202,30 @@ class Gateway:
                          transitions=self.opt.transitions)        # refuses what the controller cannot run
         return preset, ctl, hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
-    def _use(self, preset, ctl: Controller, version: str) -> None:
+    def _use(self, preset, ctl: Controller, version: str, reloaded: bool = False) -> None:
         ctl.log = VersionedLog(self.log, version)
         self.controller, self.version, self.preset = ctl, version, preset
+        unknown = False
+        if reloaded:
+            before, self.calibration = self.calibration, self._calibration_after_reload(preset)
+            unknown = before is not None and self.calibration is None
+        # (a calibration that became unknown is said as null: the monitor must not fall back to the header's)
         self.log.write({"type": "preset", "preset_version": version, "preset": preset.to_dict(),
-                        **self._calibration()})
+                        **({"calibration": None} if unknown else self._calibration())})
+
+    def _calibration_after_reload(self, preset) -> dict | None:
+        """A reloaded preset certified on another run than the log's calibration (a recalibration's) promises
+        what that run says: that run, in the same store, when it is there; else no calibration for this version
+        (the monitor is told with --run and --db), never the start's run, which promised something else."""
+        cert = (preset.certificate or {}).get("run")
+        if not isinstance(cert, str) or cert in ("", "explore") or (self.calibration or {}).get("run") == cert:
+            return self.calibration
+        try:
+            return calibration_of(preset, None, (self.calibration or {}).get("db"))
+        except StoplineError as e:
+            logger.warning("the reloaded preset was certified on run %s, which cannot be found (%s): its log "
+                           "records name no calibration run", cert, e.message)
+            return None
 
     def _calibration(self) -> dict:
         return {"calibration": dict(self.calibration)} if self.calibration else {}
@@ -257,10 +276,8 @@ class Gateway:
                 ids, question = list(p), ""
             else:
                 raise BadRequest("prompt must be a non-empty string or a list of token ids", "prompt")
-        # the one of the two names given (a null one is not given); both, at different values, is a question
+        # the one of the two names given, a null one not given; both: max_completion_tokens, the newer name
         given = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
-        if len(given) == 2 and body[given[0]] != body[given[1]]:
-            raise BadRequest("max_tokens and max_completion_tokens disagree: give one", "max_completion_tokens")
         which = given[0] if given else "max_tokens"
         cap = self.opt.max_tokens_cap or MAX_TOKENS
         mt = body.get(which)

@@ -64,7 +64,7 @@ FIELD_TYPES = {
     "checkpoint": {"request": (str, int), "arm": (str,), "ck": (int,), "pos": _NUM, "kind": (str,),
                    "answer": (str, *_NULL), "answer_tokens": _ANY_NUM, "probe_tokens": _ANY_NUM,
                    **{s: _ANY_NUM for s in SIGNAL_COLUMNS}, "decision": (str,), "preset_version": (str,)},
-    "preset": {"preset_version": (str,), "preset": (dict,), "calibration": (dict,)},
+    "preset": {"preset_version": (str,), "preset": (dict,), "calibration": (dict, *_NULL)},
     "label": {"request": (str, int), "em": (float, bool, *_NULL), "gold": (str, float, list, *_NULL)},
 }
 _TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "an object",
@@ -158,7 +158,8 @@ def read_log(paths) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
                 header = header or dict(rec)
             elif typ == "preset":
                 presets.append({"version": rec.get("preset_version"), "preset": rec["preset"],
-                                "calibration": rec.get("calibration"), "file": str(path), "line": ln})
+                                "calibration": rec.get("calibration"), "no_calibration": "calibration" in rec
+                                and rec["calibration"] is None, "file": str(path), "line": ln})
             elif typ == "checkpoint":
                 rid = str(rec["request"])
                 if rec["ck"] <= last_ck.get(rid, -1):
@@ -252,7 +253,7 @@ def log_preset(header: dict, version: str | None = None) -> dict:
             out["calibration"], out["calibration_from"] = rec["calibration"], out["preset_from"]
     if out["preset"] is None and "preset" in header:
         out["preset"], out["preset_from"] = header["preset"], "the log's header"
-    if not out["calibration"] and header.get("calibration"):
+    if not out["calibration"] and header.get("calibration") and not (rec or {}).get("no_calibration"):
         out["calibration"], out["calibration_from"] = header["calibration"], "the log's header"
     return out
 
