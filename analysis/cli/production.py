@@ -308,7 +308,7 @@ def _gateway_setup(p):
 @command("serve", "an OpenAI-compatible gateway that applies a preset in front of your server (vLLM, SGLang, …)",
          _gateway_setup)
 def _gateway(args):
-    import asyncio
+    from analysis.core.aio import run_sync
     import os
     from datetime import date
 
@@ -352,7 +352,7 @@ def _gateway(args):
         async def check():
             async with engine:
                 await connect(engine)
-        asyncio.run(check())               # the upstream, checked here: one clear line when it fails
+        run_sync(check())                  # the upstream, checked here: one clear line when it fails
         log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
         gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, api_key=key, admin_key=admin_key,
                      engine=engine, calibration=calibration,

@@ -274,6 +274,7 @@ def test_a_stream_whose_client_left_is_settled_once_however_it_stopped(tok, up, 
     chunk's send), and never started (the client left before the first chunk). Each gets one final record
     (client_disconnected) and one count, and the first its upstream stream closed."""
     import asyncio
+    from analysis.core.aio import run_sync
     from analysis.production.gateway import Gateway, Options
     from analysis.production.gateway_app import Shape, Stream
     up.mode = "trickles"
@@ -303,7 +304,7 @@ def test_a_stream_whose_client_left_is_settled_once_however_it_stopped(tok, up, 
             await stream("never").settle()
         finally:
             await gw.engine.__aexit__(None, None, None)
-    asyncio.run(run())
+    run_sync(run())          # (Playwright's sync API may run a loop in this thread: the suite's browser tests)
     finals = records(tmp_path, "final")
     assert [(f["request"], f["cause"], f["stopped"], f["full_length"]) for f in finals] == [
         ("cut", "client_disconnected", False, False), ("never", "client_disconnected", False, False)], finals
