@@ -400,7 +400,7 @@ def monitor(log_paths, t=None, preset=None, labels=None, window: int | None = No
     fin = _labelled(fin, read_labels(labels) if isinstance(labels, (str, Path, list)) else labels, answer_type)
     champ = fin[fin["arm"] == "champion"] if "arm" in fin else fin
     broken, cut = ended_by_upstream(champ), cut_by_client(fin)
-    causes = {str(k): int(v) for k, v in champ.loc[broken, "cause"].value_counts().items()} if broken.any() else {}
+    causes = cause_counts(champ, broken)
     champ = champ[~broken & ~cut_by_client(champ)]
     out: dict = {"n_requests": int(len(fin)), "ended_by_upstream": int(broken.sum()), "cut_by_client": int(cut.sum()),
                  "ended_causes": causes,
@@ -525,6 +525,11 @@ def ended_by_upstream(fin: pd.DataFrame) -> pd.Series:
     (``upstream_rejected``) or the gateway's own failure (``gateway_failed``); any ``cause`` but a client's leaving.
     Not the preset's decisions, nor full-length traces."""
     return fin["cause"].notna() & ~cut_by_client(fin) if "cause" in fin else pd.Series(False, index=fin.index)
+
+
+def cause_counts(fin: pd.DataFrame, which: pd.Series) -> dict:
+    """How many of the final records ``which`` picks ended by each cause."""
+    return {str(k): int(v) for k, v in fin.loc[which, "cause"].value_counts().items()} if which.any() else {}
 
 
 def cut_by_client(fin: pd.DataFrame) -> pd.Series:

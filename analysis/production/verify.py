@@ -38,7 +38,7 @@ from analysis.evaluate.robustness import noise_from, stop_sensitivity
 from analysis.ingest.datasets import load_dataset
 from analysis.presets.routing import EXPLORE, preset_stops
 from analysis.production.controller import controlled_generate, Controller
-from analysis.production.monitor import ended_by_upstream, read_log, repeated_ids
+from analysis.production.monitor import cause_counts, ended_by_upstream, read_log, repeated_ids
 from analysis.replay.engine import RunTable, stop_index
 from analysis.replay.policies.base import Setting
 
@@ -78,8 +78,8 @@ def check_decisions(log, answer_type: str | None = None) -> dict:
     # a request a failure or a refusal ended (upstream_failed, upstream_rejected, gateway_failed) was not stopped
     # by the preset: it is left out and counted apart, by cause (one its client cut is replayed: its decisions
     # were the preset's)
-    broken = ended_by_upstream(fin).to_numpy()
-    causes = {str(k): int(v) for k, v in fin.loc[broken, "cause"].value_counts().items()} if broken.any() else {}
+    ended = ended_by_upstream(fin)
+    causes, broken = cause_counts(fin, ended), ended.to_numpy()
     if broken.any():
         gone = set(fin.loc[broken, "key"])
         fin = fin[~broken].reset_index(drop=True)
