@@ -98,6 +98,7 @@ class Replica:
     version: str | None = None
     owned_by: str | None = None
     block_size: int | None = None
+    max_model_len: int | None = None       # the model's context (vLLM, SGLang: GET /v1/models); None: not said
     label: str = "replica 1 of 1"          # how the gateway's clients hear of it (never its URL)
 
     @property
@@ -114,6 +115,7 @@ class EngineStats:
     probe_cached_tokens: int | None = None     # None: the server does not report cached tokens
     cacheable_tokens: int = 0                  # full KV blocks of the probes' shared prefixes
     answer_tokens: int = 0
+    probes_past_context: int = 0               # checkpoints whose probe prompt would not fit the model's context
     retries: int = 0
     replica_failures: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)  # the last few failures, for the run's execution info
@@ -240,7 +242,10 @@ class OpenAIEngine:
             if self.model not in served:
                 raise StoplineError(f"the server at {r.shown} does not serve a model named {self.model!r}",
                                     hint="it serves: " + ", ".join(map(str, served)))
-            r.owned_by = next((m.get("owned_by") for m in resp.json()["data"] if m.get("id") == self.model), None)
+            card = next(m for m in resp.json()["data"] if m.get("id") == self.model)
+            r.owned_by = card.get("owned_by")
+            n_ctx = card.get("max_model_len")
+            r.max_model_len = n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0 else None
             alive.append(r)
         if not alive:
             raise StoplineError("no server answered: " + "; ".join(problems),
@@ -255,7 +260,8 @@ class OpenAIEngine:
         await self._check_tokenizer(first)
         self.stats.ids_from = "server" if ids_ok else "tokenizer"
         self.info = {"server": first.owned_by, "server_version": first.version,
-                     "block_size": first.block_size, "replicas": len(self.replicas),
+                     "block_size": first.block_size, "max_model_len": first.max_model_len,
+                     "replicas": len(self.replicas),
                      "unreachable_at_start": problems, "token_ids": self.stats.ids_from}
         return self.info
 
@@ -436,12 +442,19 @@ class OpenAIEngine:
         return "".join(text), finish, got_ids
 
     async def _probe(self, r: Replica, ids: list[int], cue_ids: list[int], cfg: GenConfig) -> tuple[Probe, float]:
-        """One probe: (Probe, seconds)."""
+        """One probe: (Probe, seconds). Near the end of the model's context (a trace that fills it) the answer gets
+        the tokens left, and a probe whose prompt alone would not fit is not sent: that checkpoint has no trial
+        answer (the server would refuse the request, and with it the trace)."""
+        prompt = ids + cue_ids
+        room = cfg.max_answer_tokens if r.max_model_len is None else min(cfg.max_answer_tokens,
+                                                                           r.max_model_len - len(prompt))
+        if room < 1:
+            self.stats.probes_past_context += 1
+            return Probe("", [], [], math.nan, 0), 0.0
         async with self._p_sem:
             t0 = time.perf_counter()
-            prompt = ids + cue_ids
             out = await self._post(r, "/completions", {
-                "model": self.model, "prompt": prompt, "max_tokens": cfg.max_answer_tokens, "temperature": 0,
+                "model": self.model, "prompt": prompt, "max_tokens": room, "temperature": 0,
                 "stop": PROBE_STOPS, "logprobs": self.top_k, "return_token_ids": True})
             dt = time.perf_counter() - t0
         try:

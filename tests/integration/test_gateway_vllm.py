@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from analysis.backend.models import load_tokenizer
+from analysis.backend.prompts import CUES
 from analysis.presets.routing import request_fields, route
 from analysis.presets.schema import loads
 from analysis.production.gateway import check_bind
@@ -297,6 +298,37 @@ def test_a_request_vllm_refuses_is_the_clients_400_not_an_upstream_failure(serve
         assert [f.get("cause") for f in finals] == ["upstream_rejected", "upstream_rejected", None], finals
         m = httpx.get(url.removesuffix("/v1") + "/metrics").text
         assert 'outcome="upstream_rejected"} 2.0' in m and 'outcome="upstream_error"' not in m
+
+
+def test_probes_near_the_end_of_the_models_context_are_cut_to_fit_not_a_502(server, tok, tmp_path):
+    """A request that fills the model's context (prompt + max_tokens = max_model_len, which vLLM accepts): its last
+    checkpoints' probes (prefix + cue + the answer cap) would pass the context end, and vLLM refused them, so the
+    whole request failed with 502. The gateway now reads max_model_len from GET /v1/models and asks a probe for
+    no more answer tokens than fit; a probe with no room at all is not sent (that checkpoint has no trial
+    answer)."""
+    t = tok[0]
+    n_ctx = httpx.get(server + "/models", timeout=10).json()["data"][0]["max_model_len"]
+    prompt, k = "", 1
+    while len(t(prompt, add_special_tokens=False)["input_ids"]) < n_ctx - 104:    # a count the model goes on with
+        prompt, k = prompt + f"{k}, ", k + 1
+    p = len(t(prompt, add_special_tokens=False)["input_ids"])
+    cue = len(t(CUES["instruct"], add_special_tokens=False)["input_ids"])
+    assert 96 <= n_ctx - p < 96 + cue, p     # probes at 32, 64 and 96: the last one's prompt past the end
+    conf = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.999},
+            "schedule": {"every": 1, "at_steps": False, "at_transitions": False}}}
+    with gateway(server, tok, tmp_path, conf) as (gw, url):
+        r = httpx.post(url + "/completions", timeout=600,
+                       json={"model": MODEL, "prompt": prompt, "max_tokens": n_ctx - p, "temperature": 0})
+        assert r.status_code == 200, r.text
+        info = r.json()["stopline"]
+        assert not info["stopped"] and info["position"] == n_ctx - p and info["probe_tokens"] > 0, info
+        assert gw.engine.stats.probes_past_context == 1 and gw.engine.info["max_model_len"] == n_ctx
+    logged = [json.loads(ln) for ln in open(tmp_path / "decisions.jsonl")]
+    cps = {rec["pos"]: rec for rec in logged if rec["type"] == "checkpoint"}
+    assert sorted(cps) == [32, 64, 96] and cps[64]["answer"] and not cps[96]["answer"], cps
+    assert cps[96]["probe_tokens"] == 0 and cps[64]["probe_tokens"] > 0
+    assert [rec.get("cause") for rec in logged if rec["type"] == "final"] == [None]
+    assert check_decisions(str(tmp_path / "decisions.jsonl"))["agreement"] == 1.0
 
 
 def stream_events(url, body, events: list, started: threading.Event):
