@@ -170,6 +170,31 @@ class Gateway:
                                           "preset": loaded[0].to_dict(), **self._calibration()})
         self._use(*loaded)
         self._mtime = mtime
+        self.in_flight: dict[str, dict] = {}    # request id -> its request, from its start to its final record
+
+    def claim(self, req: dict) -> None:
+        """A request id for one request at a time: a second request under an id still in flight is refused
+        (409), so that the decision log, which names requests by id, never holds two at once (the monitor
+        could not tell their records apart). The id is free again once its request has its final record, before
+        its client hears the end (``release``)."""
+        rid = req["request_id"]
+        if rid in self.in_flight:
+            raise BadRequest(f"a request with id {rid!r} is still in flight; an id names one request at a time "
+                             "(send it again once that one has ended, or give another id)",
+                             "stopline.request_id", status=409)
+        self.in_flight[rid] = req
+
+    def release(self, req: dict) -> None:
+        """``req``'s id free again (a no-op once it is, or when a later request holds it)."""
+        if self.in_flight.get(req["request_id"]) is req:
+            del self.in_flight[req["request_id"]]
+
+    def _finish(self, req: dict, ctl: Controller, sess, *args, **kw) -> dict:
+        """The request's final record, and its id free again."""
+        try:
+            return ctl.finish(sess, *args, **kw)
+        finally:
+            self.release(req)
 
     # --- the preset, reloaded when its file changes ---------------------------------------------------------
     def reload(self, force: bool = False, text: str | None = None) -> bool:
@@ -475,19 +500,20 @@ class Gateway:
                 own = extract(text, ctl.answer_type)
         except (asyncio.CancelledError, GeneratorExit):
             # the client left: its stream closed, or its wait for a whole response cancelled
-            self._client_left(sess, ctl, len(ids), probe_tokens)
+            self._client_left(req, sess, ctl, len(ids), probe_tokens)
             raise
         except UpstreamRejected as e:
-            self._rejected(req, sess, ctl, len(ids), e)
+            self._rejected(req, sess, ctl, len(ids), e, probe_tokens)
             raise
         except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
-            self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure)
+            self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure,
+                                 probe_tokens)
             raise failure from None
         except Exception:
             # our own failure (the app logs it, with its error record): the request still ends in the decision log
-            if not sess.finished:
-                ctl.finish(sess, None, decision.pos if decision is not None else len(ids), cause=GATEWAY_FAILED)
+            self._ended(req, sess, ctl, decision.pos if decision is not None else len(ids), GATEWAY_FAILED,
+                        probe_tokens)
             raise
         finally:
             if getter is not None:
@@ -501,15 +527,15 @@ class Gateway:
             try:
                 await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
             except asyncio.CancelledError:      # the client left while the request was ending: it still ends
-                self._client_left(sess, ctl, len(ids), probe_tokens)        # (a no-op once it has its record)
+                self._client_left(req, sess, ctl, len(ids), probe_tokens)        # (a no-op once it has its record)
                 raise
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
-            rec = ctl.finish(sess, cause=cause)
+            rec = self._finish(req, ctl, sess, cause=cause)
         elif decision is not None:
-            rec = ctl.finish(sess, None, n)
+            rec = self._finish(req, ctl, sess, None, n)
         else:
-            rec = ctl.finish(sess, own, n)
+            rec = self._finish(req, ctl, sess, own, n)
         # usage counts what the client receives (the cue too) and, as the upstream's own usage does, the end of
         # sequence the model wrote (the trace's ids leave it out); tokens_emitted is the replay's count (the stop's
         # position plus the answer's tokens), as the decision log's
@@ -530,38 +556,45 @@ class Gateway:
         self.metrics.finished(info)
         yield ("end", info)
 
-    def _client_left(self, sess, ctl, n: int, probe_tokens: int) -> None:
+    def _client_left(self, req, sess, ctl, n: int, probe_tokens: int) -> None:
         """A request whose client left before its end, in the decision log: its final record, ``cause:
         client_disconnected``, with what was done by then (``n`` tokens generated, the checkpoints decided and
         their probes). Neither the preset's stop nor a full-length answer: the monitor counts it apart."""
+        self._ended(req, sess, ctl, n, CLIENT_LEFT, probe_tokens)
+
+    def _ended(self, req, sess, ctl, n: int, cause: str, probe_tokens: int) -> None:
+        """A request ended by ``cause`` (not the preset's stop, nor its full length): its final record with what
+        was done by then (``n`` tokens generated), and in the metrics the tokens it generated and probed (they
+        were computed all the same). A no-op for a request that already has its final record."""
         if sess.finished:
+            self.release(req)
             return
-        rec = ctl.finish(sess, None, n, cause=CLIENT_LEFT)
-        self.metrics.finished({"stopped": rec["stopped"], "arm": sess.route.arm, "cause": CLIENT_LEFT,
+        rec = self._finish(req, ctl, sess, None, n, cause=cause)
+        self.metrics.finished({"stopped": rec["stopped"], "arm": sess.route.arm, "cause": cause,
                                "tokens_emitted": rec["tokens_emitted"], "probe_tokens": probe_tokens})
 
     def abandoned(self, req: dict) -> None:
         """A request whose client left before its response began (a stream that never started): its final
         record, ``cause: client_disconnected``, nothing done."""
         ctl = self.current()
-        self._client_left(ctl.open(req["request_id"], req["question"], req["meta"], req["tags"]), ctl, 0, 0)
+        self._client_left(req, ctl.open(req["request_id"], req["question"], req["meta"], req["tags"]), ctl, 0, 0)
 
-    def _failed_request(self, req, sess, ctl, pos: int, failure: UpstreamFailure) -> None:
+    def _failed_request(self, req, sess, ctl, pos: int, failure: UpstreamFailure, probe_tokens: int) -> None:
         """A request the upstream failed, in the server's log and the decision log: the error (the replica's URL
         without credentials) and the request's final record, ``cause: upstream_failed`` (the monitor and
         check-log leave it out of the preset's figures)."""
         logger.warning("request %s: the upstream failed: %s", req["request_id"], failure)
         self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
                         "status": failure.status, "error": str(failure)})
-        ctl.finish(sess, None, pos, cause="upstream_failed")
+        self._ended(req, sess, ctl, pos, "upstream_failed", probe_tokens)
 
-    def _rejected(self, req, sess, ctl, n: int, e: UpstreamRejected) -> None:
+    def _rejected(self, req, sess, ctl, n: int, e: UpstreamRejected, probe_tokens: int) -> None:
         """A request the upstream refused, in the decision log: the error (status, message) and its final record,
         ``cause: upstream_rejected`` (the monitor leaves it out of the preset's figures)."""
         logger.info("request %s: the upstream refused it: %s", req["request_id"], e)
         self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
                         "status": e.status, "error": str(e)[:500]})
-        ctl.finish(sess, None, n, cause="upstream_rejected")
+        self._ended(req, sess, ctl, n, "upstream_rejected", probe_tokens)
 
     async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
         """``--on-upstream-error answer``: the trial answer at the last token the failed upstream wrote, probed on

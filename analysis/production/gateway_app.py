@@ -100,20 +100,37 @@ def create_app(gw: Gateway) -> FastAPI:
         try:
             # the chat template and tokenizer run in a worker thread: the event loop keeps streaming meanwhile
             req = await asyncio.to_thread(gw.parse, await body_of(request), chat, dict(request.headers))
+            gw.claim(req)
         except BadRequest as e:
             gw.metrics.requests.labels(endpoint, "bad_request").inc()
             return error(e.status, str(e), e.param)
+        try:
+            return await answer(request, req, chat, endpoint)
+        finally:
+            if not req["stream"]:
+                gw.release(req)
+
+    async def answer(request: Request, req: dict, chat: bool, endpoint: str):
+        """The response to a request claimed (``gw.claim``). Its final record frees its id (``gw.events``); as a
+        safety net, a whole one is released by ``serve`` too, a stream once it has ended (``Stream.settle``) or
+        here, when no stream is sent."""
         rid = "chatcmpl-" if chat else "cmpl-"
         rid += uuid.uuid4().hex[:16]
         created = int(time.time())
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
             s = Stream(gw, req, shape, endpoint)
-            work = await unless_gone(request, s.start())
+            try:
+                work = await unless_gone(request, s.start())
+            except BaseException:
+                gw.release(req)
+                raise
             if work.cancelled():        # (the decision log has its final record: gw.events wrote it)
+                gw.release(req)
                 gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
                 return Response(status_code=499)
             if isinstance(work.exception(), UpstreamRejected):      # before any chunk: with its status
+                gw.release(req)
                 return rejected(work.exception(), endpoint)
             return StreamingResponse(s.chunks(), media_type="text/event-stream", background=BackgroundTask(s.settle))
 
@@ -314,7 +331,10 @@ class Stream:
             if not self.primed:                 # (a primed one's events write it when closed)
                 self.gw.abandoned(self.req)
         self.count(CLIENT_LEFT)
-        await self.events.aclose()              # the events' own end: their final record, the upstream cancelled
+        try:
+            await self.events.aclose()          # the events' own end: their final record, the upstream cancelled
+        finally:
+            self.gw.release(self.req)
 
 
 def event_error(message: str, kind: str, code: int) -> str:

@@ -168,10 +168,11 @@ def records(folder, kind: str) -> list[dict]:
 def test_a_malformed_upstream_stream_ends_the_request_with_a_clear_502_not_a_hang(tok, up, tmp_path, mode, says):
     """Before, the gateway's producer died on the bad line and the request waited forever. Now: 502 (or an
     error event when streamed) naming the problem and the replica by number; the server's log names the URL,
-    without the credentials it carries; the decision log has the request's error and final records."""
+    without the credentials it carries; the decision log has the request's error and final records, and the
+    metrics the tokens the failed requests generated and probed (they were left out)."""
     up.mode = mode
     secret_url = f"http://alice:s3cret@127.0.0.1:{up.port}/v1"
-    with serve_gateway(secret_url, tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+    with serve_gateway(secret_url, tok, tmp_path, UNSURE, MODEL, **SMALL) as (gw, url):
         status, out = ask(url, stopline={"request_id": "whole"})
         assert status == 502 and out["error"]["type"] == "upstream_error"
         message = out["error"]["message"]
@@ -192,6 +193,10 @@ def test_a_malformed_upstream_stream_ends_the_request_with_a_clear_502_not_a_han
         assert res["ended_by_upstream"] == 2 and res["n"] == 0, res
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
         assert 'stopline_requests_total{endpoint="chat",outcome="upstream_error"} 2.0' in metrics
+        emitted, probed = sum(f["tokens_emitted"] for f in finals), sum(c["probe_tokens"] for c in records(
+            tmp_path, "checkpoint"))
+        assert emitted == 2 * len(up.ids) and f"stopline_tokens_emitted_total {emitted:.1f}" in metrics, metrics
+        assert f"stopline_probe_tokens_total {probed:.1f}" in metrics, (probed, metrics)
         assert "s3cret" not in "".join(open(tmp_path / "decisions.jsonl"))
     assert up.open_streams == 0
 
@@ -311,6 +316,43 @@ def test_a_stream_whose_client_left_is_settled_once_however_it_stopped(tok, up, 
     assert finals[0]["tokens_emitted"] >= 6 and finals[1]["tokens_emitted"] == finals[1]["n_checkpoints"] == 0
     assert all(f["preset_version"] == gw.version for f in finals)
     assert 'stopline_requests_total{endpoint="chat",outcome="client_disconnected"} 2.0' in gw.metrics.render().decode()
+
+
+def test_a_request_id_still_in_flight_is_refused_with_409_and_is_free_again_once_its_request_ended(tok, up,
+                                                                                                  tmp_path):
+    """The decision log names requests by id, and the monitor refuses a log in which two requests of one id run at
+    once (it could not tell their records apart). Before, the gateway took a second request under an id still in
+    flight, and its own log became one the monitor could not read. Now the second gets 409 naming the field, and
+    the id is free again once its request has ended, however it ended (streamed, whole, its client gone)."""
+    up.mode = "trickles"
+    dup = {"stopline": {"request_id": "dup"}}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 100_000, **dup}
+    with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        with httpx.stream("POST", url + "/chat/completions", json={**body, "stream": True}, timeout=30) as r:
+            lines = r.iter_lines()
+            assert next(ln for ln in lines if ln.startswith("data: "))           # in flight
+            for stream in (False, True):
+                again = httpx.post(url + "/chat/completions", json={**body, "stream": stream}, timeout=30)
+                err = again.json()["error"]
+                assert again.status_code == 409 and err["param"] == "stopline.request_id", again.text
+                assert "'dup' is still in flight" in err["message"], err
+            assert list(gw.in_flight) == ["dup"]
+        assert until(lambda: not gw.in_flight), gw.in_flight          # its client closed the stream: free again
+        up.mode = "good"
+        assert ask(url, **dup)[0] == 200 and not gw.in_flight       # freed before the client hears the end
+        up.mode = "trickles"
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/chat/completions", json={**body, "stream": False}, timeout=1.0)   # gives up
+        assert until(lambda: not gw.in_flight), gw.in_flight
+        up.mode = "good"
+        assert ask(url, stream=True, **dup)[0] == 200 and not gw.in_flight
+        m = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert 'stopline_requests_total{endpoint="chat",outcome="bad_request"} 2.0' in m
+    finals = records(tmp_path, "final")
+    assert [(f["request"], f.get("cause")) for f in finals] == [
+        ("dup", "client_disconnected"), ("dup", None), ("dup", "client_disconnected"), ("dup", None)], finals
+    res = monitor(str(tmp_path / "decisions.jsonl"), preset=from_dict(NEVER))     # its own log stays readable
+    assert res["n_requests"] == 4 and res["cut_by_client"] == 2, res
 
 
 def until(cond, seconds: float = 10) -> bool:
