@@ -390,6 +390,14 @@ def deployed_preset(history: str, header_preset: dict | None):
     return deployed(history, from_dict(header_preset) if header_preset else None)
 
 
+def rollback_out_of_step(preset: dict, log_preset: dict | None, version: int | None) -> str | None:
+    """The history's deployed ``preset`` against the log's: words when they differ
+    (analysis.production.rollback.out_of_step)."""
+    from analysis.presets.schema import from_dict
+    from analysis.production.rollback import out_of_step
+    return out_of_step(from_dict(preset), log_preset, version)
+
+
 @st.cache_data(show_spinner="Testing the deployed version against its certificate…", max_entries=8)
 def rollback_evidence(log: str, labels: str, preset: dict, history: str, alpha: float, key: str) -> dict:
     """What automatic rollback would decide now (analysis.production.rollback.evidence), without writing; keyed

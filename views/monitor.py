@@ -266,6 +266,9 @@ try:        # the upload's copy is removed however this script run ends: an erro
                                         f"{log_key}|{mtimes(HISTORY)}" if log_key else mtimes(log_path, labels_path, HISTORY))
         except StoplineError as e:
             ev = {"ok": False, "reason": str(e)}
+        said = data.rollback_out_of_step(dep.to_dict(), deployed["preset"], ev.get("version"))
+        if said:
+            st.warning(said, icon=":material/sync_problem:")
         if not ev["ok"]:
             st.info(ev["reason"])
         elif not ev["n"]:

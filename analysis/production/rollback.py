@@ -131,6 +131,25 @@ def deployed(history, fallback: Preset | None = None) -> Preset | None:
     return from_dict(last["preset"]) if last else fallback
 
 
+def out_of_step(deployed_preset: Preset, log_preset: dict | None, version: int | None = None) -> str | None:
+    """When the version history's deployed preset (``version``) runs another setting than the log's gateway ran
+    (``log_preset``, the log's preset record or header), what that means for the rollback check, in words; None
+    when they agree or the log names no preset. The check tests the history's version on the requests served
+    under its setting: in such a log, none or only an older version's."""
+    try:
+        logged = from_dict(log_preset) if log_preset else None
+    except Exception:           # a log whose preset cannot be read: the monitor says so elsewhere
+        return None
+    if logged is None or logged.setting.key() == deployed_preset.setting.key():
+        return None
+    v = f"version {version} ({deployed_preset.setting.label()})" if version is not None else \
+        deployed_preset.setting.label()
+    return (f"The version history deploys {v}, but this log's gateway ran {logged.setting.label()}: the check "
+            "below tests the history's version on the requests served under its own setting, so this log's others "
+            "are not counted. Reload the gateway with the history's preset (or pick the log of a gateway that runs "
+            "it) to hold it to its certificate.")
+
+
 def _test(logs, labels, preset: Preset, recs: list[dict], alpha: float) -> dict:
     """The sequential test of the certified ``preset`` on the labelled exploration requests it served (those its
     certificate was computed on left out): its ε and risk, the history's current and roll-back versions, the

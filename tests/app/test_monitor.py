@@ -140,6 +140,7 @@ def test_monitor_page_tests_the_deployed_version_and_rolls_back(tmp_path, demo, 
     shown = {m.label: m.value for m in at.metric}
     assert shown["Labelled exploration requests"] == "100" and float(shown["Observed EM drop"]) > 0.05
     assert float(shown["Evidence of a breach"]) >= 20
+    assert not [w for w in at.warning if "version history deploys" in w.value]     # the log runs v1, as deployed
     at.button(key="rb_go").click().run()
     assert not at.exception
     recs = history_records(hist)
@@ -147,8 +148,11 @@ def test_monitor_page_tests_the_deployed_version_and_rolls_back(tmp_path, demo, 
     assert recs[2]["rollback"] and recs[2]["rolled_back_from"] == 1 and recs[2]["rolled_back_to"] == 0
     assert any(w.value.startswith("Rolled back: ") for w in at.warning)
     assert list(at.dataframe[-1].value["rollback"]) == ["", "", "rolled back from 1 to 0"]
-    # v0 is deployed again; it served none of these requests
+    # v0 is deployed again; it served none of these requests, and the page says why: the log's gateway runs v1's
     assert any("no labelled exploration requests served under version 2" in i.value.lower() for i in at.info)
+    step = [w.value for w in at.warning if "version history deploys" in w.value]
+    assert len(step) == 1 and step[0].startswith("The version history deploys version 2 (budget(B="), step
+    assert "but this log's gateway ran budget(B=" in step[0] and "Reload the gateway" in step[0], step
 
 
 def test_monitor_page_hides_the_rollback_check_in_viewer_mode(tmp_path, demo, monkeypatch):

@@ -117,3 +117,15 @@ def test_the_sequential_test_keeps_its_false_alarm_rate():
     assert np.mean([r["fired"] for r in alt]) > 0.8
     with pytest.raises(Exception, match=r"losses must lie in \[0, 1\]"):
         sequential_test(np.array([0.5, -0.5]), EPS, alpha, low=0.0)
+
+
+def test_out_of_step_says_when_the_history_deploys_another_setting_than_the_log_ran():
+    from analysis.production.rollback import out_of_step
+    b100, b200 = (Preset(f"b{b}", Setting.from_dict({"family": "budget", "params": {"B": b}})) for b in (100, 200))
+    assert out_of_step(b100, {**b100.to_dict(), "name": "renamed"}, 3) is None      # the same setting: fine
+    assert out_of_step(b100, None, 3) is None                              # the log names no preset
+    assert out_of_step(b100, {"stopline_preset": 1, "setting": "not a setting"}, 3) is None    # said elsewhere
+    said = out_of_step(b100, b200.to_dict(), 3)
+    assert said.startswith("The version history deploys version 3 (budget(B=100)), but this log's gateway ran "
+                           "budget(B=200)"), said
+    assert "history deploys budget(B=100), but" in out_of_step(b100, b200.to_dict())     # no version
