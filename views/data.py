@@ -484,6 +484,7 @@ def engine_figures(run: dict) -> dict:
     return {"id": run["id"], "server": f"{eng.get('server') or '?'} {eng.get('server_version') or ''}".strip(),
             "replicas": ex.get("replicas"), "questions at once": ex.get("concurrency"),
             "tokens generated": ex.get("gen_tokens"), "probes": ex.get("probes"),
+            "probes past the context": ex.get("probes_past_context"),     # checkpoints the context's end left unprobed
             "probe prefix-cache hits": pct(ex.get("probe_cache_hit_rate")),
             "cacheable share": pct(ex.get("cacheable_share")),
             "server prefix-cache hits": pct(ex.get("server_prefix_cache_hit_rate")),

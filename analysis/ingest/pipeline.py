@@ -188,8 +188,9 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
                 q_ = m1.get("prefix_cache_queries_total", 0) - m0.get("prefix_cache_queries_total", 0)
                 h_ = m1.get("prefix_cache_hits_total", 0) - m0.get("prefix_cache_hits_total", 0)
                 execution = {**{k: st[k] for k in ("gen_tokens", "probes", "probe_prompt_tokens",
-                                                   "probe_cached_tokens", "answer_tokens", "probe_cache_hit_rate",
-                                                   "cacheable_share", "retries", "replica_failures", "errors")},
+                                                   "probe_cached_tokens", "answer_tokens", "probes_past_context",
+                                                   "probe_cache_hit_rate", "cacheable_share", "retries",
+                                                   "replica_failures", "errors")},
                              "token_ids": st["ids_from"], "server_prefix_cache_hit_rate": h_ / q_ if q_ else None,
                              "seconds": round(seconds, 2),
                              "gen_tok_s": round(st["gen_tokens"] / seconds, 1) if seconds and todo else None}

@@ -165,7 +165,8 @@ def reprobe_openai(store, run_id: str, base_urls: list[str], model: str, tokeniz
                 bar.close()
             st = eng.stats.as_dict()
             store.set_execution(new_id, {k: st[k] for k in ("probes", "probe_prompt_tokens", "probe_cached_tokens",
-                                                            "probe_cache_hit_rate", "cacheable_share", "retries")})
+                                                            "probe_cache_hit_rate", "cacheable_share", "retries",
+                                                            "probes_past_context")})
             return new_id, created
 
     new_id, created = run_sync(go())

@@ -204,7 +204,7 @@ def test_the_runs_page_starts_a_run_through_the_server_and_shows_its_figures(ser
     assert not at.exception
     figures = at.dataframe[1].value
     assert figures["server"][0] == "vllm 0.32.0" and figures["probes"][0] >= 3
-    assert figures["probe prefix-cache hits"][0].endswith("%")
+    assert figures["probe prefix-cache hits"][0].endswith("%") and figures["probes past the context"][0] == 0
 
 
 def test_bad_input_gets_one_clear_message_and_writes_no_run(server, second_server, tmp_path):
