@@ -36,6 +36,15 @@ class PresetError(StoplineError):
     """A preset (JSON document or URL string) failed validation."""
 
 
+class GoldConflict(StoplineError):
+    """A question stored with one gold comes again with another (``index``: its place among the questions being
+    written, for the writer to name its line)."""
+
+    def __init__(self, message: str, *, index: int, question_id: str, **kw):
+        self.index, self.question_id = index, question_id
+        super().__init__(message, **kw)
+
+
 def json_problem(e) -> str:
     """What a JSON parser (``json.JSONDecodeError`` or orjson's) found wrong in one line's record, placed by
     character within that line: the parser's own "line 2 column 1" counts lines inside the record, which

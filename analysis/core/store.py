@@ -26,7 +26,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from analysis.core.errors import StoplineError
+from analysis.core.errors import GoldConflict, StoplineError
 from analysis.core.migrations import MIGRATIONS
 from analysis.core.schema import CHECKPOINT_COLUMNS, SIGNAL_COLUMNS, TRACE_COLUMNS
 
@@ -35,6 +35,27 @@ DEMO_DB = str(Path(__file__).resolve().parents[2] / "data" / "demo.duckdb")
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
+
+
+def _same_gold(a: str | None, b: str | None, answer_type: str) -> bool:
+    """Whether two golds (JSON text) score alike: the same aliases once normalised for ``answer_type``."""
+    from analysis.core.answers import normalize_gold
+
+    def aliases(g):
+        try:
+            v = json.loads(g) if g is not None else None
+        except ValueError:
+            return {g}
+        v = v if isinstance(v, list) else [v]
+        try:
+            return set(normalize_gold([str(x) for x in v], answer_type))
+        except StoplineError:           # an answer type unknown here: the text decides
+            return {json.dumps(v, sort_keys=True)}
+    return aliases(a) == aliases(b)
+
+
+def _brief_json(g: str | None) -> str:
+    return "none" if g is None else (g if len(g) <= 80 else g[:79] + "…")
 
 
 def _dumps(obj) -> str:
@@ -230,7 +251,10 @@ class Store:
     def put_question_columns(self, dataset: str, ids, texts, gold_json, answer_type: str, meta_json=None,
                              con: duckdb.DuckDBPyConnection | None = None) -> None:
         """``put_questions`` from columns (Arrow arrays or lists; gold and meta as JSON text), for writers
-        that never make one object per question (a checkpoint export of a million rows)."""
+        that never make one object per question (a checkpoint export of a million rows). A question already
+        stored whose gold this one contradicts raises GoldConflict, nothing written: a dataset's question has one
+        gold, which every run on it is scored (and rescored) against. Golds written differently that score
+        alike (72 and "72") agree."""
         n = len(ids)
         tbl = pa.table({
             "dataset": pa.array([dataset] * n, pa.string()), "question_id": pa.array(ids, pa.string()),
@@ -242,6 +266,17 @@ class Store:
         def go(c):
             c.register("_q", tbl)
             if c.execute("SELECT 1 FROM questions WHERE dataset = ? LIMIT 1", [dataset]).fetchone():
+                differ = c.execute("SELECT q.idx, q.question_id, s.gold, q.gold, s.answer_type FROM _q q JOIN questions s "
+                                   "ON s.dataset = q.dataset AND s.question_id = q.question_id "
+                                   "WHERE s.gold IS DISTINCT FROM q.gold ORDER BY q.idx").fetchall()
+                for idx, qid, old, new, stored_type in differ:
+                    if not _same_gold(old, new, stored_type or answer_type):
+                        c.unregister("_q")
+                        raise GoldConflict(
+                            f"question {qid!r} of dataset {dataset!r} is stored with gold {_brief_json(old)}; this "
+                            f"one gives {_brief_json(new)}. A dataset's question has one gold, which every run on "
+                            "it is scored and rescored against", index=idx, question_id=qid,
+                            hint="fix the gold, or give these questions another dataset name (--dataset)")
                 c.execute("INSERT INTO questions SELECT q.* FROM _q q ANTI JOIN questions s "
                           "ON s.dataset = q.dataset AND s.question_id = q.question_id")
             else:                               # a dataset new to the store: nothing to leave out

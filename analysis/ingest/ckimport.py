@@ -140,6 +140,11 @@ def _lines(where: dict, records: np.ndarray) -> list | None:
     return [int(r) + 2 for r in records] if where.get("kind") == "csv" else None
 
 
+def _hinted(e: StoplineError, hint: str | None) -> StoplineError:
+    e.hint = hint or e.hint
+    return e
+
+
 def _at(spec, where: dict, rec: int, message: str, key: str) -> StoplineError:
     """An error naming the record (its line or item) and the file's field for our column ``key``."""
     f = _wanted(spec).get(key, key)
@@ -304,7 +309,9 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
         q = int(np.flatnonzero(np.isin(gcodes, [i for i, e in enumerate(g_bad) if e]))[0])
         raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")
     gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
-    questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json}
+    questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json,     # error_at: a question's gold, by its line
+                 "error_at": lambda i, message, hint=None: _hinted(_at(spec, where, int(recs[first[i]]), message,
+                                                                        "gold"), hint)}
     # checked before anything is written (or the store locked): signals, labels, stops, where the text is cut
     signals = {}
     for s in SIGNAL_COLUMNS:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis.core.answers import ANSWER_TYPES, NUMBER
-from analysis.core.errors import StoplineError
+from analysis.core.errors import GoldConflict, StoplineError
 from analysis.core.registry import Registry
 from analysis.core.store import config_hash, resolve_db_path, Store, writing_to
 from analysis.evaluate.frontier import materialise
@@ -239,7 +239,12 @@ def import_generations(store: Store | str | os.PathLike | None, spec: ImportSpec
                 con = opened["con"] = stack.enter_context(store.transaction())
                 store.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
                                         source="imported", config=config, n_planned=len(records), con=con)
-                store.put_questions(spec.dataset, [q for q, _ in records], con=con)
+                try:
+                    store.put_questions(spec.dataset, [q for q, _ in records], con=con)
+                except GoldConflict as e:       # the line that gives the other gold
+                    meta = records[e.index][0].meta
+                    raise sources.Loc(spec.path, meta.get("line"), meta.get("item")).error(
+                        e.message, spec.gold_field, e.hint) from None
             traces, cks = derive(run_id, records, spec.answer_type, spec.every, show_progress,
                                  meanwhile=write_run_and_questions, starts=starts)
             con = opened["con"]
@@ -281,7 +286,10 @@ def _import_checkpoints(store: Store | str | os.PathLike | None, spec: ImportSpe
             opened.update(store=s, con=con)
             s.get_or_create_run(model=spec.model, dataset=spec.dataset, answer_type=spec.answer_type,
                                 source="imported", config=config, n_planned=len(q["ids"]), con=con)
-            s.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
+            try:
+                s.put_question_columns(spec.dataset, q["ids"], q["texts"], q["gold_json"], spec.answer_type, con=con)
+            except GoldConflict as e:           # the line that gives the other gold
+                raise q["error_at"](e.index, e.message, e.hint) from None
         # (the EM source is in the config: fields.correct)
         data = read_checkpoints(spec, run_id, columns, meanwhile=open_and_write_questions)
         store, con = opened["store"], opened["con"]

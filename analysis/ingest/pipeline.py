@@ -11,7 +11,7 @@ from analysis.backend.decode import generate_batch
 from analysis.backend.models import check_model, load
 from analysis.backend.prompts import build_prompt, GenConfig
 from analysis.backend.records import to_tables
-from analysis.core.errors import StoplineError
+from analysis.core.errors import GoldConflict, StoplineError
 from analysis.core.store import check_target, writing_to
 from analysis.core.progress import progress
 from analysis.evaluate.frontier import materialise
@@ -95,7 +95,12 @@ def _open_run(store, model_name: str, ds, config: dict) -> tuple[str, bool]:
     with store.transaction() as con:
         run_id, created = store.get_or_create_run(model=model_name, dataset=ds.id, answer_type=ds.answer_type,
                                                   source="generated", config=config, n_planned=len(ds), con=con)
-        store.put_questions(ds.id, ds.questions, con=con)
+        try:
+            store.put_questions(ds.id, ds.questions, con=con)
+        except GoldConflict as e:       # the dataset's source changed since its questions were stored
+            raise StoplineError(e.message, field="dataset", hint="the dataset's file (or generator) gives another "
+                                "gold than when a run first stored it: restore it, or save the changed one under "
+                                "another name (its id names it)") from None
         if ds.attribution:
             store.set_attribution(ds.id, ds.attribution, con=con)
         con.execute("UPDATE runs SET n_planned = GREATEST(COALESCE(n_planned, 0), ?), status = 'running' "

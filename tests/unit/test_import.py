@@ -188,3 +188,41 @@ def test_the_run_and_its_questions_are_written_only_as_the_derivation_ends(monke
     assert seen == [5] and len(done) == 6 and traces.num_rows == len(records)
     assert D.derive("r", records[:5], "number", 32, show_progress=False, workers=1,
                     meanwhile=lambda: seen.append("small"))[0].num_rows == 5 and seen[-1] == "small"
+
+
+def test_a_gold_that_contradicts_the_stored_one_is_refused_naming_its_line(store, tmp_path):
+    """A dataset's question has one gold. Before, a second import under the same dataset whose file gave question 1
+    another gold was scored against the file's gold at import, while the store kept the first one, so a later
+    rescore changed the run's EM (0.333 -> 0.667). Now the import is refused, naming the line and field, and
+    nothing is written; a gold written another way that scores alike (72 and "72") is the same gold."""
+    rows = [{"id": "q1", "question": "6 * 12?", "answer": "72", "response": "It is \\boxed{72}."},
+            {"id": "q2", "question": "5 + 5?", "answer": "10", "response": "It is \\boxed{11}."},
+            {"id": "q3", "question": "9 - 4?", "answer": "5", "response": "It is \\boxed{6}."}]
+
+    def write(name, rs):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rs))
+        return spec(tmp_path / name, dataset="mine", response_field="response", id_field="id")
+    first = import_generations(store, write("a.jsonl", rows), show_progress=False)
+    assert first["em_full"] == pytest.approx(1 / 3)
+    other = [dict(r) for r in rows]
+    other[2]["answer"] = "6"
+    with pytest.raises(StoplineError) as e:
+        import_generations(store, write("b.jsonl", other), show_progress=False)
+    said = str(e.value)
+    assert said.startswith(f"{tmp_path / 'b.jsonl'}, line 3, field 'answer': question 'q3' of dataset 'mine' is "
+                           "stored with gold [\"5\"]; this one gives [\"6\"]"), said
+    assert "another dataset name" in said
+    assert len(store.runs()) == 1                                     # nothing written
+    with store.connect() as con:
+        assert con.execute("SELECT gold FROM questions WHERE question_id = 'q3'").fetchone()[0] == '["5"]'
+    alike = [dict(r, answer=int(r["answer"])) for r in rows]           # numbers, not strings: the same golds
+    alike[0]["response"] = "It is \\boxed{73}."
+    second = import_generations(store, write("c.jsonl", alike), show_progress=False)
+    assert second["created"] and second["em_full"] == 0.0 and len(store.runs()) == 2
+    # the checkpoints format names the line too
+    ck = tmp_path / "ck.csv"
+    ck.write_text("qid,question,answer,tokens,trial\nq1,6 * 12?,72,10,72\nq2,5 + 5?,12,10,10\n")
+    with pytest.raises(StoplineError, match=r"ck.csv, line 3, field 'answer': question 'q2' of dataset 'mine'"):
+        import_generations(store, spec(ck, dataset="mine", fmt="checkpoints", id_field="qid", position_field="tokens",
+                                       answer_field="trial", response_field=None), show_progress=False)
+    assert len(store.runs()) == 2
