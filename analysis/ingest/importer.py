@@ -142,6 +142,7 @@ def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str, dic
     out: list[tuple[Question, str]] = []
     stops = {"positions": [], "answers": [], "lines": []} if spec.stop_field else None
     seen_ids: dict[str, Loc] = {}
+    filtered: dict[str, tuple] = {}         # lm-eval: each document's first (filter, response)
     for loc, rec in recs:
         question, gold_value, response = _mapped(spec, loc, rec)
         if (problem := question_problem(question)) is not None:
@@ -157,11 +158,15 @@ def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str, dic
         qid = ""
         if spec.id_field:
             qid = str(sources.field(rec, spec.id_field, loc, "id"))
+            if qid in seen_ids and spec.fmt == "lm-eval" and _another_filter(rec, response, filtered.get(qid)):
+                continue        # lm-eval logs a sample once per filter (gsm8k: strict-match, flexible-extract)
             if qid in seen_ids:
                 first = seen_ids[qid]
                 raise loc.error(f"question id {qid!r} repeats {'line ' + str(first.line) if first.line else first.item}",
                                 spec.id_field)
             seen_ids[qid] = loc
+            if spec.fmt == "lm-eval":
+                filtered[qid] = (rec.get("filter") if isinstance(rec, dict) else None, response)
         meta = {"line": loc.line} if loc.line is not None else {"item": loc.item}
         out.append((Question(qid, question, gold, spec.answer_type, meta), response))
         if stops is not None:
@@ -171,6 +176,13 @@ def read_records(spec: ImportSpec) -> tuple[list[tuple[Question, str]], str, dic
             stops["lines"].append(loc.line)
     assign_ids([q for q, _ in out])
     return out, sha, stops
+
+
+def _another_filter(rec, response: str, first: tuple | None) -> bool:
+    """Whether an lm-eval record repeats its document's first one under another filter: the same model response,
+    filtered another way (``filtered_resps``), which the import does not read. Another response is no copy."""
+    return (first is not None and isinstance(rec, dict) and rec.get("filter") is not None
+            and rec.get("filter") != first[0] and response == first[1])
 
 
 def _config(spec: ImportSpec, sha: str, **extra) -> dict:

@@ -62,6 +62,25 @@ def test_lm_eval_log_samples(store, tmp_path):
     assert res["em_full"] == 0.5 and res["n_questions"] == 10
 
 
+def test_lm_eval_samples_logged_once_per_filter_are_read_once(store, tmp_path):
+    """lm-evaluation-harness logs each gsm8k sample once per filter (strict-match, flexible-extract), with the
+    same model response. Before, the import refused such a file: "question id '0' repeats line 1". A repeat
+    under another filter with the same response is read once; one with another response is still refused."""
+    f = tmp_path / "samples_gsm8k.jsonl"
+    recs = [{"doc_id": i, "doc": {"question": f"Q{i}?"}, "target": f"work\n#### {i}", "filter": flt,
+             "resps": [[f"So the answer is {i if i % 2 else i + 1}."]], "filtered_resps": [str(i)],
+             "exact_match": 1.0} for i in range(6) for flt in ("strict-match", "flexible-extract")]
+    f.write_text("\n".join(json.dumps(r) for r in recs))
+    lm = dict(model="m", dataset="gsm8k", fmt="lm-eval", question_field="doc.question", gold_field="target",
+              response_field="resps.0.0", id_field="doc_id")
+    res = import_generations(store, ImportSpec(path=str(f), **lm), show_progress=False)
+    assert res["n_questions"] == 6 and res["em_full"] == 0.5
+    recs[3]["resps"] = [["Something else entirely: 7."]]              # doc 1's second copy, another response
+    f.write_text("\n".join(json.dumps(r) for r in recs))
+    with pytest.raises(StoplineError, match=r"line 4, field 'doc_id': question id '1' repeats line 3"):
+        import_generations(store, ImportSpec(path=str(f), **lm), show_progress=False)
+
+
 def test_text_answers(store, tmp_path):
     f = tmp_path / "nq.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [
