@@ -118,6 +118,39 @@ def _complete(store, run_id: str, created: bool, n_now: int, t_start: float, n_t
 
 
 # --- a run through OpenAI-compatible servers -----------------------------------------------------------------
+SUMMED = ("gen_tokens", "probes", "probe_prompt_tokens", "probe_cached_tokens", "cacheable_tokens", "answer_tokens",
+          "probes_past_context", "retries", "seconds", "server_prefix_cache_queries", "server_prefix_cache_hits")
+
+
+def summed_execution(prev: dict, now: dict) -> dict:
+    """A run's execution figures after one more session (``now``) on top of the earlier ones (``prev``, the
+    run's recorded execution info; an interrupted session's are recorded too): counts added (a count a
+    session did not have, None, is left out of the sum), failures per replica added, the last five errors, and
+    the rates computed again from the sums."""
+    out = {"sessions": int(prev.get("sessions") or (1 if "gen_tokens" in prev else 0)) + 1,
+           "token_ids": now.get("token_ids", prev.get("token_ids"))}
+    legacy = "gen_tokens" in prev and "sessions" not in prev      # recorded before sessions were summed
+    for k in SUMMED:
+        have = [v for v in (prev.get(k), now.get(k)) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[k] = (round(sum(have), 2) if k == "seconds" else sum(have)) if have else None
+    if legacy and prev.get("cacheable_tokens") is None:
+        out["cacheable_tokens"] = None          # not recorded then: the share would count this session's only
+    fails = dict(prev.get("replica_failures") or {})
+    for url, n in (now.get("replica_failures") or {}).items():
+        fails[url] = fails.get(url, 0) + n
+    out["replica_failures"] = fails
+    out["errors"] = (list(prev.get("errors") or []) + list(now.get("errors") or []))[-5:]
+
+    def ratio(a, b, nd=None):
+        x, y = out.get(a), out.get(b)
+        return None if x is None or not y else (round(x / y, nd) if nd is not None else x / y)
+    out["probe_cache_hit_rate"] = ratio("probe_cached_tokens", "probe_prompt_tokens")
+    out["cacheable_share"] = ratio("cacheable_tokens", "probe_prompt_tokens")
+    out["server_prefix_cache_hit_rate"] = ratio("server_prefix_cache_hits", "server_prefix_cache_queries")
+    out["gen_tok_s"] = ratio("gen_tokens", "seconds", 1)
+    return out
+
+
 def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_id: str, *, limit: int | None = None,
                seed: int = 42, cfg: GenConfig | None = None, concurrency: int = 8, api_key: str | None = None,
                show_progress: bool = True, dataset_options: dict | None = None, max_retries: int = 4,
@@ -152,6 +185,7 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
                       "execution": {"engine": "openai", "concurrency": concurrency, **info}}
             with writing_to(store) as target:     # made only now: the dataset, tokenizer and server are fine
                 run_id, created = _open_run(target, model, ds, config)
+                prev = {} if created else (target.run(run_id)["config"].get("execution") or {})
                 finished = target.finished_questions(run_id)
                 todo = [q for q in ds.questions if q.id not in finished]
                 bar = progress(total=len(ds), desc=f"{model} on {ds.id} (openai)", unit="q",
@@ -177,8 +211,10 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
                         flush()
 
                 tasks = [asyncio.ensure_future(one(q)) for q in todo]
+                ended = False
                 try:
                     await asyncio.gather(*tasks)
+                    ended = True
                 except BaseException:
                     for t in tasks:
                         t.cancel()
@@ -187,19 +223,20 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
                 finally:
                     flush()                       # what finished is kept, whatever happened to the rest
                     bar.close()
-                seconds = time.perf_counter() - t_start
-                m1 = await eng.metrics()
-                st = eng.stats.as_dict()
-                q_ = m1.get("prefix_cache_queries_total", 0) - m0.get("prefix_cache_queries_total", 0)
-                h_ = m1.get("prefix_cache_hits_total", 0) - m0.get("prefix_cache_hits_total", 0)
-                execution = {**{k: st[k] for k in ("gen_tokens", "probes", "probe_prompt_tokens",
-                                                   "probe_cached_tokens", "answer_tokens", "probes_past_context",
-                                                   "probe_cache_hit_rate", "cacheable_share", "retries",
-                                                   "replica_failures", "errors")},
-                             "token_ids": st["ids_from"], "server_prefix_cache_hit_rate": h_ / q_ if q_ else None,
-                             "seconds": round(seconds, 2),
-                             "gen_tok_s": round(st["gen_tokens"] / seconds, 1) if seconds and todo else None}
-                target.set_execution(run_id, execution)
+                    # this session's figures added to the earlier ones' (an interrupted session's too: a resumed
+                    # run's execution info counts all it computed); the server's counters only when it ended
+                    m1 = await eng.metrics() if ended else {}
+                    st = eng.stats.as_dict()
+                    now_ = {**{k: st[k] for k in SUMMED if k in st}, "replica_failures": st["replica_failures"],
+                            "errors": st["errors"], "token_ids": st["ids_from"],
+                            "seconds": round(time.perf_counter() - t_start, 2)}
+                    if m1:
+                        now_["server_prefix_cache_queries"] = (m1.get("prefix_cache_queries_total", 0)
+                                                               - m0.get("prefix_cache_queries_total", 0))
+                        now_["server_prefix_cache_hits"] = (m1.get("prefix_cache_hits_total", 0)
+                                                            - m0.get("prefix_cache_hits_total", 0))
+                    execution = summed_execution(prev, now_)
+                    target.set_execution(run_id, execution)
                 out = _complete(target, run_id, created, len(todo), t_start, st["gen_tokens"])
                 return {**out, "execution": execution}
 

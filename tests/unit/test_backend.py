@@ -519,3 +519,26 @@ def test_the_prompt_is_the_chat_every_engine_sends():
     class Plain:                          # a tokenizer with no chat template (a base model's)
         chat_template = None
     assert build_prompt(Plain(), "1 + 1?", cfg) == "Q: 1 + 1?\n"
+
+
+def test_a_resumed_runs_execution_figures_add_up_its_sessions():
+    from analysis.ingest.pipeline import summed_execution
+    one = summed_execution({"engine": "openai"}, {
+        "gen_tokens": 300, "probes": 10, "probe_prompt_tokens": 1000, "probe_cached_tokens": 600,
+        "cacheable_tokens": 800, "seconds": 30.0, "retries": 1, "replica_failures": {"http://a/v1": 1},
+        "errors": ["e1", "e2", "e3"], "token_ids": "server"})             # an interrupted session: no server figures
+    assert one["sessions"] == 1 and one["gen_tok_s"] == 10.0 and one["probe_cache_hit_rate"] == 0.6
+    assert one["server_prefix_cache_hit_rate"] is None and one["cacheable_share"] == 0.8
+    two = summed_execution(one, {
+        "gen_tokens": 100, "probes": 5, "probe_prompt_tokens": 1000, "probe_cached_tokens": 800,
+        "cacheable_tokens": 900, "seconds": 10.0, "retries": 0, "replica_failures": {"http://a/v1": 2,
+                                                                                     "http://b/v1": 1},
+        "errors": ["e4", "e5", "e6"], "server_prefix_cache_queries": 50, "server_prefix_cache_hits": 40})
+    assert two["sessions"] == 2 and two["gen_tokens"] == 400 and two["probes"] == 15 and two["seconds"] == 40.0
+    assert two["gen_tok_s"] == 10.0 and two["probe_cache_hit_rate"] == 0.7 and two["cacheable_share"] == 0.85
+    assert two["server_prefix_cache_hit_rate"] == 0.8                   # the session that had them
+    assert two["replica_failures"] == {"http://a/v1": 3, "http://b/v1": 1} and two["errors"] == [
+        "e2", "e3", "e4", "e5", "e6"]
+    legacy = summed_execution({"gen_tokens": 50, "probe_prompt_tokens": 100, "probes": 2}, {
+        "gen_tokens": 10, "probe_prompt_tokens": 100, "cacheable_tokens": 90, "probes": 1})
+    assert legacy["sessions"] == 2 and legacy["gen_tokens"] == 60 and legacy["cacheable_share"] is None
