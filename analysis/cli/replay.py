@@ -215,8 +215,8 @@ def _beat_incumbent(args):
     res = beat(t, 0.02 if args.max_drop is None else args.max_drop, args.cost, args.family)
     if args.json:
         return _print_json(res)
-    print(f"run {t.run_id}: settings chosen on the tune half ({res['n_tune']} questions), every number on the "
-          f"held-out half ({res['n_test']})")
+    print(f"run {t.run_id}: settings chosen on the tune half ({res['n_tune']} questions) and checked on the held-out "
+          f"half ({res['n_test']}); your mechanism, tuned on none of them, on all {t.n} too")
     for line in headline(res, code=""):
         print("  " + line)
 

@@ -47,7 +47,7 @@ def split_of(t: RunTable, split: str) -> RunTable:
     chosen on one half is checked on the other, and a tiny run can leave one of them empty."""
     if split == "all":
         return t
-    sub = t.subset(split_mask(t.question_ids, split))
+    sub = t.subset(split_mask(t.question_ids, split), fitted=False)     # no model fitted on the other half
     if sub.n == 0:
         raise EmptySplit(f"the {HALF[split]} of run {t.run_id} has no questions (the run has {t.n}; each question "
                             "goes to the tune or the held-out half by a hash of its id)",

@@ -100,7 +100,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
             except Exception as e:        # noqa: BLE001 - a preset this run cannot replay (no signals)
                 rows.append((p, {"error": str(e)}))
         head = f"{run['model']} on {run['dataset']}"
-        inc = None
+        inc = whole = None
         if t.incumbent is not None:
             inc = incumbent_outcome(t).summary()
             try:
@@ -110,6 +110,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                 op = {"error": str(e)}
             else:
                 answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [*headline(res), ""]
+                whole = res["incumbent"]["all"]           # a row of the table on all questions, beside the presets
                 op = res["within_drop"] or {"error": f"no setting meets drop = {drop:g} on the tune split"}
         else:
             try:
@@ -145,16 +146,17 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                                    "full length.") if te["savings_computed"] < 0 else ""), "", _probing(op), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
-        if rows:
-            md += [f"Presets and the recommendation on {every} (the recommendation's held-out numbers are above):",
+        if rows or whole:
+            md += [f"{'Your mechanism, the presets' if whole else 'Presets'} and the recommendation on {every} (the "
+                   "recommendation's held-out numbers are above):",
                    "", "| preset | EM | ΔEM (95% CI) | tokens | saved | saved incl. probes | lost | gained |",
                    "|---|---|---|---|---|---|---|---|"]
-            for p, r in rows:
+            for name, r in ([("your mechanism", whole)] if whole else []) + [(p.name, r) for p, r in rows]:
                 if "error" in r:
-                    md.append(f"| {p.name} | – | cannot replay: {r['error'][:80]} | | | | | |")
+                    md.append(f"| {name} | – | cannot replay: {r['error'][:80]} | | | | | |")
                     continue
                 c = r["ci"]
-                md.append(f"| {p.name} | {r['em']:.3f} | {r['delta_em']:+.3f} ({c['delta_em'][0]:+.3f} … "
+                md.append(f"| {name} | {r['em']:.3f} | {r['delta_em']:+.3f} ({c['delta_em'][0]:+.3f} … "
                           f"{c['delta_em'][1]:+.3f}) | {r['tokens_emitted']:.0f} | {r['savings_emitted']:.0%} | "
                           f"{r['savings_computed']:.0%} | {r['lost']} | {r['gained']} |")
             md.append("")

@@ -593,7 +593,7 @@ def propose_setting(ck, fin, preset, cal, answer_type) -> dict:
         op = operating_point(t, "drop", drop, families=fams, n_boot=500)
     except StoplineError as e:
         return {"ok": False, "n": n, "reason": str(e)}
-    test = t.subset(split_mask(t.question_ids, "test"))
+    test = t.subset(split_mask(t.question_ids, "test"), fitted=False)
     champ = evaluate(test, preset_stops(test, _champion_only(preset)), "champion", 0)
     te = op["test"]
     out = {"ok": True, "n": n, "goal": f"min tokens with EM >= full - {drop:.3f}", **op,

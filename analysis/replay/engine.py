@@ -175,8 +175,11 @@ class RunTable:
         return t
 
     # -- subsets ------------------------------------------------------------------------------------------
-    def subset(self, idx: np.ndarray) -> "RunTable":
-        """A table of some questions (a slice or a split); shares nothing mutable with this one."""
+    def subset(self, idx: np.ndarray, fitted: bool = True) -> "RunTable":
+        """A table of some questions (a slice or a split); shares nothing mutable with this one. ``fitted``:
+        whether the cross-fitted probabilities (models trained on the run's labels) follow their questions; a
+        tune/held-out split passes False, so that what is chosen on the tune half never rests on models that saw
+        the held-out half's labels (and the choice is the same whatever ran on the whole table before)."""
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -186,9 +189,11 @@ class RunTable:
                        None if self.incumbent is None else {k: v[idx] for k, v in self.incumbent.items()},
                        self._interval)
         sub._signals = self._signals
-        # Cached per-question arrays (cross-fitted probabilities above all) follow their questions, so a
-        # split is decided by the same out-of-fold models as the whole run.
+        # Cached per-question arrays follow their questions; the cross-fitted probabilities too unless ``fitted``
+        # is False, so a slice is decided by the same out-of-fold models as the whole run.
         for k, v in self.cache.items():
+            if not fitted and isinstance(k, tuple) and k and k[0] == "learned":
+                continue
             if isinstance(v, np.ndarray) and v.shape[:1] == (self.n,):
                 sub.cache[k] = v[idx]
             elif isinstance(v, tuple) and all(isinstance(x, np.ndarray) and x.shape[:1] == (self.n,) for x in v):

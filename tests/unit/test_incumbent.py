@@ -180,10 +180,19 @@ def test_beat_reports_on_the_held_out_split(budget_like):
     assert same["tune"]["emitted"] <= tune_budget               # chosen at no more tokens than yours
     assert same["vs_incumbent"]["delta_em"] == pytest.approx(same["test"]["em"] - got["em"])
     assert res["within_drop"]["tune"]["em"] >= t.subset(split_mask(t.question_ids, "tune")).full_em.mean() - 0.02
+    whole, want_all = res["incumbent"]["all"], inc.incumbent_outcome(t).summary()
+    assert whole["n"] == t.n and whole["em"] == want_all["em"] and whole["lost"] == want_all["lost"]
     lines = inc.headline(res)
-    assert lines[0].startswith(f"Your mechanism saves {got['savings_emitted']:.0%} of tokens at EM ")
-    assert f"{abs(got['delta_em']):.3f}" in lines[0] and f"{got['n']} held-out questions" in lines[0]
+    # first what it saves and costs on every question (nothing was tuned on it), then on the held-out half
+    assert lines[0].startswith(f"Your mechanism saves {whole['savings_emitted']:.0%} of tokens at EM "
+                               f"{whole['delta_em']:+.3f}".replace("-", "−")), lines[0]
+    assert f"on all {t.n} questions ({whole['lost']} answers lost, {whole['gained']} gained)" in lines[0]
+    assert f"on the {got['n']} held-out questions the settings below are checked on, it saves " \
+           f"{got['savings_emitted']:.0%}" in lines[0]
     assert f"`{same['label']}`" in lines[1] and f"saves {same['test']['savings_emitted']:.0%}" in lines[1]
+    lo, hi = same["vs_incumbent"]["delta_em_ci"]
+    assert lines[1].endswith("better than yours." if lo > 0 else "beat your mechanism." if hi < 0 else
+                             "not clearly different from yours at this sample size."), lines[1]
     assert f"within 0.02 of full length" in lines[2]
 
 
@@ -197,10 +206,36 @@ def test_report_opens_with_the_answer(budget_like):
     res = inc.beat(t, 0.02, n_boot=300)
     assert md[4:7] == inc.headline(res)                          # right under the title
     assert md[4].startswith("Your mechanism saves")
+    row = next(ln for ln in md if ln.startswith("| your mechanism | "))     # beside the presets, on all questions
+    whole = res["incumbent"]["all"]
+    assert row.startswith(f"| your mechanism | {whole['em']:.3f} | {whole['delta_em']:+.3f} (") and \
+        f"| {whole['lost']} | {whole['gained']} |" in row, row
     names = [tr.name for tr in rep["figures"]["frontier_0"].data]
     assert "your mechanism" in names
     rep = build([(s.run(bare), RunTable.from_store(s, bare))], [], images=False, n_boot=100)
     assert "Your mechanism" not in rep["markdown"]
+
+
+def test_the_tune_halfs_choice_rests_on_no_model_fitted_on_the_held_out_half(budget_like):
+    """The learned family's cross-fitted probabilities are cached on the table. Before, a split copied the whole
+    run's into its halves, so after anything had swept the whole run (the report does, first) the tune half was
+    scored by models trained partly on held-out labels, and the report and `optimize --beat-incumbent` named
+    different settings for the same run. Now neither half inherits them: the same choice in either order."""
+    from analysis.evaluate.optimize import halves, sweep
+    from analysis.replay.policies.learned import cross_fit
+    p, rid, _ = budget_like
+    s = Store(p, read_only=True)
+    fresh, swept = RunTable.from_store(s, rid), RunTable.from_store(s, rid)
+    sweep(swept)
+    assert any(isinstance(k, tuple) and k[0] == "learned" for k in swept.cache)     # the whole run's, cached
+    tune = halves(swept)[0]
+    assert not any(isinstance(k, tuple) and k[0] == "learned" for k in tune.cache)
+    assert np.array_equal(cross_fit(tune, "all"), cross_fit(halves(fresh)[0], "all"))
+    a, b = inc.beat(fresh, 0.02, n_boot=200), inc.beat(swept, 0.02, n_boot=200)
+    for k in ("same_cost", "within_drop"):
+        assert (a[k] or {}).get("label") == (b[k] or {}).get("label"), (k, a[k], b[k])
+    sl = swept.subset(np.arange(swept.n) < swept.n // 2)      # a slice keeps the whole run's out-of-fold models
+    assert any(isinstance(k, tuple) and k[0] == "learned" for k in sl.cache)
 
 
 def test_cli_beat_incumbent(budget_like, cli):
