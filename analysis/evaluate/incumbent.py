@@ -13,8 +13,10 @@ Semantics of the Outcome, per question:
   the first checkpoint); a position at or past the trace's end counts as the trace's end;
 - EM / F1: from the incumbent's own answer when it gave one (scored when attached); otherwise the trial
   answer at the stop index, as replay would answer there (no answer, EM 0, before the first checkpoint);
-- tokens emitted: the incumbent's position; tokens computed: emitted plus every probe's tokens up to the
-  stop, since a production stopper probes;
+- tokens emitted: the incumbent's position plus, when it stopped before the end, the answer's tokens (those of
+  the trial answer at the stop index: a replayed stop is charged its answer the same way, so neither side of a
+  comparison is tilted); tokens computed: the position plus every probe's tokens up to the stop (the answer's
+  among them), since a production stopper probes;
 - a question without an incumbent row runs to full length (the full-length answer and tokens), charged the
   probes up to its end like a stopper that never fired.
 
@@ -157,7 +159,10 @@ def incumbent_outcome(t: RunTable) -> Outcome:
     f1 = np.where(given, inc["f1"], np.where(before, t.f1[r, stop], 0.0))
     answers = np.where(given, inc["answer"], np.where(before, t.answers[r, stop], ""))
     probes = np.where(before, t.computed[r, stop] - t.pos[r, stop], 0.0)
-    return Outcome(LABEL, t.question_ids, stop, pos, em, f1, pos.copy(), pos + probes, t.full_em, t.full_tokens,
+    # a stop before the end writes an answer after it, as a replayed stop does: its tokens are the trial
+    # answer's at the stop's checkpoint (the incumbent's own answer is not tokenised: about as long)
+    answer = np.where(before & (pos < t.full_tokens), t.emitted[r, stop] - t.pos[r, stop], 0.0)
+    return Outcome(LABEL, t.question_ids, stop, pos, em, f1, pos + answer, pos + probes, t.full_em, t.full_tokens,
                    answers)
 
 

@@ -63,14 +63,16 @@ def test_outcome_against_hand_computed_values(store):
     assert o.label == "your mechanism"
     assert o.stop.tolist() == [1, 0, 3, 1]
     assert o.em.tolist() == [1.0, 0.0, 1.0, 1.0]
-    assert o.emitted.tolist() == [70, 10, 128, 64]
+    # emitted: the position, plus for a stop before the end the answer written after it (the trial answer's 2
+    # tokens at the stop's checkpoint, as a replayed stop is charged); none before the first checkpoint
+    assert o.emitted.tolist() == [70 + 2, 10, 128, 64]
     # computed: emitted + the probes (12 tokens each) of the checkpoints up to the stop; the end needs none
     assert o.computed.tolist() == [70 + 24, 10, 128 + 36, 64 + 12]
     assert o.outcome.tolist() == [GAINED, LOST, KEPT_RIGHT, KEPT_RIGHT]
     assert list(o.answers) == ["42", "5", "42", "42"]
     s = o.summary()
     assert (s["lost"], s["gained"], s["stopped_early"]) == (1, 1, 2)
-    assert s["savings_emitted"] == pytest.approx(1 - (70 + 10 + 128 + 64) / (96 + 64 + 128 + 64))
+    assert s["savings_emitted"] == pytest.approx(1 - (72 + 10 + 128 + 64) / (96 + 64 + 128 + 64))
     # the stored rows: answers given are normalised and scored when attached; the others stay empty
     rows = {r["question_id"]: r for r in store.incumbent(rid).to_pylist()}
     assert rows["q3"]["answer_norm"] == "42" and rows["q3"]["em"] == 1.0
