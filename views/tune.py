@@ -96,8 +96,10 @@ def widgets(t, fam: str, start: dict, prefix: str, fresh: frozenset = frozenset(
 
 def schedule_widgets(t, fam: str, start: dict, params: dict, fresh: frozenset = frozenset()) -> dict:
     """The probe schedule's controls, from its declaration (shared by every family)."""
-    with st.expander(f"Probe schedule (this run probed every {t.interval} tokens, at steps and transitions)",
-                     icon=":material/schedule:", expanded=start != SCHEDULE_DEFAULTS):
+    given = (data.picked_run().get("config") or {}).get("format") == "checkpoints"     # another tool's probes
+    said = (f"this run's checkpoints are its file's, every {t.interval} tokens or so" if given else
+            f"this run probed every {t.interval} tokens, at steps and transitions")
+    with st.expander(f"Probe schedule ({said})", icon=":material/schedule:", expanded=start != SCHEDULE_DEFAULTS):
         if not get_family(fam).probes_needed(Setting.from_dict({"family": fam, "params": params}).params):
             st.caption("This family reads no trial answer: it is charged no probes, and the schedule only says at "
                        "which checkpoints it may stop.")

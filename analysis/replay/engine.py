@@ -240,8 +240,11 @@ class RunTable:
 
 
 def run_interval(config: dict | None) -> int | None:
-    """The interval a run's config records (a generated run's ``gen.every``, an import's
-    ``checkpoints.every``), or None."""
+    """The interval a run's config records (a generated run's ``gen.every``, a text import's
+    ``checkpoints.every``), or None: then inferred from the checkpoints. An import of checkpoints made elsewhere
+    (``format: checkpoints``) probed where its file says, whatever ``every`` its config holds (unused there)."""
+    if (config or {}).get("format") == "checkpoints":
+        return None
     for k in ("gen", "checkpoints"):
         v = ((config or {}).get(k) or {}).get("every")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:

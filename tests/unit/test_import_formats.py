@@ -240,6 +240,14 @@ def test_checkpoint_exports_in_wide_form(tmp_path, cli):
     assert res["shape"] == "wide" and res["n_checkpoints"] == 5 and res["em_full"] == 0.5
     t = RunTable.from_store(Store(db), res["run_id"])
     assert t.has_signal("entropy") and t.entropy[0, 1] == pytest.approx(0.3) and t.answers[1, 1] == ""
+    # the checkpoints are the file's: the interval is read from their positions, not the import's --every (32)
+    doc64 = [{**d, "positions": [2 * p for p in d["positions"]]} for d in doc]
+    path.write_text(json.dumps(doc64))
+    code, res64, err = _import(cli, db, path, "--format", "checkpoints", "--id-field", "id", "--gold-field", "gold",
+                               "--position-field", "positions", "--answer-field", "answers")
+    assert code == 0, err
+    assert Store(db).run(res64["run_id"])["config"]["checkpoints"]["every"] == 32       # (unused for these)
+    assert RunTable.from_store(Store(db), res64["run_id"]).interval == 64
     doc[1]["p"] = [0.95]
     path.write_text(json.dumps(doc))
     code, _, err = _import(cli, tmp_path / "b.duckdb", path, "--format", "checkpoints", "--id-field", "id",
