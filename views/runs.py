@@ -180,13 +180,23 @@ with tab_import:
                         help="a question id (optional, except for checkpoints in long form)")
     ck = {}
     if fmt == "checkpoints":
-        k1, k2, k3, k4, k5 = st.columns(5)
+        k1, k2, k3, k4, k5, k6 = st.columns(6)
         ck = {"position_field": k1.text_input("Position field", "tokens", key="imp_pos"),
               "answer_field": k2.text_input("Trial answer field", "answer", key="imp_ans"),
               "length_field": k3.text_input("Length field (optional)", key="imp_len") or None,
-              "correct_field": k4.text_input("Correctness field (optional)", key="imp_ok") or None}
-        sig = k5.text_input("Signals (NAME=FIELD, …)", key="imp_sig", help="p_mean, p_geo, p_min, p_first, entropy")
+              "final_answer_field": k4.text_input("Final answer field (optional)", key="imp_final",
+                                                  help="the model's own answer at full length; without it the last "
+                                                       "checkpoint's trial answer stands for it") or None,
+              "correct_field": k5.text_input("Correctness field (optional)", key="imp_ok") or None}
+        sig = k6.text_input("Signals (NAME=FIELD, …)", key="imp_sig", help="p_mean, p_geo, p_min, p_first, entropy")
         ck["signals"] = dict(x.strip().split("=", 1) for x in sig.split(",") if "=" in x) or None
+    s1, s2 = st.columns(2)          # the user's own production stopper, drawn as "your mechanism"
+    ck["stop_field"] = s1.text_input("Your stopper's stop field (optional)", key="imp_stop",
+                                     help="where your production stopper stopped each trace (tokens): the pages "
+                                          "then show it as 'your mechanism' against every setting") or None
+    ck["stopped_answer_field"] = s2.text_input("Its answer field (optional)", key="imp_stopped",
+                                               help="what it answered there (default: the trial answer at that "
+                                                    "point)") or None
     c5, c6, c7, c8, c9 = st.columns(5)
     mname = c5.text_input("Model name", key="imp_model")
     dname = c6.text_input("Dataset name", key="imp_dataset")

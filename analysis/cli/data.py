@@ -106,6 +106,8 @@ def _import_setup(p):
     ck.add_argument("--position-field", help="tokens of the trace before the checkpoint")
     ck.add_argument("--answer-field", help="the trial answer at the checkpoint")
     ck.add_argument("--length-field", help="the whole trace's tokens (a final checkpoint there, when past the last)")
+    ck.add_argument("--final-answer-field", help="the model's own answer at full length (else the last checkpoint's "
+                                                 "trial answer stands for it)")
     ck.add_argument("--correct-field", help="the tool's own correctness label, used instead of Stopline's grader")
     ck.add_argument("--signal", action="append", default=[], metavar="NAME=FIELD",
                     help="a signal families read (p_mean, p_geo, p_min, p_first, entropy) from a field; repeatable")
@@ -137,7 +139,8 @@ def import_spec(args):
     return ImportSpec(path=args.file, model=args.model, dataset=args.dataset, answer_type=args.answer_type,
                       every=args.every, max_line_mb=args.max_line_mb, fmt=args.format, records=args.records,
                       tokenizer=args.tokenizer, position_field=args.position_field, answer_field=args.answer_field,
-                      length_field=args.length_field, correct_field=args.correct_field, signals=signals or None,
+                      length_field=args.length_field, final_answer_field=getattr(args, "final_answer_field", None),
+                      correct_field=args.correct_field, signals=signals or None,
                       stop_field=args.stop_field, stopped_answer_field=args.stopped_answer_field,
                       **{**defaults, **fields})
 

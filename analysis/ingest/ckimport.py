@@ -7,7 +7,9 @@ record per question whose position, answer, signal and correctness fields are li
 Fields: ``id_field`` (long form; wide records without one are numbered in order), ``position_field``
 (tokens so far), ``answer_field`` (the trial answer), optional ``length_field`` (the whole trace's tokens: a
 final checkpoint is added there, answering what the last checkpoint answered, when it lies past the last
-position), optional ``correct_field`` (the tool's labels, used instead of our grader; the run records it),
+position), optional ``final_answer_field`` (per question: the model's own answer at full length, which the
+final checkpoint answers instead of the last probe's), optional ``correct_field`` (the tool's labels, used
+instead of our grader; the run records it),
 ``signals`` ({p_mean|p_geo|p_min|p_first|entropy: field}), ``question_field`` and ``gold_field`` (the gold
 may be left out when ``correct_field`` is given), optional ``response_field`` (the trace's text).
 The last checkpoint of each question is its full-length answer, as everywhere in Stopline.
@@ -42,7 +44,7 @@ def _wanted(spec) -> dict[str, str]:
     want = {"id": spec.id_field, "pos": spec.position_field, "answer": spec.answer_field,
             "question": spec.question_field, "gold": spec.gold_field, "length": spec.length_field,
             "correct": spec.correct_field, "text": spec.response_field if spec.response_field != "response" else None,
-            "stop": spec.stop_field, "stopped": spec.stopped_answer_field}
+            "stop": spec.stop_field, "stopped": spec.stopped_answer_field, "final": spec.final_answer_field}
     for name, f in (spec.signals or {}).items():
         if name not in SIGNAL_COLUMNS:
             raise StoplineError(f"unknown signal {name!r}; the signals families read are {', '.join(SIGNAL_COLUMNS)}",
@@ -50,6 +52,10 @@ def _wanted(spec) -> dict[str, str]:
         want[name] = f
     if not spec.position_field or not spec.answer_field:
         raise StoplineError("--format checkpoints needs --position-field and --answer-field", field="position_field")
+    if spec.final_answer_field and spec.correct_field:
+        raise StoplineError("--final-answer-field with --correct-field: the final answer would have no label of the "
+                            "tool's", field="final_answer_field",
+                            hint="give the final answer as each question's last checkpoint, with its label")
     if not spec.gold_field and not spec.correct_field:
         raise StoplineError("--format checkpoints needs --gold-field, or --correct-field for the tool's own labels",
                             field="gold_field")
@@ -79,11 +85,14 @@ def _columns_from_records(spec, want: dict[str, str]) -> tuple[pa.Table, str, di
     cols: dict[str, list] = {k: [] for k in want}
     for loc, rec in recs:
         for k, f in want.items():
-            if k in ("length", "text"):             # optional per record
+            if k in ("length", "text", "final"):    # optional per record
                 try:
-                    cols[k].append(rec[f] if f in rec else sources.get_path(rec, f))
+                    v = rec[f] if f in rec else sources.get_path(rec, f)
                 except KeyError:
-                    cols[k].append(None)
+                    v = None
+                if k == "final" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    v = str(v)                      # an answer: 9 and "9" alike
+                cols[k].append(v)
             else:
                 cols[k].append(sources.field(rec, f, loc, {"pos": "position"}.get(k, k)))
     arrays = {}
@@ -338,6 +347,8 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
         # answers: normalised once per distinct text, scored once per distinct (gold, answer)
         raw = pc.cast(tbl.column("answer"), pa.string())
         raw = raw.take(pa.array(take)) if take is not None else raw.combine_chunks()
+        if "final" in tbl.column_names:                    # the model's own answer at full length, where given
+            raw = _with_finals(raw, np.flatnonzero(is_final), per_q("final"), spec, where, recs, first)
         acodes, uniq = _codes(raw)                          # -1: no answer
         u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
         acodes = np.where((u_norm == "")[acodes], -1, acodes)
@@ -370,6 +381,20 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
     return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}
+
+
+def _with_finals(raw: pa.Array, final_rows: np.ndarray, finals: list, spec, where: dict, recs, first) -> pa.Array:
+    """The answers with each question's final row (its full length) answering the file's final answer, where a
+    question gives one (a string or a number; none keeps the last checkpoint's)."""
+    out = raw.to_numpy(zero_copy_only=False).astype(object)
+    for q, v in enumerate(finals):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise _at(spec, where, int(recs[first[q]]), f"the final answer must be a string or a number, got "
+                      f"{type(v).__name__}", "final")
+        out[final_rows[q]] = str(v)
+    return pa.array(out, pa.string())
 
 
 def _rows(values: np.ndarray, take: np.ndarray | None) -> np.ndarray:

@@ -69,6 +69,7 @@ class ImportSpec:
     position_field: str | None = None
     answer_field: str | None = None
     length_field: str | None = None
+    final_answer_field: str | None = None     # checkpoints: the answer at full length (the model's own, at the end)
     correct_field: str | None = None
     signals: dict | None = None         # {signal name: field}
     # the user's production stopper (incumbent.py): where it stopped (tokens) and what it answered
@@ -117,7 +118,7 @@ def preview(spec: ImportSpec, n: int = 5) -> dict:
     if spec.fmt == "checkpoints":
         names = {"id": spec.id_field, "question": spec.question_field, "gold": spec.gold_field,
                  "position": spec.position_field, "answer": spec.answer_field, "correct": spec.correct_field,
-                 "length": spec.length_field, **(spec.signals or {})}
+                 "length": spec.length_field, "final answer": spec.final_answer_field, **(spec.signals or {})}
         names = {k: f for k, f in names.items() if f}
     rows = []
     for loc, rec in head:
@@ -193,6 +194,8 @@ def _config(spec: ImportSpec, sha: str, **extra) -> dict:
     if spec.fmt == "checkpoints":
         fields.update(position=spec.position_field, answer=spec.answer_field, length=spec.length_field,
                       correct=spec.correct_field, signals=spec.signals or {})
+        if spec.final_answer_field:             # (a key only when used: runs imported before keep their id)
+            fields["final_answer"] = spec.final_answer_field
     config = {"source": "import", "format": spec.fmt, "file": Path(spec.path).name, "sha256": sha, "fields": fields,
               "checkpoints": {"every": spec.every, "steps": True, "transitions": True,
                               "tokens": f"tokenizer:{spec.tokenizer}" if spec.tokenizer else "word-pieces"}}

@@ -225,6 +225,40 @@ def test_checkpoint_exports_know_where_they_cut_the_text(tmp_path, cli):
         assert cuts[:-1] == [len(tok.decode(ids[:p])) for p in positions[:-1]] and cuts[-1] == len(text[q])
 
 
+def test_checkpoint_exports_with_the_models_final_answer(tmp_path, cli):
+    """A production log has the model's own answer at the end, which can differ from its last probe's. Before,
+    the checkpoints format had no field for it: the final checkpoint answered what the last probe answered, so EM
+    at full length was wrong (a new user's log: 1.000 where it was 0.906). --final-answer-field gives it."""
+    doc = [{"id": "a", "question": "Calculate 7 + 5.", "gold": "12", "positions": [32, 64], "answers": ["12", "12"],
+            "len": 120, "final": "13"},                     # changes its answer after the last probe: wrong
+           {"id": "b", "question": "Calculate 3 * 3.", "gold": "9", "positions": [32, 64], "answers": ["6", "8"],
+            "len": 64, "final": 9},                         # its last probe is at its end: the final replaces it
+           {"id": "c", "question": "Calculate 2 + 2.", "gold": "4", "positions": [32], "answers": ["4"], "len": 50}]
+    path = tmp_path / "prod.json"
+    path.write_text(json.dumps(doc))
+    db = tmp_path / "s.duckdb"
+    args = ["--format", "checkpoints", "--id-field", "id", "--gold-field", "gold", "--position-field", "positions",
+            "--answer-field", "answers", "--length-field", "len"]
+    code, plain, err = _import(cli, db, path, *args)
+    assert code == 0, err
+    assert plain["em_full"] == pytest.approx(2 / 3)                    # the last probes' answers: a right, b wrong
+    code, res, err = _import(cli, db, path, *args, "--final-answer-field", "final")
+    assert code == 0, err
+    assert res["run_id"] != plain["run_id"] and res["em_full"] == pytest.approx(2 / 3)    # a wrong, b right, c kept
+    t = RunTable.from_store(Store(db), res["run_id"])
+    assert t.answers[0, :3].tolist() == ["12", "12", "13"] and t.pos[0, 2] == 120 and t.em[0, :3].tolist() == [1, 1, 0]
+    assert t.answers[1, :2].tolist() == ["6", "9"] and t.full_em.tolist() == [0.0, 1.0, 1.0]
+    assert Store(db).run(plain["run_id"])["config"]["fields"].get("final_answer") is None     # (ids kept)
+    doc[0]["final"] = {"text": "13"}
+    path.write_text(json.dumps(doc))
+    code, _, err = _import(cli, tmp_path / "b.duckdb", path, *args, "--final-answer-field", "final")
+    assert code == 2 and ".final': " in err and "where the other records have a" in err, err    # names the field
+    code, _, err = _import(cli, tmp_path / "b.duckdb", path, *args, "--final-answer-field", "final",
+                           "--correct-field", "ok")
+    assert code == 2 and "--final-answer-field with --correct-field" in err, err
+    assert not (tmp_path / "b.duckdb").exists()
+
+
 def test_checkpoint_exports_in_wide_form(tmp_path, cli):
     doc = [{"id": "a", "question": "Calculate 7 + 5.", "gold": "12", "positions": [32, 64, 96],
             "answers": ["11", "12", "12"], "p": [0.4, 0.9, 0.97], "H": [1.2, 0.3, 0.1]},
@@ -405,13 +439,16 @@ def test_your_mechanism_comes_in_with_the_import(tmp_path, cli):
     assert code == 0, err
     t = RunTable.from_store(Store(db), res["run_id"])
     o = incumbent_outcome(t)
-    assert o.emitted.tolist() == [6, 6, 6] and o.em.tolist()[:2] == [1.0, 1.0]    # answered right, stopping early
+    assert o.stop_pos.tolist() == [6, 6, 6] and o.em.tolist()[:2] == [1.0, 1.0]   # answered right, stopping early
+    # emitted: the stop plus the answer written after it (the trial answer's tokens at the stop's checkpoint)
+    assert o.emitted.tolist() == (6 + (t.emitted - t.pos)[t.rows, o.stop]).tolist() and (o.emitted > 6).all()
     long = tmp_path / "probes.jsonl"
     long.write_text("".join(json.dumps({**r, "stop": 64}) + "\n" for r in LONG))
     code, res, err = _import(cli, db, long, *CK_ARGS, "--stop-field", "stop")
     assert code == 0, err
     o = incumbent_outcome(RunTable.from_store(Store(db), res["run_id"]))
-    assert o.emitted.tolist() == [64, 64] and o.em.tolist() == [1.0, 0.0]
+    # a stops at 64 before its end and answers "12" (1 token) after; b's 64 is its end: nothing after it
+    assert o.emitted.tolist() == [64 + 1, 64] and o.em.tolist() == [1.0, 0.0]
     rows[1]["stopped_at"] = -1
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, _, err = _import(cli, tmp_path / "b.duckdb", path, "--stop-field", "stopped_at")
