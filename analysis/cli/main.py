@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 
 from analysis.cli import data, replay, backend, production  # noqa: F401 (they register their commands, in --help order)
@@ -62,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; everything committed so far is kept", file=sys.stderr)
+        print("interrupted; everything committed so far is kept (run the same command again to resume a run)",
+              file=sys.stderr)
         return 130
+    except BrokenPipeError:         # the output's reader left (`| head`): nothing more to say, and no traceback
+        try:
+            sys.stdout = open(os.devnull, "w")      # (Python would report the pipe again while flushing at exit)
+        except OSError:
+            pass
+        return 0
     return code if isinstance(code, int) else 0
 
 

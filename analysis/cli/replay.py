@@ -189,7 +189,8 @@ def _print_operating_point(res: dict, run_id: str, preset) -> None:
     if res.get("missed"):
         print("  " + _red(res["missed"][0].upper() + res["missed"][1:]))
     if min(tu["n"], te["n"]) < SMALL_HALF:
-        print(f"  note: {min(tu['n'], te['n'])} questions in a half: a choice made and checked on so few is "
+        k = min(tu["n"], te["n"])
+        print(f"  note: {k} question{'' if k == 1 else 's'} in a half: a choice made and checked on so few is "
               "rough, its CIs included; more questions make it firm")
     if te["tokens_computed"] > te["tokens_full"]:
         print(f"  note: with its probes it computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens "
