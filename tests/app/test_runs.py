@@ -56,8 +56,11 @@ def test_an_imported_run_is_one_click_from_the_sidebar(tmp_path, synthetic_db, m
     at.text_input(key="imp_r_jsonl").input("outputs.solution")
     at.text_input(key="imp_model").input("hand")
     at.text_input(key="imp_dataset").input("hand-gsm").run()
+    at.text_input(key="imp_stop").input("id").run()         # the file's ids stand for a stopper's positions
     at.button(key="imp_go").click().run()
     assert not at.exception and "EM at full length 0.750" in at.success[0].value, [e.value for e in at.error]
+    from analysis.core.store import Store
+    assert Store(mine, read_only=True).runs()[0]["n_incumbent"] > 0       # "your mechanism" came in with it
     assert at.selectbox(key="store_pick").value != "My store"
     at.button(key="imp_show").click().run()
     assert not at.exception
