@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.replay.slices import slice_labels
+from analysis.replay.slices import slice_labels, slice_order
 from analysis.presets.schema import Preset
 from analysis.presets.routing import preset_outcome
 from analysis.replay.engine import Outcome, RunTable
@@ -53,7 +53,7 @@ def compare(t: RunTable, a: Preset | Outcome, b: Preset | Outcome, slice_by: str
     if slice_by:
         labels = slice_labels(t, slice_by)
         rows = []
-        for lab in sorted(set(labels), key=str):
+        for lab in slice_order(labels):
             m = labels == lab
             p = paired(oa.subset(m), ob.subset(m), max(200, n_boot // 4))
             rows.append({"slice": str(lab), **{k: v for k, v in p.items() if k != "mcnemar"},

@@ -24,7 +24,7 @@ from analysis.presets.routing import preset_outcome
 from analysis.presets.schema import Preset
 from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
 from analysis.replay.policies.base import SCHEDULE_DEFAULTS, Setting, describe_schedule
-from analysis.replay.slices import slice_labels
+from analysis.replay.slices import slice_labels, slice_order
 
 
 
@@ -65,13 +65,17 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str, questions:
     """Lost and gained answers of one setting (``name``), by slice; ``questions`` says which ones."""
     o = outcome_from_stops(t, stops, name)
     labels = slice_labels(t, by)
-    cats = sorted(set(labels), key=str)
+    cats = slice_order(labels)
     oc = o.outcome
     fig = go.Figure()
+    most = 0
     for code, lab, color in ((2, "lost (right at full length, wrong when stopped)", "#dc2626"),
                              (3, "gained (wrong at full length, right when stopped)", "#16a34a")):
-        fig.add_bar(x=[str(c) for c in cats], y=[int(((labels == c) & (oc == code)).sum()) for c in cats], name=lab,
-                    marker_color=color)
+        counts = [int(((labels == c) & (oc == code)).sum()) for c in cats]
+        most = max([most, *counts])
+        fig.add_bar(x=[str(c) for c in cats], y=counts, name=lab, marker_color=color)
+    # whole questions on the axis: a step of 1 for a few, else about five round steps
+    fig.update_yaxes(dtick=max(1, int(np.ceil(most / 5))), rangemode="tozero", tickformat="d")
     fig.update_layout(title=f"Answers lost and gained by the recommendation, by {by}<br><sup>{name}"
                             f"{', ' + questions if questions else ''}</sup>", barmode="group", height=360,
                       width=900, xaxis_title=by, yaxis_title="questions", template="plotly_white", xaxis_type="category",

@@ -2,6 +2,8 @@
 and reports."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -28,3 +30,24 @@ def slice_labels(t: RunTable, by: str, n_bins: int = 3) -> np.ndarray:
         return np.array([f"{by.split('.')[-1]}≤{e:g}" for e in edges] + [f"{by.split('.')[-1]}>{edges[-1]:g}"],
                         dtype=object)[np.searchsorted(edges, x, side="left")]
     return col.astype(str).fillna("(none)").to_numpy(dtype=object)
+
+
+_SIZES = {"short": 0, "medium": 1, "long": 2}
+
+
+def slice_order(labels) -> list:
+    """The distinct slice labels in their natural order: short, medium, long; numbered bins and quantile bins
+    (``difficulty≤3``, ``difficulty>3``) by their bound; numbers by value; any other label alphabetically."""
+    def key(lab):
+        s = str(lab)
+        if s in _SIZES:
+            return (0, _SIZES[s], 0, "")
+        if m := re.fullmatch(r"bin(\d+)", s):
+            return (1, int(m.group(1)), 0, "")
+        if m := re.fullmatch(r".*?(≤|>)(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)", s):
+            return (2, float(m.group(2)), m.group(1) == ">", "")
+        try:
+            return (3, float(s), 0, "")
+        except ValueError:
+            return (4, 0, 0, s)
+    return sorted(set(labels), key=key)
