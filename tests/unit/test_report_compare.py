@@ -105,3 +105,12 @@ def test_red_markdown_escapes_what_latex_reads_and_the_html_gets_the_sentence_ba
     out = _inline(f"before {md} after **b**")
     assert out.startswith("before <span class='miss'>") and out.endswith("</span> after <b>b</b>")
     assert html.unescape(out.split("'miss'>")[1].split("</span>")[0]) == text
+
+
+def test_slices_come_in_their_natural_order():
+    from analysis.replay.slices import slice_order
+    assert slice_order(["long", "short", "medium", "short"]) == ["short", "medium", "long"]
+    assert slice_order(["difficulty>3", "difficulty≤1", "difficulty≤3"]) == ["difficulty≤1", "difficulty≤3",
+                                                                                "difficulty>3"]
+    assert slice_order(["10", "9", "2"]) == ["2", "9", "10"] and slice_order(["bin10", "bin2"]) == ["bin2", "bin10"]
+    assert slice_order(["b", "(none)", "a"]) == ["(none)", "a", "b"]
