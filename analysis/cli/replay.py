@@ -75,8 +75,10 @@ def _sweep(args):
             rec["setting"] = json.loads(rec["setting"]) if rec["setting"] else None
             _print_json(rec)
         return
-    print(df[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "pareto", "hull"]]
-          .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    # the label last: a long one (a hybrid's) pushes no column aside
+    rows = df[["em", "delta_em", "emitted", "computed", "savings_emitted", "pareto", "hull"]].to_string(
+        index=False, float_format=lambda x: f"{x:.3f}").splitlines()
+    print("\n".join(f"{row}  {label}" for row, label in zip(rows, ["label", *df["label"]])))
 
 
 def _families_setup(p):
