@@ -173,10 +173,13 @@ def _runs(args):
         return
     if not runs:
         print("no runs yet: `python -m analysis import ...` or `python -m analysis run ...`")
+    wm = max((len(str(r["model"])) for r in runs), default=0)
+    wd = max((len(str(r["dataset"])) for r in runs), default=0)
     for r in runs:
         em = "-" if r["em_full"] is None else f"{r['em_full']:.3f}"
-        print(f"{r['id']}  {r['model']:28s} {r['dataset']:24s} {r['n_questions']:6d} q {r['n_checkpoints']:8d} ck"
-              f"  EM {em}  {r['status']}")
+        mine = f"  your mechanism on {r['n_incumbent']} q" if r.get("n_incumbent") else ""
+        print(f"{r['id']}  {str(r['model']):{wm}s}  {str(r['dataset']):{wd}s} {r['n_questions']:6d} q "
+              f"{r['n_checkpoints']:8d} ck  EM {em}  {r['status']}{mine}")
 
 
 def _show_setup(p):
