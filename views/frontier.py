@@ -84,7 +84,8 @@ if run:
     if mine is not None:
         st.caption(f"Your mechanism (the orange diamond): EM {mine[1]:.3f} at {mine[0]:.0f} tokens, "
                    f"{1 - mine[0] / full[x]:.0%} fewer than full length; `python -m analysis optimize "
-                   f"--beat-incumbent` or the Report page compares it on held-out questions.")
+                   f"--beat-incumbent` or the Report page gives its cost on all questions and compares it with "
+                   f"the settings on held-out ones.")
     best = pts[pts["pareto" + suffix] & (pts.family != "full")].sort_values(x)
     st.subheader("Pareto settings")
     table = best[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "savings_computed", "lost",

@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; everything committed so far is kept (run the same command again to resume a run)",
               file=sys.stderr)
         return 130
-    except BrokenPipeError:         # the output's reader left (`| head`): nothing more to say, and no traceback
+    except BrokenPipeError:
         try:
+            sys.stdout.flush()
+        except BrokenPipeError:     # our output's reader left (`| head`): nothing more to say, and no traceback
             sys.stdout = open(os.devnull, "w")      # (Python would report the pipe again while flushing at exit)
-        except OSError:
-            pass
-        return 0
+            return 0
+        raise                       # another pipe (a socket, a subprocess's): a failure like any other
     return code if isinstance(code, int) else 0
 
 

@@ -38,7 +38,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _same_gold(a: str | None, b: str | None, answer_type: str) -> bool:
-    """Whether two golds (JSON text) score alike: the same aliases once normalised for ``answer_type``."""
+    """Whether two golds (JSON text) score alike: the same aliases once normalised for ``answer_type``. A
+    missing gold (null, an empty list: an import judged by the tool's own labels) contradicts none."""
     from analysis.core.answers import normalize_gold
 
     def aliases(g):
@@ -46,12 +47,13 @@ def _same_gold(a: str | None, b: str | None, answer_type: str) -> bool:
             v = json.loads(g) if g is not None else None
         except ValueError:
             return {g}
-        v = v if isinstance(v, list) else [v]
+        v = [x for x in (v if isinstance(v, list) else [v]) if x is not None]
         try:
             return set(normalize_gold([str(x) for x in v], answer_type))
         except StoplineError:           # an answer type unknown here: the text decides
             return {json.dumps(v, sort_keys=True)}
-    return aliases(a) == aliases(b)
+    x, y = aliases(a), aliases(b)
+    return not x or not y or x == y
 
 
 def _brief_json(g: str | None) -> str:

@@ -313,10 +313,10 @@ def certify_slices(t: RunTable, by: str, epsilon: float, delta: float, families:
     """One certified setting per slice, δ split equally across the slices (Bonferroni): every slice's drop is
     ≤ ε together with probability ≥ 1 − δ, so the drop over any mix of the slices is ≤ ε too. A slice where
     nothing certifies runs to full length (its drop is 0)."""
-    from analysis.replay.slices import slice_labels
+    from analysis.replay.slices import slice_labels, slice_order
     _check(epsilon, delta, risk)
     labels = slice_labels(t, by)
-    labs = sorted(set(labels), key=str)
+    labs = slice_order(labels)
     L = losses(t, families, cost)
     ordering = order_mask(t.question_ids, order_share)
     per, tokens = {}, np.zeros(t.n)

@@ -19,7 +19,7 @@ from analysis.replay.policies.base import Setting
 from analysis.replay.engine import (Outcome, RunTable, full_length, outcome_from_stops, replay, schedule_mask,
                                    stop_index)
 from analysis.evaluate.stats import bootstrap_ci, mcnemar, normal_ci
-from analysis.replay.slices import slice_labels
+from analysis.replay.slices import slice_labels, slice_order
 
 SPLITS = ("tune", "test", "all")
 
@@ -149,7 +149,7 @@ def optimize_slices(t: RunTable, by: str, budget: float, cost: str = "emitted",
     """Per-slice settings maximising total EM with mean tokens (over all questions) <= budget."""
     labels = slice_labels(t, by)
     options = {}
-    for lab in sorted(set(labels)):
+    for lab in slice_order(labels):
         sub = t.subset(labels == lab)
         pts = sweep(sub, families)
         pts = pts[pts["pareto" if cost == "emitted" else "pareto_computed"]]

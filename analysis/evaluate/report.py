@@ -112,6 +112,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
             except StoplineError as e:                   # a run too small to split
                 answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [f"No comparison: {e}", ""]
                 op = {"error": str(e)}
+                whole = evaluate_outcome(incumbent_outcome(t), n_boot)     # its own figures need no split
             else:
                 answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [*headline(res), ""]
                 whole = res["incumbent"]["all"]           # a row of the table on all questions, beside the presets

@@ -348,7 +348,8 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
         raw = pc.cast(tbl.column("answer"), pa.string())
         raw = raw.take(pa.array(take)) if take is not None else raw.combine_chunks()
         if "final" in tbl.column_names:                    # the model's own answer at full length, where given
-            raw = _with_finals(raw, np.flatnonzero(is_final), per_q("final"), spec, where, recs, first)
+            raw = _with_finals(raw, np.flatnonzero(is_final), _finals(tbl.column("final"), first, last, spec, where,
+                                                                      recs, uniq_ids, codes), spec, where, recs, first)
         acodes, uniq = _codes(raw)                          # -1: no answer
         u_norm = np.array([normalize(u, spec.answer_type) if u else "" for u in uniq] + [""], dtype=object)
         acodes = np.where((u_norm == "")[acodes], -1, acodes)
@@ -381,6 +382,21 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
     return {"questions": questions, "traces": traces, "checkpoints": cks, "sha256": sha, "stops": stops,
             "shape": "wide" if where.get("wide") else "long",
             "em_source": f"the file's field {spec.correct_field!r}" if spec.correct_field else "Stopline's grader"}
+
+
+def _finals(col, first: np.ndarray, last: np.ndarray, spec, where: dict, recs, uniq_ids, codes) -> list:
+    """Each question's final answer: the one its rows give (a log may put it on any of them, the last above
+    all); None where none does. Two different ones for one question are refused, naming the row."""
+    vals = col.to_numpy(zero_copy_only=False) if hasattr(col, "to_numpy") else np.asarray(col, dtype=object)
+    out = []
+    for q, (a, b) in enumerate(zip(first, last)):
+        given = [(i, v) for i, v in zip(range(a, b + 1), vals[a:b + 1]) if v is not None and v == v]
+        if any(str(v) != str(given[0][1]) for _, v in given):
+            i = next(i for i, v in given if str(v) != str(given[0][1]))
+            raise _at(spec, where, int(recs[i]), f"question {uniq_ids[codes[a]]!r} has two final answers: "
+                      f"{str(given[0][1])[:40]!r} and {str(vals[i])[:40]!r}", "final")
+        out.append(given[0][1] if given else None)
+    return out
 
 
 def _with_finals(raw: pa.Array, final_rows: np.ndarray, finals: list, spec, where: dict, recs, first) -> pa.Array:

@@ -77,6 +77,9 @@ def run(store, model_name: str, dataset_id: str, *, limit: int | None = None, se
                 n_tok += sum(len(r.token_ids) for r in results)
                 bar.update(len(batch))
                 bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - t_start):.0f}")
+        except BaseException:
+            _interrupted(store, run_id)
+            raise
         finally:
             bar.close()
         return _complete(store, run_id, created, len(todo), t_start, n_tok)
@@ -108,6 +111,15 @@ def _open_run(store, model_name: str, ds, config: dict) -> tuple[str, bool]:
     return run_id, created
 
 
+def _interrupted(store, run_id: str) -> None:
+    """A session that ended before its questions did (Ctrl-C, an error): the run says so until it is resumed
+    (the same command resumes it), rather than 'running'."""
+    try:
+        store.set_run_status(run_id, "interrupted")
+    except Exception:           # noqa: BLE001 - the session's own error is the one to report
+        pass
+
+
 def _complete(store, run_id: str, created: bool, n_now: int, t_start: float, n_tok: int) -> dict:
     store.set_run_status(run_id, "complete")
     materialise(store, run_id)          # the sweep the dashboard draws first
@@ -130,11 +142,20 @@ def summed_execution(prev: dict, now: dict) -> dict:
     out = {"sessions": int(prev.get("sessions") or (1 if "gen_tokens" in prev else 0)) + 1,
            "token_ids": now.get("token_ids", prev.get("token_ids"))}
     legacy = "gen_tokens" in prev and "sessions" not in prev      # recorded before sessions were summed
+    had = "gen_tokens" in prev                                      # an earlier session's figures are there
+
+    def num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
     for k in SUMMED:
-        have = [v for v in (prev.get(k), now.get(k)) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        have = [v for v in (prev.get(k), now.get(k)) if num(v)]
         out[k] = (round(sum(have), 2) if k == "seconds" else sum(have)) if have else None
-    if legacy and prev.get("cacheable_tokens") is None:
-        out["cacheable_tokens"] = None          # not recorded then: the share would count this session's only
+    # a count one session had and another did not (a server that stopped reporting cached tokens, an earlier
+    # session recorded before the count existed) sums nothing that a rate could be made of
+    for k in ("probe_cached_tokens", "cacheable_tokens"):
+        if had and num(prev.get(k)) != num(now.get(k)):
+            out[k] = None
+    if legacy:                                  # the server's counters were not recorded: only its rate
+        out["server_prefix_cache_queries"] = out["server_prefix_cache_hits"] = None
     fails = dict(prev.get("replica_failures") or {})
     for url, n in (now.get("replica_failures") or {}).items():
         fails[url] = fails.get(url, 0) + n
@@ -219,6 +240,7 @@ def run_openai(store, base_urls: list[str], model: str, tokenizer: str, dataset_
                     for t in tasks:
                         t.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
+                    _interrupted(target, run_id)
                     raise
                 finally:
                     flush()                       # what finished is kept, whatever happened to the rest

@@ -44,10 +44,11 @@ def slice_order(labels) -> list:
             return (0, _SIZES[s], 0, "")
         if m := re.fullmatch(r"bin(\d+)", s):
             return (1, int(m.group(1)), 0, "")
-        if m := re.fullmatch(r".*?(≤|>)(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)", s):
+        if m := re.fullmatch(r".*?(≤|>)(-?(?:inf|\d+(?:\.\d+)?(?:e[+-]?\d+)?))", s):
             return (2, float(m.group(2)), m.group(1) == ">", "")
         try:
-            return (3, float(s), 0, "")
+            x = float(s)
         except ValueError:
             return (4, 0, 0, s)
+        return (3, x, 0, "") if x == x else (5, 0, 0, s)       # NaN ("nan", no value): last
     return sorted(set(labels), key=key)

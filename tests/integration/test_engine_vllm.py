@@ -159,6 +159,7 @@ def test_a_killed_run_resumes_with_every_question_once(server, tmp_path, sig):
     kept = runs(db)[0]["n_questions"]          # what was committed before the kill
     assert 2 <= kept < 8
     first = runs(db)[0]["config"].get("execution") or {}
+    status_after_stop = runs(db)[0]["status"]         # interrupted (Ctrl-C); a SIGKILL leaves it running
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)   # the same command
     assert again.returncode == 0, again.stderr[-2000:]
     res = json.loads(again.stdout.strip().splitlines()[-1])
@@ -169,6 +170,7 @@ def test_a_killed_run_resumes_with_every_question_once(server, tmp_path, sig):
         stored = con.execute("SELECT sum(n_tokens) FROM traces").fetchone()[0]
     if sig == signal.SIGINT:                   # both sessions counted: at least every stored token
         assert first["sessions"] == 1 and first["gen_tokens"] > 0, first
+        assert status_after_stop == "interrupted" and runs(db)[0]["status"] == "complete"
         assert ex["sessions"] == 2 and ex["gen_tokens"] >= stored, (ex, stored)
         assert ex["gen_tokens"] > first["gen_tokens"] and ex["probes"] > first["probes"] and ex["seconds"] > first["seconds"]
     else:                                      # a SIGKILL leaves no figures: the resumed session's alone

@@ -542,3 +542,6 @@ def test_a_resumed_runs_execution_figures_add_up_its_sessions():
     legacy = summed_execution({"gen_tokens": 50, "probe_prompt_tokens": 100, "probes": 2}, {
         "gen_tokens": 10, "probe_prompt_tokens": 100, "cacheable_tokens": 90, "probes": 1})
     assert legacy["sessions"] == 2 and legacy["gen_tokens"] == 60 and legacy["cacheable_share"] is None
+    mixed = summed_execution(two, {"gen_tokens": 10, "probe_prompt_tokens": 100, "probe_cached_tokens": None,
+                                   "cacheable_tokens": 50})
+    assert mixed["probe_cache_hit_rate"] is None and mixed["cacheable_share"] == (1700 + 50) / 2100   # not understated

@@ -245,3 +245,9 @@ def test_a_gold_that_contradicts_the_stored_one_is_refused_naming_its_line(store
         import_generations(store, spec(ck, dataset="mine", fmt="checkpoints", id_field="qid", position_field="tokens",
                                        answer_field="trial", response_field=None), show_progress=False)
     assert len(store.runs()) == 2
+    # a file judged by the tool's own labels gives no gold: no contradiction
+    ck.write_text("qid,question,tokens,trial,ok\nq1,6 * 12?,10,72,1\nq2,5 + 5?,10,10,1\n")
+    res = import_generations(store, spec(ck, dataset="mine", fmt="checkpoints", id_field="qid", position_field="tokens",
+                                         answer_field="trial", correct_field="ok", gold_field=None,
+                                         response_field=None), show_progress=False)
+    assert res["created"] and len(store.runs()) == 3

@@ -249,6 +249,20 @@ def test_checkpoint_exports_with_the_models_final_answer(tmp_path, cli):
     assert t.answers[0, :3].tolist() == ["12", "12", "13"] and t.pos[0, 2] == 120 and t.em[0, :3].tolist() == [1, 1, 0]
     assert t.answers[1, :2].tolist() == ["6", "9"] and t.full_em.tolist() == [0.0, 1.0, 1.0]
     assert Store(db).run(plain["run_id"])["config"]["fields"].get("final_answer") is None     # (ids kept)
+    # long form: a log may carry the final answer on the question's last row only
+    rows = [{"qid": "a", "question": "Calculate 7 + 5.", "gold": "12", "tokens": 32, "probe": "12", "len": 120},
+            {"qid": "a", "question": "Calculate 7 + 5.", "gold": "12", "tokens": 64, "probe": "12", "len": 120,
+             "final": "13"}]
+    lp = tmp_path / "long.jsonl"
+    lp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    long_args = ["--format", "checkpoints", "--id-field", "qid", "--gold-field", "gold", "--position-field", "tokens",
+                 "--answer-field", "probe", "--length-field", "len", "--final-answer-field", "final"]
+    code, res, err = _import(cli, tmp_path / "l.duckdb", lp, *long_args)
+    assert code == 0 and res["em_full"] == 0.0, (err, res)
+    rows[0]["final"] = "12"                                  # another final answer on another row: refused
+    lp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _import(cli, tmp_path / "l2.duckdb", lp, *long_args)
+    assert code == 2 and "line 2, field 'final': question 'a' has two final answers: '12' and '13'" in err, err
     doc[0]["final"] = {"text": "13"}
     path.write_text(json.dumps(doc))
     code, _, err = _import(cli, tmp_path / "b.duckdb", path, *args, "--final-answer-field", "final")

@@ -235,7 +235,7 @@ def test_the_tune_halfs_choice_rests_on_no_model_fitted_on_the_held_out_half(bud
     assert np.array_equal(cross_fit(tune, "all"), cross_fit(halves(fresh)[0], "all"))
     a, b = inc.beat(fresh, 0.02, n_boot=200), inc.beat(swept, 0.02, n_boot=200)
     for k in ("same_cost", "within_drop"):
-        assert (a[k] or {}).get("label") == (b[k] or {}).get("label"), (k, a[k], b[k])
+        assert a[k] is not None and a[k]["label"] == b[k]["label"], (k, a[k], b[k])
     sl = swept.subset(np.arange(swept.n) < swept.n // 2)      # a slice keeps the whole run's out-of-fold models
     assert any(isinstance(k, tuple) and k[0] == "learned" for k in sl.cache)
 
@@ -266,3 +266,17 @@ def test_rescore_scores_the_incumbents_answers_again(store):
     rows = {r["question_id"]: r for r in store.incumbent(rid).to_pylist()}
     assert (rows["q2"]["answer_norm"], rows["q2"]["em"]) == ("42", 1.0)
     assert rows["q1"]["answer_raw"] is None and rows["q1"]["em"] is None       # still follows its checkpoint
+
+
+def test_a_run_too_small_to_split_still_reports_your_mechanism_on_all_its_questions(store):
+    from analysis.evaluate.optimize import split_mask
+    from analysis.evaluate.report import build
+    rid = _hand_run(store)
+    t = RunTable.from_store(store, rid)
+    tune = split_mask(t.question_ids, "tune")
+    keep = [q for q, k in zip(t.question_ids, tune) if k] or list(t.question_ids[:1])   # one half only
+    inc.attach(store, rid, keep, [70] * len(keep))
+    t = RunTable.from_store(store, rid).subset(np.isin(t.question_ids, keep))
+    rep = build([(store.run(rid), t)], [], drop=0.02, images=False, n_boot=100)
+    md = rep["markdown"]
+    assert "No comparison: " in md and "| your mechanism | " in md, md[:1500]
