@@ -139,7 +139,7 @@ def import_spec(args):
     return ImportSpec(path=args.file, model=args.model, dataset=args.dataset, answer_type=args.answer_type,
                       every=args.every, max_line_mb=args.max_line_mb, fmt=args.format, records=args.records,
                       tokenizer=args.tokenizer, position_field=args.position_field, answer_field=args.answer_field,
-                      length_field=args.length_field, final_answer_field=getattr(args, "final_answer_field", None),
+                      length_field=args.length_field, final_answer_field=args.final_answer_field,
                       correct_field=args.correct_field, signals=signals or None,
                       stop_field=args.stop_field, stopped_answer_field=args.stopped_answer_field,
                       **{**defaults, **fields})

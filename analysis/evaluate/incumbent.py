@@ -181,7 +181,7 @@ def beat(t: RunTable, drop: float = 0.02, cost: str = "emitted", families: list[
     - ``within_drop``: the fewest ``cost`` tokens keeping tune EM within ``drop`` of full length;
     each chosen setting (``operating_point``'s dict) also gets ``vs_incumbent``: B = setting, A = incumbent,
     paired on the test questions."""
-    incumbent_outcome(t)                                   # the clear error, before any sweep
+    whole = incumbent_outcome(t)                           # (the clear error, before any sweep)
     tune, test = halves(t)
     inc_tune, inc_test = incumbent_outcome(tune), incumbent_outcome(test)
     pts = sweep(tune, families)
@@ -189,7 +189,7 @@ def beat(t: RunTable, drop: float = 0.02, cost: str = "emitted", families: list[
     # the incumbent was tuned on none of these questions: every one is evidence about it ("all"); the settings
     # are compared with it on the held-out half only ("test")
     res = {"run": t.run_id, "cost": cost, "drop": drop, "n_tune": tune.n, "n_test": test.n,
-           "incumbent": {"all": evaluate_outcome(incumbent_outcome(t), n_boot), "tune": inc_tune.summary(),
+           "incumbent": {"all": evaluate_outcome(whole, n_boot), "tune": inc_tune.summary(),
                          "test": evaluate_outcome(inc_test, n_boot)}}
     for name, goal, value in (("same_cost", "budget", budget), ("within_drop", "drop", drop)):
         try:

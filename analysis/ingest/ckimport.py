@@ -149,20 +149,15 @@ def _lines(where: dict, records: np.ndarray) -> list | None:
     return [int(r) + 2 for r in records] if where.get("kind") == "csv" else None
 
 
-def _hinted(e: StoplineError, hint: str | None) -> StoplineError:
-    e.hint = hint or e.hint
-    return e
-
-
-def _at(spec, where: dict, rec: int, message: str, key: str) -> StoplineError:
+def _at(spec, where: dict, rec: int, message: str, key: str, hint: str | None = None) -> StoplineError:
     """An error naming the record (its line or item) and the file's field for our column ``key``."""
     f = _wanted(spec).get(key, key)
     locs = where.get("locs")
     if locs:
-        return locs[rec].error(message, f)
+        return locs[rec].error(message, f, hint)
     if where.get("kind") == "csv":
-        return StoplineError(message, file=spec.path, line=rec + 2, field=f)
-    return StoplineError(message, file=spec.path, field=f"row {rec}.{f}")
+        return StoplineError(message, file=spec.path, line=rec + 2, field=f, hint=hint)
+    return StoplineError(message, file=spec.path, field=f"row {rec}.{f}", hint=hint)
 
 
 def _numbers(col: pa.ChunkedArray | pa.Array, spec, where, recs, key: str, integer: bool) -> np.ndarray:
@@ -319,8 +314,8 @@ def read_checkpoints(spec, run_id: str, columns: tuple | None = None, meanwhile=
         raise _at(spec, where, int(recs[first[q]]), f"cannot parse the gold answer: {g_bad[gcodes[q]]}", "gold")
     gold_json = pc.take(pa.array([json.dumps(g) for g in g_golds], pa.string()), pa.array(gcodes))
     questions = {"ids": ids, "texts": q_texts, "gold_json": gold_json,     # error_at: a question's gold, by its line
-                 "error_at": lambda i, message, hint=None: _hinted(_at(spec, where, int(recs[first[i]]), message,
-                                                                        "gold"), hint)}
+                 "error_at": lambda i, message, hint=None: _at(spec, where, int(recs[first[i]]), message, "gold",
+                                                               hint)}
     # checked before anything is written (or the store locked): signals, labels, stops, where the text is cut
     signals = {}
     for s in SIGNAL_COLUMNS:

@@ -104,33 +104,27 @@ def create_app(gw: Gateway) -> FastAPI:
         except BadRequest as e:
             gw.metrics.requests.labels(endpoint, "bad_request").inc()
             return error(e.status, str(e), e.param)
+        resp = None
         try:
-            return await answer(request, req, chat, endpoint)
-        finally:
-            if not req["stream"]:
+            resp = await answer(request, req, chat, endpoint)
+            return resp
+        finally:        # its final record freed the id (gw.events); this, in case none was written
+            if not isinstance(resp, StreamingResponse):      # (a stream's id: when it ends, Stream.settle)
                 gw.release(req)
 
     async def answer(request: Request, req: dict, chat: bool, endpoint: str):
-        """The response to a request claimed (``gw.claim``). Its final record frees its id (``gw.events``); as a
-        safety net, a whole one is released by ``serve`` too, a stream once it has ended (``Stream.settle``) or
-        here, when no stream is sent."""
+        """The response to a request claimed (``gw.claim``)."""
         rid = "chatcmpl-" if chat else "cmpl-"
         rid += uuid.uuid4().hex[:16]
         created = int(time.time())
         shape = Shape(chat, rid, created, gw.engine.model)
         if req["stream"]:
             s = Stream(gw, req, shape, endpoint)
-            try:
-                work = await unless_gone(request, s.start())
-            except BaseException:
-                gw.release(req)
-                raise
+            work = await unless_gone(request, s.start())
             if work.cancelled():        # (the decision log has its final record: gw.events wrote it)
-                gw.release(req)
                 gw.metrics.requests.labels(endpoint, CLIENT_LEFT).inc()
                 return Response(status_code=499)
             if isinstance(work.exception(), UpstreamRejected):      # before any chunk: with its status
-                gw.release(req)
                 return rejected(work.exception(), endpoint)
             return StreamingResponse(s.chunks(), media_type="text/event-stream", background=BackgroundTask(s.settle))
 
