@@ -446,9 +446,10 @@ def run_label(run: dict, questions: bool = False) -> str:
     model · dataset options (· n q). ``qwen2.5-coder-0.5b · basic_arithmetic terms≤3 digits≤2 · 200 q`` for
     ``qwen2.5-coder-0.5b-instruct`` on ``rg:basic_arithmetic?max_terms=3&max_digits=2``."""
     from urllib.parse import parse_qsl
-    model = str(run["model"]).rstrip("/").split("/")[-1]
-    for tail in ("-instruct", "-Instruct", "-it", "-chat"):
-        model = model.removesuffix(tail)
+    model = _short_model(run["model"])
+    if run.get("traces_model"):            # a re-probed run: whose traces, probed by which model
+        traces = _short_model(run["traces_model"])
+        model = f"{model} re-probed" if traces == model else f"{traces} probed by {model}"
     name, _, opts = str(run["dataset"]).partition("?")
     if ":" in name and not name.split(":", 1)[1].startswith(("/", ".")):
         name = name.split(":", 1)[1]                                      # rg:basic_arithmetic -> basic_arithmetic
@@ -461,6 +462,13 @@ def run_label(run: dict, questions: bool = False) -> str:
         words.append(f"{k[4:]}≤{v}" if k.startswith("max ") else f"{k[4:]}≥{v}" if k.startswith("min ") else f"{k}={v}")
     label = f"{model} · {' '.join([name, *words])}"
     return label + (f" · {run['n_questions']} q" if questions else "")
+
+
+def _short_model(name) -> str:
+    model = str(name).rstrip("/").split("/")[-1]
+    for tail in ("-instruct", "-Instruct", "-it", "-chat"):
+        model = model.removesuffix(tail)
+    return model
 
 
 def run_labeller(runs_: list[dict], questions: bool = False):

@@ -178,6 +178,8 @@ def _runs(args):
     for r in runs:
         em = "-" if r["em_full"] is None else f"{r['em_full']:.3f}"
         mine = f"  your mechanism on {r['n_incumbent']} q" if r.get("n_incumbent") else ""
+        if r.get("traces_model"):
+            mine += f"  probes run {r['config']['of_run'][:12]}'s traces ({r['traces_model']})"
         print(f"{r['id']}  {str(r['model']):{wm}s}  {str(r['dataset']):{wd}s} {r['n_questions']:6d} q "
               f"{r['n_checkpoints']:8d} ck  EM {em}  {r['status']}{mine}")
 
@@ -197,6 +199,8 @@ def _show(args):
         return _print_json(r)
     print(f"run {r['id']}  ({r['source']}, {r['status']})")
     print(f"  model    {r['model']}\n  dataset  {r['dataset']} ({r['answer_type']} answers)")
+    if r.get("traces_model"):
+        print(f"  traces   written by {r['traces_model']} (run {r['config']['of_run']}), probed by {r['model']}")
     print(f"  traces   {r['n_questions']}   checkpoints {r['n_checkpoints']}   mean tokens "
           f"{(r['mean_tokens'] or 0):.1f}")
     if r["em_full"] is not None:

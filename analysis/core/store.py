@@ -330,7 +330,8 @@ class Store:
     # -- reads --------------------------------------------------------------------------------------------
     def runs(self, run_id: str | None = None) -> list[dict]:
         """One dict per run (``run_id``: that run only, [] when the store has none by that id): id, model,
-        dataset, counts (n_incumbent: questions with a production stop), em_full (EM of the final answers, 0..1)."""
+        dataset, counts (n_incumbent: questions with a production stop), em_full (EM of the final answers, 0..1),
+        traces_model (a re-probed run: the model that wrote the traces it probed; else None)."""
         where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
         with self.connect() as con:
             rel = con.execute(f"""
@@ -346,9 +347,14 @@ class Store:
                 ORDER BY r.created_at, r.run_id""", args * 4)
             cols = [d[0] for d in rel.description]
             out = [dict(zip(cols, row)) for row in rel.fetchall()]
-        for r in out:
-            r["config"] = json.loads(r["config"]) if r["config"] else {}
-            r["created_at"] = str(r["created_at"])
+            for r in out:
+                r["config"] = json.loads(r["config"]) if r["config"] else {}
+                r["created_at"] = str(r["created_at"])
+            sources = sorted({r["config"]["of_run"] for r in out if r["config"].get("of_run")})
+            models = dict(con.execute("SELECT run_id, model FROM runs WHERE list_contains(?, run_id)",
+                                      [sources]).fetchall()) if sources else {}
+        for r in out:      # a re-probed run: its traces are another run's, written by that run's model
+            r["traces_model"] = models.get(r["config"].get("of_run"))
         return out
 
     def run(self, run_id: str) -> dict:

@@ -467,6 +467,11 @@ def test_reprobe_an_imported_run_adds_signals(tiny, store):
     t = RunTable.from_store(store, res["run_id"])
     assert t.has_signal("p_mean") and t.has_signal("entropy")
     replay(t, Setting.make("confidence", tau=0.5)).summary()
+    # listed as the imported model's traces, probed by the probing model
+    runs = {r["id"]: r for r in store.runs()}
+    assert runs[res["run_id"]]["traces_model"] == "hand" and runs[imp["run_id"]]["traces_model"] is None
+    from views.data import run_label
+    assert run_label(runs[res["run_id"]]).startswith("hand probed by tiny-random · ")
     # the probe at a checkpoint equals a from-scratch probe of the same prefix
     model, tok = tiny
     tr = store.trace(res["run_id"], t.question_ids[0])
