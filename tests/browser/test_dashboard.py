@@ -92,6 +92,15 @@ def test_frontier_chart_is_drawn(server, browser):
     page.close()
 
 
+def test_the_frontier_by_its_name_leads_to_the_frontier_with_the_link_state(server, browser):
+    page = open_page(browser, server, "frontier?family=budget")      # the default page lives at the root
+    page.wait_for_selector(f"{FRONTIER} path[transform^=matrix]", timeout=90_000)
+    wait_for_app_run(page)
+    assert "/frontier" not in page.url and "family=budget" in page.url and "run=" in page.url
+    assert page.get_by_text("Page not found").count() == 0
+    page.close()
+
+
 def test_permalink_restores_the_setting_in_a_fresh_browser(server, browser):
     page, before = tune_and_move(browser, server, "End", 1)         # the budget to its top: full length
     page.wait_for_function("() => location.search.includes('s=sl1.')", timeout=30_000)
