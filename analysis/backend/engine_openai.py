@@ -47,6 +47,7 @@ from analysis.backend.decode import TraceResult
 from analysis.backend.placement import Placer, token_pieces
 from analysis.backend.probe import Probe
 from analysis.backend.prompts import GenConfig
+from analysis.core.answers import answer_ended, probe_answer
 from analysis.core.errors import StoplineError
 
 TOP_K = 20          # log-probabilities asked for at each answer token (vLLM's default --max-logprobs is 20)
@@ -131,11 +132,6 @@ class EngineStats:
 
 def _stop_piece(text: str) -> bool:
     return "}" in text or "\n" in text
-
-
-def answer_raw(text: str) -> str:
-    """The trial answer in a probe's text: up to the closing brace or the line's end (as in-process)."""
-    return text.split("}")[0].split("\n")[0].strip()
 
 
 def entropy_from_top(logprobs: dict[str, float] | list[float]) -> float:
@@ -442,39 +438,58 @@ class OpenAIEngine:
         return "".join(text), finish, got_ids
 
     async def _probe(self, r: Replica, ids: list[int], cue_ids: list[int], cfg: GenConfig) -> tuple[Probe, float]:
-        """One probe: (Probe, seconds). Near the end of the model's context (a trace that fills it) the answer gets
-        the tokens left, and a probe whose prompt alone would not fit is not sent: that checkpoint has no trial
-        answer (the server would refuse the request, and with it the trace)."""
+        """One probe: (Probe, seconds). The server stops at each closing brace; where that brace closed one inside
+        the answer (``\\frac{14}{3}``), the answer goes on from there (its prefix cached) until the cue's box
+        closes. Near the end of the model's context (a trace that fills it) the answer gets the tokens left, and a
+        probe whose prompt alone would not fit is not sent: that checkpoint has no trial answer (the server would
+        refuse the request, and with it the trace)."""
         prompt = ids + cue_ids
         room = cfg.max_answer_tokens if r.max_model_len is None else min(cfg.max_answer_tokens,
                                                                            r.max_model_len - len(prompt))
         if room < 1:
             self.stats.probes_past_context += 1
             return Probe("", [], [], math.nan, 0), 0.0
-        async with self._p_sem:
-            t0 = time.perf_counter()
-            out = await self._post(r, "/completions", {
-                "model": self.model, "prompt": prompt, "max_tokens": room, "temperature": 0,
-                "stop": PROBE_STOPS, "logprobs": self.top_k, "return_token_ids": True})
-            dt = time.perf_counter() - t0
-        try:
-            pr = self.to_probe(out, len(cue_ids))
-        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as e:   # another shape
-            raise ReplicaFailed(r, f"a probe's reply cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
+        toks: list[int] = []
+        probs: list[float] = []
+        top, dt, cached = None, 0.0, None
+        while True:
+            async with self._p_sem:
+                t0 = time.perf_counter()
+                out = await self._post(r, "/completions", {
+                    "model": self.model, "prompt": prompt + toks, "max_tokens": room - len(toks), "temperature": 0,
+                    "stop": PROBE_STOPS, "logprobs": self.top_k, "return_token_ids": True})
+                dt += time.perf_counter() - t0
+            try:
+                got, got_probs, got_top, eos = self.answer_part(out)
+            except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as e:   # another shape
+                raise ReplicaFailed(r, f"a probe's reply cannot be read ({type(e).__name__}: {str(e)[:80]})") \
+                    from None
+            self.stats.probe_prompt_tokens += len(prompt) + len(toks)
+            c = ((out.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+            cached = cached if c is None else (cached or 0) + c
+            top = got_top if not toks else top
+            toks, probs = toks + got, probs + got_probs
+            if (eos or not got or len(toks) >= room or not _stop_piece(self.piece(toks[-1]))
+                    or answer_ended(self.tok.decode(toks))):
+                break
+        raw = probe_answer(self.tok.decode(toks))
+        sig = probs
+        if toks and _stop_piece(self.piece(toks[-1])) and raw == probe_answer(self.tok.decode(toks[:-1])):
+            sig = probs[:-1]            # the closing token counts only if it carries answer text (as in-process)
+        pr = Probe(raw, toks, sig, entropy_from_top(top) if top else math.nan, len(cue_ids) + len(toks))
         st = self.stats
         st.probes += 1
-        st.probe_prompt_tokens += len(prompt)
         st.answer_tokens += len(pr.tokens)
-        cached = ((out.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached is not None:
             st.probe_cached_tokens = (st.probe_cached_tokens or 0) + cached
         if r.block_size:
             st.cacheable_tokens += (len(ids) // r.block_size) * r.block_size
         return pr, dt
 
-    def to_probe(self, out: dict, n_cue: int) -> Probe:
-        """A completions answer as a Probe: the answer's tokens (up to and including the one that closed it),
-        their probabilities, the entropy after the cue."""
+    def answer_part(self, out: dict) -> tuple[list[int], list[float], dict | None, bool]:
+        """A completions reply to a probe: its answer tokens (up to and including the one the server stopped at;
+        an end of sequence left out), their probabilities, the top log-probabilities after its first token's
+        context, and whether it ended on an end of sequence."""
         choices = out.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ValueError("it has no choices")
@@ -485,17 +500,12 @@ class OpenAIEngine:
         if toks is None:
             toks = self.tok(ch.get("text") or "", add_special_tokens=False)["input_ids"]
         toks = list(toks)
+        eos = False
         while toks and toks[-1] in self.eos:            # the end of sequence is not an answer token
             toks.pop()
-            probs = probs[:len(toks)]
-        probs = probs[:len(toks)]
-        text = self.tok.decode(toks)
-        raw = answer_raw(text)
-        sig = probs
-        if toks and _stop_piece(self.piece(toks[-1])) and not answer_raw(self.piece(toks[-1])):
-            sig = probs[:-1]            # the closing token counts only if it carries answer text (as in-process)
+            eos = True
         top = (lp.get("top_logprobs") or [None])[0]
-        return Probe(raw, toks, sig, entropy_from_top(top) if top else math.nan, n_cue + len(toks))
+        return toks, probs[:len(toks)], top, eos
 
     async def probe_on(self, ids: list[int], cue_ids: list[int], cfg: GenConfig, prefer: Replica | None = None) -> Probe:
         """Probe a given prefix (prompt + trace ids) on ``prefer`` while it is up (a trace's probes on one replica

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.core.answers import answer_ended, probe_answer
+
 # transformers 5.x renames the cache argument; the old name still works until 5.40 (pinned: 5.24)
 warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", category=FutureWarning)
 
@@ -43,6 +45,18 @@ class Probe:
         return {"p_mean": float(p.mean()), "p_geo": float(np.exp(np.log(np.maximum(p, 1e-12)).mean())),
                 "p_min": float(p.min()), "p_first": float(p[0]), "entropy": self.entropy}
 
+
+
+def _may_close(piece: str) -> bool:
+    return "}" in piece or "\n" in piece
+
+
+def answer_signal_probs(tok, toks: list[int], probs: list[float], raw: str) -> list[float]:
+    """The probabilities an answer's signals are read from: every token's, but the closing one's (a brace, a
+    newline) only where it carries answer text (the answer without it reads otherwise)."""
+    if toks and _may_close(tok.decode([toks[-1]])) and raw == probe_answer(tok.decode(toks[:-1])):
+        return probs[:-1]
+    return probs
 
 
 def eos_ids(model, tok) -> set[int]:
@@ -79,13 +93,18 @@ class Prober:
             self._reencode = Prober(model, tok, cue, max_answer_tokens, "reencode", 0)
 
     def _stop_ids(self) -> set[int]:
-        """Token ids whose text holds a closing brace or a newline: the answer ends there (computed once
-        per tokenizer: decoding a 150k vocabulary takes half a second)."""
+        """Token ids whose text holds a closing brace or a newline: the answer may end there (``ends``; computed
+        once per tokenizer: decoding a 150k vocabulary takes half a second)."""
         key = (getattr(self.tok, "name_or_path", ""), len(self.tok), id(self.tok))
         if key not in _STOP_IDS:
             _STOP_IDS[key] = {tid for tid in range(len(self.tok))
-                              if "}" in (s := self.tok.decode([tid])) or "\n" in s}
+                              if _may_close(self.tok.decode([tid]))}
         return _STOP_IDS[key]
+
+    def ends(self, toks: list[int]) -> bool:
+        """Whether an answer that reads ``toks`` has ended: its last token may close it (a brace, a newline) and
+        it does (the cue's box closed, the braces inside it balanced, or the line ended)."""
+        return toks[-1] in self.stop_ids and answer_ended(self.tok.decode(toks))
 
     def _keep(self, guess: list[int], greedy: list[int], logp, toks: list[int], probs: list[float]):
         """Append the guessed tokens to a live answer while each is the greedy choice at its position
@@ -96,7 +115,7 @@ class Prober:
             toks.append(guess[a])
             probs.append(float(logp[a, guess[a]].exp()))
             a += 1
-            if guess[a - 1] in self.stop_ids or len(toks) >= self.max_answer:
+            if self.ends(toks) or len(toks) >= self.max_answer:
                 return a, False
         return a, True
 
@@ -282,7 +301,7 @@ class Answers:
                 continue
             self.toks[i].append(tid)
             self.probs[i].append(bp_l[j])
-            if tid in p.stop_ids or len(self.toks[i]) >= p.max_answer:
+            if p.ends(self.toks[i]) or len(self.toks[i]) >= p.max_answer:
                 self.live[i] = False
         self.rounds += 1
         keep = [j for j, i in enumerate(self.at) if self.live[i]]
@@ -362,18 +381,13 @@ class Answers:
         if self.crop_after:
             self.cache.crop(-(self.k_in + self.fed))
             self.crop_after = False
-        tok, stop_ids = self.p.tok, self.p.stop_ids
+        tok = self.p.tok
         res = []
         for i in range(self.n):
             t, pr = self.toks[i], self.probs[i]
-            text = tok.decode(t)
-            raw = text.split("}")[0].split("\n")[0].strip()
-            # the closing token counts toward the answer's signals only if it carries answer text
-            if t and t[-1] in stop_ids and not tok.decode([t[-1]]).split("}")[0].split("\n")[0].strip():
-                sig_probs = pr[:-1]
-            else:
-                sig_probs = pr
-            res.append(Probe(raw, t, sig_probs, float(self.entropy[i]), self.k + len(t)))
+            raw = probe_answer(tok.decode(t))
+            res.append(Probe(raw, t, answer_signal_probs(tok, t, pr, raw), float(self.entropy[i]),
+                             self.k + len(t)))
         return res
 
 

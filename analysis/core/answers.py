@@ -86,6 +86,18 @@ def closed_box_end(text: str, i: int) -> int | None:
     return None
 
 
+def answer_ended(text: str) -> bool:
+    """Whether a probe's text (what the model wrote after the cue's open box) holds a whole trial answer: the
+    box is closed (the braces inside it balanced, as in ``\\frac{14}{3}``) or the line has ended."""
+    return "\n" in text or closed_box_end(text, 0) is not None
+
+
+def probe_answer(text: str) -> str:
+    """The trial answer in a probe's text: up to the brace that closes the cue's box, or the line's end."""
+    end = closed_box_end(text, 0)
+    return (text[:end - 1] if end else text).split("\n")[0].strip()
+
+
 def _marked_span(text: str, hashes: bool = True) -> str | None:
     """The span a response marks as its answer: the last non-empty box, else (``hashes``) the text after
     the last '####'."""

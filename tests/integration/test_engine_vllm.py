@@ -120,6 +120,29 @@ def test_a_probe_answers_as_a_from_scratch_greedy_completion_of_its_prefix(serve
     assert [a for a, _ in pairs] == [b for _, b in pairs]
 
 
+def test_a_trial_answer_with_braces_inside_its_box_is_the_greedy_answer_up_to_the_box_closing(server, tok):
+    """The server stops at each closing brace; an answer whose brace closed one inside it (2\\sqrt{2}) goes on
+    until the cue's box closes: its tokens are a from-scratch greedy completion's, up to that point."""
+    tk, kind, eos = tok
+    cfg = GenConfig(every=32).resolved("math", kind)
+    ids = tk(build_prompt(tk, "Simplify sqrt(8).", cfg) + "sqrt(8) = 2\\sqrt{2}. The answer is 2\\sqrt{2}.",
+             add_special_tokens=False)["input_ids"]
+    cue = tk(cfg.cue, add_special_tokens=False)["input_ids"]
+
+    async def go():
+        async with OpenAIEngine([server], MODEL, tk, eos=eos) as eng:
+            await eng.check()
+            pr = await eng.probe_on(ids, cue, cfg)
+            whole = await eng._post(eng.replicas[0], "/completions", {
+                "model": MODEL, "prompt": ids + cue, "max_tokens": 20, "temperature": 0, "stop": ["\n"],
+                "return_token_ids": True})
+            return pr, whole["choices"][0]["token_ids"]
+    pr, whole = run_sync(go())
+    assert pr.raw == "2\\sqrt{2}"
+    assert pr.tokens == whole[:len(pr.tokens)]                 # the greedy answer, cut where the box closed
+    assert tk.decode(pr.tokens).count("}") == 2                # past the brace inside the box, to the box's own
+
+
 def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_so(server, tok):
     tk, kind, eos = tok
     cfg = GenConfig(every=16, max_new_tokens=64).resolved("number", kind)

@@ -175,3 +175,17 @@ def test_smollm2_controlled_generate_probes_only_the_scheduled_rows():
     scheduled = sum(r["n_checkpoints"] for r in lean)
     assert st["probes"] - st["repeated"] == scheduled
     assert st_full["probes"] - st_full["repeated"] > scheduled
+
+
+def test_a_trial_answer_with_braces_inside_its_box_is_read_whole():
+    """The probe's answer ends at the brace that closes the cue's box, not at the first one: SmolLM2 copies
+    2\\sqrt{2} from its trace, and the answer's closing token (``}}``) carries its last brace."""
+    from analysis.backend.probe import probe_from_scratch
+    from analysis.backend.prompts import build_prompt
+    model, tok, info = load("smollm2-135m-instruct", "cpu")
+    cfg = GenConfig(every=32).resolved("math", info["kind"])
+    prompt = build_prompt(tok, "Simplify sqrt(8).", cfg) + "sqrt(8) = 2\\sqrt{2}. The answer is 2\\sqrt{2}."
+    pr = probe_from_scratch(model, tok, tok(prompt, add_special_tokens=False)["input_ids"], cfg.cue,
+                            cfg.max_answer_tokens)
+    assert pr.raw == "2\\sqrt{2}"
+    assert len(pr.probs) == len(pr.tokens)             # the closing token holds answer text: its probability counts

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from analysis.backend.decode import generate_batch
-from analysis.backend.engine_openai import answer_raw, entropy_from_top
+from analysis.backend.engine_openai import entropy_from_top
+from analysis.core.answers import answer_ended, probe_answer
 from analysis.backend.placement import placements
 from analysis.backend.prompts import GenConfig, build_prompt
 from analysis.backend.tiny import build_model
@@ -44,10 +45,14 @@ def test_entropy_from_top_k_is_exact_on_the_whole_distribution_and_a_lower_bound
     assert math.isnan(entropy_from_top([]))
 
 
-def test_answer_raw_cuts_at_the_brace_or_the_line():
-    assert answer_raw(" 42} and more") == "42"
-    assert answer_raw("\\frac{1") == "\\frac{1"
-    assert answer_raw("7\nrest") == "7"
+def test_a_probes_answer_ends_at_the_brace_that_closes_the_box_or_the_line():
+    assert probe_answer(" 42} and more") == "42"
+    assert probe_answer("\\frac{14}{3}} and more") == "\\frac{14}{3}"          # braces inside the box balanced
+    assert probe_answer("\\left( 3, \\frac{\\pi}{2} \\right)}") == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert probe_answer("\\frac{1") == "\\frac{1"                                  # cut short: what it wrote
+    assert probe_answer("7\nrest") == "7"
+    assert answer_ended("\\frac{14}{3}}") and answer_ended("x\n")
+    assert not answer_ended("\\frac{14}") and not answer_ended("18 \\text{ kg}")
 
 
 SMOLLM2 = "smollm2-135m-instruct"
