@@ -198,12 +198,16 @@ def preset_stops(t, preset: Preset) -> np.ndarray:
 
 def preset_outcome(t, preset: Preset, label: str | None = None):
     """The preset replayed: ``preset_stops`` with each question's tokens computed under its own setting (its
-    probe schedule's probes; none for a budget)."""
+    probe schedule's probes; none for a budget, but on an exploration request, which probes all the same)."""
     stop = t.final_idx.copy()
     computed = t.computed[t.rows, stop]
     for decides, stops, s in _preset_parts(t, preset):
         if decides.any():
             st = np.where(stops, stop_index(t, s), t.final_idx)
             stop = np.where(decides, st, stop)
-            computed = np.where(decides, computed_tokens(t, st, s), computed)
+            explored = decides & ~stops
+            cost = computed_tokens(t, st, s)
+            if explored.any() and not s.policy.probes_needed(s.params):
+                cost = np.where(explored, computed_tokens(t, st, s, probed=True), cost)
+            computed = np.where(decides, cost, computed)
     return outcome_from_stops(t, stop, preset.name if label is None else label, computed=computed)

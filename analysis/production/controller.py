@@ -156,15 +156,27 @@ class Session:
     def n(self) -> int:
         return len(self.history["pos"])
 
+    @property
+    def probing(self) -> bool:
+        """Whether this request's checkpoints are probed: not a budget's (it reads positions only and probes once,
+        at its stop, for the answer), except on an exploration request, whose logged trial answers are what a
+        recalibration certifies other settings on."""
+        setting = self.route.setting
+        return self.route.arm == EXPLORE or bool(setting.policy.probes_needed(setting.params))
+
     def checkpoint(self, pos: int, answer_raw: str | None, signals: dict | None = None, *, answer_tokens: int = 0,
-                   probe_tokens: int = 0, kind: str = "interval", answer_type: str = "number") -> None:
-        """Record one checkpoint's probe result (signals: p_mean, p_geo, p_min, p_first, entropy)."""
+                   probe_tokens: int = 0, kind: str = "interval", answer_type: str = "number",
+                   is_step: bool | None = None, is_transition: bool | None = None) -> None:
+        """Record one checkpoint's probe result (signals: p_mean, p_geo, p_min, p_first, entropy). ``is_step``,
+        ``is_transition``: the placement's flags (a checkpoint can be both; ``kind`` names one), else ``kind``'s."""
         h = self.history
         sig = signals or {}
         sched = self.route.setting.sched          # a kind the schedule does not probe at is not known live
+        step = kind == "step" if is_step is None else bool(is_step)
+        transition = kind == "transition" if is_transition is None else bool(is_transition)
         h["pos"].append(int(pos))
-        h["is_step"].append(kind == "step" and sched["at_steps"])
-        h["is_transition"].append(kind == "transition" and sched["at_transitions"])
+        h["is_step"].append(step and sched["at_steps"])
+        h["is_transition"].append(transition and sched["at_transitions"])
         h["answer_raw"].append(answer_raw)
         h["answer_norm"].append(normalize(answer_raw, answer_type) if answer_raw else "")
         h["answer_tokens"].append(int(answer_tokens))
@@ -172,7 +184,15 @@ class Session:
         for s in SIGNAL_COLUMNS:
             v = sig.get(s)
             h[s].append(np.nan if v is None else float(v))
-        self._kind = kind
+        self._kind, self._flags = kind, (step, transition)
+
+    def answered(self, answer_raw: str | None, answer_tokens: int, probe_tokens: int,
+                 answer_type: str = "number") -> None:
+        """The answer of a request stopped without probes (a budget): the one probe at its stop."""
+        h, j = self.history, self.stopped.ck
+        h["answer_raw"][j], h["answer_norm"][j] = answer_raw, normalize(answer_raw, answer_type) if answer_raw else ""
+        h["answer_tokens"][j], h["probe_tokens"][j] = int(answer_tokens), int(probe_tokens)
+        self.stopped.answer = answer_raw
 
     def emitted(self, j: int) -> int:
         return self.history["pos"][j] + self.history["answer_tokens"][j]
@@ -248,6 +268,7 @@ class Controller:
             h = s.history
             self.log.write({"type": "checkpoint", "request": s.request_id, "arm": s.route.arm, "ck": j,
                             "pos": h["pos"][j], "kind": getattr(s, "_kind", "interval"),
+                            **dict(zip(("is_step", "is_transition"), getattr(s, "_flags", (False, False)))),
                             "answer": h["answer_norm"][j], "answer_tokens": h["answer_tokens"][j],
                             "probe_tokens": h["probe_tokens"][j],
                             **{c: _clean(h[c][j]) for c in SIGNAL_COLUMNS}, "decision": verdict})
@@ -327,32 +348,54 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
 
         def due(rows, results, kinds, sessions=sessions):
             # a row's end needs no probe; a checkpoint placed for another request's schedule (or before this
-            # one's min_tokens) gets none (each placed checkpoint is noted once by its session)
-            ask = [r for r in rows if kinds[r]["kind"] != "final" and sessions[r].due(
-                len(results[r].token_ids), kinds[r]["is_step"], kinds[r]["is_transition"], controller.every)]
+            # one's min_tokens) gets none (each placed checkpoint is noted once by its session). A request that
+            # reads no trial answer (a budget) is decided here, on its position, and probed only where it stops
+            ask, unprobed = [], []
+            for r in rows:
+                k = kinds[r]
+                if k["kind"] == "final" or not sessions[r].due(len(results[r].token_ids), k["is_step"],
+                                                                k["is_transition"], controller.every):
+                    continue
+                if sessions[r].probing:
+                    ask.append(r)
+                    continue
+                sessions[r].checkpoint(len(results[r].token_ids), None, kind=k["kind"], is_step=k["is_step"],
+                                       is_transition=k["is_transition"], answer_type=controller.answer_type)
+                unprobed.append(r)
+            if unprobed:
+                stops = controller.decide([sessions[r] for r in unprobed])
+                answering[:] = [r for r, d in zip(unprobed, stops) if d.stop]
             if probe_unscheduled:
                 noted[:] = ask
                 return rows
-            return ask
+            return sorted(ask + answering)
 
         noted: list[int] = []              # probe_unscheduled: the rows whose session is due
+        answering: list[int] = []          # rows stopped without probes (a budget): probed for their answer
 
         def hook(rows, results, sessions=sessions):
-            ask = []
+            ask, stopped = [], []
             for r in rows:                 # the rows probed: due on their schedule
-                if probe_unscheduled and r not in noted:
-                    continue
                 c = results[r].checkpoints[-1]
                 pr = c["probe"]
+                if r in answering:         # a budget's stop, decided already: its answer
+                    sessions[r].answered(pr.raw if pr else None, len(pr.tokens) if pr else 0,
+                                         pr.probe_tokens if pr else 0, controller.answer_type)
+                    stopped.append(r)
+                    continue
+                if probe_unscheduled and r not in noted:
+                    continue
                 sessions[r].checkpoint(c["pos"], pr.raw if pr else None, pr.signals() if pr else None,
                                        answer_tokens=len(pr.tokens) if pr else 0,
                                        probe_tokens=pr.probe_tokens if pr else 0, kind=c["kind"],
+                                       is_step=c["is_step"], is_transition=c["is_transition"],
                                        answer_type=controller.answer_type)
                 ask.append(r)
+            answering.clear()
             if not ask:
-                return []
+                return stopped
             decisions = controller.decide([sessions[r] for r in ask])
-            return [r for r, d in zip(ask, decisions) if d.stop]
+            return stopped + [r for r, d in zip(ask, decisions) if d.stop]
 
         results = generate_batch(model, tok, [prompts[q.id] for q in batch], cfg, on_checkpoint=hook,
                                  probe_due=due, stats=stats)
@@ -403,35 +446,45 @@ class StreamSession:
         self.c = controller
         self.s = controller.open(request_id, question, meta, tags, gold)
         self.text, self.n_tokens = "", 0
-        self._due: str | None = None
+        self._due: tuple | None = None     # (kind, is_step, is_transition) of the checkpoint waiting for its probe
         self._last_ck_tokens = -1
 
     def feed(self, chunk: str, n_tokens: int = 1, resume: bool = False) -> bool:
+        """Keep ``chunk``, or return True when a checkpoint before it waits for its probe. A request that reads no
+        trial answer (a budget) is decided on its position without one, and asks for a probe only where it
+        stops: its answer."""
         if self.s.stopped is not None:
             return False
         if not resume and self._last_ck_tokens != self.n_tokens:
-            kind = None
-            if self.c.every and self.n_tokens > 0 and self.n_tokens % self.c.every == 0:
-                kind = "interval"
-            if self.c.steps and self.text.endswith("\n\n") and not self.text.endswith("\n\n\n"):
-                kind = "step"
-            if self.c.transitions and self.n_tokens > 0 and is_transition_start(chunk) \
-                    and self.text.endswith((" ", "\n", ".", ",")):
-                kind = "transition"
+            step = bool(self.c.steps and self.text.endswith("\n\n") and not self.text.endswith("\n\n\n"))
+            transition = bool(self.c.transitions and self.n_tokens > 0 and is_transition_start(chunk)
+                              and self.text.endswith((" ", "\n", ".", ",")))
+            interval = bool(self.c.every and self.n_tokens > 0 and self.n_tokens % self.c.every == 0)
+            kind = "transition" if transition else "step" if step else "interval" if interval else None
             if kind:
-                if self.s.due(self.n_tokens, kind == "step", kind == "transition", self.c.every):
-                    self._due = kind
-                    return True
-                self._last_ck_tokens = self.n_tokens   # placed but not on this request's schedule: no probe
+                self._last_ck_tokens = self.n_tokens
+                if self.s.due(self.n_tokens, step, transition, self.c.every):
+                    if self.s.probing:
+                        self._due = (kind, step, transition)
+                        return True
+                    self.s.checkpoint(self.n_tokens, None, kind=kind, is_step=step, is_transition=transition,
+                                      answer_type=self.c.answer_type)
+                    if self.c.decide([self.s])[0].stop:
+                        return True            # stopped here: its answer's probe (``probe_result``)
         self.text += chunk
         self.n_tokens += n_tokens
         return False
 
     def probe_result(self, answer_raw: str | None, probs: list[float] | None = None, entropy: float | None = None,
                      probe_tokens: int = 0) -> Decision:
+        if self.s.stopped is not None:         # a budget's stop: the probe gave its answer
+            self.s.answered(answer_raw, len(probs or []), probe_tokens, self.c.answer_type)
+            return self.s.stopped
         p = Probe(answer_raw or "", [], list(probs or []), float("nan") if entropy is None else float(entropy), 0)
+        kind, step, transition = self._due or ("interval", False, False)
         self.s.checkpoint(self.n_tokens, answer_raw, p.signals(), answer_tokens=len(probs or []),
-                          probe_tokens=probe_tokens, kind=self._due or "interval", answer_type=self.c.answer_type)
+                          probe_tokens=probe_tokens, kind=kind, is_step=step, is_transition=transition,
+                          answer_type=self.c.answer_type)
         self._last_ck_tokens = self.n_tokens
         self._due = None
         return self.c.decide([self.s])[0]
@@ -457,23 +510,38 @@ def simulate(t, controller: Controller, with_em: bool = True) -> list[dict]:
         q = "x" * int(t.meta["question_chars"].iloc[i]) if "question_chars" in t.meta else ""
         sessions.append(controller.open(str(t.question_ids[i]), q, meta, meta))
     last = t.lengths - 1                                # the end is the request's own, never probed
+    seen: list[list[int]] = [[] for _ in sessions]      # per request, the run's checkpoint of each it recorded
     for j in range(int(last.max()) if t.n else 0):
-        batch = []
+        batch, unprobed = [], []
         for i in np.flatnonzero(last > j):
             s = sessions[i]
             if s.stopped is not None:
                 continue
-            if not s.due(int(t.pos[i, j]), bool(t.is_step[i, j]), bool(t.is_transition[i, j]), controller.every):
+            step, transition = bool(t.is_step[i, j]), bool(t.is_transition[i, j])
+            if not s.due(int(t.pos[i, j]), step, transition, controller.every):
                 continue                               # not on this request's schedule: no probe
+            kind = "transition" if transition else "step" if step else "interval"
+            seen[i].append(j)
+            if not s.probing:                          # a budget: decided on its position, probed where it stops
+                s.checkpoint(int(t.pos[i, j]), None, kind=kind, is_step=step, is_transition=transition,
+                             answer_type=controller.answer_type)
+                unprobed.append(i)
+                continue
             sig = {c: _clean(float(t.cols[c][i, j])) for c in SIGNAL_COLUMNS}
-            kind = "transition" if t.is_transition[i, j] else "step" if t.is_step[i, j] else "interval"
             s.checkpoint(int(t.pos[i, j]), t.answers[i, j] or None, sig, answer_tokens=int(t.answer_tokens[i, j]),
-                         probe_tokens=int(t.probe_tokens[i, j]), kind=kind, answer_type=controller.answer_type)
+                         probe_tokens=int(t.probe_tokens[i, j]), kind=kind, is_step=step, is_transition=transition,
+                         answer_type=controller.answer_type)
             batch.append(s)
         if batch:
             controller.decide(batch)
+        if unprobed:
+            for i, d in zip(unprobed, controller.decide([sessions[i] for i in unprobed])):
+                if d.stop:
+                    sessions[i].answered(t.answers[i, j] or None, int(t.answer_tokens[i, j]),
+                                         int(t.answer_tokens[i, j]), controller.answer_type)
     out = []
     for i, s in enumerate(sessions):
-        em = float(t.em[i, s.stopped.ck] if s.stopped is not None else t.full_em[i]) if with_em else None
+        stop = seen[i][s.stopped.ck] if s.stopped is not None else None     # the run's checkpoint it stopped at
+        em = float(t.em[i, stop] if stop is not None else t.full_em[i]) if with_em else None
         out.append(controller.finish(s, t.answers[i, t.final_idx[i]] or None, int(t.pos[i, t.final_idx[i]]), em))
     return out

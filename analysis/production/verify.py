@@ -128,14 +128,19 @@ def compare_values(t, ck: pd.DataFrame, texts: dict[str, tuple[str, str, bool]] 
             first[req] = (j, kind, what)
 
     for rec in ck.to_dict("records") if len(ck) else []:
-        req, j = str(rec["request"]), int(rec["ck"])
+        req = str(rec["request"])
         i = idx.get(req)
         if i is None:
             continue
-        if j >= t.final_idx[i] or int(t.pos[i, j]) != int(rec["pos"]):
+        # the recorded checkpoint at the live one's position (a sparser schedule probes some of them only)
+        at = np.flatnonzero(t.pos[i, :t.final_idx[i]] == int(rec["pos"]))
+        if not len(at):
             n_placed += 1
-            note(req, j, "checkpoint placement", placement_words(t, i, rec["pos"]))
+            note(req, int(rec["ck"]), "checkpoint placement", placement_words(t, i, rec["pos"]))
             continue
+        j = int(at[0])
+        if not rec.get("probe_tokens") and not rec.get("answer"):
+            continue                    # decided without a probe (a budget): no value to compare
         n_cmp += 1
         if (rec.get("answer") or "") != (t.answers[i, j] or ""):
             n_ans += 1
@@ -222,7 +227,11 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
         ctl = Controller(preset, run["answer_type"], tmp / "live.jsonl", every=cfg.every, steps=cfg.steps,
                          transitions=cfg.transitions,
                          log_header={"calibration": {"db": str(store.path), "run": run["id"]}, "model": run["model"]})
-        recs = controlled_generate(model, tok, questions, ctl, cfg, batch_size, show_progress=show_progress)
+        # every placed checkpoint probed, as the recording was: its probes run in the same batch shapes, so the
+        # values are the recorded ones wherever the kernels are batch-invariant; the requests read (and are
+        # charged for) the probes their schedule makes only, a budget's none but its stop's
+        recs = controlled_generate(model, tok, questions, ctl, cfg, batch_size, show_progress=show_progress,
+                                   probe_unscheduled=True)
         ctl.log.close()
         header, ck, fin, decisions = _live_log(tmp, log, run["answer_type"])
     finally:

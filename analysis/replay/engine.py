@@ -316,12 +316,13 @@ def scheduled(t: RunTable, schedule: dict) -> tuple[RunTable, np.ndarray | None]
     return seen, src
 
 
-def computed_tokens(t: RunTable, stop: np.ndarray, setting: Setting) -> np.ndarray:
+def computed_tokens(t: RunTable, stop: np.ndarray, setting: Setting, probed: bool = False) -> np.ndarray:
     """Per question, the tokens computed up to ``stop`` (indices of ``t``) under ``setting``: the position plus
     the probes its schedule made up to the stop (the end needs none); a setting that reads no trial answer
-    (a budget) made none, so it computes what it emits."""
+    (a budget) made none, so it computes what it emits, unless ``probed`` (an exploration request probes on its
+    setting's schedule all the same: its trial answers are logged)."""
     r = t.rows
-    if not setting.policy.probes_needed(setting.params):
+    if not probed and not setting.policy.probes_needed(setting.params):
         return t.emitted[r, stop]
     s = setting.sched
     if s == SCHEDULE_DEFAULTS:

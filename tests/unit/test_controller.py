@@ -9,7 +9,7 @@ from analysis.production.controller import Controller, StreamSession, check_depl
 from analysis.core.errors import PresetError
 from analysis.production.monitor import monitor, read_log
 from analysis.presets.schema import from_dict, loads
-from analysis.presets.routing import preset_stops
+from analysis.presets.routing import preset_outcome, preset_stops
 from analysis.replay.engine import RunTable
 from analysis.presets.routing import request_fields, route, route_table
 from analysis.ingest.synthetic import write_synthetic_run
@@ -57,7 +57,8 @@ def test_stream_controller_stops_where_replay_predicts(setting, routed):
 
 
 @pytest.mark.parametrize("setting", [{"family": "confidence", "params": {"tau": 0.9}},
-                                     {"family": "consistency", "params": {"k": 3}, "schedule": {"every": 2}}])
+                                     {"family": "consistency", "params": {"k": 3}, "schedule": {"every": 2}},
+                                     {"family": "budget", "params": {"B": 300}}])
 def test_tokens_computed_in_the_final_record_are_the_replays(setting):
     """Tokens computed (emitted plus every probe up to the stop, domain.md): the controller's final records equal
     the replay's, also for a request that ran to its end (it left out its last checkpoint's probe) or explored."""
@@ -68,7 +69,10 @@ def test_tokens_computed_in_the_final_record_are_the_replays(setting):
     recs = simulate(t, Controller(p, every=t.interval))
     full = want == t.final_idx
     assert full.any() and (~full).any() and any(r["arm"] == "explore" for r in recs)
-    assert np.array_equal([r["tokens_computed"] for r in recs], computed_tokens(t, want, p.setting))
+    assert np.array_equal([r["tokens_computed"] for r in recs], preset_outcome(t, p).computed)
+    mine = np.array([r["arm"] != "explore" for r in recs])     # an exploration request probes even for a budget
+    assert np.array_equal(np.array([r["tokens_computed"] for r in recs])[mine],
+                          computed_tokens(t, want, p.setting)[mine])
 
 
 def test_live_route_equals_vectorised_route_table():
@@ -133,6 +137,43 @@ def test_controller_refuses_what_it_cannot_reproduce():
                                     "slices": {"by": "length", "settings": {"short": {"family": "budget"}}}}))
 
 
+def test_a_stream_checkpoint_that_is_a_step_and_a_transition_is_probed_on_a_steps_schedule(tmp_path):
+    """After a blank line, "Wait" starts a step and a transition at once: a schedule that probes at steps only
+    probes there (as the replay, which keeps both flags), and the log says it was both."""
+    p = _preset({"family": "consistency", "params": {"k": 2}, "schedule": {"every": 0, "at_transitions": False}})
+    ctl = Controller(p, "number", tmp_path / "log.jsonl", every=4)
+    s = StreamSession(ctl, "req-1", "What is 6*7?")
+    asked = []
+    for ch in ["6", "*", "7", " is", " 42", ".", "\n\n", "Wait", ",", " 42", ".", "\n\n", "Yes", "."]:
+        if s.feed(ch, 1):
+            asked.append(s.n_tokens)
+            if s.probe_result("42", [0.9], 0.3, probe_tokens=6).stop:
+                break
+            s.feed(ch, 1, resume=True)
+    assert asked == [7, 12]                       # both steps, the first one a transition too
+    s.end()
+    ctl.log.close()
+    _, ck, _ = read_log(tmp_path / "log.jsonl")
+    assert ck[["is_step", "is_transition"]].values.tolist() == [[True, True], [True, False]]
+
+
+def test_a_budget_on_a_stream_is_probed_only_where_it_stops(tmp_path):
+    """A budget reads positions only: the stream asks for no probe until it stops, then one, for its answer."""
+    ctl = Controller(_preset({"family": "budget", "params": {"B": 8}}), "number", tmp_path / "log.jsonl", every=4)
+    s = StreamSession(ctl, "req-1", "What is 6*7?")
+    asked, d = [], None
+    for ch in ["6", "*", "7", " is", " 42", ".", " So", " 42", ".", " Done"]:
+        if s.feed(ch, 1):
+            asked.append(s.n_tokens)
+            d = s.probe_result("42", [0.9, 0.8], 0.3, probe_tokens=7)
+            assert d.stop
+            break
+    assert asked == [8] and d.answer == "42" and d.pos == 8
+    rec = s.end()
+    assert rec["stopped"] and rec["answer"] == "42" and rec["tokens_emitted"] == 10 and rec["tokens_computed"] == 15
+    ctl.log.close()
+
+
 def test_stream_session_on_a_plain_token_stream(tmp_path):
     """A server elsewhere: feed chunks, probe when asked, stop when told."""
     p = _preset({"family": "consistency", "params": {"k": 2}})
@@ -142,7 +183,7 @@ def test_stream_session_on_a_plain_token_stream(tmp_path):
     probes, stopped = [], None
     for ch in chunks:
         if s.feed(ch, 1):
-            probes.append((len(s.text), s._due))
+            probes.append((len(s.text), s._due[0]))
             d = s.probe_result("42" if "42" in s.text else "", [0.9], 0.3, probe_tokens=6)
             if d.stop:
                 stopped = d
@@ -197,7 +238,7 @@ def test_verify_controller_agreement_is_one_on_a_tiny_model(tmp_path, cli):
         # where a row's fp32 products do not depend on its batch-mates, the live values are the recorded ones
         assert res["agreement"] == 1.0, res["mismatches"]
         assert res["tokens_agreement"] == 1.0 and res["em_agreement"] == 1.0
-        assert res["numeric"]["answers_differ"] == 0 and res["sensitivity"]["moved_share"] == 0
+        assert res["numeric"]["answers_differ"] == 0 and res["sensitivity"]["moved_share"] == 0, json.dumps(res["numeric"]["signals"])
     assert 0 < res["live"]["stopped_early"] < 10
     # stopping saves real generation work: fewer tokens generated than the recorded full traces
     full = Store(db, read_only=True).run(rid)["mean_tokens"] * 10
