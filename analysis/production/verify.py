@@ -58,8 +58,15 @@ def log_table(ck: pd.DataFrame, fin: pd.DataFrame, answer_type: str = "number"):
     rows = pd.concat([rows, finals], ignore_index=True)
     rows["_q"] = rows["key"].map(order)
     rows = rows.sort_values(["_q", "ck"], kind="stable")
+    def flag(name: str, kind: str) -> np.ndarray:
+        # the logged flag (a checkpoint can be a step and a transition), else (an older log) its kind's
+        by_kind = (rows["kind"] == kind).to_numpy()
+        if name not in rows:
+            return by_kind
+        logged = rows[name].to_numpy(dtype=object)
+        return np.where(pd.isna(logged), by_kind, logged).astype(bool)
     cols = {"question_id": rows["key"].tolist(), "pos": rows["pos"].astype(float).to_numpy(),
-            "is_step": (rows["kind"] == "step").to_numpy(), "is_transition": (rows["kind"] == "transition").to_numpy(),
+            "is_step": flag("is_step", "step"), "is_transition": flag("is_transition", "transition"),
             "answer_norm": rows["answer"].fillna("").astype(str).tolist(), "em": np.zeros(len(rows)),
             "f1": np.zeros(len(rows))}
     for c in ("answer_tokens", "probe_tokens", *SIGNAL_COLUMNS):

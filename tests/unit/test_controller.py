@@ -155,6 +155,8 @@ def test_a_stream_checkpoint_that_is_a_step_and_a_transition_is_probed_on_a_step
     ctl.log.close()
     _, ck, _ = read_log(tmp_path / "log.jsonl")
     assert ck[["is_step", "is_transition"]].values.tolist() == [[True, True], [True, False]]
+    from analysis.production.verify import check_decisions
+    assert check_decisions(tmp_path / "log.jsonl")["agreement"] == 1.0     # replayed from the log: the same stop
 
 
 def test_a_budget_on_a_stream_is_probed_only_where_it_stops(tmp_path):
