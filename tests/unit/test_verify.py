@@ -61,7 +61,8 @@ def test_a_decision_the_replay_would_not_take_is_caught(table, tmp_path, cli):
 
 def test_live_values_are_compared_checkpoint_by_checkpoint(table, tmp_path):
     log = tmp_path / "live.jsonl"
-    simulate(table, Controller(_preset({"family": "budget", "params": {"B": 10_000}}), log=log))
+    # a setting that probes every checkpoint and never stops (a budget probes none but its stop)
+    simulate(table, Controller(_preset({"family": "consistency", "params": {"k": 2, "min_tokens": 8192}}), log=log))
     _, ck, _ = read_log(log)
     same, first = compare_values(table, ck)
     assert same["checkpoints_compared"] == len(ck) and same["answers_differ"] == 0 and not first
