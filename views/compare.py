@@ -27,7 +27,7 @@ def chooser(side: str, default: int) -> Preset | Outcome:
         return from_setting(Setting.make("budget", B=32768), "full length")
     if pick.startswith("preset: "):
         return from_dict(saved[pick[len("preset: "):]])
-    text = st.text_input(f"Preset {side}: link (sl1.…) or JSON", key=f"cmp_{side}_text")
+    text = st.text_input(f"Preset {side}: link (a URL with s=sl1.…, or the sl1.… code) or JSON", key=f"cmp_{side}_text")
     if not text:
         st.info(f"Paste preset {side}.")
         st.stop()

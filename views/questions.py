@@ -25,7 +25,7 @@ try:
             from analysis.presets.schema import from_dict
             other = from_dict(saved[against[len("preset: "):]])
         else:
-            text = st.text_input("Preset link (sl1.…) or JSON", key="q_other")
+            text = st.text_input("Preset link (a URL with s=sl1.…, or the sl1.… code) or JSON", key="q_other")
             if not text:
                 st.info("Paste a preset link or JSON to compare with.")
                 st.stop()

@@ -21,7 +21,7 @@ def _made_on(args) -> dict:
 
 def _eval_setup(p):
     p.add_argument("--run", required=True)
-    p.add_argument("--preset", required=True, help="a preset file, JSON text, or a sl1.… link")
+    p.add_argument("--preset", required=True, help="a preset file, JSON text, or a link (sl1.…, or the dashboard URL with s=sl1.…)")
     p.add_argument("--split", default="all", choices=["tune", "test", "all"],
                    help="evaluate on the tune or the held-out test half of the questions (stable by id)")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the CIs")

@@ -289,13 +289,46 @@ def decode(s: str) -> dict:
         raise PresetError(f"the preset link is damaged or truncated ({type(e).__name__})") from None
 
 
+_WEB = ("http://", "https://")
+
+
+def is_link(text: str) -> bool:
+    """Whether ``text`` is a preset link: its ``sl1.…`` code, or a dashboard URL that carries it (the Presets
+    page's shareable link, ``http://HOST/tune?…&s=sl1.…``)."""
+    t = text.strip()
+    return t.startswith(URL_PREFIX) or t[:8].lower().startswith(_WEB)
+
+
+def link_code(text: str) -> str:
+    """The ``sl1.…`` code of a preset link: the text itself, or a URL's ``s=`` query parameter. A URL without
+    one (or with two that differ) raises PresetError saying so."""
+    from urllib.parse import parse_qs, urlsplit
+    t = text.strip()
+    if t.startswith(URL_PREFIX):
+        return t
+    if len(t) > 2 * MAX_BYTES:
+        raise PresetError("preset link is too long")
+    try:
+        query = urlsplit(t).query
+    except ValueError as e:
+        raise PresetError(f"not a link that can be read ({str(e)[:120]})") from None
+    codes = set(parse_qs(query).get("s", []))
+    if not codes:
+        raise PresetError(f"the link {brief(t, 120)} has no setting in it (no s=sl1.… parameter): share it from "
+                          "the Presets page, or give the preset's sl1.… code or JSON")
+    if len(codes) > 1:
+        raise PresetError("the link has more than one setting in it (several s= parameters that differ)")
+    return codes.pop()
+
+
 def loads(text: str) -> Preset:
-    """A preset from JSON text or a URL string (``sl1.…``)."""
+    """A preset from JSON text or a link: its code (``sl1.…``) or a dashboard URL carrying it (``…?s=sl1.…``).
+    The one place a preset's text is parsed: every page and command that takes a preset reads it here."""
     if not isinstance(text, str):
         raise PresetError("a preset must be given as text")
     t = text.strip()
-    if t.startswith(URL_PREFIX):
-        return from_dict(decode(t))
+    if is_link(t):
+        return from_dict(decode(link_code(t)))
     if len(t.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise PresetError("preset JSON is larger than 64 KB")
     try:
@@ -306,9 +339,9 @@ def loads(text: str) -> Preset:
 
 
 def load(arg: str) -> Preset:
-    """A preset from a file path, a JSON string or a URL string."""
+    """A preset from a file path, a JSON string or a link (``sl1.…``, or a dashboard URL carrying it)."""
     p = Path(arg) if len(arg) < 4096 and "\n" not in arg else None
-    if p is not None and not arg.strip().startswith(("{", URL_PREFIX)):
+    if p is not None and not arg.strip().startswith("{") and not is_link(arg):
         try:
             if p.is_file():
                 try:

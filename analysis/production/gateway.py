@@ -702,20 +702,21 @@ class Stops:
 
 
 def read_preset(arg: str) -> tuple[Path | None, str]:
-    """(its file, its text) for ``--preset``: a preset file, or (None, the text) for a ``sl1.…`` link or preset
-    JSON. A file that is not there or cannot be read is a PresetError naming it."""
-    from analysis.presets.schema import URL_PREFIX
+    """(its file, its text) for ``--preset``: a preset file, or (None, the text) for a link (``sl1.…``, or the
+    dashboard URL carrying it) or preset JSON. A file that is not there or cannot be read is a PresetError naming
+    it."""
+    from analysis.presets.schema import is_link
     path = Path(arg) if len(arg) < 4096 and "\n" not in arg else None
     try:
         is_file = path is not None and path.is_file()
     except OSError:                             # a name the system refuses (a long link): not a file
         path, is_file = None, False
     if not is_file:
-        if arg.strip().startswith((URL_PREFIX, "{")):
+        if arg.strip().startswith("{") or is_link(arg):
             return None, arg
         raise PresetError("no such preset file" if path is None or not path.exists() else "not a file",
-                          file=arg, hint="--preset names a preset file, or gives the preset itself: its sl1.… link "
-                                         "(the Presets page's Share) or its JSON")
+                          file=arg, hint="--preset names a preset file, or gives the preset itself: its link "
+                                         "(the Presets page's shareable link, or its sl1.… code) or its JSON")
     try:
         return path, path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -53,6 +53,13 @@ def test_import_runs_show_eval_sweep(cli, tmp_path):
     preset = json.dumps({"stopline_preset": 1, "name": "k2", "setting": {"family": "consistency", "params": {"k": 2}}})
     code, out, _ = cli("eval", "--run", run["id"], "--preset", preset, "--json", "--db", db)
     res = json.loads(out)
+    from analysis.presets.schema import loads                  # the Presets page's shareable link, a full URL
+    url = f"http://127.0.0.1:8611/tune?db=mine&run={run['id']}&s={loads(preset).to_url()}"
+    code, out_url, err = cli("eval", "--run", run["id"], "--preset", url, "--json", "--db", db)
+    assert code == 0, err
+    assert json.loads(out_url)["em"] == res["em"] and json.loads(out_url)["preset"]["name"] == "k2"
+    code, _, err = cli("eval", "--run", run["id"], "--preset", "http://127.0.0.1:8611/tune?run=x", "--db", db)
+    assert code == 2 and "has no setting in it" in err and "Traceback" not in err
     assert {"em", "em_full", "delta_em", "ci", "tokens_emitted", "tokens_computed", "savings_emitted", "lost",
             "gained", "mcnemar"} <= set(res)
     code, out, _ = cli("sweep", "--run", run["id"], "--json", "--db", db)

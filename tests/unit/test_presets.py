@@ -41,6 +41,27 @@ def test_load_from_file(tmp_path):
         load(str(tmp_path / "missing.json"))
 
 
+def test_the_dashboards_shareable_link_is_a_link_wherever_one_is_taken(tmp_path):
+    """A new user found the Presets page's shareable link (a full URL) refused by eval, report and Compare: only
+    its bare sl1.… code was read. loads and load take the URL's s= parameter; a URL without one is a clear error."""
+    p = sample_preset()
+    code = p.to_url()
+    for url in (f"http://127.0.0.1:8611/tune?db=demo&run=c7a2483a9092&family=confidence&s={code}",
+                f"  https://stopline.example/compare?s={code}#top\n", f"HTTP://host/?s={code.replace('.', '%2E')}",
+                f"http://host/tune?s={code}&s={code}"):
+        assert loads(url).to_dict() == p.to_dict()
+        assert load(url).to_dict() == p.to_dict()
+    for url, match in ((f"http://127.0.0.1:8611/tune?db=demo&run=c7a2483a9092", "has no setting in it"),
+                       ("https://host/tune", "has no setting in it"),
+                       (f"http://host/?s={code}&s=sl1.other", "more than one setting"),
+                       ("http://host/?s=abc", "not a Stopline preset link")):
+        with pytest.raises(PresetError, match=match):
+            load(url)
+    from analysis.production.gateway import read_preset      # serve's --preset: the URL is the preset itself
+    url = f"http://127.0.0.1:8611/tune?s={code}"
+    assert read_preset(url) == (None, url)
+
+
 @pytest.mark.parametrize("doc,match", [
     ({"setting": {"family": "budget"}}, "stopline_preset"),
     ({"stopline_preset": 2, "setting": {"family": "budget"}}, "version 2"),
@@ -95,7 +116,7 @@ def test_random_documents_raise_only_preset_error(doc):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
 def test_random_strings_raise_only_preset_error(s):
-    for text in (s, "sl1." + s, "{" + s):
+    for text in (s, "sl1." + s, "{" + s, "http://h/?s=" + s, "https://h/t?" + s):
         try:
             loads(text)
         except PresetError:
