@@ -252,20 +252,20 @@ def _html(markdown: str, figs: dict, imgs: dict, now: str) -> str:
             f"<style>{css}</style></head><body>{''.join(out)}</body></html>")
 
 
-_LATEX_SPECIAL = re.compile(r"[\\%#&_{}$]")
-_RED_MD = re.compile(r"\$\\color\{red\}\\textbf\{((?:[^{}\\]|\\[%#&_{}$]|\\textbackslash\{\})*)\}\$")
+WARNING = "⚠"
+_MD_SPECIAL = re.compile(r"[\\`*_\[\]<>|$~]")
+_RED_MD = re.compile(r"\*\*" + WARNING + r" ((?:[^*\\]|\\.)+?)\*\*")     # red_md's, once HTML-escaped
 
 
 def red_md(text: str) -> str:
-    """``text`` in red and bold, as Markdown: GitHub's math (``$\\color{red}\\textbf{…}$``), which Streamlit's
-    and other KaTeX/MathJax viewers render red too and which still reads as the sentence in plain text; the
-    HTML report draws it as a red span (``_inline``)."""
-    body = _LATEX_SPECIAL.sub(lambda m: "\\textbackslash{}" if m.group() == "\\" else "\\" + m.group(), text)
-    return f"$\\color{{red}}\\textbf{{{body}}}$"
+    """``text`` as a warning in plain Markdown: bold, after a warning sign (``**⚠ …**``), which every Markdown
+    viewer shows (LaTeX colour, ``$\\color{red}…$``, showed as its source in most); what Markdown would read in
+    it (``*``, ``_``, a backtick, ``$`` …) is escaped. The HTML report draws it as a red span (``_inline``)."""
+    return f"**{WARNING} {_MD_SPECIAL.sub(lambda m: chr(92) + m.group(), text)}**"
 
 
 def _red_html(m: "re.Match") -> str:
-    text = re.sub(r"\\textbackslash\{\}|\\([%#&_{}$])", lambda k: k.group(1) or "\\", m.group(1))
+    text = re.sub(r"\\(.)", r"\1", m.group(1))
     return f"<span class='miss'>{text.replace('_', '&#95;').replace('*', '&#42;').replace('`', '&#96;')}</span>"
 
 

@@ -89,18 +89,20 @@ def test_a_recommendation_that_misses_its_target_held_out_says_so_in_the_report(
         f"misses its target on the held-out questions: ΔEM {test['delta_em']:+.3f} there, beyond the allowed drop "
         f"of {value:g}"))
     rep = build([(s.run(rid), RunTable.from_store(s, rid))], [], drop=0.02, images=False, n_boot=100)
-    # in red: GitHub's math colour in the Markdown (readable as plain text), a red span in the HTML
-    assert "$\\color{red}\\textbf{It misses its target on the held-out questions: ΔEM" in rep["markdown"]
+    # plain Markdown (bold after a warning sign: no LaTeX, which most viewers show as source), a red span in the HTML
+    assert "**⚠ It misses its target on the held-out questions: ΔEM" in rep["markdown"]
+    assert "\\color" not in rep["markdown"] and "\\textbf" not in rep["markdown"]
     assert "<span class='miss'>It misses its target on the held-out questions: ΔEM" in rep["html"]
-    assert ".miss{color:#dc2626" in rep["html"] and "\\color" not in rep["html"]
+    assert ".miss{color:#dc2626" in rep["html"] and "\\color" not in rep["html"] and "⚠" not in rep["html"]
 
 
-def test_red_markdown_escapes_what_latex_reads_and_the_html_gets_the_sentence_back():
+def test_red_markdown_is_plain_markdown_escaped_and_the_html_gets_the_sentence_back():
     from analysis.evaluate.report import _inline, red_md
-    text = "It misses: 5% of $x_y {z} a\\b & c #1."
+    text = "It misses: 5% of $x_y {z} a\\b & c #1 *not bold* `code` <i>[link](x)."
     md = red_md(text)
-    assert md.startswith("$\\color{red}\\textbf{") and md.endswith("}$")
-    assert "\\%" in md and "\\_" in md and "\\{z\\}" in md and "\\textbackslash{}" in md and "\\#" in md
+    assert md.startswith("**⚠ It misses") and md.endswith("**") and "\\textbf" not in md and "$\\color" not in md
+    assert "\\$x\\_y" in md and "a\\\\b" in md and "\\*not bold\\*" in md and "\\`code\\`" in md
+    assert "\\<i\\>\\[link\\](x)" in md
     import html
     out = _inline(f"before {md} after **b**")
     assert out.startswith("before <span class='miss'>") and out.endswith("</span> after <b>b</b>")
