@@ -245,7 +245,9 @@ def _report(args):
     rep = build(tables, [load(p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
                 images=not args.no_images)
     out = Path(args.out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if rep["images"]:
+        (out / "figures").mkdir(exist_ok=True)
     (out / "report.html").write_text(rep["html"], encoding="utf-8")
     (out / "report.md").write_text(rep["markdown"], encoding="utf-8")
     for name, data in rep["images"].items():

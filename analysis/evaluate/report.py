@@ -181,7 +181,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
            "to the end. 'Tokens' counts what the model writes; 'incl. probes' adds the tokens spent asking for "
            "interim answers.", ""]
     md[4:4] = answers
-    markdown = "\n".join(md)
+    drawn = "\n".join(md)          # every chart named: the HTML draws each (an image, else interactive)
     imgs: dict[str, bytes] = {}
     if images:
         import plotly.io as pio
@@ -194,8 +194,8 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                 pio.write_images([figs[n] for n in names], paths, format=fmt, scale=2 if fmt == "png" else 1)
                 for n, p in zip(names, paths):
                     imgs[f"figures/{n}.{fmt}"] = p.read_bytes()
-    page = _html(markdown, figs, imgs, now)
-    return {"html": page, "markdown": markdown, "figures": figs, "images": imgs}
+    page = _html(drawn, figs, imgs, now)
+    return {"html": page, "markdown": _charts_md(drawn, imgs), "figures": figs, "images": imgs}
 
 
 def _probing(op: dict) -> str:
@@ -278,17 +278,26 @@ def _inline(s: str) -> str:
     return s
 
 
+_CHART_MD = re.compile(r"!\[([^\]]*)\]\(figures/([\w-]+)\.png\)")
+
+
+def _charts_md(markdown: str, images: dict, inline: bool = False) -> str:
+    """The Markdown's charts: a link to each PNG written (``inline``: the PNG itself, as a data URI); a chart
+    whose image was not written (``--no-images``, no Chromium for kaleido) is named instead, never linked."""
+    def chart(m):
+        png = images.get(f"figures/{m.group(2)}.png")
+        if png is None:
+            return f"_(chart {m.group(2)}: in the HTML report)_"
+        if not inline:
+            return m.group()
+        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return _CHART_MD.sub(chart, markdown)
+
+
 def self_contained_markdown(rep: dict) -> str:
     """The Markdown summary with its charts inlined (PNG data URIs), so the one file is the whole summary; a chart
     without an image (no Chromium for kaleido) is named instead."""
-    import re
-
-    def inline(m):
-        png = rep["images"].get(f"figures/{m.group(2)}.png")
-        if png is None:
-            return f"_(chart {m.group(2)}: in the HTML report)_"
-        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(png).decode()})"
-    return re.sub(r"!\[([^\]]*)\]\(figures/([\w-]+)\.png\)", inline, rep["markdown"])
+    return _charts_md(rep["markdown"], rep["images"], inline=True)
 
 
 def zip_bundle(rep: dict) -> bytes:

@@ -39,6 +39,20 @@ def test_report_cli_writes_html_markdown_and_charts(synthetic_db, cli, tmp_path)
     assert "**Probe schedule**:" in md         # the recommendation's schedule and its probe cost
 
 
+def test_report_without_images_links_no_image_it_did_not_write(synthetic_db, cli, tmp_path):
+    """report --no-images wrote Markdown image links to figures/frontier_0.png and losses_0.png, files it did not
+    write. Now each chart is named there instead (the HTML report draws it), and no figures/ folder is made."""
+    db, rid, _ = synthetic_db
+    code, out, err = cli("report", "--run", rid, "--db", db, "--out", tmp_path / "r", "--no-images")
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "figures/" not in md and "![" not in md
+    assert "_(chart frontier_0: in the HTML report)_" in md and "_(chart losses_0: in the HTML report)_" in md
+    assert not (tmp_path / "r" / "figures").exists()
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.count("class=\"plotly-graph-div\"") == 2         # both charts, interactive
+
+
 def test_report_names_the_recommended_schedule_and_its_probe_cost():
     from analysis.evaluate.report import _probing
     op = {"schedule": {"every": 2, "at_steps": True, "at_transitions": True, "min_tokens": 0},
