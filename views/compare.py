@@ -54,7 +54,7 @@ for side in (A, B):
 slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
 slice_by = st.selectbox("Break down by", slice_opts, index=slice_opts.index(default_slice(t)), key="cmp_slice")
 try:
-    res = compare(t, A, B, None if slice_by == "(none)" else slice_by, n_boot=1000)
+    res = compare(t, A, B, None if slice_by == "(none)" else slice_by)     # N_BOOT resamples, as everywhere
 except StoplineError as e:
     st.error(str(e))
     st.stop()

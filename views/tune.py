@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.core.errors import StoplineError
 from analysis.evaluate.optimize import evaluate
+from analysis.evaluate.stats import N_BOOT
 from analysis.replay.policies import Setting, available_families, get_family
 from analysis.replay.policies.base import SCHEDULE, SCHEDULE_DEFAULTS
 from analysis.replay.engine import stop_index
@@ -205,7 +206,7 @@ if run:
     except StoplineError as e:
         st.error(str(e))
         st.stop()
-    n_boot = 1000 if t.n <= 2000 else 0          # large runs: the normal approximation keeps the page live
+    n_boot = N_BOOT if t.n <= 2000 else 0        # large runs: the normal approximation keeps the page live
     res = evaluate(t, stops, setting.label(), n_boot=n_boot, setting=setting)
     ci = res["ci"]
     m = st.columns(5)
@@ -225,6 +226,6 @@ if run:
                       yaxis_title="questions", margin=dict(t=40), bargap=0.05)
     st.plotly_chart(fig, width="stretch")
     st.caption(f"{int((frac < 1).sum())} of {t.n} questions stop before their end. Setting: `{setting.label()}`. "
-               + ("CIs: paired bootstrap, 1,000 resamples." if n_boot else
+               + (f"CIs: paired bootstrap, {N_BOOT:,} resamples, as on Compare and in the Report." if n_boot else
                   "CIs: normal approximation (paired differences, delta method), live on this many questions; "
                   "the Report bootstraps."))

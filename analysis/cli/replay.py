@@ -5,6 +5,7 @@ import json
 import sys
 
 from analysis.cli.common import _db, _print_json, _store, command
+from analysis.evaluate import N_BOOT            # (the package alone: no numpy or scipy for --help)
 
 
 def _table(args):
@@ -24,7 +25,8 @@ def _eval_setup(p):
     p.add_argument("--preset", required=True, help="a preset file, JSON text, or a link (sl1.…, or the dashboard URL with s=sl1.…)")
     p.add_argument("--split", default="all", choices=["tune", "test", "all"],
                    help="evaluate on the tune or the held-out test half of the questions (stable by id)")
-    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the CIs")
+    p.add_argument("--boot", type=int, default=N_BOOT, help="bootstrap resamples for the CIs (the pages' and the "
+                   "report's number: another gives other intervals)")
     p.add_argument("--json", action="store_true")
     _db(p)
 

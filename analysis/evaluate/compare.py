@@ -9,7 +9,7 @@ from analysis.replay.slices import slice_labels, slice_order
 from analysis.presets.schema import Preset
 from analysis.presets.routing import preset_outcome
 from analysis.replay.engine import Outcome, RunTable
-from analysis.evaluate.stats import bootstrap_means, mcnemar, percentile_ci
+from analysis.evaluate.stats import N_BOOT, SEED, bootstrap_means, mcnemar, percentile_ci
 
 
 def default_slice(t: RunTable) -> str:
@@ -19,7 +19,8 @@ def default_slice(t: RunTable) -> str:
     return meta[0] if meta else "length"
 
 
-def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED,
+              level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of mean(b) - mean(a), resampling questions (pairs) together."""
     if len(a) == 0:
         return (float("nan"), float("nan"))
@@ -27,7 +28,7 @@ def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, l
     return percentile_ci(bootstrap_means({"d": d}, n_boot, seed, batch=None)["d"], level)
 
 
-def paired(oa: Outcome, ob: Outcome, n_boot: int) -> dict:
+def paired(oa: Outcome, ob: Outcome, n_boot: int = N_BOOT) -> dict:
     """B − A on the same questions: EM, tokens, paired CIs, the 2x2 table and McNemar."""
     ra, rb = oa.em > 0.5, ob.em > 0.5
     return {"n": int(len(ra)), "em_a": float(oa.em.mean()), "em_b": float(ob.em.mean()),
@@ -46,7 +47,7 @@ def side_outcome(t: RunTable, side: Preset | Outcome) -> Outcome:
 
 
 def compare(t: RunTable, a: Preset | Outcome, b: Preset | Outcome, slice_by: str | None = None,
-            n_boot: int = 2000) -> dict:
+            n_boot: int = N_BOOT) -> dict:
     """A vs B on the same questions (B − A throughout); a side is a preset or an Outcome of ``t``."""
     oa, ob = side_outcome(t, a), side_outcome(t, b)
     out = {"a": oa.label, "b": ob.label, "run": t.run_id, **paired(oa, ob, n_boot)}

@@ -41,6 +41,7 @@ from analysis.core.errors import StoplineError
 from analysis.evaluate.compare import paired
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.optimize import evaluate_outcome, halves, operating_point
+from analysis.evaluate.stats import N_BOOT
 from analysis.replay.engine import Outcome, replay, RunTable
 from analysis.replay.policies.base import Setting
 
@@ -172,7 +173,7 @@ def has_incumbent(t: RunTable) -> bool:
 
 # --- the user's question: what does it cost, and what does better ---------------------------------------
 def beat(t: RunTable, drop: float = 0.02, cost: str = "emitted", families: list[str] | None = None,
-         n_boot: int = 2000) -> dict:
+         n_boot: int = N_BOOT) -> dict:
     """The incumbent against the replayed settings, chosen on the tune split and reported on the test split.
 
     - ``incumbent``: the incumbent on the test split (``evaluate``: EM, ΔEM, savings with CIs, McNemar);

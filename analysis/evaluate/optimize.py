@@ -18,7 +18,7 @@ from analysis.evaluate.frontier import setting_of, sweep
 from analysis.replay.policies.base import Setting
 from analysis.replay.engine import (Outcome, RunTable, full_length, outcome_from_stops, replay, schedule_mask,
                                    stop_index)
-from analysis.evaluate.stats import bootstrap_ci, mcnemar, normal_ci
+from analysis.evaluate.stats import N_BOOT, bootstrap_ci, mcnemar, normal_ci
 from analysis.replay.slices import slice_labels, slice_order
 
 SPLITS = ("tune", "test", "all")
@@ -61,13 +61,13 @@ def halves(t: RunTable) -> tuple[RunTable, RunTable]:
     return split_of(t, "tune"), split_of(t, "test")
 
 
-def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = 2000, setting: Setting | None = None) -> dict:
+def evaluate(t: RunTable, stop: np.ndarray, label: str, n_boot: int = N_BOOT, setting: Setting | None = None) -> dict:
     """Summary of stops with CIs and McNemar against full length (``setting``: the one that made the stops,
     whose probe schedule the tokens computed count)."""
     return evaluate_outcome(outcome_from_stops(t, stop, label, setting), n_boot)
 
 
-def evaluate_outcome(o: Outcome, n_boot: int = 2000) -> dict:
+def evaluate_outcome(o: Outcome, n_boot: int = N_BOOT) -> dict:
     """``evaluate`` for any Outcome (a replayed setting, a preset, the incumbent)."""
     s = o.summary()
     if s["n"] == 0:
@@ -99,7 +99,7 @@ def pick(points: pd.DataFrame, goal: str, value: float, cost: str = "emitted") -
 
 
 def operating_point(t: RunTable, goal: str, value: float, cost: str = "emitted",
-                    families: list[str] | None = None, n_boot: int = 2000, pts: pd.DataFrame | None = None) -> dict:
+                    families: list[str] | None = None, n_boot: int = N_BOOT, pts: pd.DataFrame | None = None) -> dict:
     """Choose on the tune split, report on the test split. ``pts``: the tune split's sweep, when the caller
     has it already (it is computed otherwise)."""
     tune, test = halves(t)

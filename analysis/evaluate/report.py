@@ -20,6 +20,7 @@ from analysis.evaluate.frontier import sweep
 from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
 from analysis.evaluate.optimize import evaluate, evaluate_outcome, operating_point
 from analysis.evaluate.certify import preset_certificate_words
+from analysis.evaluate.stats import N_BOOT
 from analysis.presets.routing import preset_outcome
 from analysis.presets.schema import Preset
 from analysis.replay.engine import outcome_from_stops, RunTable, stop_index
@@ -84,7 +85,7 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str, questions:
 
 
 def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: float = 0.01, slice_by: str | None = None,
-          images: bool = True, n_boot: int = 2000) -> dict:
+          images: bool = True, n_boot: int = N_BOOT) -> dict:
     """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}.
 
     A run with an incumbent (the user's own stopper, analysis/incumbent.py) opens the report with the answer

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
+from analysis.evaluate import N_BOOT, SEED      # the one number of resamples and seed, for every page and the CLI
 
-def bootstrap_means(columns: dict[str, np.ndarray], n_boot: int = 2000, seed: int = 0, batch: int | None = 250,
+
+def bootstrap_means(columns: dict[str, np.ndarray], n_boot: int = N_BOOT, seed: int = SEED, batch: int | None = 250,
                     rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """The one bootstrap: each column's mean over ``n_boot`` resamples of its rows, the same rows for every
     column (paired: questions resampled together). ``batch``: resamples drawn per step (memory is batch x n
@@ -30,7 +32,7 @@ def percentile_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
 
 
 def bootstrap_ci(em: np.ndarray, full_em: np.ndarray, emitted: np.ndarray, full_tokens: np.ndarray,
-                 computed: np.ndarray | None = None, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 computed: np.ndarray | None = None, n_boot: int = N_BOOT, level: float = 0.95, seed: int = SEED,
                  batch: int = 250) -> dict[str, tuple[float, float]]:
     """Percentile CIs for EM, ΔEM (paired), savings (emitted, computed), resampling questions together."""
     if len(em) == 0:

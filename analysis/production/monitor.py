@@ -34,7 +34,7 @@ from analysis.core.errors import brief, json_problem, PresetError, StoplineError
 from analysis.core.schema import SIGNAL_COLUMNS
 from analysis.core.store import DEMO_DB, Store
 from analysis.evaluate.optimize import evaluate, operating_point, split_mask
-from analysis.evaluate.stats import bootstrap_means, percentile_ci
+from analysis.evaluate.stats import N_BOOT, SEED, bootstrap_means, percentile_ci
 from analysis.presets.routing import preset_stops
 from analysis.presets.schema import from_dict, load
 from analysis.replay.engine import RunTable
@@ -322,7 +322,7 @@ def _golds(g) -> list[str]:
     return [str(x) for x in g] if isinstance(g, (list, tuple, np.ndarray)) else [str(g)]
 
 
-def _boot_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
+def _boot_diff(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> list[float]:
     """95% bootstrap CI of mean(a) - mean(b) for two independent samples (each resampled on its own)."""
     if len(a) == 0 or len(b) == 0:
         return [float("nan"), float("nan")]

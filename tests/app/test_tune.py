@@ -98,3 +98,33 @@ def test_a_jump_on_a_run_too_small_to_split_says_which_half_is_empty(tmp_path):
     assert not at.exception
     assert any(w.value.startswith("No jump: the ") and f"half of run {rid} has no questions" in w.value
                for w in at.warning), [w.value for w in at.warning]
+
+
+def test_the_same_setting_shows_the_same_interval_on_every_page_and_in_the_cli(synthetic_db, cli):
+    """A new user found one setting with two intervals: Tune and Compare bootstrapped 1,000 resamples, the Report
+    and eval 2,000. Every one now draws evaluate.N_BOOT resamples from evaluate.SEED: Tune's ΔEM interval, Compare's
+    (full length against the current setting), the Report's row and eval's are the same numbers."""
+    import json
+
+    from analysis.core.store import Store
+    from analysis.evaluate import N_BOOT
+    from analysis.evaluate.report import build
+    from analysis.presets.schema import loads
+    from analysis.replay.engine import RunTable
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.slider[0].set_value(96).run()
+    ci = {m.label: m.delta for m in at.metric}["ΔEM 95% CI"]               # "-0.050 to -0.020"
+    assert any(f"{N_BOOT:,} resamples" in c.value for c in at.caption)
+    link = at.query_params["s"]
+    code, out, err = cli("eval", "--run", rid, "--preset", link, "--json", "--db", db)
+    assert code == 0, err
+    lo, hi = json.loads(out)["ci"]["delta_em"]
+    assert ci == f"{lo:+.3f} to {hi:+.3f}" and lo < hi
+    at.switch_page("views/compare.py").run()                # A: full length, B: the current setting
+    assert not at.exception
+    assert {m.label: m.delta for m in at.metric}["ΔEM 95% CI (B − A)"] == ci
+    s = Store(db, read_only=True)
+    rep = build([(s.run(rid), RunTable.from_store(s, rid))], [loads(link)], images=False)
+    (row,) = [r for r in rep["markdown"].splitlines() if r.startswith(f"| {loads(link).name} |")]
+    assert f"({lo:+.3f} … {hi:+.3f})" in row
