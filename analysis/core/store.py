@@ -84,6 +84,15 @@ def resolve_db_path(path: str | None = None) -> str:
     return path or os.environ.get("STOPLINE_DB") or DEFAULT_DB
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """A store's path as a log or a report names it: relative to here when it lies below, so it travels."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def _is_lock_error(e: Exception) -> bool:
     msg = str(e).lower()
     return "lock" in msg and ("conflicting" in msg or "could not set" in msg)

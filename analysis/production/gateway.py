@@ -731,8 +731,7 @@ def calibration_of(preset, run: str | None = None, db: str | None = None) -> dic
     data/stopline.duckdb, else the bundled demo store), checked to be there. A run or store given that is not
     there is a StoplineError; a default that is not, a warning and no calibration (the monitor is then told
     with --run and --db)."""
-    from analysis.core.store import DEMO_DB, Store, resolve_db_path
-    from analysis.production.serve_demo import _portable
+    from analysis.core.store import DEMO_DB, portable_path, Store, resolve_db_path
     certified = (preset.certificate or {}).get("run")
     default = certified if isinstance(certified, str) and certified not in ("", "explore") else None
     if db and not (run or default):
@@ -753,7 +752,7 @@ def calibration_of(preset, run: str | None = None, db: str | None = None) -> dic
         logger.warning("the preset was certified on run %s, which is not in %s (%s): the log names no calibration "
                        "run; give --calibration-run and --db", default, path, e.message)
         return None
-    return {"db": _portable(store.path), "run": found["id"]}
+    return {"db": portable_path(store.path), "run": found["id"]}
 
 
 def from_headers(headers) -> dict:

@@ -15,22 +15,13 @@ from analysis.backend.models import load
 from analysis.backend.prompts import GenConfig
 from analysis.core.answers import normalize, normalize_gold, score
 from analysis.core.errors import StoplineError
-from analysis.core.store import DEMO_DB, Store
+from analysis.core.store import DEMO_DB, portable_path, Store
 from analysis.evaluate.optimize import operating_point
 from analysis.ingest.datasets import load_dataset
 from analysis.presets.schema import from_dict, load as load_preset
 from analysis.production.controller import controlled_generate, Controller
 from analysis.replay.engine import RunTable
 from analysis.replay.policies import deployable_families
-
-
-def _portable(path: str) -> str:
-    """A store path as the log should name it: relative to here when it lies below, so logs travel."""
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
 
 
 def default_preset(t, explore: float = 0.35):
@@ -65,7 +56,7 @@ def serve_demo(model: str = "qwen2.5-coder-0.5b-instruct", run: str | None = Non
     if log_path.exists():
         log_path.unlink()
     ctl = Controller(p, r["answer_type"], log_path, every=cfg.every, steps=cfg.steps, transitions=cfg.transitions,
-                     log_header={"calibration": {"db": _portable(db), "run": r["id"]}, "model": r["model"],
+                     log_header={"calibration": {"db": portable_path(db), "run": r["id"]}, "model": r["model"],
                                  "dataset": r["dataset"], "seed": seed})
     if loaded is None:
         dt = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(

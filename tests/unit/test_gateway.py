@@ -651,11 +651,10 @@ def test_the_logs_header_and_preset_records_name_the_preset_and_its_calibration_
     the calibration (``{"db", "run"}``, as serve-demo writes it), every preset record (at start, on a reload)
     the calibration too, and ``serve`` takes --calibration-run and --db (checked at start; by default the run
     the preset's certificate was made on)."""
-    from analysis.core.store import DEMO_DB
+    from analysis.core.store import DEMO_DB, portable_path
     from analysis.production.gateway import calibration_of
-    from analysis.production.serve_demo import _portable
     cal = calibration_of(from_dict(CONF), "5565a1e3", DEMO_DB)        # a run's prefix names it, as elsewhere
-    assert cal == {"db": _portable(DEMO_DB), "run": "5565a1e32c09"}
+    assert cal == {"db": portable_path(DEMO_DB), "run": "5565a1e32c09"}
     with serve_gateway(f"http://127.0.0.1:{up.port}/v1", tok, tmp_path, CONF, MODEL, calibration=cal,
                        **SMALL) as (gw, url):
         assert ask(url)[0] == 200
