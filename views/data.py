@@ -23,7 +23,7 @@ import streamlit as st
 
 from analysis.core import sharing
 from analysis.core.errors import StoplineError
-from analysis.core.store import DEMO_DB, Store, resolve_db_path
+from analysis.core.store import DEMO_DB, portable_path, Store, resolve_db_path
 
 DEMO_LABEL, MINE_LABEL = "Demo store (read-only)", "My store"
 UPLOAD_ENV, UPLOAD_DEFAULT_MB = sharing.UPLOAD_ENV, sharing.UPLOAD_DEFAULT_MB
@@ -542,6 +542,16 @@ def pick_run(run: dict) -> None:
 def picked_db() -> str | None:
     """The path of the store picked in the sidebar."""
     return st.session_state.get("db")
+
+
+def store_as_named() -> str | None:
+    """How a report names the picked store (its Reproduce section): its path, relative to here when it lies
+    below; in viewer mode a store elsewhere by its file name alone (a visitor learns no path of the server's)."""
+    path = picked_db()
+    if not path:
+        return None
+    shown = portable_path(path)
+    return Path(path).name if viewer() and Path(shown).is_absolute() else shown
 
 
 def picked_store() -> Store | None:

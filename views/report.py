@@ -30,7 +30,8 @@ if st.button("Build the report", type="primary", key="rep_build", disabled=not i
                    else from_dict(saved[n]) for n in names]
         tables = [(r, data.table_for(r)) for r in runs if r["id"] in ids]
         with st.spinner("Replaying, bootstrapping and drawing the charts (a few seconds)…"):
-            rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by)
+            rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by,
+                        store=data.store_as_named())
         st.session_state["report"] = (rep["html"], self_contained_markdown(rep), zip_bundle(rep))
     except (PresetError, StoplineError) as e:
         st.error(str(e))

@@ -245,7 +245,7 @@ def _report(args):
     store = _store(args, read_only=True)
     tables = [(store.run(r), RunTable.from_store(store, r)) for r in args.run]
     rep = build(tables, [load(p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
-                images=not args.no_images)
+                images=not args.no_images, store=store.path)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if rep["images"]:

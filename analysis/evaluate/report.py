@@ -7,14 +7,17 @@ import base64
 import html
 import io
 import re
+import shlex
 import zipfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 
 from analysis.core.errors import StoplineError
 from analysis.core.palette import FAMILY_COLORS as COLORS, INCUMBENT_COLOR, INCUMBENT_EDGE
+from analysis.core.store import portable_path
 from analysis.evaluate.compare import default_slice
 from analysis.evaluate.frontier import sweep
 from analysis.evaluate.incumbent import beat, headline, incumbent_outcome, LABEL as INCUMBENT
@@ -85,8 +88,10 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str, questions:
 
 
 def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: float = 0.01, slice_by: str | None = None,
-          images: bool = True, n_boot: int = N_BOOT) -> dict:
+          images: bool = True, n_boot: int = N_BOOT, store: str | None = None) -> dict:
     """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}.
+    It ends with how to reproduce it: the runs, ``store`` (the store's path, or the name to show for it), each
+    setting's label and ``sl1.…`` code, and the commands that rebuild the report and replay the recommendation.
 
     A run with an incumbent (the user's own stopper, analysis/incumbent.py) opens the report with the answer
     to its question (``incumbent.headline``, on the held-out split) and is drawn on the frontier."""
@@ -94,6 +99,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
     figs: dict[str, go.Figure] = {}
     md = [f"# Early stopping: what it saves and what it costs", "", f"_Stopline report, {now}._", ""]
     sections = []
+    recommended: list[tuple[str, Preset]] = []      # (run id, the recommendation as a preset), for Reproduce
     answers: list[str] = []                 # the user's question answered first, for runs with an incumbent
     for k, (run, t) in enumerate(tables):
         pts = sweep(t)
@@ -173,6 +179,8 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         if f"losses_{k}" in figs:
             md += [f"![losses](figures/losses_{k}.png)", ""]
         sections.append((head, t, full, op, rows, k))
+        if "error" not in op:
+            recommended.append((t.run_id, Preset(f"recommended on {t.run_id}", Setting.from_dict(op["setting"]))))
     md += ["## How to read this", "",
            "Every number comes from replaying the stopping rules on stored checkpoints of real runs: at each "
            "checkpoint the model was asked for its answer so far, so a rule's stop and the answer it would give "
@@ -181,6 +189,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
            "resample questions (paired bootstrap); McNemar's test compares the same questions stopped and run "
            "to the end. 'Tokens' counts what the model writes; 'incl. probes' adds the tokens spent asking for "
            "interim answers.", ""]
+    md += _reproduce([run for run, _ in tables], presets, recommended, store, drop, slice_by)
     md[4:4] = answers
     drawn = "\n".join(md)          # every chart named: the HTML draws each (an image, else interactive)
     imgs: dict[str, bytes] = {}
@@ -189,7 +198,6 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         names = list(figs)
         for fmt in ("png", "svg"):
             import tempfile
-            from pathlib import Path
             with tempfile.TemporaryDirectory() as d:
                 paths = [Path(d) / f"{n}.{fmt}" for n in names]
                 pio.write_images([figs[n] for n in names], paths, format=fmt, scale=2 if fmt == "png" else 1)
@@ -197,6 +205,36 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                     imgs[f"figures/{n}.{fmt}"] = p.read_bytes()
     page = _html(drawn, figs, imgs, now)
     return {"html": page, "markdown": _charts_md(drawn, imgs), "figures": figs, "images": imgs}
+
+
+def _reproduce(runs: list[dict], presets: list[Preset], recommended: list[tuple[str, Preset]], store: str | None,
+               drop: float, slice_by: str | None) -> list[str]:
+    """The report's last section: what it was made from (runs, store, each setting's label and its ``sl1.…``
+    code, a preset link the Compare page and ``eval --preset`` take) and the commands that make it again."""
+    db = portable_path(store) if store and Path(store).exists() else store
+    where = [] if db is None else ["--db", db]
+    again = ["python", "-m", "analysis", "report", *where, *[a for r in runs for a in ("--run", r["id"])],
+             *[a for p in presets for a in ("--preset", p.to_url())], "--drop", f"{drop:g}",
+             *(["--slice-by", slice_by] if slice_by else [])]
+    md = ["## Reproduce", "",
+          "; ".join(f"Run `{r['id']}` ({r['model']} on {r['dataset']})" for r in runs)
+          + (f", in the store `{db}`." if db else "."), "",
+          f"This report again: `{shlex.join(again)}`", ""]
+    if presets or recommended:
+        md += ["Each setting's code is its preset link: paste it into Compare or Questions, or replay it with "
+               "`python -m analysis eval --preset CODE`.", "", "| setting | rule | code |", "|---|---|---|"]
+        md += [f"| {_cell(p.name)} | `{p.setting.label()}` | `{p.to_url()}` |" for p in presets]
+        md += [f"| {_cell(p.name)} | `{p.setting.label()}` | `{p.to_url()}` |" for _, p in recommended]
+        md.append("")
+    for rid, p in recommended:
+        check = ["python", "-m", "analysis", "eval", *where, "--run", rid, "--preset", p.to_url()]
+        md += [f"The recommendation on run `{rid}`, on all its questions: `{shlex.join(check)}`", ""]
+    return md
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: no pipe or line break to break the table."""
+    return text.replace("|", "/").replace("\n", " ")
 
 
 def _probing(op: dict) -> str:
@@ -247,7 +285,7 @@ def _html(markdown: str, figs: dict, imgs: dict, now: str) -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#1f2937;line-height:1.5}"
            "table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #d1d5db;padding:4px 8px;"
            "text-align:right}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}"
-           "code{background:#f3f4f6;padding:1px 4px;border-radius:3px}.fig img{max-width:100%}"
+           "code{background:#f3f4f6;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere}.fig img{max-width:100%}"
            ".miss{color:#dc2626;font-weight:600}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Stopline report {html.escape(now)}</title>"
             f"<style>{css}</style></head><body>{''.join(out)}</body></html>")
@@ -273,8 +311,9 @@ def _red_html(m: "re.Match") -> str:
 def _inline(s: str) -> str:
     import re
     s = _RED_MD.sub(_red_html, html.escape(s))
+    # code first, its _ and * kept from the bold and italics below (a sl1.… code holds both)
+    s = re.sub(r"`(.+?)`", lambda m: f"<code>{m.group(1).replace('_', '&#95;').replace('*', '&#42;')}</code>", s)
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-    s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
     s = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"<i>\1</i>", s)
     return s
 

@@ -13,6 +13,8 @@ def test_report_page_builds_html_markdown_and_charts(synthetic_db):
     page, md, bundle = at.session_state["report"]
     assert page.startswith("<!doctype html>") and "Recommendation" in page and "data:image/svg+xml" in page
     assert "| preset | EM |" in md
+    repro = md[md.index("## Reproduce"):]                   # what it was made from, and the command to make it again
+    assert f"Run `{rid}`" in repro and f"--db {db} --run {rid} --preset sl1." in repro and "| current: " in repro
     names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
     assert {"report.html", "report.md", "figures/frontier_0.png", "figures/frontier_0.svg"} <= set(names)
 

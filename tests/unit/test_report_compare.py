@@ -53,6 +53,44 @@ def test_report_without_images_links_no_image_it_did_not_write(synthetic_db, cli
     assert page.count("class=\"plotly-graph-div\"") == 2         # both charts, interactive
 
 
+def test_the_report_says_how_to_reproduce_it_and_its_commands_do(synthetic_db, cli, tmp_path):
+    """The report named no run, no setting code and no command: it could not be traced back to its setting. Its
+    Reproduce section names the run, the store, each setting's label and sl1.… code; its report command rebuilds
+    the same report and its eval command gives the recommendation's row."""
+    import json
+    import re
+    import shlex
+
+    from analysis.evaluate.report import build
+    from analysis.presets.schema import loads
+    db, rid, _ = synthetic_db
+    s = Store(db, read_only=True)
+    k3 = _p("k3", "consistency", k=3)
+    rep = build([(s.run(rid), RunTable.from_store(s, rid))], [k3], drop=0.02, images=False, store=db)
+    md = rep["markdown"]
+    repro = md[md.index("## Reproduce"):]
+    assert f"Run `{rid}`" in repro and f"in the store `{db}`" in repro
+    assert f"| k3 | `{k3.setting.label()}` | `{k3.to_url()}` |" in repro
+    (rec,) = re.findall(r"\| recommended on \S+ \| `[^`]+` \| `(sl1\.[\w.-]+)` \|", repro)
+    (row,) = [line for line in md.splitlines() if line.startswith("| recommended: ")]
+    assert loads(rec).setting.label() in row
+    assert "<h2>Reproduce</h2>" in rep["html"] and f"<code>{rid}</code>" in rep["html"]
+    again = shlex.split(re.search(r"This report again: `([^`]+)`", repro).group(1))
+    assert again[:4] == ["python", "-m", "analysis", "report"]
+    code, _, err = cli(*again[3:], "--no-images", "--out", tmp_path / "again")
+    assert code == 0, err
+    stamp = re.compile(r"_Stopline report, .*?_")
+    assert stamp.sub("", (tmp_path / "again" / "report.md").read_text()) == stamp.sub("", md)
+    check = shlex.split(re.search(r"on all its questions: `([^`]+)`", repro).group(1))
+    assert check[:4] == ["python", "-m", "analysis", "eval"]
+    code, out, err = cli(*check[3:], "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    lo, hi = res["ci"]["delta_em"]
+    want = f"| {res['em']:.3f} | {res['delta_em']:+.3f} ({lo:+.3f} … {hi:+.3f}) | {res['tokens_emitted']:.0f} |"
+    assert want in row
+
+
 def test_report_names_the_recommended_schedule_and_its_probe_cost():
     from analysis.evaluate.report import _probing
     op = {"schedule": {"every": 2, "at_steps": True, "at_transitions": True, "min_tokens": 0},
