@@ -4,9 +4,10 @@ A dataset or an import chooses one of four types, and the run records it; any ot
 lists these four.
 
 ``number`` (GSM8K and the like): the span is the last ``\\boxed{...}``, else the text after ``####``, else
-the last number in the text. The prediction matches only if the span *states a number*: an integer or a
-decimal, with thousands separators, a sign (``-``, ``−``, ``+``) or parentheses around a signed number; a
-plain or LaTeX fraction (``1/2``, ``\\frac{1}{2}``, ``\\dfrac``, ``\\tfrac``, ``-\\frac{1}{2}``); a
+the last number in the text (a LaTeX fraction or mixed number read whole). The prediction matches only if the
+span *states a number*: an integer or a decimal, with thousands separators, a sign (``-``, ``−``, ``+``) or
+parentheses around a signed number; a plain or LaTeX fraction (``1/2``, ``\\frac{1}{2}``, ``\\dfrac``,
+``\\tfrac``, ``-\\frac{1}{2}``); a LaTeX mixed number (``3\\frac{1}{2}`` is 3.5, ``-3\\frac{1}{2}`` is -3.5); a
 percentage, currency or unit around exactly one number (``50%``, ``\\$1,250.00``, ``18 apples``); or an
 equation whose right-hand side is such a number (``x = 5``, ``7 - 84 = -77``). Numbers compare as
 numbers (``18`` = ``18.0``, ``0.5`` = ``1/2``; decimals within a relative 1e-6). An expression is never
@@ -49,6 +50,15 @@ _HASH_RE = re.compile(r"####\s*(.*)")
 _CURRENCY = "$€£¥₹"
 _LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mbox|textrm)\{([^{}]*)\}")
 _LATEX_FRAC = re.compile(r"(-|−)?\\[dt]?frac\s*(?:\{\s*([-−]?\d+(?:\.\d+)?)\s*\}|(\d))\s*(?:\{\s*(\d+(?:\.\d+)?)\s*\}|(\d))")
+# A mixed number, ``3\frac{1}{2}`` (also \dfrac, \tfrac, a space or a thin space before the fraction, a sign in
+# front): 3 + 1/2, the sign applying to the whole, as math-verify reads it. A whole number glued to what comes
+# before it (``x2``, ``1.2``, ``10^2``) is no whole part.
+_MIXED_WHOLE = r"(?<![\w.,^_}/])([-−])?(\d+)(?:[ \t]|\\[,;!])*"
+_FRAC_ARGS = r"\\[dt]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))"
+_LATEX_MIXED = re.compile(_MIXED_WHOLE + _FRAC_ARGS)
+# The last number of an unmarked response, read whole when it is a LaTeX fraction or mixed number (the last
+# plain number of ``1\frac{1}{2} cups`` is its denominator): the match, group 0.
+_LAST_NUMBER_RE = re.compile(f"(?:{_MIXED_WHOLE})?" + _LATEX_FRAC.pattern + "|" + _NUM_RE.pattern)
 _OPERATORS = re.compile(r"[\\^_=+*/()\[\]{}<>|]|(?<=\s)[-−x×÷](?=\s)")
 
 
@@ -115,8 +125,10 @@ def extract_number_text(text: str) -> str | None:
     span = _marked_span(text)
     if span is not None:
         return span
-    nums = _NUM_RE.findall(text)
-    return nums[-1] if nums else None
+    last = None
+    for last in _LAST_NUMBER_RE.finditer(text):
+        pass
+    return last.group(0) if last else None
 
 
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -146,6 +158,15 @@ def _frac_to_slash(m: re.Match) -> str:
     return ("-" if neg else "") + num.lstrip("-−") + "/" + den
 
 
+def _mixed_to_slash(m: re.Match) -> str:
+    sign, whole, num, num1, den, den1 = m.groups()
+    den = int(den or den1)
+    if den == 0:
+        return m.group(0)                       # left to _LATEX_FRAC, and states no number
+    f = int(whole) + Fraction(int(num or num1), den)
+    return str(-f if sign else f)
+
+
 def _clean_number_span(span: str) -> str:
     s = _LATEX_WRAPPERS.sub(r"\1", span)
     for a, b in (("\\$", ""), ("\\%", "%"), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\left", ""), ("\\right", ""),
@@ -153,7 +174,7 @@ def _clean_number_span(span: str) -> str:
         s = s.replace(a, b)
     for c in _CURRENCY:
         s = s.replace(c, "")
-    s = _LATEX_FRAC.sub(_frac_to_slash, s)
+    s = _LATEX_FRAC.sub(_frac_to_slash, _LATEX_MIXED.sub(_mixed_to_slash, s))
     s = s.strip().rstrip(".").strip()
     while len(s) > 2 and s[0] == "(" and s[-1] == ")" and _to_fraction(s[1:-1]) is not None:
         s = s[1:-1].strip()                     # (-5) -> -5

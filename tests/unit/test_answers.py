@@ -1,8 +1,8 @@
 import pytest
 
-from analysis.core.answers import (check, extract_number_text, normalize_choice, normalize_gold, normalize_math,
-                              normalize_number, normalize_text, numbers_equal, states_only_a_number,
-                              token_f1)
+from analysis.core.answers import (check, extract_number_text, is_number, normalize_choice, normalize_gold,
+                              normalize_math, normalize_number, normalize_text, numbers_equal,
+                              states_only_a_number, token_f1)
 from analysis.core.errors import StoplineError
 
 
@@ -43,6 +43,26 @@ def test_number_extraction(text, want):
 ])
 def test_numbers_equal(a, b, eq):
     assert numbers_equal(normalize_number(a), normalize_number(b)) is eq
+
+
+@pytest.mark.parametrize("response,value", [
+    ("\\boxed{3\\frac{1}{2}}", "3.5"), ("\\boxed{2\\tfrac{1}{4} hours}", "2.25"), ("\\boxed{1\\dfrac12}", "1.5"),
+    ("\\boxed{3 \\frac{1}{2}}", "3.5"), ("\\boxed{3\\,\\frac{1}{2}}", "3.5"), ("\\boxed{-3\\frac{1}{2}}", "-3.5"),
+    ("\\boxed{−2 \\frac{3}{4}}", "-2.75"), ("x = 5\\frac{1}{3}", "16/3"), ("#### 3\\frac{1}{2}", "3.5"),
+    ("1\\frac{1}{2} cups", "1.5"), ("we get -3\\dfrac{1}{2} in the end", "-3.5"),   # unmarked: the last number whole
+    ("so it is \\frac{7}{2}.", "3.5"), ("so it is -\\frac{7}{2}", "-3.5"),           # not its denominator
+])
+def test_a_mixed_number_is_its_whole_plus_its_fraction(response, value):
+    """3\\frac{1}{2} read as the concatenation 31/2 = 15.5 (an EM of 1 against 15.5, 0 against 3.5)."""
+    assert normalize_number(extract_number_text(response)) == value
+    assert check(response, ["15.5"], "number")["em"] == 0.0
+
+
+def test_a_number_glued_to_a_fraction_is_no_whole_part():
+    """Only a whole number standing on its own is a mixed number's whole part; the rest still states no number."""
+    for span in ("2\\cdot\\frac{1}{2}", "10^2\\frac{1}{2}", "2 + \\frac{1}{2}", "1.5\\frac12", "3\\frac{1}{0}"):
+        assert not is_number(normalize_number(span)), span
+    assert states_only_a_number("$3\\frac{1}{2}$")
 
 
 @pytest.mark.parametrize("response,gold,em", [
