@@ -23,7 +23,8 @@ reduced to its last number. The normalised form is the LaTeX with those spelling
 spaces); EM is the max over the gold aliases, token F1 likewise.
 
 ``choice`` (GPQA, MMLU-Pro): the chosen letter, from ``D``, ``(D)``, ``D)``, ``D.``, ``Answer: D``, ``the answer
-is (D)`` or a box, against the gold letter.
+is (D)`` or a box, against the gold letter; in either case (``(d)``, ``Answer: d``), where it is plainly marked
+as the choice.
 
 About 400 lines: the four types' extraction, normalisation and matching, with ``extract``/``normalize``/``score``
 dispatching on the type, in one place so the rules above read as one specification.
@@ -321,12 +322,20 @@ def extract_math(text: str | None) -> str | None:
 
 # --- choice (multiple-choice letters) ---------------------------------------------------------------------
 _LETTER = r"([A-Z])"
+# A lower-case letter counts where it is plainly marked as the choice: the whole span (``d``, ``(d)``), or after
+# 'answer'/'option'/'choice' in parentheses, before ')' or at the end of its line ('Answer: (d)', 'answer is d.');
+# never in running prose ('the answer is a bit off', 'step (a)').
 _CHOICE_PATTERNS = [re.compile(p) for p in (
-    r"^\(?" + _LETTER + r"\)?[.:)]?$",                                   # D, (D), D), D.
-    r"(?i:answer|option|choice)\s*(?:is|:)?\s*[:\s]*\(?" + _LETTER + r"\)?(?![a-zA-Z])",   # Answer: D, answer is (D)
-    r"\(" + _LETTER + r"\)",                                             # ... (D) ...
-    r"(?<![A-Za-z])" + _LETTER + r"\)",                                  # ... D) ...
+    r"^\(?([A-Za-z])\)?[.:)]?$",                                          # D, (D), D), D., d, (d)
+    r"(?i:answer|option|choice)\s*(?:is|:)?\s*[:\s]*(?:\(([A-Za-z])\)|\(?" + _LETTER
+    + r"\)?(?![a-zA-Z])|([a-z])(?:\)|(?=\.?[ \t]*(?:\n|$))))",              # Answer: D, answer is (D), Answer: (d)
+    r"\(" + _LETTER + r"\)",                                                # ... (D) ...
+    r"(?<![A-Za-z])" + _LETTER + r"\)",                                     # ... D) ...
 )]
+
+
+def _letter(m: re.Match) -> str:
+    return next(g for g in m.groups() if g)
 
 
 def extract_choice(text: str | None) -> str | None:
@@ -338,21 +347,22 @@ def extract_choice(text: str | None) -> str | None:
         return span
     t = _LATEX_WRAPPERS.sub(r"\1", text).strip()
     for rx in _CHOICE_PATTERNS:
-        found = rx.findall(t)
+        found = list(rx.finditer(t))
         if found:
-            return found[-1]
+            return _letter(found[-1])
     return None
 
 
 def normalize_choice(span: str | None) -> str:
-    """The letter of a choice span ('(D)', 'D)', 'Answer: D', '\\text{D}' -> 'D'); '' when it names none."""
+    """The letter of a choice span ('(D)', 'D)', 'Answer: D', '\\text{D}', 'd', 'Answer: (d)' -> 'D'); '' when
+    it names none."""
     if not span:
         return ""
     t = _LATEX_WRAPPERS.sub(r"\1", span).strip()
     for rx in _CHOICE_PATTERNS[:2]:
         m = rx.search(t)
         if m:
-            return m.group(1)
+            return _letter(m).upper()
     return ""
 
 

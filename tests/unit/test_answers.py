@@ -103,12 +103,27 @@ def test_math_gold_from_a_solution_and_its_normal_form():
 @pytest.mark.parametrize("response,letter", [
     ("D", "D"), ("(D)", "D"), ("D)", "D"), ("D.", "D"), ("Answer: D", "D"), ("the answer is (D)", "D"),
     ("B) looks wrong, so (C)", "C"), ("\\boxed{C}", "C"), ("\\boxed{(A)}", "A"), ("Answer: \\text{B}", "B"),
+    ("Answer: (B", "B"),                                     # a probe cut before the closing parenthesis
 ])
 def test_choice_letters(response, letter):
     assert check(response, [letter], "choice")["em"] == 1.0
     other = "A" if letter != "A" else "B"
     assert check(response, [other], "choice")["em"] == 0.0
     assert check(response, [f"({letter})"], "choice")["em"] == 1.0
+
+
+@pytest.mark.parametrize("response", ["Answer: (d)", "answer: d", "the answer is (d).", "the answer is d",
+                                      "Answer: d) since", "\\boxed{d}", "(d)", "d", "d."])
+def test_a_lower_case_letter_marked_as_the_choice_counts(response):
+    """'Answer: (d)' and '\\boxed{d}' normalised to '' (EM 0 against D), and a gold 'd' matched nothing."""
+    assert check(response, ["D"], "choice")["em"] == 1.0
+    assert check(response, ["d"], "choice")["em"] == 1.0
+    assert check(response, ["C"], "choice")["em"] == 0.0
+
+
+def test_a_lower_case_letter_in_prose_is_no_choice():
+    for prose in ("the answer is a bit unclear", "I think (d) is right", "step (a) first, then b) after"):
+        assert check(prose, ["A"], "choice")["norm"] == "", prose
 
 
 def test_choice_without_a_letter_is_no_answer():
