@@ -107,14 +107,16 @@ def on_schedules(pts: pd.DataFrame, schedules: list[str]) -> pd.DataFrame:
 
 
 def pareto_mask(cost: np.ndarray, em: np.ndarray) -> np.ndarray:
-    """Points no other point beats on both axes (lower cost and higher EM, one of them strictly)."""
+    """Points no other point beats on both axes (lower cost and higher EM, one of them strictly). Identical
+    points are all on the front, since none beats another: two settings that land on one point are both
+    among the best (the charts draw a zero-length segment between them; ``optimize`` and ``certify`` keep both)."""
     order = np.lexsort((-em, cost))
     mask = np.zeros(len(cost), bool)
-    best = -np.inf
+    best, at = -np.inf, None
     for i in order:
-        if em[i] > best:
+        if em[i] > best or (em[i] == best and cost[i] == at):
             mask[i] = True
-            best = em[i]
+            best, at = em[i], cost[i]
     return mask
 
 
@@ -134,9 +136,9 @@ def hull_mask(cost: np.ndarray, em: np.ndarray) -> np.ndarray:
             else:
                 break
         hull.append(i)
-    mask = np.zeros(len(cost), bool)
-    mask[hull] = True
-    return mask
+    # A point identical to a vertex is that vertex too (the chord test above keeps only one of them).
+    vertices = set(zip(cost[hull].tolist(), em[hull].tolist()))
+    return np.array([pt in vertices for pt in zip(cost.tolist(), em.tolist())], bool)
 
 
 def setting_of(row: pd.Series | dict) -> Setting:

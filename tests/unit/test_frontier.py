@@ -20,6 +20,17 @@ def test_pareto_and_hull_on_known_points():
     assert hull_mask(cost, em).tolist() == [True, True, False, True, False, False]
 
 
+def test_identical_points_are_all_on_the_front():
+    """Two settings at one (cost, EM): none beats the other, so both are Pareto (only one was), and a hull
+    vertex's twin is a vertex too."""
+    cost, em = np.array([100.0, 100, 200, 150]), np.array([0.8, 0.8, 0.9, 0.7])
+    assert pareto_mask(cost, em).tolist() == [True, True, True, False]
+    assert hull_mask(cost, em).tolist() == [True, True, True, False]
+    cost, em = np.array([1.0, 2, 2, 3, 3, 2.5]), np.array([0.1, 0.5, 0.5, 0.6, 0.6, 0.4])
+    assert pareto_mask(cost, em).tolist() == [True, True, True, True, True, False]
+    assert hull_mask(cost, em).tolist() == [True, True, True, True, True, False]
+
+
 @pytest.fixture(scope="module")
 def syn(synthetic_db):
     path, rid, rid_text = synthetic_db
