@@ -224,17 +224,25 @@ class RunTable:
         return self.cache["votes"]
 
     def ema_var(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """EAT's exponential moving average of the after-cue entropy and its moving variance."""
+        """EAT's exponential moving average of the after-cue entropy and its moving variance, over the entropies
+        recorded so far. A missing entropy (NaN) is no observation: both carry over unchanged (it was read as 0,
+        a jump that a run of missing ones then "settled"). Both are NaN before the first entropy."""
         key = ("ema", round(float(alpha), 12))
         if key not in self.cache:
-            h = np.nan_to_num(self.entropy, nan=0.0)
-            mean = np.empty_like(h)
-            var = np.empty_like(h)
-            mean[:, 0], var[:, 0] = h[:, 0], 0.0
-            for j in range(1, self.m):
-                d = h[:, j] - mean[:, j - 1]
-                mean[:, j] = mean[:, j - 1] + alpha * d
-                var[:, j] = (1 - alpha) * (var[:, j - 1] + alpha * d * d)
+            h = self.entropy
+            mean = np.full(h.shape, np.nan)
+            var = np.full(h.shape, np.nan)
+            mu, v, seen = np.full(self.n, np.nan), np.zeros(self.n), np.zeros(self.n, np.int64)
+            for j in range(self.m):
+                x = h[:, j]
+                ok = ~np.isnan(x)
+                later = ok & (seen > 0)
+                d = np.where(later, x - mu, 0.0)
+                v = np.where(later, (1 - alpha) * (v + alpha * d * d), v)
+                mu = np.where(later, mu + alpha * d, np.where(ok, x, mu))
+                seen += ok
+                mean[:, j] = mu
+                var[:, j] = np.where(seen >= 1, v, np.nan)
             self.cache[key] = (mean, var)
         return self.cache[key]
 

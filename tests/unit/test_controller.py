@@ -56,6 +56,25 @@ def test_stream_controller_stops_where_replay_predicts(setting, routed):
         assert {"champion", "challenger", "explore"} <= set(arms.index)
 
 
+@pytest.mark.parametrize("schedule", [{}, {"every": 2}])
+def test_stream_controller_and_replay_agree_where_entropies_are_missing(schedule):
+    """A probe without an entropy (NaN; None in the log) fires neither side's entropy rule, and the EMA carries
+    over it, live as in replay: questions with no entropy at all run to their end, the others never stop on a
+    missing one."""
+    t = _table(120)
+    h = t.cols["entropy"]
+    rng = np.random.default_rng(3)
+    h[:20] = np.nan                                          # no entropy at all
+    h[20:] = np.where(rng.random(h[20:].shape) < 0.3, np.nan, h[20:])
+    p = _preset({"family": "entropy", "params": {"delta": 0.1, "min_steps": 1}, "schedule": schedule})
+    want = preset_stops(t, p)
+    recs = simulate(t, Controller(p, every=t.interval))
+    assert (np.array([r["stop_pos"] for r in recs]) == t.pos[t.rows, want]).all()
+    early = want < t.final_idx
+    assert not early[:20].any() and early[20:].any()
+    assert not np.isnan(h[t.rows, want][early]).any()
+
+
 @pytest.mark.parametrize("setting", [{"family": "confidence", "params": {"tau": 0.9}},
                                      {"family": "consistency", "params": {"k": 3}, "schedule": {"every": 2}},
                                      {"family": "budget", "params": {"B": 300}}])

@@ -63,6 +63,29 @@ def test_entropy_stops_when_variance_settles():
     assert int(stop_index(t, Setting.make("entropy", alpha=0.5, delta=0.05, min_steps=2))[0]) == expected == 6
 
 
+def test_a_missing_entropy_never_fires_the_entropy_rule():
+    """A NaN entropy was read as 0: a question without entropies 'settled' at once and stopped at min_steps,
+    though its full-length answer was the right one; NaNs between entropies jumped the EMA to 0 and back."""
+    nan = float("nan")
+
+    def rows(h):        # a new answer at every checkpoint, right only at the end
+        return [{"pos": 32 * (i + 1), "answer_norm": str(i), "entropy": v, "em": float(i == len(h) - 1)}
+                for i, v in enumerate(h)]
+    t = table([rows([nan] * 6), rows([2.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]),
+               rows([2.0, nan, 1.0, nan, 0.5, 0.5, nan, 0.5, 0.5, 0.5, 0.5, 0.5]), rows([1.0, 1.0, nan, nan, 1.0])])
+    s = Setting.make("entropy", alpha=0.5, delta=0.05, min_steps=2)
+    stops = stop_index(t, s).tolist()
+    assert stops[0] == 5                                  # never fires: runs to its end, and keeps its EM
+    assert replay(t, s).em[0] == 1.0
+    # NaNs leave the EMA as it was: the same stop as without them, at the same entropy (the 7th recorded)
+    assert stops[1] == 6 and stops[2] == 9
+    mean, var = t.ema_var(0.5)
+    assert np.isnan(mean[0]).all() and np.isnan(var[0]).all()
+    assert mean[2, 1] == mean[2, 0] == 2.0 and var[2, 3] == var[2, 2] == 0.5 * 0.5 * 1.0
+    assert stops[3] == 1                                  # settled at once, and not at the NaNs after it
+    assert not any(np.isnan(t.entropy[q, stops[q]]) and stops[q] < t.final_idx[q] for q in range(t.n))
+
+
 def test_outcomes_and_costs():
     t = table([TRACE])
     o = replay(t, Setting.make("confidence", tau=0.95))

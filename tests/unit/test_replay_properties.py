@@ -30,7 +30,7 @@ def tables(draw):
                 "answer_norm": draw(st.sampled_from(ANSWERS)),
                 "em": float(draw(st.booleans())), "f1": 0.0,
                 "p_mean": p, "p_geo": draw(st.floats(0, 1)), "p_min": draw(st.floats(0, 1)),
-                "p_first": draw(st.floats(0, 1)), "entropy": draw(st.floats(0, 3)),
+                "p_first": draw(st.floats(0, 1)), "entropy": draw(st.one_of(st.floats(0, 3), st.just(math.nan))),
                 "is_step": draw(st.booleans()), "is_transition": draw(st.booleans()),
                 "answer_tokens": 2, "probe_tokens": 5,
             })
@@ -60,12 +60,15 @@ def online_fires(fam, p, hist, state):
         return ok and (r["is_transition"] or not p["transition_only"])
     if fam == "entropy":
         h = r["entropy"]
+        if math.isnan(h):
+            return False                # a missing entropy is no observation and never fires
         if "mean" not in state:
-            state["mean"], state["var"] = h, 0.0
+            state["mean"], state["var"], state["seen"] = h, 0.0, 1
         else:
             d = h - state["mean"]
             state["mean"] += p["alpha"] * d
             state["var"] = (1 - p["alpha"]) * (state["var"] + p["alpha"] * d * d)
+            state["seen"] += 1
         return state["var"] < p["delta"] and len(hist) >= p["min_steps"]
     if fam == "hybrid":
         a, b = Setting.from_dict(p["a"]), Setting.from_dict(p["b"])

@@ -23,6 +23,7 @@ class Entropy(Policy):
 
     @classmethod
     def fires(cls, t, params):
+        """Never where the entropy is missing (a missing signal never fires a rule)."""
         _, var = t.ema_var(params["alpha"])
         step = np.arange(t.m)[None, :] + 1
-        return (var < params["delta"]) & (step >= params["min_steps"])
+        return (var < params["delta"]) & (step >= params["min_steps"]) & ~np.isnan(t.entropy)
