@@ -226,7 +226,9 @@ class RunTable:
     def ema_var(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """EAT's exponential moving average of the after-cue entropy and its moving variance, over the entropies
         recorded so far. A missing entropy (NaN) is no observation: both carry over unchanged (it was read as 0,
-        a jump that a run of missing ones then "settled"). Both are NaN before the first entropy."""
+        a jump that a run of missing ones then "settled"). The mean is NaN before the first entropy and the
+        variance until the second: one entropy has not varied yet, and its variance of 0 by construction is no
+        evidence of settling."""
         key = ("ema", round(float(alpha), 12))
         if key not in self.cache:
             h = self.entropy
@@ -242,7 +244,7 @@ class RunTable:
                 mu = np.where(later, mu + alpha * d, np.where(ok, x, mu))
                 seen += ok
                 mean[:, j] = mu
-                var[:, j] = np.where(seen >= 1, v, np.nan)
+                var[:, j] = np.where(seen >= 2, v, np.nan)
             self.cache[key] = (mean, var)
         return self.cache[key]
 

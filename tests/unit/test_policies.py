@@ -86,6 +86,15 @@ def test_a_missing_entropy_never_fires_the_entropy_rule():
     assert not any(np.isnan(t.entropy[q, stops[q]]) and stops[q] < t.final_idx[q] for q in range(t.n))
 
 
+def test_one_entropy_has_no_variance_to_settle():
+    """With min_steps=1 the rule fired at every question's first checkpoint: its variance is 0 by construction."""
+    h = [2.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    t = table([[{"pos": 32 * (i + 1), "answer_norm": "1", "em": 1.0, "entropy": v} for i, v in enumerate(h)]])
+    assert int(stop_index(t, Setting.make("entropy", alpha=0.5, delta=0.05, min_steps=1))[0]) == 6
+    flat = table([[{"pos": 32 * (i + 1), "answer_norm": "1", "em": 1.0, "entropy": 1.0} for i in range(4)]])
+    assert int(stop_index(flat, Setting.make("entropy", alpha=0.5, delta=0.05, min_steps=1))[0]) == 1
+
+
 def test_outcomes_and_costs():
     t = table([TRACE])
     o = replay(t, Setting.make("confidence", tau=0.95))

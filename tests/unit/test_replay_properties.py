@@ -69,7 +69,8 @@ def online_fires(fam, p, hist, state):
             state["mean"] += p["alpha"] * d
             state["var"] = (1 - p["alpha"]) * (state["var"] + p["alpha"] * d * d)
             state["seen"] += 1
-        return state["var"] < p["delta"] and len(hist) >= p["min_steps"]
+        # a variance needs two entropies: one has not varied yet
+        return state["seen"] >= 2 and state["var"] < p["delta"] and len(hist) >= p["min_steps"]
     if fam == "hybrid":
         a, b = Setting.from_dict(p["a"]), Setting.from_dict(p["b"])
         fa = online_fires(a.family, a.params, hist, state.setdefault("a", {}))

@@ -9,7 +9,8 @@ class Entropy(Policy):
     name = "entropy"
     label = "Entropy settling (EAT)"
     description = ("Track an exponential moving average (rate alpha) of the next-token entropy right after the "
-                   "cue; stop when its moving variance falls below delta, after at least min_steps checkpoints.")
+                   "cue; stop when its moving variance falls below delta, after at least min_steps checkpoints and two "
+                   "entropies (one has no variance yet); a checkpoint without an entropy never stops.")
     source = "EAT (alpha = 0.2, delta = 1e-4)"
     recalibrate_step = 3             # one recalibration moves at most 3 places toward fewer tokens
     requires = ("entropy",)
@@ -23,7 +24,8 @@ class Entropy(Policy):
 
     @classmethod
     def fires(cls, t, params):
-        """Never where the entropy is missing (a missing signal never fires a rule)."""
+        """Never where the entropy is missing (a missing signal never fires a rule), nor before the second
+        entropy recorded (the variance is NaN until then, whatever min_steps allows)."""
         _, var = t.ema_var(params["alpha"])
         step = np.arange(t.m)[None, :] + 1
         return (var < params["delta"]) & (step >= params["min_steps"]) & ~np.isnan(t.entropy)
