@@ -17,7 +17,7 @@ saved = data.presets_for(t)        # the user's presets, whichever store is pick
 against = st.selectbox("Compare against", ["full length", *[f"preset: {n}" for n in saved], "a preset link or JSON…"],
                        key="q_against")
 try:
-    a = outcome_from_stops(t, stop_index(t, setting), setting.label())
+    a = outcome_from_stops(t, stop_index(t, setting), setting.label(), setting)
     if against == "full length":
         b = full_length(t)
     else:
@@ -31,8 +31,8 @@ try:
                 st.stop()
             other = loads(text)
             data.check_viewer_cost(other.to_dict())
-        from analysis.presets.routing import preset_stops
-        b = outcome_from_stops(t, preset_stops(t, other), other.name)
+        from analysis.presets.routing import preset_outcome
+        b = preset_outcome(t, other)
         if (w := data.made_elsewhere(other, run)):
             st.warning(w)
 except StoplineError as e:

@@ -34,12 +34,12 @@ def _eval_setup(p):
 @command("eval", "replay a preset on a run: EM, ΔEM with CI, tokens emitted/computed, savings, lost/gained",
          _eval_setup)
 def _eval(args):
-    from analysis.evaluate.optimize import evaluate, split_of
+    from analysis.evaluate.optimize import evaluate_outcome, split_of
     from analysis.presets.schema import load, made_for
-    from analysis.presets.routing import preset_stops
+    from analysis.presets.routing import preset_outcome
     preset = load(args.preset)
     t = split_of(_table(args), args.split)
-    res = evaluate(t, preset_stops(t, preset), preset.name, args.boot)
+    res = evaluate_outcome(preset_outcome(t, preset), args.boot)     # each setting's own probes counted
     res.update({"run": t.run_id, "split": args.split, "preset": preset.to_dict()})
     if (words := made_for(preset, _store(args, read_only=True).run(t.run_id))):     # as the pages warn
         print(f"note: preset '{preset.name}' was {words}: its thresholds were chosen on other questions",

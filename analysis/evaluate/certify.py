@@ -58,7 +58,7 @@ import numpy as np
 
 from analysis.core.errors import StoplineError
 from analysis.evaluate.frontier import pareto_mask, settings_for
-from analysis.replay.engine import RunTable, stop_index
+from analysis.replay.engine import RunTable, computed_tokens, stop_index
 from analysis.replay.policies.base import Setting, available_families, families as all_families
 
 RISKS = ("drop", "lost")
@@ -193,7 +193,9 @@ def losses(t: RunTable, families: list[str] | None = None, cost: str = "emitted"
     full_right = t.full_em > 0.5
     stops = np.stack([stop_index(t, s) for s in sets])
     right = t.em[r[None, :], stops] > 0.5
-    c = (t.emitted if cost == "emitted" else t.computed)[r[None, :], stops]
+    # computed: each setting's own probes (its schedule's; none for a budget), as the replay charges them
+    c = (t.emitted[r[None, :], stops] if cost == "emitted"
+         else np.stack([computed_tokens(t, st, s) for st, s in zip(stops, sets)]))
     return Losses(sets, np.array([s.family for s in sets], dtype=object), full_right[None, :] & ~right,
                   ~full_right[None, :] & right, c.astype(np.float64), t.full_tokens.astype(np.float64),
                   t.question_ids)

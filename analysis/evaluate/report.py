@@ -133,8 +133,9 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         every = f"all {t.n} questions"
         rec = rec_stops = None
         if "error" not in op:       # the recommendation on the same (all) questions as the presets' rows
-            rec_stops = stop_index(t, Setting.from_dict(op["setting"]))
-            rec = evaluate(t, rec_stops, op["label"], n_boot)
+            rec_setting = Setting.from_dict(op["setting"])
+            rec_stops = stop_index(t, rec_setting)
+            rec = evaluate(t, rec_stops, op["label"], n_boot, rec_setting)
             rows.append((Preset(f"recommended: {op['label']}", Setting.from_dict(op["setting"])), rec))
         fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r and r is not rec], pts,
                               f"{head}<br><sup>tokens vs exact match, every family's Pareto front; {every}</sup>",

@@ -195,3 +195,16 @@ def test_the_report_states_the_certificate_in_words(synthetic_db):
     assert "**Certificate of cert**: Certified on this run:" in md and "at most 0.05" in md
     assert "with probability at least 90%" in md and "re-certify when the traffic shifts" in md
     assert f"**Certificate of {ps.name}**: Certified on this run, one setting per meta.difficulty slice" in md
+
+
+def test_computed_cost_is_each_settings_own(table):
+    """On the computed axis a setting is charged its own probes (the replay's rule): a budget none, a sparse
+    schedule only those it makes, not every checkpoint's."""
+    from analysis.replay.engine import computed_tokens, stop_index
+    lo = losses(table, ["budget", "consistency"], cost="computed")
+    for i, s in enumerate(lo.settings):
+        assert np.array_equal(lo.cost[i], computed_tokens(table, stop_index(table, s), s)), s.label()
+    budgets = [i for i, s in enumerate(lo.settings) if s.family == "budget"]
+    em = losses(table, ["budget"], cost="emitted")
+    assert budgets and np.array_equal(lo.cost[budgets], em.cost)       # a budget computes what it emits
+    assert any(s.sched["every"] > 1 for s in lo.settings)              # sparser schedules are among them

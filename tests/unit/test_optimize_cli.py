@@ -3,6 +3,8 @@ held-out questions says so, with the number; the pick follows the cost basis ask
 import json
 import re
 
+import pytest
+
 
 def test_optimize_prints_a_table_not_raw_json(cli, synthetic_db):
     db, rid, _ = synthetic_db
@@ -87,3 +89,23 @@ def test_eval_notes_a_preset_made_on_another_dataset(cli, synthetic_db):
     del body["made_on"]
     code, out, err = cli("eval", "--db", db, "--run", rid, "--preset", json.dumps(body), "--boot", "100")
     assert code == 0 and "note:" not in err
+
+
+def test_eval_charges_each_setting_its_own_probes(cli):
+    """eval's tokens computed are the replay's: a budget computes what it emits, a sparse schedule only its own
+    probes (the Tune page's and the sweep's figure, not every checkpoint's probes)."""
+    from analysis.core.store import DEMO_DB
+    run = "c7a2483a9092"
+    budget = json.dumps({"stopline_preset": 1, "setting": {"family": "budget", "params": {"B": 256}}})
+    code, out, err = cli("eval", "--run", run, "--preset", budget, "--json", "--db", DEMO_DB, "--boot", 0)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["tokens_computed"] == pytest.approx(res["tokens_emitted"])
+    sparse = {"family": "confidence", "params": {"tau": 0.95, "aggregate": "geometric"}, "schedule": {"every": 2}}
+    code, out, err = cli("eval", "--run", run, "--preset", json.dumps({"stopline_preset": 1, "setting": sparse}),
+                         "--json", "--db", DEMO_DB, "--boot", 0)
+    from analysis.replay.engine import RunTable, replay
+    from analysis.core.store import Store
+    from analysis.replay.policies.base import Setting
+    want = replay(RunTable.from_store(Store(DEMO_DB, read_only=True), run), Setting.from_dict(sparse)).summary()
+    assert json.loads(out)["tokens_computed"] == pytest.approx(want["tokens_computed"])
