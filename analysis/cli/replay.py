@@ -144,6 +144,11 @@ def _optimize(args):
         default = Setting.from_dict({"family": "budget", "params": {"B": 32768}})
         preset = Preset(f"per-slice, budget {args.budget:g}", default, args.slice_by,
                         {k: Setting.from_dict(v["setting"]) for k, v in res["slices"].items() if v["setting"]})
+        # chosen on the tune half, reported on the held-out one (as a single setting is)
+        from analysis.evaluate.optimize import evaluate_outcome, missed_target
+        from analysis.presets.routing import preset_outcome
+        res["test"] = evaluate_outcome(preset_outcome(split_of(t, "test"), preset))
+        res["missed"] = missed_target("budget", args.budget, args.cost, res["test"])
     else:
         goal, value = ("budget", args.budget) if args.budget is not None else ("drop", args.max_drop)
         res = operating_point(t, goal, value, args.cost, args.family)
@@ -203,10 +208,17 @@ def _print_operating_point(res: dict, run_id: str, preset) -> None:
 
 
 def _print_slices(res: dict, preset) -> None:
-    print(f"one setting per {res['by']} slice (chosen on the tune half), mean tokens {res['cost']} <= "
-          f"{res['budget']:g}: EM {res['em']:.3f} at {res[res['cost']]:.1f} tokens")
+    te, cost = res["test"], res["cost"]
+    print(f"one setting per {res['by']} slice, chosen on the tune half for mean tokens {cost} <= {res['budget']:g}:")
     for lab, v in res["slices"].items():
-        print(f"  {lab:<16} {v['n']:>5} q  EM {v['em']:.3f}  {v[res['cost']]:>8.1f} tokens  {v['label']}")
+        print(f"  {lab:<16} {v['n']:>5} q  EM {v['em']:.3f}  {v[cost]:>8.1f} tokens  {v['label']}")
+    print(f"  tune half:          EM {res['em']:.3f} at {res[cost]:.1f} tokens {cost}")
+    if te.get("n"):
+        lo, hi = te["ci"]["delta_em"]
+        print(f"  test (held out, {te['n']} q): EM {te['em']:.3f} (ΔEM vs full {te['delta_em']:+.3f} [{lo:+.3f}, "
+              f"{hi:+.3f}]) at {te['tokens_' + cost]:.1f} tokens {cost}")
+    if res.get("missed"):
+        print(f"  note: it {res['missed']}")
     print(f"  preset link: {res['link']}")
 
 

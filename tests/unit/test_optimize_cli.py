@@ -109,3 +109,16 @@ def test_eval_charges_each_setting_its_own_probes(cli):
     from analysis.replay.policies.base import Setting
     want = replay(RunTable.from_store(Store(DEMO_DB, read_only=True), run), Setting.from_dict(sparse)).summary()
     assert json.loads(out)["tokens_computed"] == pytest.approx(want["tokens_computed"])
+
+
+def test_optimize_per_slice_reports_the_held_out_half(cli, synthetic_db):
+    """--slice-by chooses on the tune half and, like a single setting, reports on the held-out half."""
+    db, rid, _ = synthetic_db
+    code, out, err = cli("optimize", "--db", db, "--run", rid, "--slice-by", "meta.difficulty", "--budget", "300",
+                         "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["test"]["n"] > 0 and res["test"]["n"] + sum(v["n"] for v in res["slices"].values()) == 600
+    assert {"em", "delta_em", "ci", "tokens_emitted"} <= set(res["test"]) and "missed" in res
+    code, out, err = cli("optimize", "--db", db, "--run", rid, "--slice-by", "meta.difficulty", "--budget", "300")
+    assert code == 0 and "test (held out" in out and "tune half" in out
