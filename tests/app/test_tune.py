@@ -126,5 +126,5 @@ def test_the_same_setting_shows_the_same_interval_on_every_page_and_in_the_cli(s
     assert {m.label: m.delta for m in at.metric}["ΔEM 95% CI (B − A)"] == ci
     s = Store(db, read_only=True)
     rep = build([(s.run(rid), RunTable.from_store(s, rid))], [loads(link)], images=False)
-    (row,) = [r for r in rep["markdown"].splitlines() if r.startswith(f"| {loads(link).name} |")]
+    row = [r for r in rep["markdown"].splitlines() if r.startswith(f"| {loads(link).name} |")][0]   # the results table (the Reproduce table names it again)
     assert f"({lo:+.3f} … {hi:+.3f})" in row
