@@ -218,6 +218,12 @@ class Policy:
         return tuple(Setting.from_dict(params[p.name]) for p in cls.params if p.kind == "setting")
 
     @classmethod
+    def probes_at(cls, params: dict, sched: dict) -> dict:
+        """Where this setting probes, given its schedule: the schedule, unless its rule reads only some kinds of
+        checkpoint (then probing the others would buy nothing and cost their probes)."""
+        return sched
+
+    @classmethod
     def probes_needed(cls, params: dict) -> bool:
         """Whether this setting reads trial answers (its own rule's or any part's)."""
         return cls.needs_probes or any(s.policy.probes_needed(s.params) for s in cls.parts(params))
@@ -270,8 +276,8 @@ class Setting:
 
     @property
     def sched(self) -> dict:
-        """The full schedule (defaults filled in)."""
-        return {**SCHEDULE_DEFAULTS, **self.schedule}
+        """The full schedule (defaults filled in), as the rule probes it (``Policy.probes_at``)."""
+        return self.policy.probes_at(self.params, {**SCHEDULE_DEFAULTS, **self.schedule})
 
     def label(self) -> str:
         d = describe_schedule(self.schedule)

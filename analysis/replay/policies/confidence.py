@@ -24,6 +24,11 @@ class Confidence(Policy):
     )
 
     @classmethod
+    def probes_at(cls, params, sched):
+        # only at transition words: a probe anywhere else can never stop it
+        return {**sched, "every": 0, "at_steps": False} if params.get("transition_only") else sched
+
+    @classmethod
     def required_signals(cls, params):
         return (AGG[params["aggregate"]],)
 
