@@ -16,6 +16,17 @@ on its batch-mates is a property of those kernels, not of our code:
 ``batch_invariance`` measures the property directly on this machine's kernels (a few products of the
 shapes a small model uses); tests that compare numbers across batch shapes bit for bit ask it first and
 skip, naming the processor's features, where it does not hold. ``cpu_features`` says what the run was on.
+
+Attention has a second such property: whether a query's result depends on key columns that are masked out.
+Exactly, a masked column adds nothing (its weight is 0), but torch's CPU attention (the fused kernel and the
+math path alike, fp32 and bf16, measured on AVX-512 and with ATen's AVX2 kernels forced:
+``ATEN_CPU_CAPABILITY=avx2``, oneDNN off) sums the softmax and the
+weighted values in vector lanes and blocks laid over the key axis, so extra masked columns before a key move
+it to another lane and change the rounding (fp32 ~1e-7, bf16 up to its last place). Batched probes
+(``decode.generate_batch`` with ``defer``) attend over such columns: a deferred probe masks what its row
+generated since its checkpoint, and drafted and guessed answer tokens that were rejected stay in the cache,
+masked; the live controller probes at once over none. ``padding_invariance`` measures it; ``exact_replay``
+says whether live values can be expected to equal a recorded run's bit for bit on this machine.
 """
 from __future__ import annotations
 
@@ -82,14 +93,67 @@ def batch_invariance(dtype_name: str = "bfloat16", hidden: int = 576, out: int =
     return {"invariant": True, "why": f"{dtype_name} products of {rows} rows equal their subsets' bit for bit"}
 
 
+@lru_cache(maxsize=None)
+def padding_invariance(dtype_name: str = "bfloat16", heads: int = 9, head_dim: int = 64, keys: int = 48) -> dict:
+    """Does this machine's attention (``scaled_dot_product_attention`` under a boolean mask) give a query the
+    same bits when masked-out key columns are added before its keys (left padding) or among them (a masked
+    gap: a deferred probe's masked tail, rejected draft tokens), for one query token (a decode or answer step)
+    and 16 (a cue pass)? Returns ``{"invariant": bool, "why": str}``, ``why`` naming the first case that
+    differs. The default sizes are SmolLM2-135M's (9 heads of 64); a few milliseconds."""
+    import torch
+    F = torch.nn.functional
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(2, heads, keys, head_dim, generator=g).to(dtype) for _ in range(2))
+    with torch.no_grad():
+        for q_len in (1, 16):
+            q = torch.randn(2, heads, q_len, head_dim, generator=g).to(dtype)
+            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(2, 1, q_len, keys, dtype=torch.bool))
+            for where, at in (("of left padding", 0), ("masked among the keys", keys - q_len - 1)):
+                for extra in (3, 8):
+                    junk = torch.randn(2, heads, extra, head_dim, generator=g).to(dtype)
+                    kk, vv = (torch.cat([t[:, :, :at], junk, t[:, :, at:]], 2) for t in (k, v))
+                    m = torch.ones(2, 1, q_len, keys + extra, dtype=torch.bool)
+                    m[..., at:at + extra] = False
+                    out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=m)
+                    if not torch.equal(out, ref):
+                        diff = (out.float() - ref.float()).abs().max().item()
+                        return {"invariant": False,
+                                "why": f"{dtype_name} attention of {q_len} query token(s) over {keys} keys differs "
+                                       f"with {extra} columns {where} by up to {diff:.3g}"}
+    return {"invariant": True, "why": f"{dtype_name} attention equals itself bit for bit with masked columns added"}
+
+
+def exact_replay(dtype_name: str = "bfloat16", run_probes: str = "immediate") -> dict:
+    """Can a live re-run (the controller probes each checkpoint at once) expect the recorded run's values bit
+    for bit on this machine? Only where a row's products do not depend on its batch-mates (stopped rows leave
+    the batch) and, for a run whose probes were batched, where masked key columns change nothing (its probes
+    attended over masked columns that the live probes do not have). Returns ``{"expected": bool, "why": str}``.
+    (The same batch size is assumed: ``verify`` says when it is not.)"""
+    inv = batch_invariance(dtype_name)
+    if not inv["invariant"]:
+        return {"expected": False, "why": f"a row's numbers depend on its batch-mates: {inv['why']}"}
+    if run_probes == "batched":
+        pad = padding_invariance(dtype_name)
+        if not pad["invariant"]:
+            return {"expected": False,
+                    "why": "the run's probes were batched: they attended over masked key columns (a deferred probe's "
+                           "tail, rejected draft and guessed tokens) that the live probes do not have, and "
+                           f"{pad['why']}"}
+    how = "masked key columns change no attention result" if run_probes == "batched" else \
+        "the run probed each checkpoint at once, as the live controller does"
+    return {"expected": True, "why": f"{inv['why']}; {how}"}
+
+
 def describe() -> str:
     """One line for logs and CI: the processor, its kernel-choosing flags, and what torch dispatches to."""
     f = cpu_features()
-    inv = batch_invariance()
+    inv, pad = batch_invariance(), padding_invariance()
     over = " ".join(f"{k}={v}" for k, v in f["overrides"].items())
     return (f"cpu: {f['cpu'] or 'unknown'}; flags: {' '.join(f['isa_flags']) or 'none'}; "
             f"aten: {f['aten_capability']}; onednn bf16: {'yes' if f['onednn_bf16'] else 'no'}"
-            f"{'; ' + over if over else ''}; bf16 batch-invariant: {'yes' if inv['invariant'] else 'no'}")
+            f"{'; ' + over if over else ''}; bf16 batch-invariant: {'yes' if inv['invariant'] else 'no'}"
+            f"; bf16 attention padding-invariant: {'yes' if pad['invariant'] else 'no'}")
 
 
 if __name__ == "__main__":

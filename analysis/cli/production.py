@@ -77,6 +77,10 @@ def _print_verify(res: dict) -> None:
     p = res["platform"]
     print(f"  machine: {p['cpu']}; {' '.join(p['isa_flags'])}; aten {p['aten_capability']}; "
           f"batch-invariant products: {'yes' if p['batch_invariant']['invariant'] else 'no'}")
+    if res.get("exact_expected"):
+        ex = res["exact_expected"]
+        print(f"  live values expected to equal the recorded ones bit for bit: {'yes' if ex['expected'] else 'no'} "
+              f"({ex['why']})")
     print(f"  replay: EM {res['replay']['em']:.3f}, {res['replay']['tokens_emitted']:.1f} tokens; "
           f"live: EM {res['live']['em']:.3f}, {res['live']['tokens_emitted']:.1f} tokens "
           f"({res['live']['generated_tokens']} generated, {res['seconds']:.0f} s)")

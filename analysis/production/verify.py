@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from analysis.core.aio import run_sync
 from analysis.backend.models import load
-from analysis.backend.numerics import batch_invariance, cpu_features
+from analysis.backend.numerics import batch_invariance, cpu_features, exact_replay, padding_invariance
 from analysis.backend.prompts import chat_messages, GenConfig
 from analysis.core.errors import PresetError
 from analysis.core.schema import SIGNAL_COLUMNS
@@ -272,7 +272,8 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
     unexplained = causes.pop("unexplained")
     schedule = (cfgd.get("execution") or {}).get("probes", "immediate")   # runs before 'execution' probed at once
     dtype = cfgd["model"].get("dtype")
-    inv = batch_invariance(dtype if dtype in ("bfloat16", "float32", "float16") else "bfloat16")
+    dtype = dtype if dtype in ("bfloat16", "float32", "float16") else "bfloat16"
+    inv, exact = batch_invariance(dtype), exact_replay(dtype, schedule)
     notes = []
     if decisions["agreement"] < 1:
         notes.append("the controller decided differently from the replay on the values it saw: a bug in Stopline, "
@@ -294,7 +295,9 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
             "decision_agreement": decisions["agreement"], "decisions": decisions,
             "moved": {"n": moved, "explained": moved - unexplained, "unexplained": unexplained, "causes": causes},
             "numeric": numeric, "sensitivity": sens,
-            "platform": {**cpu_features(), "batch_invariant": inv},
+            "platform": {**cpu_features(), "batch_invariant": inv, "padding_invariant": padding_invariance(dtype)},
+            "exact_expected": exact if batch_size == run_batch else {
+                "expected": False, "why": f"the run was generated in batches of {run_batch}, this check ran {batch_size}"},
             "run_probes": schedule, "note": "; ".join(notes) or None, "batch_size": batch_size,
             "run_batch_size": run_batch,
             "tokens_agreement": sum(r[1] for r in rows) / n if n else None,
