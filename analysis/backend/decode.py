@@ -52,7 +52,9 @@ def generate_batch(model, tok, prompts: list[str], cfg: GenConfig, probe_mode: s
     ``defer`` (default: on when probes reuse the cache and no ``on_checkpoint`` waits for the answers):
     probes at step boundaries, transition words and trace ends, which fire for a row or two at a time,
     wait for the next interval checkpoint (where every row probes) and run in that batch, each masked to
-    its own prefix. Same answers, far fewer small forward passes. Deferred probes also get the row's previous
+    its own prefix. Far fewer small forward passes; the answers are greedy on the same prefixes, though their
+    attention spans masked key columns, which CPU kernels round differently (probabilities differ in the last
+    bits, and rarely an answer token). Deferred probes also get the row's previous
     trial answer as a draft (``drafts``; see ``Prober.run``). ``stats``, when given, collects the probe
     counters (events, probes, masked, repeated rows, compactions, drafted and accepted tokens, steps) and
     ``rows_dropped``, the times finished rows left the generation batch.

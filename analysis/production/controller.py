@@ -321,8 +321,9 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
 
     Batches are formed as the runner forms them (prompts sorted by length) and every checkpoint is probed
     when it comes, so a run recorded with the same batch size and ``probes='immediate'`` computes the same
-    numbers and the controller's stops equal the replay's. (A run with batched probes computes them in other
-    batches: with bf16 weights a few percent of trial answers round differently.)
+    numbers and the controller's stops equal the replay's, where the kernels are batch-invariant. (A run with
+    batched probes computes them over masked key columns, which attention rounds differently: with bf16
+    weights a few percent of trial answers differ.)
 
     A row is probed only where its request's schedule is due (``Session.due``): the decode loop places the
     union of the preset's schedules, and a request with a sparser schedule than another in its batch, or

@@ -283,7 +283,8 @@ def verify_live(store, run_id: str, preset, *, batch_size: int | None = None, de
                      "(see numeric); decisions on the live values were exact")
         if schedule == "batched":
             notes.append("the run's probes were batched, the live controller probes each checkpoint at once: they "
-                         "compute in other shapes, which rounds differently; record with `run --probes immediate`")
+                         "attend over masked key columns (a deferred probe masks what its row wrote since; rejected guesses stay "
+                         "masked in the cache), which rounds differently; record with `run --probes immediate`")
         if run_batch and batch_size != run_batch:
             notes.append(f"the run was generated in batches of {run_batch}, this check ran batches of {batch_size}")
         if not inv["invariant"]:
