@@ -15,10 +15,14 @@ ids = st.multiselect("Runs", [r["id"] for r in runs], default=[run["id"]], key="
                      format_func=data.run_labeller(runs))
 names = st.multiselect("Presets to report", ["the current setting", *saved], default=["the current setting"],
                        key="rep_presets")
-c1, c2 = st.columns(2)
+c1, c2, c3 = st.columns([3, 2, 2])
 drop = c1.slider("Recommend the fewest tokens within this EM drop of full length", 0.0, 0.10, 0.02, 0.005,
                  key="rep_drop", format="%.3f")
-slice_by = c2.selectbox("Break losses down by", ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]],
+COSTS = {"emitted": "tokens emitted", "computed": "tokens computed (probes included)"}
+cost = c2.radio("Tokens to save", list(COSTS), key="rep_cost", format_func=COSTS.get,
+                help="emitted: what the model writes; computed: that plus the tokens its probes compute to ask "
+                     "for interim answers (what the hardware pays for). The recommendation saves the chosen kind.")
+slice_by = c3.selectbox("Break losses down by", ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]],
                         key="rep_slice")
 for n in names:
     if n in saved and (w := data.made_elsewhere(saved[n], run)):
@@ -31,7 +35,7 @@ if st.button("Build the report", type="primary", key="rep_build", disabled=not i
         tables = [(r, data.table_for(r)) for r in runs if r["id"] in ids]
         with st.spinner("Replaying, bootstrapping and drawing the charts (a few seconds)…"):
             rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by,
-                        store=data.store_as_named())
+                        store=data.store_as_named(), cost=cost)
         st.session_state["report"] = (rep["html"], self_contained_markdown(rep), zip_bundle(rep))
     except (PresetError, StoplineError) as e:
         st.error(str(e))

@@ -243,6 +243,8 @@ def _report_setup(p):
     p.add_argument("--preset", action="append", default=[], help="a preset to report (file, JSON or link; repeatable)")
     p.add_argument("--drop", type=float, default=0.02, help="recommend the fewest tokens within this EM drop")
     p.add_argument("--slice-by", help="break the losses down by this (default: a metadata field, else length)")
+    p.add_argument("--cost", default="emitted", choices=["emitted", "computed"],
+                   help="the tokens the recommendation saves: emitted, or computed (the probes' tokens included)")
     p.add_argument("--out", default="report", help="folder for report.html, report.md and figures/")
     p.add_argument("--no-images", action="store_true", help="skip the PNG/SVG charts (no Chromium needed)")
     _db(p)
@@ -257,7 +259,7 @@ def _report(args):
     store = _store(args, read_only=True)
     tables = [(store.run(r), RunTable.from_store(store, r)) for r in args.run]
     rep = build(tables, [load(p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
-                images=not args.no_images, store=store.path)
+                images=not args.no_images, store=store.path, cost=args.cost)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if rep["images"]:

@@ -225,22 +225,34 @@ def headline(res: dict, code: str = "`") -> list[str]:
            f"({whole['lost']} answers lost, {whole['gained']} gained); on the {inc['n']} held-out questions the "
            f"settings below are checked on, it saves {inc[sav]:.0%} at EM {_signed(inc['delta_em'])}."]
     same, within = res.get("same_cost"), res.get("within_drop")
+
+    def probes_cost(te: dict) -> tuple[str, str]:
+        """On the emitted basis, where the probes make a chosen setting compute more than full length, that is
+        said in the same sentence as its saving (a saving of emitted tokens alone misleads): the words after its
+        saving's figure, and those at the end of the clause."""
+        if res["cost"] != "emitted" or te["savings_computed"] >= 0:
+            return "", ""
+        return " of emitted tokens", f", but computing {-te['savings_computed']:.0%} more counting its probes"
+
     if same is not None:
         te, vs = same["test"], same["vs_incumbent"]
         lo, hi = vs["delta_em_ci"]
         verdict = ("better than yours" if lo > 0 else "worse than yours: nothing chosen at your token cost beat "
                    "your mechanism" if hi < 0 else "not clearly different from yours at this sample size")
+        unit, more = probes_cost(te)
         out.append(f"Setting {code}{same['label']}{code}, chosen on the tune half at no more tokens than yours, "
-                   f"saves {te[sav]:.0%} at EM {_signed(te['delta_em'])} ({_ci(te['ci']['delta_em'])}): "
+                   f"saves {te[sav]:.0%}{unit}{more}{',' if more else ''} at EM {_signed(te['delta_em'])} "
+                   f"({_ci(te['ci']['delta_em'])}): "
                    f"EM {_signed(vs['delta_em'])} against yours ({_ci(vs['delta_em_ci'])}; "
                    f"McNemar p = {vs['mcnemar']['p_value']:.2g}), {verdict}.")
     else:
         out.append(f"No setting matches your mechanism's tokens on the tune half ({res.get('same_cost_error')}).")
     if within is not None:
         te = within["test"]
+        unit, more = probes_cost(te)
         out.append(f"Or {code}{within['label']}{code} keeps EM within {res['drop']:g} of full length (chosen on "
-                   f"the tune half) while saving {te[sav]:.0%} ({_ci(te['ci'][sav], '.0%', False)}); held out, "
-                   f"EM {_signed(te['delta_em'])} ({_ci(te['ci']['delta_em'])}).")
+                   f"the tune half) while saving {te[sav]:.0%}{unit} ({_ci(te['ci'][sav], '.0%', False)})"
+                   f"{more}; held out, EM {_signed(te['delta_em'])} ({_ci(te['ci']['delta_em'])}).")
     else:
         out.append(f"No setting keeps EM within {res['drop']:g} of full length on the tune half.")
     return out

@@ -88,13 +88,17 @@ def losses_figure(t: RunTable, stops: np.ndarray, by: str, name: str, questions:
 
 
 def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: float = 0.01, slice_by: str | None = None,
-          images: bool = True, n_boot: int = N_BOOT, store: str | None = None) -> dict:
+          images: bool = True, n_boot: int = N_BOOT, store: str | None = None, cost: str = "emitted") -> dict:
     """The report for one or more runs: {"html", "markdown", "figures": {name: Figure}, "images": {file: bytes}}.
     It ends with how to reproduce it: the runs, ``store`` (the store's path, or the name to show for it), each
     setting's label and ``sl1.…`` code, and the commands that rebuild the report and replay the recommendation.
 
     A run with an incumbent (the user's own stopper, analysis/incumbent.py) opens the report with the answer
-    to its question (``incumbent.headline``, on the held-out split) and is drawn on the frontier."""
+    to its question (``incumbent.headline``, on the held-out split) and is drawn on the frontier.
+
+    ``cost``: the tokens the recommendation saves, 'emitted' (what the model writes) or 'computed' (the probes'
+    tokens included); on the emitted basis a recommendation that computes more than full length says so in its
+    own sentence."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figs: dict[str, go.Figure] = {}
     md = [f"# Early stopping: what it saves and what it costs", "", f"_Stopline report, {now}._", ""]
@@ -115,7 +119,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         if t.incumbent is not None:
             inc = incumbent_outcome(t).summary()
             try:
-                res = beat(t, drop, n_boot=n_boot)       # its within-drop choice is the recommendation below
+                res = beat(t, drop, cost, n_boot=n_boot)       # its within-drop choice is the recommendation below
             except StoplineError as e:                   # a run too small to split
                 answers += ([f"**{head}**:"] if len(tables) > 1 else []) + [f"No comparison: {e}", ""]
                 op = {"error": str(e)}
@@ -126,7 +130,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
                 op = res["within_drop"] or {"error": f"no setting meets drop = {drop:g} on the tune split"}
         else:
             try:
-                op = operating_point(t, "drop", drop, n_boot=n_boot)
+                op = operating_point(t, "drop", drop, cost, n_boot=n_boot)
             except Exception as e:            # noqa: BLE001
                 op = {"error": str(e)}
         by = slice_by or default_slice(t)
@@ -148,15 +152,22 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
         if "error" not in op:
             te = op["test"]
             ci = te["ci"]
-            md += [f"**Recommendation**: `{op['label']}` — the fewest tokens that keep EM within {drop * 100:.3g} points of full "
-                   f"length on the tune half; on the held-out half ({te['n']} questions) EM {te['em']:.3f} vs "
-                   f"{te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI {ci['delta_em'][0]:+.3f} "
-                   f"… {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), saving "
-                   f"**{te['savings_emitted']:.0%}** of tokens (95% CI {ci['savings_emitted'][0]:.0%} … "
-                   f"{ci['savings_emitted'][1]:.0%}); {te['savings_computed']:.0%} counting the probes."
+            sav, more = f"savings_{cost}", -te["savings_computed"]
+            basis = "tokens" if cost == "emitted" else "tokens computed (probes included)"
+            saved = f"saving **{te[sav]:.0%}** of {'emitted tokens' if more > 0 else basis} (95% CI {ci[sav][0]:.0%} … {ci[sav][1]:.0%})"
+            if cost == "emitted":       # what its probes cost said in the same sentence, in red when more than full length
+                saved += (", " + red_md(f"but computing {more:.0%} more than full length counting its probes")
+                          if more > 0 else f"; {te['savings_computed']:.0%} counting the probes")
+            else:
+                saved += f"; {te['savings_emitted']:.0%} of the tokens emitted"
+            md += [f"**Recommendation**: `{op['label']}` — the fewest {basis} that keep EM within {drop * 100:.3g} "
+                   f"points of full length on the tune half; on the held-out half ({te['n']} questions) EM "
+                   f"{te['em']:.3f} vs {te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}, 95% CI "
+                   f"{ci['delta_em'][0]:+.3f} … {ci['delta_em'][1]:+.3f}; McNemar p = {te['mcnemar']['p_value']:.2g}), "
+                   f"{saved}."
                    + (" " + red_md(f"It {op['missed']}.") if op.get("missed") else "")
-                   + (" " + red_md(f"Counting its probes it computes {-te['savings_computed']:.0%} more tokens than "
-                                   "full length.") if te["savings_computed"] < 0 else ""), "", _probing(op), ""]
+                   + (" " + red_md(f"Counting its probes it computes {more:.0%} more tokens than full length.")
+                      if cost == "computed" and more > 0 else ""), "", _probing(op), ""]
         else:
             md += [f"No recommendation: {op['error']}", ""]
         if rows or whole:
@@ -190,7 +201,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
            "resample questions (paired bootstrap); McNemar's test compares the same questions stopped and run "
            "to the end. 'Tokens' counts what the model writes; 'incl. probes' adds the tokens spent asking for "
            "interim answers.", ""]
-    md += _reproduce([run for run, _ in tables], presets, recommended, store, drop, slice_by)
+    md += _reproduce([run for run, _ in tables], presets, recommended, store, drop, slice_by, cost)
     md[4:4] = answers
     drawn = "\n".join(md)          # every chart named: the HTML draws each (an image, else interactive)
     imgs: dict[str, bytes] = {}
@@ -209,14 +220,14 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
 
 
 def _reproduce(runs: list[dict], presets: list[Preset], recommended: list[tuple[str, Preset]], store: str | None,
-               drop: float, slice_by: str | None) -> list[str]:
+               drop: float, slice_by: str | None, cost: str = "emitted") -> list[str]:
     """The report's last section: what it was made from (runs, store, each setting's label and its ``sl1.…``
     code, a preset link the Compare page and ``eval --preset`` take) and the commands that make it again."""
     db = portable_path(store) if store and Path(store).exists() else store
     where = [] if db is None else ["--db", db]
     again = ["python", "-m", "analysis", "report", *where, *[a for r in runs for a in ("--run", r["id"])],
              *[a for p in presets for a in ("--preset", p.to_url())], "--drop", f"{drop:g}",
-             *(["--slice-by", slice_by] if slice_by else [])]
+             *(["--slice-by", slice_by] if slice_by else []), *(["--cost", cost] if cost != "emitted" else [])]
     md = ["## Reproduce", "",
           "; ".join(f"Run `{r['id']}` ({r['model']} on {r['dataset']})" for r in runs)
           + (f", in the store `{db}`." if db else "."), "",

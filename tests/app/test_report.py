@@ -34,3 +34,16 @@ def test_a_recommendation_that_misses_its_target_held_out_is_red(demo):
     assert "**⚠ It misses its target on the held-out questions: ΔEM -0.010" in md and "\\color" not in md
     assert "<span class='miss'>It misses its target on the held-out questions: ΔEM -0.010" in page
     assert any("<span class='miss'>It misses" in h.proto.body for h in at.get("html"))
+
+
+def test_the_report_page_chooses_the_cost_basis(synthetic_db):
+    """Tokens emitted or computed: the page passes the pick to the report (its recommendation and the command
+    that makes it again say which)."""
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/report.py")
+    assert at.radio(key="rep_cost").value == "emitted"
+    at.radio(key="rep_cost").set_value("computed").run()
+    at.button(key="rep_build").click().run(timeout=180)
+    assert not at.exception
+    _, md, _ = at.session_state["report"]
+    assert "the fewest tokens computed (probes included)" in md and "--cost computed" in md

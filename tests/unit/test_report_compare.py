@@ -168,3 +168,23 @@ def test_slices_come_in_their_natural_order():
                                                                                 "difficulty>3"]
     assert slice_order(["10", "9", "2"]) == ["2", "9", "10"] and slice_order(["bin10", "bin2"]) == ["bin2", "bin10"]
     assert slice_order(["b", "(none)", "a"]) == ["(none)", "a", "b"]
+
+
+def test_a_recommendation_that_computes_more_than_full_length_says_so_where_it_says_what_it_saves(demo):
+    """On the demo's incumbent run the fewest emitted tokens within a 2-point drop is a consistency rule whose
+    probes compute more than full length: the headline and the recommendation say so in the sentence that gives
+    its saving; on the computed basis the recommendation saves computed tokens, and Reproduce says so."""
+    from analysis.evaluate.report import build
+    t = RunTable.from_store(demo, "c7a2483a9092")
+    rep = build([(demo.run(t.run_id), t)], [], drop=0.02, images=False, n_boot=200)
+    md = rep["markdown"]
+    head = md.split("## ")[0]
+    assert "of emitted tokens (95% CI" in head and "more counting its probes; held out" in head, head
+    rec = next(ln for ln in md.splitlines() if ln.startswith("**Recommendation**"))
+    assert "of emitted tokens (95% CI" in rec and "but computing" in rec and "more than full length counting its probes" in rec
+    rep = build([(demo.run(t.run_id), t)], [], drop=0.02, images=False, n_boot=200, cost="computed")
+    md = rep["markdown"]
+    rec = next(ln for ln in md.splitlines() if ln.startswith("**Recommendation**"))
+    assert "the fewest tokens computed (probes included)" in rec and "but computing" not in rec
+    assert "Your mechanism saves 4% of tokens computed" in md
+    assert "--drop 0.02 --cost computed`" in md
