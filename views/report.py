@@ -41,10 +41,12 @@ if st.button("Build the report", type="primary", key="rep_build", disabled=not i
         st.error(str(e))
 if st.session_state.get("report"):
     page, md, bundle = st.session_state["report"]
-    d = st.columns(3)
-    d[0].download_button("Download HTML report", page, "stopline-report.html", "text/html", key="rep_dl_html")
-    d[1].download_button("Download Markdown summary (charts inlined)", md, "stopline-report.md", "text/markdown", key="rep_dl_md")
-    d[2].download_button("Download all (HTML, Markdown, PNG and SVG charts)", bundle, "stopline-report.zip",
-                         "application/zip", key="rep_dl_zip")
+    d = st.columns(3)           # short labels, so that each fits its column; the help says what each holds
+    d[0].download_button("Download HTML report", page, "stopline-report.html", "text/html", key="rep_dl_html",
+                         help="one self-contained file, charts inlined")
+    d[1].download_button("Download Markdown", md, "stopline-report.md", "text/markdown", key="rep_dl_md",
+                         help="the summary, with its charts inlined")
+    d[2].download_button("Download all (.zip)", bundle, "stopline-report.zip", "application/zip", key="rep_dl_zip",
+                         help="the HTML report, the Markdown summary, and every chart as PNG and SVG")
     with st.expander("Preview", expanded=True):
         st.html(page)
