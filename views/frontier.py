@@ -24,9 +24,18 @@ if run:
                         help="trains five cross-fitted classifiers; on a large run that takes several seconds, "
                              "so it waits to be asked for")
     pts = data.sweep_for(run, learned)
-    axis = c1.radio("Cost", ["tokens emitted", "tokens computed (probes included)"], horizontal=True, key="axis")
-    others = c2.multiselect("Also draw the Pareto front of", [r["id"] for r in runs if r["id"] != run["id"]],
-                            key="other_runs", format_func=data.run_labeller(runs))
+    # both picks live in the URL (`cost`, `also`: run ids joined by commas), as the schedule's does below
+    axes = {"emitted": "tokens emitted", "computed": "tokens computed (probes included)"}
+    x = c1.radio("Cost", list(axes), horizontal=True, key="axis", format_func=axes.get,
+                 index=list(axes).index(data.query("cost")) if data.query("cost") in axes else 0)
+    data.set_query("cost", x)
+    axis = axes[x]
+    choices = [r["id"] for r in runs if r["id"] != run["id"]]
+    others = c2.multiselect("Also draw the Pareto front of", choices, key="other_runs",
+                            default=[r for r in (data.query("also") or "").split(",") if r in choices],
+                            format_func=data.run_labeller(runs))
+    if others or data.query("also"):         # an emptied pick is written too, so that the link drops the runs
+        data.set_query("also", ",".join(others))
     scheds = schedules_of(pts)
     pick = ALL
     if len(scheds) > 1:                                # a sparser schedule swept: the points can be filtered
@@ -40,7 +49,6 @@ if run:
         data.set_query("schedule", pick)
         if pick != ALL:
             pts = on_schedules(pts, [pick])
-    x = "emitted" if axis.startswith("tokens emitted") else "computed"
     suffix = "" if x == "emitted" else "_computed"
     full = pts[pts.family == "full"].iloc[0]
     drawn = []

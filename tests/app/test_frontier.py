@@ -102,3 +102,23 @@ def test_on_schedules_names_an_unknown_schedule(synthetic_db):
     assert set(two.schedule) == {"probes every 2x", ""} and two["pareto"].any() and two["hull_computed"].any()
     with pytest.raises(StoplineError, match="every 16x"):
         on_schedules(pts, ["probes every 16x"])
+
+
+def test_the_cost_axis_and_the_other_runs_are_kept_in_the_link(synthetic_db):
+    """Every pick lives in the URL: the cost axis (`cost`) and the runs drawn beside (`also`); a link with them
+    opens on them, and emptying the runs empties them in the link."""
+    db, rid, other = synthetic_db
+    at = open_app(db, rid)
+    at.radio(key="axis").set_value("computed").run()
+    at.multiselect(key="other_runs").select(other).run()
+    assert not at.exception
+    assert at.query_params["cost"] == "computed" and at.query_params["also"] == other
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT
+    link = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    link.query_params.update({"db": db, "run": rid, "cost": "computed", "also": other})
+    link.run()
+    assert not link.exception and link.radio(key="axis").value == "computed"
+    assert link.multiselect(key="other_runs").value == [other]
+    link.multiselect(key="other_runs").unselect(other).run()
+    assert not link.exception and link.query_params["also"] == ""
