@@ -15,8 +15,25 @@ import pandas as pd
 from analysis.evaluate.incumbent import LABEL as INCUMBENT
 from analysis.core.palette import FAMILY_COLORS as COLORS, INCUMBENT_COLOR, INCUMBENT_EDGE
 
+# other runs' fronts: each its own colour (none a family's), marker and dash, so that their legend entries differ
+OTHER_LOOKS = (("#0f172a", "rect", [8, 4]), ("#0891b2", "triangle", [8, 3, 2, 3]), ("#a16207", "circle", [14, 4]),
+               ("#be123c", "pin", [4, 3]), ("#4d7c0f", "roundRect", [2, 2]), ("#6d28d9", "arrow", [10, 2, 2, 2]))
+LEGEND_WIDTH = 640     # px the legend may count on per line (the chart's width on a narrow window)
+
+
+def legend_rows(names: list[str], width: int = LEGEND_WIDTH) -> int:
+    """How many lines ECharts' legend takes for these entries (its 12 px font: about 7 px a character, plus the
+    icon and the gaps), so that the grid leaves room for them below the x-axis title."""
+    rows, used = 1, 0
+    for n in names:
+        w = 7 * len(n) + 45
+        if used and used + w > width:
+            rows, used = rows + 1, 0
+        used += w
+    return rows
+
+
 STAR = ("path://M50 0L61.8 35.1L100 35.1L69.1 56.7L80.9 91.9L50 70.2L19.1 91.9L30.9 56.7L0 35.1L38.2 35.1Z")
-OTHER_DASH = ([8, 4], [8, 3, 2, 3], [14, 4])
 
 
 def _points(df: pd.DataFrame, x: str) -> list[dict]:
@@ -67,12 +84,13 @@ def frontier_option(pts: pd.DataFrame, x: str, axis_title: str, others: list[tup
          "itemStyle": {"color": "gold", "borderColor": "#111827", "borderWidth": 1}})
     for i, (name, op) in enumerate(others):
         front = op[op["pareto" + suffix]].sort_values(x)
-        add({"type": "line", "name": f"{name} (front)", "data": _points(front, x), "symbol": "rect",
-             "symbolSize": 5, "lineStyle": {"color": "#0f172a", "width": 1.5, "type": OTHER_DASH[i % 3]},
-             "itemStyle": {"color": "#0f172a"}})
+        color, symbol, dash = OTHER_LOOKS[i % len(OTHER_LOOKS)]
+        add({"type": "line", "name": f"{name} (front)", "data": _points(front, x), "symbol": symbol,
+             "symbolSize": 7, "lineStyle": {"color": color, "width": 1.5, "type": dash},
+             "itemStyle": {"color": color}})
         add({"type": "scatter", "name": f"{name} (front)", "symbol": STAR, "symbolSize": 15,
              "data": _points(op[op.family == "full"].assign(label=f"{name}: full length"), x),
-             "itemStyle": {"color": "white", "borderColor": "#0f172a", "borderWidth": 1.5}})
+             "itemStyle": {"color": "white", "borderColor": color, "borderWidth": 1.5}})
     if incumbent is not None:
         ix, iy = incumbent
         add({"type": "scatter", "name": INCUMBENT, "symbol": "diamond", "symbolSize": 17, "z": 6,
@@ -86,11 +104,12 @@ def frontier_option(pts: pd.DataFrame, x: str, axis_title: str, others: list[tup
              "data": [{"value": [float(cx), float(cy), f"{cx:.0f}", f"{cy:.3f}"], "name": f"current: {label}"}],
              "itemStyle": {"color": "rgba(0,0,0,0)", "borderColor": "#dc2626", "borderWidth": 3}})
     legend = list(dict.fromkeys(s["name"] for s in series))
+    extra = 22 * (legend_rows(legend) - 1)           # a legend of several lines pushes the axis title up above it
     option = {
         "animation": False,
-        "grid": {"left": 24, "right": 16, "top": 24, "bottom": 56},
+        "grid": {"left": 24, "right": 16, "top": 24, "bottom": 56 + extra},
         "tooltip": {"trigger": "item", "formatter": TIP},
-        "legend": {"data": legend, "bottom": 0},
+        "legend": {"data": legend, "bottom": 0, "itemGap": 12},
         "xAxis": {"type": "value", "scale": True, "name": axis_title, "nameLocation": "middle", "nameGap": 32},
         "yAxis": {"type": "value", "scale": True, "name": "exact match", "nameLocation": "middle", "nameGap": 44},
         "series": series,

@@ -75,7 +75,8 @@ if run:
         s = incumbent_outcome(data.table_for(run)).summary()
         mine = (s["tokens_" + x], s["em"])
     option, picks = frontier_option(pts, x, f"mean {axis}", drawn, mark, mine)
-    event = st.echarts_chart(option, height=560, key="frontier_chart", on_select="rerun", renderer="svg")
+    event = st.echarts_chart(option, height=504 + option["grid"]["bottom"], key="frontier_chart", on_select="rerun",
+                             renderer="svg")
     picked = picked_setting(event, picks)
     if picked:
         s = Setting.from_dict(json.loads(picked))

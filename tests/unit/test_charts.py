@@ -65,3 +65,19 @@ def test_the_incumbent_is_its_own_labelled_point(synthetic_db):
     assert "your mechanism" in option["legend"]["data"] and picks[i] is None     # drawn, not a setting to pick
     plain, _ = frontier_option(pts, "emitted", "mean tokens emitted")
     assert "your mechanism" not in plain["legend"]["data"]
+
+
+def test_other_runs_fronts_look_apart_and_the_legend_keeps_clear_of_the_axis_title(synthetic_db):
+    """Each other run's front has its own colour and marker (its legend entry tells it apart), and a legend of
+    several lines pushes the grid's bottom (where the x-axis title sits) up above it."""
+    pts = _sweep(synthetic_db)
+    alone, _ = frontier_option(pts, "emitted", "mean tokens emitted")
+    names = [f"a model with a rather long name · dataset {i}" for i in range(3)]
+    option, _ = frontier_option(pts, "emitted", "mean tokens emitted", others=[(n, pts) for n in names])
+    fronts = [s for s in option["series"] if s["name"].endswith("(front)") and s["type"] == "line"]
+    assert len(fronts) == 3
+    looks = {(s["itemStyle"]["color"], s["symbol"]) for s in fronts}
+    assert len({c for c, _ in looks}) == 3 and len({m for _, m in looks}) == 3
+    assert option["grid"]["bottom"] > alone["grid"]["bottom"]
+    from views.charts import legend_rows
+    assert legend_rows(option["legend"]["data"]) >= 3 and legend_rows(["budget"]) == 1
