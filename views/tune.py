@@ -21,24 +21,35 @@ def int_high(t, p) -> int:
     return int(min(p.high, max(t.full_tokens.max(), 64))) if p.high and p.high >= 1024 else int(p.high)
 
 
-def control(t, p, v, key: str, fresh: frozenset = frozenset()):
+def shown(p, named: bool) -> str:
+    """A control's label. A family's parameter (``named``) leads with its name, as the setting's label writes it
+    (min_steps=3), followed by its declared label or a short help (entropy's delta: the variance threshold, not the
+    jump's EM drop nor a certificate's failure probability); the schedule's controls keep their labels."""
+    if not named:
+        return p.label or p.name
+    words = p.label or (p.help if len(p.help) <= 24 else "")
+    return f"{p.name} — {words}" if words and words.replace(" ", "_") != p.name else p.name
+
+
+def control(t, p, v, key: str, fresh: frozenset = frozenset(), named: bool = True):
     """One control for a declared parameter (a family's or the probe schedule's). A key in ``fresh`` holds the
     value a jump set: drawn with no default of its own, so Streamlit takes it without a duplicate-value warning."""
     new = key in fresh
+    label = shown(p, named)
     if p.kind == "int":
         hi = int_high(t, p)
-        return st.slider(p.label or p.name, int(p.low), hi, None if new else int(min(v, hi)), help=p.help, key=key)
+        return st.slider(label, int(p.low), hi, None if new else int(min(v, hi)), help=p.help, key=key)
     if p.kind == "float" and p.log:
         opts = sorted(set(p.sweep_values()) | {p.default, v})
-        return st.select_slider(p.label or p.name, opts, value=None if new else v, help=p.help, key=key,
+        return st.select_slider(label, opts, value=None if new else v, help=p.help, key=key,
                                 format_func=lambda x: f"{x:g}")
     if p.kind == "float":
-        return st.slider(p.label or p.name, float(p.low), float(p.high), None if new else float(v), step=0.005,
+        return st.slider(label, float(p.low), float(p.high), None if new else float(v), step=0.005,
                          help=p.help, key=key)
     if p.kind == "choice":
-        return st.selectbox(p.label or p.name, p.choices, index=0 if new else p.choices.index(v), help=p.help, key=key)
+        return st.selectbox(label, p.choices, index=0 if new else p.choices.index(v), help=p.help, key=key)
     if p.kind == "bool":
-        return st.checkbox(p.label or p.name, False if new else v, help=p.help, key=key)
+        return st.checkbox(label, False if new else v, help=p.help, key=key)
     raise ValueError(p.kind)
 
 
@@ -108,7 +119,8 @@ def schedule_widgets(t, fam: str, start: dict, params: dict, fresh: frozenset = 
         out = {}
         for col, p in zip(cols, SCHEDULE):
             with col:
-                out[p.name] = control(t, p, start.get(p.name, p.default), f"{fam}.schedule.{p.name}", fresh)
+                out[p.name] = control(t, p, start.get(p.name, p.default), f"{fam}.schedule.{p.name}", fresh,
+                                      named=False)
     return out
 
 
@@ -135,11 +147,14 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
             f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens. On the held-out half ({te['n']}): ΔEM "
             f"{te['delta_em']:+.3f}, {te['tokens_emitted']:.0f} tokens emitted and {te['tokens_computed']:.0f} "
             f"computed against {te['tokens_full']:.0f} at full length.")
+    # red only when it misses its target on the held-out half; a setting that meets it there but computes more
+    # than full length (its probes) is a warning that names that cost
     problems = [op["missed"]] if op["missed"] else []
     if te["tokens_computed"] > te["tokens_full"]:
         problems.append(f"computes {te['tokens_computed'] / te['tokens_full'] - 1:.0%} more tokens than full length, "
                         "counting its probes")
-    st.session_state["jump_msg"] = ("error", text + " It " + "; it ".join(problems) + ".") if problems else ("info", text)
+    kind = "error" if op["missed"] else "warning" if problems else "info"
+    st.session_state["jump_msg"] = (kind, text + (" It " + "; it ".join(problems) + "." if problems else ""))
 
 
 def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.05) -> None:
@@ -155,14 +170,14 @@ def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.
         st.caption(f"No certificate: {e}")
         return
     if c["certified"]:
-        st.success(f"**Certified for ε={epsilon:g}, δ={delta:g}**: `{c['label']}` saves {c['savings']:.0%} of the "
+        st.success(f"**Certified for ε={epsilon:g}, failure probability δ={delta:g}**: `{c['label']}` saves {c['savings']:.0%} of the "
                    f"tokens; its EM drop on new questions drawn like these is at most {epsilon:g} with probability "
                    f"{1 - delta:.0%} ({c['bound']}, {c['n']} test questions).", icon=":material/verified:")
         if c["family"] == fam and not any(isinstance(v, dict) for v in c["setting"]["params"].values()):
             st.button("Use the certified setting", key="cert_use", on_click=show_setting,
                       args=(data.table_for(run), Setting.from_dict(c["setting"])))
     else:
-        st.caption(f"Certified for ε={epsilon:g}, δ={delta:g}: nothing. " + c["message"])
+        st.caption(f"Certified for ε={epsilon:g}, failure probability δ={delta:g}: nothing. " + c["message"])
 
 
 st.header("Tune")
@@ -177,8 +192,8 @@ if run:
         g1, g2, g3, g5, g4 = st.columns([2, 1, 1, 1, 1])
         goal = g1.radio("Goal", ["budget", "drop"], horizontal=True, key="op_goal",
                         format_func=lambda g: {"budget": "max EM within a token budget B",
-                                               "drop": "fewest tokens within an EM drop δ"}[g])
-        value = g2.number_input("B (tokens)" if goal == "budget" else "δ (EM)", min_value=0.0,
+                                               "drop": "fewest tokens within an EM drop ε"}[g])
+        value = g2.number_input("B (tokens)" if goal == "budget" else "ε (EM drop)", min_value=0.0,
                                 value=float(round(t.full_tokens.mean() * 0.6)) if goal == "budget" else 0.02,
                                 step=10.0 if goal == "budget" else 0.005, key=f"op_value_{goal}",
                                 format="%.0f" if goal == "budget" else "%.3f")
@@ -216,7 +231,12 @@ if run:
                         help="the interval for EM minus full-length EM, paired on the same questions")
     common.noted_metric(m[2], "Tokens saved (emitted)", f"{res['savings_emitted']:.1%}",
                         f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}")
-    common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")
+    if res["savings_computed"] < 0:        # its probes make it compute more than full length: in red
+        m[3].metric("Tokens saved (computed)", f"{res['savings_computed']:.1%}",
+                    f"+{-res['savings_computed']:.0%} vs full length, probes included", delta_color="inverse",
+                    help="its probes' tokens make it compute more than running every question to its end")
+    else:
+        common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")
     common.noted_metric(m[4], "Lost / gained", f"{res['lost']} / {res['gained']}",
                         f"McNemar p={res['mcnemar']['p_value']:.2g}")
     frac = stops / t.final_idx.clip(min=1)

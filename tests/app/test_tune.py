@@ -78,7 +78,7 @@ def test_tune_shows_the_certified_setting_beside_the_jump(synthetic_db):
     at.radio(key="op_goal").set_value("drop").run()
     at.number_input(key="op_value_drop").set_value(0.05).run()
     assert not at.exception
-    ok = [s.value for s in at.success if "Certified for ε=0.05, δ=0.05" in s.value]
+    ok = [s.value for s in at.success if "Certified for ε=0.05, failure probability δ=0.05" in s.value]
     assert ok and "budget(" in ok[0]                          # the family picked (budget), this family's certificate
     at.button(key="cert_use").click().run()
     from analysis.presets.schema import loads
@@ -128,3 +128,25 @@ def test_the_same_setting_shows_the_same_interval_on_every_page_and_in_the_cli(s
     rep = build([(s.run(rid), RunTable.from_store(s, rid))], [loads(link)], images=False)
     row = [r for r in rep["markdown"].splitlines() if r.startswith(f"| {loads(link).name} |")][0]   # the results table (the Reproduce table names it again)
     assert f"({lo:+.3f} … {hi:+.3f})" in row
+
+
+def test_a_jump_that_meets_its_target_but_computes_more_is_a_warning_and_the_metric_is_red(demo):
+    """On the demo's run the fewest emitted tokens within an EM drop of 0.02 (consistency) meets it on the
+    held-out half but computes 60% more than full length with its probes: a warning naming that cost (red is
+    for a miss), and the computed saving is coloured as a loss. Each control leads with its parameter's name, as
+    the setting's label writes it."""
+    from analysis.core.store import DEMO_DB
+    at = open_app(DEMO_DB, "c7a2483a9092", "views/tune.py")
+    at.sidebar.selectbox(key="family").set_value("consistency").run()
+    at.radio(key="op_goal").set_value("drop").run()
+    at.button(key="op_jump").click().run()
+    assert not at.exception and not at.error
+    warned = [w.value for w in at.warning if w.value.startswith("Jumped to")]
+    assert warned and "more tokens than full length, counting its probes" in warned[0] and "misses" not in warned[0]
+    computed = next(m for m in at.metric if m.label == "Tokens saved (computed)")
+    from streamlit.proto.Metric_pb2 import Metric
+    assert computed.value.startswith("-") and computed.proto.color == Metric.MetricColor.RED
+    assert computed.proto.delta.startswith("+") and "vs full length" in computed.proto.delta
+    at.sidebar.selectbox(key="family").set_value("entropy").run()
+    assert at.slider(key="entropy.min_steps").label == "min_steps — min checkpoints"
+    assert at.select_slider(key="entropy.delta").label == "delta — variance threshold"
