@@ -36,8 +36,9 @@ except Exception:          # noqa: BLE001 - no browser context (AppTest)
     base = ""
 link = f"{base}/tune?{urlencode(params)}"
 st.code(link, language=None)
-st.caption("The permalink opens this exact view (store, run, family and setting) in any browser. The copy "
-           "button is at the code block's right.")
+st.caption("The permalink opens the Tune page on this setting (with its store, run and family), in any browser, "
+           "where its controls can be adjusted; any page's own address opens that page as it is. The copy button is "
+           "at the code block's right.")
 
 c1, c2 = st.columns(2)
 stamped = from_dict({**preset.to_dict(), "made_on": made_on(run)})        # the run it was made on

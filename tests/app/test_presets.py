@@ -70,3 +70,15 @@ def test_a_preset_made_on_another_dataset_is_offered_with_a_warning_everywhere(t
     lines = [m.value for m in at.markdown if m.value.startswith("**")]
     assert any(v.startswith("**other**") and "made on dataset gsm8k" in v for v in lines)
     assert not any("made on" in v for v in lines if v.startswith(("**here**", "**old**")))
+
+
+def test_the_permalink_says_which_page_it_opens(synthetic_db):
+    """The permalink opens Tune (its path), and the words beside it say so rather than "this exact view"."""
+    from urllib.parse import urlsplit
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/presets.py")
+    assert not at.exception
+    link = next(c.value for c in at.code if "s=sl1." in c.value)
+    assert urlsplit(link).path == "/tune"
+    said = " ".join(c.value for c in at.caption)
+    assert "opens the Tune page on this setting" in said and "this exact view" not in said
