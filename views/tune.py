@@ -180,6 +180,29 @@ def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.
         st.caption(f"Certified for ε={epsilon:g}, failure probability δ={delta:g}: nothing. " + c["message"])
 
 
+def learned_note(t, setting: Setting, saved: float) -> None:
+    """Why the learned stopper saves next to nothing at its setting, when it does (its default, tau 0.8, does
+    so on most runs): tau is a probability that the trial answer is right, not a rank, so on a run whose answers
+    are seldom right the classifier seldom reaches it before the end. Lower taus' figures, replayed, beside it."""
+    if setting.family != "learned" or setting.params.get("export") or saved >= 0.02:
+        return
+    from analysis.replay.engine import replay
+    tau = setting.params["tau"]
+    lower = []
+    for v in (0.7, 0.6, 0.5, 0.4):
+        if v < tau:
+            r = replay(t, Setting.from_dict({**setting.to_dict(), "params": {**setting.params, "tau": v}})).summary()
+            lower.append(f"τ = {v:g} saves {r['savings_emitted']:.0%} of the tokens emitted "
+                         f"({r['savings_computed']:.0%} computed) at ΔEM {r['delta_em']:+.3f}")
+    st.info(f"**Why this saves next to nothing**: the learned stopper stops where its classifier gives the trial "
+            f"answer at least a τ = {tau:g} chance of being right. τ is a probability, not a rank: on this run "
+            f"(EM {t.full_em.mean():.3f} at full length) the classifier seldom reaches it before a trace's end, "
+            "and a run whose answers are mostly wrong may never reach it. Its probes at every checkpoint are paid "
+            "for all the same, so it computes more than full length. Lower τ to stop earlier, at a cost in EM"
+            + (": " + "; ".join(lower) + "." if lower else ".")
+            + " The Frontier draws its τ grid and the jump above chooses τ for a target.", icon=":material/info:")
+
+
 st.header("Tune")
 run = common.current_run()
 if run:
@@ -239,6 +262,7 @@ if run:
         common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")
     common.noted_metric(m[4], "Lost / gained", f"{res['lost']} / {res['gained']}",
                         f"McNemar p={res['mcnemar']['p_value']:.2g}")
+    learned_note(t, setting, res["savings_emitted"])
     frac = stops / t.final_idx.clip(min=1)
     counts, edges = np.histogram(t.pos[t.rows, stops], bins=40)       # binned here: 40 bars, not n points
     fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color="#2563eb"))

@@ -150,3 +150,16 @@ def test_a_jump_that_meets_its_target_but_computes_more_is_a_warning_and_the_met
     at.sidebar.selectbox(key="family").set_value("entropy").run()
     assert at.slider(key="entropy.min_steps").label == "min_steps — min checkpoints"
     assert at.select_slider(key="entropy.delta").label == "delta — variance threshold"
+
+
+def test_the_learned_default_says_why_it_saves_next_to_nothing(demo):
+    """At its default (τ = 0.8) the learned stopper seldom stops early on the demo's run (its answers are right
+    60% of the time at best): the page says why, with what lower τs save, and says nothing where it saves."""
+    from analysis.core.store import DEMO_DB
+    at = open_app(DEMO_DB, "c7a2483a9092", "views/tune.py")
+    at.sidebar.selectbox(key="family").set_value("learned").run()
+    assert not at.exception
+    note = [i.value for i in at.info if "Why this saves next to nothing" in i.value]
+    assert note and "τ = 0.8" in note[0] and "τ = 0.6 saves" in note[0], [i.value for i in at.info]
+    at.slider(key="learned.tau").set_value(0.5).run()
+    assert not at.exception and not any("Why this saves" in i.value for i in at.info)
