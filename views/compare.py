@@ -15,10 +15,16 @@ run, t, fam, current = common.page_start("Compare")
 saved = data.presets_for(t)        # the user's presets, whichever store is picked
 
 
-def chooser(side: str, default: int) -> Preset | Outcome:
+# how the sides are written in the URL (a saved preset as "preset: NAME")
+CODES = {"the current setting": "current", "full length": "full", INCUMBENT: "mine", "a link or JSON…": "link"}
+
+
+def chooser(side: str, default: str) -> Preset | Outcome:
     mine = [INCUMBENT] if t.incumbent is not None else []      # the user's own stopper, when the run has it
     opts = ["the current setting", "full length", *mine, *[f"preset: {n}" for n in saved], "a link or JSON…"]
-    pick = st.selectbox(f"Preset {side}", opts, index=min(default, len(opts) - 1), key=f"cmp_{side}")
+    if (said := data.url_pick(f"cmp_{side}", side.lower(), opts, default, CODES, f"side {side}")):
+        st.warning(said)
+    pick = st.selectbox(f"Preset {side}", opts, key=f"cmp_{side}")
     if pick == INCUMBENT:
         return incumbent_outcome(t)
     if pick == "the current setting":
@@ -27,6 +33,7 @@ def chooser(side: str, default: int) -> Preset | Outcome:
         return from_setting(Setting.make("budget", B=32768), "full length")
     if pick.startswith("preset: "):
         return from_dict(saved[pick[len("preset: "):]])
+    data.url_pick(f"cmp_{side}_text", f"{side.lower()}_preset", None, "")
     text = st.text_input(f"Preset {side}: link (a URL with s=sl1.…, or the sl1.… code) or JSON", key=f"cmp_{side}_text")
     if not text:
         st.info(f"Paste preset {side}.")
@@ -39,9 +46,9 @@ def chooser(side: str, default: int) -> Preset | Outcome:
 ca, cb = st.columns(2)
 try:
     with ca:
-        A = chooser("A", 1)
+        A = chooser("A", "full length")
     with cb:
-        B = chooser("B", 0)
+        B = chooser("B", "the current setting")
 except PresetError as e:
     st.error(f"That preset cannot be read: {e}")
     st.stop()
@@ -52,7 +59,9 @@ for side in (A, B):
     if isinstance(side, Preset) and (w := data.made_elsewhere(side, run)):
         st.warning(w)
 slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
-slice_by = st.selectbox("Break down by", slice_opts, index=slice_opts.index(default_slice(t)), key="cmp_slice")
+if (said := data.url_pick("cmp_slice", "by", slice_opts, default_slice(t), {"(none)": "none"}, "the break-down")):
+    st.warning(said)
+slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice")
 try:
     res = compare(t, A, B, None if slice_by == "(none)" else slice_by)     # N_BOOT resamples, as everywhere
 except StoplineError as e:

@@ -508,6 +508,40 @@ def set_query(key: str, value: str) -> None:
     st.query_params[key] = value
 
 
+def url_pick(key: str, param: str, options: list[str] | None, default: str, codes: dict[str, str] | None = None,
+             what: str = "this pick") -> str | None:
+    """A page's own picker whose value the URL keeps as ``param`` (a permalink reopens it). Call before drawing
+    the picker ``key`` with no index or value: its value is set from, in order, the picker's state, the session's
+    copy (a page change drops both the widget's state and the query string), the link's ``param``, else
+    ``default``; then written back to the copy and the URL. ``options``: what a picker offers (None: free text);
+    ``codes``: how some options are written in the URL (others as they are). Returns a sentence when the link
+    named an option not offered (``what``, then the value shown instead), else None."""
+    codes = codes or {}
+    decode = {c: o for o, c in codes.items()}
+    kept = f"url_pick.{param}"
+
+    def offered(v) -> bool:
+        return isinstance(v, str) and (options is None or v in options)
+    said = None
+    value = st.session_state.get(key)
+    if not offered(value):
+        value = st.session_state.get(kept)
+    if not offered(value):
+        raw = query(param)
+        value = decode.get(raw, raw)
+        if raw and not offered(value):
+            said = f"{what.capitalize()} in this link, {str(raw)[:60]!r}, is not offered here; showing {default!r} instead."
+            value = None
+    if not offered(value):
+        value = default
+    st.session_state[key] = st.session_state[kept] = value
+    if value:
+        set_query(param, codes.get(value, value))
+    elif param in st.query_params:          # an emptied text field: out of the link
+        del st.query_params[param]
+    return said
+
+
 def pick_store(path: str, store: Store | None, runs_: list[dict]) -> None:
     """Record the sidebar's store (None: absent or unreadable) and its runs; the URL names it by its key."""
     st.session_state["db"] = path

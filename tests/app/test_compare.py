@@ -1,4 +1,6 @@
 """AppTest: The Compare page: two presets on the same questions."""
+import pytest
+
 from tests.helpers import open_app
 
 
@@ -20,3 +22,42 @@ def test_compare_page_pairs_two_presets_with_slices(synthetic_db):
     assert not at.exception and not at.error and "b256" in " ".join(c.value for c in at.caption)
     at.text_input(key="cmp_B_text").input(f"http://127.0.0.1:8611/tune?run={rid}").run()
     assert "has no setting in it" in at.error[0].value
+
+
+@pytest.fixture(scope="module")
+def with_incumbent(tmp_path_factory):
+    """A store whose run has "your mechanism" (a budget-like production stopper), and its run id."""
+    from analysis.core.store import Store
+    from tests.helpers import budget_like_run
+    path = str(tmp_path_factory.mktemp("cmp") / "inc.duckdb")
+    return path, budget_like_run(Store(path), 200, 12, seed=3)
+
+
+def test_the_sides_and_the_break_down_live_in_the_link(with_incumbent):
+    """Every pick of the page is in the URL: a reload (a fresh session on the same link) reopens it, and a link
+    naming a side the run does not offer says so."""
+    db, rid = with_incumbent
+    at = open_app(db, rid, "views/compare.py")
+    at.selectbox(key="cmp_A").set_value("your mechanism").run()
+    at.selectbox(key="cmp_B").set_value("a link or JSON…").run()
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    code = from_setting(Setting.make("budget", B=64), "b64").to_url()
+    at.text_input(key="cmp_B_text").input(code).run()
+    at.selectbox(key="cmp_slice").set_value("(none)").run()
+    assert not at.exception
+    link = {k: at.query_params[k] for k in ("a", "b", "b_preset", "by")}
+    assert link == {"a": "mine", "b": "link", "b_preset": code, "by": "none"}, link
+    again = open_app(db, rid)                                   # the reload: the same link, a new session
+    again.query_params.update(link)
+    again.switch_page("views/compare.py").run()
+    assert not again.exception
+    assert again.selectbox(key="cmp_A").value == "your mechanism"
+    assert again.selectbox(key="cmp_B").value == "a link or JSON…" and again.text_input(key="cmp_B_text").value == code
+    assert again.selectbox(key="cmp_slice").value == "(none)"
+    assert any("A = your mechanism; B = b64" in c.value for c in again.caption)
+    odd = open_app(db, rid)
+    odd.query_params.update({"a": "preset: gone"})
+    odd.switch_page("views/compare.py").run()
+    assert not odd.exception and odd.selectbox(key="cmp_A").value == "full length"
+    assert any("'preset: gone', is not offered here; showing 'full length'" in w.value for w in odd.warning)
