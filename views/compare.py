@@ -6,9 +6,9 @@ import streamlit as st
 from analysis.evaluate.compare import compare, default_slice
 from analysis.core.errors import PresetError, StoplineError
 from analysis.evaluate.incumbent import LABEL as INCUMBENT, incumbent_outcome
+from analysis.evaluate.optimize import split_of
 from analysis.presets.schema import Preset, from_dict, from_setting, loads
 from analysis.replay.policies import Setting
-from analysis.replay.engine import Outcome
 from views import common, data
 
 run, t, fam, current = common.page_start("Compare")
@@ -19,14 +19,15 @@ saved = data.presets_for(t)        # the user's presets, whichever store is pick
 CODES = {"the current setting": "current", "full length": "full", INCUMBENT: "mine", "a link or JSON…": "link"}
 
 
-def chooser(side: str, default: str) -> Preset | Outcome:
+def chooser(side: str, default: str) -> Preset | str:
+    """A side: a preset, or INCUMBENT (its Outcome is made on the questions compared)."""
     mine = [INCUMBENT] if t.incumbent is not None else []      # the user's own stopper, when the run has it
     opts = ["the current setting", "full length", *mine, *[f"preset: {n}" for n in saved], "a link or JSON…"]
     if (said := data.url_pick(f"cmp_{side}", side.lower(), opts, default, CODES, f"side {side}")):
         st.warning(said)
     pick = st.selectbox(f"Preset {side}", opts, key=f"cmp_{side}")
     if pick == INCUMBENT:
-        return incumbent_outcome(t)
+        return INCUMBENT
     if pick == "the current setting":
         return from_setting(current)
     if pick == "full length":
@@ -58,12 +59,22 @@ except StoplineError as e:          # one this dashboard will not replay (viewer
 for side in (A, B):
     if isinstance(side, Preset) and (w := data.made_elsewhere(side, run)):
         st.warning(w)
-slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
-if (said := data.url_pick("cmp_slice", "by", slice_opts, default_slice(t), {"(none)": "none"}, "the break-down")):
-    st.warning(said)
-slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice")
+# which questions: all, or the held-out half (the split the Report and `optimize` choose on and check on)
+ON = {"all questions": "all", "the held-out half": "held-out"}
+qa, qb = st.columns(2)
+with qa:
+    if (said := data.url_pick("cmp_on", "on", list(ON), "all questions", ON, "the questions")):
+        st.warning(said)
+    on = st.radio("Questions", list(ON), key="cmp_on", horizontal=True)
+with qb:
+    slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
+    if (said := data.url_pick("cmp_slice", "by", slice_opts, default_slice(t), {"(none)": "none"}, "the break-down")):
+        st.warning(said)
+    slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice")
 try:
-    res = compare(t, A, B, None if slice_by == "(none)" else slice_by)     # N_BOOT resamples, as everywhere
+    tt = split_of(t, "all" if ON[on] == "all" else "test")     # as optimize: no model fitted on the other half
+    sides = [incumbent_outcome(tt) if x == INCUMBENT else x for x in (A, B)]
+    res = compare(tt, *sides, None if slice_by == "(none)" else slice_by)     # N_BOOT resamples, as everywhere
 except StoplineError as e:
     st.error(str(e))
     st.stop()
@@ -76,6 +87,14 @@ common.change_metric(m[2], "Tokens: A → B", f"{res['tokens_a']:.0f} → {res['
                      "+.0f", delta_color="inverse")
 common.noted_metric(m[3], "McNemar p", f"{res['mcnemar']['p_value']:.3g}",
                     f"{res['a_only']} right only with A, {res['b_only']} only with B")
+if ON[on] == "all":
+    st.caption(f"On all {res['n']} questions. A setting chosen on these same questions (a point picked on the Frontier, "
+               "the best of a sweep) looks better here than it will on new ones: pick **the held-out half** to check "
+               "it on questions it was not chosen on, as the Report and `optimize` do.")
+else:
+    st.caption(f"On the held-out half: {res['n']} of {t.n} questions (each goes to a half by a hash of its id: the "
+               "split the Report, `optimize` and Tune's jumps use, choosing on the other half). Held out only for a "
+               "setting chosen on the other half: a point picked on the Frontier was picked looking at every question.")
 st.caption(f"Δtokens 95% CI (B − A): {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}. "
            f"A = {res['a']}; B = {res['b']}. Paired on the same {res['n']} questions: the CIs resample questions, "
            "McNemar uses only the questions where the two disagree.")

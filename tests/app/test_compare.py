@@ -61,3 +61,33 @@ def test_the_sides_and_the_break_down_live_in_the_link(with_incumbent):
     odd.switch_page("views/compare.py").run()
     assert not odd.exception and odd.selectbox(key="cmp_A").value == "full length"
     assert any("'preset: gone', is not offered here; showing 'full length'" in w.value for w in odd.warning)
+
+
+def test_held_out_half_compares_as_the_report_does_and_all_questions_says_why(with_incumbent):
+    """On all questions the page says that a setting chosen there looks better than it is; on the held-out half
+    it compares on the questions (and the table) optimize and the Report check on."""
+    from analysis.core.store import Store
+    from analysis.evaluate.compare import compare
+    from analysis.evaluate.incumbent import incumbent_outcome
+    from analysis.evaluate.optimize import split_of
+    from analysis.presets.schema import from_setting
+    from analysis.replay.engine import RunTable
+    from analysis.replay.policies import Setting
+    db, rid = with_incumbent
+    setting = Setting.make("budget", B=40)
+    at = open_app(db, rid)
+    at.query_params.update({"a": "mine", "s": from_setting(setting).to_url(), "family": "budget"})
+    at.switch_page("views/compare.py").run()
+    assert not at.exception and at.radio(key="cmp_on").value == "all questions"
+    said = " ".join(c.value for c in at.caption)
+    assert "On all 200 questions" in said and "looks better here than it will on new ones" in said
+    assert "the held-out half" in said
+    at.radio(key="cmp_on").set_value("the held-out half").run()
+    assert not at.exception and at.query_params["on"] == "held-out"
+    test = split_of(RunTable.from_store(Store(db, read_only=True), rid), "test")
+    want = compare(test, incumbent_outcome(test), from_setting(setting), None)
+    said = " ".join(c.value for c in at.caption)
+    assert f"On the held-out half: {want['n']} of 200 questions" in said and "looks better" not in said
+    vals = {m.label: m.value for m in at.metric}
+    assert vals["EM: A → B"] == f"{want['em_a']:.3f} → {want['em_b']:.3f}"
+    assert vals["McNemar p"] == f"{want['mcnemar']['p_value']:.3g}"
