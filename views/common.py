@@ -178,13 +178,13 @@ def noted_metric(where, label: str, value: str, note: str, **kw) -> None:
     where.metric(label, value, note, delta_color="off", delta_arrow="off", **kw)
 
 
-def change_metric(where, label: str, value: str, delta: float, fmt: str, delta_color: str = "normal") -> None:
+def change_metric(where, label: str, value: str, delta: float, fmt: str, delta_color: str = "normal", **kw) -> None:
     """A metric with a signed change beneath; a change that rounds to zero reads "no change", uncoloured."""
     text = format(delta, fmt)
     if float(text) == 0:
-        noted_metric(where, label, value, "no change")
+        noted_metric(where, label, value, "no change", **kw)
     else:
-        where.metric(label, value, text, delta_color=delta_color)
+        where.metric(label, value, text, delta_color=delta_color, **kw)
 
 
 def page_start(title: str):

@@ -79,14 +79,27 @@ except StoplineError as e:
     st.error(str(e))
     st.stop()
 
-m = st.columns(4)
+m = st.columns(3)
 common.change_metric(m[0], "EM: A → B", f"{res['em_a']:.3f} → {res['em_b']:.3f}", res["delta_em"], "+.3f")
-lo, hi = res["delta_em_ci"]           # as on Tune: the half-width, the bounds beneath (both fit a quarter row)
+lo, hi = res["delta_em_ci"]           # as on Tune: the half-width, the bounds beneath
 common.noted_metric(m[1], "ΔEM 95% CI (B − A)", f"±{(hi - lo) / 2:.3f}", f"{lo:+.3f} to {hi:+.3f}")
-common.change_metric(m[2], "Tokens: A → B", f"{res['tokens_a']:.0f} → {res['tokens_b']:.0f}", res["delta_tokens"],
-                     "+.0f", delta_color="inverse")
-common.noted_metric(m[3], "McNemar p", f"{res['mcnemar']['p_value']:.3g}",
+common.noted_metric(m[2], "McNemar p", f"{res['mcnemar']['p_value']:.3g}",
                     f"{res['a_only']} right only with A, {res['b_only']} only with B")
+# both costs (domain.md): emitted is the stop plus the answer, computed adds every probe the stopper read
+m = st.columns(3)
+for col, label, a, b, d, says in (
+        (m[0], "Tokens emitted: A → B", "tokens_a", "tokens_b", "delta_tokens", "the stop's position plus the answer"),
+        (m[1], "Tokens computed: A → B", "computed_a", "computed_b", "delta_computed",
+         "emitted plus every probe read up to the stop (none at full length, none for a budget)")):
+    common.change_metric(col, label, f"{res[a]:.0f} → {res[b]:.0f}", res[d], "+.0f", delta_color="inverse", help=says)
+
+
+def saved(a: float, b: float) -> str:
+    return f"{1 - b / a:.0%}" if a else "–"
+
+
+common.noted_metric(m[2], "B saves, emitted / computed", f"{saved(res['tokens_a'], res['tokens_b'])} / "
+                    f"{saved(res['computed_a'], res['computed_b'])}", "of A's tokens (negative: B costs more)")
 if ON[on] == "all":
     st.caption(f"On all {res['n']} questions. A setting chosen on these same questions (a point picked on the Frontier, "
                "the best of a sweep) looks better here than it will on new ones: pick **the held-out half** to check "
@@ -95,7 +108,8 @@ else:
     st.caption(f"On the held-out half: {res['n']} of {t.n} questions (each goes to a half by a hash of its id: the "
                "split the Report, `optimize` and Tune's jumps use, choosing on the other half). Held out only for a "
                "setting chosen on the other half: a point picked on the Frontier was picked looking at every question.")
-st.caption(f"Δtokens 95% CI (B − A): {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}. "
+st.caption(f"95% CIs (B − A): tokens emitted {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}, "
+           f"tokens computed {res['delta_computed_ci'][0]:+.1f} … {res['delta_computed_ci'][1]:+.1f}. "
            f"A = {res['a']}; B = {res['b']}. Paired on the same {res['n']} questions: the CIs resample questions, "
            "McNemar uses only the questions where the two disagree.")
 st.dataframe({"": ["A right", "A wrong"], "B right": [res["both_right"], res["b_only"]],
@@ -113,10 +127,12 @@ if "slices" in res:
     fig.update_layout(height=300, yaxis_title="ΔEM (B − A), 95% CI", xaxis_title=res["slice_by"], margin=dict(t=20),
                       xaxis_type="category")
     st.plotly_chart(fig, width="stretch", key="cmp_slices")
-    show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "mcnemar_p"]]
-    st.dataframe(show.round({"em_a": 3, "em_b": 3, "delta_em": 3, "tokens_a": 1, "tokens_b": 1, "delta_tokens": 1}),
+    show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "delta_computed",
+               "mcnemar_p"]]
+    st.dataframe(show.round({"em_a": 3, "em_b": 3, "delta_em": 3, "tokens_a": 1, "tokens_b": 1, "delta_tokens": 1,
+                             "delta_computed": 1}),
                  hide_index=True, width="stretch", column_config={
                      "slice": res["slice_by"], "n": "questions", "em_a": "EM (A)", "em_b": "EM (B)",
-                     "delta_em": "ΔEM (B − A)", "tokens_a": "tokens (A)", "tokens_b": "tokens (B)",
-                     "delta_tokens": "Δ tokens (B − A)",
+                     "delta_em": "ΔEM (B − A)", "tokens_a": "emitted (A)", "tokens_b": "emitted (B)",
+                     "delta_tokens": "Δ emitted (B − A)", "delta_computed": "Δ computed (B − A)",
                      "mcnemar_p": st.column_config.NumberColumn("McNemar p", format="%.2g")})

@@ -29,7 +29,7 @@ def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SE
 
 
 def paired(oa: Outcome, ob: Outcome, n_boot: int = N_BOOT) -> dict:
-    """B − A on the same questions: EM, tokens, paired CIs, the 2x2 table and McNemar."""
+    """B − A on the same questions: EM, tokens emitted and computed, paired CIs, the 2x2 table and McNemar."""
     ra, rb = oa.em > 0.5, ob.em > 0.5
     return {"n": int(len(ra)), "em_a": float(oa.em.mean()), "em_b": float(ob.em.mean()),
             "tokens_a": float(oa.emitted.mean()), "tokens_b": float(ob.emitted.mean()),
@@ -37,6 +37,8 @@ def paired(oa: Outcome, ob: Outcome, n_boot: int = N_BOOT) -> dict:
             "delta_em": float(ob.em.mean() - oa.em.mean()), "delta_em_ci": paired_ci(oa.em, ob.em, n_boot),
             "delta_tokens": float(ob.emitted.mean() - oa.emitted.mean()),
             "delta_tokens_ci": paired_ci(oa.emitted, ob.emitted, n_boot),
+            "delta_computed": float(ob.computed.mean() - oa.computed.mean()),
+            "delta_computed_ci": paired_ci(oa.computed, ob.computed, n_boot),
             "both_right": int((ra & rb).sum()), "a_only": int((ra & ~rb).sum()), "b_only": int((~ra & rb).sum()),
             "both_wrong": int((~ra & ~rb).sum()), "mcnemar": mcnemar(ra, rb)}
 

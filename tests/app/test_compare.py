@@ -4,6 +4,16 @@ import pytest
 from tests.helpers import open_app
 
 
+def opened(db: str, rid: str, **link):
+    """The Compare page opened from a link (a fresh session: a reload, or the link pasted)."""
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT, offer_store
+    offer_store(db)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update({"db": db, "run": rid, **link})
+    return at.switch_page("views/compare.py").run()
+
+
 def test_compare_page_pairs_two_presets_with_slices(synthetic_db):
     db, rid, _ = synthetic_db
     at = open_app(db, rid, "views/compare.py")
@@ -48,17 +58,13 @@ def test_the_sides_and_the_break_down_live_in_the_link(with_incumbent):
     assert not at.exception
     link = {k: at.query_params[k] for k in ("a", "b", "b_preset", "by")}
     assert link == {"a": "mine", "b": "link", "b_preset": code, "by": "none"}, link
-    again = open_app(db, rid)                                   # the reload: the same link, a new session
-    again.query_params.update(link)
-    again.switch_page("views/compare.py").run()
+    again = opened(db, rid, **link)                             # the reload: the same link, a new session
     assert not again.exception
     assert again.selectbox(key="cmp_A").value == "your mechanism"
     assert again.selectbox(key="cmp_B").value == "a link or JSON…" and again.text_input(key="cmp_B_text").value == code
     assert again.selectbox(key="cmp_slice").value == "(none)"
     assert any("A = your mechanism; B = b64" in c.value for c in again.caption)
-    odd = open_app(db, rid)
-    odd.query_params.update({"a": "preset: gone"})
-    odd.switch_page("views/compare.py").run()
+    odd = opened(db, rid, a="preset: gone")
     assert not odd.exception and odd.selectbox(key="cmp_A").value == "full length"
     assert any("'preset: gone', is not offered here; showing 'full length'" in w.value for w in odd.warning)
 
@@ -75,9 +81,7 @@ def test_held_out_half_compares_as_the_report_does_and_all_questions_says_why(wi
     from analysis.replay.policies import Setting
     db, rid = with_incumbent
     setting = Setting.make("budget", B=40)
-    at = open_app(db, rid)
-    at.query_params.update({"a": "mine", "s": from_setting(setting).to_url(), "family": "budget"})
-    at.switch_page("views/compare.py").run()
+    at = opened(db, rid, a="mine", s=from_setting(setting).to_url())
     assert not at.exception and at.radio(key="cmp_on").value == "all questions"
     said = " ".join(c.value for c in at.caption)
     assert "On all 200 questions" in said and "looks better here than it will on new ones" in said
@@ -91,3 +95,26 @@ def test_held_out_half_compares_as_the_report_does_and_all_questions_says_why(wi
     vals = {m.label: m.value for m in at.metric}
     assert vals["EM: A → B"] == f"{want['em_a']:.3f} → {want['em_b']:.3f}"
     assert vals["McNemar p"] == f"{want['mcnemar']['p_value']:.3g}"
+
+
+def test_tokens_computed_are_shown_beside_tokens_emitted(synthetic_db):
+    """A stopper that probes computes more than it emits: the page shows both costs, with both CIs."""
+    from analysis.core.store import Store
+    from analysis.evaluate.compare import compare
+    from analysis.presets.schema import from_setting
+    from analysis.replay.engine import RunTable
+    from analysis.replay.policies import Setting
+    db, rid, _ = synthetic_db
+    setting = Setting.make("consistency", k=2)
+    at = opened(db, rid, a="full", b="current", s=from_setting(setting).to_url())
+    assert not at.exception
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    want = compare(t, from_setting(Setting.make("budget", B=32768)), from_setting(setting), None)
+    assert want["computed_b"] > want["tokens_b"] + 1                   # probes are paid for
+    vals = {m.label: m.value for m in at.metric}
+    assert vals["Tokens emitted: A → B"] == f"{want['tokens_a']:.0f} → {want['tokens_b']:.0f}"
+    assert vals["Tokens computed: A → B"] == f"{want['computed_a']:.0f} → {want['computed_b']:.0f}"
+    saves = f"{1 - want['tokens_b'] / want['tokens_a']:.0%} / {1 - want['computed_b'] / want['computed_a']:.0%}"
+    assert vals["B saves, emitted / computed"] == saves
+    lo, hi = want["delta_computed_ci"]
+    assert any(f"tokens computed {lo:+.1f} … {hi:+.1f}" in c.value for c in at.caption)
