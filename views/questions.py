@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.core.errors import StoplineError
+from analysis.evaluate.incumbent import LABEL as INCUMBENT, incumbent_outcome
 from analysis.presets.schema import loads
 from analysis.replay.engine import full_length, outcome_from_stops, stop_index
 from views import common, data
@@ -14,12 +15,15 @@ st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). 
            "and whether its answer there is right compared with the other side.")
 
 saved = data.presets_for(t)        # the user's presets, whichever store is picked
-against = st.selectbox("Compare against", ["full length", *[f"preset: {n}" for n in saved], "a preset link or JSON…"],
-                       key="q_against")
+mine = [INCUMBENT] if t.incumbent is not None else []      # the user's own stopper, when the run has its stops
+against = st.selectbox("Compare against", ["full length", *mine, *[f"preset: {n}" for n in saved],
+                                           "a preset link or JSON…"], key="q_against")
 try:
     a = outcome_from_stops(t, stop_index(t, setting), setting.label(), setting)
     if against == "full length":
         b = full_length(t)
+    elif against == INCUMBENT:
+        b = incumbent_outcome(t)
     else:
         if against.startswith("preset: "):
             from analysis.presets.schema import from_dict

@@ -67,3 +67,30 @@ def test_a_store_without_cut_positions_greys_in_proportion_and_says_so(synthetic
     assert not at.exception
     label, before, grey = _greyed(at)
     assert "in proportion to tokens, so approximate" in label
+
+
+def test_questions_compare_against_your_mechanism_when_the_run_has_its_stops(tmp_path, synthetic_db):
+    """A run with the user's own stopper's stops offers it as the other side: lost / gained against it, and its
+    stop on the trace; a run without them does not offer it."""
+    from analysis.core.store import Store
+    from analysis.evaluate.incumbent import incumbent_outcome
+    from analysis.replay.engine import RunTable, outcome_from_stops, stop_index
+    from analysis.replay.policies import Setting, get_family
+    from tests.helpers import budget_like_run
+    db = str(tmp_path / "inc.duckdb")
+    rid = budget_like_run(Store(db), 120, 10, seed=5)
+    at = open_app(db, rid, "views/questions.py")
+    assert "your mechanism" in at.selectbox(key="q_against").options
+    at.selectbox(key="q_against").set_value("your mechanism").run()
+    assert not at.exception
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    fam = at.sidebar.selectbox(key="family").value
+    setting = Setting(fam, get_family(fam).defaults_for(t))
+    a, b = outcome_from_stops(t, stop_index(t, setting), "", setting), incumbent_outcome(t)
+    ra, rb = a.em > 0.5, b.em > 0.5
+    labels = {m.label: int(m.value) for m in at.metric}
+    assert (labels["Lost"], labels["Gained"]) == (int((rb & ~ra).sum()), int((ra & ~rb).sum()))
+    assert "your mechanism at" in at.dataframe[0].value.columns
+    sdb, srid, _ = synthetic_db
+    at = open_app(sdb, srid, "views/questions.py")
+    assert not at.exception and "your mechanism" not in at.selectbox(key="q_against").options
