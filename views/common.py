@@ -81,9 +81,10 @@ def _store_and_run() -> None:
         return
     ids = [r["id"] for r in runs]
     want = data.query("run") or st.session_state.get("run_pick")
+    missing = None
     if want not in ids:                 # a link that names no run (or a gone one): the store's default run
         if want and not st.session_state.get("url_seeded"):       # a link being opened, not a store switched
-            st.sidebar.warning("The run this link names is not in this store; showing the store's default run.")
+            missing = want
         want = data.default_run(path)
     idx = ids.index(want) if want in ids else 0
     label = data.run_labeller(runs, questions=True)
@@ -91,6 +92,9 @@ def _store_and_run() -> None:
                                format_func=label) or ids[idx]
     run = data.run_by_id(runs, rid)
     st.sidebar.caption(f"{label(rid)} · `{rid}`")      # what the picker cuts
+    if missing:                                         # above the page, where it is read
+        st.warning(f"The run this link names, '{data.link_text(missing)}', is not in {choice}; showing its default "
+                   f"run instead: {label(rid)} (`{rid}`).", icon=":material/link_off:")
     data.pick_run(run)
 
 

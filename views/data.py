@@ -508,6 +508,14 @@ def set_query(key: str, value: str) -> None:
     st.query_params[key] = value
 
 
+def link_text(raw, n: int = 40) -> str:
+    """A value read from a link, to name in a message: cut to ``n`` characters, and anything but word characters,
+    spaces and ``.:=()-`` replaced (a link is anyone's text: no markdown of theirs is drawn)."""
+    import re
+    text = re.sub(r"[^\w .:=()-]", "?", str(raw))
+    return text[:n] + ("…" if len(text) > n else "")
+
+
 def url_pick(key: str, param: str, options: list[str] | None, default: str, codes: dict[str, str] | None = None,
              what: str = "this pick") -> str | None:
     """A page's own picker whose value the URL keeps as ``param`` (a permalink reopens it). Call before drawing
@@ -530,7 +538,7 @@ def url_pick(key: str, param: str, options: list[str] | None, default: str, code
         raw = query(param)
         value = decode.get(raw, raw)
         if raw and not offered(value):
-            said = f"{what.capitalize()} in this link, {str(raw)[:60]!r}, is not offered here; showing {default!r} instead."
+            said = f"{what.capitalize()} in this link, '{link_text(raw)}', is not offered here; showing {default!r} instead."
             value = None
     if not offered(value):
         value = default

@@ -14,6 +14,7 @@ run, t, fam, setting = common.page_start("Questions")
 st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). Each question: where it stops, "
            "and whether its answer there is right compared with the other side.")
 
+notice = st.empty()         # a link naming a question this run lacks is said here, above all
 saved = data.presets_for(t)        # the user's presets, whichever store is picked
 mine = [INCUMBENT] if t.incumbent is not None else []      # the user's own stopper, when the run has its stops
 against = st.selectbox("Compare against", ["full length", *mine, *[f"preset: {n}" for n in saved],
@@ -66,7 +67,11 @@ if not ids:
     st.info("No question in this selection.")
     st.stop()
 pick = ids[rows[0]] if rows else data.query("q")
-pick = pick if pick in set(t.question_ids) else ids[0]
+if pick not in set(t.question_ids):
+    if pick:
+        notice.warning(f"The question this link names, '{data.link_text(pick)}', is not in this run; showing "
+                       f"{ids[0]} instead (the first in the table below).", icon=":material/link_off:")
+    pick = ids[0]
 data.set_query("q", pick)
 i = int(np.flatnonzero(t.question_ids == pick)[0])
 

@@ -75,9 +75,26 @@ def test_a_link_naming_an_unknown_run_or_family_says_what_it_shows_instead(synth
     at.query_params.update({"db": db, "run": "nosuchrun", "family": "nosuchfamily"})
     at.switch_page("views/tune.py").run()
     assert not at.exception
+    said = [w.value for w in at.main.warning]                  # above the page, naming both runs
+    assert any(w.startswith("The run this link names, 'nosuchrun', is not in ") and f"instead: synthetic" in w
+               and f"(`{rid}`)" in w for w in said), said
     said = [w.value for w in at.sidebar.warning]
-    assert any("The run this link names is not in this store" in w for w in said), said
     assert any("There is no policy family 'nosuchfamily'" in w for w in said), said
     assert at.query_params["family"] != "nosuchfamily" and at.query_params["run"] == rid
     at.run()                                                    # the next rerun: nothing more to say
-    assert not at.sidebar.warning, [w.value for w in at.sidebar.warning]
+    assert not at.warning, [w.value for w in at.warning]
+
+
+def test_a_link_naming_an_unknown_question_says_which_it_shows_instead(synthetic_db):
+    from tests.helpers import offer_store
+    db, rid, _ = synthetic_db
+    offer_store(db)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update({"db": db, "run": rid, "q": "qNOPE[x](http://a.b)"})
+    at.switch_page("views/questions.py").run()
+    assert not at.exception
+    shown = at.subheader[0].value.removeprefix("Trace of ")
+    (w,) = [w.value for w in at.main.warning]
+    assert w == (f"The question this link names, 'qNOPE?x?(http:??a.b)', is not in this run; showing {shown} "
+                 "instead (the first in the table below)."), w
+    assert at.query_params["q"] == shown
