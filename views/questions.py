@@ -17,8 +17,11 @@ st.caption(f"Current setting: `{setting.label()}` (change it on the Tune page). 
 notice = st.empty()         # a link naming a question this run lacks is said here, above all
 saved = data.presets_for(t)        # the user's presets, whichever store is picked
 mine = [INCUMBENT] if t.incumbent is not None else []      # the user's own stopper, when the run has its stops
-against = st.selectbox("Compare against", ["full length", *mine, *[f"preset: {n}" for n in saved],
-                                           "a preset link or JSON…"], key="q_against")
+opts = ["full length", *mine, *[f"preset: {n}" for n in saved], "a preset link or JSON…"]
+if (said := data.url_pick("q_against", "vs", opts, "full length",
+                          {"full length": "full", INCUMBENT: "mine", "a preset link or JSON…": "link"}, "the other side")):
+    st.warning(said)
+against = st.selectbox("Compare against", opts, key="q_against")
 try:
     a = outcome_from_stops(t, stop_index(t, setting), setting.label(), setting)
     if against == "full length":
@@ -30,6 +33,7 @@ try:
             from analysis.presets.schema import from_dict
             other = from_dict(saved[against[len("preset: "):]])
         else:
+            data.url_pick("q_other", "vs_preset", None, "")
             text = st.text_input("Preset link (a URL with s=sl1.…, or the sl1.… code) or JSON", key="q_other")
             if not text:
                 st.info("Paste a preset link or JSON to compare with.")

@@ -94,3 +94,20 @@ def test_questions_compare_against_your_mechanism_when_the_run_has_its_stops(tmp
     sdb, srid, _ = synthetic_db
     at = open_app(sdb, srid, "views/questions.py")
     assert not at.exception and "your mechanism" not in at.selectbox(key="q_against").options
+
+
+def test_the_other_side_lives_in_the_link(tmp_path):
+    """"Compare against" is in the URL: a fresh session on the link reopens it."""
+    from streamlit.testing.v1 import AppTest
+    from analysis.core.store import Store
+    from tests.helpers import ROOT, budget_like_run, offer_store
+    db = str(tmp_path / "inc.duckdb")
+    rid = budget_like_run(Store(db), 60, 8, seed=2)
+    at = open_app(db, rid, "views/questions.py")
+    at.selectbox(key="q_against").set_value("your mechanism").run()
+    assert not at.exception and at.query_params["vs"] == "mine"
+    offer_store(db)
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    again.query_params.update({"db": db, "run": rid, "vs": "mine"})
+    again.switch_page("views/questions.py").run()
+    assert not again.exception and again.selectbox(key="q_against").value == "your mechanism"
