@@ -115,7 +115,8 @@ def test_a_preset_is_not_offered_on_a_run_without_its_signals(synthetic_db, tmp_
 
 
 def test_jump_chooses_on_the_cost_asked_for_and_says_in_red_what_the_pick_costs(demo):
-    """Jump on tokens emitted may pick a setting whose probes compute more than full length: it says so in red,
+    """Jump on tokens emitted may pick a setting whose probes compute more than full length: it says so (in red
+    where it also misses its target held out),
     with the number; on tokens computed it picks on that basis."""
     from analysis.core.store import DEMO_DB
     from analysis.evaluate.optimize import operating_point
@@ -130,8 +131,9 @@ def test_jump_chooses_on_the_cost_asked_for_and_says_in_red_what_the_pick_costs(
     fams = ["budget", "consistency", "confidence", "entropy", "learned", "hybrid"]
     emitted = operating_point(t, "drop", 0.02, "emitted", fams, n_boot=0)
     assert emitted["test"]["tokens_computed"] > emitted["test"]["tokens_full"]      # the demo's trap
-    (msg,) = [e.value for e in at.error]
-    assert emitted["label"] in msg and "more tokens than full length" in msg
+    # red where it misses its target held out, else a warning: either way it names what its probes cost
+    (msg,) = [e.value for e in [*at.error, *at.warning] if "more tokens than full length" in e.value]
+    assert emitted["label"] in msg
     assert f"{emitted['test']['tokens_computed'] / emitted['test']['tokens_full'] - 1:.0%}" in msg
     at.radio(key="op_cost").set_value("computed").run()
     at.button(key="op_jump").click().run()
