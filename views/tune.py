@@ -67,7 +67,7 @@ def control_values(t, s: Setting) -> dict:
                 v = params.get(p.name, p.default)
                 out[f"{prefix}.{p.name}"] = int(min(v, int_high(t, p))) if p.kind == "int" else v
     walk(s.family, s.params, s.family)
-    out.update({f"{s.family}.schedule.{p.name}": s.sched.get(p.name, p.default) for p in SCHEDULE})
+    out.update({f"{s.family}.schedule.{p.name}": s.declared_sched.get(p.name, p.default) for p in SCHEDULE})
     return out
 
 
@@ -233,7 +233,7 @@ if run:
     fresh = st.session_state.pop(SET_BY_JUMP, frozenset())
     params = widgets(t, fam, current.params, fam, fresh)
     try:
-        schedule = schedule_widgets(t, fam, current.sched, params, fresh)
+        schedule = schedule_widgets(t, fam, current.declared_sched, params, fresh)
     except StoplineError:
         schedule = {}                                     # the setting's own error is shown below
     try:

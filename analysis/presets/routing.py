@@ -207,7 +207,7 @@ def preset_outcome(t, preset: Preset, label: str | None = None):
             stop = np.where(decides, st, stop)
             explored = decides & ~stops
             cost = computed_tokens(t, st, s)
-            if explored.any() and not s.policy.probes_needed(s.params):
+            if explored.any():         # probed on the declared schedule, a budget's too (its log serves all)
                 cost = np.where(explored, computed_tokens(t, st, s, probed=True), cost)
             computed = np.where(decides, cost, computed)
     return outcome_from_stops(t, stop, preset.name if label is None else label, computed=computed)

@@ -146,11 +146,18 @@ class Session:
     finished: bool = False
     placed: int = 0                  # where the last checkpoint was placed, probed or not
 
+    @property
+    def sched(self) -> dict:
+        """Where this request probes: its setting's schedule as its rule probes it; an exploration request's as
+        declared (its logged trial answers serve every family a recalibration certifies)."""
+        s = self.route.setting
+        return s.declared_sched if self.route.arm == EXPLORE else s.sched
+
     def due(self, pos: int, is_step: bool, is_transition: bool, interval: int) -> bool:
         """Whether this request's probe schedule probes at a checkpoint placed at ``pos`` (the replay's rule,
         ``schedule_keeps``); every placed checkpoint is noted, probed or not."""
         prev, self.placed = self.placed, int(pos)
-        return bool(schedule_keeps(self.route.setting.sched, interval, pos, prev, is_step, is_transition))
+        return bool(schedule_keeps(self.sched, interval, pos, prev, is_step, is_transition))
 
     @property
     def n(self) -> int:
@@ -171,7 +178,7 @@ class Session:
         ``is_transition``: the placement's flags (a checkpoint can be both; ``kind`` names one), else ``kind``'s."""
         h = self.history
         sig = signals or {}
-        sched = self.route.setting.sched          # a kind the schedule does not probe at is not known live
+        sched = self.sched                        # a kind the schedule does not probe at is not known live
         step = kind == "step" if is_step is None else bool(is_step)
         transition = kind == "transition" if is_transition is None else bool(is_transition)
         h["pos"].append(int(pos))
@@ -186,12 +193,13 @@ class Session:
             h[s].append(np.nan if v is None else float(v))
         self._kind, self._flags = kind, (step, transition)
 
-    def answered(self, answer_raw: str | None, answer_tokens: int, probe_tokens: int,
-                 answer_type: str = "number") -> None:
-        """The answer of a request stopped without probes (a budget): the one probe at its stop."""
+    def answered(self, answer_raw: str | None, answer_tokens: int, answer_type: str = "number") -> None:
+        """The answer of a request stopped without probes (a budget), from the one probe at its stop. It is
+        charged as the replay charges a budget (domain.md: it needs no probes and is charged none): its tokens
+        computed are what it emits, position plus answer (the gateway's metrics count the probe's cue too)."""
         h, j = self.history, self.stopped.ck
         h["answer_raw"][j], h["answer_norm"][j] = answer_raw, normalize(answer_raw, answer_type) if answer_raw else ""
-        h["answer_tokens"][j], h["probe_tokens"][j] = int(answer_tokens), int(probe_tokens)
+        h["answer_tokens"][j] = h["probe_tokens"][j] = int(answer_tokens)
         self.stopped.answer = answer_raw
 
     def emitted(self, j: int) -> int:
@@ -381,7 +389,7 @@ def controlled_generate(model, tok, questions: list, controller: Controller, cfg
                 pr = c["probe"]
                 if r in answering:         # a budget's stop, decided already: its answer
                     sessions[r].answered(pr.raw if pr else None, len(pr.tokens) if pr else 0,
-                                         pr.probe_tokens if pr else 0, controller.answer_type)
+                                         controller.answer_type)
                     stopped.append(r)
                     continue
                 if probe_unscheduled and r not in noted:
@@ -418,7 +426,7 @@ def probe_config(cfg: GenConfig, controller: Controller) -> GenConfig:
     probe. A schedule's ``min_tokens``, or a request whose schedule is sparser than another's, still meets
     checkpoints it does not want; the loop probes only the rows whose session is due (``Session.due``)."""
     import dataclasses
-    scheds = [s.sched for s in controller.preset.settings()]
+    scheds = [s.declared_sched for s in controller.preset.settings()]     # exploration requests probe as declared
     every = int(np.gcd.reduce([s["every"] for s in scheds]))
     return dataclasses.replace(cfg, every=controller.every * every,
                                steps=cfg.steps and any(s["at_steps"] for s in scheds),
@@ -479,7 +487,7 @@ class StreamSession:
     def probe_result(self, answer_raw: str | None, probs: list[float] | None = None, entropy: float | None = None,
                      probe_tokens: int = 0) -> Decision:
         if self.s.stopped is not None:         # a budget's stop: the probe gave its answer
-            self.s.answered(answer_raw, len(probs or []), probe_tokens, self.c.answer_type)
+            self.s.answered(answer_raw, len(probs or []), self.c.answer_type)
             return self.s.stopped
         p = Probe(answer_raw or "", [], list(probs or []), float("nan") if entropy is None else float(entropy), 0)
         kind, step, transition = self._due or ("interval", False, False)
@@ -538,8 +546,7 @@ def simulate(t, controller: Controller, with_em: bool = True) -> list[dict]:
         if unprobed:
             for i, d in zip(unprobed, controller.decide([sessions[i] for i in unprobed])):
                 if d.stop:
-                    sessions[i].answered(t.answers[i, j] or None, int(t.answer_tokens[i, j]),
-                                         int(t.answer_tokens[i, j]), controller.answer_type)
+                    sessions[i].answered(t.answers[i, j] or None, int(t.answer_tokens[i, j]), controller.answer_type)
     out = []
     for i, s in enumerate(sessions):
         stop = seen[i][s.stopped.ck] if s.stopped is not None else None     # the run's checkpoint it stopped at

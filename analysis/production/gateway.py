@@ -52,7 +52,7 @@ from pathlib import Path
 from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, UpstreamRefused, first_choice
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
-from analysis.core.answers import extract, normalize
+from analysis.core.answers import extract
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, Decision, DecisionLog
@@ -419,7 +419,8 @@ class Gateway:
                     t0 = time.perf_counter()
                     sess.checkpoint(pos, (pr.raw or None) if pr else None, pr.signals() if pr else None,
                                     answer_tokens=len(pr.tokens) if pr else 0, probe_tokens=pr.probe_tokens if pr else 0,
-                                    kind=kinds["kind"], answer_type=ctl.answer_type)
+                                    kind=kinds["kind"], is_step=kinds["is_step"], is_transition=kinds["is_transition"],
+                                    answer_type=ctl.answer_type)
                     d = ctl.decide([sess])[0]
                     self.metrics.decision_latency.observe(time.perf_counter() - t0)
                     if d.stop:
@@ -472,10 +473,8 @@ class Gateway:
                 if not probing and self.opt.on_stop == "answer":      # the one probe a budget needs: its answer
                     pr = (await asyncio.wait_for(eng._probe(r, req["ids"] + ids[:decision.pos], self.cue_ids, cfg),
                                                  left()))[0]
-                    answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens
-                    h, j = sess.history, decision.ck        # the request's answer, for its final record
-                    h["answer_raw"][j], h["answer_norm"][j] = pr.raw, normalize(pr.raw, ctl.answer_type) if pr.raw else ""
-                    h["answer_tokens"][j], h["probe_tokens"][j] = len(pr.tokens), pr.probe_tokens
+                    answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens     # the metrics: the server's work
+                    sess.answered(pr.raw, len(pr.tokens), ctl.answer_type)   # the record: the replay's charge
                 written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
                 yield ("text", written)
             elif error is not None:

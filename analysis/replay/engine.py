@@ -334,7 +334,7 @@ def computed_tokens(t: RunTable, stop: np.ndarray, setting: Setting, probed: boo
     r = t.rows
     if not probed and not setting.policy.probes_needed(setting.params):
         return t.emitted[r, stop]
-    s = setting.sched
+    s = setting.declared_sched if probed else setting.sched     # an exploration request probes as declared
     if s == SCHEDULE_DEFAULTS:
         return t.computed[r, stop]
     key = ("probes", json_key(s))

@@ -163,3 +163,22 @@ def test_the_learned_default_says_why_it_saves_next_to_nothing(demo):
     assert note and "τ = 0.8" in note[0] and "τ = 0.6 saves" in note[0], [i.value for i in at.info]
     at.slider(key="learned.tau").set_value(0.5).run()
     assert not at.exception and not any("Why this saves" in i.value for i in at.info)
+
+
+def test_tune_shows_the_declared_schedule_not_where_the_rule_narrows_its_probes(synthetic_db):
+    """Confidence at transition words probes only there, but Tune's controls keep the schedule as declared: the
+    setting comes back unchanged (unticking 'only at transition words' then probes every checkpoint again)."""
+    from analysis.presets.schema import from_setting, loads
+    from analysis.replay.policies import Setting
+    db, rid, _ = synthetic_db
+    s = Setting.make("confidence", tau=0.9, transition_only=True)
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT, offer_store
+    offer_store(db)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)    # a fresh session seeded by the link
+    at.query_params.update({"db": db, "run": rid, "family": "confidence", "s": from_setting(s, "x").to_url()})
+    at.run()
+    at.switch_page("views/tune.py").run()
+    assert not at.exception
+    back = loads(at.query_params["s"]).setting
+    assert back.schedule == {} and back.params["transition_only"] is True

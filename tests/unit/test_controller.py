@@ -191,7 +191,8 @@ def test_a_budget_on_a_stream_is_probed_only_where_it_stops(tmp_path):
             break
     assert asked == [8] and d.answer == "42" and d.pos == 8
     rec = s.end()
-    assert rec["stopped"] and rec["answer"] == "42" and rec["tokens_emitted"] == 10 and rec["tokens_computed"] == 15
+    # charged as the replay charges a budget: it computes what it emits (its probe's cue is not counted)
+    assert rec["stopped"] and rec["answer"] == "42" and rec["tokens_emitted"] == 10 and rec["tokens_computed"] == 10
     ctl.log.close()
 
 
@@ -482,3 +483,18 @@ def test_stream_controller_on_a_schedule_stops_where_replay_predicts(sch, family
     # only scheduled checkpoints were probed: fewer than the run recorded before each stop
     probed = np.array([r["n_checkpoints"] for r in recs])
     assert (probed <= want + 1).all() and (probed < want).any()
+
+
+def test_an_exploration_request_probes_on_the_declared_schedule_and_is_charged_so(tmp_path):
+    """A rule that reads transitions only probes only there; an exploration request probes as declared (every
+    checkpoint), since its logged answers serve every family a recalibration certifies, and the replay charges it
+    those probes."""
+    t = _table(150)
+    p = _preset({"family": "confidence", "params": {"tau": 0.9, "transition_only": True}}, {"explore": 0.3})
+    recs = simulate(t, Controller(p, log=tmp_path / "log.jsonl", every=t.interval))
+    _, ck, fin = read_log(tmp_path / "log.jsonl")
+    arm = dict(zip(fin["request"], fin["arm"]))
+    explored = ck[ck["request"].map(arm) == "explore"]
+    assert len(explored) and not explored["is_transition"].all()            # not only at transition words
+    assert ck[ck["request"].map(arm) != "explore"]["is_transition"].all()    # the champion: only there
+    assert np.array_equal([r["tokens_computed"] for r in recs], preset_outcome(t, p).computed)

@@ -277,7 +277,13 @@ class Setting:
     @property
     def sched(self) -> dict:
         """The full schedule (defaults filled in), as the rule probes it (``Policy.probes_at``)."""
-        return self.policy.probes_at(self.params, {**SCHEDULE_DEFAULTS, **self.schedule})
+        return self.policy.probes_at(self.params, self.declared_sched)
+
+    @property
+    def declared_sched(self) -> dict:
+        """The full schedule as declared (defaults filled in): what controls show, and where an exploration
+        request probes (its log serves every family, not only this rule)."""
+        return {**SCHEDULE_DEFAULTS, **self.schedule}
 
     def label(self) -> str:
         d = describe_schedule(self.schedule)
