@@ -465,6 +465,9 @@ class OpenAIEngine:
                 raise ReplicaFailed(r, f"a probe's reply cannot be read ({type(e).__name__}: {str(e)[:80]})") \
                     from None
             self.stats.probe_prompt_tokens += len(prompt) + len(toks)
+            if r.block_size:        # the prompt's full blocks another request computed: the trace's, or the answer's so far
+                self.stats.cacheable_tokens += ((len(prompt) + len(toks)) if toks else len(ids)) // r.block_size \
+                    * r.block_size
             c = ((out.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
             cached = cached if c is None else (cached or 0) + c
             top = got_top if not toks else top
@@ -482,8 +485,6 @@ class OpenAIEngine:
         st.answer_tokens += len(pr.tokens)
         if cached is not None:
             st.probe_cached_tokens = (st.probe_cached_tokens or 0) + cached
-        if r.block_size:
-            st.cacheable_tokens += (len(ids) // r.block_size) * r.block_size
         return pr, dt
 
     def answer_part(self, out: dict) -> tuple[list[int], list[float], dict | None, bool]:
