@@ -139,15 +139,19 @@ def _optimize(args):
     if args.slice_by:
         if args.budget is None:
             raise StoplineError("--slice-by needs --budget")
-        tune = split_of(t, "tune")
-        res = optimize_slices(tune, args.slice_by, args.budget, args.cost, args.family)
+        from analysis.evaluate.optimize import split_mask
+        from analysis.replay.slices import slice_labels
+        labels = slice_labels(t, args.slice_by)     # the whole run's bins (quantiles): one slicing for both halves
+        tune_mask = split_mask(t.question_ids, "tune")
+        res = optimize_slices(split_of(t, "tune"), args.slice_by, args.budget, args.cost, args.family,
+                              labels=labels[tune_mask])
         default = Setting.from_dict({"family": "budget", "params": {"B": 32768}})
         preset = Preset(f"per-slice, budget {args.budget:g}", default, args.slice_by,
                         {k: Setting.from_dict(v["setting"]) for k, v in res["slices"].items() if v["setting"]})
         # chosen on the tune half, reported on the held-out one (as a single setting is)
         from analysis.evaluate.optimize import evaluate_outcome, missed_target
         from analysis.presets.routing import preset_outcome
-        res["test"] = evaluate_outcome(preset_outcome(split_of(t, "test"), preset))
+        res["test"] = evaluate_outcome(preset_outcome(t, preset).subset(~tune_mask))   # sliced as it was chosen
         res["missed"] = missed_target("budget", args.budget, args.cost, res["test"])
     else:
         goal, value = ("budget", args.budget) if args.budget is not None else ("drop", args.max_drop)

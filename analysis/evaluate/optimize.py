@@ -145,9 +145,11 @@ def missed_target(goal: str, value: float, cost: str, test: dict) -> str | None:
 
 # --- slices -----------------------------------------------------------------------------------------------
 def optimize_slices(t: RunTable, by: str, budget: float, cost: str = "emitted",
-                    families: list[str] | None = None) -> dict:
-    """Per-slice settings maximising total EM with mean tokens (over all questions) <= budget."""
-    labels = slice_labels(t, by)
+                    families: list[str] | None = None, labels: np.ndarray | None = None) -> dict:
+    """Per-slice settings maximising total EM with mean tokens (over all questions) <= budget. ``labels``: each
+    question's slice when given (a half of a run, labelled with the whole run's bins, so that the other half
+    falls in the same slices), else ``slice_labels(t, by)``."""
+    labels = slice_labels(t, by) if labels is None else np.asarray(labels)
     options = {}
     for lab in slice_order(labels):
         sub = t.subset(labels == lab)
