@@ -52,7 +52,7 @@ from pathlib import Path
 from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, UpstreamRefused, first_choice
 from analysis.backend.placement import Placer
 from analysis.backend.prompts import CUES, GenConfig
-from analysis.core.answers import extract
+from analysis.core.answers import closed_box_end, extract
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, Decision, DecisionLog
@@ -476,6 +476,10 @@ class Gateway:
                     answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens     # the metrics: the server's work
                     sess.answered(pr.raw, len(pr.tokens), ctl.answer_type)   # the record: the replay's charge
                 written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
+                if not probing and self.opt.on_stop == "continue":    # a budget's answer: what the model wrote
+                    said = written[len(self.cue):-1]
+                    sess.answered(said.strip() or None, len(self.tok(said, add_special_tokens=False)["input_ids"]),
+                                  ctl.answer_type)
                 yield ("text", written)
             elif error is not None:
                 if rejected(error):                 # the request is wrong, the upstream is fine: no answer, no failover
@@ -624,15 +628,19 @@ class Gateway:
         return answer or "", "upstream_error", spent
 
     async def _on_stop(self, r, req, kept_ids, answer) -> str:
+        """The text after a stop: the cue, an answer and the box's closing brace. ``continue``: the model's own
+        answer section, up to the brace that closes the box (braces inside it balanced, as a probe's answer),
+        its line's end or the client's stop sequences."""
         if self.opt.on_stop == "continue":
             out = await self.engine._post(r, "/completions", {
                 "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
                 "max_tokens": self.opt.continue_tokens, "temperature": 0,
-                "stop": ["}", *req["sampling"].get("stop", [])]})     # the model's writing: the client's stops too
+                "stop": ["\n", *req["sampling"].get("stop", [])]})    # the model's writing: the client's stops too
             text = first_choice(r, out).get("text")
             if not isinstance(text, str):
                 raise ReplicaFailed(r, "a completion whose text is not a string")
-            return self.cue + text + "}"
+            end = closed_box_end(text, 0)
+            return self.cue + (text[:end - 1] if end else text) + "}"
         return self.cue + (answer or "") + "}"
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from analysis.core.answers import normalize
 from analysis.backend.models import load_tokenizer
 from analysis.backend.prompts import CUES
 from analysis.presets.routing import request_fields, route
@@ -149,6 +150,8 @@ def test_a_stop_where_the_replay_stops_ends_with_the_trial_answer(server, tok, t
         assert out["stopline"]["stopped"] and text.startswith(before) and text.endswith("}")
         written = text[text.rindex(gw.cue) + len(gw.cue):-1]
         assert len(t(written, add_special_tokens=False)["input_ids"]) <= 6 + 1   # retokenised: one of slack
+        final = [json.loads(ln) for ln in open(tmp_path / "k" / "decisions.jsonl") if '"final"' in ln][-1]
+        assert written.strip() and final["answer"] == normalize(written.strip(), "number")   # the budget's answer
     conf = {"stopline_preset": 1, "name": "c", "setting": {"family": "confidence", "params": {"tau": 0.6}}}
     (tmp_path / "c").mkdir()
     with gateway(server, tok, tmp_path / "c", conf) as (gw, url):
