@@ -509,11 +509,12 @@ def set_query(key: str, value: str) -> None:
 
 
 def link_text(raw, n: int = 40) -> str:
-    """A value read from a link, to name in a message: cut to ``n`` characters, and anything but word characters,
-    spaces and ``.:=()-`` replaced (a link is anyone's text: no markdown of theirs is drawn)."""
+    """A value read from a link, to name in a message: cut to ``n`` characters, anything but word characters,
+    spaces and ``.:=()-`` replaced, and ``_`` escaped (a link is anyone's text: no emphasis, link or HTML of theirs
+    is drawn; an emoji code may be)."""
     import re
     text = re.sub(r"[^\w .:=()-]", "?", str(raw))
-    return text[:n] + ("…" if len(text) > n else "")
+    return (text[:n] + ("…" if len(text) > n else "")).replace("_", "\\_")
 
 
 def url_pick(key: str, param: str, options: list[str] | None, default: str, codes: dict[str, str] | None = None,

@@ -98,3 +98,11 @@ def test_a_link_naming_an_unknown_question_says_which_it_shows_instead(synthetic
     assert w == (f"The question this link names, 'qNOPE?x?(http:??a.b)', is not in this run; showing {shown} "
                  "instead (the first in the table below)."), w
     assert at.query_params["q"] == shown
+
+
+def test_a_value_from_a_link_is_named_without_its_markdown():
+    """A link is anyone's text: emphasis, links and HTML in it are not drawn where a message names it."""
+    from views.data import link_text
+    shown = link_text("__x__ *y* [a](http://x) <b>")
+    assert "__" not in shown.replace("\\_", "") and "*" not in shown and "](" not in shown and "<" not in shown
+    assert link_text("q_12") == "q\\_12"                      # an id's underscore stays readable
