@@ -134,7 +134,7 @@ def test_a_question_opens_its_trace(server, browser):
 def test_report_downloads_as_a_self_contained_page(server, browser):
     page = open_page(browser, server, "report?family=consistency", height=1200, accept_downloads=True)
     page.click("button:has-text('Build the report')", timeout=90_000)
-    button = page.locator("button:has-text('Download HTML report')")
+    button = page.get_by_role("button", name="Download HTML report", exact=True)
     button.wait_for(timeout=120_000)
     with page.expect_download() as dl:
         button.click()

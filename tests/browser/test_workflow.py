@@ -90,7 +90,7 @@ def test_one_setting_and_the_same_numbers_through_the_whole_workflow(server, bro
         # 5. Report: the current setting's row has the same EM
         go(page, "Report")
         page.get_by_role("button", name="Build the report").click()
-        page.locator("button:has-text('Download HTML report')").wait_for(timeout=180_000)
+        page.get_by_role("button", name="Download HTML report", exact=True).wait_for(timeout=180_000)
         row = page.locator("tr", has_text=f"current: {tuned}").first.inner_text()
         assert row.split("\t")[1].strip() == em, row
         # 6. the permalink, opened in a fresh browser: the same setting and numbers on Tune
