@@ -60,7 +60,7 @@ def main() -> None:
         shot(page, "compare", 1100)
         go(page, "Report")
         page.get_by_role("button", name="Build the report").click()
-        page.locator("button:has-text('Download HTML report')").wait_for(timeout=300_000)
+        page.get_by_role("button", name="Download HTML report", exact=True).wait_for(timeout=300_000)
         shot(page, "report", 1800)
         go(page, "Frontier")
         page.wait_for_selector("[data-testid=stEChartsChart] svg path[transform^=matrix]", timeout=90_000)
