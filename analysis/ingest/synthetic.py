@@ -88,7 +88,8 @@ def synthetic_tables(n_questions: int = 1000, n_checkpoints: int = 50, seed: int
         "probe_s": pa.nulls(n, pa.float64()),
     })
     qs = [Question(str(qids[i]), f"Synthetic question {i} (difficulty {diff[i]:.2f})" + " x" * int(diff[i] * 20),
-                   [gold], "number", {"difficulty": int(diff[i] * 3) + 1, "synthetic": True}) for i in range(n)]
+                   [gold], "number", {"difficulty": int(diff[i] * 3) + 1, "hardness": round(float(diff[i]), 4),
+                                      "synthetic": True}) for i in range(n)]
     return qs, tr, ck
 
 

@@ -122,7 +122,7 @@ def test_optimize_per_slice_reports_the_held_out_half(cli, synthetic_db):
     assert {"em", "delta_em", "ci", "tokens_emitted"} <= set(res["test"]) and "missed" in res
     # a numeric field binned by quantiles: the held-out half falls in the same bins (the whole run's), so their
     # settings stop it early too (with each half's own bins no label matched and it all ran to full length)
-    code, out, err = cli("optimize", "--db", db, "--run", rid, "--slice-by", "question_chars", "--budget", "300",
+    code, out, err = cli("optimize", "--db", db, "--run", rid, "--slice-by", "meta.hardness", "--budget", "300",
                          "--json")
     res = json.loads(out)
     assert code == 0 and res["test"]["tokens_emitted"] < 0.9 * res["test"]["tokens_full"], res["test"]
