@@ -539,7 +539,7 @@ def url_pick(key: str, param: str, options: list[str] | None, default: str, code
         raw = query(param)
         value = decode.get(raw, raw)
         if raw and not offered(value):
-            said = f"{what.capitalize()} in this link, '{link_text(raw)}', is not offered here; showing {default!r} instead."
+            said = f"{what[:1].upper() + what[1:]} in this link, '{link_text(raw)}', is not offered here; showing {default!r} instead."
             value = None
     if not offered(value):
         value = default

@@ -112,9 +112,16 @@ def schedule_widgets(t, fam: str, start: dict, params: dict, fresh: frozenset = 
     said = (f"this run's checkpoints are its file's, every {t.interval} tokens or so" if given else
             f"this run probed every {t.interval} tokens, at steps and transitions")
     with st.expander(f"Probe schedule ({said})", icon=":material/schedule:", expanded=start != SCHEDULE_DEFAULTS):
-        if not get_family(fam).probes_needed(Setting.from_dict({"family": fam, "params": params}).params):
+        policy, full = get_family(fam), Setting.from_dict({"family": fam, "params": params}).params
+        if not policy.probes_needed(full):
             st.caption("This family reads no trial answer: it is charged no probes, and the schedule only says at "
                        "which checkpoints it may stop.")
+        ignored = [p.label or p.name for p in SCHEDULE
+                   if policy.probes_at(full, SCHEDULE_DEFAULTS)[p.name] != SCHEDULE_DEFAULTS[p.name]]
+        if ignored:             # the rule narrows where it probes (confidence at transition words only)
+            st.warning(f"With these parameters the rule reads some checkpoints only and probes nowhere else: "
+                       f"{', '.join(ignored)} do not apply to it (an exploration request still probes as set here).",
+                       icon=":material/info:")
         cols = st.columns(len(SCHEDULE))
         out = {}
         for col, p in zip(cols, SCHEDULE):
@@ -256,7 +263,7 @@ if run:
                         f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}")
     if res["savings_computed"] < 0:        # its probes make it compute more than full length: in red
         m[3].metric("Tokens saved (computed)", f"{res['savings_computed']:.1%}",
-                    f"+{-res['savings_computed']:.0%} vs full length", delta_color="inverse",
+                    f"+{-res['savings_computed']:.1%} vs full length", delta_color="inverse",
                     help="probes included: their tokens make it compute more than running every question to its end")
     else:
         common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")

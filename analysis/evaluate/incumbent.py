@@ -218,9 +218,11 @@ def headline(res: dict, code: str = "`") -> list[str]:
     (``code`` wraps setting names: a backtick for Markdown, '' for a terminal)."""
     inc, whole = res["incumbent"]["test"], res["incumbent"]["all"]
     sav = f"savings_{res['cost']}"
-    tokens = "tokens" if res["cost"] == "emitted" else "tokens computed (probes included)"
+    tokens = "emitted tokens" if res["cost"] == "emitted" else "tokens computed (probes included)"
+    also = (f" ({whole['savings_computed']:.0%} of tokens computed, its probes included)"
+            if res["cost"] == "emitted" and whole.get("savings_computed") is not None else "")
     # nothing was tuned on it: all its questions are evidence about it; the held-out ones are where it is compared
-    out = [f"Your mechanism saves {whole[sav]:.0%} of {tokens} at EM {_signed(whole['delta_em'])} "
+    out = [f"Your mechanism saves {whole[sav]:.0%} of {tokens}{also} at EM {_signed(whole['delta_em'])} "
            f"({_ci(whole['ci']['delta_em'])}) against full length on all {whole['n']} questions "
            f"({whole['lost']} answers lost, {whole['gained']} gained); on the {inc['n']} held-out questions the "
            f"settings below are checked on, it saves {inc[sav]:.0%} at EM {_signed(inc['delta_em'])}."]
@@ -240,7 +242,7 @@ def headline(res: dict, code: str = "`") -> list[str]:
         verdict = ("better than yours" if lo > 0 else "worse than yours: nothing chosen at your token cost beat "
                    "your mechanism" if hi < 0 else "not clearly different from yours at this sample size")
         unit, more = probes_cost(te)
-        out.append(f"Setting {code}{same['label']}{code}, chosen on the tune half at no more tokens than yours, "
+        out.append(f"Setting {code}{same['label']}{code}, chosen on the tune half at no more {tokens} than yours, "
                    f"saves {te[sav]:.0%}{unit}{more}{',' if more else ''} at EM {_signed(te['delta_em'])} "
                    f"({_ci(te['ci']['delta_em'])}): "
                    f"EM {_signed(vs['delta_em'])} against yours ({_ci(vs['delta_em_ci'])}; "

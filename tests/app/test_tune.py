@@ -182,3 +182,5 @@ def test_tune_shows_the_declared_schedule_not_where_the_rule_narrows_its_probes(
     assert not at.exception
     back = loads(at.query_params["s"]).setting
     assert back.schedule == {} and back.params["transition_only"] is True
+    # and says which of the schedule's controls do not apply to it
+    assert any("do not apply" in w.value and "probe every" in w.value for w in at.warning)

@@ -186,7 +186,9 @@ def test_beat_reports_on_the_held_out_split(budget_like):
     assert whole["n"] == t.n and whole["em"] == want_all["em"] and whole["lost"] == want_all["lost"]
     lines = inc.headline(res)
     # first what it saves and costs on every question (nothing was tuned on it), then on the held-out half
-    assert lines[0].startswith(f"Your mechanism saves {whole['savings_emitted']:.0%} of tokens at EM "
+    # emitted tokens, said so, with what it computes beside (its probes included)
+    assert lines[0].startswith(f"Your mechanism saves {whole['savings_emitted']:.0%} of emitted tokens "
+                               f"({whole['savings_computed']:.0%} of tokens computed, its probes included) at EM "
                                f"{whole['delta_em']:+.3f}".replace("-", "−")), lines[0]
     assert f"on all {t.n} questions ({whole['lost']} answers lost, {whole['gained']} gained)" in lines[0]
     assert f"on the {got['n']} held-out questions the settings below are checked on, it saves " \
