@@ -224,3 +224,11 @@ def test_a_table_keeps_a_bounded_number_of_packed_schedules():
         stop_index(t, Setting.make("consistency", k=2, schedule={"every": 2, "min_tokens": floor}))
     assert sum(1 for k in t.cache if isinstance(k, tuple) and k[0] == "seen") <= MAX_SCHEDULES
     assert len(t.cache["_schedules"]) <= MAX_SCHEDULES
+
+
+def test_a_schedule_of_one_kind_of_checkpoint_is_named_so():
+    from analysis.replay.policies.base import describe_schedule
+    assert describe_schedule({"every": 0, "at_steps": False}) == "probes at transition words only"
+    assert describe_schedule({"every": 0, "at_transitions": False, "min_tokens": 64}) == "probes at steps only, from 64 tokens"
+    assert describe_schedule({"every": 2, "at_steps": False}) == "probes every 2x, not at steps"
+    assert describe_schedule({}) == ""

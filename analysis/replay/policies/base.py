@@ -125,11 +125,13 @@ def describe_schedule(d: dict) -> str:
     """``{"every": 2, "at_steps": False}`` -> "probes every 2x, not at steps"; "" for every checkpoint."""
     s = {**SCHEDULE_DEFAULTS, **d}
     parts = []
-    if s["every"] != 1:
+    if not s["every"] and s["at_steps"] != s["at_transitions"]:       # one kind of checkpoint alone
+        parts.append("at transition words only" if s["at_transitions"] else "at steps only")
+    elif s["every"] != 1:
         parts.append(f"every {s['every']}x" if s["every"] else "not on the interval")
-    if not s["at_steps"]:
+    if not s["at_steps"] and (s["every"] or not s["at_transitions"]):
         parts.append("not at steps")
-    if not s["at_transitions"]:
+    if not s["at_transitions"] and (s["every"] or not s["at_steps"]):
         parts.append("not at transitions")
     if s["min_tokens"]:
         parts.append(f"from {s['min_tokens']} tokens")
