@@ -124,8 +124,9 @@ def family_picker(t, key: str = "family") -> str:
     st.session_state[key] = want if want in fams else fams[0]
     fam = st.sidebar.selectbox("Policy family", fams, key=key, format_func=lambda f: get_family(f).label,
                                on_change=lambda: data.pick_family(st.session_state[key]))
-    if want is not None and want not in families():         # a link's unknown name: said, and replaced
-        st.sidebar.warning(f"There is no policy family {want[:40]!r}; showing {get_family(fam).label}.")
+    if want is not None and want not in families():         # a link's unknown name: said above the page, and replaced
+        st.warning(f"The policy family this link names, '{data.link_text(want)}', does not exist; showing "
+                   f"{get_family(fam).label} instead.", icon=":material/link_off:")
         want = None
     if want in fams or want is None:
         data.pick_family(fam)
