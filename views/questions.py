@@ -52,7 +52,9 @@ right_a, right_b = a.em > 0.5, b.em > 0.5
 status = np.select([right_a & right_b, ~right_a & ~right_b, right_b & ~right_a], ["kept right", "kept wrong", "lost"],
                    "gained")
 df = pd.DataFrame({"question": t.question_ids, "status": status, "stop at": a.stop_pos, f"{b.label[:24]} at": b.stop_pos,
-                   "tokens saved": b.emitted - a.emitted, "answer": a.answers, "other answer": b.answers})
+                   "tokens saved": b.emitted - a.emitted,
+                   "computed saved": b.computed - a.computed,       # probes included: may be negative
+                   "answer": a.answers, "other answer": b.answers})
 counts = df["status"].value_counts()
 c = st.columns(4)
 for col, k in zip(c, ["lost", "gained", "kept right", "kept wrong"]):

@@ -14,6 +14,8 @@ def test_questions_page_diffs_and_opens_a_trace(synthetic_db):
     assert labels["Lost"] + labels["Gained"] + labels["Kept right"] + labels["Kept wrong"] == 600
     assert at.subheader[0].value.startswith("Trace of ")
     assert len(at.dataframe) == 2                         # the diff table and the trace's checkpoints
+    tab = at.dataframe[0].value                           # against full length: tokens computed too
+    assert {"tokens saved", "computed saved"} <= set(tab.columns) and (tab["computed saved"] <= tab["tokens saved"]).all()
     at.multiselect(key="q_filter").set_value(["kept wrong"]).run()
     assert not at.exception and len(at.dataframe[0].value) == labels["Kept wrong"]
 
