@@ -240,7 +240,8 @@ def _reproduce(runs: list[dict], presets: list[Preset], recommended: list[tuple[
         md.append("")
     for rid, p in recommended:
         check = ["python", "-m", "analysis", "eval", *where, "--run", rid, "--preset", p.to_url()]
-        md += [f"The recommendation on run `{rid}`, on all its questions: `{shlex.join(check)}`", ""]
+        md += [f"The recommendation on run `{rid}`, on all its questions: `{shlex.join(check)}`; on the held-out "
+               f"half it was checked on: `{shlex.join([*check, '--split', 'test'])}`", ""]
     return md
 
 

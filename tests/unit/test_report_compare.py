@@ -89,6 +89,11 @@ def test_the_report_says_how_to_reproduce_it_and_its_commands_do(synthetic_db, c
     lo, hi = res["ci"]["delta_em"]
     want = f"| {res['em']:.3f} | {res['delta_em']:+.3f} ({lo:+.3f} … {hi:+.3f}) | {res['tokens_emitted']:.0f} |"
     assert want in row
+    held = shlex.split(re.search(r"the held-out half it was checked on: `([^`]+)`", repro).group(1))
+    code, out, err = cli(*held[3:], "--json")                 # the recommendation's held-out figures, again
+    assert code == 0, err
+    res = json.loads(out)
+    assert f"({res['n']} questions) EM {res['em']:.3f}" in md, (res["n"], res["em"])
 
 
 def test_report_names_the_recommended_schedule_and_its_probe_cost():
