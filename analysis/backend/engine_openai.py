@@ -45,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from analysis.backend.decode import TraceResult
 from analysis.backend.placement import Placer, token_pieces
-from analysis.backend.probe import Probe
+from analysis.backend.probe import Probe, answer_signal_probs, may_close
 from analysis.backend.prompts import GenConfig
 from analysis.core.answers import answer_ended, probe_answer
 from analysis.core.errors import StoplineError
@@ -128,10 +128,6 @@ class EngineStats:
                                      if self.probe_cached_tokens is not None and self.probe_prompt_tokens else None)
         d["cacheable_share"] = self.cacheable_tokens / self.probe_prompt_tokens if self.probe_prompt_tokens else None
         return d
-
-
-def _stop_piece(text: str) -> bool:
-    return "}" in text or "\n" in text
 
 
 def entropy_from_top(logprobs: dict[str, float] | list[float]) -> float:
@@ -472,13 +468,11 @@ class OpenAIEngine:
             cached = cached if c is None else (cached or 0) + c
             top = got_top if not toks else top
             toks, probs = toks + got, probs + got_probs
-            if (eos or not got or len(toks) >= room or not _stop_piece(self.piece(toks[-1]))
+            if (eos or not got or len(toks) >= room or not may_close(self.piece(toks[-1]))
                     or answer_ended(self.tok.decode(toks))):
                 break
         raw = probe_answer(self.tok.decode(toks))
-        sig = probs
-        if toks and _stop_piece(self.piece(toks[-1])) and raw == probe_answer(self.tok.decode(toks[:-1])):
-            sig = probs[:-1]            # the closing token counts only if it carries answer text (as in-process)
+        sig = answer_signal_probs(self.tok, toks, probs, raw, self.piece)     # the in-process rule
         pr = Probe(raw, toks, sig, entropy_from_top(top) if top else math.nan, len(cue_ids) + len(toks))
         st = self.stats
         st.probes += 1

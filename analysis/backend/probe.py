@@ -47,14 +47,16 @@ class Probe:
 
 
 
-def _may_close(piece: str) -> bool:
+def may_close(piece: str) -> bool:
+    """Whether a token's text may end a trial answer (a brace, a newline)."""
     return "}" in piece or "\n" in piece
 
 
-def answer_signal_probs(tok, toks: list[int], probs: list[float], raw: str) -> list[float]:
+def answer_signal_probs(tok, toks: list[int], probs: list[float], raw: str, piece=None) -> list[float]:
     """The probabilities an answer's signals are read from: every token's, but the closing one's (a brace, a
     newline) only where it carries answer text (the answer without it reads otherwise)."""
-    if toks and _may_close(tok.decode([toks[-1]])) and raw == probe_answer(tok.decode(toks[:-1])):
+    last = (piece or (lambda t: tok.decode([t])))(toks[-1]) if toks else ""     # ``piece``: a cached decoder
+    if toks and may_close(last) and raw == probe_answer(tok.decode(toks[:-1])):
         return probs[:-1]
     return probs
 
@@ -98,7 +100,7 @@ class Prober:
         key = (getattr(self.tok, "name_or_path", ""), len(self.tok), id(self.tok))
         if key not in _STOP_IDS:
             _STOP_IDS[key] = {tid for tid in range(len(self.tok))
-                              if _may_close(self.tok.decode([tid]))}
+                              if may_close(self.tok.decode([tid]))}
         return _STOP_IDS[key]
 
     def ends(self, toks: list[int]) -> bool:
