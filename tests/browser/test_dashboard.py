@@ -2,6 +2,7 @@
 script run finished, a value changed, an element shown), never on a clock."""
 import json
 import os
+import re
 
 import pytest
 
@@ -199,7 +200,9 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1", "outputs": {"solution": "1"}}\n{"question": "q2"}\n')
     upload(page, bad)
-    page.wait_for_selector("text=2 records", timeout=30_000)      # the preview is of the new file
+    # the preview is of the new file ("text=2 records" would also match the last file's "32 records")
+    page.get_by_text(re.compile(r"^2 records;")).wait_for(timeout=30_000)
+    wait_for_app_run(page)
     page.get_by_role("button", name="Import", exact=True).click()
     page.wait_for_selector("[data-testid='stAlertContentError']", timeout=60_000)
     err = page.locator("[data-testid='stAlertContentError']").inner_text()
@@ -215,7 +218,7 @@ def test_upload_a_chat_log_with_reasoning_shows_what_it_reads_first(server, brow
     page = open_import_tab(browser, server)
     page.get_by_text("openai-chat", exact=True).click()
     upload(page, log)
-    page.wait_for_selector("text=4 records", timeout=30_000)
+    page.get_by_text(re.compile(r"^4 records;")).wait_for(timeout=30_000)
     page.locator("[data-testid='stDataFrame']").last.wait_for(timeout=30_000)
     done = import_as(page, "r1", "chat-arith")
     assert "4 traces" in done and "EM at full length 0.750" in done
@@ -237,7 +240,7 @@ def test_upload_a_checkpoint_export_with_its_fields_mapped(server, browser, tmp_
     page.locator("[data-testid='stRadio']").get_by_text("checkpoints", exact=True).click()
     wait_for_app_run(page)
     upload(page, path)
-    page.wait_for_selector("text=5 records", timeout=30_000)
+    page.get_by_text(re.compile(r"^5 records;")).wait_for(timeout=30_000)
     for label, value in (("Gold field", "gold"), ("Trial answer field", "probe"), ("Signals (NAME=FIELD, …)", "p_mean=conf")):
         box = page.get_by_role("textbox", name=label)
         box.fill(value)

@@ -162,10 +162,13 @@ def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_
 def test_a_killed_run_resumes_with_every_question_once(server, tmp_path, sig):
     """Killed (SIGKILL) or interrupted (Ctrl-C, SIGINT), a run keeps what it committed and the same command resumes
     it. An interrupted session records its figures too, and the resumed run's execution info adds them up: before,
-    it held the last session's alone (tokens generated 348 where the run held 593)."""
+    it held the last session's alone (tokens generated 348 where the run held 593). Sixteen questions: a run
+    commits at most eight at a time before its last batch, so it cannot go from under two committed to done
+    between two looks (with eight it once did, and the kill landed on a finished run)."""
+    N = 16
     db = tmp_path / "k.duckdb"
     cmd = [sys.executable, "-m", "analysis", "run", "--engine", "openai", "--base-url", server, "--model", MODEL,
-           "--tokenizer", MODEL, "--dataset", DATASET, "--limit", "8", "--max-new-tokens", "128", "--concurrency", "2",
+           "--tokenizer", MODEL, "--dataset", DATASET, "--limit", str(N), "--max-new-tokens", "128", "--concurrency", "2",
            "--db", str(db), "--json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = 0
@@ -180,14 +183,14 @@ def test_a_killed_run_resumes_with_every_question_once(server, tmp_path, sig):
     proc.send_signal(sig)
     proc.wait(timeout=120)
     kept = runs(db)[0]["n_questions"]          # what was committed before the kill
-    assert 2 <= kept < 8
+    assert 2 <= kept < N
     first = runs(db)[0]["config"].get("execution") or {}
     status_after_stop = runs(db)[0]["status"]         # interrupted (Ctrl-C); a SIGKILL leaves it running
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)   # the same command
     assert again.returncode == 0, again.stderr[-2000:]
     res = json.loads(again.stdout.strip().splitlines()[-1])
-    assert not res["created"] and res["generated_now"] == 8 - kept
-    check_complete(db, res["run_id"], 8)
+    assert not res["created"] and res["generated_now"] == N - kept
+    check_complete(db, res["run_id"], N)
     ex = runs(db)[0]["config"]["execution"]
     with Store(db, read_only=True).connect() as con:
         stored = con.execute("SELECT sum(n_tokens) FROM traces").fetchone()[0]
