@@ -27,7 +27,7 @@ def test_a_recommendation_that_misses_its_target_held_out_is_red(demo):
     rid = next(r["id"] for r in demo.runs() if r["dataset"] == "rg:basic_arithmetic"
                and r["model"].startswith("qwen"))
     at = open_app(DEMO_DB, rid, "views/report.py")
-    at.slider(key="rep_drop").set_value(0.01).run()
+    at.select_slider(key="rep_drop").set_value("0.010").run()
     at.button(key="rep_build").click().run(timeout=180)
     assert not at.exception
     page, md, _ = at.session_state["report"]
@@ -47,3 +47,29 @@ def test_the_report_page_chooses_the_cost_basis(synthetic_db):
     assert not at.exception
     _, md, _ = at.session_state["report"]
     assert "the fewest tokens computed (probes included)" in md and "--cost computed" in md
+
+
+def test_the_report_picks_live_in_the_link(synthetic_db):
+    """The EM drop, the cost basis and the break-down are in the URL: a fresh session on the link (a reload, the
+    link sent to a colleague) reopens them, and a link naming a drop the page does not offer says so."""
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT, offer_store
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/report.py")
+    at.select_slider(key="rep_drop").set_value("0.045").run()
+    at.radio(key="rep_cost").set_value("computed").run()
+    at.selectbox(key="rep_slice").set_value("length").run()
+    assert not at.exception
+    link = {k: at.query_params[k] for k in ("drop", "cost", "by")}
+    assert link == {"drop": "0.045", "cost": "computed", "by": "length"}, link
+    offer_store(db)
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    again.query_params.update({"db": db, "run": rid, **link})
+    again.switch_page("views/report.py").run()
+    assert (again.select_slider(key="rep_drop").value, again.radio(key="rep_cost").value,
+            again.selectbox(key="rep_slice").value) == ("0.045", "computed", "length")
+    odd = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    odd.query_params.update({"db": db, "run": rid, "drop": "0.3"})
+    odd.switch_page("views/report.py").run()
+    assert odd.select_slider(key="rep_drop").value == "0.020"
+    assert any("The EM drop in this link, '0.3', is not offered here" in w.value for w in odd.warning)
