@@ -63,7 +63,9 @@ for side in (A, B):
 ON = {"all questions": "all", "the held-out half": "held-out"}
 qa, qb = st.columns(2)
 with qa:
-    if (said := data.url_pick("cmp_on", "on", list(ON), "all questions", ON, "the questions")):
+    # a setting picked on the Frontier's tune half is checked on the other half by default
+    held = "the held-out half" if st.session_state.get("url_pick.fit") == "the tune half" else "all questions"
+    if (said := data.url_pick("cmp_on", "on", list(ON), held, ON, "the questions")):
         st.warning(said)
     on = st.radio("Questions", list(ON), key="cmp_on", horizontal=True)
 with qb:

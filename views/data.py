@@ -309,30 +309,34 @@ def table_for(run: dict):
 
 
 @st.cache_data(show_spinner="Sweeping the families…", max_entries=16)
-def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, learned: bool | None = None):
+def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, learned: bool | None = None,
+                 split: str = "all"):
     """Every family's sweep; ``learned=False`` leaves out the learned stopper, whose cross-fitting (five
     classifiers) dominates a large run's sweep (None: left out above ``LEARNED_AUTO_MAX`` checkpoints).
+    ``split``: the questions swept, ``all`` or the ``tune`` half (what is picked there is checked on the
+    held-out half, as ``optimize`` and the Report do; each family's grid is drawn from that half alone).
     The run's writer keeps its default sweep in the store; any other is computed once and kept on disk
-    (``data/cache`` or ``$STOPLINE_CACHE``, keyed by the store file, the run and the code), so a restarted
-    server finds it."""
+    (``data/cache`` or ``$STOPLINE_CACHE``, keyed by the store file, the run, the split and the code), so a
+    restarted server finds it."""
     import pandas as pd
     from analysis.evaluate.frontier import default_families, stored_sweep, sweep, sweep_key
+    from analysis.evaluate.optimize import split_of
     from analysis.replay.policies import families
     fams = default_families(n_checkpoints) if learned is None else [f for f in families() if learned or f != "learned"]
     run = {"id": run_id, "n_questions": n_questions, "n_checkpoints": n_checkpoints}
     try:
-        pts = stored_sweep(open_store(path), run, fams)
+        pts = stored_sweep(open_store(path), run, fams) if split == "all" else None
     except StoplineError:
         pts = None
     if pts is not None:
         return pts
-    disk = _sweep_cache_file(path, sweep_key(run, fams))
+    disk = _sweep_cache_file(path, sweep_key(run, fams) + ("" if split == "all" else f"|{split}"))
     if disk is not None and disk.exists():
         try:
             return pd.read_parquet(disk)
         except Exception:          # noqa: BLE001 - a damaged cache file is recomputed
             pass
-    pts = sweep(run_table(path, run_id, n_checkpoints), fams)
+    pts = sweep(split_of(run_table(path, run_id, n_checkpoints), split), fams)
     if disk is not None:
         try:
             disk.parent.mkdir(parents=True, exist_ok=True)
@@ -344,9 +348,9 @@ def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, l
     return pts
 
 
-def sweep_for(run: dict, learned: bool | None = None):
+def sweep_for(run: dict, learned: bool | None = None, split: str = "all"):
     """The sweep of ``run`` in the picked store (see ``sweep_points``)."""
-    return sweep_points(picked_db(), run["id"], run["n_questions"], run["n_checkpoints"], learned)
+    return sweep_points(picked_db(), run["id"], run["n_questions"], run["n_checkpoints"], learned, split)
 
 
 def _sweep_cache_file(path: str, key: str) -> Path | None:

@@ -7,6 +7,7 @@ import streamlit as st
 from analysis.core.errors import StoplineError
 from analysis.evaluate.frontier import LEARNED_AUTO_MAX, on_schedules, schedules_of
 from analysis.evaluate.incumbent import incumbent_outcome
+from analysis.evaluate.optimize import split_of
 from analysis.replay.policies import Setting
 from analysis.replay.engine import replay
 from views import common, data
@@ -23,7 +24,20 @@ if run:
     learned = c3.toggle("Learned stopper", value=not big, key="with_learned",
                         help="trains five cross-fitted classifiers; on a large run that takes several seconds, "
                              "so it waits to be asked for")
-    pts = data.sweep_for(run, learned)
+    # which questions: all, or the tune half, so that a point picked here is checked out of sample on the
+    # held-out half (Compare, the Report, `optimize`); the pick lives in the link (`fit`)
+    FIT = {"all questions": "all", "the tune half": "tune"}
+    if (said := data.url_pick("fit_on", "fit", list(FIT), "all questions", FIT, "the questions")):
+        st.warning(said)
+    on = c3.radio("Questions", list(FIT), key="fit_on", horizontal=True,
+                  help="the tune half: each question goes to the tune or the held-out half by a hash of its id; "
+                       "pick a setting here, then check it on the held-out half on Compare")
+    split = FIT[on]
+    try:
+        pts = data.sweep_for(run, learned, split)
+    except StoplineError as e:          # a run too small to halve
+        st.error(str(e))
+        st.stop()
     # both picks live in the URL (`cost`, `also`: run ids joined by commas), as the schedule's does below
     axes = {"emitted": "tokens emitted", "computed": "tokens computed (probes included)"}
     x = c1.radio("Cost", list(axes), horizontal=True, key="axis", format_func=axes.get,
@@ -55,7 +69,7 @@ if run:
     for oid in others:
         o = data.run_by_id(runs, oid)
         try:
-            op = data.sweep_for(o, learned)
+            op = data.sweep_for(o, learned, split)
             if pick != ALL and pick in schedules_of(op):
                 op = on_schedules(op, [pick])
             drawn.append((data.run_label(o), op))
@@ -66,13 +80,13 @@ if run:
     mark = None
     if current is not None:
         try:
-            s = replay(data.table_for(run), current).summary()     # the table only when needed
+            s = replay(split_of(data.table_for(run), split), current).summary()     # the table only when needed
             mark = (s["tokens_" + x], s["em"], current.label())
         except StoplineError:
             current = None
     mine = None
     if run.get("n_incumbent"):                          # the user's own stopper: its own marked point
-        s = incumbent_outcome(data.table_for(run)).summary()
+        s = incumbent_outcome(split_of(data.table_for(run), split)).summary()
         mine = (s["tokens_" + x], s["em"])
     option, picks = frontier_option(pts, x, f"mean {axis}", drawn, mark, mine)
     event = st.echarts_chart(option, height=504 + option["grid"]["bottom"], key="frontier_chart", on_select="rerun",
@@ -88,7 +102,10 @@ if run:
                     "which answers it loses or gains.")
     else:
         st.caption("Click a point to make it the current setting.")
-    st.caption(f"{run['model']} on {run['dataset']}: {run['n_questions']} questions, full-length EM "
+    where = (f"{run['n_questions']} questions" if split == "all" else
+             f"the tune half of its {run['n_questions']} questions (check what you pick on the held-out half: "
+             "Compare, Report)")
+    st.caption(f"{run['model']} on {run['dataset']}: {where}, full-length EM "
                f"{full.em:.3f} at {full.emitted:.0f} tokens. Faint points are dominated within their family.")
     if mine is not None:
         st.caption(f"Your mechanism (the orange diamond): EM {mine[1]:.3f} at {mine[0]:.0f} tokens, "

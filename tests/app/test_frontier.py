@@ -122,3 +122,25 @@ def test_the_cost_axis_and_the_other_runs_are_kept_in_the_link(synthetic_db):
     assert link.multiselect(key="other_runs").value == [other]
     link.multiselect(key="other_runs").unselect(other).run()
     assert not link.exception and link.query_params["also"] == ""
+
+
+def test_the_frontier_sweeps_the_tune_half_for_an_out_of_sample_check(synthetic_db):
+    """"The tune half" sweeps that half alone (its full-length row is the half's, as `optimize` reads it), the
+    pick lives in the link (`fit=tune`), and Compare then checks on the held-out half by default."""
+    from analysis.evaluate.frontier import sweep
+    from analysis.evaluate.optimize import split_of
+    from analysis.core.store import Store
+    from analysis.replay.engine import RunTable
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid)
+    at.radio(key="fit_on").set_value("the tune half").run()
+    assert not at.exception and at.query_params["fit"] == "tune"
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    half = split_of(t, "tune")
+    em = sweep(half, ["budget"]).query("family == 'full'").iloc[0].em
+    assert 0 < half.n < t.n and f"{em:.3f}" != f"{t.full_em.mean():.3f}"      # the half's own figure
+    assert any(f"the tune half of its {t.n} questions" in c.value and f"full-length EM {em:.3f}" in c.value
+               for c in at.caption)
+    assert len(at.dataframe[0].value) > 3
+    at.switch_page("views/compare.py").run()
+    assert not at.exception and at.radio(key="cmp_on").value == "the held-out half"
