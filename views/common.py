@@ -203,3 +203,21 @@ def page_start(title: str):
     fam = family_picker(t)
     learned_caveat(t, fam)
     return run, t, fam, current_setting(t, fam)
+
+
+ON = {"all questions": "all", "the held-out half": "held-out"}
+
+
+def questions_on(key: str) -> str:
+    """The radio "all questions / the held-out half" (the split the Report and `optimize` choose on one half
+    and check on, and the Frontier's tune half leaves out), kept in the link as ``on`` and shared by the
+    pages; it opens on the held-out half when the Frontier was swept on the tune half. Returns the split's
+    name for ``split_of``: ``all`` or ``test``."""
+    held = "the held-out half" if st.session_state.get("url_pick.fit") == "the tune half" else "all questions"
+    if (said := data.url_pick(key, "on", list(ON), held, ON, "the questions")):
+        st.warning(said)
+    on = st.radio("Questions", list(ON), key=key, horizontal=True,
+                  help="each question goes to the tune or the held-out half by a hash of its id; a setting picked "
+                       "on the tune half (Frontier, Tune's jumps, the Report, `optimize`) is checked out of sample "
+                       "on the held-out half")
+    return "all" if ON[on] == "all" else "test"

@@ -59,22 +59,16 @@ except StoplineError as e:          # one this dashboard will not replay (viewer
 for side in (A, B):
     if isinstance(side, Preset) and (w := data.made_elsewhere(side, run)):
         st.warning(w)
-# which questions: all, or the held-out half (the split the Report and `optimize` choose on and check on)
-ON = {"all questions": "all", "the held-out half": "held-out"}
 qa, qb = st.columns(2)
 with qa:
-    # a setting picked on the Frontier's tune half is checked on the other half by default
-    held = "the held-out half" if st.session_state.get("url_pick.fit") == "the tune half" else "all questions"
-    if (said := data.url_pick("cmp_on", "on", list(ON), held, ON, "the questions")):
-        st.warning(said)
-    on = st.radio("Questions", list(ON), key="cmp_on", horizontal=True)
+    split = common.questions_on("cmp_on")
 with qb:
     slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
     if (said := data.url_pick("cmp_slice", "by", slice_opts, default_slice(t), {"(none)": "none"}, "the break-down")):
         st.warning(said)
     slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice")
 try:
-    tt = split_of(t, "all" if ON[on] == "all" else "test")     # as optimize: no model fitted on the other half
+    tt = split_of(t, split)             # as optimize: no model fitted on the other half
     sides = [incumbent_outcome(tt) if x == INCUMBENT else x for x in (A, B)]
     res = compare(tt, *sides, None if slice_by == "(none)" else slice_by)     # N_BOOT resamples, as everywhere
 except StoplineError as e:
@@ -102,14 +96,18 @@ def saved(a: float, b: float) -> str:
 
 common.noted_metric(m[2], "B saves, emitted / computed", f"{saved(res['tokens_a'], res['tokens_b'])} / "
                     f"{saved(res['computed_a'], res['computed_b'])}", "of A's tokens (negative: B costs more)")
-if ON[on] == "all":
+if split == "all":
     st.caption(f"On all {res['n']} questions. A setting chosen on these same questions (a point picked on the Frontier, "
                "the best of a sweep) looks better here than it will on new ones: pick **the held-out half** to check "
                "it on questions it was not chosen on, as the Report and `optimize` do.")
 else:
+    picked_on = ("the Frontier was swept on the tune half, so a point picked there is checked out of sample here"
+                 if st.session_state.get("url_pick.fit") == "the tune half" else
+                 "a point picked on the Frontier swept on all questions was picked looking at these too: sweep it "
+                 "on the tune half for a clean check")
     st.caption(f"On the held-out half: {res['n']} of {t.n} questions (each goes to a half by a hash of its id: the "
                "split the Report, `optimize` and Tune's jumps use, choosing on the other half). Held out only for a "
-               "setting chosen on the other half: a point picked on the Frontier was picked looking at every question.")
+               f"setting chosen on the other half: {picked_on}.")
 st.caption(f"95% CIs (B − A): tokens emitted {res['delta_tokens_ci'][0]:+.1f} … {res['delta_tokens_ci'][1]:+.1f}, "
            f"tokens computed {res['delta_computed_ci'][0]:+.1f} … {res['delta_computed_ci'][1]:+.1f}. "
            f"A = {res['a']}; B = {res['b']}. Paired on the same {res['n']} questions: the CIs resample questions, "

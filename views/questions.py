@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.core.errors import StoplineError
 from analysis.evaluate.incumbent import LABEL as INCUMBENT, incumbent_outcome
+from analysis.evaluate.optimize import split_of
 from analysis.presets.schema import loads
 from analysis.replay.engine import full_length, outcome_from_stops, stop_index
 from views import common, data
@@ -21,8 +22,13 @@ opts = ["full length", *mine, *[f"preset: {n}" for n in saved], "a preset link o
 if (said := data.url_pick("q_against", "vs", opts, "full length",
                           {"full length": "full", INCUMBENT: "mine", "a preset link or JSON…": "link"}, "the other side")):
     st.warning(said)
-against = st.selectbox("Compare against", opts, key="q_against")
+qa, qb = st.columns([3, 2])
+against = qa.selectbox("Compare against", opts, key="q_against")
+with qb:
+    split = common.questions_on("q_on")
+whole = t
 try:
+    t = split_of(t, split)             # both sides on the half alone (no model fitted on the other half)
     a = outcome_from_stops(t, stop_index(t, setting), setting.label(), setting)
     if against == "full length":
         b = full_length(t)
@@ -75,7 +81,8 @@ if not ids:
 pick = ids[rows[0]] if rows else data.query("q")
 if pick not in set(t.question_ids):
     if pick:
-        notice.warning(f"The question this link names, '{data.link_text(pick)}', is not in this run; showing "
+        where = "in the tune half, not this one" if pick in set(whole.question_ids) else "not in this run"
+        notice.warning(f"The question this link names, '{data.link_text(pick)}', is {where}; showing "
                        f"{ids[0]} instead (the first in the table below).", icon=":material/link_off:")
     pick = ids[0]
 data.set_query("q", pick)

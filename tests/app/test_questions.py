@@ -113,3 +113,24 @@ def test_the_other_side_lives_in_the_link(tmp_path):
     again.query_params.update({"db": db, "run": rid, "vs": "mine"})
     again.switch_page("views/questions.py").run()
     assert not again.exception and again.selectbox(key="q_against").value == "your mechanism"
+
+
+def test_the_held_out_half_shows_its_questions_alone(synthetic_db):
+    """"The held-out half" diffs that half's questions only (the split Compare and the Report check on), kept in
+    the link as `on`; a link naming a question of the other half says where it is."""
+    from analysis.core.store import Store
+    from analysis.evaluate.optimize import split_of
+    from analysis.replay.engine import RunTable
+    db, rid, _ = synthetic_db
+    t = RunTable.from_store(Store(db, read_only=True), rid)
+    held, tune = set(split_of(t, "test").question_ids), split_of(t, "tune").question_ids
+    at = open_app(db, rid, "views/questions.py")
+    at.radio(key="q_on").set_value("the held-out half").run()
+    at.multiselect(key="q_filter").set_value(["lost", "gained", "kept right", "kept wrong"]).run()
+    assert not at.exception and at.query_params["on"] == "held-out"
+    assert sum(int(m.value) for m in at.metric) == len(held) < t.n
+    assert set(at.dataframe[0].value["question"]) == held
+    at.query_params["q"] = str(tune[0])
+    at.run()
+    assert any(f"'{tune[0]}', is in the tune half, not this one" in w.value for w in at.warning)
+    assert at.subheader[0].value != f"Trace of {tune[0]}"
