@@ -453,7 +453,8 @@ class OpenAIEngine:
                 t0 = time.perf_counter()
                 out = await self._post(r, "/completions", {
                     "model": self.model, "prompt": prompt + toks, "max_tokens": room - len(toks), "temperature": 0,
-                    "stop": PROBE_STOPS, "logprobs": self.top_k, "return_token_ids": True})
+                    "stop": PROBE_STOPS, "logprobs": self.top_k,
+                    **({"return_token_ids": True} if self.token_ids else {})})
                 dt += time.perf_counter() - t0
             try:
                 got, got_probs, got_top, eos = self.answer_part(out)
@@ -492,10 +493,16 @@ class OpenAIEngine:
         lp = ch.get("logprobs") or {}
         toks = ch.get("token_ids")
         probs = [math.exp(x) if x is not None else math.nan for x in (lp.get("token_logprobs") or [])]
-        if toks is None:
-            toks = self.tok(ch.get("text") or "", add_special_tokens=False)["input_ids"]
-        toks = list(toks)
         eos = False
+        if toks is None:        # text only: a server leaves the stop string it matched out of the text
+            text = ch.get("text") or ""
+            matched = next((ch[k] for k in ("stop_reason", "matched_stop") if k in ch), ...)   # vLLM's, SGLang's
+            if ch.get("finish_reason") == "stop" and isinstance(matched, str):
+                text += matched         # the brace it stopped at, so that a nested answer (\frac{14}{3}) goes on
+            elif ch.get("finish_reason") == "stop" and matched is not ...:
+                eos = True              # no stop string matched: an end of sequence (None, or its token id)
+            toks = self.tok(text, add_special_tokens=False)["input_ids"]
+        toks = list(toks)
         while toks and toks[-1] in self.eos:            # the end of sequence is not an answer token
             toks.pop()
             eos = True

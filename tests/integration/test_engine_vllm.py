@@ -136,11 +136,16 @@ def test_a_trial_answer_with_braces_inside_its_box_is_the_greedy_answer_up_to_th
             whole = await eng._post(eng.replicas[0], "/completions", {
                 "model": MODEL, "prompt": ids + cue, "max_tokens": 20, "temperature": 0, "stop": ["\n"],
                 "return_token_ids": True})
-            return pr, whole["choices"][0]["token_ids"]
-    pr, whole = run_sync(go())
+        async with OpenAIEngine([server], MODEL, tk, eos=eos, token_ids=False) as eng:     # as SGLang, llama.cpp
+            text_only = await eng.probe_on(ids, cue, cfg)
+        return pr, whole["choices"][0]["token_ids"], text_only
+    pr, whole, text_only = run_sync(go())
     assert pr.raw == "2\\sqrt{2}"
     assert pr.tokens == whole[:len(pr.tokens)]                 # the greedy answer, cut where the box closed
     assert tk.decode(pr.tokens).count("}") == 2                # past the brace inside the box, to the box's own
+    # a server that returns text only leaves the brace it stopped at out of it: the reply's stop_reason puts it
+    # back (before, such an answer ended at the inner brace: "2\\sqrt{2")
+    assert text_only.raw == pr.raw and tk.decode(text_only.tokens) == tk.decode(pr.tokens)
 
 
 def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_so(server, tok):
