@@ -221,3 +221,15 @@ def questions_on(key: str) -> str:
                        "on the tune half (Frontier, Tune's jumps, the Report, `optimize`) is checked out of sample "
                        "on the held-out half")
     return "all" if ON[on] == "all" else "test"
+
+
+def check_on_the_other_half() -> None:
+    """The Frontier's "Questions" pick changed: Compare and Questions follow it, on the held-out half after a
+    sweep of the tune half and on all questions after one of all (their own pick overrides it afterwards)."""
+    tune = st.session_state.get("fit_on") == "the tune half"
+    st.session_state["url_pick.on"] = "the held-out half" if tune else "all questions"
+
+
+def picked_on_the_tune_half(setting) -> bool:
+    """Whether ``setting`` is the point last clicked on the Frontier while it showed the tune half alone."""
+    return setting is not None and st.session_state.get("frontier_pick") == ("tune", setting.key())

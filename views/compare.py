@@ -101,10 +101,10 @@ if split == "all":
                "the best of a sweep) looks better here than it will on new ones: pick **the held-out half** to check "
                "it on questions it was not chosen on, as the Report and `optimize` do.")
 else:
-    picked_on = ("the Frontier was swept on the tune half, so a point picked there is checked out of sample here"
-                 if st.session_state.get("url_pick.fit") == "the tune half" else
+    picked_on = ("the current setting is the point picked on the Frontier's tune half, so it is checked out of "
+                 "sample here" if common.picked_on_the_tune_half(current) else
                  "a point picked on the Frontier swept on all questions was picked looking at these too: sweep it "
-                 "on the tune half for a clean check")
+                 "on the tune half and pick there for a clean check")
     st.caption(f"On the held-out half: {res['n']} of {t.n} questions (each goes to a half by a hash of its id: the "
                "split the Report, `optimize` and Tune's jumps use, choosing on the other half). Held out only for a "
                f"setting chosen on the other half: {picked_on}.")

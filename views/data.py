@@ -330,7 +330,7 @@ def sweep_points(path: str, run_id: str, n_questions: int, n_checkpoints: int, l
         pts = None
     if pts is not None:
         return pts
-    disk = _sweep_cache_file(path, sweep_key(run, fams) + ("" if split == "all" else f"|{split}"))
+    disk = _sweep_cache_file(path, f"{run_id}|{sweep_key(run, fams)}|{split}")     # two runs may share counts
     if disk is not None and disk.exists():
         try:
             return pd.read_parquet(disk)

@@ -29,7 +29,7 @@ if run:
     FIT = {"all questions": "all", "the tune half": "tune"}
     if (said := data.url_pick("fit_on", "fit", list(FIT), "all questions", FIT, "the questions")):
         st.warning(said)
-    on = c3.radio("Questions", list(FIT), key="fit_on", horizontal=True,
+    on = c3.radio("Questions", list(FIT), key="fit_on", horizontal=True, on_change=common.check_on_the_other_half,
                   help="the tune half: each question goes to the tune or the held-out half by a hash of its id; "
                        "pick a setting here, then check it on the held-out half on Compare")
     split = FIT[on]
@@ -96,6 +96,7 @@ if run:
         s = Setting.from_dict(json.loads(picked))
         if s != current:
             data.make_current(s)
+            st.session_state["frontier_pick"] = (split, s.key())     # where it was picked: Compare says so
             st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "

@@ -16,9 +16,13 @@ ids = st.multiselect("Runs", [r["id"] for r in runs], default=[run["id"]], key="
 names = st.multiselect("Presets to report", ["the current setting", *saved], default=["the current setting"],
                        key="rep_presets")
 c1, c2, c3 = st.columns([3, 2, 2])
-# the picks live in the link (drop=, cost=, by=): a report's link reopens the page as it was built
+# the picks live in the link (drop=, cost=, losses=): a report's link reopens the page as it was built
 DROPS = [f"{i * 0.005:.3f}" for i in range(21)]
 COSTS = {"emitted": "tokens emitted", "computed": "tokens computed (probes included)"}
+try:                                   # a hand-written link's 0.02 is the step 0.020
+    data.set_query("drop", f"{float(data.query('drop')):.3f}")
+except (TypeError, ValueError):
+    pass
 said = [data.url_pick("rep_drop", "drop", DROPS, "0.020", what="the EM drop"),
         data.url_pick("rep_cost", "cost", list(COSTS), "emitted", what="the tokens to save")]
 drop = float(c1.select_slider("Recommend the fewest tokens within this EM drop of full length", DROPS, key="rep_drop"))
@@ -26,7 +30,7 @@ cost = c2.radio("Tokens to save", list(COSTS), key="rep_cost", format_func=COSTS
                 help="emitted: what the model writes; computed: that plus the tokens its probes compute to ask "
                      "for interim answers (what the hardware pays for). The recommendation saves the chosen kind.")
 slices = ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
-said.append(data.url_pick("rep_slice", "by", slices, "(auto)", {"(auto)": "auto"}, "the break-down"))
+said.append(data.url_pick("rep_slice", "losses", slices, "(auto)", {"(auto)": "auto"}, "the break-down"))
 slice_by = c3.selectbox("Break losses down by", slices, key="rep_slice")
 for w in filter(None, said):
     st.warning(w)

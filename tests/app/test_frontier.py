@@ -133,6 +133,9 @@ def test_the_frontier_sweeps_the_tune_half_for_an_out_of_sample_check(synthetic_
     from analysis.replay.engine import RunTable
     db, rid, _ = synthetic_db
     at = open_app(db, rid)
+    at.switch_page("views/compare.py").run()             # Compare seen first, on all questions
+    assert at.radio(key="cmp_on").value == "all questions"
+    at.switch_page("views/frontier.py").run()
     at.radio(key="fit_on").set_value("the tune half").run()
     assert not at.exception and at.query_params["fit"] == "tune"
     t = RunTable.from_store(Store(db, read_only=True), rid)
@@ -144,3 +147,8 @@ def test_the_frontier_sweeps_the_tune_half_for_an_out_of_sample_check(synthetic_
     assert len(at.dataframe[0].value) > 3
     at.switch_page("views/compare.py").run()
     assert not at.exception and at.radio(key="cmp_on").value == "the held-out half"
+    assert any("sweep it on the tune half and pick there" in c.value for c in at.caption)   # no point picked there
+    at.switch_page("views/frontier.py").run()
+    at.radio(key="fit_on").set_value("all questions").run()
+    at.switch_page("views/questions.py").run()
+    assert not at.exception and at.radio(key="q_on").value == "all questions"

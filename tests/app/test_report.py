@@ -60,8 +60,8 @@ def test_the_report_picks_live_in_the_link(synthetic_db):
     at.radio(key="rep_cost").set_value("computed").run()
     at.selectbox(key="rep_slice").set_value("length").run()
     assert not at.exception
-    link = {k: at.query_params[k] for k in ("drop", "cost", "by")}
-    assert link == {"drop": "0.045", "cost": "computed", "by": "length"}, link
+    link = {k: at.query_params[k] for k in ("drop", "cost", "losses")}
+    assert link == {"drop": "0.045", "cost": "computed", "losses": "length"}, link
     offer_store(db)
     again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     again.query_params.update({"db": db, "run": rid, **link})
@@ -72,4 +72,8 @@ def test_the_report_picks_live_in_the_link(synthetic_db):
     odd.query_params.update({"db": db, "run": rid, "drop": "0.3"})
     odd.switch_page("views/report.py").run()
     assert odd.select_slider(key="rep_drop").value == "0.020"
-    assert any("The EM drop in this link, '0.3', is not offered here" in w.value for w in odd.warning)
+    assert any("The EM drop in this link, '0.300', is not offered here" in w.value for w in odd.warning)
+    short = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)       # written by hand: 0.05 is 0.050
+    short.query_params.update({"db": db, "run": rid, "drop": "0.05"})
+    short.switch_page("views/report.py").run()
+    assert short.select_slider(key="rep_drop").value == "0.050" and not short.warning
