@@ -498,7 +498,9 @@ class OpenAIEngine:
             text = ch.get("text") or ""
             matched = next((ch[k] for k in ("stop_reason", "matched_stop") if k in ch), ...)   # vLLM's, SGLang's
             if ch.get("finish_reason") == "stop" and isinstance(matched, str):
-                text += matched         # the brace it stopped at, so that a nested answer (\frac{14}{3}) goes on
+                # the brace it stopped at, so that a nested answer (\frac{14}{3}) goes on; once: a server told to
+                # keep its stop strings has it already (the text cannot end with it otherwise: it would stop there)
+                text += "" if text.endswith(matched) else matched
             elif ch.get("finish_reason") == "stop" and matched is not ...:
                 eos = True              # no stop string matched: an end of sequence (None, or its token id)
             toks = self.tok(text, add_special_tokens=False)["input_ids"]
