@@ -252,9 +252,10 @@ def headline(res: dict, code: str = "`") -> list[str]:
     if within is not None:
         te = within["test"]
         unit, more = probes_cost(te)
-        out.append(f"Or {code}{within['label']}{code} keeps EM within {res['drop']:g} of full length (chosen on "
-                   f"the tune half) while saving {te[sav]:.0%}{unit} ({_ci(te['ci'][sav], '.0%', False)})"
-                   f"{more}; held out, EM {_signed(te['delta_em'])} ({_ci(te['ci']['delta_em'])}).")
+        miss = f", beyond the {res['drop']:g} it was chosen for" if te["delta_em"] < -res["drop"] else ""
+        out.append(f"Or {code}{within['label']}{code}, the fewest {tokens} within an EM drop of {res['drop']:g} on "
+                   f"the tune half, saves {te[sav]:.0%}{unit} ({_ci(te['ci'][sav], '.0%', False)})"
+                   f"{more}; held out, EM {_signed(te['delta_em'])} ({_ci(te['ci']['delta_em'])}){miss}.")
     else:
         out.append(f"No setting keeps EM within {res['drop']:g} of full length on the tune half.")
     return out

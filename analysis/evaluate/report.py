@@ -33,33 +33,37 @@ from analysis.replay.slices import slice_labels, slice_order
 
 
 def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, title: str = "",
-                    incumbent: dict | None = None, recommended: tuple[str, dict] | None = None) -> go.Figure:
+                    incumbent: dict | None = None, recommended: tuple[str, dict] | None = None,
+                    cost: str = "emitted") -> go.Figure:
     """``incumbent``: the incumbent's summary (Outcome.summary), drawn as its own point; ``recommended``: (label,
     summary on the same questions) of the recommendation, marked on the frontier. Presets and the recommendation
-    are named in the legend, not beside their points (a label there overlapped the full-length star)."""
+    are named in the legend, not beside their points (a label there overlapped the full-length star). ``cost``:
+    the tokens on the x axis, emitted or computed (the probes' included), each with its own fronts."""
     pts = sweep(t) if pts is None else pts
+    x, key = cost, f"tokens_{cost}"
     fig = go.Figure()
     for fam, g in pts[pts.family != "full"].groupby("family", sort=False):
-        front = g[g["pareto_family"]].sort_values("emitted")
-        fig.add_scatter(x=front["emitted"], y=front["em"], mode="lines+markers", name=fam,
+        front = g[g["pareto_family" + ("" if cost == "emitted" else "_computed")]].sort_values(x)
+        fig.add_scatter(x=front[x], y=front["em"], mode="lines+markers", name=fam,
                         line=dict(color=COLORS.get(fam)), marker=dict(size=6))
     full = pts[pts.family == "full"].iloc[0]
-    fig.add_scatter(x=[full["emitted"]], y=[full["em"]], mode="markers", name="full length",
+    fig.add_scatter(x=[full[x]], y=[full["em"]], mode="markers", name="full length",
                     marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)))
     if incumbent is not None:
-        fig.add_scatter(x=[incumbent["tokens_emitted"]], y=[incumbent["em"]], mode="markers+text", name=INCUMBENT,
+        fig.add_scatter(x=[incumbent[key]], y=[incumbent["em"]], mode="markers+text", name=INCUMBENT,
                         text=[INCUMBENT], textposition="bottom center",
                         marker=dict(symbol="diamond", size=15, color=INCUMBENT_COLOR,
                                     line=dict(color=INCUMBENT_EDGE, width=1.5)))       # as on the Frontier
     for p, res in presets:
-        fig.add_scatter(x=[res["tokens_emitted"]], y=[res["em"]], mode="markers", name=p.name,
+        fig.add_scatter(x=[res[key]], y=[res["em"]], mode="markers", name=p.name,
                         marker=dict(symbol="square", size=11, color="black"))
     if recommended is not None:
-        fig.add_scatter(x=[recommended[1]["tokens_emitted"]], y=[recommended[1]["em"]], mode="markers",
+        fig.add_scatter(x=[recommended[1][key]], y=[recommended[1]["em"]], mode="markers",
                         name=f"recommended: {recommended[0]}",
                         marker=dict(symbol="circle-open", size=20, color="#16a34a", line=dict(width=3)))
     fig.update_layout(title=title or "Tokens vs exact match, every policy family's Pareto front", height=460,
-                      width=900, xaxis_title="mean tokens emitted per question", yaxis_title="exact match",
+                      width=900, xaxis_title="mean tokens emitted per question" if cost == "emitted" else
+                      "mean tokens computed per question (probes included)", yaxis_title="exact match",
                       legend=dict(orientation="h", y=-0.22), margin=dict(t=50, l=60, r=20, b=40),
                       template="plotly_white")
     return fig
@@ -143,7 +147,7 @@ def build(tables: list[tuple[dict, RunTable]], presets: list[Preset], drop: floa
             rows.append((Preset(f"recommended: {op['label']}", Setting.from_dict(op["setting"])), rec))
         fig = frontier_figure(t, [(p, r) for p, r in rows if "error" not in r and r is not rec], pts,
                               f"{head}<br><sup>tokens vs exact match, every family's Pareto front; {every}</sup>",
-                              inc, (op["label"], rec) if rec is not None else None)
+                              inc, (op["label"], rec) if rec is not None else None, cost)
         figs[f"frontier_{k}"] = fig
         if rec is not None:
             figs[f"losses_{k}"] = losses_figure(t, rec_stops, by, op["label"], every)

@@ -197,7 +197,12 @@ def test_beat_reports_on_the_held_out_split(budget_like):
     lo, hi = same["vs_incumbent"]["delta_em_ci"]
     assert lines[1].endswith("better than yours." if lo > 0 else "beat your mechanism." if hi < 0 else
                              "not clearly different from yours at this sample size."), lines[1]
-    assert f"within 0.02 of full length" in lines[2]
+    # what it was chosen for on the tune half, then what it does held out, and a miss there said in the sentence
+    te = res["within_drop"]["test"]
+    assert "the fewest emitted tokens within an EM drop of 0.02 on the tune half" in lines[2]
+    assert lines[2].endswith(", beyond the 0.02 it was chosen for." if te["delta_em"] < -0.02 else ")."), lines[2]
+    res["within_drop"]["test"] = {**te, "delta_em": -0.05}
+    assert inc.headline(res)[2].endswith(", beyond the 0.02 it was chosen for.")
 
 
 def test_report_opens_with_the_answer(budget_like):

@@ -181,7 +181,7 @@ def test_a_recommendation_that_computes_more_than_full_length_says_so_where_it_s
     its saving; on the computed basis the recommendation saves computed tokens, and Reproduce says so."""
     from analysis.evaluate.report import build
     t = RunTable.from_store(demo, "c7a2483a9092")
-    rep = build([(demo.run(t.run_id), t)], [], drop=0.02, images=False, n_boot=200)
+    rep = emitted = build([(demo.run(t.run_id), t)], [], drop=0.02, images=False, n_boot=200)
     md = rep["markdown"]
     head = md.split("## ")[0]
     assert "of emitted tokens (95% CI" in head and "more counting its probes; held out" in head, head
@@ -193,3 +193,10 @@ def test_a_recommendation_that_computes_more_than_full_length_says_so_where_it_s
     assert "the fewest tokens computed (probes included)" in rec and "but computing" not in rec
     assert "Your mechanism saves 4% of tokens computed" in md
     assert "--drop 0.02 --cost computed`" in md
+    # the frontier is drawn on the basis chosen: the recommendation's ring at its computed tokens
+    fig = rep["figures"]["frontier_0"]
+    assert fig.layout.xaxis.title.text == "mean tokens computed per question (probes included)"
+    line = {d.name: list(d.x) for d in fig.data}
+    before = {d.name: list(d.x) for d in emitted["figures"]["frontier_0"].data}
+    assert line["full length"] == before["full length"]           # full length probes nothing
+    assert min(line["consistency"]) > min(before["consistency"])   # a probing family costs more computed
