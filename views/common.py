@@ -230,6 +230,12 @@ def check_on_the_other_half() -> None:
     st.session_state["url_pick.on"] = "the held-out half" if tune else "all questions"
 
 
+def mark_picked_on_the_tune_half(setting) -> None:
+    """Record that ``setting`` was chosen looking at the tune half alone (a point clicked on the Frontier swept
+    on it, a Tune jump), or (None) that the last pick looked at every question."""
+    st.session_state["picked_on_tune"] = setting.key() if setting is not None else None
+
+
 def picked_on_the_tune_half(setting) -> bool:
-    """Whether ``setting`` is the point last clicked on the Frontier while it showed the tune half alone."""
-    return setting is not None and st.session_state.get("frontier_pick") == ("tune", setting.key())
+    """Whether ``setting`` is the last one chosen on the tune half alone (``mark_picked_on_the_tune_half``)."""
+    return setting is not None and st.session_state.get("picked_on_tune") == setting.key()

@@ -101,10 +101,11 @@ if split == "all":
                "the best of a sweep) looks better here than it will on new ones: pick **the held-out half** to check "
                "it on questions it was not chosen on, as the Report and `optimize` do.")
 else:
-    picked_on = ("the current setting is the point picked on the Frontier's tune half, so it is checked out of "
-                 "sample here" if common.picked_on_the_tune_half(current) else
-                 "a point picked on the Frontier swept on all questions was picked looking at these too: sweep it "
-                 "on the tune half and pick there for a clean check")
+    picked_on = ("the current setting was chosen on the tune half (a Tune jump, or a point clicked on the Frontier "
+                 "swept on it), so it is checked out of sample here" if common.picked_on_the_tune_half(current) else
+                 "one picked looking at every question (a point clicked on the Frontier swept on all questions) is "
+                 "partly in-sample here; a Tune jump, or a point clicked on the Frontier swept on the tune half, is "
+                 "not")
     st.caption(f"On the held-out half: {res['n']} of {t.n} questions (each goes to a half by a hash of its id: the "
                "split the Report, `optimize` and Tune's jumps use, choosing on the other half). Held out only for a "
                f"setting chosen on the other half: {picked_on}.")

@@ -96,7 +96,7 @@ if run:
         s = Setting.from_dict(json.loads(picked))
         if s != current:
             data.make_current(s)
-            st.session_state["frontier_pick"] = (split, s.key())     # where it was picked: Compare says so
+            common.mark_picked_on_the_tune_half(s if split == "tune" else None)     # Compare says so
             st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "

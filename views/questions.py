@@ -71,8 +71,10 @@ view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
 # a line between the filter and the table: the table's toolbar (shown on hover) sits above its top edge and
 # covered the filter's chips
 st.caption(f"{len(view)} of {len(df)} questions, most tokens saved first; pick a row to see its trace.")
+# a picked row is a row of this view: the table is keyed by what makes the view, so that another half, filter
+# or other side does not move the pick to whichever question is now at that row (the link's q keeps it)
 event = st.dataframe(view, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                     key="q_table", height=260)
+                     key=f"q_table.{split}.{against}.{'.'.join(sorted(show))}", height=260)
 rows = event.selection.rows if event and event.selection else []
 ids = view["question"].tolist()
 if not ids:

@@ -218,6 +218,8 @@ with tab_import:
             st.caption(f"{pv['n_records']} records; fields of the first ones: "
                        + ", ".join(f"`{k}`" for k in pv["fields"]) + ". What the import would read from them:")
             st.dataframe(pd.DataFrame(pv["rows"]).astype(str), hide_index=True, width="stretch")
+        if up is not None and not (mname and dname):        # why Import is greyed out
+            st.caption("Name the model and the dataset (above) to import: the run is filed under them.")
         if st.button("Import", type="primary", key="imp_go", disabled=up is None or not mname or not dname):
             res = import_generations(MY_DB, spec, show_progress=False)   # opened only once the file passed its checks
             verb = "Imported" if res["created"] else "Already imported as"

@@ -108,9 +108,13 @@ def widgets(t, fam: str, start: dict, prefix: str, fresh: frozenset = frozenset(
 
 def schedule_widgets(t, fam: str, start: dict, params: dict, fresh: frozenset = frozenset()) -> dict:
     """The probe schedule's controls, from its declaration (shared by every family)."""
-    given = (data.picked_run().get("config") or {}).get("format") == "checkpoints"     # another tool's probes
-    said = (f"this run's checkpoints are its file's, every {t.interval} tokens or so" if given else
-            f"this run probed every {t.interval} tokens, at steps and transitions")
+    config = data.picked_run().get("config") or {}
+    if config.get("format") == "checkpoints":           # another tool's probes
+        said = f"this run's checkpoints are its file's, every {t.interval} tokens or so"
+    elif config.get("source") == "import":              # text only: its answers read off the text, nothing probed
+        said = f"this run's checkpoints are placed on its traces' text, every {t.interval} tokens, at steps and transitions"
+    else:
+        said = f"this run probed every {t.interval} tokens, at steps and transitions"
     with st.expander(f"Probe schedule ({said})", icon=":material/schedule:", expanded=start != SCHEDULE_DEFAULTS):
         policy, full = get_family(fam), Setting.from_dict({"family": fam, "params": params}).params
         if not policy.probes_needed(full):
@@ -149,9 +153,10 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
         return
     s = Setting.from_dict(op["setting"])
     show_setting(t, s)            # the family picker and the controls are drawn from it on the rerun
+    common.mark_picked_on_the_tune_half(s)       # Compare's held-out half is out of sample for it
     te = op["test"]
     text = (f"Jumped to `{s.label()}`, chosen on the tune half ({op['tune']['n']} questions) by tokens {cost}: "
-            f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens. On the held-out half ({te['n']}): ΔEM "
+            f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens {cost}. On the held-out half ({te['n']}): ΔEM "
             f"{te['delta_em']:+.3f}, {te['tokens_emitted']:.0f} tokens emitted and {te['tokens_computed']:.0f} "
             f"computed against {te['tokens_full']:.0f} at full length.")
     # red only when it misses its target on the held-out half; a setting that meets it there but computes more
@@ -179,7 +184,8 @@ def certified(run: dict, fam: str, epsilon: float, scope: str, delta: float = 0.
     if c["certified"]:
         st.success(f"**Certified for ε={epsilon:g}, failure probability δ={delta:g}**: `{c['label']}` saves {c['savings']:.0%} of the "
                    f"tokens; its EM drop on new questions drawn like these is at most {epsilon:g} with probability "
-                   f"{1 - delta:.0%} ({c['bound']}, {c['n']} test questions).", icon=":material/verified:")
+                   f"{1 - delta:.0%} ({c['bound']} bound on {c['n']} of its {c['n_calibration']} calibration questions; the "
+                   f"other {c['n_order']} order the settings tested).", icon=":material/verified:")
         if c["family"] == fam and not any(isinstance(v, dict) for v in c["setting"]["params"].values()):
             st.button("Use the certified setting", key="cert_use", on_click=show_setting,
                       args=(data.table_for(run), Setting.from_dict(c["setting"])))

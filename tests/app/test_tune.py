@@ -42,6 +42,11 @@ def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_d
     want = operating_point(t, "drop", 0.01, "emitted", fams, n_boot=0)        # chosen on the tune half
     assert any(want["label"] in c.value for c in at.caption)       # the page now shows that setting
     assert any("Jumped to" in m.value for m in [*at.info, *at.error]) and not at.warning
+    # chosen on the tune half: Compare's held-out half says it is out of sample for it
+    at.switch_page("views/compare.py").run()
+    at.radio(key="cmp_on").set_value("the held-out half").run()
+    assert any("so it is checked out of sample here" in c.value for c in at.caption)
+    at.switch_page("views/tune.py").run()
     # a hybrid: its two parts get their own family pickers and controls
     at.sidebar.selectbox(key="family").set_value("hybrid").run()
     assert not at.exception
@@ -80,6 +85,7 @@ def test_tune_shows_the_certified_setting_beside_the_jump(synthetic_db):
     assert not at.exception
     ok = [s.value for s in at.success if "Certified for ε=0.05, failure probability δ=0.05" in s.value]
     assert ok and "budget(" in ok[0]                          # the family picked (budget), this family's certificate
+    assert "bound on " in ok[0] and "of its 600 calibration questions; the other " in ok[0]   # which questions
     at.button(key="cert_use").click().run()
     from analysis.presets.schema import loads
     label = ok[0].split("`")[1]
@@ -184,3 +190,19 @@ def test_tune_shows_the_declared_schedule_not_where_the_rule_narrows_its_probes(
     assert back.schedule == {} and back.params["transition_only"] is True
     # and says which of the schedule's controls do not apply to it
     assert any("do not apply" in w.value and "probe every" in w.value for w in at.warning)
+
+
+def test_the_probe_schedule_says_how_the_runs_checkpoints_were_made(tmp_path, synthetic_db):
+    """A generated run probed its checkpoints; an imported file of traces had them placed on its text, with
+    nothing probed (the Tune page said "this run probed" of both)."""
+    from analysis.core.store import Store
+    from analysis.ingest.importer import ImportSpec, import_generations
+    from tests.helpers import ROOT
+    db = str(tmp_path / "imp.duckdb")
+    imp = import_generations(Store(db), ImportSpec(path=str(ROOT / "tests" / "fixtures" / "solutions.jsonl"),
+                                                   model="hand", dataset="hand-gsm", response_field="outputs.solution"),
+                             show_progress=False)
+    labels = [e.label for e in open_app(db, imp["run_id"], "views/tune.py").expander]
+    assert any("placed on its traces' text" in x for x in labels) and not any("this run probed" in x for x in labels)
+    db, rid, _ = synthetic_db
+    assert any("this run probed every" in e.label for e in open_app(db, rid, "views/tune.py").expander)
