@@ -3,7 +3,7 @@ and the same per slice."""
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.evaluate.compare import compare, default_slice
+from analysis.evaluate.compare import compare, default_slice, slice_fields
 from analysis.core.errors import PresetError, StoplineError
 from analysis.evaluate.incumbent import LABEL as INCUMBENT, incumbent_outcome
 from analysis.evaluate.optimize import split_of
@@ -63,7 +63,7 @@ qa, qb = st.columns(2)
 with qa:
     split = common.questions_on("cmp_on")
 with qb:
-    slice_opts = ["(none)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
+    slice_opts = ["(none)", "length", *slice_fields(t)]
     if (said := data.url_pick("cmp_slice", "by", slice_opts, default_slice(t), {"(none)": "none"}, "the break-down")):
         st.warning(said)
     slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice")

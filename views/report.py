@@ -2,6 +2,7 @@
 import streamlit as st
 
 from analysis.core.errors import PresetError, StoplineError
+from analysis.evaluate.compare import slice_fields
 from analysis.presets.schema import from_dict, from_setting
 from views import common, data
 
@@ -29,7 +30,7 @@ drop = float(c1.select_slider("Recommend the fewest tokens within this EM drop o
 cost = c2.radio("Tokens to save", list(COSTS), key="rep_cost", format_func=COSTS.get,
                 help="emitted: what the model writes; computed: that plus the tokens its probes compute to ask "
                      "for interim answers (what the hardware pays for). The recommendation saves the chosen kind.")
-slices = ["(auto)", "length", *[c for c in t.meta.columns if c.startswith("meta.")]]
+slices = ["(auto)", "length", *slice_fields(t)]
 said.append(data.url_pick("rep_slice", "losses", slices, "(auto)", {"(auto)": "auto"}, "the break-down"))
 slice_by = c3.selectbox("Break losses down by", slices, key="rep_slice")
 for w in filter(None, said):

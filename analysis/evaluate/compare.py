@@ -12,6 +12,19 @@ from analysis.replay.engine import Outcome, RunTable
 from analysis.evaluate.stats import N_BOOT, SEED, bootstrap_means, mcnemar, percentile_ci
 
 
+def slice_fields(t: RunTable) -> list[str]:
+    """The question fields a break-down by them can say something about: not an id (a value per question:
+    ``meta.rg_index``), not free text (``meta.expression``, more than 20 values or one per two questions);
+    numbers with many values are binned (``slice_labels``)."""
+    out = []
+    for c in (c for c in t.meta.columns if c.startswith("meta.")):
+        col = t.meta[c]
+        k = col.nunique()
+        if 1 < k < t.n and (pd.api.types.is_numeric_dtype(col) or k <= min(20, t.n / 2)):
+            out.append(c)
+    return out
+
+
 def default_slice(t: RunTable) -> str:
     """The breakdown worth showing first: a metadata field with 2-12 values and 5 questions a value or more on
     average (one question a slice tells nothing), else trace length."""

@@ -200,3 +200,13 @@ def test_a_recommendation_that_computes_more_than_full_length_says_so_where_it_s
     before = {d.name: list(d.x) for d in emitted["figures"]["frontier_0"].data}
     assert line["full length"] == before["full length"]           # full length probes nothing
     assert min(line["consistency"]) > min(before["consistency"])   # a probing family costs more computed
+
+
+def test_the_break_downs_offered_leave_out_ids_and_free_text(demo):
+    """A field with a value per question (an index) or free text (the expression itself) makes a slice per
+    question: Compare and the Report offer only fields a break-down says something about."""
+    from analysis.evaluate.compare import slice_fields
+    t = RunTable.from_store(demo, "c7a2483a9092")
+    meta = {c for c in t.meta.columns if c.startswith("meta.")}
+    assert {"meta.rg_index", "meta.source_index", "meta.expression"} <= meta
+    assert slice_fields(t) == ["meta.num_terms", "meta.num_digits"]
