@@ -65,8 +65,11 @@ counts = df["status"].value_counts()
 c = st.columns(4)
 for col, k in zip(c, ["lost", "gained", "kept right", "kept wrong"]):
     col.metric(k.capitalize(), int(counts.get(k, 0)))
-show = st.multiselect("Show", ["lost", "gained", "kept right", "kept wrong"], default=["lost", "gained"],
-                      key="q_filter")
+SHOW = ["lost", "gained", "kept right", "kept wrong"]
+linked = data.query("show")                 # the filter lives in the link too (show=lost,gained)
+show = st.multiselect("Show", SHOW, key="q_filter",
+                      default=[x for x in linked.split(",") if x in SHOW] if linked is not None else ["lost", "gained"])
+data.set_query("show", ",".join(show))
 view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
 # a line between the filter and the table: the table's toolbar (shown on hover) sits above its top edge and
 # covered the filter's chips

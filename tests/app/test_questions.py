@@ -18,6 +18,13 @@ def test_questions_page_diffs_and_opens_a_trace(synthetic_db):
     assert {"tokens saved", "computed saved"} <= set(tab.columns) and (tab["computed saved"] <= tab["tokens saved"]).all()
     at.multiselect(key="q_filter").set_value(["kept wrong"]).run()
     assert not at.exception and len(at.dataframe[0].value) == labels["Kept wrong"]
+    assert at.query_params["show"] == "kept wrong"                # in the link: a fresh session reopens it
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    again.query_params.update({"db": db, "run": rid, "show": "kept wrong,gained,bogus"})
+    again.switch_page("views/questions.py").run()
+    assert not again.exception and again.multiselect(key="q_filter").value == ["kept wrong", "gained"]
 
 
 def _greyed(at) -> tuple[str, str, str]:
