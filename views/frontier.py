@@ -115,13 +115,19 @@ if run:
                    f"the settings on held-out ones.")
     best = pts[pts["pareto" + suffix] & (pts.family != "full")].sort_values(x)
     st.subheader("Pareto settings")
-    table = best[["label", "em", "delta_em", "emitted", "computed", "savings_emitted", "savings_computed", "lost",
-                  "gained"]].copy()
+    table = best[["label", "schedule", "em", "delta_em", "emitted", "computed", "savings_emitted", "savings_computed",
+                  "lost", "gained"]].copy()
+    table["schedule"] = table["schedule"].map(lambda v: "all" if v == "every checkpoint" else v.removeprefix("probes "))
+    table["label"] = [lab.split(" [probes ")[0] for lab in table["label"]]      # the schedule has its column
     table[["savings_emitted", "savings_computed"]] *= 100           # shown as percentages
     num = st.column_config.NumberColumn
-    # short headers in small columns (each explained on hover), so that all nine fit without scrolling sideways
+    # short headers in small columns (each explained on hover) and the setting's column of a fixed width (a long
+    # label is cut, whole on hover; its probe schedule has a column of its own), so that all ten fit without
+    # scrolling sideways
     st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "label": st.column_config.TextColumn("setting", pinned=True),
+        "label": st.column_config.TextColumn("setting", pinned=True, width=265),
+        "schedule": st.column_config.TextColumn("probes", width=60, help="the probe schedule it was replayed "
+                                                "with: at every recorded checkpoint (all), or a sparser one"),
         "em": num("EM", format="%.3f", width="small"),
         "delta_em": num("ΔEM", format="%+.3f", width="small", help="EM minus full length's EM"),
         "emitted": num("emitted", format="%.0f", width="small", help="mean tokens emitted per question"),
@@ -129,7 +135,7 @@ if run:
                         help="mean tokens computed per question, the probes' included"),
         "savings_emitted": num("saved", format="%.1f%%", width="small",
                                help="share of full length's emitted tokens saved"),
-        "savings_computed": num("saved, all", format="%.1f%%", width="small",
+        "savings_computed": num("net saved", format="%.1f%%", width="small",
                                 help="share of full length's tokens saved, counting the tokens the probes compute"),
         "lost": num("lost", width="small", help="questions full length answers right and this setting wrong"),
         "gained": num("gained", width="small", help="questions full length answers wrong and this setting right")})

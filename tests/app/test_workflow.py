@@ -162,10 +162,11 @@ def test_the_pareto_table_reads_in_labels_and_percentages(synthetic_db):
     grid = at.dataframe[-1]
     import json
     config = json.dumps(json.loads(grid.proto.columns), ensure_ascii=False)
-    for label in ("setting", "ΔEM", "emitted", "computed", "saved", "saved, all", "lost", "gained"):
+    for label in ("setting", "probes", "ΔEM", "emitted", "computed", "saved", "net saved", "lost", "gained"):
         assert f'"{label}"' in config
     assert '"EM minus full length\'s EM"' in config             # short headers, explained on hover
-    assert config.count('"small"') == 8                           # nine columns fit without scrolling sideways
+    assert config.count('"small"') == 8 and '"width": 265' in config   # ten columns fit without scrolling sideways
+    assert set(grid.value["schedule"]) <= {"all", "every 2x", "every 4x"} and not grid.value["label"].str.contains("[", regex=False).any()
     assert '"%.1f%%"' in config and '"%.3f"' in config
     assert grid.value["savings_emitted"].max() > 1          # percentages, not fractions
 
