@@ -102,7 +102,8 @@ if run:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "
                     "which answers it loses or gains.")
     else:
-        st.caption("Click a point to make it the current setting.")
+        st.caption("Click a point to make it the current setting (until you do, Tune, Questions, Compare and the "
+                   "Report start from the policy family's defaults).")
     where = (f"{run['n_questions']} questions" if split == "all" else
              f"the tune half of its {run['n_questions']} questions (check what you pick on the held-out half: "
              "Compare, Report)")

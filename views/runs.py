@@ -53,7 +53,7 @@ except StoplineError as e:          # a limit set to something that is not a num
     st.error(str(e))
     st.stop()
 
-tab_run, tab_import = st.tabs(["Start a run", "Import generations"])
+tab_run, tab_import = st.tabs(["Start a run", "Import generations"], key="tab", bind="query-params")   # kept: a rerun (Show this run) and a link reopen it
 with tab_run:
     from analysis.backend.models import PACKAGED
     engine = st.radio("Engine", ["In this process (transformers)", "A server (OpenAI-compatible: vLLM, SGLang, …)"],

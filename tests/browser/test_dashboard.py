@@ -197,6 +197,9 @@ def test_upload_a_file_of_generations_with_a_field_mapping(server, browser, tmp_
     picked = [sidebar.locator("[data-testid='stSelectbox']", has_text=w).locator("input").input_value()
               for w in ("Store", "Run")]
     assert picked[0] == "My store" and "hand" in picked[1], picked
+    # the Import tab stays open, and is in the link (tab=)
+    assert page.get_by_role("tab", name="Import generations").get_attribute("aria-selected") == "true"
+    assert "tab=Import" in page.url, page.url
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1", "outputs": {"solution": "1"}}\n{"question": "q2"}\n')
     upload(page, bad)
