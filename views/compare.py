@@ -101,8 +101,10 @@ if split == "all":
                "the best of a sweep) looks better here than it will on new ones: pick **the held-out half** to check "
                "it on questions it was not chosen on, as the Report and `optimize` do.")
 else:
+    mine_side = "the current setting" in (st.session_state.get("cmp_A"), st.session_state.get("cmp_B"))
     picked_on = ("the current setting was chosen on the tune half (a Tune jump, or a point clicked on the Frontier "
-                 "swept on it), so it is checked out of sample here" if common.picked_on_the_tune_half(current) else
+                 "swept on it), so it is checked out of sample here"
+                 if mine_side and common.picked_on_the_tune_half(current) else
                  "one picked looking at every question (a point clicked on the Frontier swept on all questions) is "
                  "partly in-sample here; a Tune jump, or a point clicked on the Frontier swept on the tune half, is "
                  "not")

@@ -94,10 +94,11 @@ if run:
     picked = picked_setting(event, picks)
     if picked:
         s = Setting.from_dict(json.loads(picked))
-        if s != current:
-            data.make_current(s)
+        if s != current or common.picked_on_the_tune_half(s) != (split == "tune"):
             common.mark_picked_on_the_tune_half(s if split == "tune" else None)     # Compare says so
-            st.rerun()
+            if s != current:
+                data.make_current(s)
+                st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "
                     "which answers it loses or gains.")

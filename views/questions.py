@@ -1,4 +1,6 @@
 """Questions: the per-question EM diff of the current setting, down to one question's trace."""
+import hashlib
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -74,10 +76,12 @@ view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
 # a line between the filter and the table: the table's toolbar (shown on hover) sits above its top edge and
 # covered the filter's chips
 st.caption(f"{len(view)} of {len(df)} questions, most tokens saved first; pick a row to see its trace.")
-# a picked row is a row of this view: the table is keyed by what makes the view, so that another half, filter
-# or other side does not move the pick to whichever question is now at that row (the link's q keeps it)
+# a picked row is a row of this view: the table is keyed by the questions it lists, in order, so that another
+# half, filter, setting or other side does not move the pick to whichever question is now at that row (the
+# link's q keeps the question shown)
+order = hashlib.sha1("\n".join(map(str, view["question"])).encode()).hexdigest()[:12]
 event = st.dataframe(view, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                     key=f"q_table.{split}.{against}.{'.'.join(sorted(show))}", height=260)
+                     key=f"q_table.{order}", height=260)
 rows = event.selection.rows if event and event.selection else []
 ids = view["question"].tolist()
 if not ids:

@@ -13,14 +13,15 @@ from analysis.evaluate.stats import N_BOOT, SEED, bootstrap_means, mcnemar, perc
 
 
 def slice_fields(t: RunTable) -> list[str]:
-    """The question fields a break-down by them can say something about: not an id (a value per question:
-    ``meta.rg_index``), not free text (``meta.expression``, more than 20 values or one per two questions);
-    numbers with many values are binned (``slice_labels``)."""
+    """The question fields a break-down by them can say something about: not an id (whole numbers, a value per
+    question: ``meta.rg_index``), not free text (``meta.expression``, more than 20 values or one per two
+    questions); other numbers with many values (a difficulty score) are binned (``slice_labels``)."""
     out = []
     for c in (c for c in t.meta.columns if c.startswith("meta.")):
         col = t.meta[c]
-        k = col.nunique()
-        if 1 < k < t.n and (pd.api.types.is_numeric_dtype(col) or k <= min(20, t.n / 2)):
+        k, numeric = col.nunique(), pd.api.types.is_numeric_dtype(col)
+        an_id = k == t.n and (not numeric or bool((col.dropna() % 1 == 0).all()))
+        if 1 < k and not an_id and (numeric or k <= min(20, t.n / 2)):
             out.append(c)
     return out
 

@@ -252,7 +252,7 @@ def headline(res: dict, code: str = "`") -> list[str]:
     if within is not None:
         te = within["test"]
         unit, more = probes_cost(te)
-        miss = f", beyond the {res['drop']:g} it was chosen for" if te["delta_em"] < -res["drop"] else ""
+        miss = f", beyond the {res['drop']:g} it was chosen for" if within.get("missed") else ""     # as the Report
         out.append(f"Or {code}{within['label']}{code}, the fewest {tokens} within an EM drop of {res['drop']:g} on "
                    f"the tune half, saves {te[sav]:.0%}{unit} ({_ci(te['ci'][sav], '.0%', False)})"
                    f"{more}; held out, EM {_signed(te['delta_em'])} ({_ci(te['ci']['delta_em'])}){miss}.")

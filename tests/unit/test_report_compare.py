@@ -210,3 +210,6 @@ def test_the_break_downs_offered_leave_out_ids_and_free_text(demo):
     meta = {c for c in t.meta.columns if c.startswith("meta.")}
     assert {"meta.rg_index", "meta.source_index", "meta.expression"} <= meta
     assert slice_fields(t) == ["meta.num_terms", "meta.num_digits"]
+    import numpy as np
+    t.meta["meta.score"] = np.random.default_rng(0).random(t.n)        # a score per question: binned, offered
+    assert slice_fields(t)[-1] == "meta.score"
