@@ -12,10 +12,17 @@ saved = data.presets_for(t)        # the user's presets, whichever store is pick
 st.caption("For a stakeholder: headline numbers, the frontier, where the losses come from, and the recommended "
            "operating point with its confidence intervals, chosen on one half of the questions and checked on the other. "
            "A run with your own stopper (imported with its stop positions) opens with how it compares.")
-ids = st.multiselect("Runs", [r["id"] for r in runs], default=[run["id"]], key="rep_runs",
-                     format_func=data.run_labeller(runs))
-names = st.multiselect("Presets to report", ["the current setting", *saved], default=["the current setting"],
-                       key="rep_presets")
+# the runs and presets live in the link as repeated parameters (run_ids=…&run_ids=…, preset=…; the current
+# setting as preset=current), so that a report's link reopens it with every run and preset it names
+CURRENT = "the current setting"
+run_opts, preset_opts = [r["id"] for r in runs], [CURRENT, *saved]
+ids = st.multiselect("Runs", run_opts, key="rep_runs", format_func=data.run_labeller(runs),
+                     default=[r for r in st.query_params.get_all("run_ids") if r in run_opts] or [run["id"]])
+linked = [CURRENT if n == "current" else n for n in st.query_params.get_all("preset")]
+names = st.multiselect("Presets to report", preset_opts, key="rep_presets",
+                       default=[n for n in linked if n in preset_opts] or [CURRENT])
+st.query_params["run_ids"] = ids
+st.query_params["preset"] = ["current" if n == CURRENT else n for n in names]
 c1, c2, c3 = st.columns([3, 2, 2])
 # the picks live in the link (drop=, cost=, losses=): a report's link reopens the page as it was built
 DROPS = [f"{i * 0.005:.3f}" for i in range(21)]
@@ -41,7 +48,7 @@ for n in names:
 if st.button("Build the report", type="primary", key="rep_build", disabled=not ids):
     from analysis.evaluate.report import build, self_contained_markdown, zip_bundle
     try:
-        presets = [from_setting(current, f"current: {current.label()}") if n == "the current setting"
+        presets = [from_setting(current, f"current: {current.label()}") if n == CURRENT
                    else from_dict(saved[n]) for n in names]
         tables = [(r, data.table_for(r)) for r in runs if r["id"] in ids]
         with st.spinner("Replaying, bootstrapping and drawing the charts (a few seconds)…"):

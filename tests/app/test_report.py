@@ -54,7 +54,7 @@ def test_the_report_picks_live_in_the_link(synthetic_db):
     link sent to a colleague) reopens them, and a link naming a drop the page does not offer says so."""
     from streamlit.testing.v1 import AppTest
     from tests.helpers import ROOT, offer_store
-    db, rid, _ = synthetic_db
+    db, rid, other = synthetic_db
     at = open_app(db, rid, "views/report.py")
     at.select_slider(key="rep_drop").set_value("0.045").run()
     at.radio(key="rep_cost").set_value("computed").run()
@@ -62,12 +62,18 @@ def test_the_report_picks_live_in_the_link(synthetic_db):
     assert not at.exception
     link = {k: at.query_params[k] for k in ("drop", "cost", "losses")}
     assert link == {"drop": "0.045", "cost": "computed", "losses": "length"}, link
+    at.multiselect(key="rep_runs").select(other).run()              # a second run: both in the link
+    assert not at.exception and at.query_params["run_ids"] == [rid, other], at.query_params
+    assert at.query_params["preset"] in (["current"], "current"), at.query_params
+    link["run_ids"] = [rid, other]
     offer_store(db)
     again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     again.query_params.update({"db": db, "run": rid, **link})
     again.switch_page("views/report.py").run()
     assert (again.select_slider(key="rep_drop").value, again.radio(key="rep_cost").value,
             again.selectbox(key="rep_slice").value) == ("0.045", "computed", "length")
+    assert again.multiselect(key="rep_runs").value == [rid, other]
+    assert again.multiselect(key="rep_presets").value == ["the current setting"]
     odd = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     odd.query_params.update({"db": db, "run": rid, "drop": "0.3"})
     odd.switch_page("views/report.py").run()
