@@ -213,7 +213,7 @@ def questions_on(key: str) -> str:
     and check on, and the Frontier's tune half leaves out), kept in the link as ``on`` and shared by the
     pages; it opens on the held-out half when the Frontier was swept on the tune half. Returns the split's
     name for ``split_of``: ``all`` or ``test``."""
-    held = "the held-out half" if st.session_state.get("url_pick.fit") == "the tune half" else "all questions"
+    held = "the held-out half" if data.kept_pick("fit") == "the tune half" else "all questions"
     if (said := data.url_pick(key, "on", list(ON), held, ON, "the questions")):
         st.warning(said)
     on = st.radio("Questions", list(ON), key=key, horizontal=True,
@@ -226,8 +226,7 @@ def questions_on(key: str) -> str:
 def check_on_the_other_half() -> None:
     """The Frontier's "Questions" pick changed: Compare and Questions follow it, on the held-out half after a
     sweep of the tune half and on all questions after one of all (their own pick overrides it afterwards)."""
-    tune = st.session_state.get("fit_on") == "the tune half"
-    st.session_state["url_pick.on"] = "the held-out half" if tune else "all questions"
+    data.keep_pick("on", "the held-out half" if st.session_state.get("fit_on") == "the tune half" else "all questions")
 
 
 def mark_picked_on_the_tune_half(setting) -> None:

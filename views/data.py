@@ -508,8 +508,23 @@ def query(key: str, default=None):
     return st.query_params.get(key, default)
 
 
-def set_query(key: str, value: str) -> None:
-    st.query_params[key] = value
+def query_all(key: str) -> list[str]:
+    """Every value of a repeated parameter (``run_ids=a&run_ids=b``)."""
+    return st.query_params.get_all(key)
+
+
+def set_query(key: str, value: str | list[str]) -> None:
+    st.query_params[key] = value          # a list: a repeated parameter
+
+
+def kept_pick(param: str) -> str | None:
+    """The session's copy of a ``url_pick`` (it outlives a page change, which drops widgets and the URL)."""
+    return st.session_state.get(f"url_pick.{param}")
+
+
+def keep_pick(param: str, value: str) -> None:
+    """Set the session's copy of ``url_pick``'s ``param``: the pages that pick it open on ``value``."""
+    st.session_state[f"url_pick.{param}"] = value
 
 
 def link_text(raw, n: int = 40) -> str:
@@ -531,14 +546,13 @@ def url_pick(key: str, param: str, options: list[str] | None, default: str, code
     named an option not offered (``what``, then the value shown instead), else None."""
     codes = codes or {}
     decode = {c: o for o, c in codes.items()}
-    kept = f"url_pick.{param}"
 
     def offered(v) -> bool:
         return isinstance(v, str) and (options is None or v in options)
     said = None
     value = st.session_state.get(key)
     if not offered(value):
-        value = st.session_state.get(kept)
+        value = kept_pick(param)
     if not offered(value):
         raw = query(param)
         value = decode.get(raw, raw)
@@ -547,7 +561,8 @@ def url_pick(key: str, param: str, options: list[str] | None, default: str, code
             value = None
     if not offered(value):
         value = default
-    st.session_state[key] = st.session_state[kept] = value
+    st.session_state[key] = value
+    keep_pick(param, value)
     if value:
         set_query(param, codes.get(value, value))
     elif param in st.query_params:          # an emptied text field: out of the link

@@ -1,5 +1,6 @@
 """Frontier: every family's settings as (tokens, EM) points, the Pareto set and the convex hull; clicking a
 point makes it the current setting; other runs (models) can be drawn on the same chart."""
+import functools
 import json
 
 import streamlit as st
@@ -78,15 +79,16 @@ if run:
     # the current setting, where it sits
     current = data.session_setting() or common.url_setting()
     mark = None
+    questions = functools.cache(lambda: split_of(data.table_for(run), split))     # the swept questions' table, once
     if current is not None:
         try:
-            s = replay(split_of(data.table_for(run), split), current).summary()     # the table only when needed
+            s = replay(questions(), current).summary()
             mark = (s["tokens_" + x], s["em"], current.label())
         except StoplineError:
             current = None
     mine = None
     if run.get("n_incumbent"):                          # the user's own stopper: its own marked point
-        s = incumbent_outcome(split_of(data.table_for(run), split)).summary()
+        s = incumbent_outcome(questions()).summary()
         mine = (s["tokens_" + x], s["em"])
     option, picks = frontier_option(pts, x, f"mean {axis}", drawn, mark, mine)
     event = st.echarts_chart(option, height=504 + option["grid"]["bottom"], key="frontier_chart", on_select="rerun",
@@ -94,11 +96,10 @@ if run:
     picked = picked_setting(event, picks)
     if picked:
         s = Setting.from_dict(json.loads(picked))
-        if s != current or common.picked_on_the_tune_half(s) != (split == "tune"):
-            common.mark_picked_on_the_tune_half(s if split == "tune" else None)     # Compare says so
-            if s != current:
-                data.make_current(s)
-                st.rerun()
+        common.mark_picked_on_the_tune_half(s if split == "tune" else None)     # Compare says so
+        if s != current:
+            data.make_current(s)
+            st.rerun()
     if current is not None:
         st.markdown(f"**Current setting:** `{current.label()}` — open **Tune** to adjust it, **Questions** to see "
                     "which answers it loses or gains.")
@@ -120,7 +121,8 @@ if run:
     table = best[["label", "schedule", "em", "delta_em", "emitted", "computed", "savings_emitted", "savings_computed",
                   "lost", "gained"]].copy()
     table["schedule"] = table["schedule"].map(lambda v: "all" if v == "every checkpoint" else v.removeprefix("probes "))
-    table["label"] = [lab.split(" [probes ")[0] for lab in table["label"]]      # the schedule has its column
+    # the schedule has its column: the label without it (Setting.label's " [schedule]")
+    table["label"] = [lab.removesuffix(f" [{sc}]") for lab, sc in zip(best["label"], best["schedule"])]
     table[["savings_emitted", "savings_computed"]] *= 100           # shown as percentages
     num = st.column_config.NumberColumn
     # short headers in small columns (each explained on hover) and the setting's column of a fixed width (a long

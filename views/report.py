@@ -17,12 +17,12 @@ st.caption("For a stakeholder: headline numbers, the frontier, where the losses 
 CURRENT = "the current setting"
 run_opts, preset_opts = [r["id"] for r in runs], [CURRENT, *saved]
 ids = st.multiselect("Runs", run_opts, key="rep_runs", format_func=data.run_labeller(runs),
-                     default=[r for r in st.query_params.get_all("run_ids") if r in run_opts] or [run["id"]])
-linked = [CURRENT if n == "current" else n for n in st.query_params.get_all("preset")]
+                     default=[r for r in data.query_all("run_ids") if r in run_opts] or [run["id"]])
+linked = [CURRENT if n == "current" else n for n in data.query_all("preset")]
 names = st.multiselect("Presets to report", preset_opts, key="rep_presets",
                        default=[n for n in linked if n in preset_opts] or [CURRENT])
-st.query_params["run_ids"] = ids
-st.query_params["preset"] = ["current" if n == CURRENT else n for n in names]
+data.set_query("run_ids", ids)
+data.set_query("preset", ["current" if n == CURRENT else n for n in names])
 c1, c2, c3 = st.columns([3, 2, 2])
 # the picks live in the link (drop=, cost=, losses=): a report's link reopens the page as it was built
 DROPS = [f"{i * 0.005:.3f}" for i in range(21)]
