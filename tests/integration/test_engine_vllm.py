@@ -7,6 +7,8 @@ The server is started here (minutes on a fresh machine: the environment is insta
 ``$STOPLINE_VLLM_URL``. These tests fail, not skip, when it cannot be started."""
 import asyncio
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,26 +169,38 @@ def test_a_server_that_returns_no_token_ids_has_its_traces_retokenised_and_says_
 def test_a_killed_run_resumes_with_every_question_once(server, tmp_path, sig):
     """Killed (SIGKILL) or interrupted (Ctrl-C, SIGINT), a run keeps what it committed and the same command resumes
     it. An interrupted session records its figures too, and the resumed run's execution info adds them up: before,
-    it held the last session's alone (tokens generated 348 where the run held 593). Sixteen questions: a run
-    commits at most eight at a time before its last batch, so it cannot go from under two committed to done
-    between two looks (with eight it once did, and the kill landed on a finished run)."""
+    it held the last session's alone (tokens generated 348 where the run held 593).
+
+    The kill lands as soon as the run's progress bar (on stderr, STOPLINE_PROGRESS) counts two committed
+    questions: the bar is updated right after each commit. Watching the store instead (a look waits while the
+    run writes, here 0.2-0.8 s a look) twice saw fewer than two on CI until the run had committed all it had,
+    and the kill landed on a finished run (`assert 16 < 16`, and with eight questions `8 < 8`)."""
     N = 16
     db = tmp_path / "k.duckdb"
     cmd = [sys.executable, "-m", "analysis", "run", "--engine", "openai", "--base-url", server, "--model", MODEL,
            "--tokenizer", MODEL, "--dataset", DATASET, "--limit", str(N), "--max-new-tokens", "128", "--concurrency", "2",
-           "--db", str(db), "--json"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = 0
+           "--db", str(db)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "STOPLINE_PROGRESS": "1"})
+    seen, err = [0], bytearray()
+
+    def read_bar():                            # tqdm redraws its line with \r: "... | 3/16 [00:09<...]"
+        while chunk := proc.stderr.read1(4096):
+            err.extend(chunk)
+            counts = re.findall(rb"\| *(\d+)/%d \[" % N, bytes(err[-4096:]))
+            if counts:
+                seen[0] = max(seen[0], int(counts[-1]))
+    reader = threading.Thread(target=read_bar, daemon=True)
+    reader.start()
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 600 and proc.poll() is None:
-        time.sleep(0.5)
-        rs = runs(db)
-        done = rs[0]["n_questions"] if rs else 0
-        if done >= 2:
-            break
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    while time.monotonic() - t0 < 600 and proc.poll() is None and seen[0] < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, err.decode(errors="replace")[-2000:]
+    assert 2 <= seen[0] < N
     proc.send_signal(sig)
     proc.wait(timeout=120)
+    reader.join(timeout=10)
+    cmd.append("--json")
     kept = runs(db)[0]["n_questions"]          # what was committed before the kill
     assert 2 <= kept < N
     first = runs(db)[0]["config"].get("execution") or {}
