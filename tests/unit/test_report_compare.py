@@ -24,6 +24,9 @@ def test_compare_is_paired_and_consistent(synthetic_db):
     assert r["slices"]["n"].sum() == t.n
     same = compare(t, a, a)
     assert same["delta_em"] == 0 and same["delta_em_ci"] == (0.0, 0.0) and same["mcnemar"]["p_value"] == 1.0
+    quick = compare(t, a, b, "meta.difficulty", n_boot=0)      # the normal approximation, slices too
+    assert quick["delta_em_ci"][0] <= quick["delta_em"] <= quick["delta_em_ci"][1]
+    assert quick["slices"]["delta_em_ci"].notna().all()
 
 
 def test_report_cli_writes_html_markdown_and_charts(synthetic_db, cli, tmp_path):

@@ -63,3 +63,18 @@ def test_normal_ci_is_close_to_the_bootstrap_on_many_questions():
     a = normal_ci(em, full_em, emitted, full_tok, emitted * 1.1)
     for k in b:
         assert abs(a[k][0] - b[k][0]) < 0.004 and abs(a[k][1] - b[k][1]) < 0.004, k
+
+
+def test_paired_ci_without_resamples_is_the_normal_interval_of_the_differences():
+    """``n_boot=0`` asks for the normal approximation, as ``evaluate`` takes it (before, the bootstrap's
+    loop stepped by zero and raised)."""
+    from analysis.evaluate.compare import paired_ci
+    rng = np.random.default_rng(3)
+    a = (rng.uniform(size=3000) < 0.6).astype(float)
+    b = np.where(rng.uniform(size=3000) < 0.9, a, 1 - a)
+    lo, hi = paired_ci(a, b, n_boot=0)
+    d = b - a
+    want = sps.norm.interval(0.95, loc=d.mean(), scale=sps.sem(d))
+    assert (lo, hi) == pytest.approx(want, rel=1e-9)
+    blo, bhi = paired_ci(a, b, n_boot=4000)
+    assert lo == pytest.approx(blo, abs=0.003) and hi == pytest.approx(bhi, abs=0.003)
