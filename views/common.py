@@ -128,6 +128,10 @@ def family_picker(t, key: str = "family") -> str:
         st.warning(f"The policy family this link names, '{data.link_text(want)}', does not exist; showing "
                    f"{get_family(fam).label} instead.", icon=":material/link_off:")
         want = None
+    elif want is not None and want not in fams:             # kept for the next run that has its signals
+        st.info(f"{get_family(want).label} needs probe signals this run does not have; showing "
+                f"{get_family(fam).label} (a run with them shows {get_family(want).label} again).",
+                icon=":material/info:")
     if want in fams or want is None:
         data.pick_family(fam)
     if missing:

@@ -85,6 +85,24 @@ def test_a_link_naming_an_unknown_run_or_family_says_what_it_shows_instead(synth
     assert not at.warning, [w.value for w in at.warning]
 
 
+def test_a_link_whose_family_needs_signals_the_run_lacks_says_what_it_shows(synthetic_db):
+    """The family is kept (the next run with signals shows it again) and the page says why it shows another."""
+    from tests.helpers import offer_store
+    db, rid, rid_text = synthetic_db
+    offer_store(db)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update({"db": db, "run": rid_text, "family": "confidence"})
+    at.switch_page("views/tune.py").run()
+    assert not at.exception
+    said = [i.value for i in at.main.info]
+    assert any(i.startswith("Answer confidence needs probe signals this run does not have; showing") for i in said), said
+    switched = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    switched.query_params.update({"db": db, "run": rid, "family": "confidence"})
+    switched.switch_page("views/tune.py").run()
+    assert not switched.main.info and switched.sidebar.selectbox(key="family").value == "confidence"
+    assert at.query_params["family"] == "confidence"
+
+
 def test_a_link_naming_an_unknown_question_says_which_it_shows_instead(synthetic_db):
     from tests.helpers import offer_store
     db, rid, _ = synthetic_db
