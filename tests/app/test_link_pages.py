@@ -67,14 +67,20 @@ def test_a_damaged_store_in_a_link_is_named_not_an_exception_box(tmp_path, kind,
     assert any(str(path) in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
 
 
-def test_a_link_naming_an_unknown_run_or_family_says_what_it_shows_instead(synthetic_db):
+def _open(db, page: str, **params) -> AppTest:
+    """The app on ``page`` opened from a link with ``params`` (the store ``db`` offered to visitors)."""
     from tests.helpers import offer_store
-    db, rid, _ = synthetic_db
     offer_store(db)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.query_params.update({"db": db, "run": "nosuchrun", "family": "nosuchfamily"})
-    at.switch_page("views/tune.py").run()
-    assert not at.exception
+    at.query_params.update({"db": db, **params})
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_link_naming_an_unknown_run_or_family_says_what_it_shows_instead(synthetic_db):
+    db, rid, _ = synthetic_db
+    at = _open(db, "views/tune.py", run="nosuchrun", family="nosuchfamily")
     said = [w.value for w in at.main.warning]                  # above the page, naming both runs
     assert any(w.startswith("The run this link names, 'nosuchrun', is not in ") and f"instead: synthetic" in w
                and f"(`{rid}`)" in w for w in said), said
@@ -87,30 +93,18 @@ def test_a_link_naming_an_unknown_run_or_family_says_what_it_shows_instead(synth
 
 def test_a_link_whose_family_needs_signals_the_run_lacks_says_what_it_shows(synthetic_db):
     """The family is kept (the next run with signals shows it again) and the page says why it shows another."""
-    from tests.helpers import offer_store
     db, rid, rid_text = synthetic_db
-    offer_store(db)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.query_params.update({"db": db, "run": rid_text, "family": "confidence"})
-    at.switch_page("views/tune.py").run()
-    assert not at.exception
+    at = _open(db, "views/tune.py", run=rid_text, family="confidence")
     said = [i.value for i in at.main.info]
     assert any(i.startswith("Answer confidence needs probe signals this run does not have; showing") for i in said), said
-    switched = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    switched.query_params.update({"db": db, "run": rid, "family": "confidence"})
-    switched.switch_page("views/tune.py").run()
-    assert not switched.main.info and switched.sidebar.selectbox(key="family").value == "confidence"
     assert at.query_params["family"] == "confidence"
+    with_signals = _open(db, "views/tune.py", run=rid, family="confidence")
+    assert not with_signals.main.info and with_signals.sidebar.selectbox(key="family").value == "confidence"
 
 
 def test_a_link_naming_an_unknown_question_says_which_it_shows_instead(synthetic_db):
-    from tests.helpers import offer_store
     db, rid, _ = synthetic_db
-    offer_store(db)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.query_params.update({"db": db, "run": rid, "q": "qNOPE[x](http://a.b)"})
-    at.switch_page("views/questions.py").run()
-    assert not at.exception
+    at = _open(db, "views/questions.py", run=rid, q="qNOPE[x](http://a.b)")
     shown = at.subheader[0].value.removeprefix("Trace of ")
     (w,) = [w.value for w in at.main.warning]
     assert w == (f"The question this link names, 'qNOPE?x?(http:??a.b)', is not in this run; showing {shown} "
