@@ -384,21 +384,42 @@ class Gateway:
         probe_tokens, written = 0, ""      # written: the gateway's own text after a stop (cue, answer, brace)
         r = producer = getter = None
 
+        def got(new, text):
+            queue.put_nowait(("ids", new, text))
+            sent[0] = True
+        sent = [False]
+
         async def produce():
-            try:
-                _, fin, got_ids = await eng._stream(r, req["ids"], cfg, req.get("seed"),
-                                                    lambda new, text: queue.put_nowait(("ids", new, text)), extra)
-                if not got_ids:
-                    raise StoplineError("the upstream returns no token ids (vLLM's return_token_ids); the gateway "
-                                        "needs them to place checkpoints")
-                queue.put_nowait(("done", fin))
-            except (ReplicaFailed, StoplineError) as e:
-                queue.put_nowait(("error", e))
-            except Exception as e:      # whatever else the stream raised: the request must hear of it, not wait
-                queue.put_nowait(("error", upstream_failure(e, r, self.opt.request_timeout)))
+            """The trace's stream. A replica that fails before its first token is set aside and the stream
+            begun again on another (nothing was sent, no probe began); after that, the failure is the request's."""
+            nonlocal r
+            for attempt in range(eng.max_retries + 1):
+                try:
+                    _, fin, got_ids = await eng._stream(r, req["ids"], cfg, req.get("seed"), got, extra)
+                    if not got_ids:
+                        raise StoplineError("the upstream returns no token ids (vLLM's return_token_ids); the "
+                                            "gateway needs them to place checkpoints")
+                    queue.put_nowait(("done", fin))
+                    return
+                except ReplicaFailed as e:
+                    if sent[0] or rejected(e) or attempt == eng.max_retries or len(eng.replicas) == 1:
+                        queue.put_nowait(("error", e))
+                        return
+                    eng._failed(r, str(e))
+                    self.metrics.failovers.inc()
+                    nxt = await eng._pick()
+                    r.in_flight, nxt.in_flight = r.in_flight - 1, nxt.in_flight + 1
+                    r = nxt
+                except StoplineError as e:
+                    queue.put_nowait(("error", e))
+                    return
+                except Exception as e:      # whatever else the stream raised: the request must hear of it, not wait
+                    queue.put_nowait(("error", upstream_failure(e, r, self.opt.request_timeout)))
+                    return
 
         try:
             r = await eng._pick()
+            r.in_flight += 1         # the least loaded replica takes the next request
             producer = asyncio.ensure_future(produce())
             ended = False
             while True:
@@ -509,6 +530,8 @@ class Gateway:
             self._rejected(req, sess, ctl, len(ids), e, probe_tokens)
             raise
         except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
+            if r is not None and not isinstance(e, TimeoutError):
+                eng._failed(r, str(e))             # set aside (back-off): the next requests go to another replica
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
             self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure,
                                  probe_tokens)
@@ -519,6 +542,8 @@ class Gateway:
                         probe_tokens)
             raise
         finally:
+            if r is not None:
+                r.in_flight -= 1
             if getter is not None:
                 getter.cancel()
             # a budget's checkpoints have no probe; a request that never got a replica, no producer
@@ -532,6 +557,8 @@ class Gateway:
             except asyncio.CancelledError:      # the client left while the request was ending: it still ends
                 self._client_left(req, sess, ctl, len(ids), probe_tokens)        # (a no-op once it has its record)
                 raise
+        if error is None:
+            r.failures = 0                       # it answered: back to the front of the queue
         n = decision.pos if decision is not None else len(ids)
         if error is not None:                    # answered after an upstream failure
             rec = self._finish(req, ctl, sess, cause=cause)

@@ -67,13 +67,16 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        r = gw.engine.replicas[0]
-        try:
-            return await gw.engine.get_json(r, "/models")
-        except (ReplicaFailed, StoplineError) as e:
-            failure = upstream_failure(e, r, gw.opt.request_timeout)
-            logger.warning("GET /v1/models: the upstream failed: %s", failure)
-            return error(502, f"the upstream failed: {failure.public}", kind="upstream_error")
+        """The upstream's list, from the first replica that answers (replicas set aside tried last)."""
+        now = time.monotonic()
+        failure = None
+        for r in sorted(gw.engine.replicas, key=lambda r: r.down_until > now):
+            try:
+                return await gw.engine.get_json(r, "/models")
+            except (ReplicaFailed, StoplineError) as e:
+                failure = upstream_failure(e, r, gw.opt.request_timeout)
+                logger.warning("GET /v1/models: the upstream failed: %s", failure)
+        return error(502, f"the upstream failed: {failure.public}", kind="upstream_error")
 
     @app.post("/admin/preset")
     async def admin_preset(request: Request):

@@ -23,6 +23,8 @@ class Metrics:
                                           buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .5))
         self.upstream_answers = Counter("stopline_upstream_error_answers", "Requests answered with the trial answer "
                                         "so far after the upstream failed (--on-upstream-error answer)", registry=r)
+        self.failovers = Counter("stopline_upstream_failovers", "Traces begun again on another replica after one "
+                                 "failed before their first token (that replica set aside)", registry=r)
         self.reload_errors = Counter("stopline_preset_reload_errors", "New preset versions refused", registry=r)
 
     def finished(self, info: dict) -> None:

@@ -771,3 +771,51 @@ def test_a_long_preset_link_an_unpaired_surrogate_and_two_names_for_max_tokens(t
         assert req["max_tokens"] == 7
         req = gw.parse({"model": MODEL, "prompt": "Count.", "max_completion_tokens": 6, "max_tokens": 7}, False)
         assert req["max_tokens"] == 6                           # both: the newer name
+
+
+@pytest.fixture
+def second(tok):
+    """A second replica, like the first."""
+    t = tok[0]
+    ids = t(" one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    up2 = Upstream(ids, [t.decode([i]) for i in ids], t("4", add_special_tokens=False)["input_ids"][0])
+    yield up2
+    up2.close()
+
+
+def test_two_replicas_share_the_load_and_one_that_fails_is_set_aside(tok, up, second, tmp_path):
+    """Before, every request went to replica 1 (the gateway never counted its requests in flight, and a
+    replica that failed was set aside only with --on-upstream-error answer), and /v1/models asked replica 1
+    alone. Now the least loaded replica takes a request; one that fails before its first token has its trace
+    begun again on the other (the client sees nothing of it); one that fails after is the request's failure,
+    and the next requests go to the other; /v1/models answers from a replica that does."""
+    urls = [f"http://127.0.0.1:{u.port}/v1" for u in (up, second)]
+    with serve_gateway(urls, tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        up.mode = "trickles"                            # replica 1 busy with a stream that goes on
+        with httpx.stream("POST", url + "/chat/completions", timeout=30, json={
+                "model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 100_000,
+                "stream": True}) as r:
+            lines = r.iter_lines()                      # (held: a dropped iterator closes the stream)
+            next(ln for ln in lines if ln.startswith("data: "))
+            n1, n2 = len(up.bodies), len(second.bodies)
+            status, out = ask(url)                      # meanwhile: the idle replica takes it
+            assert status == 200 and (len(up.bodies), len(second.bodies)) == (n1, n2 + 1)
+        up.mode = "answers 503"                         # replica 1 fails before its first token
+        assert until(lambda: up.open_streams == 0)
+        gw.engine.replicas[1].failures = 5              # (so that replica 1 is asked first)
+        status, out = ask(url)
+        assert status == 200 and out["choices"][0]["message"]["content"], out
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert "stopline_upstream_failovers_total 1.0" in metrics
+        assert gw.engine.replicas[0].down_until > 0 and gw.engine.replicas[1].failures == 0      # it answered
+        up.mode, second.mode = "good", "not JSON"       # replica 2 fails after its first tokens: the request's
+        status, out = ask(url)
+        assert status == 502 and "replica 2 of 2" in out["error"]["message"], out
+        n1 = len(up.bodies)
+        status, out = ask(url)                          # the next goes to replica 1
+        assert status == 200 and len(up.bodies) == n1 + 1
+        up.close()                                      # replica 1 gone: /v1/models from replica 2
+        second.mode = "good"
+        models = httpx.get(url + "/models", timeout=30)
+        assert models.status_code == 200 and models.json()["data"][0]["id"] == MODEL
+        assert all(r.in_flight == 0 for r in gw.engine.replicas)
