@@ -132,11 +132,16 @@ class Upstream:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def upstream(tok):
+def counting(tok) -> Upstream:
+    """An upstream that writes " one two … eight" and answers 4."""
     t = tok[0]
     ids = t(" one two three four five six seven eight", add_special_tokens=False)["input_ids"]
-    up = Upstream(ids, [t.decode([i]) for i in ids], t("4", add_special_tokens=False)["input_ids"][0])
+    return Upstream(ids, [t.decode([i]) for i in ids], t("4", add_special_tokens=False)["input_ids"][0])
+
+
+@pytest.fixture(scope="module")
+def upstream(tok):
+    up = counting(tok)
     yield up
     up.close()
 
@@ -776,9 +781,7 @@ def test_a_long_preset_link_an_unpaired_surrogate_and_two_names_for_max_tokens(t
 @pytest.fixture
 def second(tok):
     """A second replica, like the first."""
-    t = tok[0]
-    ids = t(" one two three four five six seven eight", add_special_tokens=False)["input_ids"]
-    up2 = Upstream(ids, [t.decode([i]) for i in ids], t("4", add_special_tokens=False)["input_ids"][0])
+    up2 = counting(tok)
     yield up2
     up2.close()
 
