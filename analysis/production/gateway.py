@@ -57,7 +57,7 @@ from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
 from analysis.production.controller import Controller, Decision, DecisionLog
 from analysis.production.gateway_metrics import Metrics
-from analysis.production.gateway_request import BadRequest, chat_messages, check_fields, sampling
+from analysis.production.gateway_request import BadRequest, chat_messages, check_fields, sampling, strict_json
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 20          # bytes of a request body (--max-body-kb)
@@ -796,9 +796,9 @@ def from_headers(headers) -> dict:
     for name, key in (("x-stopline-tags", "tags"), ("x-stopline-meta", "meta")):
         if name in h:
             try:
-                out[key] = json.loads(h[name])
-            except ValueError:
-                raise BadRequest(f"the {name} header must be a JSON object", name) from None
+                out[key] = strict_json(h[name])
+            except ValueError as e:
+                raise BadRequest(f"the {name} header must be a JSON object ({e})", name) from None
             except RecursionError:
                 raise BadRequest(f"the {name} header nests too deeply (at most {MAX_DEPTH} levels)", name) from None
             if depth(out[key]) > MAX_DEPTH:

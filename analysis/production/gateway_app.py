@@ -20,6 +20,7 @@ from analysis.backend.engine_openai import ReplicaFailed
 from analysis.core.errors import PresetError, StoplineError
 from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, UpstreamRejected,
                                          check_key, connect, logger, upstream_failure)
+from analysis.production.gateway_request import strict_json
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -92,7 +93,7 @@ def create_app(gw: Gateway) -> FastAPI:
     async def body_of(request: Request):
         raw = await read_body(request, gw.opt.max_body)
         try:
-            return json.loads(raw)
+            return strict_json(raw)
         except ValueError as e:
             raise BadRequest(f"the body is not JSON ({e})") from None
         except RecursionError:

@@ -12,6 +12,9 @@ some SDKs send by default): ``UNSUPPORTED``.
 """
 from __future__ import annotations
 
+import json
+import math
+
 from analysis.core.errors import brief
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
@@ -53,6 +56,24 @@ class BadRequest(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.status = param, status
+
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"{text} is past the largest number JSON carries here")
+    return x
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name}: JSON has no NaN or Infinity")
+
+
+def strict_json(raw):
+    """``json.loads`` as RFC 8259 reads JSON: NaN, Infinity and numbers past a float's range refused (Python's
+    reader takes them, and the decision log, written as strict JSON, would refuse the request only after its
+    whole generation). ValueError says why."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
 
 
 def asks_nothing(value, offs: tuple) -> bool:

@@ -449,6 +449,14 @@ def test_deep_nesting_and_bad_sampling_fields_get_400_naming_the_field(tok, up, 
         assert status == 400 and out["error"]["param"] == "stopline.meta" and "4 levels" in out["error"]["message"]
         r = httpx.post(url + "/completions", content=deep * 4, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"]
+        # NaN and Infinity (Python's json writes them, from a pandas row say): refused now, not after the whole
+        # generation (the decision log, strict JSON, refused the request's final record: a 500 and no record)
+        body = '{"model": "%s", "prompt": "Count.", "max_tokens": 8, "stopline": {"meta": {"difficulty": %s}}}'
+        for bad in ("NaN", "-Infinity", "1e999"):
+            r = httpx.post(url + "/completions", content=body % (MODEL, bad), headers={"content-type": "application/json"})
+            assert r.status_code == 400 and "the body is not JSON" in r.json()["error"]["message"], r.text
+        status, out = ask(url, headers={"X-Stopline-Meta": '{"difficulty": NaN}'})
+        assert status == 400 and out["error"]["param"] == "x-stopline-meta" and "NaN" in out["error"]["message"]
         for field, value, says in (("seed", "7", "seed must be an integer"), ("seed", 1.5, "seed must be an integer"),
                                    ("seed", True, "seed must be an integer"), ("seed", 2 ** 70, "64-bit"),
                                    ("max_tokens", "8", "positive integer"), ("max_tokens", 65, "at most 64"),
