@@ -31,7 +31,7 @@ import pandas as pd
 
 from analysis.presets.schema import Preset
 from analysis.replay.engine import computed_tokens, outcome_from_stops, stop_index
-from analysis.replay.slices import slice_labels
+from analysis.replay.slices import slice_labels, value_label, value_labels
 
 CHAMPION, CHALLENGER, EXPLORE = "champion", "challenger", "explore"
 
@@ -79,8 +79,10 @@ def _resolve_arm_preset(preset, fields: dict) -> tuple[Any, str]:
             return r["setting"], f"rule {i}"
     if preset.slices_by and preset.slices:
         lab = fields.get(preset.slices_by)
-        if lab is not None and str(lab) in preset.slices:
-            return preset.slices[str(lab)], f"slice {preset.slices_by}={lab}"
+        if lab is not None:
+            by_label = {value_label(k): s for k, s in preset.slices.items()}    # "2.0" and 2 alike
+            if value_label(lab) in by_label:
+                return by_label[value_label(lab)], f"slice {preset.slices_by}={lab}"
     return preset.setting, "default"
 
 
@@ -142,10 +144,10 @@ def _arm_choice(preset, fields: pd.DataFrame, n: int) -> tuple[list, np.ndarray]
         choice[m] = len(settings) - 1
         decided |= m
     if preset.slices_by and preset.slices and preset.slices_by in fields:
-        labs = fields[preset.slices_by].astype(str).to_numpy()
+        labs = value_labels(fields[preset.slices_by])
         have = fields[preset.slices_by].notna().to_numpy()
         for lab, s in preset.slices.items():
-            m = (labs == lab) & have & ~decided
+            m = (labs == value_label(lab)) & have & ~decided
             settings.append(s)
             choice[m] = len(settings) - 1
             decided |= m
@@ -183,7 +185,8 @@ def _preset_parts(t, preset: Preset) -> list[tuple[np.ndarray, np.ndarray, objec
         # slices by a derived label (question-length tertiles, binned numbers) exist only in replay
         everyone = np.ones(t.n, bool)
         labels = slice_labels(t, preset.slices_by)
-        return [(everyone, everyone, preset.setting)] + [(labels == lab, labels == lab, s)
+        keys = {lab: lab if lab in labels else value_label(lab) for lab in preset.slices}   # (a bin's label as it is)
+        return [(everyone, everyone, preset.setting)] + [(labels == keys[lab], labels == keys[lab], s)
                                                          for lab, s in preset.slices.items()]
     arm, settings, choice = route_table(t, preset)
     return [(choice == i, (choice == i) & (arm != EXPLORE), s) for i, s in enumerate(settings)]

@@ -29,7 +29,40 @@ def slice_labels(t: RunTable, by: str, n_bins: int = 3) -> np.ndarray:
         edges = np.unique(np.nanquantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))
         return np.array([f"{by.split('.')[-1]}≤{e:g}" for e in edges] + [f"{by.split('.')[-1]}>{edges[-1]:g}"],
                         dtype=object)[np.searchsorted(edges, x, side="left")]
-    return col.astype(str).fillna("(none)").to_numpy(dtype=object)
+    return value_labels(col)
+
+
+NONE = "(none)"
+
+
+def value_label(v) -> str:
+    """A question field's value as a slice label, the same for a request's value live (``routing.route``) and
+    for the run's column in replay: a whole number without ``.0`` (a column with a missing value is read as
+    floats: 2 is "2" either way), no value "(none)"."""
+    if v is None or isinstance(v, bool):
+        return NONE if v is None else str(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        x = float(v)
+        return NONE if x != x else str(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
+    if isinstance(v, str):
+        try:
+            return value_label(float(v)) if v.strip() and not v.strip().isalpha() else v
+        except ValueError:
+            return v
+    return str(v)
+
+
+def value_labels(col: pd.Series) -> np.ndarray:
+    """``value_label`` of every value of a column: numbers at once, other columns value by value."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        x = col.to_numpy(dtype=float)
+        whole = np.isfinite(x) & (x == np.round(x)) & (np.abs(x) < 2 ** 53)
+        out = np.array([repr(float(v)) for v in x], dtype=object) if not whole[~np.isnan(x)].all() \
+            else np.empty(len(x), dtype=object)
+        out[whole] = x[whole].astype(np.int64).astype(str)
+        out[np.isnan(x)] = NONE
+        return out
+    return np.array([value_label(v) for v in col.to_numpy(dtype=object)], dtype=object)
 
 
 _SIZES = {"short": 0, "medium": 1, "long": 2}

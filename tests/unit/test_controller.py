@@ -105,6 +105,28 @@ def test_live_route_equals_vectorised_route_table():
         assert r.arm == arm[i] and r.setting == settings[choice[i]]
 
 
+def test_slices_by_a_number_route_live_as_in_replay_when_a_question_lacks_it():
+    """A column with a missing value is read as floats: its slice labels were "2.0", "3.0" (and "nan"), so a
+    request sending {"difficulty": 2} matched no slice live and got the default. Labels are now the value's
+    own ("2"), in replay and live, and a preset saved with "2.0" keys routes the same."""
+    from analysis.replay.slices import slice_labels
+    t = _table(200)
+    d = t.meta["meta.difficulty"].to_numpy(dtype=float).copy()
+    d[::17] = np.nan
+    t.meta["meta.difficulty"] = d
+    assert set(slice_labels(t, "meta.difficulty")) == {"(none)", *{str(int(x)) for x in d[~np.isnan(d)]}}
+    k3 = {"family": "consistency", "params": {"k": 3}}
+    for keys in ("2", "2.0"):
+        p = from_dict({"stopline_preset": 1, "name": "s", "setting": {"family": "budget", "params": {"B": 64}},
+                       "slices": {"by": "meta.difficulty", "settings": {keys: k3}}})
+        check_deployable(p)
+        arm, settings, choice = route_table(t, p)
+        assert (np.asarray(settings, dtype=object)[choice] == p.slices[keys]).sum() == (d == 2).sum() > 0
+        for i in range(t.n):
+            meta = {} if np.isnan(d[i]) else {"difficulty": int(d[i])}
+            assert route(p, str(t.question_ids[i]), request_fields("q", meta)).setting == settings[choice[i]]
+
+
 def test_ab_split_is_stable_and_near_its_share():
     p = _preset({"family": "budget", "params": {"B": 64}}, {"ab": ROUTING["ab"]})
     arms = [route(p, f"req-{i}", {}).arm for i in range(4000)]
