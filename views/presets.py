@@ -9,19 +9,57 @@ from analysis.presets.schema import from_dict, from_setting, loads, made_for, ma
 from views import common, data
 
 
-
 def use(setting) -> None:
     """Button callback (runs before the page): make a preset's setting the current one, family included."""
     data.make_current(setting)
 
 
-run, t, fam, setting = common.page_start("Presets")
-preset = from_setting(setting)
+def saved_presets(t, run, target_path: str, viewer: bool) -> None:
+    """The user's saved presets; ``t`` None (a store without runs picked): listed, kept or deleted, not loaded."""
+    st.subheader("Saved presets")
+    st.caption("Your presets, whichever store is picked: those kept in your store and in the picked one. Questions, "
+               "Compare and the Report offer each one on every run whose signals it reads; one made on another "
+               "dataset or answer type is offered with a warning.")
+    try:
+        saved = data.user_presets()
+    except StoplineError as e:
+        st.error(str(e))
+        saved = {}
+    if not saved:
+        st.info("No presets saved yet.")
+    for pname, (where, body) in saved.items():
+        with st.container(border=True):
+            try:
+                p = from_dict(body)
+            except PresetError as e:
+                st.error(f"'{pname}' cannot be read: {e}")
+                continue
+            a, b, c = st.columns([5, 1, 1])
+            fits = "" if t is None or data.applies(body, t) else " · *not for this run: it reads signals the run lacks*"
+            other = (made_for(p, run) or "").replace("_", "\\_").replace("*", "\\*") if run else ""
+            a.markdown(f"**{pname}** · `{p.setting.label()}`{fits}"
+                       + (f" · :orange[{other}, not this run's: its thresholds were chosen on other questions]"
+                          if other and not fits else "") + (f"  \n{p.notes}" if p.notes else ""))
+            b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,), disabled=bool(fits) or t is None,
+                     help=None if t is not None else "pick a store with runs to load a preset onto one")
+            if not viewer and c.button("Delete", key=f"del_{pname}", disabled=where != target_path):
+                data.delete_preset(where, pname)
+                st.rerun()
+            with st.expander("JSON"):
+                st.code(json.dumps(body, indent=2), language="json")
+
 
 # where presets are kept: the user's own store (made on the first save, not on a visit); picked stores are
 # opened read-only; in viewer mode nothing is saved
 viewer = data.viewer()
 target_path = data.my_db()
+if not data.picked_run():                 # a store without runs: its presets, still
+    st.header("Presets")
+    common.current_run()
+    saved_presets(None, None, target_path, viewer)
+    st.stop()
+run, t, fam, setting = common.page_start("Presets")
+preset = from_setting(setting)
 if viewer:
     st.caption("Viewer mode: presets can be read, loaded and downloaded here, not saved, uploaded or deleted.")
 
@@ -46,7 +84,17 @@ if not viewer:
     with c1:
         name = st.text_input("Save as", value="", placeholder="a name, e.g. prod-2026-11", key="preset_name")
         notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
-        if st.button("Save preset", type="primary", disabled=not name.strip(), key="preset_save"):
+        kept = data.presets(target_path).get(name.strip()) if name.strip() else None
+        replace = True
+        if kept is not None and kept.get("setting") != stamped.to_dict().get("setting"):
+            try:
+                was = f"`{from_dict(kept).setting.label()}`"
+            except PresetError:
+                was = "a preset that cannot be read"
+            st.warning(f"'{name.strip()}' is already saved, holding {was}.", icon=":material/warning:")
+            replace = st.checkbox("Replace it with the current setting", key="preset_replace")
+        if st.button("Replace preset" if kept is not None and replace else "Save preset", type="primary",
+                     disabled=not name.strip() or not replace, key="preset_save"):
             try:
                 body = from_dict({**stamped.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
                 data.save_preset(target_path, name.strip(), body)
@@ -71,33 +119,5 @@ with c2 if not viewer else c1:
         except PresetError as e:
             st.error(f"This file is not a valid preset: {e}")
 
-st.subheader("Saved presets")
-st.caption("Your presets, whichever store is picked: those kept in your store and in the picked one. Questions, "
-           "Compare and the Report offer each one on every run whose signals it reads; one made on another dataset "
-           "or answer type is offered with a warning.")
-try:
-    saved = data.user_presets()
-except StoplineError as e:
-    st.error(str(e))
-    saved = {}
-if not saved:
-    st.info("No presets saved yet.")
-for pname, (where, body) in saved.items():
-    with st.container(border=True):
-        try:
-            p = from_dict(body)
-        except PresetError as e:
-            st.error(f"'{pname}' cannot be read: {e}")
-            continue
-        a, b, c = st.columns([5, 1, 1])
-        fits = "" if data.applies(body, t) else " · *not for this run: it reads signals the run lacks*"
-        other = (made_for(p, run) or "").replace("_", "\\_").replace("*", "\\*")     # offered, with a warning
-        a.markdown(f"**{pname}** · `{p.setting.label()}`{fits}"
-                   + (f" · :orange[{other}, not this run's: its thresholds were chosen on other questions]"
-                      if other and not fits else "") + (f"  \n{p.notes}" if p.notes else ""))
-        b.button("Load", key=f"load_{pname}", on_click=use, args=(p.setting,), disabled=bool(fits))
-        if not viewer and c.button("Delete", key=f"del_{pname}", disabled=where != target_path):
-            data.delete_preset(where, pname)
-            st.rerun()
-        with st.expander("JSON"):
-            st.code(json.dumps(body, indent=2), language="json")
+
+saved_presets(t, run, target_path, viewer)

@@ -82,3 +82,46 @@ def test_the_permalink_says_which_page_it_opens(synthetic_db):
     assert urlsplit(link).path == "/tune"
     said = " ".join(c.value for c in at.caption)
     assert "opens the Tune page on this setting" in said and "this exact view" not in said
+
+
+def test_saving_under_a_name_already_kept_asks_before_replacing_it(tmp_path, synthetic_db, monkeypatch):
+    """Before, a second save under the same name replaced the first without a word (a fresh session's current
+    setting is the defaults, so a tuned preset went easily)."""
+    import shutil
+
+    from analysis.core.store import Store
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    db, rid, _ = synthetic_db
+    mine = tmp_path / "mine.duckdb"
+    shutil.copy(db, mine)
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    kept = {**from_setting(Setting.make("consistency", k=4)).to_dict(), "name": "tuned"}
+    Store(mine).save_preset("tuned", kept)
+    at = open_app(str(mine), rid, "views/presets.py")
+    at.text_input(key="preset_name").input("tuned").run()
+    assert any("'tuned' is already saved, holding `consistency(k=4" in w.value for w in at.warning), at.warning
+    assert at.button(key="preset_save").disabled
+    at.checkbox(key="preset_replace").check().run()
+    assert not at.button(key="preset_save").disabled and at.button(key="preset_save").label == "Replace preset"
+    at.button(key="preset_save").click().run()
+    assert Store(mine, read_only=True).presets()["tuned"]["setting"]["family"] != "consistency"
+    at.text_input(key="preset_name").input("fresh").run()                  # a new name: saved at once
+    assert not at.warning and at.button(key="preset_save").label == "Save preset"
+
+
+def test_a_store_without_runs_still_lists_its_presets(tmp_path, monkeypatch):
+    from analysis.core.store import Store
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT
+    mine = tmp_path / "mine.duckdb"
+    Store(mine).save_preset("kept", {**from_setting(Setting.make("budget", B=64)).to_dict(), "name": "kept"})
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params["db"] = "mine"
+    at.switch_page("views/presets.py").run()
+    assert not at.exception
+    assert any(m.value.startswith("**kept**") for m in at.markdown), [m.value for m in at.markdown]
+    assert at.button(key="load_kept").disabled and not at.button(key="del_kept").disabled
