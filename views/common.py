@@ -160,9 +160,10 @@ def url_setting(quiet: bool = False):
 
 
 def current_setting(t, fam: str):
-    """The current setting of the picked family: the Tune page's, else the link's, else the defaults."""
+    """The current setting of the picked family: the Tune page's, else the link's, else the family's last one
+    this session (picked again after another), else the defaults."""
     from analysis.replay.policies import Setting, get_family
-    for s in (data.session_setting(), url_setting()):
+    for s in (data.session_setting(), url_setting(), data.family_setting(fam)):
         if s is not None and s.family == fam:
             return s
     return Setting(fam, get_family(fam).defaults_for(t))

@@ -642,7 +642,13 @@ def remember_setting(setting) -> None:
     """Make a setting the current one: kept in the session and in the URL (a shareable link)."""
     from analysis.presets.schema import from_setting
     st.session_state["setting"] = setting
+    st.session_state.setdefault("setting_by_family", {})[setting.family] = setting
     set_query("s", from_setting(setting).to_url())
+
+
+def family_setting(family: str):
+    """The setting last current in ``family`` this session (its family picked again: it comes back), or None."""
+    return st.session_state.get("setting_by_family", {}).get(family)
 
 
 def current_family() -> str | None:

@@ -25,6 +25,23 @@ def test_tune_setting_carries_to_questions_and_into_the_link(synthetic_db):
     assert not at.exception and any("B=64" in c.value for c in at.caption)
 
 
+def test_a_family_picked_again_comes_back_as_it_was_tuned(synthetic_db):
+    """Before, picking another family and then this one again gave its defaults (and the link lost it)."""
+    from analysis.presets.schema import loads
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/tune.py")
+    at.sidebar.selectbox(key="family").set_value("consistency").run()
+    slider = next(s for s in at.slider if s.key.endswith(".k"))
+    tuned = int(slider.max) if slider.value != slider.max else int(slider.min)
+    slider.set_value(tuned).run()
+    assert loads(at.query_params["s"]).setting.params["k"] == tuned
+    at.sidebar.selectbox(key="family").set_value("budget").run()
+    assert loads(at.query_params["s"]).setting.family == "budget"
+    at.sidebar.selectbox(key="family").set_value("consistency").run()
+    assert not at.exception and loads(at.query_params["s"]).setting.params["k"] == tuned
+    assert next(s for s in at.slider if s.key.endswith(".k")).value == tuned
+
+
 def test_tune_jumps_to_an_operating_point_and_drives_a_hybrids_parts(synthetic_db):
     from analysis.evaluate.optimize import operating_point
     from analysis.replay.engine import RunTable
