@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from analysis.core.errors import StoplineError
 from analysis.core.registry import Registry
 
 
@@ -54,19 +55,64 @@ def _mapping(args) -> dict:
 
 
 def _store(args, read_only: bool = False, create: bool = True):
-    """The store a command works on. A read command given no --db whose default store (the user's) does not
-    exist yet reads the bundled demo store instead, and says so on stderr. ``create=False``: a command that
-    writes into runs already stored (probe, rescore) refuses a store that does not exist instead of making an
-    empty one."""
+    """The store a command works on. A read command given no --db whose default store (the user's) has no runs
+    (it does not exist yet, or holds presets alone, saved on the dashboard) reads the bundled demo store
+    instead, as the dashboard does, and says so on stderr once. ``create=False``: a command that writes into
+    runs already stored (probe, rescore) refuses a store that does not exist instead of making an empty one."""
     import sys
     from pathlib import Path
 
     from analysis.core.store import DEMO_DB, Store, resolve_db_path
-    if read_only and not args.db and not Path(resolve_db_path()).exists() and Path(DEMO_DB).exists():
-        print(f"note: your store {resolve_db_path()} does not exist yet; reading the demo store {DEMO_DB} "
-              "(--db PATH for another)", file=sys.stderr)
-        return Store(DEMO_DB, read_only=True)
+    if read_only and not args.db and Path(DEMO_DB).exists() and not _has_runs(resolve_db_path()):
+        if getattr(args, "_demo_store", None) is None:
+            mine = resolve_db_path()
+            print(f"note: your store {mine} {'has no runs yet' if Path(mine).exists() else 'does not exist yet'}; "
+                  f"reading the demo store {DEMO_DB} (--db PATH for another)", file=sys.stderr)
+            args._demo_store = Store(DEMO_DB, read_only=True)
+        return args._demo_store
     return Store(args.db, read_only=read_only, create=create and not read_only)
+
+
+def _has_runs(path: str) -> bool:
+    from pathlib import Path
+
+    from analysis.core.store import Store
+    if not Path(path).exists():
+        return False
+    try:
+        return Store(path, read_only=True).has_runs()
+    except StoplineError:           # unreadable: the command's own open says what is wrong
+        return True
+
+
+def _preset(args, arg: str):
+    """A preset given on the command line: a file, JSON text, a link, or the name of a preset saved in the
+    store (--db) or in the user's own store (the dashboard's Presets page keeps them there)."""
+    from pathlib import Path
+
+    from analysis.core.errors import PresetError
+    from analysis.core.store import Store, resolve_db_path
+    from analysis.presets.schema import from_dict, load
+    try:
+        return load(arg)
+    except PresetError as e:
+        if not e.message.startswith("no such preset file"):
+            raise
+        given = [x for x in (getattr(args, "db", None), resolve_db_path()) if x]
+        stores = [p for p in dict.fromkeys(given) if Path(p).exists()]
+        names: list[str] = []
+        for path in stores:
+            kept = Store(path, read_only=True).presets()
+            if arg in kept:
+                try:
+                    return from_dict(kept[arg])
+                except PresetError as bad:
+                    raise PresetError(f"the preset saved as '{arg}' cannot be read: {bad.message}", file=path,
+                                      field=bad.field) from None
+            names += kept
+        raise PresetError("no such preset file, not preset JSON or a link, and no preset saved by that name"
+                          + (f" in {' or '.join(stores)}" if stores else "")
+                          + (f" (saved: {', '.join(sorted(set(names))[:12])})" if names else ""), file=arg) from None
 
 
 def _print_json(obj) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from analysis.cli.common import _db, _print_json, _store, command
+from analysis.cli.common import _db, _preset, _print_json, _store, command
 from analysis.evaluate import N_BOOT            # (the package alone: no numpy or scipy for --help)
 
 
@@ -22,7 +22,8 @@ def _made_on(args) -> dict:
 
 def _eval_setup(p):
     p.add_argument("--run", required=True)
-    p.add_argument("--preset", required=True, help="a preset file, JSON text, or a link (sl1.…, or the dashboard URL with s=sl1.…)")
+    p.add_argument("--preset", required=True, help="a preset file, JSON text, a link (sl1.…, or the dashboard URL "
+                   "with s=sl1.…), or the name it was saved under (the Presets page keeps it in your store)")
     p.add_argument("--split", default="all", choices=["tune", "test", "all"],
                    help="evaluate on the tune or the held-out test half of the questions (stable by id)")
     p.add_argument("--boot", type=int, default=N_BOOT, help="bootstrap resamples for the CIs (the pages' and the "
@@ -35,9 +36,9 @@ def _eval_setup(p):
          _eval_setup)
 def _eval(args):
     from analysis.evaluate.optimize import evaluate_outcome, split_of
-    from analysis.presets.schema import load, made_for
+    from analysis.presets.schema import made_for
     from analysis.presets.routing import preset_outcome
-    preset = load(args.preset)
+    preset = _preset(args, args.preset)
     t = split_of(_table(args), args.split)
     res = evaluate_outcome(preset_outcome(t, preset), args.boot)     # each setting's own probes counted
     res.update({"run": t.run_id, "split": args.split, "preset": preset.to_dict()})
@@ -244,7 +245,8 @@ def _beat_incumbent(args):
 
 def _report_setup(p):
     p.add_argument("--run", required=True, action="append", help="a run to report (repeatable)")
-    p.add_argument("--preset", action="append", default=[], help="a preset to report (file, JSON or link; repeatable)")
+    p.add_argument("--preset", action="append", default=[],
+                   help="a preset to report (file, JSON, link or saved name; repeatable)")
     p.add_argument("--drop", type=float, default=0.02, help="recommend the fewest tokens within this EM drop")
     p.add_argument("--slice-by", help="break the losses down by this (default: a metadata field, else length)")
     p.add_argument("--cost", default="emitted", choices=["emitted", "computed"],
@@ -257,12 +259,11 @@ def _report_setup(p):
 @command("report", "a self-contained HTML report, a Markdown summary and PNG/SVG charts", _report_setup)
 def _report(args):
     from pathlib import Path
-    from analysis.presets.schema import load
     from analysis.replay.engine import RunTable
     from analysis.evaluate.report import build
     store = _store(args, read_only=True)
     tables = [(store.run(r), RunTable.from_store(store, r)) for r in args.run]
-    rep = build(tables, [load(p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
+    rep = build(tables, [_preset(args, p) for p in args.preset], drop=args.drop, slice_by=args.slice_by,
                 images=not args.no_images, store=store.path, cost=args.cost)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

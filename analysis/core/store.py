@@ -366,6 +366,10 @@ class Store:
             r["traces_model"] = models.get(r["config"].get("of_run"))
         return out
 
+    def has_runs(self) -> bool:
+        with self.connect() as con:
+            return con.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+
     def run(self, run_id: str) -> dict:
         """The run with this id, or the one run whose id starts with it."""
         exact = self.runs(run_id) if run_id else []

@@ -123,3 +123,24 @@ def test_read_commands_fall_back_to_the_demo_store_saying_so(cli, tmp_path, monk
     code, out, err = cli("runs", "--db", str(tmp_path / "named.duckdb"))      # a store named: no fallback
     assert code != 0 and "demo" not in err
     assert not (tmp_path / "not-yet.duckdb").exists()
+
+
+def test_a_store_with_presets_alone_reads_the_demo_and_a_preset_is_named_as_saved(cli, tmp_path, monkeypatch):
+    """The dashboard makes the user's store on the first saved preset and still shows the demo until it has
+    runs; the commands read the demo then too (they said "no run" once the store existed), say so once (it
+    came twice from eval), and take a preset by the name it was saved under on the Presets page (only a
+    file, JSON or a link was read)."""
+    from analysis.core.store import Store
+    from analysis.presets.schema import from_setting
+    from analysis.replay.policies import Setting
+    mine = tmp_path / "mine.duckdb"
+    Store(mine).save_preset("tuned", {**from_setting(Setting.make("budget", B=64)).to_dict(), "name": "tuned"})
+    monkeypatch.setenv("STOPLINE_DB", str(mine))
+    code, out, err = cli("eval", "--run", "c7a2483a9092", "--preset", "tuned")
+    assert code == 0 and out.startswith("tuned on run c7a2483a9092"), err
+    assert err.count("has no runs yet; reading the demo store") == 1, err
+    code, out, err = cli("eval", "--run", "c7a2483a9092", "--preset", "untuned")
+    assert code != 0 and "no preset saved by that name in" in err and "(saved: tuned)" in err, err
+    code, out, err = cli("report", "--run", "c7a2483a9092", "--preset", "tuned", "--no-images",
+                         "--out", tmp_path / "r")
+    assert code == 0 and "| tuned |" in (tmp_path / "r" / "report.md").read_text(), err
