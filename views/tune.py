@@ -269,20 +269,25 @@ if run:
                         f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}")
     if res["savings_computed"] < 0:        # its probes make it compute more than full length: in red
         m[3].metric("Tokens saved (computed)", f"{res['savings_computed']:.1%}",
-                    f"+{-res['savings_computed']:.1%} vs full length", delta_color="inverse",
+                    f"computes {-res['savings_computed']:.1%} more than full length", delta_color="inverse",
                     help="probes included: their tokens make it compute more than running every question to its end")
     else:
         common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")
     common.noted_metric(m[4], "Lost / gained", f"{res['lost']} / {res['gained']}",
                         f"McNemar p={res['mcnemar']['p_value']:.2g}")
     learned_note(t, setting, res["savings_emitted"])
-    frac = stops / t.final_idx.clip(min=1)
-    counts, edges = np.histogram(t.pos[t.rows, stops], bins=40)       # binned here: 40 bars, not n points
-    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color="#2563eb"))
-    fig.update_layout(height=320, title="Where questions stop", xaxis_title="stop position (tokens)",
-                      yaxis_title="questions", margin=dict(t=40), bargap=0.05)
+    early = stops < t.final_idx
+    where = t.pos[t.rows, stops]
+    edges = np.histogram_bin_edges(where, bins=40)                     # binned here: 40 bars, not n points
+    fig = go.Figure()
+    for part, name, colour in ((early, "stopped early", "#2563eb"), (~early, "ran to its end", "#cbd5e1")):
+        counts, _ = np.histogram(where[part], bins=edges)
+        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color=colour, name=name)
+    fig.update_layout(height=320, title="Where questions stop, or end", xaxis_title="position (tokens)",
+                      yaxis_title="questions", margin=dict(t=40), bargap=0.05, barmode="stack",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
     st.plotly_chart(fig, width="stretch")
-    st.caption(f"{int((frac < 1).sum())} of {t.n} questions stop before their end. Setting: `{setting.label()}`. "
+    st.caption(f"{int(early.sum())} of {t.n} questions stop before their end. Setting: `{setting.label()}`. "
                + (f"CIs: paired bootstrap, {N_BOOT:,} resamples, as on Compare and in the Report." if n_boot else
                   "CIs: normal approximation (paired differences, delta method), live on this many questions; "
                   "the Report bootstraps."))
