@@ -513,8 +513,12 @@ def query_all(key: str) -> list[str]:
     return st.query_params.get_all(key)
 
 
-def set_query(key: str, value: str | list[str]) -> None:
-    st.query_params[key] = value          # a list: a repeated parameter
+def set_query(key: str, value: str | list[str] | None) -> None:
+    """Put ``value`` in the URL as ``key`` (a list: a repeated parameter; None: the parameter left out)."""
+    if value is None:
+        st.query_params.pop(key, None)
+    else:
+        st.query_params[key] = value
 
 
 def kept_pick(param: str) -> str | None:

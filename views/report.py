@@ -45,7 +45,13 @@ for w in filter(None, said):
 for n in names:
     if n in saved and (w := data.made_elsewhere(saved[n], run)):
         st.warning(w)
-if st.button("Build the report", type="primary", key="rep_build", disabled=not ids):
+# a built report's link (built=1) builds it again when opened, with the picks it names; picks changed since
+# the last build hide the report built before them (it says other things) until it is built again
+picks = [ids, names, drop, cost, slice_by, current.key()]
+opened = data.query("built") == "1" and not st.session_state.get("rep_opened")
+st.session_state["rep_opened"] = True
+built_now = st.session_state.get("report_picks") == picks
+if st.button("Build the report", type="primary", key="rep_build", disabled=not ids) or (opened and not built_now):
     from analysis.evaluate.report import build, self_contained_markdown, zip_bundle
     try:
         presets = [from_setting(current, f"current: {current.label()}") if n == CURRENT
@@ -55,9 +61,14 @@ if st.button("Build the report", type="primary", key="rep_build", disabled=not i
             rep = build(tables, presets, drop=drop, slice_by=None if slice_by == "(auto)" else slice_by,
                         store=data.store_as_named(), cost=cost)
         st.session_state["report"] = (rep["html"], self_contained_markdown(rep), zip_bundle(rep))
+        st.session_state["report_picks"] = built_now = picks
     except (PresetError, StoplineError) as e:
         st.error(str(e))
-if st.session_state.get("report"):
+data.set_query("built", "1" if st.session_state.get("report") and built_now else None)
+if st.session_state.get("report") and not built_now:
+    st.info("The picks above changed since the report was built: build it again to see it.",
+            icon=":material/refresh:")
+elif st.session_state.get("report"):
     page, md, bundle = st.session_state["report"]
     d = st.columns(3)           # short labels, so that each fits its column; the help says what each holds
     d[0].download_button("Download HTML report", page, "stopline-report.html", "text/html", key="rep_dl_html",

@@ -83,3 +83,28 @@ def test_the_report_picks_live_in_the_link(synthetic_db):
     short.query_params.update({"db": db, "run": rid, "drop": "0.05"})
     short.switch_page("views/report.py").run()
     assert short.select_slider(key="rep_drop").value == "0.050" and not short.warning
+
+
+def test_a_built_reports_link_opens_the_report_and_changed_picks_hide_a_stale_one(synthetic_db):
+    """Before, a report's link reopened its picks and waited for a click on Build; and a report built before the
+    picks changed stayed below them, saying other things."""
+    from streamlit.testing.v1 import AppTest
+    from tests.helpers import ROOT, offer_store
+    db, rid, _ = synthetic_db
+    at = open_app(db, rid, "views/report.py")
+    at.select_slider(key="rep_drop").set_value("0.030").run()
+    assert "built" not in at.query_params
+    at.button(key="rep_build").click().run(timeout=180)
+    assert not at.exception and at.query_params["built"] == "1" and at.get("html")
+    link = {k: at.query_params[k] for k in ("drop", "cost", "losses", "run_ids", "preset", "built")}
+    offer_store(db)
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    again.query_params.update({"db": db, "run": rid, **link})
+    again.switch_page("views/report.py").run()
+    assert not again.exception and again.session_state["report"] and again.get("html")     # built on opening
+    assert "--drop 0.03" in again.session_state["report"][1]                # with the picks of the link
+    again.select_slider(key="rep_drop").set_value("0.010").run()
+    assert not again.get("html") and "built" not in again.query_params
+    assert any("changed since the report was built" in i.value for i in again.info)
+    again.select_slider(key="rep_drop").set_value("0.030").run()          # back to the picks it was built on
+    assert again.get("html") and again.query_params["built"] == "1"
