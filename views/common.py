@@ -210,6 +210,12 @@ def page_start(title: str):
     return run, t, fam, current_setting(t, fam)
 
 
+def field_name(by: str) -> str:
+    """A break-down's name as a reader says it: a question field without its ``meta.`` prefix, ``length`` as
+    question length."""
+    return "question length" if by == "length" else by.removeprefix("meta.")
+
+
 ON = {"all questions": "all", "the held-out half": "held-out"}
 
 

@@ -25,7 +25,7 @@ def chooser(side: str, default: str) -> Preset | str:
     opts = ["the current setting", "full length", *mine, *[f"preset: {n}" for n in saved], "a link or JSON…"]
     if (said := data.url_pick(f"cmp_{side}", side.lower(), opts, default, CODES, f"side {side}")):
         st.warning(said)
-    pick = st.selectbox(f"Preset {side}", opts, key=f"cmp_{side}")
+    pick = st.selectbox(f"Side {side}", opts, key=f"cmp_{side}")
     if pick == INCUMBENT:
         return INCUMBENT
     if pick == "the current setting":
@@ -66,7 +66,7 @@ with qb:
     slice_opts = ["(none)", "length", *slice_fields(t)]
     if (said := data.url_pick("cmp_slice", "by", slice_opts, default_slice(t), {"(none)": "none"}, "the break-down")):
         st.warning(said)
-    slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice")
+    slice_by = st.selectbox("Break down by", slice_opts, key="cmp_slice", format_func=common.field_name)
 try:
     tt = split_of(t, split)             # as optimize: no model fitted on the other half
     sides = [incumbent_outcome(tt) if x == INCUMBENT else x for x in (A, B)]
@@ -119,7 +119,7 @@ st.dataframe({"": ["A right", "A wrong"], "B right": [res["both_right"], res["b_
               "B wrong": [res["a_only"], res["both_wrong"]]}, hide_index=True)
 if "slices" in res:
     sl = res["slices"]
-    st.subheader(f"By {res['slice_by']}")
+    st.subheader(f"By {common.field_name(res['slice_by'])}")
     fig = go.Figure()
     lo = sl["delta_em_ci"].map(lambda c: c[0])
     hi = sl["delta_em_ci"].map(lambda c: c[1])
@@ -127,7 +127,7 @@ if "slices" in res:
                     error_y=dict(type="data", array=hi - sl["delta_em"], arrayminus=sl["delta_em"] - lo),
                     name="ΔEM (B − A)")
     fig.add_hline(y=0, line_dash="dot")
-    fig.update_layout(height=300, yaxis_title="ΔEM (B − A), 95% CI", xaxis_title=res["slice_by"], margin=dict(t=20),
+    fig.update_layout(height=300, yaxis_title="ΔEM (B − A), 95% CI", xaxis_title=common.field_name(res["slice_by"]), margin=dict(t=20),
                       xaxis_type="category")
     st.plotly_chart(fig, width="stretch", key="cmp_slices")
     show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "delta_computed",

@@ -117,10 +117,12 @@ with left:
     if np.isfinite(ck["entropy"]).any():
         fig.add_scatter(x=ck["pos"], y=ck["entropy"], mode="lines", name="entropy after the cue", yaxis="y2",
                         line=dict(color="#2563eb", dash="dot"))
-    fig.add_vline(x=float(a.stop_pos[i]), line_color="black", annotation_text="current setting stops")
+    # the stops as lines named in the legend (labels on the chart ran over the lines and each other)
+    fig.add_scatter(x=[float(a.stop_pos[i])] * 2, y=[-0.1, 1.25], mode="lines", name="current setting stops",
+                    line=dict(color="black"), hoverinfo="skip")
     if against != "full length":
-        fig.add_vline(x=float(b.stop_pos[i]), line_color="#9333ea", line_dash="dash", annotation_text="other stops",
-                      annotation_position="bottom right")
+        fig.add_scatter(x=[float(b.stop_pos[i])] * 2, y=[-0.1, 1.25], mode="lines", hoverinfo="skip",
+                        name=f"{against.removeprefix('preset: ')} stops", line=dict(color="#9333ea", dash="dash"))
     fig.update_layout(height=360, xaxis_title="tokens into the trace", yaxis=dict(title="right (1) / probability",
                       range=[-0.1, 1.25]), yaxis2=dict(overlaying="y", side="right", title="entropy (nats)", showgrid=False,
                       rangemode="tozero", tickformat=".1f"),
@@ -132,9 +134,13 @@ with right:
     if isinstance(gold, str) and gold.startswith("["):
         import json
         gold = json.loads(gold)
+    other_said = "" if against == "full length" else (
+        f" · **{against.removeprefix('preset: ')}:** `{b.answers[i]}` ({'right' if right_b[i] else 'wrong'}) "
+        f"at token {b.stop_pos[i]:.0f}")
     st.markdown(f"**Gold:** `{', '.join(gold) if isinstance(gold, list) else gold}` · **full-length answer:** "
-                f"`{tr.get('final_norm')}` ({'right' if t.full_em[i] > 0.5 else 'wrong'}) · **stopped answer:** "
-                f"`{a.answers[i]}` at token {a.stop_pos[i]:.0f} of {t.full_tokens[i]:.0f}")
+                f"`{tr.get('final_norm')}` ({'right' if t.full_em[i] > 0.5 else 'wrong'}) · **current setting:** "
+                f"`{a.answers[i]}` ({'right' if right_a[i] else 'wrong'}) at token {a.stop_pos[i]:.0f} of "
+                f"{t.full_tokens[i]:.0f}{other_said}")
     st.dataframe(ck, hide_index=True, height=220, width="stretch")
 text = tr.get("text") or ""
 cuts = tr.get("char_pos") or []

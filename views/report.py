@@ -39,7 +39,7 @@ cost = c2.radio("Tokens to save", list(COSTS), key="rep_cost", format_func=COSTS
                      "for interim answers (what the hardware pays for). The recommendation saves the chosen kind.")
 slices = ["(auto)", "length", *slice_fields(t)]
 said.append(data.url_pick("rep_slice", "losses", slices, "(auto)", {"(auto)": "auto"}, "the break-down"))
-slice_by = c3.selectbox("Break losses down by", slices, key="rep_slice")
+slice_by = c3.selectbox("Break losses down by", slices, key="rep_slice", format_func=common.field_name)
 for w in filter(None, said):
     st.warning(w)
 for n in names:

@@ -82,8 +82,8 @@ def test_one_setting_and_the_same_numbers_through_the_whole_workflow(server, bro
         assert "s=sl1." in page.url and "family=consistency" in page.url
         # 4. Compare: the saved preset (A) against the current setting (B)
         go(page, "Compare")
-        pick(page, "Preset A", "preset: clicked")
-        pick(page, "Preset B", "the current setting")
+        pick(page, "Side A", "preset: clicked")
+        pick(page, "Side B", "the current setting")
         ab = metric(page, "EM: A → B")
         assert ab.endswith(f"→ {em}"), (ab, em)
         assert f"B = {tuned}" in page.locator("[data-testid='stCaptionContainer']", has_text="A = ").inner_text()
