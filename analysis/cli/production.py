@@ -1,7 +1,9 @@
 """CLI commands for production: verify-controller, check-log, sensitivity, monitor, serve-demo, serve (the gateway)."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from analysis.cli.common import _db, _preset, _print_json, _store, command
@@ -289,10 +291,15 @@ def _gateway_setup(p):
                    help="when the upstream fails mid-request: error (an OpenAI error event, or 502) or answer (the "
                         "trial answer at the last token written, probed on a replica that is up; else the latest "
                         "trial answer; logged with cause upstream_error)")
-    p.add_argument("--answer-type", default="number", help="how trial answers are normalised (the preset's run's)")
-    p.add_argument("--every", type=int, default=32, help="checkpoints every N tokens (the calibration run's)")
-    p.add_argument("--no-steps", action="store_true")
-    p.add_argument("--no-transitions", action="store_true")
+    g = p.add_argument_group("generation (default: the calibration run's, so that live checkpoints, probes and "
+                             "answers are those the replay decided on; given otherwise, the gateway says so)")
+    g.add_argument("--answer-type", help="how trial answers are normalised (else number)")
+    g.add_argument("--every", type=int, help="checkpoints every N tokens (else 32)")
+    g.add_argument("--steps", action=argparse.BooleanOptionalAction, help="checkpoints at reasoning steps (else on)")
+    g.add_argument("--transitions", action=argparse.BooleanOptionalAction,
+                   help="checkpoints at transition words (else on)")
+    g.add_argument("--cue", help="the text that asks for the answer at a checkpoint (else the tokenizer's kind's)")
+    g.add_argument("--max-answer-tokens", type=int, help="the most tokens of a trial answer (else 20)")
     p.add_argument("--max-body-kb", type=int, default=1024,
                    help="larger request bodies get 413, chunked ones too, as soon as they pass it (default 1024)")
     p.add_argument("--max-tokens-cap", type=int, metavar="N",
@@ -322,15 +329,18 @@ def _gateway(args):
     from analysis.backend.models import load_tokenizer
     from analysis.core.errors import StoplineError
     from analysis.presets.schema import loads
-    from analysis.production.gateway import (Gateway, Options, bind, calibration_of, check_bind, check_keys, connect,
-                                             read_preset)
+    from analysis.core.answers import ANSWER_TYPES
+    from analysis.production.gateway import (Gateway, Options, bind, calibration_generation, calibration_of,
+                                             check_bind, check_keys, connect, options_for, read_preset)
     from analysis.production.gateway_app import create_app
     key = args.api_key or os.environ.get("STOPLINE_GATEWAY_KEY")
     admin_key = args.admin_key or os.environ.get("STOPLINE_ADMIN_KEY")
     check_bind(args.host, key)
     check_keys(key, admin_key)
-    if args.every < 1:
+    if args.every is not None and args.every < 1:
         raise StoplineError(f"--every must be at least 1, not {args.every}")
+    if args.max_answer_tokens is not None and not 1 <= args.max_answer_tokens <= 256:
+        raise StoplineError(f"--max-answer-tokens must be between 1 and 256, not {args.max_answer_tokens}")
     if not 1 <= args.continue_tokens <= 32768:
         raise StoplineError(f"--continue-tokens must be between 1 and 32768, not {args.continue_tokens}")
     if args.max_tokens_cap is not None and args.max_tokens_cap < 1:
@@ -346,6 +356,14 @@ def _gateway(args):
     except StoplineError as e:
         raise StoplineError(e.message, file=path and str(path), field=e.field, hint=e.hint) from None
     calibration = calibration_of(preset, args.calibration_run, args.db)
+    gen, notes = options_for({k: getattr(args, k) for k in ("answer_type", "every", "steps", "transitions", "cue",
+                                                              "max_answer_tokens")},
+                             calibration_generation(calibration))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    gen.setdefault("answer_type", "number")
+    if gen["answer_type"] not in ANSWER_TYPES:
+        raise StoplineError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, not {gen['answer_type']!r}")
     sock = bind(args.host, args.port)
     try:
         tok, kind, eos = load_tokenizer(args.tokenizer)
@@ -361,8 +379,7 @@ def _gateway(args):
         gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, api_key=key, admin_key=admin_key,
                      engine=engine, calibration=calibration,
                      options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
-                                     continue_tokens=args.continue_tokens, answer_type=args.answer_type,
-                                     every=args.every, steps=not args.no_steps, transitions=not args.no_transitions,
+                                     continue_tokens=args.continue_tokens, **gen,
                                      max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,
                                      request_timeout=args.request_timeout))
     except BaseException:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from analysis.backend.engine_openai import OpenAIEngine, ReplicaFailed, UpstreamRefused, first_choice
 from analysis.backend.placement import Placer
-from analysis.backend.prompts import CUES, GenConfig
+from analysis.backend.prompts import CUES, PROMPTS, GenConfig, build_prompt
 from analysis.core.answers import closed_box_end, extract
 from analysis.core.errors import PresetError, StoplineError
 from analysis.presets.routing import EXPLORE
@@ -132,6 +132,8 @@ class Options:
     transitions: bool = True
     cue: str | None = None
     max_answer_tokens: int = 20
+    prompt_template: str | None = None      # the calibration run's (default: the answer type's), for question_chars
+    system: str | None = None               # the calibration run's system message, if it had one
     max_body: int = MAX_BODY
     max_tokens_cap: int | None = None       # requests asking for more get 400 (--max-tokens-cap)
     request_timeout: float = REQUEST_TIMEOUT
@@ -152,6 +154,7 @@ class Gateway:
         self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
+        self.wrappers = question_wrappers(tok, self.opt)
         self.engine = engine or OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
                                              concurrency=concurrency)
         self.preset_path, text = read_preset(preset)
@@ -292,11 +295,12 @@ class Gateway:
                 raise BadRequest(f"the model's chat template refuses these messages: {str(e)[:200]}",
                                  "messages") from None
             ids = self.encode(text, "messages", add_special_tokens=False)
-            question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
+            question = bare_question(next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
+                                     self.wrappers)
         else:
             p = body.get("prompt")
             if isinstance(p, str) and p:
-                ids, question = self.encode(p, "prompt"), p
+                ids, question = self.encode(p, "prompt"), bare_question(p, self.wrappers)
             elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
                 ids, question = list(p), ""
             else:
@@ -787,6 +791,64 @@ def calibration_of(preset, run: str | None = None, db: str | None = None) -> dic
                        "run; give --calibration-run and --db", default, path, e.message)
         return None
     return {"db": portable_path(store.path), "run": found["id"]}
+
+
+def question_wrappers(tok, opt: Options) -> list[tuple[str, str]]:
+    """What the calibration run's prompt puts around a question: (before, after) in the user message its
+    template makes, and in the whole prompt the chat template makes of it (a /v1/completions prompt)."""
+    template = opt.prompt_template or PROMPTS.get(opt.answer_type, PROMPTS["number"])
+    mark = "\x00question\x00"
+    user = template.format(question=mark)
+    out = [tuple(user.split(mark, 1))]
+    if getattr(tok, "chat_template", None):
+        try:
+            whole = build_prompt(tok, mark, GenConfig(prompt_template=template, system=opt.system))
+            out.append(tuple(whole.split(mark, 1)))
+        except Exception:       # noqa: BLE001 - a template that cannot render a bare message: the user message's alone
+            pass
+    return [w for w in out if len(w) == 2]
+
+
+def bare_question(text: str, wrappers: list[tuple[str, str]]) -> str:
+    """The question in a request's text, as the replay measures ``question_chars`` (the dataset's question): the
+    run's prompt template taken off when the text is in it, else the text as it is."""
+    for before, after in sorted(wrappers, key=lambda w: -len(w[0]) - len(w[1])):
+        if len(text) >= len(before) + len(after) and text.startswith(before) and text.endswith(after):
+            return text[len(before):len(text) - len(after)]
+    return text
+
+
+def calibration_generation(calibration: dict | None) -> dict:
+    """The calibration run's generation settings, as the gateway's options name them (answer type, checkpoint
+    schedule, cue, answer length, prompt template, system message): what the replay's decisions were made on.
+    {} without a calibration run, or for a run that does not record them (an import)."""
+    if not calibration:
+        return {}
+    from analysis.core.store import Store
+    run = Store(calibration["db"], read_only=True).run(calibration["run"])
+    gen = run["config"].get("gen") or {}
+    out = {"answer_type": run.get("answer_type")}
+    out.update({k: gen.get(k) for k in ("every", "steps", "transitions", "cue", "max_answer_tokens",
+                                        "prompt_template", "system")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def options_for(given: dict, run: dict) -> tuple[dict, list[str]]:
+    """The gateway's generation options: each as given (``given``: None where not), else the calibration run's
+    (``calibration_generation``), else the default; and a note for each given that differs from the run's (its
+    checkpoints, cue or answers are then not those the replay decided on)."""
+    out = {k: v for k, v in run.items() if k not in given}     # what no option names: the run's (its template)
+    notes = []
+    for k, v in given.items():
+        if v is None:
+            if k in run:
+                out[k] = run[k]
+            continue
+        out[k] = v
+        if k in run and run[k] != v:
+            notes.append(f"{k} {v!r} differs from the calibration run's {run[k]!r}: live checkpoints, probes or "
+                         "answers are not those the replay decided on")
+    return out, notes
 
 
 def from_headers(headers) -> dict:

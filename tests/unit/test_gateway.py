@@ -830,3 +830,49 @@ def test_two_replicas_share_the_load_and_one_that_fails_is_set_aside(tok, up, se
         models = httpx.get(url + "/models", timeout=30)
         assert models.status_code == 200 and models.json()["data"][0]["id"] == MODEL
         assert all(r.in_flight == 0 for r in gw.engine.replicas)
+
+
+def test_question_chars_live_measure_the_question_as_the_replay_does(tok):
+    """The replay's question_chars is the dataset question's length; live it was the last user message's (the
+    prompt template's words too: +68 characters for numbers) or the whole prompt (chat template too). The
+    run's template is taken off when the text is in it."""
+    from analysis.backend.prompts import GenConfig, build_prompt, chat_messages
+    from analysis.production.gateway import Options, bare_question, question_wrappers
+    t = tok[0]
+    q = "What is 17 + 25?"
+    for opt in (Options(), Options(system="Be brief."), Options(answer_type="math")):
+        w = question_wrappers(t, opt)
+        cfg = GenConfig(system=opt.system).resolved(opt.answer_type, "instruct")
+        assert bare_question(chat_messages(q, cfg)[-1]["content"], w) == q          # a chat request's message
+        assert bare_question(build_prompt(t, q, cfg), w) == q                       # a completions prompt
+        assert bare_question("a prompt of my own", w) == "a prompt of my own"       # not in the template: as it is
+    custom = Options(prompt_template="Q: {question}\nA (in \\boxed{{}}):")
+    assert bare_question("Q: 2+2?\nA (in \\boxed{}):", question_wrappers(t, custom)) == "2+2?"
+
+
+def test_the_gateway_takes_its_generation_options_from_the_calibration_run_and_says_where_given_ones_differ():
+    from analysis.core.store import DEMO_DB
+    from analysis.production.gateway import calibration_generation, options_for
+    run = calibration_generation({"db": DEMO_DB, "run": "c7a2483a9092"})
+    assert run["answer_type"] == "number" and run["every"] == 32 and run["cue"].endswith("\\boxed{")
+    assert run["prompt_template"].startswith("{question}")
+    none = dict.fromkeys(("answer_type", "every", "steps", "transitions", "cue", "max_answer_tokens"))
+    got, notes = options_for(none, run)
+    assert got["every"] == 32 and got["steps"] is run["steps"] and got["cue"] == run["cue"] and not notes
+    assert got["prompt_template"] == run["prompt_template"]                      # read off live questions
+    got, notes = options_for({**none, "every": 16, "answer_type": "number"}, run)
+    assert got["every"] == 16 and len(notes) == 1 and notes[0].startswith("every 16 differs from the calibration "
+                                                                         "run's 32")
+    assert options_for(none, {}) == ({}, [])                                     # no calibration run: the defaults
+
+
+def test_serve_says_where_its_options_differ_from_the_calibration_run(cli, tmp_path):
+    from analysis.core.store import DEMO_DB
+    from tests.helpers import free_port
+    certified = {**CONF, "certificate": {"epsilon": 0.05, "delta": 0.1, "n": 100, "risk": "drop", "bound": "b",
+                                         "run": "c7a2483a9092"}}
+    (tmp_path / "p.json").write_text(json.dumps(certified))
+    code, _, err = cli("serve", "--upstream", f"http://127.0.0.1:{free_port()}/v1", "--preset", tmp_path / "p.json",
+                       "--tokenizer", MODEL, "--db", DEMO_DB, "--every", "4", "--log", tmp_path / "never.jsonl")
+    assert code == 2 and "ConnectError" in err                                  # (no upstream: it stops there)
+    assert "note: every 4 differs from the calibration run's 32" in err and err.count("note:") == 1, err
