@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from analysis.backend.engine_openai import ReplicaFailed
-from analysis.core.errors import PresetError, StoplineError
+from analysis.core.errors import PresetError, StoplineError, brief
+from analysis.core.sharing import HOSTS_ENV, host_allowed, is_local
 from analysis.production.gateway import (BadRequest, CLIENT_LEFT, Gateway, UpstreamFailure, UpstreamRejected,
                                          check_key, connect, logger, upstream_failure)
 from analysis.production.gateway_request import strict_json
@@ -44,6 +45,17 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next):
         path, given = request.url.path, request.headers.get("authorization")
+        # on this machine only: under this machine's names (a page elsewhere whose name resolves to 127.0.0.1,
+        # DNS rebinding, is refused), and without a key, not from web pages (a page the user visits could
+        # otherwise send it requests: a browser says where they come from in Origin; SDKs send none)
+        host, listen = request.headers.get("host"), (request.scope.get("server") or (None,))[0]
+        if not host_allowed(host, listen):
+            return error(403, f"this gateway listens on this machine only and answers to its names (localhost, a "
+                              f"loopback address) or those in {HOSTS_ENV}, not {brief(host)}", kind="permission_error")
+        if not gw.api_key and request.headers.get("origin") and is_local(listen):
+            return error(403, "a request from a web page (it sent an Origin header) needs the gateway's --api-key: "
+                              "without a key, any page the user visits could use this gateway",
+                         kind="permission_error")
         if path.startswith("/admin/"):
             if not gw.admin_key:
                 return error(403, "the admin endpoint is off: start the gateway with --admin-key (or "

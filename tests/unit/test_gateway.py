@@ -876,3 +876,24 @@ def test_serve_says_where_its_options_differ_from_the_calibration_run(cli, tmp_p
                        "--tokenizer", MODEL, "--db", DEMO_DB, "--every", "4", "--log", tmp_path / "never.jsonl")
     assert code == 2 and "ConnectError" in err                                  # (no upstream: it stops there)
     assert "note: every 4 differs from the calibration run's 32" in err and err.count("note:") == 1, err
+
+
+def test_a_loopback_gateway_answers_to_this_machines_names_and_not_to_web_pages_without_a_key(tok, up, tmp_path,
+                                                                                              monkeypatch):
+    """A review found: any web page the user visits could send a keyless loopback gateway requests (a "simple"
+    text/plain POST runs generation on the user's server), and with DNS rebinding read the replies."""
+    upstream = f"http://127.0.0.1:{up.port}/v1"
+    with serve_gateway(upstream, tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
+        port = url.split(":")[2].split("/")[0]
+        status, out = ask(url, headers={"Host": f"evil.example:{port}"})
+        assert status == 403 and "evil.example" in out["error"]["message"], out
+        r = httpx.post(url + "/completions", headers={"Origin": "https://evil.example", "content-type": "text/plain"},
+                       content=json.dumps({"model": MODEL, "prompt": "Count.", "max_tokens": 8}))
+        assert r.status_code == 403 and "--api-key" in r.json()["error"]["message"]
+        assert ask(url, headers={"Host": f"localhost:{port}"})[0] == 200           # this machine's names
+        monkeypatch.setenv("STOPLINE_ALLOWED_HOSTS", "box.internal")
+        assert ask(url, headers={"Host": f"box.internal:{port}"})[0] == 200        # a name one allows
+    (tmp_path / "k").mkdir()
+    with serve_gateway(upstream, tok, tmp_path / "k", NEVER, MODEL, api_key="k3y", **SMALL) as (gw, url):
+        status, out = ask(url, headers={"Origin": "http://localhost:3000", "Authorization": "Bearer k3y"})
+        assert status == 200, out                                                   # a page that has the key
