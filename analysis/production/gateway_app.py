@@ -85,7 +85,11 @@ def create_app(gw: Gateway) -> FastAPI:
         failure = None
         for r in sorted(gw.engine.replicas, key=lambda r: r.down_until > now):
             try:
-                return await gw.engine.get_json(r, "/models")
+                listed = await gw.engine.get_json(r, "/models")
+                # the model this gateway serves (the others get 404 here), without where the upstream keeps it
+                cards = [{k: v for k, v in c.items() if k not in ("root", "parent", "permission")}
+                         for c in listed.get("data") or [] if isinstance(c, dict) and c.get("id") == gw.engine.model]
+                return {"object": "list", "data": cards}
             except (ReplicaFailed, StoplineError) as e:
                 failure = upstream_failure(e, r, gw.opt.request_timeout)
                 logger.warning("GET /v1/models: the upstream failed: %s", failure)

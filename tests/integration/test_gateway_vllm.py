@@ -72,7 +72,8 @@ def test_chat_and_completions_streamed_and_not_pass_the_upstream_through(server,
         # usage as the upstream's: the end of sequence the model wrote counted too (it was one short)
         assert mine["choices"][0]["finish_reason"] == direct["choices"][0]["finish_reason"]
         assert mine["usage"]["completion_tokens"] == direct["usage"]["completion_tokens"], (mine, direct)
-        assert httpx.get(url + "/models").json()["data"][0]["id"] == MODEL
+        (card,) = httpx.get(url + "/models").json()["data"]             # the model served, not where it lies
+        assert card["id"] == MODEL and card["max_model_len"] > 0 and "root" not in card
         m = httpx.get(url.removesuffix("/v1") + "/metrics").text
         assert 'stopline_requests_total{endpoint="chat",outcome="full"} 2.0' in m
 
