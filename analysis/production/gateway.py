@@ -579,7 +579,7 @@ class Gateway:
                 "completion_tokens": n + eos + (len(self.tok(written, add_special_tokens=False)["input_ids"])
                                                 if written else 0),
                 "probe_tokens": probe_tokens, "setting": sess.route.setting.label(), "arm": sess.route.arm,
-                "explore": sess.route.arm == EXPLORE, "preset_version": self.version,
+                "explore": sess.route.arm == EXPLORE, "preset_version": ctl.log.version,
                 "request_id": req["request_id"], "checkpoints": sess.n,
                 "finish_reason": "stop" if decision is not None or error is not None or finish == "stop" else "length",
                 "prompt_tokens": len(req["ids"]), "seconds": round(time.perf_counter() - t_req, 3)}
@@ -618,16 +618,16 @@ class Gateway:
         without credentials) and the request's final record, ``cause: upstream_failed`` (the monitor and
         check-log leave it out of the preset's figures)."""
         logger.warning("request %s: the upstream failed: %s", req["request_id"], failure)
-        self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
-                        "status": failure.status, "error": str(failure)})
+        ctl.log.write({"type": "error", "request": req["request_id"],       # stamped with the deciding version
+                       "status": failure.status, "error": str(failure)})
         self._ended(req, sess, ctl, pos, "upstream_failed", probe_tokens)
 
     def _rejected(self, req, sess, ctl, n: int, e: UpstreamRejected, probe_tokens: int) -> None:
         """A request the upstream refused, in the decision log: the error (status, message) and its final record,
         ``cause: upstream_rejected`` (the monitor leaves it out of the preset's figures)."""
         logger.info("request %s: the upstream refused it: %s", req["request_id"], e)
-        self.log.write({"type": "error", "request": req["request_id"], "preset_version": self.version,
-                        "status": e.status, "error": str(e)[:500]})
+        ctl.log.write({"type": "error", "request": req["request_id"],
+                       "status": e.status, "error": str(e)[:500]})
         self._ended(req, sess, ctl, n, "upstream_rejected", probe_tokens)
 
     async def _answer_after_failure(self, req, ids, cfg, sess, ctl, error) -> tuple[str, str, int]:
@@ -653,8 +653,8 @@ class Gateway:
                             kind="interval", answer_type=ctl.answer_type)
         j = sess.n - 1
         sess.stopped = Decision(True, answer, j, len(ids), "upstream_error")
-        self.log.write({"type": "upstream_error", "request": req["request_id"], "preset_version": self.version,
-                        "pos": len(ids), "answer_from": where, "answer_pos": pos, "error": str(error)[:300]})
+        ctl.log.write({"type": "upstream_error", "request": req["request_id"],
+                       "pos": len(ids), "answer_from": where, "answer_pos": pos, "error": str(error)[:300]})
         self.metrics.upstream_answers.inc()
         return answer or "", "upstream_error", spent
 

@@ -794,12 +794,13 @@ def second(tok):
     up2.close()
 
 
-def test_two_replicas_share_the_load_and_one_that_fails_is_set_aside(tok, up, second, tmp_path):
+def test_two_replicas_share_the_load_and_one_that_fails_is_set_aside(tok, second, tmp_path):
     """Before, every request went to replica 1 (the gateway never counted its requests in flight, and a
     replica that failed was set aside only with --on-upstream-error answer), and /v1/models asked replica 1
     alone. Now the least loaded replica takes a request; one that fails before its first token has its trace
     begun again on the other (the client sees nothing of it); one that fails after is the request's failure,
     and the next requests go to the other; /v1/models answers from a replica that does."""
+    up = counting(tok)                                  # replica 1, its own (the test closes it)
     urls = [f"http://127.0.0.1:{u.port}/v1" for u in (up, second)]
     with serve_gateway(urls, tok, tmp_path, NEVER, MODEL, **SMALL) as (gw, url):
         up.mode = "trickles"                            # replica 1 busy with a stream that goes on
