@@ -155,6 +155,7 @@ class Gateway:
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
         self.wrappers = question_wrappers(tok, self.opt)
+        self._reload_lock = asyncio.Lock()
         self.engine = engine or OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
                                              concurrency=concurrency)
         self.preset_path, text = read_preset(preset)
@@ -257,6 +258,19 @@ class Gateway:
 
     def _calibration(self) -> dict:
         return {"calibration": dict(self.calibration)} if self.calibration else {}
+
+    async def current_async(self) -> Controller:
+        """``current`` from the event loop: a preset file that changed is read in a worker thread (a reload may
+        open the calibration store, which waits while another process writes it), one reload at a time; the
+        streams in flight go on meanwhile."""
+        try:
+            changed = self.preset_path is not None and self.preset_path.stat().st_mtime_ns != self._mtime
+        except OSError:
+            changed = True
+        if changed:
+            async with self._reload_lock:
+                return await asyncio.to_thread(self.current)
+        return self.controller
 
     def current(self) -> Controller:
         try:
@@ -363,7 +377,7 @@ class Gateway:
         UpstreamFailure once the log has its error and final records; nothing is left running or waiting. A client
         that leaves (the events cancelled, or closed before their end) gets its final record too
         (``client_disconnected``)."""
-        ctl = self.current()
+        ctl = await self.current_async()
         sess = ctl.open(req["request_id"], req["question"], req["meta"], req["tags"])
         cfg = self.config(req)
         eng = self.engine

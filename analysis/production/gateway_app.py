@@ -98,7 +98,9 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.post("/admin/preset")
     async def admin_preset(request: Request):
         try:
-            changed = gw.reload(text=(await read_body(request, gw.opt.max_body)).decode())
+            text = (await read_body(request, gw.opt.max_body)).decode()
+            async with gw._reload_lock:            # off the event loop: it may open the calibration store
+                changed = await asyncio.to_thread(gw.reload, text=text)
         except BadRequest as e:
             return error(e.status, str(e), e.param)
         except (PresetError, StoplineError, UnicodeDecodeError) as e:
