@@ -149,7 +149,8 @@ class OpenAIEngine:
 
     def __init__(self, base_urls: list[str], model: str, tok, *, eos: set[int] | None = None,
                  api_key: str | None = None, concurrency: int = 8, timeout: float = 600.0, max_retries: int = 4,
-                 top_k: int = TOP_K, retry_base_s: float = 0.5, token_ids: bool = True):
+                 top_k: int = TOP_K, retry_base_s: float = 0.5, token_ids: bool = True,
+                 connections: int | None = None):
         if not base_urls:
             raise StoplineError("the openai engine needs at least one --base-url")
         urls = list(dict.fromkeys(u.rstrip("/") for u in base_urls))
@@ -157,6 +158,7 @@ class OpenAIEngine:
         self.model, self.tok, self.api_key = model, tok, api_key
         self.concurrency, self.timeout, self.max_retries, self.top_k = concurrency, timeout, max_retries, top_k
         self.retry_base_s = retry_base_s
+        self.connections = connections  # per replica; None: 4 x concurrency + 8; 0: no limit (a gateway's streams)
         self.token_ids = token_ids      # ask for the generated ids (False: as a server that has none)
         self.stats = EngineStats()
         self.eos = set(eos) if eos is not None else {tok.eos_token_id} - {None}
@@ -169,7 +171,8 @@ class OpenAIEngine:
     async def __aenter__(self):
         import httpx
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=4 * self.concurrency + 8, max_keepalive_connections=4 * self.concurrency)
+        most = 4 * self.concurrency + 8 if self.connections is None else self.connections or None
+        limits = httpx.Limits(max_connections=most, max_keepalive_connections=4 * self.concurrency)
         for r in self.replicas:
             r.client = httpx.AsyncClient(headers=headers, limits=limits,
                                          timeout=httpx.Timeout(self.timeout, connect=10.0))

@@ -368,7 +368,7 @@ def _gateway(args):
     try:
         tok, kind, eos = load_tokenizer(args.tokenizer)
         urls = [u.strip() for a in args.upstream for u in a.split(",") if u.strip()]
-        engine = OpenAIEngine(urls, args.model or "", tok, eos=eos, concurrency=64,
+        engine = OpenAIEngine(urls, args.model or "", tok, eos=eos, concurrency=64, connections=0,
                               api_key=args.upstream_key or os.environ.get("OPENAI_API_KEY"))
 
         async def check():

@@ -157,7 +157,7 @@ class Gateway:
         self.wrappers = question_wrappers(tok, self.opt)
         self._reload_lock = asyncio.Lock()
         self.engine = engine or OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
-                                             concurrency=concurrency)
+                                             concurrency=concurrency, connections=0)
         self.preset_path, text = read_preset(preset)
         self.calibration = calibration
         self.metrics = Metrics()
