@@ -676,10 +676,15 @@ class Gateway:
         """The text after a stop: the cue, an answer and the box's closing brace. ``continue``: the model's own
         answer section, up to the brace that closes the box (braces inside it balanced, as a probe's answer),
         its line's end or the client's stop sequences."""
+        prompt = req["ids"] + kept_ids + self.cue_ids
+        room = self.opt.continue_tokens if r.max_model_len is None else min(self.opt.continue_tokens,
+                                                                              r.max_model_len - len(prompt))
+        if self.opt.on_stop == "continue" and room < 1:         # no room left in the context: the trial answer
+            return self.cue + (answer or "") + "}"
         if self.opt.on_stop == "continue":
             out = await self.engine._post(r, "/completions", {
-                "model": self.engine.model, "prompt": req["ids"] + kept_ids + self.cue_ids,
-                "max_tokens": self.opt.continue_tokens, "temperature": 0,
+                "model": self.engine.model, "prompt": prompt,
+                "max_tokens": room, "temperature": 0,       # within the model's context (an upstream 400 otherwise)
                 "stop": ["\n", *req["sampling"].get("stop", [])]})    # the model's writing: the client's stops too
             text = first_choice(r, out).get("text")
             if not isinstance(text, str):
