@@ -377,7 +377,7 @@ def _gateway(args):
         run_sync(check())                  # the upstream, checked here: one clear line when it fails
         log = args.log or f"data/logs/gateway-{date.today().isoformat()}.jsonl"
         gw = Gateway(urls, args.preset, tok, eos, kind, log_path=log, api_key=key, admin_key=admin_key,
-                     engine=engine, calibration=calibration,
+                     engine=engine, calibration=calibration, listen=args.host,
                      options=Options(on_stop=args.on_stop, on_upstream_error=args.on_upstream_error,
                                      continue_tokens=args.continue_tokens, **gen,
                                      max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens_cap,

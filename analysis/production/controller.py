@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,13 +89,16 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._f = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
         if new:
             self.write({"type": "header", "stopline_log": LOG_VERSION, **(header or {})})
 
     def write(self, rec: dict) -> None:
         rec.setdefault("t", time.time())
-        self._f.write(json.dumps(rec, default=_jsonable, allow_nan=False) + "\n")
-        self._f.flush()
+        line = json.dumps(rec, default=_jsonable, allow_nan=False) + "\n"
+        with self._lock:                    # whole lines, from the event loop and a reload's worker thread alike
+            self._f.write(line)
+            self._f.flush()
 
     def close(self) -> None:
         self._f.close()

@@ -43,6 +43,7 @@ import json
 import logging
 import re
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -143,19 +144,23 @@ class Gateway:
     def __init__(self, upstreams: list[str], preset: str, tok, eos: set[int], kind: str = "instruct", *,
                  log_path: str, model: str | None = None, api_key: str | None = None, admin_key: str | None = None,
                  upstream_key: str | None = None, options: Options | None = None, concurrency: int = 64,
-                 calibration: dict | None = None, engine: OpenAIEngine | None = None):
+                 calibration: dict | None = None, engine: OpenAIEngine | None = None, listen: str | None = None):
         """``preset``: its file (re-read when it changes), or the preset itself, a ``sl1.…`` link or JSON text
         (then only ``POST /admin/preset`` replaces it, in memory). ``calibration``: ``{"db": PATH, "run":
         RUN_ID}``, the run the preset was calibrated on and its store (``calibration_of``), named in the log's
         header and preset records so that the monitor reads the log as it is. ``engine``: the upstream's,
-        already checked (``serve`` checks it before anything is written; else the app's start-up does)."""
+        already checked (``serve`` checks it before anything is written; else the app's start-up does).
+        ``listen``: the address it was told to listen on (loopback: requests must name this machine; None: each
+        connection's own local address)."""
         check_keys(api_key, admin_key)
+        self.listen = listen
         self.opt = options or Options()
         self.tok, self.kind, self.api_key, self.admin_key = tok, kind, api_key, admin_key
         self.cue = self.opt.cue or CUES[kind]
         self.cue_ids = tok(self.cue, add_special_tokens=False)["input_ids"]
         self.wrappers = question_wrappers(tok, self.opt)
         self._reload_lock = asyncio.Lock()
+        self._reload_mutex = threading.RLock()
         self.engine = engine or OpenAIEngine(upstreams, model or "", tok, eos=eos, api_key=upstream_key,
                                              concurrency=concurrency, connections=0)
         self.preset_path, text = read_preset(preset)
@@ -204,6 +209,10 @@ class Gateway:
     def reload(self, force: bool = False, text: str | None = None) -> bool:
         """Load the preset (from ``text``, which is then written to the preset file if there is one, or from the
         file when it changed). An invalid preset raises PresetError and leaves the current one in place."""
+        with self._reload_mutex:            # one at a time, from worker threads and the event loop alike
+            return self._reload(force, text)
+
+    def _reload(self, force: bool, text: str | None) -> bool:
         given = text is not None
         if not given:
             if self.preset_path is None:            # given as a link or JSON: nothing to watch
@@ -377,7 +386,12 @@ class Gateway:
         UpstreamFailure once the log has its error and final records; nothing is left running or waiting. A client
         that leaves (the events cancelled, or closed before their end) gets its final record too
         (``client_disconnected``)."""
-        ctl = await self.current_async()
+        try:
+            ctl = await self.current_async()
+        except asyncio.CancelledError:        # the client left while the preset was being reloaded: its record
+            self.abandoned(req)
+            raise
+        req["preset_version"] = ctl.log.version      # the version deciding it (a failure's records name it)
         sess = ctl.open(req["request_id"], req["question"], req["meta"], req["tags"])
         cfg = self.config(req)
         eng = self.engine
@@ -401,6 +415,7 @@ class Gateway:
         decision, finish, error = None, None, None
         probe_tokens, written = 0, ""      # written: the gateway's own text after a stop (cue, answer, brace)
         r = producer = getter = None
+        set_aside = False                  # the replica was set aside for this request's failure
 
         def got(new, text):
             queue.put_nowait(("ids", new, text))
@@ -514,7 +529,7 @@ class Gateway:
                                                  left()))[0]
                     answer, probe_tokens = pr.raw, probe_tokens + pr.probe_tokens     # the metrics: the server's work
                     sess.answered(pr.raw, len(pr.tokens), ctl.answer_type)   # the record: the replay's charge
-                written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer), left())
+                written = await asyncio.wait_for(self._on_stop(r, req, ids[:decision.pos], answer, cfg), left())
                 if not probing and self.opt.on_stop == "continue":    # a budget's answer: what the model wrote
                     said = written[len(self.cue):-1]
                     sess.answered(said.strip() or None, len(self.tok(said, add_special_tokens=False)["input_ids"]),
@@ -526,6 +541,7 @@ class Gateway:
                 if self.opt.on_upstream_error != "answer":
                     raise error
                 eng._failed(r, str(error))          # set aside: the answer's probe goes to another replica
+                set_aside = True
                 for _, _, text in chunks:             # the tokens the model did write are the client's
                     stops.release(text)
                 chunks.clear()
@@ -548,7 +564,8 @@ class Gateway:
             self._rejected(req, sess, ctl, len(ids), e, probe_tokens)
             raise
         except (ReplicaFailed, StoplineError, UpstreamFailure, TimeoutError) as e:
-            if r is not None and not isinstance(e, TimeoutError):
+            if r is not None and not set_aside and isinstance(e, (ReplicaFailed, UpstreamFailure)) \
+                    and len(eng.replicas) > 1:      # (a 4xx to a probe is no replica's fault; one replica: no other)
                 eng._failed(r, str(e))             # set aside (back-off): the next requests go to another replica
             failure = e if isinstance(e, UpstreamFailure) else upstream_failure(e, r, self.opt.request_timeout)
             self._failed_request(req, sess, ctl, decision.pos if decision is not None else len(ids), failure,
@@ -623,8 +640,8 @@ class Gateway:
 
     def abandoned(self, req: dict) -> None:
         """A request whose client left before its response began (a stream that never started): its final
-        record, ``cause: client_disconnected``, nothing done."""
-        ctl = self.current()
+        record, ``cause: client_disconnected``, nothing done (the preset in use: no reload here, on the event loop)."""
+        ctl = self.controller
         self._client_left(req, ctl.open(req["request_id"], req["question"], req["meta"], req["tags"]), ctl, 0, 0)
 
     def _failed_request(self, req, sess, ctl, pos: int, failure: UpstreamFailure, probe_tokens: int) -> None:
@@ -672,7 +689,7 @@ class Gateway:
         self.metrics.upstream_answers.inc()
         return answer or "", "upstream_error", spent
 
-    async def _on_stop(self, r, req, kept_ids, answer) -> str:
+    async def _on_stop(self, r, req, kept_ids, answer, cfg) -> str:
         """The text after a stop: the cue, an answer and the box's closing brace. ``continue``: the model's own
         answer section, up to the brace that closes the box (braces inside it balanced, as a probe's answer),
         its line's end or the client's stop sequences."""
@@ -680,6 +697,8 @@ class Gateway:
         room = self.opt.continue_tokens if r.max_model_len is None else min(self.opt.continue_tokens,
                                                                               r.max_model_len - len(prompt))
         if self.opt.on_stop == "continue" and room < 1:         # no room left in the context: the trial answer
+            if answer is None:                                   # (a budget has none: probed now, within it)
+                answer = (await self.engine._probe(r, req["ids"] + kept_ids, self.cue_ids, cfg))[0].raw
             return self.cue + (answer or "") + "}"
         if self.opt.on_stop == "continue":
             out = await self.engine._post(r, "/completions", {

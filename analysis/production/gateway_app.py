@@ -48,7 +48,8 @@ def create_app(gw: Gateway) -> FastAPI:
         # on this machine only: under this machine's names (a page elsewhere whose name resolves to 127.0.0.1,
         # DNS rebinding, is refused), and without a key, not from web pages (a page the user visits could
         # otherwise send it requests: a browser says where they come from in Origin; SDKs send none)
-        host, listen = request.headers.get("host"), (request.scope.get("server") or (None,))[0]
+        host = request.headers.get("host")
+        listen = gw.listen if gw.listen is not None else (request.scope.get("server") or (None,))[0]
         if not host_allowed(host, listen):
             return error(403, f"this gateway listens on this machine only and answers to its names (localhost, a "
                               f"loopback address) or those in {HOSTS_ENV}, not {brief(host)}", kind="permission_error")
@@ -231,7 +232,8 @@ async def disconnected(request: Request) -> None:
 
 def internal(gw: Gateway, req: dict, e: Exception) -> None:
     logger.error("request %s: the gateway failed", req["request_id"], exc_info=e)
-    gw.log.write({"type": "error", "request": req["request_id"], "preset_version": gw.version, "status": 500,
+    gw.log.write({"type": "error", "request": req["request_id"], "status": 500,
+                  "preset_version": req.get("preset_version", gw.version),
                   "error": f"{type(e).__name__}: {str(e)[:300]}"})
 
 
