@@ -80,7 +80,9 @@ def _resolve_arm_preset(preset, fields: dict) -> tuple[Any, str]:
     if preset.slices_by and preset.slices:
         lab = fields.get(preset.slices_by)
         if lab is not None:
-            by_label = {value_label(k): s for k, s in preset.slices.items()}    # "2.0" and 2 alike
+            by_label: dict = {}
+            for k, s in preset.slices.items():          # "2.0" and 2 alike; the first of two such keys, as replay
+                by_label.setdefault(value_label(k), s)
             if value_label(lab) in by_label:
                 return by_label[value_label(lab)], f"slice {preset.slices_by}={lab}"
     return preset.setting, "default"
@@ -185,9 +187,13 @@ def _preset_parts(t, preset: Preset) -> list[tuple[np.ndarray, np.ndarray, objec
         # slices by a derived label (question-length tertiles, binned numbers) exist only in replay
         everyone = np.ones(t.n, bool)
         labels = slice_labels(t, preset.slices_by)
-        keys = {lab: lab if lab in labels else value_label(lab) for lab in preset.slices}   # (a bin's label as it is)
-        return [(everyone, everyone, preset.setting)] + [(labels == keys[lab], labels == keys[lab], s)
-                                                         for lab, s in preset.slices.items()]
+        parts, seen = [(everyone, everyone, preset.setting)], set()
+        for lab, s in preset.slices.items():
+            key = lab if lab in labels else value_label(lab)        # (a bin's label as it is)
+            if key not in seen:                                     # "2" and "2.0": the first, as live
+                seen.add(key)
+                parts.append((labels == key, labels == key, s))
+        return parts
     arm, settings, choice = route_table(t, preset)
     return [(choice == i, (choice == i) & (arm != EXPLORE), s) for i, s in enumerate(settings)]
 

@@ -41,7 +41,9 @@ def value_label(v) -> str:
     floats: 2 is "2" either way), no value "(none)"."""
     if v is None or isinstance(v, bool):
         return NONE if v is None else str(v)
-    if isinstance(v, (int, float, np.integer, np.floating)):
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))                 # exactly, however large (a float would round it, or overflow)
+    if isinstance(v, (float, np.floating)):
         x = float(v)
         return NONE if x != x else str(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
     if isinstance(v, str):
@@ -54,6 +56,8 @@ def value_label(v) -> str:
 
 def value_labels(col: pd.Series) -> np.ndarray:
     """``value_label`` of every value of a column: numbers at once, other columns value by value."""
+    if pd.api.types.is_integer_dtype(col) and not col.isna().any():
+        return col.astype(str).to_numpy(dtype=object)
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         x = col.to_numpy(dtype=float)
         whole = np.isfinite(x) & (x == np.round(x)) & (np.abs(x) < 2 ** 53)
@@ -75,6 +79,8 @@ def slice_order(labels) -> list:
         s = str(lab)
         if s in _SIZES:
             return (0, _SIZES[s], 0, "")
+        if s == NONE:                      # no value: last
+            return (6, 0, 0, "")
         if m := re.fullmatch(r"bin(\d+)", s):
             return (1, int(m.group(1)), 0, "")
         if m := re.fullmatch(r".*?(≤|>)(-?(?:inf|\d+(?:\.\d+)?(?:e[+-]?\d+)?))", s):

@@ -125,6 +125,16 @@ def test_slices_by_a_number_route_live_as_in_replay_when_a_question_lacks_it():
         for i in range(t.n):
             meta = {} if np.isnan(d[i]) else {"difficulty": int(d[i])}
             assert route(p, str(t.question_ids[i]), request_fields("q", meta)).setting == settings[choice[i]]
+    huge = route(p, "x", request_fields("q", {"difficulty": 10 ** 400}))      # JSON carries such an integer
+    assert huge.setting == p.setting and huge.reason == "default"
+    both = from_dict({"stopline_preset": 1, "name": "s", "setting": {"family": "budget", "params": {"B": 64}},
+                      "slices": {"by": "meta.difficulty", "settings": {"2": k3, "2.0": {"family": "budget",
+                                                                                       "params": {"B": 8}}}}})
+    arm, settings, choice = route_table(t, both)                               # two keys, one label: the first
+    at2 = int(np.flatnonzero(d == 2)[0])
+    assert settings[choice[at2]] == both.slices["2"]
+    assert route(both, "y", request_fields("q", {"difficulty": 2})).setting == both.slices["2"]
+    assert (preset_stops(t, both)[d == 2] == preset_stops(t, p)[d == 2]).all()
 
 
 def test_ab_split_is_stable_and_near_its_share():
