@@ -84,15 +84,23 @@ if not viewer:
     with c1:
         name = st.text_input("Save as", value="", placeholder="a name, e.g. prod-2026-11", key="preset_name")
         notes = st.text_area("Notes (optional)", key="preset_notes", height=80)
-        kept = data.presets(target_path).get(name.strip()) if name.strip() else None
+        try:
+            kept = data.presets(target_path).get(name.strip()) if name.strip() else None
+        except StoplineError as e:
+            st.error(str(e))
+            kept = None
         replace = True
-        if kept is not None and kept.get("setting") != stamped.to_dict().get("setting"):
+        same = {k: v for k, v in stamped.to_dict().items() if k not in ("name", "made_on")}
+        if kept is not None and {k: v for k, v in kept.items() if k not in ("name", "made_on", "notes")} != same:
             try:
                 was = f"`{from_dict(kept).setting.label()}`"
             except PresetError:
                 was = "a preset that cannot be read"
-            st.warning(f"'{name.strip()}' is already saved, holding {was}.", icon=":material/warning:")
-            replace = st.checkbox("Replace it with the current setting", key="preset_replace")
+            st.warning(f"'{name.strip()}' is already saved, holding {was}"
+                       + (" with its routing, slices or certificate" if set(kept) - set(same) - {"name", "made_on",
+                                                                                               "notes"} else "")
+                       + ".", icon=":material/warning:")
+            replace = st.checkbox("Replace it with the current setting", key=f"preset_replace.{name.strip()}")
         if st.button("Replace preset" if kept is not None and replace else "Save preset", type="primary",
                      disabled=not name.strip() or not replace, key="preset_save"):
             try:

@@ -104,6 +104,7 @@ ck = pd.DataFrame({"checkpoint": np.arange(n_ck), "pos": t.pos[i, :n_ck], "answe
                    "EM": t.em[i, :n_ck], "p_mean": t.p_mean[i, :n_ck], "entropy": t.entropy[i, :n_ck],
                    "step": t.is_step[i, :n_ck], "transition": t.is_transition[i, :n_ck]})
 left, right = st.columns([3, 2])
+side_b = "the pasted preset" if against == "a preset link or JSON…" else against.removeprefix("preset: ")
 with left:
     fig = go.Figure()
     ok = ck["EM"] > 0.5
@@ -122,7 +123,7 @@ with left:
                     line=dict(color="black"), hoverinfo="skip")
     if against != "full length":
         fig.add_scatter(x=[float(b.stop_pos[i])] * 2, y=[-0.1, 1.25], mode="lines", hoverinfo="skip",
-                        name=f"{against.removeprefix('preset: ')} stops", line=dict(color="#9333ea", dash="dash"))
+                        name=f"{side_b} stops", line=dict(color="#9333ea", dash="dash"))
     fig.update_layout(height=360, xaxis_title="tokens into the trace", yaxis=dict(title="right (1) / probability",
                       range=[-0.1, 1.25]), yaxis2=dict(overlaying="y", side="right", title="entropy (nats)", showgrid=False,
                       rangemode="tozero", tickformat=".1f"),
@@ -135,7 +136,7 @@ with right:
         import json
         gold = json.loads(gold)
     other_said = "" if against == "full length" else (
-        f" · **{against.removeprefix('preset: ')}:** `{b.answers[i]}` ({'right' if right_b[i] else 'wrong'}) "
+        f" · **{side_b}:** `{b.answers[i]}` ({'right' if right_b[i] else 'wrong'}) "
         f"at token {b.stop_pos[i]:.0f}")
     st.markdown(f"**Gold:** `{', '.join(gold) if isinstance(gold, list) else gold}` · **full-length answer:** "
                 f"`{tr.get('final_norm')}` ({'right' if t.full_em[i] > 0.5 else 'wrong'}) · **current setting:** "

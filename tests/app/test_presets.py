@@ -102,12 +102,19 @@ def test_saving_under_a_name_already_kept_asks_before_replacing_it(tmp_path, syn
     at.text_input(key="preset_name").input("tuned").run()
     assert any("'tuned' is already saved, holding `consistency(k=4" in w.value for w in at.warning), at.warning
     assert at.button(key="preset_save").disabled
-    at.checkbox(key="preset_replace").check().run()
+    at.checkbox(key="preset_replace.tuned").check().run()
     assert not at.button(key="preset_save").disabled and at.button(key="preset_save").label == "Replace preset"
     at.button(key="preset_save").click().run()
     assert Store(mine, read_only=True).presets()["tuned"]["setting"]["family"] != "consistency"
     at.text_input(key="preset_name").input("fresh").run()                  # a new name: saved at once
     assert not at.warning and at.button(key="preset_save").label == "Save preset"
+    from urllib.parse import parse_qs, urlsplit                             # the same setting with a certificate
+    from analysis.presets.schema import loads
+    current = loads(parse_qs(urlsplit(at.code[0].value).query)["s"][0]).to_dict()
+    Store(mine).save_preset("certified", {**current, "name": "certified", "certificate": {"epsilon": 0.01}})
+    at.text_input(key="preset_name").input("certified").run()
+    assert any("with its routing, slices or certificate" in w.value for w in at.warning), at.warning
+    assert at.button(key="preset_save").disabled                              # (the box ticked for 'tuned' is not it)
 
 
 def test_a_store_without_runs_still_lists_its_presets(tmp_path, monkeypatch):
