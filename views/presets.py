@@ -91,7 +91,8 @@ if not viewer:
             kept = None
         replace = True
         same = {k: v for k, v in stamped.to_dict().items() if k not in ("name", "made_on")}
-        if kept is not None and {k: v for k, v in kept.items() if k not in ("name", "made_on", "notes")} != same:
+        differs = kept is not None and {k: v for k, v in kept.items() if k not in ("name", "made_on", "notes")} != same
+        if differs:
             try:
                 was = f"`{from_dict(kept).setting.label()}`"
             except PresetError:
@@ -101,7 +102,7 @@ if not viewer:
                                                                                                "notes"} else "")
                        + ".", icon=":material/warning:")
             replace = st.checkbox("Replace it with the current setting", key=f"preset_replace.{name.strip()}")
-        if st.button("Replace preset" if kept is not None and replace else "Save preset", type="primary",
+        if st.button("Replace preset" if differs else "Save preset", type="primary",
                      disabled=not name.strip() or not replace, key="preset_save"):
             try:
                 body = from_dict({**stamped.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
