@@ -156,8 +156,9 @@ def jump(t, fam: str, goal: str, value: float, scope: str, cost: str) -> None:
     common.mark_picked_on_the_tune_half(s)       # Compare's held-out half is out of sample for it
     te = op["test"]
     text = (f"Jumped to `{s.label()}`, chosen on the tune half ({op['tune']['n']} questions) by tokens {cost}: "
-            f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens {cost}. On the held-out half ({te['n']}): ΔEM "
-            f"{te['delta_em']:+.3f}, {te['tokens_emitted']:.0f} tokens emitted and {te['tokens_computed']:.0f} "
+            f"EM {op['tune']['em']:.3f}, {op['tune'][cost]:.0f} tokens {cost}. On the held-out half ({te['n']}): EM "
+            f"{te['em']:.3f} against {te['em_full']:.3f} at full length (ΔEM {te['delta_em']:+.3f}), "
+            f"{te['tokens_emitted']:.0f} tokens emitted and {te['tokens_computed']:.0f} "
             f"computed against {te['tokens_full']:.0f} at full length.")
     # red only when it misses its target on the held-out half; a setting that meets it there but computes more
     # than full length (its probes) is a warning that names that cost
