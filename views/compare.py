@@ -132,10 +132,11 @@ if "slices" in res:
     st.plotly_chart(fig, width="stretch", key="cmp_slices")
     show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "delta_computed",
                "mcnemar_p"]]
-    st.dataframe(show.round({"em_a": 3, "em_b": 3, "delta_em": 3, "tokens_a": 1, "tokens_b": 1, "delta_tokens": 1,
-                             "delta_computed": 1}),
-                 hide_index=True, width="stretch", column_config={
-                     "slice": res["slice_by"], "n": "questions", "em_a": "EM (A)", "em_b": "EM (B)",
-                     "delta_em": "ΔEM (B − A)", "tokens_a": "emitted (A)", "tokens_b": "emitted (B)",
-                     "delta_tokens": "Δ emitted (B − A)", "delta_computed": "Δ computed (B − A)",
-                     "mcnemar_p": st.column_config.NumberColumn("McNemar p", format="%.2g")})
+    share, tokens = st.column_config.NumberColumn, st.column_config.NumberColumn      # one precision a column
+    st.dataframe(show, hide_index=True, width="stretch", column_config={
+        "slice": common.field_name(res["slice_by"]), "n": "questions",
+        "em_a": share("EM (A)", format="%.3f"), "em_b": share("EM (B)", format="%.3f"),
+        "delta_em": share("ΔEM (B − A)", format="%+.3f"), "tokens_a": tokens("emitted (A)", format="%.1f"),
+        "tokens_b": tokens("emitted (B)", format="%.1f"), "delta_tokens": tokens("Δ emitted (B − A)", format="%+.1f"),
+        "delta_computed": tokens("Δ computed (B − A)", format="%+.1f"),
+        "mcnemar_p": st.column_config.NumberColumn("McNemar p", format="%.2g")})

@@ -100,16 +100,21 @@ if not viewer:
             st.warning(f"'{name.strip()}' is already saved, holding {was}"
                        + (" with its routing, slices or certificate" if set(kept) - set(same) - {"name", "made_on",
                                                                                                "notes"} else "")
-                       + ".", icon=":material/warning:")
+                       + "." + (" Its notes are kept unless you write new ones." if kept.get("notes") else ""),
+                       icon=":material/warning:")
             replace = st.checkbox("Replace it with the current setting", key=f"preset_replace.{name.strip()}")
         if st.button("Replace preset" if differs else "Save preset", type="primary",
                      disabled=not name.strip() or not replace, key="preset_save"):
             try:
-                body = from_dict({**stamped.to_dict(), "name": name.strip(), "notes": notes}).to_dict()
+                keep_notes = notes.strip() or (kept or {}).get("notes") or ""       # a replaced preset's notes stay
+                body = from_dict({**stamped.to_dict(), "name": name.strip(), "notes": keep_notes}).to_dict()
                 data.save_preset(target_path, name.strip(), body)
-                st.success(f"Saved '{name.strip()}' in {target_path}.")
+                st.session_state["preset_saved"] = f"Saved '{name.strip()}' in {target_path}."
+                st.rerun()                  # drawn again: the warning and its box are about the preset saved before
             except (PresetError, StoplineError) as e:
                 st.error(str(e))
+        if (said := st.session_state.pop("preset_saved", None)):
+            st.success(said)
 with c2 if not viewer else c1:
     st.download_button("Download this preset (JSON)", stamped.to_json(),
                        f"{fam}.json", "application/json",

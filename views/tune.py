@@ -270,7 +270,7 @@ if run:
                         f"{res['tokens_emitted']:.0f} vs {res['tokens_full']:.0f}")
     if res["savings_computed"] < 0:        # its probes make it compute more than full length: in red
         m[3].metric("Tokens saved (computed)", f"{res['savings_computed']:.1%}",
-                    f"computes {-res['savings_computed']:.1%} more than full length", delta_color="inverse",
+                    f"computes {-res['savings_computed']:.0%} more", delta_color="inverse",
                     help="probes included: their tokens make it compute more than running every question to its end")
     else:
         common.noted_metric(m[3], "Tokens saved (computed)", f"{res['savings_computed']:.1%}", "probes included")

@@ -96,7 +96,7 @@ def test_saving_under_a_name_already_kept_asks_before_replacing_it(tmp_path, syn
     mine = tmp_path / "mine.duckdb"
     shutil.copy(db, mine)
     monkeypatch.setenv("STOPLINE_DB", str(mine))
-    kept = {**from_setting(Setting.make("consistency", k=4)).to_dict(), "name": "tuned"}
+    kept = {**from_setting(Setting.make("consistency", k=4)).to_dict(), "name": "tuned", "notes": "beats prod"}
     Store(mine).save_preset("tuned", kept)
     at = open_app(str(mine), rid, "views/presets.py")
     at.text_input(key="preset_name").input("tuned").run()
@@ -105,7 +105,9 @@ def test_saving_under_a_name_already_kept_asks_before_replacing_it(tmp_path, syn
     at.checkbox(key="preset_replace.tuned").check().run()
     assert not at.button(key="preset_save").disabled and at.button(key="preset_save").label == "Replace preset"
     at.button(key="preset_save").click().run()
-    assert Store(mine, read_only=True).presets()["tuned"]["setting"]["family"] != "consistency"
+    now = Store(mine, read_only=True).presets()["tuned"]
+    assert now["setting"]["family"] != "consistency" and now["notes"] == "beats prod"     # its notes kept
+    assert any("Saved 'tuned'" in m.value for m in at.success) and not at.warning         # drawn again, saved
     at.text_input(key="preset_name").input("fresh").run()                  # a new name: saved at once
     assert not at.warning and at.button(key="preset_save").label == "Save preset"
     from urllib.parse import parse_qs, urlsplit                             # the same setting with a certificate
