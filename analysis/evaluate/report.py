@@ -60,7 +60,8 @@ def frontier_figure(t: RunTable, presets: list[tuple[Preset, dict]], pts=None, t
     if recommended is not None:
         fig.add_scatter(x=[recommended[1][key]], y=[recommended[1]["em"]], mode="markers",
                         name=f"recommended: {recommended[0]}",
-                        marker=dict(symbol="circle-open", size=20, color="#16a34a", line=dict(width=3)))
+                        marker=dict(symbol="circle-open", size=20, line=dict(width=3),    # its family's colour
+                                    color=COLORS.get(recommended[0].split("(")[0], "black")))
     fig.update_layout(title=title or "Tokens vs exact match, every policy family's Pareto front", height=460,
                       width=900, xaxis_title="mean tokens emitted per question" if cost == "emitted" else
                       "mean tokens computed per question (probes included)", yaxis_title="exact match",

@@ -74,7 +74,8 @@ _SIZES = {"short": 0, "medium": 1, "long": 2}
 
 def slice_order(labels) -> list:
     """The distinct slice labels in their natural order: short, medium, long; numbered bins and quantile bins
-    (``difficulty≤3``, ``difficulty>3``) by their bound; numbers by value; any other label alphabetically."""
+    (``difficulty≤3``, ``difficulty>3``) by their bound; numbers by value; any other label alphabetically; no
+    value ("(none)", "nan") last."""
     def key(lab):
         s = str(lab)
         if s in _SIZES:

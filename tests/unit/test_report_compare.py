@@ -175,7 +175,7 @@ def test_slices_come_in_their_natural_order():
     assert slice_order(["difficulty>3", "difficulty≤1", "difficulty≤3"]) == ["difficulty≤1", "difficulty≤3",
                                                                                 "difficulty>3"]
     assert slice_order(["10", "9", "2"]) == ["2", "9", "10"] and slice_order(["bin10", "bin2"]) == ["bin2", "bin10"]
-    assert slice_order(["b", "(none)", "a"]) == ["(none)", "a", "b"]
+    assert slice_order(["b", "(none)", "a"]) == ["a", "b", "(none)"]            # no value: last
 
 
 def test_a_recommendation_that_computes_more_than_full_length_says_so_where_it_says_what_it_saves(demo):
