@@ -75,7 +75,8 @@ data.set_query("show", ",".join(show))
 view = df[df["status"].isin(show)].sort_values("tokens saved", ascending=False)
 # a line between the filter and the table: the table's toolbar (shown on hover) sits above its top edge and
 # covered the filter's chips
-st.caption(f"{len(view)} of {len(df)} questions, most tokens saved first; pick a row to see its trace.")
+st.caption(f"{len(view)} of {len(df)} questions, most tokens saved first; pick a row to see its trace below (until "
+           "then it shows the question shown last, or the first row).")
 # a picked row is a row of this view: the table is keyed by the questions it lists, in order, so that another
 # half, filter, setting or other side does not move the pick to whichever question is now at that row (the
 # link's q keeps the question shown)
