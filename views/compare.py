@@ -132,11 +132,10 @@ if "slices" in res:
     st.plotly_chart(fig, width="stretch", key="cmp_slices")
     show = sl[["slice", "n", "em_a", "em_b", "delta_em", "tokens_a", "tokens_b", "delta_tokens", "delta_computed",
                "mcnemar_p"]]
-    share, tokens = st.column_config.NumberColumn, st.column_config.NumberColumn      # one precision a column
+    num = st.column_config.NumberColumn          # one precision a column
     st.dataframe(show, hide_index=True, width="stretch", column_config={
         "slice": common.field_name(res["slice_by"]), "n": "questions",
-        "em_a": share("EM (A)", format="%.3f"), "em_b": share("EM (B)", format="%.3f"),
-        "delta_em": share("ΔEM (B − A)", format="%+.3f"), "tokens_a": tokens("emitted (A)", format="%.1f"),
-        "tokens_b": tokens("emitted (B)", format="%.1f"), "delta_tokens": tokens("Δ emitted (B − A)", format="%+.1f"),
-        "delta_computed": tokens("Δ computed (B − A)", format="%+.1f"),
-        "mcnemar_p": st.column_config.NumberColumn("McNemar p", format="%.2g")})
+        "em_a": num("EM (A)", format="%.3f"), "em_b": num("EM (B)", format="%.3f"),
+        "delta_em": num("ΔEM (B − A)", format="%+.3f"), "tokens_a": num("emitted (A)", format="%.1f"),
+        "tokens_b": num("emitted (B)", format="%.1f"), "delta_tokens": num("Δ emitted (B − A)", format="%+.1f"),
+        "delta_computed": num("Δ computed (B − A)", format="%+.1f"), "mcnemar_p": num("McNemar p", format="%.2g")})

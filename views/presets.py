@@ -90,17 +90,18 @@ if not viewer:
             st.error(str(e))
             kept = None
         replace = True
-        same = {k: v for k, v in stamped.to_dict().items() if k not in ("name", "made_on")}
-        differs = kept is not None and {k: v for k, v in kept.items() if k not in ("name", "made_on", "notes")} != same
+        aside = ("name", "made_on", "notes")       # what a save under the same name may change without asking
+        mine = {k: v for k, v in stamped.to_dict().items() if k not in aside}
+        theirs = {k: v for k, v in (kept or {}).items() if k not in aside}
+        differs = kept is not None and theirs != mine
         if differs:
             try:
                 was = f"`{from_dict(kept).setting.label()}`"
             except PresetError:
                 was = "a preset that cannot be read"
             st.warning(f"'{name.strip()}' is already saved, holding {was}"
-                       + (" with its routing, slices or certificate" if set(kept) - set(same) - {"name", "made_on",
-                                                                                               "notes"} else "")
-                       + "." + (" Its notes are kept unless you write new ones." if kept.get("notes") else ""),
+                       + (" with its routing, slices or certificate" if set(theirs) - set(mine) else "") + "."
+                       + (" Its notes are kept unless you write new ones." if kept.get("notes") else ""),
                        icon=":material/warning:")
             replace = st.checkbox("Replace it with the current setting", key=f"preset_replace.{name.strip()}")
         if st.button("Replace preset" if differs else "Save preset", type="primary",

@@ -79,12 +79,10 @@ def _resolve_arm_preset(preset, fields: dict) -> tuple[Any, str]:
             return r["setting"], f"rule {i}"
     if preset.slices_by and preset.slices:
         lab = fields.get(preset.slices_by)
-        if lab is not None:
-            by_label: dict = {}
-            for k, s in preset.slices.items():          # "2.0" and 2 alike; the first of two such keys, as replay
-                by_label.setdefault(value_label(k), s)
-            if value_label(lab) in by_label:
-                return by_label[value_label(lab)], f"slice {preset.slices_by}={lab}"
+        want = None if lab is None else value_label(lab)       # "2.0" and 2 alike
+        hit = next((s for k, s in preset.slices.items() if value_label(k) == want), None)   # the first, as replay
+        if hit is not None:
+            return hit, f"slice {preset.slices_by}={lab}"
     return preset.setting, "default"
 
 

@@ -416,11 +416,12 @@ class Gateway:
         probe_tokens, written = 0, ""      # written: the gateway's own text after a stop (cue, answer, brace)
         r = producer = getter = None
         set_aside = False                  # the replica was set aside for this request's failure
+        sent = False                       # the stream sent a token: a failure after that is the request's
 
         def got(new, text):
+            nonlocal sent
             queue.put_nowait(("ids", new, text))
-            sent[0] = True
-        sent = [False]
+            sent = True
 
         async def produce():
             """The trace's stream. A replica that fails before its first token is set aside and the stream
@@ -435,7 +436,7 @@ class Gateway:
                     queue.put_nowait(("done", fin))
                     return
                 except ReplicaFailed as e:
-                    if sent[0] or rejected(e) or attempt == eng.max_retries or len(eng.replicas) == 1:
+                    if sent or rejected(e) or attempt == eng.max_retries or len(eng.replicas) == 1:
                         queue.put_nowait(("error", e))
                         return
                     eng._failed(r, str(e))
@@ -693,23 +694,21 @@ class Gateway:
         """The text after a stop: the cue, an answer and the box's closing brace. ``continue``: the model's own
         answer section, up to the brace that closes the box (braces inside it balanced, as a probe's answer),
         its line's end or the client's stop sequences."""
-        prompt = req["ids"] + kept_ids + self.cue_ids
-        room = self.opt.continue_tokens if r.max_model_len is None else min(self.opt.continue_tokens,
-                                                                              r.max_model_len - len(prompt))
-        if self.opt.on_stop == "continue" and room < 1:         # no room left in the context: the trial answer
-            if answer is None:                                   # (a budget has none: probed now, within it)
-                answer = (await self.engine._probe(r, req["ids"] + kept_ids, self.cue_ids, cfg))[0].raw
-            return self.cue + (answer or "") + "}"
         if self.opt.on_stop == "continue":
-            out = await self.engine._post(r, "/completions", {
-                "model": self.engine.model, "prompt": prompt,
-                "max_tokens": room, "temperature": 0,       # within the model's context (an upstream 400 otherwise)
-                "stop": ["\n", *req["sampling"].get("stop", [])]})    # the model's writing: the client's stops too
-            text = first_choice(r, out).get("text")
-            if not isinstance(text, str):
-                raise ReplicaFailed(r, "a completion whose text is not a string")
-            end = closed_box_end(text, 0)
-            return self.cue + (text[:end - 1] if end else text) + "}"
+            prompt = req["ids"] + kept_ids + self.cue_ids
+            room = self.opt.continue_tokens if r.max_model_len is None else min(self.opt.continue_tokens,
+                                                                                  r.max_model_len - len(prompt))
+            if room >= 1:                   # within the model's context (an upstream 400 otherwise)
+                out = await self.engine._post(r, "/completions", {
+                    "model": self.engine.model, "prompt": prompt, "max_tokens": room, "temperature": 0,
+                    "stop": ["\n", *req["sampling"].get("stop", [])]})    # the model's writing: the client's stops too
+                text = first_choice(r, out).get("text")
+                if not isinstance(text, str):
+                    raise ReplicaFailed(r, "a completion whose text is not a string")
+                end = closed_box_end(text, 0)
+                return self.cue + (text[:end - 1] if end else text) + "}"
+            if answer is None:              # no room left: the trial answer (a budget has none: probed now, within it)
+                answer = (await self.engine._probe(r, req["ids"] + kept_ids, self.cue_ids, cfg))[0].raw
         return self.cue + (answer or "") + "}"
 
 

@@ -61,8 +61,7 @@ def value_labels(col: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         x = col.to_numpy(dtype=float)
         whole = np.isfinite(x) & (x == np.round(x)) & (np.abs(x) < 2 ** 53)
-        out = np.array([repr(float(v)) for v in x], dtype=object) if not whole[~np.isnan(x)].all() \
-            else np.empty(len(x), dtype=object)
+        out = x.astype(str).astype(object)          # numpy writes a float as repr does (shortest round trip)
         out[whole] = x[whole].astype(np.int64).astype(str)
         out[np.isnan(x)] = NONE
         return out
